@@ -1,0 +1,34 @@
+"""The one error type users see: a clear one-line message, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RszError(Exception):
+    """A problem with the user's input or environment, worded for the user.
+
+    The message must fit on one line and name the file or value at fault.
+    """
+
+
+def one_line_errors(func: F) -> F:
+    """Wrap a CLI entry point: an RszError (or a plain OSError) prints one line and exits 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RszError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

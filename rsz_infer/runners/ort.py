@@ -1,0 +1,50 @@
+"""ONNX Runtime runner (TensorRT, CUDA or CPU execution provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.runners.base import Runner
+
+# Preference order; only providers present in this onnxruntime build are used.
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OrtRunner(Runner):
+    def __init__(self, onnx_path: Path | str, device: str = "cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        available = ort.get_available_providers()
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            providers = [p for p in PROVIDER_ORDER if p in available]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RszError(f"{self.path}: ONNX Runtime cannot load this graph ({first})") from None
+        self.providers = self.session.get_providers()
+        self.name = f"ort:{self.providers[0].replace('ExecutionProvider', '').lower()}"
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self._outputs, {k: feeds[k] for k in self._inputs})
+        return dict(zip(self._outputs, values))
