@@ -1,0 +1,51 @@
+"""The interface every rsz model implements (timm-style: one registry, one interface)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ExportGraph:
+    """One traceable piece of a model, handed to `export` (see docs/DESIGN.md for roles and names)."""
+
+    role: str  # "image" | "text" | "semantic" | "rerank"
+    module: nn.Module  # forward(*example_inputs) -> tensor or tuple of tensors, in output_names order
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+class RszModel(nn.Module):
+    """Base of DSVA, MCFA and MSA.
+
+    A model maps images to embeddings and classes (through their semantics) to embeddings
+    of the same size; class logits are `rsz_infer.scoring.class_logits(img, cls, rule, scale)`.
+    """
+
+    kind: ClassVar[str]
+    scoring_rule: ClassVar[str]  # "cosine" | "dot"
+    class_embedding: ClassVar[str]  # "attributes" | "semantic" | "text" (see rsz_infer.bundle.Manifest)
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Losses for one batch; the key "loss" is the weighted total that is back-propagated."""
+        raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised images -> [B, D] embeddings used for scoring."""
+        raise NotImplementedError
+
+    def encode_classes(self, class_inputs: Any) -> torch.Tensor:
+        """Class semantics (model specific: attribute matrix, semantic vectors, token batch) -> [C, D]."""
+        raise NotImplementedError
+
+    def logit_scale(self) -> float:
+        raise NotImplementedError
+
+    def export_graphs(self) -> list[ExportGraph]:
+        raise NotImplementedError
