@@ -36,6 +36,15 @@ class RszModel(nn.Module):
         """Losses for one batch; the key "loss" is the weighted total that is back-propagated."""
         raise NotImplementedError
 
+    def class_inputs(self, semantics: Any, device: torch.device | str = "cpu") -> Any:
+        """Pick this model's class inputs from a registry.ClassSemantics (attributes, sentence vectors
+        or tokenized prompts), as tensors on `device`; the result is what encode_classes takes."""
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Models with a text tower (MSA): texts -> input_ids / attention_mask (int64)."""
+        raise NotImplementedError(f"{type(self).__name__} has no text tower")
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised images -> [B, D] embeddings used for scoring."""
         raise NotImplementedError
