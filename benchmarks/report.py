@@ -1,0 +1,125 @@
+"""Benchmark results: one JSON document and one markdown table per run, written atomically.
+
+Every result file carries the machine, the date and the command that produced it, so a table pasted into
+RESULTS.md can always be traced back to how it was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count, OS, Python and (when a GPU is visible to torch or nvidia-smi) the GPU name."""
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": None,
+    }
+    torch = sys.modules.get("torch")  # only asked when already imported: no torch import on edge devices
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch"] = torch.__version__
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write next to the target and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """rows as a GitHub markdown table; columns are (key, header) pairs."""
+    lines = [
+        "| " + " | ".join(h for _, h in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k)) for k, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def header_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return (
+        f"Machine: {m['cpu']} ({m['cores']} cores){gpu}; {m['os']}; Python {m['python']}\n"
+        f"Date: {result['date']}\n"
+        f"Command: `{result['command']}`\n"
+    )
+
+
+def write_result(result: dict[str, Any], markdown_body: str, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Write out_dir/stem.json and out_dir/stem.md (header with machine, date, command + the tables)."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(md_path, f"## {result['title']}\n\n{header_markdown(result)}\n{markdown_body}\n")
+    return json_path, md_path
+
+
+def new_result(kind: str, title: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "title": title,
+        "machine": machine_info(),
+        "date": now_utc(),
+        "command": command_line(),
+        **fields,
+    }

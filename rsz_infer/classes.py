@@ -1,0 +1,118 @@
+"""Class file -> class embeddings through the bundle's own text graphs, cached by content hash.
+
+The rule comes from the manifest (`class_embedding`):
+- "attributes" (DSVA): text graph on descriptions and on the attribute phrases -> attribute_vectors [C, A]
+- "semantic" (MCFA): text graph on descriptions -> semantic graph -> [C, D]
+- "text" (MSA): text graph on text_prompt.format(name=, description=) -> [C, D]
+Embeddings are computed once per (bundle, class file) and kept as a small .npy in the cache folder
+($RSZ_CACHE_DIR, default ~/.cache/rsz), so labeling many folders with one class file pays once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.bundle import MANIFEST, Manifest
+from rsz_infer.classfile import ClassEntry, class_file_hash
+from rsz_infer.errors import RszError
+from rsz_infer.runners.base import Runner
+from rsz_infer.semantics import attribute_vectors
+from rsz_infer.tokenizer import Tokenizer
+
+TEXT_BATCH = 64
+
+# role -> Runner; lets callers choose the backend and open graphs only when the cache misses
+OpenRunner = Callable[[str], Runner]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RSZ_CACHE_DIR") or Path.home() / ".cache" / "rsz")
+
+
+def load_tokenizer(bundle_dir: Path | str, manifest: Manifest) -> Tokenizer:
+    return Tokenizer(Path(bundle_dir) / manifest.tokenizer, manifest.max_text_length)
+
+
+def encode_texts(runner: Runner, tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    """All outputs of the text graph for the texts, in batches; `tokens` (MSA) padded to one length."""
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(texts), TEXT_BATCH):
+        feeds = tokenizer.encode(texts[start : start + TEXT_BATCH])
+        out = runner.infer({k: feeds[k] for k in runner.input_names})
+        out["attention_mask"] = feeds["attention_mask"]
+        parts.append(out)
+    result = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if arrays[0].ndim >= 2 and name in ("tokens", "attention_mask"):
+            length = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+        result[name] = np.concatenate(arrays)
+    return result
+
+
+def class_embeddings(
+    bundle_dir: Path | str,
+    manifest: Manifest,
+    entries: list[ClassEntry],
+    open_runner: OpenRunner,
+    use_cache: bool = True,
+) -> np.ndarray:
+    """[C, D] float32 class embeddings for the entries, by the manifest's class_embedding rule."""
+    bundle_dir = Path(bundle_dir)
+    manifest_sha = hashlib.sha256((bundle_dir / MANIFEST).read_bytes()).hexdigest()
+    key = f"{manifest_sha[:16]}-{class_file_hash(entries)[:16]}"
+    cache_file = cache_dir() / "class_embeddings" / f"{key}.npy"
+    if use_cache and cache_file.is_file():
+        try:
+            cached = np.load(cache_file)
+            if cached.shape[0] == len(entries):
+                return cached
+        except (OSError, ValueError):
+            pass  # unreadable cache: recompute and overwrite
+    embeddings = _compute(bundle_dir, manifest, entries, open_runner).astype(np.float32)
+    if use_cache:
+        _save_quietly(cache_file, embeddings)
+    return embeddings
+
+
+def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], open_runner: OpenRunner):
+    rule = manifest.class_embedding
+    if rule not in ("attributes", "semantic", "text"):
+        raise RszError(f"{bundle_dir / MANIFEST}: unknown class_embedding {rule!r}")
+    tokenizer = load_tokenizer(bundle_dir, manifest)
+    text_runner = open_runner("text")
+    try:
+        if rule == "text":
+            prompts = [manifest.text_prompt.format(name=e.name, description=e.description) for e in entries]
+            return encode_texts(text_runner, tokenizer, prompts)["embedding"]
+        descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
+        if rule == "attributes":
+            if not manifest.attribute_phrases:
+                raise RszError(f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases")
+            phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
+            return attribute_vectors(descriptions, phrases)
+    finally:
+        text_runner.close()
+    semantic_runner = open_runner("semantic")
+    try:
+        return semantic_runner.infer({"semantic": descriptions.astype(np.float32)})["embedding"]
+    finally:
+        semantic_runner.close()
+
+
+def _save_quietly(path: Path, array: np.ndarray) -> None:
+    """Write the cache atomically; a read-only home only costs the recomputation next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except OSError:
+        pass

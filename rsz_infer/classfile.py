@@ -1,0 +1,86 @@
+"""Class files (`new.txt`): the classes a user wants tiles labeled with.
+
+Format: UTF-8, one class per line, `name` or `name: description` (the description defaults to the name).
+`#` starts a comment (a full line, or ` # ...` after the text); blank lines are ignored.
+A name must be unique (case-insensitive), non-empty, and a line at most MAX_LINE_CHARS characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsz_infer.errors import RszError
+
+MAX_LINE_CHARS = 500
+
+# A trailing comment needs whitespace before `#`, so names such as "C#" or "lane#2" keep their hash.
+_TRAILING_COMMENT = re.compile(r"\s+#.*$")
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    name: str
+    description: str
+
+
+def _squash(text: str) -> str:
+    """Collapse runs of whitespace so "dense  residential" and "dense residential" are one class."""
+    return " ".join(text.split())
+
+
+def parse_class_lines(text: str, source: str) -> list[ClassEntry]:
+    """Parse the text of a class file; `source` names it (a path) in error messages."""
+    entries: list[ClassEntry] = []
+    first_line_of: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        where = f"{source}:{number}"
+        if len(raw) > MAX_LINE_CHARS:
+            raise RszError(f"{where}: line is {len(raw)} characters long, the limit is {MAX_LINE_CHARS}")
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = _TRAILING_COMMENT.sub("", line)
+        name, sep, description = line.partition(":")
+        name, description = _squash(name), _squash(description)
+        if not name:
+            raise RszError(
+                f"{where}: empty class name in {raw.strip()!r} (expected 'name' or 'name: description')"
+            )
+        key = name.casefold()
+        if key in first_line_of:
+            raise RszError(
+                f"{where}: duplicate class {name!r} (already on line {first_line_of[key]}, names ignore case)"
+            )
+        first_line_of[key] = number
+        entries.append(ClassEntry(name=name, description=description if sep and description else name))
+    if not entries:
+        raise RszError(f"{source}: no classes found (expected one 'name' or 'name: description' per line)")
+    return entries
+
+
+def read_class_file(path: str | Path) -> list[ClassEntry]:
+    """Read and parse a class file; every problem is a one-line RszError naming the file (and line)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RszError(f"{path}: class file not found") from None
+    except IsADirectoryError:
+        raise RszError(f"{path}: is a directory, expected a class file") from None
+    except OSError as err:
+        raise RszError(f"{path}: cannot read class file ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise RszError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x})") from None
+    return parse_class_lines(text, str(path))
+
+
+def class_file_hash(entries: list[ClassEntry]) -> str:
+    """sha256 of the parsed classes (comments, blank lines and spacing do not change it); a cache key."""
+    canonical = "\n".join(f"{entry.name}\t{entry.description}" for entry in entries)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,313 @@
+"""Tile discovery and decoding: every input becomes `Tile`s, every Tile decodes to HxWx3 uint8 RGB.
+
+Inputs are folders (searched recursively), single JPEG/PNG/TIFF files, and whole GeoTIFF scenes. A .tif
+with a CRS and larger than the tile size is a scene: it is cut into windows read one at a time (never the
+whole scene into memory); windows that are all nodata are skipped. Files of any other extension inside a
+folder are ignored; a bad file never stops the others (its Tile carries the problem, decoding raises).
+
+How the pixels became RGB (band choice, greyscale, 16-bit stretch) is a short "rule" string that goes into
+every output row.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rsz_infer.errors import RszError
+
+PILLOW_EXTENSIONS = (".jpg", ".jpeg", ".png")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+IMAGE_EXTENSIONS = PILLOW_EXTENSIONS + TIFF_EXTENSIONS
+MIN_TILE_PX = 8  # smaller images carry too little to label; the model input is upsampled from them
+STRETCH_PERCENTILES = (2.0, 98.0)
+OVERVIEW_MAX_SIDE = 1024  # side of the decimated read that scene-level percentiles come from
+
+
+class TileError(Exception):
+    """This tile cannot be labeled (corrupt, too small, ...); the message is the reason."""
+
+
+class NodataTile(TileError):
+    """A scene window with no valid pixels: skipped quietly, not an error."""
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    tile_size: int = 256
+    overlap: int = 0
+    bands: tuple[int, ...] | None = None  # 1-based band indices for RGB from multi-band TIFFs
+    min_size: int = MIN_TILE_PX
+
+    def __post_init__(self) -> None:
+        if self.tile_size < self.min_size:
+            raise RszError(f"--tile-size {self.tile_size}: must be at least {self.min_size}")
+        if not 0 <= self.overlap < self.tile_size:
+            raise RszError(f"--overlap {self.overlap}: must be >= 0 and smaller than --tile-size")
+        if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
+            raise RszError(f"--bands {self.bands}: give 3 (or 1) band numbers counting from 1, e.g. 3,2,1")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What every window of one GeoTIFF scene shares."""
+
+    path: str
+    width: int
+    height: int
+    band_count: int
+    dtype: str
+    bands: tuple[int, ...]  # 1-based bands read for R, G, B (or one for grey)
+    stretch: tuple[tuple[float, float], ...] | None  # per read band (lo, hi); None for 8-bit data
+    rule: str
+
+
+@dataclass(frozen=True)
+class Tile:
+    id: str  # the file path, or "scene.tif@col,row,width,height" for a scene window
+    path: str  # the file (the scene for windows)
+    window: tuple[int, int, int, int] | None = None  # col_off, row_off, width, height
+    footprint: dict | None = None  # GeoJSON geometry in EPSG:4326 for georeferenced tiles
+    scene: SceneInfo | None = None
+    problem: str | None = None  # found during discovery; decoding raises it
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise RszError(f"--bands {text}: expected band numbers such as 3,2,1") from None
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def discover_tiles(inputs: Iterable[str | Path], options: TileOptions) -> Iterator[Tile]:
+    """Tiles of every input in a stable order (sorted within folders). Missing inputs are usage errors."""
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.exists():
+            raise RszError(f"{path}: no such file or folder")
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
+                    yield from _tiles_of_file(file, options)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            yield from _tiles_of_file(path, options)
+        else:
+            yield Tile(id=str(path), path=str(path), problem=f"not an image file (extension {path.suffix!r})")
+
+
+def _tiles_of_file(path: Path, options: TileOptions) -> Iterator[Tile]:
+    if path.stat().st_size == 0:
+        yield Tile(id=str(path), path=str(path), problem="empty file (0 bytes)")
+        return
+    if path.suffix.lower() not in TIFF_EXTENSIONS:
+        yield Tile(id=str(path), path=str(path))
+        return
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            georeferenced = ds.crs is not None
+            if georeferenced and (ds.width > options.tile_size or ds.height > options.tile_size):
+                scene = _scene_info(ds, str(path), options)
+                yield from _scene_windows(ds, scene, options)
+                return
+            footprint = _footprint(ds, None) if georeferenced else None
+    except rasterio.errors.RasterioError as err:
+        yield Tile(id=str(path), path=str(path), problem=f"cannot read TIFF ({_first_line(err)})")
+        return
+    yield Tile(id=str(path), path=str(path), footprint=footprint)
+
+
+def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
+    from rasterio.enums import Resampling
+
+    bands, band_rule = choose_bands(ds.count, options.bands, path)
+    dtype = ds.dtypes[0]
+    stretch = None
+    rule = band_rule
+    if dtype != "uint8":
+        # Percentiles from a decimated read: the statistics of the scene without reading all of it.
+        factor = max(1, int(np.ceil(max(ds.width, ds.height) / OVERVIEW_MAX_SIDE)))
+        shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
+        data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, masked=True)
+        stretch = tuple(_percentiles(np.ma.compressed(band)) for band in data)
+        rule += f"; {dtype} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per scene"
+    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule)
+
+
+def _window_offsets(length: int, tile: int, stride: int) -> list[int]:
+    """Window starts covering [0, length): a regular grid, the last one moved back to end at the edge."""
+    if length <= tile:
+        return [0]
+    offsets = list(range(0, length - tile + 1, stride))
+    if offsets[-1] + tile < length:
+        offsets.append(length - tile)
+    return offsets
+
+
+def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]:
+    stride = options.tile_size - options.overlap
+    for row in _window_offsets(ds.height, options.tile_size, stride):
+        for col in _window_offsets(ds.width, options.tile_size, stride):
+            window = (col, row, min(options.tile_size, ds.width), min(options.tile_size, ds.height))
+            yield Tile(
+                id=f"{scene.path}@{col},{row},{window[2]},{window[3]}",
+                path=scene.path,
+                window=window,
+                footprint=_footprint(ds, window),
+                scene=scene,
+            )
+
+
+def _footprint(ds, window: tuple[int, int, int, int] | None) -> dict:
+    """The tile's outline as a GeoJSON polygon in EPSG:4326."""
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window, bounds
+
+    if window is None:
+        left, bottom, right, top = ds.bounds
+    else:
+        left, bottom, right, top = bounds(Window(*window), ds.transform)
+    ring = [(left, bottom), (right, bottom), (right, top), (left, top), (left, bottom)]
+    polygon = {"type": "Polygon", "coordinates": [ring]}
+    return transform_geom(ds.crs, "EPSG:4326", polygon)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def choose_bands(count: int, requested: tuple[int, ...] | None, where: str) -> tuple[tuple[int, ...], str]:
+    """Which 1-based bands make R, G, B (or one grey band), and the rule that says so."""
+    if requested is not None and count > 1:
+        if max(requested) > count:
+            raise TileError(f"--bands {','.join(map(str, requested))}: the file has only {count} bands")
+        return requested, f"bands {','.join(map(str, requested))} of {count}"
+    if count == 1:
+        return (1,), "grey to rgb"
+    if count == 2:
+        return (1,), "band 1 of 2 as grey"
+    if count == 3:
+        return (1, 2, 3), "rgb"
+    return (1, 2, 3), f"bands 1,2,3 of {count}"
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def _stretch(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = (band.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_rgb8(bands: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
+    """[n, H, W] selected bands (n = 1 or 3) of any dtype -> HxWx3 uint8."""
+    if bands.dtype != np.uint8:
+        if stretch is None:
+            stretch = tuple(_percentiles(b.ravel()) for b in bands)
+        bands = np.stack([_stretch(b, lo, hi) for b, (lo, hi) in zip(bands, stretch)])
+    if bands.shape[0] == 1:
+        bands = np.repeat(bands, 3, axis=0)
+    return np.ascontiguousarray(bands.transpose(1, 2, 0))
+
+
+_thread_state = threading.local()
+
+
+def _open_scene(path: str):
+    """One open rasterio dataset per scene and worker thread (datasets are not shared across threads)."""
+    import rasterio
+
+    cache = getattr(_thread_state, "scenes", None)
+    if cache is None:
+        cache = _thread_state.scenes = {}
+    if path not in cache:
+        cache[path] = rasterio.open(path)
+    return cache[path]
+
+
+def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
+    """HxWx3 uint8 RGB and the rule that made it; raises TileError (NodataTile) for tiles to skip."""
+    if tile.problem:
+        raise TileError(tile.problem)
+    try:
+        if tile.window is not None:
+            rgb, rule = _decode_window(tile)
+        elif Path(tile.path).suffix.lower() in TIFF_EXTENSIONS:
+            rgb, rule = _decode_tiff(tile.path, options)
+        else:
+            rgb, rule = _decode_pillow(tile.path)
+    except TileError:
+        raise
+    except FileNotFoundError:
+        raise TileError("file disappeared during the run") from None
+    except Exception as err:  # Pillow and GDAL raise many types for corrupt or truncated files
+        raise TileError(f"cannot decode image ({_first_line(err)})") from None
+    height, width = rgb.shape[:2]
+    if min(height, width) < options.min_size:
+        raise TileError(f"image is {width}x{height} px, smaller than the {options.min_size} px minimum")
+    return rgb, rule
+
+
+def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
+    from rasterio.windows import Window
+
+    scene = tile.scene
+    assert scene is not None and tile.window is not None
+    ds = _open_scene(scene.path)
+    window = Window(*tile.window)
+    if not ds.read_masks(1, window=window).any():
+        raise NodataTile("all nodata")
+    data = ds.read(list(scene.bands), window=window)
+    return _to_rgb8(data, scene.stretch), scene.rule
+
+
+def _decode_tiff(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        bands, rule = choose_bands(ds.count, options.bands, path)
+        data = ds.read(list(bands))
+    if data.dtype != np.uint8:
+        rule += f"; {data.dtype} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per image"
+    return _to_rgb8(data, None), rule
+
+
+def _decode_pillow(path: str) -> tuple[np.ndarray, str]:
+    with Image.open(path) as im:
+        im.load()  # forces the full decode so truncated files fail here
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            data = np.asarray(im)[None]
+            rule = f"grey to rgb; {mode} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per image"
+            return _to_rgb8(data, None), rule
+        if mode == "RGB":
+            return np.asarray(im), "rgb"
+        if mode in ("L", "1"):
+            grey = np.asarray(im.convert("L"))
+            return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb"
+        if mode == "LA":
+            grey = np.asarray(im.getchannel("L"))
+            return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb; alpha dropped"
+        if mode in ("RGBA", "RGBa"):
+            return np.asarray(im.convert("RGB")), "rgb; alpha dropped"
+        return np.asarray(im.convert("RGB")), f"{mode} to rgb"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,44 @@
+"""Attribute vectors of classes from their descriptions (numpy; training and inference share it).
+
+A class's attribute vector says how strongly its description speaks of each attribute phrase
+("a runway", "dense buildings", ...). Training (rsz_train.text.class_attribute_vectors, PyTorch MiniLM) and
+inference (ONNX text graph) feed this same function, so a new class at inference gets exactly what
+training saw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.scoring import l2_normalize
+
+
+def attribute_vectors(description_emb: np.ndarray, phrase_emb: np.ndarray) -> np.ndarray:
+    """[C, E] description embeddings x [A, E] phrase embeddings -> [C, A] float32 attribute vectors.
+
+    Each entry starts as the cosine similarity of a description to a phrase. Raw MiniLM cosines share a
+    large offset (every remote-sensing sentence is somewhat similar to every other, and a long, generic
+    description is similar to all phrases), so per class we subtract the mean over attributes: what is
+    left says which phrases this description favours over the others. Rows are then L2-normalised so
+    every class has the same scale (dividing by the std first, a z-score, would be the same after that).
+    The normalisation is per class only, so a class's vector never depends on which other classes are in
+    the file (centring per attribute over classes would make inference depend on the class list).
+    """
+    description_emb = np.asarray(description_emb, dtype=np.float32)
+    phrase_emb = np.asarray(phrase_emb, dtype=np.float32)
+    if description_emb.ndim != 2 or phrase_emb.ndim != 2:
+        raise RszError(
+            f"attribute_vectors: expected 2-d embeddings, "
+            f"got shapes {description_emb.shape} and {phrase_emb.shape}"
+        )
+    if description_emb.shape[1] != phrase_emb.shape[1]:
+        raise RszError(
+            f"attribute_vectors: description embeddings are {description_emb.shape[1]}-d "
+            f"but attribute phrase embeddings are {phrase_emb.shape[1]}-d"
+        )
+    if phrase_emb.shape[0] < 2:
+        raise RszError(f"attribute_vectors: need at least 2 attribute phrases, got {phrase_emb.shape[0]}")
+    cosine = l2_normalize(description_emb) @ l2_normalize(phrase_emb).T
+    centred = cosine - cosine.mean(axis=1, keepdims=True)
+    return l2_normalize(centred).astype(np.float32)

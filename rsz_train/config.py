@@ -1,0 +1,142 @@
+"""Run configuration: one dataclass for the training loop, one per model kind, loaded from YAML.
+
+A config file has up to three top-level keys, each optional:
+
+    kind: dsva            # must match the command (rsz-train dsva ...)
+    model: {...}          # fields of the model's config dataclass (e.g. DSVAConfig)
+    train: {...}          # fields of TrainConfig
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rsz_infer.errors import RszError
+
+
+@dataclass
+class TrainConfig:
+    """The training loop; defaults train the small CPU models on the embedded 64 px benchmark."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1  # linear warm-up, then cosine decay to 0 over the remaining epochs
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    seed: int = 0
+    image_size: int = 64  # every image is resized to image_size x image_size (rsz_infer.preprocess)
+    augment: bool = True  # random flips and 90-degree rotations (tiles have no "up")
+    semantics: str = "text"  # class attribute vectors: "text" (from descriptions) | "matrix" (ground truth)
+    classes_per_batch: int = 0  # class-balanced sampler only: classes per episode, 0 = all training classes
+    images_per_class: int = 8  # class-balanced sampler only: images of each class per episode
+    eval_batch_size: int = 256
+    amp: bool = True  # mixed precision (bf16, or fp16 with loss scaling) on GPU; ignored on CPU
+
+
+@dataclass
+class RunConfig:
+    kind: str
+    model: Any  # the model kind's config dataclass
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain YAML-safe values (tuples become lists)."""
+        return _plain({"kind": self.kind, "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a YAML value against the type of the field's default (int is accepted for float)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise RszError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+        raise RszError(f"{where}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _update(obj: Any, values: dict, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise RszError(f"{where}: expected a mapping of settings, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise RszError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        changes[key] = _coerce(value, getattr(obj, key), f"{where}.{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def model_config_class(kind: str) -> type:
+    from rsz_train.models.registry import model_entry
+
+    try:
+        return model_entry(kind).config_cls
+    except KeyError as err:
+        raise RszError(str(err.args[0])) from None
+
+
+def config_from_dict(kind: str, data: dict, where: str = "config") -> RunConfig:
+    """Defaults of `kind`, updated by a dict shaped like the YAML file."""
+    if not isinstance(data, dict):
+        raise RszError(f"{where}: expected a mapping with keys kind, model, train")
+    unknown = set(data) - {"kind", "model", "train"}
+    if unknown:
+        raise RszError(f"{where}: unknown top-level key {sorted(unknown)[0]!r} (known: kind, model, train)")
+    if data.get("kind", kind) != kind:
+        raise RszError(f"{where}: config is for model kind {data['kind']!r}, not {kind!r}")
+    model = _update(model_config_class(kind)(), data.get("model") or {}, f"{where}: model")
+    train = _update(TrainConfig(), data.get("train") or {}, f"{where}: train")
+    return RunConfig(kind=kind, model=model, train=train)
+
+
+def load_config(kind: str, path: Path | str | None = None, overrides: dict | None = None) -> RunConfig:
+    """The run config of `kind`: defaults, then the YAML file at `path`, then `overrides`.
+
+    `overrides` maps dotted keys to values, e.g. {"train.epochs": 2, "model.depth": 2}.
+    """
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise RszError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise RszError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    config = config_from_dict(kind, data, where)
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in ("model", "train") or not name:
+            raise RszError(f"override {key!r}: expected model.<name> or train.<name>")
+        target = getattr(config, section)
+        setattr(config, section, _update(target, {name: value}, f"override {section}"))
+    return config
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

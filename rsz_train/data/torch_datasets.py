@@ -1,0 +1,94 @@
+"""Training data in memory: images decoded once, batches drawn by a seeded generator.
+
+The benchmarks are small (a few thousand tiles), so every image is read once with Pillow, resized by
+rsz_infer.preprocess.resize_rgb and kept as uint8; a batch is augmented (flips, 90-degree rotations: a
+remote-sensing tile has no "up") and standardised by rsz_infer.preprocess.normalize, so without
+augmentation a batch is exactly what rsz_infer.preprocess.to_model_input gives at inference.
+
+Every random choice comes from a numpy Generator that the caller seeds per epoch, which makes an
+interrupted run resumed at epoch e draw the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """One image file -> HxWx3 uint8 RGB."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise RszError(f"{path}: cannot read image ({err})") from None
+
+
+def load_images(root: Path | str, paths: list[str], size: int) -> np.ndarray:
+    """Images at `root/paths[i]`, resized to size x size -> [N, size, size, 3] uint8."""
+    root = Path(root)
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, rel in enumerate(paths):
+        out[i] = resize_rgb(read_rgb(root / rel), size)
+    return out
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random element of the dihedral group: 0-3 quarter turns, then maybe a horizontal flip."""
+    rgb = np.rot90(rgb, k=int(rng.integers(4)))
+    if rng.integers(2):
+        rgb = rgb[:, ::-1]
+    return rgb
+
+
+def image_batch(images: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """[B, S, S, 3] uint8 -> [B, 3, S, S] float32 model input; augmented when `rng` is given."""
+    out = np.empty((len(images), 3, spec.size, spec.size), dtype=np.float32)
+    for i, rgb in enumerate(images):
+        out[i] = normalize(augment(rgb, rng) if rng is not None else rgb, spec)
+    return torch.from_numpy(out)
+
+
+def random_batches(num_items: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch: a random permutation cut into batches (the last, smaller one kept unless it has 1 item,
+    which would break batch statistics and adds nothing)."""
+    order = rng.permutation(num_items)
+    batches = [order[i : i + batch_size] for i in range(0, num_items, batch_size)]
+    return [b for b in batches if len(b) > 1] or batches
+
+
+def class_balanced_batches(
+    labels: np.ndarray, classes_per_batch: int, images_per_class: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Episodes for metric learning (MCFA): each batch has `images_per_class` images of each of
+    `classes_per_batch` classes (0 = all). An epoch has about as many images as the data set."""
+    classes = np.unique(labels)
+    per_batch = len(classes) if classes_per_batch <= 0 else min(classes_per_batch, len(classes))
+    by_class = {c: np.flatnonzero(labels == c) for c in classes}
+    num_batches = max(1, len(labels) // (per_batch * images_per_class))
+    batches = []
+    for _ in range(num_batches):
+        chosen = rng.choice(classes, size=per_batch, replace=False)
+        parts = []
+        for c in chosen:
+            pool = by_class[c]
+            parts.append(rng.choice(pool, size=images_per_class, replace=len(pool) < images_per_class))
+        batches.append(np.concatenate(parts))
+    return batches
+
+
+def pick_captions(paths: list[str], captions: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    """One random caption per image path (every image must have at least one)."""
+    picked = []
+    for path in paths:
+        options = captions.get(path)
+        if not options:
+            raise RszError(f"{path}: image has no caption (captions.json)")
+        picked.append(options[int(rng.integers(len(options)))])
+    return picked

@@ -1,0 +1,209 @@
+"""DSVA: Deep Semantic-Visual Alignment (Xu et al., ISPRS J. 2023) for zero-shot scene classification.
+
+A ViT maps a tile into attribute space two ways, and their mean is the embedding used for scoring:
+- global: mean of all tokens -> LayerNorm -> linear to the A attributes;
+- local: one learnable prototype per attribute is compared with every patch token; the softmax over
+  patches is that attribute's attention map [h, w] and the best-matching patch is its score (max pool).
+A class is its attribute vector (from its description by default, rsz_infer.semantics), so a class no
+image was trained on is scored the same way: logits = class_logits(embedding, attributes, rule, scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsz_infer.errors import RszError
+from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
+from rsz_train.models.base import ExportGraph, RszModel
+from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
+
+
+@dataclass
+class DSVAConfig:
+    """DSVA settings; the defaults are the small CPU model (vit_tiny from scratch at 64 px)."""
+
+    backbone: str = "vit_tiny"  # rsz_train.models.vit.VIT_CONFIGS: vit_tiny | vit_small | vit_b32 | vit_b16
+    clip_checkpoint: str | None = None  # CLIP vision weights (HF folder or open_clip file); sets the ViT shape
+    scoring_rule: str = "cosine"  # "cosine" | "dot" compatibility of embedding and class attributes
+    logit_scale: float = 16.0  # initial scale of the logits
+    learn_scale: bool = True  # train the scale (log-parameterised) or keep it fixed
+    compatibility_weight: float = 1.0  # cross-entropy on the class logits
+    regression_weight: float = 1.0  # MSE of both branches to the class attribute vector (x A, see below)
+    concentration_weight: float = 0.1  # attention maps pulled toward their peaks
+    group_sparsity_weight: float = 0.0  # group lasso of the prototypes over attribute groups (optional)
+    dropout: float = 0.1  # on the pooled global feature
+
+
+class DSVA(RszModel):
+    kind = "dsva"
+    scoring_rule = "cosine"
+    class_embedding = "attributes"
+
+    def __init__(self, config: DSVAConfig, task: TaskInfo) -> None:
+        super().__init__()
+        if config.scoring_rule not in ("cosine", "dot"):
+            raise RszError(f"model.scoring_rule {config.scoring_rule!r}: expected cosine or dot")
+        self.config = config
+        self.scoring_rule = config.scoring_rule
+        self.backbone, self.vit_shape = _build_backbone(config, task)
+        width = self.backbone.width
+        num_attributes = len(task.attribute_names)
+        self.grid = tuple(self.backbone.grid)
+        self.image_size = task.image_size
+        if self.vit_shape.get("pre_norm"):  # a CLIP tower expects CLIP's normalisation
+            from rsz_train.models.vit import CLIP_MEAN, CLIP_STD
+
+            self.image_mean, self.image_std = tuple(CLIP_MEAN), tuple(CLIP_STD)
+        self.global_norm = nn.LayerNorm(width)
+        self.global_dropout = nn.Dropout(config.dropout)
+        self.global_head = nn.Linear(width, num_attributes)
+        self.local_norm = nn.LayerNorm(width)
+        self.prototypes = nn.Parameter(torch.randn(num_attributes, width) * width**-0.5)
+        log_scale = torch.tensor(float(config.logit_scale)).log()
+        if config.learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        groups = sorted(set(task.attribute_groups))
+        group_ids = torch.tensor([groups.index(g) for g in task.attribute_groups], dtype=torch.long)
+        self.register_buffer("group_ids", group_ids, persistent=False)
+
+    # --- forward pieces ---------------------------------------------------------------------------------
+
+    def attribute_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> embedding, global, local [B, A] and attention_maps [B, A, h, w]."""
+        tokens = self.backbone(images)  # [B, 1+N, W], CLS first
+        global_attr = self.global_head(self.global_dropout(self.global_norm(tokens.mean(dim=1))))
+        patches = self.local_norm(tokens[:, 1:])  # [B, N, W]
+        similarity = patches @ self.prototypes.t() * patches.shape[-1] ** -0.5  # [B, N, A]
+        local_attr = similarity.amax(dim=1)  # the best-matching patch of each attribute
+        maps = similarity.softmax(dim=1).transpose(1, 2)  # [B, A, N], each row sums to 1
+        h, w = images.shape[-2] // self.backbone.patch_size, images.shape[-1] // self.backbone.patch_size
+        return {
+            "embedding": 0.5 * (global_attr + local_attr),
+            "global": global_attr,
+            "local": local_attr,
+            "attention_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
+        }
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def logits(self, embedding: torch.Tensor, class_attributes: torch.Tensor) -> torch.Tensor:
+        """Torch twin of rsz_infer.scoring.class_logits (same rule, same scale) for the training loss."""
+        if self.scoring_rule == "cosine":
+            embedding, class_attributes = F.normalize(embedding, dim=-1), F.normalize(class_attributes, dim=-1)
+        return self.scale() * embedding @ class_attributes.t()
+
+    # --- RszModel ---------------------------------------------------------------------------------------
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        out = self.attribute_outputs(batch["image"])
+        classes = batch["class_inputs"].to(out["embedding"].dtype)
+        labels = batch["label"]
+        num_attributes = classes.shape[1]
+        losses = {
+            "compatibility": compatibility_loss(self.logits(out["embedding"].float(), classes.float()), labels),
+            # x A: the attribute vectors are unit length, so a plain mean would shrink with A
+            "regression": num_attributes
+            * 0.5
+            * (regression_loss(out["global"], classes, labels) + regression_loss(out["local"], classes, labels)),
+            "concentration": concentration_loss(out["attention_maps"].float()),
+        }
+        total = (
+            cfg.compatibility_weight * losses["compatibility"]
+            + cfg.regression_weight * losses["regression"]
+            + cfg.concentration_weight * losses["concentration"]
+        )
+        if cfg.group_sparsity_weight > 0:
+            losses["group_sparsity"] = group_sparsity_loss(self.prototypes, self.group_ids)
+            total = total + cfg.group_sparsity_weight * losses["group_sparsity"]
+        losses["loss"] = total
+        return losses
+
+    def class_inputs(self, semantics: ClassSemantics, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.as_tensor(semantics.attributes, dtype=torch.float32, device=device)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.attribute_outputs(images)["embedding"]
+
+    def encode_classes(self, class_inputs: torch.Tensor) -> torch.Tensor:
+        # The class embedding IS the attribute vector: inference computes it from the description alone.
+        return class_inputs
+
+    def logit_scale(self) -> float:
+        return float(self.scale().item())
+
+    def export_graphs(self) -> list[ExportGraph]:
+        from rsz_train.text import text_export_graph
+
+        example = torch.zeros(2, 3, self.image_size, self.image_size)
+        image = ExportGraph(
+            role="image",
+            module=_ImageGraph(self).eval(),
+            example_inputs=(example,),
+            input_names=["image"],
+            output_names=["embedding", "attention_maps"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "attention_maps": {0: "batch"}},
+        )
+        return [image, text_export_graph()]
+
+
+class _ImageGraph(nn.Module):
+    """image -> (embedding [B, A], attention_maps [B, A, h, w]) for export."""
+
+    def __init__(self, model: DSVA) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.attribute_outputs(image)
+        return out["embedding"], out["attention_maps"]
+
+
+def _build_backbone(config: DSVAConfig, task: TaskInfo) -> tuple[nn.Module, dict]:
+    """The ViT and its shape. A run's TaskInfo.extra["vit"] (saved at training) rebuilds a CLIP-shaped
+    ViT without the original checkpoint file; its weights come from model.safetensors."""
+    from rsz_train.models.vit import ViT, create_vit, vit_from_clip_checkpoint
+
+    shape = task.extra.get("vit")
+    if shape:
+        return ViT(**shape), dict(shape)
+    if config.clip_checkpoint:
+        path = Path(config.clip_checkpoint)
+        if not path.exists():
+            raise RszError(f"{path}: CLIP checkpoint not found (model.clip_checkpoint)")
+        vit = vit_from_clip_checkpoint(path, image_size=task.image_size)
+        vit.proj = None  # CLIP's image projection is not used: DSVA maps tokens to attributes itself
+    else:
+        vit = create_vit(config.backbone, image_size=task.image_size)
+    shape = {
+        "image_size": vit.image_size,
+        "patch_size": vit.patch_size,
+        "width": vit.width,
+        "depth": vit.depth,
+        "heads": vit.heads,
+        "mlp_ratio": vit.blocks[0].mlp.fc1.out_features / vit.width if len(vit.blocks) else 4.0,
+        "pre_norm": isinstance(vit.ln_pre, nn.LayerNorm),
+        "act": vit.act,
+        "patch_bias": vit.patch_embed.bias is not None,
+        "norm_eps": vit.norm.eps,
+    }
+    return vit, shape
+
+
+def build_dsva(config: DSVAConfig, task: TaskInfo) -> DSVA:
+    model = DSVA(config, task)
+    # Saved with the run (classes.json "task"), so load_run rebuilds this ViT without the CLIP file.
+    task.extra["vit"] = dict(model.vit_shape)
+    return model
+
+
+register(ModelEntry("dsva", DSVAConfig, build_dsva))

@@ -1,0 +1,195 @@
+"""A training run on disk (runs/NAME) and how to load it back.
+
+    config.yaml        the full RunConfig (model kind included)
+    model.safetensors  weights of the best epoch on validation (metadata: kind)
+    classes.json       class names, descriptions, seen (training) / unseen / val lists, the class
+                       semantics used, the TaskInfo the model was built with, the GZSL calibration
+    metrics.jsonl      one line per epoch
+    report.json        final test scores (scored once, after selection on validation)
+    last.pt            resume state (weights, optimizer, scheduler, epoch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from rsz_train.config import RunConfig, config_from_dict
+from rsz_train.models.base import RszModel
+from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+CLASSES = "classes.json"
+METRICS = "metrics.jsonl"
+REPORT = "report.json"
+LAST = "last.pt"
+
+
+@dataclass
+class RunInfo:
+    """Everything about a run that export and evaluation need besides the weights."""
+
+    run_dir: Path
+    kind: str
+    config: RunConfig
+    class_names: list[str]  # all classes of the benchmark
+    seen: list[str]  # the classes the model was trained on (GZSL calibration applies to them)
+    unseen: list[str]
+    val: list[str]
+    semantics: ClassSemantics  # of all classes, in class_names order
+    seen_calibration: float  # calibrated-stacking lambda chosen on the validation split
+    preprocess: PreprocessSpec
+    task: TaskInfo
+    semantics_source: str = "text"  # "text" (from descriptions) | "matrix" (ground-truth attributes)
+    report: dict = field(default_factory=dict)  # report.json, empty while the run is unfinished
+
+
+def preprocess_spec(model: RszModel, image_size: int) -> PreprocessSpec:
+    """The run's preprocessing: size from the config, mean/std from the model (CLIP and geoembed
+    backbones set image_mean/image_std; ImageNet statistics otherwise)."""
+    mean = tuple(float(v) for v in getattr(model, "image_mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in getattr(model, "image_std", IMAGENET_STD))
+    return PreprocessSpec(size=image_size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def save_weights(model: RszModel, path: Path, kind: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"kind": kind})
+    tmp.replace(path)
+
+
+def classes_record(
+    names: list[str],
+    seen: list[str],
+    unseen: list[str],
+    val: list[str],
+    semantics: ClassSemantics,
+    semantics_source: str,
+    task: TaskInfo,
+    preprocess: PreprocessSpec,
+    seen_calibration: float,
+) -> dict:
+    return {
+        "class_names": names,
+        "descriptions": semantics.descriptions,
+        "seen": seen,
+        "unseen": unseen,
+        "val": val,
+        "semantics_source": semantics_source,
+        "attributes": np.asarray(semantics.attributes, dtype=np.float32).tolist(),
+        "sentence": np.asarray(semantics.sentence, dtype=np.float32).tolist(),
+        "glove": None if semantics.glove is None else np.asarray(semantics.glove, dtype=np.float32).tolist(),
+        "task": dataclasses.asdict(task),
+        "preprocess": preprocess.to_dict(),
+        "seen_calibration": float(seen_calibration),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise RszError(f"{path}: missing (is {path.parent} a finished rsz-train run?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RszError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") -> tuple[RszModel, RunInfo]:
+    """The best checkpoint of a run (eval mode, on `device`) and its RunInfo.
+
+    `kind`, when given, must match the run's model kind.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RszError(f"{run_dir}: run folder not found")
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise RszError(f"{config_path}: missing (is {run_dir} an rsz-train run?)")
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise RszError(f"{config_path}: not valid YAML") from None
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise RszError(f"{config_path}: no model kind in the config")
+    run_kind = str(raw["kind"])
+    if kind is not None and run_kind != kind:
+        raise RszError(f"{run_dir}: is a {run_kind} run, not {kind}")
+    config = config_from_dict(run_kind, raw, str(config_path))
+    record = _read_json(run_dir / CLASSES)
+    report_path = run_dir / REPORT
+    report = _read_json(report_path) if report_path.is_file() else {}
+
+    try:
+        task = TaskInfo(**record["task"])
+        glove = record.get("glove")
+        semantics = ClassSemantics(
+            names=list(record["class_names"]),
+            descriptions=list(record["descriptions"]),
+            attributes=np.asarray(record["attributes"], dtype=np.float32),
+            sentence=np.asarray(record["sentence"], dtype=np.float32),
+            glove=None if glove is None else np.asarray(glove, dtype=np.float32),
+        )
+        info = RunInfo(
+            run_dir=run_dir,
+            kind=run_kind,
+            config=config,
+            class_names=list(record["class_names"]),
+            seen=list(record["seen"]),
+            unseen=list(record["unseen"]),
+            val=list(record["val"]),
+            semantics=semantics,
+            seen_calibration=float(report.get("seen_calibration", record["seen_calibration"])),
+            preprocess=PreprocessSpec.from_dict(record["preprocess"]),
+            task=task,
+            semantics_source=str(record.get("semantics_source", "text")),
+            report=report,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise RszError(f"{run_dir / CLASSES}: malformed ({err})") from None
+
+    model = create_model(run_kind, config.model, task)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise RszError(f"{weights}: missing (the run has not finished a validated epoch yet)")
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            saved_kind = (f.metadata() or {}).get("kind")
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise RszError(f"{weights}: not a readable safetensors file ({err})") from None
+    if saved_kind is not None and saved_kind != run_kind:
+        raise RszError(f"{weights}: checkpoint of a {saved_kind} model, but {config_path} says {run_kind}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else "shape mismatch"
+        raise RszError(f"{weights}: does not fit the {run_kind} model of {config_path} ({first})") from None
+    return model.to(device).eval(), info
+
+
+def save_resume_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)

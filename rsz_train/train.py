@@ -1,0 +1,436 @@
+"""One training loop for every rsz model (DSVA, MCFA, MSA): `train(kind, data_dir, split, out_dir)`.
+
+Honest model selection: the model trains on images of the seen classes minus the val classes; each
+epoch is scored on validation (ZSL: per-class accuracy on val_unseen among the val classes; caption
+models: retrieval mR on the validation captions); the best epoch is kept, the GZSL calibration lambda is
+chosen on validation, and only then is the test split scored, once.
+
+Reproducible: the model is initialised from the seed, and epoch e draws its batches, augmentations and
+dropout from seeds derived from (seed, e), so a run interrupted after epoch e and resumed (--resume)
+ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+from rsz_train import evaluate as ev
+from rsz_train import runs
+from rsz_train.config import RunConfig, config_from_dict, load_config, save_config
+from rsz_train.data import torch_datasets as td
+from rsz_train.models.base import RszModel
+from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, create_model, model_entry
+
+TEST_NOTE = "test scored once, after selection on validation"
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split part with their labels (indices into all class names)."""
+
+    paths: list[str]
+    images: np.ndarray  # [N, S, S, 3] uint8
+    labels: np.ndarray  # [N] int64
+
+
+def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_train.data.formats.SceneData)
+    """ClassSemantics of every class of the benchmark; attributes from descriptions ("text", the default:
+    exactly what inference computes for a new class) or the benchmark's ground-truth matrix ("matrix")."""
+    from rsz_train.text import class_attribute_vectors, encode_sentences, glove_class_vectors
+
+    names = list(data.class_names)
+    descriptions = [data.descriptions.get(name, name) for name in names]
+    phrases = list(data.attribute_phrases or [])
+    if source == "text":
+        if len(phrases) < 2:
+            raise RszError(f"{data.root}: the benchmark has no attribute phrases (attributes.txt)")
+        attributes = class_attribute_vectors(descriptions, phrases)
+    elif source == "matrix":
+        if data.attribute_matrix is None:
+            raise RszError(f"{data.root}: train.semantics is 'matrix' but the benchmark has no attribute matrix")
+        attributes = np.asarray(data.attribute_matrix, dtype=np.float32)
+    else:
+        raise RszError(f"train.semantics {source!r}: expected text or matrix")
+    try:
+        glove, _missing = glove_class_vectors(names)
+    except RszError:
+        glove = None  # a class name GloVe does not know: models that need GloVe say so themselves
+    return ClassSemantics(
+        names=names, descriptions=descriptions, attributes=attributes, sentence=encode_sentences(descriptions), glove=glove
+    )
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise RszError(f"--device {device}: expected cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RszError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    return torch.device(device)
+
+
+def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or not config.train.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch])
+
+
+def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng: np.random.Generator):  # noqa: ANN202
+    if entry.sampler == "class_balanced":
+        return td.class_balanced_batches(labels, config.train.classes_per_batch, config.train.images_per_class, rng)
+    return td.random_batches(len(labels), config.train.batch_size, rng)
+
+
+class _Trainer:
+    """State of one run; `train()` below is the public entry point."""
+
+    def __init__(self, kind: str, data_dir: Path, split_name: str, out_dir: Path, config: RunConfig, device: torch.device):
+        from rsz_train.data.formats import load_benchmark, load_split
+
+        self.kind, self.config, self.device = kind, config, device
+        self.entry = model_entry(kind)
+        self.out_dir = out_dir
+        self.data = load_benchmark(data_dir)
+        self.split = load_split(data_dir, split_name)
+        self.split_name = split_name
+        self.data_dir = data_dir
+        names = list(self.data.class_names)
+        self.index = {name: i for i, name in enumerate(names)}
+        val = set(self.split.val)
+        self.train_classes = [c for c in self.split.seen if c not in val]
+        for c in [*self.split.seen, *self.split.unseen]:
+            if c not in self.index:
+                raise RszError(f"split {split_name}: class {c!r} is not in the benchmark at {data_dir}")
+        self.train_ids = [self.index[c] for c in self.train_classes]
+        self.val_ids = [self.index[c] for c in self.split.val]
+        self.unseen_ids = [self.index[c] for c in self.split.unseen]
+        self.semantics = build_semantics(self.data, config.train.semantics)
+        if not self.data.attribute_names and self.kind == "dsva":
+            raise RszError(f"{data_dir}: DSVA needs attributes (attributes.txt)")
+        self.task = TaskInfo(
+            attribute_names=list(self.data.attribute_names or []),
+            attribute_phrases=list(self.data.attribute_phrases or []),
+            attribute_groups=list(self.data.attribute_groups or []),
+            image_size=config.train.image_size,
+            num_train_classes=len(self.train_classes),
+        )
+        torch.manual_seed(config.train.seed)
+        self.model: RszModel = create_model(kind, config.model, self.task).to(device)
+        self.spec: PreprocessSpec = runs.preprocess_spec(self.model, config.train.image_size)
+        self.amp = amp_dtype(config, device)
+        label_of = dict(zip(self.data.image_paths, np.asarray(self.data.labels).tolist()))
+        self.sets = {
+            part: self._image_set(getattr(self.split, part), label_of)
+            for part in ("train", "val_seen", "val_unseen", "test_seen", "test_unseen")
+        }
+        if self.entry.uses_captions:  # caption models train only on images whose captions are for training
+            self.sets["train"] = self._caption_subset(self.sets["train"], "train")
+        if len(self.sets["train"].paths) < 2:
+            raise RszError(f"split {split_name}: fewer than 2 training images")
+        position = {c: i for i, c in enumerate(self.train_ids)}
+        self.train_labels = np.array([position[int(c)] for c in self.sets["train"].labels], dtype=np.int64)
+        train_semantics = ev.subset_semantics(self.semantics, self.train_ids)
+        self.train_class_inputs = self.model.class_inputs(train_semantics, device)
+
+    def _image_set(self, paths: list[str], label_of: dict[str, int]) -> ImageSet:
+        labels = []
+        for p in paths:
+            if p not in label_of:
+                raise RszError(f"split {self.split_name}: image {p} is not in the benchmark")
+            labels.append(label_of[p])
+        images = td.load_images(self.data.root, list(paths), self.config.train.image_size)
+        return ImageSet(list(paths), images, np.asarray(labels, dtype=np.int64))
+
+    def _caption_subset(self, image_set: ImageSet, caption_split: str) -> ImageSet:
+        keep = [
+            i
+            for i, p in enumerate(image_set.paths)
+            if self.data.captions.get(p) and self.data.caption_splits.get(p, "train") == caption_split
+        ]
+        return ImageSet([image_set.paths[i] for i in keep], image_set.images[keep], image_set.labels[keep])
+
+    # --- training ---------------------------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        return len(_epoch_batches(self.entry, self.config, self.train_labels, _epoch_rng(self.config.train.seed, 0)))
+
+    def run_epoch(self, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:  # noqa: ANN001
+        cfg = self.config.train
+        rng = _epoch_rng(cfg.seed, epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: same draws when resumed at this epoch
+        batches = _epoch_batches(self.entry, self.config, self.train_labels, rng)
+        train_set = self.sets["train"]
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for idx in bar:
+            batch = {
+                "image": td.image_batch(train_set.images[idx], self.spec, rng if cfg.augment else None).to(self.device),
+                "label": torch.from_numpy(self.train_labels[idx]).to(self.device),
+                "class_inputs": self.train_class_inputs,
+            }
+            if self.entry.uses_captions:
+                texts = td.pick_captions([train_set.paths[i] for i in idx], self.data.captions, rng)
+                batch.update({k: v.to(self.device) for k, v in self.model.tokenize(texts).items()})
+            with ev.autocast(self.device, self.amp):
+                losses = self.model.training_losses(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise RszError(f"epoch {epoch + 1}: the loss is {loss.item()} (lower train.lr?)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        return {k: v / len(batches) for k, v in sums.items()}
+
+    # --- evaluation -------------------------------------------------------------------------------------
+
+    def _embed(self, part: str) -> np.ndarray:
+        return ev.embed_images(
+            self.model, self.sets[part].images, self.spec, self.device, self.config.train.eval_batch_size, self.amp
+        )
+
+    def zsl_scores(self, stage: str, calibration: float | None) -> dict | None:
+        """ZSL/GZSL on "val" (train classes + val classes) or "test" (train classes + unseen classes)."""
+        seen_part, unseen_part = f"{stage}_seen", f"{stage}_unseen"
+        unseen_ids = self.val_ids if stage == "val" else self.unseen_ids
+        if not unseen_ids or not len(self.sets[unseen_part].paths) or not len(self.sets[seen_part].paths):
+            return None
+        class_emb = ev.embed_classes(self.model, self.semantics, self.device)
+        image_emb = np.concatenate([self._embed(seen_part), self._embed(unseen_part)])
+        labels = np.concatenate([self.sets[seen_part].labels, self.sets[unseen_part].labels])
+        return ev.zsl_gzsl_scores(
+            image_emb,
+            labels,
+            class_emb,
+            self.train_ids,
+            unseen_ids,
+            self.model.scoring_rule,
+            self.model.logit_scale(),
+            calibration,
+        )
+
+    def retrieval(self, caption_split: str) -> dict | None:
+        """Retrieval on every image of the benchmark whose captions belong to `caption_split`."""
+        paths = [p for p in self.data.image_paths if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)]
+        if not paths:
+            return None
+        images = td.load_images(self.data.root, paths, self.config.train.image_size)
+        texts, text_to_image = [], []
+        for i, p in enumerate(paths):
+            texts += self.data.captions[p]
+            text_to_image += [i] * len(self.data.captions[p])
+        image_emb = ev.embed_images(self.model, images, self.spec, self.device, self.config.train.eval_batch_size, self.amp)
+        text_emb = ev.embed_texts(self.model, texts, self.device, self.config.train.eval_batch_size)
+        return ev.retrieval_scores(image_emb, text_emb, np.asarray(text_to_image))
+
+    def validate(self) -> tuple[float, dict]:
+        """(selection score, validation metrics)."""
+        metrics: dict = {}
+        zsl = self.zsl_scores("val", None)
+        if zsl is not None:
+            metrics.update(zsl)
+        if self.entry.uses_captions:
+            retrieval = self.retrieval("val")
+            if retrieval is not None:
+                metrics["retrieval"] = retrieval
+                return retrieval["mR"], metrics
+        if zsl is not None:
+            return zsl["zsl"], metrics
+        # No val classes: fall back to accuracy on held-out images of the training classes.
+        emb = self._embed("val_seen")
+        if not len(emb):
+            raise RszError(f"split {self.split_name}: no validation images (val_seen.txt, val_unseen.txt)")
+        class_emb = ev.embed_classes(self.model, ev.subset_semantics(self.semantics, self.train_ids), self.device)
+        logits = ev.class_logits(emb, class_emb, self.model.scoring_rule, self.model.logit_scale())
+        position = {c: i for i, c in enumerate(self.train_ids)}
+        metrics["val_seen_accuracy"] = ev.zsl_accuracy(logits, np.array([position[int(c)] for c in self.sets["val_seen"].labels]))
+        return metrics["val_seen_accuracy"], metrics
+
+    def classes_record(self, calibration: float) -> dict:
+        return runs.classes_record(
+            list(self.data.class_names),
+            self.train_classes,
+            list(self.split.unseen),
+            list(self.split.val),
+            self.semantics,
+            self.config.train.semantics,
+            self.task,
+            self.spec,
+            calibration,
+        )
+
+
+def _read_metrics(path: Path, epochs_done: int) -> list[str]:
+    if not path.is_file():
+        return []
+    return path.read_text(encoding="utf-8").splitlines()[:epochs_done]
+
+
+def train(
+    kind: str,
+    data_dir: Path | str,
+    split: str,
+    out_dir: Path | str,
+    config_path: Path | str | None = None,
+    device: str | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    overrides: dict | None = None,
+    stop_after_epoch: int | None = None,
+) -> Path:
+    """Train a `kind` model on `data_dir`/splits/`split` into `out_dir`; returns `out_dir`.
+
+    With `resume`, continue the run in `out_dir` from its last.pt (its own config.yaml; `epochs` may
+    extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
+    (last.pt is written, the test split is not scored).
+    """
+    started = time.time()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise RszError(f"{data_dir}: data folder not found (make one with rsz-train synth --out {data_dir})")
+    last_path = out_dir / runs.LAST
+    if resume:
+        if not last_path.is_file():
+            raise RszError(f"{last_path}: nothing to resume (train without --resume first)")
+        import yaml
+
+        config = config_from_dict(kind, yaml.safe_load((out_dir / runs.CONFIG).read_text(encoding="utf-8")), str(out_dir / runs.CONFIG))
+    else:
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise RszError(f"{out_dir}: run folder is not empty (use --resume to continue it, or another --out)")
+        config = load_config(kind, config_path, overrides)
+    if epochs is not None:
+        if epochs < 1:
+            raise RszError(f"--epochs {epochs}: must be at least 1")
+        config.train.epochs = epochs
+    dev = pick_device(device)
+    trainer = _Trainer(kind, data_dir, split, out_dir, config, dev)
+    model, cfg = trainer.model, config.train
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    steps = trainer.steps_per_epoch()
+    total, warmup = steps * cfg.epochs, steps * min(cfg.warmup_epochs, cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp == torch.float16)
+
+    start_epoch, best_score, best_epoch = 0, -math.inf, -1
+    metrics_path = out_dir / runs.METRICS
+    if resume:
+        state = torch.load(last_path, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        seconds_before = state.get("seconds", 0.0)
+        lines = _read_metrics(metrics_path, start_epoch)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / runs.CONFIG)
+        runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(0.0)))
+        seconds_before, lines = 0.0, []
+    runs.write_atomic(metrics_path, "".join(line + "\n" for line in lines))
+
+    end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        losses = trainer.run_epoch(epoch, optimizer, scheduler, scaler)
+        score, val = trainer.validate()
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch
+            runs.save_weights(model, out_dir / runs.WEIGHTS, kind)
+        line = {
+            "epoch": epoch + 1,
+            "seconds": round(time.time() - t0, 2),
+            "lr": optimizer.param_groups[0]["lr"],
+            "losses": losses,
+            "val": val,
+            "selection_score": score,
+            "best": improved,
+        }
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        summary = f"epoch {epoch + 1}/{cfg.epochs}: loss {losses['loss']:.4f}, val score {score:.4f}"
+        tqdm.write(summary + (" (best)" if improved else ""))
+        runs.save_resume_state(
+            last_path,
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "seconds": seconds_before + time.time() - started,
+            },
+        )
+    if end_epoch < cfg.epochs:
+        return out_dir
+
+    # Selection is over: reload the best epoch, choose lambda on validation, then score the test split once.
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out_dir / runs.WEIGHTS)))
+    _, val = trainer.validate()
+    calibration = float(val.get("calibration", 0.0))
+    test = trainer.zsl_scores("test", calibration) or {}
+    if trainer.entry.uses_captions:
+        retrieval = trainer.retrieval("test")
+        if retrieval is not None:
+            test["retrieval"] = retrieval
+    report = {
+        "kind": kind,
+        "data": str(data_dir),
+        "split": split,
+        "epochs": cfg.epochs,
+        "best_epoch": best_epoch + 1,
+        "selection": "retrieval mR on validation captions" if trainer.entry.uses_captions else "ZSL accuracy on val_unseen",
+        "seen_calibration": calibration,
+        "val": val,
+        "test": test,
+        "note": TEST_NOTE,
+        "seconds": round(seconds_before + time.time() - started, 1),
+        "device": str(dev),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
+    runs.write_atomic(out_dir / runs.REPORT, json.dumps(report, indent=2))
+    return out_dir

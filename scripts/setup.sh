@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv with rsz and everything its tests, training and export need (idempotent).
+# torch==2.13.0 first: on this kind of machine pip takes that CPU build from local disk; an open
+# range would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.rsz-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  touch "$stamp"
+fi

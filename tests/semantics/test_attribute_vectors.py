@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsz_infer.errors import RszError
+from rsz_infer.semantics import attribute_vectors
+
+
+def test_rows_are_centred_unit_vectors_and_independent_of_other_classes() -> None:
+    rng = np.random.default_rng(0)
+    descriptions, phrases = rng.normal(size=(5, 16)), rng.normal(size=(7, 16))
+    vectors = attribute_vectors(descriptions, phrases)
+    assert vectors.shape == (5, 7) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors.mean(axis=1), 0.0, atol=1e-6)
+    # A class's vector must not depend on which other classes are in the file.
+    np.testing.assert_allclose(attribute_vectors(descriptions[2:3], phrases)[0], vectors[2], atol=1e-6)
+
+
+def test_the_phrase_a_description_is_made_of_scores_highest() -> None:
+    phrases = np.eye(4, 8) + 0.3  # four phrases sharing a common component
+    description = 0.2 * phrases[0] + phrases[2]
+    vector = attribute_vectors(description[None, :], phrases)[0]
+    assert np.argmax(vector) == 2
+    assert vector[0] > vector[1] and vector[0] > vector[3]
+
+
+def test_dimension_mismatch_is_an_error() -> None:
+    with pytest.raises(RszError, match="384-d but attribute phrase embeddings are 512-d"):
+        attribute_vectors(np.ones((2, 384)), np.ones((3, 512)))
+    with pytest.raises(RszError, match="at least 2 attribute phrases"):
+        attribute_vectors(np.ones((2, 4)), np.ones((1, 4)))
+
+
+def test_inference_side_modules_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rsz_infer.classfile, rsz_infer.semantics, rsz_infer.tokenizer, rsz_infer.metrics;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
