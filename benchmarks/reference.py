@@ -118,7 +118,9 @@ def build_reference(name: str, image_size: int | None = None, seed: int = 0) -> 
     """`name` is a key of REFERENCES (with or without the "ref:" prefix)."""
     name = name.removeprefix("ref:")
     if name not in REFERENCES:
-        raise RszError(f"ref:{name}: unknown reference model; known: {', '.join('ref:' + n for n in REFERENCES)}")
+        raise RszError(
+            f"ref:{name}: unknown reference model; known: {', '.join('ref:' + n for n in REFERENCES)}"
+        )
     spec = REFERENCES[name]
     size = image_size or spec.image_size
     torch.manual_seed(seed)

@@ -53,8 +53,15 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+COMMAND_ARGS: list[str] = []  # set by benchmarks.cli; empty when the functions are called from Python
+
+
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    import shlex
+
+    if COMMAND_ARGS:
+        return shlex.join(["rsz-bench", *COMMAND_ARGS])
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -39,7 +39,9 @@ class ShapeRange:
         except ValueError:
             values = []
         if len(values) != 3 or not (1 <= values[0] <= values[1] <= values[2]):
-            raise RszError(f"{what} {text!r}: expected min:opt:max with 1 <= min <= opt <= max, e.g. 1:32:256")
+            raise RszError(
+                f"{what} {text!r}: expected min:opt:max with 1 <= min <= opt <= max, e.g. 1:32:256"
+            )
         return cls(*values)
 
     def __str__(self) -> str:
@@ -125,8 +127,10 @@ def build_engine(
     else:
         current = gpu_compute_capability()
         if current is None:
-            raise RszError(f"{lib.name} {lib.version}: full TensorRT needs a GPU to build engines; "
-                           "install tensorrt-rtx to build on a CPU-only machine")
+            raise RszError(
+                f"{lib.name} {lib.version}: full TensorRT needs a GPU to build engines; "
+                "install tensorrt-rtx to build on a CPU-only machine"
+            )
         if targets and tuple(targets) != (current,):
             raise RszError(f"targets {','.join(targets)}: full TensorRT builds only for this GPU ({current})")
         targets = (current,)
@@ -159,4 +163,3 @@ def build_engine(
     }
     sidecar_path(engine_path).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
     return sidecar
-

@@ -7,8 +7,11 @@ The choice and, for `auto`, the reason it fell back are reported through `runner
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from rsz_infer.bundle import Manifest
 from rsz_infer.errors import RszError
@@ -33,6 +36,47 @@ def resolve_device(device: str) -> str:
     return device
 
 
+class TypedRunner(Runner):
+    """Feeds cast to the dtypes the manifest lists for the graph (FP16 graphs take float16 images);
+    float outputs come back as float32, so callers never care about the graph's precision."""
+
+    def __init__(
+        self, inner: Runner, input_dtypes: dict[str, str], batch_range: tuple[int, int | None]
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.input_dtypes = input_dtypes
+        self.batch_range = batch_range  # (min, max) batch the graph accepts; max None: any
+
+    def batch_size(self, requested: int) -> int:
+        """The batch size closest to `requested` that this graph accepts."""
+        low, high = self.batch_range
+        return max(low, requested if high is None else min(requested, high))
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.inner.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.inner.output_names
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        typed = {k: np.ascontiguousarray(v, self.input_dtypes.get(k, v.dtype)) for k, v in feeds.items()}
+        try:
+            out = self.inner.infer(typed)
+        except RszError:
+            raise
+        except Exception as err:  # runtime errors of the engine (shapes, memory) as one line
+            text = str(err).strip()
+            reason = text.splitlines()[0] if text else type(err).__name__
+            raise RszError(f"{self.name}: inference failed ({reason})") from None
+        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in out.items()}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_runner(
     bundle_dir: Path | str,
     manifest: Manifest,
@@ -52,6 +96,30 @@ def open_runner(
     graph = manifest.graphs.get(role)
     if graph is None:
         raise RszError(f"{bundle_dir}: the {manifest.model_kind} bundle has no {role!r} graph")
+    runner = _open(bundle_dir, manifest, graph, role, backend, device, notes)
+    return TypedRunner(runner, {t.name: t.dtype for t in graph.inputs}, _batch_range(graph, runner))
+
+
+def _batch_range(graph, runner: Runner) -> tuple[int, int | None]:
+    """Batch sizes the graph takes: fixed in the ONNX shape, or the engine's optimisation profile."""
+    first = graph.inputs[0]
+    if isinstance(first.shape[0], int):
+        return first.shape[0], first.shape[0]
+    engine_path = getattr(runner, "engine_path", None)
+    if engine_path is not None:
+        from rsz_infer.trt_lib import sidecar_path
+
+        try:
+            profile = json.loads(sidecar_path(Path(engine_path)).read_text(encoding="utf-8"))["profile"][
+                first.name
+            ]
+            return int(profile["min"][0]), int(profile["max"][0])
+        except (OSError, KeyError, ValueError, IndexError):
+            pass  # no usable sidecar: let the engine say what it takes
+    return 1, None
+
+
+def _open(bundle_dir, manifest, graph, role, backend, device, notes) -> Runner:
     if backend == "ort":
         return _ort(bundle_dir, graph.onnx, device)
     if backend == "trt":
@@ -90,7 +158,9 @@ def _trt(bundle_dir: Path, engines: list[str], role: str) -> Runner:
     # A bundle may carry engines for several GPUs or libraries; the first that loads here wins.
     for name in engines:
         try:
-            return TrtRunner(bundle_dir / name)
+            runner = TrtRunner(bundle_dir / name)
+            runner.engine_path = getattr(runner, "engine_path", bundle_dir / name)  # for its sidecar profile
+            return runner
         except RszError as err:
             problems.append(str(err))
     raise RszError(problems[0] if len(problems) == 1 else "; ".join(problems))

@@ -41,11 +41,15 @@ def load_tokenizer(bundle_dir: Path | str, manifest: Manifest) -> Tokenizer:
 def encode_texts(runner: Runner, tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     """All outputs of the text graph for the texts, in batches; `tokens` (MSA) padded to one length."""
     parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(texts), TEXT_BATCH):
-        feeds = tokenizer.encode(texts[start : start + TEXT_BATCH])
+    limits = getattr(runner, "batch_range", (1, None))  # engines and fixed graphs take some sizes only
+    step = max(limits[0], TEXT_BATCH if limits[1] is None else min(TEXT_BATCH, limits[1]))
+    for start in range(0, len(texts), step):
+        chunk = texts[start : start + step]
+        padded = chunk + [chunk[-1]] * (limits[0] - len(chunk))  # repeat a text up to the smallest batch
+        feeds = tokenizer.encode(padded)
         out = runner.infer({k: feeds[k] for k in runner.input_names})
         out["attention_mask"] = feeds["attention_mask"]
-        parts.append(out)
+        parts.append({name: value[: len(chunk)] for name, value in out.items()})
     result = {}
     for name in parts[0]:
         arrays = [p[name] for p in parts]
@@ -94,7 +98,9 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
         descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
         if rule == "attributes":
             if not manifest.attribute_phrases:
-                raise RszError(f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases")
+                raise RszError(
+                    f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases"
+                )
             phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
             return attribute_vectors(descriptions, phrases)
     finally:

@@ -27,6 +27,9 @@ def one_line_errors(func: F) -> F:
         except RszError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except OSError as err:  # a permission or disk problem: the OS message names the file
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

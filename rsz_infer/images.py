@@ -11,6 +11,7 @@ every output row.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = PILLOW_EXTENSIONS + TIFF_EXTENSIONS
 MIN_TILE_PX = 8  # smaller images carry too little to label; the model input is upsampled from them
 STRETCH_PERCENTILES = (2.0, 98.0)
+STRETCH_RULE = f"stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g}"
 OVERVIEW_MAX_SIDE = 1024  # side of the decimated read that scene-level percentiles come from
+DECIMATED_READ_MAX_PIXELS = 4096 * 4096  # above this, without overviews, sample windows instead
+SAMPLE_GRID, SAMPLE_WINDOW_PX = 16, 64  # 16 x 16 windows of 64 px spread over the scene
+OPEN_SCENES_PER_THREAD = 4
 
 
 class TileError(Exception):
@@ -50,7 +55,8 @@ class TileOptions:
         if not 0 <= self.overlap < self.tile_size:
             raise RszError(f"--overlap {self.overlap}: must be >= 0 and smaller than --tile-size")
         if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
-            raise RszError(f"--bands {self.bands}: give 3 (or 1) band numbers counting from 1, e.g. 3,2,1")
+            given = ",".join(map(str, self.bands))
+            raise RszError(f"--bands {given}: give 3 (or 1) band numbers counting from 1, e.g. 3,2,1")
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class SceneInfo:
     band_count: int
     dtype: str
     bands: tuple[int, ...]  # 1-based bands read for R, G, B (or one for grey)
-    stretch: tuple[tuple[float, float], ...] | None  # per read band (lo, hi); None for 8-bit data
+    stretch: tuple[float, float] | None  # (lo, hi) over the read bands; None for 8-bit data
     rule: str
 
 
@@ -95,15 +101,32 @@ def discover_tiles(inputs: Iterable[str | Path], options: TileOptions) -> Iterat
     for path in paths:
         if not path.exists():
             raise RszError(f"{path}: no such file or folder")
+    seen: set[Path] = set()  # a file named twice (or inside a named folder too) is one tile
     for path in paths:
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                if file.suffix.lower() in IMAGE_EXTENSIONS and not file.name.startswith("."):
-                    yield from _tiles_of_file(file, options)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            yield from _tiles_of_file(path, options)
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            files = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
         else:
-            yield Tile(id=str(path), path=str(path), problem=f"not an image file (extension {path.suffix!r})")
+            files = [path]
+        for file in files:
+            if file.resolve() in seen:
+                continue
+            seen.add(file.resolve())
+            if file.suffix.lower() in IMAGE_EXTENSIONS:
+                yield from _tiles_of_file(file, options)
+            else:
+                yield Tile(
+                    id=str(file), path=str(file), problem=f"not an image file (extension {file.suffix!r})"
+                )
+
+
+def _quiet_rasterio() -> None:
+    """Plain (not georeferenced) TIFFs are normal input here, not worth a warning per file."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 def _tiles_of_file(path: Path, options: TileOptions) -> Iterator[Tile]:
@@ -115,6 +138,7 @@ def _tiles_of_file(path: Path, options: TileOptions) -> Iterator[Tile]:
         return
     import rasterio
 
+    _quiet_rasterio()
     try:
         with rasterio.open(path) as ds:
             georeferenced = ds.crs is not None
@@ -123,27 +147,45 @@ def _tiles_of_file(path: Path, options: TileOptions) -> Iterator[Tile]:
                 yield from _scene_windows(ds, scene, options)
                 return
             footprint = _footprint(ds, None) if georeferenced else None
-    except rasterio.errors.RasterioError as err:
+    except (rasterio.errors.RasterioError, ValueError) as err:  # unreadable file, unknown CRS
         yield Tile(id=str(path), path=str(path), problem=f"cannot read TIFF ({_first_line(err)})")
         return
     yield Tile(id=str(path), path=str(path), footprint=footprint)
 
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
-    from rasterio.enums import Resampling
-
     bands, band_rule = choose_bands(ds.count, options.bands, path)
     dtype = ds.dtypes[0]
     stretch = None
     rule = band_rule
     if dtype != "uint8":
-        # Percentiles from a decimated read: the statistics of the scene without reading all of it.
+        stretch = _percentiles(_stretch_sample(ds, bands))
+        rule += f"; {dtype} {STRETCH_RULE} per scene"
+    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule)
+
+
+def _stretch_sample(ds, bands: tuple[int, ...]) -> np.ndarray:
+    """Valid pixel values of the scene to take percentiles from, without reading all of it.
+
+    A decimated read when GDAL can serve it cheaply (overviews, or a scene that is small anyway);
+    otherwise a grid of small windows spread over the scene (a decimated read without overviews would
+    decompress every block).
+    """
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    if ds.overviews(bands[0]) or ds.width * ds.height <= DECIMATED_READ_MAX_PIXELS:
         factor = max(1, int(np.ceil(max(ds.width, ds.height) / OVERVIEW_MAX_SIDE)))
         shape = (len(bands), max(1, ds.height // factor), max(1, ds.width // factor))
         data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, masked=True)
-        stretch = tuple(_percentiles(np.ma.compressed(band)) for band in data)
-        rule += f"; {dtype} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per scene"
-    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule)
+        return np.ma.compressed(data)
+    size = min(SAMPLE_WINDOW_PX, ds.width, ds.height)
+    samples = []
+    for row in np.linspace(0, ds.height - size, SAMPLE_GRID).astype(int):
+        for col in np.linspace(0, ds.width - size, SAMPLE_GRID).astype(int):
+            window = Window(int(col), int(row), size, size)
+            samples.append(np.ma.compressed(ds.read(list(bands), window=window, masked=True)))
+    return np.concatenate(samples)
 
 
 def _window_offsets(length: int, tile: int, stride: int) -> list[int]:
@@ -156,18 +198,33 @@ def _window_offsets(length: int, tile: int, stride: int) -> list[int]:
     return offsets
 
 
-def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]:
+def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
+    from rasterio.warp import transform
+
     stride = options.tile_size - options.overlap
-    for row in _window_offsets(ds.height, options.tile_size, stride):
-        for col in _window_offsets(ds.width, options.tile_size, stride):
-            window = (col, row, min(options.tile_size, ds.width), min(options.tile_size, ds.height))
-            yield Tile(
-                id=f"{scene.path}@{col},{row},{window[2]},{window[3]}",
-                path=scene.path,
-                window=window,
-                footprint=_footprint(ds, window),
-                scene=scene,
-            )
+    width, height = min(options.tile_size, ds.width), min(options.tile_size, ds.height)
+    windows = [
+        (col, row, width, height)
+        for row in _window_offsets(ds.height, options.tile_size, stride)
+        for col in _window_offsets(ds.width, options.tile_size, stride)
+    ]
+    # Footprints: all window corners of the scene reprojected in one call (a large scene has 100k windows)
+    cols = np.array([[c, c + width, c + width, c, c] for c, _, _, _ in windows], np.float64)
+    rows = np.array([[r + height, r + height, r, r, r + height] for _, r, _, _ in windows], np.float64)
+    t = ds.transform
+    xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+    lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
+    lons, lats = np.reshape(lons, cols.shape), np.reshape(lats, cols.shape)
+    return [
+        Tile(
+            id=f"{scene.path}@{col},{row},{w},{h}",
+            path=scene.path,
+            window=(col, row, w, h),
+            footprint={"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]]},
+            scene=scene,
+        )
+        for (col, row, w, h), lo, la in zip(windows, lons, lats)
+    ]
 
 
 def _footprint(ds, window: tuple[int, int, int, int] | None) -> dict:
@@ -214,12 +271,15 @@ def _stretch(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
-def _to_rgb8(bands: np.ndarray, stretch: tuple[tuple[float, float], ...] | None) -> np.ndarray:
-    """[n, H, W] selected bands (n = 1 or 3) of any dtype -> HxWx3 uint8."""
+def _to_rgb8(bands: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
+    """[n, H, W] selected bands (n = 1 or 3) of any dtype -> HxWx3 uint8.
+
+    Data that are not 8-bit are stretched linearly between the 2nd and 98th percentile taken over all
+    selected bands together: one stretch for R, G and B keeps their balance, so colours stay colours.
+    """
     if bands.dtype != np.uint8:
-        if stretch is None:
-            stretch = tuple(_percentiles(b.ravel()) for b in bands)
-        bands = np.stack([_stretch(b, lo, hi) for b, (lo, hi) in zip(bands, stretch)])
+        lo, hi = stretch if stretch is not None else _percentiles(bands.ravel())
+        bands = _stretch(bands, lo, hi)
     if bands.shape[0] == 1:
         bands = np.repeat(bands, 3, axis=0)
     return np.ascontiguousarray(bands.transpose(1, 2, 0))
@@ -236,6 +296,8 @@ def _open_scene(path: str):
     if cache is None:
         cache = _thread_state.scenes = {}
     if path not in cache:
+        if len(cache) >= OPEN_SCENES_PER_THREAD:  # scenes come one after another: close the oldest
+            cache.pop(next(iter(cache))).close()
         cache[path] = rasterio.open(path)
     return cache[path]
 
@@ -283,7 +345,7 @@ def _decode_tiff(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
         bands, rule = choose_bands(ds.count, options.bands, path)
         data = ds.read(list(bands))
     if data.dtype != np.uint8:
-        rule += f"; {data.dtype} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per image"
+        rule += f"; {data.dtype} {STRETCH_RULE} per image"
     return _to_rgb8(data, None), rule
 
 
@@ -293,7 +355,7 @@ def _decode_pillow(path: str) -> tuple[np.ndarray, str]:
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             data = np.asarray(im)[None]
-            rule = f"grey to rgb; {mode} stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g} per image"
+            rule = f"grey to rgb; {mode} {STRETCH_RULE} per image"
             return _to_rgb8(data, None), rule
         if mode == "RGB":
             return np.asarray(im), "rgb"
@@ -311,3 +373,20 @@ def _decode_pillow(path: str) -> tuple[np.ndarray, str]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, options: TileOptions) -> Tile:
+    """Rebuild a Tile from a stored row (index, labels file) so it can be decoded again, e.g. for a report."""
+    if window is None:
+        return Tile(id=path, path=path)
+    scene = _reopened_scene(path, options)
+    col, row, width, height = window
+    return Tile(id=f"{path}@{col},{row},{width},{height}", path=path, window=tuple(window), scene=scene)
+
+
+@functools.lru_cache(maxsize=16)
+def _reopened_scene(path: str, options: TileOptions) -> SceneInfo:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return _scene_info(ds, path, options)

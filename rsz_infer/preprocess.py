@@ -6,6 +6,7 @@ the tensors it was trained on.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -45,11 +46,25 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: the normalised value of each uint8 level, per channel.
+
+    A table lookup is several times faster than float arithmetic on every pixel and gives the
+    identical float32 numbers, because it is computed with the same float32 operations.
+    """
+    levels = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255.0)
+    return (levels - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+
+
 def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """HxWx3 uint8 (already resized) -> 3xHxW float32, scaled to [0,1] then standardised."""
-    x = rgb.astype(np.float32) * (1.0 / 255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    tables = _channel_tables(tuple(spec.mean), tuple(spec.std))
+    chw = rgb.transpose(2, 0, 1)
+    out = np.empty(chw.shape, np.float32)
+    for c in range(3):
+        out[c] = tables[c][chw[c]]
+    return out
 
 
 def to_model_input(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

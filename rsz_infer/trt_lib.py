@@ -101,12 +101,14 @@ def cudart() -> ModuleType:
         try:
             from cuda import cudart as runtime
         except ImportError:
-            raise RszError("cuda-python is not installed: pip install cuda-python (needed to run engines)") from None
+            raise RszError(
+                "cuda-python is not installed: pip install cuda-python (needed to run engines)"
+            ) from None
     return runtime
 
 
 def gpu_compute_capability(device: int = 0) -> str | None:
-    """"9.0"-style compute capability of a CUDA device, or None when there is no usable GPU."""
+    """ "9.0"-style compute capability of a CUDA device, or None when there is no usable GPU."""
     try:
         rt = cudart()
     except RszError:

@@ -49,7 +49,13 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain YAML-safe values (tuples become lists)."""
-        return _plain({"kind": self.kind, "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)})
+        return _plain(
+            {
+                "kind": self.kind,
+                "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train),
+            }
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -107,8 +113,11 @@ def config_from_dict(kind: str, data: dict, where: str = "config") -> RunConfig:
         raise RszError(f"{where}: unknown top-level key {sorted(unknown)[0]!r} (known: kind, model, train)")
     if data.get("kind", kind) != kind:
         raise RszError(f"{where}: config is for model kind {data['kind']!r}, not {kind!r}")
-    model = _update(model_config_class(kind)(), data.get("model") or {}, f"{where}: model")
-    train = _update(TrainConfig(), data.get("train") or {}, f"{where}: train")
+    model_cls = model_config_class(kind)
+    model = _update(model_cls(), data.get("model") or {}, f"{where}: model")
+    # A model config may carry its own training defaults (ClassVar train_defaults), e.g. fewer epochs.
+    train = _update(TrainConfig(), dict(getattr(model_cls, "train_defaults", {})), f"{kind} train defaults")
+    train = _update(train, data.get("train") or {}, f"{where}: train")
     return RunConfig(kind=kind, model=model, train=train)
 
 

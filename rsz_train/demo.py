@@ -84,9 +84,16 @@ def _score(labels_csv: Path, truth: dict[str, str]) -> tuple[float, float, Count
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
-              help="Folder for the generated data, the run, the bundle and the labels.")
-@click.option("--model", "kind", type=click.Choice(["dsva", "mcfa", "msa"]), default="dsva", show_default=True)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Folder for the generated data, the run, the bundle and the labels.",
+)
+@click.option(
+    "--model", "kind", type=click.Choice(["dsva", "mcfa", "msa"]), default="dsva", show_default=True
+)
 @click.option("--per-class", type=int, default=60, show_default=True, help="Tiles generated per class.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the model's config).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -98,23 +105,66 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
     started = time.perf_counter()
     data_dir, run_dir, bundle = workdir / "scenes", workdir / "runs" / kind, workdir / "models" / kind
     if not (data_dir / "classes.txt").exists():
-        _run([_tool("rsz-train"), "synth", "--out", str(data_dir), "--seed", str(seed),
-              "--per-class", str(per_class)])
-    train_cmd = [_tool("rsz-train"), kind, "--data", str(data_dir), "--split", DEFAULT_SPLIT,
-                 "--out", str(run_dir)]
+        _run(
+            [
+                _tool("rsz-train"),
+                "synth",
+                "--out",
+                str(data_dir),
+                "--seed",
+                str(seed),
+                "--per-class",
+                str(per_class),
+            ]
+        )
+    train_cmd = [
+        _tool("rsz-train"),
+        kind,
+        "--data",
+        str(data_dir),
+        "--split",
+        DEFAULT_SPLIT,
+        "--out",
+        str(run_dir),
+    ]
     if epochs is not None:
         train_cmd += ["--epochs", str(epochs)]
     _run(train_cmd)
-    _run([_tool("rsz-export"), "--model", kind, "--run", str(run_dir), "--fp16", "--engine", "auto",
-          "--out", str(bundle), "--force"])
+    _run(
+        [
+            _tool("rsz-export"),
+            "--model",
+            kind,
+            "--run",
+            str(run_dir),
+            "--fp16",
+            "--engine",
+            "auto",
+            "--out",
+            str(bundle),
+            "--force",
+        ]
+    )
 
     tiles_dir, class_file = workdir / "unseen_tiles", workdir / "new.txt"
     shutil.rmtree(tiles_dir, ignore_errors=True)
     truth = _unseen_tiles(data_dir, DEFAULT_SPLIT, tiles_dir)
     unseen = _write_class_file(data_dir, DEFAULT_SPLIT, class_file)
     labels = workdir / "labels.csv"
-    _run([_tool("rsz-infer"), str(tiles_dir), "--classes", str(class_file), "--model", str(bundle),
-          "--backend", "ort", "--out", str(labels)])
+    _run(
+        [
+            _tool("rsz-infer"),
+            str(tiles_dir),
+            "--classes",
+            str(class_file),
+            "--model",
+            str(bundle),
+            "--backend",
+            "ort",
+            "--out",
+            str(labels),
+        ]
+    )
 
     overall, per_class_acc, found = _score(labels, truth)
     print(f"\nLabeled {sum(found.values())} tiles of {len(unseen)} classes the model never saw:")

@@ -63,7 +63,9 @@ def embed_images(
 
 
 @torch.no_grad()
-def embed_classes(model: RszModel, semantics: ClassSemantics, device: torch.device | str = "cpu") -> np.ndarray:
+def embed_classes(
+    model: RszModel, semantics: ClassSemantics, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Class embeddings [C, D] float32 of every class in `semantics`."""
     model.eval()
     return model.encode_classes(model.class_inputs(semantics, device)).float().cpu().numpy()
@@ -124,7 +126,9 @@ def zsl_gzsl_scores(
     }
 
 
-def retrieval_scores(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:
+def retrieval_scores(
+    image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray
+) -> dict[str, float]:
     """R@1/5/10 both directions and mR (percent) from cosine similarities."""
     sim = class_logits(image_emb, text_emb, "cosine", 1.0)
     return retrieval_metrics(sim, text_to_image)

@@ -1,12 +1,12 @@
 """A training run on disk (runs/NAME) and how to load it back.
 
-    config.yaml        the full RunConfig (model kind included)
-    model.safetensors  weights of the best epoch on validation (metadata: kind)
-    classes.json       class names, descriptions, seen (training) / unseen / val lists, the class
-                       semantics used, the TaskInfo the model was built with, the GZSL calibration
-    metrics.jsonl      one line per epoch
-    report.json        final test scores (scored once, after selection on validation)
-    last.pt            resume state (weights, optimizer, scheduler, epoch)
+config.yaml        the full RunConfig (model kind included)
+model.safetensors  weights of the best epoch on validation (metadata: kind)
+classes.json       class names, descriptions, seen (training) / unseen / val lists, the class
+                   semantics used, the TaskInfo the model was built with, the GZSL calibration
+metrics.jsonl      one line per epoch
+report.json        final test scores (scored once, after selection on validation)
+last.pt            resume state (weights, optimizer, scheduler, epoch)
 """
 
 from __future__ import annotations

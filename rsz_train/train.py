@@ -58,7 +58,9 @@ def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_t
         attributes = class_attribute_vectors(descriptions, phrases)
     elif source == "matrix":
         if data.attribute_matrix is None:
-            raise RszError(f"{data.root}: train.semantics is 'matrix' but the benchmark has no attribute matrix")
+            raise RszError(
+                f"{data.root}: train.semantics is 'matrix' but the benchmark has no attribute matrix"
+            )
         attributes = np.asarray(data.attribute_matrix, dtype=np.float32)
     else:
         raise RszError(f"train.semantics {source!r}: expected text or matrix")
@@ -67,7 +69,11 @@ def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_t
     except RszError:
         glove = None  # a class name GloVe does not know: models that need GloVe say so themselves
     return ClassSemantics(
-        names=names, descriptions=descriptions, attributes=attributes, sentence=encode_sentences(descriptions), glove=glove
+        names=names,
+        descriptions=descriptions,
+        attributes=attributes,
+        sentence=encode_sentences(descriptions),
+        glove=glove,
     )
 
 
@@ -101,14 +107,24 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 
 def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng: np.random.Generator):  # noqa: ANN202
     if entry.sampler == "class_balanced":
-        return td.class_balanced_batches(labels, config.train.classes_per_batch, config.train.images_per_class, rng)
+        return td.class_balanced_batches(
+            labels, config.train.classes_per_batch, config.train.images_per_class, rng
+        )
     return td.random_batches(len(labels), config.train.batch_size, rng)
 
 
 class _Trainer:
     """State of one run; `train()` below is the public entry point."""
 
-    def __init__(self, kind: str, data_dir: Path, split_name: str, out_dir: Path, config: RunConfig, device: torch.device):
+    def __init__(
+        self,
+        kind: str,
+        data_dir: Path,
+        split_name: str,
+        out_dir: Path,
+        config: RunConfig,
+        device: torch.device,
+    ):
         from rsz_train.data.formats import load_benchmark, load_split
 
         self.kind, self.config, self.device = kind, config, device
@@ -176,7 +192,9 @@ class _Trainer:
     # --- training ---------------------------------------------------------------------------------------
 
     def steps_per_epoch(self) -> int:
-        return len(_epoch_batches(self.entry, self.config, self.train_labels, _epoch_rng(self.config.train.seed, 0)))
+        return len(
+            _epoch_batches(self.entry, self.config, self.train_labels, _epoch_rng(self.config.train.seed, 0))
+        )
 
     def run_epoch(self, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:  # noqa: ANN001
         cfg = self.config.train
@@ -186,10 +204,14 @@ class _Trainer:
         train_set = self.sets["train"]
         self.model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True, disable=None
+        )
         for idx in bar:
             batch = {
-                "image": td.image_batch(train_set.images[idx], self.spec, rng if cfg.augment else None).to(self.device),
+                "image": td.image_batch(train_set.images[idx], self.spec, rng if cfg.augment else None).to(
+                    self.device
+                ),
                 "label": torch.from_numpy(self.train_labels[idx]).to(self.device),
                 "class_inputs": self.train_class_inputs,
             }
@@ -218,7 +240,12 @@ class _Trainer:
 
     def _embed(self, part: str) -> np.ndarray:
         return ev.embed_images(
-            self.model, self.sets[part].images, self.spec, self.device, self.config.train.eval_batch_size, self.amp
+            self.model,
+            self.sets[part].images,
+            self.spec,
+            self.device,
+            self.config.train.eval_batch_size,
+            self.amp,
         )
 
     def zsl_scores(self, stage: str, calibration: float | None) -> dict | None:
@@ -243,7 +270,11 @@ class _Trainer:
 
     def retrieval(self, caption_split: str) -> dict | None:
         """Retrieval on every image of the benchmark whose captions belong to `caption_split`."""
-        paths = [p for p in self.data.image_paths if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)]
+        paths = [
+            p
+            for p in self.data.image_paths
+            if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)
+        ]
         if not paths:
             return None
         images = td.load_images(self.data.root, paths, self.config.train.image_size)
@@ -251,7 +282,9 @@ class _Trainer:
         for i, p in enumerate(paths):
             texts += self.data.captions[p]
             text_to_image += [i] * len(self.data.captions[p])
-        image_emb = ev.embed_images(self.model, images, self.spec, self.device, self.config.train.eval_batch_size, self.amp)
+        image_emb = ev.embed_images(
+            self.model, images, self.spec, self.device, self.config.train.eval_batch_size, self.amp
+        )
         text_emb = ev.embed_texts(self.model, texts, self.device, self.config.train.eval_batch_size)
         return ev.retrieval_scores(image_emb, text_emb, np.asarray(text_to_image))
 
@@ -272,10 +305,14 @@ class _Trainer:
         emb = self._embed("val_seen")
         if not len(emb):
             raise RszError(f"split {self.split_name}: no validation images (val_seen.txt, val_unseen.txt)")
-        class_emb = ev.embed_classes(self.model, ev.subset_semantics(self.semantics, self.train_ids), self.device)
+        class_emb = ev.embed_classes(
+            self.model, ev.subset_semantics(self.semantics, self.train_ids), self.device
+        )
         logits = ev.class_logits(emb, class_emb, self.model.scoring_rule, self.model.logit_scale())
         position = {c: i for i, c in enumerate(self.train_ids)}
-        metrics["val_seen_accuracy"] = ev.zsl_accuracy(logits, np.array([position[int(c)] for c in self.sets["val_seen"].labels]))
+        metrics["val_seen_accuracy"] = ev.zsl_accuracy(
+            logits, np.array([position[int(c)] for c in self.sets["val_seen"].labels])
+        )
         return metrics["val_seen_accuracy"], metrics
 
     def classes_record(self, calibration: float) -> dict:
@@ -296,6 +333,26 @@ def _read_metrics(path: Path, epochs_done: int) -> list[str]:
     if not path.is_file():
         return []
     return path.read_text(encoding="utf-8").splitlines()[:epochs_done]
+
+
+def optimizer_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: a model's own learning-rate groups (MSA's slower pretrained text tower) when it
+    has them, each split so that biases and norms get no weight decay."""
+    groups = (
+        model.parameter_groups(lr)
+        if hasattr(model, "parameter_groups")
+        else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    )
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        for decayed in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decayed]
+            if chosen:
+                out.append(
+                    {"params": chosen, "lr": group["lr"], "weight_decay": weight_decay if decayed else 0.0}
+                )
+    return out
 
 
 def train(
@@ -326,10 +383,16 @@ def train(
             raise RszError(f"{last_path}: nothing to resume (train without --resume first)")
         import yaml
 
-        config = config_from_dict(kind, yaml.safe_load((out_dir / runs.CONFIG).read_text(encoding="utf-8")), str(out_dir / runs.CONFIG))
+        config = config_from_dict(
+            kind,
+            yaml.safe_load((out_dir / runs.CONFIG).read_text(encoding="utf-8")),
+            str(out_dir / runs.CONFIG),
+        )
     else:
         if out_dir.exists() and any(out_dir.iterdir()):
-            raise RszError(f"{out_dir}: run folder is not empty (use --resume to continue it, or another --out)")
+            raise RszError(
+                f"{out_dir}: run folder is not empty (use --resume to continue it, or another --out)"
+            )
         config = load_config(kind, config_path, overrides)
     if epochs is not None:
         if epochs < 1:
@@ -339,11 +402,7 @@ def train(
     trainer = _Trainer(kind, data_dir, split, out_dir, config, dev)
     model, cfg = trainer.model, config.train
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     steps = trainer.steps_per_epoch()
     total, warmup = steps * cfg.epochs, steps * min(cfg.warmup_epochs, cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
@@ -422,7 +481,9 @@ def train(
         "split": split,
         "epochs": cfg.epochs,
         "best_epoch": best_epoch + 1,
-        "selection": "retrieval mR on validation captions" if trainer.entry.uses_captions else "ZSL accuracy on val_unseen",
+        "selection": "retrieval mR on validation captions"
+        if trainer.entry.uses_captions
+        else "ZSL accuracy on val_unseen",
         "seen_calibration": calibration,
         "val": val,
         "test": test,

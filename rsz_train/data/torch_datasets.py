@@ -47,7 +47,9 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rgb
 
 
-def image_batch(images: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None) -> torch.Tensor:
+def image_batch(
+    images: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """[B, S, S, 3] uint8 -> [B, 3, S, S] float32 model input; augmented when `rng` is given."""
     out = np.empty((len(images), 3, spec.size, spec.size), dtype=np.float32)
     for i, rgb in enumerate(images):

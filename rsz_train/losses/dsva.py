@@ -20,7 +20,9 @@ def compatibility_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, labels)
 
 
-def regression_loss(predicted: torch.Tensor, class_attributes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def regression_loss(
+    predicted: torch.Tensor, class_attributes: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Mean squared error between [B, A] predicted attributes and the [C, A] rows of the labels."""
     return F.mse_loss(predicted, class_attributes[labels])
 

@@ -6,6 +6,7 @@ Model modules register themselves with `register(ModelEntry(...))` at import; `_
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,3 +70,12 @@ def model_entry(kind: str) -> ModelEntry:
 
 def create_model(kind: str, config: object, task: TaskInfo) -> RszModel:
     return model_entry(kind).build(config, task)
+
+
+def load_run(
+    run_dir: str | os.PathLike, kind: str | None = None, device: str = "cpu"
+) -> tuple[RszModel, object]:
+    """A trained run's best model and its rsz_train.runs.RunInfo (the code lives in rsz_train.runs)."""
+    from rsz_train.runs import load_run as _load_run
+
+    return _load_run(run_dir, kind, device)

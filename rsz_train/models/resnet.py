@@ -179,11 +179,13 @@ def _load_torchvision_state(model: ResNetStages, path: Path) -> None:
     if not path.is_file():
         raise RszError(f"{path}: no such ResNet checkpoint (or use pretrained='geoembed')")
     state = {k: v for k, v in _read_tensors(path).items() if not k.startswith("fc.")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        bad = (missing or result.unexpected_keys)[:3]
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k, v in state.items() if k not in ours or ours[k].shape != v.shape]
+    if missing or wrong:
+        bad = (missing or wrong)[:3]
         raise RszError(f"{path}: not a matching torchvision ResNet state dict (e.g. {', '.join(bad)})")
+    model.load_state_dict(state, strict=False)
 
 
 def geoembed_weights_path() -> Path:

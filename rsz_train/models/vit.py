@@ -201,6 +201,7 @@ class _ClipCheckpoint:
     act: str
     norm_eps: float
     heads: int
+    recorded: bool  # act and heads come from the checkpoint's config (HF), not a convention (open_clip)
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
@@ -212,11 +213,14 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
             return load_file(str(path))
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
+        except Exception as load_err:
             # OpenAI's original CLIP .pt files are TorchScript archives, which torch.load cannot read.
             if not zipfile.is_zipfile(path):
                 raise
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            try:
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            except Exception:
+                raise load_err from None
     except Exception as err:  # any reader failure means the file is not a checkpoint we can use
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RszError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
@@ -255,7 +259,7 @@ def _convert_open_clip(tensors: dict[str, Tensor], path: Path) -> dict[str, Tens
     }
     if p + "proj" in tensors:
         state["proj.weight"] = tensors.pop(p + "proj").t()  # CLIP computes x @ proj
-    depth = _count_blocks(tensors, p + "transformer.resblocks.")
+    depth = _count_blocks(tensors, p + "transformer.resblocks.", path)
     if depth == 0:
         raise RszError(f"{path}: no visual.transformer.resblocks.* tensors (not an open_clip ViT checkpoint)")
     names = {
@@ -290,7 +294,7 @@ def _convert_hf(tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     }
     if "visual_projection.weight" in tensors:  # CLIPModel / CLIPVisionModelWithProjection
         state["proj.weight"] = tensors.pop("visual_projection.weight")
-    depth = _count_blocks(tensors, p + "encoder.layers.")
+    depth = _count_blocks(tensors, p + "encoder.layers.", path)
     if depth == 0:
         raise RszError(f"{path}: no vision_model.encoder.layers.* tensors (not a CLIP vision checkpoint)")
     for i in range(depth):
@@ -310,10 +314,13 @@ def _convert_hf(tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _count_blocks(tensors: dict[str, Tensor], prefix: str) -> int:
-    indices = {int(k[len(prefix) :].split(".")[0]) for k in tensors if k.startswith(prefix)}
+def _count_blocks(tensors: dict[str, Tensor], prefix: str, path: Path) -> int:
+    try:
+        indices = {int(k[len(prefix) :].split(".")[0]) for k in tensors if k.startswith(prefix)}
+    except ValueError:
+        raise RszError(f"{path}: {prefix}* keys are not numbered blocks") from None
     if indices != set(range(len(indices))):
-        raise RszError(f"{prefix}*: block indices are not 0..N-1: {sorted(indices)[:8]}")
+        raise RszError(f"{path}: {prefix}* block numbers are not 0..N-1: {sorted(indices)[:8]}")
     return len(indices)
 
 
@@ -341,14 +348,14 @@ def _read_clip(path: Path | str) -> _ClipCheckpoint:
         eps = float(config.get("layer_norm_eps", 1e-5))
         if act not in ("gelu", "quick_gelu"):
             raise RszError(f"{config_file}: hidden_act {act!r} is not supported (gelu, quick_gelu)")
-        return _ClipCheckpoint(state, act, eps, heads)
+        return _ClipCheckpoint(state, act, eps, heads, recorded=True)
     tensors = _read_tensors(path)
     if not any(k.startswith("visual.") for k in tensors):
         raise RszError(f"{path}: no visual.* tensors (not an open_clip CLIP checkpoint)")
     state = _convert_open_clip(tensors, path)
     width = state["cls_token"].shape[0]
     # open_clip ViTs use 64-wide heads; OpenAI weights (what RS CLIPs fine-tune) use quick-GELU.
-    return _ClipCheckpoint(state, "quick_gelu", 1e-5, max(1, width // 64))
+    return _ClipCheckpoint(state, "quick_gelu", 1e-5, max(1, width // 64), recorded=False)
 
 
 def _shape_of(ckpt: _ClipCheckpoint) -> dict[str, int | float]:
@@ -374,6 +381,8 @@ def vit_from_clip_checkpoint(
     open_clip files record neither activation nor head count: `act` (default quick_gelu, as OpenAI's
     weights; LAION-trained towers use "gelu") and `heads` (default width // 64) override them.
     """
+    if act not in (None, "gelu", "quick_gelu"):
+        raise RszError(f"act={act!r}: expected gelu or quick_gelu")
     ckpt = _read_clip(path)
     if heads:
         ckpt.heads = heads
@@ -399,6 +408,8 @@ def load_clip_vision(vit: ViT, path: Path | str) -> ViT:
     Position embeddings are resampled when `vit` was built for another image size. Returns `vit`.
     """
     ckpt = _read_clip(path)
+    if not ckpt.recorded:  # open_clip files say nothing about these: the caller's ViT decides
+        ckpt.heads, ckpt.act = vit.heads, vit.act
     shape = _shape_of(ckpt)
     ours = {"patch_size": vit.patch_size, "width": vit.width, "depth": vit.depth, "heads": vit.heads}
     for key, value in ours.items():
@@ -427,3 +438,6 @@ def _load_state(vit: ViT, ckpt: _ClipCheckpoint, path: Path) -> None:
             want = tuple(ours[key].shape) if key in ours else "nothing"
             raise RszError(f"{path}: tensor {key} has shape {tuple(value.shape)}, the ViT expects {want}")
     vit.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    for module in vit.modules():  # the tower was trained with this epsilon
+        if isinstance(module, nn.LayerNorm):
+            module.eps = ckpt.norm_eps

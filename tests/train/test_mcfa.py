@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from rsz_infer.errors import RszError
+from rsz_infer.semantics import attribute_vectors
 from rsz_train.losses import mcfa as L
-from rsz_train.models.mcfa import MCFAConfig
+from rsz_train.models.mcfa import FrozenFeatureCache, MCFAConfig
+from rsz_train.models.mcfa import phrase_attributes as L_phrase
 from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model, model_entry
 
 IMAGE_SIZE = 32
@@ -30,9 +32,12 @@ def _semantics(num_classes: int = NUM_CLASSES, seed: int = 0) -> ClassSemantics:
     )
 
 
+PHRASES = ["a runway", "red roofs", "dark blue water", "dense trees", "cars", "round storage tanks"]
+
+
 def _task() -> TaskInfo:
     names = [f"attr{i}" for i in range(6)]
-    return TaskInfo(names, names, ["g"] * 6, IMAGE_SIZE, NUM_CLASSES)
+    return TaskInfo(names, PHRASES, ["g"] * 6, IMAGE_SIZE, NUM_CLASSES)
 
 
 def _tiny(**overrides: object):
@@ -70,7 +75,9 @@ def test_wasserstein_is_the_distance_of_means_and_pulls_them_together() -> None:
     step = -mu_a.grad  # gradient descent direction points from mu_a towards mu_b
     assert torch.allclose(step, torch.tensor([[0.6, 0.8]]), atol=1e-4)
     # Equal means, different spreads: |sigma_a - sigma_b| = |1 - e^1| per dimension.
-    spread = L.wasserstein_gaussians(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.full((1, 1), 2.0))
+    spread = L.wasserstein_gaussians(
+        torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.full((1, 1), 2.0)
+    )
     assert spread.item() == pytest.approx(math.e - 1, abs=1e-4)
 
 
@@ -110,7 +117,9 @@ def test_registry_entry_uses_class_balanced_episodes() -> None:
     assert entry.sampler == "class_balanced" and entry.config_cls is MCFAConfig and not entry.uses_captions
 
 
-@pytest.mark.parametrize(("source", "dim"), [("sentence", 384), ("glove", 50), ("attributes", 6)])
+@pytest.mark.parametrize(
+    ("source", "dim"), [("phrases", 384), ("sentence", 384), ("glove", 50), ("attributes", 6)]
+)
 def test_shapes_for_each_semantic_source(source: str, dim: int) -> None:
     model = _tiny(semantic_source=source).eval()
     class_inputs = model.class_inputs(_semantics())
@@ -120,6 +129,29 @@ def test_shapes_for_each_semantic_source(source: str, dim: int) -> None:
         assert model.encode_classes(class_inputs).shape == (NUM_CLASSES, 16)
     assert model.scoring_rule == "cosine" and model.class_embedding == "semantic"
     assert model.logit_scale() == pytest.approx(1 / model.config.temperature)
+
+
+def test_phrase_attributes_match_the_inference_attribute_vectors() -> None:
+    rng = np.random.default_rng(1)
+    descriptions, phrases = rng.standard_normal((5, 384)), rng.standard_normal((7, 384))
+    ours = L_phrase(torch.from_numpy(descriptions).float(), torch.from_numpy(phrases).float()).numpy()
+    assert np.allclose(ours, attribute_vectors(descriptions, phrases), atol=1e-5)
+
+
+def test_feature_cache_runs_the_backbone_only_on_new_tiles() -> None:
+    seen = []
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return x.flatten(1).sum(1, keepdim=True)
+
+    cache = FrozenFeatureCache()
+    a, b = torch.randn(3, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    first = cache(backbone, a)
+    mixed = cache(backbone, torch.cat([b[:1], a, b[1:]]))
+    assert seen == [3, 2]  # the second call computed only the two new tiles
+    assert torch.allclose(mixed, backbone(torch.cat([b[:1], a, b[1:]])))
+    assert torch.allclose(first, mixed[1:4])
 
 
 def test_bad_semantic_source_is_a_one_line_error() -> None:
@@ -143,6 +175,7 @@ def test_training_steps_reduce_the_loss_and_leave_the_frozen_backbone_alone() ->
         optimizer.step()
         history.append(parts["loss"].item())
     assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5])
+    assert model.feature_cache is not None and len(model.feature_cache.store) == len(batch["image"])
     for key, value in model.visual.backbone.state_dict().items():
         assert torch.equal(value, backbone_before[key]), key  # weights and BatchNorm statistics
     # After training, the images of each class are nearest to their own class latent.

@@ -1,0 +1,221 @@
+"""Is the fast engine as accurate as the PyTorch model? ZSL, GZSL (U, S, H) and retrieval per backend.
+
+The reference is the trained model in PyTorch FP32 (rsz_train.evaluate, as the training report). Every
+backend then embeds the same test images (same preprocessing: rsz_infer.preprocess); the class and caption
+embeddings come from the PyTorch model for all rows, so a difference is the image engine's alone. Scores
+use the run's calibration lambda (chosen on validation), never one fitted on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import normalize
+
+
+@dataclass
+class AccuracyConfig:
+    backends: list[str] = field(default_factory=lambda: ["ort", "trt", "torch"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16"])
+    device: str = "auto"
+    batch: int = 64
+
+
+def _image_inputs(images: np.ndarray, spec) -> np.ndarray:  # noqa: ANN001 - PreprocessSpec
+    """[N, S, S, 3] uint8 (already resized by rsz_infer.preprocess.resize_rgb) -> [N, 3, S, S] float32."""
+    return (
+        np.stack([normalize(im, spec) for im in images])
+        if len(images)
+        else np.zeros((0, 3, spec.size, spec.size))
+    )
+
+
+def _embed_with(runner, inputs: np.ndarray, batch: int) -> np.ndarray:  # noqa: ANN001 - a Runner
+    dtype = np.float32
+    session = getattr(runner, "session", None)
+    if session is not None and session.get_inputs()[0].type == "tensor(float16)":
+        dtype = np.float16
+    out = [
+        runner.infer({"image": inputs[i : i + batch].astype(dtype)})["embedding"].astype(np.float32)
+        for i in range(0, len(inputs), batch)
+    ]
+    return np.concatenate(out)
+
+
+def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool) -> np.ndarray:  # noqa: ANN001
+    """The run's image graph (export role "image") in PyTorch, FP16 by .half() on GPU."""
+    import copy
+
+    import torch
+
+    dtype = torch.float16 if fp16 else torch.float32
+    if device != "cpu" or fp16:  # a copy: casting to FP16 and back would round the reference's weights
+        module = copy.deepcopy(module)
+    module = module.to(device=device, dtype=dtype).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            x = torch.from_numpy(inputs[i : i + batch]).to(device=device, dtype=dtype)
+            y = module(x)
+            y = y[0] if isinstance(y, (tuple, list)) else y
+            out.append(y.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, cfg: AccuracyConfig) -> dict:
+    from benchmarks.latency import _ort_device, _torch_device, open_model
+    from rsz_train import evaluate as ev
+    from rsz_train.data import torch_datasets as td
+    from rsz_train.data.formats import load_benchmark, load_split
+    from rsz_train.models.registry import model_entry
+    from rsz_train.runs import load_run
+
+    model, info = load_run(run_dir)
+    data = load_benchmark(data_dir)
+    split = load_split(data_dir, split_name)
+    spec = info.preprocess
+    source = open_model(str(bundle))
+    if source.image_size != spec.size:
+        raise RszError(f"{bundle}: takes {source.image_size} px images, the run {run_dir} {spec.size} px")
+
+    index = {c: i for i, c in enumerate(info.class_names)}
+    seen_ids = [index[c] for c in info.seen]
+    unseen_ids = [index[c] for c in info.unseen]
+    label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
+    name_of = {i: c for i, c in enumerate(data.class_names)}
+    paths = list(split.test_seen) + list(split.test_unseen)
+    missing = [p for p in paths if p not in label_of]
+    if missing:
+        raise RszError(f"split {split_name}: image {missing[0]} is not in {data_dir}")
+    labels = np.array([index[name_of[label_of[p]]] for p in paths], dtype=np.int64)
+    inputs = _image_inputs(td.load_images(data.root, paths, spec.size), spec)
+
+    class_emb = ev.embed_classes(model, info.semantics)
+    rule, scale = model.scoring_rule, model.logit_scale()
+    retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
+
+    def scores(image_fn) -> dict[str, Any]:  # noqa: ANN001 - inputs -> embeddings
+        emb = image_fn(inputs)
+        out: dict[str, Any] = {"_emb": emb}
+        if unseen_ids and len(paths):
+            z = ev.zsl_gzsl_scores(
+                emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, info.seen_calibration
+            )
+            out.update(zsl=z["zsl"], U=z["gzsl"]["U"], S=z["gzsl"]["S"], H=z["gzsl"]["H"])
+        if retrieval_set is not None:
+            r_inputs, text_emb, text_to_image = retrieval_set
+            out.update(ev.retrieval_scores(image_fn(r_inputs), text_emb, text_to_image))
+        return out
+
+    image_module = next((g.module for g in model.export_graphs() if g.role == "image"), None)
+    if image_module is None:
+        raise RszError(f"{run_dir}: the model has no image graph")
+    rows = [{"backend": "torch", "precision": "fp32", "device": "cpu", "reference": True}]
+    rows[0].update(scores(lambda x: _torch_embed(image_module, x, cfg.batch, "cpu", False)))
+    reference = rows[0]
+    for backend in cfg.backends:
+        for precision in cfg.precisions:
+            row: dict[str, Any] = {"backend": backend, "precision": precision}
+            try:
+                if backend == "ort":
+                    from rsz_infer.runners.ort import OrtRunner
+
+                    path = source.onnx_for(precision)
+                    if path is None:
+                        row["status"] = f"skipped: no {precision} image graph in {bundle}"
+                    else:
+                        runner = OrtRunner(path, device=_ort_device(cfg.device))
+                        row["device"] = runner.name
+                        row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
+                elif backend == "trt":
+                    engine = source.engines.get(precision)
+                    if engine is None:
+                        row["status"] = f"skipped: no {precision} TensorRT engine in {bundle}"
+                    else:
+                        from rsz_infer.runners.trt import TrtRunner
+
+                        runner = TrtRunner(engine)
+                        row["device"] = "cuda"
+                        row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
+                elif backend == "torch":
+                    device = _torch_device(cfg.device)
+                    if device == "cpu":
+                        row["status"] = "skipped: the CPU FP32 PyTorch run is the reference; FP16 needs a GPU"
+                    else:
+                        row["device"] = device
+                        fp16 = precision == "fp16"
+                        row.update(
+                            scores(lambda x, f=fp16, d=device: _torch_embed(image_module, x, cfg.batch, d, f))
+                        )
+                else:
+                    raise RszError(f"--backend {backend}: unknown; known: ort, trt, torch")
+            except RszError:
+                raise
+            except Exception as err:  # one failing engine must not lose the others' figures
+                row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            row.setdefault("status", "ok")
+            if row["status"] == "ok":
+                _add_differences(row, reference)
+            rows.append(row)
+    reference["status"] = "ok (reference)"
+    for row in rows:
+        row.pop("_emb", None)
+    return {
+        "bundle": str(bundle),
+        "run": str(run_dir),
+        "data": str(data_dir),
+        "split": split_name,
+        "test_images": len(paths),
+        "seen_calibration": info.seen_calibration,
+        "rows": rows,
+    }
+
+
+METRICS = ("zsl", "U", "S", "H", "R@1", "R@5", "R@10", "mR")
+
+
+def _add_differences(row: dict, reference: dict) -> None:
+    for key in METRICS:
+        if key in row and key in reference:
+            row[f"d_{key}"] = row[key] - reference[key]
+    a, b = row["_emb"], reference["_emb"]
+    row["emb_max_abs_diff"] = float(np.abs(a - b).max())
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    row["emb_min_cosine"] = float(cos.min())
+
+
+def _retrieval_set(data, model, uses_captions: bool, spec, td, ev):  # noqa: ANN001, ANN202
+    """(image inputs, caption embeddings, caption -> image) of the test captions, for text-tower models."""
+    if not uses_captions:
+        return None
+    paths = [p for p in data.image_paths if data.caption_splits.get(p) == "test" and data.captions.get(p)]
+    if not paths:
+        return None
+    texts, text_to_image = [], []
+    for i, p in enumerate(paths):
+        texts += data.captions[p]
+        text_to_image += [i] * len(data.captions[p])
+    inputs = _image_inputs(td.load_images(data.root, paths, spec.size), spec)
+    return inputs, ev.embed_texts(model, texts), np.asarray(text_to_image)
+
+
+def accuracy_markdown(result: dict) -> str:
+    from benchmarks.report import markdown_table
+
+    present = [m for m in METRICS if any(m in r for r in result["rows"])]
+    columns = [("backend", "backend"), ("precision", "prec"), ("device", "device")]
+    for m in present:
+        columns += [(m, m), (f"d_{m}", f"Δ{m}")]
+    columns += [("emb_max_abs_diff", "max |Δemb|"), ("emb_min_cosine", "min cos"), ("status", "status")]
+    head = (
+        f"Bundle `{result['bundle']}`, run `{result['run']}`, split `{result['split']}` "
+        f"({result['test_images']} test images, calibration λ={result['seen_calibration']:.3g} "
+        "chosen on validation). "
+        "Δ = backend − PyTorch FP32 (percentage points where the metric is in %)."
+    )
+    return head + "\n\n" + markdown_table(result["rows"], columns) + "\n"

@@ -1,0 +1,156 @@
+"""`rsz-bench`: latency | e2e | accuracy | plot. Every command writes DIR/<name>.json and DIR/<name>.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from rsz_infer.errors import RszError, one_line_errors
+
+
+def _ints(value: str, option: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise RszError(f"{option} {value}: expected comma-separated integers") from None
+    if not out or min(out) < 1:
+        raise RszError(f"{option} {value}: expected positive integers")
+    return out
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _slug(model: str) -> str:
+    return Path(model.removeprefix("ref:")).name.replace(":", "_") or "model"
+
+
+class _Group(click.Group):
+    """Remembers its arguments, so every result records the exact command that produced it."""
+
+    def main(self, args=None, *rest, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - click's signature
+        import sys
+
+        from benchmarks import report
+
+        report.COMMAND_ARGS[:] = list(sys.argv[1:] if args is None else args)
+        return super().main(args, *rest, **kwargs)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Benchmarks of rsz: speed per backend, end-to-end throughput, accuracy of the fast engines."""
+
+
+@main.command()
+@click.option("--model", "models", required=True, multiple=True, help="models/NAME bundle or ref:NAME")
+@click.option("--backend", default="ort,torch", show_default=True, help="ort,trt,torch,torch-compile,...")
+@click.option("--batch", default="1,8,32", show_default=True)
+@click.option("--precision", default="fp32", show_default=True, help="fp32,fp16")
+@click.option("--image-size", type=int, default=None, help="ref: models only (default: the paper's size)")
+@click.option("--iters", type=int, default=30, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--compile-mode", default="default", show_default=True, help="torch.compile mode")
+@click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None, help="runs/NAME for torch")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
+@one_line_errors
+def latency(
+    models, backend, batch, precision, image_size, iters, warmup, device, compile_mode, threads, run_dir, out
+):
+    """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
+    from benchmarks.latency import LatencyConfig, latency_markdown, run_latency
+    from benchmarks.report import new_result, write_result
+
+    cfg = LatencyConfig(
+        backends=_names(backend),
+        batches=_ints(batch, "--batch"),
+        precisions=_names(precision),
+        iters=iters,
+        warmup=warmup,
+        device=device,
+        image_size=image_size,
+        compile_mode=compile_mode,
+        threads=threads,
+    )
+    for model in models:
+        measured = run_latency(model, cfg, run_dir=run_dir)
+        result = new_result("latency", f"Latency: {model}", **measured)
+        json_path, md_path = write_result(result, latency_markdown(result), out, f"latency_{_slug(model)}")
+        click.echo(latency_markdown(result))
+        click.echo(f"wrote {json_path} and {md_path}")
+
+
+@main.command()
+@click.argument("tiles", nargs=-1, required=True)
+@click.option("--model", required=True, help="models/NAME bundle or ref:NAME")
+@click.option(
+    "--classes", type=click.Path(path_type=Path), default=None, help="class file: also run label_tiles"
+)
+@click.option("--backend", default="auto", show_default=True, help="bundles: auto|ort|trt|torch")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=0, help="decode threads (0: rsz-infer's default)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
+@one_line_errors
+def e2e(tiles, model, classes, backend, device, batch, workers, out):
+    """End-to-end tiles/s from files on disk, with where the time goes."""
+    from benchmarks.e2e import E2EConfig, e2e_markdown, run_e2e
+    from benchmarks.report import new_result, write_result
+
+    if batch < 1:
+        raise RszError(f"--batch {batch}: must be at least 1")
+    cfg = E2EConfig(batch=batch, backend=backend, device=device, workers=workers)
+    measured = run_e2e(list(tiles), model, cfg, classes)
+    result = new_result("e2e", f"End to end: {model}", **measured)
+    json_path, md_path = write_result(result, e2e_markdown(result), out, f"e2e_{_slug(model)}")
+    click.echo(e2e_markdown(result))
+    click.echo(f"wrote {json_path} and {md_path}")
+
+
+@main.command()
+@click.option("--model", "bundle", required=True, type=click.Path(path_type=Path), help="models/NAME bundle")
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(path_type=Path), help="runs/NAME it came from"
+)
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="benchmark folder")
+@click.option("--split", "split_name", required=True, help="split name under DATA/splits")
+@click.option("--backend", default="ort,trt,torch", show_default=True)
+@click.option("--precision", default="fp32,fp16", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
+@one_line_errors
+def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, batch, out):
+    """ZSL, GZSL (U, S, H) and retrieval through each backend and precision, against PyTorch FP32."""
+    from benchmarks.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
+    from benchmarks.report import new_result, write_result
+
+    if batch < 1:
+        raise RszError(f"--batch {batch}: must be at least 1")
+    cfg = AccuracyConfig(backends=_names(backend), precisions=_names(precision), device=device, batch=batch)
+    measured = run_accuracy(bundle, run_dir, data_dir, split_name, cfg)
+    result = new_result("accuracy", f"Accuracy: {bundle}", **measured)
+    json_path, md_path = write_result(
+        result, accuracy_markdown(result), out, f"accuracy_{_slug(str(bundle))}"
+    )
+    click.echo(accuracy_markdown(result))
+    click.echo(f"wrote {json_path} and {md_path}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write")
+@one_line_errors
+def plot(results, out):
+    """Throughput against batch size per backend, from a latency JSON file."""
+    from benchmarks.plot import plot_throughput
+
+    click.echo(f"wrote {plot_throughput(results, out)}")
+
+
+if __name__ == "__main__":
+    main()

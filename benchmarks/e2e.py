@@ -1,0 +1,242 @@
+"""End-to-end tiles/s from files on disk, next to the encoder-only and decode-only figures.
+
+Stages are timed one by one on one thread (decode, resize, normalise, copy into the batch, engine,
+scoring), which says where the time goes; then the whole loop runs as rsz-infer runs it
+(rsz_infer.pipeline.iter_batches: decoding in a thread pool while the engine works), and, for a bundle with
+a class file, `rsz_infer.pipeline.label_tiles` itself (which adds the class embeddings and the output
+files). With the native library built (cpp_plugins), resize+normalise is also timed through it.
+No torch import: this runs on an edge device with only the inference side installed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles
+from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
+from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
+
+
+@dataclass
+class E2EConfig:
+    batch: int = 32
+    backend: str = "auto"  # bundles: rsz_infer.backend.open_runner; ref: models always run on ort
+    device: str = "auto"
+    workers: int = 0  # decode threads of the pipeline loop (0: rsz-infer's default)
+    engine_iters: int = 10
+    num_random_classes: int = 50  # scoring cost without a class file
+
+
+def _open_engine(spec: str, cfg: E2EConfig, tmp: Path) -> tuple[Any, PreprocessSpec, dict]:
+    """(runner, preprocess spec, info) for a bundle folder or a ref: model (exported to ONNX)."""
+    if spec.startswith("ref:"):
+        from benchmarks.reference import build_reference, export_reference_onnx
+        from rsz_infer.runners.ort import OrtRunner
+
+        ref = build_reference(spec)
+        runner = OrtRunner(
+            export_reference_onnx(ref, tmp), device="cpu" if cfg.device == "auto" else cfg.device
+        )
+        return runner, PreprocessSpec(size=ref.image_size), {"scoring_rule": "cosine", "logit_scale": 16.0}
+    from rsz_infer.backend import open_runner
+    from rsz_infer.pipeline import open_bundle
+
+    manifest = open_bundle(spec)
+    runner = open_runner(spec, manifest, "image", cfg.backend, cfg.device)
+    info = {"scoring_rule": manifest.scoring_rule, "logit_scale": manifest.logit_scale, "manifest": manifest}
+    return runner, manifest.preprocess, info
+
+
+def _per_tile(seconds: float, n: int) -> dict:
+    return {"ms_per_tile": 1e3 * seconds / max(n, 1), "tiles_per_s": n / seconds if seconds > 0 else None}
+
+
+def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None = None) -> dict:
+    options = TileOptions()
+    tiles = list(discover_tiles(inputs, options))
+    if not tiles:
+        raise RszError(f"{', '.join(inputs)}: no JPEG, PNG or TIFF files found")
+    with tempfile.TemporaryDirectory(prefix="rsz-e2e-") as tmp:
+        runner, prep, info = _open_engine(spec, cfg, Path(tmp))
+        try:
+            stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info)
+            loop = _pipeline_loop(tiles, options, prep, runner, cfg, info)
+        finally:
+            runner.close()
+        full = None
+        if classes is not None and not spec.startswith("ref:"):
+            full = _label_tiles(inputs, spec, classes, cfg, Path(tmp))
+        native = _native_stage(rgbs, prep)
+    n = len(rgbs)
+    serial = sum(s["seconds"] for s in stages.values())
+    for s in stages.values():
+        s.update(_per_tile(s["seconds"], n), share=s["seconds"] / serial if serial else None)
+    return {
+        "model": spec,
+        "engine": runner.name,
+        "image_size": prep.size,
+        "tiles": len(tiles),
+        "decoded": n,
+        "batch": cfg.batch,
+        "stages": stages,
+        "native_preprocess": native,
+        "figures": {
+            "decode_only_tiles_per_s": stages["decode"]["tiles_per_s"],
+            "encoder_only_tiles_per_s": stages["engine"]["tiles_per_s"],
+            "serial_sum_tiles_per_s": n / serial if serial else None,
+            "pipeline_loop_tiles_per_s": loop,
+            "label_tiles_tiles_per_s": full,
+        },
+    }
+
+
+def _stage_times(tiles, options, prep, runner, cfg, info) -> tuple[dict, list[np.ndarray]]:
+    """Each stage over all tiles on one thread; the engine on full batches (timed apart, warm)."""
+    t = {k: 0.0 for k in ("decode", "resize", "normalize", "copy", "engine", "scoring")}
+    rgbs, arrays = [], []
+    for tile in tiles:
+        t0 = time.perf_counter()
+        try:
+            rgb, _rule = decode_tile(tile, options)
+        except TileError:
+            continue  # a bad tile is skipped, as rsz-infer does
+        t1 = time.perf_counter()
+        small = resize_rgb(rgb, prep.size)
+        t2 = time.perf_counter()
+        arrays.append(normalize(small, prep))
+        t3 = time.perf_counter()
+        t["decode"] += t1 - t0
+        t["resize"] += t2 - t1
+        t["normalize"] += t3 - t2
+        rgbs.append(rgb)
+    if not rgbs:
+        raise RszError("no tile could be decoded")
+    batches = [arrays[i : i + cfg.batch] for i in range(0, len(arrays), cfg.batch)]
+    stacked = []
+    for b in batches:
+        t0 = time.perf_counter()
+        x = np.zeros((cfg.batch, 3, prep.size, prep.size), np.float32)  # fixed shape, as the pipeline
+        x[: len(b)] = np.stack(b)
+        t["copy"] += time.perf_counter() - t0
+        stacked.append((x, len(b)))
+    runner.infer({"image": stacked[0][0]})  # warm-up: first-run allocations and kernel selection
+    embeddings = []
+    for x, real in stacked:
+        t0 = time.perf_counter()
+        embeddings.append(runner.infer({"image": x})["embedding"][:real])
+        t["engine"] += time.perf_counter() - t0
+    emb = np.concatenate(embeddings)
+    class_emb = (
+        np.random.default_rng(0).standard_normal((cfg.num_random_classes, emb.shape[1])).astype(np.float32)
+    )
+    seen = np.arange(cfg.num_random_classes) % 2 == 0
+    t0 = time.perf_counter()
+    for i in range(0, len(emb), cfg.batch):
+        logits = class_logits(emb[i : i + cfg.batch], class_emb, info["scoring_rule"], info["logit_scale"])
+        top_k(softmax(calibrated_stacking(logits, seen, 0.0)), 5)
+    t["scoring"] = time.perf_counter() - t0
+    return {k: {"seconds": v} for k, v in t.items()}, rgbs
+
+
+def _pipeline_loop(tiles, options, prep, runner, cfg, info) -> float:
+    """rsz-infer's batching loop (threaded decode + preprocess) feeding the engine and the scoring."""
+    from rsz_infer.pipeline import embed_batch, iter_batches
+
+    rng = np.random.default_rng(0)
+    class_emb = None
+    done = 0
+    t0 = time.perf_counter()
+    for batch in iter_batches(tiles, options, prep, cfg.batch, cfg.workers):
+        if not batch.tiles:
+            continue
+        emb = embed_batch(runner, batch)["embedding"]
+        if class_emb is None:
+            class_emb = rng.standard_normal((cfg.num_random_classes, emb.shape[1])).astype(np.float32)
+        logits = class_logits(emb, class_emb, info["scoring_rule"], info["logit_scale"])
+        top_k(softmax(logits), 5)
+        done += len(batch.tiles)
+    return done / (time.perf_counter() - t0)
+
+
+def _label_tiles(inputs, bundle, classes, cfg, tmp: Path) -> float:
+    """rsz_infer.pipeline.label_tiles end to end (class embeddings and output files included)."""
+    from rsz_infer.pipeline import LabelConfig, label_tiles
+
+    summary = label_tiles(
+        LabelConfig(
+            inputs=list(inputs),
+            classes=Path(classes),
+            out=tmp / "labels.csv",
+            model=Path(bundle),
+            backend=cfg.backend,
+            device=cfg.device,
+            batch=cfg.batch,
+            workers=cfg.workers,
+            progress=False,
+        )
+    )
+    return summary.labeled / summary.seconds if summary.seconds > 0 else 0.0
+
+
+def _native_stage(rgbs: list[np.ndarray], prep: PreprocessSpec) -> dict | None:
+    """resize+normalise through cpp_plugins (when built), against the Pillow+numpy path."""
+    from benchmarks.native import NativePreprocessor, library_path
+
+    if library_path() is None:
+        return None
+    native = NativePreprocessor(prep)
+    native(rgbs[:2])  # warm-up (CUDA context, buffers)
+    t0 = time.perf_counter()
+    out = native(rgbs)
+    seconds = time.perf_counter() - t0
+    return {
+        "device": native.device,
+        "seconds": seconds,
+        **_per_tile(seconds, len(rgbs)),
+        "shape": list(out.shape),
+    }
+
+
+E2E_COLUMNS = [
+    ("stage", "stage"),
+    ("ms_per_tile", "ms/tile"),
+    ("tiles_per_s", "tiles/s"),
+    ("share", "share of serial time"),
+]
+
+
+def e2e_markdown(result: dict) -> str:
+    from benchmarks.report import markdown_table
+
+    rows = [{"stage": k, **v} for k, v in result["stages"].items()]
+    nat = result["native_preprocess"]
+    if nat:
+        rows.append({"stage": f"resize+normalize, native ({nat['device']})", **nat})
+    f = result["figures"]
+
+    def rate(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        f"Model `{result['model']}` ({result['engine']}), "
+        f"{result['decoded']}/{result['tiles']} tiles decoded, "
+        f"batch {result['batch']}, {result['image_size']} px.",
+        "",
+        "| figure | tiles/s |",
+        "|---|---|",
+        f"| decode only | {rate(f['decode_only_tiles_per_s'])} |",
+        f"| encoder only | {rate(f['encoder_only_tiles_per_s'])} |",
+        f"| all stages one after another, one thread | {rate(f['serial_sum_tiles_per_s'])} |",
+        f"| rsz-infer batching loop (threaded decode) | {rate(f['pipeline_loop_tiles_per_s'])} |",
+        f"| rsz-infer label_tiles (with class embeddings, outputs) | {rate(f['label_tiles_tiles_per_s'])} |",
+        "",
+        markdown_table(rows, E2E_COLUMNS),
+    ]
+    return "\n".join(lines) + "\n"

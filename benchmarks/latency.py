@@ -1,0 +1,384 @@
+"""Image-encoder latency and throughput per backend, precision and batch size.
+
+No torch import at module level: on an edge device with only the inference side installed (bundle +
+onnxruntime/TensorRT), `latency` runs the ort and trt backends; torch is imported only for ref: models and
+the torch backends.
+
+Timing: warm-up calls, then `iters` timed calls. On GPU with torch the timer is a pair of CUDA events around
+each call (device time, inputs already on the device); ort and trt are timed with perf_counter around
+`Runner.infer`, which takes and returns host arrays, so their figure includes the host<->device copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import flops as flops_mod
+from rsz_infer.errors import RszError
+
+TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")
+BACKENDS = ("ort", "trt", *TORCH_BACKENDS)
+
+
+@dataclass
+class LatencyConfig:
+    backends: list[str] = field(default_factory=lambda: ["ort", "torch"])
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    iters: int = 30
+    warmup: int = 5
+    device: str = "auto"  # "auto" (cuda when torch sees one) | "cpu" | "cuda"
+    image_size: int | None = None
+    compile_mode: str = "default"  # torch.compile mode; "max-autotune" is slower to build
+    threads: int = 0  # ORT intra-op threads (0: ORT's default, all cores)
+
+
+@dataclass
+class ModelSource:
+    """Where the graphs of one benchmarked model come from: a ref: model or a bundle folder."""
+
+    name: str
+    image_size: int
+    onnx: dict[str, Path] = field(default_factory=dict)  # precision -> image ONNX graph
+    engines: dict[str, Path] = field(default_factory=dict)  # precision -> TensorRT engine
+    reference: Any = None  # benchmarks.reference.ReferenceModel for ref: models
+    torch_module: Any = None  # nn.Module (ref: models, or a bundle given its run)
+    flops_per_image: float | None = None
+    flops_method: str = "not counted"
+    _tmp: Any = None
+
+    def onnx_for(self, precision: str) -> Path | None:
+        """The image graph of this precision. ref: models are exported on first use; an FP16 graph missing
+        from a ref: model or an FP32 bundle is made here by the conversion rsz-export applies
+        (export.fp16: FP32 islands, FP32 I/O), when the export side is installed."""
+        if "fp32" not in self.onnx and self.reference is not None:
+            from benchmarks.reference import export_reference_onnx
+
+            self.onnx["fp32"] = export_reference_onnx(self.reference, self._tmp)
+        if precision == "fp16" and "fp16" not in self.onnx and "fp32" in self.onnx:
+            try:
+                from export.fp16 import convert_fp16
+            except ImportError:
+                return None
+            out_dir = Path(self._tmp or tempfile.mkdtemp(prefix="rsz-bench-"))
+            self.onnx["fp16"] = out_dir / (self.onnx["fp32"].stem + "_fp16.onnx")
+            convert_fp16(self.onnx["fp32"], self.onnx["fp16"])
+        return self.onnx.get(precision)
+
+
+def open_model(
+    spec: str, image_size: int | None = None, run_dir: Path | None = None, tmp: Path | None = None
+):
+    """`ref:NAME` (benchmarks.reference) or a bundle folder written by rsz-export."""
+    if spec.startswith("ref:"):
+        from benchmarks.reference import build_reference
+
+        ref = build_reference(spec, image_size)
+        src = ModelSource(spec, ref.image_size, reference=ref, torch_module=ref.module, _tmp=tmp)
+        src.flops_per_image = flops_mod.torch_flops(ref.module, ref.example(1))
+        src.flops_method = "torch.utils.flop_counter.FlopCounterMode on the PyTorch module (batch 1)"
+        return src
+    return _open_bundle(Path(spec), image_size, run_dir)
+
+
+def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None) -> ModelSource:
+    from rsz_infer.bundle import load_manifest
+
+    manifest = load_manifest(bundle_dir)
+    size = manifest.preprocess.size
+    if image_size and image_size != size:
+        raise RszError(f"--image-size {image_size}: the bundle {bundle_dir} takes {size} px images")
+    src = ModelSource(str(bundle_dir), size)
+    # export writes one image graph per precision (TensorRT-RTX takes precision from the graph itself)
+    for role, graph in manifest.graphs.items():
+        if role.split("_")[0] != "image":
+            continue
+        src.onnx.setdefault(graph.precision, bundle_dir / graph.onnx)
+        for engine in graph.engines:
+            src.engines.setdefault(graph.precision, bundle_dir / engine)
+    if src.onnx:
+        try:
+            counted = flops_mod.onnx_flops(src.onnx.get("fp32") or next(iter(src.onnx.values())))
+        except ImportError:  # an edge device with onnxruntime but without the onnx package
+            counted = None
+        if counted is not None:
+            src.flops_per_image = counted
+            src.flops_method = "sum of MatMul/Gemm/Conv in the ONNX image graph, shapes inferred at batch 1"
+    if run_dir is not None:
+        src.torch_module = _image_module_from_run(run_dir)
+    return src
+
+
+def _image_module_from_run(run_dir: Path):  # noqa: ANN202 - nn.Module
+    """The trained model's image graph (role "image" of export_graphs), for the torch backends."""
+    from rsz_train.runs import load_run
+
+    model, _info = load_run(run_dir)
+    for graph in model.export_graphs():
+        if graph.role == "image":
+            return graph.module.eval()
+    raise RszError(f"{run_dir}: the model has no image graph")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timing
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def time_host(call: Callable[[], Any], iters: int, warmup: int) -> list[float]:
+    """perf_counter around each call (calls that return when their work is done)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_cuda(call: Callable[[], Any], iters: int, warmup: int) -> list[float]:
+    """CUDA events around each call: device time of the work the call enqueues."""
+    import torch
+
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)
+    ]
+    for start, end in events:
+        start.record()
+        call()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
+def _process_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _random_image(batch: int, size: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(batch)
+    return rng.standard_normal((batch, 3, size, size)).astype(dtype)
+
+
+def _bench_ort(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig, device: str) -> dict:
+    from rsz_infer.runners.ort import OrtRunner
+
+    path = src.onnx_for(precision)
+    if path is None:
+        return {"status": f"skipped: no {precision} ONNX image graph for {src.name}"}
+    runner = OrtRunner(path, device=device, threads=cfg.threads)
+    feeds = {"image": _random_image(batch, src.image_size, _ort_input_dtype(runner))}
+    times = time_host(lambda: runner.infer(feeds), cfg.iters, cfg.warmup)
+    return {
+        "device": runner.name,
+        "timer": "perf_counter, host arrays in/out",
+        **percentiles_ms(times),
+        "peak_mem_mb": _process_peak_rss_mb(),
+        "mem_kind": "process peak RSS",
+    }
+
+
+def _ort_input_dtype(runner) -> str:  # noqa: ANN001 - an OrtRunner
+    """FP16 graphs written by export keep float32 inputs; a graph with float16 inputs gets float16."""
+    return "float16" if runner.session.get_inputs()[0].type == "tensor(float16)" else "float32"
+
+
+def _bench_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig) -> dict:
+    engine = src.engines.get(precision)
+    if engine is None:
+        return {"status": f"skipped: no {precision} TensorRT engine in {src.name}"}
+    try:
+        from rsz_infer.runners.trt import TrtRunner
+    except ImportError as err:
+        return {"status": f"skipped: TensorRT runner unavailable ({err})"}
+    runner = TrtRunner(engine)
+    feeds = {"image": _random_image(batch, src.image_size, "float32")}  # export keeps FP32 I/O on FP16 graphs
+    times = time_host(lambda: runner.infer(feeds), cfg.iters, cfg.warmup)
+    return {"device": "cuda", "timer": "perf_counter, host arrays in/out", **percentiles_ms(times)}
+
+
+def _bench_torch(src: ModelSource, backend: str, precision: str, batch: int, cfg: LatencyConfig) -> dict:
+    import torch
+
+    if src.torch_module is None:
+        return {"status": f"skipped: no PyTorch module for {src.name} (pass --run runs/NAME)"}
+    device = _torch_device(cfg.device)
+    if precision == "fp16" and device == "cpu":
+        return {"status": "skipped: fp16 on CPU is not a deployment target"}
+    if "graphs" in backend and device == "cpu":
+        return {"status": "skipped: CUDA graphs need a GPU"}
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    # a copy per row: casting the module to FP16 and back would round the weights other rows use
+    module = copy.deepcopy(src.torch_module).to(device=device, dtype=dtype).eval()
+    if "compile" in backend:
+        torch._dynamo.reset()  # each row compiles afresh, for its own static shape
+        fn = torch.compile(module, mode=cfg.compile_mode, dynamic=False)
+    else:
+        fn = module
+    x = torch.randn(batch, 3, src.image_size, src.image_size, device=device, dtype=dtype)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        call = _cuda_graph(fn, x) if "graphs" in backend else (lambda: fn(x))
+        timer = time_cuda if device == "cuda" else time_host
+        times = timer(call, cfg.iters, cfg.warmup)
+    row = {"device": device, "timer": "CUDA events, device tensors" if device == "cuda" else "perf_counter"}
+    row.update(percentiles_ms(times))
+    if device == "cuda":
+        row.update(peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20, mem_kind="torch peak allocated")
+    else:
+        row.update(peak_mem_mb=_process_peak_rss_mb(), mem_kind="process peak RSS")
+    return row
+
+
+def _cuda_graph(fn: Callable, x):  # noqa: ANN001, ANN202 - torch types
+    """Capture one call of fn(x) into a CUDA graph; replaying it skips all launch overhead."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x)
+    return graph.replay
+
+
+def _torch_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _ort_device(device: str) -> str:
+    """ORT runs on CUDA only when asked for and this onnxruntime build has a GPU provider."""
+    if device == "cpu":
+        return "cpu"
+    import onnxruntime
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers())
+    return "cuda" if gpu else "cpu"
+
+
+def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp: Path | None = None) -> dict:
+    """All (backend, precision, batch) rows for one model, plus FLOPs and the measured peaks."""
+    for b in cfg.backends:
+        if b not in BACKENDS:
+            raise RszError(f"--backend {b}: unknown; known: {', '.join(BACKENDS)}")
+    for p in cfg.precisions:
+        if p not in ("fp32", "fp16"):
+            raise RszError(f"--precision {p}: unknown; known: fp32, fp16")
+    src = open_model(spec, cfg.image_size, run_dir, tmp)
+    rows = []
+    for backend in cfg.backends:
+        for precision in cfg.precisions:
+            for batch in cfg.batches:
+                row: dict[str, Any] = {"backend": backend, "precision": precision, "batch": batch}
+                try:
+                    if backend == "ort":
+                        row.update(_bench_ort(src, precision, batch, cfg, _ort_device(cfg.device)))
+                    elif backend == "trt":
+                        row.update(_bench_trt(src, precision, batch, cfg))
+                    else:
+                        row.update(_bench_torch(src, backend, precision, batch, cfg))
+                except RszError:
+                    raise
+                except Exception as err:  # one failing configuration must not lose the others' numbers
+                    row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                row.setdefault("status", "ok")
+                rows.append(row)
+    peaks = _measure_peaks(rows)
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        row["images_per_s"] = batch_rate(row["batch"], row["p50_ms"])
+        if src.flops_per_image:
+            row["achieved_tflops"] = src.flops_per_image * row["images_per_s"] / 1e12
+            peak = peaks.get("cuda" if row["device"].startswith("cuda") else "cpu")
+            if peak:
+                row["fraction_of_peak"] = row["achieved_tflops"] / peak["tflops"]
+    return {
+        "model": spec,
+        "image_size": src.image_size,
+        "flops_per_image": src.flops_per_image,
+        "flops_method": src.flops_method,
+        "peaks": peaks,
+        "config": {k: v for k, v in vars(cfg).items()},
+        "rows": rows,
+    }
+
+
+def batch_rate(batch: int, p50_ms: float) -> float:
+    return batch / (p50_ms / 1e3)
+
+
+def _measure_peaks(rows: list[dict]) -> dict[str, dict]:
+    """The matrix peak of each device that ran a row, measured now (see benchmarks.flops)."""
+    devices = {("cuda" if r["device"].startswith("cuda") else "cpu") for r in rows if r.get("status") == "ok"}
+    peaks = {}
+    if "cpu" in devices:
+        peaks["cpu"] = flops_mod.measure_cpu_peak()
+    if "cuda" in devices:
+        try:
+            peaks["cuda"] = flops_mod.measure_gpu_peak("fp16")
+        except ImportError:  # TensorRT-only edge device: no torch to run the peak matmul
+            pass
+    return peaks
+
+
+LATENCY_COLUMNS = [
+    ("backend", "backend"),
+    ("precision", "prec"),
+    ("batch", "batch"),
+    ("device", "device"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("images_per_s", "images/s"),
+    ("peak_mem_mb", "peak MiB"),
+    ("achieved_tflops", "TFLOP/s"),
+    ("fraction_of_peak", "of peak"),
+    ("status", "status"),
+]
+
+
+def latency_markdown(result: dict) -> str:
+    from benchmarks.report import markdown_table
+
+    flops = result["flops_per_image"]
+    lines = [
+        f"Model `{result['model']}` at {result['image_size']} px; "
+        + (f"{flops / 1e9:.2f} GFLOP/image ({result['flops_method']})." if flops else "FLOPs not counted."),
+    ]
+    for dev, peak in result["peaks"].items():
+        lines.append(f"Measured {dev} peak: {peak['tflops']:.2f} TFLOP/s ({peak['method']}).")
+    lines.append("Memory column: torch peak allocated on GPU rows, process peak RSS on CPU rows.")
+    return "\n".join(lines) + "\n\n" + markdown_table(result["rows"], LATENCY_COLUMNS) + "\n"

@@ -1,0 +1,100 @@
+"""ctypes binding of cpp_plugins' native preprocessing (no torch): a batch of uint8 RGB tiles of any sizes
+-> normalised NCHW float32/float16 at the model size, equal to rsz_infer.preprocess.to_model_input.
+
+The library is cpp_plugins/build/librsz_preprocess_cuda.so (CPU + CUDA) or librsz_preprocess.so (CPU),
+built with `make -C cpp_plugins cpu` / `make -C cpp_plugins cuda`; RSZ_NATIVE_LIB names another file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "cpp_plugins"
+LIBRARY_NAMES = ("librsz_preprocess_cuda.so", "librsz_preprocess.so")
+
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_i32p = ctypes.POINTER(ctypes.c_int32)
+_f32p = ctypes.POINTER(ctypes.c_float)
+_COMMON = [_u8p, _i64p, _i32p, _i32p, ctypes.c_int32, ctypes.c_int32, _f32p, _f32p, ctypes.c_int32]
+
+
+def library_path() -> Path | None:
+    if os.environ.get("RSZ_NATIVE_LIB"):
+        return Path(os.environ["RSZ_NATIVE_LIB"])
+    for name in LIBRARY_NAMES:
+        if (PLUGIN_DIR / "build" / name).is_file():
+            return PLUGIN_DIR / "build" / name
+    return None
+
+
+class NativePreprocessor:
+    """Loads the library once; `__call__(tiles)` preprocesses a batch on the CPU or on the GPU."""
+
+    def __init__(self, spec: PreprocessSpec, device: str = "auto", path: Path | None = None) -> None:
+        path = path or library_path()
+        if path is None or not Path(path).is_file():
+            raise RszError(
+                f"{PLUGIN_DIR / 'build'}: native preprocessing not built (run: make -C cpp_plugins)"
+            )
+        # Idle OpenMP workers sleep instead of spinning: the decode threads of the pipeline share the cores.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            self.lib = ctypes.CDLL(str(path))
+        except OSError as err:
+            raise RszError(f"{path}: cannot load the native library ({err})") from None
+        self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_void_p]
+        self.lib.rsz_preprocess_cuda.argtypes = [*_COMMON, ctypes.c_int32, ctypes.c_void_p]
+        self.lib.rsz_last_error.restype = ctypes.c_char_p
+        cuda = bool(self.lib.rsz_cuda_available())
+        if device == "cuda" and not cuda:
+            raise RszError(f"{path}: no CUDA path (CPU-only build, or no GPU visible)")
+        self.device = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
+        self.spec = spec
+        self._mean = np.asarray(spec.mean, np.float32)
+        self._std = np.asarray(spec.std, np.float32)
+
+    def __call__(self, tiles: list[np.ndarray], dtype: str = "float32") -> np.ndarray:
+        """tiles: HxWx3 uint8 arrays (sizes may differ) -> [B, 3, size, size] of dtype."""
+        for i, t in enumerate(tiles):
+            if t.dtype != np.uint8 or t.ndim != 3 or t.shape[2] != 3:
+                raise RszError(f"tile {i}: expected HxWx3 uint8, got {t.dtype} {t.shape}")
+        heights = np.asarray([t.shape[0] for t in tiles], np.int32)
+        widths = np.asarray([t.shape[1] for t in tiles], np.int32)
+        sizes = heights.astype(np.int64) * widths * 3
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        packed = (
+            np.concatenate([np.ascontiguousarray(t).reshape(-1) for t in tiles])
+            if tiles
+            else np.zeros(1, np.uint8)
+        )
+        size = self.spec.size
+        out = np.empty((len(tiles), 3, size, size), dtype=np.dtype(dtype))
+        fp16 = int(out.dtype == np.float16)
+        if out.dtype not in (np.float16, np.float32):
+            raise RszError(f"dtype {dtype}: expected float32 or float16")
+        args = [
+            packed.ctypes.data_as(_u8p),
+            offsets.ctypes.data_as(_i64p),
+            heights.ctypes.data_as(_i32p),
+            widths.ctypes.data_as(_i32p),
+            len(tiles),
+            size,
+            self._mean.ctypes.data_as(_f32p),
+            self._std.ctypes.data_as(_f32p),
+            fp16,
+        ]
+        if self.device == "cuda":
+            status = self.lib.rsz_preprocess_cuda(*args, 0, out.ctypes.data)
+        else:
+            status = self.lib.rsz_preprocess_cpu(*args, out.ctypes.data)
+        if status != 0:
+            raise RszError(f"native preprocessing: {self.lib.rsz_last_error().decode()}")
+        return out

@@ -1,0 +1,310 @@
+"""One entry point: `export(run_dir, out, ...)` turns a trained run into a checked, self-describing bundle.
+
+Steps: every ExportGraph of the model -> FP32 ONNX (+ FP16 ONNX) -> checks against PyTorch -> TensorRT
+engines (optional) -> manifest.json with every file's sha256 -> the bundle folder, moved into place whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rsz_infer
+from export.compare import compare, random_feeds
+from export.fp16 import convert_fp16
+from export.onnx_export import OPSET, export_onnx, graph_io, load_checked
+from export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
+from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, load_manifest, sha256_file
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+from rsz_infer.runners.ort import OrtRunner
+from rsz_infer.runners.torch import TorchRunner
+from rsz_infer.trt_lib import load_trt, trt_available
+from rsz_train.models.base import ExportGraph, RszModel
+
+MODEL_KINDS = ("dsva", "mcfa", "msa")
+ENGINE_CHOICES = ("trt", "none", "auto")
+
+# What export can produce (ultralytics-style): format, file name pattern, when it is written.
+FORMATS = (
+    ("onnx", "{role}.onnx", "always: FP32 ONNX, opset 17+, dynamic batch (and sequence for text)"),
+    ("onnx-fp16", "{role}.fp16.onnx", "--fp16: strongly typed FP16 ONNX with FP32 islands (export.fp16)"),
+    (
+        "engine",
+        "{role}.engine + .engine.json",
+        "--engine trt|auto: TensorRT 10+ or TensorRT-RTX engine + sidecar",
+    ),
+    ("tokenizer", "tokenizer.json", "models with a text graph: the MiniLM tokenizer"),
+    ("manifest", "manifest.json", "always: rsz_infer.bundle.Manifest with every file's sha256"),
+)
+
+
+@dataclass
+class ExportSource:
+    """A model and what the bundle must say about it (built from a run by `source_from_run`)."""
+
+    model: RszModel
+    preprocess: PreprocessSpec
+    seen_classes: list[str]
+    seen_calibration: float
+    attribute_names: list[str] = field(default_factory=list)
+    attribute_phrases: list[str] = field(default_factory=list)
+    text_prompt: str = "{description}"
+    max_text_length: int = 64
+    tokenizer_json: Path | None = None  # copied into the bundle when the model has a text graph
+    class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
+    tiles: np.ndarray | None = None  # [N, 3, H, W] preprocessed test tiles, checked besides random inputs
+
+
+TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_CHECK_TILES = 64
+
+
+def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
+    """Up to MAX_CHECK_TILES images under `tiles_dir` (sorted), preprocessed as inference will."""
+    from PIL import Image
+
+    from rsz_infer.preprocess import to_model_input
+
+    paths = sorted(p for p in Path(tiles_dir).rglob("*") if p.suffix.lower() in TILE_SUFFIXES)[
+        :MAX_CHECK_TILES
+    ]
+    if not paths:
+        raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                arrays.append(to_model_input(np.asarray(image.convert("RGB")), spec))
+        except OSError as err:
+            raise RszError(f"{path}: cannot read this tile ({err})") from None
+    return np.stack(arrays)
+
+
+def source_from_run(run_dir: Path, model_kind: str, tiles_dir: Path | None = None) -> ExportSource:
+    from rsz_infer.tokenizer import DEFAULT_MAX_LENGTH
+    from rsz_train.runs import load_run
+    from rsz_train.text import minilm_tokenizer_json
+
+    model, info = load_run(run_dir, kind=model_kind)
+    model_config = getattr(info.config, "model", None)
+    with torch.no_grad():
+        classes = model.encode_classes(model.class_inputs(info.semantics)).float().numpy()
+    return ExportSource(
+        model=model,
+        preprocess=info.preprocess,
+        seen_classes=list(info.seen),
+        seen_calibration=float(info.seen_calibration),
+        attribute_names=list(info.task.attribute_names),
+        attribute_phrases=list(info.task.attribute_phrases),
+        text_prompt=getattr(model_config, "text_prompt", "{description}"),
+        max_text_length=int(getattr(model_config, "max_text_length", DEFAULT_MAX_LENGTH)),
+        tokenizer_json=minilm_tokenizer_json(),
+        class_embeddings=classes,
+        tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
+    )
+
+
+def export(
+    run_dir: Path | str,
+    out: Path | str | None = None,
+    model_kind: str = "dsva",
+    fp16: bool = False,
+    engine: str = "auto",
+    batch: str = "1:32:256",
+    force: bool = False,
+    tiles: Path | str | None = None,
+) -> Path:
+    """Export the run `run_dir` (a `model_kind` run) into the bundle folder `out` (default models/<run>).
+
+    `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels)."""
+    if model_kind not in MODEL_KINDS:
+        raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(MODEL_KINDS)})")
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else Path("models") / run_dir.name
+    source = source_from_run(run_dir, model_kind, None if tiles is None else Path(tiles))
+    return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
+
+
+def _check_graph(graph: ExportGraph, onnx_path: Path, precision: str, source: ExportSource) -> dict:
+    """ONNX Runtime against PyTorch FP32 on fresh random inputs (and on the tiles for the image graph)."""
+    inputs, _ = graph_io(load_checked(onnx_path))
+    reference = TorchRunner(graph.module, input_names=graph.input_names, output_names=graph.output_names)
+    candidate = OrtRunner(onnx_path)
+    feeds = [random_feeds(inputs, batch=3, seq=9, seed=1), random_feeds(inputs, batch=1, seq=5, seed=2)]
+    class_embeddings = None
+    if graph.role == "image" and source.tiles is not None:
+        feeds.append({"image": np.ascontiguousarray(source.tiles, dtype=np.float32)})
+        class_embeddings = source.class_embeddings
+    what = f"{onnx_path.name} ({graph.role}, {precision})"
+    checks = compare(reference, candidate, feeds[:2], precision, what, None, source.model.scoring_rule)
+    if len(feeds) > 2:
+        checks += compare(
+            reference,
+            candidate,
+            feeds[2:],
+            precision,
+            what + " on tiles",
+            class_embeddings,
+            source.model.scoring_rule,
+        )
+    return {
+        "max_relative_error": max(c.relative_error for c in checks),
+        "min_cosine": min(c.min_cosine for c in checks),
+        "tiles": 0 if source.tiles is None or graph.role != "image" else len(source.tiles),
+    }
+
+
+def _engine_library(engine: str):  # noqa: ANN202 - TrtLib | None
+    if engine not in ENGINE_CHOICES:
+        raise RszError(f"--engine {engine}: expected one of {', '.join(ENGINE_CHOICES)}")
+    if engine == "none":
+        return None
+    return load_trt() if engine == "trt" else trt_available()
+
+
+def _fingerprint(manifest: Manifest) -> str:
+    """What makes two bundles the same: everything but engines and build timings."""
+    d = json.loads(manifest.to_json())
+    d["files"] = {k: v for k, v in d["files"].items() if ".engine" not in k and k != "timing.cache"}
+    for g in d["graphs"].values():
+        g["engines"] = []
+    d["extra"] = {k: v for k, v in d["extra"].items() if k not in ("engines", "engine_note")}
+    return json.dumps(d, sort_keys=True)
+
+
+def export_model(
+    source: ExportSource,
+    out: Path | str,
+    fp16: bool = False,
+    engine: str = "auto",
+    batch: str = "1:32:256",
+    force: bool = False,
+) -> Path:
+    """Export an in-memory model (what `export` does after loading the run)."""
+    out = Path(out)
+    batch_range = ShapeRange.parse(batch)
+    lib = _engine_library(engine)
+    model = source.model.eval()
+    graphs = model.export_graphs()
+    if not any(g.role == "image" for g in graphs):
+        raise RszError(f"{type(model).__name__}: export_graphs() has no image graph")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _write_bundle(source, graphs, staging, fp16, lib, batch_range)
+        if (out / MANIFEST).is_file() and not force:
+            existing = load_manifest(out, verify=False)
+            if _fingerprint(existing) == _fingerprint(manifest):
+                return out  # same content: keep what is there (engines included)
+            raise RszError(f"{out}: a different bundle is already there; pass --force to replace it")
+        if out.exists():
+            if not force:
+                raise RszError(f"{out}: exists and is not an rsz bundle; pass --force to replace it")
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _concrete_shapes(graph: ExportGraph, inputs: list, outputs: list) -> tuple[list, list]:
+    """Shapes as the manifest states them: the graph's named dynamic axes, every other axis a number.
+
+    Shape inference sometimes names fixed axes symbolically (e.g. "Sliceembedding_dim_1"); the example run
+    of the PyTorch module gives their real size."""
+    with torch.no_grad():
+        results = graph.module(*graph.example_inputs)
+    results = results if isinstance(results, tuple | list) else (results,)
+    examples = dict(zip(graph.input_names, graph.example_inputs)) | dict(zip(graph.output_names, results))
+    for spec in inputs + outputs:
+        dynamic = graph.dynamic_axes.get(spec.name, {})
+        actual = examples[spec.name].shape
+        spec.shape = [dynamic[i] if i in dynamic else int(actual[i]) for i in range(len(actual))]
+    return inputs, outputs
+
+
+def _write_bundle(
+    source: ExportSource,
+    graphs: list[ExportGraph],
+    staging: Path,
+    fp16: bool,
+    lib,
+    batch: ShapeRange,  # noqa: ANN001
+) -> Manifest:
+    seq = ShapeRange(1, min(32, source.max_text_length), source.max_text_length)
+    specs: dict[str, GraphSpec] = {}
+    extra: dict = {
+        "opset": OPSET,
+        "default_precision": "fp16" if fp16 else "fp32",
+        "variants": {},
+        "checks": {},
+    }
+    for graph in graphs:
+        fp32_path = export_onnx(graph, staging / f"{graph.role}.onnx")
+        inputs, outputs = _concrete_shapes(graph, *graph_io(load_checked(fp32_path)))
+        extra["checks"][f"{graph.role}.fp32"] = _check_graph(graph, fp32_path, "fp32", source)
+        extra["variants"][graph.role] = {"fp32": fp32_path.name}
+        default_path, precision = fp32_path, "fp32"
+        if fp16:
+            fp16_path = staging / f"{graph.role}.fp16.onnx"
+            extra["fp16"] = convert_fp16(fp32_path, fp16_path)
+            load_checked(fp16_path)
+            extra["checks"][f"{graph.role}.fp16"] = _check_graph(graph, fp16_path, "fp16", source)
+            extra["variants"][graph.role]["fp16"] = fp16_path.name
+            default_path, precision = fp16_path, "fp16"
+        specs[graph.role] = GraphSpec(
+            onnx=default_path.name, precision=precision, inputs=inputs, outputs=outputs
+        )
+
+    if lib is None:
+        extra["engine_note"] = "no TensorRT engines (--engine none, or no TensorRT library imports)"
+    else:
+        extra["engines"] = {}
+        for role, spec in specs.items():
+            onnx_path = staging / spec.onnx
+            profile = optimisation_profile(onnx_input_dims(onnx_path), batch, seq)
+            engine_path = staging / f"{role}.engine"
+            sidecar = build_engine(
+                onnx_path, engine_path, profile, spec.precision, staging / "timing.cache", lib=lib
+            )
+            spec.engines.append(engine_path.name)
+            extra["engines"][engine_path.name] = sidecar
+
+    has_text = "text" in specs
+    if has_text and source.tokenizer_json is not None:
+        shutil.copyfile(source.tokenizer_json, staging / "tokenizer.json")
+    image_outputs = {t.name: t for t in specs["image"].outputs}
+    model = source.model
+    manifest = Manifest(
+        model_kind=model.kind,
+        rsz_version=rsz_infer.__version__,
+        preprocess=source.preprocess,
+        graphs=specs,
+        class_embedding=model.class_embedding,
+        scoring_rule=model.scoring_rule,
+        logit_scale=float(model.logit_scale()),
+        embedding_dim=int(image_outputs["embedding"].shape[-1]),
+        seen_classes=list(source.seen_classes),
+        seen_calibration=float(source.seen_calibration),
+        tokenizer="tokenizer.json" if has_text else "",
+        max_text_length=source.max_text_length,
+        text_prompt=source.text_prompt,
+        attribute_names=list(source.attribute_names),
+        attribute_phrases=list(source.attribute_phrases),
+        extra=extra,
+    )
+    manifest.files = {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()}
+    (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest

@@ -1,0 +1,113 @@
+"""rsz-export: `rsz-export --model dsva --run runs/NAME [--fp16] ...` builds a bundle;
+`rsz-export inspect models/NAME` prints a bundle's manifest and re-verifies its hashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rsz_infer.bundle import load_manifest
+from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.trt_lib import sidecar_path
+
+BUILD_OPTIONS = [
+    click.option(
+        "--model", "model_kind", type=click.Choice(["dsva", "mcfa", "msa"]), help="model kind of the run"
+    ),
+    click.option("--run", "run_dir", type=click.Path(path_type=Path), help="run folder written by rsz-train"),
+    click.option("--fp16", is_flag=True, help="also write FP16 graphs and use them by default"),
+    click.option(
+        "--engine",
+        type=click.Choice(["trt", "none", "auto"]),
+        default="auto",
+        show_default=True,
+        help="TensorRT engines: trt = required, auto = when a TensorRT library imports",
+    ),
+    click.option("--batch", default="1:32:256", show_default=True, help="engine batch profile min:opt:max"),
+    click.option("--out", type=click.Path(path_type=Path), help="bundle folder (default models/<run name>)"),
+    click.option("--force", is_flag=True, help="replace a different bundle already at --out"),
+    click.option(
+        "--tiles", type=click.Path(path_type=Path), help="folder of test tiles to check the graphs on"
+    ),
+]
+
+
+def _with_build_options(func):  # noqa: ANN001, ANN202
+    for option in reversed(BUILD_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles) -> None:  # noqa: ANN001
+    from export.api import export
+
+    if model_kind is None or run_dir is None:
+        raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
+    bundle = export(run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles)
+    manifest = load_manifest(bundle)
+    engines = [e for g in manifest.graphs.values() for e in g.engines]
+    note = manifest.extra.get("engine_note", f"engines: {', '.join(engines)}")
+    click.echo(
+        f"{bundle}: {manifest.model_kind} bundle, graphs {', '.join(manifest.graphs)} "
+        f"({manifest.extra.get('default_precision')}); {note}"
+    )
+
+
+@click.group(invoke_without_command=True)
+@_with_build_options
+@click.pass_context
+@one_line_errors
+def main(ctx: click.Context, **options) -> None:  # noqa: ANN003
+    """Export a trained rsz run to ONNX / FP16 / TensorRT in a bundle (the default command)."""
+    if ctx.invoked_subcommand is None:
+        _build(**options)
+
+
+@main.command()
+@_with_build_options
+@one_line_errors
+def build(**options) -> None:  # noqa: ANN003
+    """Same as `rsz-export --model ... --run ...`."""
+    _build(**options)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@one_line_errors
+def inspect(bundle: Path) -> None:
+    """Print the manifest of BUNDLE as a table and re-verify every file's sha256."""
+    manifest = load_manifest(bundle, verify=True)
+    rows = [
+        ("model kind", manifest.model_kind),
+        ("rsz version", manifest.rsz_version),
+        ("class embedding", manifest.class_embedding),
+        ("scoring", f"{manifest.scoring_rule} x {manifest.logit_scale:.4g}"),
+        ("embedding dim", str(manifest.embedding_dim)),
+        ("seen classes", f"{len(manifest.seen_classes)} (calibration {manifest.seen_calibration:.4g})"),
+        (
+            "preprocess",
+            f"{manifest.preprocess.size}px {manifest.preprocess.resize} {manifest.preprocess.band_order}",
+        ),
+        ("tokenizer", manifest.tokenizer or "-"),
+        ("attributes", str(len(manifest.attribute_names))),
+        ("text prompt", manifest.text_prompt),
+    ]
+    for role, graph in manifest.graphs.items():
+        io = "; ".join(f"{t.name} {t.dtype}{t.shape}" for t in graph.inputs + graph.outputs)
+        rows.append((f"graph {role}", f"{graph.onnx} [{graph.precision}] {io}"))
+        for engine in graph.engines:
+            side = bundle / sidecar_path(Path(engine)).name
+            info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+            rows.append(
+                (
+                    "  engine",
+                    f"{engine} {info.get('library')} {info.get('library_version')} "
+                    f"sm {','.join(info.get('compute_capabilities', []))}",
+                )
+            )
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+    click.echo(f"{'files':<{width}}  {len(manifest.files)} verified (sha256)")

@@ -1,0 +1,102 @@
+"""Polygraphy-style Comparator: run the same feeds through two Runners and check the outputs agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rsz_infer.bundle import TensorSpec
+from rsz_infer.errors import RszError
+from rsz_infer.runners.base import Runner
+
+FP32_MAX_RELATIVE_ERROR = 1e-4  # max |a-b| / max |reference|, per output
+FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs PyTorch FP32
+
+
+@dataclass
+class Comparison:
+    output: str
+    relative_error: float
+    min_cosine: float
+
+
+def random_feeds(
+    inputs: list[TensorSpec], batch: int = 3, seq: int = 12, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Fresh random inputs for a graph: floats ~ N(0,1), token ids in a small vocabulary with a
+    right-padded attention mask (the first row full, the others shorter) as the tokenizer gives."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inputs:
+        shape = [seq if d == "seq" else batch if isinstance(d, str) else int(d) for d in spec.shape]
+        if spec.name == "attention_mask":
+            lengths = rng.integers(1, shape[1] + 1, size=shape[0])
+            lengths[0] = shape[1]
+            feeds[spec.name] = (np.arange(shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        elif spec.dtype.startswith("int"):
+            feeds[spec.name] = rng.integers(100, 1000, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+    return float(cos.min()) if cos.size else 1.0
+
+
+def compare(
+    reference: Runner,
+    candidate: Runner,
+    feeds: list[dict[str, np.ndarray]],
+    precision: str,
+    what: str,
+    class_embeddings: np.ndarray | None = None,
+    scoring_rule: str = "cosine",
+) -> list[Comparison]:
+    """Check `candidate` against `reference` on every feed; raise one RszError line naming `what` on failure.
+
+    fp32: every output within FP32_MAX_RELATIVE_ERROR. fp16: every `embedding` row at cosine >=
+    FP16_MIN_COSINE and, given class embeddings, the same top-1 class for every row.
+    """
+    from rsz_infer.scoring import class_logits
+
+    results = []
+    for feed in feeds:
+        ref, got = reference.infer(feed), candidate.infer(feed)
+        for name, expected in ref.items():
+            actual = got[name]
+            if actual.shape != expected.shape:
+                raise RszError(
+                    f"{what}: output {name} has shape {actual.shape}, PyTorch gives {expected.shape}"
+                )
+            scale = max(float(np.abs(expected).max()), 1e-12) if expected.size else 1.0
+            rel = float(np.abs(actual.astype(np.float64) - expected).max()) / scale if expected.size else 0.0
+            results.append(Comparison(name, rel, _min_cosine(actual, expected)))
+            if not np.isfinite(actual).all():
+                raise RszError(f"{what}: output {name} has NaN or inf ({candidate.name} vs {reference.name})")
+            if precision == "fp32" and rel > FP32_MAX_RELATIVE_ERROR:
+                raise RszError(
+                    f"{what}: output {name} differs from PyTorch (relative error {rel:.2e} > "
+                    f"{FP32_MAX_RELATIVE_ERROR:.0e}, {candidate.name} vs {reference.name})"
+                )
+        if precision == "fp16" and "embedding" in ref:
+            cosine = _min_cosine(got["embedding"], ref["embedding"])
+            if cosine < FP16_MIN_COSINE:
+                raise RszError(
+                    f"{what}: FP16 embedding cosine {cosine:.5f} < {FP16_MIN_COSINE} against PyTorch"
+                )
+            if class_embeddings is not None:
+                top_ref = class_logits(ref["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
+                top_got = class_logits(got["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
+                changed = int((top_ref != top_got).sum())
+                if changed:
+                    raise RszError(
+                        f"{what}: FP16 changes the top-1 label of {changed} of {len(top_ref)} tiles"
+                    )
+    return results

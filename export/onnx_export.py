@@ -1,0 +1,73 @@
+"""ExportGraph (a traceable piece of a model) -> ONNX file, and the structural checks of an ONNX file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import onnx
+import torch
+
+from rsz_infer.bundle import TensorSpec
+from rsz_infer.errors import RszError
+from rsz_train.models.base import ExportGraph
+
+OPSET = 17  # first opset with LayerNormalization; TensorRT 10 and TensorRT-RTX parse it
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def export_onnx(graph: ExportGraph, path: Path, opset: int = OPSET) -> Path:
+    """Trace `graph.module` on its example inputs into `path` (FP32, dynamic axes as the graph names them)."""
+    module = graph.module.eval()
+    # The TorchScript tracer (dynamo=False) handles the transformers text encoder and data-dependent
+    # shapes of the heads more robustly than torch.export, and its graphs parse in TensorRT as they are.
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            graph.example_inputs,
+            str(path),
+            input_names=graph.input_names,
+            output_names=graph.output_names,
+            dynamic_axes=graph.dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
+
+
+def load_checked(path: Path) -> onnx.ModelProto:
+    """onnx.checker + strict shape inference; a corrupted or invalid file is one RszError line."""
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=False)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as err:  # protobuf DecodeError, onnx ValidationError, InferenceError, ...
+        text = str(err).strip().splitlines()
+        raise RszError(f"{path}: invalid ONNX graph ({text[0] if text else type(err).__name__})") from None
+
+
+def _tensor_specs(values) -> list[TensorSpec]:  # noqa: ANN001 - repeated onnx ValueInfoProto
+    specs = []
+    for value in values:
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim]
+        specs.append(TensorSpec(value.name, shape, _ONNX_DTYPES.get(tensor_type.elem_type, "unknown")))
+    return specs
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs (names, shapes with dynamic axes by name, numpy dtypes) of a loaded ONNX model."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    return _tensor_specs(inputs), _tensor_specs(model.graph.output)

@@ -1,0 +1,206 @@
+"""rsz-infer: label tiles with new classes, or index tiles and search them by text or image.
+
+    rsz-infer TILES... --classes new.txt [--out labels.csv]     label (the main job)
+    rsz-infer index TILES... --model models/msa --out idx/      embed tiles for retrieval
+    rsz-infer search idx/ --text "a river crossing farmland"    retrieve tiles
+
+Exit codes: 0 all done, 3 done but some tiles were skipped (see the .errors.csv), 2 usage or input error,
+130 interrupted (outputs hold what finished; --resume continues).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from rsz_infer.backend import BACKENDS, DEVICES
+from rsz_infer.errors import one_line_errors
+from rsz_infer.images import TileOptions, parse_bands
+from rsz_infer.pipeline import DEFAULT_MODEL, LabelConfig, label_tiles
+
+EPILOG = (
+    "More commands: 'rsz-infer index TILES... --model models/msa --out idx/' and "
+    "'rsz-infer search idx/ --text \"a river crossing farmland\"' (each with --help). "
+    "Exit codes: 0 done, 3 done with skipped tiles (listed in OUT's .errors.csv), 2 usage/input error."
+)
+
+
+def _tile_options(f):
+    f = click.option(
+        "--bands", default=None, help="1-based bands for R,G,B of multi-band TIFFs, e.g. 3,2,1."
+    )(f)
+    f = click.option("--overlap", default=0, show_default=True, help="Overlap of scene windows in pixels.")(f)
+    f = click.option("--tile-size", default=256, show_default=True, help="Window size for GeoTIFF scenes.")(f)
+    return f
+
+
+def _runtime_options(f):
+    f = click.option("--workers", default=0, help="Decoding threads (0: one per core, up to 8).")(f)
+    f = click.option("--batch", default=32, show_default=True, help="Tiles per engine call.")(f)
+    f = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)(f)
+    f = click.option(
+        "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+        help="auto: TensorRT engine when it loads on this GPU, else ONNX Runtime.",
+    )(f)  # fmt: skip
+    return f
+
+
+@click.command(name="rsz-infer", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("tiles", nargs=-1, required=True)
+@click.option("--classes", required=True, help="Class file: one 'name' or 'name: description' per line.")
+@click.option(
+    "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (rsz-export)."
+)
+@click.option("--out", default="labels.csv", show_default=True, help="labels .csv, .jsonl or .geojson")
+@click.option("--top-k", default=5, show_default=True)
+@click.option(
+    "--seen-calibration", type=float, default=None, help="Lambda for seen classes (default: bundle's)."
+)
+@click.option(
+    "--class-map", default=None, help="Also write a class-index GeoTIFF per scene (GeoTIFF inputs)."
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out.")
+@click.option("--html", "html_out", default=None, help="Also write an HTML gallery of the labeled tiles.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_runtime_options
+@_tile_options
+@one_line_errors
+def label_command(
+    tiles, classes, model, out, top_k, seen_calibration, class_map, resume, html_out, quiet, **kw
+) -> None:
+    """Label TILES (folders, JPEG/PNG/TIFF files, GeoTIFF scenes) with the classes of a class file."""
+    cfg = LabelConfig(
+        inputs=list(tiles),
+        classes=Path(classes),
+        out=Path(out),
+        model=Path(model),
+        backend=kw["backend"],
+        device=kw["device"],
+        batch=kw["batch"],
+        top_k=top_k,
+        seen_calibration=seen_calibration,
+        resume=resume,
+        tiles=TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
+        class_map=Path(class_map) if class_map else None,
+        workers=kw["workers"],
+        progress=not quiet,
+    )
+    summary = label_tiles(cfg)
+    click.echo(summary.line(cfg.out), err=True)
+    if html_out:
+        from rsz_infer.report import (
+            GALLERY_MAX,
+            GalleryItem,
+            footprint_line,
+            label_lines,
+            read_label_rows,
+            write_gallery,
+        )
+
+        rows = read_label_rows(cfg.out)[:GALLERY_MAX]
+        items = [GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r)) for r in rows]
+        write_gallery(html_out, f"rsz labels: {cfg.classes.name} ({len(rows)} tiles)", items, cfg.tiles)
+        click.echo(f"rsz-infer: gallery of {len(rows)} tiles -> {html_out}", err=True)
+    sys.exit(summary.exit_code)
+
+
+@click.command(name="index", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("tiles", nargs=-1, required=True)
+@click.option(
+    "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (MSA for text)."
+)
+@click.option("--out", required=True, help="Index folder (created, or extended with new tiles).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_runtime_options
+@_tile_options
+@one_line_errors
+def index_command(tiles, model, out, quiet, **kw) -> None:
+    """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped."""
+    from rsz_infer.index import build_index
+
+    counts = build_index(
+        list(tiles),
+        Path(model),
+        Path(out),
+        TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
+        kw["backend"],
+        kw["device"],
+        kw["batch"],
+        kw["workers"],
+        progress=not quiet,
+    )
+    click.echo(
+        f"rsz-infer index: {counts['added']} tiles added, {counts['known']} already in, "
+        f"{counts['skipped']} skipped, {counts['nodata']} nodata, backend {counts['backend']} -> {out}",
+        err=True,
+    )
+    sys.exit(3 if counts["skipped"] else 0)
+
+
+@click.command(name="search", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("index_dir")
+@click.option("--text", default=None, help="A sentence describing the tiles to find.")
+@click.option("--image", default=None, help="A query image: find tiles that look like it.")
+@click.option("-k", "k", default=20, show_default=True, help="How many tiles to return.")
+@click.option(
+    "--rerank", default=0, help="Re-score this many candidates with the rerank graph (MSA, --text)."
+)
+@click.option("--model", default=None, help="Model bundle (default: the one that built the index).")
+@click.option("--html", "html_out", default=None, help="Also write a self-contained HTML gallery.")
+@click.option("--labels", default=None, help="Labels file (.csv/.jsonl from rsz-infer) for gallery captions.")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@one_line_errors
+def search_command(
+    index_dir, text, image, k, rerank, model, html_out, labels, as_json, device, backend
+) -> None:
+    """Top-k tiles of INDEX_DIR for --text or --image."""
+    from rsz_infer.index import Index, search
+
+    hits = search(index_dir, text, image, k, rerank, Path(model) if model else None, backend, device)
+    for hit in hits:
+        if as_json:
+            click.echo(
+                json.dumps({"rank": hit.rank, "score": hit.score, "similarity": hit.similarity, **hit.tile})
+            )
+        else:
+            click.echo(f"{hit.rank}\t{hit.score:.4f}\t{hit.tile['tile']}")
+    if html_out:
+        from rsz_infer.report import GalleryItem, footprint_line, label_lines, load_labels, write_gallery
+
+        known = load_labels(labels) if labels else {}
+        info = Index.load(index_dir).info
+        options = TileOptions(
+            **info["tile_options"], bands=tuple(info["bands"]) if info.get("bands") else None
+        )
+        items = [
+            GalleryItem(
+                f"#{h.rank}  score {h.score:.3f}",
+                h.tile,
+                label_lines(known.get(h.tile["tile"])) + footprint_line(h.tile),
+            )
+            for h in hits
+        ]
+        write_gallery(html_out, f"rsz search: {text if text is not None else image}", items, options)
+        click.echo(f"rsz-infer search: gallery of {len(hits)} tiles -> {html_out}", err=True)
+
+
+COMMANDS = {"index": index_command, "search": search_command, "label": label_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `rsz-infer index|search ...`, otherwise the labeling command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        name = args.pop(0)
+        COMMANDS[name].main(args=args, prog_name=f"rsz-infer {name}")
+    else:
+        label_command.main(args=args, prog_name="rsz-infer")
+
+
+if __name__ == "__main__":
+    main()

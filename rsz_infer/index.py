@@ -1,0 +1,312 @@
+"""Text and image retrieval over tiles: an index folder of image embeddings, exact (or FAISS) search,
+optional re-ranking with MSA's cross-attention `rerank` graph.
+
+An index folder holds:
+    index.json       model (manifest sha256 and folder), tile options, count, embedding size
+    embeddings.npy   [N, D] float32, L2-normalised image embeddings
+    tiles.jsonl      one line per row: tile id, path, window, footprint
+    scales.npy       [N, S, Dm] float32 multi-scale features, when the bundle has a rerank graph
+A second `index` call with more tiles adds the new ones and skips those already in; the folder is
+rebuilt beside the old one and renamed over it, so a killed call leaves the old index intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.backend import open_runner
+from rsz_infer.bundle import MANIFEST, Manifest
+from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.errors import RszError
+from rsz_infer.images import NodataTile, TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
+from rsz_infer.pipeline import embed_batch, iter_batches, open_bundle
+from rsz_infer.preprocess import to_model_input
+from rsz_infer.scoring import l2_normalize
+
+INDEX_FORMAT = 1
+FAISS_MIN_ROWS = 50_000  # below this exact numpy search is as fast and needs nothing extra
+RERANK_BATCH = 64
+
+
+def _manifest_sha(model: Path) -> str:
+    return hashlib.sha256((model / MANIFEST).read_bytes()).hexdigest()
+
+
+@dataclass
+class Index:
+    folder: Path
+    info: dict
+    embeddings: np.ndarray
+    tiles: list[dict]
+    scales: np.ndarray | None
+
+    @classmethod
+    def load(cls, folder: Path | str) -> Index:
+        folder = Path(folder)
+        info_path = folder / "index.json"
+        if not info_path.is_file():
+            raise RszError(f"{folder}: not an rsz index (no index.json); make one with rsz-infer index")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        embeddings = np.load(folder / "embeddings.npy")
+        with open(folder / "tiles.jsonl", encoding="utf-8") as f:
+            tiles = [json.loads(line) for line in f]
+        scales_path = folder / "scales.npy"
+        scales = np.load(scales_path, mmap_mode="r") if scales_path.is_file() else None
+        if len(tiles) != embeddings.shape[0]:
+            raise RszError(
+                f"{folder}: tiles.jsonl and embeddings.npy disagree ({len(tiles)} vs {len(embeddings)})"
+            )
+        return cls(folder, info, embeddings, tiles, scales)
+
+
+def build_index(
+    inputs: list[str],
+    model: Path,
+    out: Path,
+    tile_options: TileOptions | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    batch: int = 32,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Embed the tiles of inputs not yet in the index at `out`; returns counts (added, known, skipped)."""
+    from tqdm import tqdm
+
+    model, out = Path(model), Path(out)
+    manifest = open_bundle(model)
+    sha = _manifest_sha(model)
+    old = Index.load(out) if (out / "index.json").is_file() else None
+    if old is not None:
+        if old.info["model"] != sha:
+            raise RszError(
+                f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
+            )
+        tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info)})
+    tile_options = tile_options or TileOptions()
+    known = {t["tile"] for t in old.tiles} if old else set()
+    todo = [t for t in discover_tiles(inputs, tile_options) if t.id not in known]
+    with_scales = "rerank" in manifest.graphs
+    runner = open_runner(model, manifest, "image", backend, device)
+    rows, embeddings, scales, skipped, nodata = [], [], [], 0, 0
+    bar = tqdm(total=len(todo), unit="tile", disable=not progress, file=sys.stderr)
+    interrupted = False
+    try:
+        for b in iter_batches(todo, tile_options, manifest.preprocess, runner.batch_size(batch), workers):
+            for tile, err in b.skipped:
+                if isinstance(err, NodataTile):
+                    nodata += 1
+                else:
+                    skipped += 1
+                    tqdm.write(f"skipped {tile.id}: {err}", file=sys.stderr)
+            if b.tiles:
+                result = embed_batch(runner, b)
+                embeddings.append(l2_normalize(result["embedding"]).astype(np.float32))
+                if with_scales:
+                    scales.append(result["scales"].astype(np.float32))
+                for tile in b.tiles:
+                    rows.append(
+                        {
+                            "tile": tile.id,
+                            "path": tile.path,
+                            "window": tile.window,
+                            "footprint": tile.footprint,
+                        }
+                    )
+            bar.update(len(b.tiles) + len(b.skipped))
+    except KeyboardInterrupt:
+        interrupted = True  # keep what finished: the next `index` call skips those tiles
+    finally:
+        bar.close()
+        runner.close()
+    counts = {
+        "added": len(rows),
+        "known": len(known),
+        "skipped": skipped,
+        "nodata": nodata,
+        "backend": runner.name,
+    }
+    if rows or old is None:
+        _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales)
+    if interrupted:
+        print(
+            f"interrupted: {len(rows)} new tiles saved in {out}; run the same command to add the rest",
+            file=sys.stderr,
+        )
+        raise KeyboardInterrupt
+    return counts
+
+
+def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales) -> None:
+    with_scales = "rerank" in manifest.graphs
+    emb_parts = ([old.embeddings] if old else []) + embeddings
+    all_emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, manifest.embedding_dim), np.float32)
+    all_scales = None
+    if with_scales:
+        scale_parts = ([np.asarray(old.scales)] if old and old.scales is not None else []) + scales
+        all_scales = np.concatenate(scale_parts) if scale_parts else None
+    info = {
+        "format": INDEX_FORMAT,
+        "model": sha,
+        "model_dir": str(model.resolve()),
+        "model_kind": manifest.model_kind,
+        "tile_options": {"tile_size": tile_options.tile_size, "overlap": tile_options.overlap},
+        "bands": list(tile_options.bands) if tile_options.bands else None,
+        "count": int(all_emb.shape[0]),
+        "dim": int(all_emb.shape[1]),
+    }
+    _write_index_folder(out, info, all_emb.astype(np.float32), (old.tiles if old else []) + rows, all_scales)
+
+
+def _bands(info: dict) -> tuple[int, ...] | None:
+    return tuple(info["bands"]) if info.get("bands") else None
+
+
+def _write_index_folder(out: Path, info: dict, emb: np.ndarray, tiles: list[dict], scales: np.ndarray | None):
+    """Write the whole index into a sibling folder, then swap it in."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "embeddings.npy", emb)
+    if scales is not None:
+        np.save(tmp / "scales.npy", scales)
+    with open(tmp / "tiles.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(t) + "\n" for t in tiles)
+    (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- search
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float  # cosine similarity (or the rerank score when re-ranked)
+    tile: dict  # the index row: tile, path, window, footprint
+    similarity: float  # cosine similarity of embeddings, before any re-ranking
+
+
+def _model_of(index: Index, model: Path | None) -> tuple[Path, Manifest]:
+    model = Path(model or index.info["model_dir"])
+    manifest = open_bundle(model)
+    if _manifest_sha(model) != index.info["model"]:
+        raise RszError(f"{model}: not the model that built {index.folder}; search with the index's own model")
+    return model, manifest
+
+
+def nearest(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine scores of the k rows most similar to the (normalised) query, best first."""
+    k = min(k, embeddings.shape[0])
+    if embeddings.shape[0] >= FAISS_MIN_ROWS:
+        try:
+            import faiss
+
+            index = faiss.IndexFlatIP(embeddings.shape[1])
+            index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+            scores, idx = index.search(query[None].astype(np.float32), k)
+            return idx[0], scores[0]
+        except ImportError:
+            pass  # exact numpy search below gives the same answer
+    scores = embeddings @ query
+    idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    return idx, scores[idx]
+
+
+def search(
+    index_dir: Path | str,
+    text: str | None = None,
+    image: Path | str | None = None,
+    k: int = 20,
+    rerank: int = 0,
+    model: Path | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+) -> list[Hit]:
+    """Top-k tiles for a sentence or a query image; rerank > 0 re-scores that many candidates (text only)."""
+    if (text is None) == (image is None):
+        raise RszError("search: give exactly one of --text or --image")
+    if k < 1:
+        raise RszError(f"-k {k}: must be at least 1")
+    index = Index.load(index_dir)
+    if index.embeddings.shape[0] == 0:
+        return []
+    model, manifest = _model_of(index, model)
+    text_out = None
+    if text is not None:
+        if not text.strip():
+            raise RszError("--text: the query is empty")
+        runner = open_runner(model, manifest, "text", backend, device)
+        try:
+            text_out = encode_texts(runner, load_tokenizer(model, manifest), [text])
+        finally:
+            runner.close()
+        query = text_out["embedding"][0]
+    else:
+        query = _embed_image(Path(image), model, manifest, backend, device)
+    query = l2_normalize(query.astype(np.float32))
+    idx, sims = nearest(index.embeddings, query, max(k, rerank))
+    scores = sims
+    if rerank:
+        if text_out is None:
+            raise RszError("--rerank: re-ranking compares a sentence with tiles; use it with --text")
+        if "rerank" not in manifest.graphs or index.scales is None:
+            raise RszError(
+                f"--rerank: the {manifest.model_kind} model has no rerank graph (only MSA bundles do)"
+            )
+        scores = _rerank_scores(model, manifest, index.scales, idx, text_out, backend, device)
+        order = np.argsort(-scores, kind="stable")
+        idx, sims, scores = idx[order], sims[order], scores[order]
+    return [
+        Hit(rank=r + 1, score=float(scores[r]), tile=index.tiles[int(idx[r])], similarity=float(sims[r]))
+        for r in range(min(k, len(idx)))
+    ]
+
+
+def _embed_image(path: Path, model: Path, manifest: Manifest, backend: str, device: str) -> np.ndarray:
+    if not path.is_file():
+        raise RszError(f"--image {path}: no such file")
+    try:
+        rgb, _ = decode_tile(tile_from_record(str(path), None, TileOptions()), TileOptions())
+    except TileError as err:
+        raise RszError(f"--image {path}: {err}") from None
+    runner = open_runner(model, manifest, "image", backend, device)
+    try:
+        x = to_model_input(rgb, manifest.preprocess)[None]
+        x = np.repeat(x, runner.batch_range[0], axis=0)  # graphs with a fixed batch take copies
+        return runner.infer({"image": x})["embedding"][0]
+    finally:
+        runner.close()
+
+
+def _rerank_scores(model, manifest, scales, candidates, text_out, backend, device) -> np.ndarray:
+    runner = open_runner(model, manifest, "rerank", backend, device)
+    out = []
+    try:
+        step = runner.batch_size(RERANK_BATCH)
+        for start in range(0, len(candidates), step):
+            chunk = candidates[start : start + step]
+            n = len(chunk)
+            rows = np.concatenate([chunk, np.repeat(chunk[-1:], max(0, runner.batch_range[0] - n))])
+            feeds = {
+                "scales": np.asarray(scales[rows], np.float32),
+                "tokens": np.repeat(text_out["tokens"], len(rows), axis=0),
+                "attention_mask": np.repeat(text_out["attention_mask"], len(rows), axis=0),
+            }
+            out.append(runner.infer(feeds)["score"].reshape(len(rows))[:n])
+    finally:
+        runner.close()
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,134 @@
+"""A self-contained HTML gallery of tiles (thumbnails inlined as base64 JPEG): opens in any browser,
+can be mailed or attached as one file."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rsz_infer.errors import RszError
+from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
+from rsz_infer.outputs import atomic_write
+
+THUMB_PX = 160
+GALLERY_MAX = 500  # tiles in a labeling gallery: the page stays a few MB
+
+
+@dataclass
+class GalleryItem:
+    title: str  # first line under the thumbnail (e.g. "#1  0.873")
+    tile: dict  # an index or label row: tile, path, window (footprint optional)
+    lines: list[str] = field(default_factory=list)  # labels, scores, footprint ...
+
+
+def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
+    im = Image.fromarray(rgb)
+    im.thumbnail((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumbnail(tile: dict, options: TileOptions) -> str | None:
+    try:
+        rebuilt = tile_from_record(tile["path"], tile.get("window"), options)
+        rgb, _ = decode_tile(rebuilt, options)
+    except (TileError, OSError, ValueError):  # a moved or damaged file only loses its thumbnail
+        return None
+    return thumbnail_data_uri(rgb)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:176px;font-size:12px}
+.card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block}
+.missing{width:160px;height:160px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
+.title{font-weight:600;margin-top:4px}.path{color:#666;word-break:break-all}
+"""
+
+
+def write_gallery(
+    path: Path | str, heading: str, items: list[GalleryItem], options: TileOptions | None = None
+) -> Path:
+    """Write the gallery page atomically and return its path."""
+    path = Path(path)
+    options = options or TileOptions()
+    cards = []
+    for item in items:
+        uri = _thumbnail(item.tile, options)
+        picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">no preview</div>'
+        lines = "".join(f"<div>{html.escape(line)}</div>" for line in item.lines)
+        cards.append(
+            f'<div class="card">{picture}<div class="title">{html.escape(item.title)}</div>{lines}'
+            f'<div class="path">{html.escape(item.tile["tile"])}</div></div>'
+        )
+    page = (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(heading)}</h1>"
+        f'<div class="grid">{"".join(cards)}</div></body></html>\n'
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, page)
+    return path
+
+
+def read_label_rows(path: Path | str) -> list[dict]:
+    """Rows of an rsz-infer labels file (.csv, .jsonl or .geojson): tile, path, window, labels, scores."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        if suffix in (".geojson", ".json"):
+            collection = json.loads(path.read_text(encoding="utf-8"))
+            return [f["properties"] | {"footprint": f["geometry"]} for f in collection["features"]]
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = []
+            for row in csv.DictReader(f):
+                n = sum(1 for k in row if k.startswith("label_"))
+                pairs = [(row[f"label_{i}"], row[f"score_{i}"]) for i in range(1, n + 1) if row[f"label_{i}"]]
+                window = [int(v) for v in row["window"].split(",")] if row["window"] else None
+                rows.append(
+                    {
+                        "tile": row["tile"],
+                        "path": row["path"],
+                        "window": window,
+                        "labels": [p[0] for p in pairs],
+                        "scores": [float(p[1]) for p in pairs],
+                    }
+                )
+            return rows
+    except (OSError, KeyError, ValueError) as err:
+        raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
+
+
+def load_labels(path: Path | str) -> dict[str, dict]:
+    """Tile id -> label row, for gallery captions."""
+    return {row["tile"]: row for row in read_label_rows(path)}
+
+
+def footprint_line(tile: dict) -> list[str]:
+    """ "lat, lon" of the footprint's centre, for georeferenced tiles."""
+    footprint = tile.get("footprint")
+    if not footprint:
+        return []
+    ring = footprint["coordinates"][0][:-1]
+    lon = sum(p[0] for p in ring) / len(ring)
+    lat = sum(p[1] for p in ring) / len(ring)
+    return [f"{lat:.5f}, {lon:.5f}"]
+
+
+def label_lines(record: dict | None, top: int = 3) -> list[str]:
+    if not record:
+        return []
+    return [f"{name} {score:.2f}" for name, score in list(zip(record["labels"], record["scores"]))[:top]]

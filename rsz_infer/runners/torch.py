@@ -1,0 +1,113 @@
+"""PyTorch runner: an nn.Module behind the same `infer(feeds)` as the ONNX and TensorRT runners.
+
+torch is imported inside the functions only, so `import rsz_infer` never needs PyTorch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.runners.base import Runner
+
+
+class TorchRunner(Runner):
+    """Run `module(*inputs)` with feeds taken in `input_names` order; outputs keyed by `output_names`.
+
+    fp16 runs the module in half precision (float inputs cast, outputs returned as float32); compile uses
+    torch.compile; cuda_graphs (CUDA only) captures one graph per input shape and replays it.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        device: str = "cpu",
+        fp16: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+    ) -> None:
+        import copy
+        import inspect
+
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RszError(f"device {device}: PyTorch sees no CUDA GPU on this machine")
+        if cuda_graphs and not device.startswith("cuda"):
+            raise RszError(f"cuda_graphs: needs a CUDA device, not {device}")
+        self.device = torch.device(device)
+        self.fp16 = fp16
+        if fp16:  # a half copy: the caller's module (e.g. the FP32 reference of a check) stays FP32
+            module = copy.deepcopy(module).half()
+        self.module = module.eval().to(self.device)
+        self.forward = torch.compile(self.module) if compile else self.module
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, tuple] = {}  # input shapes -> (graph, static inputs, static outputs)
+        # Default names: the forward() parameters, and output0, output1, ... (ExportGraphs give both).
+        self._inputs = list(input_names or inspect.signature(module.forward).parameters)
+        self._outputs = list(output_names or [])
+        self.name = f"torch:{self.device.type}{':fp16' if fp16 else ''}"
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    def _to_tensor(self, array: np.ndarray):  # noqa: ANN202 - torch.Tensor
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        if self.fp16 and tensor.is_floating_point():
+            tensor = tensor.half()
+        return tensor
+
+    def _run(self, tensors: list) -> tuple:
+        out = self.forward(*tensors)
+        return out if isinstance(out, tuple | list) else (out,)
+
+    def _run_graph(self, tensors: list) -> tuple:
+        import torch
+
+        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+        if key not in self._graphs:
+            static_in = [t.clone() for t in tensors]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up outside the graph, as CUDA graph capture requires
+                self._run(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        for dst, src in zip(static_in, tensors):
+            dst.copy_(src)
+        graph.replay()
+        return static_out
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        missing = [name for name in self._inputs if name not in feeds]
+        if missing:
+            raise RszError(f"{', '.join(missing)}: missing input(s) of {self.name}")
+        tensors = [self._to_tensor(feeds[name]) for name in self._inputs]
+        with torch.inference_mode():
+            outputs = self._run_graph(tensors) if self.cuda_graphs else self._run(tensors)
+        if not self._outputs:
+            self._outputs = [f"output{i}" for i in range(len(outputs))]
+        result = {}
+        for name, value in zip(self._outputs, outputs):
+            value = value.detach()
+            if value.is_floating_point():
+                value = value.float()
+            result[name] = value.cpu().numpy()
+        return result

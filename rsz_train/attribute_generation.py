@@ -1,0 +1,92 @@
+"""Class x attribute matrices, generated rather than annotated (DSVA, Xu et al. 2023, Sec. 3.1).
+
+Two routes:
+- from images (what the paper describes and its code omits): under a dual image/text encoder, a class's
+  value for an attribute is the mean, over that class's training images, of the cosine similarity
+  between the image and the attribute phrase. Any dual encoder plugs in through two callables, e.g. an
+  MSA model trained by rsz (`model_encoders`) or a CLIP model.
+- from text alone (the default for training, and the only route for a class without images): the class
+  description against the attribute phrases, rsz_infer.semantics.attribute_vectors through the stock
+  MiniLM (`attributes_from_text`); inference computes exactly this for a new class file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+from rsz_infer.scoring import l2_normalize
+
+ImageEncoder = Callable[[np.ndarray], np.ndarray]  # [N, H, W, 3] uint8 -> [N, D] embeddings
+TextEncoder = Callable[[list[str]], np.ndarray]  # texts -> [T, D] embeddings
+
+
+def attributes_from_images(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    attribute_phrases: list[str],
+    encode_images: ImageEncoder,
+    encode_texts: TextEncoder,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """[C, A] float32: row c is the mean image-phrase cosine over the images with label c.
+
+    `images` [N, H, W, 3] uint8, `labels` [N] in [0, num_classes). A class without images is an error
+    (use attributes_from_text for it).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(images) != len(labels):
+        raise RszError(f"attributes_from_images: {len(images)} images but {len(labels)} labels")
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
+        raise RszError(f"attributes_from_images: class {missing[0]} has no images (use the text route)")
+    phrases = l2_normalize(np.asarray(encode_texts(list(attribute_phrases)), dtype=np.float32))
+    sums = np.zeros((num_classes, len(attribute_phrases)), dtype=np.float64)
+    for start in range(0, len(images), batch_size):
+        emb = l2_normalize(np.asarray(encode_images(images[start : start + batch_size]), dtype=np.float32))
+        np.add.at(sums, labels[start : start + batch_size], emb @ phrases.T)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+def attributes_from_text(descriptions: list[str], attribute_phrases: list[str]) -> np.ndarray:
+    """[C, A] description-derived attribute vectors (stock MiniLM; what inference computes)."""
+    from rsz_train.text import class_attribute_vectors
+
+    return class_attribute_vectors(list(descriptions), list(attribute_phrases))
+
+
+def model_encoders(model, spec, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:  # noqa: ANN001
+    """The two encoders of an rsz model with a text tower (MSA), for attributes_from_images.
+
+    `model` is an RszModel, `spec` its rsz_infer.preprocess.PreprocessSpec (RunInfo.preprocess).
+    """
+    from rsz_train.evaluate import embed_images, embed_texts
+
+    def images_fn(images: np.ndarray) -> np.ndarray:
+        return embed_images(model, images, spec, device)
+
+    def texts_fn(texts: list[str]) -> np.ndarray:
+        return embed_texts(model, texts, device)
+
+    return images_fn, texts_fn
+
+
+def save_attribute_matrix(
+    path: Path | str, class_names: list[str], attribute_names: list[str], matrix: np.ndarray
+) -> None:
+    """Write a matrix in the benchmark's attribute_matrix.csv layout (header "class,<attr>...")."""
+    path = Path(path)
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.shape != (len(class_names), len(attribute_names)):
+        expected = (len(class_names), len(attribute_names))
+        raise RszError(f"{path}: matrix has shape {matrix.shape}, expected classes x attributes {expected}")
+    lines = [",".join(["class", *attribute_names])]
+    lines += [",".join([name, *(f"{v:.6g}" for v in row)]) for name, row in zip(class_names, matrix)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)

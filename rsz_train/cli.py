@@ -1,0 +1,126 @@
+"""rsz-train: make the embedded benchmark and train zero-shot models on scene folders.
+
+rsz-train synth --out data/synth
+rsz-train dsva --data data/synth --out runs/dsva
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rsz_infer.errors import RszError, one_line_errors
+from rsz_train.data.synth import synth_command
+from rsz_train.demo import demo_command
+
+
+def _default_split() -> str:
+    try:
+        from rsz_train.data.synth import DEFAULT_SPLIT
+    except ImportError:
+        return "zsl_default"
+    return DEFAULT_SPLIT
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train zero-shot models for remote-sensing tiles.
+
+    A data folder holds images/<class>/*.png, classes.txt ("name: description"), attributes.txt and
+    splits/<split>/*.txt (see docs/DESIGN.md); `rsz-train synth` writes a small synthetic one. A training
+    command writes a run folder (model.safetensors, config.yaml, classes.json, metrics.jsonl,
+    report.json) that rsz-export turns into a deployable bundle.
+    """
+
+
+def _train_command(kind: str, summary: str) -> click.Command:
+    @click.command(name=kind, help=summary)
+    @click.option(
+        "--data",
+        "data_dir",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Benchmark folder (images/, classes.txt, attributes.txt, splits/).",
+    )
+    @click.option(
+        "--split",
+        default=_default_split(),
+        show_default=True,
+        help="Split name: a folder under DATA/splits/ with seen.txt, unseen.txt, val.txt and image lists.",
+    )
+    @click.option(
+        "--out",
+        "out_dir",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Run folder to write, e.g. runs/NAME.",
+    )
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML file with 'model:' and 'train:' settings overriding the defaults.",
+    )
+    @click.option("--device", default=None, help="cpu or cuda (default: cuda when a GPU is present).")
+    @click.option("--epochs", type=int, default=None, help="Number of epochs (overrides the config).")
+    @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last.pt.")
+    @one_line_errors
+    def command(
+        data_dir: Path,
+        split: str,
+        out_dir: Path,
+        config_path: Path | None,
+        device: str | None,
+        epochs: int | None,
+        resume: bool,
+    ) -> None:
+        from rsz_train.train import train
+
+        run = train(kind, data_dir, split, out_dir, config_path, device, epochs, resume)
+        report_path = run / "report.json"
+        if report_path.is_file():
+            report = json.loads(report_path.read_text(encoding="utf-8"))
+            click.echo(f"run written to {run} ({report['seconds']} s); test: {_summary(report['test'])}")
+
+    return command
+
+
+def _summary(test: dict) -> str:
+    parts = []
+    if "zsl" in test:
+        parts.append(f"ZSL unseen accuracy {100 * test['zsl']:.1f}%")
+    if "gzsl" in test:
+        g, u = test["gzsl"], test["gzsl_uncalibrated"]
+        parts.append(f"GZSL H {100 * g['H']:.1f}% (uncalibrated {100 * u['H']:.1f}%)")
+    if "retrieval" in test:
+        parts.append(f"retrieval mR {test['retrieval']['mR']:.1f}")
+    return ", ".join(parts) or "no test images"
+
+
+main.add_command(
+    _train_command(
+        "dsva",
+        "Train DSVA (ViT mapped to class attributes; classes come from their descriptions).",
+    )
+)
+main.add_command(
+    _train_command(
+        "mcfa",
+        "Train MCFA (visual and semantic VAEs with one shared latent space; class-balanced episodes).",
+    )
+)
+main.add_command(
+    _train_command(
+        "msa",
+        "Train MSA (image-text retrieval model; also labels tiles by their class descriptions).",
+    )
+)
+
+
+main.add_command(synth_command, name="synth")
+main.add_command(demo_command, name="demo")
+
+__all__ = ["main", "RszError"]

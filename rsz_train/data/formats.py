@@ -1,0 +1,589 @@
+"""Readers of the scene data sets users bring, into one in-memory form: SceneData (+ Split).
+
+Formats:
+- the rsz layout (docs/DESIGN.md, "Embedded benchmark on disk"), written by `rsz-train synth` or by hand:
+  `load_benchmark`, `list_splits`, `load_split`;
+- plain scene folders root/<class>/*.{jpg,jpeg,png,tif,tiff} as UCM, AID, NWPU-RESISC45 and RSSDIVCS ship:
+  `load_scene_folders`;
+- class lists (one name per line): `read_class_list`;
+- DSVA's `ann_attr_finetune_*_splits.mat` (RSSDIVCS splits + attribute matrix): `read_dsva_mat`;
+- Karpathy caption JSON (RSICD, RSITMD, UCM-captions, Sydney-captions): `read_karpathy`.
+
+Every problem with a file raises a one-line RszError that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.classfile import read_class_file
+from rsz_infer.errors import RszError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+SPLIT_CLASS_FILES = ("seen", "unseen", "val")
+SPLIT_IMAGE_FILES = ("train", "val_seen", "val_unseen", "test_seen", "test_unseen")
+CAPTION_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
+@dataclass
+class SceneData:
+    root: Path  # folder holding the class folders (DIR/images for the rsz layout)
+    class_names: list[str]
+    descriptions: dict[str, str]  # class -> description (the class name itself when none is known)
+    image_paths: list[str]  # relative to root, e.g. "forest/forest_0001.png"
+    labels: np.ndarray  # int64 [N], index into class_names
+    attribute_names: list[str]  # [] when unknown
+    attribute_groups: list[str]
+    attribute_phrases: list[str]
+    attribute_matrix: np.ndarray | None  # float32 [C, A]
+    captions: dict[str, list[str]]  # image path (relative to root) -> captions; {} when none
+    caption_splits: dict[str, str]  # image path -> "train" | "val" | "test"
+
+
+@dataclass
+class Split:
+    name: str
+    seen: list[str]  # class names; a model trains on seen - val
+    unseen: list[str]
+    val: list[str]  # subset of seen, held out of training for model selection
+    train: list[str]  # image paths relative to SceneData.root
+    val_seen: list[str]
+    val_unseen: list[str]
+    test_seen: list[str]
+    test_unseen: list[str]
+
+    @property
+    def train_classes(self) -> list[str]:
+        return [c for c in self.seen if c not in set(self.val)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain scene folders
+
+
+def _class_folders(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise RszError(f"{root}: not a folder of class folders")
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_scene_folders(root: str | Path) -> SceneData:
+    """root/<class_name>/*.{jpg,jpeg,png,tif,tiff} -> SceneData (classes and files sorted by name)."""
+    root = Path(root)
+    folders = _class_folders(root)
+    if not folders:
+        raise RszError(f"{root}: no class folders found (expected root/<class_name>/<image files>)")
+    return _scene_data(root, [f.name for f in folders], {})
+
+
+def _scene_data(root: Path, class_names: list[str], descriptions: dict[str, str]) -> SceneData:
+    paths, labels = [], []
+    for index, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            raise RszError(f"{folder}: class folder missing")
+        files = _images_in(folder)
+        if not files:
+            raise RszError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folder")
+        paths += [f"{name}/{f}" for f in files]
+        labels += [index] * len(files)
+    return SceneData(
+        root=root,
+        class_names=list(class_names),
+        descriptions={n: descriptions.get(n, n) for n in class_names},
+        image_paths=paths,
+        labels=np.array(labels, dtype=np.int64),
+        attribute_names=[],
+        attribute_groups=[],
+        attribute_phrases=[],
+        attribute_matrix=None,
+        captions={},
+        caption_splits={},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rsz layout
+
+
+def load_benchmark(data_dir: str | Path) -> SceneData:
+    """DIR/images/<class>/..., DIR/classes.txt and, when present, attributes, attribute matrix, captions."""
+    data_dir = Path(data_dir)
+    images = data_dir / "images"
+    if not images.is_dir():
+        raise RszError(f"{images}: missing (expected the rsz layout: DIR/images/<class_name>/<image files>)")
+    folders = [f.name for f in _class_folders(images)]
+    classes_file = data_dir / "classes.txt"
+    if classes_file.exists():
+        entries = read_class_file(classes_file)
+        names = [e.name for e in entries]
+        for folder in folders:
+            if folder not in names:
+                raise RszError(f"{images / folder}: class folder not listed in {classes_file}")
+        data = _scene_data(images, names, {e.name: e.description for e in entries})
+    else:
+        if not folders:
+            raise RszError(f"{images}: no class folders found")
+        data = _scene_data(images, folders, {})
+    attributes_file, matrix_file = data_dir / "attributes.txt", data_dir / "attribute_matrix.csv"
+    if attributes_file.exists() != matrix_file.exists():
+        present, missing = (
+            (attributes_file, matrix_file) if attributes_file.exists() else (matrix_file, attributes_file)
+        )
+        raise RszError(f"{missing}: missing ({present.name} is present; attributes need both files)")
+    if attributes_file.exists():
+        data.attribute_names, data.attribute_groups, data.attribute_phrases = _read_attributes(
+            attributes_file
+        )
+        data.attribute_matrix = _read_attribute_matrix(matrix_file, data.class_names, data.attribute_names)
+    captions_file = data_dir / "captions.json"
+    if captions_file.exists():
+        known = set(data.image_paths)
+        for filename, (split, sentences) in read_karpathy(captions_file).items():
+            if filename not in known:
+                raise RszError(f"{captions_file}: image {filename!r} is not under {images}")
+            data.captions[filename] = sentences
+            data.caption_splits[filename] = split
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise RszError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise RszError(f"{path}: not valid UTF-8") from None
+    except OSError as err:
+        raise RszError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _read_attributes(path: Path) -> tuple[list[str], list[str], list[str]]:
+    names, groups, phrases = [], [], []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or not all(f.strip() for f in fields):
+            raise RszError(f"{path}:{number}: expected 'name<TAB>group<TAB>phrase', got {line[:80]!r}")
+        name, group, phrase = (f.strip() for f in fields)
+        if name in names:
+            raise RszError(f"{path}:{number}: duplicate attribute {name!r}")
+        names.append(name)
+        groups.append(group)
+        phrases.append(phrase)
+    if not names:
+        raise RszError(f"{path}: no attributes")
+    return names, groups, phrases
+
+
+def _read_attribute_matrix(path: Path, class_names: list[str], attribute_names: list[str]) -> np.ndarray:
+    rows = list(csv.reader(_read_text(path).splitlines()))
+    rows = [r for r in rows if r]
+    if not rows or rows[0][0].strip() != "class":
+        raise RszError(f"{path}:1: header must be 'class,<attribute>,...'")
+    header = [h.strip() for h in rows[0][1:]]
+    if header != attribute_names:
+        raise RszError(f"{path}:1: attribute columns do not match attributes.txt (same names, same order)")
+    matrix = np.full((len(class_names), len(header)), np.nan, dtype=np.float32)
+    index = {n: i for i, n in enumerate(class_names)}
+    for number, row in enumerate(rows[1:], start=2):
+        name = row[0].strip()
+        if name not in index:
+            raise RszError(f"{path}:{number}: unknown class {name!r}")
+        if len(row) != len(header) + 1:
+            raise RszError(f"{path}:{number}: {len(row) - 1} values, expected {len(header)}")
+        try:
+            matrix[index[name]] = [float(v) for v in row[1:]]
+        except ValueError:
+            raise RszError(
+                f"{path}:{number}: values must be numbers, got {','.join(row[1:])[:60]!r}"
+            ) from None
+    missing = [n for n in class_names if np.isnan(matrix[index[n]]).any()]
+    if missing:
+        raise RszError(
+            f"{path}: no row for class {missing[0]!r}"
+            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    return matrix
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splits
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """One class name per line (blank lines and '#' comments skipped); duplicates are an error."""
+    path = Path(path)
+    names: list[str] = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in names:
+            raise RszError(f"{path}:{number}: duplicate class {name!r}")
+        names.append(name)
+    return names
+
+
+def list_splits(data_dir: str | Path) -> list[str]:
+    """Names of the splits under DIR/splits (folders holding seen.txt), sorted."""
+    folder = Path(data_dir) / "splits"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "seen.txt").is_file())
+
+
+def load_split(data_dir: str | Path, name: str) -> Split:
+    """DIR/splits/<name>/: class lists, and per-image lists (made by make_split when absent)."""
+    data_dir = Path(data_dir)
+    folder = data_dir / "splits" / name
+    if not (folder / "seen.txt").is_file():
+        have = ", ".join(list_splits(data_dir)) or "none"
+        raise RszError(f"{folder}: no such split (splits in {data_dir / 'splits'}: {have})")
+    lists = {key: read_class_list(folder / f"{key}.txt") for key in ("seen", "unseen")}
+    lists["val"] = read_class_list(folder / "val.txt") if (folder / "val.txt").exists() else []
+    known = _known_classes(data_dir)
+    for key, names in lists.items():
+        for c in names:
+            if c not in known:
+                raise RszError(
+                    f"{folder / (key + '.txt')}: unknown class {c!r} (not a folder in {data_dir / 'images'})"
+                )
+    _check_class_lists(folder, lists["seen"], lists["unseen"], lists["val"])
+    present = [key for key in SPLIT_IMAGE_FILES if (folder / f"{key}.txt").exists()]
+    if not present:
+        return make_split(load_benchmark(data_dir), lists["seen"], lists["unseen"], lists["val"], name=name)
+    if len(present) != len(SPLIT_IMAGE_FILES):
+        missing = next(k for k in SPLIT_IMAGE_FILES if k not in present)
+        raise RszError(f"{folder / (missing + '.txt')}: missing (the split has other per-image lists)")
+    images = data_dir / "images"
+    train_classes = set(lists["seen"]) - set(lists["val"])
+    allowed = {
+        "train": train_classes,
+        "val_seen": train_classes,
+        "test_seen": train_classes,
+        "val_unseen": set(lists["val"]),
+        "test_unseen": set(lists["unseen"]),
+    }
+    per_image: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for key in SPLIT_IMAGE_FILES:
+        path = folder / f"{key}.txt"
+        entries = []
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            rel = line.strip()
+            if not rel:
+                continue
+            cls = rel.split("/", 1)[0]
+            if cls not in allowed[key]:
+                raise RszError(
+                    f"{path}:{number}: image {rel!r} is of class {cls!r}, which does not belong in {key}"
+                )
+            if rel in owner:
+                raise RszError(f"{path}:{number}: image {rel!r} is already listed in {owner[rel]}.txt")
+            if not (images / rel).is_file():
+                raise RszError(f"{path}:{number}: image {rel!r} not found under {images}")
+            owner[rel] = key
+            entries.append(rel)
+        per_image[key] = entries
+    return Split(name=name, seen=lists["seen"], unseen=lists["unseen"], val=lists["val"], **per_image)
+
+
+def _known_classes(data_dir: Path) -> set[str]:
+    return {f.name for f in _class_folders(data_dir / "images")} if (data_dir / "images").is_dir() else set()
+
+
+def _check_class_lists(where: Path | str, seen: list[str], unseen: list[str], val: list[str]) -> None:
+    overlap = set(seen) & set(unseen)
+    if overlap:
+        raise RszError(f"{where}: class {sorted(overlap)[0]!r} is both seen and unseen")
+    outside = [c for c in val if c not in set(seen)]
+    if outside:
+        raise RszError(
+            f"{where}: val class {outside[0]!r} is not a seen class (val classes come from the seen side)"
+        )
+    if not set(seen) - set(val):
+        raise RszError(f"{where}: no training classes (every seen class is a val class)")
+    if not unseen:
+        raise RszError(f"{where}: no unseen classes")
+
+
+def _class_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator per (seed, class name): a class's draw does not change when other classes do."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+
+
+def make_split(
+    data: SceneData,
+    seen: list[str],
+    unseen: list[str],
+    val: list[str],
+    seed: int = 0,
+    holdout: float = 0.2,
+    name: str = "custom",
+) -> Split:
+    """Per-image lists from class lists.
+
+    Each training class (seen - val) gives `holdout` of its images to val_seen and as many again to
+    test_seen (at least one each), the rest to train; val classes' images all go to val_unseen, unseen
+    classes' images to test_unseen. Deterministic for a seed; a class's draw depends only on its name.
+    """
+    known = set(data.class_names)
+    for c in [*seen, *unseen, *val]:
+        if c not in known:
+            raise RszError(f"class {c!r}: not in the data set at {data.root}")
+    _check_class_lists(f"split {name}", seen, unseen, val)
+    if not 0 <= holdout < 0.5:
+        raise RszError(f"holdout {holdout}: must be in [0, 0.5)")
+    by_class: dict[str, list[str]] = {c: [] for c in data.class_names}
+    for path, label in zip(data.image_paths, data.labels):
+        by_class[data.class_names[label]].append(path)
+    lists: dict[str, list[str]] = {k: [] for k in SPLIT_IMAGE_FILES}
+    for c in seen:
+        if c in val:
+            lists["val_unseen"] += by_class[c]
+            continue
+        images = by_class[c]
+        n_hold = max(1, round(holdout * len(images))) if holdout > 0 else 0
+        if len(images) - 2 * n_hold < 1:
+            raise RszError(f"class {c!r}: {len(images)} images, too few to hold out val and test images")
+        order = _class_rng(seed, c).permutation(len(images))
+        picked = [images[i] for i in order]
+        lists["val_seen"] += sorted(picked[:n_hold])
+        lists["test_seen"] += sorted(picked[n_hold : 2 * n_hold])
+        lists["train"] += sorted(picked[2 * n_hold :])
+    for c in unseen:
+        lists["test_unseen"] += by_class[c]
+    return Split(name=name, seen=list(seen), unseen=list(unseen), val=list(val), **lists)
+
+
+def carve_val_classes(seen: list[str], seed: int = 0, fraction: float = 1 / 6) -> list[str]:
+    """Deterministically pick about `fraction` of the seen classes (at least one) as val classes."""
+    count = max(1, round(len(seen) * fraction))
+    if count >= len(seen):
+        raise RszError(f"{len(seen)} seen classes: too few to carve validation classes from")
+    order = np.random.default_rng(seed).permutation(len(seen))
+    return sorted(seen[i] for i in order[:count])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DSVA .mat splits
+
+
+def _normalise(name: str) -> str:
+    """'Dense Residential', 'dense_residential' and 'denseresidential' name one class."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _strings(value) -> list[str]:
+    """MATLAB cell array / char array (as scipy.io gives it) -> list of str."""
+    out = []
+    for item in np.asarray(value, dtype=object).ravel():
+        while isinstance(item, np.ndarray) and item.dtype == object and item.size == 1:
+            item = item.ravel()[0]
+        if isinstance(item, np.ndarray):
+            item = "".join(item.ravel().tolist()) if item.dtype.kind == "U" else str(item.ravel()[0])
+        out.append(str(item).strip())
+    return out
+
+
+def read_dsva_mat(
+    path: str | Path, data: SceneData, split_id: int | str | None = None, holdout: float = 0.1
+) -> tuple[Split, np.ndarray]:
+    """DSVA's ann_attr_finetune_*_splits.mat -> (Split, att [C, A] in data.class_names order).
+
+    The file holds `att` (attributes x classes), `allclasses_names` and 1-based index lists into the image
+    list `data.image_paths` (or into the file's own `image_files` when it has one, matched by
+    "<class>/<file>"): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
+    test_seen_loc, test_unseen_loc, each optionally suffixed `_<id>` (the random split id; the smallest
+    is used unless `split_id` says). Val classes are carved from the seen classes (carve_val_classes);
+    `holdout` of each training class's train_gzsl images become val_seen.
+    """
+    from scipy.io import loadmat  # training-side dependency
+
+    path = Path(path)
+    try:
+        mat = loadmat(str(path))
+    except FileNotFoundError:
+        raise RszError(f"{path}: file not found") from None
+    except Exception as err:  # scipy raises several types for a file that is not a .mat
+        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+    suffix = _dsva_suffix(path, mat, split_id)
+    for key in ("att", "allclasses_names"):
+        if key not in mat:
+            raise RszError(f"{path}: missing key {key!r}")
+    locs = {}
+    for key in ("train_gzsl_loc", "test_seen_loc", "test_unseen_loc", "train_zsl_loc"):
+        if key + suffix in mat:
+            locs[key] = mat[key + suffix]
+    for key in ("test_seen_loc", "test_unseen_loc"):
+        if key not in locs:
+            raise RszError(f"{path}: missing key {key + suffix!r}")
+    if "train_gzsl_loc" not in locs and "train_zsl_loc" not in locs:
+        raise RszError(f"{path}: missing key {'train_gzsl_loc' + suffix!r} (or train_zsl_loc)")
+
+    mat_names = _strings(mat["allclasses_names"])
+    att = np.asarray(mat["att"], dtype=np.float32)
+    if att.ndim != 2 or att.shape[1] != len(mat_names):
+        raise RszError(f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes")
+    column = {_normalise(n): i for i, n in enumerate(mat_names)}
+    order = []
+    for c in data.class_names:
+        if _normalise(c) not in column:
+            raise RszError(f"{path}: class {c!r} of {data.root} is not in allclasses_names")
+        order.append(column[_normalise(c)])
+    att_by_class = att[:, order].T.copy()
+
+    image_list = _dsva_image_list(path, mat, data)
+    n = len(image_list)
+
+    def indices(key: str) -> list[int]:
+        values = np.asarray(locs[key]).ravel()
+        if values.size and (not np.all(np.mod(values, 1) == 0) or values.min() < 1 or values.max() > n):
+            raise RszError(f"{path}: {key + suffix} must hold 1-based image indices in 1..{n}")
+        return [int(v) - 1 for v in values]
+
+    def classes_of(idx: list[int]) -> list[str]:
+        return sorted({data.class_names[data.labels[image_list[i]]] for i in idx})
+
+    test_seen = indices("test_seen_loc")
+    test_unseen = indices("test_unseen_loc")
+    if "train_gzsl_loc" in locs:
+        train_all = indices("train_gzsl_loc")
+    else:
+        held = set(test_seen)
+        train_all = [i for i in indices("train_zsl_loc") if i not in held]
+    seen = classes_of(train_all)
+    unseen = classes_of(test_unseen)
+    if set(seen) & set(unseen):
+        raise RszError(
+            f"{path}: class {sorted(set(seen) & set(unseen))[0]!r} has training and unseen test images"
+        )
+    val = carve_val_classes(seen)
+    _check_class_lists(path, seen, unseen, val)
+    paths = data.image_paths
+    train, val_seen, val_unseen = [], [], []
+    by_class: dict[str, list[int]] = {}
+    for i in train_all:
+        by_class.setdefault(data.class_names[data.labels[image_list[i]]], []).append(i)
+    for c in seen:
+        members = sorted(by_class.get(c, []))
+        if c in val:
+            val_unseen += [paths[image_list[i]] for i in members]
+            continue
+        n_hold = max(1, round(holdout * len(members)))
+        if len(members) <= n_hold:
+            raise RszError(
+                f"{path}: class {c!r} has {len(members)} training images, too few to hold some out"
+            )
+        shuffled = [members[i] for i in _class_rng(0, c).permutation(len(members))]
+        val_seen += sorted(paths[image_list[i]] for i in shuffled[:n_hold])
+        train += sorted(paths[image_list[i]] for i in shuffled[n_hold:])
+    val_set = set(val)
+    test_seen_paths = [paths[image_list[i]] for i in test_seen]
+    for i in test_seen:  # val classes' held-out images join their other images
+        if data.class_names[data.labels[image_list[i]]] in val_set:
+            val_unseen.append(paths[image_list[i]])
+    moved = set(val_unseen)
+    test_seen_paths = [p for p in test_seen_paths if p not in moved]
+    split = Split(
+        name=path.stem + suffix,
+        seen=seen,
+        unseen=unseen,
+        val=val,
+        train=train,
+        val_seen=val_seen,
+        val_unseen=val_unseen,
+        test_seen=test_seen_paths,
+        test_unseen=[paths[image_list[i]] for i in test_unseen],
+    )
+    return split, att_by_class
+
+
+def _dsva_suffix(path: Path, mat: dict, split_id: int | str | None) -> str:
+    if split_id is not None:
+        suffix = f"_{split_id}"
+        if "test_unseen_loc" + suffix not in mat:
+            raise RszError(f"{path}: no split id {split_id!r} (missing key 'test_unseen_loc{suffix}')")
+        return suffix
+    if "test_unseen_loc" in mat:
+        return ""
+    ids = sorted(k[len("test_unseen_loc_") :] for k in mat if k.startswith("test_unseen_loc_"))
+    if not ids:
+        raise RszError(f"{path}: missing key 'test_unseen_loc' (not a DSVA splits file)")
+    ids.sort(key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    return f"_{ids[0]}"
+
+
+def _dsva_image_list(path: Path, mat: dict, data: SceneData) -> list[int]:
+    """For each image the .mat indexes: its position in data.image_paths."""
+    if "image_files" not in mat:
+        return list(range(len(data.image_paths)))
+    position = {"/".join(Path(p).parts[-2:]): i for i, p in enumerate(data.image_paths)}
+    out = []
+    for f in _strings(mat["image_files"]):
+        key = "/".join(Path(f.replace("\\", "/")).parts[-2:])
+        if key not in position:
+            raise RszError(f"{path}: image_files entry {f!r} not found under {data.root}")
+        out.append(position[key])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Karpathy captions
+
+
+def read_karpathy(path: str | Path) -> dict[str, tuple[str, list[str]]]:
+    """Karpathy caption JSON -> filename -> (split, raw sentences).
+
+    Filenames are joined to `filepath` when an entry has one. Splits: train, val, test ("restval" counts
+    as train). An image may have any number (>= 1) of sentences.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise RszError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, list):
+        raise RszError(f"{path}: expected an object with an 'images' list (Karpathy caption format)")
+    out: dict[str, tuple[str, list[str]]] = {}
+    for k, entry in enumerate(images):
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            raise RszError(f"{path}: images[{k}] has no 'filename'")
+        filename = entry["filename"]
+        if isinstance(entry.get("filepath"), str) and entry["filepath"]:
+            filename = f"{entry['filepath']}/{filename}"
+        split = CAPTION_SPLITS.get(str(entry.get("split", "")))
+        if split is None:
+            raise RszError(
+                f"{path}: images[{k}] ({filename}) has split {entry.get('split')!r}, "
+                "expected train, val, test or restval"
+            )
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise RszError(f"{path}: images[{k}] ({filename}) has no sentences")
+        raws = []
+        for s in sentences:
+            raw = s.get("raw") if isinstance(s, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                raise RszError(f"{path}: images[{k}] ({filename}) has a sentence without 'raw' text")
+            raws.append(raw.strip())
+        if filename in out:
+            raise RszError(f"{path}: image {filename!r} is listed twice")
+        out[filename] = (split, raws)
+    return out

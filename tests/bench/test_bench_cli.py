@@ -1,0 +1,106 @@
+"""rsz-bench on tiny real models: each command writes well-formed JSON and markdown; plot writes a PNG.
+
+No timing is asserted (speed goals never belong in tests), only that the figures exist and are consistent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from benchmarks.cli import main
+
+LATENCY_ARGS = ["--iters", "2", "--warmup", "1"]
+
+
+def _run(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="session")
+def latency_result(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latency")
+    _run(
+        ["latency", "--model", "ref:vit_tiny", "--image-size", "32", "--backend", "ort,torch,torch-graphs"]
+        + ["--precision", "fp32,fp16", "--batch", "1,2", "--out", str(out), *LATENCY_ARGS]
+    )
+    return out / "latency_vit_tiny.json"
+
+
+def test_latency_writes_rows_flops_and_peak(latency_result):
+    result = json.loads(latency_result.read_text())
+    assert result["kind"] == "latency" and result["model"] == "ref:vit_tiny" and result["image_size"] == 32
+    assert result["flops_per_image"] > 0 and "FlopCounterMode" in result["flops_method"]
+    assert result["peaks"]["cpu"]["tflops"] > 0
+    rows = {(r["backend"], r["precision"], r["batch"]): r for r in result["rows"]}
+    assert len(rows) == 3 * 2 * 2
+    for key in [("ort", "fp32", 1), ("ort", "fp32", 2), ("ort", "fp16", 2), ("torch", "fp32", 2)]:
+        row = rows[key]
+        assert row["status"] == "ok", row
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["images_per_s"] == pytest.approx(row["batch"] / (row["p50_ms"] / 1e3))
+        assert row["fraction_of_peak"] == pytest.approx(
+            row["achieved_tflops"] / result["peaks"]["cpu"]["tflops"]
+        )
+    # on a CPU machine the GPU-only configurations say why they did not run
+    assert rows[("torch-graphs", "fp32", 1)]["status"].startswith("skipped: CUDA graphs need a GPU")
+    assert rows[("torch", "fp16", 1)]["status"].startswith("skipped")
+    md = latency_result.with_suffix(".md").read_text()
+    assert "Command: `rsz-bench latency" in md and "Machine:" in md and "Date:" in md
+    assert md.count("\n| ort |") == 4 and "| p50 ms |" in md
+
+
+def test_latency_onnx_flop_count_agrees_with_torch(tmp_path):
+    from benchmarks.flops import onnx_flops, torch_flops
+    from benchmarks.reference import build_reference, export_reference_onnx
+
+    ref = build_reference("ref:resnet_tiny", 32)
+    counted = onnx_flops(export_reference_onnx(ref, tmp_path))
+    assert counted == pytest.approx(torch_flops(ref.module, ref.example(1)), rel=0.02)
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    for args, message in [
+        (["latency", "--model", "ref:nope"], "ref:nope: unknown reference model"),
+        (["latency", "--model", "ref:vit_tiny", "--batch", "0"], "--batch 0: expected positive integers"),
+        (["latency", "--model", str(tmp_path)], "not an rsz model bundle"),
+        (["plot", str(tmp_path / "missing.json"), "--out", str(tmp_path / "p.png")], "missing.json"),
+    ]:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_plot_writes_png(latency_result, tmp_path):
+    png = tmp_path / "plots" / "throughput.png"
+    _run(["plot", str(latency_result), "--out", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(png).size[0] > 100
+
+
+def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        rgb = rng.integers(0, 256, (48 + 8 * i, 40, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tiles / f"t{i}.{'png' if i % 2 else 'jpg'}")
+    (tiles / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "res"
+    _run(["e2e", str(tiles), "--model", "ref:vit_tiny", "--batch", "2", "--workers", "2", "--out", str(out)])
+    result = json.loads((out / "e2e_vit_tiny.json").read_text())
+    assert result["tiles"] == 6 and result["decoded"] == 5
+    stages = result["stages"]
+    assert set(stages) == {"decode", "resize", "normalize", "copy", "engine", "scoring"}
+    assert sum(s["share"] for s in stages.values()) == pytest.approx(1.0)
+    figures = result["figures"]
+    for key in ("decode_only_tiles_per_s", "encoder_only_tiles_per_s", "pipeline_loop_tiles_per_s"):
+        assert figures[key] > 0
+    assert "| decode |" in (out / "e2e_vit_tiny.md").read_text()

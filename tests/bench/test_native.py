@@ -1,0 +1,93 @@
+"""cpp_plugins native preprocessing: builds with g++ and matches rsz_infer.preprocess.to_model_input.
+
+Tolerance: Pillow's bilinear resize is reproduced exactly (same fixed-point weights, same 8-bit rounded
+intermediate, same pass order as Pillow 13), so square tiles must match bit for bit. For non-square tiles
+other Pillow versions may run the two passes in the other order, which moves a value by at most one 8-bit
+level: 1 / (255 * std) after normalisation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.native import PLUGIN_DIR, NativePreprocessor
+from rsz_infer.preprocess import PreprocessSpec, to_model_input
+
+SPEC = PreprocessSpec(size=32)
+ONE_LEVEL = 1.0 / (255.0 * min(SPEC.std)) + 1e-6
+# (height, width): identity, square down/up, and non-square tiles taking each pass order
+SQUARE = [(32, 32), (256, 256), (100, 100), (20, 20)]
+NON_SQUARE = [(50, 20), (20, 50), (45, 31), (31, 33), (300, 7)]
+
+
+def _build(target: str, build_dir: Path) -> Path:
+    subprocess.run(["make", "-s", "-C", str(PLUGIN_DIR), target, f"BUILD={build_dir}"], check=True)
+    name = "librsz_preprocess_cuda.so" if target == "cuda" else "librsz_preprocess.so"
+    return build_dir / name
+
+
+@pytest.fixture(scope="session")
+def cpu_lib(tmp_path_factory) -> Path:
+    if shutil.which("g++") is None or shutil.which("make") is None:
+        pytest.skip("g++/make not installed")
+    return _build("cpu", tmp_path_factory.mktemp("native"))
+
+
+def _tiles(shapes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for h, w in shapes:
+        noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[0:h, 0:w]  # half noise, half smooth gradient: both kinds of content
+        smooth = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+        tiles.append(np.where(xx[..., None] < w // 2, noise, smooth.astype(np.uint8)))
+    return tiles
+
+
+def _reference(tiles: list[np.ndarray]) -> np.ndarray:
+    return np.stack([to_model_input(t, SPEC) for t in tiles])
+
+
+def test_cpu_matches_pillow_reference(cpu_lib):
+    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+    square, other = _tiles(SQUARE), _tiles(NON_SQUARE, seed=1)
+    out = native(square + other)
+    assert out.shape == (len(SQUARE) + len(NON_SQUARE), 3, 32, 32) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[: len(SQUARE)], _reference(square))
+    assert np.abs(out[len(SQUARE) :] - _reference(other)).max() <= ONE_LEVEL
+
+
+def test_cpu_fp16_output_is_the_rounded_fp32(cpu_lib):
+    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+    tiles = _tiles(SQUARE)
+    np.testing.assert_array_equal(native(tiles, "float16"), _reference(tiles).astype(np.float16))
+
+
+def test_bad_tiles_are_one_line_errors(cpu_lib):
+    from rsz_infer.errors import RszError
+
+    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+    with pytest.raises(RszError, match="tile 1: expected HxWx3 uint8"):
+        native([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
+    with pytest.raises(RszError, match="native preprocessing not built"):
+        NativePreprocessor(SPEC, path=cpu_lib.parent / "missing.so")
+
+
+def _gpu_present() -> bool:
+    return shutil.which("nvcc") is not None and shutil.which("nvidia-smi") is not None
+
+
+@pytest.mark.skipif(not _gpu_present(), reason="needs nvcc and an NVIDIA GPU")
+def test_cuda_matches_cpu_and_pillow(tmp_path):
+    lib = _build("cuda", tmp_path)
+    gpu = NativePreprocessor(SPEC, device="cuda", path=lib)
+    cpu = NativePreprocessor(SPEC, device="cpu", path=lib)
+    tiles = _tiles(SQUARE + NON_SQUARE, seed=2)
+    for dtype in ("float32", "float16"):
+        np.testing.assert_array_equal(gpu(tiles, dtype), cpu(tiles, dtype))
+    np.testing.assert_array_equal(gpu(tiles[: len(SQUARE)]), _reference(tiles[: len(SQUARE)]))

@@ -1,0 +1,277 @@
+"""Export of toy models: ONNX + FP16 + real TensorRT-RTX engines, checks, bundle and CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from export.api import ExportSource, export_model
+from export.cli import main
+from export.onnx_export import load_checked
+from export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
+from rsz_infer.bundle import load_manifest
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+from rsz_infer.runners.ort import OrtRunner
+from rsz_infer.trt_lib import load_trt, sidecar_path
+from rsz_train.models.base import ExportGraph, RszModel
+
+SIZE = 16
+
+
+class _Image(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, 12)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(image)).mean(dim=(2, 3))
+        return F.normalize(self.head(x), dim=1)
+
+
+class _Text(nn.Module):
+    """A MiniLM-shaped toy: int64 ids and mask -> masked mean pooling -> LayerNorm -> L2 normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 16)
+        self.norm = nn.LayerNorm(16)
+        self.proj = nn.Linear(16, 12)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.embed(input_ids))
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(self.proj(pooled), dim=1)
+
+
+class _Diverging(_Image):
+    """Computes something else when traced: its ONNX graph does not match PyTorch."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = super().forward(image)
+        return out * 1.01 if torch.jit.is_tracing() else out
+
+
+class ToyModel(RszModel):
+    kind = "dsva"
+    scoring_rule = "cosine"
+    class_embedding = "attributes"
+
+    def __init__(self, image: nn.Module | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = image or _Image()
+        self.text = _Text()
+
+    def logit_scale(self) -> float:
+        return 10.0
+
+    def export_graphs(self) -> list[ExportGraph]:
+        ids = torch.randint(100, 1000, (2, 7))
+        return [
+            ExportGraph(
+                "image",
+                self.image,
+                (torch.randn(2, 3, SIZE, SIZE),),
+                ["image"],
+                ["embedding"],
+                {"image": {0: "batch"}, "embedding": {0: "batch"}},
+            ),
+            ExportGraph(
+                "text",
+                self.text,
+                (ids, torch.ones_like(ids)),
+                ["input_ids", "attention_mask"],
+                ["embedding"],
+                {
+                    "input_ids": {0: "batch", 1: "seq"},
+                    "attention_mask": {0: "batch", 1: "seq"},
+                    "embedding": {0: "batch"},
+                },
+            ),
+        ]
+
+
+def _source(model: RszModel, tmp_path: Path) -> ExportSource:
+    tokenizer = tmp_path / "tok.json"
+    tokenizer.write_text('{"toy": true}', encoding="utf-8")
+    rng = np.random.default_rng(0)
+    return ExportSource(
+        model=model,
+        preprocess=PreprocessSpec(size=SIZE),
+        seen_classes=["a", "b"],
+        seen_calibration=0.3,
+        attribute_names=["green", "grey"],
+        attribute_phrases=["green fields", "grey roofs"],
+        tokenizer_json=tokenizer,
+        class_embeddings=rng.standard_normal((5, 12)).astype(np.float32),
+        tiles=rng.standard_normal((4, 3, SIZE, SIZE)).astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FP32 + FP16 graphs and real TensorRT-RTX engines (built here on the CPU)."""
+    tmp = tmp_path_factory.mktemp("export")
+    return export_model(_source(ToyModel(), tmp), tmp / "bundle", fp16=True, engine="trt", batch="1:4:8")
+
+
+def test_bundle_has_checked_graphs_and_manifest(bundle: Path) -> None:
+    manifest = load_manifest(bundle)
+    assert set(manifest.graphs) == {"image", "text"}
+    assert manifest.graphs["image"].onnx == "image.fp16.onnx" and manifest.graphs["image"].precision == "fp16"
+    assert manifest.extra["variants"]["text"] == {"fp32": "text.onnx", "fp16": "text.fp16.onnx"}
+    assert manifest.embedding_dim == 12 and manifest.logit_scale == 10.0
+    assert manifest.attribute_phrases == ["green fields", "grey roofs"] and manifest.seen_calibration == 0.3
+    assert {t.name for t in manifest.graphs["text"].inputs} == {"input_ids", "attention_mask"}
+    assert (
+        manifest.graphs["text"].inputs[0].shape == ["batch", "seq"]
+        and manifest.graphs["text"].inputs[0].dtype == "int64"
+    )
+    assert "LayerNormalization" in manifest.extra["fp16"]["fp32_ops"]
+    assert manifest.extra["checks"]["image.fp32"]["max_relative_error"] < 1e-4
+    assert manifest.extra["checks"]["image.fp16"]["min_cosine"] >= 0.999
+    assert manifest.extra["checks"]["image.fp16"]["tiles"] == 4
+    files = {p.name for p in bundle.iterdir()}
+    assert set(manifest.files) == files - {"manifest.json"}
+    assert not list(bundle.parent.glob(".bundle.*"))  # the staging folder is gone
+
+
+def test_fp16_graph_is_float16_inside_with_float32_io(bundle: Path) -> None:
+    import onnx
+
+    model = load_checked(bundle / "text.fp16.onnx")
+    half = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert half, "weights should be float16"
+    runner = OrtRunner(bundle / "text.fp16.onnx")
+    ids = np.random.default_rng(3).integers(100, 1000, (3, 5)).astype(np.int64)
+    out = runner.infer({"input_ids": ids, "attention_mask": np.ones_like(ids)})["embedding"]
+    assert out.dtype == np.float32 and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-2)
+
+
+def test_real_tensorrt_rtx_engines_with_sidecars(bundle: Path) -> None:
+    manifest = load_manifest(bundle)
+    assert manifest.graphs["image"].engines == ["image.engine"]
+    side = json.loads(sidecar_path(bundle / "text.engine").read_text())
+    assert side["library"] in ("tensorrt", "tensorrt_rtx") and side["precision"] == "fp16"
+    assert side["profile"]["input_ids"]["min"] == [1, 1] and side["profile"]["input_ids"]["max"][0] == 8
+    image_side = json.loads(sidecar_path(bundle / "image.engine").read_text())
+    assert image_side["profile"]["image"]["opt"] == [4, 3, SIZE, SIZE]
+    assert side["compute_capabilities"] and len(side["onnx_sha256"]) == 64
+    assert (bundle / "text.engine").stat().st_size > 1000
+
+
+def test_trt_runner_without_gpu_is_one_clear_error(bundle: Path) -> None:
+    from rsz_infer.runners.trt import TrtRunner
+
+    with pytest.raises(RszError, match="no usable CUDA GPU"):
+        TrtRunner(bundle / "image.engine")
+
+
+def test_same_export_is_a_noop_and_a_different_one_needs_force(bundle: Path, tmp_path: Path) -> None:
+    before = (bundle / "manifest.json").read_text()
+    export_model(_source(ToyModel(), tmp_path), bundle, fp16=True, engine="none", batch="1:4:8")
+    assert (bundle / "manifest.json").read_text() == before
+    other = ToyModel()
+    with torch.no_grad():
+        other.image.head.bias.add_(0.5)
+    with pytest.raises(RszError, match="--force"):
+        export_model(_source(other, tmp_path), bundle, engine="none")
+    assert (bundle / "manifest.json").read_text() == before
+
+
+def test_diverging_graph_fails_the_check_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "broken"
+    with pytest.raises(RszError, match="image.onnx.*differs from PyTorch"):
+        export_model(_source(ToyModel(_Diverging()), tmp_path), out, engine="none")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+def test_corrupted_onnx_is_one_line(bundle: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes((bundle / "image.onnx").read_bytes()[:300])
+    with pytest.raises(RszError, match="bad.onnx: invalid ONNX graph") as err:
+        load_checked(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(RszError, match="bad.onnx"):
+        build_engine(bad, tmp_path / "bad.engine", {}, "fp32")
+
+
+def test_engine_build_profile_from_onnx(bundle: Path, tmp_path: Path) -> None:
+    dims = onnx_input_dims(bundle / "text.onnx")
+    profile = optimisation_profile(dims, ShapeRange.parse("2:3:5"), ShapeRange(1, 4, 16))
+    assert profile["attention_mask"] == {"min": [2, 1], "opt": [3, 4], "max": [5, 16]}
+    side = build_engine(bundle / "text.onnx", tmp_path / "t.engine", profile, "fp32")
+    assert side["profile"] == profile and sidecar_path(tmp_path / "t.engine").is_file()
+
+
+@pytest.mark.parametrize("text", ["1:32", "0:1:2", "8:4:16", "a:b:c"])
+def test_bad_batch_profile(text: str) -> None:
+    with pytest.raises(RszError, match="--batch"):
+        ShapeRange.parse(text)
+
+
+def test_tensorrt_too_old_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = types.ModuleType("tensorrt")
+    old.__version__ = "8.6.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
+    load_trt.cache_clear()
+    try:
+        with pytest.raises(RszError, match="tensorrt 8.6.1: too old"):
+            load_trt()
+    finally:
+        load_trt.cache_clear()
+
+
+def test_inspect_prints_table_and_detects_tampering(bundle: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "graph image" in result.output and "image.fp16.onnx [fp16]" in result.output
+    assert "verified" in result.output
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    with open(copy / "text.onnx", "ab") as f:
+        f.write(b"\0")
+    result = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert result.exit_code == 2 and "text.onnx: sha256 does not match" in result.output
+
+
+def test_cli_errors_missing_run_and_wrong_kind(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["--model", "dsva", "--run", str(tmp_path / "nope"), "--engine", "none"]
+    )
+    assert result.exit_code == 2 and "run folder not found" in result.output
+    run = tmp_path / "mcfa_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("kind: mcfa\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["--model", "dsva", "--run", str(run), "--engine", "none"])
+    assert result.exit_code == 2 and "is a mcfa run, not dsva" in result.output
+    result = CliRunner().invoke(main, ["build", "--run", str(run)])
+    assert result.exit_code == 2 and "--model and --run are required" in result.output
+
+
+def test_torch_runner_fp16_copy_and_no_gpu_error() -> None:
+    from rsz_infer.runners.torch import TorchRunner
+
+    module = _Image().eval()
+    x = np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    ref = TorchRunner(module, input_names=["image"], output_names=["embedding"]).infer({"image": x})
+    half = TorchRunner(module, fp16=True).infer({"image": x})["output0"]
+    assert half.dtype == np.float32 and np.abs(half - ref["embedding"]).max() < 1e-2
+    assert next(module.parameters()).dtype == torch.float32  # the caller's module is not changed
+    if not torch.cuda.is_available():
+        with pytest.raises(RszError, match="no CUDA GPU"):
+            TorchRunner(module, device="cuda")

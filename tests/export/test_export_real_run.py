@@ -1,0 +1,50 @@
+"""Export of a real tiny trained DSVA run through the CLI: real MiniLM text graph, FP16, TensorRT-RTX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from export.cli import main
+from rsz_infer.bundle import load_manifest
+from rsz_infer.runners.ort import OrtRunner
+
+# Shares nothing with tests/train on purpose (its fixtures live in that folder's conftest); one epoch at
+# 32 px is enough to get a real checkpoint. The lead may move this run into a shared fixture.
+TINY = {"train.image_size": 32, "train.epochs": 1, "train.batch_size": 32, "train.warmup_epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def dsva_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from rsz_train.data.synth import DEFAULT_SPLIT, write_benchmark
+    from rsz_train.train import train
+
+    root = tmp_path_factory.mktemp("real")
+    bench = write_benchmark(root / "synth", seed=0, size=32, per_class=5)
+    return train("dsva", bench, DEFAULT_SPLIT, root / "runs" / "dsva", device="cpu", overrides=TINY), bench
+
+
+@pytest.mark.slow
+def test_export_real_dsva_run(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, bench = dsva_run
+    out = tmp_path / "models" / "dsva"
+    args = ["--model", "dsva", "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "--tiles", str(bench / "images")])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    assert manifest.model_kind == "dsva" and manifest.class_embedding == "attributes"
+    assert set(manifest.graphs) == {"image", "text"} and (out / "tokenizer.json").is_file()
+    assert len(manifest.attribute_phrases) == manifest.embedding_dim > 0
+    assert manifest.extra["checks"]["image.fp16"]["tiles"] > 0
+    assert {t.name for t in manifest.graphs["image"].outputs} == {"embedding", "attention_maps"}
+    assert manifest.graphs["text"].engines == ["text.engine"]
+    text = OrtRunner(out / manifest.graphs["text"].onnx)
+    ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
+    emb = text.infer({"input_ids": ids, "attention_mask": np.ones_like(ids)})["embedding"]
+    assert emb.shape == (1, 384) and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-2
+
+    again = CliRunner().invoke(main, ["--model", "mcfa", "--run", str(run), "--engine", "none"])
+    assert again.exit_code == 2 and "is a dsva run, not mcfa" in again.output

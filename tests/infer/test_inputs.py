@@ -1,0 +1,159 @@
+"""Every input kind is decoded and labeled: JPEG, PNG, greyscale, RGBA, 16-bit, multi-band GeoTIFF,
+GeoTIFF scenes cut into windows (nodata windows skipped), footprints and class maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from rsz_infer.images import TileOptions, _window_offsets, discover_tiles
+from rsz_infer.pipeline import LabelConfig, label_tiles
+from rsz_infer.report import footprint_line, read_label_rows
+
+from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_geotiff
+
+
+def _label(bundle, class_file, inputs, out: Path, **kw):
+    cfg = LabelConfig(
+        inputs=[str(p) for p in inputs], classes=class_file, out=out, model=bundle, progress=False, **kw
+    )
+    return label_tiles(cfg)
+
+
+def _by_name(rows: list[dict]) -> dict[str, dict]:
+    return {Path(r["tile"]).name: r for r in rows}
+
+
+def test_files_of_every_kind_are_labeled(bundles, class_file, tmp_path):
+    folder = tmp_path / "tiles"
+    save(folder / "red.jpg", solid("red"), quality=90)
+    save(folder / "sub" / "green.png", solid("green"))
+    rgba = np.dstack([solid("blue"), np.full((40, 40), 128, np.uint8)])
+    save(folder / "blue_rgba.png", rgba)
+    save(folder / "grey.png", solid((90, 90, 90))[:, :, 0])
+    grey16 = (np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 20).astype(np.uint16)
+    save(folder / "grey16.png", grey16)
+    # 16-bit RGB reflectances where red dominates: one stretch for all bands keeps it red
+    red16 = (bands_first(solid("red")).astype(np.uint16) * 40 + 1000).astype(np.uint16)
+    write_geotiff(folder / "red16.tif", red16)
+    (folder / "notes.txt").write_text("not an image")
+
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [folder], out)
+    assert (summary.labeled, summary.skipped, summary.exit_code) == (6, 0, 0)
+    rows = _by_name(read_jsonl(out))
+    assert set(rows) == {"red.jpg", "green.png", "blue_rgba.png", "grey.png", "grey16.png", "red16.tif"}
+    assert rows["red.jpg"]["labels"][0] == "red" and rows["red.jpg"]["rule"] == "rgb"
+    assert rows["green.png"]["labels"][0] == "green"
+    assert rows["blue_rgba.png"]["labels"][0] == "blue" and "alpha dropped" in rows["blue_rgba.png"]["rule"]
+    assert rows["grey.png"]["rule"] == "grey to rgb"
+    assert (
+        rows["grey16.png"]["rule"].startswith("grey to rgb; I;16")
+        and "stretch p2-98" in rows["grey16.png"]["rule"]
+    )
+    assert rows["red16.tif"]["labels"][0] == "red" and "uint16 stretch p2-98" in rows["red16.tif"]["rule"]
+    # a small GeoTIFF is one tile, with its footprint in EPSG:4326 (degrees, near 15 E 45.1 N)
+    lon, lat = np.array(rows["red16.tif"]["footprint"]["coordinates"][0]).T
+    assert np.allclose(lon, 15.0, atol=0.01) and np.allclose(lat, 45.14, atol=0.02)
+    assert "footprint" not in rows["red.jpg"]
+    for row in rows.values():
+        assert len(row["labels"]) == 3 and np.isclose(sum(row["scores"]), 1.0, atol=1e-5)
+
+
+def test_bands_pick_rgb_from_multispectral(bands_case, bundles, class_file, tmp_path):
+    out = tmp_path / "bands.jsonl"
+    _label(bundles["msa"], class_file, [bands_case], out, tiles=TileOptions(bands=(3, 2, 1)))
+    (row,) = read_jsonl(out)
+    assert row["labels"][0] == "red" and row["rule"].startswith("bands 3,2,1 of 5")
+    out = tmp_path / "default.jsonl"
+    _label(bundles["msa"], class_file, [bands_case], out)
+    (row,) = read_jsonl(out)  # bands 1,2,3 by default: band 1 (blue) becomes R ... so the tile reads blue
+    assert row["labels"][0] == "blue" and row["rule"].startswith("bands 1,2,3 of 5")
+
+
+@pytest.fixture
+def bands_case(tmp_path) -> Path:
+    # 5 bands in satellite order B, G, R, NIR, SWIR; only band 3 (red) is bright
+    bands = np.full((5, 24, 24), 300, np.uint16)
+    bands[2] = 3000
+    bands += np.random.default_rng(0).integers(0, 50, bands.shape).astype(np.uint16)
+    return write_geotiff(tmp_path / "multi.tif", bands)
+
+
+def test_scene_is_cut_into_windows_nodata_skipped(bundles, class_file, tmp_path):
+    # 96 x 64 px scene, 32 px tiles: columns red | green | nodata (0); 16-bit, stretched per scene
+    rgb = np.zeros((64, 96, 3), np.uint8)
+    rgb[:, :32] = solid("red", 64)[:, :32]
+    rgb[:, 32:64] = solid("green", 64)[:, :32]
+    data = bands_first(rgb).astype(np.uint16) * 50
+    scene = write_geotiff(tmp_path / "scene.tif", data, nodata=0)
+    out = tmp_path / "scene.geojson"
+    class_map = tmp_path / "classes.tif"
+    summary = _label(
+        bundles["msa"],
+        class_file,
+        [scene],
+        out,
+        tiles=TileOptions(tile_size=32),
+        class_map=class_map,
+        batch=3,
+    )
+    assert (summary.labeled, summary.nodata, summary.skipped, summary.exit_code) == (4, 2, 0, 0)
+    collection = json.loads(out.read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 4
+    for feature in collection["features"]:
+        props = feature["properties"]
+        col = props["window"][0]
+        assert props["label"] == ("red" if col == 0 else "green")
+        assert props["tile"] == f"{scene}@{col},{props['window'][1]},32,32"
+        assert "per scene" in props["rule"]
+        lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
+        # 320 m windows at 45 N: ~0.004 degrees of longitude, ~0.003 of latitude; west edge at 15 E + col*10 m
+        assert lon.min() == pytest.approx(15.0 + col * 10 / 78_700, abs=2e-4)
+        assert lon.max() - lon.min() == pytest.approx(320 / 78_700, rel=0.05)
+        assert lat.max() - lat.min() == pytest.approx(320 / 111_140, rel=0.05)
+    rows = read_label_rows(out)  # what the gallery reads back from a GeoJSON labels file
+    assert sorted(r["window"][0] for r in rows) == [0, 0, 32, 32]
+    lat, lon = map(float, footprint_line(rows[0])[0].split(", "))
+    assert lat == pytest.approx(45.14, abs=0.02) and lon == pytest.approx(15.0, abs=0.01)
+    with rasterio.open(class_map) as cm, rasterio.open(scene) as src:
+        assert cm.crs == src.crs and cm.transform == src.transform and cm.shape == src.shape
+        values = cm.read(1)
+        assert json.loads(cm.tags()["classes"]) == list(COLOURS)
+    assert (values[:, :32] == 0).all() and (values[:, 32:64] == 1).all() and (values[:, 64:] == 255).all()
+
+
+def test_window_offsets_cover_the_scene_edge():
+    assert _window_offsets(100, 32, 32) == [0, 32, 64, 68]
+    assert _window_offsets(96, 32, 24) == [0, 24, 48, 64]
+    assert _window_offsets(20, 32, 32) == [0]
+
+
+def test_large_scene_stretch_samples_windows(tmp_path, monkeypatch):
+    """Without overviews a big scene's percentiles come from a grid of windows, close to the full ones."""
+    from rsz_infer import images
+
+    rng = np.random.default_rng(1)
+    data = rng.gamma(2.0, 500.0, (3, 300, 300)).astype(np.uint16)
+    scene = write_geotiff(tmp_path / "big.tif", data)
+    monkeypatch.setattr(images, "DECIMATED_READ_MAX_PIXELS", 100 * 100)  # as if it were huge
+    monkeypatch.setattr(images, "SAMPLE_GRID", 4)
+    monkeypatch.setattr(images, "SAMPLE_WINDOW_PX", 20)
+    with rasterio.open(scene) as ds:
+        sample = images._stretch_sample(ds, (1, 2, 3))
+    assert sample.size == 4 * 4 * 20 * 20 * 3
+    lo, hi = images._percentiles(sample)
+    full_lo, full_hi = np.percentile(data, [2, 98])
+    assert lo == pytest.approx(full_lo, rel=0.15) and hi == pytest.approx(full_hi, rel=0.1)
+
+
+def test_a_file_named_twice_is_one_tile(tmp_path):
+    tile = save(tmp_path / "a" / "red.png", solid("red"))
+    found = list(
+        discover_tiles([tmp_path / "a", tile, tmp_path / "a" / ".." / "a" / "red.png"], TileOptions())
+    )
+    assert [t.id for t in found] == [str(tile)]

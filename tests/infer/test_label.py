@@ -1,0 +1,268 @@
+"""Labeling runs end to end: bad inputs, exit codes, one-line errors, calibrated stacking, the three class
+embedding rules, resume after a kill or Ctrl-C, atomic outputs, backends, fixed-shape batches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsz_infer.backend import open_runner
+from rsz_infer.bundle import load_manifest
+from rsz_infer.classes import class_embeddings
+from rsz_infer.classfile import read_class_file
+from rsz_infer.cli import main
+from rsz_infer.errors import RszError
+from rsz_infer.images import TileOptions, discover_tiles
+from rsz_infer.pipeline import LabelConfig, embed_batch, iter_batches, label_tiles
+
+from .helpers import COLOURS, read_jsonl, save, solid
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def many_tiles(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("many")
+    for i in range(9):
+        save(folder / f"t{i}_{list(COLOURS)[i % 3]}.png", solid(list(COLOURS)[i % 3], 24, seed=i))
+    return folder
+
+
+def test_bad_files_are_skipped_with_rows_and_good_ones_labeled(bundles, class_file, tmp_path, capsys):
+    folder = tmp_path / "tiles"
+    save(folder / "good_red.png", solid("red"))
+    save(folder / "good_blue.jpg", solid("blue"))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    full = (folder / "good_red.png").read_bytes()
+    (folder / "truncated.png").write_bytes(full[: len(full) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    save(folder / "tiny.png", solid("red", 4))
+    (folder / "readme.txt").write_text("ignored")
+    out = tmp_path / "labels.csv"
+    gallery = tmp_path / "gallery.html"
+    args = [
+        folder,
+        "--classes",
+        class_file,
+        "--model",
+        bundles["msa"],
+        "--out",
+        out,
+        "--html",
+        gallery,
+        "--quiet",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 3
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {Path(r["tile"]).name: r["label_1"] for r in rows} == {
+        "good_red.png": "red",
+        "good_blue.jpg": "blue",
+    }
+    assert list(rows[0])[:5] == ["tile", "path", "window", "label_1", "score_1"] and "preprocess" in rows[0]
+    with open(tmp_path / "labels.errors.csv", newline="") as f:
+        errors = {Path(r["tile"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert set(errors) == {"corrupt.jpg", "truncated.png", "empty.png", "tiny.png"}
+    assert "0 bytes" in errors["empty.png"] and "4x4 px" in errors["tiny.png"]
+    assert "cannot decode" in errors["corrupt.jpg"] and "cannot decode" in errors["truncated.png"]
+    skip_lines = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(skip_lines) == 4 and "readme.txt" not in err
+    assert "2 tiles labeled, 4 skipped" in err.splitlines()[-2]
+    assert (
+        gallery.read_text().count('src="data:image/jpeg;base64,') == 2 and "red 1.00" in gallery.read_text()
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gallery.html", "labels.csv", "labels.errors.csv", "tiles"]
+
+
+def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monkeypatch):
+    tile = save(tmp_path / "red.png", solid("red"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    dup = tmp_path / "dup.txt"
+    dup.write_text("red\nRed: again\n")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundles["msa"], tampered)
+    with open(tampered / "text.onnx", "ab") as f:
+        f.write(b"\0")
+    model = ["--model", bundles["msa"]]
+    cases = {
+        "no classes found": [tile, "--classes", empty, *model],
+        "duplicate class 'Red'": [tile, "--classes", dup, *model],
+        "sha256 does not match": [tile, "--classes", class_file, "--model", tampered],
+        "no such file or folder": [tmp_path / "missing", "--classes", class_file, *model],
+        "unknown format '.xlsx'": [tile, "--classes", class_file, *model, "--out", tmp_path / "x.xlsx"],
+        "--bands 0: give 3": [tile, "--classes", class_file, *model, "--bands", "0"],
+        "README demo writes it": [tile, "--classes", class_file],
+    }
+    monkeypatch.chdir(tmp_path)  # no models/default here
+    for expected, args in cases.items():
+        code, _, err = run_cli([*args, "--quiet"], capsys)
+        assert code == 2, expected
+        assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert not list(tmp_path.glob("*.csv*"))
+
+
+def test_calibrated_stacking_shifts_only_seen_classes(bundles, tmp_path):
+    # the bundle's seen classes are "red" and "Forest": names match ignoring case
+    classes = tmp_path / "mixed.txt"
+    classes.write_text("red\ngreen\nblue\nforest: dark green woods\n")
+    tile = save(tmp_path / "t.png", solid((120, 110, 90)))
+    log_probs = {}
+    for lam in (0.0, 3.0, None):
+        out = tmp_path / f"lam{lam}.jsonl"
+        cfg = LabelConfig(
+            [str(tile)], classes, out, bundles["msa"], top_k=4, seen_calibration=lam, progress=False
+        )
+        label_tiles(cfg)
+        (row,) = read_jsonl(out)
+        log_probs[lam] = {name: np.log(p) for name, p in zip(row["labels"], row["scores"])}
+
+    def relative(lam, name):
+        return log_probs[lam][name] - log_probs[lam]["blue"]
+
+    assert relative(3.0, "green") == pytest.approx(relative(0.0, "green"), abs=1e-3)  # unseen vs unseen
+    assert relative(0.0, "red") - relative(3.0, "red") == pytest.approx(3.0, abs=0.02)
+    assert relative(0.0, "forest") - relative(3.0, "forest") == pytest.approx(3.0, abs=0.02)
+    assert relative(0.0, "red") - relative(None, "red") == pytest.approx(0.5, abs=0.01)  # bundle default
+
+
+@pytest.mark.parametrize("kind", ["mcfa", "dsva"])
+def test_semantic_and_attribute_class_embeddings(kind, bundles, class_file, many_tiles, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    summary = label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles[kind], progress=False))
+    assert summary.labeled == 9
+    for row in read_jsonl(out):
+        assert row["labels"][0] == Path(row["tile"]).stem.split("_")[1]
+
+
+def test_class_embeddings_are_cached_by_content(bundles, tmp_path):
+    bundle = bundles["msa"]
+    manifest = load_manifest(bundle)
+    classes = tmp_path / "c.txt"
+    classes.write_text("red\ngreen   # comment\n")
+    opened = []
+
+    def opener(role):
+        opened.append(role)
+        return open_runner(bundle, manifest, role, "ort", "cpu")
+
+    first = class_embeddings(bundle, manifest, read_class_file(classes), opener)
+    classes.write_text("# same classes, other spacing\nred\ngreen\n")
+    second = class_embeddings(bundle, manifest, read_class_file(classes), opener)
+    assert opened == ["text"] and np.array_equal(first, second) and first.shape == (2, 16)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from rsz_infer.pipeline import LabelConfig, label_tiles
+
+def kill(n):
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+folder, classes, out, model = sys.argv[1:]
+cfg = LabelConfig([folder], Path(classes), Path(out), Path(model), batch=2, progress=False)
+label_tiles(cfg, on_batch=kill)
+"""
+
+
+def test_resume_after_kill_finishes_without_redoing(bundles, class_file, many_tiles, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    script = [sys.executable, "-c", textwrap.dedent(KILL_SCRIPT)]
+    proc = subprocess.run([*script, many_tiles, class_file, out, bundles["msa"]], capture_output=True)
+    assert proc.returncode == -9
+    assert not out.exists()
+    part = out.with_name(out.name + ".part")
+    done = [json.loads(line)["tile"] for line in part.read_text().splitlines()[1:]]
+    assert len(done) == 4
+    with open(part, "a") as f:
+        f.write('{"tile": "half a line')  # what a kill during a write leaves
+
+    cfg = LabelConfig(
+        [str(many_tiles)], class_file, out, bundles["msa"], batch=2, resume=True, progress=False
+    )
+    summary = label_tiles(cfg)
+    assert (summary.already_done, summary.labeled) == (4, 5)
+    assert not part.exists()
+    resumed = read_jsonl(out)
+    clean_out = tmp_path / "clean.jsonl"
+    label_tiles(
+        LabelConfig([str(many_tiles)], class_file, clean_out, bundles["msa"], batch=2, progress=False)
+    )
+    clean = read_jsonl(clean_out)
+    assert [r["tile"] for r in resumed] == [r["tile"] for r in clean]
+    for a, b in zip(resumed, clean):
+        assert a["labels"] == b["labels"] and np.allclose(a["scores"], b["scores"], atol=1e-5)
+
+
+def test_ctrl_c_leaves_valid_output_and_resume_completes(bundles, class_file, many_tiles, tmp_path):
+    out = tmp_path / "labels.csv"
+
+    def interrupt(n):
+        if n == 1:
+            raise KeyboardInterrupt
+
+    cfg = LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], batch=3, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(cfg, on_batch=interrupt)
+    with open(out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3  # what finished, as a complete CSV
+    with pytest.raises(RszError, match="another model, class file or settings"):
+        label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], top_k=2, resume=True))
+    summary = label_tiles(
+        LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], resume=True, progress=False)
+    )
+    assert (summary.already_done, summary.labeled) == (3, 6)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and len({r["tile"] for r in rows}) == 9
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]  # no part file or temporaries left
+    with pytest.raises(RszError, match="already complete"):
+        label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], resume=True))
+
+
+def test_batches_have_a_fixed_shape_and_padding_is_dropped(bundles, many_tiles):
+    manifest = load_manifest(bundles["msa"])
+    tiles = list(discover_tiles([many_tiles], TileOptions()))[:5]
+    batches = list(iter_batches(tiles, TileOptions(), manifest.preprocess, 4, workers=2))
+    assert [len(b.tiles) for b in batches] == [4, 1]
+    assert all(b.inputs.shape == (4, 3, 32, 32) for b in batches)
+    assert [t.id for b in batches for t in b.tiles] == [t.id for t in tiles]  # order kept
+    runner = open_runner(bundles["msa"], manifest, "image", "auto", "cpu")
+    assert runner.name == "ort:cpu"
+    out = embed_batch(runner, batches[1])
+    assert out["embedding"].shape == (1, 16) and out["scales"].shape == (1, 2, 8)
+
+
+def test_backend_choices_say_clearly_what_is_unavailable(bundles):
+    manifest = load_manifest(bundles["msa"])
+    with pytest.raises(RszError, match="TensorRT needs a GPU"):
+        open_runner(bundles["msa"], manifest, "image", "trt", "cpu")
+    with pytest.raises(RszError, match="no TensorRT engine for the image graph"):
+        open_runner(bundles["msa"], manifest, "image", "trt", "cuda")
+    with pytest.raises(RszError, match="has no 'semantic' graph"):
+        open_runner(bundles["msa"], manifest, "semantic", "ort", "cpu")
+    try:
+        runner = open_runner(bundles["msa"], manifest, "image", "torch", "cpu")
+    except RszError as err:
+        assert "--backend torch" in str(err)
+    else:
+        out = runner.infer({"image": np.zeros((2, 3, 32, 32), np.float32)})
+        assert out["embedding"].shape == (2, 16)

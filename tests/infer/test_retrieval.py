@@ -1,0 +1,111 @@
+"""Retrieval: index (appendable), text and image search, re-ranking with the rerank graph, HTML gallery."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rsz_infer.backend import open_runner
+from rsz_infer.bundle import load_manifest
+from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.errors import RszError
+from rsz_infer.index import Index, build_index, nearest, search
+
+from .helpers import bands_first, save, solid, write_geotiff
+from .test_label import run_cli
+
+
+def test_index_search_rerank_and_gallery(bundles, tmp_path, capsys):
+    bundle = bundles["msa"]
+    tiles = tmp_path / "tiles"
+    for i, colour in enumerate(["red", "green", "blue", "red"]):
+        save(tiles / "a" / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    idx = tmp_path / "idx"
+    counts = build_index([str(tiles / "a")], bundle, idx, progress=False)
+    assert (counts["added"], counts["known"]) == (4, 0)
+
+    # a second call adds only what is new
+    save(tiles / "b" / "4_green.png", solid("green", 24, seed=9))
+    (tiles / "b" / "broken.png").write_bytes(b"")
+    code, _, err = run_cli(["index", tiles, "--model", bundle, "--out", idx, "--quiet"], capsys)
+    assert code == 3 and "1 tiles added, 4 already in, 1 skipped, 0 nodata" in err
+    index = Index.load(idx)
+    assert index.embeddings.shape == (5, 16) and index.scales.shape == (5, 2, 8)
+    assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
+    assert [t["tile"].split("/")[-1] for t in index.tiles] == [
+        "0_red.png", "1_green.png", "2_blue.png", "3_red.png", "4_green.png",
+    ]  # fmt: skip
+
+    hits = search(idx, text="fields of green crops", k=2)
+    assert [h.tile["tile"].split("_")[-1] for h in hits] == ["green.png", "green.png"]
+    assert hits[0].score >= hits[1].score and hits[0].score == hits[0].similarity
+
+    hits = search(idx, image=tiles / "a" / "2_blue.png", k=1)
+    assert hits[0].tile["tile"].endswith("2_blue.png") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+    # re-ranking scores the candidates with the rerank graph itself
+    manifest = load_manifest(bundle)
+    reranked = search(idx, text="a red roof", k=5, rerank=5)
+    text = encode_texts(
+        open_runner(bundle, manifest, "text", "ort", "cpu"), load_tokenizer(bundle, manifest), ["a red roof"]
+    )
+    order = [index.tiles.index(h.tile) for h in reranked]
+    expected = open_runner(bundle, manifest, "rerank", "ort", "cpu").infer(
+        {"scales": np.asarray(index.scales[order]), "tokens": np.repeat(text["tokens"], 5, 0),
+         "attention_mask": np.repeat(text["attention_mask"], 5, 0)}
+    )["score"]  # fmt: skip
+    assert np.allclose([h.score for h in reranked], expected, atol=1e-5)
+    assert list(expected) == sorted(expected, reverse=True)
+    assert reranked[0].tile["tile"].endswith("red.png")
+    with pytest.raises(RszError, match="use it with --text"):
+        search(idx, image=tiles / "a" / "2_blue.png", rerank=3)
+
+    # CLI: hits on stdout, gallery with inline thumbnails and labels from a labeling run
+    labels = tmp_path / "labels.jsonl"
+    first = index.tiles[0]["tile"]
+    labels.write_text(json.dumps({"tile": first, "labels": ["red", "blue"], "scores": [0.9, 0.1]}) + "\n")
+    page = tmp_path / "report.html"
+    args = ["search", idx, "--text", "red", "-k", "3", "--html", page, "--labels", labels]
+    code, out, _ = run_cli(args, capsys)
+    assert code in (0, None)
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("1\t") and lines[0].endswith("red.png")
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and len(re.findall(r'src="data:image/jpeg;base64,', html)) == 3
+    assert "red 0.90" in html
+
+
+def test_nearest_is_exact():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    query = rng.normal(size=8).astype(np.float32)
+    idx, scores = nearest(emb, query, 5)
+    assert list(idx) == list(np.argsort(-(emb @ query))[:5]) and np.allclose(scores, (emb @ query)[idx])
+
+
+def test_index_refuses_another_model(bundles, tmp_path):
+    save(tmp_path / "t" / "red.png", solid("red", 16))
+    build_index([str(tmp_path / "t")], bundles["msa"], tmp_path / "idx", progress=False)
+    with pytest.raises(RszError, match="another model"):
+        build_index([str(tmp_path / "t")], bundles["mcfa"], tmp_path / "idx", progress=False)
+    with pytest.raises(RszError, match="not the model that built"):
+        search(tmp_path / "idx", text="red", model=bundles["mcfa"])
+
+
+def test_scene_windows_in_index_and_gallery(bundles, tmp_path, capsys):
+    rgb = np.concatenate([solid("blue", 32), solid("red", 32)], axis=1)  # 32 x 64: two windows
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(rgb))
+    idx = tmp_path / "idx"
+    code, _, _ = run_cli(
+        ["index", scene, "--model", bundles["msa"], "--out", idx, "--tile-size", "32", "--quiet"], capsys
+    )
+    assert code == 0
+    page = tmp_path / "g.html"
+    code, out, _ = run_cli(["search", idx, "--text", "blue", "-k", "2", "--json", "--html", page], capsys)
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert [h["window"] for h in hits] == [[0, 0, 32, 32], [32, 0, 32, 32]]
+    assert hits[0]["footprint"]["type"] == "Polygon"
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 2

@@ -1,0 +1,36 @@
+"""Session fixtures: one tiny synthetic benchmark and one tiny trained DSVA run shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+
+# Tiny but real: 32 px tiles, a 2-layer-sized budget (vit_tiny at 32 px has 16 patches), 2 epochs.
+TINY_OVERRIDES = {
+    "train.image_size": 32,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "train.eval_batch_size": 128,
+    "train.warmup_epochs": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    from rsz_train.data.synth import write_benchmark
+
+    return write_benchmark(tmp_path_factory.mktemp("bench") / "synth", seed=0, size=32, per_class=5)
+
+
+@pytest.fixture(scope="session")
+def default_split():
+    from rsz_train.data.synth import DEFAULT_SPLIT
+
+    return DEFAULT_SPLIT
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_benchmark, default_split, tmp_path_factory):
+    from rsz_train.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "dsva"
+    return train("dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES)

@@ -1,0 +1,124 @@
+"""DSVA losses on hand-checkable tensors and the shape contracts of the DSVA model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rsz_infer.scoring import class_logits
+from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
+from rsz_train.models.dsva import DSVAConfig
+from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model
+
+
+def test_compatibility_loss_is_cross_entropy_on_logits():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    expected = 0.5 * (-math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(2))
+    assert compatibility_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_regression_loss_compares_with_the_rows_of_the_labels():
+    classes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    predicted = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    # first sample exact; second misses (0, 1) by 1 in one of 4 entries
+    assert regression_loss(predicted, classes, torch.tensor([0, 1])).item() == pytest.approx(0.25)
+
+
+def test_concentration_loss_values():
+    peaked = torch.zeros(1, 1, 3, 3)
+    peaked[0, 0, 1, 1] = 1.0
+    assert concentration_loss(peaked).item() == pytest.approx(0.0)
+    spread = torch.zeros(1, 1, 3, 3)
+    spread[0, 0, 0, 0], spread[0, 0, 0, 2] = 0.75, 0.25  # peak at (0,0); mass 0.25 at 2 columns away
+    assert concentration_loss(spread).item() == pytest.approx(0.25 * (2 / 3) ** 2)
+
+
+def test_concentration_gradient_raises_the_peak():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 4, 4, requires_grad=True)
+    maps = scores.flatten(2).softmax(-1).view_as(scores)
+    peak_before = maps.flatten(2).max(-1).values.detach()
+    concentration_loss(maps).backward()
+    with torch.no_grad():
+        stepped = (scores - 1.0 * scores.grad).flatten(2).softmax(-1)
+    assert (stepped.max(-1).values > peak_before).all()
+    assert (stepped.argmax(-1) == maps.flatten(2).argmax(-1)).all()  # the peak stays where it was
+
+
+def test_group_sparsity_is_a_group_lasso():
+    weights = torch.tensor([[3.0, 0.0], [4.0, 1.0], [0.0, 2.0]])
+    groups = torch.tensor([0, 0, 1])
+    # group 0: ||(3,4)|| + ||(0,1)|| = 5 + 1; group 1: 0 + 2; divided by D = 2
+    assert group_sparsity_loss(weights, groups).item() == pytest.approx(4.0, rel=1e-5)
+
+
+def _task(num_attributes: int = 6, image_size: int = 32) -> TaskInfo:
+    return TaskInfo(
+        attribute_names=[f"a{i}" for i in range(num_attributes)],
+        attribute_phrases=[f"phrase {i}" for i in range(num_attributes)],
+        attribute_groups=["colour" if i % 2 else "shape" for i in range(num_attributes)],
+        image_size=image_size,
+        num_train_classes=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_dsva():
+    torch.manual_seed(0)
+    return create_model("dsva", DSVAConfig(group_sparsity_weight=0.1), _task())
+
+
+def test_dsva_shapes_and_scoring_contract(small_dsva):
+    model = small_dsva.eval()
+    images = torch.randn(2, 3, 32, 32)
+    out = model.attribute_outputs(images)
+    h = 32 // model.backbone.patch_size
+    assert out["embedding"].shape == (2, 6)
+    assert out["attention_maps"].shape == (2, 6, h, h)
+    assert torch.allclose(out["attention_maps"].sum(dim=(-2, -1)), torch.ones(2, 6), atol=1e-5)
+    semantics = ClassSemantics(
+        names=["x", "y", "z"],
+        descriptions=["x", "y", "z"],
+        attributes=np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32),
+        sentence=np.zeros((3, 384), np.float32),
+    )
+    classes = model.encode_classes(model.class_inputs(semantics))
+    assert torch.equal(classes, torch.from_numpy(semantics.attributes))  # the class embedding IS the vector
+    with torch.no_grad():
+        torch_logits = model.logits(model.encode_images(images), classes).numpy()
+        embedding = model.encode_images(images).numpy()
+    numpy_logits = class_logits(embedding, semantics.attributes, model.scoring_rule, model.logit_scale())
+    np.testing.assert_allclose(torch_logits, numpy_logits, rtol=1e-4, atol=1e-4)
+
+    graphs = {g.role: g for g in model.export_graphs()}
+    assert set(graphs) == {"image", "text"}
+    image = graphs["image"]
+    assert image.input_names == ["image"] and image.output_names == ["embedding", "attention_maps"]
+    emb, maps = image.module(*image.example_inputs)
+    assert emb.shape == (2, 6) and maps.shape == (2, 6, h, h)
+    assert graphs["text"].output_names == ["embedding"]
+
+
+def test_dsva_few_steps_reduce_the_loss(small_dsva):
+    model = small_dsva.train()
+    torch.manual_seed(1)
+    images = torch.randn(12, 3, 32, 32)
+    batch = {
+        "image": images,
+        "label": torch.arange(12) % 3,
+        "class_inputs": torch.nn.functional.normalize(torch.randn(3, 6), dim=1),
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(8):
+        losses = model.training_losses(batch)
+        assert set(losses) >= {"loss", "compatibility", "regression", "concentration", "group_sparsity"}
+        first = first if first is not None else losses["loss"].item()
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    assert model.training_losses(batch)["loss"].item() < 0.8 * first

@@ -1,0 +1,226 @@
+"""MSA: its losses on hand-checkable tensors, the masked multi-scale cross-attention, module shapes with
+the real MiniLM, a few training steps and the export graphs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsz_infer.errors import RszError
+from rsz_train.losses import msa as L
+from rsz_train.models.msa import MSAConfig, MultiScaleCrossAttention
+from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model, model_entry
+
+IMAGE_SIZE = 32
+CAPTIONS = [
+    "a runway with two parked planes",
+    "dense red roofs of houses",
+    "a river through green fields",
+    "a parking lot full of cars",
+]
+
+
+def _config(**overrides: object) -> MSAConfig:
+    defaults = {
+        "backbone": "resnet_tiny",
+        "pretrained": None,
+        "model_dim": 32,
+        "embed_dim": 24,
+        "max_text_length": 16,
+    }
+    return MSAConfig(**{**defaults, **overrides})
+
+
+def _task() -> TaskInfo:
+    return TaskInfo([], [], [], IMAGE_SIZE, 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny-backbone MSA with the real MiniLM text tower, in eval mode (training tests build their own)."""
+    return create_model("msa", _config(), _task()).eval()
+
+
+# --- losses -------------------------------------------------------------------------------------------
+
+
+def test_triplet_hardest_negative_by_hand_and_gradient_direction() -> None:
+    similarity = torch.tensor([[0.9, 0.1], [0.5, 0.2]], requires_grad=True)
+    loss = L.triplet_hardest_negative(similarity, margin=0.2)
+    # image 0: relu(.2-.9+.1)=0, image 1: relu(.2-.2+.5)=.5
+    # text 0: relu(.2-.9+.5)=0, text 1: relu(.2-.2+.1)=.1
+    assert loss.item() == pytest.approx((0.25 + 0.05) / 2)
+    loss.backward()
+    assert similarity.grad[1, 1] < 0  # descending raises the positive similarity
+    assert similarity.grad[1, 0] > 0 and similarity.grad[0, 1] > 0  # and lowers the hardest negatives
+    assert similarity.grad[0, 0] == 0  # image 0 and text 0 already satisfy the margin
+
+
+def test_triplet_moves_the_positive_embedding_closer() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(4, 8, requires_grad=True)
+    texts = torch.randn(4, 8)
+    cosine = F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T
+    L.triplet_hardest_negative(cosine, margin=0.5).backward()
+    moved = images.detach() - 0.5 * images.grad
+    before = F.cosine_similarity(images.detach(), texts).sum()
+    after = F.cosine_similarity(moved, texts).sum()
+    assert after > before
+
+
+def test_duplicates_are_not_negatives() -> None:
+    similarity = torch.tensor([[0.9, 0.95], [0.95, 0.9]])
+    assert L.triplet_hardest_negative(similarity, 0.2).item() > 0
+    duplicates = torch.ones(2, 2, dtype=torch.bool)  # both captions are the same text
+    assert L.triplet_hardest_negative(similarity, 0.2, duplicates).item() == 0.0
+    assert L.info_nce_both_ways(similarity, duplicates).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_info_nce_both_ways_by_hand() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert L.info_nce_both_ways(logits).item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    match = torch.stack([logits, logits * 0.5])  # two scales; alignment divides by the temperature
+    expected = (math.log(1 + math.exp(-4)) + math.log(1 + math.exp(-2))) / 2
+    assert L.scale_alignment_loss(match, temperature=0.5).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_cross_scale_consistency_zero_when_scales_agree_and_teacher_is_detached() -> None:
+    base = torch.tensor([[0.8, 0.1, 0.0], [0.2, 0.7, 0.1], [0.0, 0.3, 0.9]])
+    agree = base.expand(3, 3, 3).clone().requires_grad_(True)
+    assert L.cross_scale_consistency(agree, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    differ = torch.stack([base.T, base * 0.1, base]).requires_grad_(True)
+    loss = L.cross_scale_consistency(differ, 0.1)
+    assert loss.item() > 0.01
+    loss.backward()
+    assert differ.grad[-1].abs().sum() == 0  # the largest scale is the teacher: no gradient
+    assert differ.grad[0].abs().sum() > 0 and differ.grad[1].abs().sum() > 0
+
+
+# --- MSCMAT -------------------------------------------------------------------------------------------
+
+
+def test_cross_attention_ignores_padding_and_batched_matrix_matches_pairs() -> None:
+    torch.manual_seed(0)
+    head = MultiScaleCrossAttention(8).eval()
+    scales, tokens = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    changed = tokens.clone()
+    changed[mask == 0] = torch.randn(int((mask == 0).sum()), 8) * 10  # padded states must not matter
+    with torch.no_grad():
+        score, score_changed = head(scales, tokens, mask), head(scales, changed, mask)
+        matrix, matrix_changed = (
+            head.match_matrix(scales, tokens, mask),
+            head.match_matrix(scales, changed, mask),
+        )
+        paired = head.paired(scales, tokens, mask)
+    assert score.shape == (3,) and matrix.shape == (4, 3, 3) and paired.shape == (4, 3)
+    assert torch.allclose(score, score_changed, atol=1e-6)
+    assert torch.allclose(matrix, matrix_changed, atol=1e-6)
+    assert torch.allclose(matrix.diagonal(dim1=1, dim2=2), paired, atol=1e-6)
+    assert torch.allclose(score, paired.mean(0))
+    changed[0, 4] += 1.0  # a real token of text 0 does change its scores
+    assert not torch.allclose(head(scales, tokens, mask)[0], head(scales, changed, mask)[0])
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+
+def test_registry_entry_uses_captions() -> None:
+    entry = model_entry("msa")
+    assert entry.uses_captions and entry.config_cls is MSAConfig and entry.sampler == "random"
+
+
+def test_tokenize_and_shapes(model) -> None:
+    tokens = model.tokenize(CAPTIONS + ["word " * 40])
+    assert tokens["input_ids"].dtype == torch.int64 and tokens["attention_mask"].dtype == torch.int64
+    assert tokens["input_ids"].shape == (5, 16)  # cut at max_text_length
+    with torch.no_grad():
+        assert model.encode_images(torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (3, 24)
+        assert model.encode_classes(tokens).shape == (5, 24)
+        match = model.match_matrix(torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE), tokens)
+    assert match.shape == (4, 3, 5)
+    assert model.scoring_rule == "cosine" and model.class_embedding == "text"
+    assert model.logit_scale() == pytest.approx(10.0)
+
+
+def test_class_inputs_tokenize_the_prompts(model) -> None:
+    semantics = ClassSemantics(
+        ["airport", "farmland"],
+        ["planes on runways", "green crop fields"],
+        np.zeros((2, 0)),
+        np.zeros((2, 384), np.float32),
+    )
+    assert model.class_prompts(semantics) == [
+        "a satellite image of planes on runways",
+        "a satellite image of green crop fields",
+    ]
+    inputs = model.class_inputs(semantics)
+    assert torch.equal(inputs["input_ids"], model.tokenize(model.class_prompts(semantics))["input_ids"])
+    with torch.no_grad():
+        assert model.encode_classes(inputs).shape == (2, 24)
+
+
+def test_bad_prompt_is_a_one_line_error() -> None:
+    with pytest.raises(RszError, match="text_prompt='a photo of {label}'"):
+        create_model("msa", _config(text_prompt="a photo of {label}"), _task())
+
+
+def test_only_the_last_text_layers_are_trainable(model) -> None:
+    layers = model.text.encoder.transformer.encoder.layer
+    trainable = [any(p.requires_grad for p in layer.parameters()) for layer in layers]
+    assert trainable == [False] * (len(layers) - 2) + [True, True]
+    assert not any(p.requires_grad for p in model.text.encoder.transformer.embeddings.parameters())
+    assert not any(p.requires_grad for p in model.image.backbone.parameters())
+    groups = model.parameter_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_training_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    model = create_model("msa", _config(class_weight=0.5, text_trainable_layers=1), _task()).train()
+    tokens = model.tokenize(CAPTIONS)
+    labels = torch.tensor([0, 1, 0, 1])
+    images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE) + torch.arange(4).float().view(-1, 1, 1, 1)
+    semantics = ClassSemantics(["a", "b"], ["runways", "houses"], np.zeros((2, 0)), np.zeros((2, 384)))
+    batch = {"image": images, "label": labels, "class_inputs": model.class_inputs(semantics), **tokens}
+    optimizer = torch.optim.AdamW(model.parameter_groups(3e-3))
+    history = []
+    for _ in range(10):
+        parts = model.training_losses(batch)
+        assert {"triplet", "contrastive", "alignment", "consistency", "class", "loss"} <= set(parts)
+        optimizer.zero_grad()
+        parts["loss"].backward()
+        optimizer.step()
+        history.append(parts["loss"].item())
+    assert np.mean(history[-3:]) < 0.7 * np.mean(history[:3])
+
+
+def test_export_graphs_run_with_the_documented_names_and_shapes(model) -> None:
+    graphs = {g.role: g for g in model.export_graphs()}
+    assert set(graphs) == {"image", "text", "rerank"}
+    assert (graphs["image"].input_names, graphs["image"].output_names) == (["image"], ["embedding", "scales"])
+    assert graphs["text"].input_names == ["input_ids", "attention_mask"]
+    assert graphs["text"].output_names == ["embedding", "tokens"]
+    assert graphs["rerank"].input_names == ["scales", "tokens", "attention_mask"]
+    assert graphs["rerank"].output_names == ["score"]
+    images = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    tokens = model.tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        embedding, scales = graphs["image"].module(images)
+        text_embedding, token_states = graphs["text"].module(tokens["input_ids"], tokens["attention_mask"])
+        score = graphs["rerank"].module(scales, token_states, tokens["attention_mask"])
+        assert torch.allclose(embedding, model.encode_images(images), atol=1e-5)
+        assert torch.allclose(text_embedding, model.encode_classes(tokens), atol=1e-5)
+        match = model.match_matrix(images, tokens)
+        for graph in graphs.values():
+            graph.module(*graph.example_inputs)
+    length = tokens["input_ids"].shape[1]
+    assert embedding.shape == (2, 24) and scales.shape == (2, 4, 32)
+    assert text_embedding.shape == (2, 24) and token_states.shape == (2, length, 32)
+    assert score.shape == (2,)
+    assert torch.allclose(score, match.diagonal(dim1=1, dim2=2).mean(0), atol=1e-5)  # reranker = paired match

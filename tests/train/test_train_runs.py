@@ -1,0 +1,106 @@
+"""The training loop end to end on a tiny benchmark: run files, reload, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rsz_infer.errors import RszError
+from rsz_train import evaluate as ev
+from rsz_train.cli import main
+from rsz_train.data.torch_datasets import load_images
+from rsz_train.runs import load_run
+from rsz_train.train import TEST_NOTE, train
+
+from .conftest import TINY_OVERRIDES
+
+
+def test_run_folder_contents(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {
+        "config.yaml",
+        "model.safetensors",
+        "classes.json",
+        "metrics.jsonl",
+        "report.json",
+        "last.pt",
+    } <= names
+    lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all({"losses", "val", "seconds"} <= set(line) for line in lines)
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["note"] == TEST_NOTE
+    assert {"zsl", "gzsl", "gzsl_uncalibrated"} <= set(report["test"])
+    assert report["test"]["gzsl"]["lambda"] == report["seen_calibration"] == report["val"]["calibration"]
+
+
+def test_load_run_reproduces_the_reported_test_scores(tiny_run, tiny_benchmark, default_split):
+    from rsz_train.data.formats import load_benchmark, load_split
+
+    model, info = load_run(tiny_run, kind="dsva")
+    assert info.kind == "dsva" and not model.training
+    assert set(info.seen).isdisjoint(info.val) and set(info.seen).isdisjoint(info.unseen)
+    assert info.semantics.attributes.shape == (len(info.class_names), len(info.task.attribute_names))
+    data, split = load_benchmark(tiny_benchmark), load_split(tiny_benchmark, default_split)
+    label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
+    paths = list(split.test_seen) + list(split.test_unseen)
+    images = load_images(data.root, paths, info.preprocess.size)
+    index = {name: i for i, name in enumerate(info.class_names)}
+    scores = ev.zsl_gzsl_scores(
+        ev.embed_images(model, images, info.preprocess),
+        np.array([label_of[p] for p in paths]),
+        ev.embed_classes(model, info.semantics),
+        [index[c] for c in info.seen],
+        [index[c] for c in info.unseen],
+        model.scoring_rule,
+        model.logit_scale(),
+        info.seen_calibration,
+    )
+    report = info.report["test"]
+    assert scores["zsl"] == pytest.approx(report["zsl"], abs=1e-9)
+    assert scores["gzsl"]["H"] == pytest.approx(report["gzsl"]["H"], abs=1e-9)
+
+
+def test_resume_gives_identical_weights(tiny_run, tiny_benchmark, default_split, tmp_path):
+    out = tmp_path / "resumed"
+    train(
+        "dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES, stop_after_epoch=1
+    )
+    assert not (out / "report.json").exists() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
+    straight = torch.load(tiny_run / "last.pt", weights_only=False)["model"]
+    resumed = torch.load(out / "last.pt", weights_only=False)["model"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert (out / "model.safetensors").read_bytes() == (tiny_run / "model.safetensors").read_bytes()
+    a, b = (json.loads((d / "report.json").read_text())["test"] for d in (tiny_run, out))
+    assert a == b
+
+
+def test_load_run_errors(tiny_run, tmp_path):
+    with pytest.raises(RszError, match="run folder not found"):
+        load_run(tmp_path / "nothing")
+    with pytest.raises(RszError, match="is a dsva run, not msa"):
+        load_run(tiny_run, kind="msa")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RszError, match="config.yaml: missing"):
+        load_run(tmp_path / "empty")
+
+
+def test_cli_help_and_one_line_errors(tmp_path, tiny_run, tiny_benchmark):
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0 and "dsva" in result.output and "synth" in result.output
+    result = runner.invoke(main, ["dsva", "--help"])
+    assert result.exit_code == 0 and "--resume" in result.output and "--data" in result.output
+    result = runner.invoke(main, ["dsva", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "nope: data folder not found" in lines[0]
+    # an existing run is never overwritten by accident
+    result = runner.invoke(main, ["dsva", "--data", str(tiny_benchmark), "--out", str(tiny_run)])
+    assert result.exit_code == 2 and "not empty" in result.output
