@@ -11,18 +11,20 @@ class Runner(ABC):
     """One loaded graph (ONNX, TensorRT engine or PyTorch module) on one device."""
 
     name: str = "runner"
+    _inputs: list[str]  # set by each backend's constructor, in the graph's order
+    _outputs: list[str]
 
     @abstractmethod
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Feeds and outputs are host numpy arrays keyed by tensor name."""
 
     @property
-    @abstractmethod
-    def input_names(self) -> list[str]: ...
+    def input_names(self) -> list[str]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def output_names(self) -> list[str]: ...
+    def output_names(self) -> list[str]:
+        return self._outputs
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources."""

@@ -37,14 +37,6 @@ class OrtRunner(Runner):
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self._outputs, {k: feeds[k] for k in self._inputs})
         return dict(zip(self._outputs, values))

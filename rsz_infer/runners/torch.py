@@ -52,14 +52,6 @@ class TorchRunner(Runner):
         self._outputs = list(output_names or [])
         self.name = f"torch:{self.device.type}{':fp16' if fp16 else ''}"
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def _to_tensor(self, array: np.ndarray):  # noqa: ANN202 - torch.Tensor
         import torch
 

@@ -108,14 +108,6 @@ class TrtRunner(Runner):
         self._buffers = {n: _PinnedBuffer() for n in names}
         self.name = f"{library}:{capability}"
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         trt, rt = self.lib.module, cudart()
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost

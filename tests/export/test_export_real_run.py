@@ -48,3 +48,33 @@ def test_export_real_dsva_run(dsva_run: tuple[Path, Path], tmp_path: Path) -> No
 
     again = CliRunner().invoke(main, ["--model", "mcfa", "--run", str(run), "--engine", "none"])
     assert again.exit_code == 2 and "is a dsva run, not mcfa" in again.output
+
+
+EXPECTED_GRAPHS = {
+    "mcfa": ("semantic", {"image", "text", "semantic"}),
+    "msa": ("text", {"image", "text", "rerank"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(EXPECTED_GRAPHS))
+def test_export_real_run_builds_an_engine_per_graph(
+    kind: str, dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """CI builds a TensorRT-RTX FP16 engine for every graph of each model kind, on this CPU machine."""
+    from rsz_train.data.synth import DEFAULT_SPLIT
+    from rsz_train.train import train
+
+    bench = dsva_run[1]
+    run = train(kind, bench, DEFAULT_SPLIT, tmp_path / "runs" / kind, device="cpu", overrides=TINY)
+    out = tmp_path / "models" / kind
+    args = ["--model", kind, "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    class_embedding, roles = EXPECTED_GRAPHS[kind]
+    assert manifest.model_kind == kind and manifest.class_embedding == class_embedding
+    assert set(manifest.graphs) == roles
+    for role, graph in manifest.graphs.items():
+        assert graph.precision == "fp16"
+        assert graph.engines == [f"{role}.engine"] and (out / f"{role}.engine").stat().st_size > 0
