@@ -98,13 +98,14 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
     if image_size and image_size != size:
         raise RszError(f"--image-size {image_size}: the bundle {bundle_dir} takes {size} px images")
     src = ModelSource(str(bundle_dir), size)
-    # export writes one image graph per precision (TensorRT-RTX takes precision from the graph itself)
-    for role, graph in manifest.graphs.items():
-        if role.split("_")[0] != "image":
-            continue
-        src.onnx.setdefault(graph.precision, bundle_dir / graph.onnx)
-        for engine in graph.engines:
-            src.engines.setdefault(graph.precision, bundle_dir / engine)
+    # An --fp16 export keeps the FP32 graph beside the default FP16 one (manifest extra "variants");
+    # engines are built from the default graph (TensorRT-RTX takes precision from the graph itself).
+    graph = manifest.graphs["image"]
+    variants = manifest.extra.get("variants", {}).get("image", {graph.precision: graph.onnx})
+    for precision, onnx_file in variants.items():
+        src.onnx[precision] = bundle_dir / onnx_file
+    for engine in graph.engines:
+        src.engines.setdefault(graph.precision, bundle_dir / engine)
     if src.onnx:
         try:
             counted = flops_mod.onnx_flops(src.onnx.get("fp32") or next(iter(src.onnx.values())))
