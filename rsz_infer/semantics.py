@@ -39,6 +39,13 @@ def attribute_vectors(description_emb: np.ndarray, phrase_emb: np.ndarray) -> np
         )
     if phrase_emb.shape[0] < 2:
         raise RszError(f"attribute_vectors: need at least 2 attribute phrases, got {phrase_emb.shape[0]}")
-    cosine = l2_normalize(description_emb) @ l2_normalize(phrase_emb).T
-    centred = cosine - cosine.mean(axis=1, keepdims=True)
-    return l2_normalize(centred).astype(np.float32)
+    return normalize_attribute_rows(l2_normalize(description_emb) @ l2_normalize(phrase_emb).T)
+
+
+def normalize_attribute_rows(similarity: np.ndarray) -> np.ndarray:
+    """Centre each class row over its attributes, then L2-normalise it (see attribute_vectors).
+
+    Image-derived attribute rows (rsz_train.attribute_generation) go through the same rule, so both
+    routes sit on one scale."""
+    similarity = np.asarray(similarity, dtype=np.float32)
+    return l2_normalize(similarity - similarity.mean(axis=1, keepdims=True)).astype(np.float32)

@@ -8,17 +8,26 @@ Two routes:
 - from text alone (the default for training, and the only route for a class without images): the class
   description against the attribute phrases, rsz_infer.semantics.attribute_vectors through the stock
   MiniLM (`attributes_from_text`); inference computes exactly this for a new class file.
+
+Training mixes them with `train.semantics: images` and `train.dual_encoder_run: runs/msa`
+(rsz_train.train.build_semantics -> `generated_attributes`): training classes by the image route, val
+and unseen classes (whose images a model may not see) by the text route, every row normalised alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.scoring import l2_normalize
+from rsz_infer.semantics import normalize_attribute_rows
+
+if TYPE_CHECKING:
+    from rsz_train.runs import RunInfo
 
 ImageEncoder = Callable[[np.ndarray], np.ndarray]  # [N, H, W, 3] uint8 -> [N, D] embeddings
 TextEncoder = Callable[[list[str]], np.ndarray]  # texts -> [T, D] embeddings
@@ -58,6 +67,59 @@ def attributes_from_text(descriptions: list[str], attribute_phrases: list[str]) 
     from rsz_train.text import class_attribute_vectors
 
     return class_attribute_vectors(list(descriptions), list(attribute_phrases))
+
+
+def generated_attributes(
+    descriptions: list[str],
+    attribute_phrases: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    encode_images: ImageEncoder,
+    encode_texts: TextEncoder,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, list[str]]:
+    """Attribute vectors [C, A] of every class, and the route each took ("images" or "text").
+
+    A class with at least one of `images` (labels index `descriptions`) takes the image route, every
+    other class the text route; rows are normalised alike (normalize_attribute_rows). The caller passes
+    only images a model may train on: images of val or unseen classes here would leak into training.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    with_images = sorted(set(labels.tolist()))
+    if with_images and (with_images[0] < 0 or with_images[-1] >= len(descriptions)):
+        raise RszError(f"generated_attributes: labels must index the {len(descriptions)} classes")
+    attributes = np.zeros((len(descriptions), len(attribute_phrases)), dtype=np.float32)
+    routes = ["text"] * len(descriptions)
+    if with_images:
+        position = {c: i for i, c in enumerate(with_images)}
+        local = np.array([position[c] for c in labels.tolist()], dtype=np.int64)
+        raw = attributes_from_images(
+            images, local, len(with_images), attribute_phrases, encode_images, encode_texts, batch_size
+        )
+        attributes[with_images] = normalize_attribute_rows(raw)
+        for c in with_images:
+            routes[c] = "images"
+    text_only = [c for c, route in enumerate(routes) if route == "text"]
+    if text_only:
+        attributes[text_only] = attributes_from_text([descriptions[c] for c in text_only], attribute_phrases)
+    return attributes, routes
+
+
+def dual_encoder_from_run(
+    run_dir: Path | str, device: str = "cpu"
+) -> tuple[ImageEncoder, TextEncoder, RunInfo]:
+    """(encode_images, encode_texts, RunInfo) of an rsz run whose model has an aligned text tower (MSA).
+
+    The images given to encode_images must be RunInfo.preprocess.size square.
+    """
+    from rsz_train.models.registry import model_entry
+    from rsz_train.runs import load_run
+
+    model, info = load_run(run_dir, device=device)
+    if not model_entry(info.kind).uses_captions:
+        raise RszError(f"{run_dir}: is a {info.kind} run, but a dual encoder needs an image-text run (msa)")
+    encode_images, encode_texts = model_encoders(model, info.preprocess, device)
+    return encode_images, encode_texts, info
 
 
 def model_encoders(model, spec, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:  # noqa: ANN001

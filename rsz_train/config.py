@@ -34,7 +34,10 @@ class TrainConfig:
     seed: int = 0
     image_size: int = 64  # every image is resized to image_size x image_size (rsz_infer.preprocess)
     augment: bool = True  # random flips and 90-degree rotations (tiles have no "up")
-    semantics: str = "text"  # class attribute vectors: "text" (from descriptions) | "matrix" (ground truth)
+    # Class attribute vectors: "text" (from descriptions) | "matrix" (ground truth) | "images" (DSVA's
+    # generation: training classes from their training images under dual_encoder_run, the others from text)
+    semantics: str = "text"
+    dual_encoder_run: str | None = None  # semantics "images": an msa run folder (rsz_train.runs.load_run)
     classes_per_batch: int = 0  # class-balanced sampler only: classes per episode, 0 = all training classes
     images_per_class: int = 8  # class-balanced sampler only: images of each class per episode
     eval_batch_size: int = 256

@@ -50,7 +50,7 @@ class RunInfo:
     seen_calibration: float  # calibrated-stacking lambda chosen on the validation split
     preprocess: PreprocessSpec
     task: TaskInfo
-    semantics_source: str = "text"  # "text" (from descriptions) | "matrix" (ground-truth attributes)
+    semantics_source: str = "text"  # "text" (descriptions) | "matrix" (ground truth) | "images" (dual enc.)
     report: dict = field(default_factory=dict)  # report.json, empty while the run is unfinished
 
 

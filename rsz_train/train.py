@@ -44,17 +44,33 @@ class ImageSet:
     labels: np.ndarray  # [N] int64
 
 
-def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_train.data.formats.SceneData)
-    """ClassSemantics of every class of the benchmark; attributes from descriptions ("text", the default:
-    exactly what inference computes for a new class) or the benchmark's ground-truth matrix ("matrix")."""
+def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, split: ...formats.Split)
+    data,
+    source: str,
+    split=None,
+    dual_encoder_run: str | None = None,
+    device: str = "cpu",
+) -> tuple[ClassSemantics, list[str]]:
+    """ClassSemantics of every class of the benchmark, and the route each class's attributes took.
+
+    Attributes from descriptions ("text", the default: exactly what inference computes for a new class),
+    the benchmark's ground-truth matrix ("matrix"), or generated from images ("images", DSVA Sec. 3.1):
+    the training classes of `split` from their training images under the dual encoder of the run at
+    `dual_encoder_run`, every other class (val, unseen: their images must not be seen) from text.
+    """
     from rsz_train.text import class_attribute_vectors, encode_sentences, glove_class_vectors
 
     names = list(data.class_names)
     descriptions = [data.descriptions.get(name, name) for name in names]
     phrases = list(data.attribute_phrases or [])
+    if dual_encoder_run is not None and source != "images":
+        raise RszError(
+            f"train.dual_encoder_run {dual_encoder_run!r}: only used with train.semantics 'images'"
+        )
+    if source in ("text", "images") and len(phrases) < 2:
+        raise RszError(f"{data.root}: the benchmark has no attribute phrases (attributes.txt)")
+    routes = [source] * len(names)
     if source == "text":
-        if len(phrases) < 2:
-            raise RszError(f"{data.root}: the benchmark has no attribute phrases (attributes.txt)")
         attributes = class_attribute_vectors(descriptions, phrases)
     elif source == "matrix":
         if data.attribute_matrix is None:
@@ -62,8 +78,10 @@ def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_t
                 f"{data.root}: train.semantics is 'matrix' but the benchmark has no attribute matrix"
             )
         attributes = np.asarray(data.attribute_matrix, dtype=np.float32)
+    elif source == "images":
+        attributes, routes = _image_attributes(data, descriptions, phrases, split, dual_encoder_run, device)
     else:
-        raise RszError(f"train.semantics {source!r}: expected text or matrix")
+        raise RszError(f"train.semantics {source!r}: expected text, matrix or images")
     try:
         glove, _missing = glove_class_vectors(names)
     except RszError:
@@ -74,7 +92,37 @@ def build_semantics(data, source: str) -> ClassSemantics:  # noqa: ANN001 (rsz_t
         attributes=attributes,
         sentence=encode_sentences(descriptions),
         glove=glove,
-    )
+    ), routes
+
+
+def _image_attributes(  # noqa: ANN001
+    data, descriptions: list[str], phrases: list[str], split, dual_encoder_run: str | None, device: str
+) -> tuple[np.ndarray, list[str]]:
+    """The "images" route of build_semantics: training images of the training classes only."""
+    from rsz_train.attribute_generation import dual_encoder_from_run, generated_attributes
+
+    if not dual_encoder_run:
+        raise RszError(
+            "train.semantics is 'images' but train.dual_encoder_run is not set (an msa run folder)"
+        )
+    if split is None:
+        raise RszError("train.semantics 'images': needs the split whose training images it may use")
+    if not isinstance(dual_encoder_run, str):
+        raise RszError(f"train.dual_encoder_run {dual_encoder_run!r}: expected the path of an msa run folder")
+    encode_images, encode_texts, info = dual_encoder_from_run(dual_encoder_run, device)
+    held_out = set(split.val) | set(split.unseen)
+    leaked = sorted(held_out & set(info.seen))
+    if leaked:
+        raise RszError(
+            f"{dual_encoder_run}: the dual encoder trained on images of {leaked[0]!r}, "
+            "a val or unseen class of this split"
+        )
+    train_classes = set(split.seen) - set(split.val)
+    label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
+    paths = [p for p in split.train if p in label_of and data.class_names[label_of[p]] in train_classes]
+    images = td.load_images(data.root, paths, info.preprocess.size)
+    labels = np.array([label_of[p] for p in paths], dtype=np.int64)
+    return generated_attributes(descriptions, phrases, images, labels, encode_images, encode_texts)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -144,7 +192,9 @@ class _Trainer:
         self.train_ids = [self.index[c] for c in self.train_classes]
         self.val_ids = [self.index[c] for c in self.split.val]
         self.unseen_ids = [self.index[c] for c in self.split.unseen]
-        self.semantics = build_semantics(self.data, config.train.semantics)
+        self.semantics, self.attribute_routes = build_semantics(
+            self.data, config.train.semantics, self.split, config.train.dual_encoder_run, str(device)
+        )
         if not self.data.attribute_names and self.kind == "dsva":
             raise RszError(f"{data_dir}: DSVA needs attributes (attributes.txt)")
         self.task = TaskInfo(
@@ -316,7 +366,7 @@ class _Trainer:
         return metrics["val_seen_accuracy"], metrics
 
     def classes_record(self, calibration: float) -> dict:
-        return runs.classes_record(
+        record = runs.classes_record(
             list(self.data.class_names),
             self.train_classes,
             list(self.split.unseen),
@@ -327,6 +377,9 @@ class _Trainer:
             self.spec,
             calibration,
         )
+        # Which route gave each class its row of "attributes": "images", "text" or "matrix".
+        record["attribute_routes"] = dict(zip(self.data.class_names, self.attribute_routes))
+        return record
 
 
 def _read_metrics(path: Path, epochs_done: int) -> list[str]:
