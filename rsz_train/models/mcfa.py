@@ -9,9 +9,7 @@ encoder's mean and the semantic encoder's mean), so a new class needs only its d
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +23,7 @@ from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rsz_train.losses import mcfa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
 from rsz_train.models.base import ExportGraph, RszModel
+from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
 from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
 
 SEMANTIC_SOURCES = ("phrases", "sentence", "glove", "attributes")
@@ -101,37 +100,6 @@ class GaussianEncoder(nn.Module):
         return mu, logvar
 
 
-class FrozenFeatureCache:
-    """Memo of a frozen backbone's features by the exact bytes of each input tile.
-
-    A frozen backbone (eval mode) is a fixed function of its input, and training revisits the same
-    tiles every epoch (and evaluation the same validation tiles), so on CPU most backbone passes after
-    the first epoch are repeats. Only tiles not seen before go through the backbone. Bounded by
-    max_items (then it simply stops adding).
-    """
-
-    def __init__(self, max_items: int = 50_000) -> None:
-        self.max_items = max_items
-        self.store: dict[bytes, torch.Tensor] = {}
-
-    def clear(self) -> None:
-        self.store.clear()
-
-    def __call__(self, compute: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        host = images.detach().to("cpu", torch.float32).contiguous()
-        keys = [hashlib.blake2b(tile.numpy().tobytes(), digest_size=16).digest() for tile in host]
-        keys = [k + str(tuple(images.shape[1:])).encode() for k in keys]
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
-        fresh = {}
-        if missing:
-            features = compute(images[missing]).detach().cpu()
-            fresh = {keys[i]: f for i, f in zip(missing, features)}
-            room = self.max_items - len(self.store)
-            self.store.update(dict(list(fresh.items())[: max(room, 0)]))
-        rows = [self.store[k] if k in self.store else fresh[k] for k in keys]
-        return torch.stack(rows).to(images.device)
-
-
 class BackboneFeatures(nn.Module):
     """image -> the global-average-pooled maps of every backbone stage, concatenated [B, sum C]
     (the "multi-level" visual features: low stages see textures and small objects, high stages layout)."""
@@ -169,7 +137,7 @@ class _Chain(nn.Module):
         return self.encoder(self.standardise(self.features(x)))[0]
 
 
-class MCFA(RszModel):
+class MCFA(FrozenBackboneMixin, RszModel):
     kind = "mcfa"
     scoring_rule = "cosine"
     class_embedding = "semantic"
@@ -218,16 +186,8 @@ class MCFA(RszModel):
         self.semantic_decoder = _mlp(z, h, semantic_dim)
         self.steps_done = 0  # drives the warm-up; restarts with a resumed run, which only re-ramps it
 
-    def train(self, mode: bool = True) -> MCFA:
-        super().train(mode)
-        if self.config.freeze_backbone:
-            self.visual.backbone.eval()  # frozen BatchNorm statistics stay those of the pretrained net
-        return self
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        if self.feature_cache is not None:
-            self.feature_cache.clear()  # cached features belong to the old backbone weights
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    def frozen_backbone(self) -> nn.Module | None:
+        return self.visual.backbone if self.config.freeze_backbone else None
 
     # --- the RszModel interface -------------------------------------------------------------------
 

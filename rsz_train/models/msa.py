@@ -26,7 +26,7 @@ from rsz_infer.tokenizer import Tokenizer
 from rsz_train.losses import msa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
 from rsz_train.models.base import ExportGraph, RszModel
-from rsz_train.models.mcfa import FrozenFeatureCache
+from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
 from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
 
 TEXT_POOLINGS = ("mean", "cls")
@@ -158,7 +158,7 @@ def _set_text_trainable(encoder: nn.Module, last_layers: int) -> None:
         layer.requires_grad_(True)
 
 
-class MSA(RszModel):
+class MSA(FrozenBackboneMixin, RszModel):
     kind = "msa"
     scoring_rule = "cosine"
     class_embedding = "text"
@@ -190,16 +190,8 @@ class MSA(RszModel):
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
         self.tokenizer = Tokenizer(minilm_tokenizer_json(), max_length=config.max_text_length)
 
-    def train(self, mode: bool = True) -> MSA:
-        super().train(mode)
-        if self.config.freeze_backbone:
-            self.image.backbone.eval()  # frozen BatchNorm statistics stay those of the pretrained net
-        return self
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        if self.feature_cache is not None:
-            self.feature_cache.clear()  # cached features belong to the old backbone weights
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    def frozen_backbone(self) -> nn.Module | None:
+        return self.image.backbone if self.config.freeze_backbone else None
 
     def image_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding [B,D], scales [B,S,Dm]); a frozen backbone's features come from the cache."""
