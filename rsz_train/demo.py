@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from rsz_infer.errors import RszError, one_line_errors
+from rsz_train.data.formats import SceneData, Split, load_benchmark, load_split
 
 
 def _run(cmd: list[str]) -> None:
@@ -37,12 +38,8 @@ def _tool(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def _unseen_tiles(data_dir: Path, split: str, tiles_dir: Path) -> dict[str, str]:
+def _unseen_tiles(data: SceneData, split_info: Split, tiles_dir: Path) -> dict[str, str]:
     """Copy the unseen-class test tiles under neutral names; return tile name -> true class."""
-    from rsz_train.data.formats import load_benchmark, load_split
-
-    data = load_benchmark(data_dir)
-    split_info = load_split(data_dir, split)
     label_of = {p: data.class_names[i] for p, i in zip(data.image_paths, data.labels)}
     tiles_dir.mkdir(parents=True, exist_ok=True)
     truth = {}
@@ -53,15 +50,10 @@ def _unseen_tiles(data_dir: Path, split: str, tiles_dir: Path) -> dict[str, str]
     return truth
 
 
-def _write_class_file(data_dir: Path, split: str, path: Path) -> list[str]:
-    from rsz_train.data.formats import load_benchmark, load_split
-
-    data = load_benchmark(data_dir)
-    unseen = load_split(data_dir, split).unseen
+def _write_class_file(data: SceneData, unseen: list[str], path: Path) -> None:
     lines = ["# Classes the demo model never saw in training: name: description"]
     lines += [f"{name}: {data.descriptions[name]}" for name in unseen]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return unseen
 
 
 def _score(labels_csv: Path, truth: dict[str, str]) -> tuple[float, float, Counter]:
@@ -150,8 +142,10 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
 
     tiles_dir, class_file = workdir / "unseen_tiles", workdir / "new.txt"
     shutil.rmtree(tiles_dir, ignore_errors=True)
-    truth = _unseen_tiles(data_dir, DEFAULT_SPLIT, tiles_dir)
-    unseen = _write_class_file(data_dir, DEFAULT_SPLIT, class_file)
+    data, split_info = load_benchmark(data_dir), load_split(data_dir, DEFAULT_SPLIT)
+    truth = _unseen_tiles(data, split_info, tiles_dir)
+    unseen = split_info.unseen
+    _write_class_file(data, unseen, class_file)
     labels = workdir / "labels.csv"
     _run(
         [
