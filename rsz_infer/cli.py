@@ -113,11 +113,18 @@ def label_command(
     "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (MSA for text)."
 )
 @click.option("--out", required=True, help="Index folder (created, or extended with new tiles).")
+@click.option(
+    "--search-method",
+    type=click.Choice(["auto", "exact", "hnsw"]),
+    default="auto",
+    show_default=True,
+    help="exact: numpy; hnsw: approximate FAISS graph (rsz[retrieval]); auto: hnsw from 50,000 tiles.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_runtime_options
 @_tile_options
 @one_line_errors
-def index_command(tiles, model, out, quiet, **kw) -> None:
+def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
     """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped."""
     from rsz_infer.index import build_index
 
@@ -131,10 +138,12 @@ def index_command(tiles, model, out, quiet, **kw) -> None:
         kw["batch"],
         kw["workers"],
         progress=not quiet,
+        method=search_method,
     )
     click.echo(
         f"rsz-infer index: {counts['added']} tiles added, {counts['known']} already in, "
-        f"{counts['skipped']} skipped, {counts['nodata']} nodata, backend {counts['backend']} -> {out}",
+        f"{counts['skipped']} skipped, {counts['nodata']} nodata, backend {counts['backend']}, "
+        f"{counts['search']} search -> {out}",
         err=True,
     )
     sys.exit(3 if counts["skipped"] else 0)

@@ -1,11 +1,12 @@
-"""Text and image retrieval over tiles: an index folder of image embeddings, exact (or FAISS) search,
+"""Text and image retrieval over tiles: an index folder of image embeddings, exact or FAISS HNSW search,
 optional re-ranking with MSA's cross-attention `rerank` graph.
 
 An index folder holds:
-    index.json       model (manifest sha256 and folder), tile options, count, embedding size
+    index.json       model (manifest sha256 and folder), tile options, count, embedding size, search method
     embeddings.npy   [N, D] float32, L2-normalised image embeddings
     tiles.jsonl      one line per row: tile id, path, window, footprint
     scales.npy       [N, S, Dm] float32 multi-scale features, when the bundle has a rerank graph
+    faiss.index      FAISS HNSW graph over the embeddings (inner product), when the search method is "hnsw"
 A second `index` call with more tiles adds the new ones and skips those already in; the folder is
 rebuilt beside the old one and renamed over it, so a killed call leaves the old index intact.
 """
@@ -32,7 +33,12 @@ from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 
 INDEX_FORMAT = 1
-FAISS_MIN_ROWS = 50_000  # below this exact numpy search is as fast and needs nothing extra
+# Below this many rows exact numpy search answers in milliseconds and needs nothing extra; "auto" switches
+# to an approximate FAISS HNSW graph above it (when faiss is installed).
+ANN_MIN_ROWS = 50_000
+ANN_METHODS = ("auto", "exact", "hnsw")
+HNSW_NEIGHBOURS = 32  # graph degree M: FAISS's usual default, recall > 0.95 at efSearch 64 on embeddings
+FAISS_FILE = "faiss.index"
 RERANK_BATCH = 64
 
 
@@ -66,6 +72,55 @@ class Index:
             )
         return cls(folder, info, embeddings, tiles, scales)
 
+    def load_ann(self):
+        """The FAISS HNSW graph of an "hnsw" index, or None (exact search) when there is none or no faiss."""
+        path = self.folder / FAISS_FILE
+        if self.info.get("search") != "hnsw" or not path.is_file():
+            return None
+        try:
+            import faiss
+        except ImportError:
+            return None  # exact search gives the best possible answer, only slower
+        ann = faiss.read_index(str(path))
+        if ann.ntotal != self.embeddings.shape[0]:
+            raise RszError(f"{path}: holds {ann.ntotal} rows but the index {self.embeddings.shape[0]}")
+        return ann
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise RszError(
+            "--search-method hnsw: faiss is not installed (pip install 'rsz[retrieval]')"
+        ) from None
+    return faiss
+
+
+def search_method(requested: str, rows: int, previous: str | None) -> str:
+    """ "exact" or "hnsw" for an index of `rows` rows; an existing index keeps its method under "auto"."""
+    if requested not in ANN_METHODS:
+        raise RszError(f"--search-method {requested}: expected one of {', '.join(ANN_METHODS)}")
+    if requested != "auto":
+        return requested
+    if previous == "hnsw" or rows >= ANN_MIN_ROWS:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            return "exact"
+        return "hnsw"
+    return "exact"
+
+
+def build_ann(embeddings: np.ndarray, old=None):
+    """A FAISS HNSW graph (inner product = cosine on normalised rows); `old` already holds the first rows."""
+    faiss = _faiss()
+    ann = old
+    if ann is None:
+        ann = faiss.IndexHNSWFlat(embeddings.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+    ann.add(np.ascontiguousarray(embeddings[ann.ntotal :], dtype=np.float32))
+    return ann
+
 
 def build_index(
     inputs: list[str],
@@ -77,11 +132,19 @@ def build_index(
     batch: int = 32,
     workers: int = 0,
     progress: bool = True,
+    method: str = "auto",
 ) -> dict:
-    """Embed the tiles of inputs not yet in the index at `out`; returns counts (added, known, skipped)."""
+    """Embed the tiles of inputs not yet in the index at `out`; returns counts (added, known, skipped).
+
+    method: "exact" (numpy), "hnsw" (FAISS graph, approximate) or "auto" (hnsw from ANN_MIN_ROWS rows).
+    """
     from tqdm import tqdm
 
     model, out = Path(model), Path(out)
+    if method not in ANN_METHODS:
+        raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
+    if method == "hnsw":
+        _faiss()  # fail before embedding anything
     manifest = open_bundle(model)
     sha = _manifest_sha(model)
     old = Index.load(out) if (out / "index.json").is_file() else None
@@ -134,8 +197,12 @@ def build_index(
         "nodata": nodata,
         "backend": runner.name,
     }
-    if rows or old is None:
-        _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales)
+    if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
+        counts["search"] = _write_index(
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method
+        )
+    else:
+        counts["search"] = old.info.get("search", "exact")
     if interrupted:
         print(
             f"interrupted: {len(rows)} new tiles saved in {out}; run the same command to add the rest",
@@ -145,7 +212,7 @@ def build_index(
     return counts
 
 
-def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales) -> None:
+def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method) -> str:
     with_scales = "rerank" in manifest.graphs
     emb_parts = ([old.embeddings] if old else []) + embeddings
     all_emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, manifest.embedding_dim), np.float32)
@@ -162,15 +229,24 @@ def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings,
         "bands": list(tile_options.bands) if tile_options.bands else None,
         "count": int(all_emb.shape[0]),
         "dim": int(all_emb.shape[1]),
+        "search": search_method(method, int(all_emb.shape[0]), old.info.get("search") if old else None),
     }
-    _write_index_folder(out, info, all_emb.astype(np.float32), (old.tiles if old else []) + rows, all_scales)
+    ann = None
+    if info["search"] == "hnsw":
+        # Appending adds the new rows to the existing graph instead of rebuilding it.
+        ann = build_ann(all_emb, old.load_ann() if old else None)
+    tiles = (old.tiles if old else []) + rows
+    _write_index_folder(out, info, all_emb.astype(np.float32), tiles, all_scales, ann)
+    return info["search"]
 
 
 def _bands(info: dict) -> tuple[int, ...] | None:
     return tuple(info["bands"]) if info.get("bands") else None
 
 
-def _write_index_folder(out: Path, info: dict, emb: np.ndarray, tiles: list[dict], scales: np.ndarray | None):
+def _write_index_folder(
+    out: Path, info: dict, emb: np.ndarray, tiles: list[dict], scales: np.ndarray | None, ann
+) -> None:
     """Write the whole index into a sibling folder, then swap it in."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -178,6 +254,8 @@ def _write_index_folder(out: Path, info: dict, emb: np.ndarray, tiles: list[dict
     np.save(tmp / "embeddings.npy", emb)
     if scales is not None:
         np.save(tmp / "scales.npy", scales)
+    if ann is not None:
+        _faiss().write_index(ann, str(tmp / FAISS_FILE))
     with open(tmp / "tiles.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(t) + "\n" for t in tiles)
     (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -207,19 +285,17 @@ def _model_of(index: Index, model: Path | None) -> tuple[Path, Manifest]:
     return model, manifest
 
 
-def nearest(embeddings: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and cosine scores of the k rows most similar to the (normalised) query, best first."""
-    k = min(k, embeddings.shape[0])
-    if embeddings.shape[0] >= FAISS_MIN_ROWS:
-        try:
-            import faiss
+def nearest(embeddings: np.ndarray, query: np.ndarray, k: int, ann=None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine scores of the k rows most similar to the (normalised) query, best first.
 
-            index = faiss.IndexFlatIP(embeddings.shape[1])
-            index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-            scores, idx = index.search(query[None].astype(np.float32), k)
-            return idx[0], scores[0]
-        except ImportError:
-            pass  # exact numpy search below gives the same answer
+    Exact unless `ann` (a FAISS HNSW graph over the same rows) is given.
+    """
+    k = min(k, embeddings.shape[0])
+    if ann is not None:
+        ann.hnsw.efSearch = max(64, 2 * k)  # candidates explored: recall grows with it, so does time
+        scores, idx = ann.search(np.ascontiguousarray(query[None], dtype=np.float32), k)
+        found = idx[0] >= 0  # FAISS pads with -1 when the graph yields fewer than k
+        return idx[0][found], scores[0][found]
     scores = embeddings @ query
     idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
     idx = idx[np.argsort(-scores[idx], kind="stable")]
@@ -258,7 +334,7 @@ def search(
     else:
         query = _embed_image(Path(image), model, manifest, backend, device)
     query = l2_normalize(query.astype(np.float32))
-    idx, sims = nearest(index.embeddings, query, max(k, rerank))
+    idx, sims = nearest(index.embeddings, query, max(k, rerank), index.load_ann())
     scores = sims
     if rerank:
         if text_out is None:

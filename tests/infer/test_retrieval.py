@@ -12,7 +12,7 @@ from rsz_infer.backend import open_runner
 from rsz_infer.bundle import load_manifest
 from rsz_infer.classes import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
-from rsz_infer.index import Index, build_index, nearest, search
+from rsz_infer.index import Index, build_ann, build_index, nearest, search
 
 from .helpers import bands_first, save, solid, write_geotiff
 from .test_label import run_cli
@@ -109,3 +109,48 @@ def test_scene_windows_in_index_and_gallery(bundles, tmp_path, capsys):
     assert [h["window"] for h in hits] == [[0, 0, 32, 32], [32, 0, 32, 32]]
     assert hits[0]["footprint"]["type"] == "Polygon"
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 2
+
+
+def test_hnsw_graph_finds_what_exact_search_finds():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(5000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ann = build_ann(emb[:3000])
+    ann = build_ann(emb, ann)  # appending adds only the new rows
+    assert ann.ntotal == 5000
+    recalls = []
+    for q in emb[rng.choice(5000, 20, replace=False)] + 0.1 * rng.normal(size=(20, 32)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        exact_idx, _ = nearest(emb, q, 10)
+        idx, scores = nearest(emb, q, 10, ann)
+        assert np.allclose(scores, emb[idx] @ q, atol=1e-5)  # FAISS scores are the cosine similarities
+        assert list(scores) == sorted(scores, reverse=True)
+        recalls.append(len(set(idx) & set(exact_idx)) / 10)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_index_with_hnsw_search(bundles, tmp_path, capsys):
+    bundle = bundles["msa"]
+    tiles = tmp_path / "tiles"
+    for i, colour in enumerate(["red", "green", "blue", "red"]):
+        save(tiles / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    exact, hnsw = tmp_path / "exact", tmp_path / "hnsw"
+    assert build_index([str(tiles)], bundle, exact, progress=False)["search"] == "exact"
+    code, _, err = run_cli(
+        ["index", tiles, "--model", bundle, "--out", hnsw, "--search-method", "hnsw", "--quiet"], capsys
+    )
+    assert code in (0, None) and "4 tiles added" in err and "hnsw search" in err
+    assert (hnsw / "faiss.index").is_file() and Index.load(hnsw).load_ann().ntotal == 4
+    for query in ["fields of green crops", "a red roof"]:
+        a, b = search(exact, text=query, k=4), search(hnsw, text=query, k=4)
+        assert [h.tile for h in a] == [h.tile for h in b]
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+    # appending keeps the method and grows the graph; asking for exact search drops the graph
+    save(tiles / "4_green.png", solid("green", 24, seed=9))
+    assert build_index([str(tiles)], bundle, hnsw, progress=False)["search"] == "hnsw"
+    assert Index.load(hnsw).load_ann().ntotal == 5
+    assert build_index([str(tiles)], bundle, hnsw, progress=False, method="exact")["search"] == "exact"
+    assert not (hnsw / "faiss.index").exists() and Index.load(hnsw).load_ann() is None
+    with pytest.raises(RszError, match="--search-method fast: expected one of auto, exact, hnsw"):
+        build_index([str(tiles)], bundle, hnsw, progress=False, method="fast")
