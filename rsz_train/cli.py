@@ -62,7 +62,8 @@ def _train_command(kind: str, summary: str) -> click.Command:
         "config_path",
         type=click.Path(path_type=Path),
         default=None,
-        help="YAML file with 'model:' and 'train:' settings overriding the defaults.",
+        help="YAML file with 'model:' and 'train:' settings overriding the defaults, or the name of a "
+        "shipped one (rsz_train/configs: dsva_vit_b16, dsva_vit_b32, mcfa_resnet18, msa_resnet50).",
     )
     @click.option("--device", default=None, help="cpu or cuda (default: cuda when a GPU is present).")
     @click.option("--epochs", type=int, default=None, help="Number of epochs (overrides the config).")

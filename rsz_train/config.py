@@ -20,6 +20,9 @@ import yaml
 
 from rsz_infer.errors import RszError
 
+# Configs shipped with rsz (e.g. the papers' sizes), found by bare name: `--config dsva_vit_b16`.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
 
 @dataclass
 class TrainConfig:
@@ -124,8 +127,14 @@ def config_from_dict(kind: str, data: dict, where: str = "config") -> RunConfig:
     return RunConfig(kind=kind, model=model, train=train)
 
 
+def packaged_configs() -> list[str]:
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
 def load_config(kind: str, path: Path | str | None = None, overrides: dict | None = None) -> RunConfig:
     """The run config of `kind`: defaults, then the YAML file at `path`, then `overrides`.
+
+    `path` is a YAML file, or the bare name of a config shipped in rsz_train/configs (packaged_configs()).
 
     `overrides` maps dotted keys to values, e.g. {"train.epochs": 2, "model.depth": 2}.
     """
@@ -133,9 +142,12 @@ def load_config(kind: str, path: Path | str | None = None, overrides: dict | Non
     where = "config"
     if path is not None:
         path = Path(path)
+        if not path.is_file() and (PACKAGED_CONFIGS / f"{path}.yaml").is_file():
+            path = PACKAGED_CONFIGS / f"{path}.yaml"
         where = str(path)
         if not path.is_file():
-            raise RszError(f"{path}: config file not found")
+            shipped = ", ".join(packaged_configs())
+            raise RszError(f"{path}: config file not found (or a shipped config name: {shipped})")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
