@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.native import PREPROCESSORS
 
 
 def _ints(value: str, option: str) -> list[int]:
@@ -94,16 +96,24 @@ def latency(
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=0, help="decode threads (0: rsz-infer's default)")
+@click.option(
+    "--decoder", type=click.Choice(DECODERS), default="auto", show_default=True, help="as rsz-infer's"
+)
+@click.option(
+    "--preprocess", type=click.Choice(PREPROCESSORS), default="auto", show_default=True, help="as rsz-infer's"
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
 @one_line_errors
-def e2e(tiles, model, classes, backend, device, batch, workers, out):
+def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
     from benchmarks.e2e import E2EConfig, e2e_markdown, run_e2e
     from benchmarks.report import new_result, write_result
 
     if batch < 1:
         raise RszError(f"--batch {batch}: must be at least 1")
-    cfg = E2EConfig(batch=batch, backend=backend, device=device, workers=workers)
+    cfg = E2EConfig(
+        batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess
+    )
     measured = run_e2e(list(tiles), model, cfg, classes)
     result = new_result("e2e", f"End to end: {model}", **measured)
     json_path, md_path = write_result(result, e2e_markdown(result), out, f"e2e_{_slug(model)}")

@@ -4,7 +4,9 @@ Stages are timed one by one on one thread (decode, resize, normalise, copy into 
 scoring), which says where the time goes; then the whole loop runs as rsz-infer runs it
 (rsz_infer.pipeline.iter_batches: decoding in a thread pool while the engine works), and, for a bundle with
 a class file, `rsz_infer.pipeline.label_tiles` itself (which adds the class embeddings and the output
-files). With the native library built (cpp_plugins), resize+normalise is also timed through it.
+files). The loop and label_tiles decode and preprocess as `--decoder` / `--preprocess` choose (rsz-infer's
+options; the per-stage times are always Pillow's); a batched decoder (nvImageCodec) is also timed alone.
+With the native library built (cpp_plugins), resize+normalise is also timed through it.
 No torch import: this runs on an edge device with only the inference side installed.
 """
 
@@ -30,6 +32,8 @@ class E2EConfig:
     backend: str = "auto"  # bundles: rsz_infer.backend.open_runner; ref: models always run on ort
     device: str = "auto"
     workers: int = 0  # decode threads of the pipeline loop (0: rsz-infer's default)
+    decoder: str = "auto"  # rsz-infer --decoder: auto | pillow | nvimgcodec
+    preprocess: str = "auto"  # rsz-infer --preprocess: auto | pillow | native
     engine_iters: int = 10
     num_random_classes: int = 50  # scoring cost without a class file
 
@@ -63,11 +67,19 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
     tiles = list(discover_tiles(inputs, options))
     if not tiles:
         raise RszError(f"{', '.join(inputs)}: no JPEG, PNG or TIFF files found")
+    from rsz_infer.backend import resolve_device
+    from rsz_infer.decoders import open_decoder
+    from rsz_infer.native import open_preprocessor
+
     with tempfile.TemporaryDirectory(prefix="rsz-e2e-") as tmp:
         runner, prep, info = _open_engine(spec, cfg, Path(tmp))
         try:
+            device = resolve_device(cfg.device)
+            decoder = open_decoder(cfg.decoder, device)
+            preprocessor = open_preprocessor(cfg.preprocess, prep, device)
             stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info)
-            loop = _pipeline_loop(tiles, options, prep, runner, cfg, info)
+            decoder_only = _decoder_stage(tiles, options, decoder, cfg.batch)
+            loop = _pipeline_loop(tiles, options, prep, runner, cfg, info, decoder, preprocessor)
         finally:
             runner.close()
         full = None
@@ -85,10 +97,13 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
         "tiles": len(tiles),
         "decoded": n,
         "batch": cfg.batch,
+        "decoder": decoder.name,
+        "preprocess": preprocessor.name if preprocessor else "pillow",
         "stages": stages,
         "native_preprocess": native,
         "figures": {
             "decode_only_tiles_per_s": stages["decode"]["tiles_per_s"],
+            "decoder_only_tiles_per_s": decoder_only,
             "encoder_only_tiles_per_s": stages["engine"]["tiles_per_s"],
             "serial_sum_tiles_per_s": n / serial if serial else None,
             "pipeline_loop_tiles_per_s": loop,
@@ -145,7 +160,18 @@ def _stage_times(tiles, options, prep, runner, cfg, info) -> tuple[dict, list[np
     return {k: {"seconds": v} for k, v in t.items()}, rgbs
 
 
-def _pipeline_loop(tiles, options, prep, runner, cfg, info) -> float:
+def _decoder_stage(tiles, options, decoder, batch: int) -> float | None:
+    """A batched decoder (nvImageCodec) alone over all tiles, one batch per call; None for Pillow."""
+    if not decoder.batched:
+        return None
+    decoder.decode(tiles[:batch], options)  # warm-up (GPU context, buffers)
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), batch):
+        decoder.decode(tiles[i : i + batch], options)
+    return len(tiles) / (time.perf_counter() - t0)
+
+
+def _pipeline_loop(tiles, options, prep, runner, cfg, info, decoder, native) -> float:
     """rsz-infer's batching loop (threaded decode + preprocess) feeding the engine and the scoring."""
     from rsz_infer.pipeline import embed_batch, iter_batches
 
@@ -153,7 +179,7 @@ def _pipeline_loop(tiles, options, prep, runner, cfg, info) -> float:
     class_emb = None
     done = 0
     t0 = time.perf_counter()
-    for batch in iter_batches(tiles, options, prep, cfg.batch, cfg.workers):
+    for batch in iter_batches(tiles, options, prep, cfg.batch, cfg.workers, decoder, native):
         if not batch.tiles:
             continue
         emb = embed_batch(runner, batch)["embedding"]
@@ -179,6 +205,8 @@ def _label_tiles(inputs, bundle, classes, cfg, tmp: Path) -> float:
             device=cfg.device,
             batch=cfg.batch,
             workers=cfg.workers,
+            decoder=cfg.decoder,
+            preprocess=cfg.preprocess,
             progress=False,
         )
     )
@@ -187,7 +215,7 @@ def _label_tiles(inputs, bundle, classes, cfg, tmp: Path) -> float:
 
 def _native_stage(rgbs: list[np.ndarray], prep: PreprocessSpec) -> dict | None:
     """resize+normalise through cpp_plugins (when built), against the Pillow+numpy path."""
-    from benchmarks.native import NativePreprocessor, library_path
+    from rsz_infer.native import NativePreprocessor, library_path
 
     if library_path() is None:
         return None
@@ -227,11 +255,17 @@ def e2e_markdown(result: dict) -> str:
     lines = [
         f"Model `{result['model']}` ({result['engine']}), "
         f"{result['decoded']}/{result['tiles']} tiles decoded, "
-        f"batch {result['batch']}, {result['image_size']} px.",
+        f"batch {result['batch']}, {result['image_size']} px; "
+        f"decode {result['decoder']}, preprocess {result['preprocess']} (loop and label_tiles).",
         "",
         "| figure | tiles/s |",
         "|---|---|",
-        f"| decode only | {rate(f['decode_only_tiles_per_s'])} |",
+        f"| decode only (Pillow, one thread) | {rate(f['decode_only_tiles_per_s'])} |",
+        *(
+            [f"| decode only ({result['decoder']}, batches) | {rate(f['decoder_only_tiles_per_s'])} |"]
+            if f["decoder_only_tiles_per_s"] is not None
+            else []
+        ),
         f"| encoder only | {rate(f['encoder_only_tiles_per_s'])} |",
         f"| all stages one after another, one thread | {rate(f['serial_sum_tiles_per_s'])} |",
         f"| rsz-infer batching loop (threaded decode) | {rate(f['pipeline_loop_tiles_per_s'])} |",

@@ -17,8 +17,10 @@ from pathlib import Path
 import click
 
 from rsz_infer.backend import BACKENDS, DEVICES
+from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
 from rsz_infer.images import TileOptions, parse_bands
+from rsz_infer.native import PREPROCESSORS
 from rsz_infer.pipeline import DEFAULT_MODEL, LabelConfig, label_tiles
 
 EPILOG = (
@@ -65,6 +67,20 @@ def _runtime_options(f):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out.")
 @click.option("--html", "html_out", default=None, help="Also write an HTML gallery of the labeled tiles.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--decoder",
+    type=click.Choice(DECODERS),
+    default="auto",
+    show_default=True,
+    help="JPEG/PNG decoding. auto: nvImageCodec when installed (on the GPU with the engine), else Pillow.",
+)
+@click.option(
+    "--preprocess",
+    type=click.Choice(PREPROCESSORS),
+    default="auto",
+    show_default=True,
+    help="Resize + normalise. auto: the native library of cpp_plugins/ when built, else Pillow.",
+)
 @_runtime_options
 @_tile_options
 @one_line_errors
@@ -86,6 +102,8 @@ def label_command(
         tiles=TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
         class_map=Path(class_map) if class_map else None,
         workers=kw["workers"],
+        decoder=kw["decoder"],
+        preprocess=kw["preprocess"],
         progress=not quiet,
     )
     summary = label_tiles(cfg)

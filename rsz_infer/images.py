@@ -319,10 +319,15 @@ def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
         raise TileError("file disappeared during the run") from None
     except Exception as err:  # Pillow and GDAL raise many types for corrupt or truncated files
         raise TileError(f"cannot decode image ({_first_line(err)})") from None
+    return check_size(rgb, options), rule
+
+
+def check_size(rgb: np.ndarray, options: TileOptions) -> np.ndarray:
+    """The decoded tile, or TileError when it is too small to label (every decoder applies this)."""
     height, width = rgb.shape[:2]
     if min(height, width) < options.min_size:
         raise TileError(f"image is {width}x{height} px, smaller than the {options.min_size} px minimum")
-    return rgb, rule
+    return rgb
 
 
 def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:

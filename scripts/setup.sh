@@ -13,3 +13,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
   touch "$stamp"
 fi
+# The native preprocessing of cpp_plugins/ (CPU path): rsz-infer --preprocess auto uses it when built.
+if command -v g++ >/dev/null && command -v make >/dev/null; then
+  make -s -C cpp_plugins cpu
+fi

@@ -104,3 +104,7 @@ def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
     for key in ("decode_only_tiles_per_s", "encoder_only_tiles_per_s", "pipeline_loop_tiles_per_s"):
         assert figures[key] > 0
     assert "| decode |" in (out / "e2e_vit_tiny.md").read_text()
+    assert result["decoder"] in ("pillow", "nvimgcodec:cpu") and result["preprocess"] in (
+        "pillow",
+        "native:cpu",
+    )

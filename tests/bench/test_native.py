@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.native import PLUGIN_DIR, NativePreprocessor
+from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
 from rsz_infer.preprocess import PreprocessSpec, to_model_input
 
 SPEC = PreprocessSpec(size=32)

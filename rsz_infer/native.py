@@ -2,7 +2,8 @@
 -> normalised NCHW float32/float16 at the model size, equal to rsz_infer.preprocess.to_model_input.
 
 The library is cpp_plugins/build/librsz_preprocess_cuda.so (CPU + CUDA) or librsz_preprocess.so (CPU),
-built with `make -C cpp_plugins cpu` / `make -C cpp_plugins cuda`; RSZ_NATIVE_LIB names another file.
+built with `make -C cpp_plugins cpu` / `make -C cpp_plugins cuda` (scripts/setup.sh builds the CPU one);
+RSZ_NATIVE_LIB names another file. rsz-infer uses it through `open_preprocessor` (`--preprocess`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rsz_infer.preprocess import PreprocessSpec
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "cpp_plugins"
 LIBRARY_NAMES = ("librsz_preprocess_cuda.so", "librsz_preprocess.so")
+PREPROCESSORS = ("auto", "pillow", "native")
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -27,6 +29,7 @@ _COMMON = [_u8p, _i64p, _i32p, _i32p, ctypes.c_int32, ctypes.c_int32, _f32p, _f3
 
 
 def library_path() -> Path | None:
+    """RSZ_NATIVE_LIB when set (even if missing, so a typo is reported), else the first built library."""
     if os.environ.get("RSZ_NATIVE_LIB"):
         return Path(os.environ["RSZ_NATIVE_LIB"])
     for name in LIBRARY_NAMES:
@@ -40,10 +43,12 @@ class NativePreprocessor:
 
     def __init__(self, spec: PreprocessSpec, device: str = "auto", path: Path | None = None) -> None:
         path = path or library_path()
-        if path is None or not Path(path).is_file():
+        if path is None:
             raise RszError(
                 f"{PLUGIN_DIR / 'build'}: native preprocessing not built (run: make -C cpp_plugins)"
             )
+        if not Path(path).is_file():
+            raise RszError(f"{path}: native preprocessing not built (no such file)")
         # Idle OpenMP workers sleep instead of spinning: the decode threads of the pipeline share the cores.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
@@ -57,12 +62,19 @@ class NativePreprocessor:
         if device == "cuda" and not cuda:
             raise RszError(f"{path}: no CUDA path (CPU-only build, or no GPU visible)")
         self.device = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
+        self.name = f"native:{self.device}"
         self.spec = spec
         self._mean = np.asarray(spec.mean, np.float32)
         self._std = np.asarray(spec.std, np.float32)
 
-    def __call__(self, tiles: list[np.ndarray], dtype: str = "float32") -> np.ndarray:
-        """tiles: HxWx3 uint8 arrays (sizes may differ) -> [B, 3, size, size] of dtype."""
+    def __call__(
+        self, tiles: list[np.ndarray], dtype: str = "float32", out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """tiles: HxWx3 uint8 arrays (sizes may differ) -> [B, 3, size, size] of dtype.
+
+        `out`, when given, is written in place (a C-contiguous [B, 3, size, size] array, e.g. the first rows
+        of a batch's input array) and returned; its dtype wins over `dtype`.
+        """
         for i, t in enumerate(tiles):
             if t.dtype != np.uint8 or t.ndim != 3 or t.shape[2] != 3:
                 raise RszError(f"tile {i}: expected HxWx3 uint8, got {t.dtype} {t.shape}")
@@ -76,10 +88,14 @@ class NativePreprocessor:
             else np.zeros(1, np.uint8)
         )
         size = self.spec.size
-        out = np.empty((len(tiles), 3, size, size), dtype=np.dtype(dtype))
-        fp16 = int(out.dtype == np.float16)
+        shape = (len(tiles), 3, size, size)
+        if out is None:
+            out = np.empty(shape, dtype=np.dtype(dtype))
+        elif out.shape != shape or not out.flags.c_contiguous:
+            raise RszError(f"out: expected a C-contiguous array of shape {shape}, got {out.shape}")
         if out.dtype not in (np.float16, np.float32):
-            raise RszError(f"dtype {dtype}: expected float32 or float16")
+            raise RszError(f"dtype {out.dtype}: expected float32 or float16")
+        fp16 = int(out.dtype == np.float16)
         args = [
             packed.ctypes.data_as(_u8p),
             offsets.ctypes.data_as(_i64p),
@@ -98,3 +114,30 @@ class NativePreprocessor:
         if status != 0:
             raise RszError(f"native preprocessing: {self.lib.rsz_last_error().decode()}")
         return out
+
+
+def open_preprocessor(
+    choice: str, spec: PreprocessSpec, device: str, notes: list[str] | None = None
+) -> NativePreprocessor | None:
+    """`--preprocess`: a NativePreprocessor for `native`; None for Pillow (to_model_input per tile).
+
+    `auto` takes native whenever the library is built (it equals Pillow's result and runs a whole batch in
+    one call); an explicit `native` that cannot load is an error. `device` is the resolved engine device:
+    the CUDA path is used when the library has it and the engine is not on the CPU.
+    """
+    if choice not in PREPROCESSORS:
+        raise RszError(f"--preprocess {choice}: expected one of {', '.join(PREPROCESSORS)}")
+    if choice == "pillow":
+        return None
+    native_device = "cpu" if device == "cpu" else "auto"
+    if choice == "native":
+        return NativePreprocessor(spec, native_device)
+    path = library_path()
+    if path is None or not path.is_file():
+        return None
+    try:
+        return NativePreprocessor(spec, native_device, path)
+    except RszError as err:
+        if notes is not None:
+            notes.append(f"--preprocess auto: {err}; using Pillow")
+        return None

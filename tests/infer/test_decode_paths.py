@@ -1,0 +1,195 @@
+"""The decoder (Pillow, nvImageCodec) and preprocess (Pillow, native) choices of rsz-infer: every combination
+labels a folder of real files exactly as the default Pillow/Pillow path does, bad files included."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsz_infer.bundle import load_manifest
+from rsz_infer.cli import main
+from rsz_infer.decoders import _nvimgcodec, open_decoder
+from rsz_infer.images import TileOptions, discover_tiles
+from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
+from rsz_infer.pipeline import iter_batches
+
+from .helpers import bands_first, save, solid, write_geotiff
+
+DECODE = ["pillow", "nvimgcodec"]
+PREPROCESS = ["pillow", "native"]
+
+
+@pytest.fixture(scope="module")
+def native_lib(tmp_path_factory) -> Path:
+    """The CPU library built here (not whatever cpp_plugins/build holds), for RSZ_NATIVE_LIB."""
+    if shutil.which("g++") is None or shutil.which("make") is None:
+        pytest.skip("g++/make not installed")
+    build = tmp_path_factory.mktemp("native")
+    subprocess.run(["make", "-s", "-C", str(PLUGIN_DIR), "cpu", f"BUILD={build}"], check=True)
+    return build / "librsz_preprocess.so"
+
+
+@pytest.fixture(scope="module")
+def mixed_tiles(tmp_path_factory) -> Path:
+    """JPEG and PNG tiles of varied sizes and kinds, bad files, and a 16-bit 4-band GeoTIFF scene."""
+    folder = tmp_path_factory.mktemp("mixed")
+    save(folder / "red_q75.jpg", solid("red", 40, noise=30), quality=75)  # 4:2:0 chroma
+    save(folder / "blue_444.jpg", solid("blue", 64, noise=30)[:37, :53], quality=95, subsampling=0)
+    save(folder / "green_progressive.jpg", solid("green", 64, noise=30)[:48], progressive=True)
+    save(folder / "grey.jpg", solid((90, 90, 90), 30)[:, :, 0])
+    save(folder / "red.png", solid("red", 100, seed=1))
+    save(folder / "grey_small.png", solid((200, 200, 200), 24)[:20, :33, 0])
+    Image.fromarray(solid("green", 36, seed=2)).convert("P").save(folder / "palette.png")
+    Image.fromarray(solid("blue", 28, seed=3)).convert("RGBA").save(folder / "alpha.png")
+    Image.fromarray(solid("red", 32)[:, :, 0].astype(np.uint16) * 250).save(folder / "grey16.png")
+    rotated = Image.fromarray(solid("green", 64, noise=30, seed=4)[:32])
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90": Pillow (and so rsz) does not apply it; nvImageCodec must not either
+    rotated.save(folder / "exif_rotated.jpg", exif=exif)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    whole = (
+        folder / "blue_444.jpg"
+    ).read_bytes()  # the headers stay whole: nvImageCodec takes it, then fails
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) * 3 // 4])
+    whole = (folder / "red.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    save(folder / "tiny.png", solid("red", 4))
+    scene = np.concatenate([bands_first(solid("blue", 48, noise=20)), np.full((1, 48, 48), 7, np.uint8)])
+    write_geotiff(folder / "scene16.tif", scene.astype(np.uint16) * 200)
+    return folder
+
+
+def _label(tiles: Path, bundle: Path, classes: Path, out: Path, capfd, *options) -> tuple[int, str]:
+    args = [tiles, "--classes", classes, "--model", bundle, "--out", out, "--tile-size", 32, "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*args, *options]])
+    return exit_info.value.code, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("decoder", DECODE)
+@pytest.mark.parametrize("preprocess", PREPROCESS)
+def test_every_path_labels_exactly_as_pillow(
+    decoder, preprocess, bundles, class_file, mixed_tiles, native_lib, tmp_path, capfd, monkeypatch
+):
+    if decoder == "nvimgcodec" and _nvimgcodec() is None:
+        pytest.skip("nvImageCodec not installed (pip install 'rsz[gpu-decode]')")
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(native_lib))
+    ref_out, out = tmp_path / "ref" / "labels.csv", tmp_path / "path" / "labels.csv"
+    ref_out.parent.mkdir()
+    out.parent.mkdir()
+    common = (mixed_tiles, bundles["msa"], class_file)
+    code, ref_err = _label(*common, ref_out, capfd, "--decoder", "pillow", "--preprocess", "pillow")
+    assert code == 3 and "decode pillow, preprocess pillow" in ref_err
+    code, err = _label(
+        *common, out, capfd, "--decoder", decoder, "--preprocess", preprocess, "--device", "cpu"
+    )
+    assert code == 3
+    summary = err.splitlines()[-1]
+    name = {"pillow": "pillow", "nvimgcodec": "nvimgcodec:cpu", "native": "native:cpu"}
+    assert f"decode {name[decoder]}, preprocess {name[preprocess]}" in summary
+    assert "14 tiles labeled, 5 skipped" in summary  # 10 files + 4 scene windows; 5 bad files
+    # Same labels, scores and RGB rules, byte for byte; same errors.csv rows
+    assert out.read_text() == ref_out.read_text()
+    ref_errors = (ref_out.parent / "labels.errors.csv").read_text()
+    assert (out.parent / "labels.errors.csv").read_text() == ref_errors
+    # Nothing but rsz's own lines on stderr (nvImageCodec's loader and parser messages stay hidden)
+    assert [line for line in err.splitlines() if not line.startswith("skipped ")] == [summary]
+    assert sorted(err.splitlines()[:-1]) == sorted(ref_err.splitlines()[:-1])
+    with open(ref_out, newline="") as f:
+        rules = {r["preprocess"] for r in csv.DictReader(f)}
+    assert {"rgb", "grey to rgb", "P to rgb", "rgb; alpha dropped"} < rules and len(rules) == 6
+
+
+@pytest.mark.parametrize("decoder", DECODE)
+@pytest.mark.parametrize("preprocess", PREPROCESS)
+def test_every_path_gives_the_same_model_inputs(decoder, preprocess, bundles, mixed_tiles, native_lib):
+    """Scores of the test bundle are near 1, so the batches themselves are compared too, bit for bit."""
+    if decoder == "nvimgcodec" and _nvimgcodec() is None:
+        pytest.skip("nvImageCodec not installed (pip install 'rsz[gpu-decode]')")
+    spec, options = load_manifest(bundles["msa"]).preprocess, TileOptions(tile_size=32)
+    tiles = list(discover_tiles([mixed_tiles], options))
+
+    def batches(decoder, native) -> list:
+        return [
+            (b.inputs, [t.id for t in b.tiles], b.rules, [(t.id, str(e)) for t, e in b.skipped])
+            for b in iter_batches(tiles, options, spec, 4, 2, decoder, native)
+        ]
+
+    ref = batches(None, None)
+    native = NativePreprocessor(spec, "cpu", native_lib) if preprocess == "native" else None
+    chosen = open_decoder(decoder, "cpu")
+    got = batches(chosen, native)
+    if decoder == "nvimgcodec":  # what it decodes itself (truncated.jpg fails there and goes to Pillow)
+        taken = {Path(t.path).name for t in tiles if chosen._stream(t) is not None}
+        assert taken == {
+            "red_q75.jpg", "blue_444.jpg", "green_progressive.jpg", "grey.jpg", "exif_rotated.jpg",
+            "truncated.jpg", "red.png", "grey_small.png", "tiny.png",
+        }  # fmt: skip
+    assert [b[1:] for b in got] == [b[1:] for b in ref] and len(ref) == 4
+    for (inputs, *_), (ref_inputs, *_) in zip(got, ref):
+        np.testing.assert_array_equal(inputs, ref_inputs)
+
+
+def test_explicit_native_without_the_library_is_one_line(bundles, class_file, tmp_path, capfd, monkeypatch):
+    save(tmp_path / "tiles" / "red.png", solid("red"))
+    missing = tmp_path / "nowhere" / "librsz_preprocess.so"
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(missing))
+    out = tmp_path / "labels.csv"
+    code, err = _label(tmp_path / "tiles", bundles["msa"], class_file, out, capfd, "--preprocess", "native")
+    assert code == 2 and err == f"error: {missing}: native preprocessing not built (no such file)\n"
+    # auto falls back to Pillow and says so in the summary line
+    code, err = _label(tmp_path / "tiles", bundles["msa"], class_file, out, capfd)
+    assert code == 0 and "preprocess pillow" in err.splitlines()[-1]
+
+
+def test_bad_choices_are_usage_errors(bundles, class_file, tmp_path, capfd):
+    save(tmp_path / "red.png", solid("red"))
+    for option in ("--decoder", "--preprocess"):
+        code, err = _label(tmp_path, bundles["msa"], class_file, tmp_path / "l.csv", capfd, option, "opencv")
+        assert code == 2 and f"Invalid value for '{option}'" in err
+
+
+NO_NVIMGCODEC = """
+import sys
+sys.modules['nvidia.nvimgcodec'] = None  # `from nvidia import nvimgcodec` now raises ImportError
+import rsz_infer.cli
+for decoder in ('nvimgcodec', 'auto'):
+    try:
+        rsz_infer.cli.main(sys.argv[1:] + ['--decoder', decoder])
+    except SystemExit as exit:
+        print('exit', exit.code, file=sys.stderr)
+"""
+
+
+def test_without_nvimgcodec_installed(bundles, class_file, tmp_path):
+    save(tmp_path / "tiles" / "red.jpg", solid("red"))
+    args = [
+        tmp_path / "tiles",
+        "--classes",
+        class_file,
+        "--model",
+        bundles["msa"],
+        "--out",
+        tmp_path / "l.csv",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NVIMGCODEC, *map(str, [*args, "--quiet", "--device", "cpu"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = proc.stderr.splitlines()
+    assert (
+        lines[0]
+        == "error: --decoder nvimgcodec: nvImageCodec is not installed (pip install 'rsz[gpu-decode]')"
+    )
+    assert lines[1] == "exit 2" and "1 tiles labeled" in lines[2] and "decode pillow" in lines[2]
+    assert lines[3] == "exit 0" and len(lines) == 4
