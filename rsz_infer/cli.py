@@ -40,6 +40,14 @@ def _tile_options(f):
 
 
 def _runtime_options(f):
+    f = click.option(
+        "--preprocess", type=click.Choice(PREPROCESSORS), default="auto", show_default=True,
+        help="Resize + normalise. auto: the native library of cpp_plugins/ when built, else Pillow.",
+    )(f)  # fmt: skip
+    f = click.option(
+        "--decoder", type=click.Choice(DECODERS), default="auto", show_default=True,
+        help="JPEG/PNG decoding. auto: nvImageCodec when installed (GPU with the engine), else Pillow.",
+    )(f)  # fmt: skip
     f = click.option("--workers", default=0, help="Decoding threads (0: one per core, up to 8).")(f)
     f = click.option("--batch", default=32, show_default=True, help="Tiles per engine call.")(f)
     f = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)(f)
@@ -67,20 +75,6 @@ def _runtime_options(f):
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out.")
 @click.option("--html", "html_out", default=None, help="Also write an HTML gallery of the labeled tiles.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--decoder",
-    type=click.Choice(DECODERS),
-    default="auto",
-    show_default=True,
-    help="JPEG/PNG decoding. auto: nvImageCodec when installed (on the GPU with the engine), else Pillow.",
-)
-@click.option(
-    "--preprocess",
-    type=click.Choice(PREPROCESSORS),
-    default="auto",
-    show_default=True,
-    help="Resize + normalise. auto: the native library of cpp_plugins/ when built, else Pillow.",
-)
 @_runtime_options
 @_tile_options
 @one_line_errors
@@ -157,6 +151,8 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         kw["workers"],
         progress=not quiet,
         method=search_method,
+        decoder=kw["decoder"],
+        preprocess=kw["preprocess"],
     )
     click.echo(
         f"rsz-infer index: {counts['added']} tiles added, {counts['known']} already in, "

@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.backend import open_runner
+from rsz_infer.backend import open_runner, resolve_device
 from rsz_infer.bundle import MANIFEST, Manifest
 from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.decoders import open_decoder
 from rsz_infer.errors import RszError
 from rsz_infer.images import NodataTile, TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
+from rsz_infer.native import open_preprocessor
 from rsz_infer.pipeline import embed_batch, iter_batches, open_bundle
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
@@ -133,6 +135,8 @@ def build_index(
     workers: int = 0,
     progress: bool = True,
     method: str = "auto",
+    decoder: str = "auto",
+    preprocess: str = "auto",
 ) -> dict:
     """Embed the tiles of inputs not yet in the index at `out`; returns counts (added, known, skipped).
 
@@ -158,12 +162,18 @@ def build_index(
     known = {t["tile"] for t in old.tiles} if old else set()
     todo = [t for t in discover_tiles(inputs, tile_options) if t.id not in known]
     with_scales = "rerank" in manifest.graphs
+    notes: list[str] = []
+    tile_decoder = open_decoder(decoder, resolve_device(device), notes)
+    native = open_preprocessor(preprocess, manifest.preprocess, resolve_device(device), notes)
+    for note in notes:
+        print(note, file=sys.stderr)
     runner = open_runner(model, manifest, "image", backend, device)
     rows, embeddings, scales, skipped, nodata = [], [], [], 0, 0
     bar = tqdm(total=len(todo), unit="tile", disable=not progress, file=sys.stderr)
     interrupted = False
     try:
-        for b in iter_batches(todo, tile_options, manifest.preprocess, runner.batch_size(batch), workers):
+        size = runner.batch_size(batch)
+        for b in iter_batches(todo, tile_options, manifest.preprocess, size, workers, tile_decoder, native):
             for tile, err in b.skipped:
                 if isinstance(err, NodataTile):
                     nodata += 1

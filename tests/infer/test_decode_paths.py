@@ -17,6 +17,7 @@ from rsz_infer.bundle import load_manifest
 from rsz_infer.cli import main
 from rsz_infer.decoders import _nvimgcodec, open_decoder
 from rsz_infer.images import TileOptions, discover_tiles
+from rsz_infer.index import Index, build_index
 from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
 from rsz_infer.pipeline import iter_batches
 
@@ -193,3 +194,20 @@ def test_without_nvimgcodec_installed(bundles, class_file, tmp_path):
     )
     assert lines[1] == "exit 2" and "1 tiles labeled" in lines[2] and "decode pillow" in lines[2]
     assert lines[3] == "exit 0" and len(lines) == 4
+
+
+def test_index_embeddings_are_the_same_on_every_path(bundles, mixed_tiles, native_lib, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(native_lib))
+    indexes = {}
+    for decoder in DECODE:
+        for preprocess in PREPROCESS:
+            out = tmp_path / f"{decoder}_{preprocess}"
+            paths = {"decoder": decoder, "preprocess": preprocess}
+            counts = build_index([str(mixed_tiles)], bundles["msa"], out, progress=False, **paths)
+            indexes[decoder, preprocess] = (counts, Index.load(out))
+    (ref_counts, ref), *others = indexes.values()
+    assert ref_counts["added"] > 5 and ref_counts["skipped"] >= 3  # good tiles in, bad ones out
+    for counts, index in others:
+        assert (counts["added"], counts["skipped"]) == (ref_counts["added"], ref_counts["skipped"])
+        assert [t["tile"] for t in index.tiles] == [t["tile"] for t in ref.tiles]
+        assert np.array_equal(index.embeddings, ref.embeddings) and np.array_equal(index.scales, ref.scales)
