@@ -5,6 +5,9 @@ the inference side (numpy, pillow, onnxruntime and/or tensorrt, click):
     python benchmarks/edge_bench.py e2e tiles/ --model models/NAME --backend trt
     python benchmarks/native_speed.py   # after: make -C cpp_plugins cuda CUDA_ARCHS=87
 
+GPU decoding on a Jetson: `pip install nvidia-nvimgcodec-tegra-cu13` (or -cu12 for JetPack 6), then
+`--decoder nvimgcodec` (not run on a Jetson yet).
+
 The same code as `rsz-bench`; torch is imported only by ref: models and the torch backends.
 """
 
