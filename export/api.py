@@ -59,6 +59,7 @@ class ExportSource:
     max_text_length: int = 64
     tokenizer_json: Path | None = None  # copied into the bundle when the model has a text graph
     class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
+    phrase_ridge: float = 0.0  # DSVA: how the run's attribute vectors were made (manifest.phrase_ridge)
     tiles: np.ndarray | None = None  # [N, 3, H, W] preprocessed test tiles, checked besides random inputs
 
 
@@ -107,6 +108,7 @@ def source_from_run(run_dir: Path, model_kind: str, tiles_dir: Path | None = Non
         max_text_length=int(getattr(model_config, "max_text_length", DEFAULT_MAX_LENGTH)),
         tokenizer_json=minilm_tokenizer_json(),
         class_embeddings=classes,
+        phrase_ridge=float(info.phrase_ridge),
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
     )
 
@@ -303,6 +305,7 @@ def _write_bundle(
         text_prompt=source.text_prompt,
         attribute_names=list(source.attribute_names),
         attribute_phrases=list(source.attribute_phrases),
+        phrase_ridge=float(source.phrase_ridge),
         extra=extra,
     )
     manifest.files = {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()}

@@ -69,6 +69,8 @@ class Manifest:
     text_prompt: str = "{description}"  # format string with {name} and {description}
     attribute_names: list[str] = field(default_factory=list)
     attribute_phrases: list[str] = field(default_factory=list)
+    # "attributes" only: the phrase ridge of rsz_infer.semantics.attribute_vectors the model trained with
+    phrase_ridge: float = 0.0
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

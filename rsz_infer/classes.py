@@ -102,7 +102,7 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
                     f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases"
                 )
             phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
-            return attribute_vectors(descriptions, phrases)
+            return attribute_vectors(descriptions, phrases, manifest.phrase_ridge)
     finally:
         text_runner.close()
     semantic_runner = open_runner("semantic")

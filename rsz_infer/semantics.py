@@ -14,7 +14,9 @@ from rsz_infer.errors import RszError
 from rsz_infer.scoring import l2_normalize
 
 
-def attribute_vectors(description_emb: np.ndarray, phrase_emb: np.ndarray) -> np.ndarray:
+def attribute_vectors(
+    description_emb: np.ndarray, phrase_emb: np.ndarray, phrase_ridge: float = 0.0
+) -> np.ndarray:
     """[C, E] description embeddings x [A, E] phrase embeddings -> [C, A] float32 attribute vectors.
 
     Each entry starts as the cosine similarity of a description to a phrase. Raw MiniLM cosines share a
@@ -24,6 +26,13 @@ def attribute_vectors(description_emb: np.ndarray, phrase_emb: np.ndarray) -> np
     every class has the same scale (dividing by the std first, a z-score, would be the same after that).
     The normalisation is per class only, so a class's vector never depends on which other classes are in
     the file (centring per attribute over classes would make inference depend on the class list).
+
+    `phrase_ridge` > 0 first decorrelates the phrases: the cosine row s becomes s (G + ridge I)^-1, with G the
+    [A, A] phrase-phrase cosines, i.e. the ridge-regression weights that rebuild the description from the
+    phrases. Why: related phrases ("large buildings", "small buildings", "white roofs") have similar MiniLM
+    embeddings, so a description naming one scores high on all of them, every building class looks alike
+    and ZSL predictions crowd onto a few classes; the regression credits the phrase actually named.
+    0 keeps the plain cosines. It depends on the phrases only, never on the other classes.
     """
     description_emb = np.asarray(description_emb, dtype=np.float32)
     phrase_emb = np.asarray(phrase_emb, dtype=np.float32)
@@ -39,7 +48,23 @@ def attribute_vectors(description_emb: np.ndarray, phrase_emb: np.ndarray) -> np
         )
     if phrase_emb.shape[0] < 2:
         raise RszError(f"attribute_vectors: need at least 2 attribute phrases, got {phrase_emb.shape[0]}")
-    return normalize_attribute_rows(l2_normalize(description_emb) @ l2_normalize(phrase_emb).T)
+    similarity = l2_normalize(description_emb) @ l2_normalize(phrase_emb).T
+    return normalize_attribute_rows(decorrelate_phrases(similarity, phrase_emb, phrase_ridge))
+
+
+def decorrelate_phrases(similarity: np.ndarray, phrase_emb: np.ndarray, phrase_ridge: float) -> np.ndarray:
+    """[C, A] cosines to the [A, E] phrases -> s (G + phrase_ridge I)^-1, G the phrase cosines; 0: unchanged.
+
+    See attribute_vectors; image-derived rows (rsz_train.attribute_generation) take the same step."""
+    if not phrase_ridge >= 0:
+        raise RszError(f"phrase_ridge {phrase_ridge}: must be 0 (plain cosines) or positive")
+    similarity = np.asarray(similarity, dtype=np.float32)
+    if phrase_ridge == 0:
+        return similarity
+    phrases = l2_normalize(np.asarray(phrase_emb, dtype=np.float64))
+    system = phrases @ phrases.T + phrase_ridge * np.eye(len(phrases))
+    # the system is symmetric, so s (G + ridge I)^-1 = solve(G + ridge I, s^T)^T
+    return np.linalg.solve(system, similarity.T.astype(np.float64)).T.astype(np.float32)
 
 
 def normalize_attribute_rows(similarity: np.ndarray) -> np.ndarray:

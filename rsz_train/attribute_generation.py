@@ -24,7 +24,7 @@ import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.scoring import l2_normalize
-from rsz_infer.semantics import normalize_attribute_rows
+from rsz_infer.semantics import decorrelate_phrases, normalize_attribute_rows
 
 if TYPE_CHECKING:
     from rsz_train.runs import RunInfo
@@ -62,11 +62,13 @@ def attributes_from_images(
     return (sums / counts[:, None]).astype(np.float32)
 
 
-def attributes_from_text(descriptions: list[str], attribute_phrases: list[str]) -> np.ndarray:
+def attributes_from_text(
+    descriptions: list[str], attribute_phrases: list[str], phrase_ridge: float = 0.0
+) -> np.ndarray:
     """[C, A] description-derived attribute vectors (stock MiniLM; what inference computes)."""
     from rsz_train.text import class_attribute_vectors
 
-    return class_attribute_vectors(list(descriptions), list(attribute_phrases))
+    return class_attribute_vectors(list(descriptions), list(attribute_phrases), phrase_ridge)
 
 
 def generated_attributes(
@@ -77,12 +79,15 @@ def generated_attributes(
     encode_images: ImageEncoder,
     encode_texts: TextEncoder,
     batch_size: int = 128,
+    phrase_ridge: float = 0.0,
 ) -> tuple[np.ndarray, list[str]]:
     """Attribute vectors [C, A] of every class, and the route each took ("images" or "text").
 
     A class with at least one of `images` (labels index `descriptions`) takes the image route, every
     other class the text route; rows are normalised alike (normalize_attribute_rows). The caller passes
     only images a model may train on: images of val or unseen classes here would leak into training.
+    `phrase_ridge` (rsz_infer.semantics.attribute_vectors) applies to both routes, each with its own
+    encoder's phrase embeddings, so the rows of both routes follow one rule.
     """
     labels = np.asarray(labels, dtype=np.int64)
     with_images = sorted(set(labels.tolist()))
@@ -96,12 +101,15 @@ def generated_attributes(
         raw = attributes_from_images(
             images, local, len(with_images), attribute_phrases, encode_images, encode_texts, batch_size
         )
-        attributes[with_images] = normalize_attribute_rows(raw)
+        phrase_emb = np.asarray(encode_texts(list(attribute_phrases)), dtype=np.float32)
+        attributes[with_images] = normalize_attribute_rows(decorrelate_phrases(raw, phrase_emb, phrase_ridge))
         for c in with_images:
             routes[c] = "images"
     text_only = [c for c, route in enumerate(routes) if route == "text"]
     if text_only:
-        attributes[text_only] = attributes_from_text([descriptions[c] for c in text_only], attribute_phrases)
+        attributes[text_only] = attributes_from_text(
+            [descriptions[c] for c in text_only], attribute_phrases, phrase_ridge
+        )
     return attributes, routes
 
 

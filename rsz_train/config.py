@@ -41,6 +41,9 @@ class TrainConfig:
     # generation: training classes from their training images under dual_encoder_run, the others from text)
     semantics: str = "text"
     dual_encoder_run: str | None = None  # semantics "images": an msa run folder (rsz_train.runs.load_run)
+    # Text route of the attribute vectors: ridge that decorrelates the attribute phrases, 0 = plain cosines
+    # (rsz_infer.semantics.attribute_vectors); the bundle manifest carries it so inference does the same.
+    phrase_ridge: float = 0.0
     classes_per_batch: int = 0  # class-balanced sampler only: classes per episode, 0 = all training classes
     images_per_class: int = 8  # class-balanced sampler only: images of each class per episode
     eval_batch_size: int = 256

@@ -51,6 +51,9 @@ class RunInfo:
     preprocess: PreprocessSpec
     task: TaskInfo
     semantics_source: str = "text"  # "text" (descriptions) | "matrix" (ground truth) | "images" (dual enc.)
+    # The text route's phrase ridge (rsz_infer.semantics.attribute_vectors); runs written before the
+    # option have none in classes.json and used plain cosines, whatever today's default is.
+    phrase_ridge: float = 0.0
     report: dict = field(default_factory=dict)  # report.json, empty while the run is unfinished
 
 
@@ -161,6 +164,7 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
             preprocess=PreprocessSpec.from_dict(record["preprocess"]),
             task=task,
             semantics_source=str(record.get("semantics_source", "text")),
+            phrase_ridge=float(record.get("phrase_ridge", 0.0)),
             report=report,
         )
     except (KeyError, TypeError, ValueError) as err:

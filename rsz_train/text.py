@@ -150,9 +150,13 @@ def text_export_graph(encoder: SentenceEncoder | None = None) -> ExportGraph:
     )
 
 
-def class_attribute_vectors(descriptions: list[str], attribute_phrases: list[str]) -> np.ndarray:
+def class_attribute_vectors(
+    descriptions: list[str], attribute_phrases: list[str], phrase_ridge: float = 0.0
+) -> np.ndarray:
     """[C, A] description-derived attribute vectors (see rsz_infer.semantics.attribute_vectors)."""
-    return attribute_vectors(encode_sentences(descriptions), encode_sentences(attribute_phrases))
+    return attribute_vectors(
+        encode_sentences(descriptions), encode_sentences(attribute_phrases), phrase_ridge
+    )
 
 
 # --- GloVe ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
     split=None,
     dual_encoder_run: str | None = None,
     device: str = "cpu",
+    phrase_ridge: float = 0.0,
 ) -> tuple[ClassSemantics, list[str]]:
     """ClassSemantics of every class of the benchmark, and the route each class's attributes took.
 
@@ -57,6 +58,7 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
     the benchmark's ground-truth matrix ("matrix"), or generated from images ("images", DSVA Sec. 3.1):
     the training classes of `split` from their training images under the dual encoder of the run at
     `dual_encoder_run`, every other class (val, unseen: their images must not be seen) from text.
+    `phrase_ridge`: rsz_infer.semantics.attribute_vectors (text and image routes alike).
     """
     from rsz_train.text import class_attribute_vectors, encode_sentences, glove_class_vectors
 
@@ -71,7 +73,7 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
         raise RszError(f"{data.root}: the benchmark has no attribute phrases (attributes.txt)")
     routes = [source] * len(names)
     if source == "text":
-        attributes = class_attribute_vectors(descriptions, phrases)
+        attributes = class_attribute_vectors(descriptions, phrases, phrase_ridge)
     elif source == "matrix":
         if data.attribute_matrix is None:
             raise RszError(
@@ -79,7 +81,9 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
             )
         attributes = np.asarray(data.attribute_matrix, dtype=np.float32)
     elif source == "images":
-        attributes, routes = _image_attributes(data, descriptions, phrases, split, dual_encoder_run, device)
+        attributes, routes = _image_attributes(
+            data, descriptions, phrases, split, dual_encoder_run, device, phrase_ridge
+        )
     else:
         raise RszError(f"train.semantics {source!r}: expected text, matrix or images")
     try:
@@ -96,7 +100,13 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
 
 
 def _image_attributes(  # noqa: ANN001
-    data, descriptions: list[str], phrases: list[str], split, dual_encoder_run: str | None, device: str
+    data,
+    descriptions: list[str],
+    phrases: list[str],
+    split,
+    dual_encoder_run: str | None,
+    device: str,
+    phrase_ridge: float,
 ) -> tuple[np.ndarray, list[str]]:
     """The "images" route of build_semantics: training images of the training classes only."""
     from rsz_train.attribute_generation import dual_encoder_from_run, generated_attributes
@@ -122,7 +132,9 @@ def _image_attributes(  # noqa: ANN001
     paths = [p for p in split.train if p in label_of and data.class_names[label_of[p]] in train_classes]
     images = td.load_images(data.root, paths, info.preprocess.size)
     labels = np.array([label_of[p] for p in paths], dtype=np.int64)
-    return generated_attributes(descriptions, phrases, images, labels, encode_images, encode_texts)
+    return generated_attributes(
+        descriptions, phrases, images, labels, encode_images, encode_texts, phrase_ridge=phrase_ridge
+    )
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -193,7 +205,12 @@ class _Trainer:
         self.val_ids = [self.index[c] for c in self.split.val]
         self.unseen_ids = [self.index[c] for c in self.split.unseen]
         self.semantics, self.attribute_routes = build_semantics(
-            self.data, config.train.semantics, self.split, config.train.dual_encoder_run, str(device)
+            self.data,
+            config.train.semantics,
+            self.split,
+            config.train.dual_encoder_run,
+            str(device),
+            config.train.phrase_ridge,
         )
         if not self.data.attribute_names and self.kind == "dsva":
             raise RszError(f"{data_dir}: DSVA needs attributes (attributes.txt)")
@@ -379,6 +396,8 @@ class _Trainer:
         )
         # Which route gave each class its row of "attributes": "images", "text" or "matrix".
         record["attribute_routes"] = dict(zip(self.data.class_names, self.attribute_routes))
+        # The text route's rule, for export (the manifest) and so that inference computes the same rows.
+        record["phrase_ridge"] = float(self.config.train.phrase_ridge)
         return record
 
 

@@ -26,6 +26,22 @@ def test_the_phrase_a_description_is_made_of_scores_highest() -> None:
     assert vector[0] > vector[1] and vector[0] > vector[3]
 
 
+def test_phrase_ridge_credits_the_named_phrase_not_its_neighbour() -> None:
+    # Phrases 0 and 1 are related (cosine 0.8), phrase 2 is unrelated; the description IS phrase 0.
+    phrases = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    description = phrases[:1]
+    # Plain cosines [1, 0.8, 0] -> centred [0.4, 0.2, -0.6] / sqrt(0.56): the neighbour scores high too.
+    plain = attribute_vectors(description, phrases)[0]
+    np.testing.assert_allclose(plain, np.array([0.4, 0.2, -0.6]) / np.sqrt(0.56), atol=1e-6)
+    # Ridge 0.2: s (G + 0.2 I)^-1 with G = [[1, .8, 0], [.8, 1, 0], [0, 0, 1]] is [0.7, 0.2, 0]
+    # (the 2x2 block's inverse is [[1.2, -.8], [-.8, 1.2]] / 0.8) -> centred [0.4, -0.1, -0.3] / sqrt(0.26).
+    ridge = attribute_vectors(description, phrases, phrase_ridge=0.2)[0]
+    np.testing.assert_allclose(ridge, np.array([0.4, -0.1, -0.3]) / np.sqrt(0.26), atol=1e-6)
+    assert ridge.dtype == np.float32 and ridge[1] < 0 < plain[1]
+    with pytest.raises(RszError, match="phrase_ridge -1.0: must be 0"):
+        attribute_vectors(description, phrases, phrase_ridge=-1.0)
+
+
 def test_dimension_mismatch_is_an_error() -> None:
     with pytest.raises(RszError, match="384-d but attribute phrase embeddings are 512-d"):
         attribute_vectors(np.ones((2, 384)), np.ones((3, 512)))

@@ -79,11 +79,17 @@ def test_dsva_trains_on_image_generated_attributes(
         data.attribute_phrases,
         *model_encoders(model, info.preprocess),
     )
-    centred = raw - raw.mean(axis=1, keepdims=True)
+    # DSVA's default phrase ridge decorrelates the dual encoder's phrases first (rsz_infer.semantics).
+    ridge = record["phrase_ridge"]
+    assert ridge > 0
+    phrase_emb = model_encoders(model, info.preprocess)[1](list(data.attribute_phrases))
+    gram = phrase_emb @ phrase_emb.T / np.outer(*[np.linalg.norm(phrase_emb, axis=1)] * 2)
+    decorrelated = raw @ np.linalg.inv(gram + ridge * np.eye(len(gram)))
+    centred = decorrelated - decorrelated.mean(axis=1, keepdims=True)
     expected = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(saved[train_ids], expected, atol=1e-5)
 
-    text = attributes_from_text([data.descriptions[n] for n in names], data.attribute_phrases)
+    text = attributes_from_text([data.descriptions[n] for n in names], data.attribute_phrases, ridge)
     held_ids = [names.index(c) for c in held_out]
     np.testing.assert_allclose(saved[held_ids], text[held_ids], atol=1e-5)
     assert np.abs(saved[train_ids] - text[train_ids]).max(axis=1).min() > 1e-2  # every image row differs
