@@ -33,6 +33,15 @@ def test_config_yaml_overrides_and_unknown_keys(tmp_path):
         load_config("dsva", tmp_path / "missing.yaml")
 
 
+def test_dsva_training_defaults_and_their_override(tmp_path):
+    # DSVA's own defaults (6 epochs, chosen on validation) replace TrainConfig's; a config file wins.
+    train = load_config("dsva").train
+    assert (train.epochs, train.batch_size, train.phrase_ridge) == (6, 32, 0.3)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 4\n")
+    assert load_config("dsva", path).train.epochs == 4
+
+
 def test_batches_use_the_inference_preprocessing(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
