@@ -1,7 +1,7 @@
 """A training run on disk (runs/NAME) and how to load it back.
 
 config.yaml        the full RunConfig (model kind included)
-model.safetensors  weights of the best epoch on validation (metadata: kind)
+model.safetensors  weights of the best epoch on validation, or the last (train.select_last_epoch)
 classes.json       class names, descriptions, seen (training) / unseen / val lists, the class
                    semantics used, the TaskInfo the model was built with, the GZSL calibration
 metrics.jsonl      one line per epoch

@@ -2,8 +2,9 @@
 
 Honest model selection: the model trains on images of the seen classes minus the val classes; each
 epoch is scored on validation (ZSL: per-class accuracy on val_unseen among the val classes; caption
-models: retrieval mR on the validation captions); the best epoch is kept, the GZSL calibration lambda is
-chosen on validation, and only then is the test split scored, once.
+models: retrieval mR on the validation captions); the best epoch is kept (the last one with
+select_last_epoch), the GZSL calibration lambda is chosen on validation, and only then is the test
+split scored, once.
 
 Reproducible: the model is initialised from the seed, and epoch e draws its batches, augmentations and
 dropout from seeds derived from (seed, e), so a run interrupted after epoch e and resumed (--resume)
@@ -503,7 +504,7 @@ def train(
         t0 = time.time()
         losses = trainer.run_epoch(epoch, optimizer, scheduler, scaler)
         score, val = trainer.validate()
-        improved = score > best_score
+        improved = epoch == cfg.epochs - 1 if cfg.select_last_epoch else score > best_score
         if improved:
             best_score, best_epoch = score, epoch
             runs.save_weights(model, out_dir / runs.WEIGHTS, kind)
@@ -553,7 +554,9 @@ def train(
         "split": split,
         "epochs": cfg.epochs,
         "best_epoch": best_epoch + 1,
-        "selection": "retrieval mR on validation captions"
+        "selection": "last epoch"
+        if cfg.select_last_epoch
+        else "retrieval mR on validation captions"
         if trainer.entry.uses_captions
         else "ZSL accuracy on val_unseen",
         "seen_calibration": calibration,

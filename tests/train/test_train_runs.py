@@ -36,6 +36,20 @@ def test_run_folder_contents(tiny_run):
     assert report["note"] == TEST_NOTE
     assert {"zsl", "gzsl", "gzsl_uncalibrated"} <= set(report["test"])
     assert report["test"]["gzsl"]["lambda"] == report["seen_calibration"] == report["val"]["calibration"]
+    # the best epoch on validation: strictly better than every earlier one (a tie keeps the earlier epoch)
+    scores = [line["selection_score"] for line in lines]
+    assert [line["best"] for line in lines] == [True, scores[1] > scores[0]]
+    assert report["best_epoch"] == (2 if scores[1] > scores[0] else 1)
+    assert report["selection"] == "ZSL accuracy on val_unseen"
+
+
+def test_select_last_epoch_keeps_the_last_weights(tiny_benchmark, default_split, tmp_path):
+    overrides = {**TINY_OVERRIDES, "train.select_last_epoch": True}
+    out = train("dsva", tiny_benchmark, default_split, tmp_path / "r", device="cpu", overrides=overrides)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["best"] for line in lines] == [False, True]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["best_epoch"], report["selection"]) == (2, "last epoch")
 
 
 def test_load_run_reproduces_the_reported_test_scores(tiny_run, tiny_benchmark, default_split):
