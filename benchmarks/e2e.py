@@ -67,16 +67,12 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
     tiles = list(discover_tiles(inputs, options))
     if not tiles:
         raise RszError(f"{', '.join(inputs)}: no JPEG, PNG or TIFF files found")
-    from rsz_infer.backend import resolve_device
-    from rsz_infer.decoders import open_decoder
-    from rsz_infer.native import open_preprocessor
-
     with tempfile.TemporaryDirectory(prefix="rsz-e2e-") as tmp:
         runner, prep, info = _open_engine(spec, cfg, Path(tmp))
         try:
-            device = resolve_device(cfg.device)
-            decoder = open_decoder(cfg.decoder, device)
-            preprocessor = open_preprocessor(cfg.preprocess, prep, device)
+            from rsz_infer.pipeline import open_decoding
+
+            decoder, preprocessor = open_decoding(cfg.decoder, cfg.preprocess, prep, cfg.device)
             stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info)
             decoder_only = _decoder_stage(tiles, options, decoder, cfg.batch)
             loop = _pipeline_loop(tiles, options, prep, runner, cfg, info, decoder, preprocessor)

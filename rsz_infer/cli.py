@@ -20,6 +20,7 @@ from rsz_infer.backend import BACKENDS, DEVICES
 from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
 from rsz_infer.images import TileOptions, parse_bands
+from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
 from rsz_infer.pipeline import DEFAULT_MODEL, LabelConfig, label_tiles
 
@@ -127,7 +128,7 @@ def label_command(
 @click.option("--out", required=True, help="Index folder (created, or extended with new tiles).")
 @click.option(
     "--search-method",
-    type=click.Choice(["auto", "exact", "hnsw"]),
+    type=click.Choice(ANN_METHODS),
     default="auto",
     show_default=True,
     help="exact: numpy; hnsw: approximate FAISS graph (rsz[retrieval]); auto: hnsw from 50,000 tiles.",

@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.backend import open_runner, resolve_device
+from rsz_infer.backend import open_runner
 from rsz_infer.bundle import MANIFEST, Manifest
 from rsz_infer.classes import encode_texts, load_tokenizer
-from rsz_infer.decoders import open_decoder
 from rsz_infer.errors import RszError
 from rsz_infer.images import NodataTile, TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
-from rsz_infer.native import open_preprocessor
-from rsz_infer.pipeline import embed_batch, iter_batches, open_bundle
+from rsz_infer.pipeline import embed_batch, iter_batches, open_bundle, open_decoding
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 
@@ -77,41 +75,37 @@ class Index:
     def load_ann(self):
         """The FAISS HNSW graph of an "hnsw" index, or None (exact search) when there is none or no faiss."""
         path = self.folder / FAISS_FILE
-        if self.info.get("search") != "hnsw" or not path.is_file():
+        faiss = _faiss_or_none()
+        # without faiss, exact search gives the best possible answer, only slower
+        if self.info.get("search") != "hnsw" or not path.is_file() or faiss is None:
             return None
-        try:
-            import faiss
-        except ImportError:
-            return None  # exact search gives the best possible answer, only slower
         ann = faiss.read_index(str(path))
         if ann.ntotal != self.embeddings.shape[0]:
             raise RszError(f"{path}: holds {ann.ntotal} rows but the index {self.embeddings.shape[0]}")
         return ann
 
 
-def _faiss():
+def _faiss_or_none():
     try:
         import faiss
     except ImportError:
-        raise RszError(
-            "--search-method hnsw: faiss is not installed (pip install 'rsz[retrieval]')"
-        ) from None
+        return None
     return faiss
 
 
-def search_method(requested: str, rows: int, previous: str | None) -> str:
+def _faiss():
+    faiss = _faiss_or_none()
+    if faiss is None:
+        raise RszError("--search-method hnsw: faiss is not installed (pip install 'rsz[retrieval]')")
+    return faiss
+
+
+def _search_method(requested: str, rows: int, previous: str | None) -> str:
     """ "exact" or "hnsw" for an index of `rows` rows; an existing index keeps its method under "auto"."""
-    if requested not in ANN_METHODS:
-        raise RszError(f"--search-method {requested}: expected one of {', '.join(ANN_METHODS)}")
     if requested != "auto":
         return requested
-    if previous == "hnsw" or rows >= ANN_MIN_ROWS:
-        try:
-            import faiss  # noqa: F401
-        except ImportError:
-            return "exact"
-        return "hnsw"
-    return "exact"
+    wants_graph = previous == "hnsw" or rows >= ANN_MIN_ROWS
+    return "hnsw" if wants_graph and _faiss_or_none() is not None else "exact"
 
 
 def build_ann(embeddings: np.ndarray, old=None):
@@ -163,8 +157,7 @@ def build_index(
     todo = [t for t in discover_tiles(inputs, tile_options) if t.id not in known]
     with_scales = "rerank" in manifest.graphs
     notes: list[str] = []
-    tile_decoder = open_decoder(decoder, resolve_device(device), notes)
-    native = open_preprocessor(preprocess, manifest.preprocess, resolve_device(device), notes)
+    tile_decoder, native = open_decoding(decoder, preprocess, manifest.preprocess, device, notes)
     for note in notes:
         print(note, file=sys.stderr)
     runner = open_runner(model, manifest, "image", backend, device)
@@ -239,7 +232,7 @@ def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings,
         "bands": list(tile_options.bands) if tile_options.bands else None,
         "count": int(all_emb.shape[0]),
         "dim": int(all_emb.shape[1]),
-        "search": search_method(method, int(all_emb.shape[0]), old.info.get("search") if old else None),
+        "search": _search_method(method, int(all_emb.shape[0]), old.info.get("search") if old else None),
     }
     ann = None
     if info["search"] == "hnsw":

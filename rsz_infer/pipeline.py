@@ -151,6 +151,14 @@ def iter_batches(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def open_decoding(
+    decoder: str, preprocess: str, spec: PreprocessSpec, device: str, notes: list[str] | None = None
+) -> tuple[PillowDecoder | NvImageCodecDecoder, NativePreprocessor | None]:
+    """The `--decoder` and `--preprocess` choices for the engine's device (auto | cuda | cpu)."""
+    device = resolve_device(device)
+    return open_decoder(decoder, device, notes), open_preprocessor(preprocess, spec, device, notes)
+
+
 def embed_batch(runner: Runner, batch: Batch) -> dict[str, np.ndarray]:
     """Image graph outputs for the real tiles of the batch (padding rows dropped)."""
     out = runner.infer({"image": batch.inputs})
@@ -287,9 +295,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     manifest = open_bundle(cfg.model)
     entries = read_class_file(cfg.classes)
     notes: list[str] = []
-    device = resolve_device(cfg.device)
-    decoder = open_decoder(cfg.decoder, device, notes)
-    native = open_preprocessor(cfg.preprocess, manifest.preprocess, device, notes)
+    decoder, native = open_decoding(cfg.decoder, cfg.preprocess, manifest.preprocess, cfg.device, notes)
     tiles = list(discover_tiles(cfg.inputs, cfg.tiles))
     if not tiles:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")

@@ -28,7 +28,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_train import evaluate as ev
 from rsz_train import runs
-from rsz_train.config import RunConfig, config_from_dict, load_config, save_config
+from rsz_train.config import RunConfig, TrainConfig, config_from_dict, load_config, save_config
 from rsz_train.data import torch_datasets as td
 from rsz_train.models.base import RszModel
 from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, create_model, model_entry
@@ -402,6 +402,13 @@ class _Trainer:
         return record
 
 
+def _selection_rule(cfg: TrainConfig, uses_captions: bool) -> str:
+    """How the kept epoch was chosen, in words (report.json)."""
+    if cfg.select_last_epoch:
+        return "last epoch"
+    return "retrieval mR on validation captions" if uses_captions else "ZSL accuracy on val_unseen"
+
+
 def _read_metrics(path: Path, epochs_done: int) -> list[str]:
     if not path.is_file():
         return []
@@ -554,11 +561,7 @@ def train(
         "split": split,
         "epochs": cfg.epochs,
         "best_epoch": best_epoch + 1,
-        "selection": "last epoch"
-        if cfg.select_last_epoch
-        else "retrieval mR on validation captions"
-        if trainer.entry.uses_captions
-        else "ZSL accuracy on val_unseen",
+        "selection": _selection_rule(cfg, trainer.entry.uses_captions),
         "seen_calibration": calibration,
         "val": val,
         "test": test,
