@@ -70,7 +70,7 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
     with tempfile.TemporaryDirectory(prefix="rsz-e2e-") as tmp:
         runner, prep, info = _open_engine(spec, cfg, Path(tmp))
         try:
-            from rsz_infer.pipeline import open_decoding
+            from rsz_infer.batching import open_decoding
 
             decoder, preprocessor = open_decoding(cfg.decoder, cfg.preprocess, prep, cfg.device)
             stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info)
@@ -169,7 +169,7 @@ def _decoder_stage(tiles, options, decoder, batch: int) -> float | None:
 
 def _pipeline_loop(tiles, options, prep, runner, cfg, info, decoder, native) -> float:
     """rsz-infer's batching loop (threaded decode + preprocess) feeding the engine and the scoring."""
-    from rsz_infer.pipeline import embed_batch, iter_batches
+    from rsz_infer.batching import embed_batch, iter_batches
 
     rng = np.random.default_rng(0)
     class_emb = None

@@ -29,6 +29,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_sha256(bundle_dir: Path | str) -> str:
+    """The bundle's identity: sha256 of its manifest (which lists every file's own sha256)."""
+    return hashlib.sha256((Path(bundle_dir) / MANIFEST).read_bytes()).hexdigest()
+
+
 @dataclass
 class TensorSpec:
     name: str

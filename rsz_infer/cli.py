@@ -139,29 +139,20 @@ def label_command(
 @one_line_errors
 def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
     """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped."""
-    from rsz_infer.index import build_index
+    from rsz_infer.index import IndexConfig, build_index
 
-    counts = build_index(
+    cfg = IndexConfig(
         list(tiles),
         Path(model),
         Path(out),
         TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
-        kw["backend"],
-        kw["device"],
-        kw["batch"],
-        kw["workers"],
-        progress=not quiet,
         method=search_method,
-        decoder=kw["decoder"],
-        preprocess=kw["preprocess"],
+        progress=not quiet,
+        **{k: kw[k] for k in ("backend", "device", "batch", "workers", "decoder", "preprocess")},
     )
-    click.echo(
-        f"rsz-infer index: {counts['added']} tiles added, {counts['known']} already in, "
-        f"{counts['skipped']} skipped, {counts['nodata']} nodata, backend {counts['backend']}, "
-        f"{counts['search']} search -> {out}",
-        err=True,
-    )
-    sys.exit(3 if counts["skipped"] else 0)
+    summary = build_index(cfg)
+    click.echo(summary.line(cfg.out), err=True)
+    sys.exit(summary.exit_code)
 
 
 @click.command(name="search", context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,18 +22,37 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.errors import RszError
-from rsz_infer.images import PILLOW_EXTENSIONS, Tile, TileError, TileOptions, check_size, decode_tile
+from rsz_infer.images import (
+    PILLOW_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    Tile,
+    TileError,
+    TileOptions,
+    check_size,
+    decode_tile,
+)
 
 DECODERS = ("auto", "pillow", "nvimgcodec")
 Decoded = tuple[np.ndarray, str] | TileError
 INSTALL_HINT = "pip install 'rsz[gpu-decode]'"
 
 
-def _decode_or_error(tile: Tile, options: TileOptions) -> Decoded:
+def decode_tile_reader(tile: Tile) -> tuple[str, str]:
+    """(library, input kind) of what images.decode_tile uses for this tile, for the summary line."""
+    if tile.window is not None:
+        return "rasterio", "GeoTIFF windows"
+    if Path(tile.path).suffix.lower() in TIFF_EXTENSIONS:
+        return "rasterio", "TIFF"
+    return "pillow", "JPEG/PNG"
+
+
+def _decode_or_error(tile: Tile, options: TileOptions, ran: set[tuple[str, str]]) -> Decoded:
     try:
-        return decode_tile(tile, options)
+        decoded = decode_tile(tile, options)
     except TileError as err:
         return err
+    ran.add(decode_tile_reader(tile))  # set.add is atomic: the pool's threads share the set
+    return decoded
 
 
 class PillowDecoder:
@@ -42,8 +61,11 @@ class PillowDecoder:
     name = "pillow"
     batched = False  # the pipeline hands it one tile per call
 
+    def __init__(self) -> None:
+        self.ran: set[tuple[str, str]] = set()  # (library, input kind) of the tiles decoded so far
+
     def decode(self, tiles: list[Tile], options: TileOptions) -> list[Decoded]:
-        return [_decode_or_error(t, options) for t in tiles]
+        return [_decode_or_error(t, options, self.ran) for t in tiles]
 
 
 @contextlib.contextmanager
@@ -115,6 +137,7 @@ class NvImageCodecDecoder:
             (1, nv.ColorSpec.GRAY): "grey to rgb",
         }
         self.lock = threading.Lock()  # one batch at a time: the decoder has its own worker threads
+        self.ran: set[tuple[str, str]] = set()  # (library, input kind) of the tiles decoded so far
 
     def _stream(self, tile: Tile) -> tuple[object, str] | None:
         """(code stream, rule) when nvImageCodec takes this tile, else None."""
@@ -144,9 +167,12 @@ class NvImageCodecDecoder:
                     continue
                 try:
                     results[i] = (check_size(np.asarray(image.cpu()), options), rule)
+                    self.ran.add((self.name, "JPEG/PNG"))
                 except TileError as err:
                     results[i] = err
-        return [r if r is not None else _decode_or_error(t, options) for r, t in zip(results, tiles)]
+        return [
+            r if r is not None else _decode_or_error(t, options, self.ran) for r, t in zip(results, tiles)
+        ]
 
 
 def open_decoder(

@@ -13,22 +13,31 @@ rebuilt beside the old one and renamed over it, so a killed call leaves the old 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rsz_infer.backend import open_runner
-from rsz_infer.bundle import MANIFEST, Manifest
+from rsz_infer.batching import (
+    EmbeddedBatch,
+    EngineOptions,
+    ImageEngine,
+    exit_code,
+    run_tiles,
+    tile_record,
+    warn,
+)
+from rsz_infer.bundle import Manifest, manifest_sha256
 from rsz_infer.classes import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
-from rsz_infer.images import NodataTile, TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
-from rsz_infer.pipeline import embed_batch, iter_batches, open_bundle, open_decoding
+from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
+from rsz_infer.pipeline import DEFAULT_MODEL, open_bundle
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 
@@ -40,10 +49,6 @@ ANN_METHODS = ("auto", "exact", "hnsw")
 HNSW_NEIGHBOURS = 32  # graph degree M: FAISS's usual default, recall > 0.95 at efSearch 64 on embeddings
 FAISS_FILE = "faiss.index"
 RERANK_BATCH = 64
-
-
-def _manifest_sha(model: Path) -> str:
-    return hashlib.sha256((model / MANIFEST).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -118,34 +123,70 @@ def build_ann(embeddings: np.ndarray, old=None):
     return ann
 
 
-def build_index(
-    inputs: list[str],
-    model: Path,
-    out: Path,
-    tile_options: TileOptions | None = None,
-    backend: str = "auto",
-    device: str = "auto",
-    batch: int = 32,
-    workers: int = 0,
-    progress: bool = True,
-    method: str = "auto",
-    decoder: str = "auto",
-    preprocess: str = "auto",
-) -> dict:
-    """Embed the tiles of inputs not yet in the index at `out`; returns counts (added, known, skipped).
+@dataclass
+class IndexConfig:
+    inputs: list[str]
+    model: Path = DEFAULT_MODEL
+    out: Path = Path("idx")
+    tiles: TileOptions | None = None  # None: TileOptions(), or the existing index's own options
+    backend: str = "auto"
+    device: str = "auto"
+    batch: int = 32
+    workers: int = 0  # decode threads; 0: one per core but one, at most 8
+    progress: bool = True
+    method: str = (
+        "auto"  # "exact" (numpy), "hnsw" (FAISS graph, approximate), "auto" (hnsw from ANN_MIN_ROWS)
+    )
+    decoder: str = "auto"
+    preprocess: str = "auto"
 
-    method: "exact" (numpy), "hnsw" (FAISS graph, approximate) or "auto" (hnsw from ANN_MIN_ROWS rows).
-    """
-    from tqdm import tqdm
+    @property
+    def engine(self) -> EngineOptions:
+        return EngineOptions(
+            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess
+        )
 
-    model, out = Path(model), Path(out)
+
+@dataclass
+class IndexSummary:
+    added: int  # tiles embedded in this call
+    known: int  # already in the index (skipped)
+    skipped: int  # bad tiles
+    nodata: int  # empty scene windows
+    backend: str
+    search: str  # the index's search method after this call
+    decode: str = "decode pillow, preprocess pillow"
+    startup_seconds: float = 0.0
+    loop_seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.added + self.known, self.skipped, self.nodata)
+
+    def line(self, out: Path) -> str:
+        rate = self.added / self.loop_seconds if self.loop_seconds > 0 else 0.0
+        line = (
+            f"rsz-infer index: {self.added} tiles added, {self.known} already in, {self.skipped} skipped, "
+            f"{self.nodata} nodata, backend {self.backend}, {self.search} search, {self.decode}, "
+            f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s -> {out}"
+        )
+        if self.exit_code == 2:
+            line += "\nerror: nothing was indexed: every tile was skipped"
+        return line
+
+
+def build_index(cfg: IndexConfig) -> IndexSummary:
+    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped)."""
+    start = time.perf_counter()
+    model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
     if method not in ANN_METHODS:
         raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
     if method == "hnsw":
         _faiss()  # fail before embedding anything
     manifest = open_bundle(model)
-    sha = _manifest_sha(model)
+    sha = manifest_sha256(model)
     old = Index.load(out) if (out / "index.json").is_file() else None
+    tile_options = cfg.tiles
     if old is not None:
         if old.info["model"] != sha:
             raise RszError(
@@ -154,65 +195,37 @@ def build_index(
         tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info)})
     tile_options = tile_options or TileOptions()
     known = {t["tile"] for t in old.tiles} if old else set()
-    todo = [t for t in discover_tiles(inputs, tile_options) if t.id not in known]
+    todo = [t for t in discover_tiles(cfg.inputs, tile_options) if t.id not in known]
     with_scales = "rerank" in manifest.graphs
-    notes: list[str] = []
-    tile_decoder, native = open_decoding(decoder, preprocess, manifest.preprocess, device, notes)
-    for note in notes:
-        print(note, file=sys.stderr)
-    runner = open_runner(model, manifest, "image", backend, device)
-    rows, embeddings, scales, skipped, nodata = [], [], [], 0, 0
-    bar = tqdm(total=len(todo), unit="tile", disable=not progress, file=sys.stderr)
-    interrupted = False
-    try:
-        size = runner.batch_size(batch)
-        for b in iter_batches(todo, tile_options, manifest.preprocess, size, workers, tile_decoder, native):
-            for tile, err in b.skipped:
-                if isinstance(err, NodataTile):
-                    nodata += 1
-                else:
-                    skipped += 1
-                    tqdm.write(f"skipped {tile.id}: {err}", file=sys.stderr)
-            if b.tiles:
-                result = embed_batch(runner, b)
-                embeddings.append(l2_normalize(result["embedding"]).astype(np.float32))
-                if with_scales:
-                    scales.append(result["scales"].astype(np.float32))
-                for tile in b.tiles:
-                    rows.append(
-                        {
-                            "tile": tile.id,
-                            "path": tile.path,
-                            "window": tile.window,
-                            "footprint": tile.footprint,
-                        }
-                    )
-            bar.update(len(b.tiles) + len(b.skipped))
-    except KeyboardInterrupt:
-        interrupted = True  # keep what finished: the next `index` call skips those tiles
-    finally:
-        bar.close()
-        runner.close()
-    counts = {
-        "added": len(rows),
-        "known": len(known),
-        "skipped": skipped,
-        "nodata": nodata,
-        "backend": runner.name,
-    }
+    rows, embeddings, scales = [], [], []
+
+    def keep(batch: EmbeddedBatch) -> None:
+        if not batch.tiles:
+            return
+        embeddings.append(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
+        if with_scales:
+            scales.append(batch.outputs["scales"].astype(np.float32))
+        rows.extend(tile_record(tile) for tile in batch.tiles)
+
+    with ImageEngine.open(model, manifest, cfg.engine) as engine:
+        for note in engine.notes:
+            warn(note)
+        counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start)
+    # an interrupted call keeps what finished: the next `index` call skips those tiles
     if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
-        counts["search"] = _write_index(
-            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method
-        )
+        search = _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method)
     else:
-        counts["search"] = old.info.get("search", "exact")
-    if interrupted:
+        search = old.info.get("search", "exact")
+    if counts.interrupted:
         print(
             f"interrupted: {len(rows)} new tiles saved in {out}; run the same command to add the rest",
             file=sys.stderr,
         )
         raise KeyboardInterrupt
-    return counts
+    return IndexSummary(
+        len(rows), len(known), counts.skipped, counts.nodata, engine.runner.name, search,
+        decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
+    )  # fmt: skip
 
 
 def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method) -> str:
@@ -283,7 +296,7 @@ class Hit:
 def _model_of(index: Index, model: Path | None) -> tuple[Path, Manifest]:
     model = Path(model or index.info["model_dir"])
     manifest = open_bundle(model)
-    if _manifest_sha(model) != index.info["model"]:
+    if manifest_sha256(model) != index.info["model"]:
         raise RszError(f"{model}: not the model that built {index.folder}; search with the index's own model")
     return model, manifest
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rsz_infer.batching import iter_batches
 from rsz_infer.bundle import load_manifest
 from rsz_infer.cli import main
 from rsz_infer.decoders import _nvimgcodec, open_decoder
 from rsz_infer.images import TileOptions, discover_tiles
-from rsz_infer.index import Index, build_index
+from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
-from rsz_infer.pipeline import iter_batches
 
 from .helpers import bands_first, save, solid, write_geotiff
 
@@ -203,11 +203,13 @@ def test_index_embeddings_are_the_same_on_every_path(bundles, mixed_tiles, nativ
         for preprocess in PREPROCESS:
             out = tmp_path / f"{decoder}_{preprocess}"
             paths = {"decoder": decoder, "preprocess": preprocess}
-            counts = build_index([str(mixed_tiles)], bundles["msa"], out, progress=False, **paths)
+            counts = build_index(
+                IndexConfig([str(mixed_tiles)], bundles["msa"], out, progress=False, **paths)
+            )
             indexes[decoder, preprocess] = (counts, Index.load(out))
     (ref_counts, ref), *others = indexes.values()
-    assert ref_counts["added"] > 5 and ref_counts["skipped"] >= 3  # good tiles in, bad ones out
+    assert ref_counts.added > 5 and ref_counts.skipped >= 3  # good tiles in, bad ones out
     for counts, index in others:
-        assert (counts["added"], counts["skipped"]) == (ref_counts["added"], ref_counts["skipped"])
+        assert (counts.added, counts.skipped) == (ref_counts.added, ref_counts.skipped)
         assert [t["tile"] for t in index.tiles] == [t["tile"] for t in ref.tiles]
         assert np.array_equal(index.embeddings, ref.embeddings) and np.array_equal(index.scales, ref.scales)

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from rsz_infer.backend import open_runner
+from rsz_infer.batching import embed_batch, iter_batches
 from rsz_infer.bundle import load_manifest
 from rsz_infer.classes import class_embeddings
 from rsz_infer.classfile import read_class_file
 from rsz_infer.cli import main
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileOptions, discover_tiles
-from rsz_infer.pipeline import LabelConfig, embed_batch, iter_batches, label_tiles
+from rsz_infer.pipeline import LabelConfig, label_tiles
 
 from .helpers import COLOURS, read_jsonl, save, solid
 
@@ -234,8 +235,10 @@ def test_ctrl_c_leaves_valid_output_and_resume_completes(bundles, class_file, ma
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and len({r["tile"] for r in rows}) == 9
     assert sorted(os.listdir(tmp_path)) == ["labels.csv"]  # no part file or temporaries left
-    with pytest.raises(RszError, match="already complete"):
-        label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], resume=True))
+    # issue 16: --resume on a finished output has nothing left to do, and says so (exit 0)
+    done = label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], resume=True))
+    assert done.exit_code == 0 and done.line(out).endswith("already complete; nothing left to do")
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
 
 
 def test_batches_have_a_fixed_shape_and_padding_is_dropped(bundles, many_tiles):

@@ -12,7 +12,7 @@ from rsz_infer.backend import open_runner
 from rsz_infer.bundle import load_manifest
 from rsz_infer.classes import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
-from rsz_infer.index import Index, build_ann, build_index, nearest, search
+from rsz_infer.index import Index, IndexConfig, build_ann, build_index, nearest, search
 
 from .helpers import bands_first, save, solid, write_geotiff
 from .test_label import run_cli
@@ -24,8 +24,8 @@ def test_index_search_rerank_and_gallery(bundles, tmp_path, capsys):
     for i, colour in enumerate(["red", "green", "blue", "red"]):
         save(tiles / "a" / f"{i}_{colour}.png", solid(colour, 24, seed=i))
     idx = tmp_path / "idx"
-    counts = build_index([str(tiles / "a")], bundle, idx, progress=False)
-    assert (counts["added"], counts["known"]) == (4, 0)
+    counts = build_index(IndexConfig([str(tiles / "a")], bundle, idx, progress=False))
+    assert (counts.added, counts.known) == (4, 0)
 
     # a second call adds only what is new
     save(tiles / "b" / "4_green.png", solid("green", 24, seed=9))
@@ -88,9 +88,9 @@ def test_nearest_is_exact():
 
 def test_index_refuses_another_model(bundles, tmp_path):
     save(tmp_path / "t" / "red.png", solid("red", 16))
-    build_index([str(tmp_path / "t")], bundles["msa"], tmp_path / "idx", progress=False)
+    build_index(IndexConfig([str(tmp_path / "t")], bundles["msa"], tmp_path / "idx", progress=False))
     with pytest.raises(RszError, match="another model"):
-        build_index([str(tmp_path / "t")], bundles["mcfa"], tmp_path / "idx", progress=False)
+        build_index(IndexConfig([str(tmp_path / "t")], bundles["mcfa"], tmp_path / "idx", progress=False))
     with pytest.raises(RszError, match="not the model that built"):
         search(tmp_path / "idx", text="red", model=bundles["mcfa"])
 
@@ -135,7 +135,7 @@ def test_index_with_hnsw_search(bundles, tmp_path, capsys):
     for i, colour in enumerate(["red", "green", "blue", "red"]):
         save(tiles / f"{i}_{colour}.png", solid(colour, 24, seed=i))
     exact, hnsw = tmp_path / "exact", tmp_path / "hnsw"
-    assert build_index([str(tiles)], bundle, exact, progress=False)["search"] == "exact"
+    assert build_index(IndexConfig([str(tiles)], bundle, exact, progress=False)).search == "exact"
     code, _, err = run_cli(
         ["index", tiles, "--model", bundle, "--out", hnsw, "--search-method", "hnsw", "--quiet"], capsys
     )
@@ -148,9 +148,11 @@ def test_index_with_hnsw_search(bundles, tmp_path, capsys):
 
     # appending keeps the method and grows the graph; asking for exact search drops the graph
     save(tiles / "4_green.png", solid("green", 24, seed=9))
-    assert build_index([str(tiles)], bundle, hnsw, progress=False)["search"] == "hnsw"
+    assert build_index(IndexConfig([str(tiles)], bundle, hnsw, progress=False)).search == "hnsw"
     assert Index.load(hnsw).load_ann().ntotal == 5
-    assert build_index([str(tiles)], bundle, hnsw, progress=False, method="exact")["search"] == "exact"
+    assert (
+        build_index(IndexConfig([str(tiles)], bundle, hnsw, progress=False, method="exact")).search == "exact"
+    )
     assert not (hnsw / "faiss.index").exists() and Index.load(hnsw).load_ann() is None
     with pytest.raises(RszError, match="--search-method fast: expected one of auto, exact, hnsw"):
-        build_index([str(tiles)], bundle, hnsw, progress=False, method="fast")
+        build_index(IndexConfig([str(tiles)], bundle, hnsw, progress=False, method="fast"))

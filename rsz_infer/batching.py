@@ -1,0 +1,332 @@
+"""The one tile-embedding loop that labeling, indexing and the Python API share.
+
+Tiles -> decoding pool -> fixed-shape batches -> the bundle's image graph -> per-batch image embeddings.
+Pillow, GDAL and nvImageCodec release the GIL while decoding and resizing, so worker threads keep the engine
+fed without the cost of processes. Two choices (rsz_infer.decoders, rsz_infer.native): the decoder takes one
+tile per pool task (Pillow) or a batch of files per task (nvImageCodec); preprocessing is Pillow's
+to_model_input per tile in the pool, or one native call per batch writing the batch's input array.
+Batches always have the configured shape (the last one is padded and the padding dropped), which is what
+TensorRT engines with a fixed profile and CUDA graphs want.
+
+    engine = ImageEngine.open(model, manifest, EngineOptions(...))   # decoding + runner + batch size
+    for done in embed_tiles(engine, tiles, tile_options):            # EmbeddedBatch per batch
+        done.outputs["embedding"], done.tiles, done.skipped
+    counts = run_tiles(engine, tiles, tile_options, sink)            # + progress bar, counts, Ctrl-C
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.backend import open_runner, resolve_device
+from rsz_infer.bundle import Manifest
+from rsz_infer.decoders import NvImageCodecDecoder, PillowDecoder, open_decoder
+from rsz_infer.errors import RszError
+from rsz_infer.images import NodataTile, Tile, TileError, TileOptions
+from rsz_infer.native import NativePreprocessor, open_preprocessor
+from rsz_infer.preprocess import PreprocessSpec, to_model_input
+from rsz_infer.runners.base import Runner
+
+Decoder = PillowDecoder | NvImageCodecDecoder
+
+
+@dataclass
+class Batch:
+    tiles: list[Tile]  # the real tiles, in order
+    rules: list[str]
+    inputs: np.ndarray  # [batch_size, 3, S, S]; rows past len(tiles) are padding
+    skipped: list[tuple[Tile, TileError]] = field(default_factory=list)  # finished since the last batch
+
+
+def _prepare(
+    tiles: list[Tile], options: TileOptions, spec: PreprocessSpec, decoder: Decoder, native: bool
+) -> list[tuple[np.ndarray, str] | TileError]:
+    """Decode a chunk of tiles; then Pillow preprocessing here, or the RGB as is for the native batch call."""
+    decoded = decoder.decode(tiles, options)
+    if native:
+        return decoded
+    return [r if isinstance(r, TileError) else (to_model_input(r[0], spec), r[1]) for r in decoded]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def prefetch_map(fn: Callable, items: Iterable, pool: ThreadPoolExecutor, depth: int) -> Iterator:
+    """fn over items in the pool, results in input order, at most `depth` in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= depth:
+            first, future = pending.popleft()
+            yield first, future.result()
+    while pending:
+        first, future = pending.popleft()
+        yield first, future.result()
+
+
+def default_workers() -> int:
+    # Leave one core to the engine thread: on a 2-core machine a second decode thread slows the engine more
+    # than it speeds decoding (measured: 891 vs 692 tiles/s through the batching loop).
+    return min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+def iter_batches(
+    tiles: Iterable[Tile],
+    options: TileOptions,
+    spec: PreprocessSpec,
+    batch_size: int,
+    workers: int,
+    decoder: Decoder | None = None,
+    native: NativePreprocessor | None = None,
+) -> Iterator[Batch]:
+    """Decoded, preprocessed tiles in fixed-shape batches; bad tiles ride along in `skipped`.
+
+    decoder: Pillow when None; native: preprocess each batch with it, else Pillow per tile in the pool.
+    """
+    workers = workers or default_workers()
+    decoder = decoder or PillowDecoder()
+    chunk = batch_size if decoder.batched else 1
+    shape = (batch_size, 3, spec.size, spec.size)
+    rgbs: list[np.ndarray] = []  # the native path's decoded tiles of the batch being filled
+
+    def finished(batch: Batch) -> Batch:
+        if native is not None and rgbs:
+            native(rgbs, out=batch.inputs[: len(rgbs)])
+            rgbs.clear()
+        return batch
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="rsz-decode") as pool:
+        try:
+            batch = Batch([], [], np.zeros(shape, np.float32))
+            results = prefetch_map(
+                lambda c: _prepare(c, options, spec, decoder, native is not None),
+                _chunks(tiles, chunk),
+                pool,
+                depth=max(2, 2 * batch_size // chunk),
+            )
+            for tiles_done, chunk_results in results:
+                for tile, result in zip(tiles_done, chunk_results):
+                    if isinstance(result, TileError):
+                        batch.skipped.append((tile, result))
+                        continue
+                    if native is not None:
+                        rgbs.append(result[0])
+                    else:
+                        batch.inputs[len(batch.tiles)] = result[0]
+                    batch.tiles.append(tile)
+                    batch.rules.append(result[1])
+                    if len(batch.tiles) == batch_size:
+                        yield finished(batch)
+                        batch = Batch([], [], np.zeros(shape, np.float32))
+            if batch.tiles or batch.skipped:
+                yield finished(batch)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def open_decoding(
+    decoder: str, preprocess: str, spec: PreprocessSpec, device: str, notes: list[str] | None = None
+) -> tuple[Decoder, NativePreprocessor | None]:
+    """The `--decoder` and `--preprocess` choices for the engine's device (auto | cuda | cpu)."""
+    device = resolve_device(device)
+    return open_decoder(decoder, device, notes), open_preprocessor(preprocess, spec, device, notes)
+
+
+def embed_batch(runner: Runner, batch: Batch) -> dict[str, np.ndarray]:
+    """Image graph outputs for the real tiles of the batch (padding rows dropped)."""
+    out = runner.infer({"image": batch.inputs})
+    return {name: value[: len(batch.tiles)] for name, value in out.items()}
+
+
+# ---------------------------------------------------------------- the engine and the loop
+
+
+@dataclass
+class EngineOptions:
+    """How the image graph runs and is fed: the options labeling and indexing share."""
+
+    backend: str = "auto"  # auto | trt | ort | torch (rsz_infer.backend)
+    device: str = "auto"  # auto | cuda | cpu
+    batch: int = 32  # tiles per engine call (the graph's batch range may change it, with a note)
+    workers: int = 0  # decode threads; 0: one per core but one, at most 8
+    decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
+    preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
+
+
+@dataclass
+class ImageEngine:
+    """A bundle's image graph behind its decoding pool; open with ImageEngine.open, close when done."""
+
+    manifest: Manifest
+    runner: Runner
+    decoder: Decoder
+    native: NativePreprocessor | None
+    batch_size: int
+    workers: int
+    notes: list[str]  # what the user should know about the choices made (fallbacks, batch size)
+
+    @classmethod
+    def open(cls, model: Path, manifest: Manifest, options: EngineOptions) -> ImageEngine:
+        if options.batch < 1:
+            raise RszError(f"--batch {options.batch}: must be at least 1")
+        notes: list[str] = []
+        decoder, native = open_decoding(
+            options.decoder, options.preprocess, manifest.preprocess, options.device, notes
+        )
+        runner = open_runner(model, manifest, "image", options.backend, options.device, notes)
+        batch_size = runner.batch_size(options.batch)
+        if batch_size != options.batch:
+            low, high = runner.batch_range
+            notes.append(
+                f"{runner.name}: the image graph takes batches of {low} to {high}; using --batch {batch_size}"
+            )
+        return cls(manifest, runner, decoder, native, batch_size, options.workers, notes)
+
+    @property
+    def preprocess_name(self) -> str:
+        return self.native.name if self.native else "pillow"
+
+    def decode_line(self) -> str:
+        """`decode X, preprocess Y[, KIND by Z]`: the decoders that actually ran, per input kind."""
+        ran = sorted(self.decoder.ran)  # (decoder name, input kind) of every tile decoded so far
+        names = [name for name, _ in ran]
+        main = self.decoder.name if self.decoder.name in names or not names else names[0]
+        others = [f"{kind} by {name}" for name, kind in ran if name != main]
+        return ", ".join([f"decode {main}", f"preprocess {self.preprocess_name}", *others])
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> ImageEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch through the image graph: outputs row i belongs to tiles[i]; skipped finished meanwhile."""
+
+    tiles: list[Tile]
+    rules: list[str]  # how each tile became RGB (images.decode_tile)
+    outputs: dict[str, np.ndarray]  # image graph outputs ("embedding", ...) of the real tiles
+    skipped: list[tuple[Tile, TileError]]
+
+
+def embed_batches(engine: ImageEngine, batches: Iterable[Batch]) -> Iterator[EmbeddedBatch]:
+    """Already decoded batches (e.g. from a cluster's decode stage) through the image graph."""
+    for batch in batches:
+        outputs = embed_batch(engine.runner, batch) if batch.tiles else {}
+        yield EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped)
+
+
+def embed_tiles(engine: ImageEngine, tiles: Iterable[Tile], options: TileOptions) -> Iterator[EmbeddedBatch]:
+    """Tiles -> decoded batches -> image graph outputs, batch by batch; bad tiles come back in `skipped`."""
+    spec = engine.manifest.preprocess
+    batches = iter_batches(
+        tiles, options, spec, engine.batch_size, engine.workers, engine.decoder, engine.native
+    )
+    yield from embed_batches(engine, batches)
+
+
+@dataclass
+class TileCounts:
+    """What a run did with its tiles; labeling and indexing count the same way."""
+
+    embedded: int = 0  # tiles through the image graph in this run
+    skipped: int = 0  # bad tiles (a reason each)
+    nodata: int = 0  # scene windows without valid pixels (skipped quietly)
+    startup_seconds: float = (
+        0.0  # from the call to the first tile in flight: bundle, graphs, class embeddings
+    )
+    loop_seconds: float = 0.0  # the embedding loop itself (what the progress bar's rate measures)
+    interrupted: bool = False  # Ctrl-C: the sink holds what finished
+
+    def add(self, batch: EmbeddedBatch) -> None:
+        self.embedded += len(batch.tiles)
+        for _, err in batch.skipped:
+            nodata = isinstance(err, NodataTile)
+            self.nodata += nodata
+            self.skipped += not nodata
+
+    @property
+    def rate(self) -> float:
+        return self.embedded / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    def timing(self) -> str:
+        return f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {self.rate:.1f} tiles/s"
+
+
+def warn(message: str) -> None:
+    """A line on stderr that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def run_tiles(
+    engine: ImageEngine,
+    tiles: list[Tile],
+    options: TileOptions,
+    sink: Callable[[EmbeddedBatch], None],
+    progress: bool = True,
+    started: float | None = None,
+) -> TileCounts:
+    """embed_tiles with a progress bar, the counts, a warning per bad tile, and Ctrl-C kept as `interrupted`.
+
+    sink(batch) stores each batch (a crash-safe log, index rows) before the next one is counted; a
+    KeyboardInterrupt anywhere in the loop ends it with what the sink holds (counts.interrupted).
+    started: time.perf_counter() when the caller began (start-up is measured from there).
+    """
+    from tqdm import tqdm
+
+    counts = TileCounts()
+    loop_start = time.perf_counter()
+    counts.startup_seconds = loop_start - (loop_start if started is None else started)
+    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in embed_tiles(engine, tiles, options):
+            for tile, err in batch.skipped:
+                if not isinstance(err, NodataTile):
+                    warn(f"skipped {tile.id}: {err}")
+            sink(batch)
+            counts.add(batch)
+            bar.update(len(batch.tiles) + len(batch.skipped))
+    except KeyboardInterrupt:
+        counts.interrupted = True
+    finally:
+        bar.close()
+        counts.loop_seconds = time.perf_counter() - loop_start
+    return counts
+
+
+def exit_code(done: int, errors: int, unlabeled: int = 0) -> int:
+    """The exit code of a batch job, one rule for labeling and indexing: 0 every tile done, 3 done with some
+    tiles skipped (errors), 2 nothing done because every tile was skipped (errors or nodata: `unlabeled`)."""
+    if done == 0 and errors + unlabeled > 0:
+        return 2
+    return 3 if errors else 0
+
+
+def tile_record(tile: Tile) -> dict:
+    """A tile as stored in label logs and index rows: id, file, scene window, GeoJSON footprint."""
+    window = list(tile.window) if tile.window else None
+    return {"tile": tile.id, "path": tile.path, "window": window, "footprint": tile.footprint}
