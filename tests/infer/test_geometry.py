@@ -1,0 +1,130 @@
+"""Exact geometry of GeoTIFF inputs: the windows --overlap gives, footprints to 1e-7 degrees (computed here
+independently: rasterio's transform of the pixel corners, then rasterio.warp.transform to EPSG:4326), and a
+16-bit stretch taken from the whole scene, not from one corner of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from rsz_infer.images import TileOptions, decode_tile, discover_tiles
+
+from .helpers import write_geotiff
+from .test_label import run_cli
+
+DEGREES = 1e-7  # ~1 cm; one 10 m pixel is ~1.3e-4 degrees of longitude here
+
+
+def _scene(path: Path, width: int = 100, height: int = 70, crs: str = "EPSG:32633") -> Path:
+    rng = np.random.default_rng(0)
+    return write_geotiff(path, rng.integers(0, 256, (3, height, width)).astype(np.uint8), crs=crs)
+
+
+def _windows(path: Path, tile_size: int, overlap: int) -> list[tuple[int, ...]]:
+    tiles = list(discover_tiles([path], TileOptions(tile_size=tile_size, overlap=overlap)))
+    return sorted(t.window for t in tiles)
+
+
+def _grid(cols: list[int], rows: list[int], size: int) -> list[tuple[int, ...]]:
+    return sorted((c, r, size, size) for r in rows for c in cols)
+
+
+def test_overlap_gives_the_expected_windows(tmp_path):
+    scene = _scene(tmp_path / "scene.tif")  # 100 x 70 px
+    # stride 32: columns 0, 32, 64 and the last one moved back to end at the edge (68); rows 0, 32, 38
+    assert _windows(scene, 32, 0) == _grid([0, 32, 64, 68], [0, 32, 38], 32)
+    # stride 24: columns 0, 24, 48, 68; rows 0, 24, 38
+    assert _windows(scene, 32, 8) == _grid([0, 24, 48, 68], [0, 24, 38], 32)
+    # stride 16: columns 0, 16, 32, 48, 64, 68; rows 0, 16, 32, 38
+    assert _windows(scene, 32, 16) == _grid([0, 16, 32, 48, 64, 68], [0, 16, 32, 38], 32)
+    # stride 1 reaches every offset
+    assert _windows(scene, 64, 63) == _grid(list(range(37)), list(range(7)), 64)
+
+
+def test_cli_overlap_reaches_the_windows(bundles, class_file, tmp_path, capsys):
+    scene = _scene(tmp_path / "scene.tif")
+    out = tmp_path / "labels.jsonl"
+    args = [scene, "--classes", class_file, "--model", bundles["msa"], "--out", out]
+    code, _, _ = run_cli([*args, "--tile-size", "32", "--overlap", "8", "--quiet"], capsys)
+    assert code == 0
+    windows = sorted(tuple(json.loads(line)["window"]) for line in out.read_text().splitlines())
+    assert windows == _grid([0, 24, 48, 68], [0, 24, 38], 32)
+
+
+def _expected_ring(ds, col: int, row: int, width: int, height: int) -> np.ndarray:
+    """The window's four corners in EPSG:4326, by rasterio's own transform of pixel corners."""
+    from rasterio.transform import xy
+    from rasterio.warp import transform
+
+    cols = [col, col + width, col + width, col]
+    rows = [row, row, row + height, row + height]
+    xs, ys = xy(ds.transform, rows, cols, offset="ul")
+    lons, lats = transform(ds.crs, "EPSG:4326", xs, ys)
+    return np.column_stack([lons, lats])
+
+
+def _assert_footprint(footprint: dict, corners: np.ndarray) -> None:
+    assert footprint["type"] == "Polygon" and len(footprint["coordinates"]) == 1
+    ring = np.array(footprint["coordinates"][0], dtype=np.float64)
+    assert ring.shape == (5, 2) and np.array_equal(ring[0], ring[-1])  # a closed ring of 4 corners
+    for corner in corners:  # every true corner is a vertex, to 1e-7 degrees
+        error = float(np.abs(ring[:-1] - corner).max(axis=1).min())
+        assert error <= DEGREES, f"corner {corner.tolist()} is {error:.1e} degrees from the footprint"
+    x, y = ring[:, 0], ring[:, 1]
+    assert np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0  # RFC 7946: exterior rings counterclockwise
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32633", "EPSG:3035"])
+def test_scene_window_footprints_are_exact(tmp_path, crs):
+    scene = _scene(tmp_path / "scene.tif", crs=crs)
+    tiles = list(discover_tiles([scene], TileOptions(tile_size=32, overlap=8)))
+    assert len(tiles) == 12
+    with rasterio.open(scene) as ds:
+        for tile in tiles:
+            _assert_footprint(tile.footprint, _expected_ring(ds, *tile.window))
+
+
+def test_single_file_geotiff_footprint_is_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "small.tif"
+    profile = {
+        "driver": "GTiff", "width": 37, "height": 23, "count": 3, "dtype": "uint8", "crs": "EPSG:32632",
+        "transform": from_origin(712_345.0, 4_987_654.0, 0.5, 0.5),  # 0.5 m pixels far east in UTM 32N
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(rng.integers(0, 256, (3, 23, 37)).astype(np.uint8))
+    (tile,) = discover_tiles([path], TileOptions(tile_size=64))
+    assert tile.window is None
+    with rasterio.open(path) as ds:
+        _assert_footprint(tile.footprint, _expected_ring(ds, 0, 0, 37, 23))
+
+
+# A scene past the decimated-read limit (4096 x 4096 px without overviews): the stretch comes from windows
+# sampled over the whole scene. A constant scene with one bright corner compresses to ~60 kB.
+@pytest.mark.parametrize("side", [512, 4160])
+def test_16bit_stretch_sees_the_bright_corner(tmp_path, side):
+    dark, bright = 1000, 30000
+    data = np.full((1, side, side), dark, np.uint16)
+    data[0, side // 2 :, side // 2 :] = bright  # the south-east quarter: 25% of the pixels
+    path = tmp_path / "scene.tif"
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": 1, "dtype": "uint16",
+        "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, 10, 10), "tiled": True,
+        "compress": "deflate",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    tile_size = side // 4
+    tiles = {t.window[:2]: t for t in discover_tiles([path], TileOptions(tile_size=tile_size))}
+    lo, hi = tiles[0, 0].scene.stretch
+    # the 2nd and 98th percentiles of the scene are the dark and the bright value
+    assert lo == pytest.approx(dark, abs=1) and hi == pytest.approx(bright, abs=1)
+    dark_rgb, rule = decode_tile(tiles[0, 0], TileOptions(tile_size=tile_size))
+    bright_rgb, _ = decode_tile(tiles[side - tile_size, side - tile_size], TileOptions(tile_size=tile_size))
+    assert "uint16 stretch p2-98 per scene" in rule
+    assert (dark_rgb == 0).all() and (bright_rgb == 255).all()
