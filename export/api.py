@@ -2,6 +2,8 @@
 
 Steps: every ExportGraph of the model -> FP32 ONNX (+ FP16 ONNX) -> checks against PyTorch -> TensorRT
 engines (optional) -> manifest.json with every file's sha256 -> the bundle folder, moved into place whole.
+A bundle holds `{role}.onnx` (always), `{role}.fp16.onnx` (--fp16), `{role}.engine` + `.engine.json`
+(--engine trt|auto), `tokenizer.json` (models with a text graph) and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 import rsz_infer
+from export import ENGINE_CHOICES
 from export.compare import compare, random_feeds
 from export.fp16 import convert_fp16
 from export.onnx_export import OPSET, export_onnx, graph_io, load_checked
@@ -29,20 +32,6 @@ from rsz_infer.trt_lib import load_trt, trt_available
 from rsz_train.models.base import ExportGraph, RszModel
 
 MODEL_KINDS = ("dsva", "mcfa", "msa")
-ENGINE_CHOICES = ("trt", "none", "auto")
-
-# What export can produce (ultralytics-style): format, file name pattern, when it is written.
-FORMATS = (
-    ("onnx", "{role}.onnx", "always: FP32 ONNX, opset 17+, dynamic batch (and sequence for text)"),
-    ("onnx-fp16", "{role}.fp16.onnx", "--fp16: strongly typed FP16 ONNX with FP32 islands (export.fp16)"),
-    (
-        "engine",
-        "{role}.engine + .engine.json",
-        "--engine trt|auto: TensorRT 10+ or TensorRT-RTX engine + sidecar",
-    ),
-    ("tokenizer", "tokenizer.json", "models with a text graph: the MiniLM tokenizer"),
-    ("manifest", "manifest.json", "always: rsz_infer.bundle.Manifest with every file's sha256"),
-)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from export import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
@@ -20,7 +21,7 @@ BUILD_OPTIONS = [
     click.option("--fp16", is_flag=True, help="also write FP16 graphs and use them by default"),
     click.option(
         "--engine",
-        type=click.Choice(["trt", "none", "auto"]),
+        type=click.Choice(ENGINE_CHOICES),
         default="auto",
         show_default=True,
         help="TensorRT engines: trt = required, auto = when a TensorRT library imports",

@@ -11,7 +11,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
 
 FP32_MAX_RELATIVE_ERROR = 1e-4  # max |a-b| / max |reference|, per output
-FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs PyTorch FP32
+FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs the FP32 reference
 
 
 @dataclass
@@ -59,13 +59,15 @@ def compare(
     class_embeddings: np.ndarray | None = None,
     scoring_rule: str = "cosine",
 ) -> list[Comparison]:
-    """Check `candidate` against `reference` on every feed; raise one RszError line naming `what` on failure.
+    """Check `candidate` against `reference` on every feed; raise one RszError line naming `what` (and the
+    reference runner) on failure.
 
     fp32: every output within FP32_MAX_RELATIVE_ERROR. fp16: every `embedding` row at cosine >=
     FP16_MIN_COSINE and, given class embeddings, the same top-1 class for every row.
     """
     from rsz_infer.scoring import class_logits
 
+    ref_name = f"{reference.library} ({reference.name})"  # "PyTorch (torch:cpu)"
     results = []
     for feed in feeds:
         ref, got = reference.infer(feed), candidate.infer(feed)
@@ -73,7 +75,7 @@ def compare(
             actual = got[name]
             if actual.shape != expected.shape:
                 raise RszError(
-                    f"{what}: output {name} has shape {actual.shape}, PyTorch gives {expected.shape}"
+                    f"{what}: output {name} has shape {actual.shape}, {ref_name} gives {expected.shape}"
                 )
             scale = max(float(np.abs(expected).max()), 1e-12) if expected.size else 1.0
             rel = float(np.abs(actual.astype(np.float64) - expected).max()) / scale if expected.size else 0.0
@@ -82,14 +84,14 @@ def compare(
                 raise RszError(f"{what}: output {name} has NaN or inf ({candidate.name} vs {reference.name})")
             if precision == "fp32" and rel > FP32_MAX_RELATIVE_ERROR:
                 raise RszError(
-                    f"{what}: output {name} differs from PyTorch (relative error {rel:.2e} > "
+                    f"{what}: output {name} differs from {ref_name} (relative error {rel:.2e} > "
                     f"{FP32_MAX_RELATIVE_ERROR:.0e}, {candidate.name} vs {reference.name})"
                 )
         if precision == "fp16" and "embedding" in ref:
             cosine = _min_cosine(got["embedding"], ref["embedding"])
             if cosine < FP16_MIN_COSINE:
                 raise RszError(
-                    f"{what}: FP16 embedding cosine {cosine:.5f} < {FP16_MIN_COSINE} against PyTorch"
+                    f"{what}: FP16 embedding cosine {cosine:.5f} < {FP16_MIN_COSINE} against {ref_name}"
                 )
             if class_embeddings is not None:
                 top_ref = class_logits(ref["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)

@@ -11,8 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from rsz_infer.bundle import Manifest
 from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
@@ -36,47 +34,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class TypedRunner(Runner):
-    """Feeds cast to the dtypes the manifest lists for the graph (FP16 graphs take float16 images);
-    float outputs come back as float32, so callers never care about the graph's precision."""
-
-    def __init__(
-        self, inner: Runner, input_dtypes: dict[str, str], batch_range: tuple[int, int | None]
-    ) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.input_dtypes = input_dtypes
-        self.batch_range = batch_range  # (min, max) batch the graph accepts; max None: any
-
-    def batch_size(self, requested: int) -> int:
-        """The batch size closest to `requested` that this graph accepts."""
-        low, high = self.batch_range
-        return max(low, requested if high is None else min(requested, high))
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.inner.input_names
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.inner.output_names
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        typed = {k: np.ascontiguousarray(v, self.input_dtypes.get(k, v.dtype)) for k, v in feeds.items()}
-        try:
-            out = self.inner.infer(typed)
-        except RszError:
-            raise
-        except Exception as err:  # runtime errors of the engine (shapes, memory) as one line
-            text = str(err).strip()
-            reason = text.splitlines()[0] if text else type(err).__name__
-            raise RszError(f"{self.name}: inference failed ({reason})") from None
-        return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in out.items()}
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def open_runner(
     bundle_dir: Path | str,
     manifest: Manifest,
@@ -97,7 +54,10 @@ def open_runner(
     if graph is None:
         raise RszError(f"{bundle_dir}: the {manifest.model_kind} bundle has no {role!r} graph")
     runner = _open(bundle_dir, manifest, graph, role, backend, device, notes)
-    return TypedRunner(runner, {t.name: t.dtype for t in graph.inputs}, _batch_range(graph, runner))
+    # the graph's own input types (ONNX Runtime, TensorRT) win; the manifest's fill in (a PyTorch module)
+    runner.input_dtypes = {**{t.name: t.dtype for t in graph.inputs}, **runner.input_dtypes}
+    runner.batch_range = _batch_range(graph, runner)
+    return runner
 
 
 def _batch_range(graph, runner: Runner) -> tuple[int, int | None]:

@@ -41,11 +41,11 @@ def load_tokenizer(bundle_dir: Path | str, manifest: Manifest) -> Tokenizer:
 def encode_texts(runner: Runner, tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
     """All outputs of the text graph for the texts, in batches; `tokens` (MSA) padded to one length."""
     parts: list[dict[str, np.ndarray]] = []
-    limits = getattr(runner, "batch_range", (1, None))  # engines and fixed graphs take some sizes only
-    step = max(limits[0], TEXT_BATCH if limits[1] is None else min(TEXT_BATCH, limits[1]))
+    step = runner.batch_size(TEXT_BATCH)  # engines and fixed graphs take some sizes only
+    smallest = runner.batch_range[0]
     for start in range(0, len(texts), step):
         chunk = texts[start : start + step]
-        padded = chunk + [chunk[-1]] * (limits[0] - len(chunk))  # repeat a text up to the smallest batch
+        padded = chunk + [chunk[-1]] * (smallest - len(chunk))  # repeat a text up to the smallest batch
         feeds = tokenizer.encode(padded)
         out = runner.infer({k: feeds[k] for k in runner.input_names})
         out["attention_mask"] = feeds["attention_mask"]

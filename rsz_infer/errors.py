@@ -17,6 +17,12 @@ class RszError(Exception):
     """
 
 
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else (default or type(err).__name__)
+
+
 def one_line_errors(func: F) -> F:
     """Wrap a CLI entry point: an RszError (or a plain OSError) prints one line and exits 2."""
 

@@ -6,16 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.runners.base import Runner
 
 # Preference order; only providers present in this onnxruntime build are used.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# ONNX Runtime's input type names -> numpy dtypes the feeds are cast to
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
 
 
 class OrtRunner(Runner):
     """io_binding: run through an IOBinding (inputs copied once, outputs allocated by ONNX Runtime on the
     provider's device, then copied back together); None turns it on when a GPU provider leads."""
+
+    library = "ONNX Runtime"
 
     def __init__(
         self, onnx_path: Path | str, device: str = "cpu", threads: int = 0, io_binding: bool | None = None
@@ -35,23 +44,25 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RszError(f"{self.path}: ONNX Runtime cannot load this graph ({first})") from None
+            raise RszError(f"{self.path}: ONNX Runtime cannot load this graph ({first_line(err)})") from None
         self.providers = self.session.get_providers()
         self.name = f"ort:{self.providers[0].replace('ExecutionProvider', '').lower()}"
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self.input_dtypes = {
+            i.name: ORT_DTYPES[i.type] for i in self.session.get_inputs() if i.type in ORT_DTYPES
+        }
         on_gpu = self.providers[0] != "CPUExecutionProvider"
         self.io_binding = on_gpu if io_binding is None else io_binding
         self._output_device = "cuda" if on_gpu else "cpu"
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.io_binding:
-            values = self.session.run(self._outputs, {k: feeds[k] for k in self._inputs})
+            values = self.session.run(self._outputs, feeds)
             return dict(zip(self._outputs, values))
         binding = self.session.io_binding()
         for name in self._inputs:
-            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+            binding.bind_cpu_input(name, feeds[name])
         for name in self._outputs:
             binding.bind_output(name, self._output_device)
         self.session.run_with_iobinding(binding)

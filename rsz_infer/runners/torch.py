@@ -20,6 +20,8 @@ class TorchRunner(Runner):
     torch.compile; cuda_graphs (CUDA only) captures one graph per input shape and replays it.
     """
 
+    library = "PyTorch"
+
     def __init__(
         self,
         module: Any,
@@ -85,12 +87,9 @@ class TorchRunner(Runner):
         graph.replay()
         return static_out
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        missing = [name for name in self._inputs if name not in feeds]
-        if missing:
-            raise RszError(f"{', '.join(missing)}: missing input(s) of {self.name}")
         tensors = [self._to_tensor(feeds[name]) for name in self._inputs]
         with torch.inference_mode():
             outputs = self._run_graph(tensors) if self.cuda_graphs else self._run(tensors)

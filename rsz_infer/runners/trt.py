@@ -53,6 +53,8 @@ class _PinnedBuffer:
 
 
 class TrtRunner(Runner):
+    library = "TensorRT"
+
     def __init__(self, engine_path: Path | str, device: int = 0) -> None:
         self.path = Path(engine_path)
         side = sidecar_path(self.path)
@@ -106,16 +108,17 @@ class TrtRunner(Runner):
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self._outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
         self._buffers = {n: _PinnedBuffer() for n in names}
+        self.input_dtypes = {
+            n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name for n in self._inputs
+        }
         self.name = f"{library}:{capability}"
+        self.library = "TensorRT-RTX" if lib.is_rtx else "TensorRT"
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         trt, rt = self.lib.module, cudart()
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self._inputs:
-            if name not in feeds:
-                raise RszError(f"{name}: missing input of {self.path.name}")
-            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-            array = np.ascontiguousarray(feeds[name], dtype=dtype)
+            array = feeds[name]  # contiguous, in the engine's dtype (Runner.infer)
             buffer = self._buffers[name]
             buffer.ensure(max(array.nbytes, 1))
             buffer.host[: array.nbytes] = array.view(np.uint8).reshape(-1)
