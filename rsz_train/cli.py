@@ -46,9 +46,45 @@ def _train_command(kind: str, summary: str) -> click.Command:
     )
     @click.option(
         "--split",
-        default=_default_split(),
+        default=None,
+        help=f"rsz layout: a split folder under DATA/splits/ (default {_default_split()}).",
+    )
+    @click.option(
+        "--split-file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Class split of a class-folder data set: DSVA's ann_attr_finetune_*_splits.mat, an MCFA "
+        "split folder (seen_class_loc_*.txt, unseen_class_loc_*.txt), or a folder with seen.txt/unseen.txt.",
+    )
+    @click.option("--split-id", default=None, help="Numbered split of a .mat or MCFA folder: N, or 'all'.")
+    @click.option("--unseen", type=int, default=None, help="Random class split with N unseen classes.")
+    @click.option("--seed", "split_seed", type=int, default=0, show_default=True, help="Of --unseen.")
+    @click.option(
+        "--classes",
+        "classes_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Class file with descriptions ('name: description' per line); default: the class names.",
+    )
+    @click.option(
+        "--attributes",
+        "attributes_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Attribute phrases ('name<TAB>group<TAB>phrase' per line), for DSVA and MCFA.",
+    )
+    @click.option(
+        "--captions",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Karpathy caption JSON (RSICD, RSITMD, UCM/Sydney-captions); images under --data.",
+    )
+    @click.option(
+        "--protocol",
+        type=click.Choice(["rsz", "paper"]),
+        default="rsz",
         show_default=True,
-        help="Split name: a folder under DATA/splits/ with seen.txt, unseen.txt, val.txt and image lists.",
+        help="paper: select epochs and lambda on val classes, refit on all seen classes, test once.",
     )
     @click.option(
         "--out",
@@ -71,16 +107,38 @@ def _train_command(kind: str, summary: str) -> click.Command:
     @one_line_errors
     def command(
         data_dir: Path,
-        split: str,
+        split: str | None,
+        split_file: Path | None,
+        split_id: str | None,
+        unseen: int | None,
+        split_seed: int,
+        classes_file: Path | None,
+        attributes_file: Path | None,
+        captions: Path | None,
+        protocol: str,
         out_dir: Path,
         config_path: Path | None,
         device: str | None,
         epochs: int | None,
         resume: bool,
     ) -> None:
+        from rsz_train.data.sources import DataOptions
         from rsz_train.train import train
 
-        run = train(kind, data_dir, split, out_dir, config_path, device, epochs, resume)
+        options = DataOptions(
+            split=split,
+            split_file=None if split_file is None else str(split_file),
+            split_id=split_id,
+            unseen=unseen,
+            seed=split_seed,
+            classes=None if classes_file is None else str(classes_file),
+            attributes=None if attributes_file is None else str(attributes_file),
+            captions=None if captions is None else str(captions),
+        )
+        run = train(
+            kind, data_dir, split, out_dir, config_path, device, epochs, resume,
+            data_options=options, protocol=protocol,
+        )  # fmt: skip
         report_path = run / "report.json"
         if report_path.is_file():
             report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -90,6 +148,13 @@ def _train_command(kind: str, summary: str) -> click.Command:
 
 
 def _summary(test: dict) -> str:
+    if test and all(isinstance(v, dict) and "mean" in v for v in test.values()):  # several splits
+        return ", ".join(
+            f"{name} {100 * v['mean']:.1f} +- {100 * v['std']:.1f}%"
+            if name != "retrieval_mR"
+            else f"{name} {v['mean']:.1f} +- {v['std']:.1f}"
+            for name, v in test.items()
+        )
     parts = []
     if "zsl" in test:
         parts.append(f"ZSL unseen accuracy {100 * test['zsl']:.1f}%")

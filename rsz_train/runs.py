@@ -116,14 +116,9 @@ def _read_json(path: Path) -> dict:
         raise RszError(f"{path}: not valid JSON ({err})") from None
 
 
-def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") -> tuple[RszModel, RunInfo]:
-    """The best checkpoint of a run (eval mode, on `device`) and its RunInfo.
-
-    `kind`, when given, must match the run's model kind.
-    """
+def read_config(run_dir: Path | str, kind: str | None = None) -> RunConfig:
+    """A run's config.yaml as a RunConfig; `kind`, when given, must match the run's model kind."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RszError(f"{run_dir}: run folder not found")
     config_path = run_dir / CONFIG
     if not config_path.is_file():
         raise RszError(f"{config_path}: missing (is {run_dir} an rsz-train run?)")
@@ -136,7 +131,19 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
     run_kind = str(raw["kind"])
     if kind is not None and run_kind != kind:
         raise RszError(f"{run_dir}: is a {run_kind} run, not {kind}")
-    config = config_from_dict(run_kind, raw, str(config_path))
+    return config_from_dict(run_kind, raw, str(config_path))
+
+
+def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") -> tuple[RszModel, RunInfo]:
+    """The best checkpoint of a run (eval mode, on `device`) and its RunInfo.
+
+    `kind`, when given, must match the run's model kind.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RszError(f"{run_dir}: run folder not found")
+    config = read_config(run_dir, kind)
+    run_kind, config_path = config.kind, run_dir / CONFIG
     record = _read_json(run_dir / CLASSES)
     report_path = run_dir / REPORT
     report = _read_json(report_path) if report_path.is_file() else {}

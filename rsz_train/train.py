@@ -13,6 +13,7 @@ ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -28,8 +29,10 @@ from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_train import evaluate as ev
 from rsz_train import runs
-from rsz_train.config import RunConfig, TrainConfig, config_from_dict, load_config, save_config
+from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
 from rsz_train.data import torch_datasets as td
+from rsz_train.data.formats import SceneData, Split, paper_split
+from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
 from rsz_train.models.base import RszModel
 from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, create_model, model_entry
 
@@ -70,10 +73,14 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
         raise RszError(
             f"train.dual_encoder_run {dual_encoder_run!r}: only used with train.semantics 'images'"
         )
-    if source in ("text", "images") and len(phrases) < 2:
+    if source == "images" and len(phrases) < 2:
         raise RszError(f"{data.root}: the benchmark has no attribute phrases (attributes.txt)")
     routes = [source] * len(names)
-    if source == "text":
+    if source == "text" and len(phrases) < 2:
+        # No attribute phrases (a caption data set, a class-folder set without --attributes): no
+        # attribute rows; the models that need them (DSVA, MCFA's "phrases") say so when built.
+        attributes = np.zeros((len(names), 0), dtype=np.float32)
+    elif source == "text":
         attributes = class_attribute_vectors(descriptions, phrases, phrase_ridge)
     elif source == "matrix":
         if data.attribute_matrix is None:
@@ -175,33 +182,30 @@ def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng
 
 
 class _Trainer:
-    """State of one run; `train()` below is the public entry point."""
+    """State of one run on one split; `train()` below is the public entry point."""
 
     def __init__(
         self,
         kind: str,
-        data_dir: Path,
-        split_name: str,
+        data: SceneData,
+        split: Split,
+        source: DataSource,
         out_dir: Path,
         config: RunConfig,
         device: torch.device,
     ):
-        from rsz_train.data.formats import load_benchmark, load_split
-
         self.kind, self.config, self.device = kind, config, device
         self.entry = model_entry(kind)
         self.out_dir = out_dir
-        self.data = load_benchmark(data_dir)
-        self.split = load_split(data_dir, split_name)
-        self.split_name = split_name
-        self.data_dir = data_dir
+        self.data, self.split, self.source = data, split, source
+        self.split_name = split.name
         names = list(self.data.class_names)
         self.index = {name: i for i, name in enumerate(names)}
         val = set(self.split.val)
         self.train_classes = [c for c in self.split.seen if c not in val]
         for c in [*self.split.seen, *self.split.unseen]:
             if c not in self.index:
-                raise RszError(f"split {split_name}: class {c!r} is not in the benchmark at {data_dir}")
+                raise RszError(f"split {split.name}: class {c!r} is not in the data set at {data.root}")
         self.train_ids = [self.index[c] for c in self.train_classes]
         self.val_ids = [self.index[c] for c in self.split.val]
         self.unseen_ids = [self.index[c] for c in self.split.unseen]
@@ -214,7 +218,7 @@ class _Trainer:
             config.train.phrase_ridge,
         )
         if not self.data.attribute_names and self.kind == "dsva":
-            raise RszError(f"{data_dir}: DSVA needs attributes (attributes.txt)")
+            raise RszError(f"{data.root}: DSVA needs attributes (attributes.txt, or --attributes FILE)")
         self.task = TaskInfo(
             attribute_names=list(self.data.attribute_names or []),
             attribute_phrases=list(self.data.attribute_phrases or []),
@@ -234,11 +238,24 @@ class _Trainer:
         if self.entry.uses_captions:  # caption models train only on images whose captions are for training
             self.sets["train"] = self._caption_subset(self.sets["train"], "train")
         if len(self.sets["train"].paths) < 2:
-            raise RszError(f"split {split_name}: fewer than 2 training images")
+            raise RszError(f"split {split.name}: fewer than 2 training images")
         position = {c: i for i, c in enumerate(self.train_ids)}
         self.train_labels = np.array([position[int(c)] for c in self.sets["train"].labels], dtype=np.int64)
         train_semantics = ev.subset_semantics(self.semantics, self.train_ids)
         self.train_class_inputs = self.model.class_inputs(train_semantics, device)
+
+    def caption_images(self, caption_split: str) -> list[str]:
+        """Images whose captions serve `caption_split` ("train", "val", "test"): a caption data set's
+        split lists say (val: the split's val_seen, which may be held-out training images); in the rsz
+        layout captions.json does, per image."""
+        if self.source.layout == "captions":
+            part = {"train": "train", "val": "val_seen", "test": "test_seen"}[caption_split]
+            return [p for p in getattr(self.split, part) if self.data.captions.get(p)]
+        return [
+            p
+            for p in self.data.image_paths
+            if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)
+        ]
 
     def _image_set(self, paths: list[str], label_of: dict[str, int]) -> ImageSet:
         labels = []
@@ -250,11 +267,8 @@ class _Trainer:
         return ImageSet(list(paths), images, np.asarray(labels, dtype=np.int64))
 
     def _caption_subset(self, image_set: ImageSet, caption_split: str) -> ImageSet:
-        keep = [
-            i
-            for i, p in enumerate(image_set.paths)
-            if self.data.captions.get(p) and self.data.caption_splits.get(p, "train") == caption_split
-        ]
+        wanted = set(self.caption_images(caption_split))
+        keep = [i for i, p in enumerate(image_set.paths) if p in wanted]
         return ImageSet([image_set.paths[i] for i in keep], image_set.images[keep], image_set.labels[keep])
 
     # --- training ---------------------------------------------------------------------------------------
@@ -337,12 +351,8 @@ class _Trainer:
         )
 
     def retrieval(self, caption_split: str) -> dict | None:
-        """Retrieval on every image of the benchmark whose captions belong to `caption_split`."""
-        paths = [
-            p
-            for p in self.data.image_paths
-            if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)
-        ]
+        """Retrieval on every image of the data set whose captions belong to `caption_split`."""
+        paths = self.caption_images(caption_split)
         if not paths:
             return None
         images = td.load_images(self.data.root, paths, self.config.train.image_size)
@@ -402,11 +412,14 @@ class _Trainer:
         return record
 
 
-def _selection_rule(cfg: TrainConfig, uses_captions: bool) -> str:
+def _selection_rule(cfg: TrainConfig, uses_captions: bool, source: DataSource) -> str:
     """How the kept epoch was chosen, in words (report.json)."""
     if cfg.select_last_epoch:
         return "last epoch"
-    return "retrieval mR on validation captions" if uses_captions else "ZSL accuracy on val_unseen"
+    if uses_captions:
+        where = source.validation if source.layout == "captions" else "validation captions"
+        return f"retrieval mR on {where}"
+    return "ZSL accuracy on val_unseen"
 
 
 def _read_metrics(path: Path, epochs_done: int) -> list[str]:
@@ -435,10 +448,15 @@ def optimizer_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> 
     return out
 
 
+PROTOCOLS = ("rsz", "paper")
+SELECTION = "selection"  # --protocol paper: the sub-run that chooses epochs and lambda on validation
+SUMMARY_NOTE = "mean and standard deviation over the splits (population std, ddof=0)"
+
+
 def train(
     kind: str,
     data_dir: Path | str,
-    split: str,
+    split: str | None,
     out_dir: Path | str,
     config_path: Path | str | None = None,
     device: str | None = None,
@@ -446,8 +464,16 @@ def train(
     resume: bool = False,
     overrides: dict | None = None,
     stop_after_epoch: int | None = None,
+    data_options: DataOptions | None = None,
+    protocol: str = "rsz",
 ) -> Path:
-    """Train a `kind` model on `data_dir`/splits/`split` into `out_dir`; returns `out_dir`.
+    """Train a `kind` model on the data set at `data_dir` into `out_dir`; returns `out_dir`.
+
+    `split` names a split of the rsz layout; `data_options` read other layouts and split files
+    (rsz_train.data.sources). `protocol` "rsz": train on seen - val classes, select on validation,
+    test once. "paper": the same selection run (in out_dir/selection), then a refit on every seen class
+    with the chosen epochs and lambda, scored once on the official test split. Several splits
+    (split_id "all") train into out_dir/<split> each, and report.json gives their mean and std.
 
     With `resume`, continue the run in `out_dir` from its last.pt (its own config.yaml; `epochs` may
     extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
@@ -455,19 +481,83 @@ def train(
     """
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if not data_dir.is_dir():
-        raise RszError(f"{data_dir}: data folder not found (make one with rsz-train synth --out {data_dir})")
-    last_path = out_dir / runs.LAST
-    if resume:
-        if not last_path.is_file():
-            raise RszError(f"{last_path}: nothing to resume (train without --resume first)")
-        import yaml
+    if protocol not in PROTOCOLS:
+        raise RszError(f"--protocol {protocol}: expected {' or '.join(PROTOCOLS)}")
+    options = dataclasses.replace(
+        data_options or DataOptions(), split=split or (data_options or DataOptions()).split
+    )
+    config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
+    data, layout = load_dataset(data_dir, options)
+    splits = resolve_splits(data_dir, data, layout, options)
+    dev = pick_device(device)
+    if len(splits) == 1:
+        split_obj, source = splits[0]
+        _train_split(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch, protocol)
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(config, out_dir / runs.CONFIG)
+    reports = []
+    for split_obj, source in splits:
+        sub = out_dir / split_obj.name
+        if resume and (sub / runs.REPORT).is_file():
+            reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
+            continue
+        _train_split(
+            kind, data, split_obj, source, sub, config, dev, resume and (sub / runs.LAST).is_file(),
+            stop_after_epoch, protocol,
+        )  # fmt: skip
+        if not (sub / runs.REPORT).is_file():
+            return out_dir  # stopped early (stop_after_epoch): nothing to summarise yet
+        reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
+    summary = {
+        "kind": kind,
+        "protocol": protocol,
+        "splits": [s.name for s, _ in splits],
+        "data": splits[0][1].to_dict(),
+        "test": summarise([r["test"] for r in reports]),
+        "note": SUMMARY_NOTE + "; each split's " + TEST_NOTE,
+        "seconds": round(time.time() - started, 1),
+        "device": str(dev),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    runs.write_atomic(out_dir / runs.REPORT, json.dumps(summary, indent=2))
+    return out_dir
 
-        config = config_from_dict(
-            kind,
-            yaml.safe_load((out_dir / runs.CONFIG).read_text(encoding="utf-8")),
-            str(out_dir / runs.CONFIG),
-        )
+
+def summarise(tests: list[dict]) -> dict:
+    """{"zsl": {"mean", "std", "values"}, "gzsl_H": ..., "retrieval_mR": ...} over the splits' test dicts."""
+    metrics = {
+        "zsl": lambda t: t.get("zsl"),
+        "gzsl_U": lambda t: t.get("gzsl", {}).get("U"),
+        "gzsl_S": lambda t: t.get("gzsl", {}).get("S"),
+        "gzsl_H": lambda t: t.get("gzsl", {}).get("H"),
+        "retrieval_mR": lambda t: t.get("retrieval", {}).get("mR"),
+    }
+    out = {}
+    for name, get in metrics.items():
+        values = [get(t) for t in tests]
+        if values and all(v is not None for v in values):
+            out[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+    return out
+
+
+def resolve_config(
+    kind: str,
+    out_dir: Path,
+    config_path: Path | str | None,
+    overrides: dict | None,
+    epochs: int | None,
+    resume: bool,
+) -> RunConfig:
+    """The run's config: its own config.yaml when resuming (runs.read_config), else defaults, the
+    config file and the overrides; `epochs` replaces train.epochs either way."""
+    if resume:
+        if not any(out_dir.glob(f"**/{runs.LAST}")):
+            raise RszError(f"{out_dir / runs.LAST}: nothing to resume (train without --resume first)")
+        # --protocol paper keeps the run's own config in selection/ (the refit's has the chosen epochs)
+        selection = out_dir / SELECTION
+        config = runs.read_config(selection if (selection / runs.CONFIG).is_file() else out_dir, kind)
     else:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise RszError(
@@ -478,40 +568,113 @@ def train(
         if epochs < 1:
             raise RszError(f"--epochs {epochs}: must be at least 1")
         config.train.epochs = epochs
-    dev = pick_device(device)
-    trainer = _Trainer(kind, data_dir, split, out_dir, config, dev)
-    model, cfg = trainer.model, config.train
+    return config
 
+
+@dataclass
+class FitResult:
+    """What one fit (a training loop to its end) leaves for the final report."""
+
+    trainer: _Trainer
+    best_epoch: int  # 0-based
+    val: dict  # validation metrics of the kept weights ({} for a refit: it has no validation)
+    calibration: float
+    seconds: float
+
+
+def _train_split(
+    kind: str,
+    data: SceneData,
+    split: Split,
+    source: DataSource,
+    out_dir: Path,
+    config: RunConfig,
+    dev: torch.device,
+    resume: bool,
+    stop_after_epoch: int | None,
+    protocol: str,
+) -> None:
+    """One split: a fit (rsz) or a selection fit and a refit (paper), then the report."""
+    if protocol == "rsz":
+        fit = _fit(kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, select=True)
+        if fit is not None:
+            _final_report(fit, kind, protocol, out_dir, selection=None)
+        return
+    selection_dir = out_dir / SELECTION
+    done = selection_dir / runs.REPORT
+    if resume and done.is_file():
+        selected = json.loads(done.read_text(encoding="utf-8"))
+    else:
+        fit = _fit(
+            kind, data, split, source, selection_dir, config, dev,
+            resume and (selection_dir / runs.LAST).is_file(), stop_after_epoch, select=True,
+        )  # fmt: skip
+        if fit is None:
+            return
+        selected = {
+            "best_epoch": fit.best_epoch + 1,
+            "calibration": fit.calibration,
+            "val": fit.val,
+            "selection": _selection_rule(config.train, fit.trainer.entry.uses_captions, source),
+            "seconds": fit.seconds,
+        }
+        runs.write_atomic(done, json.dumps(selected, indent=2))
+    refit_config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, epochs=int(selected["best_epoch"]))
+    )
+    refit = _fit(
+        kind, data, paper_split(split, data), source, out_dir, refit_config, dev,
+        resume and (out_dir / runs.LAST).is_file(), stop_after_epoch, select=False,
+        calibration=float(selected["calibration"]),
+    )  # fmt: skip
+    if refit is not None:
+        _final_report(refit, kind, protocol, out_dir, selection=selected)
+
+
+def _fit(
+    kind: str,
+    data: SceneData,
+    split: Split,
+    source: DataSource,
+    out_dir: Path,
+    config: RunConfig,
+    dev: torch.device,
+    resume: bool,
+    stop_after_epoch: int | None,
+    select: bool,
+    calibration: float = 0.0,
+) -> FitResult | None:
+    """Train `config.train.epochs` epochs into `out_dir`. `select`: score validation every epoch and
+    keep the best (or last, train.select_last_epoch), choose lambda on validation; otherwise (a refit)
+    keep the last epoch with the given `calibration`. None when stopped before the last epoch."""
+    started = time.time()
+    trainer = _Trainer(kind, data, split, source, out_dir, config, dev)
+    model, cfg = trainer.model, config.train
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
     steps = trainer.steps_per_epoch()
     total, warmup = steps * cfg.epochs, steps * min(cfg.warmup_epochs, cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp == torch.float16)
-
-    start_epoch, best_score, best_epoch = 0, -math.inf, -1
-    metrics_path = out_dir / runs.METRICS
+    last_path, metrics_path = out_dir / runs.LAST, out_dir / runs.METRICS
     if resume:
-        state = torch.load(last_path, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
-        seconds_before = state.get("seconds", 0.0)
+        start_epoch, best_score, best_epoch, seconds_before = _restore(
+            last_path, dev, model, optimizer, scheduler, scaler
+        )
         lines = _read_metrics(metrics_path, start_epoch)
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / runs.CONFIG)
-        runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(0.0)))
-        seconds_before, lines = 0.0, []
+        runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
+        start_epoch, best_score, best_epoch, seconds_before, lines = 0, -math.inf, -1, 0.0, []
     runs.write_atomic(metrics_path, "".join(line + "\n" for line in lines))
 
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         losses = trainer.run_epoch(epoch, optimizer, scheduler, scaler)
-        score, val = trainer.validate()
-        improved = epoch == cfg.epochs - 1 if cfg.select_last_epoch else score > best_score
+        score, val = trainer.validate() if select else (math.nan, {})
+        last = epoch == cfg.epochs - 1
+        improved = last if (cfg.select_last_epoch or not select) else score > best_score
         if improved:
             best_score, best_epoch = score, epoch
             runs.save_weights(model, out_dir / runs.WEIGHTS, kind)
@@ -521,13 +684,14 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "losses": losses,
             "val": val,
-            "selection_score": score,
+            "selection_score": score if select else None,
             "best": improved,
         }
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-        summary = f"epoch {epoch + 1}/{cfg.epochs}: loss {losses['loss']:.4f}, val score {score:.4f}"
-        tqdm.write(summary + (" (best)" if improved else ""))
+        summary = f"epoch {epoch + 1}/{cfg.epochs}: loss {losses['loss']:.4f}"
+        summary += f", val score {score:.4f}" if select else " (refit: no validation)"
+        tqdm.write(summary + (" (best)" if improved and select else ""))
         runs.save_resume_state(
             last_path,
             {
@@ -542,34 +706,65 @@ def train(
             },
         )
     if end_epoch < cfg.epochs:
-        return out_dir
-
-    # Selection is over: reload the best epoch, choose lambda on validation, then score the test split once.
+        return None
+    # Selection is over: reload the kept epoch, and (select) choose lambda on validation.
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(out_dir / runs.WEIGHTS)))
-    _, val = trainer.validate()
-    calibration = float(val.get("calibration", 0.0))
-    test = trainer.zsl_scores("test", calibration) or {}
+    val = {}
+    if select:
+        _, val = trainer.validate()
+        calibration = float(val.get("calibration", 0.0))
+    return FitResult(trainer, best_epoch, val, calibration, seconds_before + time.time() - started)
+
+
+def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, scaler) -> tuple:  # noqa: ANN001
+    """Load last.pt into the loop's objects -> (next epoch, best score, best epoch, seconds so far)."""
+    state = torch.load(last_path, map_location=dev, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return state["epoch"], state["best_score"], state["best_epoch"], state.get("seconds", 0.0)
+
+
+def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selection: dict | None) -> None:
+    """Score the test split once with the kept weights and lambda; write report.json and classes.json."""
+    trainer, cfg = fit.trainer, fit.trainer.config.train
+    test = trainer.zsl_scores("test", fit.calibration) or {}
     if trainer.entry.uses_captions:
         retrieval = trainer.retrieval("test")
         if retrieval is not None:
             test["retrieval"] = retrieval
+    if selection is None:
+        chosen = {
+            "best_epoch": fit.best_epoch + 1,
+            "selection": _selection_rule(cfg, trainer.entry.uses_captions, trainer.source),
+            "val": fit.val,
+        }
+    else:
+        chosen = {
+            "best_epoch": selection["best_epoch"],
+            "selection": (
+                f"{selection['selection']} of the selection run ({SELECTION}/: seen minus val classes), "
+                f"then a refit on all {len(trainer.train_classes)} seen classes for the chosen "
+                f"{selection['best_epoch']} epochs with the chosen lambda"
+            ),
+            "val": selection["val"],
+        }
     report = {
         "kind": kind,
-        "data": str(data_dir),
-        "split": split,
+        "protocol": protocol,
+        "data": trainer.source.to_dict(),
+        "split": trainer.split_name,
         "epochs": cfg.epochs,
-        "best_epoch": best_epoch + 1,
-        "selection": _selection_rule(cfg, trainer.entry.uses_captions),
-        "seen_calibration": calibration,
-        "val": val,
+        **chosen,
+        "seen_calibration": fit.calibration,
         "test": test,
         "note": TEST_NOTE,
-        "seconds": round(seconds_before + time.time() - started, 1),
-        "device": str(dev),
+        "seconds": round(fit.seconds + (selection or {}).get("seconds", 0.0), 1),
+        "device": str(trainer.device),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
+    runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(fit.calibration)))
     runs.write_atomic(out_dir / runs.REPORT, json.dumps(report, indent=2))
-    return out_dir

@@ -58,6 +58,10 @@ class Split:
     val_unseen: list[str]
     test_seen: list[str]
     test_unseen: list[str]
+    # The published split this one was carved from, for --protocol paper (every seen class trained, no
+    # val, the official test images); None: paper_split() derives it (val classes' images join training,
+    # some held out as their test_seen).
+    refit: Split | None = None
 
     @property
     def train_classes(self) -> list[str]:
@@ -380,6 +384,108 @@ def carve_val_classes(seen: list[str], seed: int = 0, fraction: float = 1 / 6) -
     return sorted(seen[i] for i in order[:count])
 
 
+def split_from_official(
+    data: SceneData,
+    name: str,
+    seen: list[str],
+    unseen: list[str],
+    train_all: list[str],
+    test_seen: list[str],
+    test_unseen: list[str],
+    seed: int = 0,
+    holdout: float = 0.1,
+    where: Path | str | None = None,
+) -> Split:
+    """A published split (training images of every seen class, test_seen, test_unseen) -> Split.
+
+    Validation is carved from it: val classes from the seen classes (carve_val_classes: all their
+    images, training and test_seen, become val_unseen), and `holdout` of each training class's training
+    images become val_seen. `refit` keeps the published split itself for --protocol paper.
+    """
+    where = where or f"split {name}"
+    val = carve_val_classes(seen, seed)
+    _check_class_lists(where, seen, unseen, val)
+    class_of = {p: data.class_names[label] for p, label in zip(data.image_paths, data.labels)}
+    by_class: dict[str, list[str]] = {}
+    for p in train_all:
+        by_class.setdefault(class_of[p], []).append(p)
+    train, val_seen, val_unseen = [], [], []
+    for c in seen:
+        members = sorted(by_class.get(c, []))
+        if c in val:
+            val_unseen += members
+            continue
+        n_hold = max(1, round(holdout * len(members)))
+        if len(members) <= n_hold:
+            raise RszError(
+                f"{where}: class {c!r} has {len(members)} training images, too few to hold some out"
+            )
+        shuffled = [members[i] for i in _class_rng(seed, c).permutation(len(members))]
+        val_seen += sorted(shuffled[:n_hold])
+        train += sorted(shuffled[n_hold:])
+    val_set = set(val)
+    val_unseen += [p for p in test_seen if class_of[p] in val_set]
+    official = Split(
+        name=name,
+        seen=list(seen),
+        unseen=list(unseen),
+        val=[],
+        train=sorted(train_all),
+        val_seen=[],
+        val_unseen=[],
+        test_seen=list(test_seen),
+        test_unseen=list(test_unseen),
+    )
+    return Split(
+        name=name,
+        seen=list(seen),
+        unseen=list(unseen),
+        val=val,
+        train=train,
+        val_seen=val_seen,
+        val_unseen=val_unseen,
+        test_seen=[p for p in test_seen if class_of[p] not in val_set],
+        test_unseen=list(test_unseen),
+        refit=official,
+    )
+
+
+def paper_split(split: Split, data: SceneData, holdout: float = 0.2, seed: int = 0) -> Split:
+    """The split --protocol paper refits on: every seen class trained, no val classes, test untouched.
+
+    `split.refit` when the split was published (DSVA .mat, MCFA folder); otherwise the training classes
+    keep their test_seen and train on train + val_seen, and each val class gives `holdout` of its images
+    (seeded per class, at least one) to test_seen and the rest to training, so that GZSL at test covers
+    every seen class.
+    """
+    if split.refit is not None:
+        return split.refit
+    class_of = {p: data.class_names[label] for p, label in zip(data.image_paths, data.labels)}
+    train, test_seen = list(split.train) + list(split.val_seen), list(split.test_seen)
+    by_class: dict[str, list[str]] = {}
+    for p in split.val_unseen:
+        by_class.setdefault(class_of[p], []).append(p)
+    for c in split.val:
+        members = sorted(by_class.get(c, []))
+        n_hold = max(1, round(holdout * len(members)))
+        if len(members) <= n_hold:
+            raise RszError(f"split {split.name}: val class {c!r} has {len(members)} images, too few to refit")
+        shuffled = [members[i] for i in _class_rng(seed, c).permutation(len(members))]
+        test_seen += sorted(shuffled[:n_hold])
+        train += sorted(shuffled[n_hold:])
+    return Split(
+        name=split.name,
+        seen=list(split.seen),
+        unseen=list(split.unseen),
+        val=[],
+        train=sorted(train),
+        val_seen=[],
+        val_unseen=[],
+        test_seen=test_seen,
+        test_unseen=list(split.test_unseen),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # DSVA .mat splits
 
@@ -402,7 +508,11 @@ def _strings(value) -> list[str]:
 
 
 def read_dsva_mat(
-    path: str | Path, data: SceneData, split_id: int | str | None = None, holdout: float = 0.1
+    path: str | Path,
+    data: SceneData,
+    split_id: int | str | None = None,
+    holdout: float = 0.1,
+    seed: int = 0,
 ) -> tuple[Split, np.ndarray]:
     """DSVA's ann_attr_finetune_*_splits.mat -> (Split, att [C, A] in data.class_names order).
 
@@ -410,8 +520,7 @@ def read_dsva_mat(
     list `data.image_paths` (or into the file's own `image_files` when it has one, matched by
     "<class>/<file>"): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
     test_seen_loc, test_unseen_loc, each optionally suffixed `_<id>` (the random split id; the smallest
-    is used unless `split_id` says). Val classes are carved from the seen classes (carve_val_classes);
-    `holdout` of each training class's train_gzsl images become val_seen.
+    is used unless `split_id` says). Validation is carved by split_from_official.
     """
     from scipy.io import loadmat  # training-side dependency
 
@@ -473,43 +582,18 @@ def read_dsva_mat(
         raise RszError(
             f"{path}: class {sorted(set(seen) & set(unseen))[0]!r} has training and unseen test images"
         )
-    val = carve_val_classes(seen)
-    _check_class_lists(path, seen, unseen, val)
     paths = data.image_paths
-    train, val_seen, val_unseen = [], [], []
-    by_class: dict[str, list[int]] = {}
-    for i in train_all:
-        by_class.setdefault(data.class_names[data.labels[image_list[i]]], []).append(i)
-    for c in seen:
-        members = sorted(by_class.get(c, []))
-        if c in val:
-            val_unseen += [paths[image_list[i]] for i in members]
-            continue
-        n_hold = max(1, round(holdout * len(members)))
-        if len(members) <= n_hold:
-            raise RszError(
-                f"{path}: class {c!r} has {len(members)} training images, too few to hold some out"
-            )
-        shuffled = [members[i] for i in _class_rng(0, c).permutation(len(members))]
-        val_seen += sorted(paths[image_list[i]] for i in shuffled[:n_hold])
-        train += sorted(paths[image_list[i]] for i in shuffled[n_hold:])
-    val_set = set(val)
-    test_seen_paths = [paths[image_list[i]] for i in test_seen]
-    for i in test_seen:  # val classes' held-out images join their other images
-        if data.class_names[data.labels[image_list[i]]] in val_set:
-            val_unseen.append(paths[image_list[i]])
-    moved = set(val_unseen)
-    test_seen_paths = [p for p in test_seen_paths if p not in moved]
-    split = Split(
-        name=path.stem + suffix,
-        seen=seen,
-        unseen=unseen,
-        val=val,
-        train=train,
-        val_seen=val_seen,
-        val_unseen=val_unseen,
-        test_seen=test_seen_paths,
-        test_unseen=[paths[image_list[i]] for i in test_unseen],
+    split = split_from_official(
+        data,
+        path.stem + suffix,
+        seen,
+        unseen,
+        [paths[image_list[i]] for i in train_all],
+        [paths[image_list[i]] for i in test_seen],
+        [paths[image_list[i]] for i in test_unseen],
+        seed,
+        holdout,
+        where=path,
     )
     return split, att_by_class
 

@@ -148,6 +148,13 @@ class DSVA(RszModel):
         return losses
 
     def class_inputs(self, semantics: ClassSemantics, device: torch.device | str = "cpu") -> torch.Tensor:
+        width = semantics.attributes.shape[1]
+        if width != self.prototypes.shape[0]:
+            raise RszError(
+                f"DSVA: the classes have {width} attribute values, the model {self.prototypes.shape[0]} "
+                "attributes (descriptions need attribute phrases, --attributes FILE; or train.semantics "
+                "matrix)"
+            )
         return torch.as_tensor(semantics.attributes, dtype=torch.float32, device=device)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,434 @@
+"""Data sets as they ship -> (SceneData, [(Split, DataSource)]): what `rsz-train KIND --data ROOT` reads.
+
+`--data ROOT` is one of:
+- the rsz layout (ROOT/images/<class>/..., ROOT/classes.txt, ROOT/splits/<name>/; docs/DESIGN.md);
+- a plain class-folder data set: ROOT/<class>/*.{jpg,png,tif}, also one folder level above that (UCM's
+  `Images/`, RSSDIVCS as it unpacks into one named folder);
+- with `--captions FILE.json` (Karpathy JSON of RSICD, RSITMD, UCM-captions, Sydney-captions): the folder
+  the JSON's filenames are relative to (or its images/, imgs/ or Images/ subfolder).
+
+The class split of a class-folder data set comes from one of (DataOptions):
+- `split_file` = DSVA's ann_attr_finetune_*_splits.mat (formats.read_dsva_mat);
+- `split_file` = an MCFA split folder of seen_class_loc_<ratio>_<id>.txt / unseen_class_loc_<ratio>_<id>.txt
+  (and test_seen_class_loc_<ratio>_<id>.txt in the GZSL folders): one 0-based image index per line into
+  the image list (classes, then files, sorted by name), as masuqiang/MCFA-Pytorch data_loader.py
+  indexes its feature rows with them;
+- `split_file` = a folder with seen.txt and unseen.txt class lists (val.txt optional);
+- `unseen` N with `seed`: a random class split.
+`split_id` "N" picks one numbered split of a .mat or MCFA folder, "all" every one (in id order).
+
+Nothing is copied: each Split comes with a DataSource that a run records (root, layout, split source,
+split file and its sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.classfile import read_class_file
+from rsz_infer.errors import RszError
+from rsz_train.data import formats
+from rsz_train.data.formats import SceneData, Split
+
+MCFA_KINDS = ("seen", "unseen", "test_seen")  # file stems <kind>_class_loc_<ratio>_<id>.txt
+IMAGE_FOLDERS = ("", "images", "imgs", "Images")  # where a caption JSON's filenames may live under --data
+VAL_CAPTION_HOLDOUT = 0.1  # of the training images, when a caption data set has no val captions
+
+
+@dataclass
+class DataOptions:
+    """How to read a data set (the data options of `rsz-train KIND`)."""
+
+    split: str | None = None  # rsz layout: a folder under DATA/splits
+    split_file: str | None = None  # .mat (DSVA), MCFA split folder, or folder of seen.txt/unseen.txt
+    split_id: str | None = None  # "N" or "all" (numbered splits of a .mat or MCFA folder)
+    unseen: int | None = None  # random class split with this many unseen classes
+    seed: int = 0  # of the random class split and of every holdout
+    classes: str | None = None  # class file with descriptions ("name: description" per line)
+    attributes: str | None = None  # attributes.txt-format file ("name<TAB>group<TAB>phrase")
+    captions: str | None = None  # Karpathy caption JSON
+
+
+@dataclass
+class DataSource:
+    """What a run records about where its data and split came from."""
+
+    root: str  # the folder image paths are relative to
+    layout: str  # "rsz" | "class_folders" | "captions"
+    split_source: str  # "rsz split" | "dsva mat" | "mcfa folder" | "class lists" | "random" | "captions"
+    split_name: str
+    split_file: str | None = None
+    split_sha256: str | None = None  # of the file (of every split file of the id, for an MCFA folder)
+    split_id: str | None = None
+    validation: str = "val classes carved from the seen classes"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The images
+
+
+def is_rsz_layout(data_dir: Path) -> bool:
+    return (data_dir / "images").is_dir() and (
+        (data_dir / "classes.txt").is_file() or (data_dir / "splits").is_dir()
+    )
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """Some subfolder of `folder` holds image files directly."""
+    return any(
+        sub.is_dir() and not sub.name.startswith(".") and formats._images_in(sub) for sub in folder.iterdir()
+    )
+
+
+def class_folder_root(data_dir: Path) -> Path:
+    """ROOT itself when its subfolders hold images, else the one folder level below (Images/, RSSDIVCS/)."""
+    if not data_dir.is_dir():
+        raise RszError(f"{data_dir}: data folder not found")
+    if _holds_class_folders(data_dir):
+        return data_dir
+    subs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    candidates = [p for p in subs if _holds_class_folders(p)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates[:3])
+        raise RszError(f"{data_dir}: several folders of class folders ({names}); give one as --data")
+    raise RszError(f"{data_dir}: no class folders with images (expected ROOT/<class_name>/<image files>)")
+
+
+def _apply_classes_file(data: SceneData, path: Path) -> None:
+    """Descriptions from a class file; its names match class folders up to case, spaces and '_'."""
+    folder_of = {formats._normalise(n): n for n in data.class_names}
+    for entry in read_class_file(path):
+        folder = folder_of.get(formats._normalise(entry.name))
+        if folder is None:
+            raise RszError(f"{path}: class {entry.name!r} is not a class folder of {data.root}")
+        data.descriptions[folder] = entry.description
+
+
+def _apply_attributes_file(data: SceneData, path: Path) -> None:
+    data.attribute_names, data.attribute_groups, data.attribute_phrases = formats._read_attributes(path)
+
+
+def load_dataset(data_dir: Path | str, options: DataOptions) -> tuple[SceneData, str]:
+    """The images, classes and (optional) descriptions, attributes and captions -> (SceneData, layout)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise RszError(f"{data_dir}: data folder not found (make one with rsz-train synth --out {data_dir})")
+    if options.captions:
+        data, layout = _caption_dataset(data_dir, Path(options.captions)), "captions"
+    elif is_rsz_layout(data_dir):
+        data, layout = formats.load_benchmark(data_dir), "rsz"
+    else:
+        data, layout = formats.load_scene_folders(class_folder_root(data_dir)), "class_folders"
+    if options.classes:
+        _apply_classes_file(data, Path(options.classes))
+    if options.attributes:
+        _apply_attributes_file(data, Path(options.attributes))
+    elif layout != "rsz" and (data_dir / "attributes.txt").is_file():
+        _apply_attributes_file(data, data_dir / "attributes.txt")
+    return data, layout
+
+
+def _caption_class(filename: str) -> str:
+    """The class of a caption data set's image: its folder, or the name before a trailing number
+    (RSITMD 'airport_12.tif', RSICD 'denseresidential_3.jpg'), else 'image'."""
+    if "/" in filename:
+        return filename.rsplit("/", 1)[0]
+    stem = Path(filename).stem
+    match = re.match(r"^(.*?[A-Za-z])[_\-\s]*\d+$", stem)
+    return match.group(1) if match else "image"
+
+
+def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
+    entries = formats.read_karpathy(captions_file)
+    if not entries:
+        raise RszError(f"{captions_file}: no images")
+    first = next(iter(entries))
+    root = next((data_dir / sub for sub in IMAGE_FOLDERS if (data_dir / sub / first).is_file()), None)
+    if root is None:
+        raise RszError(f"{captions_file}: image {first!r} not found under {data_dir} (or its images/, imgs/)")
+    for filename in entries:
+        if not (root / filename).is_file():
+            raise RszError(f"{captions_file}: image {filename!r} not found under {root}")
+    filenames = sorted(entries)
+    class_names = sorted({_caption_class(f) for f in filenames})
+    index = {c: i for i, c in enumerate(class_names)}
+    return SceneData(
+        root=root,
+        class_names=class_names,
+        descriptions={c: c.replace("_", " ") for c in class_names},
+        image_paths=filenames,
+        labels=np.array([index[_caption_class(f)] for f in filenames], dtype=np.int64),
+        attribute_names=[],
+        attribute_groups=[],
+        attribute_phrases=[],
+        attribute_matrix=None,
+        captions={f: entries[f][1] for f in filenames},
+        caption_splits={f: entries[f][0] for f in filenames},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The splits
+
+
+def resolve_splits(
+    data_dir: Path | str, data: SceneData, layout: str, options: DataOptions
+) -> list[tuple[Split, DataSource]]:
+    """Every split the options name (several only with split_id "all")."""
+    data_dir = Path(data_dir)
+    root = str(data.root)
+    chosen = [options.split, options.split_file, options.unseen]
+    if sum(v is not None for v in chosen) > 1:
+        raise RszError("--split, --split-file and --unseen: give only one of them")
+    if options.split_id is not None and options.split_file is None:
+        raise RszError(f"--split-id {options.split_id}: needs --split-file (a .mat or an MCFA split folder)")
+    if layout == "captions" and options.split_file is None and options.unseen is None:
+        split, validation = caption_split(data, options.seed)
+        return [(split, DataSource(root, layout, "captions", split.name, options.captions,
+                                   sha256_of([Path(options.captions)]), validation=validation))]  # fmt: skip
+    if options.split_file is not None:
+        return _split_file(Path(options.split_file), data, layout, options)
+    if options.unseen is not None:
+        split = random_class_split(data, options.unseen, options.seed)
+        return [(split, DataSource(root, layout, "random", split.name))]
+    if layout == "rsz":
+        name = options.split or _default_split()
+        split = formats.load_split(data_dir, name)
+        return [(split, DataSource(root, layout, "rsz split", name, str(data_dir / "splits" / name)))]
+    raise RszError(
+        f"{data_dir}: a class-folder data set needs a class split: --split-file "
+        "(a DSVA .mat, an MCFA split folder or a folder with seen.txt/unseen.txt) or --unseen N"
+    )
+
+
+def _default_split() -> str:
+    from rsz_train.data.synth import DEFAULT_SPLIT
+
+    return DEFAULT_SPLIT
+
+
+def _split_file(
+    path: Path, data: SceneData, layout: str, options: DataOptions
+) -> list[tuple[Split, DataSource]]:
+    root = str(data.root)
+    if path.suffix.lower() == ".mat":
+        out = []
+        for split_id in dsva_split_ids(path, options.split_id):
+            split, att = formats.read_dsva_mat(path, data, split_id, seed=options.seed)
+            _attach_matrix(data, att, path)
+            source = DataSource(root, layout, "dsva mat", split.name, str(path), sha256_of([path]), split_id)
+            out.append((split, source))
+        return out
+    if path.is_file() and path.name in ("seen.txt", "unseen.txt"):
+        path = path.parent
+    if not path.is_dir():
+        raise RszError(f"{path}: split file not found (a .mat, an MCFA split folder, or seen.txt/unseen.txt)")
+    if list(path.glob("seen_class_loc_*.txt")):
+        out = []
+        for split_id, files in mcfa_split_files(path, options.split_id):
+            split = read_mcfa_split(files, data, f"{path.name}_{split_id}", options.seed)
+            source = DataSource(
+                root, layout, "mcfa folder", split.name, str(path), sha256_of(list(files.values())), split_id
+            )
+            out.append((split, source))
+        return out
+    if (path / "seen.txt").is_file():
+        if options.split_id is not None:
+            raise RszError(f"--split-id {options.split_id}: {path} holds one split (seen.txt/unseen.txt)")
+        split = class_list_split(path, data, options.seed)
+        files = [path / f"{k}.txt" for k in ("seen", "unseen", "val") if (path / f"{k}.txt").is_file()]
+        return [(split, DataSource(root, layout, "class lists", split.name, str(path), sha256_of(files)))]
+    raise RszError(f"{path}: no split files (seen_class_loc_*.txt, or seen.txt and unseen.txt)")
+
+
+def _attach_matrix(data: SceneData, att: np.ndarray, path: Path) -> None:
+    """The .mat's attribute matrix becomes the ground truth (train.semantics: matrix); names come from an
+    attributes file with as many rows, else att_1..att_A (and no phrases)."""
+    if data.attribute_names and len(data.attribute_names) != att.shape[1]:
+        raise RszError(
+            f"{path}: att has {att.shape[1]} attributes, the attributes file {len(data.attribute_names)}"
+        )
+    if not data.attribute_names:
+        data.attribute_names = [f"att_{i + 1}" for i in range(att.shape[1])]
+        data.attribute_groups = ["att"] * att.shape[1]
+    data.attribute_matrix = att
+
+
+def dsva_split_ids(path: Path, split_id: str | None) -> list[str | None]:
+    if split_id != "all":
+        return [split_id]
+    from scipy.io import loadmat
+
+    try:
+        keys = loadmat(str(path)).keys()
+    except Exception as err:  # noqa: BLE001 (scipy raises several types for a file that is not a .mat)
+        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__})") from None
+    ids = sorted(
+        (k[len("test_unseen_loc_") :] for k in keys if k.startswith("test_unseen_loc_")), key=_id_key
+    )
+    if not ids:
+        raise RszError(f"{path}: --split-id all, but the file has no numbered splits (test_unseen_loc_<id>)")
+    return list(ids)
+
+
+def _id_key(split_id: str) -> tuple:
+    return (not split_id.isdigit(), int(split_id) if split_id.isdigit() else 0, split_id)
+
+
+_MCFA_NAME = re.compile(r"^(seen|unseen|test_seen)_class_loc_(.+)_([^_]+)\.txt$")
+
+
+def mcfa_split_files(folder: Path, split_id: str | None) -> list[tuple[str, dict[str, Path]]]:
+    """(id, {"seen": path, "unseen": path[, "test_seen": path]}) of the chosen ids of an MCFA folder."""
+    by_id: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.glob("*_class_loc_*.txt")):
+        match = _MCFA_NAME.match(path.name)
+        if match:
+            by_id.setdefault(match.group(3), {})[match.group(1)] = path
+    for sid, files in by_id.items():
+        for kind in ("seen", "unseen"):
+            if kind not in files:
+                raise RszError(f"{folder}: split id {sid!r} has no {kind}_class_loc_*_{sid}.txt")
+    ids = sorted(by_id, key=_id_key)
+    if split_id is None:
+        if len(ids) > 1:
+            raise RszError(
+                f"{folder}: {len(ids)} splits ({', '.join(ids)}); choose one with --split-id N or all"
+            )
+        chosen = ids
+    elif split_id == "all":
+        chosen = ids
+    elif split_id in by_id:
+        chosen = [split_id]
+    else:
+        raise RszError(f"{folder}: no split id {split_id!r} (ids: {', '.join(ids)})")
+    return [(sid, by_id[sid]) for sid in chosen]
+
+
+def _read_indices(path: Path, count: int) -> list[int]:
+    """One 0-based image index per line (blank lines skipped)."""
+    out = []
+    for number, line in enumerate(formats._read_text(path).splitlines(), start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            value = int(float(text)) if re.fullmatch(r"\d+(\.0*)?", text) else None
+        except ValueError:
+            value = None
+        if value is None or not 0 <= value < count:
+            raise RszError(
+                f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}"
+            )
+        out.append(value)
+    if not out:
+        raise RszError(f"{path}: no image indices")
+    return out
+
+
+def read_mcfa_split(files: dict[str, Path], data: SceneData, name: str, seed: int = 0) -> Split:
+    """An MCFA split: seen (training images of the seen classes), unseen, optional test_seen."""
+    paths = data.image_paths
+    index = {k: _read_indices(p, len(paths)) for k, p in files.items()}
+    train_all = [paths[i] for i in index["seen"]]
+    test_seen = [paths[i] for i in index.get("test_seen", [])]
+    test_unseen = [paths[i] for i in index["unseen"]]
+    overlap = set(train_all) & set(test_seen)
+    if overlap:
+        raise RszError(f"{files['test_seen']}: image {sorted(overlap)[0]!r} is also in {files['seen'].name}")
+    classes_of = {p: data.class_names[label] for p, label in zip(paths, data.labels)}
+    seen = sorted({classes_of[p] for p in train_all})
+    unseen = sorted({classes_of[p] for p in test_unseen})
+    both = set(seen) & set(unseen)
+    if both:
+        raise RszError(f"{files['unseen']}: class {sorted(both)[0]!r} has images in {files['seen'].name} too")
+    return formats.split_from_official(data, name, seen, unseen, train_all, test_seen, test_unseen, seed)
+
+
+def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
+    """seen.txt / unseen.txt (/ val.txt) class lists next to a class-folder data set."""
+    folder_of = {formats._normalise(n): n for n in data.class_names}
+    lists = {}
+    for key in ("seen", "unseen", "val"):
+        path = folder / f"{key}.txt"
+        if key == "val" and not path.is_file():
+            continue
+        names = []
+        for name in formats.read_class_list(path):
+            if formats._normalise(name) not in folder_of:
+                raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root})")
+            names.append(folder_of[formats._normalise(name)])
+        lists[key] = names
+    val = lists.get("val") or formats.carve_val_classes(lists["seen"], seed)
+    return formats.make_split(data, lists["seen"], lists["unseen"], val, seed=seed, name=folder.name)
+
+
+def random_class_split(data: SceneData, unseen: int, seed: int) -> Split:
+    """`unseen` classes drawn at random (seeded), the rest seen; val classes carved from the seen."""
+    count = len(data.class_names)
+    if not 1 <= unseen <= count - 2:
+        raise RszError(f"--unseen {unseen}: must be in 1..{count - 2} ({count} classes, 2 seen at least)")
+    order = np.random.default_rng(seed).permutation(count)
+    unseen_names = sorted(data.class_names[i] for i in order[:unseen])
+    seen = sorted(data.class_names[i] for i in order[unseen:])
+    val = formats.carve_val_classes(seen, seed)
+    return formats.make_split(
+        data, seen, unseen_names, val, seed=seed, name=f"random_{count - unseen}_{unseen}_s{seed}"
+    )
+
+
+def caption_split(data: SceneData, seed: int = 0) -> tuple[Split, str]:
+    """A caption data set's own train/val/test images (no classes held out: retrieval needs none).
+
+    When the JSON has no val images (RSITMD), VAL_CAPTION_HOLDOUT of the training images (seeded) hold
+    their captions out for selection; the returned text says which."""
+    by_split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for p in data.image_paths:
+        by_split[data.caption_splits[p]].append(p)
+    if not by_split["train"]:
+        raise RszError("caption data set: no training images (split 'train' or 'restval')")
+    validation = "val captions of the caption file"
+    if not by_split["val"]:
+        train = by_split["train"]
+        n_hold = max(1, round(VAL_CAPTION_HOLDOUT * len(train)))
+        if len(train) - n_hold < 2:
+            raise RszError(f"caption data set: {len(train)} training images, too few to hold some out")
+        order = np.random.default_rng(seed).permutation(len(train))
+        held = sorted(train[i] for i in order[:n_hold])
+        for p in held:
+            data.caption_splits[p] = "val"
+        by_split["val"] = held
+        by_split["train"] = [p for p in train if p not in set(held)]
+        validation = (
+            f"held-out training captions ({n_hold} of {len(train)} training images; the file has no val)"
+        )
+    classes = sorted({data.class_names[i] for i in data.labels})
+    split = Split(
+        name="captions",
+        seen=classes,
+        unseen=[],
+        val=[],
+        train=by_split["train"],
+        val_seen=by_split["val"],
+        val_unseen=[],
+        test_seen=by_split["test"],
+        test_unseen=[],
+    )
+    return split, validation

@@ -1,0 +1,267 @@
+"""Data sets as they ship (class folders, DSVA .mat, MCFA split folders, class lists, Karpathy JSON without
+val), each trained one epoch by one rsz-train command; --protocol paper; malformed split files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy.io import savemat
+
+from rsz_infer.errors import RszError
+from rsz_train.cli import main
+from rsz_train.data.formats import load_benchmark, load_scene_folders
+from rsz_train.data.sources import DataOptions, load_dataset, resolve_splits
+
+CLASSES = 8  # of the tiny benchmark's 42: 6 seen (1 carved as val) + 2 unseen
+TINY_YAML = (
+    "train:\n  image_size: 32\n  epochs: 1\n  batch_size: 32\n  eval_batch_size: 128\n  warmup_epochs: 1\n"
+)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def shipped(tiny_benchmark, tmp_path_factory):
+    """UCM-like: ROOT/Images/<class>/ with TIFF and JPEG tiles (as it unpacks), plus the benchmark's
+    attribute phrases and a class file with descriptions beside it."""
+    bench = load_benchmark(tiny_benchmark)
+    root = tmp_path_factory.mktemp("ucm") / "UCMerced_LandUse"
+    names = bench.class_names[:CLASSES]
+    for path, label in zip(bench.image_paths, bench.labels):
+        name = bench.class_names[label]
+        if name not in names:
+            continue
+        stem = Path(path).stem
+        target = root / "Images" / name / (stem + (".tif" if int(stem[-1]) % 2 else ".jpg"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(bench.root / path).convert("RGB").save(target)
+    (root / "classes.txt").write_text("".join(f"{n}: {bench.descriptions[n]}\n" for n in names))
+    matrix = np.asarray(bench.attribute_matrix)[:CLASSES]
+    return {"root": root, "names": names, "attributes": tiny_benchmark / "attributes.txt", "matrix": matrix}
+
+
+def _tiny_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML + extra)
+    return path
+
+
+def _dsva_mat(path: Path, root: Path, names: list[str], matrix: np.ndarray, ids=(1, 2)) -> Path:
+    """The DSVA format: att (attributes x classes), allclasses_names (a cell array, other spelling), and
+    1-based *_loc_<id> indices into the image list (classes, then files, sorted)."""
+    data = load_scene_folders(root / "Images")
+    content = {
+        "att": matrix.T.astype(float),
+        "allclasses_names": np.array([[n.replace("_", " ").title()] for n in names], dtype=object),
+    }
+    for split_id in ids:
+        unseen = {names[split_id], names[split_id + 3]}
+        train, test_seen, test_unseen = [], [], []
+        for i, label in enumerate(data.labels):
+            name = data.class_names[label]
+            if name in unseen:
+                test_unseen.append(i + 1)
+            elif i % 5 == 0:
+                test_seen.append(i + 1)
+            else:
+                train.append(i + 1)
+        content[f"train_gzsl_loc_{split_id}"] = np.array(train)[:, None]
+        content[f"test_seen_loc_{split_id}"] = np.array(test_seen)[:, None]
+        content[f"test_unseen_loc_{split_id}"] = np.array(test_unseen)[:, None]
+    savemat(str(path), content)
+    return path
+
+
+def _mcfa_folder(folder: Path, root: Path, ids=(1, 2)) -> Path:
+    """masuqiang/MCFA-Pytorch's GZSL folder: seen/test_seen/unseen_class_loc_<ratio>_<id>.txt, one 0-based
+    image index per line (data_loader.py indexes its feature rows with them directly)."""
+    data = load_scene_folders(root / "Images")
+    folder.mkdir(parents=True)
+    for split_id in ids:
+        unseen = {data.class_names[split_id - 1], data.class_names[split_id + 5]}
+        rows = {"seen": [], "test_seen": [], "unseen": []}
+        for i, label in enumerate(data.labels):
+            kind = "unseen" if data.class_names[label] in unseen else ("test_seen" if i % 5 == 4 else "seen")
+            rows[kind].append(i)
+        for kind, values in rows.items():
+            (folder / f"{kind}_class_loc_6_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+    return folder
+
+
+def _run(args: list[str]) -> dict:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = Path(args[args.index("--out") + 1])
+    return json.loads((out / "report.json").read_text())
+
+
+def test_ucm_folders_with_a_dsva_mat_train_dsva_in_one_command(shipped, tmp_path):
+    mat = _dsva_mat(
+        tmp_path / "ann_attr_finetune_6_splits.mat", shipped["root"], shipped["names"], shipped["matrix"]
+    )
+    report = _run(
+        ["dsva", "--data", str(shipped["root"]), "--split-file", str(mat), "--split-id", "2",
+         "--attributes", str(shipped["attributes"]), "--classes", str(shipped["root"] / "classes.txt"),
+         "--config", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    )  # fmt: skip
+    data = report["data"]
+    assert data["root"] == str(shipped["root"] / "Images") and data["layout"] == "class_folders"
+    assert (data["split_source"], data["split_id"]) == ("dsva mat", "2")
+    assert data["split_sha256"] == _sha(mat) and report["split"] == "ann_attr_finetune_6_splits_2"
+    assert report["protocol"] == "rsz" and {"zsl", "gzsl"} <= set(report["test"])
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    names = shipped["names"]
+    assert sorted(classes["unseen"]) == sorted([names[2], names[5]])
+    # descriptions from --classes, not the bare class names
+    assert classes["descriptions"][0] != classes["class_names"][0]
+
+
+def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp_path):
+    folder = _mcfa_folder(tmp_path / "gzsl_6_5split", shipped["root"])
+    out = tmp_path / "runs"
+    report = _run(
+        ["mcfa", "--data", str(shipped["root"]), "--split-file", str(folder), "--split-id", "all",
+         "--protocol", "paper", "--attributes", str(shipped["attributes"]),
+         "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--device", "cpu"]
+    )  # fmt: skip
+    assert report["splits"] == ["gzsl_6_5split_1", "gzsl_6_5split_2"]
+    zsl = report["test"]["zsl"]
+    assert zsl["mean"] == pytest.approx(np.mean(zsl["values"])) and zsl["std"] == pytest.approx(
+        np.std(zsl["values"])
+    )
+    for split_id in (1, 2):
+        sub = json.loads((out / f"gzsl_6_5split_{split_id}" / "report.json").read_text())
+        assert sub["protocol"] == "paper" and "refit on all 6 seen classes" in sub["selection"]
+        assert (
+            sub["data"]["split_sha256"]
+            == hashlib.sha256(
+                b"".join(
+                    (folder / f"{k}_class_loc_6_{split_id}.txt").read_bytes()
+                    for k in ("seen", "test_seen", "unseen")
+                )
+            ).hexdigest()
+        )
+        assert zsl["values"][split_id - 1] == sub["test"]["zsl"]
+        # the refit trained on every seen class (the val class included) and GZSL covers all of them
+        classes = json.loads((out / f"gzsl_6_5split_{split_id}" / "classes.json").read_text())
+        assert len(classes["seen"]) == 6 and classes["val"] == []
+        selection = json.loads((out / f"gzsl_6_5split_{split_id}" / "selection" / "classes.json").read_text())
+        assert len(selection["val"]) == 1 and selection["val"][0] in classes["seen"]
+
+
+def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_captions(shipped, tmp_path):
+    """RSITMD-like: a flat folder of images, a Karpathy JSON with train and test only."""
+    images = tmp_path / "rsitmd" / "images"
+    images.mkdir(parents=True)
+    entries = []
+    for k, path in enumerate(sorted((shipped["root"] / "Images").glob("*/*"))[:30]):
+        name = f"{path.parent.name}_{k}.tif"
+        Image.open(path).save(images / name)
+        entries.append(
+            {"filename": name, "split": "test" if k % 5 == 0 else "train",
+             "sentences": [{"raw": f"a tile of {path.parent.name.replace('_', ' ')}"}, {"raw": f"scene {k}"}]}
+        )  # fmt: skip
+    captions = tmp_path / "rsitmd" / "dataset_rsitmd.json"
+    captions.write_text(json.dumps({"dataset": "rsitmd", "images": entries}))
+    report = _run(
+        ["msa", "--data", str(tmp_path / "rsitmd"), "--captions", str(captions),
+         "--config", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    )  # fmt: skip
+    assert report["data"]["layout"] == "captions" and report["data"]["split_sha256"] == _sha(captions)
+    assert report["selection"].startswith("retrieval mR on held-out training captions (2 of 24")
+    assert "retrieval" in report["test"] and "zsl" not in report["test"]
+
+
+def test_class_lists_and_random_splits(shipped, tmp_path):
+    names = shipped["names"]
+    lists = tmp_path / "split"
+    lists.mkdir()
+    (lists / "seen.txt").write_text("".join(n.replace("_", " ") + "\n" for n in names[:6]))
+    (lists / "unseen.txt").write_text("".join(n + "\n" for n in names[6:]))
+    options = DataOptions(split_file=str(lists))
+    data, layout = load_dataset(shipped["root"], options)
+    [(split, source)] = resolve_splits(shipped["root"], data, layout, options)
+    assert (split.seen, split.unseen) == (names[:6], names[6:])
+    assert source.split_source == "class lists" and len(split.val) == 1
+    options = DataOptions(unseen=3, seed=4)
+    [(first, source)] = resolve_splits(shipped["root"], data, layout, options)
+    [(again, _)] = resolve_splits(shipped["root"], data, layout, options)
+    assert first == again and len(first.unseen) == 3 and source.split_source == "random"
+    [(other, _)] = resolve_splits(shipped["root"], data, layout, DataOptions(unseen=3, seed=5))
+    assert other.unseen != first.unseen
+
+
+def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split, tmp_path):
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    out = train("dsva", tiny_benchmark, default_split, tmp_path / "r", device="cpu",
+                overrides=TINY_OVERRIDES, protocol="paper")  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    selection = json.loads((out / "selection" / "report.json").read_text())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert report["protocol"] == "paper" and report["best_epoch"] == selection["best_epoch"]
+    assert len(lines) == selection["best_epoch"] and report["seen_calibration"] == selection["calibration"]
+    assert report["test"]["gzsl"]["lambda"] == selection["calibration"]
+    classes = json.loads((out / "classes.json").read_text())
+    chosen = json.loads((out / "selection" / "classes.json").read_text())
+    assert set(classes["seen"]) == set(chosen["seen"]) | set(chosen["val"]) and classes["val"] == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "message"),
+    [
+        (
+            "seen",
+            "0\n1\nx7\n",
+            r"seen_class_loc_6_1.txt:3: expected a 0-based image index in 0\.\.39, got 'x7'",
+        ),
+        ("seen", "0\n400\n", r"seen_class_loc_6_1.txt:2: expected a 0-based image index"),
+        ("unseen", "", r"unseen_class_loc_6_1.txt: no image indices"),
+    ],
+)
+def test_malformed_mcfa_files_are_one_line_errors(shipped, tmp_path, kind, content, message):
+    folder = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1,))
+    (folder / f"{kind}_class_loc_6_1.txt").write_text(content)
+    options = DataOptions(split_file=str(folder))
+    data, layout = load_dataset(shipped["root"], options)
+    with pytest.raises(RszError, match=message):
+        resolve_splits(shipped["root"], data, layout, options)
+
+
+def test_malformed_split_files_from_the_cli(shipped, tmp_path):
+    folder = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1, 2))
+    (folder / "unseen_class_loc_6_2.txt").unlink()
+    good = _mcfa_folder(tmp_path / "gzsl", shipped["root"], ids=(1, 2))
+    mat = tmp_path / "bad.mat"
+    savemat(str(mat), {"att": np.zeros((2, 2)), "allclasses_names": np.array([["a"], ["b"]], dtype=object)})
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "seen.txt").write_text("no_such_class\n")
+    (tmp_path / "lists" / "unseen.txt").write_text(shipped["names"][0] + "\n")
+    cases = [
+        (["--split-file", str(folder)], rf"{folder}: split id '2' has no unseen_class_loc_\*_2.txt"),
+        (["--split-file", str(good), "--split-id", "9"], rf"{good}: no split id '9' \(ids: 1, 2\)"),
+        (["--split-file", str(good)], rf"{good}: 2 splits \(1, 2\); choose one with --split-id N or all"),
+        (["--split-file", str(mat)], r"bad.mat: missing key 'test_unseen_loc'"),
+        (["--split-file", str(tmp_path / "lists")], r"seen.txt: unknown class 'no_such_class'"),
+        ([], r"a class-folder data set needs a class split"),
+        (["--unseen", "99"], r"--unseen 99: must be in 1\.\.6"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(
+            main, ["dsva", "--data", str(shipped["root"]), "--out", str(tmp_path / "o"), *extra]
+        )
+        assert result.exit_code != 0
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert re.search(message, lines[0]), (message, lines[0])
