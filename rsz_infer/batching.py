@@ -37,6 +37,7 @@ from rsz_infer.preprocess import PreprocessSpec, to_model_input
 from rsz_infer.runners.base import Runner
 
 Decoder = PillowDecoder | NvImageCodecDecoder
+RESIZE_NOTE_FACTOR = 4  # the summaries say when tiles reach the model shrunk or enlarged more than this
 
 
 @dataclass
@@ -44,17 +45,22 @@ class Batch:
     tiles: list[Tile]  # the real tiles, in order
     rules: list[str]
     inputs: np.ndarray  # [batch_size, 3, S, S]; rows past len(tiles) are padding
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each tile as decoded
     skipped: list[tuple[Tile, TileError]] = field(default_factory=list)  # finished since the last batch
 
 
 def _prepare(
     tiles: list[Tile], options: TileOptions, spec: PreprocessSpec, decoder: Decoder, native: bool
-) -> list[tuple[np.ndarray, str] | TileError]:
-    """Decode a chunk of tiles; then Pillow preprocessing here, or the RGB as is for the native batch call."""
+) -> list[tuple[np.ndarray, str, tuple[int, int]] | TileError]:
+    """Decode a chunk of tiles; then Pillow preprocessing here, or the RGB as is for the native batch call.
+
+    Each result: (model input, or the RGB for the native call; rule; decoded (height, width)) or the error.
+    """
     decoded = decoder.decode(tiles, options)
-    if native:
-        return decoded
-    return [r if isinstance(r, TileError) else (to_model_input(r[0], spec), r[1]) for r in decoded]
+    return [
+        r if isinstance(r, TileError) else (r[0] if native else to_model_input(r[0], spec), r[1], r[0].shape[:2])
+        for r in decoded
+    ]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -132,6 +138,7 @@ def iter_batches(
                         batch.inputs[len(batch.tiles)] = result[0]
                     batch.tiles.append(tile)
                     batch.rules.append(result[1])
+                    batch.sizes.append(result[2])
                     if len(batch.tiles) == batch_size:
                         yield finished(batch)
                         batch = Batch([], [], np.zeros(shape, np.float32))
@@ -229,13 +236,14 @@ class EmbeddedBatch:
     rules: list[str]  # how each tile became RGB (images.decode_tile)
     outputs: dict[str, np.ndarray]  # image graph outputs ("embedding", ...) of the real tiles
     skipped: list[tuple[Tile, TileError]]
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each tile as decoded
 
 
 def embed_batches(engine: ImageEngine, batches: Iterable[Batch]) -> Iterator[EmbeddedBatch]:
     """Already decoded batches (e.g. from a cluster's decode stage) through the image graph."""
     for batch in batches:
         outputs = embed_batch(engine.runner, batch) if batch.tiles else {}
-        yield EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped)
+        yield EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped, batch.sizes)
 
 
 def embed_tiles(engine: ImageEngine, tiles: Iterable[Tile], options: TileOptions) -> Iterator[EmbeddedBatch]:
@@ -259,9 +267,18 @@ class TileCounts:
     )
     loop_seconds: float = 0.0  # the embedding loop itself (what the progress bar's rate measures)
     interrupted: bool = False  # Ctrl-C: the sink holds what finished
+    model_px: int = 0  # the image graph's input side
+    resized: int = 0  # tiles resized by more than RESIZE_NOTE_FACTOR to reach the model's input
+    largest: tuple[int, int] = (0, 0)  # the largest such tile (width, height)
 
     def add(self, batch: EmbeddedBatch) -> None:
         self.embedded += len(batch.tiles)
+        for height, width in batch.sizes:
+            shrunk = max(height, width) > RESIZE_NOTE_FACTOR * self.model_px
+            if shrunk or RESIZE_NOTE_FACTOR * min(height, width) < self.model_px:
+                self.resized += 1
+                if width * height > self.largest[0] * self.largest[1]:
+                    self.largest = (width, height)
         for _, err in batch.skipped:
             nodata = isinstance(err, NodataTile)
             self.nodata += nodata
@@ -270,6 +287,16 @@ class TileCounts:
     @property
     def rate(self) -> float:
         return self.embedded / self.loop_seconds if self.loop_seconds > 0 else 0.0
+
+    def resize_note(self) -> str | None:
+        """Says when tiles reached the model shrunk or enlarged more than 4x (detail lost or invented)."""
+        if not self.resized:
+            return None
+        width, height = self.largest
+        return (
+            f"{self.resized} tiles resized more than {RESIZE_NOTE_FACTOR}x to the model's {self.model_px} px "
+            f"input (e.g. {width}x{height}; --tile-size sets the windows of large images)"
+        )
 
     def timing(self) -> str:
         return f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {self.rate:.1f} tiles/s"
@@ -298,7 +325,7 @@ def run_tiles(
     """
     from tqdm import tqdm
 
-    counts = TileCounts()
+    counts = TileCounts(model_px=engine.manifest.preprocess.size)
     loop_start = time.perf_counter()
     counts.startup_seconds = loop_start - (loop_start if started is None else started)
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -327,6 +354,12 @@ def exit_code(done: int, errors: int, unlabeled: int = 0) -> int:
 
 
 def tile_record(tile: Tile) -> dict:
-    """A tile as stored in label logs and index rows: id, file, scene window, GeoJSON footprint."""
+    """A tile as stored in label logs and index rows: id, file, scene window, GeoJSON footprint, its CRS."""
     window = list(tile.window) if tile.window else None
-    return {"tile": tile.id, "path": tile.path, "window": window, "footprint": tile.footprint}
+    return {
+        "tile": tile.id,
+        "path": tile.path,
+        "window": window,
+        "footprint": tile.footprint,
+        "source_crs": tile.crs,
+    }

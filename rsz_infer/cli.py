@@ -33,11 +33,18 @@ EPILOG = (
 
 def _tile_options(f):
     f = click.option(
+        "--asset", default=None, help="STAC inputs: the asset to label (default: the visual / RGB asset)."
+    )(f)
+    f = click.option(
         "--bands", default=None, help="1-based bands for R,G,B of multi-band TIFFs, e.g. 3,2,1."
     )(f)
     f = click.option("--overlap", default=0, show_default=True, help="Overlap of scene windows in pixels.")(f)
-    f = click.option("--tile-size", default=256, show_default=True, help="Window size for GeoTIFF scenes.")(f)
+    f = click.option("--tile-size", default=256, show_default=True, help="Window size: larger images are cut into windows.")(f)
     return f
+
+
+def _tiles(kw: dict) -> TileOptions:
+    return TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"]), asset=kw["asset"])
 
 
 def _runtime_options(f):
@@ -82,7 +89,7 @@ def _runtime_options(f):
 def label_command(
     tiles, classes, model, out, top_k, seen_calibration, class_map, resume, html_out, quiet, **kw
 ) -> None:
-    """Label TILES (folders, JPEG/PNG/TIFF files, GeoTIFF scenes) with the classes of a class file."""
+    """Label TILES (folders, images, any raster GDAL opens, GDAL paths, URLs, STAC JSON) with a class file."""
     cfg = LabelConfig(
         inputs=list(tiles),
         classes=Path(classes),
@@ -94,7 +101,7 @@ def label_command(
         top_k=top_k,
         seen_calibration=seen_calibration,
         resume=resume,
-        tiles=TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
+        tiles=_tiles(kw),
         class_map=Path(class_map) if class_map else None,
         workers=kw["workers"],
         decoder=kw["decoder"],
@@ -145,7 +152,7 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         list(tiles),
         Path(model),
         Path(out),
-        TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"])),
+        _tiles(kw),
         method=search_method,
         progress=not quiet,
         **{k: kw[k] for k in ("backend", "device", "batch", "workers", "decoder", "preprocess")},

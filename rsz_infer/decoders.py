@@ -23,7 +23,6 @@ import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
-    PILLOW_EXTENSIONS,
     TIFF_EXTENSIONS,
     Tile,
     TileError,
@@ -39,10 +38,11 @@ INSTALL_HINT = "pip install 'rsz[gpu-decode]'"
 
 def decode_tile_reader(tile: Tile) -> tuple[str, str]:
     """(library, input kind) of what images.decode_tile uses for this tile, for the summary line."""
+    tiff = Path(tile.path).suffix.lower() in TIFF_EXTENSIONS
     if tile.window is not None:
-        return "rasterio", "GeoTIFF windows"
-    if Path(tile.path).suffix.lower() in TIFF_EXTENSIONS:
-        return "rasterio", "TIFF"
+        return "rasterio", "GeoTIFF windows" if tiff else "raster windows"
+    if tile.reader == "gdal":
+        return "rasterio", "TIFF" if tiff else "GDAL rasters"
     return "pillow", "JPEG/PNG"
 
 
@@ -141,7 +141,7 @@ class NvImageCodecDecoder:
 
     def _stream(self, tile: Tile) -> tuple[object, str] | None:
         """(code stream, rule) when nvImageCodec takes this tile, else None."""
-        if tile.problem or tile.window is not None or Path(tile.path).suffix.lower() not in PILLOW_EXTENSIONS:
+        if tile.problem or tile.window is not None or tile.reader != "pillow":
             return None
         try:
             with open(tile.path, "rb") as f:

@@ -1,9 +1,13 @@
 """Tile discovery and decoding: every input becomes `Tile`s, every Tile decodes to HxWx3 uint8 RGB.
 
-Inputs are folders (searched recursively), single JPEG/PNG/TIFF files, and whole GeoTIFF scenes. A .tif
-with a CRS and larger than the tile size is a scene: it is cut into windows read one at a time (never the
-whole scene into memory); windows that are all nodata are skipped. Files of any other extension inside a
-folder are ignored; a bad file never stops the others (its Tile carries the problem, decoding raises).
+Inputs are folders (searched recursively), files, GDAL virtual paths and URLs (/vsizip/, /vsicurl/, s3://
+... handed to GDAL untouched) and STAC JSON (rsz_infer.stac). A file is a raster when GDAL opens it (VRT,
+JP2, COG, NITF ...), not by its suffix; JPEG/PNG tiles no larger than the tile size are decoded by Pillow.
+Any raster larger than the tile size is a scene, georeferenced or not: it is cut into windows read one at
+a time (never the whole scene into memory); windows that are all nodata are skipped. Windows of a scene
+with a CRS carry EPSG:4326 footprints; without one, the window is the (pixel) footprint. Files GDAL cannot
+open inside a folder are ignored; a bad file never stops the others (its Tile carries the problem,
+decoding raises).
 
 How the pixels became RGB (band choice, greyscale, 16-bit stretch) is a short "rule" string that goes into
 every output row.
@@ -12,6 +16,7 @@ every output row.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +53,7 @@ class TileOptions:
     overlap: int = 0
     bands: tuple[int, ...] | None = None  # 1-based band indices for RGB from multi-band TIFFs
     min_size: int = MIN_TILE_PX
+    asset: str | None = None  # STAC inputs: the asset key to label (None: the visual / RGB asset)
 
     def __post_init__(self) -> None:
         if self.tile_size < self.min_size:
@@ -71,6 +77,7 @@ class SceneInfo:
     bands: tuple[int, ...]  # 1-based bands read for R, G, B (or one for grey)
     stretch: tuple[float, float] | None  # (lo, hi) over the read bands; None for 8-bit data
     rule: str
+    crs: str | None = None  # the source CRS ("EPSG:32633", or WKT); None: pixel coordinates only
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Tile:
     footprint: dict | None = None  # GeoJSON geometry in EPSG:4326 for georeferenced tiles
     scene: SceneInfo | None = None
     problem: str | None = None  # found during discovery; decoding raises it
+    crs: str | None = None  # the source CRS of georeferenced tiles
+    reader: str = "pillow"  # whole-file tiles: "pillow" (JPEG/PNG) or "gdal" (anything rasterio opens)
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -94,30 +103,69 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------- discovery
 
+# A GDAL virtual path (/vsimem/, /vsizip/, /vsicurl/, /vsis3/ ...) or a URL GDAL reads (s3://, https://):
+# handed to GDAL as the user wrote it, never through Path() (which would turn "s3://b/k" into "s3:/b/k").
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Files in a folder that GDAL may open but that belong to another raster (overviews, masks) or are no imagery
+_SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".json", ".xml", ".txt", ".csv")
+_TEXT_DRIVERS = ("XYZ", "AAIGrid", "GRASSASCIIGrid", "ISG", "CTable2", "GSAG", "Leveller")
 
-def discover_tiles(inputs: Iterable[str | Path], options: TileOptions) -> Iterator[Tile]:
-    """Tiles of every input in a stable order (sorted within folders). Missing inputs are usage errors."""
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        if not path.exists():
+
+def is_gdal_path(name: str | Path) -> bool:
+    """True for GDAL virtual file system paths and URLs: they go to GDAL untouched."""
+    text = str(name)
+    return text.startswith("/vsi") or bool(_URL.match(text))
+
+
+def discover_tiles(
+    inputs: Iterable[str | Path], options: TileOptions, notes: list[str] | None = None
+) -> Iterator[Tile]:
+    """Tiles of every input in a stable order (sorted within folders). Missing inputs are usage errors.
+
+    An input is a folder, a file, a GDAL virtual path or URL, or a STAC JSON (Item, ItemCollection,
+    catalog). Whatever GDAL opens is a raster (VRT, JP2, COG, NITF ...); images larger than the tile size
+    are cut into windows, georeferenced or not. `notes` collects what the user should hear once.
+    """
+    named = [str(p) if is_gdal_path(p) else Path(p) for p in inputs]
+    for path in named:
+        if isinstance(path, Path) and not path.exists():
             raise RszError(f"{path}: no such file or folder")
-    seen: set[Path] = set()  # a file named twice (or inside a named folder too) is one tile
-    for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            files = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
-        else:
-            files = [path]
-        for file in files:
-            if file.resolve() in seen:
+    seen: set[str] = set()  # a file named twice (or inside a named folder too) is one tile
+    windows = False
+    for path in named:
+        for name, in_folder, problem in _expand(path, options):
+            key = name if is_gdal_path(name) or problem else str(Path(name).resolve())
+            if key in seen:
                 continue
-            seen.add(file.resolve())
-            if file.suffix.lower() in IMAGE_EXTENSIONS:
-                yield from _tiles_of_file(file, options)
-            else:
-                yield Tile(
-                    id=str(file), path=str(file), problem=f"not an image file (extension {file.suffix!r})"
-                )
+            seen.add(key)
+            if problem is None and not is_gdal_path(name) and not Path(name).exists():
+                problem = "no such file (named by a STAC asset)"
+            if problem:
+                yield Tile(id=name, path=name, problem=problem)
+                continue
+            for tile in _tiles_of_file(name, options, in_folder):
+                windows = windows or tile.window is not None
+                yield tile
+    if notes is not None and options.overlap and not windows:
+        notes.append(f"--overlap {options.overlap}: ignored, no input is larger than --tile-size")
+
+
+def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool, str | None]]:
+    """(raster name, found inside a folder, problem) for one input: folder files, STAC assets, itself."""
+    if isinstance(path, str):
+        yield path, False, None
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            name = file.name.lower()
+            if not name.startswith(".") and not name.endswith(_SIDECAR_SUFFIXES):
+                yield str(file), True, None
+    elif path.suffix.lower() == ".json":
+        from rsz_infer.stac import stac_asset_hrefs
+
+        for href, problem in stac_asset_hrefs(path, options.asset):
+            yield href, False, problem
+    else:
+        yield str(path), False, None
 
 
 def _quiet_rasterio() -> None:
@@ -129,28 +177,48 @@ def _quiet_rasterio() -> None:
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
-def _tiles_of_file(path: Path, options: TileOptions) -> Iterator[Tile]:
-    if path.stat().st_size == 0:
-        yield Tile(id=str(path), path=str(path), problem="empty file (0 bytes)")
+def _pillow_size(name: str) -> tuple[int, int] | None:
+    """(width, height) from the header when Pillow reads this file (JPEG/PNG), else None."""
+    try:
+        with Image.open(name) as im:
+            return im.size if im.format in ("JPEG", "PNG") else None
+    except Exception:  # not an image Pillow knows, or a corrupt one: GDAL (or decoding) says more
+        return None
+
+
+def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> Iterator[Tile]:
+    local = not is_gdal_path(name)
+    suffix = Path(name).suffix.lower() if local else ""
+    if local and Path(name).stat().st_size == 0:
+        if not in_folder or suffix in IMAGE_EXTENSIONS:
+            yield Tile(id=name, path=name, problem="empty file (0 bytes)")
         return
-    if path.suffix.lower() not in TIFF_EXTENSIONS:
-        yield Tile(id=str(path), path=str(path))
-        return
+    if local and suffix in PILLOW_EXTENSIONS:
+        size = _pillow_size(name)
+        if size is None or max(size) <= options.tile_size:
+            # Plain JPEG/PNG tiles: Pillow (or nvImageCodec) decodes them; a corrupt one fails there
+            yield Tile(id=name, path=name)
+            return
     import rasterio
 
     _quiet_rasterio()
     try:
-        with rasterio.open(path) as ds:
-            georeferenced = ds.crs is not None
-            if georeferenced and (ds.width > options.tile_size or ds.height > options.tile_size):
-                scene = _scene_info(ds, str(path), options)
+        with rasterio.open(name) as ds:
+            if in_folder and ds.driver in _TEXT_DRIVERS:
+                return  # a text table GDAL reads as a grid is not imagery
+            crs = ds.crs.to_string() if ds.crs else None
+            if ds.width > options.tile_size or ds.height > options.tile_size:
+                scene = _scene_info(ds, name, options)
                 yield from _scene_windows(ds, scene, options)
                 return
-            footprint = _footprint(ds, None) if georeferenced else None
-    except (rasterio.errors.RasterioError, ValueError) as err:  # unreadable file, unknown CRS
-        yield Tile(id=str(path), path=str(path), problem=f"cannot read TIFF ({_first_line(err)})")
+            footprint = _footprint(ds, None) if ds.crs else None
+    except (rasterio.errors.RasterioError, ValueError) as err:  # not a raster, unreadable, unknown CRS
+        if suffix in TIFF_EXTENSIONS:
+            yield Tile(id=name, path=name, problem=f"cannot read TIFF ({_first_line(err)})")
+        elif not in_folder:  # named by the user: say why it is not labeled
+            yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({_first_line(err)})")
         return
-    yield Tile(id=str(path), path=str(path), footprint=footprint)
+    yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
 
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
@@ -161,7 +229,8 @@ def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
     if dtype != "uint8":
         stretch = _percentiles(_stretch_sample(ds, bands))
         rule += f"; {dtype} {STRETCH_RULE} per scene"
-    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule)
+    crs = ds.crs.to_string() if ds.crs else None
+    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs)
 
 
 def _stretch_sample(ds, bands: tuple[int, ...]) -> np.ndarray:
@@ -199,6 +268,7 @@ def _window_offsets(length: int, tile: int, stride: int) -> list[int]:
 
 
 def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
+    """The windows of a raster larger than the tile size; footprints in EPSG:4326 when it has a CRS."""
     from rasterio.warp import transform
 
     stride = options.tile_size - options.overlap
@@ -208,6 +278,11 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
         for row in _window_offsets(ds.height, options.tile_size, stride)
         for col in _window_offsets(ds.width, options.tile_size, stride)
     ]
+    if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
+        return [
+            Tile(id=f"{scene.path}@{c},{r},{w},{h}", path=scene.path, window=(c, r, w, h), scene=scene)
+            for c, r, w, h in windows
+        ]
     # Footprints: all window corners of the scene reprojected in one call (a large scene has 100k windows)
     cols = np.array([[c, c + width, c + width, c, c] for c, _, _, _ in windows], np.float64)
     rows = np.array([[r + height, r + height, r, r, r + height] for _, r, _, _ in windows], np.float64)
@@ -222,6 +297,7 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
             window=(col, row, w, h),
             footprint={"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]]},
             scene=scene,
+            crs=scene.crs,
         )
         for (col, row, w, h), lo, la in zip(windows, lons, lats)
     ]
@@ -309,8 +385,8 @@ def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
     try:
         if tile.window is not None:
             rgb, rule = _decode_window(tile)
-        elif Path(tile.path).suffix.lower() in TIFF_EXTENSIONS:
-            rgb, rule = _decode_tiff(tile.path, options)
+        elif tile.reader == "gdal":
+            rgb, rule = _decode_gdal(tile.path, options)
         else:
             rgb, rule = _decode_pillow(tile.path)
     except TileError:
@@ -343,7 +419,7 @@ def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
     return _to_rgb8(data, scene.stretch), scene.rule
 
 
-def _decode_tiff(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
+def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     import rasterio
 
     with rasterio.open(path) as ds:
@@ -383,7 +459,8 @@ def _first_line(err: BaseException) -> str:
 def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, options: TileOptions) -> Tile:
     """Rebuild a Tile from a stored row (index, labels file) so it can be decoded again, e.g. for a report."""
     if window is None:
-        return Tile(id=path, path=path)
+        local_image = not is_gdal_path(path) and Path(path).suffix.lower() in PILLOW_EXTENSIONS
+        return Tile(id=path, path=path, reader="pillow" if local_image else "gdal")
     scene = _reopened_scene(path, options)
     col, row, width, height = window
     return Tile(id=f"{path}@{col},{row},{width},{height}", path=path, window=tuple(window), scene=scene)

@@ -158,6 +158,7 @@ class IndexSummary:
     decode: str = "decode pillow, preprocess pillow"
     startup_seconds: float = 0.0
     loop_seconds: float = 0.0
+    resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
 
     @property
     def exit_code(self) -> int:
@@ -168,7 +169,9 @@ class IndexSummary:
         line = (
             f"rsz-infer index: {self.added} tiles added, {self.known} already in, {self.skipped} skipped, "
             f"{self.nodata} nodata, backend {self.backend}, {self.search} search, {self.decode}, "
-            f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s -> {out}"
+            f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s"
+            + (f", {self.resize_note}" if self.resize_note else "")
+            + f" -> {out}"
         )
         if self.exit_code == 2:
             line += "\nerror: nothing was indexed: every tile was skipped"
@@ -192,7 +195,8 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
             raise RszError(
                 f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
             )
-        tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info)})
+        asset = cfg.tiles.asset if cfg.tiles else None  # STAC inputs of this call
+        tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info), "asset": asset})
     tile_options = tile_options or TileOptions()
     known = {t["tile"] for t in old.tiles} if old else set()
     todo = [t for t in discover_tiles(cfg.inputs, tile_options) if t.id not in known]
@@ -225,6 +229,7 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
     return IndexSummary(
         len(rows), len(known), counts.skipped, counts.nodata, engine.runner.name, search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
+        resize_note=counts.resize_note(),
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""Label outputs: a crash-safe run log, then CSV / JSONL / GeoJSON (+ errors.csv, class-index GeoTIFF).
+"""Label outputs: a crash-safe run log, then CSV / JSONL / GeoJSON / GeoParquet / GeoPackage / FlatGeobuf
+(+ errors.csv, class-map COG).
 
 While a run goes, every finished tile (labeled or skipped) is one JSON line appended to `<out>.part`
 and fsync'd per batch, so a killed run loses at most the batch in flight and `--resume` knows exactly
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from rsz_infer.errors import RszError
 
-FORMATS = (".csv", ".jsonl", ".geojson")
+FORMATS = (".csv", ".jsonl", ".geojson", ".parquet", ".gpkg", ".fgb")
+OGR_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf"}
 
 
 def output_format(out: Path) -> str:
@@ -26,7 +28,7 @@ def output_format(out: Path) -> str:
     if suffix == ".json":
         suffix = ".geojson" if out.name.lower().endswith(".geo.json") else suffix
     if suffix not in FORMATS:
-        raise RszError(f"--out {out}: unknown format {suffix!r}; use .csv, .jsonl or .geojson")
+        raise RszError(f"--out {out}: unknown format {suffix!r}; use {', '.join(FORMATS)}")
     return suffix
 
 
@@ -121,31 +123,77 @@ class RunLog:
 
 # ---------------------------------------------------------------- rendering
 
+# GeoJSON coordinates: 7 decimals (about 1 cm), as RFC 7946 section 11.2 recommends
+COORDINATE_DECIMALS = 7
+VECTOR_LAYER = "labels"
+GEO_INSTALL_HINT = "pip install 'rsz[geo]'"
+
 
 def _window_text(record: dict) -> str:
     return ",".join(map(str, record["window"])) if record.get("window") else ""
 
 
+def table_columns(records: list[dict], top_k: int) -> dict[str, list]:
+    """The columns every tabular output shares (CSV, GeoParquet, GeoPackage, FlatGeobuf, GeoJSON
+    properties): tile, path, window, label_i / score_i for the top k, rule, source_crs."""
+    columns: dict[str, list] = {"tile": [], "path": [], "window": []}
+    for i in range(1, top_k + 1):
+        columns[f"label_{i}"], columns[f"score_{i}"] = [], []
+    columns["rule"], columns["source_crs"] = [], []
+    for r in records:
+        columns["tile"].append(r["tile"])
+        columns["path"].append(r["path"])
+        columns["window"].append(_window_text(r))
+        for i in range(top_k):
+            has = i < len(r["labels"])
+            columns[f"label_{i + 1}"].append(r["labels"][i] if has else None)
+            columns[f"score_{i + 1}"].append(float(r["scores"][i]) if has else None)
+        columns["rule"].append(r["rule"])
+        columns["source_crs"].append(r.get("source_crs"))
+    return columns
+
+
+def _pixel_polygon(window: list[int]) -> dict:
+    col, row, width, height = window
+    ring = [
+        [col, row + height],
+        [col + width, row + height],
+        [col + width, row],
+        [col, row],
+        [col, row + height],
+    ]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def geometries(records: list[dict]) -> tuple[list[dict | None], str | None]:
+    """Each record's geometry and their CRS: EPSG:4326 footprints ("OGC:CRS84", lon/lat) when any tile is
+    georeferenced; else windows as polygons in pixel coordinates (x right, y down) with no CRS."""
+    if any(r.get("footprint") for r in records):
+        return [r.get("footprint") for r in records], "OGC:CRS84"
+    return [_pixel_polygon(r["window"]) if r.get("window") else None for r in records], None
+
+
 def render_csv(records: list[dict], top_k: int) -> str:
+    """The shared columns plus `wkt`: the EPSG:4326 footprint as WKT (empty without a CRS)."""
+    import shapely
+
+    columns = table_columns(records, top_k)
+    footprints = [shapely.geometry.shape(r["footprint"]) if r.get("footprint") else None for r in records]
+    wkt = [
+        shapely.to_wkt(g, rounding_precision=COORDINATE_DECIMALS) if g is not None else "" for g in footprints
+    ]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = ["tile", "path", "window"]
-    for i in range(1, top_k + 1):
-        header += [f"label_{i}", f"score_{i}"]
-    writer.writerow(header + ["preprocess"])
-    for r in records:
-        row = [r["tile"], r["path"], _window_text(r)]
-        for i in range(top_k):
-            if i < len(r["labels"]):
-                row += [r["labels"][i], f"{r['scores'][i]:.6f}"]
-            else:
-                row += ["", ""]
-        writer.writerow(row + [r["rule"]])
+    writer.writerow([*columns, "wkt"])
+    for i in range(len(records)):
+        row = [columns[name][i] for name in columns]
+        row = ["" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in row]
+        writer.writerow([*row, wkt[i]])
     return buf.getvalue()
 
 
 def _public(record: dict) -> dict:
-    keys = ("tile", "path", "window", "labels", "scores", "rule", "footprint")
+    keys = ("tile", "path", "window", "labels", "scores", "rule", "footprint", "source_crs")
     return {k: record[k] for k in keys if record.get(k) is not None}
 
 
@@ -153,14 +201,124 @@ def render_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(_public(r)) + "\n" for r in records)
 
 
-def render_geojson(records: list[dict]) -> str:
+def _rounded(geometry: dict | None) -> dict | None:
+    if geometry is None:
+        return None
+    rings = [
+        [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y in ring]
+        for ring in geometry["coordinates"]
+    ]
+    return {"type": geometry["type"], "coordinates": rings}
+
+
+def render_geojson(records: list[dict], top_k: int) -> str:
+    """RFC 7946: EPSG:4326 lon/lat at 7 decimals; tiles without a CRS have a null geometry."""
+    columns = table_columns(records, top_k)
     features = []
-    for r in records:
-        props = {k: v for k, v in _public(r).items() if k != "footprint"}
-        props["label"] = r["labels"][0]
-        props["score"] = r["scores"][0]
-        features.append({"type": "Feature", "geometry": r.get("footprint"), "properties": props})
+    for i, r in enumerate(records):
+        props = {name: values[i] for name, values in columns.items()}
+        features.append({"type": "Feature", "geometry": _rounded(r.get("footprint")), "properties": props})
     return json.dumps({"type": "FeatureCollection", "features": features})
+
+
+def _wkb(shapes: list[dict | None]) -> list[bytes | None]:
+    import shapely
+
+    return [shapely.to_wkb(shapely.geometry.shape(g)) if g else None for g in shapes]
+
+
+def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
+    """GeoParquet 1.1: WKB `geometry`, its CRS as PROJJSON, a `bbox` covering column (pyarrow)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RszError(f"--out {path}: GeoParquet needs pyarrow ({GEO_INSTALL_HINT})") from None
+    from rasterio.crs import CRS
+
+    columns = table_columns(records, top_k)
+    shapes, crs = geometries(records)
+    boxes = [_bbox(g) for g in shapes]
+    table = pa.table(
+        {
+            **{
+                name: pa.array(values, pa.float64() if name.startswith("score_") else pa.string())
+                for name, values in columns.items()
+            },
+            "geometry": pa.array(_wkb(shapes), pa.binary()),
+            "bbox": pa.array(
+                [dict(zip(("xmin", "ymin", "xmax", "ymax"), b)) if b else None for b in boxes],
+                pa.struct([(k, pa.float64()) for k in ("xmin", "ymin", "xmax", "ymax")]),
+            ),
+        }
+    )
+    known = [b for b in boxes if b]
+    column = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        # null: the CRS is unknown (pixel coordinates); left out it would mean OGC:CRS84
+        "crs": CRS.from_string(crs).to_dict(projjson=True) if crs else None,
+        "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    if known:
+        column["bbox"] = [
+            min(b[0] for b in known),
+            min(b[1] for b in known),
+            max(b[2] for b in known),
+            max(b[3] for b in known),
+        ]
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    _atomic_file(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _bbox(geometry: dict | None) -> tuple[float, float, float, float] | None:
+    if not geometry:
+        return None
+    xs = [p[0] for ring in geometry["coordinates"] for p in ring]
+    ys = [p[1] for ring in geometry["coordinates"] for p in ring]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def write_ogr(records: list[dict], top_k: int, path: Path, driver: str) -> None:
+    """GeoPackage or FlatGeobuf through pyogrio (GDAL's OGR): EPSG:4326, or no CRS for pixel polygons."""
+    try:
+        import pyogrio.raw
+    except ImportError:
+        raise RszError(f"--out {path}: {driver} needs pyogrio ({GEO_INSTALL_HINT})") from None
+    import numpy as np
+
+    columns = table_columns(records, top_k)
+    shapes, crs = geometries(records)
+    fields, data = [], []
+    for name, values in columns.items():
+        fields.append(name)
+        if name.startswith("score_"):
+            data.append(np.array([np.nan if v is None else v for v in values], np.float64))
+        else:
+            data.append(np.array(values, dtype=object))
+    geometry = np.array(_wkb(shapes), dtype=object)
+
+    def write(tmp: Path) -> None:
+        pyogrio.raw.write(
+            str(tmp), geometry, data, fields, layer=VECTOR_LAYER, driver=driver, geometry_type="Polygon",
+            crs="EPSG:4326" if crs else None, encoding="UTF-8",
+        )  # fmt: skip
+
+    _atomic_file(path, write)
+
+
+def _atomic_file(path: Path, write) -> None:
+    """write(tmp) a file of the same suffix beside `path` (drivers go by suffix), then rename it over."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp.unlink(missing_ok=True)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def render_errors(records: list[dict]) -> str:
@@ -187,8 +345,12 @@ def write_outputs(log: RunLog, out: Path, top_k: int, class_names: list[str], cl
         atomic_write(out, render_csv(labeled, top_k))
     elif fmt == ".jsonl":
         atomic_write(out, render_jsonl(labeled))
+    elif fmt == ".geojson":
+        atomic_write(out, render_geojson(labeled, top_k))
+    elif fmt == ".parquet":
+        write_geoparquet(labeled, top_k, out)
     else:
-        atomic_write(out, render_geojson(labeled))
+        write_ogr(labeled, top_k, out, OGR_DRIVERS[fmt])
     if errors:
         atomic_write(errors_path(out), render_errors(errors))
     elif errors_path(out).exists():

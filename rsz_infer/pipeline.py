@@ -83,6 +83,7 @@ class Summary:
     startup_seconds: float = 0.0  # bundle, class embeddings, graphs: before the first tile is decoded
     loop_seconds: float = 0.0  # the labeling loop (the progress bar's rate)
     nothing_left: bool = False  # --resume on an output that had already finished
+    resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
 
     @property
     def exit_code(self) -> int:
@@ -104,6 +105,8 @@ class Summary:
             f"{self.loop_seconds:.1f} s at {rate:.1f} tiles/s",
         ]
         parts += [f"backend {self.backend}", self.decode]
+        if self.resize_note:
+            parts.append(self.resize_note)
         line = f"rsz-infer: {', '.join(parts)} -> {out}"
         if self.exit_code == 2:
             line += "\nerror: nothing was labeled: every tile was skipped"
@@ -188,7 +191,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     manifest = open_bundle(cfg.model)
     entries = read_class_file(cfg.classes)
-    tiles = list(discover_tiles(cfg.inputs, cfg.tiles))
+    notes: list[str] = []
+    tiles = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
     if not tiles:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
     _check_outputs(cfg, tiles)
@@ -201,6 +205,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])],
     }
     engine = ImageEngine.open(cfg.model, manifest, cfg.engine)
+    engine.notes[:0] = notes
     for note in engine.notes:
         warn(note)
     try:
@@ -235,7 +240,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         counts.embedded, counts.skipped, counts.nodata, len(tiles) - len(todo), time.perf_counter() - start,
         engine.runner.name, total_errors=written["errors"], notes=engine.notes, decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,
-        loop_seconds=counts.loop_seconds,
+        loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(),
     )  # fmt: skip
     if interrupted:
         print(

@@ -81,8 +81,23 @@ def write_gallery(
     return path
 
 
+def _from_columns(row: dict) -> dict:
+    """A label row from the shared output columns (label_i / score_i, window as "col,row,w,h")."""
+    n = sum(1 for k in row if k.startswith("label_"))
+    pairs = [(row[f"label_{i}"], row[f"score_{i}"]) for i in range(1, n + 1) if row[f"label_{i}"]]
+    window = [int(v) for v in row["window"].split(",")] if row.get("window") else None
+    return {
+        "tile": row["tile"],
+        "path": row["path"],
+        "window": window,
+        "labels": [p[0] for p in pairs],
+        "scores": [float(p[1]) for p in pairs],
+        "source_crs": row.get("source_crs") or None,
+    }
+
+
 def read_label_rows(path: Path | str) -> list[dict]:
-    """Rows of an rsz-infer labels file (.csv, .jsonl or .geojson): tile, path, window, labels, scores."""
+    """Rows of an rsz-infer labels file (any --out format): tile, path, window, labels, scores, footprint."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -91,25 +106,31 @@ def read_label_rows(path: Path | str) -> list[dict]:
                 return [json.loads(line) for line in f if line.strip()]
         if suffix in (".geojson", ".json"):
             collection = json.loads(path.read_text(encoding="utf-8"))
-            return [f["properties"] | {"footprint": f["geometry"]} for f in collection["features"]]
+            return [
+                _from_columns(f["properties"]) | {"footprint": f["geometry"]} for f in collection["features"]
+            ]
+        if suffix in (".parquet", ".gpkg", ".fgb"):
+            return _read_vector_rows(path)
         with open(path, encoding="utf-8", newline="") as f:
-            rows = []
-            for row in csv.DictReader(f):
-                n = sum(1 for k in row if k.startswith("label_"))
-                pairs = [(row[f"label_{i}"], row[f"score_{i}"]) for i in range(1, n + 1) if row[f"label_{i}"]]
-                window = [int(v) for v in row["window"].split(",")] if row["window"] else None
-                rows.append(
-                    {
-                        "tile": row["tile"],
-                        "path": row["path"],
-                        "window": window,
-                        "labels": [p[0] for p in pairs],
-                        "scores": [float(p[1]) for p in pairs],
-                    }
-                )
-            return rows
+            return [_from_columns(row) for row in csv.DictReader(f)]
     except (OSError, KeyError, ValueError) as err:
         raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
+
+
+def _read_vector_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        names = [n for n in table.column_names if n not in ("geometry", "bbox")]
+        columns = {n: table.column(n).to_pylist() for n in names}
+    else:
+        import pyogrio.raw
+
+        meta, _, _, fields = pyogrio.raw.read(path, read_geometry=False)
+        columns = {n: list(v) for n, v in zip(meta["fields"], fields)}
+    count = len(next(iter(columns.values()), []))
+    return [_from_columns({n: v[i] for n, v in columns.items()}) for i in range(count)]
 
 
 def load_labels(path: Path | str) -> dict[str, dict]:

@@ -107,9 +107,9 @@ def test_scene_is_cut_into_windows_nodata_skipped(bundles, class_file, tmp_path)
     assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 4
     for feature in collection["features"]:
         props = feature["properties"]
-        col = props["window"][0]
-        assert props["label"] == ("red" if col == 0 else "green")
-        assert props["tile"] == f"{scene}@{col},{props['window'][1]},32,32"
+        col, row = map(int, props["window"].split(",")[:2])
+        assert props["label_1"] == ("red" if col == 0 else "green")
+        assert props["tile"] == f"{scene}@{col},{row},32,32"
         assert "per scene" in props["rule"]
         lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
         # 320 m windows at 45 N: ~0.004 degrees of longitude, ~0.003 of latitude; west edge at 15 E + col*10 m

@@ -75,7 +75,7 @@ def test_bad_files_are_skipped_with_rows_and_good_ones_labeled(bundles, class_fi
         "good_red.png": "red",
         "good_blue.jpg": "blue",
     }
-    assert list(rows[0])[:5] == ["tile", "path", "window", "label_1", "score_1"] and "preprocess" in rows[0]
+    assert list(rows[0])[:5] == ["tile", "path", "window", "label_1", "score_1"] and "rule" in rows[0]
     with open(tmp_path / "labels.errors.csv", newline="") as f:
         errors = {Path(r["tile"]).name: r["reason"] for r in csv.DictReader(f)}
     assert set(errors) == {"corrupt.jpg", "truncated.png", "empty.png", "tiny.png"}

@@ -1,0 +1,135 @@
+"""STAC inputs: an Item, an ItemCollection or a static catalog JSON names the rasters to label (pystac).
+
+Each item contributes one asset: `--asset KEY`, or by default its visual / RGB asset. Relative asset
+hrefs are resolved against the JSON that names them; absolute local paths, GDAL virtual paths and URLs
+named by the user's JSON are handed to GDAL as written. pystac itself only ever reads local JSON here:
+a catalog whose links point to remote JSON is refused rather than fetched (rsz downloads nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from rsz_infer.errors import RszError
+
+# The asset keys that mean "the picture of the scene" in common catalogs (Sentinel-2 L2A on Earth Search
+# and Planetary Computer, Landsat, NAIP, Maxar open data), in order of preference.
+VISUAL_KEYS = ("visual", "rgb", "image", "true_color", "tci", "TCI", "rendered_preview")
+IMAGE_MEDIA = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "application/x-geotiff")
+
+
+def is_stac_json(path: Path) -> bool:
+    """A JSON file with a STAC object (or a FeatureCollection of them) at its top."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if "stac_version" in data:
+        return True
+    features = data.get("features") if data.get("type") == "FeatureCollection" else None
+    return isinstance(features, list) and any(isinstance(f, dict) and "stac_version" in f for f in features)
+
+
+def _local_stac_io():
+    import pystac
+    from pystac.stac_io import DefaultStacIO
+
+    from rsz_infer.images import is_gdal_path
+
+    class LocalStacIO(DefaultStacIO):
+        """pystac's reader, limited to local files: rsz never downloads a catalog."""
+
+        refused: str | None = None  # pystac wraps errors of link resolution; the caller says this one
+
+        def read_text(self, source, *args, **kwargs) -> str:
+            href = str(source)
+            if is_gdal_path(href):
+                self.refused = href
+                raise RszError(f"{href}: a remote STAC link; rsz reads local STAC JSON only")
+            return super().read_text(source, *args, **kwargs)
+
+    return pystac, LocalStacIO()
+
+
+def _items(path: Path) -> list:
+    pystac, stac_io = _local_stac_io()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        kind = data.get("type")
+        if kind == "FeatureCollection":
+            collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
+            items = list(collection.items)
+            for item in items:  # relative asset hrefs are relative to the collection's file
+                if item.get_self_href() is None:
+                    item.set_self_href(str(path.resolve()))
+            return items
+        stac_object = pystac.read_file(str(path.resolve()), stac_io=stac_io)
+        if isinstance(stac_object, pystac.Item):
+            return [stac_object]
+        if isinstance(stac_object, pystac.Catalog):  # Collection is a Catalog too
+            return list(stac_object.get_items(recursive=True))
+    except Exception as err:  # pystac raises many types for malformed JSON and broken links
+        if stac_io.refused:
+            raise RszError(
+                f"{path}: links to remote STAC JSON ({stac_io.refused}); rsz reads local STAC only"
+            ) from None
+        if isinstance(err, RszError):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RszError(f"{path}: not a readable STAC JSON ({reason})") from None
+    raise RszError(f"{path}: a STAC {type(stac_object).__name__}, not an Item, ItemCollection or catalog")
+
+
+def choose_asset(item, key: str | None) -> tuple[str, object]:
+    """(key, asset) of the item to label: `key`, else the visual / RGB asset."""
+    assets = item.assets
+    if key is not None:
+        if key not in assets:
+            raise KeyError(f"no asset {key!r} (it has {', '.join(assets) or 'none'})")
+        return key, assets[key]
+    for name in VISUAL_KEYS:
+        if name in assets:
+            return name, assets[name]
+    for name, asset in assets.items():
+        if "visual" in (asset.roles or []):
+            return name, asset
+    images = [(n, a) for n, a in assets.items() if (a.media_type or "").split(";")[0] in IMAGE_MEDIA]
+    if len(images) == 1:
+        return images[0]
+    raise KeyError(f"no visual asset; pass --asset with one of {', '.join(assets) or '(none)'}")
+
+
+def _absolute_href(href: str, item) -> str:
+    from pystac.utils import make_absolute_href
+
+    from rsz_infer.images import is_gdal_path
+
+    if is_gdal_path(href) or Path(href).is_absolute():
+        return href
+    return make_absolute_href(href, item.get_self_href())
+
+
+def stac_asset_hrefs(path: Path, key: str | None) -> Iterator[tuple[str, str | None]]:
+    """(raster href, None) for each item of a STAC JSON, or (item id, problem) for an item without one.
+
+    A usage error when no item has the asset at all (a wrong --asset, most likely).
+    """
+    items = _items(path)
+    if not items:
+        raise RszError(f"{path}: the STAC JSON holds no items")
+    found: list[tuple[str, str | None]] = []
+    for item in items:
+        try:
+            _, asset = choose_asset(item, key)
+        except KeyError as err:
+            found.append((f"{path}#{item.id}", f"STAC item {item.id}: {err.args[0]}"))
+            continue
+        found.append((_absolute_href(asset.href, item), None))
+    if all(problem for _, problem in found):
+        more = f" (and {len(found) - 1} more items)" if len(found) > 1 else ""
+        raise RszError(f"{path}: {found[0][1]}{more}")
+    yield from found

@@ -1,0 +1,301 @@
+"""Geospatial inputs as a GIS user brings them: any raster GDAL opens (VRT, JP2, COG), GDAL virtual paths,
+STAC JSON, large images without a CRS; footprints checked against rasterio's own transform."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+
+from rsz_infer.images import TileOptions, discover_tiles
+from rsz_infer.index import build_index, search
+from rsz_infer.pipeline import LabelConfig, label_tiles
+
+from .helpers import bands_first, read_jsonl, save, solid, write_geotiff
+
+FOOTPRINT_TOLERANCE = 1e-7  # degrees: GeoJSON's 7 decimals round by at most 5e-8
+
+
+def _label(bundle, class_file, inputs, out: Path, **kw):
+    cfg = LabelConfig(
+        inputs=[str(p) for p in inputs], classes=class_file, out=out, model=bundle, progress=False, **kw
+    )
+    return label_tiles(cfg)
+
+
+def _expected_ring(source: str, window: list[int] | None) -> np.ndarray:
+    """The window's (or the raster's) pixel corners through the raster's transform, then to EPSG:4326."""
+    with rasterio.open(source) as ds:
+        col, row, width, height = window or (0, 0, ds.width, ds.height)
+        cols = np.array([col, col + width, col + width, col, col], float)
+        rows = np.array([row + height, row + height, row, row, row + height], float)
+        xs, ys = ds.transform * (cols, rows)
+        lons, lats = warp_transform(ds.crs, "EPSG:4326", xs, ys)
+    return np.stack([lons, lats], axis=1)
+
+
+def _check_footprints(features: list[dict], source: str) -> None:
+    for feature in features:
+        props = feature["properties"]
+        window = [int(v) for v in props["window"].split(",")] if props.get("window") else None
+        ring = np.array(feature["geometry"]["coordinates"][0])
+        assert np.abs(ring - _expected_ring(source, window)).max() < FOOTPRINT_TOLERANCE
+        assert props["source_crs"] == "EPSG:32633"
+
+
+def _vrt_over(left: Path, right: Path, width: int, height: int) -> str:
+    """A VRT mosaic of two GeoTIFFs in parts/, side by side (as gdalbuildvrt writes it; no GDAL CLI here)."""
+    sources = ""
+    for path, x_off in ((left, 0), (right, width)):
+        sources += (
+            f"<SimpleSource><SourceFilename relativeToVRT='1'>parts/{path.name}</SourceFilename>"
+            f"<SourceBand>{{band}}</SourceBand><SrcRect xOff='0' yOff='0' xSize='{width}' ySize='{height}'/>"
+            f"<DstRect xOff='{x_off}' yOff='0' xSize='{width}' ySize='{height}'/></SimpleSource>"
+        )
+    bands = "".join(
+        f"<VRTRasterBand dataType='Byte' band='{b}'>{sources.format(band=b)}</VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    with rasterio.open(left) as ds:
+        crs, t = ds.crs.to_wkt(), ds.transform
+    geo = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
+    return (
+        f"<VRTDataset rasterXSize='{2 * width}' rasterYSize='{height}'><SRS>{crs}</SRS>"
+        f"<GeoTransform>{geo}</GeoTransform>{bands}</VRTDataset>"
+    )
+
+
+def test_rasters_gdal_opens_are_inputs_with_exact_footprints(bundles, class_file, tmp_path):
+    folder = tmp_path / "rasters"
+    write_geotiff(folder / "parts" / "west.tif", bands_first(solid("red", 40)))
+    east = write_geotiff(folder / "parts" / "east.tif", bands_first(solid("blue", 40)))
+    with rasterio.open(east, "r+") as ds:  # east of west: the same grid moved 400 m
+        ds.transform = from_origin(500400, 5000000, 10, 10)
+    vrt = folder / "mosaic.vrt"
+    vrt.write_text(_vrt_over(folder / "parts" / "west.tif", east, 40, 40), encoding="utf-8")
+    profile = {"count": 3, "width": 40, "height": 40, "dtype": "uint8", "crs": "EPSG:32633"}
+    profile["transform"] = from_origin(501000, 5001000, 10, 10)
+    with rasterio.open(folder / "green_cog.tif", "w", driver="COG", **profile) as ds:
+        ds.write(bands_first(solid("green", 40)))
+    inputs = [vrt, folder / "green_cog.tif"]
+    if "JP2OpenJPEG" in rasterio.drivers.raster_driver_extensions().values():
+        jp2 = folder / "sentinel.jp2"  # Sentinel-2 ships JPEG 2000
+        with rasterio.open(jp2, "w", driver="JP2OpenJPEG", **profile) as ds:
+            ds.write(bands_first(solid("red", 40, noise=0)))
+        inputs.append(jp2)
+    out = tmp_path / "labels.geojson"
+    summary = _label(bundles["msa"], class_file, inputs, out, tiles=TileOptions(tile_size=40))
+    assert (summary.labeled, summary.skipped) == (len(inputs) + 1, 0)
+    features = json.loads(out.read_text())["features"]
+    by_tile = {f["properties"]["tile"]: f for f in features}
+    assert by_tile[f"{vrt}@0,0,40,40"]["properties"]["label_1"] == "red"
+    assert by_tile[f"{vrt}@40,0,40,40"]["properties"]["label_1"] == "blue"
+    assert by_tile[str(folder / "green_cog.tif")]["properties"]["label_1"] == "green"
+    _check_footprints([by_tile[f"{vrt}@0,0,40,40"], by_tile[f"{vrt}@40,0,40,40"]], str(vrt))
+    for path in inputs[1:]:
+        _check_footprints([by_tile[str(path)]], str(path))
+    if len(inputs) == 3:
+        assert by_tile[str(inputs[2])]["properties"]["label_1"] == "red"
+    # a VRT found inside a folder is a raster too (by opening it, not by its suffix)
+    names = {Path(t.path).name for t in discover_tiles([folder], TileOptions(tile_size=40))}
+    assert names == {p.name for p in inputs} | {"west.tif", "east.tif"}
+
+
+def test_gdal_virtual_paths_reach_gdal_untouched(bundles, class_file, tmp_path):
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("green", 40)))
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(scene, "inner/scene.tif")
+    zipped = f"/vsizip/{archive}/inner/scene.tif"
+    in_memory = "/vsimem/rsz-test/red.tif"
+    profile = {"count": 3, "width": 40, "height": 40, "dtype": "uint8", "crs": "EPSG:32633"}
+    with rasterio.open(
+        in_memory, "w", driver="GTiff", transform=from_origin(5e5, 5e6, 10, 10), **profile
+    ) as ds:
+        ds.write(bands_first(solid("red", 40)))
+    try:
+        out = tmp_path / "labels.jsonl"
+        summary = _label(
+            bundles["msa"], class_file, [zipped, in_memory], out, tiles=TileOptions(tile_size=40)
+        )
+        assert (summary.labeled, summary.skipped) == (2, 0)
+        rows = {r["tile"]: r for r in read_jsonl(out)}
+        assert set(rows) == {zipped, in_memory}  # the names exactly as given: no Path() on the way
+        assert rows[zipped]["labels"][0] == "green" and rows[in_memory]["labels"][0] == "red"
+        ring = np.array(rows[zipped]["footprint"]["coordinates"][0])
+        assert np.abs(ring - _expected_ring(str(scene), None)).max() < FOOTPRINT_TOLERANCE
+        # the same inputs for the retrieval index; search hits carry their footprints
+        index = tmp_path / "idx"
+        counts = build_index(
+            [zipped, in_memory], bundles["msa"], index, TileOptions(tile_size=40), progress=False
+        )
+        assert counts["added"] == 2
+        hits = search(index, text="green fields", k=2)
+        assert hits[0].tile["tile"] == zipped and hits[0].tile["footprint"] == rows[zipped]["footprint"]
+        assert hits[0].tile["source_crs"] == "EPSG:32633"
+    finally:
+        rasterio.shutil.delete(in_memory)
+
+
+def test_large_images_without_crs_are_cut_into_windows(bundles, class_file, tmp_path):
+    rng = np.random.default_rng(0)
+    big_png = save(
+        tmp_path / "aerial.png",
+        np.clip(solid("red", 1249)[:1035] + rng.integers(0, 5, (1035, 1249, 3)), 0, 255).astype(np.uint8),
+    )
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=400, height=400, count=3, dtype="uint8") as ds:
+        ds.write(bands_first(solid("blue", 400)))
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [big_png, plain], out, tiles=TileOptions(tile_size=256))
+    rows = read_jsonl(out)
+    png_windows = [r["window"] for r in rows if r["path"] == str(big_png)]
+    tif_windows = [r["window"] for r in rows if r["path"] == str(plain)]
+    # 1249 x 1035 in 256 px windows: 5 columns x 5 rows (the last ones moved back to end at the edge)
+    assert len(png_windows) == 25 and [993, 779, 256, 256] in png_windows
+    assert sorted(tif_windows) == [
+        [0, 0, 256, 256],
+        [0, 144, 256, 256],
+        [144, 0, 256, 256],
+        [144, 144, 256, 256],
+    ]
+    assert all(r["labels"][0] == ("red" if r["path"] == str(big_png) else "blue") for r in rows)
+    assert all("footprint" not in r and "source_crs" not in r for r in rows)  # pixel footprints only
+    # 256 px windows reach the 32 px model input shrunk 8x: the summary says so
+    assert summary.resized == 29
+    assert "29 tiles resized more than 4x to the model's 32 px input" in summary.line(out)
+    small = _label(
+        bundles["msa"], class_file, [save(tmp_path / "s.png", solid("red", 100))], tmp_path / "s.csv"
+    )
+    assert small.resized == 0 and "resized" not in small.line(tmp_path / "s.csv")
+
+
+def test_overlap_without_large_inputs_is_said(bundles, class_file, tmp_path):
+    notes: list[str] = []
+    tile = save(tmp_path / "red.png", solid("red", 40))
+    list(discover_tiles([tile], TileOptions(tile_size=64, overlap=8), notes))
+    assert notes == ["--overlap 8: ignored, no input is larger than --tile-size"]
+
+
+def _stac_item(item_id: str, assets: dict[str, str], bbox=(15.0, 45.0, 15.01, 45.01)) -> dict:
+    west, south, east, north = bbox
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "bbox": list(bbox),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"datetime": "2024-06-01T10:00:00Z"}, "links": [],
+        "assets": {k: {"href": h, "type": "image/tiff", "roles": ["data"]} for k, h in assets.items()},
+    }  # fmt: skip
+
+
+def test_stac_items_collections_and_catalogs(bundles, class_file, tmp_path):
+    stac = tmp_path / "stac"
+    write_geotiff(stac / "a" / "visual.tif", bands_first(solid("red", 40)))
+    write_geotiff(stac / "a" / "nir.tif", bands_first(solid("blue", 40)))
+    write_geotiff(stac / "b" / "visual.tif", bands_first(solid("green", 40)))
+    item_a = _stac_item("a", {"visual": "./visual.tif", "nir": "nir.tif"})
+    (stac / "a" / "a.json").write_text(json.dumps(item_a))
+    (stac / "b" / "b.json").write_text(json.dumps(_stac_item("b", {"visual": "visual.tif"})))
+    options = TileOptions(tile_size=40)
+
+    def paths(inputs, **kw) -> list[str]:
+        return [t.path for t in discover_tiles(inputs, TileOptions(tile_size=40, **kw))]
+
+    # an Item: its visual asset, the href resolved relative to the item's JSON
+    assert paths([stac / "a" / "a.json"]) == [str((stac / "a" / "visual.tif").resolve())]
+    assert paths([stac / "a" / "a.json"], asset="nir") == [str((stac / "a" / "nir.tif").resolve())]
+    # an ItemCollection next to the folders: hrefs relative to the collection file
+    items = [_stac_item("a", {"visual": "a/visual.tif"}), _stac_item("b", {"visual": "b/visual.tif"})]
+    (stac / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    assert paths([stac / "items.json"]) == [str((stac / d / "visual.tif").resolve()) for d in "ab"]
+    # a static catalog linking both items
+    catalog = {
+        "type": "Catalog", "stac_version": "1.0.0", "id": "cat", "description": "test",
+        "links": [{"rel": "item", "href": "./a/a.json"}, {"rel": "item", "href": "./b/b.json"}],
+    }  # fmt: skip
+    (stac / "catalog.json").write_text(json.dumps(catalog))
+    out = tmp_path / "labels.geojson"
+    summary = _label(bundles["msa"], class_file, [stac / "catalog.json"], out, tiles=options)
+    assert (summary.labeled, summary.skipped) == (2, 0)
+    features = json.loads(out.read_text())["features"]
+    assert sorted(f["properties"]["label_1"] for f in features) == ["green", "red"]
+    for feature in features:
+        _check_footprints([feature], feature["properties"]["path"])
+    # a wrong --asset is one clear line; an item lacking it, beside others that have it, is a skipped row
+    from rsz_infer.errors import RszError
+
+    with pytest.raises(RszError, match="no asset 'swir'.*visual, nir"):
+        paths([stac / "a" / "a.json"], asset="swir")
+    tiles = list(discover_tiles([stac / "catalog.json"], TileOptions(tile_size=40, asset="nir")))
+    assert [t.problem for t in tiles] == [None, "STAC item b: no asset 'nir' (it has visual)"]
+    # a catalog that links remote JSON is refused, not fetched
+    catalog["links"].append({"rel": "child", "href": "https://example.com/catalog.json"})
+    (stac / "remote.json").write_text(json.dumps(catalog))
+    with pytest.raises(RszError, match="links to remote STAC JSON"):
+        paths([stac / "remote.json"])
+
+
+def _check_vector_columns(columns: dict, top_k: int) -> None:
+    expected = ["tile", "path", "window"] + [
+        f"{k}_{i}" for i in range(1, top_k + 1) for k in ("label", "score")
+    ]
+    assert [c for c in columns if c not in ("geometry", "bbox", "wkt")] == expected + ["rule", "source_crs"]
+
+
+def test_vector_outputs_by_suffix(bundles, class_file, tmp_path):
+    import pyarrow.parquet as pq
+    import pyogrio
+    import shapely
+
+    rgb = np.concatenate([solid("red", 32), solid("blue", 32)], axis=1)
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(rgb))
+    expected = {f"{scene}@{c},0,32,32": _expected_ring(str(scene), [c, 0, 32, 32]) for c in (0, 32)}
+    for suffix in (".parquet", ".gpkg", ".fgb", ".csv"):
+        out = tmp_path / f"labels{suffix}"
+        _label(bundles["msa"], class_file, [scene], out, tiles=TileOptions(tile_size=32), top_k=2)
+        if suffix == ".parquet":  # GeoParquet 1.1: WKB, PROJJSON CRS, bbox covering column
+            table = pq.read_table(out)
+            geo = json.loads(table.schema.metadata[b"geo"])
+            column = geo["columns"]["geometry"]
+            assert geo["version"] == "1.1.0" and column["encoding"] == "WKB"
+            assert column["crs"]["id"] == {"authority": "OGC", "code": "CRS84"}
+            assert column["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+            rows = table.to_pylist()
+            shapes = [shapely.from_wkb(r["geometry"]) for r in rows]
+            for row, shape in zip(rows, shapes):
+                assert row["bbox"]["xmin"] == pytest.approx(shape.bounds[0])
+            columns = table.column_names
+        elif suffix == ".csv":
+            import csv
+
+            with open(out, newline="") as f:
+                rows = list(csv.DictReader(f))
+            shapes = [shapely.from_wkt(r["wkt"]) for r in rows]
+            columns = list(rows[0])
+        else:
+            info = pyogrio.read_info(out)
+            assert info["crs"] == "EPSG:4326" and info["geometry_type"] == "Polygon"
+            meta, _, geometry, fields = pyogrio.raw.read(out)
+            rows = [dict(zip(meta["fields"], values)) for values in zip(*fields)]
+            shapes = list(shapely.from_wkb(geometry))
+            columns = list(meta["fields"])
+        _check_vector_columns(columns, 2)
+        for row, shape in zip(rows, shapes):
+            ring = np.array(shape.exterior.coords)
+            assert np.abs(ring - expected[row["tile"]]).max() < FOOTPRINT_TOLERANCE, suffix
+            assert row["label_1"] == ("red" if row["window"].startswith("0,") else "blue")
+            assert row["source_crs"] == "EPSG:32633"
+        assert not list(tmp_path.glob(".*tmp*")), suffix
+    try:
+        import geopandas
+    except ImportError:
+        return
+    frame = geopandas.read_parquet(tmp_path / "labels.parquet")
+    assert frame.crs.to_string() == "OGC:CRS84" and len(frame) == 2
