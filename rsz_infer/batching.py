@@ -58,7 +58,9 @@ def _prepare(
     """
     decoded = decoder.decode(tiles, options)
     return [
-        r if isinstance(r, TileError) else (r[0] if native else to_model_input(r[0], spec), r[1], r[0].shape[:2])
+        r
+        if isinstance(r, TileError)
+        else (r[0] if native else to_model_input(r[0], spec), r[1], r[0].shape[:2])
         for r in decoded
     ]
 

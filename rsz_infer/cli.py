@@ -39,7 +39,9 @@ def _tile_options(f):
         "--bands", default=None, help="1-based bands for R,G,B of multi-band TIFFs, e.g. 3,2,1."
     )(f)
     f = click.option("--overlap", default=0, show_default=True, help="Overlap of scene windows in pixels.")(f)
-    f = click.option("--tile-size", default=256, show_default=True, help="Window size: larger images are cut into windows.")(f)
+    f = click.option(
+        "--tile-size", default=256, show_default=True, help="Window size: larger images are cut into windows."
+    )(f)
     return f
 
 

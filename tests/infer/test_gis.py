@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
 from rsz_infer.images import TileOptions, discover_tiles
-from rsz_infer.index import build_index, search
+from rsz_infer.index import IndexConfig, build_index, search
 from rsz_infer.pipeline import LabelConfig, label_tiles
 
 from .helpers import bands_first, read_jsonl, save, solid, write_geotiff
@@ -133,10 +133,10 @@ def test_gdal_virtual_paths_reach_gdal_untouched(bundles, class_file, tmp_path):
         assert np.abs(ring - _expected_ring(str(scene), None)).max() < FOOTPRINT_TOLERANCE
         # the same inputs for the retrieval index; search hits carry their footprints
         index = tmp_path / "idx"
-        counts = build_index(
+        cfg = IndexConfig(
             [zipped, in_memory], bundles["msa"], index, TileOptions(tile_size=40), progress=False
         )
-        assert counts["added"] == 2
+        assert build_index(cfg).added == 2
         hits = search(index, text="green fields", k=2)
         assert hits[0].tile["tile"] == zipped and hits[0].tile["footprint"] == rows[zipped]["footprint"]
         assert hits[0].tile["source_crs"] == "EPSG:32633"
@@ -169,12 +169,12 @@ def test_large_images_without_crs_are_cut_into_windows(bundles, class_file, tmp_
     assert all(r["labels"][0] == ("red" if r["path"] == str(big_png) else "blue") for r in rows)
     assert all("footprint" not in r and "source_crs" not in r for r in rows)  # pixel footprints only
     # 256 px windows reach the 32 px model input shrunk 8x: the summary says so
-    assert summary.resized == 29
-    assert "29 tiles resized more than 4x to the model's 32 px input" in summary.line(out)
+    assert summary.resize_note.startswith("29 tiles resized more than 4x to the model's 32 px input")
+    assert summary.resize_note in summary.line(out)
     small = _label(
         bundles["msa"], class_file, [save(tmp_path / "s.png", solid("red", 100))], tmp_path / "s.csv"
     )
-    assert small.resized == 0 and "resized" not in small.line(tmp_path / "s.csv")
+    assert small.resize_note is None and "resized" not in small.line(tmp_path / "s.csv")
 
 
 def test_overlap_without_large_inputs_is_said(bundles, class_file, tmp_path):
