@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 import rsz_infer
-from export import ENGINE_CHOICES
 from export.compare import compare, random_feeds
 from export.fp16 import convert_fp16
 from export.onnx_export import OPSET, export_onnx, graph_io, load_checked
-from export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
+from export.trt_build import ENGINE_CHOICES, ShapeRange, build_engine, onnx_input_dims, optimisation_profile
 from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, load_manifest, sha256_file
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec

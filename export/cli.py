@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from export import ENGINE_CHOICES
+from export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path

@@ -18,6 +18,9 @@ from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError
 from rsz_infer.trt_lib import TrtLib, gpu_compute_capability, load_trt, sidecar_path
 
+# --engine: TensorRT required, none, or when a TensorRT library imports (export.api, rsz-export)
+ENGINE_CHOICES = ("trt", "none", "auto")
+
 # TensorRT-RTX on a machine without a GPU needs explicit targets. Its default set: Ampere and later. Turing
 # (7.5) is left out on purpose: TensorRT-RTX cannot compile FP32 GEMMs for it and wants Turing-only engines.
 DEFAULT_RTX_TARGETS = ("8.0", "8.6", "8.9", "12.0")
