@@ -104,6 +104,14 @@ def _train_command(kind: str, summary: str) -> click.Command:
     @click.option("--device", default=None, help="cpu or cuda (default: cuda when a GPU is present).")
     @click.option("--epochs", type=int, default=None, help="Number of epochs (overrides the config).")
     @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last.pt.")
+    @click.option(
+        "--nproc",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Train in N local processes (DistributedDataParallel: one per GPU, or gloo on CPUs) with "
+        "the same global batches; under torchrun leave it at 1.",
+    )
     @one_line_errors
     def command(
         data_dir: Path,
@@ -121,8 +129,10 @@ def _train_command(kind: str, summary: str) -> click.Command:
         device: str | None,
         epochs: int | None,
         resume: bool,
+        nproc: int,
     ) -> None:
         from rsz_train.data.sources import DataOptions
+        from rsz_train.distributed import current
         from rsz_train.train import train
 
         options = DataOptions(
@@ -137,10 +147,10 @@ def _train_command(kind: str, summary: str) -> click.Command:
         )
         run = train(
             kind, data_dir, split, out_dir, config_path, device, epochs, resume,
-            data_options=options, protocol=protocol,
+            data_options=options, protocol=protocol, nproc=nproc,
         )  # fmt: skip
         report_path = run / "report.json"
-        if report_path.is_file():
+        if report_path.is_file() and current().is_main:
             report = json.loads(report_path.read_text(encoding="utf-8"))
             click.echo(f"run written to {run} ({report['seconds']} s); test: {_summary(report['test'])}")
 

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
+from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
-from rsz_train import runs
 from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
 from rsz_train.data import torch_datasets as td
 from rsz_train.data.formats import SceneData, Split, paper_split
@@ -195,6 +195,7 @@ class _Trainer:
         device: torch.device,
     ):
         self.kind, self.config, self.device = kind, config, device
+        self.ctx = distributed.current()
         self.entry = model_entry(kind)
         self.out_dir = out_dir
         self.data, self.split, self.source = data, split, source
@@ -209,13 +210,16 @@ class _Trainer:
         self.train_ids = [self.index[c] for c in self.train_classes]
         self.val_ids = [self.index[c] for c in self.split.val]
         self.unseen_ids = [self.index[c] for c in self.split.unseen]
-        self.semantics, self.attribute_routes = build_semantics(
-            self.data,
-            config.train.semantics,
-            self.split,
-            config.train.dual_encoder_run,
-            str(device),
-            config.train.phrase_ridge,
+        self.semantics, self.attribute_routes = distributed.from_main(  # made once, sent to every rank
+            self.ctx,
+            lambda: build_semantics(
+                self.data,
+                config.train.semantics,
+                self.split,
+                config.train.dual_encoder_run,
+                str(device),
+                config.train.phrase_ridge,
+            ),
         )
         if not self.data.attribute_names and self.kind == "dsva":
             raise RszError(f"{data.root}: DSVA needs attributes (attributes.txt, or --attributes FILE)")
@@ -243,6 +247,7 @@ class _Trainer:
         self.train_labels = np.array([position[int(c)] for c in self.sets["train"].labels], dtype=np.int64)
         train_semantics = ev.subset_semantics(self.semantics, self.train_ids)
         self.train_class_inputs = self.model.class_inputs(train_semantics, device)
+        self.step = distributed.loss_module(self.model, self.ctx, device)
 
     def caption_images(self, caption_split: str) -> list[str]:
         """Images whose captions serve `caption_split` ("train", "val", "test"): a caption data set's
@@ -281,41 +286,57 @@ class _Trainer:
     def run_epoch(self, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:  # noqa: ANN001
         cfg = self.config.train
         rng = _epoch_rng(cfg.seed, epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: same draws when resumed at this epoch
+        # dropout etc.: same draws when resumed at this epoch; each rank its own (rank 0 = a plain run's)
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * self.ctx.rank)
         batches = _epoch_batches(self.entry, self.config, self.train_labels, rng)
         train_set = self.sets["train"]
         self.model.train()
         sums: dict[str, float] = {}
+        self.step_losses: list[float] = []
         bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True, disable=None
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None if self.ctx.is_main else True,
         )
-        for idx in bar:
+        for global_idx in bar:
+            # this rank's share of the global batch (all of it in a single-process run)
+            share = distributed.local_share(
+                global_idx, self.train_labels, self.entry.sampler == "class_balanced", self.ctx
+            )
+            idx = global_idx[share]
             batch = {
-                "image": td.image_batch(train_set.images[idx], self.spec, rng if cfg.augment else None).to(
-                    self.device
-                ),
+                "image": td.image_batch(
+                    train_set.images[global_idx], self.spec, rng if cfg.augment else None, share
+                ).to(self.device),
                 "label": torch.from_numpy(self.train_labels[idx]).to(self.device),
                 "class_inputs": self.train_class_inputs,
             }
             if self.entry.uses_captions:
-                texts = td.pick_captions([train_set.paths[i] for i in idx], self.data.captions, rng)
+                texts = td.pick_captions([train_set.paths[i] for i in global_idx], self.data.captions, rng)
+                texts = [texts[i] for i in share]
                 batch.update({k: v.to(self.device) for k, v in self.model.tokenize(texts).items()})
             with ev.autocast(self.device, self.amp):
-                losses = self.model.training_losses(batch)
+                losses = self.step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise RszError(f"epoch {epoch + 1}: the loss is {loss.item()} (lower train.lr?)")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # x this rank's share: the averaged gradient is then the mean over the global batch
+            share_weight = len(idx) * self.ctx.world_size / len(global_idx)
+            scaler.scale(loss * share_weight if self.ctx.enabled else loss).backward()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            step = distributed.global_losses(losses, len(idx), len(global_idx), self.ctx)
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.step_losses.append(step["loss"])
+            bar.set_postfix(loss=f"{step['loss']:.3f}")
         return {k: v / len(batches) for k, v in sums.items()}
 
     # --- evaluation -------------------------------------------------------------------------------------
@@ -466,6 +487,7 @@ def train(
     stop_after_epoch: int | None = None,
     data_options: DataOptions | None = None,
     protocol: str = "rsz",
+    nproc: int = 1,
 ) -> Path:
     """Train a `kind` model on the data set at `data_dir` into `out_dir`; returns `out_dir`.
 
@@ -478,7 +500,16 @@ def train(
     With `resume`, continue the run in `out_dir` from its last.pt (its own config.yaml; `epochs` may
     extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
     (last.pt is written, the test split is not scored).
+
+    `nproc` > 1 trains in that many local processes with DistributedDataParallel; a process started by
+    torchrun joins its job from the environment (rsz_train.distributed: the same global batches as one
+    process, rank 0 validates and writes the run).
     """
+    if nproc != 1:  # the launcher refuses nproc < 1
+        args = (kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides)
+        options = {"stop_after_epoch": stop_after_epoch, "data_options": data_options, "protocol": protocol}
+        distributed.launch(nproc, train, *args, **options)
+        return Path(out_dir)
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if protocol not in PROTOCOLS:
@@ -489,14 +520,17 @@ def train(
     config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
     data, layout = load_dataset(data_dir, options)
     splits = resolve_splits(data_dir, data, layout, options)
-    dev = pick_device(device)
+    ctx = distributed.current()
+    dev = distributed.start(ctx, pick_device(device))
+    distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it
     if len(splits) == 1:
         split_obj, source = splits[0]
         _train_split(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch, protocol)
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(config, out_dir / runs.CONFIG)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(config, out_dir / runs.CONFIG)
     reports = []
     for split_obj, source in splits:
         sub = out_dir / split_obj.name
@@ -521,7 +555,8 @@ def train(
         "device": str(dev),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    runs.write_atomic(out_dir / runs.REPORT, json.dumps(summary, indent=2))
+    if ctx.is_main:
+        runs.write_atomic(out_dir / runs.REPORT, json.dumps(summary, indent=2))
     return out_dir
 
 
@@ -594,10 +629,18 @@ def _train_split(
     stop_after_epoch: int | None,
     protocol: str,
 ) -> None:
-    """One split: a fit (rsz) or a selection fit and a refit (paper), then the report."""
+    """One split: a fit (rsz) or a selection fit and a refit (paper), then the report (rank 0)."""
+    _train_split_fits(kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, protocol)
+    distributed.barrier(distributed.current())  # rank 0's report is written before any rank goes on
+
+
+def _train_split_fits(  # noqa: ANN001 (the arguments of _train_split)
+    kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, protocol
+) -> None:
+    main = distributed.current().is_main
     if protocol == "rsz":
         fit = _fit(kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, select=True)
-        if fit is not None:
+        if fit is not None and main:
             _final_report(fit, kind, protocol, out_dir, selection=None)
         return
     selection_dir = out_dir / SELECTION
@@ -611,14 +654,18 @@ def _train_split(
         )  # fmt: skip
         if fit is None:
             return
-        selected = {
-            "best_epoch": fit.best_epoch + 1,
-            "calibration": fit.calibration,
-            "val": fit.val,
-            "selection": _selection_rule(config.train, fit.trainer.entry.uses_captions, source),
-            "seconds": fit.seconds,
-        }
-        runs.write_atomic(done, json.dumps(selected, indent=2))
+        selected = distributed.from_main(  # rank 0 selected; every rank refits with its choice
+            distributed.current(),
+            lambda: {
+                "best_epoch": fit.best_epoch + 1,
+                "calibration": fit.calibration,
+                "val": fit.val,
+                "selection": _selection_rule(config.train, fit.trainer.entry.uses_captions, source),
+                "seconds": fit.seconds,
+            },
+        )
+        if main:
+            runs.write_atomic(done, json.dumps(selected, indent=2))
     refit_config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, epochs=int(selected["best_epoch"]))
     )
@@ -627,7 +674,7 @@ def _train_split(
         resume and (out_dir / runs.LAST).is_file(), stop_after_epoch, select=False,
         calibration=float(selected["calibration"]),
     )  # fmt: skip
-    if refit is not None:
+    if refit is not None and main:
         _final_report(refit, kind, protocol, out_dir, selection=selected)
 
 
@@ -648,6 +695,7 @@ def _fit(
     keep the best (or last, train.select_last_epoch), choose lambda on validation; otherwise (a refit)
     keep the last epoch with the given `calibration`. None when stopped before the last epoch."""
     started = time.time()
+    main = distributed.current().is_main
     trainer = _Trainer(kind, data, split, source, out_dir, config, dev)
     model, cfg = trainer.model, config.train
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
@@ -662,16 +710,20 @@ def _fit(
         )
         lines = _read_metrics(metrics_path, start_epoch)
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / runs.CONFIG)
-        runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
         start_epoch, best_score, best_epoch, seconds_before, lines = 0, -math.inf, -1, 0.0, []
-    runs.write_atomic(metrics_path, "".join(line + "\n" for line in lines))
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, out_dir / runs.CONFIG)
+            runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
+    if main:
+        runs.write_atomic(metrics_path, "".join(line + "\n" for line in lines))
 
     end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         losses = trainer.run_epoch(epoch, optimizer, scheduler, scaler)
+        if not main:
+            continue  # rank 0 validates and writes; the others wait for it in the next step's all-reduce
         score, val = trainer.validate() if select else (math.nan, {})
         last = epoch == cfg.epochs - 1
         improved = last if (cfg.select_last_epoch or not select) else score > best_score
@@ -683,6 +735,7 @@ def _fit(
             "seconds": round(time.time() - t0, 2),
             "lr": optimizer.param_groups[0]["lr"],
             "losses": losses,
+            "step_losses": [round(v, 6) for v in trainer.step_losses],  # of the global batch
             "val": val,
             "selection_score": score if select else None,
             "best": improved,
@@ -707,6 +760,8 @@ def _fit(
         )
     if end_epoch < cfg.epochs:
         return None
+    if not main:  # rank 0 alone reloads, validates and reports
+        return FitResult(trainer, best_epoch, {}, calibration, time.time() - started)
     # Selection is over: reload the kept epoch, and (select) choose lambda on validation.
     from safetensors.torch import load_file
 
@@ -764,6 +819,7 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         "note": TEST_NOTE,
         "seconds": round(fit.seconds + (selection or {}).get("seconds", 0.0), 1),
         "device": str(trainer.device),
+        "processes": distributed.current().world_size,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(fit.calibration)))

@@ -48,12 +48,23 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def image_batch(
-    images: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator | None = None
+    images: np.ndarray,
+    spec: PreprocessSpec,
+    rng: np.random.Generator | None = None,
+    keep: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """[B, S, S, 3] uint8 -> [B, 3, S, S] float32 model input; augmented when `rng` is given."""
-    out = np.empty((len(images), 3, spec.size, spec.size), dtype=np.float32)
+    """[B, S, S, 3] uint8 -> [B, 3, S, S] float32 model input; augmented when `rng` is given.
+
+    `keep`: positions to return (a distributed rank's share); augmentations are still drawn for all B
+    images, so the generator ends where it would in a single-process run.
+    """
+    keep = np.arange(len(images)) if keep is None else np.asarray(keep)
+    out = np.empty((len(keep), 3, spec.size, spec.size), dtype=np.float32)
+    row = {int(p): i for i, p in enumerate(keep)}
     for i, rgb in enumerate(images):
-        out[i] = normalize(augment(rgb, rng) if rng is not None else rgb, spec)
+        view = augment(rgb, rng) if rng is not None else rgb  # a view: cheap for images not kept
+        if i in row:
+            out[row[i]] = normalize(view, spec)
     return torch.from_numpy(out)
 
 
