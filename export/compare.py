@@ -45,8 +45,11 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(a.shape[0], -1).astype(np.float64)
     b = b.reshape(b.shape[0], -1).astype(np.float64)
     num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    den = norm_a * norm_b
+    # A zero row agrees only with a zero row: FP16 underflow that zeroes an embedding must fail the gate.
+    both_zero = (norm_a == 0) & (norm_b == 0)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-30), np.where(both_zero, 1.0, 0.0))
     return float(cos.min()) if cos.size else 1.0
 
 
