@@ -29,8 +29,7 @@ from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.runners.torch import TorchRunner
 from rsz_infer.trt_lib import load_trt, trt_available
 from rsz_train.models.base import ExportGraph, RszModel
-
-MODEL_KINDS = ("dsva", "mcfa", "msa")
+from rsz_train.models.registry import model_kinds
 
 
 @dataclass
@@ -114,8 +113,8 @@ def export(
     """Export the run `run_dir` (a `model_kind` run) into the bundle folder `out` (default models/<run>).
 
     `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels)."""
-    if model_kind not in MODEL_KINDS:
-        raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(MODEL_KINDS)})")
+    if model_kind not in model_kinds():
+        raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(model_kinds())})")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else Path("models") / run_dir.name
     source = source_from_run(run_dir, model_kind, None if tiles is None else Path(tiles))

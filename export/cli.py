@@ -12,11 +12,10 @@ from export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
+from rsz_train.models.registry import model_kinds
 
 BUILD_OPTIONS = [
-    click.option(
-        "--model", "model_kind", type=click.Choice(["dsva", "mcfa", "msa"]), help="model kind of the run"
-    ),
+    click.option("--model", "model_kind", type=click.Choice(model_kinds()), help="model kind of the run"),
     click.option("--run", "run_dir", type=click.Path(path_type=Path), help="run folder written by rsz-train"),
     click.option("--fp16", is_flag=True, help="also write FP16 graphs and use them by default"),
     click.option(

@@ -14,6 +14,7 @@ import click
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_train.data.synth import synth_command
 from rsz_train.demo import demo_command
+from rsz_train.models.registry import MODELS
 
 
 def _default_split() -> str:
@@ -176,24 +177,8 @@ def _summary(test: dict) -> str:
     return ", ".join(parts) or "no test images"
 
 
-main.add_command(
-    _train_command(
-        "dsva",
-        "Train DSVA (ViT mapped to class attributes; classes come from their descriptions).",
-    )
-)
-main.add_command(
-    _train_command(
-        "mcfa",
-        "Train MCFA (visual and semantic VAEs with one shared latent space; class-balanced episodes).",
-    )
-)
-main.add_command(
-    _train_command(
-        "msa",
-        "Train MSA (image-text retrieval model; also labels tiles by their class descriptions).",
-    )
-)
+for _entry in MODELS.values():  # one training command per registered model kind
+    main.add_command(_train_command(_entry.kind, f"Train {_entry.summary}"))
 
 
 main.add_command(synth_command, name="synth")

@@ -21,6 +21,7 @@ import click
 
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_train.data.formats import SceneData, Split, load_benchmark, load_split
+from rsz_train.models.registry import model_kinds
 
 
 def _run(cmd: list[str]) -> None:
@@ -84,9 +85,7 @@ def _score(labels_csv: Path, truth: dict[str, str]) -> tuple[float, float, Count
     show_default=True,
     help="Folder for the generated data, the run, the bundle and the labels.",
 )
-@click.option(
-    "--model", "kind", type=click.Choice(["dsva", "mcfa", "msa"]), default="dsva", show_default=True
-)
+@click.option("--model", "kind", type=click.Choice(model_kinds()), default="dsva", show_default=True)
 @click.option("--per-class", type=int, default=60, show_default=True, help="Tiles generated per class.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the model's config).")
 @click.option("--size", type=int, default=64, show_default=True, help="Tile size in pixels.")

@@ -18,8 +18,7 @@ from rsz_infer.metrics import choose_calibration, gzsl_report, per_class_accurac
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.scoring import class_logits
 from rsz_train.data.torch_datasets import image_batch
-from rsz_train.models.base import RszModel
-from rsz_train.models.registry import ClassSemantics
+from rsz_train.models.base import ClassSemantics, RszModel
 
 
 def subset_semantics(semantics: ClassSemantics, indices: list[int] | np.ndarray) -> ClassSemantics:

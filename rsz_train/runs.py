@@ -24,8 +24,8 @@ import yaml
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from rsz_train.config import RunConfig, config_from_dict
-from rsz_train.models.base import RszModel
-from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model
+from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
+from rsz_train.models.registry import create_model
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"

@@ -33,8 +33,8 @@ from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
 from rsz_train.data import torch_datasets as td
 from rsz_train.data.formats import SceneData, Split, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
-from rsz_train.models.base import RszModel
-from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, create_model, model_entry
+from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
+from rsz_train.models.registry import ModelEntry, create_model, model_entry
 
 TEST_NOTE = "test scored once, after selection on validation"
 
@@ -221,8 +221,10 @@ class _Trainer:
                 config.train.phrase_ridge,
             ),
         )
-        if not self.data.attribute_names and self.kind == "dsva":
-            raise RszError(f"{data.root}: DSVA needs attributes (attributes.txt, or --attributes FILE)")
+        if not self.data.attribute_names and self.entry.needs_attributes:
+            raise RszError(
+                f"{data.root}: {kind.upper()} needs attributes (attributes.txt, or --attributes FILE)"
+            )
         self.task = TaskInfo(
             attribute_names=list(self.data.attribute_names or []),
             attribute_phrases=list(self.data.attribute_phrases or []),

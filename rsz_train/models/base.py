@@ -5,8 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass
+class ClassSemantics:
+    """Everything known about a list of classes, from which each model picks its class inputs."""
+
+    names: list[str]
+    descriptions: list[str]
+    attributes: np.ndarray  # [C, A] description-derived attribute vectors (or ground truth, per config)
+    sentence: np.ndarray  # [C, 384] MiniLM embeddings of the descriptions (L2-normalised)
+    glove: np.ndarray | None = None  # [C, 50] mean GloVe vectors of the class names
+
+
+@dataclass
+class TaskInfo:
+    """What a model must know about the task when it is built."""
+
+    attribute_names: list[str]
+    attribute_phrases: list[str]
+    attribute_groups: list[str]
+    image_size: int
+    num_train_classes: int
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -37,7 +61,7 @@ class RszModel(nn.Module):
         raise NotImplementedError
 
     def class_inputs(self, semantics: Any, device: torch.device | str = "cpu") -> Any:
-        """Pick this model's class inputs from a registry.ClassSemantics (attributes, sentence vectors
+        """Pick this model's class inputs from a ClassSemantics (attributes, sentence vectors
         or tokenized prompts), as tensors on `device`; the result is what encode_classes takes."""
         raise NotImplementedError
 

@@ -20,8 +20,7 @@ from torch import nn
 
 from rsz_infer.errors import RszError
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
-from rsz_train.models.base import ExportGraph, RszModel
-from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
+from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
 
 
 @dataclass
@@ -241,6 +240,3 @@ def build_dsva(config: DSVAConfig, task: TaskInfo) -> DSVA:
     # Saved with the run (classes.json "task"), so load_run rebuilds this ViT without the CLIP file.
     task.extra["vit"] = dict(model.vit_shape)
     return model
-
-
-register(ModelEntry("dsva", DSVAConfig, build_dsva))

@@ -22,9 +22,8 @@ from rsz_infer.errors import RszError
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rsz_train.losses import mcfa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
-from rsz_train.models.base import ExportGraph, RszModel
+from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
 from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
-from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
 
 SEMANTIC_SOURCES = ("phrases", "sentence", "glove", "attributes")
 
@@ -293,6 +292,3 @@ class MCFA(FrozenBackboneMixin, RszModel):
 
 def build_mcfa(config: MCFAConfig, task: TaskInfo) -> MCFA:
     return MCFA(config, task)
-
-
-register(ModelEntry("mcfa", MCFAConfig, build_mcfa, sampler="class_balanced"))

@@ -25,9 +25,8 @@ from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rsz_infer.tokenizer import Tokenizer
 from rsz_train.losses import msa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
-from rsz_train.models.base import ExportGraph, RszModel
+from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
 from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
-from rsz_train.models.registry import ClassSemantics, ModelEntry, TaskInfo, register
 
 TEXT_POOLINGS = ("mean", "cls")
 
@@ -331,6 +330,3 @@ def _check_prompt(prompt: str) -> None:
 
 def build_msa(config: MSAConfig, task: TaskInfo) -> MSA:
     return MSA(config, task)
-
-
-register(ModelEntry("msa", MSAConfig, build_msa, uses_captions=True))

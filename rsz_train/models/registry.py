@@ -1,81 +1,81 @@
-"""Model registry: `create_model(kind, config, task)` builds any rsz model from its config dataclass.
+"""Model registry: THE list of model kinds. `create_model(kind, config, task)` builds any rsz model.
 
-Model modules register themselves with `register(ModelEntry(...))` at import; `_load_all()` imports them.
+Each entry says what the CLIs, the training loop, export and the demo need to know about a kind, and
+where its config dataclass and builder live ("module:attribute", imported when first needed). This module
+imports neither torch nor the model modules, so CLIs build their choices and help from it for free.
+Adding a kind: one entry here (and the model module it names); see docs/DESIGN.md.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from rsz_train.models.base import RszModel
+if TYPE_CHECKING:
+    from rsz_train.models.base import RszModel, TaskInfo
 
 
-@dataclass
-class ClassSemantics:
-    """Everything known about a list of classes, from which each model picks its class inputs."""
-
-    names: list[str]
-    descriptions: list[str]
-    attributes: np.ndarray  # [C, A] description-derived attribute vectors (or ground truth, per config)
-    sentence: np.ndarray  # [C, 384] MiniLM embeddings of the descriptions (L2-normalised)
-    glove: np.ndarray | None = None  # [C, 50] mean GloVe vectors of the class names
+def _attribute(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-@dataclass
-class TaskInfo:
-    """What a model must know about the task when it is built."""
-
-    attribute_names: list[str]
-    attribute_phrases: list[str]
-    attribute_groups: list[str]
-    image_size: int
-    num_train_classes: int
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
+@dataclass(frozen=True)
 class ModelEntry:
     kind: str
-    config_cls: type  # a dataclass; its defaults are the small CPU model
-    build: Callable[[object, TaskInfo], RszModel]
+    summary: str  # one line: `rsz-train KIND --help`, `rsz-export --model`, `rsz-train demo --model`
+    config: str  # "module:Class" of its config dataclass; the defaults are the small CPU model
+    builder: str  # "module:function" (config, TaskInfo) -> RszModel
     sampler: str = "random"  # "random" | "class_balanced" (episodic, MCFA)
     uses_captions: bool = False  # batches carry one tokenized caption per image (MSA)
+    needs_attributes: bool = False  # the training data must have attributes.txt (DSVA)
+
+    @property
+    def config_cls(self) -> type:
+        return _attribute(self.config)
+
+    def build(self, config: object, task: TaskInfo) -> RszModel:
+        return _attribute(self.builder)(config, task)
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_MODULES = ("rsz_train.models.dsva", "rsz_train.models.mcfa", "rsz_train.models.msa")
+MODELS: dict[str, ModelEntry] = {
+    entry.kind: entry
+    for entry in [
+        ModelEntry(
+            "dsva",
+            "DSVA (ViT mapped to class attributes; classes come from their descriptions).",
+            "rsz_train.models.dsva:DSVAConfig",
+            "rsz_train.models.dsva:build_dsva",
+            needs_attributes=True,
+        ),
+        ModelEntry(
+            "mcfa",
+            "MCFA (visual and semantic VAEs with one shared latent space; class-balanced episodes).",
+            "rsz_train.models.mcfa:MCFAConfig",
+            "rsz_train.models.mcfa:build_mcfa",
+            sampler="class_balanced",
+        ),
+        ModelEntry(
+            "msa",
+            "MSA (image-text retrieval model; also labels tiles by their class descriptions).",
+            "rsz_train.models.msa:MSAConfig",
+            "rsz_train.models.msa:build_msa",
+            uses_captions=True,
+        ),
+    ]
+}
 
 
-def register(entry: ModelEntry) -> ModelEntry:
-    _REGISTRY[entry.kind] = entry
-    return entry
-
-
-def _load_all() -> None:
-    for name in _MODULES:
-        importlib.import_module(name)
+def model_kinds() -> tuple[str, ...]:
+    return tuple(MODELS)
 
 
 def model_entry(kind: str) -> ModelEntry:
-    _load_all()
-    if kind not in _REGISTRY:
-        raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[kind]
+    if kind not in MODELS:
+        raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    return MODELS[kind]
 
 
 def create_model(kind: str, config: object, task: TaskInfo) -> RszModel:
     return model_entry(kind).build(config, task)
-
-
-def load_run(
-    run_dir: str | os.PathLike, kind: str | None = None, device: str = "cpu"
-) -> tuple[RszModel, object]:
-    """A trained run's best model and its rsz_train.runs.RunInfo (the code lives in rsz_train.runs)."""
-    from rsz_train.runs import load_run as _load_run
-
-    return _load_run(run_dir, kind, device)

@@ -10,8 +10,9 @@ import torch
 
 from rsz_infer.scoring import class_logits
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
+from rsz_train.models.base import ClassSemantics, TaskInfo
 from rsz_train.models.dsva import DSVAConfig
-from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model
+from rsz_train.models.registry import create_model
 
 
 def test_compatibility_loss_is_cross_entropy_on_logits():

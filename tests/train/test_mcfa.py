@@ -11,10 +11,11 @@ import torch
 from rsz_infer.errors import RszError
 from rsz_infer.semantics import attribute_vectors
 from rsz_train.losses import mcfa as L
+from rsz_train.models.base import ClassSemantics, TaskInfo
 from rsz_train.models.frozen import FrozenFeatureCache
 from rsz_train.models.mcfa import MCFAConfig
 from rsz_train.models.mcfa import phrase_attributes as L_phrase
-from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model, model_entry
+from rsz_train.models.registry import create_model, model_entry
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 4

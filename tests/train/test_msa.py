@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from rsz_infer.errors import RszError
 from rsz_train.losses import msa as L
+from rsz_train.models.base import ClassSemantics, TaskInfo
 from rsz_train.models.msa import MSAConfig, MultiScaleCrossAttention
-from rsz_train.models.registry import ClassSemantics, TaskInfo, create_model, model_entry
+from rsz_train.models.registry import create_model, model_entry
 
 IMAGE_SIZE = 32
 CAPTIONS = [

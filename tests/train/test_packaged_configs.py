@@ -7,7 +7,8 @@ import torch
 
 from rsz_infer.errors import RszError
 from rsz_train.config import load_config, packaged_configs
-from rsz_train.models.registry import TaskInfo, create_model
+from rsz_train.models.base import TaskInfo
+from rsz_train.models.registry import create_model
 
 ATTRIBUTES = [f"attr{i}" for i in range(6)]
 # name -> (kind, image embedding size, parameters in millions: a range that pins the architecture)
