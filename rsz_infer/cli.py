@@ -82,6 +82,7 @@ def _runtime_options(f):
 @click.option(
     "--class-map", default=None, help="Also write a class-index GeoTIFF per scene (GeoTIFF inputs)."
 )
+@click.option("--class-map-scores", is_flag=True, help="Class map: a second band with the top score.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out.")
 @click.option("--html", "html_out", default=None, help="Also write an HTML gallery of the labeled tiles.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -89,7 +90,18 @@ def _runtime_options(f):
 @_tile_options
 @one_line_errors
 def label_command(
-    tiles, classes, model, out, top_k, seen_calibration, class_map, resume, html_out, quiet, **kw
+    tiles,
+    classes,
+    model,
+    out,
+    top_k,
+    seen_calibration,
+    class_map,
+    class_map_scores,
+    resume,
+    html_out,
+    quiet,
+    **kw,
 ) -> None:
     """Label TILES (folders, images, any raster GDAL opens, GDAL paths, URLs, STAC JSON) with a class file."""
     cfg = LabelConfig(
@@ -105,6 +117,8 @@ def label_command(
         resume=resume,
         tiles=_tiles(kw),
         class_map=Path(class_map) if class_map else None,
+        class_map_scores=class_map_scores,
+        html=Path(html_out) if html_out else None,
         workers=kw["workers"],
         decoder=kw["decoder"],
         preprocess=kw["preprocess"],
@@ -112,20 +126,8 @@ def label_command(
     )
     summary = label_tiles(cfg)
     click.echo(summary.line(cfg.out), err=True)
-    if html_out:
-        from rsz_infer.report import (
-            GALLERY_MAX,
-            GalleryItem,
-            footprint_line,
-            label_lines,
-            read_label_rows,
-            write_gallery,
-        )
-
-        rows = read_label_rows(cfg.out)[:GALLERY_MAX]
-        items = [GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r)) for r in rows]
-        write_gallery(html_out, f"rsz labels: {cfg.classes.name} ({len(rows)} tiles)", items, cfg.tiles)
-        click.echo(f"rsz-infer: gallery of {len(rows)} tiles -> {html_out}", err=True)
+    if summary.gallery_tiles is not None:
+        click.echo(f"rsz-infer: gallery of {summary.gallery_tiles} tiles -> {html_out}", err=True)
     sys.exit(summary.exit_code)
 
 

@@ -50,6 +50,15 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class RunLog:
     """Append-only log of finished tiles, one JSON object per line; the first line describes the run."""
 
@@ -330,8 +339,16 @@ def render_errors(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_outputs(log: RunLog, out: Path, top_k: int, class_names: list[str], class_map: Path | None) -> dict:
-    """Render the requested output (and errors.csv, class map) from the log; returns counts."""
+def write_outputs(
+    log: RunLog,
+    out: Path,
+    top_k: int,
+    class_names: list[str],
+    class_map: Path | None,
+    class_map_scores: bool = False,
+) -> dict:
+    """Render the requested output (and errors.csv, class maps) from the log; returns counts and the
+    class maps written (`class_maps`, each with its `.png` quicklook beside it)."""
     labeled, errors, nodata = [], [], 0
     for r in log.records():
         if "labels" in r:
@@ -355,46 +372,9 @@ def write_outputs(log: RunLog, out: Path, top_k: int, class_names: list[str], cl
         atomic_write(errors_path(out), render_errors(errors))
     elif errors_path(out).exists():
         errors_path(out).unlink()  # from an earlier run of the same output
+    maps = []
     if class_map is not None:
-        write_class_maps(labeled, class_map, class_names)
-    return {"labeled": len(labeled), "errors": len(errors), "nodata": nodata}
+        from rsz_infer.classmap import write_class_maps
 
-
-def write_class_maps(records: list[dict], target: Path, class_names: list[str]) -> list[Path]:
-    """Top-1 class index per scene pixel, in each scene's own grid (windows written one at a time).
-
-    One scene: `target` itself; several: `<target stem>.<scene stem>.tif` beside it. Pixels of skipped
-    windows are nodata (255, or 65535 for more than 254 classes); the class names are in the tags.
-    """
-    import numpy as np
-    import rasterio
-    from rasterio.windows import Window
-
-    by_scene: dict[str, list[dict]] = {}
-    for r in records:
-        if r.get("window"):
-            by_scene.setdefault(r["path"], []).append(r)
-    if not by_scene:
-        raise RszError(f"--class-map {target}: no GeoTIFF scene among the inputs")
-    dtype, nodata = ("uint8", 255) if len(class_names) < 255 else ("uint16", 65535)
-    written = []
-    for scene_path, scene_records in by_scene.items():
-        path = (
-            target if len(by_scene) == 1 else target.with_name(f"{target.stem}.{Path(scene_path).stem}.tif")
-        )
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
-        with rasterio.open(scene_path) as scene:
-            profile = {
-                "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": dtype,
-                "crs": scene.crs, "transform": scene.transform, "nodata": nodata, "compress": "deflate",
-                "tiled": True, "blockxsize": 256, "blockysize": 256,
-            }  # fmt: skip
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.update_tags(classes=json.dumps(class_names))
-            for r in scene_records:
-                col, row, width, height = r["window"]
-                block = np.full((height, width), r["class_index"], dtype=dtype)
-                dst.write(block, 1, window=Window(col, row, width, height))
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+        maps = write_class_maps(labeled, class_map, class_names, class_map_scores)
+    return {"labeled": len(labeled), "errors": len(errors), "nodata": nodata, "class_maps": maps}

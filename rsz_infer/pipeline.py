@@ -55,7 +55,9 @@ class LabelConfig:
     seen_calibration: float | None = None  # None: the bundle's value, chosen on validation data
     resume: bool = False
     tiles: TileOptions = field(default_factory=TileOptions)
-    class_map: Path | None = None
+    class_map: Path | None = None  # a class-map COG per scene (rsz_infer.classmap)
+    class_map_scores: bool = False  # the class map's second band: the top score
+    html: Path | None = None  # an HTML gallery of the labeled tiles (and the class maps' quicklooks)
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
@@ -84,6 +86,8 @@ class Summary:
     loop_seconds: float = 0.0  # the labeling loop (the progress bar's rate)
     nothing_left: bool = False  # --resume on an output that had already finished
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
+    class_maps: list[Path] = field(default_factory=list)  # each with its .png quicklook beside it
+    gallery_tiles: int | None = None  # tiles in the HTML gallery, when one was written
 
     @property
     def exit_code(self) -> int:
@@ -235,12 +239,14 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         finally:
             log.close()
     interrupted = counts.interrupted
-    written = write_outputs(log, cfg.out, cfg.top_k, scorer.names, None if interrupted else cfg.class_map)
+    written = write_outputs(
+        log, cfg.out, cfg.top_k, scorer.names, None if interrupted else cfg.class_map, cfg.class_map_scores
+    )
     summary = Summary(
         counts.embedded, counts.skipped, counts.nodata, len(tiles) - len(todo), time.perf_counter() - start,
         engine.runner.name, total_errors=written["errors"], notes=engine.notes, decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,
-        loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(),
+        loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(), class_maps=written["class_maps"],
     )  # fmt: skip
     if interrupted:
         print(
@@ -249,5 +255,11 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
             file=sys.stderr,
         )
         raise KeyboardInterrupt
+    if cfg.html is not None:
+        from rsz_infer.report import write_label_gallery
+
+        heading = f"rsz labels: {cfg.classes.name}"
+        labeled = [r for r in log.records() if "labels" in r]
+        summary.gallery_tiles = write_label_gallery(cfg.html, heading, labeled, cfg.tiles, summary.class_maps)
     part_path(cfg.out).unlink()
     return summary

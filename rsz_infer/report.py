@@ -52,16 +52,41 @@ h1{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:176px;font-size:12px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block}
 .missing{width:160px;height:160px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
+.quicklook{display:inline-block;margin:0 1em 1em 0}.quicklook img{max-width:100%}
 .title{font-weight:600;margin-top:4px}.path{color:#666;word-break:break-all}
 """
 
 
+def write_label_gallery(
+    path: Path, heading: str, records: list[dict], options: TileOptions, class_maps: list[Path]
+) -> int:
+    """The labeling gallery: class maps' quicklooks, then the first GALLERY_MAX tiles; returns their count."""
+    rows = records[:GALLERY_MAX]
+    items = [GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r)) for r in rows]
+    pictures = [(m.name, m.with_suffix(".png")) for m in class_maps if m.with_suffix(".png").is_file()]
+    write_gallery(path, f"{heading} ({len(rows)} tiles)", items, options, pictures)
+    return len(rows)
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def write_gallery(
-    path: Path | str, heading: str, items: list[GalleryItem], options: TileOptions | None = None
+    path: Path | str,
+    heading: str,
+    items: list[GalleryItem],
+    options: TileOptions | None = None,
+    pictures: list[tuple[str, Path]] | None = None,
 ) -> Path:
-    """Write the gallery page atomically and return its path."""
+    """Write the gallery page atomically and return its path; `pictures` (title, PNG) go on top."""
     path = Path(path)
     options = options or TileOptions()
+    top = "".join(
+        f'<figure class="quicklook"><img src="{_png_data_uri(png)}" alt="class map quicklook">'
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        for title, png in pictures or []
+    )
     cards = []
     for item in items:
         uri = _thumbnail(item.tile, options)
@@ -73,7 +98,7 @@ def write_gallery(
         )
     page = (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(heading)}</h1>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(heading)}</h1>{top}"
         f'<div class="grid">{"".join(cards)}</div></body></html>\n'
     )
     path.parent.mkdir(parents=True, exist_ok=True)

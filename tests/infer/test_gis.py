@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
+from PIL import Image
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
@@ -299,3 +300,47 @@ def test_vector_outputs_by_suffix(bundles, class_file, tmp_path):
         return
     frame = geopandas.read_parquet(tmp_path / "labels.parquet")
     assert frame.crs.to_string() == "OGC:CRS84" and len(frame) == 2
+
+
+def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, tmp_path):
+    from rsz_infer.classmap import category_names, class_colour
+
+    # 600 x 400 px, 200 px windows: red west third, blue the rest; a nodata hole across two windows and
+    # one window all nodata (skipped, so nodata in the map too)
+    rgb = np.concatenate([solid("red", 400)[:, :200], solid("blue", 400)], axis=1)
+    rgb[50:150, 50:250] = 0
+    rgb[200:, 400:] = 0
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(rgb), nodata=0)
+    class_map = tmp_path / "map.tif"
+    gallery = tmp_path / "gallery.html"
+    summary = _label(
+        bundles["msa"], class_file, [scene], tmp_path / "labels.csv", tiles=TileOptions(tile_size=200),
+        class_map=class_map, class_map_scores=True, html=gallery,
+    )  # fmt: skip
+    assert (summary.labeled, summary.nodata) == (5, 1) and summary.class_maps == [class_map]
+    names = ["red", "green", "blue"]
+    with rasterio.open(class_map) as cm, rasterio.open(scene) as src:
+        assert cm.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert cm.profile["tiled"] and cm.block_shapes[0] == (256, 256) and cm.overviews(1)[:1] == [2]
+        assert cm.crs == src.crs and cm.transform == src.transform
+        assert json.loads(cm.tags()["classes"]) == names
+        assert cm.colormap(1)[2] == (*class_colour(2), 255)
+        assert cm.nodata == 255 and cm.descriptions == ("class", "top score") and cm.scales == (1.0, 0.01)
+        classes, scores = cm.read(1), cm.read(2)
+        source_valid = src.read_masks(1) > 0
+        overview = cm.read(1, out_shape=(200, 300))
+    assert category_names(class_map) == names  # what gdalinfo and QGIS show
+    assert "<Category>green</Category>" in Path(f"{class_map}.aux.xml").read_text()
+    # every source nodata pixel is nodata in the map, every valid pixel has its window's class
+    assert ((classes == 255) == ~source_valid).all()
+    assert (classes[:, :200][source_valid[:, :200]] == 0).all()
+    assert (classes[:, 200:][source_valid[:, 200:]] == 2).all()
+    assert set(np.unique(scores[source_valid])) <= set(range(101)) and scores[~source_valid].max() == 255
+    assert set(np.unique(overview)) <= {0, 2, 255}  # MODE overviews: no class in between
+    quicklook = class_map.with_suffix(".png")
+    with Image.open(quicklook) as im:
+        assert im.format == "PNG" and max(im.size) <= 700
+    assert quicklook.stat().st_size < 100_000
+    page = gallery.read_text()
+    assert page.count('class="quicklook"') == 1 and "data:image/png;base64," in page
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -1,0 +1,217 @@
+"""The class map: a Cloud-Optimized GeoTIFF of the top-1 class per pixel, in each scene's own grid.
+
+What GDAL, QGIS and rasterio users expect of a categorical raster:
+- COG layout (GDAL's COG driver): internal 256 px tiles, overviews made with MODE resampling (a class
+  never becomes the average of two others), DEFLATE;
+- a colour table and the category names on band 1 (GDAL keeps category names in the PAM sidecar
+  `<map>.aux.xml`, which gdalinfo and QGIS read; the names are also in the `classes` tag as JSON);
+- the source's nodata masked per pixel: a pixel that is nodata in the scene is nodata here (255, or 65535
+  for more than 254 classes), as are the pixels of skipped windows;
+- optionally a second band with the top score (0-100, scale 0.01, so gdalinfo shows it as 0..1);
+- a small PNG quicklook with a legend, `<map>.png`, that the HTML gallery shows.
+The map is written as a tiled GeoTIFF window by window (never the whole scene in memory), then copied
+to the COG beside it and renamed into place, so the target is always complete.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import ctypes
+import ctypes.util
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+
+BLOCK_PX = 256
+QUICKLOOK_PX = 512  # the quicklook's longer side (at most)
+SCORE_SCALE = 0.01  # band 2 stores round(score * 100)
+# Distinct colours for the first classes (Tableau 10 + a few), then evenly spread hues
+PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+]  # fmt: skip
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    if index < len(PALETTE):
+        return PALETTE[index]
+    hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps keep neighbours apart
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.9)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+@functools.lru_cache(maxsize=1)
+def _gdal_library():
+    """The GDAL library rasterio itself runs on (its wheel bundles one), for the calls rasterio lacks."""
+    import rasterio._base  # noqa: F401  (loads libgdal into this process)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            loaded = sorted({line.split()[-1] for line in f if "libgdal" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        loaded = []
+    name = loaded[0] if loaded else ctypes.util.find_library("gdal")
+    if not name:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.GDALOpen.restype = ctypes.c_void_p
+    lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.GDALGetRasterBand.restype = ctypes.c_void_p
+    lib.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.GDALSetRasterCategoryNames.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)]
+    lib.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.GDALGetRasterCategoryNames.argtypes = [ctypes.c_void_p]
+    lib.GDALClose.argtypes = [ctypes.c_void_p]
+    lib.GDALGetDescription.restype = ctypes.c_char_p
+    lib.GDALGetDescription.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _with_band(path: Path, fn):
+    import rasterio
+
+    lib = _gdal_library()
+    if lib is None:
+        return None
+    with rasterio.Env():
+        handle = lib.GDALOpen(str(path).encode(), 0)  # read-only: category names go to the PAM sidecar
+        if not handle:
+            return None
+        try:
+            return fn(lib, lib.GDALGetRasterBand(handle, 1))
+        finally:
+            lib.GDALClose(handle)
+
+
+def set_category_names(path: Path, names: list[str]) -> bool:
+    """GDALSetRasterCategoryNames on band 1 (saved to `<path>.aux.xml`); False when GDAL is not reachable."""
+    encoded = (ctypes.c_char_p * (len(names) + 1))(*[n.encode("utf-8") for n in names], None)
+    return _with_band(path, lambda lib, band: lib.GDALSetRasterCategoryNames(band, encoded) == 0) or False
+
+
+def category_names(path: Path) -> list[str]:
+    """Band 1's category names as GDAL (gdalinfo, QGIS) reads them."""
+
+    def read(lib, band) -> list[str]:
+        lib.GDALGetDescription(band)  # as gdalinfo does first: GTiff loads the PAM sidecar lazily
+        names, array = [], lib.GDALGetRasterCategoryNames(band)
+        while array and array[len(names)] is not None:
+            names.append(array[len(names)].decode("utf-8"))
+        return names
+
+    return _with_band(path, read) or []
+
+
+def _target_of(target: Path, scene_path: str, several: bool) -> Path:
+    return target if not several else target.with_name(f"{target.stem}.{Path(scene_path).stem}.tif")
+
+
+def write_class_maps(
+    records: list[dict], target: Path, class_names: list[str], with_scores: bool = False
+) -> list[Path]:
+    """One COG per scene (`target`, or `<target stem>.<scene stem>.tif` for several) and its quicklook."""
+    by_scene: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("window"):
+            by_scene.setdefault(r["path"], []).append(r)
+    if not by_scene:
+        raise RszError(f"--class-map {target}: no scene (an image larger than --tile-size) among the inputs")
+    written = []
+    for scene_path, scene_records in by_scene.items():
+        path = _target_of(target, scene_path, len(by_scene) > 1)
+        _write_class_map(scene_path, scene_records, path, class_names, with_scores)
+        written.append(path)
+    return written
+
+
+def _write_class_map(
+    scene_path: str, records: list[dict], path: Path, class_names: list[str], with_scores: bool
+) -> None:
+    import rasterio
+    import rasterio.shutil
+    from rasterio.windows import Window
+
+    dtype, nodata = ("uint8", 255) if len(class_names) < 255 else ("uint16", 65535)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.grid.tif")
+    tmp_cog = path.with_name(f".{path.stem}.{os.getpid()}.cog.tif")
+    try:
+        with rasterio.open(scene_path) as scene:
+            profile = {
+                "driver": "GTiff", "width": scene.width, "height": scene.height, "dtype": dtype,
+                "count": 2 if with_scores else 1, "crs": scene.crs, "transform": scene.transform,
+                "nodata": nodata, "tiled": True, "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX,
+                "compress": "deflate",
+            }  # fmt: skip
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.update_tags(classes=json.dumps(class_names))
+                dst.write_colormap(1, {i: (*class_colour(i), 255) for i in range(len(class_names))})
+                dst.set_band_description(1, "class")
+                if with_scores:
+                    dst.set_band_description(2, "top score")
+                    dst.scales = (1.0, SCORE_SCALE)
+                for r in records:
+                    col, row, width, height = r["window"]
+                    window = Window(col, row, width, height)
+                    valid = scene.read_masks(1, window=window) > 0  # the source's nodata, pixel by pixel
+                    block = np.where(valid, r["class_index"], nodata).astype(dtype)
+                    dst.write(block, 1, window=window)
+                    if with_scores:
+                        score = np.where(valid, round(r["scores"][0] * 100), nodata).astype(dtype)
+                        dst.write(score, 2, window=window)
+        set_category_names(tmp, class_names)  # GDAL's PAM sidecar; the COG copy carries it over
+        rasterio.shutil.copy(
+            tmp, tmp_cog, driver="COG", BLOCKSIZE=BLOCK_PX, COMPRESS="DEFLATE", OVERVIEW_RESAMPLING="MODE"
+        )
+        write_quicklook(tmp_cog, class_names, path.with_suffix(".png"))
+        sidecar = Path(f"{tmp_cog}.aux.xml")
+        if sidecar.exists():
+            os.replace(sidecar, f"{path}.aux.xml")
+        os.replace(tmp_cog, path)
+    finally:
+        for leftover in (tmp, tmp_cog, Path(f"{tmp}.aux.xml"), Path(f"{tmp_cog}.aux.xml")):
+            leftover.unlink(missing_ok=True)
+
+
+def write_quicklook(class_map: Path, class_names: list[str], out: Path) -> Path:
+    """A small PNG of the class map (from its overviews) with a legend of the classes it shows."""
+    import rasterio
+    from PIL import Image, ImageDraw
+
+    from rsz_infer.outputs import atomic_write_bytes
+
+    with rasterio.open(class_map) as ds:
+        factor = max(1.0, max(ds.width, ds.height) / QUICKLOOK_PX)
+        shape = (max(1, round(ds.height / factor)), max(1, round(ds.width / factor)))
+        classes = ds.read(1, out_shape=shape)  # nearest from the closest (MODE) overview
+        nodata = ds.nodata
+    colours = np.zeros((len(class_names) + 1, 4), np.uint8)
+    colours[: len(class_names), :3] = [class_colour(i) for i in range(len(class_names))]
+    colours[: len(class_names), 3] = 255
+    index = np.where(classes == nodata, len(class_names), np.minimum(classes, len(class_names)))
+    picture = Image.fromarray(colours[index], "RGBA")
+    shown = [int(i) for i in np.unique(classes) if i != nodata and i < len(class_names)]
+    row_px, pad = 16, 6
+    legend_w = 12 + max([len(class_names[i]) for i in shown] or [0]) * 7
+    canvas = Image.new(
+        "RGBA",
+        (picture.width + pad * 2 + legend_w, max(picture.height, row_px * len(shown)) + pad * 2),
+        "white",
+    )
+    canvas.paste(picture, (pad, pad), picture)
+    draw = ImageDraw.Draw(canvas)
+    x = picture.width + pad * 2
+    for n, i in enumerate(shown):
+        y = pad + n * row_px
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=class_colour(i), outline="black")
+        draw.text((x + 14, y), class_names[i], fill="black")
+    import io
+
+    buf = io.BytesIO()
+    canvas.convert("RGB").save(buf, format="PNG", optimize=True)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
