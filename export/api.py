@@ -48,6 +48,8 @@ class ExportSource:
     class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
     phrase_ridge: float = 0.0  # DSVA: how the run's attribute vectors were made (manifest.phrase_ridge)
     tiles: np.ndarray | None = None  # [N, 3, H, W] preprocessed test tiles, checked besides random inputs
+    prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
+    about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
 
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -240,6 +242,8 @@ def _write_bundle(
         "variants": {},
         "checks": {},
     }
+    if source.about:
+        extra["source"] = dict(source.about)
     for graph in graphs:
         fp32_path = export_onnx(graph, staging / f"{graph.role}.onnx")
         inputs, outputs = _concrete_shapes(graph, *graph_io(load_checked(fp32_path)))
@@ -248,7 +252,8 @@ def _write_bundle(
         default_path, precision = fp32_path, "fp32"
         if fp16:
             fp16_path = staging / f"{graph.role}.fp16.onnx"
-            extra["fp16"] = convert_fp16(fp32_path, fp16_path)
+            why = {op: "kept FP32 by the model (ExportGraph.fp32_ops)" for op in graph.fp32_ops}
+            extra["fp16"] = convert_fp16(fp32_path, fp16_path, why)
             load_checked(fp16_path)
             extra["checks"][f"{graph.role}.fp16"] = _check_graph(graph, fp16_path, "fp16", source)
             extra["variants"][graph.role]["fp16"] = fp16_path.name
@@ -293,6 +298,7 @@ def _write_bundle(
         attribute_names=list(source.attribute_names),
         attribute_phrases=list(source.attribute_phrases),
         phrase_ridge=float(source.phrase_ridge),
+        prompt_templates=list(source.prompt_templates),
         extra=extra,
     )
     manifest.files = {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()}

@@ -46,6 +46,10 @@ def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles) -> None:
     if model_kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
     bundle = export(run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles)
+    _report(bundle)
+
+
+def _report(bundle: Path) -> None:
     manifest = load_manifest(bundle)
     engines = [e for g in manifest.graphs.values() for e in g.engines]
     note = manifest.extra.get("engine_note", f"engines: {', '.join(engines)}")
@@ -74,6 +78,32 @@ def build(**options) -> None:  # noqa: ANN003
 
 
 @main.command()
+@click.option(
+    "--checkpoint", required=True, type=click.Path(path_type=Path),
+    help="open_clip .pt/.bin/.safetensors state dict, or a Hugging Face CLIPModel folder",
+)  # fmt: skip
+@click.option("--arch", default=None, help="open_clip architecture (default: inferred from the weights)")
+@click.option(
+    "--templates", type=click.Path(path_type=Path), default=None,
+    help="prompt templates, one with {} per line (default: rsz's remote-sensing set)",
+)  # fmt: skip
+@_with_build_options
+@one_line_errors
+def clip(checkpoint, arch, templates, model_kind, run_dir, fp16, engine, batch, out, force, tiles) -> None:  # noqa: ANN001
+    """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
+    from export.clip import arch_note, export_clip
+
+    if model_kind is not None or run_dir is not None:
+        raise RszError("rsz-export clip: takes --checkpoint, not --model/--run")
+    out = out if out is not None else Path("models") / checkpoint.stem
+    bundle, model = export_clip(
+        checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles
+    )
+    click.echo(f"{checkpoint}: {arch_note(model)}", err=True)
+    _report(bundle)
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @one_line_errors
 def inspect(bundle: Path) -> None:
@@ -94,6 +124,10 @@ def inspect(bundle: Path) -> None:
         ("attributes", str(len(manifest.attribute_names))),
         ("text prompt", manifest.text_prompt),
     ]
+    if manifest.prompt_templates:
+        rows.append(("templates", f"{len(manifest.prompt_templates)}: {manifest.prompt_templates[0]} ..."))
+    if "source" in manifest.extra:
+        rows.append(("source", ", ".join(f"{k} {v}" for k, v in manifest.extra["source"].items())))
     for role, graph in manifest.graphs.items():
         io = "; ".join(f"{t.name} {t.dtype}{t.shape}" for t in graph.inputs + graph.outputs)
         rows.append((f"graph {role}", f"{graph.onnx} [{graph.precision}] {io}"))

@@ -12,6 +12,7 @@ from rsz_infer.runners.base import Runner
 
 FP32_MAX_RELATIVE_ERROR = 1e-4  # max |a-b| / max |reference|, per output
 FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs the FP32 reference
+FP32_MIN_COSINE = 0.9999  # the same for the FP32 graph (besides the relative error)
 
 
 @dataclass
@@ -65,8 +66,9 @@ def compare(
     """Check `candidate` against `reference` on every feed; raise one RszError line naming `what` (and the
     reference runner) on failure.
 
-    fp32: every output within FP32_MAX_RELATIVE_ERROR. fp16: every `embedding` row at cosine >=
-    FP16_MIN_COSINE and, given class embeddings, the same top-1 class for every row.
+    fp32: every output within FP32_MAX_RELATIVE_ERROR and every `embedding` row at cosine >= FP32_MIN_COSINE.
+    fp16: every `embedding` row at cosine >= FP16_MIN_COSINE and, given class embeddings, the same top-1
+    class for every row.
     """
     from rsz_infer.scoring import class_logits
 
@@ -90,18 +92,17 @@ def compare(
                     f"{what}: output {name} differs from {ref_name} (relative error {rel:.2e} > "
                     f"{FP32_MAX_RELATIVE_ERROR:.0e}, {candidate.name} vs {reference.name})"
                 )
-        if precision == "fp16" and "embedding" in ref:
+        if "embedding" in ref:
             cosine = _min_cosine(got["embedding"], ref["embedding"])
-            if cosine < FP16_MIN_COSINE:
+            least = FP16_MIN_COSINE if precision == "fp16" else FP32_MIN_COSINE
+            if cosine < least:
                 raise RszError(
-                    f"{what}: FP16 embedding cosine {cosine:.5f} < {FP16_MIN_COSINE} against {ref_name}"
+                    f"{what}: {precision.upper()} embedding cosine {cosine:.5f} < {least} against {ref_name}"
                 )
-            if class_embeddings is not None:
-                top_ref = class_logits(ref["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
-                top_got = class_logits(got["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
-                changed = int((top_ref != top_got).sum())
-                if changed:
-                    raise RszError(
-                        f"{what}: FP16 changes the top-1 label of {changed} of {len(top_ref)} tiles"
-                    )
+        if precision == "fp16" and "embedding" in ref and class_embeddings is not None:
+            top_ref = class_logits(ref["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
+            top_got = class_logits(got["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
+            changed = int((top_ref != top_got).sum())
+            if changed:
+                raise RszError(f"{what}: FP16 changes the top-1 label of {changed} of {len(top_ref)} tiles")
     return results

@@ -152,7 +152,10 @@ def convert_model_fp16(model: onnx.ModelProto, fp32_ops: set[str] | None = None)
     return model
 
 
-def convert_fp16(src: Path, dst: Path) -> dict:
-    """Write the FP16 variant of the FP32 graph `src` to `dst`; returns what to record in the manifest."""
-    onnx.save(convert_model_fp16(onnx.load(str(src))), str(dst))
-    return {"fp32_ops": {op: FP32_OPS[op] for op in sorted(FP32_OPS)}, "io_dtype": "float32"}
+def convert_fp16(src: Path, dst: Path, extra_fp32_ops: dict[str, str] | None = None) -> dict:
+    """Write the FP16 variant of the FP32 graph `src` to `dst`; returns what to record in the manifest.
+
+    extra_fp32_ops: more ops to keep in FP32 for this graph (op -> why)."""
+    ops = FP32_OPS | (extra_fp32_ops or {})
+    onnx.save(convert_model_fp16(onnx.load(str(src)), set(ops)), str(dst))
+    return {"fp32_ops": {op: ops[op] for op in sorted(ops)}, "io_dtype": "float32"}

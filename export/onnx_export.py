@@ -28,8 +28,20 @@ _ONNX_DTYPES = {
 def export_onnx(graph: ExportGraph, path: Path, opset: int = OPSET) -> Path:
     """Trace `graph.module` on its example inputs into `path` (FP32, dynamic axes as the graph names them)."""
     module = graph.module.eval()
+    # nn.MultiheadAttention (open_clip's CLIP) takes a fused fast path in eval mode without grad, an op
+    # ONNX has no symbolic for; the plain path is the same computation.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     # The TorchScript tracer (dynamo=False) handles the transformers text encoder and data-dependent
     # shapes of the heads more robustly than torch.export, and its graphs parse in TensorRT as they are.
+    try:
+        _trace(module, graph, path, opset)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path
+
+
+def _trace(module: torch.nn.Module, graph: ExportGraph, path: Path, opset: int) -> None:
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -43,7 +55,6 @@ def export_onnx(graph: ExportGraph, path: Path, opset: int = OPSET) -> Path:
             do_constant_folding=True,
             dynamo=False,
         )
-    return path
 
 
 def load_checked(path: Path) -> onnx.ModelProto:

@@ -54,7 +54,7 @@ class GraphSpec:
 
 @dataclass
 class Manifest:
-    model_kind: str  # "dsva" | "mcfa" | "msa"
+    model_kind: str  # "dsva" | "mcfa" | "msa" | "clip"
     rsz_version: str
     preprocess: PreprocessSpec
     # role -> graph: "image" always; "text", "semantic" (MCFA), "rerank" (MSA) where the model has them
@@ -63,6 +63,7 @@ class Manifest:
     #   "attributes": text graph on descriptions -> similarity to attribute phrases (DSVA)
     #   "semantic":   text graph on descriptions -> semantic graph (MCFA)
     #   "text":       text graph on prompts is the class embedding (MSA)
+    #   "templates":  mean text embedding over prompt_templates filled with each class (CLIP)
     class_embedding: str
     scoring_rule: str  # "cosine" | "dot", see rsz_infer.scoring.class_logits
     logit_scale: float
@@ -76,6 +77,8 @@ class Manifest:
     attribute_phrases: list[str] = field(default_factory=list)
     # "attributes" only: the phrase ridge of rsz_infer.semantics.attribute_vectors the model trained with
     phrase_ridge: float = 0.0
+    # "templates" only (CLIP): the prompt ensemble, each template with one "{}" (rsz_infer.prompts)
+    prompt_templates: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

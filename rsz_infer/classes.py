@@ -4,6 +4,7 @@ The rule comes from the manifest (`class_embedding`):
 - "attributes" (DSVA): text graph on descriptions and on the attribute phrases -> attribute_vectors [C, A]
 - "semantic" (MCFA): text graph on descriptions -> semantic graph -> [C, D]
 - "text" (MSA): text graph on text_prompt.format(name=, description=) -> [C, D]
+- "templates" (CLIP): text graph on every prompt of rsz_infer.prompts.class_prompts -> normalised mean
 Embeddings are computed once per (bundle, class file) and kept as a small .npy in the cache folder
 ($RSZ_CACHE_DIR, default ~/.cache/rsz), so labeling many folders with one class file pays once.
 """
@@ -20,7 +21,9 @@ import numpy as np
 from rsz_infer.bundle import MANIFEST, Manifest
 from rsz_infer.classfile import ClassEntry, class_file_hash
 from rsz_infer.errors import RszError
+from rsz_infer.prompts import class_prompts
 from rsz_infer.runners.base import Runner
+from rsz_infer.scoring import l2_normalize
 from rsz_infer.semantics import attribute_vectors
 from rsz_infer.tokenizer import Tokenizer
 
@@ -87,11 +90,13 @@ def class_embeddings(
 
 def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], open_runner: OpenRunner):
     rule = manifest.class_embedding
-    if rule not in ("attributes", "semantic", "text"):
+    if rule not in ("attributes", "semantic", "text", "templates"):
         raise RszError(f"{bundle_dir / MANIFEST}: unknown class_embedding {rule!r}")
     tokenizer = load_tokenizer(bundle_dir, manifest)
     text_runner = open_runner("text")
     try:
+        if rule == "templates":
+            return _template_means(text_runner, tokenizer, entries, manifest.prompt_templates)
         if rule == "text":
             prompts = [manifest.text_prompt.format(name=e.name, description=e.description) for e in entries]
             return encode_texts(text_runner, tokenizer, prompts)["embedding"]
@@ -110,6 +115,17 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
         return semantic_runner.infer({"semantic": descriptions.astype(np.float32)})["embedding"]
     finally:
         semantic_runner.close()
+
+
+def _template_means(runner: Runner, tokenizer: Tokenizer, entries: list[ClassEntry], templates: list[str]):
+    """[C, D]: per class, the normalised mean of its prompts' normalised embeddings (prompt ensemble)."""
+    if not templates:
+        raise RszError("manifest: class_embedding 'templates' but no prompt_templates")
+    prompts = [class_prompts(entry, templates) for entry in entries]
+    flat = [p for ps in prompts for p in ps]
+    emb = l2_normalize(encode_texts(runner, tokenizer, flat)["embedding"].astype(np.float32))
+    bounds = np.cumsum([0] + [len(ps) for ps in prompts])
+    return l2_normalize(np.stack([emb[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]))
 
 
 def _save_quietly(path: Path, array: np.ndarray) -> None:

@@ -177,7 +177,7 @@ def _summary(test: dict) -> str:
     return ", ".join(parts) or "no test images"
 
 
-for _entry in MODELS.values():  # one training command per registered model kind
+for _entry in (e for e in MODELS.values() if e.trained):  # one training command per trained model kind
     main.add_command(_train_command(_entry.kind, f"Train {_entry.summary}"))
 
 

@@ -11,6 +11,8 @@ stamp=.venv/.rsz-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  # open_clip (rsz-export clip) without torchvision: see the dev extra in pyproject.toml
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "open-clip-torch>=3.0"
   touch "$stamp"
 fi
 # The native preprocessing of cpp_plugins/ (CPU path): rsz-infer --preprocess auto uses it when built.

@@ -30,6 +30,7 @@ class ModelEntry:
     sampler: str = "random"  # "random" | "class_balanced" (episodic, MCFA)
     uses_captions: bool = False  # batches carry one tokenized caption per image (MSA)
     needs_attributes: bool = False  # the training data must have attributes.txt (DSVA)
+    trained: bool = True  # False: bundles from pretrained checkpoints only (clip: rsz-export clip)
 
     @property
     def config_cls(self) -> type:
@@ -63,11 +64,24 @@ MODELS: dict[str, ModelEntry] = {
             "rsz_train.models.msa:build_msa",
             uses_captions=True,
         ),
+        ModelEntry(
+            "clip",
+            "CLIP checkpoints users have (open_clip or Hugging Face): zero-shot by prompt ensembles.",
+            "rsz_train.models.clip:ClipConfig",
+            "rsz_train.models.clip:build_clip",
+            trained=False,
+        ),
     ]
 }
 
 
 def model_kinds() -> tuple[str, ...]:
+    """Kinds rsz trains (rsz-train commands, rsz-export --model, the demo)."""
+    return tuple(kind for kind, entry in MODELS.items() if entry.trained)
+
+
+def bundle_kinds() -> tuple[str, ...]:
+    """Every kind a bundle can be (manifest.model_kind), pretrained-only ones included."""
     return tuple(MODELS)
 
 

@@ -1,0 +1,79 @@
+"""`rsz-export clip --checkpoint PATH`: a CLIP checkpoint users already have -> a checked rsz bundle.
+
+The checkpoint is read by rsz_train.models.clip (open_clip state dict or safetensors, or a Hugging Face
+CLIPModel folder); the bundle is written by export.api.export_model like every other bundle (FP32 and
+FP16 ONNX checked against open_clip's / transformers' own forward, TensorRT-RTX engines), with CLIP's
+tokenizer as tokenizer.json and the prompt templates in the manifest.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from export.api import ExportSource, export_model, load_tiles
+from export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
+from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
+from rsz_train.models.clip import ClipModel, load_clip
+
+
+def clip_source(
+    model: ClipModel, tokenizer_json: Path, templates: list[str], tiles: Path | None
+) -> ExportSource:
+    about = {
+        "checkpoint": Path(model.source.path).name,
+        "format": model.source.format,
+        "arch": model.source.arch,
+        "arch_inferred": model.source.inferred,
+    }
+    if model.source.same_shapes:
+        about["same_shapes"] = list(model.source.same_shapes)
+    return ExportSource(
+        model=model,
+        preprocess=model.preprocess,
+        seen_classes=[],  # zero-shot: no class was trained on, so no calibrated stacking applies
+        seen_calibration=0.0,
+        text_prompt="{name}",
+        max_text_length=model.context_length,
+        tokenizer_json=tokenizer_json,
+        tiles=None if tiles is None else load_tiles(tiles, model.preprocess),
+        prompt_templates=list(templates),
+        about=about,
+    )
+
+
+def arch_note(model: ClipModel) -> str:
+    """What to tell the user about the architecture (said whenever it was inferred)."""
+    source = model.source
+    if source.format == "hf":
+        return "Hugging Face CLIPModel"
+    if not source.inferred:
+        return f"open_clip {source.arch}"
+    note = f"open_clip {source.arch} (inferred from the weights' shapes"
+    if source.same_shapes:
+        note += f"; same shapes: {', '.join(source.same_shapes)}, pass --arch for one of those"
+    return note + ")"
+
+
+def export_clip(
+    checkpoint: Path | str,
+    out: Path | str | None = None,
+    arch: str | None = None,
+    templates: Path | str | None = None,
+    fp16: bool = False,
+    engine: str = "auto",
+    batch: str = "1:32:256",
+    force: bool = False,
+    tiles: Path | str | None = None,
+) -> tuple[Path, ClipModel]:
+    """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>)."""
+    checkpoint = Path(checkpoint)
+    template_list = read_templates(templates) if templates is not None else list(DEFAULT_TEMPLATES)
+    model = load_clip(checkpoint, arch)
+    out = Path(out) if out is not None else Path("models") / checkpoint.stem
+    tokenizer = hf_clip_tokenizer(checkpoint) if model.is_hf else open_clip_tokenizer()
+    with tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:
+        tokenizer_json = write_tokenizer_json(tokenizer, Path(tmp) / "tokenizer.json")
+        source = clip_source(model, tokenizer_json, template_list, None if tiles is None else Path(tiles))
+        bundle = export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
+    return bundle, model

@@ -1,0 +1,93 @@
+"""CLIP's BPE tokenizer as a `tokenizers` tokenizer.json, so rsz_infer tokenizes prompts without torch.
+
+open_clip's SimpleTokenizer: ftfy + HTML unescape, whitespace squashed, lower-cased, split by CLIP's regex,
+byte-level BPE with "</w>" ending each word, <start_of_text> ... <end_of_text>, cut to the context length
+keeping the end token, padded with id 0. The same steps in `tokenizers`' terms: NFC + the quote and
+ligature repairs ftfy makes + lower-casing, a Split on CLIP's regex, ByteLevel without its own regex, BPE
+with end_of_word_suffix "</w>", a start/end template; truncation happens before the template, so the end
+token survives. Not reproduced: ftfy's repair of mojibake and HTML entities other than the common five.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from rsz_infer.errors import RszError
+
+# open_clip.tokenizer.SimpleTokenizer.pat without its special-token alternatives (those are added tokens)
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# What ftfy.fix_text changes in ordinary text (uncurl_quotes, fix_latin_ligatures) and html.unescape
+_REPAIRS = [
+    ("\u2018", "'"), ("\u2019", "'"), ("\u201a", "'"), ("\u201b", "'"),
+    ("\u201c", '"'), ("\u201d", '"'), ("\u201e", '"'), ("\u201f", '"'),
+    ("\ufb01", "fi"), ("\ufb02", "fl"), ("\ufb00", "ff"), ("\ufb03", "ffi"), ("\ufb04", "ffl"),
+    ("&quot;", '"'), ("&#39;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"),
+]  # fmt: skip
+
+
+def clip_tokenizer(
+    vocab: dict[str, int], merges: list[tuple[str, str]], start: str, end: str, pad_id: int = 0
+) -> Tokenizer:
+    """A CLIP tokenizer over this vocabulary and merge list (in rank order)."""
+    for token in (start, end):
+        if token not in vocab:
+            raise RszError(f"tokenizer vocabulary: no {token!r} token")
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", fuse_unk=False))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC()]
+        + [normalizers.Replace(a, b) for a, b in _REPAIRS]
+        + [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([start, end])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A {end}", special_tokens=[(start, vocab[start]), (end, vocab[end])]
+    )
+    pad_token = next((t for t, i in vocab.items() if i == pad_id), end)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def open_clip_tokenizer() -> Tokenizer:
+    """From the vocabulary the open_clip package ships (bpe_simple_vocab_16e6.txt.gz)."""
+    from rsz_train.models.clip import import_open_clip
+
+    simple = import_open_clip().tokenizer.SimpleTokenizer()
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    return clip_tokenizer(dict(simple.encoder), list(merges), "<start_of_text>", "<end_of_text>", 0)
+
+
+def hf_clip_tokenizer(folder: Path) -> Tokenizer:
+    """From a Hugging Face CLIP folder's vocab.json + merges.txt (CLIPTokenizer's files)."""
+    vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
+    for path in (vocab_path, merges_path):
+        if not path.is_file():
+            raise RszError(f"{path}: missing (a CLIP folder's tokenizer is vocab.json + merges.txt)")
+    try:
+        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RszError(f"{vocab_path}: not readable JSON ({err})") from None
+    merges = []
+    for number, line in enumerate(merges_path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#version"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise RszError(f"{merges_path}:{number}: expected two symbols, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    end = "<|endoftext|>"
+    return clip_tokenizer(vocab, merges, "<|startoftext|>", end, vocab.get(end, 0))
+
+
+def write_tokenizer_json(tokenizer: Tokenizer, path: Path) -> Path:
+    tokenizer.save(str(path))
+    return path

@@ -1,0 +1,424 @@
+"""CLIP checkpoints users already have (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP) as an rsz model.
+
+Nothing is trained: `load_clip(path, arch)` reads an open_clip state dict (`.pt`/`.bin` through
+torch.load(weights_only=True), or `.safetensors`) into open_clip's own model, or a Hugging Face
+`CLIPModel` folder into transformers' model, and `ClipModel` hands their `image` and `text` towers to
+export. open_clip's `encode_image` / `encode_text` (or transformers' `get_image_features` /
+`get_text_features`) are both the exported modules and the reference the Comparator checks against.
+
+Everything of the `clip` kind lives in this module (its rsz_train.models.registry entry: `trained=False`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+from rsz_train.models.base import ExportGraph, RszModel
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+# ---------------------------------------------------------------- importing open_clip
+
+# open_clip imports torchvision at module level for its training transforms and FrozenBatchNorm2d, neither
+# of which a CLIP forward pass uses. PyPI's torchvision is a CUDA build that cannot load beside the CPU
+# torch of this project (its import fails with "operator torchvision::nms does not exist", and once
+# installed it also breaks transformers' CLIP imports), so the dev setup installs open_clip without it.
+# Then these names stand in for torchvision during open_clip's import only; calling one raises.
+_TORCHVISION_NAMES = {
+    "torchvision": [],
+    "torchvision.transforms": [
+        "Normalize",
+        "Compose",
+        "RandomResizedCrop",
+        "ToTensor",
+        "Resize",
+        "CenterCrop",
+        "ColorJitter",
+        "Grayscale",
+    ],  # fmt: skip
+    "torchvision.transforms.functional": [],
+    "torchvision.ops": [],
+    "torchvision.ops.misc": ["FrozenBatchNorm2d"],
+}
+
+
+class _NoTorchvision:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise RszError("open_clip: this needs torchvision, which is not installed (rsz never needs it)")
+
+
+def import_open_clip():  # noqa: ANN201 - the open_clip module
+    """The open_clip package, importable with or without torchvision installed."""
+    if "open_clip" in sys.modules:
+        return sys.modules["open_clip"]
+    import importlib.util
+
+    if importlib.util.find_spec("open_clip") is None:
+        raise RszError("open_clip is not installed (pip install 'rsz[export]')")
+    if importlib.util.find_spec("torchvision") is not None:
+        import open_clip
+
+        return open_clip
+    try:
+        import transformers  # noqa: F401 - imported before the stand-ins, so it sees no torchvision
+    except ImportError:
+        pass
+    stand_ins = {}
+    for name, attributes in _TORCHVISION_NAMES.items():
+        module = types.ModuleType(name)
+        for attribute in attributes:
+            setattr(module, attribute, _NoTorchvision)
+        stand_ins[name] = module
+    # Used as default arguments at class definition, so it must be a real enum.
+    stand_ins["torchvision.transforms"].InterpolationMode = enum.Enum(
+        "InterpolationMode", ["NEAREST", "BILINEAR", "BICUBIC"]
+    )
+    sys.modules.update(stand_ins)
+    try:
+        import open_clip
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)
+    return open_clip
+
+
+# ---------------------------------------------------------------- reading checkpoints
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of an open_clip checkpoint file: safetensors, or torch.load(weights_only=True) only.
+
+    A training checkpoint's {"state_dict": ...} is unwrapped and DDP's "module." prefix dropped."""
+    if path.suffix not in STATE_DICT_SUFFIXES:
+        raise RszError(
+            f"{path}: expected a {', '.join(STATE_DICT_SUFFIXES)} checkpoint or a CLIPModel folder"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = ""
+        if "TorchScript" in reason or "constants.pkl" in reason:
+            hint = "; TorchScript archives (OpenAI's original .pt) are not read: use a state dict"
+        raise RszError(f"{path}: not a readable state dict ({reason[:160]}{hint})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise RszError(f"{path}: holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _plain_clip_configs(open_clip) -> dict[str, dict]:  # noqa: ANN001
+    """open_clip's shipped architectures that are a plain CLIP (own towers, own tokenizer)."""
+    configs = {}
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        if "multimodal_cfg" in cfg or "timm_model_name" in vision or "hf_model_name" in text:
+            continue
+        if "hf_tokenizer_name" in text or text.get("tokenizer_kwargs"):
+            continue
+        configs[name] = cfg
+    return configs
+
+
+def _meta_shapes(open_clip, name: str) -> dict[str, tuple[int, ...]]:  # noqa: ANN001
+    """State-dict shapes of an open_clip architecture, built on the meta device (no memory, no init)."""
+    import logging
+
+    logging.getLogger().disabled = True  # open_clip warns "no pretrained weights" through the root logger
+    try:
+        with torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    finally:
+        logging.getLogger().disabled = False
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _signature(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What the shapes say about the architecture, comparable with an open_clip model config."""
+    sig: dict[str, Any] = {}
+    if "visual.proj" in shapes and "visual.conv1.weight" in shapes:  # ViT tower
+        width, _, patch, _ = shapes["visual.conv1.weight"]
+        tokens = shapes["visual.positional_embedding"][0]
+        sig.update(vision="vit", width=width, patch_size=patch, image_size=patch * round((tokens - 1) ** 0.5))
+        sig["layers"] = 1 + max(
+            int(k.split(".")[3]) for k in shapes if k.startswith("visual.transformer.res")
+        )
+        sig["embed_dim"] = shapes["visual.proj"][1]
+    elif "visual.attnpool.c_proj.weight" in shapes:  # ModifiedResNet tower (RN50, RN101, ...)
+        sig.update(vision="resnet", width=shapes["visual.conv1.weight"][0] * 2)
+        sig["layers"] = [
+            1 + max((int(k.split(".")[2]) for k in shapes if k.startswith(f"visual.layer{i}.")), default=-1)
+            for i in range(1, 5)
+        ]
+        sig["embed_dim"] = shapes["visual.attnpool.c_proj.weight"][0]
+    if "token_embedding.weight" in shapes:
+        sig["text_width"] = shapes["token_embedding.weight"][1]
+        sig["context_length"] = shapes["positional_embedding"][0]
+        sig["text_layers"] = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("transformer.res"))
+    return sig
+
+
+def _config_signature(cfg: dict) -> dict[str, Any]:
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    sig: dict[str, Any] = {"embed_dim": cfg["embed_dim"], "text_width": text.get("width", 512)}
+    sig["context_length"] = text.get("context_length", 77)
+    sig["text_layers"] = text.get("layers", 12)
+    if isinstance(vision.get("layers"), list | tuple):
+        sig.update(vision="resnet", width=vision.get("width", 64), layers=list(vision["layers"]))
+    else:
+        sig.update(vision="vit", width=vision.get("width", 768), layers=vision.get("layers", 12))
+        sig.update(patch_size=vision.get("patch_size", 16), image_size=vision.get("image_size", 224))
+    return sig
+
+
+def infer_arch(state: dict[str, Tensor]) -> tuple[str, list[str]]:
+    """The open_clip architecture whose state dict has exactly these keys and shapes.
+
+    Returns (name, other names with the same shapes); QuickGELU variants, for one, differ only in the
+    activation, which no weight records: the plain name is preferred, the others listed."""
+    open_clip = import_open_clip()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    wanted = _signature(shapes)
+    candidates = [n for n, cfg in _plain_clip_configs(open_clip).items() if _config_signature(cfg) == wanted]
+    exact = [n for n in candidates if _meta_shapes(open_clip, n) == shapes]
+    if not exact:
+        summary = ", ".join(f"{k} {v}" for k, v in wanted.items()) or "no CLIP tensors"
+        raise RszError(f"no open_clip architecture has these weights' shapes ({summary}); pass --arch NAME")
+    exact.sort(key=lambda n: ("quickgelu" in n.lower(), len(n), n))
+    return exact[0], exact[1:]
+
+
+# ---------------------------------------------------------------- the model
+
+
+class _ImageTower(nn.Module):
+    def __init__(self, net: nn.Module, hf: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.hf = hf
+
+    def forward(self, image: Tensor) -> Tensor:
+        if self.hf:
+            return _features(self.net.get_image_features(pixel_values=image))
+        return self.net.encode_image(image)
+
+
+class _OpenClipText(nn.Module):
+    """open_clip's encode_text on ids padded to its context length (its positional table is that long).
+
+    Pad positions become 0, the id open_clip.tokenize pads with, whatever the caller padded with."""
+
+    def __init__(self, net: nn.Module, context_length: int) -> None:
+        super().__init__()
+        self.net = net
+        self.context_length = context_length
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        ids = input_ids * attention_mask
+        ids = F.pad(ids, (0, self.context_length - ids.shape[1]))
+        return self.net.encode_text(ids)
+
+
+class _HfText(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return _features(self.net.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def _features(out: Any) -> Tensor:
+    """transformers 5 returns a model output from get_*_features; 4.x a tensor."""
+    if isinstance(out, Tensor):
+        return out
+    return out.pooler_output
+
+
+@dataclass
+class ClipSource:
+    """Where a ClipModel came from, for the manifest and the export message."""
+
+    path: str
+    format: str  # "open_clip" | "hf"
+    arch: str  # open_clip architecture name, or the HF config's model_type
+    inferred: bool = False  # arch inferred from the weights' shapes (no --arch)
+    same_shapes: tuple[str, ...] = ()  # other architectures with identical shapes
+
+
+class ClipModel(RszModel):
+    """A CLIP image tower and text tower; classes are text prompts (class_embedding "templates")."""
+
+    kind: ClassVar[str] = "clip"
+    scoring_rule: ClassVar[str] = "cosine"
+    class_embedding: ClassVar[str] = "templates"
+
+    def __init__(
+        self, net: nn.Module, source: ClipSource, preprocess: PreprocessSpec, context_length: int
+    ) -> None:
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.source = source
+        self.preprocess = preprocess
+        self.context_length = context_length
+
+    @property
+    def is_hf(self) -> bool:
+        return self.source.format == "hf"
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        return _ImageTower(self.net, self.is_hf)(images)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self._text_module()(input_ids, attention_mask)
+
+    def encode_classes(self, class_inputs: dict[str, Tensor]) -> Tensor:
+        return self.encode_text(class_inputs["input_ids"], class_inputs["attention_mask"])
+
+    def logit_scale(self) -> float:
+        return float(self.net.logit_scale.detach().exp())
+
+    def _text_module(self) -> nn.Module:
+        return _HfText(self.net) if self.is_hf else _OpenClipText(self.net, self.context_length)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        size = self.preprocess.size
+        image = _ImageTower(self.net, self.is_hf)
+        ids = torch.tensor([[1, 5, 6, 7, 2, 0, 0, 0], [1, 9, 10, 11, 12, 13, 14, 2]], dtype=torch.int64)
+        if not self.is_hf:  # the ids open_clip.tokenize gives: start 49406-ish, end = the largest id
+            vocab = self.net.token_embedding.num_embeddings
+            ids = torch.where(ids == 1, vocab - 2, torch.where(ids == 2, vocab - 1, ids))
+        mask = torch.tensor([[1] * 5 + [0] * 3, [1] * 8], dtype=torch.int64)
+        # ONNX Runtime 1.32's full CPU graph optimisation crashes (segfault) on the FP16 attention of
+        # open_clip's nn.MultiheadAttention with FP16 Transposes; FP32 Transposes (a Cast on each side) load.
+        keep = ("Transpose",)
+        return [
+            ExportGraph(
+                "image", image, (torch.zeros(2, 3, size, size),), ["image"], ["embedding"],
+                {"image": {0: "batch"}, "embedding": {0: "batch"}}, keep,
+            ),
+            ExportGraph(
+                "text", self._text_module(), (ids, mask), ["input_ids", "attention_mask"], ["embedding"],
+                {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                 "embedding": {0: "batch"}}, keep,
+            ),
+        ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _open_clip_preprocess(open_clip, net: nn.Module) -> PreprocessSpec:  # noqa: ANN001
+    cfg = open_clip.get_model_preprocess_cfg(net)
+    size = cfg.get("size", 224)
+    size = size[0] if isinstance(size, list | tuple) else size
+    return PreprocessSpec(
+        size=int(size), resize="bilinear", mean=tuple(cfg.get("mean", CLIP_MEAN)),
+        std=tuple(cfg.get("std", CLIP_STD)),
+    )  # fmt: skip
+
+
+def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
+    """An open_clip state dict into open_clip's model of `arch` (inferred from the shapes when None)."""
+    open_clip = import_open_clip()
+    state = read_state_dict(path)
+    inferred, same = arch is None, ()
+    if arch is None:
+        arch, others = infer_arch(state)
+        same = tuple(others)
+    elif arch not in _plain_clip_configs(open_clip):
+        known = "ViT-B-32, ViT-B-16, ViT-L-14, RN50, ... (open_clip.list_models())"
+        raise RszError(f"--arch {arch}: not a plain open_clip CLIP architecture (known: {known})")
+    import logging
+
+    logging.getLogger().disabled = True  # "No pretrained weights loaded": none are wanted
+    try:
+        net = open_clip.create_model(arch, pretrained=None)
+    finally:
+        logging.getLogger().disabled = False
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = [line.strip() for line in str(err).splitlines() if line.strip()][1:2]
+        raise RszError(
+            f"{path}: does not fit open_clip {arch} ({first[0][:160] if first else 'mismatched tensors'})"
+        ) from None
+    source = ClipSource(str(path), "open_clip", arch, inferred, same)
+    return ClipModel(net, source, _open_clip_preprocess(open_clip, net), int(net.context_length))
+
+
+def load_hf_clip(folder: Path) -> ClipModel:
+    """A Hugging Face CLIPModel folder (config.json + model.safetensors or pytorch_model.bin)."""
+    if not (folder / "config.json").is_file():
+        raise RszError(f"{folder}: a Hugging Face CLIP folder needs config.json")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RszError(f"{folder / 'config.json'}: not readable JSON ({err})") from None
+    if config.get("model_type") != "clip":
+        raise RszError(f"{folder / 'config.json'}: model_type {config.get('model_type')!r}, expected 'clip'")
+    from transformers import CLIPModel
+
+    try:
+        net = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise RszError(f"{folder}: cannot load this CLIPModel ({str(err).splitlines()[0][:160]})") from None
+    size = int(net.config.vision_config.image_size)
+    mean, std = CLIP_MEAN, CLIP_STD
+    processor = folder / "preprocessor_config.json"
+    if processor.is_file():
+        cfg = json.loads(processor.read_text(encoding="utf-8"))
+        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+    spec = PreprocessSpec(size=size, resize="bilinear", mean=mean, std=std)
+    context = int(net.config.text_config.max_position_embeddings)
+    return ClipModel(net.float().eval(), ClipSource(str(folder), "hf", "clip"), spec, context)
+
+
+def load_clip(path: Path | str, arch: str | None = None) -> ClipModel:
+    """An open_clip checkpoint file or a Hugging Face CLIPModel folder (--arch applies to open_clip)."""
+    path = Path(path)
+    if not path.exists():
+        raise RszError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        if arch is not None:
+            raise RszError(f"--arch {arch}: a Hugging Face folder names its architecture in config.json")
+        return load_hf_clip(path)
+    return load_open_clip(path, arch)
+
+
+# ---------------------------------------------------------------- registry entry (rsz_train.models.registry)
+
+
+@dataclass
+class ClipConfig:
+    """A pretrained CLIP checkpoint (nothing is trained: rsz-export clip reads it directly)."""
+
+    checkpoint: str = ""
+    arch: str | None = None
+
+
+def build_clip(config: ClipConfig, task: Any = None) -> ClipModel:
+    if not config.checkpoint:
+        raise RszError("clip: needs a checkpoint (rsz-export clip --checkpoint PATH)")
+    return load_clip(config.checkpoint, config.arch)

@@ -1,0 +1,352 @@
+"""CLIP checkpoints -> bundles (rsz-export clip): real open_clip and transformers models with random weights,
+written to disk by the tests in every format users hold; export, token ids, embedding parity against
+open_clip's encode_image/encode_text (transformers' CLIPModel), labeling and search end to end.
+
+The architectures exported are tiny open_clip configs (registered from JSON here) so the suite stays fast;
+shape inference is checked on the real ViT-B-32, ViT-B-16, ViT-L-14 and RN50 shapes (meta tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from export.cli import main as export_main
+from rsz_infer.bundle import load_manifest
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import to_model_input
+from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
+from rsz_infer.runners.ort import OrtRunner
+from rsz_infer.scoring import l2_normalize, softmax
+from rsz_infer.tokenizer import Tokenizer
+from rsz_train.models.clip import import_open_clip, infer_arch, load_clip, read_state_dict
+
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+TINY_RN = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def open_clip(tmp_path_factory):
+    oc = import_open_clip()
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    for name, cfg in (("rsz-tiny-vit", TINY_VIT), ("rsz-tiny-rn", TINY_RN)):
+        (folder / f"{name}.json").write_text(json.dumps(cfg), encoding="utf-8")
+        oc.add_model_config(folder / f"{name}.json")
+    return oc
+
+
+def _random_clip(open_clip, arch: str, seed: int):
+    torch.manual_seed(seed)
+    net = open_clip.create_model(arch, pretrained=None).eval()
+    with torch.no_grad():  # a non-default temperature, so the test sees it come from the checkpoint
+        net.logit_scale.fill_(np.log(42.0))
+    return net
+
+
+@pytest.fixture(scope="module")
+def checkpoints(open_clip, tmp_path_factory):
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip_checkpoints")
+    net = _random_clip(open_clip, "rsz-tiny-vit", 0)
+    state = net.state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / "tiny_vit.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "tiny_vit.safetensors"))
+    return {"net": net, "pt": folder / "tiny_vit.pt", "safetensors": folder / "tiny_vit.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def vit_bundle(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip_bundles") / "tiny_vit"
+    result = CliRunner().invoke(
+        export_main, ["clip", "--checkpoint", str(checkpoints["pt"]), "--fp16", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(checkpoints, tmp_path_factory):
+    """The safetensors file with --arch given, FP32 graphs only (no engines)."""
+    from export.clip import export_clip
+
+    out = tmp_path_factory.mktemp("clip_bundles") / "tiny_vit_fp32"
+    bundle, model = export_clip(checkpoints["safetensors"], out, arch="rsz-tiny-vit", engine="none")
+    return bundle, model
+
+
+def _tiles(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (n, 1, 1, 3))
+    return [
+        np.clip(base[i] + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8) for i in range(n)
+    ]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (l2_normalize(a.astype(np.float64)) * l2_normalize(b.astype(np.float64))).sum(1)
+
+
+TEXTS = ["a satellite photo of a harbour.", "dense residential area", "Café, 12 runways & 3 piers!", ""]
+
+
+def test_export_open_clip_checkpoint_matches_open_clip(open_clip, checkpoints, vit_bundle):
+    out, output = vit_bundle
+    assert "open_clip rsz-tiny-vit (inferred from the weights' shapes" in output
+    manifest = load_manifest(out)
+    assert manifest.model_kind == "clip" and manifest.class_embedding == "templates"
+    assert manifest.logit_scale == pytest.approx(42.0, rel=1e-5)  # from the checkpoint
+    assert manifest.prompt_templates == list(DEFAULT_TEMPLATES) and manifest.max_text_length == 77
+    assert manifest.extra["source"]["arch_inferred"] is True
+    assert {g.precision for g in manifest.graphs.values()} == {"fp16"}
+    assert all(g.engines for g in manifest.graphs.values())  # TensorRT-RTX engines, built on the CPU
+
+    net = checkpoints["net"]
+    images = np.stack([to_model_input(t, manifest.preprocess) for t in _tiles(5, 48)])
+    with torch.no_grad():
+        ref_image = net.encode_image(torch.from_numpy(images)).numpy()
+        ref_text = net.encode_text(open_clip.tokenize(TEXTS)).numpy()
+    tokens = Tokenizer(out / "tokenizer.json", manifest.max_text_length).encode(TEXTS)
+    for variant, least in (("fp32", 0.9999), ("fp16", 0.999)):
+        image = OrtRunner(out / manifest.extra["variants"]["image"][variant]).infer({"image": images})
+        text = OrtRunner(out / manifest.extra["variants"]["text"][variant]).infer(tokens)
+        assert _cos(image["embedding"], ref_image).min() >= least, variant
+        assert _cos(text["embedding"], ref_text).min() >= least, variant
+
+
+def test_safetensors_with_arch_gives_the_same_graphs(checkpoints, vit_bundle, fp32_bundle):
+    bundle, model = fp32_bundle
+    assert model.source.inferred is False and model.source.arch == "rsz-tiny-vit"
+    tokens = Tokenizer(bundle / "tokenizer.json", 77).encode(TEXTS)
+    ours = OrtRunner(bundle / "text.onnx").infer(tokens)["embedding"]
+    theirs = OrtRunner(vit_bundle[0] / "text.onnx").infer(tokens)["embedding"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RszError, match="does not fit open_clip rsz-tiny-rn"):
+        load_clip(checkpoints["safetensors"], arch="rsz-tiny-rn")
+
+
+def test_resnet_tower_exports_and_matches(open_clip, tmp_path):
+    from export.clip import export_clip
+
+    net = _random_clip(open_clip, "rsz-tiny-rn", 1)
+    torch.save(net.state_dict(), tmp_path / "rn.bin")
+    bundle, model = export_clip(tmp_path / "rn.bin", tmp_path / "rn", engine="none")
+    assert model.source.arch == "rsz-tiny-rn"
+    manifest = load_manifest(bundle)
+    images = np.stack([to_model_input(t, manifest.preprocess) for t in _tiles(3, 70)])
+    with torch.no_grad():
+        ref = net.encode_image(torch.from_numpy(images)).numpy()
+    got = OrtRunner(bundle / "image.onnx").infer({"image": images})["embedding"]
+    assert _cos(got, ref).min() >= 0.9999
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50"])
+def test_arch_inferred_from_real_shapes(open_clip, arch):
+    with torch.device("meta"):
+        state = open_clip.create_model(arch, pretrained=None, device="meta").state_dict()
+    name, same = infer_arch(state)
+    assert name == arch
+    if arch != "RN50":
+        assert f"{arch}-quickgelu" in same  # the activation is not in the weights: said, not guessed
+
+
+def test_bad_checkpoints_are_one_line_errors(open_clip, checkpoints, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(RszError, match="junk.pt: not a readable state dict"):
+        read_state_dict(junk)
+    pickled = tmp_path / "object.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "config": Path("/")}, pickled)  # needs unpickling
+    with pytest.raises(RszError, match="object.pt: not a readable state dict"):
+        read_state_dict(pickled)
+    state = read_state_dict(checkpoints["safetensors"])
+    del state["visual.proj"]
+    with pytest.raises(RszError, match="no open_clip architecture has these weights' shapes"):
+        infer_arch(state)
+    result = CliRunner().invoke(export_main, ["clip", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2 and "missing.pt: no such checkpoint" in result.output
+    assert "Traceback" not in result.output
+
+
+def _varied_strings(n: int) -> list[str]:
+    rng = np.random.default_rng(7)
+    words = [
+        "harbour", "Runway", "dense", "résidentiel", "Ñandú", "straße", "forêt", "café", "naïve", "São",
+        "Paulo", "river", "crossing", "farmland", "ISS", "NDVI", "it's", "they're", "we'll", "o'clock",
+        "x-ray", "e-mail", "10km", "3.14", "1,000", "#tag", "@home", "(parks)", "[a]", "{b}", "50%",
+        "über", "Ægir", "ørsted", "ﬁeld", "“quoted”", "‘single’", "a&amp;b", "日本", "город", "🚀",
+        "UPPER", "MiXeD", "tab\there", "new\nline", "--", "...", "?!", "$5", "C#", "0", "42",
+    ]  # fmt: skip
+    texts = []
+    for i in range(n):
+        length = int(rng.integers(1, 12)) if i % 10 else int(rng.integers(80, 140))  # some past 77 tokens
+        texts.append(" ".join(rng.choice(words, size=length)))
+    return texts + ["", "   ", "a" * 400, "<end_of_text> inside", "12345678901234567890"]
+
+
+def test_tokenizer_json_gives_open_clip_token_ids(open_clip, vit_bundle):
+    texts = _varied_strings(300)
+    ref = open_clip.tokenize(texts).numpy()  # [N, 77], padded with 0
+    got = Tokenizer(vit_bundle[0] / "tokenizer.json", 77).encode(texts)
+    ids, mask = got["input_ids"], got["attention_mask"]
+    padded = np.zeros_like(ref)
+    padded[:, : ids.shape[1]] = ids * mask
+    mismatched = [t for t, a, b in zip(texts, padded, ref) if not np.array_equal(a, b)]
+    assert not mismatched, mismatched[:3]
+    assert (ref[:, -1] == 49407).sum() >= 30  # long texts were cut, keeping the end token
+
+
+def test_hf_clip_folder_exports_and_matches_transformers(open_clip, tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from export.clip import export_clip
+
+    simple = open_clip.tokenizer.SimpleTokenizer()
+    folder = tmp_path / "hf_clip"
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407,
+                     "bos_token_id": 49406, "pad_token_id": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    net = CLIPModel(config).eval()
+    net.save_pretrained(folder)
+    # The tokenizer files a CLIP folder ships, written from open_clip's vocabulary in CLIPTokenizer's names.
+    vocab = {k.replace("<start_of_text>", "<|startoftext|>").replace("<end_of_text>", "<|endoftext|>"): v
+             for k, v in simple.encoder.items()}  # fmt: skip
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges), "utf-8")
+
+    bundle, model = export_clip(folder, tmp_path / "hf_bundle", fp16=True, engine="none")
+    manifest = load_manifest(bundle)
+    scale = float(net.logit_scale.detach().exp())
+    assert model.is_hf and manifest.logit_scale == pytest.approx(scale, rel=1e-6)
+
+    hf_tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    texts = TEXTS[:3] + ["Aerial view of São Paulo's 2 airports."]
+    ours = Tokenizer(bundle / "tokenizer.json", 77).encode(texts)
+    theirs = hf_tok(texts, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
+    images = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref_t = net.get_text_features(
+            input_ids=torch.from_numpy(theirs["input_ids"]).long(),
+            attention_mask=torch.from_numpy(theirs["attention_mask"]).long(),
+        )
+        ref_i = net.get_image_features(pixel_values=torch.from_numpy(images))  # fmt: skip
+    ref_t = ref_t if isinstance(ref_t, torch.Tensor) else ref_t.pooler_output
+    ref_i = ref_i if isinstance(ref_i, torch.Tensor) else ref_i.pooler_output
+    for variant, least in (("fp32", 0.9999), ("fp16", 0.999)):
+        text = OrtRunner(bundle / manifest.extra["variants"]["text"][variant]).infer(ours)["embedding"]
+        image = OrtRunner(bundle / manifest.extra["variants"]["image"][variant]).infer({"image": images})
+        assert _cos(text, ref_t.numpy()).min() >= least
+        assert _cos(image["embedding"], ref_i.numpy()).min() >= least
+
+
+def _expected_scores(open_clip, net, spec, tiles, classes: dict[str, str], templates) -> np.ndarray:
+    """Softmax over classes as CLIP's prompt ensemble defines it, computed with open_clip eagerly."""
+    class_emb = []
+    for name, description in classes.items():
+        phrases = [name.replace("_", " ")] + ([description] if description else [])
+        prompts = [t.replace("{}", p) for p in phrases for t in templates]
+        with torch.no_grad():
+            emb = l2_normalize(net.encode_text(open_clip.tokenize(prompts)).numpy())
+        class_emb.append(emb.mean(0))
+    images = np.stack([to_model_input(t, spec) for t in tiles])
+    with torch.no_grad():
+        image_emb = l2_normalize(net.encode_image(torch.from_numpy(images)).numpy())
+    return image_emb @ l2_normalize(np.stack(class_emb)).T
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None\nimport rsz_infer.cli\n"
+
+
+def _rsz_infer(*args) -> subprocess.CompletedProcess:
+    """rsz-infer in a process where torch cannot be imported."""
+    code = BLOCK_TORCH + "rsz_infer.cli.main(sys.argv[1:])"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_labeling_and_search_on_a_clip_bundle(open_clip, checkpoints, fp32_bundle, tmp_path):
+    bundle = fp32_bundle[0]
+    manifest = load_manifest(bundle)
+    tiles = _tiles(6, 40, seed=5)
+    for i, tile in enumerate(tiles):
+        Image.fromarray(tile).save(tmp_path / f"tile{i}.png")
+    classes = {"dense_forest": "tall trees in rows", "river": "", "parking_lot": ""}
+    class_file = tmp_path / "classes.txt"
+    class_file.write_text("\n".join(f"{n}: {d}" if d else n for n, d in classes.items()), encoding="utf-8")
+    out = tmp_path / "labels.jsonl"
+    proc = _rsz_infer(tmp_path, "--classes", class_file, "--model", bundle, "--out", out, "--quiet",
+                      "--backend", "ort", "--top-k", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+
+    sims = _expected_scores(
+        open_clip, checkpoints["net"], manifest.preprocess, tiles, classes, DEFAULT_TEMPLATES
+    )
+    probs = softmax(manifest.logit_scale * sims)
+    names = list(classes)
+    for i in range(len(tiles)):
+        row = rows[f"tile{i}.png"]
+        order = np.argsort(-probs[i])
+        assert row["labels"] == [names[j] for j in order]
+        np.testing.assert_allclose(row["scores"], probs[i][order], atol=1e-5)
+
+    index = tmp_path / "index"
+    proc = _rsz_infer("index", *(tmp_path / f"tile{i}.png" for i in range(6)), "--model", bundle,
+                      "--out", index, "--quiet", "--backend", "ort")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = _rsz_infer("search", index, "--text", "a satellite photo of a river.", "-k", "6", "--json",
+                      "--backend", "ort")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hits = [json.loads(line) for line in proc.stdout.splitlines()]
+    with torch.no_grad():
+        query = l2_normalize(
+            checkpoints["net"].encode_text(open_clip.tokenize(["a satellite photo of a river."])).numpy()
+        )
+        images = np.stack([to_model_input(t, manifest.preprocess) for t in tiles])
+        image_emb = l2_normalize(checkpoints["net"].encode_image(torch.from_numpy(images)).numpy())
+    expected = np.argsort(-(image_emb @ query[0]))
+    assert [Path(h["path"]).name for h in hits] == [f"tile{i}.png" for i in expected]
+    proc = _rsz_infer("search", index, "--image", tmp_path / "tile3.png", "-k", "2", "--json",
+                      "--backend", "ort")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert Path(first["path"]).name == "tile3.png" and first["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_templates_file(checkpoints, tmp_path):
+    from export.clip import export_clip
+
+    good = tmp_path / "templates.txt"
+    good.write_text("# mine\na photo of {}.\n\nan image showing {} from above\n", encoding="utf-8")
+    assert read_templates(good) == ["a photo of {}.", "an image showing {} from above"]
+    bundle, _ = export_clip(checkpoints["safetensors"], tmp_path / "b", templates=good, engine="none")
+    assert load_manifest(bundle).prompt_templates == read_templates(good)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of {}.\nno placeholder here\n", encoding="utf-8")
+    with pytest.raises(RszError, match=r"bad.txt:2: a template needs exactly one \{\}"):
+        read_templates(bad)
