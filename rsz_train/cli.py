@@ -113,6 +113,11 @@ def _train_command(kind: str, summary: str) -> click.Command:
         help="Train in N local processes (DistributedDataParallel: one per GPU, or gloo on CPUs) with "
         "the same global batches; under torchrun leave it at 1.",
     )
+    @click.option(
+        "--allow-random-init",
+        is_flag=True,
+        help="Train a paper-size config whose backbone has no pretrained weights (MSA: model.pretrained).",
+    )
     @one_line_errors
     def command(
         data_dir: Path,
@@ -131,6 +136,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         epochs: int | None,
         resume: bool,
         nproc: int,
+        allow_random_init: bool,
     ) -> None:
         from rsz_train.data.sources import DataOptions
         from rsz_train.distributed import current
@@ -149,6 +155,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         run = train(
             kind, data_dir, split, out_dir, config_path, device, epochs, resume,
             data_options=options, protocol=protocol, nproc=nproc,
+            overrides={"model.require_pretrained": False} if allow_random_init and kind == "msa" else None,
         )  # fmt: skip
         report_path = run / "report.json"
         if report_path.is_file() and current().is_main:

@@ -47,8 +47,17 @@ class TrainConfig:
     # Text route of the attribute vectors: ridge that decorrelates the attribute phrases, 0 = plain cosines
     # (rsz_infer.semantics.attribute_vectors); the bundle manifest carries it so inference does the same.
     phrase_ridge: float = 0.0
+    # Batches: "auto" (the model's own: random for DSVA and MSA, class-balanced episodes for MCFA), "random"
+    # or "class_balanced" (classes_per_batch x images_per_class, DSVA's authors' 8 x 3)
+    sampler: str = "auto"
     classes_per_batch: int = 0  # class-balanced sampler only: classes per episode, 0 = all training classes
     images_per_class: int = 8  # class-balanced sampler only: images of each class per episode
+    batches_per_epoch: int = 0  # class-balanced sampler only: 0 = about one pass over the training images
+    # Schedule of a pretrained backbone (every parameter under a module named "backbone"): frozen for the
+    # first frozen_backbone_epochs epochs (only heads and prototypes learn: DSVA's authors' pretrain
+    # epochs), then trained at lr * backbone_lr_factor beside the rest at lr.
+    frozen_backbone_epochs: int = 0
+    backbone_lr_factor: float = 1.0
     eval_batch_size: int = 256
     amp: bool = True  # mixed precision (bf16, or fp16 with loss scaling) on GPU; ignored on CPU
 

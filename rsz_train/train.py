@@ -173,12 +173,24 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+SAMPLERS = ("auto", "random", "class_balanced")
+
+
 def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng: np.random.Generator):  # noqa: ANN202
-    if entry.sampler == "class_balanced":
+    cfg = config.train
+    if cfg.sampler not in SAMPLERS:
+        raise RszError(f"train.sampler {cfg.sampler!r}: expected {', '.join(SAMPLERS)}")
+    sampler = entry.sampler if cfg.sampler == "auto" else cfg.sampler
+    if sampler == "class_balanced":
         return td.class_balanced_batches(
-            labels, config.train.classes_per_batch, config.train.images_per_class, rng
+            labels, cfg.classes_per_batch, cfg.images_per_class, rng, cfg.batches_per_epoch
         )
-    return td.random_batches(len(labels), config.train.batch_size, rng)
+    return td.random_batches(len(labels), cfg.batch_size, rng)
+
+
+def backbone_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters under any module named "backbone" (DSVA's ViT, MCFA's and MSA's ResNet)."""
+    return [p for name, p in model.named_parameters() if ".backbone." in f".{name}"]
 
 
 class _Trainer:
@@ -249,6 +261,8 @@ class _Trainer:
         self.train_labels = np.array([position[int(c)] for c in self.sets["train"].labels], dtype=np.int64)
         train_semantics = ev.subset_semantics(self.semantics, self.train_ids)
         self.train_class_inputs = self.model.class_inputs(train_semantics, device)
+        # the backbone parameters the model itself trains (a frozen MCFA/MSA backbone stays frozen)
+        self.backbone_trainable = [p for p in backbone_parameters(self.model) if p.requires_grad]
         self.step = distributed.loss_module(self.model, self.ctx, device)
 
     def caption_images(self, caption_split: str) -> list[str]:
@@ -293,6 +307,10 @@ class _Trainer:
         batches = _epoch_batches(self.entry, self.config, self.train_labels, rng)
         train_set = self.sets["train"]
         self.model.train()
+        if cfg.frozen_backbone_epochs > 0:  # no gradients (so no Adam moments) while the backbone waits
+            frozen = epoch < cfg.frozen_backbone_epochs
+            for p in self.backbone_trainable:
+                p.requires_grad_(not frozen)
         sums: dict[str, float] = {}
         self.step_losses: list[float] = []
         bar = tqdm(
@@ -451,23 +469,30 @@ def _read_metrics(path: Path, epochs_done: int) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()[:epochs_done]
 
 
-def optimizer_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def optimizer_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, backbone_lr_factor: float = 1.0
+) -> list[dict]:
     """AdamW groups: a model's own learning-rate groups (MSA's slower pretrained text tower) when it
-    has them, each split so that biases and norms get no weight decay."""
+    has them, the backbone's parameters at lr * backbone_lr_factor, each split so that biases and norms
+    get no weight decay."""
     groups = (
         model.parameter_groups(lr)
         if hasattr(model, "parameter_groups")
         else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
     )
+    backbone = {id(p) for p in backbone_parameters(model)}
     out = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]
-        for decayed in (True, False):
-            chosen = [p for p in params if (p.ndim >= 2) == decayed]
-            if chosen:
-                out.append(
-                    {"params": chosen, "lr": group["lr"], "weight_decay": weight_decay if decayed else 0.0}
-                )
+        for in_backbone in (False, True):
+            part = [p for p in params if (id(p) in backbone) == in_backbone]
+            group_lr = group["lr"] * (backbone_lr_factor if in_backbone else 1.0)
+            for decayed in (True, False):
+                chosen = [p for p in part if (p.ndim >= 2) == decayed]
+                if chosen:
+                    out.append(
+                        {"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decayed else 0.0}
+                    )
     return out
 
 
@@ -700,7 +725,8 @@ def _fit(
     main = distributed.current().is_main
     trainer = _Trainer(kind, data, split, source, out_dir, config, dev)
     model, cfg = trainer.model, config.train
-    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr)
+    groups = optimizer_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     steps = trainer.steps_per_epoch()
     total, warmup = steps * cfg.epochs, steps * min(cfg.warmup_epochs, cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))

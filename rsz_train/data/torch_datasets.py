@@ -77,14 +77,19 @@ def random_batches(num_items: int, batch_size: int, rng: np.random.Generator) ->
 
 
 def class_balanced_batches(
-    labels: np.ndarray, classes_per_batch: int, images_per_class: int, rng: np.random.Generator
+    labels: np.ndarray,
+    classes_per_batch: int,
+    images_per_class: int,
+    rng: np.random.Generator,
+    num_batches: int = 0,
 ) -> list[np.ndarray]:
-    """Episodes for metric learning (MCFA): each batch has `images_per_class` images of each of
-    `classes_per_batch` classes (0 = all). An epoch has about as many images as the data set."""
+    """Episodes for metric learning (MCFA) and DSVA's authors' sampler: each batch has `images_per_class`
+    images of each of `classes_per_batch` classes (0 = all). An epoch has `num_batches` batches, or
+    (0) about as many images as the data set."""
     classes = np.unique(labels)
     per_batch = len(classes) if classes_per_batch <= 0 else min(classes_per_batch, len(classes))
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
-    num_batches = max(1, len(labels) // (per_batch * images_per_class))
+    num_batches = num_batches or max(1, len(labels) // (per_batch * images_per_class))
     batches = []
     for _ in range(num_batches):
         chosen = rng.choice(classes, size=per_batch, replace=False)

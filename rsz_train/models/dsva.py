@@ -43,11 +43,24 @@ class DSVAConfig:
     scoring_rule: str = "cosine"  # "cosine" | "dot" compatibility of embedding and class attributes
     logit_scale: float = 16.0  # initial scale of the logits
     learn_scale: bool = True  # train the scale (log-parameterised) or keep it fixed
-    compatibility_weight: float = 1.0  # cross-entropy on the class logits
+    # Which branch scores classes (and is the exported embedding): "mean" of both (rsz's default),
+    # "local" (the prototype/attention branch, the accuracy the authors report: main_utils.py's 'layer'
+    # result with script/*.sh --sel_res layer) or "global".
+    score_branch: str = "mean"
+    compatibility_weight: float = 1.0  # cross-entropy on the class logits of the scored embedding
     regression_weight: float = 1.0  # MSE of both branches to the class attribute vector (x A, see below)
+    # The authors' per-branch terms (model/main.py reg_weight: xe / l_xe, attri / l_attri): cross-entropy
+    # of each branch's own class logits, and each branch's plain MSE to the class attribute vector.
+    global_xe_weight: float = 0.0
+    local_xe_weight: float = 0.0
+    global_regression_weight: float = 0.0
+    local_regression_weight: float = 0.0
     concentration_weight: float = 0.1  # attention maps pulled toward their peaks
     group_sparsity_weight: float = 0.0  # group lasso of the prototypes over attribute groups (optional)
     dropout: float = 0.1  # on the pooled global feature
+
+
+SCORE_BRANCHES = ("mean", "local", "global")
 
 
 class DSVA(RszModel):
@@ -59,6 +72,10 @@ class DSVA(RszModel):
         super().__init__()
         if config.scoring_rule not in ("cosine", "dot"):
             raise RszError(f"model.scoring_rule {config.scoring_rule!r}: expected cosine or dot")
+        if config.score_branch not in SCORE_BRANCHES:
+            raise RszError(
+                f"model.score_branch {config.score_branch!r}: expected {', '.join(SCORE_BRANCHES)}"
+            )
         self.config = config
         self.scoring_rule = config.scoring_rule
         self.backbone, self.vit_shape = _build_backbone(config, task)
@@ -95,8 +112,10 @@ class DSVA(RszModel):
         local_attr = similarity.amax(dim=1)  # the best-matching patch of each attribute
         maps = similarity.softmax(dim=1).transpose(1, 2)  # [B, A, N], each row sums to 1
         h, w = images.shape[-2] // self.backbone.patch_size, images.shape[-1] // self.backbone.patch_size
+        branch = self.config.score_branch
+        embedding = {"mean": 0.5 * (global_attr + local_attr), "local": local_attr, "global": global_attr}
         return {
-            "embedding": 0.5 * (global_attr + local_attr),
+            "embedding": embedding[branch],
             "global": global_attr,
             "local": local_attr,
             "attention_maps": maps.reshape(maps.shape[0], maps.shape[1], h, w),
@@ -140,6 +159,16 @@ class DSVA(RszModel):
             + cfg.regression_weight * losses["regression"]
             + cfg.concentration_weight * losses["concentration"]
         )
+        for branch in ("global", "local"):
+            xe_weight = getattr(cfg, f"{branch}_xe_weight")
+            if xe_weight > 0:
+                logits = self.logits(out[branch].float(), classes.float())
+                losses[f"{branch}_xe"] = compatibility_loss(logits, labels)
+                total = total + xe_weight * losses[f"{branch}_xe"]
+            mse_weight = getattr(cfg, f"{branch}_regression_weight")
+            if mse_weight > 0:
+                losses[f"{branch}_regression"] = regression_loss(out[branch], classes, labels)
+                total = total + mse_weight * losses[f"{branch}_regression"]
         if cfg.group_sparsity_weight > 0:
             losses["group_sparsity"] = group_sparsity_loss(self.prototypes, self.group_ids)
             total = total + cfg.group_sparsity_weight * losses["group_sparsity"]

@@ -39,6 +39,9 @@ class MSAConfig:
 
     backbone: str = "resnet18"  # resnet18 (geoembed aerial weights), resnet50, ... (backbones.create_resnet)
     pretrained: str | None = "geoembed"  # None = random init, or a torchvision checkpoint path
+    # Paper size (msa_resnet50): a backbone without pretrained weights is an error, since MSA's tables come
+    # from pretrained towers; `rsz-train msa --allow-random-init` turns it off for a deliberate run.
+    require_pretrained: bool = False
     freeze_backbone: bool = True  # true trains only the scale projections (fast on CPU)
     cache_features: bool = True  # frozen backbone: memoise features of identical input tiles (CPU speed)
     model_dim: int = 256  # Dm: the common width of scales and tokens (cross-attention)
@@ -172,6 +175,12 @@ class MSA(FrozenBackboneMixin, RszModel):
             )
         _check_prompt(config.text_prompt)
         self.config, self.task = config, task
+        if config.require_pretrained and not config.pretrained:
+            raise RszError(
+                f"model.pretrained is not set: the {config.backbone} backbone would start from random "
+                "weights "
+                "(give model.pretrained: /path/to/resnet.pth, or --allow-random-init)"
+            )
         backbone = create_resnet(config.backbone, pretrained=config.pretrained)
         # The preprocessing the backbone was trained with (rsz_train.runs.preprocess_spec reads these).
         geoembed = config.pretrained == "geoembed"

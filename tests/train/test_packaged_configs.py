@@ -29,6 +29,10 @@ def test_shipped_config_builds_its_model(name):
     kind, dim, (low, high) = EXPECTED[name]
     config = load_config(kind, name)
     assert config.train.image_size == 224
+    if kind == "msa":  # no ResNet-50 weights offline: the deliberate random-init run
+        with pytest.raises(RszError, match="--allow-random-init"):
+            create_model(kind, config.model, TaskInfo(ATTRIBUTES, ATTRIBUTES, ["g"] * 6, 224, 4))
+        config.model.require_pretrained = False
     task = TaskInfo(ATTRIBUTES, [f"a {a}" for a in ATTRIBUTES], ["g"] * 6, 224, 4)
     model = create_model(kind, config.model, task).eval()
     millions = sum(p.numel() for p in model.parameters()) / 1e6
