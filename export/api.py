@@ -50,6 +50,7 @@ class ExportSource:
     tiles: np.ndarray | None = None  # [N, 3, H, W] preprocessed test tiles, checked besides random inputs
     prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
     about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
+    gsd: float | None = None  # metres per pixel of the training images, when known (Manifest.gsd)
 
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -111,15 +112,20 @@ def export(
     batch: str = "1:32:256",
     force: bool = False,
     tiles: Path | str | None = None,
+    gsd: float | None = None,
 ) -> Path:
     """Export the run `run_dir` (a `model_kind` run) into the bundle folder `out` (default models/<run>).
 
-    `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels)."""
+    `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels).
+    `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest."""
+    if gsd is not None and not gsd > 0:
+        raise RszError(f"--gsd {gsd}: metres per pixel must be positive")
     if model_kind not in model_kinds():
         raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(model_kinds())})")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else Path("models") / run_dir.name
     source = source_from_run(run_dir, model_kind, None if tiles is None else Path(tiles))
+    source.gsd = gsd
     return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
 
 
@@ -299,6 +305,7 @@ def _write_bundle(
         attribute_phrases=list(source.attribute_phrases),
         phrase_ridge=float(source.phrase_ridge),
         prompt_templates=list(source.prompt_templates),
+        gsd=source.gsd,
         extra=extra,
     )
     manifest.files = {f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file()}

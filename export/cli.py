@@ -31,6 +31,12 @@ BUILD_OPTIONS = [
     click.option(
         "--tiles", type=click.Path(path_type=Path), help="folder of test tiles to check the graphs on"
     ),
+    click.option(
+        "--gsd",
+        type=float,
+        default=None,
+        help="metres per pixel of the training images (rsz-infer --gsd auto)",
+    ),
 ]
 
 
@@ -40,12 +46,14 @@ def _with_build_options(func):  # noqa: ANN001, ANN202
     return func
 
 
-def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles) -> None:  # noqa: ANN001
+def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd) -> None:  # noqa: ANN001
     from export.api import export
 
     if model_kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
-    bundle = export(run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles)
+    bundle = export(
+        run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd
+    )
     _report(bundle)
 
 
@@ -89,7 +97,9 @@ def build(**options) -> None:  # noqa: ANN003
 )  # fmt: skip
 @_with_build_options
 @one_line_errors
-def clip(checkpoint, arch, templates, model_kind, run_dir, fp16, engine, batch, out, force, tiles) -> None:  # noqa: ANN001
+def clip(
+    checkpoint, arch, templates, model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd
+) -> None:  # noqa: ANN001
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
     from export.clip import arch_note, export_clip
 
@@ -97,8 +107,9 @@ def clip(checkpoint, arch, templates, model_kind, run_dir, fp16, engine, batch, 
         raise RszError("rsz-export clip: takes --checkpoint, not --model/--run")
     out = out if out is not None else Path("models") / checkpoint.stem
     bundle, model = export_clip(
-        checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles
-    )
+        checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles,
+        gsd=gsd,
+    )  # fmt: skip
     click.echo(f"{checkpoint}: {arch_note(model)}", err=True)
     _report(bundle)
 

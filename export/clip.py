@@ -65,6 +65,7 @@ def export_clip(
     batch: str = "1:32:256",
     force: bool = False,
     tiles: Path | str | None = None,
+    gsd: float | None = None,
 ) -> tuple[Path, ClipModel]:
     """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>)."""
     checkpoint = Path(checkpoint)
@@ -75,5 +76,6 @@ def export_clip(
     with tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:
         tokenizer_json = write_tokenizer_json(tokenizer, Path(tmp) / "tokenizer.json")
         source = clip_source(model, tokenizer_json, template_list, None if tiles is None else Path(tiles))
+        source.gsd = gsd  # metres per pixel the checkpoint was trained at, when the user knows it
         bundle = export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
     return bundle, model

@@ -79,6 +79,9 @@ class Manifest:
     phrase_ridge: float = 0.0
     # "templates" only (CLIP): the prompt ensemble, each template with one "{}" (rsz_infer.prompts)
     prompt_templates: list[str] = field(default_factory=list)
+    # Ground sample distance (metres per pixel) of the training images, when known (rsz-export --gsd):
+    # rsz-infer --gsd auto resamples scene windows to it
+    gsd: float | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

@@ -33,6 +33,11 @@ EPILOG = (
 
 def _tile_options(f):
     f = click.option(
+        "--gsd", default="auto", show_default=True,
+        help="Metres per pixel the model sees: scene windows are resampled to it. auto: the bundle's "
+        "training GSD when known (rsz-export --gsd); off: never resample.",
+    )(f)  # fmt: skip
+    f = click.option(
         "--asset", default=None, help="STAC inputs: the asset to label (default: the visual / RGB asset)."
     )(f)
     f = click.option(
@@ -118,6 +123,7 @@ def label_command(
         tiles=_tiles(kw),
         class_map=Path(class_map) if class_map else None,
         class_map_scores=class_map_scores,
+        gsd=kw["gsd"],
         html=Path(html_out) if html_out else None,
         workers=kw["workers"],
         decoder=kw["decoder"],
@@ -159,7 +165,7 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         _tiles(kw),
         method=search_method,
         progress=not quiet,
-        **{k: kw[k] for k in ("backend", "device", "batch", "workers", "decoder", "preprocess")},
+        **{k: kw[k] for k in ("backend", "device", "batch", "workers", "decoder", "preprocess", "gsd")},
     )
     summary = build_index(cfg)
     click.echo(summary.line(cfg.out), err=True)

@@ -54,6 +54,8 @@ class TileOptions:
     bands: tuple[int, ...] | None = None  # 1-based band indices for RGB from multi-band TIFFs
     min_size: int = MIN_TILE_PX
     asset: str | None = None  # STAC inputs: the asset key to label (None: the visual / RGB asset)
+    # metres per pixel the model should see (rsz-infer --gsd): scene windows are resampled to it; None: as is
+    gsd: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile_size < self.min_size:
@@ -78,6 +80,7 @@ class SceneInfo:
     stretch: tuple[float, float] | None  # (lo, hi) over the read bands; None for 8-bit data
     rule: str
     crs: str | None = None  # the source CRS ("EPSG:32633", or WKT); None: pixel coordinates only
+    scale: float = 1.0  # source pixels per model-side pixel (--gsd); windows are read resampled by it
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def discover_tiles(
             raise RszError(f"{path}: no such file or folder")
     seen: set[str] = set()  # a file named twice (or inside a named folder too) is one tile
     windows = False
+    no_gsd: dict[str, None] = {}  # rasters --gsd cannot apply to (no CRS), in order
     for path in named:
         for name, in_folder, problem in _expand(path, options):
             key = name if is_gdal_path(name) or problem else str(Path(name).resolve())
@@ -145,9 +149,14 @@ def discover_tiles(
                 continue
             for tile in _tiles_of_file(name, options, in_folder):
                 windows = windows or tile.window is not None
+                if options.gsd and tile.crs is None and not tile.problem:
+                    no_gsd[tile.path] = None
                 yield tile
     if notes is not None and options.overlap and not windows:
         notes.append(f"--overlap {options.overlap}: ignored, no input is larger than --tile-size")
+    if notes is not None and no_gsd:
+        first = next(iter(no_gsd))
+        notes.append(f"--gsd {options.gsd:g}: ignored for {len(no_gsd)} images without a CRS (e.g. {first})")
 
 
 def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool, str | None]]:
@@ -207,7 +216,8 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             if in_folder and ds.driver in _TEXT_DRIVERS:
                 return  # a text table GDAL reads as a grid is not imagery
             crs = ds.crs.to_string() if ds.crs else None
-            if ds.width > options.tile_size or ds.height > options.tile_size:
+            window_px = round(options.tile_size * _gsd_scale(ds, options))  # the window in source pixels
+            if ds.width > window_px or ds.height > window_px:
                 scene = _scene_info(ds, name, options)
                 yield from _scene_windows(ds, scene, options)
                 return
@@ -230,7 +240,35 @@ def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
         stretch = _percentiles(_stretch_sample(ds, bands))
         rule += f"; {dtype} {STRETCH_RULE} per scene"
     crs = ds.crs.to_string() if ds.crs else None
-    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs)
+    scale = _gsd_scale(ds, options)
+    if scale != 1.0:
+        method = "average" if scale > 1 else "bilinear"
+        rule += f"; resampled {options.gsd * (1 / scale):.3g} m -> {options.gsd:.3g} m per pixel ({method})"
+    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale)
+
+
+def source_gsd(ds) -> float | None:
+    """Metres per pixel of a georeferenced raster (mean of x and y), None without a CRS.
+
+    Projected CRSs through their linear unit; geographic ones at the scene centre's latitude.
+    """
+    if ds.crs is None:
+        return None
+    res_x, res_y = abs(ds.res[0]), abs(ds.res[1])
+    if ds.crs.is_geographic:
+        lat = np.radians((ds.bounds.bottom + ds.bounds.top) / 2)
+        return float((res_x * 111_320 * np.cos(lat) + res_y * 110_574) / 2)
+    _, metres = ds.crs.linear_units_factor
+    return float((res_x + res_y) / 2 * metres)
+
+
+def _gsd_scale(ds, options: TileOptions) -> float:
+    """Source pixels per pixel the model sees: --gsd over the raster's own GSD (1 when either is unknown)."""
+    gsd = source_gsd(ds) if options.gsd else None
+    if not gsd:
+        return 1.0
+    scale = options.gsd / gsd
+    return 1.0 if abs(scale - 1) < 1e-3 else scale
 
 
 def _stretch_sample(ds, bands: tuple[int, ...]) -> np.ndarray:
@@ -271,12 +309,14 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
     """The windows of a raster larger than the tile size; footprints in EPSG:4326 when it has a CRS."""
     from rasterio.warp import transform
 
-    stride = options.tile_size - options.overlap
-    width, height = min(options.tile_size, ds.width), min(options.tile_size, ds.height)
+    # With --gsd, a window covers tile_size pixels at the model's GSD: round(tile_size * scale) of the scene's
+    size = max(1, round(options.tile_size * scene.scale))
+    stride = max(1, size - round(options.overlap * scene.scale))
+    width, height = min(size, ds.width), min(size, ds.height)
     windows = [
         (col, row, width, height)
-        for row in _window_offsets(ds.height, options.tile_size, stride)
-        for col in _window_offsets(ds.width, options.tile_size, stride)
+        for row in _window_offsets(ds.height, size, stride)
+        for col in _window_offsets(ds.width, size, stride)
     ]
     if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
         return [
@@ -415,7 +455,15 @@ def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
     window = Window(*tile.window)
     if not ds.read_masks(1, window=window).any():
         raise NodataTile("all nodata")
-    data = ds.read(list(scene.bands), window=window)
+    if scene.scale == 1.0:
+        data = ds.read(list(scene.bands), window=window)
+    else:  # --gsd: GDAL resamples the window to the model's ground resolution while reading
+        from rasterio.enums import Resampling
+
+        _, _, width, height = tile.window
+        shape = (len(scene.bands), max(1, round(height / scene.scale)), max(1, round(width / scene.scale)))
+        method = Resampling.average if scene.scale > 1 else Resampling.bilinear
+        data = ds.read(list(scene.bands), window=window, out_shape=shape, resampling=method)
     return _to_rgb8(data, scene.stretch), scene.rule
 
 

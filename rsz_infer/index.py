@@ -37,7 +37,7 @@ from rsz_infer.bundle import Manifest, manifest_sha256
 from rsz_infer.classes import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
-from rsz_infer.pipeline import DEFAULT_MODEL, open_bundle
+from rsz_infer.pipeline import DEFAULT_MODEL, gsd_note, open_bundle, resolve_gsd
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 
@@ -139,6 +139,7 @@ class IndexConfig:
     )
     decoder: str = "auto"
     preprocess: str = "auto"
+    gsd: str = "auto"  # auto | off | metres per pixel (pipeline.resolve_gsd); an existing index keeps its own
 
     @property
     def engine(self) -> EngineOptions:
@@ -197,7 +198,10 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
             )
         asset = cfg.tiles.asset if cfg.tiles else None  # STAC inputs of this call
         tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info), "asset": asset})
-    tile_options = tile_options or TileOptions()
+    if old is None:  # an existing index keeps its own GSD (in its tile_options)
+        tile_options = resolve_gsd(cfg.gsd, manifest, tile_options or TileOptions())
+    for note in gsd_note(tile_options, manifest):
+        warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
     todo = [t for t in discover_tiles(cfg.inputs, tile_options) if t.id not in known]
     with_scales = "rerank" in manifest.graphs
@@ -246,7 +250,11 @@ def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings,
         "model": sha,
         "model_dir": str(model.resolve()),
         "model_kind": manifest.model_kind,
-        "tile_options": {"tile_size": tile_options.tile_size, "overlap": tile_options.overlap},
+        "tile_options": {
+            "tile_size": tile_options.tile_size,
+            "overlap": tile_options.overlap,
+            "gsd": tile_options.gsd,
+        },
         "bands": list(tile_options.bands) if tile_options.bands else None,
         "count": int(all_emb.shape[0]),
         "dim": int(all_emb.shape[1]),

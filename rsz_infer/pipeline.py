@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,32 @@ def open_bundle(model: Path | str) -> Manifest:
     return load_manifest(model)
 
 
+def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptions) -> TileOptions:
+    """`--gsd auto|METRES|off` -> the tile options with the metres per pixel scene windows are resampled to.
+
+    auto: the GSD the model was trained at (Manifest.gsd) when the bundle knows it, else no resampling.
+    """
+    text = "off" if choice is None else str(choice).strip().lower()
+    if text == "off":
+        return replace(tiles, gsd=None)
+    if text == "auto":
+        return replace(tiles, gsd=manifest.gsd)
+    try:
+        metres = float(text)
+    except ValueError:
+        raise RszError(f"--gsd {choice}: expected auto, off or metres per pixel such as 0.3") from None
+    if not metres > 0:
+        raise RszError(f"--gsd {choice}: metres per pixel must be positive")
+    return replace(tiles, gsd=metres)
+
+
+def gsd_note(tiles: TileOptions, manifest: Manifest) -> list[str]:
+    if tiles.gsd is None:
+        return []
+    trained = f" (trained at {manifest.gsd:g} m)" if manifest.gsd else ""
+    return [f"--gsd: scene windows resampled to {tiles.gsd:g} m per pixel{trained}"]
+
+
 # ---------------------------------------------------------------- labeling
 
 
@@ -57,6 +83,7 @@ class LabelConfig:
     tiles: TileOptions = field(default_factory=TileOptions)
     class_map: Path | None = None  # a class-map COG per scene (rsz_infer.classmap)
     class_map_scores: bool = False  # the class map's second band: the top score
+    gsd: str = "auto"  # auto | off | metres per pixel: resample scene windows (resolve_gsd)
     html: Path | None = None  # an HTML gallery of the labeled tiles (and the class maps' quicklooks)
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
@@ -195,7 +222,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     manifest = open_bundle(cfg.model)
     entries = read_class_file(cfg.classes)
-    notes: list[str] = []
+    cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
+    notes = gsd_note(cfg.tiles, manifest)
     tiles = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
     if not tiles:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
@@ -206,7 +234,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "classes": class_file_hash(entries),
         "top_k": cfg.top_k,
         "seen_calibration": scorer.calibration,
-        "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])],
+        "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
+        + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
     }
     engine = ImageEngine.open(cfg.model, manifest, cfg.engine)
     engine.notes[:0] = notes

@@ -344,3 +344,53 @@ def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, t
     page = gallery.read_text()
     assert page.count('class="quicklook"') == 1 and "data:image/png;base64," in page
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_gsd_resamples_scene_windows_to_the_models_ground_resolution(bundles, class_file, tmp_path):
+    from rsz_infer.bundle import load_manifest
+    from rsz_infer.images import decode_tile
+
+    # a 10 m scene (Sentinel-2-like) and a 2.5 m scene of the same 400 m x 400 m; a model trained at 5 m
+    coarse = write_geotiff(tmp_path / "s2.tif", bands_first(solid("green", 40)))  # 10 m pixels
+    fine = tmp_path / "aerial.tif"
+    profile = {"count": 3, "width": 160, "height": 160, "dtype": "uint8", "crs": "EPSG:32633"}
+    with rasterio.open(
+        fine, "w", driver="GTiff", transform=from_origin(500000, 5000000, 2.5, 2.5), **profile
+    ) as ds:
+        ds.write(bands_first(solid("red", 160)))
+    model = tmp_path / "model_5m"
+    import shutil
+
+    shutil.copytree(bundles["msa"], model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps(manifest | {"gsd": 5.0}))
+    assert load_manifest(model).gsd == 5.0
+    out = tmp_path / "labels.jsonl"
+    summary = _label(model, class_file, [coarse, fine], out, tiles=TileOptions(tile_size=32))
+    assert "--gsd: scene windows resampled to 5 m per pixel (trained at 5 m)" in summary.notes
+    rows = read_jsonl(out)
+    # 32 px at 5 m = 160 m: 16 px windows of the 10 m scene, 64 px windows of the 2.5 m scene
+    assert sorted({tuple(r["window"][2:]) for r in rows if r["path"] == str(coarse)}) == [(16, 16)]
+    assert sorted({tuple(r["window"][2:]) for r in rows if r["path"] == str(fine)}) == [(64, 64)]
+    assert len(rows) == 9 + 9  # 400 m / 160 m windows: 3 x 3 per scene (the last moved back to the edge)
+    assert all("resampled" in r["rule"] for r in rows)
+    for row in rows:  # footprints are the ground each window covers: 160 m either way
+        ring = np.array(row["footprint"]["coordinates"][0])
+        assert np.abs(ring - _expected_ring(row["path"], row["window"])).max() < FOOTPRINT_TOLERANCE
+    # what the model gets: 32 px tiles, GDAL's resampling of the window (bilinear up, average down)
+    options = TileOptions(tile_size=32, gsd=5.0)
+    tiles = {t.path: t for t in discover_tiles([coarse, fine], options)}
+    for path in (coarse, fine):
+        rgb, rule = decode_tile(tiles[str(path)], options)
+        assert rgb.shape == (32, 32, 3)
+    assert "resampled 10 m -> 5 m per pixel (bilinear)" in decode_tile(tiles[str(coarse)], options)[1]
+    assert "resampled 2.5 m -> 5 m per pixel (average)" in decode_tile(tiles[str(fine)], options)[1]
+    # off: windows of --tile-size source pixels, as without a GSD
+    plain = _label(
+        model, class_file, [coarse], tmp_path / "off.jsonl", tiles=TileOptions(tile_size=32), gsd="off"
+    )
+    assert plain.labeled == 4 and not any("--gsd" in n for n in plain.notes)
+    # a number overrides the bundle; a GSD cannot apply without a CRS, and rsz says so
+    png = save(tmp_path / "plain.png", solid("blue", 100))
+    other = _label(model, class_file, [png], tmp_path / "n.jsonl", tiles=TileOptions(tile_size=32), gsd="2")
+    assert any(n.startswith("--gsd 2: ignored for 1 images without a CRS") for n in other.notes)
