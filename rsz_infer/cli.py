@@ -88,6 +88,10 @@ def _runtime_options(f):
     "--class-map", default=None, help="Also write a class-index GeoTIFF per scene (GeoTIFF inputs)."
 )
 @click.option("--class-map-scores", is_flag=True, help="Class map: a second band with the top score.")
+@click.option(
+    "--explain", is_flag=True,
+    help="DSVA: each tile's top attributes; with --html, their attention maps over the tile.",
+)  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out.")
 @click.option("--html", "html_out", default=None, help="Also write an HTML gallery of the labeled tiles.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -103,6 +107,7 @@ def label_command(
     seen_calibration,
     class_map,
     class_map_scores,
+    explain,
     resume,
     html_out,
     quiet,
@@ -124,6 +129,7 @@ def label_command(
         class_map=Path(class_map) if class_map else None,
         class_map_scores=class_map_scores,
         gsd=kw["gsd"],
+        explain=explain,
         html=Path(html_out) if html_out else None,
         workers=kw["workers"],
         decoder=kw["decoder"],

@@ -159,7 +159,20 @@ def table_columns(records: list[dict], top_k: int) -> dict[str, list]:
             columns[f"score_{i + 1}"].append(float(r["scores"][i]) if has else None)
         columns["rule"].append(r["rule"])
         columns["source_crs"].append(r.get("source_crs"))
+    explained = max((len(r.get("attributes") or []) for r in records), default=0)
+    for i in range(explained):  # --explain: the top attributes (DSVA)
+        columns[f"attribute_{i + 1}"] = [_attribute(r, i, 0) for r in records]
+        columns[f"attribute_score_{i + 1}"] = [_attribute(r, i, 1) for r in records]
     return columns
+
+
+def _attribute(record: dict, i: int, field: int):
+    attributes = record.get("attributes") or []
+    return attributes[i][field] if i < len(attributes) else None
+
+
+def _numeric(column: str) -> bool:
+    return column.startswith(("score_", "attribute_score_"))
 
 
 def _pixel_polygon(window: list[int]) -> dict:
@@ -202,7 +215,7 @@ def render_csv(records: list[dict], top_k: int) -> str:
 
 
 def _public(record: dict) -> dict:
-    keys = ("tile", "path", "window", "labels", "scores", "rule", "footprint", "source_crs")
+    keys = ("tile", "path", "window", "labels", "scores", "rule", "footprint", "source_crs", "attributes")
     return {k: record[k] for k in keys if record.get(k) is not None}
 
 
@@ -251,7 +264,7 @@ def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
     table = pa.table(
         {
             **{
-                name: pa.array(values, pa.float64() if name.startswith("score_") else pa.string())
+                name: pa.array(values, pa.float64() if _numeric(name) else pa.string())
                 for name, values in columns.items()
             },
             "geometry": pa.array(_wkb(shapes), pa.binary()),
@@ -302,7 +315,7 @@ def write_ogr(records: list[dict], top_k: int, path: Path, driver: str) -> None:
     fields, data = [], []
     for name, values in columns.items():
         fields.append(name)
-        if name.startswith("score_"):
+        if _numeric(name):
             data.append(np.array([np.nan if v is None else v for v in values], np.float64))
         else:
             data.append(np.array(values, dtype=object))

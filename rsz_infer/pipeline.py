@@ -84,6 +84,7 @@ class LabelConfig:
     class_map: Path | None = None  # a class-map COG per scene (rsz_infer.classmap)
     class_map_scores: bool = False  # the class map's second band: the top score
     gsd: str = "auto"  # auto | off | metres per pixel: resample scene windows (resolve_gsd)
+    explain: bool = False  # DSVA: each tile's top attributes (and their attention maps for the gallery)
     html: Path | None = None  # an HTML gallery of the labeled tiles (and the class maps' quicklooks)
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
@@ -199,6 +200,30 @@ def _scorer(cfg: LabelConfig, manifest: Manifest, entries: list) -> Scorer:
     )
 
 
+EXPLAIN_TOP = 3  # attributes per tile that --explain reports
+ATTENTION_DECIMALS = 3
+
+
+def check_explainable(manifest: Manifest, model: Path) -> None:
+    if manifest.class_embedding != "attributes" or not manifest.attribute_names:
+        raise RszError(
+            f"--explain: {model} is a {manifest.model_kind} bundle; explanations need per-attribute scores "
+            "(a DSVA bundle)"
+        )
+
+
+def add_explanations(records: list[dict], outputs: dict[str, np.ndarray], attribute_names: list[str]) -> None:
+    """DSVA's image graph gives per-attribute scores (its embedding) and attention maps: each labeled record
+    gets its top attributes [[name, score], ...] and, in the run log, their attention maps [[h x w], ...]."""
+    scores = outputs["embedding"]
+    maps = outputs.get("attention_maps")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+    for i, record in enumerate(records):
+        record["attributes"] = [[attribute_names[a], round(float(scores[i, a]), 6)] for a in top[i]]
+        if maps is not None:
+            record["attention"] = np.round(maps[i, top[i]].astype(np.float64), ATTENTION_DECIMALS).tolist()
+
+
 def _check_outputs(cfg: LabelConfig, tiles: list[Tile]) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
@@ -221,6 +246,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     if cfg.resume and cfg.out.exists() and not part_path(cfg.out).exists():
         return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     manifest = open_bundle(cfg.model)
+    if cfg.explain:
+        check_explainable(manifest, cfg.model)
     entries = read_class_file(cfg.classes)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
@@ -236,6 +263,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "seen_calibration": scorer.calibration,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
+        **({"explain": True} if cfg.explain else {}),
     }
     engine = ImageEngine.open(cfg.model, manifest, cfg.engine)
     engine.notes[:0] = notes
@@ -256,7 +284,10 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
             for tile, err in batch.skipped
         ]
         if batch.tiles:
-            records += scorer.records(batch.outputs["embedding"], batch.tiles, batch.rules)
+            labeled = scorer.records(batch.outputs["embedding"], batch.tiles, batch.rules)
+            if cfg.explain:
+                add_explanations(labeled, batch.outputs, manifest.attribute_names)
+            records += labeled
         log.append(records)
         batches_logged += 1
         if on_batch is not None:

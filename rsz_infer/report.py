@@ -27,6 +27,7 @@ class GalleryItem:
     title: str  # first line under the thumbnail (e.g. "#1  0.873")
     tile: dict  # an index or label row: tile, path, window (footprint optional)
     lines: list[str] = field(default_factory=list)  # labels, scores, footprint ...
+    overlays: list[tuple[str, list]] = field(default_factory=list)  # (caption, attention map h x w) each
 
 
 def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
@@ -37,13 +38,27 @@ def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _thumbnail(tile: dict, options: TileOptions) -> str | None:
+def _decoded(tile: dict, options: TileOptions) -> np.ndarray | None:
     try:
         rebuilt = tile_from_record(tile["path"], tile.get("window"), options)
         rgb, _ = decode_tile(rebuilt, options)
     except (TileError, OSError, ValueError):  # a moved or damaged file only loses its thumbnail
         return None
-    return thumbnail_data_uri(rgb)
+    return rgb
+
+
+def heat_overlay(rgb: np.ndarray, attention: np.ndarray, size: int = THUMB_PX) -> np.ndarray:
+    """The tile with an attention map over it as a heat map (black-red-yellow, opacity by attention)."""
+    im = Image.fromarray(rgb)
+    im.thumbnail((size, size), Image.BILINEAR)
+    base = np.asarray(im, np.float32)
+    heat = np.asarray(
+        Image.fromarray(np.asarray(attention, np.float32), "F").resize(im.size, Image.BILINEAR), np.float32
+    )
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
+    colour = np.stack([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], -1)
+    alpha = 0.15 + 0.6 * heat[..., None]
+    return (base * (1 - alpha) + 255 * colour * alpha).astype(np.uint8)
 
 
 _STYLE = """
@@ -53,6 +68,7 @@ h1{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block}
 .missing{width:160px;height:160px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
 .quicklook{display:inline-block;margin:0 1em 1em 0}.quicklook img{max-width:100%}
+.overlay{margin:4px 0 0 0}.overlay figcaption{color:#a40}
 .title{font-weight:600;margin-top:4px}.path{color:#666;word-break:break-all}
 """
 
@@ -62,10 +78,19 @@ def write_label_gallery(
 ) -> int:
     """The labeling gallery: class maps' quicklooks, then the first GALLERY_MAX tiles; returns their count."""
     rows = records[:GALLERY_MAX]
-    items = [GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r)) for r in rows]
+    items = [
+        GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r), _attention_overlays(r))
+        for r in rows
+    ]
     pictures = [(m.name, m.with_suffix(".png")) for m in class_maps if m.with_suffix(".png").is_file()]
     write_gallery(path, f"{heading} ({len(rows)} tiles)", items, options, pictures)
     return len(rows)
+
+
+def _attention_overlays(record: dict) -> list[tuple[str, list]]:
+    """--explain: (attribute and score, attention map) of the tile's top attributes."""
+    pairs = zip(record.get("attributes") or [], record.get("attention") or [])
+    return [(f"{name} {score:.2f}", attention) for (name, score), attention in pairs]
 
 
 def _png_data_uri(path: Path) -> str:
@@ -89,8 +114,19 @@ def write_gallery(
     )
     cards = []
     for item in items:
-        uri = _thumbnail(item.tile, options)
-        picture = f'<img src="{uri}" alt="">' if uri else '<div class="missing">no preview</div>'
+        rgb = _decoded(item.tile, options)
+        picture = (
+            f'<img src="{thumbnail_data_uri(rgb)}" alt="">'
+            if rgb is not None
+            else '<div class="missing">no preview</div>'
+        )
+        if rgb is not None:
+            for caption, attention in item.overlays:
+                uri = thumbnail_data_uri(heat_overlay(rgb, np.asarray(attention)))
+                picture += (
+                    f'<figure class="overlay"><img src="{uri}" alt="attention of {html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in item.lines)
         cards.append(
             f'<div class="card">{picture}<div class="title">{html.escape(item.title)}</div>{lines}'

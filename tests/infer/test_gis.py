@@ -394,3 +394,79 @@ def test_gsd_resamples_scene_windows_to_the_models_ground_resolution(bundles, cl
     png = save(tmp_path / "plain.png", solid("blue", 100))
     other = _label(model, class_file, [png], tmp_path / "n.jsonl", tiles=TileOptions(tile_size=32), gsd="2")
     assert any(n.startswith("--gsd 2: ignored for 1 images without a CRS") for n in other.notes)
+
+
+@pytest.fixture(scope="module")
+def dsva_bundle(bundles, tmp_path_factory) -> Path:
+    """The toy DSVA bundle with an image graph that also gives attention maps, as DSVA's export does:
+    attribute a's map is where colour channel a is bright (4 x 4, softmax over positions)."""
+    import shutil
+
+    import torch
+
+    from rsz_infer.bundle import TensorSpec, load_manifest, sha256_file
+    from rsz_infer.preprocess import PreprocessSpec
+
+    mean = torch.tensor(PreprocessSpec().mean).view(1, 3, 1, 1)
+    std = torch.tensor(PreprocessSpec().std).view(1, 3, 1, 1)
+
+    class AttentionGraph(torch.nn.Module):
+        def forward(self, image):
+            rgb = image * std + mean
+            colour = rgb.mean(dim=(2, 3))
+            pooled = torch.nn.functional.adaptive_avg_pool2d(rgb, 4)  # [B, 3, 4, 4]
+            maps = torch.softmax(8 * pooled.flatten(2), dim=-1).view_as(pooled)
+            return colour - colour.mean(dim=1, keepdim=True), maps
+
+    folder = tmp_path_factory.mktemp("dsva_attention") / "dsva"
+    shutil.copytree(bundles["dsva"], folder)
+    graph = folder / "image_dsva.onnx"
+    torch.onnx.export(
+        AttentionGraph(), (torch.zeros(2, 3, 32, 32),), str(graph), input_names=["image"],
+        output_names=["embedding", "attention_maps"], opset_version=17, dynamo=False,
+        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "attention_maps": {0: "batch"}},
+    )  # fmt: skip
+    manifest = load_manifest(folder, verify=False)
+    manifest.graphs["image"].outputs.append(TensorSpec("attention_maps", ["batch", 3, 4, 4], "float32"))
+    manifest.files[graph.name] = sha256_file(graph)
+    (folder / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+    return folder
+
+
+def test_explain_gives_top_attributes_and_attention_overlays(dsva_bundle, bundles, class_file, tmp_path):
+    import base64
+    import io
+
+    from rsz_infer.errors import RszError
+
+    west_red = np.concatenate([solid("red", 64)[:, :32], solid("green", 64)[:, :32]], axis=1)
+    tiles = [
+        save(tmp_path / "t" / "west_red.png", west_red),
+        save(tmp_path / "t" / "blue.png", solid("blue", 64)),
+    ]
+    out, gallery = tmp_path / "labels.csv", tmp_path / "gallery.html"
+    _label(dsva_bundle, class_file, tiles, out, explain=True, html=gallery)
+    import csv
+
+    with open(out, newline="") as f:
+        rows = {Path(r["tile"]).name: r for r in csv.DictReader(f)}
+    assert rows["blue.png"]["attribute_1"] == "blue"
+    assert {rows["west_red.png"]["attribute_1"], rows["west_red.png"]["attribute_2"]} == {"red", "green"}
+    assert float(rows["blue.png"]["attribute_score_1"]) > float(rows["blue.png"]["attribute_score_2"])
+    jsonl = tmp_path / "labels.jsonl"
+    _label(dsva_bundle, class_file, tiles, jsonl, explain=True)
+    assert [a[0] for a in {Path(r["tile"]).name: r for r in read_jsonl(jsonl)}["blue.png"]["attributes"]][
+        0
+    ] == "blue"
+    # the gallery: each tile's three top attributes as heat maps over it
+    page = gallery.read_text()
+    assert page.count('<figure class="overlay">') == 6 and 'alt="attention of red ' in page
+    red_overlay = page.split('alt="attention of red ')[0].rsplit('<img src="data:image/jpeg;base64,', 1)[1]
+    overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(red_overlay.split('"')[0]))), np.float32)
+    # the red attribute's attention is on the west half: the heat (yellow-white) brightens it there
+    assert overlay.shape == west_red.shape  # thumbnails never enlarge a tile
+    gain = overlay - west_red.astype(np.float32)
+    assert gain[:, :28].mean() > 80 and gain[:, 36:].mean() < 0
+    # other bundles have no per-attribute scores: one clear line, before any work
+    with pytest.raises(RszError, match="--explain: .* msa bundle"):
+        _label(bundles["msa"], class_file, tiles, tmp_path / "x.csv", explain=True)
