@@ -1,6 +1,7 @@
 """rsz-bench on tiny real models: each command writes well-formed JSON and markdown; plot writes a PNG.
 
-No timing is asserted (speed goals never belong in tests), only that the figures exist and are consistent.
+No timing is asserted (speed goals never belong in tests), only that the figures exist; their values are
+checked against known ones (hand-counted FLOPs, known times, a known sleep) in test_bench_measures.py.
 """
 
 from __future__ import annotations
@@ -44,11 +45,8 @@ def test_latency_writes_rows_flops_and_peak(latency_result):
     for key in [("ort", "fp32", 1), ("ort", "fp32", 2), ("ort", "fp16", 2), ("torch", "fp32", 2)]:
         row = rows[key]
         assert row["status"] == "ok", row
-        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-        assert row["images_per_s"] == pytest.approx(row["batch"] / (row["p50_ms"] / 1e3))
-        assert row["fraction_of_peak"] == pytest.approx(
-            row["achieved_tflops"] / result["peaks"]["cpu"]["tflops"]
-        )
+        # every figure is there; what they are worth is checked against known values in test_bench_measures
+        assert row["p50_ms"] > 0 and row["images_per_s"] > 0 and row["fraction_of_peak"] > 0
     # on a CPU machine the GPU-only configurations say why they did not run
     assert rows[("torch-graphs", "fp32", 1)]["status"].startswith("skipped: CUDA graphs need a GPU")
     assert rows[("torch", "fp16", 1)]["status"].startswith("skipped")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -180,11 +182,31 @@ def test_real_tensorrt_rtx_engines_with_sidecars(bundle: Path) -> None:
     assert (bundle / "text.engine").stat().st_size > 1000
 
 
+def _nvidia_gpu() -> bool:
+    """An NVIDIA GPU on this host, by the driver's own tool (not by the runner's check under test)."""
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(_nvidia_gpu(), reason="a GPU host: test_trt_runner_on_a_gpu_matches_onnx_runtime instead")
 def test_trt_runner_without_gpu_is_one_clear_error(bundle: Path) -> None:
     from rsz_infer.runners.trt import TrtRunner
 
     with pytest.raises(RszError, match="no usable CUDA GPU"):
         TrtRunner(bundle / "image.engine")
+
+
+@pytest.mark.skipif(not _nvidia_gpu(), reason="needs an NVIDIA GPU (the GPU twin of the test above)")
+def test_trt_runner_on_a_gpu_matches_onnx_runtime(bundle: Path) -> None:
+    from rsz_infer.runners.trt import TrtRunner
+
+    x = np.random.default_rng(6).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
+    with TrtRunner(bundle / "image.engine") as runner:  # the FP16 engine of the FP16 graph
+        got = runner.infer({"image": x})["embedding"]
+    ref = OrtRunner(bundle / "image.onnx").infer({"image": x})["embedding"]  # FP32
+    assert got.shape == ref.shape == (4, 12) and np.isfinite(got).all()
+    cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cosine.min() >= 0.999
 
 
 def test_same_export_is_a_noop_and_a_different_one_needs_force(bundle: Path, tmp_path: Path) -> None:
