@@ -158,7 +158,8 @@ def _write_class_map(
                     col, row, width, height = r["window"]
                     window = Window(col, row, width, height)
                     valid = scene.read_masks(1, window=window) > 0  # the source's nodata, pixel by pixel
-                    block = np.where(valid, r["class_index"], nodata).astype(dtype)
+                    known = valid & (r["class_index"] >= 0)  # -1: unknown (below --min-score)
+                    block = np.where(known, r["class_index"], nodata).astype(dtype)
                     dst.write(block, 1, window=window)
                     if with_scores:
                         score = np.where(valid, round(r["scores"][0] * 100), nodata).astype(dtype)

@@ -85,6 +85,10 @@ def _runtime_options(f):
     "--seen-calibration", type=float, default=None, help="Lambda for seen classes (default: bundle's)."
 )
 @click.option(
+    "--min-score", type=float, default=None,
+    help="Label a tile 'unknown' when its best raw similarity (cosine for most bundles) is below this.",
+)  # fmt: skip
+@click.option(
     "--class-map", default=None, help="Also write a class-index GeoTIFF per scene (GeoTIFF inputs)."
 )
 @click.option("--class-map-scores", is_flag=True, help="Class map: a second band with the top score.")
@@ -105,6 +109,7 @@ def label_command(
     out,
     top_k,
     seen_calibration,
+    min_score,
     class_map,
     class_map_scores,
     explain,
@@ -124,6 +129,7 @@ def label_command(
         batch=kw["batch"],
         top_k=top_k,
         seen_calibration=seen_calibration,
+        min_score=min_score,
         resume=resume,
         tiles=_tiles(kw),
         class_map=Path(class_map) if class_map else None,

@@ -144,10 +144,13 @@ def _window_text(record: dict) -> str:
 
 def table_columns(records: list[dict], top_k: int) -> dict[str, list]:
     """The columns every tabular output shares (CSV, GeoParquet, GeoPackage, FlatGeobuf, GeoJSON
-    properties): tile, path, window, label_i / score_i for the top k, rule, source_crs."""
+    properties): tile, path, window, label_i / score_i / similarity_i for the top k, rule, source_crs.
+
+    score_i is the softmax probability over the given classes; similarity_i the raw similarity (cosine for
+    most bundles) that --min-score thresholds."""
     columns: dict[str, list] = {"tile": [], "path": [], "window": []}
     for i in range(1, top_k + 1):
-        columns[f"label_{i}"], columns[f"score_{i}"] = [], []
+        columns[f"label_{i}"], columns[f"score_{i}"], columns[f"similarity_{i}"] = [], [], []
     columns["rule"], columns["source_crs"] = [], []
     for r in records:
         columns["tile"].append(r["tile"])
@@ -157,6 +160,8 @@ def table_columns(records: list[dict], top_k: int) -> dict[str, list]:
             has = i < len(r["labels"])
             columns[f"label_{i + 1}"].append(r["labels"][i] if has else None)
             columns[f"score_{i + 1}"].append(float(r["scores"][i]) if has else None)
+            sims = r.get("similarities", [])  # absent in logs of older runs
+            columns[f"similarity_{i + 1}"].append(float(sims[i]) if has and i < len(sims) else None)
         columns["rule"].append(r["rule"])
         columns["source_crs"].append(r.get("source_crs"))
     explained = max((len(r.get("attributes") or []) for r in records), default=0)
@@ -172,7 +177,7 @@ def _attribute(record: dict, i: int, field: int):
 
 
 def _numeric(column: str) -> bool:
-    return column.startswith(("score_", "attribute_score_"))
+    return column.startswith(("score_", "similarity_", "attribute_score_"))
 
 
 def _pixel_polygon(window: list[int]) -> dict:
@@ -215,7 +220,8 @@ def render_csv(records: list[dict], top_k: int) -> str:
 
 
 def _public(record: dict) -> dict:
-    keys = ("tile", "path", "window", "labels", "scores", "rule", "footprint", "source_crs", "attributes")
+    keys = ("tile", "path", "window", "labels", "scores", "similarities", "best_class", "rule", "footprint")
+    keys += ("source_crs", "attributes")
     return {k: record[k] for k in keys if record.get(k) is not None}
 
 

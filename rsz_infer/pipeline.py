@@ -29,6 +29,7 @@ from rsz_infer.outputs import RunLog, output_format, part_path, write_outputs
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 
 DEFAULT_MODEL = Path("models/default")
+UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
 
 
 def open_bundle(model: Path | str) -> Manifest:
@@ -79,6 +80,7 @@ class LabelConfig:
     batch: int = 32
     top_k: int = 5
     seen_calibration: float | None = None  # None: the bundle's value, chosen on validation data
+    min_score: float | None = None  # --min-score: raw similarity below which label_1 is UNKNOWN
     resume: bool = False
     tiles: TileOptions = field(default_factory=TileOptions)
     class_map: Path | None = None  # a class-map COG per scene (rsz_infer.classmap)
@@ -158,6 +160,7 @@ class Scorer:
     rule: str
     scale: float
     top_k: int
+    min_score: float | None = None  # raw similarity below which a tile is labeled UNKNOWN
 
     def records(self, emb: np.ndarray, tiles: list[Tile], rules: list[str]) -> list[dict]:
         if emb.shape[1] != self.class_emb.shape[1]:
@@ -165,19 +168,26 @@ class Scorer:
                 f"image embeddings are {emb.shape[1]}-d but class embeddings {self.class_emb.shape[1]}-d "
                 "(the bundle's graphs do not belong together)"
             )
-        logits = class_logits(emb, self.class_emb, self.rule, self.scale)
-        probs = softmax(calibrated_stacking(logits, self.seen_mask, self.calibration))
+        # The raw similarity (cosine, or dot product, before scale and calibration) says how well a tile
+        # fits a class at all; the softmax only compares the classes given (one class: always 1.0).
+        similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
+        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.calibration))
         idx, scores = top_k(probs, self.top_k)
-        return [
-            tile_record(tile)
-            | {
-                "labels": [self.names[j] for j in idx[i]],
+        records = []
+        for i, tile in enumerate(tiles):
+            labels = [self.names[j] for j in idx[i]]
+            sims = [round(float(similarity[i, j]), 6) for j in idx[i]]
+            record = {
+                "labels": labels,
                 "scores": [round(float(s), 6) for s in scores[i]],
-                "class_index": int(idx[i, 0]),
-                "rule": rules[i],
+                "similarities": sims,
             }
-            for i, tile in enumerate(tiles)
-        ]
+            record |= {"class_index": int(idx[i, 0]), "rule": rules[i]}
+            if self.min_score is not None and sims[0] < self.min_score:
+                # label_1 says unknown; its score and similarity stay the best class's, which fell short
+                record |= {"labels": [UNKNOWN] + labels[1:], "best_class": labels[0], "class_index": -1}
+            records.append(tile_record(tile) | record)
+        return records
 
 
 def _scorer(cfg: LabelConfig, manifest: Manifest, entries: list) -> Scorer:
@@ -197,6 +207,7 @@ def _scorer(cfg: LabelConfig, manifest: Manifest, entries: list) -> Scorer:
         rule=manifest.scoring_rule,
         scale=manifest.logit_scale,
         top_k=cfg.top_k,
+        min_score=cfg.min_score,
     )
 
 
@@ -261,6 +272,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "classes": class_file_hash(entries),
         "top_k": cfg.top_k,
         "seen_calibration": scorer.calibration,
+        "min_score": cfg.min_score,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),

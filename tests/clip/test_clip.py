@@ -314,6 +314,7 @@ def test_labeling_and_search_on_a_clip_bundle(open_clip, checkpoints, fp32_bundl
         order = np.argsort(-probs[i])
         assert row["labels"] == [names[j] for j in order]
         np.testing.assert_allclose(row["scores"], probs[i][order], atol=1e-5)
+        np.testing.assert_allclose(row["similarities"], sims[i][order], atol=1e-5)  # raw cosines
 
     index = tmp_path / "index"
     proc = _rsz_infer("index", *(tmp_path / f"tile{i}.png" for i in range(6)), "--model", bundle,

@@ -245,7 +245,7 @@ def test_stac_items_collections_and_catalogs(bundles, class_file, tmp_path):
 
 def _check_vector_columns(columns: dict, top_k: int) -> None:
     expected = ["tile", "path", "window"] + [
-        f"{k}_{i}" for i in range(1, top_k + 1) for k in ("label", "score")
+        f"{k}_{i}" for i in range(1, top_k + 1) for k in ("label", "score", "similarity")
     ]
     assert [c for c in columns if c not in ("geometry", "bbox", "wkt")] == expected + ["rule", "source_crs"]
 
