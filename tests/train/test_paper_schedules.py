@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from rsz_train.config import load_config
 from rsz_train.data.torch_datasets import class_balanced_batches
+from rsz_train.models.base import TaskInfo
 from rsz_train.models.dsva import DSVAConfig
-from rsz_train.models.registry import TaskInfo, create_model
+from rsz_train.models.registry import create_model
 from rsz_train.train import backbone_parameters, optimizer_groups, train
 
 from .conftest import TINY_OVERRIDES
