@@ -51,23 +51,46 @@ class ExportSource:
     prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
     about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
     gsd: float | None = None  # metres per pixel of the training images, when known (Manifest.gsd)
+    # --int8 (export.int8): tiles to calibrate on (default the run's training tiles) and to check and time
+    # the INT8 candidates on (the run's validation tiles; never the test split), and where they came from
+    calibration: np.ndarray | None = None
+    int8_check: np.ndarray | None = None
+    calibration_info: dict = field(default_factory=dict)
+    run_dir: Path | None = None  # its config, weights and classes ship in the bundle (--backend torch)
 
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_CHECK_TILES = 64
+MAX_CALIBRATION_TILES = 256  # "a few hundred": more did not move the calibrated ranges
+MAX_INT8_CHECK_TILES = 128
+INT8_ROLES = ("image",)  # the graph that runs per tile; text/semantic/rerank run once per class file
+
+
+def tile_files(tiles_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(tiles_dir).rglob("*") if p.suffix.lower() in TILE_SUFFIXES)
+
+
+def spread(items: list, n: int) -> list:
+    """At most n items, evenly spaced (sorted class folders: every class gets its share)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
 
 
 def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
     """Up to MAX_CHECK_TILES images under `tiles_dir` (sorted), preprocessed as inference will."""
+    paths = tile_files(tiles_dir)[:MAX_CHECK_TILES]
+    if not paths:
+        raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")
+    return read_tiles(paths, spec)
+
+
+def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
+    """The files, decoded and preprocessed as rsz-infer does (rsz_infer.images + preprocess)."""
     from PIL import Image
 
     from rsz_infer.preprocess import to_model_input
 
-    paths = sorted(p for p in Path(tiles_dir).rglob("*") if p.suffix.lower() in TILE_SUFFIXES)[
-        :MAX_CHECK_TILES
-    ]
-    if not paths:
-        raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")
     arrays = []
     for path in paths:
         try:
@@ -78,7 +101,60 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
     return np.stack(arrays)
 
 
-def source_from_run(run_dir: Path, model_kind: str, tiles_dir: Path | None = None) -> ExportSource:
+def int8_tiles(
+    run_dir: Path, report: dict, spec: PreprocessSpec, calibration_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(calibration tiles, check tiles, manifest record) for --int8.
+
+    Calibration: `calibration_dir`, else the run's training tiles. Check: the run's validation tiles
+    (val_seen + val_unseen) when its data folder is here, else every 4th calibration file, held out."""
+    from export.int8 import tiles_hash
+
+    data_dir = Path(report["data"]) if report.get("data") else None
+    split = None
+    if data_dir is not None and (data_dir / "splits" / str(report.get("split"))).is_dir():
+        from rsz_train.data.formats import load_split
+
+        split = load_split(data_dir, str(report["split"]))
+    if calibration_dir is not None:
+        root, files = Path(calibration_dir), tile_files(calibration_dir)
+        if not files:
+            raise RszError(f"{calibration_dir}: no PNG/JPEG/TIFF tiles to calibrate INT8 on")
+    elif split is not None:
+        root = data_dir / "images"
+        files = [root / p for p in split.train]
+    else:
+        raise RszError(
+            f"{run_dir}: the run's training tiles are not here (report.json names no data folder that "
+            "exists); pass --calibration DIR"
+        )
+    if split is not None:
+        check_files = [data_dir / "images" / p for p in split.val_seen + split.val_unseen]
+        check_from = f"validation tiles of {data_dir} split {report['split']}"
+    else:
+        check_files, files = files[3::4], [f for i, f in enumerate(files) if i % 4 != 3]
+        check_from = f"every 4th tile of {root}, held out of calibration"
+    files = spread(files, MAX_CALIBRATION_TILES)
+    check_files = spread(check_files, MAX_INT8_CHECK_TILES)
+    if not files or not check_files:
+        raise RszError(f"{root}: too few tiles to calibrate and check INT8 (need at least 4)")
+    info = {
+        "source": str(root),
+        "tiles": len(files),
+        "sha256": tiles_hash(files, root),
+        "check_tiles": len(check_files),
+        "check_source": check_from,
+    }
+    return read_tiles(files, spec), read_tiles(check_files, spec), info
+
+
+def source_from_run(
+    run_dir: Path,
+    model_kind: str,
+    tiles_dir: Path | None = None,
+    int8: bool = False,
+    calibration_dir: Path | None = None,
+) -> ExportSource:
     from rsz_infer.tokenizer import DEFAULT_MAX_LENGTH
     from rsz_train.runs import load_run
     from rsz_train.text import minilm_tokenizer_json
@@ -87,7 +163,7 @@ def source_from_run(run_dir: Path, model_kind: str, tiles_dir: Path | None = Non
     model_config = getattr(info.config, "model", None)
     with torch.no_grad():
         classes = model.encode_classes(model.class_inputs(info.semantics)).float().numpy()
-    return ExportSource(
+    source = ExportSource(
         model=model,
         preprocess=info.preprocess,
         seen_classes=list(info.seen),
@@ -100,7 +176,13 @@ def source_from_run(run_dir: Path, model_kind: str, tiles_dir: Path | None = Non
         class_embeddings=classes,
         phrase_ridge=float(info.phrase_ridge),
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
+        run_dir=Path(run_dir),
     )
+    if int8:
+        source.calibration, source.int8_check, source.calibration_info = int8_tiles(
+            run_dir, info.report, info.preprocess, calibration_dir
+        )
+    return source
 
 
 def export(
@@ -113,18 +195,26 @@ def export(
     force: bool = False,
     tiles: Path | str | None = None,
     gsd: float | None = None,
+    int8: bool = False,
+    calibration: Path | str | None = None,
 ) -> Path:
     """Export the run `run_dir` (a `model_kind` run) into the bundle folder `out` (default models/<run>).
 
     `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels).
-    `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest."""
+    `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest.
+    `int8`: also an INT8 image graph (export.int8), calibrated on `calibration` (default: the run's
+    training tiles) and checked on the run's validation tiles."""
     if gsd is not None and not gsd > 0:
         raise RszError(f"--gsd {gsd}: metres per pixel must be positive")
     if model_kind not in model_kinds():
         raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(model_kinds())})")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else Path("models") / run_dir.name
-    source = source_from_run(run_dir, model_kind, None if tiles is None else Path(tiles))
+    if calibration is not None and not int8:
+        raise RszError("--calibration: only used with --int8")
+    source = source_from_run(
+        run_dir, model_kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
+    )
     source.gsd = gsd
     return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
 
@@ -169,10 +259,17 @@ def _engine_library(engine: str):  # noqa: ANN202 - TrtLib | None
 def _fingerprint(manifest: Manifest) -> str:
     """What makes two bundles the same: everything but engines and build timings."""
     d = json.loads(manifest.to_json())
-    d["files"] = {k: v for k, v in d["files"].items() if ".engine" not in k and k != "timing.cache"}
+    # INT8 graphs are left out like engines: which candidate wins depends on timings of this machine
+    d["files"] = {
+        k: v for k, v in d["files"].items() if ".engine" not in k and k != "timing.cache" and ".int8" not in k
+    }
     for g in d["graphs"].values():
         g["engines"] = []
-    d["extra"] = {k: v for k, v in d["extra"].items() if k not in ("engines", "engine_note")}
+    drop = ("engines", "engine_note", "int8", "speed")
+    d["extra"] = {k: v for k, v in d["extra"].items() if k not in drop}
+    d["extra"]["checks"] = {k: v for k, v in d["extra"].get("checks", {}).items() if not k.endswith(".int8")}
+    for variants in d["extra"].get("variants", {}).values():
+        variants.pop("int8", None)
     return json.dumps(d, sort_keys=True)
 
 
@@ -232,6 +329,95 @@ def _concrete_shapes(graph: ExportGraph, inputs: list, outputs: list) -> tuple[l
     return inputs, outputs
 
 
+def _ship_run_files(run_dir: Path, staging: Path) -> dict:
+    """The run's config, class record and safetensors weights, for `rsz-infer --backend torch` (the model
+    code comes from rsz_train; nothing pickled is shipped or loaded)."""
+    from rsz_train.runs import CLASSES, CONFIG, WEIGHTS
+
+    shipped = {"config": CONFIG, "classes": CLASSES, "weights": WEIGHTS}
+    record = {}
+    for key, name in shipped.items():
+        target = f"run.{name}"
+        shutil.copyfile(run_dir / name, staging / target)
+        record[key] = target
+    return record
+
+
+def _int8_variant(
+    graph: ExportGraph, fp32_path: Path, staging: Path, source: ExportSource, extra: dict, keep_qdq: bool
+) -> None:
+    """The INT8 graph of one role (export.int8): candidates measured on the check tiles, the fastest that
+    passes shipped as <role>.int8.onnx; none passing ships none and says why (extra["int8"][role])."""
+    from export.int8 import quantize_graph, time_graph
+
+    check = np.ascontiguousarray(source.int8_check, dtype=np.float32)
+    reference = TorchRunner(graph.module, input_names=graph.input_names, output_names=graph.output_names)
+    expected = reference.infer({"image": check})
+    out_path = staging / f"{graph.role}.int8.onnx"
+    result = quantize_graph(
+        fp32_path,
+        out_path,
+        expected,
+        source.calibration,
+        check,
+        source.class_embeddings,
+        source.model.scoring_rule,
+        keep_qdq=keep_qdq,
+    )
+    record = result.record() | {"calibration": source.calibration_info}
+    speed = extra.setdefault("speed", {}).setdefault("cpu", {})
+    speed.setdefault("batch", result.batch)
+    speed.setdefault("fp32", round(result.fp32_ms_per_batch, 2))
+    fp16_name = extra["variants"][graph.role].get("fp16")
+    if fp16_name and graph.role == "image":
+        speed["fp16"] = round(time_graph(staging / fp16_name, "image", check[: result.batch]), 2)
+    if result.chosen is None:
+        record["note"] = "no INT8 graph shipped: no candidate passed the check"
+    else:
+        extra["variants"][graph.role]["int8"] = out_path.name
+        extra["checks"][f"{graph.role}.int8"] = {
+            "min_cosine": result.chosen.min_cosine,
+            "label_changes": result.chosen.label_changes,
+            "tiles": len(check),
+            "tiles_from": source.calibration_info.get("check_source", ""),
+        }
+        if graph.role == "image":
+            speed["int8"] = round(result.chosen.ms_per_batch, 2)
+    if result.qdq is not None and result.qdq.path is not None:
+        record["qdq_graph"] = result.qdq.path.name
+    extra.setdefault("int8", {})[graph.role] = record
+
+
+def _int8_engine(
+    role: str,
+    info: dict,
+    spec: GraphSpec,
+    staging: Path,
+    lib,
+    batch: ShapeRange,
+    seq: ShapeRange,
+    extra: dict,
+) -> None:  # noqa: ANN001 - lib: TrtLib
+    """A TensorRT engine from the role's QDQ INT8 graph (TensorRT and TensorRT-RTX import Q/DQ nodes)."""
+    qdq_name = info.get("qdq_graph")
+    if not qdq_name:
+        info["engine_note"] = "no INT8 engine: no QDQ graph passed the check (a dynamic graph does not parse)"
+        return
+    qdq_path = staging / qdq_name
+    profile = optimisation_profile(onnx_input_dims(qdq_path), batch, seq)
+    engine_path = staging / f"{role}.int8.engine"
+    try:
+        sidecar = build_engine(qdq_path, engine_path, profile, "int8", staging / "timing.cache", lib=lib)
+    except RszError as err:
+        info["engine_note"] = f"no INT8 engine: {str(err).replace(str(staging) + '/', '')}"
+        if qdq_name != spec.onnx and qdq_name != extra["variants"][role].get("int8"):
+            qdq_path.unlink()  # kept only as the engine's source
+            del info["qdq_graph"]
+        return
+    spec.engines.append(engine_path.name)
+    extra["engines"][engine_path.name] = sidecar
+
+
 def _write_bundle(
     source: ExportSource,
     graphs: list[ExportGraph],
@@ -267,6 +453,8 @@ def _write_bundle(
         specs[graph.role] = GraphSpec(
             onnx=default_path.name, precision=precision, inputs=inputs, outputs=outputs
         )
+        if source.calibration is not None and graph.role in INT8_ROLES:
+            _int8_variant(graph, fp32_path, staging, source, extra, keep_qdq=lib is not None)
 
     if lib is None:
         extra["engine_note"] = "no TensorRT engines (--engine none, or no TensorRT library imports)"
@@ -281,7 +469,11 @@ def _write_bundle(
             )
             spec.engines.append(engine_path.name)
             extra["engines"][engine_path.name] = sidecar
+        for role, info in extra.get("int8", {}).items():
+            _int8_engine(role, info, specs[role], staging, lib, batch, seq, extra)
 
+    if source.run_dir is not None:
+        extra["torch"] = _ship_run_files(source.run_dir, staging)
     has_text = "text" in specs
     if has_text and source.tokenizer_json is not None:
         shutil.copyfile(source.tokenizer_json, staging / "tokenizer.json")

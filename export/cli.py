@@ -37,6 +37,16 @@ BUILD_OPTIONS = [
         default=None,
         help="metres per pixel of the training images (rsz-infer --gsd auto)",
     ),
+    click.option(
+        "--int8",
+        is_flag=True,
+        help="also an INT8 image graph, chosen and checked on real tiles (export.int8)",
+    ),
+    click.option(
+        "--calibration",
+        type=click.Path(path_type=Path),
+        help="--int8: folder of tiles to calibrate on (default: the run's training tiles)",
+    ),
 ]
 
 
@@ -46,14 +56,15 @@ def _with_build_options(func):  # noqa: ANN001, ANN202
     return func
 
 
-def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd) -> None:  # noqa: ANN001
+def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, calibration) -> None:  # noqa: ANN001
     from export.api import export
 
     if model_kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
     bundle = export(
-        run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd
-    )
+        run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd,
+        int8=int8, calibration=calibration,
+    )  # fmt: skip
     _report(bundle)
 
 
@@ -65,6 +76,18 @@ def _report(bundle: Path) -> None:
         f"{bundle}: {manifest.model_kind} bundle, graphs {', '.join(manifest.graphs)} "
         f"({manifest.extra.get('default_precision')}); {note}"
     )
+    for role, info in manifest.extra.get("int8", {}).items():
+        chosen = info.get("method")
+        check = manifest.extra["checks"].get(f"{role}.int8", {})
+        click.echo(
+            f"  int8 {role}: "
+            + (
+                f"{chosen} ({len(info['excluded_nodes'])} nodes kept in float), cosine "
+                f"{check['min_cosine']:.4f}, {check['label_changes']} of {check['tiles']} labels changed"
+                if chosen
+                else info.get("note", "none")
+            )
+        )
 
 
 @click.group(invoke_without_command=True)

@@ -13,6 +13,11 @@ from rsz_infer.runners.base import Runner
 FP32_MAX_RELATIVE_ERROR = 1e-4  # max |a-b| / max |reference|, per output
 FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs the FP32 reference
 FP32_MIN_COSINE = 0.9999  # the same for the FP32 graph (besides the relative error)
+# INT8 (export.int8), on real tiles only: every embedding row at cosine >= INT8_MIN_COSINE against PyTorch
+# FP32, and at most INT8_MAX_LABEL_CHANGE of the tiles (rounded down: none for fewer than 100 tiles) with
+# another top-1 class, which bounds the change of any accuracy figure on such tiles to about one point.
+INT8_MIN_COSINE = 0.995
+INT8_MAX_LABEL_CHANGE = 0.01
 
 
 @dataclass
@@ -54,6 +59,43 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.min()) if cos.size else 1.0
 
 
+def label_changes(
+    reference: np.ndarray, candidate: np.ndarray, class_embeddings: np.ndarray, scoring_rule: str
+) -> int:
+    """How many rows of two embedding batches get a different top-1 class."""
+    from rsz_infer.scoring import class_logits
+
+    top_ref = class_logits(reference, class_embeddings, scoring_rule, 1.0).argmax(1)
+    top_got = class_logits(candidate, class_embeddings, scoring_rule, 1.0).argmax(1)
+    return int((top_ref != top_got).sum())
+
+
+def agreement(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    class_embeddings: np.ndarray | None,
+    scoring_rule: str = "cosine",
+) -> dict:
+    """The INT8 check of one graph's outputs on real tiles: min embedding cosine, label changes, verdict."""
+    ref, got = reference["embedding"], candidate["embedding"]
+    if not np.isfinite(got).all():
+        return {"min_cosine": 0.0, "label_changes": len(got), "passed": False, "reason": "NaN or inf"}
+    cosine = _min_cosine(got, ref)
+    changes = 0 if class_embeddings is None else label_changes(ref, got, class_embeddings, scoring_rule)
+    allowed = int(INT8_MAX_LABEL_CHANGE * len(ref))
+    reasons = []
+    if cosine < INT8_MIN_COSINE:
+        reasons.append(f"embedding cosine {cosine:.5f} < {INT8_MIN_COSINE}")
+    if changes > allowed:
+        reasons.append(f"top-1 label of {changes} of {len(ref)} tiles changed (at most {allowed})")
+    return {
+        "min_cosine": cosine,
+        "label_changes": changes,
+        "passed": not reasons,
+        "reason": "; ".join(reasons),
+    }
+
+
 def compare(
     reference: Runner,
     candidate: Runner,
@@ -70,8 +112,6 @@ def compare(
     fp16: every `embedding` row at cosine >= FP16_MIN_COSINE and, given class embeddings, the same top-1
     class for every row.
     """
-    from rsz_infer.scoring import class_logits
-
     ref_name = f"{reference.library} ({reference.name})"  # "PyTorch (torch:cpu)"
     results = []
     for feed in feeds:
@@ -100,9 +140,9 @@ def compare(
                     f"{what}: {precision.upper()} embedding cosine {cosine:.5f} < {least} against {ref_name}"
                 )
         if precision == "fp16" and "embedding" in ref and class_embeddings is not None:
-            top_ref = class_logits(ref["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
-            top_got = class_logits(got["embedding"], class_embeddings, scoring_rule, 1.0).argmax(1)
-            changed = int((top_ref != top_got).sum())
+            changed = label_changes(ref["embedding"], got["embedding"], class_embeddings, scoring_rule)
             if changed:
-                raise RszError(f"{what}: FP16 changes the top-1 label of {changed} of {len(top_ref)} tiles")
+                raise RszError(
+                    f"{what}: FP16 changes the top-1 label of {changed} of {len(ref['embedding'])} tiles"
+                )
     return results

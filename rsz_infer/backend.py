@@ -1,8 +1,15 @@
-"""Runner selection: which backend runs a bundle graph here (TensorRT engine, ONNX Runtime or PyTorch).
+"""Runner selection: which backend runs a bundle graph here (TensorRT engine, ONNX Runtime or PyTorch),
+in which precision (the bundle's FP32, FP16 or INT8 variant of the graph).
 
 `auto` takes the fastest that works on this machine: a TensorRT engine when the bundle has one for the
 graph and a GPU is present, ONNX Runtime otherwise (with its CUDA/TensorRT providers when it has them).
 The choice and, for `auto`, the reason it fell back are reported through `runner.name` and `notes`.
+`--device cuda` with an ONNX Runtime that has no GPU provider is an error naming what to install.
+
+Precision `auto`: on the CPU the variant that export measured fastest (manifest extra "speed" "cpu"; every
+variant listed there passed its check, INT8 included); on a GPU FP16, then FP32 (INT8 only when asked:
+ONNX Runtime's CUDA provider runs QDQ graphs no faster than FP16); without measurements the graph's
+default precision.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from rsz_infer.runners.base import Runner
 
 BACKENDS = ("auto", "trt", "ort", "torch")
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "int8", "fp16", "fp32")
+GPU_PREFERENCE = ("fp16", "fp32", "int8")
+GPU_EXTRA_HINT = (
+    "install the GPU build: pip uninstall -y onnxruntime && pip install 'rsz[gpu]' (onnxruntime-gpu, "
+    "with CUDA 12 and cuDNN 9 on the machine)"
+)
 
 
 def gpu_present() -> bool:
@@ -24,6 +37,48 @@ def gpu_present() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def variants(manifest: Manifest, role: str) -> dict[str, str]:
+    """precision -> ONNX file of the role's graph (the default graph always among them)."""
+    graph = manifest.graphs[role]
+    found = dict(manifest.extra.get("variants", {}).get(role, {}))
+    found.setdefault(graph.precision, graph.onnx)
+    return found
+
+
+def choose_precision(manifest: Manifest, role: str, precision: str, device: str) -> str:
+    """The precision of the role's graph to run: `precision` when the bundle has it (the image graph must:
+    other graphs fall back to their default), or the auto rule of this module's docstring."""
+    if precision not in PRECISIONS:
+        raise RszError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    have = variants(manifest, role)
+    if precision != "auto":
+        if precision in have:
+            return precision
+        if role == "image":
+            raise RszError(
+                f"--precision {precision}: the bundle has no {precision} image graph (it has "
+                f"{', '.join(sorted(have))}; rsz-export --int8 / --fp16 add them)"
+            )
+    if device == "cpu":
+        speed = manifest.extra.get("speed", {}).get("cpu", {}) if role == "image" else {}
+        measured = {p: ms for p, ms in speed.items() if p in have and isinstance(ms, int | float)}
+        if measured:
+            return min(measured, key=measured.get)
+    elif role == "image":
+        return next(p for p in (*GPU_PREFERENCE, *have) if p in have)
+    return manifest.graphs[role].precision
+
+
+def ort_gpu_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return [
+        p
+        for p in ort.get_available_providers()
+        if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    ]
 
 
 def resolve_device(device: str) -> str:
@@ -41,23 +96,46 @@ def open_runner(
     backend: str = "auto",
     device: str = "auto",
     notes: list[str] | None = None,
+    precision: str = "auto",
 ) -> Runner:
     """A runner for the bundle's graph of this role ("image", "text", "semantic", "rerank").
 
-    notes, when given, collects one line per fallback `auto` made (for the run summary).
+    notes, when given, collects one line per choice `auto` made (device, provider, fallbacks; for the run
+    summary). The runner's `precision` says which variant of the graph runs.
     """
     bundle_dir = Path(bundle_dir)
     if backend not in BACKENDS:
         raise RszError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    asked = device
     device = resolve_device(device)
     graph = manifest.graphs.get(role)
     if graph is None:
         raise RszError(f"{bundle_dir}: the {manifest.model_kind} bundle has no {role!r} graph")
-    runner = _open(bundle_dir, manifest, graph, role, backend, device, notes)
+    if backend == "torch":  # the run's weights: any float precision, no ONNX variant needed
+        if precision not in PRECISIONS:
+            raise RszError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        chosen = ("fp16" if device == "cuda" else "fp32") if precision == "auto" else precision
+    else:
+        chosen = choose_precision(manifest, role, precision, device)
+    runner = _open(bundle_dir, manifest, graph, role, backend, device, notes, chosen)
+    if asked == "auto" and notes is not None and role == "image":
+        notes.append(_auto_device_note(device, runner))
     # the graph's own input types (ONNX Runtime, TensorRT) win; the manifest's fill in (a PyTorch module)
     runner.input_dtypes = {**{t.name: t.dtype for t in graph.inputs}, **runner.input_dtypes}
     runner.batch_range = _batch_range(graph, runner)
+    runner.precision = chosen
     return runner
+
+
+def _auto_device_note(device: str, runner: Runner) -> str:
+    """--device auto says what it took and why."""
+    why = "an NVIDIA GPU is visible" if device == "cuda" else "no NVIDIA GPU visible"
+    providers = getattr(runner, "providers", None)
+    took = f"provider {providers[0]}" if providers else f"runner {runner.name}"
+    line = f"auto: device {device} ({why}), {took}"
+    if device == "cuda" and providers and providers[0] == "CPUExecutionProvider":
+        line += f"; the GPU is unused: {GPU_EXTRA_HINT}"
+    return line
 
 
 def _batch_range(graph, runner: Runner) -> tuple[int, int | None]:
@@ -79,23 +157,41 @@ def _batch_range(graph, runner: Runner) -> tuple[int, int | None]:
     return 1, None
 
 
-def _open(bundle_dir, manifest, graph, role, backend, device, notes) -> Runner:
+def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) -> Runner:
+    if backend == "torch":
+        return _torch(bundle_dir, manifest, role, device, precision)
+    onnx_name = variants(manifest, role)[precision]
     if backend == "ort":
-        return _ort(bundle_dir, graph.onnx, device)
+        return _ort(bundle_dir, onnx_name, device)
     if backend == "trt":
         if device == "cpu":
             raise RszError("--backend trt: TensorRT needs a GPU; use --device cuda or --backend ort")
-        return _trt(bundle_dir, graph.engines, role)
-    if backend == "torch":
-        return _torch(bundle_dir, manifest, role, device)
+        return _trt(bundle_dir, _engines_of(bundle_dir, graph, precision), role)
     # auto
-    if device == "cuda" and graph.engines:
+    engines = _engines_of(bundle_dir, graph, precision)
+    if device == "cuda" and engines:
         try:
-            return _trt(bundle_dir, graph.engines, role)
+            return _trt(bundle_dir, engines, role)
         except RszError as err:
             if notes is not None:
                 notes.append(f"auto: TensorRT not usable for {role} ({err}); using ONNX Runtime")
-    return _ort(bundle_dir, graph.onnx, device)
+    return _ort(bundle_dir, onnx_name, device)
+
+
+def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # noqa: ANN001 - GraphSpec
+    """The graph's engines built in this precision (sidecar "precision"; older sidecars: the graph's)."""
+    from rsz_infer.trt_lib import sidecar_path
+
+    found = []
+    for name in graph.engines:
+        try:
+            side = json.loads(sidecar_path(bundle_dir / name).read_text(encoding="utf-8"))
+            built = side.get("precision", graph.precision)
+        except (OSError, ValueError, AttributeError):
+            built = graph.precision  # TrtRunner reports a missing or bad sidecar when it loads
+        if built == precision:
+            found.append(name)
+    return found
 
 
 def _ort(bundle_dir: Path, onnx_name: str, device: str) -> Runner:
@@ -104,7 +200,20 @@ def _ort(bundle_dir: Path, onnx_name: str, device: str) -> Runner:
     path = bundle_dir / onnx_name
     if not path.is_file():
         raise RszError(f"{path}: ONNX graph listed in the manifest is missing")
-    return OrtRunner(path, device=device)
+    if device == "cuda" and not ort_gpu_providers():
+        import onnxruntime as ort
+
+        raise RszError(
+            f"--device cuda: this onnxruntime {ort.__version__} has no GPU provider (only "
+            f"{', '.join(ort.get_available_providers())}); {GPU_EXTRA_HINT}"
+        )
+    runner = OrtRunner(path, device=device)
+    if device == "cuda" and runner.providers[0] == "CPUExecutionProvider":
+        raise RszError(
+            f"--device cuda: onnxruntime's GPU provider did not load here (CUDA or cuDNN libraries missing, "
+            f"or no GPU); {GPU_EXTRA_HINT}"
+        )
+    return runner
 
 
 def _trt(bundle_dir: Path, engines: list[str], role: str) -> Runner:
@@ -126,19 +235,13 @@ def _trt(bundle_dir: Path, engines: list[str], role: str) -> Runner:
     raise RszError(problems[0] if len(problems) == 1 else "; ".join(problems))
 
 
-def _torch(bundle_dir: Path, manifest: Manifest, role: str, device: str) -> Runner:
+def _torch(bundle_dir: Path, manifest: Manifest, role: str, device: str, precision: str) -> Runner:
     try:
         import torch  # noqa: F401 - only to say clearly when it is missing
     except ImportError:
-        raise RszError("--backend torch: PyTorch is not installed; use --backend ort or trt") from None
-    try:
-        from rsz_infer.runners import torch as torch_runners
-    except ImportError as err:
-        raise RszError(f"--backend torch: PyTorch runner unavailable ({err})") from None
-    from_bundle = getattr(torch_runners.TorchRunner, "from_bundle", None)
-    if from_bundle is None:
         raise RszError(
-            "--backend torch: not available for bundles (a bundle holds ONNX graphs and engines, "
-            "not PyTorch weights); use --backend ort or trt"
-        )
-    return from_bundle(bundle_dir, manifest, role, device)
+            "--backend torch: PyTorch is not installed (pip install 'rsz[train]'); use --backend ort or trt"
+        ) from None
+    from rsz_infer.runners.torch import bundle_runner
+
+    return bundle_runner(bundle_dir, manifest, role, device, precision)

@@ -177,6 +177,7 @@ class EngineOptions:
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
+    precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)
 
 
 @dataclass
@@ -199,7 +200,9 @@ class ImageEngine:
         decoder, native = open_decoding(
             options.decoder, options.preprocess, manifest.preprocess, options.device, notes
         )
-        runner = open_runner(model, manifest, "image", options.backend, options.device, notes)
+        runner = open_runner(
+            model, manifest, "image", options.backend, options.device, notes, options.precision
+        )
         batch_size = runner.batch_size(options.batch)
         if batch_size != options.batch:
             low, high = runner.batch_range

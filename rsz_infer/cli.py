@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from rsz_infer.backend import BACKENDS, DEVICES
+from rsz_infer.backend import BACKENDS, DEVICES, PRECISIONS
 from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
 from rsz_infer.images import TileOptions, parse_bands
@@ -65,7 +65,15 @@ def _runtime_options(f):
     )(f)  # fmt: skip
     f = click.option("--workers", default=0, help="Decoding threads (0: one per core, up to 8).")(f)
     f = click.option("--batch", default=32, show_default=True, help="Tiles per engine call.")(f)
-    f = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)(f)
+    f = click.option(
+        "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+        help="Image graph variant. auto: the fastest that passed its check on this device (CPU: as measured "
+        "by rsz-export; GPU: fp16).",
+    )(f)  # fmt: skip
+    f = click.option(
+        "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+        help="auto: cuda when an NVIDIA GPU is visible (the summary says which device and provider ran).",
+    )(f)  # fmt: skip
     f = click.option(
         "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
         help="auto: TensorRT engine when it loads on this GPU, else ONNX Runtime.",
@@ -126,6 +134,7 @@ def label_command(
         model=Path(model),
         backend=kw["backend"],
         device=kw["device"],
+        precision=kw["precision"],
         batch=kw["batch"],
         top_k=top_k,
         seen_calibration=seen_calibration,
@@ -177,7 +186,10 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         _tiles(kw),
         method=search_method,
         progress=not quiet,
-        **{k: kw[k] for k in ("backend", "device", "batch", "workers", "decoder", "preprocess", "gsd")},
+        **{
+            k: kw[k]
+            for k in ("backend", "device", "batch", "workers", "decoder", "preprocess", "gsd", "precision")
+        },
     )
     summary = build_index(cfg)
     click.echo(summary.line(cfg.out), err=True)

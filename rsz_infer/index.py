@@ -140,11 +140,12 @@ class IndexConfig:
     decoder: str = "auto"
     preprocess: str = "auto"
     gsd: str = "auto"  # auto | off | metres per pixel (pipeline.resolve_gsd); an existing index keeps its own
+    precision: str = "auto"  # image graph variant (rsz_infer.backend)
 
     @property
     def engine(self) -> EngineOptions:
         return EngineOptions(
-            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess
+            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess, self.precision
         )
 
 
@@ -231,7 +232,7 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
         )
         raise KeyboardInterrupt
     return IndexSummary(
-        len(rows), len(known), counts.skipped, counts.nodata, engine.runner.name, search,
+        len(rows), len(known), counts.skipped, counts.nodata, f"{engine.runner.name} {engine.runner.precision}", search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
         resize_note=counts.resize_note(),
     )  # fmt: skip

@@ -92,11 +92,12 @@ class LabelConfig:
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
     progress: bool = True
+    precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)
 
     @property
     def engine(self) -> EngineOptions:
         return EngineOptions(
-            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess
+            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess, self.precision
         )
 
 
@@ -316,7 +317,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     )
     summary = Summary(
         counts.embedded, counts.skipped, counts.nodata, len(tiles) - len(todo), time.perf_counter() - start,
-        engine.runner.name, total_errors=written["errors"], notes=engine.notes, decode=engine.decode_line(),
+        f"{engine.runner.name} {engine.runner.precision}", total_errors=written["errors"], notes=engine.notes,
+        decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,
         loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(), class_maps=written["class_maps"],
     )  # fmt: skip

@@ -23,6 +23,7 @@ class Runner(ABC):
     _outputs: list[str]
     input_dtypes: dict[str, str] = {}  # noqa: RUF012 - per instance when set: input name -> numpy dtype
     batch_range: tuple[int, int | None] = (1, None)  # (min, max) batch the graph accepts; max None: any
+    precision: str = "fp32"  # the graph variant that runs (rsz_infer.backend.choose_precision)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Feeds and outputs are host numpy arrays keyed by tensor name."""

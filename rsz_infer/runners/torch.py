@@ -102,3 +102,47 @@ class TorchRunner(Runner):
                 value = value.float()
             result[name] = value.cpu().numpy()
         return result
+
+
+def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:  # noqa: ANN001
+    """The PyTorch module of a bundle's graph, from the run's weights the bundle ships (safetensors, listed
+    and hash-checked in the manifest like every file; never a pickle). On CUDA: FP16 (precision auto),
+    torch.compile and one CUDA graph per batch shape (rsz-infer's batches all have one shape)."""
+    import tempfile
+    from pathlib import Path
+
+    files = manifest.extra.get("torch")
+    if not files:
+        raise RszError(
+            f"--backend torch: {bundle_dir} carries no PyTorch weights (made before bundles shipped them, "
+            "or not from a run); re-export it with rsz-export, or use --backend ort or trt"
+        )
+    if precision == "int8":
+        raise RszError("--backend torch: no INT8 in the PyTorch backend; use --backend ort --precision int8")
+    try:
+        from rsz_train.runs import CLASSES, CONFIG, WEIGHTS, load_run
+    except ImportError as err:
+        raise RszError(
+            f"--backend torch: needs the training side (pip install 'rsz[train]'): {err}"
+        ) from None
+    bundle_dir = Path(bundle_dir)
+    with tempfile.TemporaryDirectory(prefix="rsz-torch-") as tmp:
+        # load_run reads a run folder: link the bundle's copies under the run's file names
+        for name, key in ((CONFIG, "config"), (WEIGHTS, "weights"), (CLASSES, "classes")):
+            (Path(tmp) / name).symlink_to((bundle_dir / files[key]).resolve())
+        model, _ = load_run(tmp)
+    graph = next((g for g in model.export_graphs() if g.role == role), None)
+    if graph is None:
+        raise RszError(f"{bundle_dir}: the {model.kind} model has no {role!r} graph")
+    on_gpu = device.startswith("cuda")
+    runner = TorchRunner(
+        graph.module,
+        device=device,
+        fp16=precision == "fp16",
+        compile=on_gpu,
+        cuda_graphs=on_gpu,
+        input_names=graph.input_names,
+        output_names=graph.output_names,
+    )
+    runner.precision = precision
+    return runner

@@ -78,3 +78,42 @@ def test_export_real_run_builds_an_engine_per_graph(
     for role, graph in manifest.graphs.items():
         assert graph.precision == "fp16"
         assert graph.engines == [f"{role}.engine"] and (out / f"{role}.engine").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """--int8 calibrates on the run's training tiles by default and checks on its validation tiles; the
+    bundle ships the run's safetensors, so rsz-infer --backend torch labels as ONNX Runtime FP32 does."""
+    import csv
+
+    from rsz_infer.cli import label_command
+
+    run, bench = dsva_run
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        main, ["--model", "dsva", "--run", str(run), "--int8", "--engine", "none", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "int8 image:" in result.output
+    manifest = load_manifest(out)
+    calibration = manifest.extra["int8"]["image"]["calibration"]
+    assert calibration["source"] == str(bench / "images") and len(calibration["sha256"]) == 64
+    assert "validation tiles" in calibration["check_source"]
+    assert manifest.extra["torch"]["weights"] in manifest.files
+    classes = tmp_path / "new.txt"
+    classes.write_text("forest: dense trees\nlake: still blue water\ndesert: bare sand\n", encoding="utf-8")
+    tiles = bench / "images" / sorted(p.name for p in (bench / "images").iterdir())[0]
+    labels, summaries = {}, {}
+    for name, extra in (("ort", ["--precision", "fp32"]), ("torch", []), ("auto", [])):
+        csv_path = tmp_path / f"{name}.csv"
+        args = [str(tiles), "--classes", str(classes), "--model", str(out), "--out", str(csv_path), "--quiet"]
+        backend = ["--backend", name] if name != "auto" else []
+        done = CliRunner().invoke(label_command, [*args, *backend, *extra, "--device", "cpu"])
+        assert done.exit_code == 0, done.output
+        summaries[name] = done.output
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            labels[name] = [row["label_1"] for row in csv.DictReader(f)]
+    assert labels["torch"] == labels["ort"] and len(labels["ort"]) > 0
+    assert "backend torch:cpu fp32" in summaries["torch"] and "backend ort:cpu fp32" in summaries["ort"]
+    fastest = min(("fp32", "int8"), key=lambda p: manifest.extra["speed"]["cpu"].get(p, 1e9))
+    assert f"backend ort:cpu {fastest}" in summaries["auto"]

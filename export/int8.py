@@ -1,0 +1,285 @@
+"""FP32 ONNX -> INT8 ONNX through onnxruntime.quantization, chosen by measurement on real tiles.
+
+Candidates, all made from the FP32 graph after `quant_pre_process` (shape inference + ORT's basic
+optimisations, which the quantizer wants):
+  dynamic          quantize_dynamic: MatMul/Gemm weights INT8, activations quantized at run time
+  static           quantize_static, QDQ, INT8 activations and weights (symmetric, per channel), calibrated
+                   on the calibration tiles (CalibrationDataReader below)
+  static-mixed     the same, the nodes that lose accuracy in INT8 kept in float (nodes_to_exclude):
+                   Softmax, LayerNorm and its decomposition, GELU's Erf
+  static-mixed-ends  also the first and the last MatMul/Gemm/Conv (patch embedding, output head)
+Each candidate is checked like FP16 (export.compare: embedding cosine against PyTorch FP32 on real tiles, and
+top-1 labels) and timed; the fastest that passes is shipped. None passing: no INT8 graph (a note says why).
+The QDQ candidates use symmetric INT8 activations and weights, the form TensorRT and TensorRT-RTX import
+("explicit quantization"), so the engine is built from the same graph ONNX Runtime checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.compare import INT8_MAX_LABEL_CHANGE, INT8_MIN_COSINE, agreement
+from rsz_infer.errors import RszError
+
+# Ops whose INT8 version loses the most: exponentials and normalisations (as for FP16, export.fp16).
+SENSITIVE_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Gelu")
+WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
+STATIC_CANDIDATES = ("static", "static-mixed", "static-mixed-ends")
+CALIBRATION_BATCH = 16
+TIMING_ITERS = 3
+
+
+@dataclass
+class Candidate:
+    method: str
+    path: Path | None
+    excluded: list[str] = field(default_factory=list)
+    min_cosine: float = 0.0
+    label_changes: int = 0
+    ms_per_batch: float = 0.0
+    passed: bool = False
+    reason: str = ""
+
+    def record(self) -> dict:
+        return {
+            "method": self.method,
+            "excluded_nodes": len(self.excluded),
+            "min_cosine": round(self.min_cosine, 6),
+            "label_changes": self.label_changes,
+            "ms_per_batch": round(self.ms_per_batch, 2),
+            "passed": self.passed,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Int8Result:
+    """What quantize_graph found: the chosen graph (None when no candidate passed) and every measurement."""
+
+    chosen: Candidate | None
+    qdq: Candidate | None  # the fastest passing QDQ graph: TensorRT engines are built from it
+    candidates: list[Candidate]
+    fp32_ms_per_batch: float
+    batch: int
+
+    def record(self) -> dict:
+        return {
+            "method": self.chosen.method if self.chosen else None,
+            "excluded_nodes": self.chosen.excluded if self.chosen else [],
+            "fp32_ms_per_batch": round(self.fp32_ms_per_batch, 2),
+            "timing_batch": self.batch,
+            "bound": {"min_cosine": INT8_MIN_COSINE, "max_label_change": INT8_MAX_LABEL_CHANGE},
+            "candidates": [c.record() for c in self.candidates],
+        }
+
+
+def tiles_hash(paths: list[Path], root: Path) -> str:
+    """sha256 over the calibration files' relative names and contents (what the manifest records)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode("utf-8") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+class TileReader:
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed tiles, in batches."""
+
+    def __init__(self, input_name: str, tiles: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self.input_name, self.tiles, self.batch = input_name, tiles, batch
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._start >= len(self.tiles):
+            return None
+        chunk = self.tiles[self._start : self._start + self.batch]
+        self._start += self.batch
+        return {self.input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._start = 0
+
+    def __iter__(self):  # noqa: ANN204 - the reader protocol of onnxruntime.quantization
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _reader(input_name: str, tiles: np.ndarray):  # noqa: ANN202 - a CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(TileReader, CalibrationDataReader):
+        pass
+
+    return Reader(input_name, tiles)
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """quant_pre_process (symbolic shape inference, ORT basic optimisation, ONNX shape inference); graphs
+    whose shapes the symbolic pass cannot follow get the ONNX shape inference only."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(fp32_path), str(out_path))
+    except Exception:  # noqa: BLE001 - the symbolic pass raises many kinds of errors on exotic graphs
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
+def _excluded_nodes(model: onnx.ModelProto, method: str) -> list[str]:
+    if method == "static":
+        return []
+    nodes = list(model.graph.node)
+    excluded = [n.name for n in nodes if n.op_type in SENSITIVE_OPS]
+    if method == "static-mixed-ends":
+        weighted = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
+        excluded += weighted[:1] + weighted[-1:]
+    return excluded
+
+
+def _merge_every(batches: int) -> dict:
+    """CalibMaxIntermediateOutputs: merge the ranges every k batches (bounded memory). ORT 1.2x-1.3x lose
+    everything when k divides the batch count (the last merge empties the buffer, then "No data is
+    collected"), so k never does."""
+    for k in (4, 5, 6, 7, 9, 11):
+        if batches > k and batches % k:
+            return {"CalibMaxIntermediateOutputs": k}
+    return {}
+
+
+def _quantize(method: str, pre_path: Path, out: Path, input_name: str, tiles: np.ndarray) -> Candidate:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if method == "dynamic":
+        quantize_dynamic(
+            str(pre_path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8
+        )
+        return Candidate(method, out)
+    excluded = _excluded_nodes(onnx.load(str(pre_path), load_external_data=False), method)
+    quantize_static(
+        str(pre_path),
+        str(out),
+        _reader(input_name, tiles),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        calibrate_method=CalibrationMethod.MinMax,
+        # symmetric INT8 and float biases: what TensorRT imports (its parser refuses an INT32 bias
+        # DequantizeLinear); ranges merged every few batches, so calibration memory stays bounded
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            **_merge_every(-(-len(tiles) // CALIBRATION_BATCH)),
+        },
+    )
+    return Candidate(method, out, excluded)
+
+
+def _keep(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def int8_ops(path: Path) -> int:
+    """Weighted ops that compute in INT8 in a quantized graph (a candidate with none is no INT8 graph)."""
+    model = onnx.load(str(path), load_external_data=False)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    integer = {"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul"}
+    return sum(
+        n.op_type in integer or (n.op_type in WEIGHTED_OPS and any(i in dequantized for i in n.input[:2]))
+        for n in model.graph.node
+    )
+
+
+def time_graph(path: Path, input_name: str, batch: np.ndarray, iters: int = TIMING_ITERS) -> float:
+    """Median ms of one batch through ONNX Runtime as rsz-infer opens it (after one warm-up call)."""
+    from rsz_infer.runners.ort import OrtRunner
+
+    runner = OrtRunner(path, device="cpu")
+    feeds = {input_name: batch}
+    runner.infer(feeds)
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        runner.infer(feeds)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e3)
+
+
+def quantize_graph(
+    fp32_path: Path,
+    out_path: Path,
+    reference: dict[str, np.ndarray],
+    calibration: np.ndarray,
+    check: np.ndarray,
+    class_embeddings: np.ndarray | None,
+    scoring_rule: str,
+    methods: tuple[str, ...] = ("dynamic", *STATIC_CANDIDATES),
+    keep_qdq: bool = False,
+) -> Int8Result:
+    """The INT8 variant of the image graph `fp32_path`, written to `out_path` when one passes.
+
+    reference: PyTorch FP32 outputs on `check` (validation tiles, never the test split); calibration:
+    preprocessed tiles for the static candidates. keep_qdq: when the fastest is not a QDQ graph, also keep
+    the fastest passing QDQ graph beside it (`<out stem>.qdq.onnx`), for the TensorRT engine."""
+    from rsz_infer.runners.ort import OrtRunner
+
+    if len(calibration) == 0 or len(check) == 0:
+        raise RszError(f"{fp32_path}: INT8 needs calibration and check tiles (none found)")
+    input_name = "image"
+    timing = np.ascontiguousarray(check[: min(32, len(check))], dtype=np.float32)
+    root = logging.getLogger()  # the quantizer warns on the root logger (per-channel axis of norm weights)
+    level, root.level = root.level, logging.ERROR
+    candidates: list[Candidate] = []
+    with tempfile.TemporaryDirectory(prefix="rsz-int8-") as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        fp32_ms = time_graph(fp32_path, input_name, timing)
+        for method in methods:
+            path = Path(tmp) / f"{method}.onnx"
+            try:
+                candidate = _quantize(method, pre, path, input_name, calibration)
+                got = OrtRunner(path, device="cpu").infer({input_name: np.ascontiguousarray(check)})
+            except Exception as err:  # noqa: BLE001 - a quantizer failure leaves this candidate out
+                text = str(err).strip().splitlines()
+                candidates.append(
+                    Candidate(method, path, reason=f"failed: {text[0] if text else err!r}"[:200])
+                )
+                continue
+            found = agreement(reference, got, class_embeddings, scoring_rule)
+            candidate.min_cosine, candidate.label_changes = found["min_cosine"], found["label_changes"]
+            candidate.passed, candidate.reason = found["passed"], found["reason"]
+            if not int8_ops(path):
+                candidate.passed, candidate.reason = False, "no MatMul/Gemm/Conv left in INT8"
+            if candidate.passed:
+                candidate.ms_per_batch = time_graph(path, input_name, timing)
+            candidates.append(candidate)
+        passing = sorted((c for c in candidates if c.passed), key=lambda c: c.ms_per_batch)
+        chosen = passing[0] if passing else None
+        qdq = next((c for c in passing if c.method != "dynamic"), None)
+        if chosen is not None:
+            chosen.path = _keep(chosen.path, out_path)
+        if qdq is not None and qdq is not chosen:
+            qdq.path = _keep(qdq.path, out_path.with_suffix(".qdq.onnx")) if keep_qdq else None
+    root.setLevel(level)
+    return Int8Result(chosen, qdq, candidates, fp32_ms, len(timing))

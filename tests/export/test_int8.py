@@ -1,0 +1,134 @@
+"""INT8 export (export.int8): candidates measured on tiles, the check that refuses a bad graph, the manifest
+record, a TensorRT-RTX engine from the QDQ graph, and rsz-infer's --precision choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from export.api import export_model, int8_tiles
+from export.int8 import int8_ops
+from rsz_infer.backend import choose_precision, open_runner
+from rsz_infer.bundle import load_manifest
+from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
+from rsz_infer.runners.ort import OrtRunner
+from rsz_infer.trt_lib import sidecar_path
+
+from .test_export import SIZE, ToyModel, _Image, _source
+
+
+class _Outlier(_Image):
+    """A middle layer whose weights INT8 cannot hold: one input column of 1e4 (fed by an input that is
+    always 0, so FP32 never sees it) sets every channel's scale, and the real weights round to zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mid = nn.Linear(9, 8)
+        with torch.no_grad():
+            self.mid.weight[:, 0] = 1e4
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(image)).mean(dim=(2, 3))
+        x = self.mid(torch.cat([x[:, :1] * 0.0, x], dim=1))
+        return F.normalize(self.head(x), dim=1)
+
+
+def _int8_source(model, tmp: Path):  # noqa: ANN001, ANN202
+    source = _source(model, tmp)
+    rng = np.random.default_rng(3)
+    source.calibration = rng.standard_normal((48, 3, SIZE, SIZE)).astype(np.float32)
+    source.int8_check = rng.standard_normal((24, 3, SIZE, SIZE)).astype(np.float32)
+    source.calibration_info = {"source": "toy", "tiles": 48, "sha256": "ab" * 32, "check_source": "toy"}
+    return source
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("int8")
+    return export_model(_int8_source(ToyModel(), tmp), tmp / "bundle", engine="trt", batch="1:4:8")
+
+
+def test_int8_graph_is_checked_recorded_and_close_to_pytorch(int8_bundle: Path) -> None:
+    manifest = load_manifest(int8_bundle)
+    info = manifest.extra["int8"]["image"]
+    name = manifest.extra["variants"]["image"]["int8"]
+    assert name == "image.int8.onnx" and name in manifest.files
+    assert info["calibration"]["sha256"] == "ab" * 32 and info["method"] in ("dynamic", "static")
+    assert {c["method"] for c in info["candidates"]} >= {"dynamic", "static", "static-mixed"}
+    check = manifest.extra["checks"]["image.int8"]
+    assert check["min_cosine"] >= 0.995 and check["tiles"] == 24
+    assert int8_ops(int8_bundle / name) > 0  # really INT8 inside
+    # the shipped graph against PyTorch on tiles it was not calibrated on
+    model = ToyModel().eval()
+    x = np.random.default_rng(9).standard_normal((6, 3, SIZE, SIZE)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.image(torch.from_numpy(x)).numpy()
+    got = OrtRunner(int8_bundle / name).infer({"image": x})["embedding"]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.99
+    assert set(manifest.extra["speed"]["cpu"]) >= {"fp32", "int8", "batch"}
+
+
+def test_int8_tensorrt_rtx_engine_from_the_qdq_graph(int8_bundle: Path) -> None:
+    manifest = load_manifest(int8_bundle)
+    info = manifest.extra["int8"]["image"]
+    assert "image.int8.engine" in manifest.graphs["image"].engines, info.get("engine_note")
+    side = json.loads(sidecar_path(int8_bundle / "image.int8.engine").read_text(encoding="utf-8"))
+    assert side["precision"] == "int8" and side["onnx"] == info["qdq_graph"]
+    assert info["qdq_graph"] in manifest.files
+
+
+def test_a_graph_int8_breaks_is_not_shipped(tmp_path: Path) -> None:
+    bundle = export_model(_int8_source(ToyModel(_Outlier()), tmp_path), tmp_path / "b", engine="none")
+    manifest = load_manifest(bundle)
+    info = manifest.extra["int8"]["image"]
+    assert info["method"] is None and "no candidate passed" in info["note"]
+    assert all(not c["passed"] and c["reason"] for c in info["candidates"]), info["candidates"]
+    assert "int8" not in manifest.extra["variants"]["image"] and not list(bundle.glob("*int8*"))
+    with pytest.raises(RszError, match="--precision int8: the bundle has no int8 image graph"):
+        open_runner(bundle, manifest, "image", "ort", "cpu", precision="int8")
+
+
+def test_precision_auto_takes_the_measured_fastest_on_cpu(int8_bundle: Path) -> None:
+    manifest = load_manifest(int8_bundle)
+    manifest.extra["speed"]["cpu"] = {"batch": 8, "fp32": 5.0, "int8": 2.0}
+    assert choose_precision(manifest, "image", "auto", "cpu") == "int8"
+    manifest.extra["speed"]["cpu"]["fp32"] = 1.0
+    assert choose_precision(manifest, "image", "auto", "cpu") == "fp32"
+    assert choose_precision(manifest, "image", "int8", "cpu") == "int8"
+    assert choose_precision(manifest, "text", "int8", "cpu") == "fp32"  # no INT8 text graph: its default
+    runner = open_runner(int8_bundle, load_manifest(int8_bundle), "image", "ort", "cpu", precision="int8")
+    assert runner.precision == "int8"
+
+
+def test_cuda_without_gpu_provider_names_what_to_install(int8_bundle: Path) -> None:
+    manifest = load_manifest(int8_bundle)
+    with pytest.raises(RszError, match=r"no GPU provider.*pip install 'rsz\[gpu\]' \(onnxruntime-gpu"):
+        open_runner(int8_bundle, manifest, "image", "ort", "cuda")
+    notes: list[str] = []
+    open_runner(int8_bundle, manifest, "image", "auto", "auto", notes)
+    assert any(n.startswith("auto: device cpu") and "CPUExecutionProvider" in n for n in notes), notes
+
+
+def test_calibration_folder_holds_out_check_tiles_and_is_hashed(tmp_path: Path) -> None:
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"t{i}.png")
+    spec = PreprocessSpec(size=SIZE)
+    calibration, check, info = int8_tiles(tmp_path, {}, spec, folder)
+    assert calibration.shape == (6, 3, SIZE, SIZE) and check.shape == (2, 3, SIZE, SIZE)
+    assert "held out" in info["check_source"] and info["tiles"] == 6
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "t0.png")
+    assert int8_tiles(tmp_path, {}, spec, folder)[2]["sha256"] != info["sha256"]
+    with pytest.raises(RszError, match="pass --calibration DIR"):
+        int8_tiles(tmp_path, {}, spec, None)
