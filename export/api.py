@@ -101,6 +101,22 @@ def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
     return np.stack(arrays)
 
 
+def _rsz_layout_data(report: dict) -> tuple[Path | None, str]:
+    """(DIR, split name) of a run trained on an rsz-layout folder that is still here, else (None, "").
+    report["data"] is the run's DataSource record (older runs: the folder as a string)."""
+    data = report.get("data")
+    if isinstance(data, dict):
+        if data.get("layout") != "rsz" or not data.get("split_file"):
+            return None, ""
+        folder = Path(data["split_file"])
+        data_dir, name = folder.parent.parent, folder.name
+    elif isinstance(data, str) and report.get("split"):
+        data_dir, name = Path(data), str(report["split"])
+    else:
+        return None, ""
+    return (data_dir, name) if (data_dir / "splits" / name / "seen.txt").is_file() else (None, "")
+
+
 def int8_tiles(
     run_dir: Path, report: dict, spec: PreprocessSpec, calibration_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -110,12 +126,12 @@ def int8_tiles(
     (val_seen + val_unseen) when its data folder is here, else every 4th calibration file, held out."""
     from export.int8 import tiles_hash
 
-    data_dir = Path(report["data"]) if report.get("data") else None
+    data_dir, split_name = _rsz_layout_data(report)
     split = None
-    if data_dir is not None and (data_dir / "splits" / str(report.get("split"))).is_dir():
+    if data_dir is not None:
         from rsz_train.data.formats import load_split
 
-        split = load_split(data_dir, str(report["split"]))
+        split = load_split(data_dir, split_name)
     if calibration_dir is not None:
         root, files = Path(calibration_dir), tile_files(calibration_dir)
         if not files:
@@ -125,12 +141,12 @@ def int8_tiles(
         files = [root / p for p in split.train]
     else:
         raise RszError(
-            f"{run_dir}: the run's training tiles are not here (report.json names no data folder that "
-            "exists); pass --calibration DIR"
+            f"{run_dir}: the run's training tiles are not here (report.json names no rsz-layout data folder "
+            "that exists); pass --calibration DIR"
         )
     if split is not None:
         check_files = [data_dir / "images" / p for p in split.val_seen + split.val_unseen]
-        check_from = f"validation tiles of {data_dir} split {report['split']}"
+        check_from = f"validation tiles of {data_dir} split {split_name}"
     else:
         check_files, files = files[3::4], [f for i, f in enumerate(files) if i % 4 != 3]
         check_from = f"every 4th tile of {root}, held out of calibration"

@@ -231,8 +231,9 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
             file=sys.stderr,
         )
         raise KeyboardInterrupt
+    backend = f"{engine.runner.name} {engine.runner.precision}"
     return IndexSummary(
-        len(rows), len(known), counts.skipped, counts.nodata, f"{engine.runner.name} {engine.runner.precision}", search,
+        len(rows), len(known), counts.skipped, counts.nodata, backend, search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
         resize_note=counts.resize_note(),
     )  # fmt: skip
