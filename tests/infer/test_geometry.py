@@ -48,12 +48,21 @@ def test_overlap_gives_the_expected_windows(tmp_path):
 
 def test_cli_overlap_reaches_the_windows(bundles, class_file, tmp_path, capsys):
     scene = _scene(tmp_path / "scene.tif")
-    out = tmp_path / "labels.jsonl"
+    out = tmp_path / "labels.geojson"
     args = [scene, "--classes", class_file, "--model", bundles["msa"], "--out", out]
     code, _, _ = run_cli([*args, "--tile-size", "32", "--overlap", "8", "--quiet"], capsys)
     assert code == 0
-    windows = sorted(tuple(json.loads(line)["window"]) for line in out.read_text().splitlines())
-    assert windows == _grid([0, 24, 48, 68], [0, 24, 38], 32)
+    features = json.loads(out.read_text())["features"]
+    window_of = [_window(f["properties"]["window"]) for f in features]
+    assert sorted(window_of) == _grid([0, 24, 48, 68], [0, 24, 38], 32)
+    with rasterio.open(scene) as ds:  # the written footprints too (GeoJSON keeps 7 decimals: 5e-8 degrees)
+        for feature, window in zip(features, window_of):
+            _assert_footprint(feature["geometry"], _expected_ring(ds, *window))
+
+
+def _window(value: str | list) -> tuple[int, ...]:
+    """A window property as written: "col,row,width,height" (or a list)."""
+    return tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
 
 
 def _expected_ring(ds, col: int, row: int, width: int, height: int) -> np.ndarray:
