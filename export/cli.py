@@ -121,7 +121,20 @@ def build(**options) -> None:  # noqa: ANN003
 @_with_build_options
 @one_line_errors
 def clip(
-    checkpoint, arch, templates, model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd
+    checkpoint,
+    arch,
+    templates,
+    model_kind,
+    run_dir,
+    fp16,
+    engine,
+    batch,
+    out,
+    force,
+    tiles,
+    gsd,
+    int8,
+    calibration,
 ) -> None:  # noqa: ANN001
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
     from export.clip import arch_note, export_clip
@@ -131,7 +144,7 @@ def clip(
     out = out if out is not None else Path("models") / checkpoint.stem
     bundle, model = export_clip(
         checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles,
-        gsd=gsd,
+        gsd=gsd, int8=int8, calibration=calibration,
     )  # fmt: skip
     click.echo(f"{checkpoint}: {arch_note(model)}", err=True)
     _report(bundle)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from export.api import ExportSource, export_model, load_tiles
+from export.api import ExportSource, export_model, int8_tiles, load_tiles
 from export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
+from rsz_infer.errors import RszError
 from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
 from rsz_train.models.clip import ClipModel, load_clip
 
@@ -66,9 +67,20 @@ def export_clip(
     force: bool = False,
     tiles: Path | str | None = None,
     gsd: float | None = None,
+    int8: bool = False,
+    calibration: Path | str | None = None,
 ) -> tuple[Path, ClipModel]:
-    """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>)."""
+    """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>).
+
+    `int8`: also an INT8 image graph (export.int8), calibrated on the tiles of `calibration` (required: a
+    checkpoint comes with no training tiles) and checked on every 4th of them, held out."""
     checkpoint = Path(checkpoint)
+    if int8 and calibration is None:
+        raise RszError(
+            "rsz-export clip --int8: pass --calibration DIR (tiles to calibrate and check INT8 on)"
+        )
+    if calibration is not None and not int8:
+        raise RszError("--calibration: only used with --int8")
     template_list = read_templates(templates) if templates is not None else list(DEFAULT_TEMPLATES)
     model = load_clip(checkpoint, arch)
     out = Path(out) if out is not None else Path("models") / checkpoint.stem
@@ -77,5 +89,9 @@ def export_clip(
         tokenizer_json = write_tokenizer_json(tokenizer, Path(tmp) / "tokenizer.json")
         source = clip_source(model, tokenizer_json, template_list, None if tiles is None else Path(tiles))
         source.gsd = gsd  # metres per pixel the checkpoint was trained at, when the user knows it
+        if int8:
+            source.calibration, source.int8_check, source.calibration_info = int8_tiles(
+                checkpoint, {}, model.preprocess, Path(calibration)
+            )
         bundle = export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
     return bundle, model

@@ -1,0 +1,69 @@
+"""rsz-export clip --int8: the INT8 step is the same for a CLIP bundle's image graph as for trained runs
+(a real open_clip ViT with random weights, calibrated on PNG tiles written here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from export.cli import main as export_main
+from rsz_infer.bundle import load_manifest
+from rsz_train.models.clip import import_open_clip
+
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    oc = import_open_clip()
+    folder = tmp_path_factory.mktemp("clip_int8")
+    (folder / "rsz-int8-vit.json").write_text(json.dumps(TINY_VIT), encoding="utf-8")
+    oc.add_model_config(folder / "rsz-int8-vit.json")
+    torch.manual_seed(0)
+    net = oc.create_model("rsz-int8-vit", pretrained=None).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "vit.safetensors"))
+    tiles = folder / "tiles"
+    tiles.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        base = rng.integers(0, 255, (1, 1, 3))
+        tile = np.clip(base + rng.integers(-40, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(tile).save(tiles / f"t{i:02d}.png")
+    return folder / "vit.safetensors", tiles
+
+
+def test_clip_bundle_gets_a_checked_int8_image_graph(checkpoint, tmp_path):
+    weights, tiles = checkpoint
+    out = tmp_path / "clip8"
+    args = ["clip", "--checkpoint", str(weights), "--arch", "rsz-int8-vit", "--engine", "none"]
+    args += ["--int8", "--calibration", str(tiles), "--out", str(out)]
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out)
+    info = manifest.extra["int8"]["image"]
+    assert info["calibration"]["tiles"] == 18 and info["calibration"]["check_tiles"] == 6
+    assert len(info["candidates"]) == 4 and all("min_cosine" in c for c in info["candidates"])
+    if info["method"]:  # shipped only when the check passed
+        assert manifest.extra["checks"]["image.int8"]["min_cosine"] >= 0.995
+        assert manifest.extra["variants"]["image"]["int8"] == "image.int8.onnx"
+    else:
+        assert "no candidate passed" in info["note"]
+
+
+def test_clip_int8_needs_calibration_tiles(checkpoint, tmp_path):
+    weights, _ = checkpoint
+    args = ["clip", "--checkpoint", str(weights), "--arch", "rsz-int8-vit", "--engine", "none", "--int8"]
+    result = CliRunner().invoke(export_main, [*args, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "pass --calibration DIR" in result.output
+    assert len(result.output.strip().splitlines()) == 1
