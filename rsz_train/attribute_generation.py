@@ -3,13 +3,16 @@
 Two routes:
 - from images (what the paper describes and its code omits): under a dual image/text encoder, a class's
   value for an attribute is the mean, over that class's training images, of the cosine similarity
-  between the image and the attribute phrase. Any dual encoder plugs in through two callables, e.g. an
-  MSA model trained by rsz (`model_encoders`) or a CLIP model.
+  between the image and the attribute phrase. Any dual encoder plugs in through two callables: an MSA
+  run trained by rsz (`model_encoders`), or a CLIP model as the paper used, from a CLIP bundle
+  (`rsz-export clip`) or straight from a CLIP checkpoint (`dual_encoder`); under CLIP a phrase is the
+  bundle's prompt ensemble filled with it (rsz_infer.prompts), as a class is at labeling.
 - from text alone (the default for training, and the only route for a class without images): the class
   description against the attribute phrases, rsz_infer.semantics.attribute_vectors through the stock
   MiniLM (`attributes_from_text`); inference computes exactly this for a new class file.
 
-Training mixes them with `train.semantics: images` and `train.dual_encoder_run: runs/msa`
+Training mixes them with `train.semantics: images` and `train.dual_encoder_run: runs/msa` (or a CLIP
+bundle folder, an open_clip checkpoint file or a Hugging Face CLIPModel folder)
 (rsz_train.train.build_semantics -> `generated_attributes`): training classes by the image route, val
 and unseen classes (whose images a model may not see) by the text route, every row normalised alike.
 """
@@ -17,12 +20,14 @@ and unseen classes (whose images a model may not see) by the text route, every r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rsz_infer.errors import RszError
+from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.scoring import l2_normalize
 from rsz_infer.semantics import decorrelate_phrases, normalize_attribute_rows
 
@@ -128,6 +133,96 @@ def dual_encoder_from_run(
         raise RszError(f"{run_dir}: is a {info.kind} run, but a dual encoder needs an image-text run (msa)")
     encode_images, encode_texts = model_encoders(model, info.preprocess, device)
     return encode_images, encode_texts, info
+
+
+@dataclass
+class DualEncoder:
+    """Two aligned encoders and what attribute generation must know about them."""
+
+    encode_images: ImageEncoder  # [N, S, S, 3] uint8, S = preprocess.size
+    encode_texts: TextEncoder  # attribute phrases -> embeddings (CLIP: through the prompt ensemble)
+    preprocess: PreprocessSpec
+    seen: list[str]  # classes it was trained on (rsz runs); a val/unseen one among them would leak
+
+
+def dual_encoder(path: Path | str, device: str = "cpu") -> DualEncoder:
+    """The dual encoder at `path`: an MSA run folder, a CLIP (or MSA) bundle folder, or a CLIP checkpoint
+    (open_clip .pt/.bin/.safetensors state dict, or a Hugging Face CLIPModel folder)."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return _bundle_encoder(path)
+    if path.is_file() or (path / "config.json").is_file():
+        return _clip_checkpoint_encoder(path, device)
+    encode_images, encode_texts, info = dual_encoder_from_run(path, device)
+    return DualEncoder(encode_images, encode_texts, info.preprocess, list(info.seen))
+
+
+def _ensemble(encode: TextEncoder, templates: list[str]) -> TextEncoder:
+    """Phrases through a prompt ensemble: each phrase is the normalised mean of its filled templates."""
+
+    def encode_phrases(phrases: list[str]) -> np.ndarray:
+        prompts = [t.replace("{}", p) for p in phrases for t in templates]
+        emb = l2_normalize(np.asarray(encode(prompts), dtype=np.float32)).reshape(
+            len(phrases), len(templates), -1
+        )
+        return l2_normalize(emb.mean(axis=1))
+
+    return encode_phrases
+
+
+def _bundle_encoder(bundle: Path) -> DualEncoder:
+    """The ONNX graphs of a bundle with aligned image and text graphs (clip, msa), on ONNX Runtime."""
+    from rsz_infer.backend import open_runner
+    from rsz_infer.bundle import load_manifest
+    from rsz_infer.classes import encode_texts, load_tokenizer
+    from rsz_infer.preprocess import to_model_input
+
+    manifest = load_manifest(bundle)
+    if manifest.class_embedding not in ("templates", "text"):
+        raise RszError(f"{bundle}: a {manifest.model_kind} bundle; a dual encoder needs a clip or msa bundle")
+    tokenizer = load_tokenizer(bundle, manifest)
+
+    def images_fn(images: np.ndarray) -> np.ndarray:
+        runner = open_runner(bundle, manifest, "image", "ort", "cpu")
+        try:
+            x = np.stack([to_model_input(image, manifest.preprocess) for image in images])
+            return runner.infer({"image": x})["embedding"]
+        finally:
+            runner.close()
+
+    def texts_fn(texts: list[str]) -> np.ndarray:
+        runner = open_runner(bundle, manifest, "text", "ort", "cpu")
+        try:
+            return encode_texts(runner, tokenizer, list(texts))["embedding"]
+        finally:
+            runner.close()
+
+    if manifest.class_embedding == "templates":
+        texts_fn = _ensemble(texts_fn, manifest.prompt_templates)
+    return DualEncoder(images_fn, texts_fn, manifest.preprocess, list(manifest.seen_classes))
+
+
+def _clip_checkpoint_encoder(path: Path, device: str) -> DualEncoder:
+    """A CLIP checkpoint in PyTorch (rsz_train.models.clip), phrases through rsz's default templates."""
+    import torch
+
+    from rsz_infer.preprocess import to_model_input
+    from rsz_infer.prompts import DEFAULT_TEMPLATES
+    from rsz_train.models.clip import load_clip
+
+    model = load_clip(path).to(device)
+
+    @torch.no_grad()
+    def images_fn(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.stack([to_model_input(image, model.preprocess) for image in images]))
+        return model.encode_images(x.to(device)).float().cpu().numpy()
+
+    @torch.no_grad()
+    def texts_fn(texts: list[str]) -> np.ndarray:
+        tokens = {k: v.to(device) for k, v in model.tokenize(list(texts)).items()}
+        return model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().cpu().numpy()
+
+    return DualEncoder(images_fn, _ensemble(texts_fn, list(DEFAULT_TEMPLATES)), model.preprocess, [])
 
 
 def model_encoders(model, spec, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:  # noqa: ANN001

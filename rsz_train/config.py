@@ -43,7 +43,9 @@ class TrainConfig:
     # Class attribute vectors: "text" (from descriptions) | "matrix" (ground truth) | "images" (DSVA's
     # generation: training classes from their training images under dual_encoder_run, the others from text)
     semantics: str = "text"
-    dual_encoder_run: str | None = None  # semantics "images": an msa run folder (rsz_train.runs.load_run)
+    # semantics "images": an msa run folder, a clip (or msa) bundle, or a CLIP checkpoint (open_clip file or
+    # Hugging Face CLIPModel folder); rsz_train.attribute_generation.dual_encoder
+    dual_encoder_run: str | None = None
     # Text route of the attribute vectors: ridge that decorrelates the attribute phrases, 0 = plain cosines
     # (rsz_infer.semantics.attribute_vectors); the bundle manifest carries it so inference does the same.
     phrase_ridge: float = 0.0

@@ -117,19 +117,23 @@ def _image_attributes(  # noqa: ANN001
     phrase_ridge: float,
 ) -> tuple[np.ndarray, list[str]]:
     """The "images" route of build_semantics: training images of the training classes only."""
-    from rsz_train.attribute_generation import dual_encoder_from_run, generated_attributes
+    from rsz_train.attribute_generation import dual_encoder, generated_attributes
 
     if not dual_encoder_run:
         raise RszError(
-            "train.semantics is 'images' but train.dual_encoder_run is not set (an msa run folder)"
+            "train.semantics is 'images' but train.dual_encoder_run is not set "
+            "(an msa run folder, a clip bundle or a CLIP checkpoint)"
         )
     if split is None:
         raise RszError("train.semantics 'images': needs the split whose training images it may use")
     if not isinstance(dual_encoder_run, str):
-        raise RszError(f"train.dual_encoder_run {dual_encoder_run!r}: expected the path of an msa run folder")
-    encode_images, encode_texts, info = dual_encoder_from_run(dual_encoder_run, device)
+        raise RszError(
+            f"train.dual_encoder_run {dual_encoder_run!r}: expected the path of an msa run folder, "
+            "a clip bundle or a CLIP checkpoint"
+        )
+    encoder = dual_encoder(dual_encoder_run, str(device))
     held_out = set(split.val) | set(split.unseen)
-    leaked = sorted(held_out & set(info.seen))
+    leaked = sorted(held_out & set(encoder.seen))
     if leaked:
         raise RszError(
             f"{dual_encoder_run}: the dual encoder trained on images of {leaked[0]!r}, "
@@ -138,11 +142,12 @@ def _image_attributes(  # noqa: ANN001
     train_classes = set(split.seen) - set(split.val)
     label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
     paths = [p for p in split.train if p in label_of and data.class_names[label_of[p]] in train_classes]
-    images = td.load_images(data.root, paths, info.preprocess.size)
+    images = td.load_images(data.root, paths, encoder.preprocess.size)
     labels = np.array([label_of[p] for p in paths], dtype=np.int64)
     return generated_attributes(
-        descriptions, phrases, images, labels, encode_images, encode_texts, phrase_ridge=phrase_ridge
-    )
+        descriptions, phrases, images, labels, encoder.encode_images, encoder.encode_texts,
+        phrase_ridge=phrase_ridge,
+    )  # fmt: skip
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -293,6 +293,19 @@ class ClipModel(RszModel):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self._text_module()(input_ids, attention_mask)
 
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """The checkpoint's own tokenizer: open_clip.tokenize (padded with 0 to the context), or the
+        CLIPTokenizer of the Hugging Face folder."""
+        if self.is_hf:
+            from transformers import CLIPTokenizer
+
+            folder = Path(self.source.path)
+            tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+            out = tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length)
+            return {k: torch.tensor(out[k], dtype=torch.int64) for k in ("input_ids", "attention_mask")}
+        ids = import_open_clip().tokenize(list(texts), context_length=self.context_length)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
     def encode_classes(self, class_inputs: dict[str, Tensor]) -> Tensor:
         return self.encode_text(class_inputs["input_ids"], class_inputs["attention_mask"])
 
