@@ -81,6 +81,7 @@ class SceneInfo:
     rule: str
     crs: str | None = None  # the source CRS ("EPSG:32633", or WKT); None: pixel coordinates only
     scale: float = 1.0  # source pixels per model-side pixel (--gsd); windows are read resampled by it
+    palette: np.ndarray | None = None  # [256, 3] uint8 colour table of a paletted band (GIF/PNG 'P', GTiff)
 
 
 @dataclass(frozen=True)
@@ -236,15 +237,23 @@ def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
     dtype = ds.dtypes[0]
     stretch = None
     rule = band_rule
-    if dtype != "uint8":
+    palette = palette_of(ds, bands)
+    if palette is not None:
+        rule = "palette to rgb"
+    elif dtype != "uint8":
         stretch = _percentiles(_stretch_sample(ds, bands))
         rule += f"; {dtype} {STRETCH_RULE} per scene"
     crs = ds.crs.to_string() if ds.crs else None
     scale = _gsd_scale(ds, options)
     if scale != 1.0:
-        method = "average" if scale > 1 else "bilinear"
+        method = _resampling_name(scale, palette is not None)
         rule += f"; resampled {options.gsd * (1 / scale):.3g} m -> {options.gsd:.3g} m per pixel ({method})"
-    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale)
+    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale, palette)
+
+
+def _resampling_name(scale: float, paletted: bool) -> str:
+    """GDAL resampling for --gsd: colour-table indices are categories (nearest); else average or bilinear."""
+    return "nearest" if paletted else "average" if scale > 1 else "bilinear"
 
 
 def source_gsd(ds) -> float | None:
@@ -360,6 +369,23 @@ def _footprint(ds, window: tuple[int, int, int, int] | None) -> dict:
 # ---------------------------------------------------------------- decoding
 
 
+def palette_of(ds, bands: tuple[int, ...]) -> np.ndarray | None:
+    """The colour table of a single paletted 8-bit band as a [256, 3] lookup, else None."""
+    from rasterio.enums import ColorInterp
+
+    if (
+        len(bands) != 1
+        or ds.dtypes[bands[0] - 1] != "uint8"
+        or ds.colorinterp[bands[0] - 1] != ColorInterp.palette
+    ):
+        return None
+    table = np.zeros((256, 3), np.uint8)
+    for index, rgba in ds.colormap(bands[0]).items():
+        if 0 <= index < 256:
+            table[index] = rgba[:3]
+    return table
+
+
 def choose_bands(count: int, requested: tuple[int, ...] | None, where: str) -> tuple[tuple[int, ...], str]:
     """Which 1-based bands make R, G, B (or one grey band), and the rule that says so."""
     if requested is not None and count > 1:
@@ -462,8 +488,10 @@ def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
 
         _, _, width, height = tile.window
         shape = (len(scene.bands), max(1, round(height / scene.scale)), max(1, round(width / scene.scale)))
-        method = Resampling.average if scene.scale > 1 else Resampling.bilinear
+        method = Resampling[_resampling_name(scene.scale, scene.palette is not None)]
         data = ds.read(list(scene.bands), window=window, out_shape=shape, resampling=method)
+    if scene.palette is not None:
+        return scene.palette[data[0]], scene.rule
     return _to_rgb8(data, scene.stretch), scene.rule
 
 
@@ -473,6 +501,9 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     with rasterio.open(path) as ds:
         bands, rule = choose_bands(ds.count, options.bands, path)
         data = ds.read(list(bands))
+        palette = palette_of(ds, bands)
+    if palette is not None:
+        return palette[data[0]], "palette to rgb"
     if data.dtype != np.uint8:
         rule += f"; {data.dtype} {STRETCH_RULE} per image"
     return _to_rgb8(data, None), rule

@@ -116,6 +116,7 @@ def test_gdal_virtual_paths_reach_gdal_untouched(bundles, class_file, tmp_path):
         z.write(scene, "inner/scene.tif")
     zipped = f"/vsizip/{archive}/inner/scene.tif"
     in_memory = "/vsimem/rsz-test/red.tif"
+    url = f"file://{scene}"  # a URL, as s3:// or https:// are: handed to GDAL as written (no network here)
     profile = {"count": 3, "width": 40, "height": 40, "dtype": "uint8", "crs": "EPSG:32633"}
     with rasterio.open(
         in_memory, "w", driver="GTiff", transform=from_origin(5e5, 5e6, 10, 10), **profile
@@ -124,11 +125,12 @@ def test_gdal_virtual_paths_reach_gdal_untouched(bundles, class_file, tmp_path):
     try:
         out = tmp_path / "labels.jsonl"
         summary = _label(
-            bundles["msa"], class_file, [zipped, in_memory], out, tiles=TileOptions(tile_size=40)
+            bundles["msa"], class_file, [zipped, in_memory, url], out, tiles=TileOptions(tile_size=40)
         )
-        assert (summary.labeled, summary.skipped) == (2, 0)
+        assert (summary.labeled, summary.skipped) == (3, 0)
         rows = {r["tile"]: r for r in read_jsonl(out)}
-        assert set(rows) == {zipped, in_memory}  # the names exactly as given: no Path() on the way
+        assert set(rows) == {zipped, in_memory, url}  # the names exactly as given: no Path() on the way
+        assert rows[url]["labels"][0] == "green"
         assert rows[zipped]["labels"][0] == "green" and rows[in_memory]["labels"][0] == "red"
         ring = np.array(rows[zipped]["footprint"]["coordinates"][0])
         assert np.abs(ring - _expected_ring(str(scene), None)).max() < FOOTPRINT_TOLERANCE
@@ -470,3 +472,29 @@ def test_explain_gives_top_attributes_and_attention_overlays(dsva_bundle, bundle
     # other bundles have no per-attribute scores: one clear line, before any work
     with pytest.raises(RszError, match="--explain: .* msa bundle"):
         _label(bundles["msa"], class_file, tiles, tmp_path / "x.csv", explain=True)
+
+
+def test_rasters_are_found_by_opening_not_by_suffix(bundles, class_file, tmp_path):
+    folder = tmp_path / "mixed"
+    write_geotiff(folder / "scene.data", bands_first(solid("red", 40)))  # a GeoTIFF with an odd name
+    profile = {"count": 3, "width": 40, "height": 40, "dtype": "uint8"}
+    with rasterio.open(folder / "frame.ntf", "w", driver="NITF", **profile) as ds:  # NITF, no CRS
+        ds.write(bands_first(solid("blue", 40)))
+    # a large paletted PNG: GDAL reads one band of indices, rsz applies the colour table
+    palette = np.zeros((40, 100, 3), np.uint8)
+    palette[:] = (220, 30, 30)
+    Image.fromarray(np.tile(palette, (3, 3, 1))).convert("P").save(folder / "paletted.png")
+    (folder / "notes.txt").write_text("not a raster")
+    (folder / "table.bin").write_bytes(b"\x00\x01" * 100)
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [folder], out, tiles=TileOptions(tile_size=64))
+    rows = read_jsonl(out)
+    by_file = {}
+    for r in rows:
+        by_file.setdefault(Path(r["path"]).name, set()).add(r["labels"][0])
+    assert by_file == {"scene.data": {"red"}, "frame.ntf": {"blue"}, "paletted.png": {"red"}}
+    assert {r["rule"] for r in rows if r["path"].endswith("paletted.png")} == {"palette to rgb"}
+    assert summary.skipped == 0  # the text and binary files are not rasters: ignored inside a folder
+    # named on their own, they are skipped rows that say why
+    named = list(discover_tiles([folder / "table.bin"], TileOptions()))
+    assert named[0].problem.startswith("not a raster GDAL can open")
