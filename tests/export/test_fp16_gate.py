@@ -1,4 +1,6 @@
-"""The FP16 gate of rsz-export on graphs that must fail it, and the Comparator on outputs of known cosine.
+"""The FP16 gate of rsz-export on graphs that must fail it, the Comparator on outputs of known cosine, and the
+INT8 gate (export.compare.agreement) on known cosines and label changes (test_int8.py exports a graph that
+INT8 breaks).
 
 Real drift, no mocked runtime: ONNX Runtime runs the FP16 graph that export.fp16 writes.
 - An image head whose weights sit below FP16's normal range (6e-5): FP16 holds them as subnormals with a
@@ -161,3 +163,40 @@ def test_comparator_on_a_known_cosine():
     assert zeros.min_cosine == 1.0  # ... except with zeros
     with pytest.raises(RszError, match="g.onnx: output embedding has NaN or inf"):
         compare(reference, _runner(_Scale(float("inf"))), feeds, "fp16", "g.onnx")
+
+
+# ---------------------------------------------------------------- the INT8 gate (export.compare.agreement)
+
+
+def _near_the_boundary(rows: int, flipped: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings a hair on class 0's side of the 0/1 boundary, and a copy with `flipped` rows a hair on
+    class 1's side (cosine to the original > 0.99999)."""
+    rest = np.random.default_rng(1).standard_normal((rows, 6))
+    reference = np.column_stack([np.full(rows, 1.001), np.ones(rows), rest])
+    candidate = reference.copy()
+    candidate[:flipped, 0] = 0.999
+    return reference.astype(np.float32), candidate.astype(np.float32)
+
+
+def test_int8_agreement_on_known_cosines_and_label_changes():
+    from export.compare import INT8_MIN_COSINE, agreement
+
+    x = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    for cosine, passed in ((INT8_MIN_COSINE + 1e-3, True), (INT8_MIN_COSINE - 1e-3, False)):
+        rotated = _Rotate(np.arccos(cosine))(torch.from_numpy(x)).numpy()
+        found = agreement({"embedding": x}, {"embedding": rotated}, None)
+        assert found["min_cosine"] == pytest.approx(cosine, abs=1e-6) and found["passed"] is passed
+        assert passed or found["reason"] == f"embedding cosine {cosine:.5f} < {INT8_MIN_COSINE}"
+    zeros = agreement({"embedding": x}, {"embedding": np.zeros_like(x)}, None)
+    assert not zeros["passed"] and zeros["min_cosine"] == 0.0
+
+    classes = np.eye(8, dtype=np.float32)[:2]  # class 0 and class 1 axes
+    # at most 1% of the tiles (rounded down) may change their top-1 class
+    for rows, flipped, passed in ((100, 1, True), (100, 2, False), (99, 1, False), (100, 0, True)):
+        reference, candidate = _near_the_boundary(rows, flipped)
+        found = agreement({"embedding": reference}, {"embedding": candidate}, classes)
+        assert found["label_changes"] == flipped and found["min_cosine"] > 0.99999
+        assert found["passed"] is passed, (rows, flipped, found)
+        if not passed:
+            allowed = rows // 100
+            assert found["reason"] == f"top-1 label of {flipped} of {rows} tiles changed (at most {allowed})"
