@@ -305,3 +305,22 @@ def test_torch_runner_fp16_copy_and_no_gpu_error() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RszError, match="no CUDA GPU"):
             TorchRunner(module, device="cuda")
+
+
+def test_training_gsd_goes_into_the_manifest(tmp_path: Path) -> None:
+    """rsz-export --gsd: the bundle records the ground resolution the model was trained at (rsz-infer --gsd
+    auto resamples scene windows to it); without it the manifest says null."""
+    from dataclasses import replace
+
+    from rsz_infer.images import TileOptions
+    from rsz_infer.pipeline import resolve_gsd
+
+    source = _source(ToyModel(), tmp_path)
+    with_gsd = export_model(replace(source, gsd=0.3), tmp_path / "gsd", engine="none")
+    without = export_model(source, tmp_path / "plain", engine="none")
+    assert load_manifest(with_gsd).gsd == 0.3 and load_manifest(without).gsd is None
+    assert resolve_gsd("auto", load_manifest(with_gsd), TileOptions()).gsd == 0.3
+    assert resolve_gsd("auto", load_manifest(without), TileOptions()).gsd is None
+    assert resolve_gsd("off", load_manifest(with_gsd), TileOptions()).gsd is None
+    with pytest.raises(RszError, match="--gsd -1: metres per pixel must be positive"):
+        resolve_gsd("-1", load_manifest(with_gsd), TileOptions())

@@ -316,10 +316,13 @@ def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, t
     class_map = tmp_path / "map.tif"
     gallery = tmp_path / "gallery.html"
     summary = _label(
-        bundles["msa"], class_file, [scene], tmp_path / "labels.csv", tiles=TileOptions(tile_size=200),
+        bundles["msa"], class_file, [scene], tmp_path / "labels.geojson", tiles=TileOptions(tile_size=200),
         class_map=class_map, class_map_scores=True, html=gallery,
     )  # fmt: skip
     assert (summary.labeled, summary.nodata) == (5, 1) and summary.class_maps == [class_map]
+    features = json.loads((tmp_path / "labels.geojson").read_text())["features"]
+    assert len(features) == 5
+    _check_footprints(features, str(scene))  # partly nodata windows keep their whole footprint
     names = ["red", "green", "blue"]
     with rasterio.open(class_map) as cm, rasterio.open(scene) as src:
         assert cm.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
