@@ -501,3 +501,43 @@ def test_rasters_are_found_by_opening_not_by_suffix(bundles, class_file, tmp_pat
     # named on their own, they are skipped rows that say why
     named = list(discover_tiles([folder / "table.bin"], TileOptions()))
     assert named[0].problem.startswith("not a raster GDAL can open")
+
+
+def test_cli_options_reach_the_engine(bundles, class_file, tmp_path, capsys):
+    from rsz_infer.cli import main
+
+    write_geotiff(tmp_path / "item" / "nir.tif", bands_first(solid("blue", 96)))
+    item = tmp_path / "item" / "item.json"
+    item.write_text(json.dumps(_stac_item("s", {"visual": "missing.tif", "nir": "nir.tif"})))
+    out, class_map, gallery = tmp_path / "l.parquet", tmp_path / "m.tif", tmp_path / "g.html"
+    args = [item, "--asset", "nir", "--classes", class_file, "--model", bundles["msa"], "--out", out]
+    args += [
+        "--tile-size",
+        48,
+        "--gsd",
+        "off",
+        "--class-map",
+        class_map,
+        "--class-map-scores",
+        "--html",
+        gallery,
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*args, "--quiet"]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0, err
+    assert "4 tiles labeled" in err and f"gallery of 4 tiles -> {gallery}" in err
+    import pyarrow.parquet as pq
+
+    assert set(pq.read_table(out).column("label_1").to_pylist()) == {"blue"}
+    with rasterio.open(class_map) as cm:
+        assert cm.count == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                str(a)
+                for a in [item, "--classes", class_file, "--model", bundles["msa"], "--explain", "--quiet"]
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--explain: " in err
