@@ -50,7 +50,7 @@ def _open_engine(spec: str, cfg: E2EConfig, tmp: Path) -> tuple[Any, PreprocessS
         )
         return runner, PreprocessSpec(size=ref.image_size), {"scoring_rule": "cosine", "logit_scale": 16.0}
     from rsz_infer.backend import open_runner
-    from rsz_infer.pipeline import open_bundle
+    from rsz_infer.bundle import open_bundle
 
     manifest = open_bundle(spec)
     runner = open_runner(spec, manifest, "image", cfg.backend, cfg.device)

@@ -19,6 +19,8 @@ from rsz_infer.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# rsz-infer's --model default, relative to where it runs; `rsz-train demo` makes it its bundle
+DEFAULT_MODEL = Path("models/default")
 
 
 def sha256_file(path: Path) -> str:
@@ -118,6 +120,28 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
     if verify:
         verify_files(bundle_dir, manifest)
     return manifest
+
+
+def bundles_near(folder: Path = Path()) -> list[Path]:
+    """Bundle folders under `folder`/models and `folder`/*/models (the demo's): for "did you mean" hints."""
+    found = sorted(folder.glob(f"models/*/{MANIFEST}")) + sorted(folder.glob(f"*/models/*/{MANIFEST}"))
+    return [p.parent for p in found]
+
+
+def open_bundle(model: Path | str) -> Manifest:
+    """The bundle at `model`, verified; when there is none, the error names the bundles that do exist."""
+    model = Path(model)
+    if not model.exists():
+        near = bundles_near()
+        if near:
+            hint = f"; pass --model {near[0]}" + (
+                f" (bundles here: {', '.join(map(str, near))})" if len(near) > 1 else ""
+            )
+        else:
+            hint = " (the README demo writes it: rsz-train demo)" if model == DEFAULT_MODEL else ""
+            hint += "; pass --model models/NAME"
+        raise RszError(f"{model}: no model bundle here{hint}")
+    return load_manifest(model)
 
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:

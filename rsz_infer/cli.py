@@ -10,6 +10,7 @@ Exit codes: 0 all done, 3 done but some tiles were skipped (see the .errors.csv)
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -17,13 +18,16 @@ from pathlib import Path
 import click
 
 from rsz_infer.backend import BACKENDS, DEVICES, PRECISIONS
+from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
 from rsz_infer.images import TileOptions, parse_bands
 from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
-from rsz_infer.pipeline import DEFAULT_MODEL, LabelConfig, label_tiles
+from rsz_infer.outputs import check_output_path
+from rsz_infer.pipeline import LabelConfig, label_tiles
 
+HTML_SUFFIXES = (".html", ".htm")
 EPILOG = (
     "More commands: 'rsz-infer index TILES... --model models/msa --out idx/' and "
     "'rsz-infer search idx/ --text \"a river crossing farmland\"' (each with --help). "
@@ -81,7 +85,7 @@ def _runtime_options(f):
     return f
 
 
-@click.command(name="rsz-infer", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="label", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("tiles", nargs=-1, required=True)
 @click.option("--classes", required=True, help="Class file: one 'name' or 'name: description' per line.")
 @click.option(
@@ -151,6 +155,8 @@ def label_command(
         preprocess=kw["preprocess"],
         progress=not quiet,
     )
+    if html_out:
+        check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
     summary = label_tiles(cfg)
     click.echo(summary.line(cfg.out), err=True)
     if summary.gallery_tiles is not None:
@@ -217,6 +223,8 @@ def search_command(
     """Top-k tiles of INDEX_DIR for --text or --image."""
     from rsz_infer.index import Index, search
 
+    if html_out:
+        check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
     hits = search(index_dir, text, image, k, rerank, Path(model) if model else None, backend, device)
     for hit in hits:
         if as_json:
@@ -245,17 +253,41 @@ def search_command(
         click.echo(f"rsz-infer search: gallery of {len(hits)} tiles -> {html_out}", err=True)
 
 
-COMMANDS = {"index": index_command, "search": search_command, "label": label_command}
+class LabelByDefault(click.Group):
+    """`rsz-infer TILES...` runs `label`; `index` and `search` are subcommands. A first word that is no
+    command, no file and close to a command name is a typo: "did you mean", not a labeling run."""
+
+    default = "label"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            first = args[0]
+            close = difflib.get_close_matches(first, list(self.commands), n=1, cutoff=0.6)
+            if close and not first.startswith("-") and not Path(first).exists():
+                ctx.fail(f"No such command '{first}'. Did you mean '{close[0]}'?")
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    name="rsz-infer",
+    cls=LabelByDefault,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+def cli() -> None:
+    """Label tiles with new classes (`rsz-infer TILES... --classes new.txt`, the default command), or index
+    tiles and search them by text or image."""
+
+
+cli.add_command(label_command, name="label")
+cli.add_command(index_command, name="index")
+cli.add_command(search_command, name="search")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `rsz-infer index|search ...`, otherwise the labeling command."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        name = args.pop(0)
-        COMMANDS[name].main(args=args, prog_name=f"rsz-infer {name}")
-    else:
-        label_command.main(args=args, prog_name="rsz-infer")
+    cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="rsz-infer")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ from rsz_infer.batching import (
     tile_record,
     warn,
 )
-from rsz_infer.bundle import Manifest, manifest_sha256
+from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classes import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
-from rsz_infer.pipeline import DEFAULT_MODEL, gsd_note, open_bundle, resolve_gsd
+from rsz_infer.pipeline import gsd_note, resolve_gsd
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 

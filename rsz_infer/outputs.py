@@ -32,6 +32,20 @@ def output_format(out: Path) -> str:
     return suffix
 
 
+def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """An output the run will write at the end: right suffix, not a folder, in a folder it can create or
+    write. Checked before any work, so a bad option never costs a finished run."""
+    if path.suffix.lower() not in suffixes:
+        raise RszError(f"{option} {path}: expected a {' or '.join(suffixes)} file")
+    if path.is_dir():
+        raise RszError(f"{option} {path}: is a folder, expected a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise RszError(f"{option} {path}: cannot write there ({folder} is not a writable folder)")
+
+
 def part_path(out: Path) -> Path:
     return out.with_name(out.name + ".part")
 

@@ -20,24 +20,15 @@ from rsz_infer.batching import (
     tile_record,
     warn,
 )
-from rsz_infer.bundle import Manifest, load_manifest, manifest_sha256
+from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classes import class_embeddings
 from rsz_infer.classfile import class_file_hash, read_class_file
 from rsz_infer.errors import RszError
 from rsz_infer.images import NodataTile, Tile, TileOptions, discover_tiles
-from rsz_infer.outputs import RunLog, output_format, part_path, write_outputs
+from rsz_infer.outputs import RunLog, check_output_path, output_format, part_path, write_outputs
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 
-DEFAULT_MODEL = Path("models/default")
 UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
-
-
-def open_bundle(model: Path | str) -> Manifest:
-    model = Path(model)
-    if not model.exists():
-        hint = " (the README demo writes it)" if model == DEFAULT_MODEL else ""
-        raise RszError(f"{model}: no model bundle here{hint}; pass --model models/NAME")
-    return load_manifest(model)
 
 
 def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptions) -> TileOptions:
@@ -239,6 +230,9 @@ def add_explanations(records: list[dict], outputs: dict[str, np.ndarray], attrib
 def _check_outputs(cfg: LabelConfig, tiles: list[Tile]) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
+    check_output_path(cfg.out, "--out", (cfg.out.suffix.lower(),))
+    if cfg.class_map is not None:
+        check_output_path(cfg.class_map, "--class-map", (".tif", ".tiff"))
     if cfg.class_map is not None and not any(t.window for t in tiles):
         raise RszError(
             f"--class-map {cfg.class_map}: no GeoTIFF scene among the inputs "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_train.data.formats import SceneData, Split, load_benchmark, load_split
 from rsz_train.models.registry import model_kinds
@@ -37,6 +39,21 @@ def _tool(name: str) -> str:
     """The console script next to this Python (works inside a venv that is not activated)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+def _publish_default(bundle: Path) -> None:
+    """Make the bundle rsz-infer's default `--model` (models/default here, a relative link), so the README's
+    `rsz-infer tiles/ --classes new.txt` runs right after the demo. A real models/default is left alone."""
+    default = DEFAULT_MODEL
+    if default.exists() and not default.is_symlink():
+        print(f"  ({default} is a bundle of yours, left as it is; the demo's is {bundle})", flush=True)
+        return
+    default.parent.mkdir(parents=True, exist_ok=True)
+    link = default.with_name(f".{default.name}.{os.getpid()}.tmp")
+    link.unlink(missing_ok=True)
+    link.symlink_to(os.path.relpath(bundle.resolve(), default.parent.resolve()), target_is_directory=True)
+    os.replace(link, default)  # replaces the link of an earlier demo, never a folder
+    print(f"  {default} -> {bundle} (rsz-infer's default --model)", flush=True)
 
 
 def _unseen_tiles(data: SceneData, split_info: Split, tiles_dir: Path) -> dict[str, str]:
@@ -138,6 +155,7 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
             "--force",
         ]
     )
+    _publish_default(bundle)
 
     tiles_dir, class_file = workdir / "unseen_tiles", workdir / "new.txt"
     shutil.rmtree(tiles_dir, ignore_errors=True)

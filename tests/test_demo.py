@@ -1,4 +1,5 @@
-"""The README's main job end to end, small: synth -> train -> export -> rsz-infer on unseen classes.
+"""The README's quick start, literally: `rsz-train demo` in a fresh folder, then the headline command
+`rsz-infer tiles/ --classes new.txt` with no --model (the demo makes its bundle models/default).
 
 Acceptance of the infer issue: labeling through ONNX Runtime (FP16 graphs, a class file the model never
 saw) gives the accuracy that training reported, within 0.5 points.
@@ -11,12 +12,13 @@ from pathlib import Path
 
 
 def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
-    rsz_train = Path(sys.executable).parent / "rsz-train"
+    tools = Path(sys.executable).parent
     result = subprocess.run(
-        [str(rsz_train), "demo", "--workdir", str(tmp_path / "demo"), "--per-class", "12", "--epochs", "1"],
+        [str(tools / "rsz-train"), "demo", "--workdir", "demo", "--per-class", "12", "--epochs", "1"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # the README runs it in the checkout; any folder works the same
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
@@ -28,3 +30,16 @@ def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
     tiles = list((tmp_path / "demo" / "unseen_tiles").iterdir())
     assert len(rows) == len(tiles) + 1  # header + every tile labeled
     assert (tmp_path / "demo" / "models" / "dsva" / "manifest.json").is_file()
+
+    # issue 16: the headline command right after the demo, with rsz-infer's default --model
+    assert "models/default -> demo/models/dsva" in out
+    headline = subprocess.run(
+        [str(tools / "rsz-infer"), "demo/unseen_tiles", "--classes", "demo/new.txt", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert headline.returncode == 0, headline.stderr[-2000:]
+    assert f"{len(tiles)} tiles labeled, 0 skipped" in headline.stderr
+    assert (tmp_path / "labels.csv").read_text() == (tmp_path / "demo" / "labels.csv").read_text()

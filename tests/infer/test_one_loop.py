@@ -92,6 +92,26 @@ def test_class_map_on_png_tiles_fails_before_decoding(bundles, class_file, tmp_p
     assert os.listdir(tmp_path) == ["tiles"]  # no y.csv.part, no y.csv
 
 
+def test_every_output_option_is_checked_before_decoding(bundles, class_file, tmp_path, capsys):
+    tiles = tmp_path / "tiles"
+    save(tiles / "a.png", solid("red", 24))
+    (tmp_path / "file").write_text("not a folder")
+    base = [tiles, "--classes", class_file, "--model", bundles["msa"], "--quiet"]
+    cases = {
+        ("--out", tmp_path / "file" / "y.csv"): f"--out {tmp_path / 'file' / 'y.csv'}: cannot write there",
+        ("--html", tmp_path / "g.txt"): f"--html {tmp_path / 'g.txt'}: expected a .html or .htm file",
+        (
+            "--class-map",
+            tmp_path / "m.png",
+        ): f"--class-map {tmp_path / 'm.png'}: expected a .tif or .tiff file",
+    }
+    for (option, value), message in cases.items():
+        args = [*base, option, value] + ([] if option == "--out" else ["--out", tmp_path / "y.csv"])
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and err.strip().startswith(f"error: {message}"), err
+    assert sorted(os.listdir(tmp_path)) == ["file", "tiles"]  # nothing written, no .part
+
+
 def test_resume_of_a_finished_output_has_nothing_left_to_do(bundles, class_file, tmp_path, capsys):
     tiles = tmp_path / "tiles"
     save(tiles / "a.png", solid("red", 24))
