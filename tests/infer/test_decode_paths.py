@@ -97,7 +97,9 @@ def test_every_path_labels_exactly_as_pillow(
     ref_out.parent.mkdir()
     out.parent.mkdir()
     common = (mixed_tiles, bundles["msa"], class_file)
-    code, ref_err = _label(*common, ref_out, capfd, "--decoder", "pillow", "--preprocess", "pillow")
+    code, ref_err = _label(
+        *common, ref_out, capfd, "--decoder", "pillow", "--preprocess", "pillow", "--device", "cpu"
+    )  # --device auto would add its own note line
     assert code == 3 and "decode pillow, preprocess pillow" in ref_err
     code, err = _label(
         *common, out, capfd, "--decoder", decoder, "--preprocess", preprocess, "--device", "cpu"
