@@ -94,8 +94,13 @@ def test_rasters_gdal_opens_are_inputs_with_exact_footprints(bundles, class_file
     out = tmp_path / "labels.geojson"
     summary = _label(bundles["msa"], class_file, inputs, out, tiles=TileOptions(tile_size=40))
     assert (summary.labeled, summary.skipped) == (len(inputs) + 1, 0)
-    features = json.loads(out.read_text())["features"]
+    text = out.read_text()
+    features = json.loads(text)["features"]
     by_tile = {f["properties"]["tile"]: f for f in features}
+    import re
+
+    decimals = {len(d) for d in re.findall(r"\[-?\d+\.(\d+), -?\d+\.\d+\]", text)}
+    assert decimals and max(decimals) <= 7  # RFC 7946: 7 decimals (about 1 cm) are plenty
     assert by_tile[f"{vrt}@0,0,40,40"]["properties"]["label_1"] == "red"
     assert by_tile[f"{vrt}@40,0,40,40"]["properties"]["label_1"] == "blue"
     assert by_tile[str(folder / "green_cog.tif")]["properties"]["label_1"] == "green"
@@ -238,6 +243,13 @@ def test_stac_items_collections_and_catalogs(bundles, class_file, tmp_path):
         paths([stac / "a" / "a.json"], asset="swir")
     tiles = list(discover_tiles([stac / "catalog.json"], TileOptions(tile_size=40, asset="nir")))
     assert [t.problem for t in tiles] == [None, "STAC item b: no asset 'nir' (it has visual)"]
+    # hrefs the user's JSON names as URLs or GDAL paths go to GDAL as written (nothing fetched here)
+    from rsz_infer.stac import stac_asset_hrefs
+
+    remote = _stac_item("r", {"visual": "https://example.com/r.tif", "b": "/vsis3/bucket/key.tif"})
+    (stac / "remote_item.json").write_text(json.dumps(remote))
+    assert list(stac_asset_hrefs(stac / "remote_item.json", None)) == [("https://example.com/r.tif", None)]
+    assert list(stac_asset_hrefs(stac / "remote_item.json", "b")) == [("/vsis3/bucket/key.tif", None)]
     # a catalog that links remote JSON is refused, not fetched
     catalog["links"].append({"rel": "child", "href": "https://example.com/catalog.json"})
     (stac / "remote.json").write_text(json.dumps(catalog))
@@ -296,6 +308,14 @@ def test_vector_outputs_by_suffix(bundles, class_file, tmp_path):
             assert row["label_1"] == ("red" if row["window"].startswith("0,") else "blue")
             assert row["source_crs"] == "EPSG:32633"
         assert not list(tmp_path.glob(".*tmp*")), suffix
+    # without a CRS: pixel rectangles of the windows, and a GeoParquet CRS of null ("unknown")
+    png = save(tmp_path / "plain.png", solid("green", 64))
+    _label(bundles["msa"], class_file, [png], tmp_path / "pixels.parquet", tiles=TileOptions(tile_size=32))
+    table = pq.read_table(tmp_path / "pixels.parquet")
+    assert json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]["crs"] is None
+    for row in table.to_pylist():
+        col, row_off, width, height = map(int, row["window"].split(","))
+        assert shapely.from_wkb(row["geometry"]).bounds == (col, row_off, col + width, row_off + height)
     try:
         import geopandas
     except ImportError:
