@@ -91,7 +91,10 @@ def _runtime_options(f):
 @click.option(
     "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (rsz-export)."
 )
-@click.option("--out", default="labels.csv", show_default=True, help="labels .csv, .jsonl or .geojson")
+@click.option(
+    "--out", default="labels.csv", show_default=True,
+    help="Labels by suffix: .csv (WKT), .jsonl, .geojson, .parquet (GeoParquet), .gpkg, .fgb.",
+)  # fmt: skip
 @click.option("--top-k", default=5, show_default=True)
 @click.option(
     "--seen-calibration", type=float, default=None, help="Lambda for seen classes (default: bundle's)."
@@ -101,7 +104,9 @@ def _runtime_options(f):
     help="Label a tile 'unknown' when its best raw similarity (cosine for most bundles) is below this.",
 )  # fmt: skip
 @click.option(
-    "--class-map", default=None, help="Also write a class-index GeoTIFF per scene (GeoTIFF inputs)."
+    "--class-map",
+    default=None,
+    help="Also write a class-map COG per scene (colour table, class names, nodata) and a .png quicklook.",
 )
 @click.option("--class-map-scores", is_flag=True, help="Class map: a second band with the top score.")
 @click.option(
