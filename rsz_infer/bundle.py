@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
@@ -21,6 +22,9 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # rsz-infer's --model default, relative to where it runs; `rsz-train demo` makes it its bundle
 DEFAULT_MODEL = Path("models/default")
+CLASS_EMBEDDINGS = ("attributes", "semantic", "text")
+SCORING_RULES = ("cosine", "dot")
+TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
 
 def sha256_file(path: Path) -> str:
@@ -106,17 +110,35 @@ class Manifest:
 
 
 def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
-    """Read a bundle's manifest; with verify, check that every listed file exists with its sha256."""
+    """Read a bundle's manifest and check its values and the paths it names (one-line RszError otherwise).
+
+    Every file the bundle uses (graphs, engines and their sidecars, the tokenizer) must be a plain name
+    inside the bundle folder and be listed in `files`; with verify, each listed file's sha256 is checked.
+    """
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise RszError(f"{bundle_dir}: not an rsz model bundle (no {MANIFEST}); make one with rsz-export")
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise RszError(f"{path}: malformed manifest ({err})") from None
-    if manifest.format_version != FORMAT_VERSION:
-        raise RszError(f"{path}: bundle format {manifest.format_version}, this rsz reads {FORMAT_VERSION}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        version = data.get("format_version", FORMAT_VERSION)
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise RszError(f"{path}: bundle format {version!r}, this rsz reads {FORMAT_VERSION}")
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise RszError(f"{path}: malformed manifest ({_one_line(err)})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise RszError(f"{path}: malformed manifest ({problem})")
+    for name in sorted(set(manifest.files) | set(used_files(manifest))):
+        bundle_path(bundle_dir, name)
+    unlisted = [name for name in used_files(manifest) if name not in manifest.files]
+    if unlisted:
+        raise RszError(
+            f"{path}: {unlisted[0]} is used by the bundle but not listed (with its sha256) in files"
+        )
     if verify:
         verify_files(bundle_dir, manifest)
     return manifest
@@ -143,10 +165,113 @@ def open_bundle(model: Path | str) -> Manifest:
         raise RszError(f"{model}: no model bundle here{hint}")
     return load_manifest(model)
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def used_files(manifest: Manifest) -> list[str]:
+    """Every file rsz reads from the bundle: graphs, engines + sidecars, the tokenizer of a text graph."""
+    names = []
+    for graph in manifest.graphs.values():
+        names.append(graph.onnx)
+        for engine in graph.engines:
+            names += [engine, engine + ".json"]
+    if "text" in manifest.graphs:
+        names.append(manifest.tokenizer)
+    return names
+
+
+def bundle_path(bundle_dir: Path | str, name: str) -> Path:
+    """The path of a file named by the manifest; RszError unless it stays inside the bundle folder.
+
+    Refused: empty names, absolute paths (POSIX or Windows), any `..` part, and names whose resolved path
+    (through symlinks) lands outside the folder.
+    """
+    bundle_dir = Path(bundle_dir)
+    where = bundle_dir / MANIFEST
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise RszError(f"{where}: file name {name!r} is not a file name")
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts:
+        raise RszError(f"{where}: {name!r} points outside the bundle (absolute or '..' paths are refused)")
+    full = bundle_dir / name
+    if not full.resolve().is_relative_to(bundle_dir.resolve()):
+        raise RszError(f"{where}: {name!r} is a link that points outside the bundle")
+    return full
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def manifest_problem(m: Manifest) -> str | None:
+    """What is wrong with the manifest's values (types and ranges), or None when they are usable."""
+    p = m.preprocess
+    checks = [
+        (isinstance(m.model_kind, str) and m.model_kind != "", "model_kind must be a name"),
+        (isinstance(m.rsz_version, str), "rsz_version must be a string"),
+        (type(p.size) is int and p.size >= 1, "preprocess.size must be a positive integer"),
+        (len(p.mean) == 3 and all(_is_number(v) for v in p.mean), "preprocess.mean must be 3 numbers"),
+        (
+            len(p.std) == 3 and all(_is_number(v) and v > 0 for v in p.std),
+            "preprocess.std must be 3 numbers above zero",
+        ),
+        (isinstance(p.resize, str) and p.band_order == "RGB" and p.layout == "NCHW", "preprocess: RGB NCHW"),
+        (isinstance(m.graphs, dict) and "image" in m.graphs, "graphs must hold an 'image' graph"),
+        (
+            m.class_embedding in CLASS_EMBEDDINGS,
+            f"class_embedding must be one of {', '.join(CLASS_EMBEDDINGS)}",
+        ),
+        (m.scoring_rule in SCORING_RULES, f"scoring_rule must be one of {', '.join(SCORING_RULES)}"),
+        (_is_number(m.logit_scale) and m.logit_scale > 0, "logit_scale must be a number above zero"),
+        (type(m.embedding_dim) is int and m.embedding_dim >= 1, "embedding_dim must be a positive integer"),
+        (_is_str_list(m.seen_classes), "seen_classes must be a list of names"),
+        (_is_number(m.seen_calibration), "seen_calibration must be a number"),
+        (isinstance(m.tokenizer, str), "tokenizer must be a file name"),
+        (
+            type(m.max_text_length) is int and m.max_text_length >= 2,
+            "max_text_length must be an integer >= 2",
+        ),
+        (_is_str_list(m.attribute_names) and _is_str_list(m.attribute_phrases), "attributes must be strings"),
+        (_is_number(m.phrase_ridge) and m.phrase_ridge >= 0, "phrase_ridge must be a number >= 0"),
+        (
+            isinstance(m.files, dict) and all(isinstance(v, str) and len(v) == 64 for v in m.files.values()),
+            "files must map file names to sha256 hex digests",
+        ),
+        (isinstance(m.extra, dict), "extra must be an object"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            return problem
+    for role, g in m.graphs.items():
+        tensors = g.inputs + g.outputs
+        if not (isinstance(g.onnx, str) and _is_str_list(g.engines) and isinstance(g.precision, str)):
+            return f"graph {role!r}: onnx, precision and engines must be strings"
+        if not tensors or not all(
+            isinstance(t.name, str)
+            and isinstance(t.shape, list)
+            and all(isinstance(d, str) or (type(d) is int and d >= 0) for d in t.shape)
+            and t.dtype in TENSOR_DTYPES
+            for t in tensors
+        ):
+            return f"graph {role!r}: tensors need a name, a shape of sizes or axis names and a dtype"
+    if not isinstance(m.text_prompt, str):
+        return "text_prompt must be a string"
+    try:
+        m.text_prompt.format(name="", description="")
+    except (KeyError, IndexError, ValueError) as err:
+        return f"text_prompt {m.text_prompt!r} takes only {{name}} and {{description}} ({_one_line(err)})"
+    return None
+
 
 def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     for name, digest in manifest.files.items():
-        f = bundle_dir / name
+        f = bundle_path(bundle_dir, name)
         if not f.is_file():
             raise RszError(f"{f}: listed in the manifest but missing")
         if sha256_file(f) != digest:

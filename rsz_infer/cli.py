@@ -251,6 +251,7 @@ def search_command(
                 f"#{h.rank}  score {h.score:.3f}",
                 h.tile,
                 label_lines(known.get(h.tile["tile"])) + footprint_line(h.tile),
+                check_file=True,
             )
             for h in hits
         ]

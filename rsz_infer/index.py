@@ -40,6 +40,7 @@ from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles
 from rsz_infer.pipeline import gsd_note, resolve_gsd
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
+from rsz_infer.trust import file_sha256, load_array, read_index_info, read_tile_rows
 
 INDEX_FORMAT = 1
 # Below this many rows exact numpy search answers in milliseconds and needs nothing extra; "auto" switches
@@ -65,16 +66,19 @@ class Index:
         info_path = folder / "index.json"
         if not info_path.is_file():
             raise RszError(f"{folder}: not an rsz index (no index.json); make one with rsz-infer index")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        embeddings = np.load(folder / "embeddings.npy")
-        with open(folder / "tiles.jsonl", encoding="utf-8") as f:
-            tiles = [json.loads(line) for line in f]
+        info = read_index_info(info_path)
+        embeddings = load_array(folder / "embeddings.npy")
+        tiles = read_tile_rows(folder / "tiles.jsonl")
         scales_path = folder / "scales.npy"
-        scales = np.load(scales_path, mmap_mode="r") if scales_path.is_file() else None
-        if len(tiles) != embeddings.shape[0]:
+        scales = load_array(scales_path, mmap=True) if scales_path.is_file() else None
+        if len(tiles) != embeddings.shape[0] or embeddings.shape[1] != info["dim"]:
             raise RszError(
-                f"{folder}: tiles.jsonl and embeddings.npy disagree ({len(tiles)} vs {len(embeddings)})"
+                f"{folder}: tiles.jsonl, embeddings.npy and index.json disagree "
+                f"({len(tiles)} rows, {embeddings.shape[0]}x{embeddings.shape[1]} embeddings, "
+                f"dim {info['dim']})"
             )
+        if scales is not None and scales.shape[0] != embeddings.shape[0]:
+            raise RszError(f"{scales_path}: {scales.shape[0]} rows but the index has {embeddings.shape[0]}")
         return cls(folder, info, embeddings, tiles, scales)
 
     def load_ann(self):
@@ -214,7 +218,8 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
         embeddings.append(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
         if with_scales:
             scales.append(batch.outputs["scales"].astype(np.float32))
-        rows.extend(tile_record(tile) for tile in batch.tiles)
+        # sha256: what a gallery checks before it shows the file again (rsz_infer.trust)
+        rows.extend(tile_record(tile) | {"sha256": file_sha256(tile.path)} for tile in batch.tiles)
 
     with ImageEngine.open(model, manifest, cfg.engine) as engine:
         for note in engine.notes:
@@ -365,6 +370,12 @@ def search(
     else:
         query = _embed_image(Path(image), model, manifest, backend, device)
     query = l2_normalize(query.astype(np.float32))
+    if query.shape[0] != index.embeddings.shape[1]:
+        what = "--text" if text is not None else "--image"
+        raise RszError(
+            f"{what}: the {manifest.model_kind} model's query embeddings are {query.shape[0]}-d but the "
+            f"index's tile embeddings {index.embeddings.shape[1]}-d (text search needs an MSA index)"
+        )
     idx, sims = nearest(index.embeddings, query, max(k, rerank), index.load_ann())
     scores = sims
     if rerank:

@@ -17,6 +17,7 @@ from PIL import Image
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
 from rsz_infer.outputs import atomic_write
+from rsz_infer.trust import tile_is_the_embedded_one
 
 THUMB_PX = 160
 GALLERY_MAX = 500  # tiles in a labeling gallery: the page stays a few MB
@@ -28,6 +29,8 @@ class GalleryItem:
     tile: dict  # an index or label row: tile, path, window (footprint optional)
     lines: list[str] = field(default_factory=list)  # labels, scores, footprint ...
     overlays: list[tuple[str, list]] = field(default_factory=list)  # (caption, attention map h x w) each
+    # index rows: show the file only while it is the one the index embedded (see rsz_infer.trust)
+    check_file: bool = False
 
 
 def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
@@ -38,7 +41,9 @@ def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _decoded(tile: dict, options: TileOptions) -> np.ndarray | None:
+def _decoded(tile: dict, options: TileOptions, check_file: bool = False) -> np.ndarray | None:
+    if check_file and not tile_is_the_embedded_one(tile):
+        return None  # a row naming another (or a remote) file: never embed what the index did not make
     try:
         rebuilt = tile_from_record(tile["path"], tile.get("window"), options)
         rgb, _ = decode_tile(rebuilt, options)
@@ -97,6 +102,11 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _text(text: str) -> str:
+    """HTML-escaped and valid UTF-8: the bytes of a non-UTF-8 file name show as U+FFFD."""
+    return html.escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
 def write_gallery(
     path: Path | str,
     heading: str,
@@ -109,12 +119,12 @@ def write_gallery(
     options = options or TileOptions()
     top = "".join(
         f'<figure class="quicklook"><img src="{_png_data_uri(png)}" alt="class map quicklook">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        f"<figcaption>{_text(title)}</figcaption></figure>"
         for title, png in pictures or []
     )
     cards = []
     for item in items:
-        rgb = _decoded(item.tile, options)
+        rgb = _decoded(item.tile, options, item.check_file)
         picture = (
             f'<img src="{thumbnail_data_uri(rgb)}" alt="">'
             if rgb is not None
@@ -124,17 +134,17 @@ def write_gallery(
             for caption, attention in item.overlays:
                 uri = thumbnail_data_uri(heat_overlay(rgb, np.asarray(attention)))
                 picture += (
-                    f'<figure class="overlay"><img src="{uri}" alt="attention of {html.escape(caption)}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                    f'<figure class="overlay"><img src="{uri}" alt="attention of {_text(caption)}">'
+                    f"<figcaption>{_text(caption)}</figcaption></figure>"
                 )
-        lines = "".join(f"<div>{html.escape(line)}</div>" for line in item.lines)
+        lines = "".join(f"<div>{_text(line)}</div>" for line in item.lines)
         cards.append(
-            f'<div class="card">{picture}<div class="title">{html.escape(item.title)}</div>{lines}'
-            f'<div class="path">{html.escape(item.tile["tile"])}</div></div>'
+            f'<div class="card">{picture}<div class="title">{_text(item.title)}</div>{lines}'
+            f'<div class="path">{_text(item.tile["tile"])}</div></div>'
         )
     page = (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(heading)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(heading)}</h1>{top}"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_text(heading)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{_text(heading)}</h1>{top}"
         f'<div class="grid">{"".join(cards)}</div></body></html>\n'
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,35 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
     return model.to(device).eval(), info
 
 
+RESUME_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "best_score", "best_epoch")
+
+
+def load_resume_state(path: Path, device: torch.device | str = "cpu") -> dict:
+    """last.pt read with torch's weights-only unpickler: tensors, numbers and containers, never code.
+
+    A run folder may come from elsewhere; weights_only=True refuses any pickled object that is not
+    plain data, so a crafted last.pt cannot run anything.
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols: the error says it all
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # torch's advice (weights_only=False) is exactly what must not happen
+        raise RszError(
+            f"{path}: not a plain resume state, refused (holds pickled objects, not only data)"
+        ) from None
+    except Exception as err:  # RuntimeError/EOFError for damaged files
+        text = str(err).strip()
+        reason = text.splitlines()[0][:200] if text else type(err).__name__
+        raise RszError(f"{path}: not a plain resume state, refused ({reason})") from None
+    if not isinstance(state, dict) or any(key not in state for key in RESUME_KEYS):
+        raise RszError(f"{path}: not an rsz resume state (needs {', '.join(RESUME_KEYS)})")
+    return state
+
+
 def save_resume_state(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(state, tmp)

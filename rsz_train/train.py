@@ -808,7 +808,7 @@ def _fit(
 
 def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, scaler) -> tuple:  # noqa: ANN001
     """Load last.pt into the loop's objects -> (next epoch, best score, best epoch, seconds so far)."""
-    state = torch.load(last_path, map_location=dev, weights_only=False)
+    state = runs.load_resume_state(last_path, dev)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -204,23 +204,28 @@ class _ClipCheckpoint:
     recorded: bool  # act and heads come from the checkpoint's config (HF), not a convention (open_clip)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry a code/ folder (Python source torch.jit.load would run)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in f"/{name}" for name in archive.namelist())
+
+
 def _read_tensors(path: Path) -> dict[str, Tensor]:
     """All tensors of a .safetensors / .bin / .pt / .pth file (or of a training checkpoint's state_dict)."""
+    if _is_torchscript(path):
+        raise RszError(
+            f"{path}: a TorchScript archive (OpenAI CLIP .pt) holds code and is never loaded; "
+            "use the open_clip .safetensors or a Hugging Face CLIP folder of the same model"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as load_err:
-            # OpenAI's original CLIP .pt files are TorchScript archives, which torch.load cannot read.
-            if not zipfile.is_zipfile(path):
-                raise
-            try:
-                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-            except Exception:
-                raise load_err from None
+        # weights_only: a checkpoint is plain data; torch refuses any pickled object that is not
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any reader failure means the file is not a checkpoint we can use
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RszError(f"{path}: not a readable checkpoint ({reason[:200]})") from None

@@ -86,8 +86,8 @@ def test_resume_gives_identical_weights(tiny_run, tiny_benchmark, default_split,
     )
     assert not (out / "report.json").exists() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
     train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
-    straight = torch.load(tiny_run / "last.pt", weights_only=False)["model"]
-    resumed = torch.load(out / "last.pt", weights_only=False)["model"]
+    straight = torch.load(tiny_run / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(out / "last.pt", weights_only=True)["model"]
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert (out / "model.safetensors").read_bytes() == (tiny_run / "model.safetensors").read_bytes()

@@ -1,0 +1,142 @@
+"""What rsz believes of a folder it was handed: an index folder is read as data, never as instructions.
+
+An index folder may come from someone else (a shared drive, a mail). Its files are validated when read
+(types, sizes, no pickles), and the tiles it names are only opened again (gallery thumbnails) when they
+are local files whose sha256 is the one recorded when the index embedded them: a crafted tiles.jsonl
+can neither make a gallery embed a private image under another name nor make GDAL fetch a URL.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rsz_infer.errors import RszError
+
+# GDAL opens these as network or archive paths; an index row never makes rsz open one
+REMOTE_PREFIXES = ("/vsi", "\\vsi")
+INDEX_SEARCH_METHODS = ("exact", "hnsw")
+
+
+def is_remote(path: str) -> bool:
+    """A GDAL virtual file system path (/vsicurl/, /vsis3/, /vsizip/ ...) or a URL (http://, s3://)."""
+    return path.startswith(REMOTE_PREFIXES) or "://" in path
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str | None:
+    """sha256 of a local file (cached while size and mtime stay the same); None for remote or missing."""
+    if is_remote(path):
+        return None
+    try:
+        st = os.stat(path)
+        return _sha256_of(path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def tile_is_the_embedded_one(row: dict) -> bool:
+    """The row's file is local and still the file the index embedded (sha256 recorded at index time)."""
+    recorded = row.get("sha256")
+    return isinstance(recorded, str) and file_sha256(row["path"]) == recorded
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def read_index_info(path: Path) -> dict:
+    """index.json, validated: the values search and appends rely on, with their types."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RszError(f"{path}: not a readable index.json ({_one_line(err)})") from None
+    options = info.get("tile_options") if isinstance(info, dict) else None
+    bands = info.get("bands") if isinstance(info, dict) else None
+    checks = [
+        (isinstance(info, dict), "not a JSON object"),
+        (isinstance(info, dict) and isinstance(info.get("model"), str), "model must be a sha256 string"),
+        (isinstance(info, dict) and isinstance(info.get("model_dir"), str), "model_dir must be a path"),
+        (
+            isinstance(options, dict)
+            and set(options) == {"tile_size", "overlap"}
+            and all(type(v) is int for v in options.values()),
+            "tile_options must hold integer tile_size and overlap",
+        ),
+        (
+            bands is None or (isinstance(bands, list) and all(type(b) is int and b >= 1 for b in bands)),
+            "bands must be null or a list of band numbers",
+        ),
+        (isinstance(info, dict) and type(info.get("dim")) is int and info["dim"] >= 1, "dim must be >= 1"),
+        (
+            isinstance(info, dict) and info.get("search", "exact") in INDEX_SEARCH_METHODS,
+            f"search must be one of {', '.join(INDEX_SEARCH_METHODS)}",
+        ),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise RszError(f"{path}: bad index.json ({problem})")
+    if is_remote(info["model_dir"]):
+        raise RszError(f"{path}: model_dir {info['model_dir']!r} is remote; pass --model")
+    return info
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A float .npy written by rsz (never unpickled: object arrays are refused)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise RszError(f"{path}: not a plain numeric .npy file ({_one_line(err)})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.ndim < 2:
+        raise RszError(f"{path}: expected a float array of rows, got {getattr(array, 'dtype', type(array))}")
+    return array
+
+
+def _valid_row(row: object) -> bool:
+    if not isinstance(row, dict):
+        return False
+    tile, path, window = row.get("tile"), row.get("path"), row.get("window")
+    return (
+        isinstance(tile, str)
+        and isinstance(path, str)
+        and "\0" not in path
+        and path != ""
+        and (
+            window is None
+            or (isinstance(window, list) and len(window) == 4 and all(type(v) is int for v in window))
+        )
+        and (row.get("footprint") is None or isinstance(row["footprint"], dict))
+        and (row.get("sha256") is None or isinstance(row["sha256"], str))
+    )
+
+
+def read_tile_rows(path: Path) -> list[dict]:
+    """tiles.jsonl, validated row by row: tile id, path, window (4 ints or null), footprint, sha256."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                if not _valid_row(row):
+                    raise RszError(f"{path}: line {number} is not a tile row (tile, path, window)")
+                rows.append(row)
+    except OSError as err:
+        raise RszError(f"{path}: cannot read ({err.strerror})") from None
+    return rows

@@ -1,0 +1,229 @@
+"""Crafted bundles and index folders: nothing outside the folder is loaded, nothing unlisted or unhashed
+is used, nothing is unpickled, remote paths are never opened; each case is one error line, exit 2, and no
+output is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+from rsz_infer.bundle import sha256_file
+from rsz_infer.index import build_index
+
+from .helpers import save, solid
+from .test_label import run_cli
+
+
+def _copy_bundle(bundles, tmp_path, kind="mcfa"):
+    bundle = tmp_path / f"bundle_{kind}"
+    shutil.copytree(bundles[kind], bundle)
+    return bundle
+
+
+def _edit_manifest(bundle, change):
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _label(bundle, class_file, tmp_path, capsys):
+    tiles = tmp_path / "tiles"
+    if not tiles.exists():
+        save(tiles / "red.png", solid("red"))
+    out = tmp_path / "labels.csv"
+    code, _, err = run_cli(
+        [tiles, "--classes", class_file, "--model", bundle, "--out", out, "--quiet"], capsys
+    )
+    return code, err.strip().splitlines(), out
+
+
+def _outside_graph(tmp_path, bundle):
+    """A valid ONNX graph outside the bundle, listed with its correct sha256 (an attacker can do that)."""
+    outside = tmp_path / "elsewhere" / "evil.onnx"
+    outside.parent.mkdir()
+    shutil.copy(bundle / "image.onnx", outside)
+    return outside
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink", "unlisted"])
+def test_manifest_graph_outside_the_bundle_or_unlisted_is_refused(how, bundles, class_file, tmp_path, capsys):
+    bundle = _copy_bundle(bundles, tmp_path)
+    outside = _outside_graph(tmp_path, bundle)
+    name = {"absolute": str(outside), "dotdot": "../elsewhere/evil.onnx", "symlink": "link.onnx"}.get(
+        how, "image_copy.onnx"
+    )
+    if how == "symlink":
+        os.symlink(outside, bundle / name)
+    if how == "unlisted":
+        shutil.copy(bundle / "image.onnx", bundle / name)
+
+    def change(m):
+        m["graphs"]["image"]["onnx"] = name
+        if how != "unlisted":
+            m["files"][name] = sha256_file(outside)
+
+    _edit_manifest(bundle, change)
+    code, lines, out = _label(bundle, class_file, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    expected = {
+        "absolute": "points outside the bundle",
+        "dotdot": "points outside the bundle",
+        "symlink": "is a link that points outside the bundle",
+        "unlisted": "image_copy.onnx is used by the bundle but not listed",
+    }[how]
+    assert lines[0].startswith("error: ") and "manifest.json" in lines[0] and expected in lines[0]
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda m: m["preprocess"].update(std=[0.0, 0.0, 0.0]),
+            "preprocess.std must be 3 numbers above zero",
+        ),
+        (lambda m: m.update(format_version="1"), "bundle format '1', this rsz reads 1"),
+        (lambda m: m.update(format_version=7), "bundle format 7, this rsz reads 1"),
+        (lambda m: m.update(logit_scale="ten"), "logit_scale must be a number above zero"),
+        (lambda m: m.update(embedding_dim=[16]), "embedding_dim must be a positive integer"),
+        (lambda m: m.update(graphs=[]), "malformed manifest"),
+        (lambda m: m.update(text_prompt="{0} of {name}"), "text_prompt"),
+        (lambda m: m["graphs"]["image"]["inputs"][0].update(dtype="object"), "tensors need a name"),
+        (lambda m: m.update(tokenizer="/etc/passwd"), "points outside the bundle"),
+    ],
+)
+def test_malformed_manifest_values_are_one_line(change, expected, bundles, class_file, tmp_path, capsys):
+    bundle = _copy_bundle(bundles, tmp_path)
+    _edit_manifest(bundle, change)
+    code, lines, out = _label(bundle, class_file, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not out.exists()
+
+
+def test_manifest_that_is_not_json_is_one_line(bundles, class_file, tmp_path, capsys):
+    bundle = _copy_bundle(bundles, tmp_path)
+    (bundle / "manifest.json").write_text('{"model_kind": "mcfa",')
+    code, lines, _ = _label(bundle, class_file, tmp_path, capsys)
+    assert code == 2 and len(lines) == 1 and "malformed manifest" in lines[0]
+
+
+# ---------------------------------------------------------------- index folders
+
+
+@pytest.fixture()
+def index_dir(bundles, tmp_path):
+    tiles = tmp_path / "tiles"
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(tiles / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    idx = tmp_path / "idx"
+    build_index([str(tiles)], bundles["msa"], idx, progress=False)
+    return idx
+
+
+def _rows(idx):
+    return [json.loads(line) for line in (idx / "tiles.jsonl").read_text().splitlines()]
+
+
+def _write_rows(idx, rows):
+    (idx / "tiles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _thumbnails(page):
+    return len(re.findall(r'src="data:image/jpeg;base64,', page.read_text()))
+
+
+def test_gallery_never_embeds_a_file_the_index_did_not_make(index_dir, tmp_path, capsys):
+    page = tmp_path / "ok.html"
+    code, out, _ = run_cli(["search", index_dir, "--text", "red", "-k", "3", "--html", page], capsys)
+    assert code in (0, None) and _thumbnails(page) == 3  # the genuine index shows every tile
+
+    private = save(tmp_path / "home" / "private.png", solid((250, 250, 250), 24))
+    rows = _rows(index_dir)
+    for row in rows:  # every row renamed to look harmless, pointing at the private image
+        row["path"] = str(private)
+    _write_rows(index_dir, rows)
+    page = tmp_path / "crafted.html"
+    code, out, _ = run_cli(["search", index_dir, "--text", "red", "-k", "3", "--html", page], capsys)
+    assert code in (0, None) and len(out.splitlines()) == 3
+    assert _thumbnails(page) == 0 and page.read_text().count("no preview") == 3
+
+
+def test_remote_gdal_paths_in_an_index_are_never_opened(index_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "2")  # a regression fails fast instead of waiting on the socket
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    rows = _rows(index_dir)
+    rows[0]["path"] = f"/vsicurl/http://127.0.0.1:{port}/scene.tif"
+    rows[0]["window"] = [0, 0, 16, 16]
+    rows[1]["path"] = f"http://127.0.0.1:{port}/tile.png"
+    _write_rows(index_dir, rows)
+    page = tmp_path / "report.html"
+    try:
+        code, out, _ = run_cli(["search", index_dir, "--text", "red", "-k", "3", "--html", page], capsys)
+        assert code in (0, None) and page.read_text().count("no preview") == 2
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody connected
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("pickle", "embeddings.npy: not a plain numeric .npy file"),
+        ("index_json", "index.json: not a readable index.json"),
+        ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap)"),
+        ("tiles_row", "tiles.jsonl: line 2 is not a tile row"),
+    ],
+)
+def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    if damage == "pickle":
+        np.save(index_dir / "embeddings.npy", np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    elif damage == "index_json":
+        (index_dir / "index.json").write_text("{not json")
+    elif damage == "index_types":
+        info = json.loads((index_dir / "index.json").read_text())
+        info["tile_options"] = {"tile_size": "256", "overlap": 0}
+        (index_dir / "index.json").write_text(json.dumps(info))
+    else:
+        rows = _rows(index_dir)
+        rows[1]["window"] = "0,0,16,16"
+        _write_rows(index_dir, rows)
+    code, out, err = run_cli(["search", index_dir, "--text", "red"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert out == "" and not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_text_search_on_a_dsva_index_is_one_line(bundles, tmp_path, capsys):
+    tiles = tmp_path / "tiles"
+    save(tiles / "red.png", solid("red", 24))
+    idx = tmp_path / "idx"
+    build_index([str(tiles)], bundles["dsva"], idx, progress=False)
+    code, out, err = run_cli(["search", idx, "--text", "red roofs"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "text search needs an MSA index" in lines[0], lines
+
+
+_ = pickle  # the payload above is what np.load(allow_pickle=True) would unpickle
