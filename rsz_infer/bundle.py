@@ -127,9 +127,9 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
         if type(version) is not int or version != FORMAT_VERSION:
             raise RszError(f"{path}: bundle format {version!r}, this rsz reads {FORMAT_VERSION}")
         manifest = Manifest.from_dict(data)
+        problem = manifest_problem(manifest)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise RszError(f"{path}: malformed manifest ({_one_line(err)})") from None
-    problem = manifest_problem(manifest)
     if problem:
         raise RszError(f"{path}: malformed manifest ({problem})")
     for name in sorted(set(manifest.files) | set(used_files(manifest))):
@@ -177,6 +177,9 @@ def used_files(manifest: Manifest) -> list[str]:
         names.append(graph.onnx)
         for engine in graph.engines:
             names += [engine, engine + ".json"]
+    for by_precision in manifest.extra.get("variants", {}).values():  # FP16 / INT8 graphs of a role
+        names += by_precision.values()
+    names += manifest.extra.get("torch", {}).values()  # the run's weights, config and classes (safetensors)
     if "text" in manifest.graphs:
         names.append(manifest.tokenizer)
     return names
@@ -244,6 +247,17 @@ def manifest_problem(m: Manifest) -> str | None:
             "files must map file names to sha256 hex digests",
         ),
         (isinstance(m.extra, dict), "extra must be an object"),
+        (
+            isinstance(m.extra, dict)
+            and isinstance(m.extra.get("variants", {}), dict)
+            and all(
+                isinstance(v, dict) and all(isinstance(n, str) for n in v.values())
+                for v in m.extra.get("variants", {}).values()
+            )
+            and isinstance(m.extra.get("torch", {}), dict)
+            and all(isinstance(n, str) for n in m.extra.get("torch", {}).values()),
+            "extra.variants and extra.torch must map names to file names",
+        ),
     ]
     for ok, problem in checks:
         if not ok:

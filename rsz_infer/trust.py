@@ -54,6 +54,10 @@ def tile_is_the_embedded_one(row: dict) -> bool:
     return isinstance(recorded, str) and file_sha256(row["path"]) == recorded
 
 
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
@@ -73,9 +77,11 @@ def read_index_info(path: Path) -> dict:
         (isinstance(info, dict) and isinstance(info.get("model_dir"), str), "model_dir must be a path"),
         (
             isinstance(options, dict)
-            and set(options) == {"tile_size", "overlap"}
-            and all(type(v) is int for v in options.values()),
-            "tile_options must hold integer tile_size and overlap",
+            and set(options) <= {"tile_size", "overlap", "gsd"}
+            and type(options.get("tile_size")) is int
+            and type(options.get("overlap")) is int
+            and (options.get("gsd") is None or _positive_number(options["gsd"])),
+            "tile_options must hold integer tile_size and overlap (and a gsd in metres or null)",
         ),
         (
             bands is None or (isinstance(bands, list) and all(type(b) is int and b >= 1 for b in bands)),

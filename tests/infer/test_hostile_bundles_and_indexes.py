@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 
 from rsz_infer.bundle import sha256_file
-from rsz_infer.index import build_index
+from rsz_infer.index import IndexConfig, build_index
 
 from .helpers import save, solid
 from .test_label import run_cli
+
+
+def error_lines(err: str) -> list[str]:
+    """The `error:` lines of stderr (notes such as the device line may come before); no traceback."""
+    assert "Traceback" not in err
+    return [line for line in err.strip().splitlines() if line.startswith("error:")]
 
 
 def _copy_bundle(bundles, tmp_path, kind="mcfa"):
@@ -42,7 +48,7 @@ def _label(bundle, class_file, tmp_path, capsys):
     code, _, err = run_cli(
         [tiles, "--classes", class_file, "--model", bundle, "--out", out, "--quiet"], capsys
     )
-    return code, err.strip().splitlines(), out
+    return code, error_lines(err), out
 
 
 def _outside_graph(tmp_path, bundle):
@@ -124,7 +130,7 @@ def index_dir(bundles, tmp_path):
     for i, colour in enumerate(["red", "green", "blue"]):
         save(tiles / f"{i}_{colour}.png", solid(colour, 24, seed=i))
     idx = tmp_path / "idx"
-    build_index([str(tiles)], bundles["msa"], idx, progress=False)
+    build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
     return idx
 
 
@@ -184,7 +190,7 @@ def test_remote_gdal_paths_in_an_index_are_never_opened(index_dir, tmp_path, cap
     [
         ("pickle", "embeddings.npy: not a plain numeric .npy file"),
         ("index_json", "index.json: not a readable index.json"),
-        ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap)"),
+        ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap"),
         ("tiles_row", "tiles.jsonl: line 2 is not a tile row"),
     ],
 )
@@ -203,7 +209,7 @@ def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path,
         rows[1]["window"] = "0,0,16,16"
         _write_rows(index_dir, rows)
     code, out, err = run_cli(["search", index_dir, "--text", "red"], capsys)
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert out == "" and not marker.exists()
 
@@ -220,9 +226,9 @@ def test_text_search_on_a_dsva_index_is_one_line(bundles, tmp_path, capsys):
     tiles = tmp_path / "tiles"
     save(tiles / "red.png", solid("red", 24))
     idx = tmp_path / "idx"
-    build_index([str(tiles)], bundles["dsva"], idx, progress=False)
+    build_index(IndexConfig([str(tiles)], bundles["dsva"], idx, progress=False))
     code, out, err = run_cli(["search", idx, "--text", "red roofs"], capsys)
-    lines = err.strip().splitlines()
+    lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and "text search needs an MSA index" in lines[0], lines
 
 
