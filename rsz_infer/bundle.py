@@ -165,6 +165,7 @@ def open_bundle(model: Path | str) -> Manifest:
         raise RszError(f"{model}: no model bundle here{hint}")
     return load_manifest(model)
 
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
