@@ -500,13 +500,23 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
 
     with rasterio.open(path) as ds:
         bands, rule = choose_bands(ds.count, options.bands, path)
-        data = ds.read(list(bands))
         palette = palette_of(ds, bands)
+        scale = _gsd_scale(ds, options)
+        resampled = ""
+        if scale == 1.0:
+            data = ds.read(list(bands))
+        else:  # --gsd on a raster smaller than one window: the whole of it, resampled
+            from rasterio.enums import Resampling
+
+            method = _resampling_name(scale, palette is not None)
+            shape = (len(bands), max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
+            data = ds.read(list(bands), out_shape=shape, resampling=Resampling[method])
+            resampled = f"; resampled {options.gsd / scale:.3g} m -> {options.gsd:.3g} m per pixel ({method})"
     if palette is not None:
-        return palette[data[0]], "palette to rgb"
+        return palette[data[0]], "palette to rgb" + resampled
     if data.dtype != np.uint8:
         rule += f"; {data.dtype} {STRETCH_RULE} per image"
-    return _to_rgb8(data, None), rule
+    return _to_rgb8(data, None), rule + resampled
 
 
 def _decode_pillow(path: str) -> tuple[np.ndarray, str]:

@@ -410,6 +410,9 @@ def test_gsd_resamples_scene_windows_to_the_models_ground_resolution(bundles, cl
         assert rgb.shape == (32, 32, 3)
     assert "resampled 10 m -> 5 m per pixel (bilinear)" in decode_tile(tiles[str(coarse)], options)[1]
     assert "resampled 2.5 m -> 5 m per pixel (average)" in decode_tile(tiles[str(fine)], options)[1]
+    # a raster smaller than one window is resampled whole: 400 m at 5 m is 80 px
+    whole = decode_tile(next(discover_tiles([coarse], TileOptions(tile_size=256, gsd=5.0))), options)
+    assert whole[0].shape == (80, 80, 3) and "resampled 10 m -> 5 m per pixel (bilinear)" in whole[1]
     # off: windows of --tile-size source pixels, as without a GSD
     plain = _label(
         model, class_file, [coarse], tmp_path / "off.jsonl", tiles=TileOptions(tile_size=32), gsd="off"
