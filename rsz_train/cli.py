@@ -12,16 +12,13 @@ from pathlib import Path
 import click
 
 from rsz_infer.errors import RszError, one_line_errors
-from rsz_train.data.synth import synth_command
 from rsz_train.demo import demo_command
 from rsz_train.models.registry import MODELS
 
 
 def _default_split() -> str:
-    try:
-        from rsz_train.data.synth import DEFAULT_SPLIT
-    except ImportError:
-        return "zsl_default"
+    from rsz_train.data.synth.catalogue import DEFAULT_SPLIT
+
     return DEFAULT_SPLIT
 
 
@@ -186,6 +183,23 @@ def _summary(test: dict) -> str:
 
 for _entry in (e for e in MODELS.values() if e.trained):  # one training command per trained model kind
     main.add_command(_train_command(_entry.kind, f"Train {_entry.summary}"))
+
+
+@click.command("synth")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
+@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
+@click.option("--size", default=64, show_default=True, help="Tile side in pixels.")
+@click.option("--per-class", default=60, show_default=True, help="Tiles per class.")
+@click.option("--workers", default=None, type=int, help="Processes (default: all cores).")
+@one_line_errors
+def synth_command(out: Path, seed: int, size: int, per_class: int, workers: int | None) -> None:
+    """Write the procedural remote-sensing benchmark (images, classes, attributes, captions, splits)."""
+    from rsz_train.data.synth import CLASS_NAMES, write_benchmark
+
+    path = write_benchmark(out, seed=seed, size=size, per_class=per_class, workers=workers)
+    click.echo(
+        f"wrote {len(CLASS_NAMES) * per_class} tiles of {size} px in {len(CLASS_NAMES)} classes to {path}"
+    )
 
 
 main.add_command(synth_command, name="synth")

@@ -331,6 +331,20 @@ def _class_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
 
 
+def hold_out(
+    members: list[str], holdout: float, seed: int, name: str, parts: int = 1
+) -> tuple[list[list[str]], list[str]] | None:
+    """The holdout step of every split: class `name`'s members shuffled by its own generator, then `parts`
+    groups of `holdout` of them (at least one each; none for holdout 0) and the rest, each sorted.
+    None when fewer than one member would be left (the caller says why that is a problem)."""
+    n_hold = max(1, round(holdout * len(members))) if holdout > 0 else 0
+    if len(members) - parts * n_hold < 1:
+        return None
+    shuffled = [members[i] for i in _class_rng(seed, name).permutation(len(members))]
+    held = [sorted(shuffled[k * n_hold : (k + 1) * n_hold]) for k in range(parts)]
+    return held, sorted(shuffled[parts * n_hold :])
+
+
 def make_split(
     data: SceneData,
     seen: list[str],
@@ -362,14 +376,13 @@ def make_split(
             lists["val_unseen"] += by_class[c]
             continue
         images = by_class[c]
-        n_hold = max(1, round(holdout * len(images))) if holdout > 0 else 0
-        if len(images) - 2 * n_hold < 1:
+        parts = hold_out(images, holdout, seed, c, parts=2)
+        if parts is None:
             raise RszError(f"class {c!r}: {len(images)} images, too few to hold out val and test images")
-        order = _class_rng(seed, c).permutation(len(images))
-        picked = [images[i] for i in order]
-        lists["val_seen"] += sorted(picked[:n_hold])
-        lists["test_seen"] += sorted(picked[n_hold : 2 * n_hold])
-        lists["train"] += sorted(picked[2 * n_hold :])
+        (val_seen, test_seen), train = parts
+        lists["val_seen"] += val_seen
+        lists["test_seen"] += test_seen
+        lists["train"] += train
     for c in unseen:
         lists["test_unseen"] += by_class[c]
     return Split(name=name, seen=list(seen), unseen=list(unseen), val=list(val), **lists)
@@ -415,14 +428,14 @@ def split_from_official(
         if c in val:
             val_unseen += members
             continue
-        n_hold = max(1, round(holdout * len(members)))
-        if len(members) <= n_hold:
+        parts = hold_out(members, holdout, seed, c)
+        if parts is None:
             raise RszError(
                 f"{where}: class {c!r} has {len(members)} training images, too few to hold some out"
             )
-        shuffled = [members[i] for i in _class_rng(seed, c).permutation(len(members))]
-        val_seen += sorted(shuffled[:n_hold])
-        train += sorted(shuffled[n_hold:])
+        (held,), rest = parts
+        val_seen += held
+        train += rest
     val_set = set(val)
     val_unseen += [p for p in test_seen if class_of[p] in val_set]
     official = Split(
@@ -467,12 +480,12 @@ def paper_split(split: Split, data: SceneData, holdout: float = 0.2, seed: int =
         by_class.setdefault(class_of[p], []).append(p)
     for c in split.val:
         members = sorted(by_class.get(c, []))
-        n_hold = max(1, round(holdout * len(members)))
-        if len(members) <= n_hold:
+        parts = hold_out(members, holdout, seed, c)
+        if parts is None:
             raise RszError(f"split {split.name}: val class {c!r} has {len(members)} images, too few to refit")
-        shuffled = [members[i] for i in _class_rng(seed, c).permutation(len(members))]
-        test_seen += sorted(shuffled[:n_hold])
-        train += sorted(shuffled[n_hold:])
+        (held,), rest = parts
+        test_seen += held
+        train += rest
     return Split(
         name=split.name,
         seen=list(split.seen),

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from rsz_infer.errors import RszError
+from rsz_train.cli import synth_command
 from rsz_train.data import synth
 from rsz_train.data.formats import list_splits, load_split
 
@@ -127,13 +128,13 @@ def test_split_invariants(synth_dir, synth_data):
 def test_cli_writes_refuses_and_accepts_the_same_benchmark(tmp_path):
     out = tmp_path / "cli"
     args = ["--out", str(out), "--size", "32", "--per-class", "5", "--seed", "7"]
-    result = CliRunner().invoke(synth.synth_command, args)
+    result = CliRunner().invoke(synth_command, args)
     assert result.exit_code == 0, result.output
     assert (out / "images" / "harbor" / "harbor_0005.png").is_file()
     stamp = (out / "classes.txt").stat().st_mtime_ns
-    assert CliRunner().invoke(synth.synth_command, args).exit_code == 0  # same content: kept as it is
+    assert CliRunner().invoke(synth_command, args).exit_code == 0  # same content: kept as it is
     assert (out / "classes.txt").stat().st_mtime_ns == stamp
-    result = CliRunner().invoke(synth.synth_command, [*args[:-1], "8"])
+    result = CliRunner().invoke(synth_command, [*args[:-1], "8"])
     assert result.exit_code == 2
     message = result.stderr
     assert str(out) in message and "not empty" in message and len(message.strip().splitlines()) == 1
@@ -146,3 +147,10 @@ def test_bad_parameters_are_one_line_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RszError, match="not a folder"):
         synth.write_benchmark(tmp_path / "file")
+
+
+def test_every_object_attribute_has_a_drawer():
+    from rsz_train.data.synth.catalogue import OBJECTS
+    from rsz_train.data.synth.rendering import OBJECT_DRAWERS, OBJECT_SHAPES
+
+    assert set(OBJECT_DRAWERS) == set(OBJECT_SHAPES) and set(OBJECT_SHAPES) <= set(OBJECTS)

@@ -1,192 +1,24 @@
-"""The embedded benchmark: procedural remote-sensing scenes built from visual attributes.
-
-No real remote-sensing data can be fetched where rsz is developed, so this module draws a zero-shot problem
-worth solving: 42 scene classes named after UCM / AID / NWPU-RESISC45 categories, each a set of the 46
-visual attributes below (ground-cover materials, shapes and structures, layout and density). Every
-attribute is one consistent primitive (a texture, a colour, a shape) and a tile draws its class's
-attributes with instance variation (position, rotation, scale, counts, colours, illumination, noise, now
-and then an attribute of another class), so classes are confusable in pairs yet learnable. Unseen classes
-are new combinations of attributes that training classes carry, so zero-shot transfer has to go through
-the semantic side. Each tile gets five captions describing its own instance (what, where, how many).
-
-`write_benchmark` writes the layout of docs/DESIGN.md ("Embedded benchmark on disk"), the same layout a
-user's real data can take, so one loader (rsz_train.data.formats) serves both:
-
-    DIR/images/<class>/<class>_<NNNN>.png   (class names use underscores: dense_residential)
-    DIR/classes.txt  attributes.txt  attribute_matrix.csv  captions.json  synth.json
-    DIR/splits/<split>/{seen,unseen,val}.txt and {train,val_seen,val_unseen,test_seen,test_unseen}.txt
-
-Splits: the three seen/unseen ratios of the RSSDIVCS papers (60/10, 50/20, 40/30 of 70 classes) scaled to
-42 classes; each carves validation classes (a sixth of the seen side) out of training for model selection:
-
-    zsl_36_6   36 seen (30 train + 6 val), 6 unseen   <- DEFAULT_SPLIT, the 60/10 ratio
-    zsl_30_12  30 seen (25 train + 5 val), 12 unseen  (50/20)
-    zsl_24_18  24 seen (20 train + 4 val), 18 unseen  (40/30)
-
-Class lists are fixed (chosen once by a seeded search so that every attribute, hence every attribute of
-every unseen and val class, is carried by some training class); per-image lists come from
-formats.make_split (holdout 0.2 of each training class for val_seen and again for test_seen).
-
-Every tile is drawn from its own seed (seed, class, index), so output bytes do not depend on `workers`.
-"""
+"""Drawing one tile from its class's attributes: covers, terrain, structures, objects, sensor effects."""
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing
-import os
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import click
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from rsz_infer.errors import RszError, one_line_errors
-
-GENERATOR_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Attribute:
-    name: str
-    group: str
-    phrase: str
-
-
-COVER, STRUCTURE, LAYOUT = "colour and material", "shape and structure", "layout and density"
-
-ATTRIBUTES: tuple[Attribute, ...] = (
-    # Ground covers: the first of a class fills the tile, others appear as patches (or fill structures).
-    Attribute("water", COVER, "dark blue water"),
-    Attribute("grass", COVER, "bright green grass"),
-    Attribute("trees", COVER, "dark green tree canopy"),
-    Attribute("bare_soil", COVER, "brown bare soil"),
-    Attribute("sand", COVER, "pale yellow sand"),
-    Attribute("snow", COVER, "white snow"),
-    Attribute("rock", COVER, "grey rocky ground"),
-    Attribute("asphalt", COVER, "dark grey asphalt"),
-    Attribute("concrete", COVER, "light grey concrete"),
-    Attribute("crops", COVER, "golden crops"),
-    Attribute("red_roofs", COVER, "red roofs"),
-    Attribute("white_roofs", COVER, "bright white roofs"),
-    Attribute("blue_roofs", COVER, "blue metal roofs"),
-    # Shapes and structures: drawn once per tile (linear features, regions, terrain).
-    Attribute("curved_river", STRUCTURE, "a curved river"),
-    Attribute("lake", STRUCTURE, "a lake with an irregular shore"),
-    Attribute("coastline", STRUCTURE, "a shoreline"),
-    Attribute("island", STRUCTURE, "an island ringed by sand"),
-    Attribute("straight_road", STRUCTURE, "a straight road"),
-    Attribute("road_grid", STRUCTURE, "roads in a grid"),
-    Attribute("crossroads", STRUCTURE, "two roads crossing"),
-    Attribute("highway", STRUCTURE, "a wide multi-lane highway"),
-    Attribute("ring_road", STRUCTURE, "a ring-shaped road"),
-    Attribute("railway_tracks", STRUCTURE, "parallel railway tracks"),
-    Attribute("runway", STRUCTURE, "a long runway with white markings"),
-    Attribute("bridge", STRUCTURE, "a bridge"),
-    Attribute("piers", STRUCTURE, "piers jutting into the water"),
-    Attribute("parallel_stripes", STRUCTURE, "parallel stripes of fields"),
-    Attribute("running_track", STRUCTURE, "an oval running track"),
-    Attribute("dunes", STRUCTURE, "wavy dune ridges"),
-    Attribute("ridges", STRUCTURE, "rugged ridges with shadows"),
-    Attribute("terraces", STRUCTURE, "curved terrace lines"),
-    # Objects: many instances, placed by the class's layout and density attributes.
-    Attribute("small_buildings", STRUCTURE, "small rectangular buildings"),
-    Attribute("large_buildings", STRUCTURE, "large rectangular buildings"),
-    Attribute("tall_buildings", STRUCTURE, "tall buildings casting long shadows"),
-    Attribute("storage_tanks", STRUCTURE, "round storage tanks"),
-    Attribute("airplanes", STRUCTURE, "airplanes"),
-    Attribute("boats", STRUCTURE, "boats"),
-    Attribute("cars", STRUCTURE, "cars"),
-    Attribute("courts", STRUCTURE, "rectangular sports courts"),
-    Attribute("pools", STRUCTURE, "bright blue swimming pools"),
-    Attribute("shrubs", STRUCTURE, "small round shrubs"),
-    Attribute("circular_fields", STRUCTURE, "circular fields"),
-    Attribute("clouds", STRUCTURE, "white clouds"),
-    Attribute("dense", LAYOUT, "densely packed"),
-    Attribute("sparse", LAYOUT, "sparsely spread"),
-    Attribute("regular_grid", LAYOUT, "arranged in a regular grid"),
-    Attribute("in_rows", LAYOUT, "lined up in rows"),
-    Attribute("scattered", LAYOUT, "scattered irregularly"),
-    Attribute("clustered", LAYOUT, "clustered together"),
+from rsz_train.data.synth.catalogue import (
+    ATTRIBUTE_INDEX,
+    ATTRIBUTES,
+    CLASS_NAMES,
+    CLASSES,
+    COVER,
+    DENSITIES,
+    OBJECTS,
+    PLACEMENTS,
+    ROOFS,
 )
-ATTRIBUTE_INDEX = {a.name: i for i, a in enumerate(ATTRIBUTES)}
-OBJECTS = (
-    "small_buildings", "large_buildings", "tall_buildings", "storage_tanks", "airplanes", "boats", "cars",
-    "courts", "pools", "shrubs", "circular_fields", "clouds",
-)  # fmt: skip
-ROOFS = ("red_roofs", "white_roofs", "blue_roofs")
-PLACEMENTS = ("regular_grid", "in_rows", "scattered", "clustered")
-DENSITIES = ("dense", "sparse")
-
-# Each class: its attributes, ground covers first (the first fills the tile).
-CLASSES: dict[str, tuple[str, ...]] = {
-    "airport": ("concrete", "grass", "runway", "airplanes", "large_buildings", "in_rows"),
-    "runway": ("grass", "bare_soil", "runway"),
-    "airplane": ("concrete", "airplanes", "sparse", "scattered"),
-    "bare_land": ("bare_soil", "rock", "straight_road"),
-    "beach": ("sand", "water", "coastline", "dunes"),
-    "bridge": ("grass", "water", "curved_river", "bridge"),
-    "chaparral": ("bare_soil", "shrubs", "sparse", "scattered"),
-    "circular_farmland": ("bare_soil", "crops", "circular_fields", "regular_grid"),
-    "cloud": ("grass", "trees", "clouds", "dense", "scattered"),
-    "commercial_area": (
-        "concrete",
-        "blue_roofs",
-        "road_grid",
-        "large_buildings",
-        "cars",
-        "dense",
-        "scattered",
-    ),
-    "dense_residential": ("concrete", "red_roofs", "small_buildings", "road_grid", "dense", "regular_grid"),
-    "desert": ("sand", "bare_soil", "dunes"),
-    "forest": ("trees", "shrubs", "dense", "scattered"),
-    "freeway": ("grass", "trees", "highway", "cars", "sparse", "in_rows"),
-    "golf_course": ("grass", "trees", "sand", "lake", "water"),
-    "ground_track_field": ("grass", "running_track", "courts", "sparse", "scattered"),
-    "harbor": ("concrete", "water", "coastline", "piers", "boats", "dense", "in_rows"),
-    "industrial_area": (
-        "concrete",
-        "blue_roofs",
-        "large_buildings",
-        "storage_tanks",
-        "straight_road",
-        "scattered",
-    ),
-    "intersection": ("concrete", "crossroads", "cars", "small_buildings", "scattered"),
-    "island": ("water", "sand", "grass", "island"),
-    "lake": ("grass", "trees", "water", "lake"),
-    "meadow": ("grass", "shrubs", "sparse", "scattered"),
-    "medium_residential": ("grass", "white_roofs", "small_buildings", "road_grid", "pools", "scattered"),
-    "mobile_home_park": ("concrete", "white_roofs", "small_buildings", "dense", "in_rows"),
-    "mountain": ("rock", "trees", "ridges"),
-    "overpass": ("grass", "highway", "ring_road", "bridge"),
-    "parking_lot": ("asphalt", "cars", "dense", "regular_grid"),
-    "railway": ("grass", "railway_tracks", "straight_road"),
-    "railway_station": ("concrete", "white_roofs", "railway_tracks", "large_buildings", "in_rows"),
-    "rectangular_farmland": ("grass", "crops", "bare_soil", "parallel_stripes"),
-    "river": ("grass", "trees", "water", "curved_river"),
-    "roundabout": ("concrete", "ring_road", "crossroads", "cars", "sparse", "scattered"),
-    "sea_ice": ("water", "snow", "clouds", "sparse", "scattered"),
-    "ship": ("water", "boats", "sparse", "scattered"),
-    "snowberg": ("snow", "rock", "ridges"),
-    "sparse_residential": ("grass", "red_roofs", "small_buildings", "trees", "pools", "sparse", "scattered"),
-    "stadium": ("asphalt", "running_track", "cars", "large_buildings", "clustered"),
-    "storage_tank": ("concrete", "storage_tanks", "regular_grid"),
-    "tennis_court": ("grass", "trees", "courts", "clustered"),
-    "terrace": ("bare_soil", "grass", "terraces"),
-    "wetland": ("grass", "water", "shrubs", "dense", "clustered"),
-    "center": ("concrete", "tall_buildings", "road_grid", "cars", "dense", "scattered"),
-}
-CLASS_NAMES: tuple[str, ...] = tuple(CLASSES)
-
-# (seen, unseen) class counts: the 60/10, 50/20 and 40/30 ratios of RSSDIVCS's 70 classes at 42 classes.
-SPLIT_SIZES: dict[str, tuple[int, int]] = {"zsl_36_6": (36, 6), "zsl_30_12": (30, 12), "zsl_24_18": (24, 18)}
-DEFAULT_SPLIT = "zsl_36_6"
-SPLIT_SEARCH_SEED = 20240611
 
 MATERIAL_RGB = {
     "water": (35, 62, 98), "grass": (96, 146, 62), "trees": (34, 74, 36), "bare_soil": (142, 106, 72),
@@ -200,73 +32,6 @@ CAR_RGB = ((235, 235, 235), (25, 25, 28), (170, 30, 30), (40, 70, 160), (160, 16
 # Attributes a tile may borrow from other classes (drawn sparse), for confusability.
 DISTRACTORS = ("cars", "straight_road", "shrubs", "small_buildings", "trees", "clouds", "bare_soil", "pools")
 DISTRACTOR_RATE = 0.2
-
-
-def class_description(name: str) -> str:
-    """One sentence built from the class's attribute phrases: the class's semantics."""
-    attrs = CLASSES[name]
-    things = [
-        ATTRIBUTES[ATTRIBUTE_INDEX[a]].phrase for a in attrs if ATTRIBUTES[ATTRIBUTE_INDEX[a]].group != LAYOUT
-    ]
-    layout = [
-        ATTRIBUTES[ATTRIBUTE_INDEX[a]].phrase for a in attrs if ATTRIBUTES[ATTRIBUTE_INDEX[a]].group == LAYOUT
-    ]
-    text = "An aerial view of " + _join(things)
-    if layout:
-        text += ", " + " and ".join(layout)
-    return text + "."
-
-
-def attribute_matrix() -> np.ndarray:
-    """[C, A] 0/1 float32, rows in CLASS_NAMES order."""
-    matrix = np.zeros((len(CLASS_NAMES), len(ATTRIBUTES)), dtype=np.float32)
-    for c, name in enumerate(CLASS_NAMES):
-        for a in CLASSES[name]:
-            matrix[c, ATTRIBUTE_INDEX[a]] = 1.0
-    return matrix
-
-
-def class_splits() -> dict[str, tuple[list[str], list[str], list[str]]]:
-    """split name -> (seen, unseen, val) class lists; val is a subset of seen, held out of training.
-
-    A seeded search picks lists in which every attribute is carried by some training class (seen - val),
-    so every unseen and val class is a new combination of attributes the model has been shown.
-    """
-    matrix = attribute_matrix() > 0
-    carriers = matrix.sum(axis=0)
-    rng = np.random.default_rng(SPLIT_SEARCH_SEED)
-    splits = {}
-    for name, (n_seen, n_unseen) in SPLIT_SIZES.items():
-        n_val = max(1, round(n_seen / 6))
-        n_train = n_seen - n_val
-        for _ in range(10_000):
-            # randomised greedy cover: the rarest uncovered attribute picks one of its classes for training
-            train: list[int] = []
-            uncovered = np.ones(len(ATTRIBUTES), bool)
-            while uncovered.any():
-                rarest = np.flatnonzero(uncovered)[np.argmin(carriers[uncovered])]
-                pick = int(rng.choice(np.flatnonzero(matrix[:, rarest])))
-                train.append(pick)
-                uncovered &= ~matrix[pick]
-            if len(train) <= n_train:
-                break
-        else:  # pragma: no cover - the class table admits a cover; this guards edits to it
-            raise RuntimeError(f"split {name}: cannot cover every attribute with {n_train} training classes")
-        rest = [int(i) for i in rng.permutation(len(CLASS_NAMES)) if i not in train]
-        train += rest[: n_train - len(train)]
-        others = [i for i in rest if i not in train]
-        unseen, val = others[:n_unseen], others[n_unseen : n_unseen + n_val]
-        seen = sorted(train + val)
-        splits[name] = (
-            [CLASS_NAMES[i] for i in seen],
-            [CLASS_NAMES[i] for i in sorted(unseen)],
-            [CLASS_NAMES[i] for i in sorted(val)],
-        )
-    return splits
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Rendering
 
 
 @dataclass
@@ -369,7 +134,7 @@ def _offset(points: list[tuple[float, float]], angle: float, d: float) -> list[t
     return [(x + nx * d, y + ny * d) for x, y in points]
 
 
-def _where(x: float, y: float, size: int) -> str:
+def where_in_tile(x: float, y: float, size: int) -> str:
     col = min(2, int(3 * x / size))
     row = min(2, int(3 * y / size))
     return (
@@ -453,7 +218,7 @@ def _draw_lake(t: _Tile) -> None:
     _paint(t, shore & ~lake, "bare_soil")
     _paint(t, lake, "water")
     t.water |= lake
-    t.structures.append(("lake", _where(cx, cy, s)))
+    t.structures.append(("lake", where_in_tile(cx, cy, s)))
 
 
 def _draw_coastline(t: _Tile) -> None:
@@ -476,7 +241,7 @@ def _draw_coastline(t: _Tile) -> None:
     t.water |= sea
     t.shore = (point, normal)
     ys, xs = np.nonzero(sea)
-    where = _where(xs.mean(), ys.mean(), s) if len(xs) else "at the edge"
+    where = where_in_tile(xs.mean(), ys.mean(), s) if len(xs) else "at the edge"
     t.structures.append(("coastline", f"with the water {where}"))
 
 
@@ -492,7 +257,7 @@ def _draw_island(t: _Tile) -> None:
     _paint(t, rim, "sand")
     _paint(t, inner, "trees" if "trees" in t.attrs else "grass")
     t.water &= ~rim
-    t.structures.append(("island", _where(cx, cy, s)))
+    t.structures.append(("island", where_in_tile(cx, cy, s)))
 
 
 def _draw_straight_road(t: _Tile) -> None:
@@ -521,7 +286,7 @@ def _draw_crossroads(t: _Tile) -> None:
     for angle in (t.angle, t.angle + 90 + t.rng.uniform(-12, 12)):
         _road(t, _line_through(t, cx, cy, angle), t.size * 0.06 * t.scale)
         t.road_angles.append(angle)
-    t.structures.append(("crossroads", _where(cx, cy, t.size)))
+    t.structures.append(("crossroads", where_in_tile(cx, cy, t.size)))
 
 
 def _draw_highway(t: _Tile) -> None:
@@ -555,7 +320,7 @@ def _draw_ring_road(t: _Tile) -> None:
     _paint(t, inside, "grass")
     t.structure |= ring | inside
     t.road |= ring
-    t.structures.append(("ring_road", _where(cx, cy, s)))
+    t.structures.append(("ring_road", where_in_tile(cx, cy, s)))
 
 
 def _draw_railway_tracks(t: _Tile) -> None:
@@ -666,7 +431,7 @@ def _draw_running_track(t: _Tile) -> None:
     _paint(t, outer, (172, 82, 60))
     _paint(t, inner, "grass")
     t.structure |= outer
-    t.structures.append(("running_track", _where(cx, cy, s)))
+    t.structures.append(("running_track", where_in_tile(cx, cy, s)))
 
 
 def _shade_terrain(t: _Tile, kind: str) -> None:
@@ -795,93 +560,152 @@ def _fits(t: _Tile, kind: str, x: float, y: float, radius: float) -> bool:
     return bool(water.all()) if ground == "water" else not water.any()
 
 
-def _draw_object(t: _Tile, draw: ImageDraw.ImageDraw, kind: str, x, y, length, width, angle) -> None:
-    rng = t.rng
+SHADOW = (30, 30, 32)
+
+
+@dataclass
+class _Placed:
+    """One object to draw: centre, size and direction, and the roof colour the tile drew for it."""
+
+    x: float
+    y: float
+    length: float
+    width: float
+    angle: float
+    roof: tuple[int, int, int]  # jittered roof colour (the default roof when the class has no roof colour)
+    coloured_roof: bool  # the class has a roof-colour attribute
+
+
+def _draw_small_building(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
     sx, sy = t.sun
+    off = t.size * 0.015
+    draw.polygon(_rect(o.x + sx * off, o.y + sy * off, o.length, o.width, o.angle), fill=SHADOW)
+    draw.polygon(_rect(o.x, o.y, o.length, o.width, o.angle), fill=o.roof)
+    nx, ny = -math.sin(math.radians(o.angle)), math.cos(math.radians(o.angle))
+    draw.polygon(
+        _rect(o.x + nx * o.width / 4, o.y + ny * o.width / 4, o.length, o.width / 2, o.angle),
+        fill=_shade(o.roof, 0.75),
+    )
+
+
+def _draw_large_building(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    sx, sy = t.sun
+    off = t.size * 0.025
+    draw.polygon(_rect(o.x + sx * off, o.y + sy * off, o.length, o.width, o.angle), fill=SHADOW)
+    flat = o.roof if o.coloured_roof else _jitter(t, (196, 196, 190))
+    draw.polygon(_rect(o.x, o.y, o.length, o.width, o.angle), fill=flat)
+    draw.polygon(_rect(o.x, o.y, o.length * 0.8, o.width * 0.7, o.angle), outline=_shade(flat, 0.8))
+
+
+def _draw_tall_building(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    sx, sy = t.sun
+    reach = t.size * t.rng.uniform(0.08, 0.14)
+    foot = _rect(o.x, o.y, o.length, o.width, o.angle)
+    for k in range(1, 7):
+        d = reach * k / 6
+        draw.polygon([(px + sx * d, py + sy * d) for px, py in foot], fill=SHADOW)
+    draw.polygon(foot, fill=o.roof if o.coloured_roof else _jitter(t, (150, 160, 170)))
+    draw.polygon(_rect(o.x, o.y, o.length * 0.6, o.width * 0.6, o.angle), fill=_jitter(t, (205, 210, 215)))
+
+
+def _draw_storage_tank(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    sx, sy = t.sun
+    x, y, r = o.x, o.y, o.length / 2
+    off = t.size * 0.015
+    draw.ellipse((x - r + sx * off, y - r + sy * off, x + r + sx * off, y + r + sy * off), fill=SHADOW)
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(t, (228, 228, 222)), outline=(150, 150, 150))
+    draw.ellipse((x - r / 4, y - r / 4, x + r / 4, y + r / 4), fill=(170, 170, 168))
+
+
+def _draw_airplane(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    sx, sy = t.sun
+    x, y, length, angle = o.x, o.y, o.length, o.angle
+    body = _jitter(t, (232, 232, 236))
+    c, si = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    for dx, dy, colour in ((sx * t.size * 0.02, sy * t.size * 0.02, SHADOW), (0, 0, body)):
+        draw.polygon(_rect(x + dx, y + dy, length, length * 0.13, angle), fill=colour)
+        wx, wy = x + dx + c * length * 0.05, y + dy + si * length * 0.05
+        draw.polygon(_rect(wx, wy, length * 0.18, length * 0.95, angle), fill=colour)
+        tx, ty = x + dx - c * length * 0.42, y + dy - si * length * 0.42
+        draw.polygon(_rect(tx, ty, length * 0.1, length * 0.38, angle), fill=colour)
+
+
+def _draw_boat(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    x, y, length = o.x, o.y, o.length
+    c, si = math.cos(math.radians(o.angle)), math.sin(math.radians(o.angle))
+    hull = _rect(x, y, length * 0.8, o.width, o.angle)
+    bow = (x + c * length / 2, y + si * length / 2)
+    draw.polygon([hull[0], hull[1], bow, hull[2], hull[3]], fill=_jitter(t, (240, 240, 238)))
+    draw.line(
+        [(x - c * length * 0.4, y - si * length * 0.4), (x - c * length, y - si * length)],
+        fill=(120, 140, 170),
+    )
+
+
+def _draw_car(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    colour = CAR_RGB[int(t.rng.integers(len(CAR_RGB)))]
+    draw.polygon(_rect(o.x, o.y, o.length, o.width, o.angle), fill=colour)
+
+
+def _draw_court(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    x, y, width = o.x, o.y, o.width
+    surface = [(62, 132, 84), (52, 92, 152), (180, 92, 62)][int(t.rng.integers(3))]
+    draw.polygon(_rect(x, y, o.length * 1.2, width * 1.3, o.angle), fill=_shade(surface, 0.8))
+    draw.polygon(_rect(x, y, o.length, width, o.angle), fill=surface, outline=(240, 240, 240))
+    c, si = math.cos(math.radians(o.angle + 90)), math.sin(math.radians(o.angle + 90))
+    draw.line(
+        [(x - c * width / 2, y - si * width / 2), (x + c * width / 2, y + si * width / 2)],
+        fill=(240, 240, 240),
+    )
+
+
+def _draw_pool(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    draw.polygon(_rect(o.x, o.y, o.length * 1.4, o.width * 1.5, o.angle), fill=(225, 225, 220))
+    draw.polygon(_rect(o.x, o.y, o.length, o.width, o.angle), fill=_jitter(t, (62, 192, 222)))
+
+
+def _draw_shrub(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    sx, sy = t.sun
+    x, y, r = o.x, o.y, o.length / 2
+    off = max(1.0, t.size * 0.01)
+    draw.ellipse((x - r + sx * off, y - r + sy * off, x + r + sx * off, y + r + sy * off), fill=(22, 30, 20))
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(t, (44, 88, 40)))
+
+
+def _draw_circular_field(t: _Tile, draw: ImageDraw.ImageDraw, o: _Placed) -> None:
+    rng = t.rng
+    x, y, r = o.x, o.y, o.length / 2
+    colours = [t.tint["crops"], t.tint["grass"] * 1.1, t.tint["bare_soil"] * 0.8]
+    fill = _jitter(t, colours[int(rng.integers(3))])
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=_shade(fill, 0.7))
+    start = rng.uniform(0, 360)
+    draw.pieslice((x - r, y - r, x + r, y + r), start, start + rng.uniform(60, 160), fill=_shade(fill, 0.82))
+    draw.line(
+        [(x, y), (x + r * math.cos(math.radians(start)), y + r * math.sin(math.radians(start)))],
+        fill=_shade(fill, 0.55),
+    )
+
+
+OBJECT_DRAWERS = {  # one drawer per object attribute of OBJECT_SHAPES
+    "small_buildings": _draw_small_building,
+    "large_buildings": _draw_large_building,
+    "tall_buildings": _draw_tall_building,
+    "storage_tanks": _draw_storage_tank,
+    "airplanes": _draw_airplane,
+    "boats": _draw_boat,
+    "cars": _draw_car,
+    "courts": _draw_court,
+    "pools": _draw_pool,
+    "shrubs": _draw_shrub,
+    "circular_fields": _draw_circular_field,
+}
+
+
+def _draw_object(t: _Tile, draw: ImageDraw.ImageDraw, kind: str, x, y, length, width, angle) -> None:
     roofs = [ROOF_RGB[r] for r in ROOFS if r in t.attrs]
-    roof = _jitter(t, roofs[int(rng.integers(len(roofs)))] if roofs else DEFAULT_ROOF)
-    dark = (30, 30, 32)
-    if kind == "small_buildings":
-        off = t.size * 0.015
-        draw.polygon(_rect(x + sx * off, y + sy * off, length, width, angle), fill=dark)
-        draw.polygon(_rect(x, y, length, width, angle), fill=roof)
-        nx, ny = -math.sin(math.radians(angle)), math.cos(math.radians(angle))
-        draw.polygon(
-            _rect(x + nx * width / 4, y + ny * width / 4, length, width / 2, angle), fill=_shade(roof, 0.75)
-        )
-    elif kind == "large_buildings":
-        off = t.size * 0.025
-        draw.polygon(_rect(x + sx * off, y + sy * off, length, width, angle), fill=dark)
-        flat = roof if roofs else _jitter(t, (196, 196, 190))
-        draw.polygon(_rect(x, y, length, width, angle), fill=flat)
-        draw.polygon(_rect(x, y, length * 0.8, width * 0.7, angle), outline=_shade(flat, 0.8))
-    elif kind == "tall_buildings":
-        reach = t.size * rng.uniform(0.08, 0.14)
-        foot = _rect(x, y, length, width, angle)
-        for k in range(1, 7):
-            d = reach * k / 6
-            draw.polygon([(px + sx * d, py + sy * d) for px, py in foot], fill=dark)
-        draw.polygon(foot, fill=roof if roofs else _jitter(t, (150, 160, 170)))
-        draw.polygon(_rect(x, y, length * 0.6, width * 0.6, angle), fill=_jitter(t, (205, 210, 215)))
-    elif kind == "storage_tanks":
-        r = length / 2
-        off = t.size * 0.015
-        draw.ellipse((x - r + sx * off, y - r + sy * off, x + r + sx * off, y + r + sy * off), fill=dark)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(t, (228, 228, 222)), outline=(150, 150, 150))
-        draw.ellipse((x - r / 4, y - r / 4, x + r / 4, y + r / 4), fill=(170, 170, 168))
-    elif kind == "airplanes":
-        body = _jitter(t, (232, 232, 236))
-        c, si = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        for dx, dy, colour in ((sx * t.size * 0.02, sy * t.size * 0.02, dark), (0, 0, body)):
-            draw.polygon(_rect(x + dx, y + dy, length, length * 0.13, angle), fill=colour)
-            wx, wy = x + dx + c * length * 0.05, y + dy + si * length * 0.05
-            draw.polygon(_rect(wx, wy, length * 0.18, length * 0.95, angle), fill=colour)
-            tx, ty = x + dx - c * length * 0.42, y + dy - si * length * 0.42
-            draw.polygon(_rect(tx, ty, length * 0.1, length * 0.38, angle), fill=colour)
-    elif kind == "boats":
-        c, si = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        hull = _rect(x, y, length * 0.8, width, angle)
-        bow = (x + c * length / 2, y + si * length / 2)
-        draw.polygon([hull[0], hull[1], bow, hull[2], hull[3]], fill=_jitter(t, (240, 240, 238)))
-        draw.line(
-            [(x - c * length * 0.4, y - si * length * 0.4), (x - c * length, y - si * length)],
-            fill=(120, 140, 170),
-        )
-    elif kind == "cars":
-        colour = CAR_RGB[int(rng.integers(len(CAR_RGB)))]
-        draw.polygon(_rect(x, y, length, width, angle), fill=colour)
-    elif kind == "courts":
-        surface = [(62, 132, 84), (52, 92, 152), (180, 92, 62)][int(rng.integers(3))]
-        draw.polygon(_rect(x, y, length * 1.2, width * 1.3, angle), fill=_shade(surface, 0.8))
-        draw.polygon(_rect(x, y, length, width, angle), fill=surface, outline=(240, 240, 240))
-        c, si = math.cos(math.radians(angle + 90)), math.sin(math.radians(angle + 90))
-        draw.line(
-            [(x - c * width / 2, y - si * width / 2), (x + c * width / 2, y + si * width / 2)],
-            fill=(240, 240, 240),
-        )
-    elif kind == "pools":
-        draw.polygon(_rect(x, y, length * 1.4, width * 1.5, angle), fill=(225, 225, 220))
-        draw.polygon(_rect(x, y, length, width, angle), fill=_jitter(t, (62, 192, 222)))
-    elif kind == "shrubs":
-        r = length / 2
-        off = max(1.0, t.size * 0.01)
-        draw.ellipse(
-            (x - r + sx * off, y - r + sy * off, x + r + sx * off, y + r + sy * off), fill=(22, 30, 20)
-        )
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(t, (44, 88, 40)))
-    elif kind == "circular_fields":
-        r = length / 2
-        colours = [t.tint["crops"], t.tint["grass"] * 1.1, t.tint["bare_soil"] * 0.8]
-        fill = _jitter(t, colours[int(rng.integers(3))])
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=_shade(fill, 0.7))
-        start = rng.uniform(0, 360)
-        draw.pieslice(
-            (x - r, y - r, x + r, y + r), start, start + rng.uniform(60, 160), fill=_shade(fill, 0.82)
-        )
-        draw.line(
-            [(x, y), (x + r * math.cos(math.radians(start)), y + r * math.sin(math.radians(start)))],
-            fill=_shade(fill, 0.55),
-        )
+    # drawn for every object, roofed or not: the tile's random stream (hence its bytes) depends on it
+    roof = _jitter(t, roofs[int(t.rng.integers(len(roofs)))] if roofs else DEFAULT_ROOF)
+    OBJECT_DRAWERS[kind](t, draw, _Placed(x, y, length, width, angle, roof, bool(roofs)))
 
 
 def _draw_objects(t: _Tile, kind: str, placement: str, density: str, limit: int | None = None) -> None:
@@ -1044,260 +868,3 @@ def render_tile(class_name: str, seed: int, index: int, size: int = 64) -> tuple
         "roofs": [r for r in ROOFS if r in attrs],
     }
     return np.asarray(image), record
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Captions
-
-NUMBER_WORDS = (
-    "no",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-)
-NOUNS = {
-    "small_buildings": ("small building", "small buildings"),
-    "large_buildings": ("large building", "large buildings"),
-    "tall_buildings": ("tall building", "tall buildings"),
-    "storage_tanks": ("storage tank", "storage tanks"),
-    "airplanes": ("airplane", "airplanes"),
-    "boats": ("boat", "boats"),
-    "cars": ("car", "cars"),
-    "courts": ("sports court", "sports courts"),
-    "pools": ("swimming pool", "swimming pools"),
-    "shrubs": ("shrub", "shrubs"),
-    "circular_fields": ("circular field", "circular fields"),
-    "clouds": ("cloud", "clouds"),
-}
-LAYOUT_WORDS = {
-    "regular_grid": "in a regular grid",
-    "in_rows": "lined up in rows",
-    "scattered": "scattered around",
-    "clustered": "clustered together",
-}
-ROOF_WORDS = {"red_roofs": "red-roofed", "white_roofs": "white-roofed", "blue_roofs": "blue-roofed"}
-
-
-def _join(items: list[str]) -> str:
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _phrase(name: str) -> str:
-    return ATTRIBUTES[ATTRIBUTE_INDEX[name]].phrase
-
-
-def _count(n: int, kind: str, roofs: list[str]) -> str:
-    singular, plural = NOUNS[kind]
-    if kind in ("small_buildings", "large_buildings", "tall_buildings") and roofs:
-        singular, plural = ROOF_WORDS[roofs[0]] + " " + singular, ROOF_WORDS[roofs[0]] + " " + plural
-    if n == 1:
-        return f"one {singular}"
-    return f"{NUMBER_WORDS[n]} {plural}" if n < len(NUMBER_WORDS) else f"many {plural}"
-
-
-def captions_for(record: dict, size: int, rng: np.random.Generator) -> list[str]:
-    """Five different sentences about one drawn instance: what is there, where, how many."""
-    base = _phrase(record["covers"][0])
-    structures = [f"{_phrase(k)} {where}" for k, where in record["structures"]]
-    objects = sorted(record["objects"].items(), key=lambda kv: -kv[1])
-    counts = [_count(n, k, record["roofs"]) for k, n in objects]
-    patches = [f"{_phrase(c)} {_where(x, y, size)}" for c, (x, y) in record["patches"]]
-    layout = LAYOUT_WORDS[record["placement"]]
-    everything = structures + counts + patches
-    sentences = []
-    if counts:
-        sentences.append(f"{counts[0].capitalize()} {layout} on {base}.")
-        kind = objects[0][0]
-        xs, ys = zip(*record["object_centres"][kind])
-        spread = np.std(xs) + np.std(ys)
-        where = "all over the image" if spread > size * 0.35 else _where(np.mean(xs), np.mean(ys), size)
-        verb = "is" if objects[0][1] == 1 else "are"
-        sentences.append(f"There {verb} {counts[0]} {where}.")
-    if structures:
-        sentences.append(f"An aerial image of {base} with {structures[0]}.")
-        sentences.append(f"{structures[-1][0].upper()}{structures[-1][1:]} can be seen in this scene.")
-    if patches:
-        sentences.append(f"Patches of {patches[0]} interrupt the {base}.")
-    sentences.append(
-        f"This scene shows {base}" + (f" with {_join(everything)}." if everything else " everywhere.")
-    )
-    density = {"dense": "crowded", "sparse": "sparse", "medium": "moderately busy"}[record["density"]]
-    if counts:
-        sentences.append(f"A {density} scene: {_join(counts)} over {base}.")
-    sentences.append(f"Most of the image is covered by {base}.")
-    sentences.append(f"Seen from above: {_join([base] + everything)}.")
-    sentences.append(f"A remote sensing tile showing {_join(everything) if everything else base}.")
-    unique = list(dict.fromkeys(sentences))
-    chosen = [unique[i] for i in sorted(rng.choice(len(unique), size=min(5, len(unique)), replace=False))]
-    while len(chosen) < 5:  # pragma: no cover - there are always at least five templates above
-        chosen.append(f"An overhead view of {base}.")
-    return chosen
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Writing the benchmark
-
-
-def _render_job(job: tuple[str, int, int, int, str]) -> tuple[str, str, list[str]]:
-    class_name, seed, index, size, root = job
-    rgb, record = render_tile(class_name, seed, index, size)
-    rng = np.random.default_rng([seed, CLASS_NAMES.index(class_name), index, 1])
-    relpath = f"{class_name}/{class_name}_{index + 1:04d}.png"
-    Image.fromarray(rgb).save(Path(root) / "images" / relpath)
-    return class_name, relpath, captions_for(record, size, rng)
-
-
-def _meta(seed: int, size: int, per_class: int) -> dict:
-    return {
-        "generator": "rsz synth",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "size": size,
-        "per_class": per_class,
-    }
-
-
-def write_benchmark(
-    out: Path, seed: int = 0, size: int = 64, per_class: int = 60, workers: int | None = None
-) -> Path:
-    """Render the benchmark into `out` (written atomically); returns `out`.
-
-    An existing empty `out` is filled; an existing benchmark of the same seed, size and per_class is
-    kept as it is; anything else already in `out` is refused with an RszError.
-    """
-    from rsz_train.data.formats import SceneData, make_split  # formats imports nothing from here
-
-    out = Path(out)
-    if not 16 <= size <= 1024:
-        raise RszError(f"--size {size}: must be between 16 and 1024 pixels")
-    if per_class < 5:
-        raise RszError(f"--per-class {per_class}: need at least 5 images per class for the split lists")
-    meta = _meta(seed, size, per_class)
-    if out.exists():
-        if not out.is_dir():
-            raise RszError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()):
-            try:
-                same = json.loads((out / "synth.json").read_text()) == meta
-            except (OSError, ValueError):
-                same = False
-            if same:
-                return out
-            raise RszError(f"{out}: folder is not empty (and is not this benchmark); choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        for name in CLASS_NAMES:
-            (tmp / "images" / name).mkdir(parents=True)
-        jobs = [(name, seed, i, size, str(tmp)) for name in CLASS_NAMES for i in range(per_class)]
-        if workers is None:  # a pool costs about a second to start: worth it from a few hundred tiles
-            workers = min(os.cpu_count() or 1, max(1, len(jobs) // 300))
-        if workers > 1:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                results = pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
-        else:
-            results = [_render_job(job) for job in jobs]
-        _write_metadata(tmp, seed, results)
-        data = SceneData(
-            root=tmp / "images",
-            class_names=list(CLASS_NAMES),
-            descriptions={n: class_description(n) for n in CLASS_NAMES},
-            image_paths=[r[1] for r in results],
-            labels=np.array([CLASS_NAMES.index(r[0]) for r in results], dtype=np.int64),
-            attribute_names=[a.name for a in ATTRIBUTES],
-            attribute_groups=[a.group for a in ATTRIBUTES],
-            attribute_phrases=[a.phrase for a in ATTRIBUTES],
-            attribute_matrix=attribute_matrix(),
-            captions={},
-            caption_splits={},
-        )
-        for split_name, (seen, unseen, val) in class_splits().items():
-            split = make_split(data, seen, unseen, val, seed=seed)
-            folder = tmp / "splits" / split_name
-            folder.mkdir(parents=True)
-            for key in (
-                "seen",
-                "unseen",
-                "val",
-                "train",
-                "val_seen",
-                "val_unseen",
-                "test_seen",
-                "test_unseen",
-            ):
-                (folder / f"{key}.txt").write_text("".join(f"{line}\n" for line in getattr(split, key)))
-        (tmp / "synth.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _write_metadata(root: Path, seed: int, results: list[tuple[str, str, list[str]]]) -> None:
-    (root / "classes.txt").write_text("".join(f"{n}: {class_description(n)}\n" for n in CLASS_NAMES))
-    (root / "attributes.txt").write_text("".join(f"{a.name}\t{a.group}\t{a.phrase}\n" for a in ATTRIBUTES))
-    matrix = attribute_matrix()
-    lines = ["class," + ",".join(a.name for a in ATTRIBUTES)]
-    lines += [name + "," + ",".join(str(int(v)) for v in row) for name, row in zip(CLASS_NAMES, matrix)]
-    (root / "attribute_matrix.csv").write_text("\n".join(lines) + "\n")
-    # Caption splits (retrieval): 80/10/10 of each class's images, drawn from the seed.
-    images, sentence_id = [], 0
-    by_class: dict[str, list[int]] = {}
-    for k, (name, *_rest) in enumerate(results):
-        by_class.setdefault(name, []).append(k)
-    split_of = {}
-    for c, members in enumerate(by_class.values()):
-        order = np.random.default_rng([seed, c, 2]).permutation(len(members))
-        n_val = n_test = max(1, round(len(members) * 0.1))
-        for rank, j in enumerate(order):
-            split_of[members[j]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    for k, (_name, relpath, sentences) in enumerate(results):
-        ids = list(range(sentence_id, sentence_id + len(sentences)))
-        sentence_id += len(sentences)
-        images.append(
-            {
-                "filename": relpath,
-                "imgid": k,
-                "split": split_of[k],
-                "sentids": ids,
-                "sentences": [
-                    {
-                        "raw": s,
-                        "tokens": s.lower().rstrip(".").replace(",", "").replace(":", "").split(),
-                        "imgid": k,
-                        "sentid": i,
-                    }
-                    for s, i in zip(sentences, ids)
-                ],
-            }
-        )
-    (root / "captions.json").write_text(json.dumps({"dataset": "rsz-synth", "images": images}) + "\n")
-
-
-@click.command("synth")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
-@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
-@click.option("--size", default=64, show_default=True, help="Tile side in pixels.")
-@click.option("--per-class", default=60, show_default=True, help="Tiles per class.")
-@click.option("--workers", default=None, type=int, help="Processes (default: all cores).")
-@one_line_errors
-def synth_command(out: Path, seed: int, size: int, per_class: int, workers: int | None) -> None:
-    """Write the procedural remote-sensing benchmark (images, classes, attributes, captions, splits)."""
-    path = write_benchmark(out, seed=seed, size=size, per_class=per_class, workers=workers)
-    click.echo(
-        f"wrote {len(CLASS_NAMES) * per_class} tiles of {size} px in {len(CLASS_NAMES)} classes to {path}"
-    )
