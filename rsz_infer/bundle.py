@@ -244,6 +244,10 @@ def manifest_problem(m: Manifest) -> str | None:
         (_is_str_list(m.attribute_names) and _is_str_list(m.attribute_phrases), "attributes must be strings"),
         (_is_number(m.phrase_ridge) and m.phrase_ridge >= 0, "phrase_ridge must be a number >= 0"),
         (
+            m.gsd is None or (_is_number(m.gsd) and m.gsd > 0),
+            "gsd must be null or metres per pixel above zero",
+        ),
+        (
             isinstance(m.files, dict) and all(isinstance(v, str) and len(v) == 64 for v in m.files.values()),
             "files must map file names to sha256 hex digests",
         ),

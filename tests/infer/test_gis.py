@@ -390,6 +390,12 @@ def test_gsd_resamples_scene_windows_to_the_models_ground_resolution(bundles, cl
     manifest = json.loads((model / "manifest.json").read_text())
     (model / "manifest.json").write_text(json.dumps(manifest | {"gsd": 5.0}))
     assert load_manifest(model).gsd == 5.0
+    from rsz_infer.errors import RszError
+
+    (model / "manifest.json").write_text(json.dumps(manifest | {"gsd": "5 m"}))
+    with pytest.raises(RszError, match="gsd must be null or metres per pixel"):
+        load_manifest(model)
+    (model / "manifest.json").write_text(json.dumps(manifest | {"gsd": 5.0}))
     out = tmp_path / "labels.jsonl"
     summary = _label(model, class_file, [coarse, fine], out, tiles=TileOptions(tile_size=32))
     assert "--gsd: scene windows resampled to 5 m per pixel (trained at 5 m)" in summary.notes
