@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import colorsys
 import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -47,7 +46,8 @@ def class_colour(index: int) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=1)
 def _gdal_library():
-    """The GDAL library rasterio itself runs on (its wheel bundles one), for the calls rasterio lacks."""
+    """The GDAL library rasterio itself runs on (its wheel bundles one), for the calls rasterio lacks
+    (category names); found among the libraries this process has loaded."""
     import rasterio._base  # noqa: F401  (loads libgdal into this process)
 
     try:
@@ -55,10 +55,9 @@ def _gdal_library():
             loaded = sorted({line.split()[-1] for line in f if "libgdal" in line.rsplit("/", 1)[-1]})
     except OSError:
         loaded = []
-    name = loaded[0] if loaded else ctypes.util.find_library("gdal")
-    if not name:
+    if not loaded:  # never a second GDAL beside rasterio's: without /proc (not Linux) no category names
         return None
-    lib = ctypes.CDLL(name)
+    lib = ctypes.CDLL(loaded[0])
     lib.GDALOpen.restype = ctypes.c_void_p
     lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.GDALGetRasterBand.restype = ctypes.c_void_p
