@@ -22,7 +22,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # rsz-infer's --model default, relative to where it runs; `rsz-train demo` makes it its bundle
 DEFAULT_MODEL = Path("models/default")
-CLASS_EMBEDDINGS = ("attributes", "semantic", "text")
+CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.classes
 SCORING_RULES = ("cosine", "dot")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
@@ -246,6 +246,14 @@ def manifest_problem(m: Manifest) -> str | None:
         (
             m.gsd is None or (_is_number(m.gsd) and m.gsd > 0),
             "gsd must be null or metres per pixel above zero",
+        ),
+        (
+            _is_str_list(m.prompt_templates) and all(t.count("{}") == 1 for t in m.prompt_templates),
+            "prompt_templates must be strings with one {} each",
+        ),
+        (
+            m.class_embedding != "templates" or bool(m.prompt_templates),
+            "class_embedding 'templates' needs prompt_templates",
         ),
         (
             isinstance(m.files, dict) and all(isinstance(v, str) and len(v) == 64 for v in m.files.values()),

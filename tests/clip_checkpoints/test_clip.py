@@ -74,9 +74,21 @@ def checkpoints(open_clip, tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit_bundle(checkpoints, tmp_path_factory):
     out = tmp_path_factory.mktemp("clip_bundles") / "tiny_vit"
-    result = CliRunner().invoke(
-        export_main, ["clip", "--checkpoint", str(checkpoints["pt"]), "--fp16", "--out", str(out)]
-    )
+    tiles = out.parent / "check_tiles"
+    tiles.mkdir()
+    for i, tile in enumerate(_tiles(4, 56, seed=9)):  # the Comparator checks the image graph on these too
+        Image.fromarray(tile).save(tiles / f"{i}.png")
+    args = [
+        "clip",
+        "--checkpoint",
+        str(checkpoints["pt"]),
+        "--fp16",
+        "--out",
+        str(out),
+        "--tiles",
+        str(tiles),
+    ]
+    result = CliRunner().invoke(export_main, args)
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -114,6 +126,7 @@ def test_export_open_clip_checkpoint_matches_open_clip(open_clip, checkpoints, v
     assert manifest.logit_scale == pytest.approx(42.0, rel=1e-5)  # from the checkpoint
     assert manifest.prompt_templates == list(DEFAULT_TEMPLATES) and manifest.max_text_length == 77
     assert manifest.extra["source"]["arch_inferred"] is True
+    assert manifest.extra["checks"]["image.fp16"]["tiles"] == 4
     assert {g.precision for g in manifest.graphs.values()} == {"fp16"}
     assert all(g.engines for g in manifest.graphs.values())  # TensorRT-RTX engines, built on the CPU
 
