@@ -495,6 +495,8 @@ def _write_bundle(
         shutil.copyfile(source.tokenizer_json, staging / "tokenizer.json")
     image_outputs = {t.name: t for t in specs["image"].outputs}
     model = source.model
+    if "classifier" in specs:  # MCFA's final-stage classifier: its logits' columns, in order
+        extra["classifier_classes"] = list(model.task.extra["classifier_classes"])
     manifest = Manifest(
         model_kind=model.kind,
         rsz_version=rsz_infer.__version__,

@@ -60,6 +60,7 @@ class TrainConfig:
     # epochs), then trained at lr * backbone_lr_factor beside the rest at lr.
     frozen_backbone_epochs: int = 0
     backbone_lr_factor: float = 1.0
+    amsgrad: bool = False  # AdamW's AMSGrad variant (MCFA's authors: Adam, amsgrad=True)
     eval_batch_size: int = 256
     amp: bool = True  # mixed precision (bf16, or fp16 with loss scaling) on GPU; ignored on CPU
 

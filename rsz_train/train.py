@@ -268,6 +268,7 @@ class _Trainer:
         self.train_class_inputs = self.model.class_inputs(train_semantics, device)
         # the backbone parameters the model itself trains (a frozen MCFA/MSA backbone stays frozen)
         self.backbone_trainable = [p for p in backbone_parameters(self.model) if p.requires_grad]
+        self.kept_classifier: tuple | None = None  # MCFA's final-stage classifier, see classifier_scores
         self.step = distributed.loss_module(self.model, self.ctx, device)
 
     def caption_images(self, caption_split: str) -> list[str]:
@@ -378,6 +379,8 @@ class _Trainer:
 
     def zsl_scores(self, stage: str, calibration: float | None) -> dict | None:
         """ZSL/GZSL on "val" (train classes + val classes) or "test" (train classes + unseen classes)."""
+        if getattr(self.model.config, "inference", "nearest") == "classifier":
+            return self.classifier_scores(stage, calibration)
         seen_part, unseen_part = f"{stage}_seen", f"{stage}_unseen"
         unseen_ids = self.val_ids if stage == "val" else self.unseen_ids
         if not unseen_ids or not len(self.sets[unseen_part].paths) or not len(self.sets[seen_part].paths):
@@ -395,6 +398,63 @@ class _Trainer:
             self.model.logit_scale(),
             calibration,
         )
+
+    def classifier_scores(self, stage: str, calibration: float | None) -> dict | None:
+        """MCFA's model.inference "classifier": the final stage (MCFA.final_stage) trained on the training
+        images' posteriors and the classes' posteriors of this stage's label space, then ZSL (the unseen-only
+        classifier) and GZSL (the seen + unseen one) of the stage's images. Keeps the GZSL classifier in
+        self.kept_classifier (the test one is saved with the run)."""
+        seen_part, unseen_part = f"{stage}_seen", f"{stage}_unseen"
+        unseen_ids = self.val_ids if stage == "val" else self.unseen_ids
+        if not unseen_ids or not len(self.sets[unseen_part].paths):
+            return None
+        self.model.eval()
+        mu, logvar = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.sets["train"].images), self.config.train.eval_batch_size):
+                chunk = self.sets["train"].images[start : start + self.config.train.eval_batch_size]
+                m, lv = self.model.image_posteriors(td.image_batch(chunk, self.spec).to(self.device))
+                mu.append(m.float().cpu())
+                logvar.append(lv.float().cpu())
+        space = list(self.train_ids) + list(unseen_ids)
+        class_inputs = self.model.class_inputs(ev.subset_semantics(self.semantics, space), self.device)
+        gzsl_clf, zsl_clf = self.model.final_stage(
+            (torch.cat(mu), torch.cat(logvar)),
+            torch.from_numpy(self.train_labels),
+            class_inputs,
+            len(self.train_ids),
+            self.config.train.seed,
+        )
+        self.kept_classifier = (gzsl_clf, [self.data.class_names[c] for c in space])
+        unseen_emb = torch.from_numpy(self._embed(unseen_part))
+        position = {c: i for i, c in enumerate(space)}
+        with torch.no_grad():
+            zsl_logits = zsl_clf(unseen_emb).numpy()
+        unseen_local = np.array(
+            [position[int(c)] - len(self.train_ids) for c in self.sets[unseen_part].labels]
+        )
+        out: dict = {"zsl": ev.zsl_accuracy(zsl_logits, unseen_local), "inference": "classifier"}
+        if not len(self.sets[seen_part].paths):
+            return out
+        emb = torch.cat([torch.from_numpy(self._embed(seen_part)), unseen_emb])
+        labels = np.concatenate([self.sets[seen_part].labels, self.sets[unseen_part].labels])
+        local = np.array([position[int(c)] for c in labels], dtype=np.int64)
+        with torch.no_grad():
+            logits = gzsl_clf(emb).numpy()
+        seen_mask = np.arange(len(space)) < len(self.train_ids)
+        if calibration is None:
+            calibration = ev.choose_calibration(logits, local, seen_mask)
+        out.update(
+            {
+                "gzsl": {
+                    **ev.gzsl_report(logits, local, seen_mask, calibration),
+                    "lambda": float(calibration),
+                },
+                "gzsl_uncalibrated": ev.gzsl_report(logits, local, seen_mask, 0.0),
+                "calibration": float(calibration),
+            }
+        )
+        return out
 
     def retrieval(self, caption_split: str) -> dict | None:
         """Retrieval on every image of the data set whose captions belong to `caption_split`."""
@@ -731,7 +791,7 @@ def _fit(
     trainer = _Trainer(kind, data, split, source, out_dir, config, dev)
     model, cfg = trainer.model, config.train
     groups = optimizer_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, amsgrad=cfg.amsgrad)
     steps = trainer.steps_per_epoch()
     total, warmup = steps * cfg.epochs, steps * min(cfg.warmup_epochs, cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
@@ -855,5 +915,8 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         "processes": distributed.current().world_size,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if trainer.kept_classifier is not None:  # MCFA's final stage of the test split: kept with the weights
+        trainer.model.keep_classifier(*trainer.kept_classifier)
+        runs.save_weights(trainer.model, out_dir / runs.WEIGHTS, kind)
     runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(fit.calibration)))
     runs.write_atomic(out_dir / runs.REPORT, json.dumps(report, indent=2))

@@ -67,6 +67,19 @@ class MCFAConfig:
     contrast_vv_weight: float = 0.5  # supervised contrast among visual latents
     contrast_vs_weight: float = 1.0  # visual latent vs all class latents (the scoring rule)
     contrast_sv_weight: float = 0.5  # class latent vs the visual latents of the batch
+    # Inference: "nearest" class latent (cosine; exports as image + semantic graphs, any class file), or
+    # "classifier": CADA-VAE's final stage the MCFA paper uses (masuqiang/MCFA-Pytorch vaemodel.py
+    # train_classifier): a softmax classifier on latents sampled from the seen images' posteriors
+    # (classifier_seen_samples per seen class) and the classes' posteriors (classifier_unseen_samples per
+    # unseen class) for GZSL, and on classifier_zsl_samples per unseen class alone for ZSL; it knows only
+    # the run's classes (exported as the "classifier" graph).
+    inference: str = "nearest"
+    classifier_seen_samples: int = 200
+    classifier_unseen_samples: int = 400
+    classifier_zsl_samples: int = 200
+    classifier_epochs: int = 23  # the authors' cls_train_steps (GZSL: 23; their ZSL run: 50)
+    classifier_lr: float = 0.001
+    classifier_batch_size: int = 32
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -136,6 +149,43 @@ class _Chain(nn.Module):
         return self.encoder(self.standardise(self.features(x)))[0]
 
 
+INFERENCES = ("nearest", "classifier")
+
+
+def latent_samples(
+    mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor, per_class: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` latents of each label: its posteriors cycled up to that count (CADA-VAE's
+    sample_train_data_on_sample_per_class_basis repeats features the same way), each z = mu + sigma * eps."""
+    zs, ys = [], []
+    for c in labels.unique(sorted=True):
+        rows = torch.nonzero(labels == c).flatten()
+        pick = rows[torch.arange(per_class) % len(rows)]
+        eps = torch.randn(per_class, mu.shape[1], generator=generator)
+        zs.append(mu[pick] + eps * torch.exp(0.5 * logvar[pick]))
+        ys.append(torch.full((per_class,), int(c), dtype=torch.long))
+    return torch.cat(zs), torch.cat(ys)
+
+
+def fit_latent_classifier(
+    z: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int
+) -> nn.Linear:
+    """A linear softmax classifier on latents (cross-entropy, Adam), CADA-VAE's LINEAR_LOGSOFTMAX."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    classifier = nn.Linear(z.shape[1], num_classes)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=(0.5, 0.999))
+    for _ in range(epochs):
+        order = torch.randperm(len(z), generator=generator)
+        for start in range(0, len(z), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(classifier(z[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return classifier.eval()
+
+
 class MCFA(FrozenBackboneMixin, RszModel):
     kind = "mcfa"
     scoring_rule = "cosine"
@@ -146,6 +196,8 @@ class MCFA(FrozenBackboneMixin, RszModel):
         source = config.semantic_source
         if source not in SEMANTIC_SOURCES:
             raise RszError(f"semantic_source={source!r}: expected one of {', '.join(SEMANTIC_SOURCES)}")
+        if config.inference not in INFERENCES:
+            raise RszError(f"model.inference {config.inference!r}: expected {' or '.join(INFERENCES)}")
         self.config, self.task = config, task
         self.visual = BackboneFeatures(create_resnet(config.backbone, pretrained=config.pretrained))
         # The preprocessing the backbone was trained with (rsz_train.runs.preprocess_spec reads these).
@@ -184,6 +236,9 @@ class MCFA(FrozenBackboneMixin, RszModel):
         self.visual_decoder = _mlp(z, h, visual_dim)
         self.semantic_decoder = _mlp(z, h, semantic_dim)
         self.steps_done = 0  # drives the warm-up; restarts with a resumed run, which only re-ramps it
+        # The final-stage classifier of a finished run (classes in task.extra["classifier_classes"]).
+        classes = task.extra.get("classifier_classes")
+        self.latent_classifier = nn.Linear(z, len(classes)) if classes else None
 
     def frozen_backbone(self) -> nn.Module | None:
         return self.visual.backbone if self.config.freeze_backbone else None
@@ -214,6 +269,52 @@ class MCFA(FrozenBackboneMixin, RszModel):
 
     def encode_classes(self, class_inputs: torch.Tensor) -> torch.Tensor:
         return self.semantic_encoder(self.semantic(class_inputs))[0]
+
+    def image_posteriors(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.visual_encoder(self.image_features(images))
+
+    def class_posteriors(self, class_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.semantic_encoder(self.semantic(class_inputs))
+
+    def final_stage(
+        self,
+        seen_posteriors: tuple[torch.Tensor, torch.Tensor],
+        seen_labels: torch.Tensor,
+        class_inputs: torch.Tensor,
+        num_seen: int,
+        seed: int,
+    ) -> tuple[nn.Linear, nn.Linear]:
+        """CADA-VAE's final stage -> (GZSL classifier over seen + unseen classes, ZSL classifier over the
+        unseen ones). `seen_labels` index the first `num_seen` rows of `class_inputs` (seen, then unseen)."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            class_mu, class_logvar = (t.float().cpu() for t in self.class_posteriors(class_inputs))
+            unseen = torch.arange(num_seen, len(class_inputs))
+            z_seen, y_seen = latent_samples(
+                *seen_posteriors, seen_labels, cfg.classifier_seen_samples, generator
+            )
+            z_unseen, y_unseen = latent_samples(
+                class_mu[unseen], class_logvar[unseen], unseen, cfg.classifier_unseen_samples, generator
+            )
+            z_zsl, y_zsl = latent_samples(
+                class_mu[unseen],
+                class_logvar[unseen],
+                unseen - num_seen,
+                cfg.classifier_zsl_samples,
+                generator,
+            )
+        fit = dict(epochs=cfg.classifier_epochs, lr=cfg.classifier_lr, batch_size=cfg.classifier_batch_size)
+        gzsl = fit_latent_classifier(
+            torch.cat([z_seen, z_unseen]), torch.cat([y_seen, y_unseen]), len(class_inputs), seed=seed, **fit
+        )
+        zsl = fit_latent_classifier(z_zsl, y_zsl, len(unseen), seed=seed + 1, **fit)
+        return gzsl, zsl
+
+    def keep_classifier(self, classifier: nn.Linear, class_names: list[str]) -> None:
+        """Keep the test GZSL classifier in the model (weights and the task, so load_run rebuilds it)."""
+        self.latent_classifier = classifier
+        self.task.extra["classifier_classes"] = list(class_names)
 
     def logit_scale(self) -> float:
         return 1.0 / self.config.temperature
@@ -287,7 +388,19 @@ class MCFA(FrozenBackboneMixin, RszModel):
             output_names=["embedding"],
             dynamic_axes={"semantic": {0: "classes"}, "embedding": {0: "classes"}},
         )
-        return [image, semantic, text_export_graph()]
+        graphs = [image, semantic, text_export_graph()]
+        if self.latent_classifier is not None:
+            graphs.append(
+                ExportGraph(
+                    role="classifier",
+                    module=self.latent_classifier.eval(),
+                    example_inputs=(torch.randn(2, self.config.latent_dim),),
+                    input_names=["embedding"],
+                    output_names=["logits"],
+                    dynamic_axes={"embedding": {0: "batch"}, "logits": {0: "batch"}},
+                )
+            )
+        return graphs
 
 
 def build_mcfa(config: MCFAConfig, task: TaskInfo) -> MCFA:

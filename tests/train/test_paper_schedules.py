@@ -118,3 +118,57 @@ def _initial_state(bench, config) -> dict:
     task = TaskInfo(data.attribute_names, data.attribute_phrases, data.attribute_groups, 32, 30)
     torch.manual_seed(config.train.seed)
     return create_model("dsva", config.model, task).state_dict()
+
+
+def test_latent_samples_cycle_each_class_and_add_noise_of_its_sigma():
+    """CADA-VAE's sample_train_data_on_sample_per_class_basis (masuqiang/MCFA-Pytorch vaemodel.py,
+    train_classifier): a class's rows repeated until `per_class`, then cut; z = mu + sigma * eps."""
+    from rsz_train.models.mcfa import latent_samples
+
+    mu = torch.tensor([[0.0, 0.0], [10.0, 10.0], [5.0, -5.0]])
+    logvar = torch.full((3, 2), -40.0)  # sigma ~ 2e-9: z is mu
+    z, y = latent_samples(mu, logvar, torch.tensor([0, 0, 1]), 3, torch.Generator().manual_seed(0))
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.allclose(z, mu[[0, 1, 0, 2, 2, 2]])
+    z, _ = latent_samples(
+        mu, torch.zeros(3, 2), torch.tensor([0, 0, 1]), 2000, torch.Generator().manual_seed(0)
+    )
+    assert abs(float((z[2000:] - mu[2]).std()) - 1.0) < 0.05  # sigma = exp(0.5 * logvar) = 1
+
+
+def test_mcfa_final_stage_classifier_is_kept_reloaded_and_exported(tiny_benchmark, default_split, tmp_path):
+    from rsz_train import evaluate as ev
+    from rsz_train.data.formats import load_benchmark, load_split
+    from rsz_train.data.torch_datasets import load_images
+    from rsz_train.runs import load_run
+
+    overrides = {
+        **TINY_OVERRIDES,
+        "model.inference": "classifier",
+        "model.classifier_epochs": 2,
+        "model.classifier_seen_samples": 20,
+        "model.classifier_unseen_samples": 40,
+        "model.classifier_zsl_samples": 20,
+    }
+    out = train("mcfa", tiny_benchmark, default_split, tmp_path / "m", device="cpu", overrides=overrides)
+    model, info = load_run(out, kind="mcfa")
+    report = info.report
+    assert report["test"]["inference"] == "classifier" and {"zsl", "gzsl"} <= set(report["test"])
+    classes = info.task.extra["classifier_classes"]
+    assert classes == info.seen + info.unseen and model.latent_classifier.out_features == len(classes)
+    # the kept classifier gives the reported GZSL figure on the test images
+    data, split = load_benchmark(tiny_benchmark), load_split(tiny_benchmark, default_split)
+    label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
+    paths = list(split.test_seen) + list(split.test_unseen)
+    emb = ev.embed_images(model, load_images(data.root, paths, info.preprocess.size), info.preprocess)
+    with torch.no_grad():
+        logits = model.latent_classifier(torch.from_numpy(emb)).numpy()
+    position = {data.class_names.index(c): i for i, c in enumerate(classes)}
+    local = np.array([position[label_of[p]] for p in paths])
+    seen_mask = np.arange(len(classes)) < len(info.seen)
+    gzsl = ev.gzsl_report(logits, local, seen_mask, info.seen_calibration)
+    assert gzsl["H"] == pytest.approx(report["test"]["gzsl"]["H"], abs=1e-9)
+    graphs = {g.role: g for g in model.export_graphs()}
+    classifier = graphs["classifier"]
+    assert (classifier.input_names, classifier.output_names) == (["embedding"], ["logits"])
+    assert classifier.module(*classifier.example_inputs).shape == (2, len(classes))
