@@ -156,7 +156,8 @@ def _write_class_map(
                 for r in records:
                     col, row, width, height = r["window"]
                     window = Window(col, row, width, height)
-                    valid = scene.read_masks(1, window=window) > 0  # the source's nodata, pixel by pixel
+                    # the source's nodata pixel by pixel (GDAL's dataset mask: nodata where every band is)
+                    valid = scene.dataset_mask(window=window) > 0
                     known = valid & (r["class_index"] >= 0)  # -1: unknown (below --min-score)
                     block = np.where(known, r["class_index"], nodata).astype(dtype)
                     dst.write(block, 1, window=window)

@@ -479,7 +479,7 @@ def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
     assert scene is not None and tile.window is not None
     ds = _open_scene(scene.path)
     window = Window(*tile.window)
-    if not ds.read_masks(1, window=window).any():
+    if not ds.dataset_mask(window=window).any():  # invalid only where every band is nodata
         raise NodataTile("all nodata")
     if scene.scale == 1.0:
         data = ds.read(list(scene.bands), window=window)

@@ -332,6 +332,7 @@ def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, t
     rgb = np.concatenate([solid("red", 400)[:, :200], solid("blue", 400)], axis=1)
     rgb[50:150, 50:250] = 0
     rgb[200:, 400:] = 0
+    rgb[20:40, 220:240] = (0, 40, 230)  # red band 0 (the nodata value) but a valid blue pixel
     scene = write_geotiff(tmp_path / "scene.tif", bands_first(rgb), nodata=0)
     class_map = tmp_path / "map.tif"
     gallery = tmp_path / "gallery.html"
@@ -352,12 +353,12 @@ def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, t
         assert cm.colormap(1)[2] == (*class_colour(2), 255)
         assert cm.nodata == 255 and cm.descriptions == ("class", "top score") and cm.scales == (1.0, 0.01)
         classes, scores = cm.read(1), cm.read(2)
-        source_valid = src.read_masks(1) > 0
+        source_valid = src.dataset_mask() > 0  # GDAL: nodata where every band is nodata
         overview = cm.read(1, out_shape=(200, 300))
     assert category_names(class_map) == names  # what gdalinfo and QGIS show
     assert "<Category>green</Category>" in Path(f"{class_map}.aux.xml").read_text()
     # every source nodata pixel is nodata in the map, every valid pixel has its window's class
-    assert ((classes == 255) == ~source_valid).all()
+    assert ((classes == 255) == ~source_valid).all() and (classes[20:40, 220:240] == 2).all()
     assert (classes[:, :200][source_valid[:, :200]] == 0).all()
     assert (classes[:, 200:][source_valid[:, 200:]] == 2).all()
     assert set(np.unique(scores[source_valid])) <= set(range(101)) and scores[~source_valid].max() == 255
