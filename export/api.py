@@ -439,11 +439,11 @@ def _write_bundle(
     graphs: list[ExportGraph],
     staging: Path,
     fp16: bool,
-    lib,
-    batch: ShapeRange,  # noqa: ANN001
+    lib,  # noqa: ANN001 - TrtLib | None
+    batch: ShapeRange,
 ) -> Manifest:
+    """The bundle in `staging`, in three steps: graphs (ONNX, checks, variants), engines, manifest."""
     seq = ShapeRange(1, min(32, source.max_text_length), source.max_text_length)
-    specs: dict[str, GraphSpec] = {}
     extra: dict = {
         "opset": OPSET,
         "default_precision": "fp16" if fp16 else "fp32",
@@ -452,42 +452,68 @@ def _write_bundle(
     }
     if source.about:
         extra["source"] = dict(source.about)
-    for graph in graphs:
-        fp32_path = export_onnx(graph, staging / f"{graph.role}.onnx")
-        inputs, outputs = _concrete_shapes(graph, *graph_io(load_checked(fp32_path)))
-        extra["checks"][f"{graph.role}.fp32"] = _check_graph(graph, fp32_path, "fp32", source)
-        extra["variants"][graph.role] = {"fp32": fp32_path.name}
-        default_path, precision = fp32_path, "fp32"
-        if fp16:
-            fp16_path = staging / f"{graph.role}.fp16.onnx"
-            why = {op: "kept FP32 by the model (ExportGraph.fp32_ops)" for op in graph.fp32_ops}
-            extra["fp16"] = convert_fp16(fp32_path, fp16_path, why)
-            load_checked(fp16_path)
-            extra["checks"][f"{graph.role}.fp16"] = _check_graph(graph, fp16_path, "fp16", source)
-            extra["variants"][graph.role]["fp16"] = fp16_path.name
-            default_path, precision = fp16_path, "fp16"
-        specs[graph.role] = GraphSpec(
-            onnx=default_path.name, precision=precision, inputs=inputs, outputs=outputs
-        )
-        if source.calibration is not None and graph.role in INT8_ROLES:
-            _int8_variant(graph, fp32_path, staging, source, extra, keep_qdq=lib is not None)
+    specs = {graph.role: _write_graph(graph, source, staging, fp16, lib, extra) for graph in graphs}
+    _write_engines(specs, staging, lib, batch, seq, extra)
+    return _write_manifest(source, specs, staging, extra)
 
+
+def _write_graph(
+    graph: ExportGraph,
+    source: ExportSource,
+    staging: Path,
+    fp16: bool,
+    lib,
+    extra: dict,  # noqa: ANN001
+) -> GraphSpec:
+    """One graph: FP32 ONNX checked against PyTorch, the FP16 variant (--fp16) and the INT8 one (--int8)."""
+    fp32_path = export_onnx(graph, staging / f"{graph.role}.onnx")
+    inputs, outputs = _concrete_shapes(graph, *graph_io(load_checked(fp32_path)))
+    extra["checks"][f"{graph.role}.fp32"] = _check_graph(graph, fp32_path, "fp32", source)
+    extra["variants"][graph.role] = {"fp32": fp32_path.name}
+    default_path, precision = fp32_path, "fp32"
+    if fp16:
+        fp16_path = staging / f"{graph.role}.fp16.onnx"
+        why = {op: "kept FP32 by the model (ExportGraph.fp32_ops)" for op in graph.fp32_ops}
+        extra["fp16"] = convert_fp16(fp32_path, fp16_path, why)
+        load_checked(fp16_path)
+        extra["checks"][f"{graph.role}.fp16"] = _check_graph(graph, fp16_path, "fp16", source)
+        extra["variants"][graph.role]["fp16"] = fp16_path.name
+        default_path, precision = fp16_path, "fp16"
+    if source.calibration is not None and graph.role in INT8_ROLES:
+        _int8_variant(graph, fp32_path, staging, source, extra, keep_qdq=lib is not None)
+    return GraphSpec(onnx=default_path.name, precision=precision, inputs=inputs, outputs=outputs)
+
+
+def _write_engines(
+    specs: dict[str, GraphSpec],
+    staging: Path,
+    lib,
+    batch: ShapeRange,
+    seq: ShapeRange,
+    extra: dict,  # noqa: ANN001
+) -> None:
+    """A TensorRT engine (+ sidecar) per graph when a TensorRT library is in use; INT8 engines too."""
     if lib is None:
         extra["engine_note"] = "no TensorRT engines (--engine none, or no TensorRT library imports)"
-    else:
-        extra["engines"] = {}
-        for role, spec in specs.items():
-            onnx_path = staging / spec.onnx
-            profile = optimisation_profile(onnx_input_dims(onnx_path), batch, seq)
-            engine_path = staging / f"{role}.engine"
-            sidecar = build_engine(
-                onnx_path, engine_path, profile, spec.precision, staging / "timing.cache", lib=lib
-            )
-            spec.engines.append(engine_path.name)
-            extra["engines"][engine_path.name] = sidecar
-        for role, info in extra.get("int8", {}).items():
-            _int8_engine(role, info, specs[role], staging, lib, batch, seq, extra)
+        return
+    extra["engines"] = {}
+    for role, spec in specs.items():
+        onnx_path = staging / spec.onnx
+        profile = optimisation_profile(onnx_input_dims(onnx_path), batch, seq)
+        engine_path = staging / f"{role}.engine"
+        sidecar = build_engine(
+            onnx_path, engine_path, profile, spec.precision, staging / "timing.cache", lib=lib
+        )
+        spec.engines.append(engine_path.name)
+        extra["engines"][engine_path.name] = sidecar
+    for role, info in extra.get("int8", {}).items():
+        _int8_engine(role, info, specs[role], staging, lib, batch, seq, extra)
 
+
+def _write_manifest(
+    source: ExportSource, specs: dict[str, GraphSpec], staging: Path, extra: dict
+) -> Manifest:
+    """Run files, tokenizer, then manifest.json listing every file of the bundle with its sha256."""
     if source.run_dir is not None:
         extra["torch"] = _ship_run_files(source.run_dir, staging)
     has_text = "text" in specs
