@@ -81,9 +81,44 @@ def ort_gpu_providers() -> list[str]:
     ]
 
 
+def check_device(device: str) -> str:
+    """auto | cpu | cuda | cuda:N, or a one-line RszError."""
+    index = device.partition(":")[2] if device.startswith("cuda:") else None
+    if device not in DEVICES and not (index is not None and index.isdigit()):
+        raise RszError(f"--device {device}: expected one of {', '.join(DEVICES)} or cuda:N")
+    return device
+
+
+_selected_gpu: str | None = None  # the cuda:N this process was pointed at
+
+
+def select_gpu(device: str) -> None:
+    """cuda:N: GPU N for this whole process, through CUDA_VISIBLE_DEVICES before the first engine opens, so
+    ONNX Runtime, TensorRT, nvImageCodec and the native library all see it as their device 0. N counts
+    within an existing CUDA_VISIBLE_DEVICES. A process whose CUDA is already initialised (e.g. by PyTorch)
+    keeps its GPUs; run one process per GPU."""
+    global _selected_gpu
+    if _selected_gpu == device:
+        return
+    if _selected_gpu is not None:
+        raise RszError(
+            f"--device {device}: this process already runs on {_selected_gpu} (one GPU per process)"
+        )
+    index = int(device.partition(":")[2])
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and index >= len(visible):
+        raise RszError(
+            f"--device {device}: CUDA_VISIBLE_DEVICES={','.join(visible)} lists {len(visible)} GPUs"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+    _selected_gpu = device
+
+
 def resolve_device(device: str) -> str:
-    if device not in DEVICES:
-        raise RszError(f"--device {device}: expected one of {', '.join(DEVICES)}")
+    """auto | cpu | cuda | cuda:N -> "cpu" or "cuda" (cuda:N first selects GPU N for the process)."""
+    if check_device(device).startswith("cuda:"):
+        select_gpu(device)
+        return "cuda"
     if device == "auto":
         return "cuda" if gpu_present() else "cpu"
     return device

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import click
 
-from rsz_infer.backend import BACKENDS, DEVICES, PRECISIONS
+from rsz_infer.backend import BACKENDS, PRECISIONS, check_device
 from rsz_infer.bundle import DEFAULT_MODEL
+from rsz_infer.cluster import parse_shard
 from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
 from rsz_infer.images import TileOptions, parse_bands
@@ -33,6 +34,14 @@ EPILOG = (
     "'rsz-infer search idx/ --text \"a river crossing farmland\"' (each with --help). "
     "Exit codes: 0 done, 3 done with skipped tiles (listed in OUT's .errors.csv), 2 usage/input error."
 )
+
+
+def _device_option(f):
+    return click.option(
+        "--device", default="auto", show_default=True, callback=lambda _ctx, _p, v: check_device(v),
+        help="auto (cuda when an NVIDIA GPU is visible; the summary says which device and provider ran), "
+        "cpu, cuda, or cuda:N (GPU N for this process).",
+    )(f)  # fmt: skip
 
 
 def _tile_options(f):
@@ -67,6 +76,10 @@ def _runtime_options(f):
         "--decoder", type=click.Choice(DECODERS), default="auto", show_default=True,
         help="JPEG/PNG decoding. auto: nvImageCodec when installed (GPU with the engine), else Pillow.",
     )(f)  # fmt: skip
+    f = click.option(
+        "--shard", default=None, callback=lambda _ctx, _p, v: parse_shard(v),
+        help="I/N: only shard I of N of the discovered tiles (N processes or array jobs, each an own --out).",
+    )(f)  # fmt: skip
     f = click.option("--workers", default=0, help="Decoding threads (0: one per core, up to 8).")(f)
     f = click.option("--batch", default=32, show_default=True, help="Tiles per engine call.")(f)
     f = click.option(
@@ -74,10 +87,7 @@ def _runtime_options(f):
         help="Image graph variant. auto: the fastest that passed its check on this device (CPU: as measured "
         "by rsz-export; GPU: fp16).",
     )(f)  # fmt: skip
-    f = click.option(
-        "--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-        help="auto: cuda when an NVIDIA GPU is visible (the summary says which device and provider ran).",
-    )(f)  # fmt: skip
+    f = _device_option(f)
     f = click.option(
         "--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
         help="auto: TensorRT engine when it loads on this GPU, else ONNX Runtime.",
@@ -159,6 +169,7 @@ def label_command(
         decoder=kw["decoder"],
         preprocess=kw["preprocess"],
         progress=not quiet,
+        shard=kw["shard"],
     )
     if html_out:
         check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
@@ -199,7 +210,17 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         progress=not quiet,
         **{
             k: kw[k]
-            for k in ("backend", "device", "batch", "workers", "decoder", "preprocess", "gsd", "precision")
+            for k in (
+                "backend",
+                "device",
+                "batch",
+                "workers",
+                "decoder",
+                "preprocess",
+                "gsd",
+                "precision",
+                "shard",
+            )
         },
     )
     summary = build_index(cfg)
@@ -219,18 +240,21 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
 @click.option("--html", "html_out", default=None, help="Also write a self-contained HTML gallery.")
 @click.option("--labels", default=None, help="Labels file (.csv/.jsonl from rsz-infer) for gallery captions.")
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@_device_option
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @one_line_errors
 def search_command(
     index_dir, text, image, k, rerank, model, html_out, labels, as_json, device, backend
 ) -> None:
     """Top-k tiles of INDEX_DIR for --text or --image."""
-    from rsz_infer.index import Index, search
+    from rsz_infer.index import Index
 
     if html_out:
         check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
-    hits = search(index_dir, text, image, k, rerank, Path(model) if model else None, backend, device)
+    index = Index.open(index_dir)
+    hits = index.search(
+        text=text, image=image, k=k, rerank=rerank, model=model, backend=backend, device=device
+    )
     for hit in hits:
         if as_json:
             click.echo(
@@ -242,7 +266,7 @@ def search_command(
         from rsz_infer.report import GalleryItem, footprint_line, label_lines, load_labels, write_gallery
 
         known = load_labels(labels) if labels else {}
-        info = Index.load(index_dir).info
+        info = index.info
         options = TileOptions(
             **info["tile_options"], bands=tuple(info["bands"]) if info.get("bands") else None
         )

@@ -35,6 +35,7 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.cluster import shard_tiles
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
 from rsz_infer.pipeline import gsd_note, resolve_gsd
@@ -54,11 +55,35 @@ RERANK_BATCH = 64
 
 @dataclass
 class Index:
+    """A retrieval index folder in memory: `Index.open("idx/").search(text=..., image=..., k=...)`."""
+
     folder: Path
     info: dict
     embeddings: np.ndarray
     tiles: list[dict]
     scales: np.ndarray | None
+
+    @classmethod
+    def open(cls, folder: Path | str) -> Index:
+        """The index that `rsz-infer index` (or build_index) wrote to `folder`."""
+        return cls.load(folder)
+
+    def search(
+        self,
+        text: str | None = None,
+        image: str | Path | np.ndarray | None = None,
+        k: int = 20,
+        rerank: int = 0,
+        model: Path | str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> list[Hit]:
+        """Top-k tiles for a sentence or a query image (a file or an HxWx3 array), best first.
+
+        rerank > 0 re-scores that many candidates with the bundle's rerank graph (MSA, text only); model:
+        the bundle that built the index (default: the folder index.json names).
+        """
+        return search_index(self, text, image, k, rerank, Path(model) if model else None, backend, device)
 
     @classmethod
     def load(cls, folder: Path | str) -> Index:
@@ -145,6 +170,7 @@ class IndexConfig:
     preprocess: str = "auto"
     gsd: str = "auto"  # auto | off | metres per pixel (pipeline.resolve_gsd); an existing index keeps its own
     precision: str = "auto"  # image graph variant (rsz_infer.backend)
+    shard: tuple[int, int] | None = None  # (I, N): only the tiles of shard I of N (rsz_infer.cluster)
 
     @property
     def engine(self) -> EngineOptions:
@@ -208,7 +234,8 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
     for note in gsd_note(tile_options, manifest):
         warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
-    todo = [t for t in discover_tiles(cfg.inputs, tile_options) if t.id not in known]
+    discovered = shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard)
+    todo = [t for t in discovered if t.id not in known]
     with_scales = "rerank" in manifest.graphs
     rows, embeddings, scales = [], [], []
 
@@ -349,11 +376,23 @@ def search(
     device: str = "auto",
 ) -> list[Hit]:
     """Top-k tiles for a sentence or a query image; rerank > 0 re-scores that many candidates (text only)."""
+    return Index.open(index_dir).search(text, image, k, rerank, model, backend, device)
+
+
+def search_index(
+    index: Index,
+    text: str | None,
+    image: str | Path | np.ndarray | None,
+    k: int,
+    rerank: int,
+    model: Path | None,
+    backend: str,
+    device: str,
+) -> list[Hit]:
     if (text is None) == (image is None):
         raise RszError("search: give exactly one of --text or --image")
     if k < 1:
         raise RszError(f"-k {k}: must be at least 1")
-    index = Index.load(index_dir)
     if index.embeddings.shape[0] == 0:
         return []
     model, manifest = _model_of(index, model)
@@ -368,7 +407,7 @@ def search(
             runner.close()
         query = text_out["embedding"][0]
     else:
-        query = _embed_image(Path(image), model, manifest, backend, device)
+        query = _embed_image(image, model, manifest, backend, device)
     query = l2_normalize(query.astype(np.float32))
     if query.shape[0] != index.embeddings.shape[1]:
         what = "--text" if text is not None else "--image"
@@ -394,13 +433,21 @@ def search(
     ]
 
 
-def _embed_image(path: Path, model: Path, manifest: Manifest, backend: str, device: str) -> np.ndarray:
-    if not path.is_file():
-        raise RszError(f"--image {path}: no such file")
-    try:
-        rgb, _ = decode_tile(tile_from_record(str(path), None, TileOptions()), TileOptions())
-    except TileError as err:
-        raise RszError(f"--image {path}: {err}") from None
+def _embed_image(
+    image: str | Path | np.ndarray, model: Path, manifest: Manifest, backend: str, device: str
+) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        from rsz_infer.api import array_to_rgb
+
+        rgb, _ = array_to_rgb(image, where="image")
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise RszError(f"--image {path}: no such file")
+        try:
+            rgb, _ = decode_tile(tile_from_record(str(path), None, TileOptions()), TileOptions())
+        except TileError as err:
+            raise RszError(f"--image {path}: {err}") from None
     runner = open_runner(model, manifest, "image", backend, device)
     try:
         x = to_model_input(rgb, manifest.preprocess)[None]

@@ -8,27 +8,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from rsz_infer.backend import open_runner
+from rsz_infer.api import Labeler, check_explainable
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
-    ImageEngine,
     exit_code,
     run_tiles,
-    tile_record,
     warn,
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
-from rsz_infer.classes import class_embeddings
 from rsz_infer.classfile import class_file_hash, read_class_file
+from rsz_infer.cluster import shard_tiles
 from rsz_infer.errors import RszError
-from rsz_infer.images import NodataTile, Tile, TileOptions, discover_tiles
+from rsz_infer.images import Tile, TileOptions, discover_tiles
 from rsz_infer.outputs import RunLog, check_output_path, output_format, part_path, write_outputs
-from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
-
-UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
 
 
 def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptions) -> TileOptions:
@@ -84,6 +77,7 @@ class LabelConfig:
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
     progress: bool = True
     precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)
+    shard: tuple[int, int] | None = None  # (I, N): only the tiles of shard I of N (rsz_infer.cluster)
 
     @property
     def engine(self) -> EngineOptions:
@@ -141,92 +135,6 @@ class Summary:
         return line
 
 
-@dataclass
-class Scorer:
-    """The model's scoring rule with calibrated stacking on the classes it was trained on."""
-
-    class_emb: np.ndarray  # [C, D]
-    names: list[str]
-    seen_mask: np.ndarray  # [C] bool: class names the model saw in training (case-insensitive)
-    calibration: float  # lambda subtracted from seen-class logits
-    rule: str
-    scale: float
-    top_k: int
-    min_score: float | None = None  # raw similarity below which a tile is labeled UNKNOWN
-
-    def records(self, emb: np.ndarray, tiles: list[Tile], rules: list[str]) -> list[dict]:
-        if emb.shape[1] != self.class_emb.shape[1]:
-            raise RszError(
-                f"image embeddings are {emb.shape[1]}-d but class embeddings {self.class_emb.shape[1]}-d "
-                "(the bundle's graphs do not belong together)"
-            )
-        # The raw similarity (cosine, or dot product, before scale and calibration) says how well a tile
-        # fits a class at all; the softmax only compares the classes given (one class: always 1.0).
-        similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
-        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.calibration))
-        idx, scores = top_k(probs, self.top_k)
-        records = []
-        for i, tile in enumerate(tiles):
-            labels = [self.names[j] for j in idx[i]]
-            sims = [round(float(similarity[i, j]), 6) for j in idx[i]]
-            record = {
-                "labels": labels,
-                "scores": [round(float(s), 6) for s in scores[i]],
-                "similarities": sims,
-            }
-            record |= {"class_index": int(idx[i, 0]), "rule": rules[i]}
-            if self.min_score is not None and sims[0] < self.min_score:
-                # label_1 says unknown; its score and similarity stay the best class's, which fell short
-                record |= {"labels": [UNKNOWN] + labels[1:], "best_class": labels[0], "class_index": -1}
-            records.append(tile_record(tile) | record)
-        return records
-
-
-def _scorer(cfg: LabelConfig, manifest: Manifest, entries: list) -> Scorer:
-    class_emb = class_embeddings(
-        cfg.model,
-        manifest,
-        entries,
-        lambda role: open_runner(cfg.model, manifest, role, cfg.backend, cfg.device),
-    )
-    seen = {n.casefold() for n in manifest.seen_classes}
-    lam = manifest.seen_calibration if cfg.seen_calibration is None else cfg.seen_calibration
-    return Scorer(
-        class_emb=class_emb,
-        names=[e.name for e in entries],
-        seen_mask=np.array([e.name.casefold() in seen for e in entries]),
-        calibration=lam,
-        rule=manifest.scoring_rule,
-        scale=manifest.logit_scale,
-        top_k=cfg.top_k,
-        min_score=cfg.min_score,
-    )
-
-
-EXPLAIN_TOP = 3  # attributes per tile that --explain reports
-ATTENTION_DECIMALS = 3
-
-
-def check_explainable(manifest: Manifest, model: Path) -> None:
-    if manifest.class_embedding != "attributes" or not manifest.attribute_names:
-        raise RszError(
-            f"--explain: {model} is a {manifest.model_kind} bundle; explanations need per-attribute scores "
-            "(a DSVA bundle)"
-        )
-
-
-def add_explanations(records: list[dict], outputs: dict[str, np.ndarray], attribute_names: list[str]) -> None:
-    """DSVA's image graph gives per-attribute scores (its embedding) and attention maps: each labeled record
-    gets its top attributes [[name, score], ...] and, in the run log, their attention maps [[h x w], ...]."""
-    scores = outputs["embedding"]
-    maps = outputs.get("attention_maps")
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :EXPLAIN_TOP]
-    for i, record in enumerate(records):
-        record["attributes"] = [[attribute_names[a], round(float(scores[i, a]), 6)] for a in top[i]]
-        if maps is not None:
-            record["attention"] = np.round(maps[i, top[i]].astype(np.float64), ATTENTION_DECIMALS).tolist()
-
-
 def _check_outputs(cfg: LabelConfig, tiles: list[Tile]) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
@@ -257,11 +165,17 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     entries = read_class_file(cfg.classes)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
-    tiles = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
-    if not tiles:
+    discovered = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
+    if not discovered:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
-    _check_outputs(cfg, tiles)
-    scorer = _scorer(cfg, manifest, entries)
+    _check_outputs(cfg, discovered)
+    tiles = shard_tiles(discovered, cfg.shard)  # an empty shard writes an empty output
+    labeler = Labeler(
+        cfg.model, entries, cfg.backend, cfg.device, cfg.top_k, cfg.seen_calibration, batch=cfg.batch,
+        workers=cfg.workers, decoder=cfg.decoder, preprocess=cfg.preprocess, tiles=cfg.tiles,
+        manifest=manifest, explain=cfg.explain, min_score=cfg.min_score, precision=cfg.precision,
+    )  # fmt: skip
+    scorer, engine = labeler.scorer, labeler.engine
     header = {
         "model": manifest_sha256(cfg.model),
         "classes": class_file_hash(entries),
@@ -272,7 +186,6 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),
     }
-    engine = ImageEngine.open(cfg.model, manifest, cfg.engine)
     engine.notes[:0] = notes
     for note in engine.notes:
         warn(note)
@@ -286,16 +199,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
 
     def log_batch(batch: EmbeddedBatch) -> None:
         nonlocal batches_logged
-        records = [
-            tile_record(tile) | {"skipped": str(err), "nodata": isinstance(err, NodataTile)}
-            for tile, err in batch.skipped
-        ]
-        if batch.tiles:
-            labeled = scorer.records(batch.outputs["embedding"], batch.tiles, batch.rules)
-            if cfg.explain:
-                add_explanations(labeled, batch.outputs, manifest.attribute_names)
-            records += labeled
-        log.append(records)
+        log.append(labeler.batch_records(batch))
         batches_logged += 1
         if on_batch is not None:
             on_batch(batches_logged)

@@ -1,0 +1,406 @@
+"""The Python engine API: label and embed tiles in memory, from notebooks, pipelines and cluster workers.
+
+    from rsz_infer import Labeler
+    with Labeler("models/default", ["airport", "river: a river crossing farmland"]) as labeler:
+        records = labeler.label(["tiles/", "scene.tif"])        # paths, Tiles or HxWx3 arrays
+        table = labeler.label_table(arrays).to_pandas()          # one row per tile
+
+`rsz-infer` (rsz_infer.pipeline.label_tiles) and the Ray path (rsz_infer.cluster) label through the same
+Labeler: one engine (rsz_infer.batching.ImageEngine) and one scoring rule (Scorer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsz_infer.backend import open_runner
+from rsz_infer.batching import (
+    Batch,
+    EmbeddedBatch,
+    EngineOptions,
+    ImageEngine,
+    embed_batches,
+    embed_tiles,
+    tile_record,
+)
+from rsz_infer.bundle import Manifest
+from rsz_infer.classes import class_embeddings
+from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
+from rsz_infer.errors import RszError
+from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles
+from rsz_infer.preprocess import to_model_input
+from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
+
+Images = Sequence[np.ndarray] | np.ndarray | Sequence[str | Path | Tile]
+FLOAT_RULES = ("unit", "stretch")
+UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
+
+
+def class_entries(classes: str | Path | Sequence[str] | Sequence[ClassEntry]) -> list[ClassEntry]:
+    """Classes from a class file path, a list of "name" / "name: description" strings, or ClassEntrys."""
+    if isinstance(classes, (str, Path)):
+        return read_class_file(classes)
+    items = list(classes)
+    if items and all(isinstance(c, ClassEntry) for c in items):
+        return items
+    if not items or not all(isinstance(c, str) for c in items):
+        raise RszError("classes: expected a class file, a list of class names, or ClassEntry objects")
+    if any("\n" in c for c in items):
+        raise RszError("classes: a class name holds a line break")
+    return parse_class_lines("\n".join(items), "classes")
+
+
+@dataclass
+class Scorer:
+    """The model's scoring rule with calibrated stacking on the classes it was trained on."""
+
+    class_emb: np.ndarray  # [C, D]
+    names: list[str]
+    seen_mask: np.ndarray  # [C] bool: class names the model saw in training (case-insensitive)
+    calibration: float  # lambda subtracted from seen-class logits
+    rule: str
+    scale: float
+    top_k: int
+    min_score: float | None = None  # raw similarity below which a tile is labeled UNKNOWN
+
+    @classmethod
+    def open(
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        entries: list[ClassEntry],
+        backend: str,
+        device: str,
+        top_k: int,
+        seen_calibration: float | None,
+        min_score: float | None = None,
+    ) -> Scorer:
+        """Class embeddings through the bundle's own text graphs (cached), and the bundle's rule."""
+        class_emb = class_embeddings(
+            bundle, manifest, entries, lambda role: open_runner(bundle, manifest, role, backend, device)
+        )
+        seen = {n.casefold() for n in manifest.seen_classes}
+        lam = manifest.seen_calibration if seen_calibration is None else seen_calibration
+        return cls(
+            class_emb=class_emb,
+            names=[e.name for e in entries],
+            seen_mask=np.array([e.name.casefold() in seen for e in entries]),
+            calibration=lam,
+            rule=manifest.scoring_rule,
+            scale=manifest.logit_scale,
+            top_k=top_k,
+            min_score=min_score,
+        )
+
+    def records(self, emb: np.ndarray, tiles: list[Tile], rules: list[str]) -> list[dict]:
+        if emb.shape[1] != self.class_emb.shape[1]:
+            raise RszError(
+                f"image embeddings are {emb.shape[1]}-d but class embeddings {self.class_emb.shape[1]}-d "
+                "(the bundle's graphs do not belong together)"
+            )
+        # The raw similarity (cosine, or dot product, before scale and calibration) says how well a tile
+        # fits a class at all; the softmax only compares the classes given (one class: always 1.0).
+        similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
+        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.calibration))
+        idx, scores = top_k(probs, self.top_k)
+        records = []
+        for i, tile in enumerate(tiles):
+            labels = [self.names[j] for j in idx[i]]
+            sims = [round(float(similarity[i, j]), 6) for j in idx[i]]
+            record = {
+                "labels": labels,
+                "scores": [round(float(s), 6) for s in scores[i]],
+                "similarities": sims,
+            }
+            record |= {"class_index": int(idx[i, 0]), "rule": rules[i]}
+            if self.min_score is not None and sims[0] < self.min_score:
+                # label_1 says unknown; its score and similarity stay the best class's, which fell short
+                record |= {"labels": [UNKNOWN] + labels[1:], "best_class": labels[0], "class_index": -1}
+            records.append(tile_record(tile) | record)
+        return records
+
+
+def skipped_records(batch: EmbeddedBatch) -> list[dict]:
+    """The records of a batch's bad tiles and empty scene windows (labels files list them in errors)."""
+    return [
+        tile_record(tile) | {"skipped": str(err), "nodata": isinstance(err, NodataTile)}
+        for tile, err in batch.skipped
+    ]
+
+
+def array_to_rgb(image: np.ndarray, float_rule: str = "unit", where: str = "image") -> tuple[np.ndarray, str]:
+    """A decoded image -> (HxWx3 uint8 RGB, rule). uint8 HxW (grey), HxWx3 or HxWx4 (alpha dropped);
+    float arrays by `float_rule`: "unit" takes [0, 1] to 0-255, "stretch" maps the image's own 2nd-98th
+    percentiles to 0-255 (the rule of 16-bit TIFFs)."""
+    a = np.asarray(image)
+    rule = "rgb"
+    if a.ndim == 2:
+        a, rule = np.repeat(a[:, :, None], 3, axis=2), "grey to rgb"
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a, rule = a[:, :, :3], "rgb; alpha dropped"
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise RszError(f"{where}: expected an HxWx3 (or HxW) array, got shape {tuple(np.shape(image))}")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a), rule
+    if not np.issubdtype(a.dtype, np.floating):
+        raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}")
+    if float_rule == "unit":
+        return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), f"{rule}; float x255"
+    if float_rule == "stretch":
+        lo, hi = np.percentile(a, STRETCH_PERCENTILES)
+        scaled = (a - lo) / max(float(hi - lo), 1e-12)
+        return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), f"{rule}; float stretch p2-p98"
+    raise RszError(f"float_rule {float_rule!r}: expected {' or '.join(FLOAT_RULES)}")
+
+
+EXPLAIN_TOP = 3  # attributes per tile that --explain reports
+ATTENTION_DECIMALS = 3
+
+
+def check_explainable(manifest: Manifest, model: Path) -> None:
+    if manifest.class_embedding != "attributes" or not manifest.attribute_names:
+        raise RszError(
+            f"--explain: {model} is a {manifest.model_kind} bundle; explanations need per-attribute scores "
+            "(a DSVA bundle)"
+        )
+
+
+def add_explanations(records: list[dict], outputs: dict[str, np.ndarray], attribute_names: list[str]) -> None:
+    """DSVA's image graph gives per-attribute scores (its embedding) and attention maps: each labeled record
+    gets its top attributes [[name, score], ...] and, in the run log, their attention maps [[h x w], ...]."""
+    scores = outputs["embedding"]
+    maps = outputs.get("attention_maps")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :EXPLAIN_TOP]
+    for i, record in enumerate(records):
+        record["attributes"] = [[attribute_names[a], round(float(scores[i, a]), 6)] for a in top[i]]
+        if maps is not None:
+            record["attention"] = np.round(maps[i, top[i]].astype(np.float64), ATTENTION_DECIMALS).tolist()
+
+
+class Embedder:
+    """A bundle's image graph behind the decoding pool: `embed(images)` -> [N, D] image embeddings.
+
+    backend: auto | trt | ort | torch; device: auto | cpu | cuda | cuda:N; tiles: how files and GeoTIFF
+    scenes become tiles (tile size, overlap, bands). Close it (or use `with`) to free the engine.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        backend: str = "auto",
+        device: str = "auto",
+        batch: int = 32,
+        workers: int = 0,
+        decoder: str = "auto",
+        preprocess: str = "auto",
+        precision: str = "auto",
+        tiles: TileOptions | None = None,
+        float_rule: str = "unit",
+        manifest: Manifest | None = None,
+    ) -> None:
+        from rsz_infer.bundle import open_bundle
+
+        self.bundle = Path(bundle)
+        self.manifest = manifest or open_bundle(self.bundle)  # manifest: already loaded and verified
+        self.backend, self.device = backend, device
+        self.tile_options = tiles or TileOptions()
+        if float_rule not in FLOAT_RULES:
+            raise RszError(f"float_rule {float_rule!r}: expected {' or '.join(FLOAT_RULES)}")
+        self.float_rule = float_rule
+        self._before_engine()
+        options = EngineOptions(backend, device, batch, workers, decoder, preprocess, precision)
+        self.engine = ImageEngine.open(self.bundle, self.manifest, options)
+
+    def _before_engine(self) -> None:
+        """What a subclass prepares before the image graph opens (Labeler: the class embeddings)."""
+
+    # --- the one loop, for every kind of input ---------------------------------------------------------
+
+    def inputs(self, images: Images) -> list[np.ndarray] | list[Tile]:
+        """The arrays of a batch of arrays, or the Tiles of paths (as rsz-infer discovers them: folders,
+        files, scene windows) and Tiles; one call takes arrays or paths/Tiles, not both."""
+        if isinstance(images, np.ndarray):
+            return list(images[None] if images.ndim == 3 else images)
+        items = list(images)
+        if items and all(isinstance(i, np.ndarray) for i in items):
+            return items
+        tiles: dict[str, Tile] = {}
+        for item in items:
+            if isinstance(item, Tile):
+                tiles.setdefault(item.id, item)
+            elif isinstance(item, (str, Path)):
+                for tile in discover_tiles([item], self.tile_options):
+                    tiles.setdefault(tile.id, tile)
+            else:
+                raise RszError(f"images: a {type(item).__name__} is not an array, a path or a Tile")
+        return list(tiles.values())
+
+    def embedded_batches(self, inputs: list[np.ndarray] | list[Tile]) -> Iterator[EmbeddedBatch]:
+        """The engine's batches for the inputs (see `inputs`); bad tiles ride along in `skipped`."""
+        if _are_arrays(inputs):
+            yield from embed_batches(self.engine, self._array_batches(inputs))
+        else:
+            yield from embed_tiles(self.engine, inputs, self.tile_options)
+
+    def _array_batches(self, arrays: list[np.ndarray]) -> Iterator[Batch]:
+        spec, size = self.manifest.preprocess, self.engine.batch_size
+        for start in range(0, len(arrays), size):
+            chunk = arrays[start : start + size]
+            inputs = np.zeros((size, 3, spec.size, spec.size), np.float32)
+            tiles, rules = [], []
+            for i, array in enumerate(chunk):
+                rgb, rule = array_to_rgb(array, self.float_rule, f"images[{start + i}]")
+                inputs[i] = to_model_input(rgb, spec)
+                tiles.append(Tile(id=f"#{start + i}", path=""))
+                rules.append(rule)
+            yield Batch(tiles, rules, inputs)
+
+    def embed(self, images: Images, output: str = "embedding") -> np.ndarray:
+        """[N, D] float32 image-graph output (`embedding`, or e.g. MSA's `scales`) of every good tile, in
+        input order; bad files raise (use Labeler.label to get their reasons instead)."""
+        parts, first_error = [], None
+        for batch in self.embedded_batches(self.inputs(images)):
+            if batch.skipped and first_error is None:
+                tile, err = batch.skipped[0]
+                first_error = RszError(f"{tile.id}: {err}")
+            if batch.tiles:
+                parts.append(batch.outputs[output])
+        if first_error is not None:
+            raise first_error
+        if not parts:
+            return np.zeros((0, self.manifest.embedding_dim), np.float32)
+        return np.concatenate(parts).astype(np.float32)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Labeler(Embedder):
+    """Zero-shot labeling with a bundle and classes the model may never have seen.
+
+    classes: a class file path, a list of "name" or "name: description" strings, or ClassEntry objects.
+    `label(images)` -> one record per tile (labels, scores best first, rule; bad tiles carry "skipped").
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        classes: str | Path | Sequence[str] | Sequence[ClassEntry],
+        backend: str = "auto",
+        device: str = "auto",
+        top_k: int = 5,
+        seen_calibration: float | None = None,
+        explain: bool = False,
+        min_score: float | None = None,
+        **engine: Any,
+    ) -> None:
+        if top_k < 1:
+            raise RszError(f"--top-k {top_k}: must be at least 1")
+        self.entries = class_entries(classes)
+        self.explain = explain  # DSVA: top attributes (and attention maps) in every labeled record
+        self._scoring = (top_k, seen_calibration, min_score)
+        super().__init__(bundle, backend, device, **engine)
+
+    def _before_engine(self) -> None:
+        top_k, seen_calibration, min_score = self._scoring
+        if self.explain:
+            check_explainable(self.manifest, self.bundle)
+        self.scorer = Scorer.open(
+            self.bundle, self.manifest, self.entries, self.backend, self.device, top_k, seen_calibration,
+            min_score,
+        )  # fmt: skip
+
+    @property
+    def class_names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def batch_records(self, batch: EmbeddedBatch) -> list[dict]:
+        """Records of one engine batch: its bad tiles first, then its labeled tiles."""
+        records = skipped_records(batch)
+        if batch.tiles:
+            labeled = self.scorer.records(batch.outputs["embedding"], batch.tiles, batch.rules)
+            if self.explain:
+                add_explanations(labeled, batch.outputs, self.manifest.attribute_names)
+            records += labeled
+        return records
+
+    def label(self, images: Images) -> list[dict]:
+        """One record per input tile, in input order: tile, path, window, footprint, then labels, scores,
+        class_index, rule, or skipped (the reason) and nodata for tiles that could not be labeled."""
+        inputs = self.inputs(images)
+        records: dict[str, dict] = {}
+        for batch in self.embedded_batches(inputs):
+            records.update((r["tile"], r) for r in self.batch_records(batch))
+        order = [f"#{i}" for i in range(len(inputs))] if _are_arrays(inputs) else [t.id for t in inputs]
+        return [records[tile_id] for tile_id in order]
+
+    def label_table(self, images: Images):  # noqa: ANN201 - pyarrow.Table (pyarrow is imported lazily)
+        """label() as a pyarrow Table (one row per tile; `.to_pandas()` for a DataFrame)."""
+        return records_table(self.label(images), self.scorer.top_k)
+
+
+def _are_arrays(inputs: list) -> bool:
+    return bool(inputs) and isinstance(inputs[0], np.ndarray)
+
+
+def records_table(records: list[dict], top_k: int | None = None):  # noqa: ANN201 - pyarrow.Table
+    """Label records -> pyarrow Table: tile, path, window, footprint (GeoJSON text), label, score,
+    labels, scores (top-k lists), class_index, rule, skipped (reason or null), nodata."""
+    import json
+
+    import pyarrow as pa
+
+    def column(key: str, default: Any = None) -> list:
+        return [r.get(key, default) for r in records]
+
+    columns = {
+        "tile": column("tile"),
+        "path": column("path"),
+        "window": pa.array(column("window"), type=pa.list_(pa.int64())),
+        "footprint": [json.dumps(f) if f is not None else None for f in column("footprint")],
+        "label": [r["labels"][0] if "labels" in r else None for r in records],
+        "score": pa.array([r["scores"][0] if "scores" in r else None for r in records], pa.float64()),
+        "labels": pa.array(column("labels"), type=pa.list_(pa.string())),
+        "scores": pa.array(column("scores"), type=pa.list_(pa.float64())),
+        "class_index": pa.array(column("class_index"), type=pa.int64()),
+        "rule": pa.array(column("rule"), type=pa.string()),
+        "skipped": pa.array(column("skipped"), type=pa.string()),
+        "nodata": pa.array(column("nodata", False), type=pa.bool_()),
+    }
+    return pa.table(columns)
+
+
+def table_records(table) -> list[dict]:  # noqa: ANN001 - pyarrow.Table
+    """records_table's inverse: the label records a table holds (for merging partitions into outputs)."""
+    import json
+
+    out = []
+    for row in table.to_pylist():
+        record = {
+            "tile": row["tile"],
+            "path": row["path"],
+            "window": row["window"],
+            "footprint": json.loads(row["footprint"]) if row["footprint"] is not None else None,
+        }
+        if row["skipped"] is not None:
+            record |= {"skipped": row["skipped"], "nodata": bool(row["nodata"])}
+        else:
+            record |= {
+                "labels": row["labels"],
+                "scores": row["scores"],
+                "class_index": row["class_index"],
+                "rule": row["rule"],
+            }
+        out.append(record)
+    return out
