@@ -11,6 +11,7 @@ Labeler: one engine (rsz_infer.batching.ImageEngine) and one scoring rule (Score
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,60 +348,36 @@ class Labeler(Embedder):
 
     def label_table(self, images: Images):  # noqa: ANN201 - pyarrow.Table (pyarrow is imported lazily)
         """label() as a pyarrow Table (one row per tile; `.to_pandas()` for a DataFrame)."""
-        return records_table(self.label(images), self.scorer.top_k)
+        return records_table(self.label(images))
 
 
 def _are_arrays(inputs: list) -> bool:
     return bool(inputs) and isinstance(inputs[0], np.ndarray)
 
 
-def records_table(records: list[dict], top_k: int | None = None):  # noqa: ANN201 - pyarrow.Table
-    """Label records -> pyarrow Table: tile, path, window, footprint (GeoJSON text), label, score,
-    labels, scores (top-k lists), class_index, rule, skipped (reason or null), nodata."""
-    import json
-
+def records_table(records: list[dict]):  # noqa: ANN201 - pyarrow.Table (pyarrow is imported lazily)
+    """Label records -> pyarrow Table, one row per tile: tile, label, score (the best class), labels, scores
+    (top k), rule, skipped (the reason, or null), nodata, and the whole record as JSON (`record`)."""
     import pyarrow as pa
 
-    def column(key: str, default: Any = None) -> list:
-        return [r.get(key, default) for r in records]
+    def column(key: str, kind: pa.DataType, default: Any = None) -> pa.Array:
+        return pa.array([r.get(key, default) for r in records], kind)
 
-    columns = {
-        "tile": column("tile"),
-        "path": column("path"),
-        "window": pa.array(column("window"), type=pa.list_(pa.int64())),
-        "footprint": [json.dumps(f) if f is not None else None for f in column("footprint")],
-        "label": [r["labels"][0] if "labels" in r else None for r in records],
-        "score": pa.array([r["scores"][0] if "scores" in r else None for r in records], pa.float64()),
-        "labels": pa.array(column("labels"), type=pa.list_(pa.string())),
-        "scores": pa.array(column("scores"), type=pa.list_(pa.float64())),
-        "class_index": pa.array(column("class_index"), type=pa.int64()),
-        "rule": pa.array(column("rule"), type=pa.string()),
-        "skipped": pa.array(column("skipped"), type=pa.string()),
-        "nodata": pa.array(column("nodata", False), type=pa.bool_()),
-    }
-    return pa.table(columns)
+    return pa.table(
+        {
+            "tile": column("tile", pa.string()),
+            "label": pa.array([r["labels"][0] if "labels" in r else None for r in records], pa.string()),
+            "score": pa.array([r["scores"][0] if "scores" in r else None for r in records], pa.float64()),
+            "labels": column("labels", pa.list_(pa.string())),
+            "scores": column("scores", pa.list_(pa.float64())),
+            "rule": column("rule", pa.string()),
+            "skipped": column("skipped", pa.string()),
+            "nodata": column("nodata", pa.bool_(), False),
+            "record": pa.array([json.dumps(r) for r in records], pa.string()),
+        }
+    )
 
 
 def table_records(table) -> list[dict]:  # noqa: ANN001 - pyarrow.Table
-    """records_table's inverse: the label records a table holds (for merging partitions into outputs)."""
-    import json
-
-    out = []
-    for row in table.to_pylist():
-        record = {
-            "tile": row["tile"],
-            "path": row["path"],
-            "window": row["window"],
-            "footprint": json.loads(row["footprint"]) if row["footprint"] is not None else None,
-        }
-        if row["skipped"] is not None:
-            record |= {"skipped": row["skipped"], "nodata": bool(row["nodata"])}
-        else:
-            record |= {
-                "labels": row["labels"],
-                "scores": row["scores"],
-                "class_index": row["class_index"],
-                "rule": row["rule"],
-            }
-        out.append(record)
-    return out
+    """records_table's inverse: the label records a table holds (merging partitions into outputs)."""
+    return [json.loads(text) for text in table.column("record").to_pylist()]

@@ -44,6 +44,33 @@ def _device_option(f):
     )(f)  # fmt: skip
 
 
+def _ray_options(f):
+    f = click.option(
+        "--ray-partition-tiles", default=256, show_default=True,
+        help="--ray: tiles per partition (a decode task, an actor call, a Parquet file: the unit of resume).",
+    )(f)  # fmt: skip
+    f = click.option(
+        "--ray-actors", default=1, show_default=True,
+        help="--ray: engine actors (one per GPU on GPU clusters; each holds one model).",
+    )(f)  # fmt: skip
+    f = click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+        help="Run on a Ray cluster (rsz[ray]): decoding as Ray tasks, the engine in an actor pool, results "
+        "as partitioned Parquet. No ADDRESS: start Ray here; else e.g. auto or ray://head:10001.",
+    )(f)  # fmt: skip
+    return f
+
+
+def _ray(kw: dict):  # noqa: ANN202 - cluster.RayOptions or None
+    from rsz_infer.cluster import RayOptions, check_ray_address
+
+    address = kw.pop("ray_address")
+    actors, partition_tiles = kw.pop("ray_actors"), kw.pop("ray_partition_tiles")
+    if address is None:
+        return None
+    return RayOptions(check_ray_address(address), actors, partition_tiles)
+
+
 def _tile_options(f):
     f = click.option(
         "--gsd", default="auto", show_default=True,
@@ -128,6 +155,7 @@ def _runtime_options(f):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_runtime_options
 @_tile_options
+@_ray_options
 @one_line_errors
 def label_command(
     tiles,
@@ -146,6 +174,7 @@ def label_command(
     **kw,
 ) -> None:
     """Label TILES (folders, images, any raster GDAL opens, GDAL paths, URLs, STAC JSON) with a class file."""
+    ray = _ray(kw)
     cfg = LabelConfig(
         inputs=list(tiles),
         classes=Path(classes),
@@ -173,7 +202,12 @@ def label_command(
     )
     if html_out:
         check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
-    summary = label_tiles(cfg)
+    if ray is not None:
+        from rsz_infer.cluster import label_tiles_ray
+
+        summary = label_tiles_ray(cfg, ray)
+    else:
+        summary = label_tiles(cfg)
     click.echo(summary.line(cfg.out), err=True)
     if summary.gallery_tiles is not None:
         click.echo(f"rsz-infer: gallery of {summary.gallery_tiles} tiles -> {html_out}", err=True)
@@ -196,11 +230,13 @@ def label_command(
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_runtime_options
 @_tile_options
+@_ray_options
 @one_line_errors
 def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
     """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped."""
     from rsz_infer.index import IndexConfig, build_index
 
+    ray = _ray(kw)
     cfg = IndexConfig(
         list(tiles),
         Path(model),
@@ -223,7 +259,12 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
             )
         },
     )
-    summary = build_index(cfg)
+    if ray is not None:
+        from rsz_infer.cluster import build_index_ray
+
+        summary = build_index_ray(cfg, ray)
+    else:
+        summary = build_index(cfg)
     click.echo(summary.line(cfg.out), err=True)
     sys.exit(summary.exit_code)
 

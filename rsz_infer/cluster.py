@@ -7,11 +7,25 @@ the N outputs together hold every tile once.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
-from rsz_infer.errors import RszError
-from rsz_infer.images import Tile
+import numpy as np
+
+from rsz_infer.batching import Batch, embed_batches, tile_record
+from rsz_infer.errors import RszError, first_line
+from rsz_infer.images import NodataTile, Tile, TileError, TileOptions, decode_tile
+from rsz_infer.outputs import atomic_write
+from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
+from rsz_infer.scoring import l2_normalize
 
 Shard = tuple[int, int]  # (index I, count N), 0 <= I < N
 
@@ -36,3 +50,503 @@ def in_shard(tile_id: str, shard: Shard | None) -> bool:
 def shard_tiles(tiles: Iterable[Tile], shard: Shard | None) -> list[Tile]:
     """The tiles of this shard, in discovery order (all of them without a shard)."""
     return [t for t in tiles if in_shard(t.id, shard)]
+
+
+# ---------------------------------------------------------------- Ray Data (--ray)
+#
+# The discovered tiles (files and scene windows) are cut into partitions of RayOptions.partition_tiles, in
+# discovery order; one partition is one row of a Ray Dataset. Decoding (images.decode_tile + the resize of
+# preprocess.to_model_input) runs as Ray tasks; the engine runs in a fixed pool of actors, each holding one
+# Labeler (or Embedder for indexing), which normalises, embeds, scores and writes its partition as one
+# Parquet file, atomically (written beside, then renamed). Only a few counts per partition reach the
+# driver. A killed job leaves whole partition files, and the same command with --resume (labeling) or again
+# (indexing) does only the partitions that are missing. Labels files (.csv/.jsonl/.geojson) are merged from
+# the partitions at the end; an --out ending in .parquet (or without a suffix) keeps the partition folder.
+
+RAY_HINT = "pip install 'rsz[ray]' (Ray Data; no PyTorch)"
+PART_GLOB = "part-*.parquet"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RayOptions:
+    """How the Ray path runs; address "local" starts Ray on this machine, else e.g. "auto" or ray://host:10001."""
+
+    address: str = "local"
+    actors: int = 1  # engine actors (one per GPU on GPU clusters)
+    partition_tiles: int = 256  # tiles per partition: one decode task, one actor call, one Parquet file
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs and --device is not cpu
+    max_partitions: int | None = None  # submit only this many partitions (a job stopped early; tests)
+
+
+def check_ray_address(address: str) -> str:
+    """--ray's optional ADDRESS; a path there means the option took the tiles (put --ray after them)."""
+    if address != "local" and "://" not in address and address != "auto" and Path(address).exists():
+        raise RszError(f"--ray {address}: looks like an input, not a Ray address; put --ray after the tiles")
+    return address
+
+
+def import_ray():  # noqa: ANN201 - the ray module
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RszError(f"--ray: Ray is not installed ({RAY_HINT})") from None
+    return ray
+
+
+def connect(options: RayOptions):  # noqa: ANN201 - the ray module
+    """Join (or start) the Ray cluster; an already initialised Ray (a notebook, a test) is used as it is."""
+    ray = import_ray()
+    if options.actors < 1 or options.partition_tiles < 1:
+        raise RszError(
+            f"--ray-actors {options.actors} / --ray-partition-tiles {options.partition_tiles}: "
+            "must be at least 1"
+        )
+    if not ray.is_initialized():
+        address = None if options.address == "local" else options.address
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise RszError(f"--ray {options.address}: cannot connect ({first_line(err)})") from None
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+def _actor_resources(ray, options: RayOptions, device: str) -> tuple[dict, str]:  # noqa: ANN001
+    """(Ray resources of one engine actor, the --device it opens its engine on)."""
+    if device.startswith("cuda:"):
+        raise RszError(
+            f"--device {device}: with --ray, Ray gives each actor its GPU; use --device cuda or auto"
+        )
+    gpus = options.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if device == "cuda" and gpus == 0:
+        raise RszError("--device cuda --ray: the Ray cluster has no GPUs")
+    # Half a CPU each: the decode tasks (one CPU each) always find cores beside the actors.
+    return {"num_cpus": 0.5, "num_gpus": gpus}, ("cuda" if gpus > 0 else "cpu")
+
+
+def partitions(tiles: list[Tile], size: int) -> list[list[Tile]]:
+    return [tiles[i : i + size] for i in range(0, len(tiles), size)]
+
+
+def part_file(parts_dir: Path, partition: int) -> Path:
+    return parts_dir / f"part-{partition:06d}.parquet"
+
+
+def _write_part(parts_dir: Path, partition: int, table) -> None:  # noqa: ANN001 - pyarrow.Table
+    import pyarrow.parquet as pq
+
+    target = part_file(parts_dir, partition)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+
+
+def _run_key(tiles: list[Tile], header: dict, options: RayOptions) -> dict:
+    """What a partition folder was made for: a resumed job must cut the same tiles the same way."""
+    ids = hashlib.sha256("\n".join(t.id for t in tiles).encode("utf-8")).hexdigest()
+    return {"header": header, "partition_tiles": options.partition_tiles, "tiles": len(tiles), "ids": ids}
+
+
+def open_parts(parts_dir: Path, key: dict, resume: bool) -> set[int]:
+    """The partition folder for this job -> the partitions already written (only when resuming)."""
+    run_file = parts_dir / RUN_FILE
+    if resume and run_file.is_file():
+        if json.loads(run_file.read_text(encoding="utf-8")) != key:
+            raise RszError(
+                f"{parts_dir}: partitions of another model, class file, tile list or --ray-partition-tiles; "
+                "delete the folder to start over"
+            )
+        for stale in parts_dir.glob(".part-*.tmp"):  # a partition being written when the job died
+            stale.unlink()
+        return {int(p.stem.split("-")[1]) for p in parts_dir.glob(PART_GLOB)}
+    if parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True)
+    atomic_write(run_file, json.dumps(key))
+    return set()
+
+
+def decode_partition(row: dict, options: TileOptions, size: int) -> dict:
+    """Ray task: decode one partition's tiles and resize them to the model's input (uint8, as
+    preprocess.to_model_input resizes before it normalises); bad tiles come back with their reason."""
+    good, rules, rgbs, sizes, skipped = [], [], [], [], []
+    for tile in row["tiles"]:
+        try:
+            rgb, rule = decode_tile(tile, options)
+        except TileError as err:
+            skipped.append((tile, str(err), isinstance(err, NodataTile)))
+            continue
+        good.append(tile)
+        rules.append(rule)
+        sizes.append(rgb.shape[:2])
+        rgbs.append(resize_rgb(rgb, size))
+    stacked = np.stack(rgbs) if rgbs else np.zeros((0, size, size, 3), np.uint8)
+    return {
+        "partition": row["partition"],
+        "tiles": good,
+        "rules": rules,
+        "sizes": sizes,
+        "rgb": stacked,
+        "skipped": skipped,
+    }
+
+
+def partition_batches(row: dict, spec: PreprocessSpec, batch_size: int) -> list[Batch]:
+    """A decoded partition as the engine's fixed-shape batches (normalised as preprocess.normalize does);
+    its bad tiles ride in the first batch."""
+    skipped = [
+        (tile, NodataTile(reason) if nodata else TileError(reason)) for tile, reason, nodata in row["skipped"]
+    ]
+    tiles, rules, rgb = list(row["tiles"]), list(row["rules"]), row["rgb"]
+    sizes = [tuple(int(v) for v in hw) for hw in row["sizes"]]
+    batches = []
+    for start in range(0, max(len(tiles), 1), batch_size):
+        chunk = tiles[start : start + batch_size]
+        inputs = np.zeros((batch_size, 3, spec.size, spec.size), np.float32)
+        for i in range(len(chunk)):
+            inputs[i] = normalize(rgb[start + i], spec)
+        end = start + batch_size
+        batches.append(
+            Batch(
+                chunk, rules[start:end], inputs, sizes=sizes[start:end], skipped=skipped if start == 0 else []
+            )
+        )
+    return batches
+
+
+def _counts(records: list[dict]) -> dict:
+    skipped = [r for r in records if "skipped" in r]
+    nodata = sum(bool(r.get("nodata")) for r in skipped)
+    return {"done": len(records) - len(skipped), "skipped": len(skipped) - nodata, "nodata": nodata}
+
+
+class LabelActor:
+    """One engine of the actor pool: a Labeler that labels decoded partitions and writes their Parquet."""
+
+    def __init__(self, bundle: str, entries: list, labeler_options: dict, parts_dir: str) -> None:
+        from rsz_infer.api import Labeler
+
+        # the actor never decodes (the decode tasks did): no decoder or native library to open
+        self.labeler = Labeler(bundle, entries, decoder="pillow", preprocess="pillow", **labeler_options)
+        self.parts_dir = Path(parts_dir)
+
+    def __call__(self, row: dict) -> dict:
+        from rsz_infer.api import records_table
+
+        engine = self.labeler.engine
+        records: list[dict] = []
+        batches = partition_batches(row, engine.manifest.preprocess, engine.batch_size)
+        for batch in embed_batches(engine, batches):
+            records += self.labeler.batch_records(batch)
+        _write_part(self.parts_dir, row["partition"], records_table(records))
+        return {"partition": row["partition"], **_counts(records)}
+
+
+class EmbedActor:
+    """One engine of the actor pool for indexing: embeddings (+ MSA scales) of decoded partitions."""
+
+    def __init__(self, bundle: str, engine_options: dict, parts_dir: str) -> None:
+        from rsz_infer.api import Embedder
+
+        self.embedder = Embedder(bundle, decoder="pillow", preprocess="pillow", **engine_options)
+        self.parts_dir = Path(parts_dir)
+
+    def __call__(self, row: dict) -> dict:
+        from rsz_infer.api import skipped_records
+
+        engine = self.embedder.engine
+        records: list[dict] = []
+        embeddings: list[np.ndarray | None] = []
+        scales: list[np.ndarray | None] = []
+        with_scales = "rerank" in engine.manifest.graphs
+        batches = partition_batches(row, engine.manifest.preprocess, engine.batch_size)
+        for batch in embed_batches(engine, batches):
+            bad = skipped_records(batch)
+            records += bad
+            embeddings += [None] * len(bad)
+            scales += [None] * len(bad)
+            if batch.tiles:
+                records += [tile_record(t) for t in batch.tiles]
+                embeddings += list(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
+                out_scales = batch.outputs.get("scales") if with_scales else None
+                scales += (
+                    list(out_scales.astype(np.float32))
+                    if out_scales is not None
+                    else [None] * len(batch.tiles)
+                )
+        _write_part(self.parts_dir, row["partition"], _index_table(records, embeddings, scales))
+        return {"partition": row["partition"], **_counts(records)}
+
+
+def _index_table(records: list[dict], embeddings: list, scales: list):  # noqa: ANN202 - pyarrow.Table
+    """An index partition: the tile record (JSON), its L2-normalised embedding and its MSA scales
+    (flattened, with their shape), null for skipped tiles."""
+    import pyarrow as pa
+
+    def floats(arrays: list) -> pa.Array:
+        return pa.array(
+            [a.ravel().tolist() if a is not None else None for a in arrays], pa.list_(pa.float32())
+        )
+
+    shape = next((list(a.shape) for a in scales if a is not None), None)
+    table = pa.table(
+        {
+            "tile": [r["tile"] for r in records],
+            "record": [json.dumps(r) for r in records],
+            "embedding": floats(embeddings),
+            "scales": floats(scales),
+        }
+    )
+    return table.replace_schema_metadata({"scales_shape": json.dumps(shape)})
+
+
+def run_partitions(
+    ray,  # noqa: ANN001
+    todo: list[tuple[int, list[Tile]]],
+    tile_options: TileOptions,
+    size: int,
+    actor_cls: type,
+    actor_kwargs: dict,
+    resources: dict,
+    options: RayOptions,
+    progress: bool,
+) -> dict:
+    """Decode tasks -> actor pool over the partitions in `todo`; the driver sees only their counts."""
+    from tqdm import tqdm
+
+    totals = {"done": 0, "skipped": 0, "nodata": 0, "partitions": 0}
+    if not todo:
+        return totals
+    ds = ray.data.from_items([{"partition": p, "tiles": tiles} for p, tiles in todo])
+    ds = ds.map(decode_partition, fn_kwargs={"options": tile_options, "size": size}, num_cpus=1)
+    ds = ds.map(
+        actor_cls,
+        fn_constructor_kwargs=actor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        **resources,
+    )
+    bar = tqdm(total=sum(len(t) for _, t in todo), unit="tile", disable=not progress, file=sys.stderr)
+    try:
+        for row in ds.iter_rows():
+            for key in ("done", "skipped", "nodata"):
+                totals[key] += int(row[key])
+            totals["partitions"] += 1
+            bar.update(int(row["done"]) + int(row["skipped"]) + int(row["nodata"]))
+    finally:
+        bar.close()
+    return totals
+
+
+# ---------------------------------------------------------------- the two jobs
+
+
+def parts_folder(out: Path) -> Path:
+    """Where a job's partitions go: --out itself when it has no suffix, else `<out>.parts/` beside it."""
+    return out if out.suffix == "" else out.with_name(out.name + ".parts")
+
+
+class _PartsLog:
+    """The partitions of a labeling job read back as a run log (outputs.write_outputs reads `records()`)."""
+
+    def __init__(self, parts_dir: Path) -> None:
+        self.parts_dir = parts_dir
+
+    def records(self) -> Iterable[dict]:
+        import pyarrow.parquet as pq
+
+        from rsz_infer.api import table_records
+
+        for path in sorted(self.parts_dir.glob(PART_GLOB)):
+            yield from table_records(pq.read_table(path))
+
+
+def label_tiles_ray(cfg, options: RayOptions):  # noqa: ANN001, ANN201 - pipeline.LabelConfig -> Summary
+    """rsz-infer TILES --ray: label_tiles' job on a Ray cluster (the same discovery, checks, Labeler and
+    outputs; see the section comment above)."""
+    from dataclasses import replace
+
+    from rsz_infer.api import class_entries
+    from rsz_infer.bundle import manifest_sha256, open_bundle
+    from rsz_infer.classfile import class_file_hash
+    from rsz_infer.images import discover_tiles
+    from rsz_infer.outputs import output_format, write_outputs
+    from rsz_infer.pipeline import Summary, _check_outputs, gsd_note, resolve_gsd
+
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    merged = out.suffix != ""  # a labels file merged from the partitions, or the partition folder itself
+    if merged:
+        output_format(out)
+    if cfg.explain or cfg.html is not None:
+        raise RszError("--ray: --explain and --html are single-process options for now")
+    parts_dir = parts_folder(out)
+    if cfg.resume and merged and out.exists() and not parts_dir.exists():
+        return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
+    manifest = open_bundle(cfg.model)
+    entries = class_entries(cfg.classes)
+    cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
+    notes = gsd_note(cfg.tiles, manifest)
+    discovered = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
+    if not discovered:
+        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
+    if merged:
+        _check_outputs(cfg, discovered)
+    tiles = shard_tiles(discovered, cfg.shard)
+    ray = connect(options)
+    resources, device = _actor_resources(ray, options, cfg.device)
+    header = {
+        "model": manifest_sha256(cfg.model),
+        "classes": class_file_hash(entries),
+        "top_k": cfg.top_k,
+        "seen_calibration": cfg.seen_calibration,
+        "min_score": cfg.min_score,
+        "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or []), cfg.tiles.gsd],
+    }
+    cut = partitions(tiles, options.partition_tiles)
+    done = open_parts(parts_dir, _run_key(tiles, header, options), cfg.resume)
+    todo = [(p, part) for p, part in enumerate(cut) if p not in done][: options.max_partitions]
+    labeler_options = {
+        "backend": cfg.backend,
+        "device": device,
+        "top_k": cfg.top_k,
+        "seen_calibration": cfg.seen_calibration,
+        "min_score": cfg.min_score,
+        "batch": cfg.batch,
+        "precision": cfg.precision,
+    }
+    actor = {"bundle": str(cfg.model), "entries": entries, "labeler_options": labeler_options}
+    actor["parts_dir"] = str(parts_dir)
+    for note in notes:
+        print(note, file=sys.stderr)
+    loop_start = time.perf_counter()
+    size = manifest.preprocess.size
+    totals = run_partitions(ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress)
+    loop_seconds = time.perf_counter() - loop_start
+    already = sum(len(cut[p]) for p in done)
+    finished = len(done) + totals["partitions"] == len(cut)
+    summary = Summary(
+        totals["done"], totals["skipped"], totals["nodata"], already, time.perf_counter() - start,
+        f"ray: {options.actors} {cfg.backend} actor(s) on {device}", notes=notes,
+        decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
+        loop_seconds=loop_seconds,
+    )  # fmt: skip
+    if not finished:  # stopped early: the partitions stay for --resume
+        print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
+              "run again with --resume to finish", file=sys.stderr)  # fmt: skip
+        summary.total_labeled = summary.labeled
+        return summary
+    log = _PartsLog(parts_dir)
+    if merged:
+        written = write_outputs(
+            log, out, cfg.top_k, [e.name for e in entries], cfg.class_map, cfg.class_map_scores
+        )
+        summary.total_errors, summary.total_labeled = written["errors"], written["labeled"]
+        summary.class_maps = written["class_maps"]
+        shutil.rmtree(parts_dir)
+    else:
+        records = list(log.records())
+        summary.total_labeled = sum("labels" in r for r in records)
+        summary.total_errors = sum("skipped" in r and not r.get("nodata") for r in records)
+    return summary
+
+
+def build_index_ray(cfg, options: RayOptions):  # noqa: ANN001, ANN201 - index.IndexConfig -> IndexSummary
+    """rsz-infer index TILES --ray: build_index's job on a Ray cluster; the new rows are merged into the
+    index folder at the end. A stopped job keeps its partitions (beside the index) for the next call."""
+    import pyarrow.parquet as pq
+
+    from rsz_infer import index as ix
+    from rsz_infer.bundle import manifest_sha256, open_bundle
+    from rsz_infer.images import discover_tiles
+    from rsz_infer.pipeline import gsd_note, resolve_gsd
+
+    start = time.perf_counter()
+    model, out = Path(cfg.model), Path(cfg.out)
+    if cfg.method not in ix.ANN_METHODS:
+        raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ix.ANN_METHODS)}")
+    manifest = open_bundle(model)
+    sha = manifest_sha256(model)
+    old = ix.Index.load(out) if (out / "index.json").is_file() else None
+    tile_options = cfg.tiles
+    if old is not None:
+        if old.info["model"] != sha:
+            raise RszError(
+                f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
+            )
+        asset = cfg.tiles.asset if cfg.tiles else None
+        tile_options = TileOptions(
+            **{**old.info["tile_options"], "bands": ix._bands(old.info), "asset": asset}
+        )
+    else:
+        tile_options = resolve_gsd(cfg.gsd, manifest, tile_options or TileOptions())
+    notes = gsd_note(tile_options, manifest)
+    known = {t["tile"] for t in old.tiles} if old else set()
+    todo_tiles = [
+        t for t in shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard) if t.id not in known
+    ]
+    ray = connect(options)
+    resources, device = _actor_resources(ray, options, cfg.device)
+    parts_dir = out.with_name(f".{out.name}.ray-parts")
+    header = {
+        "model": sha,
+        "tiles": [tile_options.tile_size, tile_options.overlap, list(tile_options.bands or [])],
+    }
+    cut = partitions(todo_tiles, options.partition_tiles)
+    done = open_parts(parts_dir, _run_key(todo_tiles, header, options), resume=True)
+    todo = [(p, part) for p, part in enumerate(cut) if p not in done][: options.max_partitions]
+    actor = {
+        "bundle": str(model),
+        "engine_options": {
+            "backend": cfg.backend,
+            "device": device,
+            "batch": cfg.batch,
+            "precision": cfg.precision,
+        },
+        "parts_dir": str(parts_dir),
+    }
+    for note in notes:
+        print(note, file=sys.stderr)
+    loop_start = time.perf_counter()
+    size = manifest.preprocess.size
+    totals = run_partitions(
+        ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress
+    )
+    loop_seconds = time.perf_counter() - loop_start
+    finished = len(done) + totals["partitions"] == len(cut)
+    summary = ix.IndexSummary(
+        totals["done"], len(known), totals["skipped"], totals["nodata"],
+        f"ray: {options.actors} {cfg.backend} actor(s) on {device}",
+        old.info.get("search", "exact") if old else "exact",
+        decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
+        loop_seconds=loop_seconds,
+    )  # fmt: skip
+    if not finished:
+        print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
+              "run the same command to finish", file=sys.stderr)  # fmt: skip
+        return summary
+    rows, embeddings, scales = [], [], []
+    for path in sorted(parts_dir.glob(PART_GLOB)):
+        table = pq.read_table(path)
+        shape = json.loads((table.schema.metadata or {}).get(b"scales_shape", b"null"))
+        for record, emb, sc in zip(
+            table.column("record").to_pylist(),
+            table.column("embedding").to_pylist(),
+            table.column("scales").to_pylist(),
+        ):
+            if emb is None:
+                continue  # a skipped tile (counted by its partition)
+            rows.append(json.loads(record))
+            embeddings.append(np.asarray(emb, np.float32)[None])
+            if sc is not None:
+                scales.append(np.asarray(sc, np.float32).reshape([1, *shape]))
+    summary.added = len(rows)
+    if rows or old is None:
+        summary.search = ix._write_index(
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method
+        )
+    shutil.rmtree(parts_dir)
+    return summary

@@ -1,0 +1,133 @@
+"""--ray on a local Ray cluster (2 CPUs, one cluster for the module): the same labels and index embeddings as
+the single-process path on the same tiles (bad files and a GeoTIFF scene with an all-nodata window
+included), and a stopped job that a resumed one finishes, partition by partition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rsz_infer.cli import main
+from rsz_infer.cluster import PART_GLOB, RayOptions, label_tiles_ray, parts_folder
+from rsz_infer.images import TileOptions
+from rsz_infer.index import Index, IndexConfig, build_index
+from rsz_infer.pipeline import LabelConfig, label_tiles
+
+from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_geotiff
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("ray_tiles")
+    for i in range(6):
+        colour = list(COLOURS)[i % 3]
+        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 20)
+    (folder / "empty.png").write_bytes(b"")
+    # a 64 x 96 scene: 2 x 3 windows of 32 px, red / green / blue columns, the last window nodata
+    scene = np.zeros((64, 96, 3), np.uint8)
+    for c, colour in enumerate(COLOURS):
+        scene[:, 32 * c : 32 * (c + 1)] = solid(colour, 32, seed=c)[0, 0]
+    data = bands_first(scene)
+    data[:, 32:, 64:] = 0
+    write_geotiff(folder / "scene.tif", data, nodata=0)
+    return [str(folder)]
+
+
+def _by_tile(records: list[dict]) -> dict[str, dict]:
+    return {r["tile"]: r for r in records}
+
+
+def _same_labels(got: dict[str, dict], want: dict[str, dict]) -> None:
+    assert set(got) == set(want)
+    for tile, record in want.items():
+        # every field (labels, rule, window, geometry...) equal; scores up to float rounding of the batches
+        assert {k: v for k, v in got[tile].items() if k != "scores"} == {
+            k: v for k, v in record.items() if k != "scores"
+        }, tile
+        np.testing.assert_allclose(got[tile]["scores"], record["scores"], atol=2e-6)
+
+
+def test_stopped_then_resumed_ray_job_labels_like_one_process(
+    ray_cluster, bundles, class_file, inputs, tmp_path
+):
+    tiles = TileOptions(tile_size=32)
+
+    def config(out):
+        return LabelConfig(
+            inputs, class_file, out, bundles["dsva"], "ort", "cpu", tiles=tiles, progress=False
+        )
+
+    single = config(tmp_path / "single.jsonl")
+    label_tiles(single)
+    want = _by_tile(read_jsonl(single.out))
+    assert len(want) == 11  # 6 files + 5 scene windows with data
+
+    out = tmp_path / "ray.jsonl"
+    stopped = label_tiles_ray(config(out), RayOptions(actors=1, partition_tiles=5, max_partitions=1))
+    parts = parts_folder(out)
+    assert not out.exists() and len(list(parts.glob(PART_GLOB))) == 1  # a job killed after one partition
+    assert stopped.labeled + stopped.skipped + stopped.nodata == 5
+    resumed_cfg = config(out)
+    resumed_cfg.resume = True
+    resumed = label_tiles_ray(resumed_cfg, RayOptions(actors=2, partition_tiles=5))
+    assert resumed.already_done == 5 and resumed.labeled + resumed.skipped + resumed.nodata == 14 - 5
+    assert not parts.exists() and resumed.exit_code == 3
+    _same_labels(_by_tile(read_jsonl(out)), want)
+    errors = (tmp_path / "ray.errors.csv").read_text().splitlines()
+    assert sorted(errors) == sorted((tmp_path / "single.errors.csv").read_text().splitlines())
+    assert len(errors) == 3  # header, corrupt.jpg, empty.png (the nodata window is no error)
+
+
+def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles, inputs, tmp_path, capsys):
+    single = tmp_path / "single_idx"
+    build_index(
+        IndexConfig(inputs, bundles["msa"], single, TileOptions(tile_size=32), device="cpu", progress=False)
+    )
+    args = ["index", *inputs, "--model", bundles["msa"], "--out", tmp_path / "ray_idx", "--tile-size", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                str(a)
+                for a in [
+                    *args,
+                    "--device",
+                    "cpu",
+                    "--ray",
+                    "--ray-actors",
+                    "2",
+                    "--ray-partition-tiles",
+                    "4",
+                ]
+            ]
+        )
+    assert exit_info.value.code == 3, capsys.readouterr().err  # two bad files skipped
+    want, got = Index.open(single), Index.open(tmp_path / "ray_idx")
+    rows = {t["tile"]: i for i, t in enumerate(got.tiles)}
+    order = [rows[t["tile"]] for t in want.tiles]
+    assert sorted(rows) == sorted(t["tile"] for t in want.tiles) and len(rows) == 11
+    np.testing.assert_allclose(got.embeddings[order], want.embeddings, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.scales)[order], np.asarray(want.scales), atol=1e-6)
+    assert [t["footprint"] for t in np.array(got.tiles)[order]] == [t["footprint"] for t in want.tiles]
+
+
+def test_without_ray_the_option_says_what_to_install(bundles, class_file, tmp_path):
+    code = "import sys; sys.modules['ray'] = None\nfrom rsz_infer.cli import main; main(sys.argv[1:])"
+    args = [str(tmp_path), "--classes", str(class_file), "--model", str(bundles["dsva"]), "--ray"]
+    save(tmp_path / "red.png", solid("red"))
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: --ray: Ray is not installed (pip install 'rsz[ray]' (Ray Data; no PyTorch))"
+    )
