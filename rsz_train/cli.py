@@ -206,3 +206,7 @@ main.add_command(synth_command, name="synth")
 main.add_command(demo_command, name="demo")
 
 __all__ = ["main", "RszError"]
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m rsz_train.cli KIND ...
+    main()
