@@ -14,9 +14,12 @@ from rsz_infer.errors import RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
 from rsz_train.models.registry import model_kinds
 
-BUILD_OPTIONS = [
+RUN_OPTIONS = [
     click.option("--model", "model_kind", type=click.Choice(model_kinds()), help="model kind of the run"),
     click.option("--run", "run_dir", type=click.Path(path_type=Path), help="run folder written by rsz-train"),
+]
+# What every bundle takes, from a run or from a checkpoint (rsz-export clip)
+BUNDLE_OPTIONS = [
     click.option("--fp16", is_flag=True, help="also write FP16 graphs and use them by default"),
     click.option(
         "--engine",
@@ -50,10 +53,14 @@ BUILD_OPTIONS = [
 ]
 
 
-def _with_build_options(func):  # noqa: ANN001, ANN202
-    for option in reversed(BUILD_OPTIONS):
+def _with_build_options(func, options: list | None = None):  # noqa: ANN001, ANN202
+    for option in reversed(RUN_OPTIONS + BUNDLE_OPTIONS if options is None else options):
         func = option(func)
     return func
+
+
+def _with_bundle_options(func):  # noqa: ANN001, ANN202
+    return _with_build_options(func, BUNDLE_OPTIONS)
 
 
 def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, calibration) -> None:  # noqa: ANN001
@@ -118,14 +125,12 @@ def build(**options) -> None:  # noqa: ANN003
     "--templates", type=click.Path(path_type=Path), default=None,
     help="prompt templates, one with {} per line (default: rsz's remote-sensing set)",
 )  # fmt: skip
-@_with_build_options
+@_with_bundle_options
 @one_line_errors
 def clip(
     checkpoint,
     arch,
     templates,
-    model_kind,
-    run_dir,
     fp16,
     engine,
     batch,
@@ -139,8 +144,6 @@ def clip(
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
     from export.clip import arch_note, export_clip
 
-    if model_kind is not None or run_dir is not None:
-        raise RszError("rsz-export clip: takes --checkpoint, not --model/--run")
     out = out if out is not None else Path("models") / checkpoint.stem
     bundle, model = export_clip(
         checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles,
