@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
+import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +72,18 @@ def import_open_clip():  # noqa: ANN201 - the open_clip module
     if importlib.util.find_spec("open_clip") is None:
         raise RszError("open_clip is not installed (pip install 'rsz[export]')")
     if importlib.util.find_spec("torchvision") is not None:
-        import open_clip
+        try:
+            import open_clip
 
-        return open_clip
+            return open_clip
+        except (ImportError, RuntimeError, OSError) as err:
+            # A torchvision that cannot load (PyPI's CUDA build beside a CPU torch fails with "operator
+            # torchvision::nms does not exist"): forget the half-imported modules, use the stand-ins.
+            frames = traceback.extract_tb(err.__traceback__)
+            if not any(f"{os.sep}torchvision{os.sep}" in frame.filename for frame in frames):
+                raise
+            for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "open_clip")]:
+                del sys.modules[name]
     try:
         import transformers  # noqa: F401 - imported before the stand-ins, so it sees no torchvision
     except ImportError:

@@ -368,3 +368,20 @@ def test_templates_file(checkpoints, tmp_path):
     bad.write_text("a photo of {}.\nno placeholder here\n", encoding="utf-8")
     with pytest.raises(RszError, match=r"bad.txt:2: a template needs exactly one \{\}"):
         read_templates(bad)
+
+
+def test_open_clip_imports_beside_a_broken_torchvision(tmp_path):
+    """PyPI's CUDA torchvision beside the CPU torch raises at import; open_clip must still import."""
+    broken = tmp_path / "torchvision"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from rsz_train.models.clip import import_open_clip\n"
+        "ids = import_open_clip().tokenize(['a satellite photo of a harbour.'])\n"
+        "assert ids.shape == (1, 77) and 'torchvision' not in sys.modules, sorted(sys.modules)[:5]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
