@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import normalize
 
 
@@ -26,7 +26,7 @@ class AccuracyConfig:
     batch: int = 64
 
 
-def _image_inputs(images: np.ndarray, spec) -> np.ndarray:  # noqa: ANN001 - PreprocessSpec
+def _image_inputs(images: np.ndarray, spec) -> np.ndarray:  # PreprocessSpec
     """[N, S, S, 3] uint8 (already resized by rsz_infer.preprocess.resize_rgb) -> [N, 3, S, S] float32."""
     return (
         np.stack([normalize(im, spec) for im in images])
@@ -35,7 +35,7 @@ def _image_inputs(images: np.ndarray, spec) -> np.ndarray:  # noqa: ANN001 - Pre
     )
 
 
-def _embed_with(runner, inputs: np.ndarray, batch: int) -> np.ndarray:  # noqa: ANN001 - a Runner
+def _embed_with(runner, inputs: np.ndarray, batch: int) -> np.ndarray:  # a Runner
     dtype = np.float32
     session = getattr(runner, "session", None)
     if session is not None and session.get_inputs()[0].type == "tensor(float16)":
@@ -47,7 +47,7 @@ def _embed_with(runner, inputs: np.ndarray, batch: int) -> np.ndarray:  # noqa: 
     return np.concatenate(out)
 
 
-def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool) -> np.ndarray:  # noqa: ANN001
+def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool) -> np.ndarray:
     """The run's image graph (export role "image") in PyTorch, FP16 by .half() on GPU."""
     import copy
 
@@ -70,7 +70,7 @@ def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool
 def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, cfg: AccuracyConfig) -> dict:
     from benchmarks.latency import _ort_device, _torch_device, open_model
     from rsz_train import evaluate as ev
-    from rsz_train.data import torch_datasets as td
+    from rsz_train.data import batches as td
     from rsz_train.data.formats import load_benchmark, load_split
     from rsz_train.models.registry import model_entry
     from rsz_train.runs import load_run
@@ -99,7 +99,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     rule, scale = model.scoring_rule, model.logit_scale()
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
 
-    def scores(image_fn) -> dict[str, Any]:  # noqa: ANN001 - inputs -> embeddings
+    def scores(image_fn) -> dict[str, Any]:  # inputs -> embeddings
         emb = image_fn(inputs)
         out: dict[str, Any] = {"_emb": emb}
         if unseen_ids and len(paths):
@@ -157,7 +157,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
             except RszError:
                 raise
             except Exception as err:  # one failing engine must not lose the others' figures
-                row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                row["status"] = f"error: {type(err).__name__}: {first_line(err, limit=200)}"
             row.setdefault("status", "ok")
             if row["status"] == "ok":
                 _add_differences(row, reference)
@@ -189,7 +189,7 @@ def _add_differences(row: dict, reference: dict) -> None:
     row["emb_min_cosine"] = float(cos.min())
 
 
-def _retrieval_set(data, model, uses_captions: bool, spec, td, ev):  # noqa: ANN001, ANN202
+def _retrieval_set(data, model, uses_captions: bool, spec, td, ev):
     """(image inputs, caption embeddings, caption -> image) of the test captions, for text-tower models."""
     if not uses_captions:
         return None

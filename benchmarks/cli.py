@@ -32,7 +32,7 @@ def _slug(model: str) -> str:
 class _Group(click.Group):
     """Remembers its arguments, so every result records the exact command that produced it."""
 
-    def main(self, args=None, *rest, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - click's signature
+    def main(self, args=None, *rest, **kwargs):  # click's signature
         import sys
 
         from benchmarks import report

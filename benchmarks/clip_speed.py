@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from benchmarks.report import markdown_table, new_result, write_result  # noqa: E402
 
 
-def _median_ms(fn, reps: int) -> float:  # noqa: ANN001
+def _median_ms(fn, reps: int) -> float:
     fn()  # warm-up (allocations, ORT's first-run kernels)
     times = []
     for _ in range(reps):

@@ -62,7 +62,7 @@ def onnx_flops(onnx_path: Path | str) -> float | None:
     return float(total)
 
 
-def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:  # noqa: ANN001 - onnx.ModelProto
+def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:  # onnx.ModelProto
     """Shapes of the named tensors from one ONNX Runtime run at batch 1 (random float inputs)."""
     import onnx
     import onnxruntime
@@ -86,7 +86,7 @@ def _shapes_by_running(model, names: set[str]) -> dict[str, list[int]]:  # noqa:
     return {o.name: list(v.shape) for o, v in zip(outputs, values) if o.name in names}
 
 
-def torch_flops(module, example) -> float:  # noqa: ANN001 - torch types stay out of module scope
+def torch_flops(module, example) -> float:  # torch types stay out of module scope
     """FLOPs of one forward of `module` on `example` (one image), by FlopCounterMode."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -125,7 +125,7 @@ def measure_cpu_peak(n: int = 1024, repeats: int = 5) -> dict:
     }
 
 
-def _ort_matmul(b: np.ndarray):  # noqa: ANN202 - a callable, or None without onnx/onnxruntime
+def _ort_matmul(b: np.ndarray):  # a callable, or None without onnx/onnxruntime
     try:
         import onnxruntime
         from onnx import TensorProto, helper, numpy_helper

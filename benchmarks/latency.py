@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import flops as flops_mod
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")
 BACKENDS = ("ort", "trt", *TORCH_BACKENDS)
@@ -119,7 +119,7 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
     return src
 
 
-def _image_module_from_run(run_dir: Path):  # noqa: ANN202 - nn.Module
+def _image_module_from_run(run_dir: Path):  # nn.Module
     """The trained model's image graph (role "image" of export_graphs), for the torch backends."""
     from rsz_train.runs import load_run
 
@@ -201,7 +201,7 @@ def _bench_ort(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig,
     }
 
 
-def _ort_input_dtype(runner) -> str:  # noqa: ANN001 - an OrtRunner
+def _ort_input_dtype(runner) -> str:  # an OrtRunner
     """FP16 graphs written by export keep float32 inputs; a graph with float16 inputs gets float16."""
     return "float16" if runner.session.get_inputs()[0].type == "tensor(float16)" else "float32"
 
@@ -255,7 +255,7 @@ def _bench_torch(src: ModelSource, backend: str, precision: str, batch: int, cfg
     return row
 
 
-def _cuda_graph(fn: Callable, x):  # noqa: ANN001, ANN202 - torch types
+def _cuda_graph(fn: Callable, x):  # torch types
     """Capture one call of fn(x) into a CUDA graph; replaying it skips all launch overhead."""
     import torch
 
@@ -313,7 +313,7 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
                 except RszError:
                     raise
                 except Exception as err:  # one failing configuration must not lose the others' numbers
-                    row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                    row["status"] = f"error: {type(err).__name__}: {first_line(err, limit=200)}"
                 row.setdefault("status", "ok")
                 rows.append(row)
     peaks = _measure_peaks(rows)

@@ -21,12 +21,12 @@ from rsz_infer.native import NativePreprocessor  # noqa: E402
 from rsz_infer.preprocess import PreprocessSpec, to_model_input  # noqa: E402
 
 
-def best_of(fn, repeats: int) -> float:  # noqa: ANN001
+def best_of(fn, repeats: int) -> float:
     fn()  # warm-up
     return min(_timed(fn) for _ in range(repeats))
 
 
-def _timed(fn) -> float:  # noqa: ANN001
+def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0

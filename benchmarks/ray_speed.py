@@ -110,7 +110,7 @@ def main() -> None:
     print(md_path.read_text(), end="")
 
 
-def _row(path: str, summary, seconds: float, tiles: int) -> dict:  # noqa: ANN001 - pipeline.Summary
+def _row(path: str, summary, seconds: float, tiles: int) -> dict:  # pipeline.Summary
     labeled = summary.labeled + summary.skipped
     assert labeled == tiles, f"{path}: {labeled} of {tiles} tiles"
     return {

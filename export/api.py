@@ -166,7 +166,7 @@ def int8_tiles(
 
 def source_from_run(
     run_dir: Path,
-    model_kind: str,
+    kind: str,
     tiles_dir: Path | None = None,
     int8: bool = False,
     calibration_dir: Path | None = None,
@@ -175,7 +175,7 @@ def source_from_run(
     from rsz_train.runs import load_run
     from rsz_train.text import minilm_tokenizer_json
 
-    model, info = load_run(run_dir, kind=model_kind)
+    model, info = load_run(run_dir, kind=kind)
     model_config = getattr(info.config, "model", None)
     with torch.no_grad():
         classes = model.encode_classes(model.class_inputs(info.semantics)).float().numpy()
@@ -204,7 +204,7 @@ def source_from_run(
 def export(
     run_dir: Path | str,
     out: Path | str | None = None,
-    model_kind: str = "dsva",
+    kind: str = "dsva",
     fp16: bool = False,
     engine: str = "auto",
     batch: str = "1:32:256",
@@ -214,7 +214,7 @@ def export(
     int8: bool = False,
     calibration: Path | str | None = None,
 ) -> Path:
-    """Export the run `run_dir` (a `model_kind` run) into the bundle folder `out` (default models/<run>).
+    """Export the run `run_dir` (a `kind` run) into the bundle folder `out` (default models/<run>).
 
     `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels).
     `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest.
@@ -222,14 +222,14 @@ def export(
     training tiles) and checked on the run's validation tiles."""
     if gsd is not None and not gsd > 0:
         raise RszError(f"--gsd {gsd}: metres per pixel must be positive")
-    if model_kind not in model_kinds():
-        raise RszError(f"--model {model_kind}: unknown model kind (known: {', '.join(model_kinds())})")
+    if kind not in model_kinds():
+        raise RszError(f"--model {kind}: unknown model kind (known: {', '.join(model_kinds())})")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else Path("models") / run_dir.name
     if calibration is not None and not int8:
         raise RszError("--calibration: only used with --int8")
     source = source_from_run(
-        run_dir, model_kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
+        run_dir, kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
     )
     source.gsd = gsd
     return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
@@ -264,7 +264,7 @@ def _check_graph(graph: ExportGraph, onnx_path: Path, precision: str, source: Ex
     }
 
 
-def _engine_library(engine: str):  # noqa: ANN202 - TrtLib | None
+def _engine_library(engine: str):  # TrtLib | None
     if engine not in ENGINE_CHOICES:
         raise RszError(f"--engine {engine}: expected one of {', '.join(ENGINE_CHOICES)}")
     if engine == "none":
@@ -413,7 +413,7 @@ def _int8_engine(
     batch: ShapeRange,
     seq: ShapeRange,
     extra: dict,
-) -> None:  # noqa: ANN001 - lib: TrtLib
+) -> None:  # lib: TrtLib
     """A TensorRT engine from the role's QDQ INT8 graph (TensorRT and TensorRT-RTX import Q/DQ nodes)."""
     qdq_name = info.get("qdq_graph")
     if not qdq_name:
@@ -439,7 +439,7 @@ def _write_bundle(
     graphs: list[ExportGraph],
     staging: Path,
     fp16: bool,
-    lib,  # noqa: ANN001 - TrtLib | None
+    lib,  # TrtLib | None
     batch: ShapeRange,
 ) -> Manifest:
     """The bundle in `staging`, in three steps: graphs (ONNX, checks, variants), engines, manifest."""
@@ -463,7 +463,7 @@ def _write_graph(
     staging: Path,
     fp16: bool,
     lib,
-    extra: dict,  # noqa: ANN001
+    extra: dict,
 ) -> GraphSpec:
     """One graph: FP32 ONNX checked against PyTorch, the FP16 variant (--fp16) and the INT8 one (--int8)."""
     fp32_path = export_onnx(graph, staging / f"{graph.role}.onnx")
@@ -490,7 +490,7 @@ def _write_engines(
     lib,
     batch: ShapeRange,
     seq: ShapeRange,
-    extra: dict,  # noqa: ANN001
+    extra: dict,
 ) -> None:
     """A TensorRT engine (+ sidecar) per graph when a TensorRT library is in use; INT8 engines too."""
     if lib is None:

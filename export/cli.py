@@ -15,7 +15,7 @@ from rsz_infer.trt_lib import sidecar_path
 from rsz_train.models.registry import model_kinds
 
 RUN_OPTIONS = [
-    click.option("--model", "model_kind", type=click.Choice(model_kinds()), help="model kind of the run"),
+    click.option("--model", "kind", type=click.Choice(model_kinds()), help="model kind of the run"),
     click.option("--run", "run_dir", type=click.Path(path_type=Path), help="run folder written by rsz-train"),
 ]
 # What every bundle takes, from a run or from a checkpoint (rsz-export clip)
@@ -53,23 +53,23 @@ BUNDLE_OPTIONS = [
 ]
 
 
-def _with_build_options(func, options: list | None = None):  # noqa: ANN001, ANN202
+def _with_build_options(func, options: list | None = None):
     for option in reversed(RUN_OPTIONS + BUNDLE_OPTIONS if options is None else options):
         func = option(func)
     return func
 
 
-def _with_bundle_options(func):  # noqa: ANN001, ANN202
+def _with_bundle_options(func):
     return _with_build_options(func, BUNDLE_OPTIONS)
 
 
-def _build(model_kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, calibration) -> None:  # noqa: ANN001
+def _build(kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, calibration) -> None:
     from export.api import export
 
-    if model_kind is None or run_dir is None:
+    if kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
     bundle = export(
-        run_dir, out, model_kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd,
+        run_dir, out, kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd,
         int8=int8, calibration=calibration,
     )  # fmt: skip
     _report(bundle)
@@ -101,7 +101,7 @@ def _report(bundle: Path) -> None:
 @_with_build_options
 @click.pass_context
 @one_line_errors
-def main(ctx: click.Context, **options) -> None:  # noqa: ANN003
+def main(ctx: click.Context, **options) -> None:
     """Export a trained rsz run to ONNX / FP16 / TensorRT in a bundle (the default command)."""
     if ctx.invoked_subcommand is None:
         _build(**options)
@@ -110,7 +110,7 @@ def main(ctx: click.Context, **options) -> None:  # noqa: ANN003
 @main.command()
 @_with_build_options
 @one_line_errors
-def build(**options) -> None:  # noqa: ANN003
+def build(**options) -> None:
     """Same as `rsz-export --model ... --run ...`."""
     _build(**options)
 
@@ -140,7 +140,7 @@ def clip(
     gsd,
     int8,
     calibration,
-) -> None:  # noqa: ANN001
+) -> None:
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
     from export.clip import arch_note, export_clip
 

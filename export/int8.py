@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from export.compare import INT8_MAX_LABEL_CHANGE, INT8_MIN_COSINE, agreement
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # Ops whose INT8 version loses the most: exponentials and normalisations (as for FP16, export.fp16).
 SENSITIVE_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Gelu")
@@ -107,7 +107,7 @@ class TileReader:
     def rewind(self) -> None:
         self._start = 0
 
-    def __iter__(self):  # noqa: ANN204 - the reader protocol of onnxruntime.quantization
+    def __iter__(self):  # the reader protocol of onnxruntime.quantization
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ class TileReader:
         return item
 
 
-def _reader(input_name: str, tiles: np.ndarray):  # noqa: ANN202 - a CalibrationDataReader
+def _reader(input_name: str, tiles: np.ndarray):  # a CalibrationDataReader
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(TileReader, CalibrationDataReader):
@@ -261,9 +261,8 @@ def quantize_graph(
                 candidate = _quantize(method, pre, path, input_name, calibration)
                 got = OrtRunner(path, device="cpu").infer({input_name: np.ascontiguousarray(check)})
             except Exception as err:  # noqa: BLE001 - a quantizer failure leaves this candidate out
-                text = str(err).strip().splitlines()
                 candidates.append(
-                    Candidate(method, path, reason=f"failed: {text[0] if text else err!r}"[:200])
+                    Candidate(method, path, reason=f"failed: {first_line(err, repr(err))}"[:200])
                 )
                 continue
             found = agreement(reference, got, class_embeddings, scoring_rule)

@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from rsz_infer.bundle import TensorSpec
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_train.models.base import ExportGraph
 
 OPSET = 17  # first opset with LayerNormalization; TensorRT 10 and TensorRT-RTX parse it
@@ -64,11 +64,10 @@ def load_checked(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=False)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as err:  # protobuf DecodeError, onnx ValidationError, InferenceError, ...
-        text = str(err).strip().splitlines()
-        raise RszError(f"{path}: invalid ONNX graph ({text[0] if text else type(err).__name__})") from None
+        raise RszError(f"{path}: invalid ONNX graph ({first_line(err)})") from None
 
 
-def _tensor_specs(values) -> list[TensorSpec]:  # noqa: ANN001 - repeated onnx ValueInfoProto
+def _tensor_specs(values) -> list[TensorSpec]:  # repeated onnx ValueInfoProto
     specs = []
     for value in values:
         tensor_type = value.type.tensor_type

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from rsz_infer.bundle import sha256_file
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.trt_lib import TrtLib, gpu_compute_capability, load_trt, sidecar_path
 
 # --engine: TensorRT required, none, or when a TensorRT library imports (export.api, rsz-export)
@@ -80,7 +80,7 @@ def optimisation_profile(
     return profile
 
 
-def _rtx_target_enum(lib: TrtLib, target: str):  # noqa: ANN202 - a ComputeCapability member
+def _rtx_target_enum(lib: TrtLib, target: str):  # a ComputeCapability member
     name = "SM" + target.replace(".", "")
     member = getattr(lib.module.ComputeCapability, name, None)
     if member is None:
@@ -114,7 +114,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         first = str(parser.get_error(0).desc()) if parser.num_errors else "unknown parser error"
-        raise RszError(f"{onnx_path}: TensorRT cannot parse this ONNX graph ({first.splitlines()[0]})")
+        raise RszError(f"{onnx_path}: TensorRT cannot parse this ONNX graph ({first_line(first)})")
     config = builder.create_builder_config()
 
     trt_profile = builder.create_optimization_profile()

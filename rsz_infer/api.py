@@ -30,7 +30,7 @@ from rsz_infer.batching import (
     tile_record,
 )
 from rsz_infer.bundle import Manifest
-from rsz_infer.classes import class_embeddings
+from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
 from rsz_infer.errors import RszError
 from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles
@@ -63,7 +63,7 @@ class Scorer:
     class_emb: np.ndarray  # [C, D]
     names: list[str]
     seen_mask: np.ndarray  # [C] bool: class names the model saw in training (case-insensitive)
-    calibration: float  # lambda subtracted from seen-class logits
+    seen_calibration: float  # lambda subtracted from seen-class logits
     rule: str
     scale: float
     top_k: int
@@ -86,12 +86,13 @@ class Scorer:
             bundle, manifest, entries, lambda role: open_runner(bundle, manifest, role, backend, device)
         )
         seen = {n.casefold() for n in manifest.seen_classes}
-        lam = manifest.seen_calibration if seen_calibration is None else seen_calibration
+        if seen_calibration is None:
+            seen_calibration = manifest.seen_calibration
         return cls(
             class_emb=class_emb,
             names=[e.name for e in entries],
             seen_mask=np.array([e.name.casefold() in seen for e in entries]),
-            calibration=lam,
+            seen_calibration=seen_calibration,
             rule=manifest.scoring_rule,
             scale=manifest.logit_scale,
             top_k=top_k,
@@ -107,7 +108,7 @@ class Scorer:
         # The raw similarity (cosine, or dot product, before scale and calibration) says how well a tile
         # fits a class at all; the softmax only compares the classes given (one class: always 1.0).
         similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
-        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.calibration))
+        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.seen_calibration))
         idx, scores = top_k(probs, self.top_k)
         records = []
         for i, tile in enumerate(tiles):
@@ -346,7 +347,7 @@ class Labeler(Embedder):
         order = [f"#{i}" for i in range(len(inputs))] if _are_arrays(inputs) else [t.id for t in inputs]
         return [records[tile_id] for tile_id in order]
 
-    def label_table(self, images: Images):  # noqa: ANN201 - pyarrow.Table (pyarrow is imported lazily)
+    def label_table(self, images: Images):  # pyarrow.Table (pyarrow is imported lazily)
         """label() as a pyarrow Table (one row per tile; `.to_pandas()` for a DataFrame)."""
         return records_table(self.label(images))
 
@@ -355,7 +356,7 @@ def _are_arrays(inputs: list) -> bool:
     return bool(inputs) and isinstance(inputs[0], np.ndarray)
 
 
-def records_table(records: list[dict]):  # noqa: ANN201 - pyarrow.Table (pyarrow is imported lazily)
+def records_table(records: list[dict]):  # pyarrow.Table (pyarrow is imported lazily)
     """Label records -> pyarrow Table, one row per tile: tile, label, score (the best class), labels, scores
     (top k), rule, skipped (the reason, or null), nodata, and the whole record as JSON (`record`)."""
     import pyarrow as pa
@@ -378,6 +379,6 @@ def records_table(records: list[dict]):  # noqa: ANN201 - pyarrow.Table (pyarrow
     )
 
 
-def table_records(table) -> list[dict]:  # noqa: ANN001 - pyarrow.Table
+def table_records(table) -> list[dict]:  # pyarrow.Table
     """records_table's inverse: the label records a table holds (merging partitions into outputs)."""
     return [json.loads(text) for text in table.column("record").to_pylist()]

@@ -213,7 +213,7 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
     return _ort(bundle_dir, onnx_name, device)
 
 
-def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # noqa: ANN001 - GraphSpec
+def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # GraphSpec
     """The graph's engines built in this precision (sidecar "precision"; older sidecars: the graph's)."""
     from rsz_infer.trt_lib import sidecar_path
 

@@ -15,14 +15,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # rsz-infer's --model default, relative to where it runs; `rsz-train demo` makes it its bundle
 DEFAULT_MODEL = Path("models/default")
-CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.classes
+CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.class_embeddings
 SCORING_RULES = ("cosine", "dot")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
@@ -65,7 +65,7 @@ class Manifest:
     preprocess: PreprocessSpec
     # role -> graph: "image" always; "text", "semantic" (MCFA), "rerank" (MSA) where the model has them
     graphs: dict[str, GraphSpec]
-    # How a class file becomes class embeddings, see rsz_infer.classes:
+    # How a class file becomes class embeddings, see rsz_infer.class_embeddings:
     #   "attributes": text graph on descriptions -> similarity to attribute phrases (DSVA)
     #   "semantic":   text graph on descriptions -> semantic graph (MCFA)
     #   "text":       text graph on prompts is the class embedding (MSA)
@@ -129,7 +129,7 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
         manifest = Manifest.from_dict(data)
         problem = manifest_problem(manifest)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
-        raise RszError(f"{path}: malformed manifest ({_one_line(err)})") from None
+        raise RszError(f"{path}: malformed manifest ({first_line(err, limit=200)})") from None
     if problem:
         raise RszError(f"{path}: malformed manifest ({problem})")
     for name in sorted(set(manifest.files) | set(used_files(manifest))):
@@ -164,11 +164,6 @@ def open_bundle(model: Path | str) -> Manifest:
             hint += "; pass --model models/NAME"
         raise RszError(f"{model}: no model bundle here{hint}")
     return load_manifest(model)
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def used_files(manifest: Manifest) -> list[str]:
@@ -292,7 +287,8 @@ def manifest_problem(m: Manifest) -> str | None:
     try:
         m.text_prompt.format(name="", description="")
     except (KeyError, IndexError, ValueError) as err:
-        return f"text_prompt {m.text_prompt!r} takes only {{name}} and {{description}} ({_one_line(err)})"
+        reason = first_line(err, limit=200)
+        return f"text_prompt {m.text_prompt!r} takes only {{name}} and {{description}} ({reason})"
     return None
 
 

@@ -61,7 +61,7 @@ def _ray_options(f):
     return f
 
 
-def _ray(kw: dict):  # noqa: ANN202 - cluster.RayOptions or None
+def _ray(kw: dict):  # cluster.RayOptions or None
     from rsz_infer.cluster import RayOptions, check_ray_address
 
     address = kw.pop("ray_address")

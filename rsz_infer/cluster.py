@@ -86,7 +86,7 @@ def check_ray_address(address: str) -> str:
     return address
 
 
-def import_ray():  # noqa: ANN201 - the ray module
+def import_ray():  # the ray module
     try:
         import ray
         import ray.data  # noqa: F401
@@ -95,7 +95,7 @@ def import_ray():  # noqa: ANN201 - the ray module
     return ray
 
 
-def connect(options: RayOptions):  # noqa: ANN201 - the ray module
+def connect(options: RayOptions):  # the ray module
     """Join (or start) the Ray cluster; an already initialised Ray (a notebook, a test) is used as it is."""
     ray = import_ray()
     if options.actors < 1 or options.partition_tiles < 1:
@@ -113,7 +113,7 @@ def connect(options: RayOptions):  # noqa: ANN201 - the ray module
     return ray
 
 
-def _actor_resources(ray, options: RayOptions, device: str) -> tuple[dict, str]:  # noqa: ANN001
+def _actor_resources(ray, options: RayOptions, device: str) -> tuple[dict, str]:
     """(Ray resources of one engine actor, the --device it opens its engine on)."""
     if device.startswith("cuda:"):
         raise RszError(
@@ -136,7 +136,7 @@ def part_file(parts_dir: Path, partition: int) -> Path:
     return parts_dir / f"part-{partition:06d}.parquet"
 
 
-def _write_part(parts_dir: Path, partition: int, table) -> None:  # noqa: ANN001 - pyarrow.Table
+def _write_part(parts_dir: Path, partition: int, table) -> None:  # pyarrow.Table
     import pyarrow.parquet as pq
 
     target = part_file(parts_dir, partition)
@@ -282,7 +282,7 @@ class EmbedActor:
         return {"partition": row["partition"], **_counts(records)}
 
 
-def _index_table(records: list[dict], embeddings: list, scales: list):  # noqa: ANN202 - pyarrow.Table
+def _index_table(records: list[dict], embeddings: list, scales: list):  # pyarrow.Table
     """An index partition: the tile record (JSON), its L2-normalised embedding and its MSA scales
     (flattened, with their shape), null for skipped tiles."""
     import pyarrow as pa
@@ -305,7 +305,7 @@ def _index_table(records: list[dict], embeddings: list, scales: list):  # noqa: 
 
 
 def run_partitions(
-    ray,  # noqa: ANN001
+    ray,
     todo: list[tuple[int, list[Tile]]],
     tile_options: TileOptions,
     size: int,
@@ -364,7 +364,7 @@ class _PartsLog:
             yield from table_records(pq.read_table(path))
 
 
-def label_tiles_ray(cfg, options: RayOptions):  # noqa: ANN001, ANN201 - pipeline.LabelConfig -> Summary
+def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summary
     """rsz-infer TILES --ray: label_tiles' job on a Ray cluster (the same discovery, checks, Labeler and
     outputs; see the section comment above)."""
     from dataclasses import replace
@@ -454,7 +454,7 @@ def label_tiles_ray(cfg, options: RayOptions):  # noqa: ANN001, ANN201 - pipelin
     return summary
 
 
-def build_index_ray(cfg, options: RayOptions):  # noqa: ANN001, ANN201 - index.IndexConfig -> IndexSummary
+def build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSummary
     """rsz-infer index TILES --ray: build_index's job on a Ray cluster; the new rows are merged into the
     index folder at the end. A stopped job keeps its partitions (beside the index) for the next call."""
     import pyarrow.parquet as pq

@@ -17,10 +17,13 @@ class RszError(Exception):
     """
 
 
-def first_line(err: BaseException, default: str | None = None) -> str:
-    """The first line of an exception's message (libraries raise multi-line ones), or its type's name."""
+def first_line(err: BaseException | str, default: str | None = None, limit: int | None = None) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), at most `limit`
+    characters; `default` (or the exception type's name) when the message is empty."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else (default or type(err).__name__)
+    if not text:
+        return default or (type(err).__name__ if isinstance(err, BaseException) else "")
+    return text.splitlines()[0][:limit]
 
 
 def one_line_errors(func: F) -> F:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 PILLOW_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -225,9 +225,9 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             footprint = _footprint(ds, None) if ds.crs else None
     except (rasterio.errors.RasterioError, ValueError) as err:  # not a raster, unreadable, unknown CRS
         if suffix in TIFF_EXTENSIONS:
-            yield Tile(id=name, path=name, problem=f"cannot read TIFF ({_first_line(err)})")
+            yield Tile(id=name, path=name, problem=f"cannot read TIFF ({first_line(err)})")
         elif not in_folder:  # named by the user: say why it is not labeled
-            yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({_first_line(err)})")
+            yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({first_line(err)})")
         return
     yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
 
@@ -460,7 +460,7 @@ def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
     except FileNotFoundError:
         raise TileError("file disappeared during the run") from None
     except Exception as err:  # Pillow and GDAL raise many types for corrupt or truncated files
-        raise TileError(f"cannot decode image ({_first_line(err)})") from None
+        raise TileError(f"cannot decode image ({first_line(err)})") from None
     return check_size(rgb, options), rule
 
 
@@ -538,11 +538,6 @@ def _decode_pillow(path: str) -> tuple[np.ndarray, str]:
         if mode in ("RGBA", "RGBa"):
             return np.asarray(im.convert("RGB")), "rgb; alpha dropped"
         return np.asarray(im.convert("RGB")), f"{mode} to rgb"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, options: TileOptions) -> Tile:

@@ -34,7 +34,7 @@ from rsz_infer.batching import (
     warn,
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
-from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.class_embeddings import encode_texts, load_tokenizer
 from rsz_infer.cluster import shard_tiles
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record

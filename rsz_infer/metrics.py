@@ -41,16 +41,16 @@ def _check_gzsl(logits: np.ndarray, labels: np.ndarray, seen_mask: np.ndarray) -
 
 
 def gzsl_report(
-    logits: np.ndarray, labels: np.ndarray, seen_mask: np.ndarray, lam: float
+    logits: np.ndarray, labels: np.ndarray, seen_mask: np.ndarray, seen_calibration: float
 ) -> dict[str, float]:
-    """Generalised ZSL over all classes after calibrated stacking with `lam`.
+    """Generalised ZSL over all classes after calibrated stacking with lambda `seen_calibration`.
 
     U: per-class accuracy on samples of unseen classes, S: on samples of seen classes (both predicted
     among ALL classes), H: their harmonic mean. Fractions in [0, 1].
     """
     logits, labels = np.asarray(logits, dtype=np.float32), np.asarray(labels)
     seen_mask = _check_gzsl(logits, labels, seen_mask)
-    pred = calibrated_stacking(logits, seen_mask, lam).argmax(axis=1)
+    pred = calibrated_stacking(logits, seen_mask, seen_calibration).argmax(axis=1)
     is_seen_sample = seen_mask[labels]
     unseen = per_class_accuracy(pred[~is_seen_sample], labels[~is_seen_sample])
     seen = per_class_accuracy(pred[is_seen_sample], labels[is_seen_sample])
@@ -76,12 +76,12 @@ def choose_calibration(
         nudge = 1e-4 * max(float(np.abs(gaps).max()), 1e-6)
         grid = np.concatenate([[0.0], np.quantile(gaps, np.linspace(0, 1, 101)) + nudge])
     candidates = sorted(np.unique(np.asarray(grid, dtype=np.float64)), key=abs)
-    best_lam, best_h = 0.0, -1.0
-    for lam in candidates:
-        h = gzsl_report(logits, labels, seen_mask, float(lam))["H"]
+    best, best_h = 0.0, -1.0
+    for seen_calibration in candidates:
+        h = gzsl_report(logits, labels, seen_mask, float(seen_calibration))["H"]
         if h > best_h:
-            best_lam, best_h = float(lam), h
-    return best_lam
+            best, best_h = float(seen_calibration), h
+    return best
 
 
 def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:

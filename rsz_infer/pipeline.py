@@ -180,7 +180,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "model": manifest_sha256(cfg.model),
         "classes": class_file_hash(entries),
         "top_k": cfg.top_k,
-        "seen_calibration": scorer.calibration,
+        "seen_calibration": scorer.seen_calibration,
         "min_score": cfg.min_score,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),

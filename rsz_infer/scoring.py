@@ -21,9 +21,10 @@ def class_logits(image_emb: np.ndarray, class_emb: np.ndarray, rule: str, scale:
     return scale * (image_emb.astype(np.float32) @ class_emb.astype(np.float32).T)
 
 
-def calibrated_stacking(logits: np.ndarray, seen_mask: np.ndarray, lam: float) -> np.ndarray:
-    """Generalised ZSL calibration (Chao et al. 2016): subtract lambda from seen-class scores."""
-    return logits - lam * seen_mask.astype(logits.dtype)[None, :]
+def calibrated_stacking(logits: np.ndarray, seen_mask: np.ndarray, seen_calibration: float) -> np.ndarray:
+    """Generalised ZSL calibration (Chao et al. 2016): subtract the lambda `seen_calibration` (the one name
+    of it in manifests, configs, the CLI and code) from seen-class scores."""
+    return logits - seen_calibration * seen_mask.astype(logits.dtype)[None, :]
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

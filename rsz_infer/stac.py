@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # The asset keys that mean "the picture of the scene" in common catalogs (Sentinel-2 L2A on Earth Search
 # and Planetary Computer, Landsat, NAIP, Maxar open data), in order of preference.
@@ -79,8 +79,7 @@ def _items(path: Path) -> list:
             ) from None
         if isinstance(err, RszError):
             raise
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RszError(f"{path}: not a readable STAC JSON ({reason})") from None
+        raise RszError(f"{path}: not a readable STAC JSON ({first_line(err)})") from None
     raise RszError(f"{path}: a STAC {type(stac_object).__name__}, not an Item, ItemCollection or catalog")
 
 

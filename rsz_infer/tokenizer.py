@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # Token limit for sentences and class descriptions; training (rsz_train.text.encode_sentences) uses the
 # same value, so a description is cut at the same place in training and at inference.
@@ -29,8 +29,7 @@ class Tokenizer:
         try:
             tokenizer = _HFTokenizer.from_file(str(path))
         except Exception as err:  # the library raises a bare Exception for any parse problem
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise RszError(f"{path}: not a valid tokenizer.json ({reason})") from None
+            raise RszError(f"{path}: not a valid tokenizer.json ({first_line(err)})") from None
         # The file may carry its own fixed padding (MiniLM's pads to 128); pad to the longest instead,
         # with the file's pad token when it names one.
         padding = tokenizer.padding or {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 MIN_TENSORRT_MAJOR = 10
 # Import order: the full library first (it targets the GPU it runs on, datacentre GPUs included).
@@ -34,7 +34,7 @@ class TrtLib:
     def is_rtx(self) -> bool:
         return self.name == "tensorrt_rtx"
 
-    def logger(self):  # noqa: ANN201 - a trt.Logger
+    def logger(self):  # a trt.Logger
         return self.module.Logger(self.module.Logger.ERROR)
 
 
@@ -69,7 +69,7 @@ def load_trt(prefer: str | None = None) -> TrtLib:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            problems.append(f"{module_name}: {str(err).splitlines()[0] if str(err) else 'not installed'}")
+            problems.append(f"{module_name}: {first_line(err, 'not installed')}")
             continue
         version = str(getattr(module, "__version__", "0"))
         _check_version(module_name, version)

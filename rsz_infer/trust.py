@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # GDAL opens these as network or archive paths; an index row never makes rsz open one
 REMOTE_PREFIXES = ("/vsi", "\\vsi")
@@ -58,17 +58,12 @@ def _positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def read_index_info(path: Path) -> dict:
     """index.json, validated: the values search and appends rely on, with their types."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RszError(f"{path}: not a readable index.json ({_one_line(err)})") from None
+        raise RszError(f"{path}: not a readable index.json ({first_line(err, limit=200)})") from None
     options = info.get("tile_options") if isinstance(info, dict) else None
     bands = info.get("bands") if isinstance(info, dict) else None
     checks = [
@@ -106,7 +101,7 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise RszError(f"{path}: not a plain numeric .npy file ({_one_line(err)})") from None
+        raise RszError(f"{path}: not a plain numeric .npy file ({first_line(err, limit=200)})") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.ndim < 2:
         raise RszError(f"{path}: expected a float array of rows, got {getattr(array, 'dtype', type(array))}")
     return array

@@ -174,7 +174,7 @@ def _bundle_encoder(bundle: Path) -> DualEncoder:
     """The ONNX graphs of a bundle with aligned image and text graphs (clip, msa), on ONNX Runtime."""
     from rsz_infer.backend import open_runner
     from rsz_infer.bundle import load_manifest
-    from rsz_infer.classes import encode_texts, load_tokenizer
+    from rsz_infer.class_embeddings import encode_texts, load_tokenizer
     from rsz_infer.preprocess import to_model_input
 
     manifest = load_manifest(bundle)
@@ -225,7 +225,7 @@ def _clip_checkpoint_encoder(path: Path, device: str) -> DualEncoder:
     return DualEncoder(images_fn, _ensemble(texts_fn, list(DEFAULT_TEMPLATES)), model.preprocess, [])
 
 
-def model_encoders(model, spec, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:  # noqa: ANN001
+def model_encoders(model, spec, device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:
     """The two encoders of an rsz model with a text tower (MSA), for attributes_from_images.
 
     `model` is an RszModel, `spec` its rsz_infer.preprocess.PreprocessSpec (RunInfo.preprocess).

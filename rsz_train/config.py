@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # Configs shipped with rsz (e.g. the papers' sizes), found by bare name: `--config dsva_vit_b16`.
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -169,7 +169,7 @@ def load_config(kind: str, path: Path | str | None = None, overrides: dict | Non
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise RszError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            raise RszError(f"{path}: not valid YAML ({first_line(err)})") from None
     config = config_from_dict(kind, data, where)
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")

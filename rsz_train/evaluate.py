@@ -17,7 +17,7 @@ import torch
 from rsz_infer.metrics import choose_calibration, gzsl_report, per_class_accuracy, retrieval_metrics
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.scoring import class_logits
-from rsz_train.data.torch_datasets import image_batch
+from rsz_train.data.batches import image_batch
 from rsz_train.models.base import ClassSemantics, RszModel
 
 

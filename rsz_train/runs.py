@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from rsz_train.config import RunConfig, config_from_dict
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
@@ -195,7 +195,7 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else "shape mismatch"
+        first = first_line(err, "shape mismatch")
         raise RszError(f"{weights}: does not fit the {run_kind} model of {config_path} ({first})") from None
     return model.to(device).eval(), info
 
@@ -221,8 +221,7 @@ def load_resume_state(path: Path, device: torch.device | str = "cpu") -> dict:
             f"{path}: not a plain resume state, refused (holds pickled objects, not only data)"
         ) from None
     except Exception as err:  # RuntimeError/EOFError for damaged files
-        text = str(err).strip()
-        reason = text.splitlines()[0][:200] if text else type(err).__name__
+        reason = first_line(err, limit=200)
         raise RszError(f"{path}: not a plain resume state, refused ({reason})") from None
     if not isinstance(state, dict) or any(key not in state for key in RESUME_KEYS):
         raise RszError(f"{path}: not an rsz resume state (needs {', '.join(RESUME_KEYS)})")

@@ -30,7 +30,7 @@ from rsz_infer.preprocess import PreprocessSpec
 from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
 from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
-from rsz_train.data import torch_datasets as td
+from rsz_train.data import batches as td
 from rsz_train.data.formats import SceneData, Split, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
@@ -48,7 +48,7 @@ class ImageSet:
     labels: np.ndarray  # [N] int64
 
 
-def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, split: ...formats.Split)
+def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...formats.Split)
     data,
     source: str,
     split=None,
@@ -107,7 +107,7 @@ def build_semantics(  # noqa: ANN001 (data: rsz_train.data.formats.SceneData, sp
     ), routes
 
 
-def _image_attributes(  # noqa: ANN001
+def _image_attributes(
     data,
     descriptions: list[str],
     phrases: list[str],
@@ -181,7 +181,7 @@ def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 SAMPLERS = ("auto", "random", "class_balanced")
 
 
-def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng: np.random.Generator):  # noqa: ANN202
+def _epoch_batches(entry: ModelEntry, config: RunConfig, labels: np.ndarray, rng: np.random.Generator):
     cfg = config.train
     if cfg.sampler not in SAMPLERS:
         raise RszError(f"train.sampler {cfg.sampler!r}: expected {', '.join(SAMPLERS)}")
@@ -305,7 +305,7 @@ class _Trainer:
             _epoch_batches(self.entry, self.config, self.train_labels, _epoch_rng(self.config.train.seed, 0))
         )
 
-    def run_epoch(self, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:  # noqa: ANN001
+    def run_epoch(self, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:
         cfg = self.config.train
         rng = _epoch_rng(cfg.seed, epoch)
         # dropout etc.: same draws when resumed at this epoch; each rank its own (rank 0 = a plain run's)
@@ -726,7 +726,7 @@ def _train_split(
     distributed.barrier(distributed.current())  # rank 0's report is written before any rank goes on
 
 
-def _train_split_fits(  # noqa: ANN001 (the arguments of _train_split)
+def _train_split_fits(  #  (the arguments of _train_split)
     kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, protocol
 ) -> None:
     main = distributed.current().is_main
@@ -866,7 +866,7 @@ def _fit(
     return FitResult(trainer, best_epoch, val, calibration, seconds_before + time.time() - started)
 
 
-def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, scaler) -> tuple:  # noqa: ANN001
+def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, scaler) -> tuple:
     """Load last.pt into the loop's objects -> (next epoch, best score, best epoch, seconds so far)."""
     state = runs.load_resume_state(last_path, dev)
     model.load_state_dict(state["model"])

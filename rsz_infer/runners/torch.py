@@ -54,7 +54,7 @@ class TorchRunner(Runner):
         self._outputs = list(output_names or [])
         self.name = f"torch:{self.device.type}{':fp16' if fp16 else ''}"
 
-    def _to_tensor(self, array: np.ndarray):  # noqa: ANN202 - torch.Tensor
+    def _to_tensor(self, array: np.ndarray):  # torch.Tensor
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -104,7 +104,7 @@ class TorchRunner(Runner):
         return result
 
 
-def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:  # noqa: ANN001
+def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:
     """The PyTorch module of a bundle's graph, from the run's weights the bundle ships (safetensors, listed
     and hash-checked in the manifest like every file; never a pickle). On CUDA: FP16 (precision auto),
     torch.compile and one CUDA graph per batch shape (rsz-infer's batches all have one shape)."""

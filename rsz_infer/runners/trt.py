@@ -17,7 +17,7 @@ from rsz_infer.runners.base import Runner
 from rsz_infer.trt_lib import cudart, gpu_compute_capability, load_trt, sidecar_path
 
 
-def _check(result: tuple, what: str):  # noqa: ANN202 - cuda-python returns (err, value...)
+def _check(result: tuple, what: str):  # cuda-python returns (err, value...)
     rt = cudart()
     err, *values = result
     if err != rt.cudaError_t.cudaSuccess:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_train.models.base import ExportGraph, RszModel
 
@@ -63,7 +63,7 @@ class _NoTorchvision:
         raise RszError("open_clip: this needs torchvision, which is not installed (rsz never needs it)")
 
 
-def import_open_clip():  # noqa: ANN201 - the open_clip module
+def import_open_clip():  # the open_clip module
     """The open_clip package, importable with or without torchvision installed."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
@@ -126,7 +126,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         hint = ""
         if "TorchScript" in reason or "constants.pkl" in reason:
             hint = "; TorchScript archives (OpenAI's original .pt) are not read: use a state dict"
@@ -138,7 +138,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _plain_clip_configs(open_clip) -> dict[str, dict]:  # noqa: ANN001
+def _plain_clip_configs(open_clip) -> dict[str, dict]:
     """open_clip's shipped architectures that are a plain CLIP (own towers, own tokenizer)."""
     configs = {}
     for name in open_clip.list_models():
@@ -152,7 +152,7 @@ def _plain_clip_configs(open_clip) -> dict[str, dict]:  # noqa: ANN001
     return configs
 
 
-def _meta_shapes(open_clip, name: str) -> dict[str, tuple[int, ...]]:  # noqa: ANN001
+def _meta_shapes(open_clip, name: str) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of an open_clip architecture, built on the meta device (no memory, no init)."""
     import logging
 
@@ -353,7 +353,7 @@ class ClipModel(RszModel):
 # ---------------------------------------------------------------- loading
 
 
-def _open_clip_preprocess(open_clip, net: nn.Module) -> PreprocessSpec:  # noqa: ANN001
+def _open_clip_preprocess(open_clip, net: nn.Module) -> PreprocessSpec:
     cfg = open_clip.get_model_preprocess_cfg(net)
     size = cfg.get("size", 224)
     size = size[0] if isinstance(size, list | tuple) else size
@@ -407,7 +407,7 @@ def load_hf_clip(folder: Path) -> ClipModel:
     try:
         net = CLIPModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as err:
-        raise RszError(f"{folder}: cannot load this CLIPModel ({str(err).splitlines()[0][:160]})") from None
+        raise RszError(f"{folder}: cannot load this CLIPModel ({first_line(err, limit=160)})") from None
     size = int(net.config.vision_config.image_size)
     mean, std = CLIP_MEAN, CLIP_STD
     processor = folder / "preprocessor_config.json"

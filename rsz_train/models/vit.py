@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -227,8 +227,7 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         # weights_only: a checkpoint is plain data; torch refuses any pickled object that is not
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any reader failure means the file is not a checkpoint we can use
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RszError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise RszError(f"{path}: not a readable checkpoint ({first_line(err, limit=200)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -41,7 +41,7 @@ class _Outlier(_Image):
         return F.normalize(self.head(x), dim=1)
 
 
-def _int8_source(model, tmp: Path):  # noqa: ANN001, ANN202
+def _int8_source(model, tmp: Path):
     source = _source(model, tmp)
     rng = np.random.default_rng(3)
     source.calibration = rng.standard_normal((48, 3, SIZE, SIZE)).astype(np.float32)

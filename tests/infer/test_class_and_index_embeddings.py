@@ -12,7 +12,7 @@ from PIL import Image
 
 from rsz_infer.backend import open_runner
 from rsz_infer.bundle import MANIFEST, load_manifest
-from rsz_infer.classes import class_embeddings
+from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import read_class_file
 from rsz_infer.index import Index, IndexConfig, build_index, search
 from rsz_infer.preprocess import to_model_input

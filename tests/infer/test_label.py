@@ -19,7 +19,7 @@ import pytest
 from rsz_infer.backend import open_runner
 from rsz_infer.batching import embed_batch, iter_batches
 from rsz_infer.bundle import load_manifest
-from rsz_infer.classes import class_embeddings
+from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import read_class_file
 from rsz_infer.cli import main
 from rsz_infer.errors import RszError

@@ -11,7 +11,7 @@ import pytest
 
 from rsz_infer.backend import open_runner
 from rsz_infer.bundle import load_manifest
-from rsz_infer.classes import class_embeddings
+from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import read_class_file
 from rsz_infer.images import TileOptions, decode_tile, discover_tiles
 from rsz_infer.pipeline import LabelConfig, label_tiles

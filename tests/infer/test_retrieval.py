@@ -10,7 +10,7 @@ import pytest
 
 from rsz_infer.backend import open_runner
 from rsz_infer.bundle import load_manifest
-from rsz_infer.classes import encode_texts, load_tokenizer
+from rsz_infer.class_embeddings import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
 from rsz_infer.index import Index, IndexConfig, build_ann, build_index, nearest, search
 

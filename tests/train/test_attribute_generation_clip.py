@@ -44,8 +44,8 @@ def clip_files(tmp_path_factory):
 
 
 def _images(tiny_benchmark: Path, n: int = 12) -> np.ndarray:
+    from rsz_train.data.batches import load_images
     from rsz_train.data.formats import load_benchmark
-    from rsz_train.data.torch_datasets import load_images
 
     data = load_benchmark(tiny_benchmark)
     return load_images(data.root, list(data.image_paths[:n]), 32), data
@@ -79,8 +79,8 @@ def test_dsva_trains_on_attributes_generated_under_a_clip_bundle(
 ):
     from rsz_train.attribute_generation import dual_encoder, generated_attributes
     from rsz_train.cli import main
+    from rsz_train.data.batches import load_images
     from rsz_train.data.formats import load_benchmark, load_split
-    from rsz_train.data.torch_datasets import load_images
 
     settings = {"image_size": 32, "epochs": 1, "batch_size": 32, "warmup_epochs": 1, "semantics": "images"}
     settings["dual_encoder_run"] = str(clip_files["bundle"])

@@ -44,8 +44,8 @@ def test_dsva_trains_on_image_generated_attributes(
     tiny_benchmark: Path, default_split: str, msa_run: Path, tmp_path: Path
 ) -> None:
     from rsz_train.attribute_generation import attributes_from_images, attributes_from_text, model_encoders
+    from rsz_train.data.batches import load_images
     from rsz_train.data.formats import load_benchmark, load_split
-    from rsz_train.data.torch_datasets import load_images
     from rsz_train.runs import load_run
 
     code, output = _train_dsva(

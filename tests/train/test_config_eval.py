@@ -9,7 +9,7 @@ from PIL import Image
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec, to_model_input
 from rsz_train.config import load_config
-from rsz_train.data import torch_datasets as td
+from rsz_train.data import batches as td
 from rsz_train.evaluate import retrieval_scores, zsl_gzsl_scores
 
 

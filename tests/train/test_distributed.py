@@ -15,7 +15,7 @@ import pytest
 
 from rsz_infer.errors import RszError
 from rsz_train import evaluate as ev
-from rsz_train.data.torch_datasets import load_images
+from rsz_train.data.batches import load_images
 from rsz_train.distributed import DistContext, local_share
 from rsz_train.runs import load_run
 from rsz_train.train import train

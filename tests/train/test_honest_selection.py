@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from rsz_train import evaluate as ev
+from rsz_train.data.batches import load_images
 from rsz_train.data.formats import load_benchmark, load_split
-from rsz_train.data.torch_datasets import load_images
 from rsz_train.runs import load_run
 from rsz_train.train import train
 

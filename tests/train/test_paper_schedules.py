@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rsz_train.config import load_config
-from rsz_train.data.torch_datasets import class_balanced_batches
+from rsz_train.data.batches import class_balanced_batches
 from rsz_train.models.base import TaskInfo
 from rsz_train.models.dsva import DSVAConfig
 from rsz_train.models.registry import create_model
@@ -138,8 +138,8 @@ def test_latent_samples_cycle_each_class_and_add_noise_of_its_sigma():
 
 def test_mcfa_final_stage_classifier_is_kept_reloaded_and_exported(tiny_benchmark, default_split, tmp_path):
     from rsz_train import evaluate as ev
+    from rsz_train.data.batches import load_images
     from rsz_train.data.formats import load_benchmark, load_split
-    from rsz_train.data.torch_datasets import load_images
     from rsz_train.runs import load_run
 
     overrides = {

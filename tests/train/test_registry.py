@@ -36,7 +36,7 @@ def test_every_entry_resolves_and_every_cli_offers_it():
             )
     assert model_entry("dsva").needs_attributes and not model_entry("msa").needs_attributes
     options = {p.name: p for p in export_main.params}
-    assert tuple(options["model_kind"].type.choices) == model_kinds()
+    assert tuple(options["kind"].type.choices) == model_kinds()
     demo = {p.name: p for p in demo_command.params}
     assert tuple(demo["kind"].type.choices) == model_kinds()
     result = CliRunner().invoke(export_main, ["--model", "nope", "--run", "x"])

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from rsz_infer.errors import RszError
 from rsz_train import evaluate as ev
 from rsz_train.cli import main
-from rsz_train.data.torch_datasets import load_images
+from rsz_train.data.batches import load_images
 from rsz_train.runs import load_run
 from rsz_train.train import TEST_NOTE, train
 
