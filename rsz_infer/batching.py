@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +178,11 @@ class EngineOptions:
     decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
     precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)
+
+
+def engine_options(config: object) -> EngineOptions:
+    """The EngineOptions of a config that carries their fields by name (LabelConfig, IndexConfig)."""
+    return EngineOptions(**{f.name: getattr(config, f.name) for f in fields(EngineOptions)})
 
 
 @dataclass

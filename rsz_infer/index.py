@@ -28,6 +28,7 @@ from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
     ImageEngine,
+    engine_options,
     exit_code,
     run_tiles,
     tile_record,
@@ -174,9 +175,7 @@ class IndexConfig:
 
     @property
     def engine(self) -> EngineOptions:
-        return EngineOptions(
-            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess, self.precision
-        )
+        return engine_options(self)
 
 
 @dataclass

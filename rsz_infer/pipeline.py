@@ -12,6 +12,7 @@ from rsz_infer.api import Labeler, check_explainable
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
+    engine_options,
     exit_code,
     run_tiles,
     warn,
@@ -81,9 +82,7 @@ class LabelConfig:
 
     @property
     def engine(self) -> EngineOptions:
-        return EngineOptions(
-            self.backend, self.device, self.batch, self.workers, self.decoder, self.preprocess, self.precision
-        )
+        return engine_options(self)
 
 
 @dataclass
