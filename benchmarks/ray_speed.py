@@ -68,14 +68,18 @@ def main() -> None:
     tiles = write_tiles(work / "tiles", args.tiles, args.size)
     model, classes = (args.model, args.classes) if args.model else toy_bundle(work)
 
-    def config(name: str) -> LabelConfig:
+    def config(name: str, **kw) -> LabelConfig:
         return LabelConfig([str(tiles)], classes, work / f"{name}.csv", model, "ort", args.device,
-                           tiles=TileOptions(), progress=False)  # fmt: skip
+                           tiles=TileOptions(), progress=False, **kw)  # fmt: skip
 
     rows = []
     t0 = time.perf_counter()
     summary = label_tiles(config("single"))
-    rows.append(_row("single process (threaded decode)", summary, time.perf_counter() - t0, args.tiles))
+    rows.append(_row("single process (rsz-infer defaults)", summary, time.perf_counter() - t0, args.tiles))
+    # the decoders the Ray tasks use (Pillow decode, numpy normalise), for a like-for-like ratio
+    t0 = time.perf_counter()
+    summary = label_tiles(config("single_pillow", decoder="pillow", preprocess="pillow"))
+    rows.append(_row("single process, Pillow decode", summary, time.perf_counter() - t0, args.tiles))
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
@@ -104,6 +108,7 @@ def main() -> None:
         ("loop_vs_single", "loop vs single"),
         ("call_tiles_s", "whole call tiles/s"),
         ("startup_s", "start-up s"),
+        ("decode", "decode"),
     ]
     body = markdown_table(rows, columns) + f"\n\nRay start (ray.init, once): {ray_start:.1f} s\n"
     json_path, md_path = write_result(result, body, args.out, "ray")

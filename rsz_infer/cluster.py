@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -109,7 +110,9 @@ def connect(options: RayOptions):  # the ray module
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise RszError(f"--ray {options.address}: cannot connect ({first_line(err)})") from None
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ray.data.DataContext.get_current().enable_progress_bars = False  # rsz's own bar counts tiles
+    for name in ("ray", "ray.data"):  # Ray Data's per-dataset INFO lines would bury rsz's summary
+        logging.getLogger(name).setLevel(logging.WARNING)
     return ray
 
 
@@ -336,6 +339,13 @@ def run_partitions(
                 totals[key] += int(row[key])
             totals["partitions"] += 1
             bar.update(int(row["done"]) + int(row["skipped"]) + int(row["nodata"]))
+    except (RszError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a task or actor failed: Ray's error holds the worker's traceback
+        lines = [line for line in str(err).splitlines() if "RszError: " in line]
+        if lines:  # e.g. a bundle an actor cannot open: the worker's one line
+            raise RszError(lines[-1].split("RszError: ", 1)[1]) from None
+        raise RszError(f"--ray: the job failed ({first_line(err)}); finished partitions are kept") from None
     finally:
         bar.close()
     return totals
@@ -468,6 +478,8 @@ def build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSumm
     model, out = Path(cfg.model), Path(cfg.out)
     if cfg.method not in ix.ANN_METHODS:
         raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ix.ANN_METHODS)}")
+    if cfg.method == "hnsw":
+        ix._faiss()  # fail before embedding anything
     manifest = open_bundle(model)
     sha = manifest_sha256(model)
     old = ix.Index.load(out) if (out / "index.json").is_file() else None
