@@ -321,11 +321,12 @@ def warn(message: str) -> None:
 
 def run_tiles(
     engine: ImageEngine,
-    tiles: list[Tile],
+    tiles: Iterable[Tile],
     options: TileOptions,
     sink: Callable[[EmbeddedBatch], None],
     progress: bool = True,
     started: float | None = None,
+    total: int | None = None,
 ) -> TileCounts:
     """embed_tiles with a progress bar, the counts, a warning per bad tile, and Ctrl-C kept as `interrupted`.
 
@@ -338,7 +339,8 @@ def run_tiles(
     counts = TileCounts(model_px=engine.manifest.preprocess.size)
     loop_start = time.perf_counter()
     counts.startup_seconds = loop_start - (loop_start if started is None else started)
-    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    total = len(tiles) if total is None else total  # tiles may be a generator: the caller counted them
+    bar = tqdm(total=total, unit="tile", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         for batch in embed_tiles(engine, tiles, options):
             for tile, err in batch.skipped:

@@ -22,7 +22,7 @@ from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.cluster import parse_shard
 from rsz_infer.decoders import DECODERS
 from rsz_infer.errors import one_line_errors
-from rsz_infer.images import TileOptions, parse_bands
+from rsz_infer.images import DEFAULT_MAX_PIXELS, TileOptions, parse_bands
 from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
 from rsz_infer.outputs import check_output_path
@@ -83,6 +83,11 @@ def _tile_options(f):
     f = click.option(
         "--bands", default=None, help="1-based bands for R,G,B of multi-band TIFFs, e.g. 3,2,1."
     )(f)
+    f = click.option(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+        help="Most pixels decoded in one piece, checked on the header's size before decoding: larger "
+        "images are skipped (errors.csv). Tiled GeoTIFF/COG scenes are read window by window, any size.",
+    )(f)  # fmt: skip
     f = click.option("--overlap", default=0, show_default=True, help="Overlap of scene windows in pixels.")(f)
     f = click.option(
         "--tile-size", default=256, show_default=True, help="Window size: larger images are cut into windows."
@@ -91,7 +96,13 @@ def _tile_options(f):
 
 
 def _tiles(kw: dict) -> TileOptions:
-    return TileOptions(kw["tile_size"], kw["overlap"], parse_bands(kw["bands"]), asset=kw["asset"])
+    return TileOptions(
+        kw["tile_size"],
+        kw["overlap"],
+        parse_bands(kw["bands"]),
+        asset=kw["asset"],
+        max_pixels=kw["max_pixels"],
+    )
 
 
 def _runtime_options(f):

@@ -29,6 +29,7 @@ from rsz_infer.images import (
     TileOptions,
     check_size,
     decode_tile,
+    too_many_pixels,
 )
 
 DECODERS = ("auto", "pillow", "nvimgcodec")
@@ -139,14 +140,20 @@ class NvImageCodecDecoder:
         self.lock = threading.Lock()  # one batch at a time: the decoder has its own worker threads
         self.ran: set[tuple[str, str]] = set()  # (library, input kind) of the tiles decoded so far
 
-    def _stream(self, tile: Tile) -> tuple[object, str] | None:
-        """(code stream, rule) when nvImageCodec takes this tile, else None."""
+    def _stream(self, tile: Tile, options: TileOptions) -> tuple[object, str] | None:
+        """(code stream, rule) when nvImageCodec takes this tile, else None.
+
+        A stream whose header declares more than --max-pixels is never decoded here: decode_tile refuses
+        it with the same reason as for Pillow.
+        """
         if tile.problem or tile.window is not None or tile.reader != "pillow":
             return None
         try:
             with open(tile.path, "rb") as f:
                 stream = self.nv.CodeStream(f.read())
             if stream.codec_name not in ("jpeg", "png") or stream.precision > 8:
+                return None
+            if too_many_pixels(stream.width, stream.height, options):
                 return None
             rule = self.rules.get((stream.num_channels, stream.color_spec))
         except Exception:  # unreadable, not an image, or a stream it rejects: decode_tile says which
@@ -155,7 +162,9 @@ class NvImageCodecDecoder:
 
     def decode(self, tiles: list[Tile], options: TileOptions) -> list[Decoded]:
         results: list[Decoded | None] = [None] * len(tiles)
-        todo = [(i, s) for i, s in ((i, self._stream(t)) for i, t in enumerate(tiles)) if s is not None]
+        todo = [
+            (i, s) for i, s in ((i, self._stream(t, options)) for i, t in enumerate(tiles)) if s is not None
+        ]
         if todo:
             try:
                 with self.lock:

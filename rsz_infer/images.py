@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,14 @@ OVERVIEW_MAX_SIDE = 1024  # side of the decimated read that scene-level percenti
 DECIMATED_READ_MAX_PIXELS = 4096 * 4096  # above this, without overviews, sample windows instead
 SAMPLE_GRID, SAMPLE_WINDOW_PX = 16, 64  # 16 x 16 windows of 64 px spread over the scene
 OPEN_SCENES_PER_THREAD = 4
+# --max-pixels: the most pixels rsz decodes in one piece, checked on the size a file's header declares before
+# any decoding. 100 megapixels is a 10000 x 10000 orthophoto (300 MB as 8-bit RGB, 1.2 GB through the
+# float32 stretch of 16-bit data). Rasters GDAL reads window by window (tiled GeoTIFF/COG, JP2, VRT ...)
+# decode the blocks under a window only, so their declared size is not limited, their block size is (a
+# single-strip TIFF is one block); JPEG and PNG have no random access (a window decodes every line above it,
+# and GDAL caches those lines), so they count whole.
+DEFAULT_MAX_PIXELS = 100_000_000
+SEQUENTIAL_DRIVERS = ("PNG", "JPEG")  # GDAL drivers that decode from the top of the file for any window
 
 
 class TileError(Exception):
@@ -56,8 +65,16 @@ class TileOptions:
     asset: str | None = None  # STAC inputs: the asset key to label (None: the visual / RGB asset)
     # metres per pixel the model should see (rsz-infer --gsd): scene windows are resampled to it; None: as is
     gsd: float | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # see DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise RszError(f"--max-pixels {self.max_pixels}: must be at least 1")
+        if self.tile_size * self.tile_size > self.max_pixels:
+            raise RszError(
+                f"--tile-size {self.tile_size}: a window of {self.tile_size}x{self.tile_size} px is more "
+                f"than --max-pixels {self.max_pixels:,}"
+            )
         if self.tile_size < self.min_size:
             raise RszError(f"--tile-size {self.tile_size}: must be at least {self.min_size}")
         if not 0 <= self.overlap < self.tile_size:
@@ -160,6 +177,30 @@ def discover_tiles(
         notes.append(f"--gsd {options.gsd:g}: ignored for {len(no_gsd)} images without a CRS (e.g. {first})")
 
 
+@dataclass
+class TileListing:
+    """One pass over discover_tiles, holding no tile: a scene of any declared size costs nothing."""
+
+    found: int = 0  # every tile of the inputs
+    count: int = 0  # those `keep` takes (e.g. this shard's)
+    windows: bool = False  # any scene window among them all
+
+
+def list_tiles(
+    inputs: Iterable[str | Path],
+    options: TileOptions,
+    notes: list[str] | None = None,
+    keep: Callable[[Tile], bool] | None = None,
+) -> TileListing:
+    """Count the tiles of the inputs (and collect discovery notes) without holding them."""
+    listing = TileListing()
+    for tile in discover_tiles(inputs, options, notes):
+        listing.found += 1
+        listing.count += keep is None or keep(tile)
+        listing.windows = listing.windows or tile.window is not None
+    return listing
+
+
 def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool, str | None]]:
     """(raster name, found inside a folder, problem) for one input: folder files, STAC assets, itself."""
     if isinstance(path, str):
@@ -188,12 +229,28 @@ def _quiet_rasterio() -> None:
 
 
 def _pillow_size(name: str) -> tuple[int, int] | None:
-    """(width, height) from the header when Pillow reads this file (JPEG/PNG), else None."""
+    """(width, height) from the header when Pillow reads this file (JPEG/PNG), else None.
+
+    Pillow's own bomb check (beyond ~179 megapixels) is not the limit: such a file is left to GDAL's header
+    read, so --max-pixels decides for every size.
+    """
     try:
-        with Image.open(name) as im:
-            return im.size if im.format in ("JPEG", "PNG") else None
-    except Exception:  # not an image Pillow knows, or a corrupt one: GDAL (or decoding) says more
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(name) as im:
+                return im.size if im.format in ("JPEG", "PNG") else None
+    except Exception:  # not an image Pillow knows, a corrupt one, or Pillow's bomb error: GDAL says more
         return None
+
+
+def too_many_pixels(width: int, height: int, options: TileOptions, what: str = "declares") -> str | None:
+    """The skip reason when a declared size is above --max-pixels (checked before decoding), else None."""
+    if width * height <= options.max_pixels:
+        return None
+    return (
+        f"image {what} {width}x{height} = {width * height:,} pixels, more than --max-pixels "
+        f"{options.max_pixels:,} (not decoded)"
+    )
 
 
 def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> Iterator[Tile]:
@@ -205,7 +262,12 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
         return
     if local and suffix in PILLOW_EXTENSIONS:
         size = _pillow_size(name)
-        if size is None or max(size) <= options.tile_size:
+        if size is not None and too_many_pixels(*size, options):
+            yield Tile(id=name, path=name, problem=too_many_pixels(*size, options))
+            return
+        if (size is None and not _gdal_declares_too_many(name, options)) or (
+            size is not None and max(size) <= options.tile_size
+        ):
             # Plain JPEG/PNG tiles: Pillow (or nvImageCodec) decodes them; a corrupt one fails there
             yield Tile(id=name, path=name)
             return
@@ -218,7 +280,17 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
                 return  # a text table GDAL reads as a grid is not imagery
             crs = ds.crs.to_string() if ds.crs else None
             window_px = round(options.tile_size * _gsd_scale(ds, options))  # the window in source pixels
-            if ds.width > window_px or ds.height > window_px:
+            windowed = ds.width > window_px or ds.height > window_px
+            # What one read decodes at least: the whole image (read whole, or JPEG/PNG), else one block
+            # (a single-strip TIFF is one block of the whole image)
+            problem = too_many_pixels(ds.width, ds.height, options)
+            if windowed and ds.driver not in SEQUENTIAL_DRIVERS:
+                block_height, block_width = ds.block_shapes[0]
+                problem = too_many_pixels(block_width, block_height, options, "is stored in blocks of")
+            if problem:
+                yield Tile(id=name, path=name, problem=problem)
+                return
+            if windowed:
                 scene = _scene_info(ds, name, options)
                 yield from _scene_windows(ds, scene, options)
                 return
@@ -230,6 +302,18 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({first_line(err)})")
         return
     yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
+
+
+def _gdal_declares_too_many(name: str, options: TileOptions) -> bool:
+    """A JPEG/PNG whose header Pillow refused: does GDAL's read of the header declare too many pixels?
+    (Then GDAL's branch refuses it with the size; otherwise decoding says what is wrong with the file.)"""
+    import rasterio
+
+    try:
+        with rasterio.open(name) as ds:
+            return too_many_pixels(ds.width, ds.height, options) is not None
+    except Exception:  # not readable by GDAL either: a corrupt file, decoding gives the reason
+        return False
 
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
@@ -314,42 +398,47 @@ def _window_offsets(length: int, tile: int, stride: int) -> list[int]:
     return offsets
 
 
-def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> list[Tile]:
-    """The windows of a raster larger than the tile size; footprints in EPSG:4326 when it has a CRS."""
+def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]:
+    """The windows of a raster larger than the tile size; footprints in EPSG:4326 when it has a CRS.
+
+    A generator, one row of windows at a time: memory stays the same whatever size the header declares.
+    """
     from rasterio.warp import transform
 
     # With --gsd, a window covers tile_size pixels at the model's GSD: round(tile_size * scale) of the scene's
     size = max(1, round(options.tile_size * scene.scale))
     stride = max(1, size - round(options.overlap * scene.scale))
     width, height = min(size, ds.width), min(size, ds.height)
-    windows = [
-        (col, row, width, height)
-        for row in _window_offsets(ds.height, size, stride)
-        for col in _window_offsets(ds.width, size, stride)
-    ]
-    if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
-        return [
-            Tile(id=f"{scene.path}@{c},{r},{w},{h}", path=scene.path, window=(c, r, w, h), scene=scene)
-            for c, r, w, h in windows
-        ]
-    # Footprints: all window corners of the scene reprojected in one call (a large scene has 100k windows)
-    cols = np.array([[c, c + width, c + width, c, c] for c, _, _, _ in windows], np.float64)
-    rows = np.array([[r + height, r + height, r, r, r + height] for _, r, _, _ in windows], np.float64)
+    col_offsets = _window_offsets(ds.width, size, stride)
+    corner_cols = np.array(col_offsets, np.float64)[:, None] + np.array([0, width, width, 0, 0], np.float64)
     t = ds.transform
-    xs, ys = t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
-    lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
-    lons, lats = np.reshape(lons, cols.shape), np.reshape(lats, cols.shape)
-    return [
-        Tile(
-            id=f"{scene.path}@{col},{row},{w},{h}",
-            path=scene.path,
-            window=(col, row, w, h),
-            footprint={"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]]},
-            scene=scene,
-            crs=scene.crs,
-        )
-        for (col, row, w, h), lo, la in zip(windows, lons, lats)
-    ]
+    for row in _window_offsets(ds.height, size, stride):
+        if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
+            for c in col_offsets:
+                yield Tile(
+                    id=f"{scene.path}@{c},{row},{width},{height}",
+                    path=scene.path,
+                    window=(c, row, width, height),
+                    scene=scene,
+                )
+            continue
+        # Footprints: the corners of this row of windows reprojected in one call
+        rows = np.broadcast_to(row + np.array([height, height, 0, 0, height], np.float64), corner_cols.shape)
+        xs, ys = t.a * corner_cols + t.b * rows + t.c, t.d * corner_cols + t.e * rows + t.f
+        lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
+        lons, lats = np.reshape(lons, corner_cols.shape), np.reshape(lats, corner_cols.shape)
+        for c, lo, la in zip(col_offsets, lons, lats):
+            yield Tile(
+                id=f"{scene.path}@{c},{row},{width},{height}",
+                path=scene.path,
+                window=(c, row, width, height),
+                footprint={
+                    "type": "Polygon",
+                    "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]],
+                },
+                scene=scene,
+                crs=scene.crs,
+            )
 
 
 def _footprint(ds, window: tuple[int, int, int, int] | None) -> dict:
@@ -450,11 +539,11 @@ def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
         raise TileError(tile.problem)
     try:
         if tile.window is not None:
-            rgb, rule = _decode_window(tile)
+            rgb, rule = _decode_window(tile, options)
         elif tile.reader == "gdal":
             rgb, rule = _decode_gdal(tile.path, options)
         else:
-            rgb, rule = _decode_pillow(tile.path)
+            rgb, rule = _decode_pillow(tile.path, options)
     except TileError:
         raise
     except FileNotFoundError:
@@ -472,11 +561,18 @@ def check_size(rgb: np.ndarray, options: TileOptions) -> np.ndarray:
     return rgb
 
 
-def _decode_window(tile: Tile) -> tuple[np.ndarray, str]:
+def _refuse_above_limit(width: int, height: int, options: TileOptions) -> None:
+    problem = too_many_pixels(width, height, options)
+    if problem:
+        raise TileError(problem)
+
+
+def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
     from rasterio.windows import Window
 
     scene = tile.scene
     assert scene is not None and tile.window is not None
+    _refuse_above_limit(tile.window[2], tile.window[3], options)  # a --tile-size beyond --max-pixels
     ds = _open_scene(scene.path)
     window = Window(*tile.window)
     if not ds.dataset_mask(window=window).any():  # invalid only where every band is nodata
@@ -499,6 +595,7 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     import rasterio
 
     with rasterio.open(path) as ds:
+        _refuse_above_limit(ds.width, ds.height, options)  # the file may have changed since discovery
         bands, rule = choose_bands(ds.count, options.bands, path)
         palette = palette_of(ds, bands)
         scale = _gsd_scale(ds, options)
@@ -519,8 +616,12 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     return _to_rgb8(data, None), rule + resampled
 
 
-def _decode_pillow(path: str) -> tuple[np.ndarray, str]:
-    with Image.open(path) as im:
+def _decode_pillow(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # --max-pixels is the limit
+        im = Image.open(path)
+    with im:
+        _refuse_above_limit(*im.size, options)  # declared in the header: nothing is decoded yet
         im.load()  # forces the full decode so truncated files fail here
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

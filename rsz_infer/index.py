@@ -36,9 +36,18 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.class_embeddings import encode_texts, load_tokenizer
-from rsz_infer.cluster import shard_tiles
+from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
-from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles, tile_from_record
+from rsz_infer.images import (
+    DEFAULT_MAX_PIXELS,
+    Tile,
+    TileError,
+    TileOptions,
+    decode_tile,
+    discover_tiles,
+    list_tiles,
+    tile_from_record,
+)
 from rsz_infer.pipeline import gsd_note, resolve_gsd
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
@@ -227,14 +236,22 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
                 f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
             )
         asset = cfg.tiles.asset if cfg.tiles else None  # STAC inputs of this call
-        tile_options = TileOptions(**{**old.info["tile_options"], "bands": _bands(old.info), "asset": asset})
+        limit = cfg.tiles.max_pixels if cfg.tiles else DEFAULT_MAX_PIXELS  # this call's --max-pixels
+        tile_options = TileOptions(
+            **{**old.info["tile_options"], "bands": _bands(old.info), "asset": asset, "max_pixels": limit}
+        )
     if old is None:  # an existing index keeps its own GSD (in its tile_options)
         tile_options = resolve_gsd(cfg.gsd, manifest, tile_options or TileOptions())
     for note in gsd_note(tile_options, manifest):
         warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
-    discovered = shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard)
-    todo = [t for t in discovered if t.id not in known]
+
+    # listed twice (a count, then the run), never held: memory does not grow with a scene's declared size
+    def wanted(tile: Tile) -> bool:
+        return in_shard(tile.id, cfg.shard) and tile.id not in known
+
+    total = list_tiles(cfg.inputs, tile_options, keep=wanted).count
+    todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
     with_scales = "rerank" in manifest.graphs
     rows, embeddings, scales = [], [], []
 
@@ -250,7 +267,7 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
     with ImageEngine.open(model, manifest, cfg.engine) as engine:
         for note in engine.notes:
             warn(note)
-        counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start)
+        counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
     # an interrupted call keeps what finished: the next `index` call skips those tiles
     if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
         search = _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,9 +19,9 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classfile import class_file_hash, read_class_file
-from rsz_infer.cluster import shard_tiles
+from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
-from rsz_infer.images import Tile, TileOptions, discover_tiles
+from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, list_tiles
 from rsz_infer.outputs import RunLog, check_output_path, output_format, part_path, write_outputs
 
 
@@ -134,13 +134,13 @@ class Summary:
         return line
 
 
-def _check_outputs(cfg: LabelConfig, tiles: list[Tile]) -> None:
+def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
     check_output_path(cfg.out, "--out", (cfg.out.suffix.lower(),))
     if cfg.class_map is not None:
         check_output_path(cfg.class_map, "--class-map", (".tif", ".tiff"))
-    if cfg.class_map is not None and not any(t.window for t in tiles):
+    if cfg.class_map is not None and not listing.windows:
         raise RszError(
             f"--class-map {cfg.class_map}: no GeoTIFF scene among the inputs "
             "(class maps are written in a georeferenced scene's grid)"
@@ -164,11 +164,12 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     entries = read_class_file(cfg.classes)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
-    discovered = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
-    if not discovered:
+    # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
+    # (a scene of any declared size costs one window at a time). An empty shard writes an empty output.
+    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
+    if not listing.found:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
-    _check_outputs(cfg, discovered)
-    tiles = shard_tiles(discovered, cfg.shard)  # an empty shard writes an empty output
+    _check_outputs(cfg, listing)
     labeler = Labeler(
         cfg.model, entries, cfg.backend, cfg.device, cfg.top_k, cfg.seen_calibration, batch=cfg.batch,
         workers=cfg.workers, decoder=cfg.decoder, preprocess=cfg.preprocess, tiles=cfg.tiles,
@@ -193,7 +194,18 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     except RszError:
         engine.close()
         raise
-    todo = [t for t in tiles if t.id not in log.done]
+    done_before = 0
+
+    def todo() -> Iterator[Tile]:
+        nonlocal done_before
+        for tile in discover_tiles(cfg.inputs, cfg.tiles):
+            if not in_shard(tile.id, cfg.shard):
+                continue
+            if tile.id in log.done:
+                done_before += 1
+            else:
+                yield tile
+
     batches_logged = 0
 
     def log_batch(batch: EmbeddedBatch) -> None:
@@ -205,7 +217,8 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
 
     with engine:
         try:
-            counts = run_tiles(engine, todo, cfg.tiles, log_batch, cfg.progress, started=start)
+            total = max(0, listing.count - len(log.done))
+            counts = run_tiles(engine, todo(), cfg.tiles, log_batch, cfg.progress, started=start, total=total)
         finally:
             log.close()
     interrupted = counts.interrupted
@@ -213,7 +226,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         log, cfg.out, cfg.top_k, scorer.names, None if interrupted else cfg.class_map, cfg.class_map_scores
     )
     summary = Summary(
-        counts.embedded, counts.skipped, counts.nodata, len(tiles) - len(todo), time.perf_counter() - start,
+        counts.embedded, counts.skipped, counts.nodata, done_before, time.perf_counter() - start,
         f"{engine.runner.name} {engine.runner.precision}", total_errors=written["errors"], notes=engine.notes,
         decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,

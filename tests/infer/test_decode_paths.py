@@ -140,7 +140,7 @@ def test_every_path_gives_the_same_model_inputs(decoder, preprocess, bundles, mi
     chosen = open_decoder(decoder, "cpu")
     got = batches(chosen, native)
     if decoder == "nvimgcodec":  # what it decodes itself (truncated.jpg fails there and goes to Pillow)
-        taken = {Path(t.path).name for t in tiles if chosen._stream(t) is not None}
+        taken = {Path(t.path).name for t in tiles if chosen._stream(t, options) is not None}
         assert taken == {
             "red_q75.jpg", "blue_444.jpg", "green_progressive.jpg", "grey.jpg", "exif_rotated.jpg",
             "truncated.jpg", "red.png", "grey_small.png", "tiny.png",
