@@ -503,7 +503,7 @@ def paper_split(split: Split, data: SceneData, holdout: float = 0.2, seed: int =
 # DSVA .mat splits
 
 
-def _normalise(name: str) -> str:
+def class_key(name: str) -> str:
     """'Dense Residential', 'dense_residential' and 'denseresidential' name one class."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -562,12 +562,12 @@ def read_dsva_mat(
     att = np.asarray(mat["att"], dtype=np.float32)
     if att.ndim != 2 or att.shape[1] != len(mat_names):
         raise RszError(f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes")
-    column = {_normalise(n): i for i, n in enumerate(mat_names)}
+    column = {class_key(n): i for i, n in enumerate(mat_names)}
     order = []
     for c in data.class_names:
-        if _normalise(c) not in column:
+        if class_key(c) not in column:
             raise RszError(f"{path}: class {c!r} of {data.root} is not in allclasses_names")
-        order.append(column[_normalise(c)])
+        order.append(column[class_key(c)])
     att_by_class = att[:, order].T.copy()
 
     image_list = _dsva_image_list(path, mat, data)

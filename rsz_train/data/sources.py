@@ -113,9 +113,9 @@ def class_folder_root(data_dir: Path) -> Path:
 
 def _apply_classes_file(data: SceneData, path: Path) -> None:
     """Descriptions from a class file; its names match class folders up to case, spaces and '_'."""
-    folder_of = {formats._normalise(n): n for n in data.class_names}
+    folder_of = {formats.class_key(n): n for n in data.class_names}
     for entry in read_class_file(path):
-        folder = folder_of.get(formats._normalise(entry.name))
+        folder = folder_of.get(formats.class_key(entry.name))
         if folder is None:
             raise RszError(f"{path}: class {entry.name!r} is not a class folder of {data.root}")
         data.descriptions[folder] = entry.description
@@ -364,7 +364,7 @@ def read_mcfa_split(files: dict[str, Path], data: SceneData, name: str, seed: in
 
 def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
     """seen.txt / unseen.txt (/ val.txt) class lists next to a class-folder data set."""
-    folder_of = {formats._normalise(n): n for n in data.class_names}
+    folder_of = {formats.class_key(n): n for n in data.class_names}
     lists = {}
     for key in ("seen", "unseen", "val"):
         path = folder / f"{key}.txt"
@@ -372,9 +372,9 @@ def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
             continue
         names = []
         for name in formats.read_class_list(path):
-            if formats._normalise(name) not in folder_of:
+            if formats.class_key(name) not in folder_of:
                 raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root})")
-            names.append(folder_of[formats._normalise(name)])
+            names.append(folder_of[formats.class_key(name)])
         lists[key] = names
     val = lists.get("val") or formats.carve_val_classes(lists["seen"], seed)
     return formats.make_split(data, lists["seen"], lists["unseen"], val, seed=seed, name=folder.name)
