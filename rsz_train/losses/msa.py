@@ -75,3 +75,32 @@ def cross_scale_consistency(
             per_query = (t_log.exp() * (t_log - s_log)).sum(dim=dim)
             losses.append(per_query.mean())
     return torch.stack(losses).mean()
+
+
+def authors_scale_alignment(match: torch.Tensor) -> torch.Tensor:
+    """MSCMA loss as yr666666/MSA retrieval.py writes it (`loss_cross = loss_cross1 + ... + loss_cross4`,
+    each `CrossEntropyLoss(out_sim[s], label_interact)`): per scale, cross-entropy of each image's row of
+    match scores (used as logits, as they are) against its own text; summed over scales, image -> text
+    only (interact_cross puts image i in row i)."""
+    target = torch.arange(match.shape[1], device=match.device)
+    return torch.stack([F.cross_entropy(m, target) for m in match]).sum()
+
+
+def authors_cross_scale_consistency(match: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """CSMMC loss as yr666666/MSA retrieval.py writes it: `element_neig_rank_loss(out_sim[3], out_sim[s], 2)`
+    summed over the smaller scales s, where W_h0 = softmax(sim_s / t, dim=0).t(),
+    W_l0 = softmax(sim_3.detach() / t, dim=0).t() and `F.kl_div(W_l0.log(), W_h0, reduction='mean')`.
+
+    Direction: F.kl_div(log q, p) is KL(p || q) = sum p (log p - log q), here p = the smaller scale's
+    distribution over images for each text (softmax over dim 0) and q = the largest scale's (detached), i.e.
+    KL(smaller || largest), the direction of the authors' code (the paper's text was not at hand to check):
+    mass a smaller scale puts where the teacher (the largest scale, detached) has little costs most, so the
+    smaller scales learn to stay inside the teacher's neighbourhoods. reduction='mean' divides the sum by
+    the number of elements (B * B), as theirs does. rsz's cross_scale_consistency is KL(largest || smaller).
+    """
+    teacher = torch.log_softmax(match[-1].detach() / temperature, dim=0)
+    total = match.new_zeros(())
+    for student in match[:-1]:
+        p_log = torch.log_softmax(student / temperature, dim=0)
+        total = total + (p_log.exp() * (p_log - teacher)).mean()
+    return total

@@ -59,6 +59,16 @@ class MSAConfig:
     alignment_weight: float = 0.5  # per-scale InfoNCE on the MSCMAT match matrices
     consistency_weight: float = 0.2  # KL of each smaller scale to the largest
     class_weight: float = 0.0  # optional cross-entropy against the training classes' prompts
+    # The match head: "cosine" (rsz: one attention head, cosine of the scale feature and what it read) or
+    # "mscmat" (yr666666/MSA model.py Multi_img_crossatt: multi-head cross-attention per scale after
+    # LayerNorms, then sigmoid(fc((read + global text token) * scale feature)): the global text term).
+    matcher: str = "cosine"
+    matcher_heads: int = 8  # "mscmat" only; must divide model_dim
+    # "rsz": InfoNCE both ways per scale / temperature, KL(largest || smaller) both ways (losses/msa.py);
+    # "authors": retrieval.py's forms: per-scale cross-entropy image -> text summed over scales, and
+    # KL(smaller || largest) over images per text at consistency_temperature (see losses/msa.py).
+    loss_form: str = "rsz"
+    consistency_temperature: float = 2.0  # loss_form "authors" (retrieval.py: element_neig_rank_loss(..., 2))
 
 
 class MultiScaleImage(nn.Module):
@@ -149,6 +159,69 @@ class MultiScaleCrossAttention(nn.Module):
         return self.paired(scales, tokens, attention_mask).mean(dim=0)
 
 
+class MSCMATMatcher(nn.Module):
+    """The authors' MSCMAT (yr666666/MSA model.py, Multi_img_crossatt.forward): per scale s, the image's
+    scale feature (one query, LayerNorm) reads the text tokens (LayerNorm) with multi-head attention; the
+    match is sigmoid(fc_s((read + text_cls) * scale_feature)) in (0, 1), text_cls being the text's first
+    (CLS) token: the global text term. Padded tokens get no attention weight (an additive -1e4)."""
+
+    def __init__(self, model_dim: int, num_scales: int, heads: int) -> None:
+        super().__init__()
+        if model_dim % heads:
+            raise RszError(f"model.matcher_heads {heads}: must divide model.model_dim {model_dim}")
+        self.image_norm, self.text_norm = nn.LayerNorm(model_dim), nn.LayerNorm(model_dim)
+        self.attention = nn.ModuleList(
+            nn.MultiheadAttention(model_dim, heads, batch_first=True) for _ in range(num_scales)
+        )
+        self.match = nn.ModuleList(nn.Linear(model_dim, 1) for _ in range(num_scales))
+
+    def _read(
+        self, s: int, queries: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """queries [T, Q, Dm] of scale s read texts [T, L, Dm] -> [T, Q, Dm]. The keys are the tokens after
+        the first (CLS) one, as the authors' `sequence_outputs[:, 1:, :]`; the CLS token is the global
+        term."""
+        keys = self.text_norm(tokens[:, 1:])
+        bias = (attention_mask[:, 1:].to(tokens.dtype) - 1.0) * 1e4  # [T, L - 1]
+        mask = bias[:, None, :].expand(-1, queries.shape[1], -1)
+        mask = mask.repeat_interleave(self.attention[s].num_heads, dim=0)  # [T * heads, Q, L]
+        return self.attention[s](self.image_norm(queries), keys, keys, attn_mask=mask, need_weights=False)[0]
+
+    def match_matrix(
+        self, scales: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Every image with every text: scales [B,S,Dm], tokens [T,L,Dm], mask [T,L] -> [S,B,T]."""
+        out = []
+        for s in range(scales.shape[1]):
+            queries = scales[None, :, s].expand(tokens.shape[0], -1, -1)  # [T, B, Dm]
+            read = self._read(s, queries, tokens, attention_mask)  # [T, B, Dm]
+            joint = (read + tokens[:, None, 0]) * queries
+            out.append(torch.sigmoid(self.match[s](joint)).squeeze(-1).T)  # [B, T]
+        return torch.stack(out)
+
+    def paired(
+        self, scales: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Image b with text b only -> [S, B]."""
+        out = []
+        for s in range(scales.shape[1]):
+            queries = scales[:, s : s + 1]  # [B, 1, Dm]
+            read = self._read(s, queries, tokens, attention_mask)
+            joint = (read + tokens[:, :1]) * queries
+            out.append(torch.sigmoid(self.match[s](joint))[:, 0, 0])
+        return torch.stack(out)
+
+    def forward(
+        self, scales: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The rerank score [B] of each pair: the paired match averaged over scales."""
+        return self.paired(scales, tokens, attention_mask).mean(dim=0)
+
+
+MATCHERS = ("cosine", "mscmat")
+LOSS_FORMS = ("rsz", "authors")
+
+
 def _set_text_trainable(encoder: nn.Module, last_layers: int) -> None:
     """Freeze MiniLM except its last `last_layers` transformer layers (-1: train everything)."""
     if last_layers < 0:
@@ -194,7 +267,15 @@ class MSA(FrozenBackboneMixin, RszModel):
         encoder, _ = load_minilm()
         _set_text_trainable(encoder, config.text_trainable_layers)
         self.text = TextTower(encoder, config.text_pooling, config.model_dim, config.embed_dim)
-        self.match_head = MultiScaleCrossAttention(config.model_dim)
+        if config.matcher not in MATCHERS:
+            raise RszError(f"model.matcher {config.matcher!r}: expected {' or '.join(MATCHERS)}")
+        if config.loss_form not in LOSS_FORMS:
+            raise RszError(f"model.loss_form {config.loss_form!r}: expected {' or '.join(LOSS_FORMS)}")
+        self.match_head = (
+            MultiScaleCrossAttention(config.model_dim)
+            if config.matcher == "cosine"
+            else MSCMATMatcher(config.model_dim, len(backbone.stage_channels), config.matcher_heads)
+        )
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
         self.tokenizer = Tokenizer(minilm_tokenizer_json(), max_length=config.max_text_length)
 
@@ -267,9 +348,13 @@ class MSA(FrozenBackboneMixin, RszModel):
         parts = {
             "triplet": losses.triplet_hardest_negative(similarity, cfg.margin, duplicates),
             "contrastive": losses.info_nce_both_ways(scale * similarity, duplicates),
-            "alignment": losses.scale_alignment_loss(match, cfg.temperature, duplicates),
-            "consistency": losses.cross_scale_consistency(match, cfg.temperature, duplicates),
         }
+        if cfg.loss_form == "authors":
+            parts["alignment"] = losses.authors_scale_alignment(match)
+            parts["consistency"] = losses.authors_cross_scale_consistency(match, cfg.consistency_temperature)
+        else:
+            parts["alignment"] = losses.scale_alignment_loss(match, cfg.temperature, duplicates)
+            parts["consistency"] = losses.cross_scale_consistency(match, cfg.temperature, duplicates)
         weights = {
             "triplet": cfg.triplet_weight,
             "contrastive": cfg.contrastive_weight,

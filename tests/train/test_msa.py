@@ -225,3 +225,97 @@ def test_export_graphs_run_with_the_documented_names_and_shapes(model) -> None:
     assert text_embedding.shape == (2, 24) and token_states.shape == (2, length, 32)
     assert score.shape == (2,)
     assert torch.allclose(score, match.diagonal(dim1=1, dim2=2).mean(0), atol=1e-5)  # reranker = paired match
+
+
+def test_authors_alignment_and_consistency_by_hand() -> None:
+    """yr666666/MSA retrieval.py: `loss_cross = loss_cross1 + ... + loss_cross4` with
+    `CrossEntropyLoss(out_sim[s], label_interact)`, and
+    `element_neig_rank_loss(out_sim[3], out_sim[s], 2)`
+    = `F.kl_div(softmax(sim_3.detach() / 2, dim=0).t().log(), softmax(sim_s / 2, dim=0).t(),
+    reduction='mean')`
+    summed over s = 0, 1, 2 (here two scales: one student, one teacher)."""
+    from rsz_train.losses.msa import authors_cross_scale_consistency, authors_scale_alignment
+
+    student = torch.tensor([[0.9, 0.1], [0.2, 0.6]])
+    teacher = torch.tensor([[0.8, 0.3], [0.1, 0.7]])
+    match = torch.stack([student, teacher])
+    # cross-entropy rows: image 0 -> text 0, image 1 -> text 1, per scale, summed over scales
+    ce = lambda m: np.mean([np.log(np.exp(m[i]).sum()) - m[i, i] for i in range(2)])  # noqa: E731
+    expected = ce(student.numpy()) + ce(teacher.numpy())
+    assert float(authors_scale_alignment(match)) == pytest.approx(expected, abs=1e-6)
+    # KL(student || teacher) over images (dim 0) per text, at t = 2, mean over the 4 elements
+    p = np.exp(student.numpy() / 2) / np.exp(student.numpy() / 2).sum(axis=0)
+    q = np.exp(teacher.numpy() / 2) / np.exp(teacher.numpy() / 2).sum(axis=0)
+    kl = (p * (np.log(p) - np.log(q))).sum() / 4
+    assert float(authors_cross_scale_consistency(match, 2.0)) == pytest.approx(kl, abs=1e-7)
+    # and it is torch's kl_div exactly as the authors call it
+    with pytest.warns(UserWarning):  # torch warns that 'mean' is not 'batchmean': the authors' choice
+        theirs = F.kl_div(
+            torch.log_softmax(teacher / 2, 0).T, torch.softmax(student / 2, 0).T, reduction="mean"
+        )
+    assert float(authors_cross_scale_consistency(match, 2.0)) == pytest.approx(float(theirs), abs=1e-7)
+    # the teacher (largest scale) is detached: only the student gets gradients
+    match = match.clone().requires_grad_(True)
+    authors_cross_scale_consistency(match, 2.0).backward()
+    assert match.grad[1].abs().sum() == 0 and match.grad[0].abs().sum() > 0
+
+
+def test_mscmat_matcher_global_text_term_padding_and_pairs() -> None:
+    from rsz_train.models.msa import MSCMATMatcher
+
+    torch.manual_seed(0)
+    head = MSCMATMatcher(16, num_scales=2, heads=4).eval()
+    scales, tokens = torch.randn(3, 2, 16), torch.randn(4, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        matrix = head.match_matrix(scales, tokens, mask)
+        assert matrix.shape == (2, 3, 4) and ((matrix > 0) & (matrix < 1)).all()  # sigmoid scores
+        # padded tokens carry no weight: changing them changes nothing
+        changed = tokens.clone()
+        changed[mask == 0] = 100.0
+        assert torch.allclose(head.match_matrix(scales, changed, mask), matrix, atol=1e-6)
+        # the global text term: the CLS token (position 0) enters the match, not only as a key
+        cls_changed = tokens.clone()
+        cls_changed[:, 0] += 1.0
+        assert not torch.allclose(head.match_matrix(scales, cls_changed, mask), matrix)
+        # paired (the rerank graph) is the diagonal of the matrix for images b with texts b
+        paired = head.paired(scales, tokens[:3], mask[:3])
+        assert torch.allclose(paired, matrix[:, torch.arange(3), torch.arange(3)], atol=1e-6)
+
+
+def test_authors_matcher_and_losses_train_and_export_the_rerank_graph(tmp_path) -> None:
+    torch.manual_seed(0)
+    config = _config(matcher="mscmat", matcher_heads=4, loss_form="authors", contrastive_weight=0.0)
+    model = create_model("msa", config, _task()).train()
+    tokens = model.tokenize(CAPTIONS)
+    images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE) + torch.arange(4).float().view(-1, 1, 1, 1)
+    batch = {"image": images, "label": torch.tensor([0, 1, 0, 1]), **tokens}
+    optimizer = torch.optim.AdamW(model.parameter_groups(3e-3))
+    history = []
+    for _ in range(10):
+        parts = model.training_losses(batch)
+        optimizer.zero_grad()
+        parts["loss"].backward()
+        optimizer.step()
+        history.append(parts["alignment"].item())
+    assert np.mean(history[-3:]) < np.mean(history[:3])
+    model.eval()
+    graphs = {g.role: g for g in model.export_graphs()}
+    with torch.no_grad():
+        _, scales = graphs["image"].module(images[:2])
+        _, states = graphs["text"].module(tokens["input_ids"][:2], tokens["attention_mask"][:2])
+        score = graphs["rerank"].module(scales, states, tokens["attention_mask"][:2])
+        match = model.match_matrix(images[:2], {k: v[:2] for k, v in tokens.items()})
+    assert torch.allclose(score, match.diagonal(dim1=1, dim2=2).mean(0), atol=1e-5)
+    import onnxruntime as ort
+
+    from export.onnx_export import export_onnx
+
+    path = export_onnx(graphs["rerank"], tmp_path / "rerank.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {
+        "scales": scales.numpy(),
+        "tokens": states.numpy(),
+        "attention_mask": tokens["attention_mask"][:2].numpy(),
+    }
+    np.testing.assert_allclose(session.run(None, feeds)[0], score.numpy(), atol=1e-5)
