@@ -2,7 +2,7 @@
 
 Stages are timed one by one on one thread (decode, resize, normalise, copy into the batch, engine,
 scoring), which says where the time goes; then the whole loop runs as rsz-infer runs it
-(rsz_infer.pipeline.iter_batches: decoding in a thread pool while the engine works), and, for a bundle with
+(rsz_infer.batching.iter_batches: decoding in a thread pool while the engine works), and, for a bundle with
 a class file, `rsz_infer.pipeline.label_tiles` itself (which adds the class embeddings and the output
 files). The loop and label_tiles decode and preprocess as `--decoder` / `--preprocess` choose (rsz-infer's
 options; the per-stage times are always Pillow's); a batched decoder (nvImageCodec) is also timed alone.

@@ -11,14 +11,13 @@ Embeddings are computed once per (bundle, class file) and kept as a small .npy i
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.bundle import MANIFEST, Manifest
+from rsz_infer.bundle import MANIFEST, Manifest, manifest_sha256
 from rsz_infer.classfile import ClassEntry, class_file_hash
 from rsz_infer.errors import RszError
 from rsz_infer.prompts import class_prompts
@@ -72,7 +71,7 @@ def class_embeddings(
 ) -> np.ndarray:
     """[C, D] float32 class embeddings for the entries, by the manifest's class_embedding rule."""
     bundle_dir = Path(bundle_dir)
-    manifest_sha = hashlib.sha256((bundle_dir / MANIFEST).read_bytes()).hexdigest()
+    manifest_sha = manifest_sha256(bundle_dir)
     key = f"{manifest_sha[:16]}-{class_file_hash(entries)[:16]}"
     cache_file = cache_dir() / "class_embeddings" / f"{key}.npy"
     if use_cache and cache_file.is_file():
