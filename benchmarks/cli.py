@@ -50,7 +50,13 @@ def main() -> None:
 @click.option("--model", "models", required=True, multiple=True, help="models/NAME bundle or ref:NAME")
 @click.option("--backend", default="ort,torch", show_default=True, help="ort,trt,torch,torch-compile,...")
 @click.option("--batch", default="1,8,32", show_default=True)
-@click.option("--precision", default="fp32", show_default=True, help="fp32,fp16")
+@click.option("--precision", default="fp32", show_default=True, help="fp32,fp16,int8")
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="ref: models, int8: tiles to calibrate and check the INT8 graph on (as rsz-export --int8)",
+)
 @click.option("--image-size", type=int, default=None, help="ref: models only (default: the paper's size)")
 @click.option("--iters", type=int, default=30, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
@@ -61,7 +67,19 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
 @one_line_errors
 def latency(
-    models, backend, batch, precision, image_size, iters, warmup, device, compile_mode, threads, run_dir, out
+    models,
+    backend,
+    batch,
+    precision,
+    calibration,
+    image_size,
+    iters,
+    warmup,
+    device,
+    compile_mode,
+    threads,
+    run_dir,
+    out,
 ):
     """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
     from benchmarks.latency import LatencyConfig, latency_markdown, run_latency
@@ -77,6 +95,7 @@ def latency(
         image_size=image_size,
         compile_mode=compile_mode,
         threads=threads,
+        calibration=calibration,
     )
     for model in models:
         measured = run_latency(model, cfg, run_dir=run_dir)
@@ -129,7 +148,7 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="benchmark folder")
 @click.option("--split", "split_name", required=True, help="split name under DATA/splits")
 @click.option("--backend", default="ort,trt,torch", show_default=True)
-@click.option("--precision", default="fp32,fp16", show_default=True)
+@click.option("--precision", default="fp32,fp16", show_default=True, help="fp32,fp16,int8")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
@@ -148,6 +167,28 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
         result, accuracy_markdown(result), out, f"accuracy_{_slug(str(bundle))}"
     )
     click.echo(accuracy_markdown(result))
+    click.echo(f"wrote {json_path} and {md_path}")
+
+
+@main.command("ort-settings")
+@click.option("--model", required=True, help="models/NAME bundle or ref:NAME")
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--rounds", type=int, default=5, show_default=True, help="interleaved rounds")
+@click.option("--iters", type=int, default=3, show_default=True, help="timed runs per setting per round")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
+@one_line_errors
+def ort_settings(model, batch, rounds, iters, out):
+    """ONNX Runtime session settings (optimisation level, threads, arena, pre-processed graph) timed."""
+    from benchmarks.ort_settings import ort_settings_markdown, run_ort_settings
+    from benchmarks.report import new_result, write_result
+
+    result = new_result(
+        "ort-settings", f"ORT settings: {model}", **run_ort_settings(model, batch, rounds, iters)
+    )
+    json_path, md_path = write_result(
+        result, ort_settings_markdown(result), out, f"ort_settings_{_slug(model)}"
+    )
+    click.echo(ort_settings_markdown(result))
     click.echo(f"wrote {json_path} and {md_path}")
 
 

@@ -27,6 +27,7 @@ from rsz_infer.errors import RszError, first_line
 
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")
 BACKENDS = ("ort", "trt", *TORCH_BACKENDS)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class LatencyConfig:
     image_size: int | None = None
     compile_mode: str = "default"  # torch.compile mode; "max-autotune" is slower to build
     threads: int = 0  # ORT intra-op threads (0: ORT's default, all cores)
+    calibration: Path | None = None  # ref: models, int8: tiles to calibrate and check the INT8 graph on
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ModelSource:
     torch_module: Any = None  # nn.Module (ref: models, or a bundle given its run)
     flops_per_image: float | None = None
     flops_method: str = "not counted"
+    calibration: Path | None = None  # ref: models: tiles for their INT8 graph (export.int8)
+    int8: dict = field(default_factory=dict)  # ref: models: what export.int8 measured and chose
     _tmp: Any = None
 
     def onnx_for(self, precision: str) -> Path | None:
@@ -72,18 +76,53 @@ class ModelSource:
             out_dir = Path(self._tmp or tempfile.mkdtemp(prefix="rsz-bench-"))
             self.onnx["fp16"] = out_dir / (self.onnx["fp32"].stem + "_fp16.onnx")
             convert_fp16(self.onnx["fp32"], self.onnx["fp16"])
+        if precision == "int8" and "int8" not in self.onnx and self.reference is not None:
+            self._quantize_reference()
         return self.onnx.get(precision)
+
+    def _quantize_reference(self) -> None:
+        """The ref: model's INT8 graph, made and chosen as `rsz-export --int8` does (export.int8) on the
+        --calibration tiles (every 4th held out for the check, against the PyTorch module)."""
+        if self.calibration is None:
+            self.int8 = {"note": "no INT8 graph: pass --calibration DIR (tiles to calibrate on)"}
+            return
+        import torch
+
+        from export.api import int8_tiles
+        from export.int8 import quantize_graph
+        from rsz_infer.preprocess import PreprocessSpec
+
+        calibration, check, info = int8_tiles(
+            self.calibration, {}, PreprocessSpec(size=self.image_size), self.calibration
+        )
+        with torch.no_grad():
+            out = self.torch_module(torch.from_numpy(check))
+        out = out[0] if isinstance(out, tuple | list) else out
+        out_dir = Path(self._tmp or tempfile.mkdtemp(prefix="rsz-bench-"))
+        path = out_dir / (self.onnx["fp32"].stem + ".int8.onnx")
+        result = quantize_graph(
+            self.onnx["fp32"], path, {"embedding": out.numpy()}, calibration, check, None, "cosine"
+        )
+        self.int8 = result.record() | {"calibration": info}
+        if result.chosen is not None:
+            self.onnx["int8"] = path
 
 
 def open_model(
-    spec: str, image_size: int | None = None, run_dir: Path | None = None, tmp: Path | None = None
+    spec: str,
+    image_size: int | None = None,
+    run_dir: Path | None = None,
+    tmp: Path | None = None,
+    calibration: Path | None = None,
 ):
     """`ref:NAME` (benchmarks.reference) or a bundle folder written by rsz-export."""
     if spec.startswith("ref:"):
         from benchmarks.reference import build_reference
 
         ref = build_reference(spec, image_size)
-        src = ModelSource(spec, ref.image_size, reference=ref, torch_module=ref.module, _tmp=tmp)
+        src = ModelSource(
+            spec, ref.image_size, reference=ref, torch_module=ref.module, calibration=calibration, _tmp=tmp
+        )
         src.flops_per_image = flops_mod.torch_flops(ref.module, ref.example(1))
         src.flops_method = "torch.utils.flop_counter.FlopCounterMode on the PyTorch module (batch 1)"
         return src
@@ -104,8 +143,8 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
     variants = manifest.extra.get("variants", {}).get("image", {graph.precision: graph.onnx})
     for precision, onnx_file in variants.items():
         src.onnx[precision] = bundle_dir / onnx_file
-    for engine in graph.engines:
-        src.engines.setdefault(graph.precision, bundle_dir / engine)
+    for engine in graph.engines:  # the precision each engine was built in (its sidecar; INT8 from QDQ)
+        src.engines.setdefault(_engine_precision(bundle_dir / engine, graph.precision), bundle_dir / engine)
     if src.onnx:
         try:
             counted = flops_mod.onnx_flops(src.onnx.get("fp32") or next(iter(src.onnx.values())))
@@ -117,6 +156,17 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
     if run_dir is not None:
         src.torch_module = _image_module_from_run(run_dir)
     return src
+
+
+def _engine_precision(engine: Path, default: str) -> str:
+    import json
+
+    from rsz_infer.trt_lib import sidecar_path
+
+    try:
+        return json.loads(sidecar_path(engine).read_text(encoding="utf-8")).get("precision", default)
+    except (OSError, ValueError):
+        return default
 
 
 def _image_module_from_run(run_dir: Path):  # nn.Module
@@ -188,7 +238,8 @@ def _bench_ort(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig,
 
     path = src.onnx_for(precision)
     if path is None:
-        return {"status": f"skipped: no {precision} ONNX image graph for {src.name}"}
+        why = f" ({src.int8['note']})" if precision == "int8" and src.int8.get("note") else ""
+        return {"status": f"skipped: no {precision} ONNX image graph for {src.name}{why}"}
     runner = OrtRunner(path, device=device, threads=cfg.threads)
     feeds = {"image": _random_image(batch, src.image_size, _ort_input_dtype(runner))}
     times = time_host(lambda: runner.infer(feeds), cfg.iters, cfg.warmup)
@@ -226,6 +277,10 @@ def _bench_torch(src: ModelSource, backend: str, precision: str, batch: int, cfg
     if src.torch_module is None:
         return {"status": f"skipped: no PyTorch module for {src.name} (pass --run runs/NAME)"}
     device = _torch_device(cfg.device)
+    if precision == "int8":
+        return {
+            "status": "skipped: no INT8 in the PyTorch backend (INT8 runs through ONNX Runtime / TensorRT)"
+        }
     if precision == "fp16" and device == "cpu":
         return {"status": "skipped: fp16 on CPU is not a deployment target"}
     if "graphs" in backend and device == "cpu":
@@ -295,9 +350,9 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
         if b not in BACKENDS:
             raise RszError(f"--backend {b}: unknown; known: {', '.join(BACKENDS)}")
     for p in cfg.precisions:
-        if p not in ("fp32", "fp16"):
-            raise RszError(f"--precision {p}: unknown; known: fp32, fp16")
-    src = open_model(spec, cfg.image_size, run_dir, tmp)
+        if p not in PRECISIONS:
+            raise RszError(f"--precision {p}: unknown; known: {', '.join(PRECISIONS)}")
+    src = open_model(spec, cfg.image_size, run_dir, tmp, cfg.calibration)
     rows = []
     for backend in cfg.backends:
         for precision in cfg.precisions:
@@ -332,7 +387,8 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
         "flops_per_image": src.flops_per_image,
         "flops_method": src.flops_method,
         "peaks": peaks,
-        "config": {k: v for k, v in vars(cfg).items()},
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()},
+        "int8": src.int8,
         "rows": rows,
     }
 

@@ -215,3 +215,35 @@ def write_geotiff(path: Path, data: np.ndarray, nodata: float | None = None, crs
 
 def bands_first(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def write_mixed_tiles(folder: Path) -> Path:
+    """JPEG and PNG tiles of varied sizes and kinds, bad files, and a 16-bit 4-band GeoTIFF scene: the
+    decode-path test files (tests/infer/test_decode_paths.py; scripts/gpu_check.sh decodes them on a GPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save(folder / "red_q75.jpg", solid("red", 40, noise=30), quality=75)  # 4:2:0 chroma
+    save(folder / "blue_444.jpg", solid("blue", 64, noise=30)[:37, :53], quality=95, subsampling=0)
+    save(folder / "green_progressive.jpg", solid("green", 64, noise=30)[:48], progressive=True)
+    save(folder / "grey.jpg", solid((90, 90, 90), 30)[:, :, 0])
+    save(folder / "red.png", solid("red", 100, seed=1))
+    save(folder / "grey_small.png", solid((200, 200, 200), 24)[:20, :33, 0])
+    Image.fromarray(solid("green", 36, seed=2)).convert("P").save(folder / "palette.png")
+    Image.fromarray(solid("blue", 28, seed=3)).convert("RGBA").save(folder / "alpha.png")
+    Image.fromarray(solid("red", 32)[:, :, 0].astype(np.uint16) * 250).save(folder / "grey16.png")
+    rotated = Image.fromarray(solid("green", 64, noise=30, seed=4)[:32])
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90": Pillow (and so rsz) does not apply it; nvImageCodec must not either
+    rotated.save(folder / "exif_rotated.jpg", exif=exif)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    whole = (
+        folder / "blue_444.jpg"
+    ).read_bytes()  # the headers stay whole: nvImageCodec takes it, then fails
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) * 3 // 4])
+    whole = (folder / "red.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    save(folder / "tiny.png", solid("red", 4))
+    # larger than --tile-size 100 (4 windows); every JPEG/PNG fits in one tile, so decoders see whole files
+    scene = np.concatenate([bands_first(solid("blue", 128, noise=20)), np.full((1, 128, 128), 7, np.uint8)])
+    write_geotiff(folder / "scene16.tif", scene.astype(np.uint16) * 200)
+    return folder

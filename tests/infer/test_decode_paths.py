@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from rsz_infer.batching import iter_batches
 from rsz_infer.bundle import load_manifest
@@ -21,7 +20,7 @@ from rsz_infer.images import TileOptions, discover_tiles
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
 
-from .helpers import bands_first, save, solid, write_geotiff
+from .helpers import save, solid, write_mixed_tiles
 
 DECODE = ["pillow", "nvimgcodec"]
 PREPROCESS = ["pillow", "native"]
@@ -49,33 +48,7 @@ def _skip_without(decoder: str, preprocess: str, native_lib: Path | None) -> Non
 @pytest.fixture(scope="module")
 def mixed_tiles(tmp_path_factory) -> Path:
     """JPEG and PNG tiles of varied sizes and kinds, bad files, and a 16-bit 4-band GeoTIFF scene."""
-    folder = tmp_path_factory.mktemp("mixed")
-    save(folder / "red_q75.jpg", solid("red", 40, noise=30), quality=75)  # 4:2:0 chroma
-    save(folder / "blue_444.jpg", solid("blue", 64, noise=30)[:37, :53], quality=95, subsampling=0)
-    save(folder / "green_progressive.jpg", solid("green", 64, noise=30)[:48], progressive=True)
-    save(folder / "grey.jpg", solid((90, 90, 90), 30)[:, :, 0])
-    save(folder / "red.png", solid("red", 100, seed=1))
-    save(folder / "grey_small.png", solid((200, 200, 200), 24)[:20, :33, 0])
-    Image.fromarray(solid("green", 36, seed=2)).convert("P").save(folder / "palette.png")
-    Image.fromarray(solid("blue", 28, seed=3)).convert("RGBA").save(folder / "alpha.png")
-    Image.fromarray(solid("red", 32)[:, :, 0].astype(np.uint16) * 250).save(folder / "grey16.png")
-    rotated = Image.fromarray(solid("green", 64, noise=30, seed=4)[:32])
-    exif = rotated.getexif()
-    exif[0x0112] = 6  # "rotate 90": Pillow (and so rsz) does not apply it; nvImageCodec must not either
-    rotated.save(folder / "exif_rotated.jpg", exif=exif)
-    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
-    whole = (
-        folder / "blue_444.jpg"
-    ).read_bytes()  # the headers stay whole: nvImageCodec takes it, then fails
-    (folder / "truncated.jpg").write_bytes(whole[: len(whole) * 3 // 4])
-    whole = (folder / "red.png").read_bytes()
-    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
-    (folder / "empty.png").write_bytes(b"")
-    save(folder / "tiny.png", solid("red", 4))
-    # larger than --tile-size 100 (4 windows); every JPEG/PNG fits in one tile, so decoders see whole files
-    scene = np.concatenate([bands_first(solid("blue", 128, noise=20)), np.full((1, 128, 128), 7, np.uint8)])
-    write_geotiff(folder / "scene16.tif", scene.astype(np.uint16) * 200)
-    return folder
+    return write_mixed_tiles(tmp_path_factory.mktemp("mixed"))
 
 
 def _label(tiles: Path, bundle: Path, classes: Path, out: Path, capfd, *options) -> tuple[int, str]:

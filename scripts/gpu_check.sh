@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Every GPU check of rsz, one command (< 8 minutes on an H100/H200), JSON + markdown tables under one folder:
+#
+#   bash scripts/gpu_check.sh [--out DIR]        on a GPU machine with rsz installed: pip install '.[dev,gpu]'
+#   bash scripts/gpu_check.sh --cpu-smoke        the same steps, reduced, on the CPU (the test suite runs it)
+#
+# Steps (one function each; add yours the same way and list it in STEPS):
+#   latency  rsz-bench latency of ref:vit_b16 / ref:vit_b32 FP16: eager, torch.compile + CUDA graphs
+#   decode   nvImageCodec (nvJPEG on the GPU) against Pillow, bit for bit, on the decode-path test files
+#   train    one training epoch of each shipped paper-size config (rsz_train/configs, tiny synthetic data, AMP)
+#   e2e      rsz-bench e2e of 256-px JPEG tiles through DSVA ViT-B/32 (the bundle of the train step's run,
+#            --backend torch: FP16, compiled, CUDA graphs) with the stage breakdown
+#   label    rsz-infer on those tiles with the same bundle, --backend torch and --device cuda
+# Goals (issue 15): ViT-B/16 FP16 batch 256 >= 14,000 images/s, batch 1 p50 <= 0.6 ms; e2e >= 10,000 tiles/s.
+# A failing step is reported and the others still run; the exit code is the number of failed steps.
+set -uo pipefail
+
+OUT=gpu_check_results
+SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu-smoke) SMOKE=1 ;;
+    --out) OUT="$2"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "error: $1: unknown option (--out DIR, --cpu-smoke)" >&2; exit 2 ;;
+  esac
+  shift
+done
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$OUT/work"
+mkdir -p "$WORK"
+
+if [ "$SMOKE" = 1 ]; then
+  DEVICE=cpu; PRECISION=fp32; REFS=(--model ref:vit_tiny); BACKENDS=torch; BATCHES=2; ITERS=2
+  TILES=8; PER_CLASS=5; E2E_BACKEND=ort; E2E_BATCH=4; CONFIGS=(--config dsva_vit_b32); SMOKE_FLAG=--smoke
+else
+  DEVICE=cuda; PRECISION=fp16; REFS=(--model ref:vit_b16 --model ref:vit_b32)
+  BACKENDS=torch,torch-compile-graphs; BATCHES=1,8,64,256; ITERS=50
+  TILES=8192; PER_CLASS=6; E2E_BACKEND=torch; E2E_BATCH=256; CONFIGS=(); SMOKE_FLAG=
+fi
+
+bench() { "$PY" -m benchmarks.cli "$@"; }
+infer() { "$PY" -c "from rsz_infer.cli import main; main()" "$@"; }
+rsz_train() { "$PY" -c "from rsz_train.cli import main; main()" "$@"; }
+rsz_export() { "$PY" -c "from export.cli import main; main()" "$@"; }
+
+step_latency() {
+  bench latency "${REFS[@]}" --backend "$BACKENDS" --precision "$PRECISION" --batch "$BATCHES" \
+    --iters "$ITERS" --warmup 3 --device "$DEVICE" --out "$OUT/latency"
+}
+
+step_decode() {
+  "$PY" -m benchmarks.gpu_check decode --device "$DEVICE" --out "$OUT/decode"
+}
+
+step_train() {
+  [ -f "$WORK/scenes/classes.txt" ] || rsz_train synth --out "$WORK/scenes" --per-class "$PER_CLASS" --size 64 || return 1
+  rm -rf "$WORK/runs"
+  "$PY" -m benchmarks.gpu_check train --data "$WORK/scenes" --out "$WORK/runs" --device "$DEVICE" \
+    "${CONFIGS[@]}" $SMOKE_FLAG
+  local code=$?
+  cp "$WORK/runs/train.json" "$WORK/runs/train.md" "$OUT/train/" 2>/dev/null
+  return $code
+}
+
+step_e2e() {
+  local run="$WORK/runs/dsva_vit_b32"
+  [ -f "$run/model.safetensors" ] || { echo "e2e: needs the train step's dsva_vit_b32 run" >&2; return 1; }
+  rsz_export --model dsva --run "$run" --engine none --out "$WORK/dsva_vit_b32" --force || return 1
+  "$PY" -m benchmarks.gpu_check tiles --out "$WORK/tiles" -n "$TILES" || return 1
+  bench e2e "$WORK/tiles" --model "$WORK/dsva_vit_b32" --backend "$E2E_BACKEND" --device "$DEVICE" \
+    --batch "$E2E_BATCH" --out "$OUT/e2e"
+}
+
+step_label() {
+  printf 'forest: dense trees\nlake: still blue water\ndesert: bare sand\n' > "$WORK/new.txt"
+  infer "$WORK/tiles" --classes "$WORK/new.txt" --model "$WORK/dsva_vit_b32" --backend "$E2E_BACKEND" \
+    --device "$DEVICE" --batch "$E2E_BATCH" --out "$OUT/label/labels.csv" --quiet 2> "$OUT/label/summary.txt"
+  local code=$?
+  cat "$OUT/label/summary.txt" >&2
+  return $code
+}
+
+STEPS=(latency decode train e2e label)
+FAILED=0
+SUMMARY="$OUT/summary.md"
+printf '# rsz GPU check (%s)\n\n%s, device %s\n\n| step | exit | seconds |\n|---|---|---|\n' \
+  "$([ "$SMOKE" = 1 ] && echo cpu smoke || echo full)" "$(date -u +%FT%TZ)" "$DEVICE" > "$SUMMARY"
+for step in "${STEPS[@]}"; do
+  mkdir -p "$OUT/$step"
+  echo "== $step" >&2
+  started=$(date +%s)
+  "step_$step" > "$OUT/$step/log.txt" 2>&1
+  code=$?
+  [ $code = 0 ] || { FAILED=$((FAILED + 1)); echo "   failed (exit $code): see $OUT/$step/log.txt" >&2; tail -3 "$OUT/$step/log.txt" >&2; }
+  printf '| %s | %s | %s |\n' "$step" "$code" "$(( $(date +%s) - started ))" >> "$SUMMARY"
+done
+cat "$SUMMARY"
+exit $FAILED
