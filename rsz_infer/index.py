@@ -48,6 +48,7 @@ from rsz_infer.images import (
     list_tiles,
     tile_from_record,
 )
+from rsz_infer.locking import OutputLock
 from rsz_infer.pipeline import gsd_note, resolve_gsd
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
@@ -98,6 +99,7 @@ class Index:
     @classmethod
     def load(cls, folder: Path | str) -> Index:
         folder = Path(folder)
+        _recover_swap(folder)
         info_path = folder / "index.json"
         if not info_path.is_file():
             raise RszError(f"{folder}: not an rsz index (no index.json); make one with rsz-infer index")
@@ -219,7 +221,15 @@ class IndexSummary:
 
 
 def build_index(cfg: IndexConfig) -> IndexSummary:
-    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped)."""
+    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped).
+
+    One call at a time writes an index folder (rsz_infer.locking): a second append fails at once.
+    """
+    with OutputLock(Path(cfg.out), "index call"):
+        return _build_index(cfg)
+
+
+def _build_index(cfg: IndexConfig) -> IndexSummary:
     start = time.perf_counter()
     model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
     if method not in ANN_METHODS:
@@ -228,6 +238,7 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
         _faiss()  # fail before embedding anything
     manifest = open_bundle(model)
     sha = manifest_sha256(model)
+    _recover_swap(out)
     old = Index.load(out) if (out / "index.json").is_file() else None
     tile_options = cfg.tiles
     if old is not None:
@@ -326,23 +337,58 @@ def _bands(info: dict) -> tuple[int, ...] | None:
 def _write_index_folder(
     out: Path, info: dict, emb: np.ndarray, tiles: list[dict], scales: np.ndarray | None, ann
 ) -> None:
-    """Write the whole index into a sibling folder, then swap it in."""
+    """Write the whole index into a sibling folder, then swap it in.
+
+    The swap is one atomic exchange of the two folders (renameat2 RENAME_EXCHANGE), so a kill at any
+    moment leaves the old index or the new one at `out`, never none. A failed write (a full disk) removes
+    the sibling and names the file.
+    """
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "embeddings.npy", emb)
-    if scales is not None:
-        np.save(tmp / "scales.npy", scales)
-    if ann is not None:
-        _faiss().write_index(ann, str(tmp / FAISS_FILE))
-    with open(tmp / "tiles.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(t) + "\n" for t in tiles)
-    (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        np.save(tmp / "embeddings.npy", emb)
+        if scales is not None:
+            np.save(tmp / "scales.npy", scales)
+        if ann is not None:
+            _faiss().write_index(ann, str(tmp / FAISS_FILE))
+        with open(tmp / "tiles.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(t) + "\n" for t in tiles)
+        (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    except (OSError, RuntimeError) as err:  # faiss raises RuntimeError for its own write failures
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise RszError(f"{out}: cannot write the index ({reason}); the old index is unchanged") from None
+    if out.exists() and exchange_folders(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # now holds the old index
+        return
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     if out.exists():
-        os.replace(out, old)
+        os.replace(out, old)  # no atomic exchange here: Index.load puts `old` back if a kill lands now
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange_folders(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _recover_swap(folder: Path) -> None:
+    """A kill between the two renames of the fallback swap left the old index beside `folder`: restore it."""
+    if folder.exists():
+        return
+    left = sorted(folder.parent.glob(f".{folder.name}.*.old"))
+    if left and (left[-1] / "index.json").is_file():
+        os.replace(left[-1], folder)
 
 
 # ---------------------------------------------------------------- search

@@ -55,22 +55,45 @@ def errors_path(out: Path) -> Path:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write a temporary file beside the target, fsync, rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a temporary file beside the target, fsync, rename: readers see the old or the new file.
+
+    Text is written as UTF-8; a file name that is not UTF-8 (surrogate escapes) keeps its original bytes.
+    """
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """atomic_write for bytes. A failed write (a full disk) leaves no temporary file and names the target."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RszError(f"{path}: cannot write it ({err.strerror or err}); nothing was replaced") from None
+
+
+def _what_differs(old: dict | None, new: dict) -> str:
+    """Which settings of the logged run differ from this one, named for the error line."""
+    if not isinstance(old, dict):
+        return "not an rsz run log (no header line)"
+    names = {"model": "model bundle", "classes": "class file", "inputs": "inputs", "tiles": "tile options"}
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if differ == ["inputs"]:
+        return f"started with other inputs ({_short(old.get('inputs'))}, now {_short(new.get('inputs'))})"
+    return (
+        "made with another model, class file or settings (differs: "
+        + ", ".join(names.get(k, k) for k in differ)
+        + ")"
+    )
+
+
+def _short(inputs: object) -> str:
+    items = [str(i) for i in inputs] if isinstance(inputs, list) else [str(inputs)]
+    return " ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
 class RunLog:
@@ -101,20 +124,24 @@ class RunLog:
         first = None
         with open(self.path, "rb") as f:
             for raw in f:
+                # A torn last line (power cut, kill mid-write) or one filled with NULs (a file system that
+                # extended the file before the data landed) ends the log: it and anything after is dropped.
                 if not raw.endswith(b"\n"):
-                    break  # the line being written when the run died
+                    break
                 try:
                     record = json.loads(raw)
-                except json.JSONDecodeError:
+                except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                    break
+                if not isinstance(record, dict) or (first is not None and "tile" not in record):
                     break
                 complete_bytes += len(raw)
                 if first is None:
                     first = record.get("run")
-                elif "tile" in record:
+                else:
                     self.done.add(record["tile"])
         if first != header:
             raise RszError(
-                f"{self.path}: made with another model, class file or settings; delete it to start over"
+                f"{self.path}: {_what_differs(first, header)}; resume with those or delete it to start over"
             )
         self._file = open(self.path, "r+", encoding="utf-8")
         self._file.truncate(complete_bytes)
@@ -125,8 +152,11 @@ class RunLog:
         self.done.update(r["tile"] for r in records)
 
     def _write(self, records: list[dict]) -> None:
-        self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
-        self._file.flush()
+        try:
+            self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+            self._file.flush()
+        except OSError as err:  # a full disk: what finished before stays in the log for --resume
+            raise RszError(f"{self.path}: cannot write the run log ({err.strerror or err})") from None
         os.fsync(self._file.fileno())
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bund
 from rsz_infer.classfile import class_file_hash, read_class_file
 from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
-from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, list_tiles
+from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, is_gdal_path, list_tiles
+from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import RunLog, check_output_path, output_format, part_path, write_outputs
 
 
@@ -134,12 +136,36 @@ class Summary:
         return line
 
 
+def input_names(inputs: list) -> list[str]:
+    """The inputs as the run log records them: local paths made absolute, GDAL paths and URLs as given."""
+    return [str(p) if is_gdal_path(p) else os.path.abspath(p) for p in inputs]
+
+
+def _check_distinct_outputs(cfg: LabelConfig) -> None:
+    """--out, --html and --class-map are three different files, none of them an input."""
+    inputs = {os.path.realpath(p) for p in input_names(cfg.inputs) if not is_gdal_path(p)}
+    written = {"--out": cfg.out, "--html": cfg.html, "--class-map": cfg.class_map}
+    seen: dict[str, str] = {}
+    for option, path in written.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in inputs:
+            raise RszError(f"{option} {path}: is one of the inputs; it would be overwritten")
+        if real in seen:
+            raise RszError(
+                f"{option} {path}: is the same file as {seen[real]}; give each output its own name"
+            )
+        seen[real] = option
+
+
 def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
     check_output_path(cfg.out, "--out", (cfg.out.suffix.lower(),))
     if cfg.class_map is not None:
         check_output_path(cfg.class_map, "--class-map", (".tif", ".tiff"))
+    _check_distinct_outputs(cfg)
     if cfg.class_map is not None and not listing.windows:
         raise RszError(
             f"--class-map {cfg.class_map}: no GeoTIFF scene among the inputs "
@@ -150,8 +176,15 @@ def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
 def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None) -> Summary:
     """Label every tile of cfg.inputs with the class file; on_batch(n) is called after each logged batch.
 
-    Ctrl-C (KeyboardInterrupt) still writes the output of what finished, then re-raises.
+    Ctrl-C (KeyboardInterrupt) still writes the output of what finished, then re-raises. One run at a time
+    writes an --out (rsz_infer.locking): a second one fails at once with one line.
     """
+    output_format(cfg.out)
+    with OutputLock(cfg.out, "labeling run"):
+        return _label_tiles(cfg, on_batch)
+
+
+def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Summary:
     start = time.perf_counter()
     output_format(cfg.out)
     if cfg.batch < 1 or cfg.top_k < 1:
@@ -182,6 +215,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
         "top_k": cfg.top_k,
         "seen_calibration": scorer.seen_calibration,
         "min_score": cfg.min_score,
+        "inputs": input_names(cfg.inputs),  # --resume with other inputs must not mix two runs' rows
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),

@@ -1,0 +1,198 @@
+"""Two writers, stale state and full disks: one writer per --out or index (a clear line for the second),
+a torn or NUL-filled last log line is dropped on resume, --resume with other inputs refuses, outputs never
+overwrite inputs, a full disk names the file and leaves no temporary file, an index swap never leaves no
+index."""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from rsz_infer.index import Index, IndexConfig, build_index
+from rsz_infer.pipeline import LabelConfig, label_tiles
+
+from .helpers import COLOURS, bands_first, save, solid, write_geotiff
+from .test_hostile_bundles_and_indexes import error_lines
+from .test_label import run_cli
+
+HOLD_LOCK = (
+    "import sys\n"
+    "from rsz_infer.locking import OutputLock\n"
+    "lock = OutputLock(sys.argv[1])\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+@pytest.fixture()
+def tiles(tmp_path):
+    folder = tmp_path / "tiles"
+    for i in range(6):
+        colour = list(COLOURS)[i % 3]
+        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    return folder
+
+
+def _rows(out):
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return list(csv.DictReader(f))
+
+
+class _Holder:
+    """Another process holding the lock of `target`, as a second rsz-infer run would."""
+
+    def __init__(self, target):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(target)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self):
+        self.proc.communicate("\n", timeout=30)
+
+
+def test_second_labeling_run_on_one_out_is_one_line(bundles, class_file, tiles, tmp_path, capsys):
+    out = tmp_path / "labels.csv"
+    args = [tiles, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet"]
+    holder = _Holder(out)
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        holder.release()
+    lines = error_lines(err)
+    assert (
+        code == 2 and len(lines) == 1 and "another rsz-infer labeling run is writing it right now" in lines[0]
+    )
+    assert (
+        not out.exists() and not out.with_name("labels.csv.part").exists()
+    )  # the other run's files untouched
+    code, _, _ = run_cli(args, capsys)  # once the lock is free the run goes through, and leaves no lock file
+    assert code == 0 and len(_rows(out)) == 6 and sorted(os.listdir(tmp_path)) == ["labels.csv", "tiles"]
+
+
+def test_second_index_append_is_one_line_and_loses_nothing(bundles, tiles, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
+    more = tmp_path / "more"
+    save(more / "extra_red.png", solid("red", 24, seed=42))
+    holder = _Holder(idx)
+    try:
+        code, _, err = run_cli(["index", more, "--model", bundles["msa"], "--out", idx, "--quiet"], capsys)
+    finally:
+        holder.release()
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "another rsz-infer index call is writing it" in lines[0]
+    assert len(Index.load(idx).tiles) == 6
+    code, _, _ = run_cli(["index", more, "--model", bundles["msa"], "--out", idx, "--quiet"], capsys)
+    assert code in (0, None) and len(Index.load(idx).tiles) == 7
+    assert sorted(os.listdir(tmp_path)) == ["idx", "more", "tiles"]  # no lock, no old or temporary folders
+
+
+def _interrupted_run(bundles, class_file, tiles, out):
+    def interrupt(n):
+        if n == 1:
+            raise KeyboardInterrupt
+
+    cfg = LabelConfig([str(tiles)], class_file, out, bundles["msa"], batch=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(cfg, on_batch=interrupt)
+    return out.with_name(out.name + ".part")
+
+
+@pytest.mark.parametrize(
+    "damage", [b"\x00" * 64 + b"\n", b'{"tile": "half a rec', b"\x00" * 40, b'{"tile": "\xff\xfe"}\n']
+)
+def test_torn_or_nul_filled_last_line_is_dropped_on_resume(
+    damage, bundles, class_file, tiles, tmp_path, capsys
+):
+    out = tmp_path / "labels.csv"
+    part = _interrupted_run(bundles, class_file, tiles, out)
+    with open(part, "ab") as f:
+        f.write(damage)
+    args = [tiles, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet", "--resume"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    assert len(rows) == 6 and len({r["tile"] for r in rows}) == 6  # no good tile lost, none twice
+    assert not part.exists()
+
+
+def test_resume_with_other_inputs_refuses_naming_them(bundles, class_file, tiles, tmp_path, capsys):
+    out = tmp_path / "labels.csv"
+    part = _interrupted_run(bundles, class_file, tiles, out)
+    before = part.read_bytes()
+    other = tmp_path / "other"
+    save(other / "x_red.png", solid("red", 24))
+    args = [other, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet", "--resume"]
+    code, _, err = run_cli(args, capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1
+    assert "started with other inputs" in lines[0] and str(tiles) in lines[0] and str(other) in lines[0]
+    assert part.read_bytes() == before  # still resumable with the right inputs
+    code, _, _ = run_cli([tiles, *args[1:]], capsys)
+    assert code == 0 and len(_rows(out)) == 6
+
+
+def test_outputs_never_overwrite_an_input(bundles, class_file, tmp_path, capsys):
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("red", 64)))
+    before = scene.read_bytes()
+    args = [scene, "--classes", class_file, "--model", bundles["msa"], "--out", tmp_path / "l.csv", "--quiet"]
+    code, _, err = run_cli(args + ["--tile-size", 32, "--class-map", scene], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "--class-map" in lines[0] and "is one of the inputs" in lines[0]
+    assert scene.read_bytes() == before and not (tmp_path / "l.csv").exists()
+    code, _, err = run_cli(args + ["--html", scene], capsys)
+    assert code == 2 and len(error_lines(err)) == 1 and scene.read_bytes() == before
+
+
+FULL_DISK = (
+    "import resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as if disk full\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+    "from rsz_infer.cli import main\n"
+    "main(sys.argv[2:])\n"
+)
+
+
+def test_full_disk_names_the_file_and_leaves_no_temporary(bundles, class_file, tiles, tmp_path):
+    out, page = tmp_path / "labels.csv", tmp_path / "gallery.html"
+    args = [
+        tiles,
+        "--classes",
+        class_file,
+        "--model",
+        bundles["msa"],
+        "--out",
+        out,
+        "--html",
+        page,
+        "--quiet",
+    ]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, "6000", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {page}: cannot write it (File too large)")
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # no hidden half-written file
+    assert len(_rows(out)) == 6  # the labels finished before the gallery are complete
+
+
+def test_an_interrupted_index_swap_leaves_an_index(bundles, tiles, tmp_path):
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
+    os.replace(idx, tmp_path / ".idx.4242.old")  # where a kill between the fallback's two renames leaves it
+    assert len(Index.load(idx).tiles) == 6 and idx.is_dir()
+
+
+_ = (resource, signal)
