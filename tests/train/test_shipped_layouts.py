@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors.torch import load_file
 from scipy.io import savemat
 
 from rsz_infer.errors import RszError
@@ -216,6 +218,16 @@ def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split
     classes = json.loads((out / "classes.json").read_text())
     chosen = json.loads((out / "selection" / "classes.json").read_text())
     assert set(classes["seen"]) == set(chosen["seen"]) | set(chosen["val"]) and classes["val"] == []
+    # interrupted in the selection run and resumed: the same refit weights and test figures
+    again = tmp_path / "again"
+    train("dsva", tiny_benchmark, default_split, again, device="cpu", overrides=TINY_OVERRIDES,
+          protocol="paper", stop_after_epoch=1)  # fmt: skip
+    assert not (again / "report.json").exists() and (again / "selection" / "last.pt").is_file()
+    train("dsva", tiny_benchmark, default_split, again, device="cpu", resume=True, protocol="paper")
+    resumed = json.loads((again / "report.json").read_text())
+    assert resumed["test"] == report["test"] and resumed["best_epoch"] == report["best_epoch"]
+    weights = [load_file(str(run / "model.safetensors")) for run in (out, again)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 @pytest.mark.parametrize(
