@@ -21,7 +21,7 @@ class Runner(ABC):
     library: str = "a runner"  # for messages: "ONNX Runtime", "TensorRT", "PyTorch"
     _inputs: list[str]  # set by each backend's constructor, in the graph's order
     _outputs: list[str]
-    input_dtypes: dict[str, str] = {}  # noqa: RUF012 - per instance when set: input name -> numpy dtype
+    input_dtypes: dict[str, str] = {}  # input name -> numpy dtype; replaced (never mutated) per instance
     batch_range: tuple[int, int | None] = (1, None)  # (min, max) batch the graph accepts; max None: any
     precision: str = "fp32"  # the graph variant that runs (rsz_infer.backend.choose_precision)
 
