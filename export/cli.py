@@ -191,6 +191,23 @@ def inspect(bundle: Path) -> None:
                     f"sm {','.join(info.get('compute_capabilities', []))}",
                 )
             )
+    for role, info in manifest.extra.get("int8", {}).items():
+        check = manifest.extra.get("checks", {}).get(f"{role}.int8", {})
+        tried = ", ".join(
+            f"{c['method']} {'pass' if c['passed'] else 'fail'} cos {c['min_cosine']:.4f}"
+            for c in info["candidates"]
+        )
+        chosen = (
+            f"{info['method']} (cosine {check.get('min_cosine', 0):.4f})" if info.get("method") else "none"
+        )
+        rows.append((f"int8 {role}", f"{chosen}; tried {tried}"))
+        cal = info.get("calibration", {})
+        rows.append(
+            (
+                "  calibration",
+                f"{cal.get('tiles')} tiles of {cal.get('source')} sha256 {cal.get('sha256', '')[:16]}",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
