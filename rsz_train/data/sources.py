@@ -211,7 +211,9 @@ def resolve_splits(
     if layout == "rsz":
         name = options.split or _default_split()
         split = formats.load_split(data_dir, name)
-        return [(split, DataSource(root, layout, "rsz split", name, str(data_dir / "splits" / name)))]
+        folder = data_dir / "splits" / name
+        digest = sha256_of(sorted(folder.glob("*.txt")))  # its class lists and per-image lists, by name
+        return [(split, DataSource(root, layout, "rsz split", name, str(folder), digest))]
     raise RszError(
         f"{data_dir}: a class-folder data set needs a class split: --split-file "
         "(a DSVA .mat, an MCFA split folder or a folder with seen.txt/unseen.txt) or --unseen N"

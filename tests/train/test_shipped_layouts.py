@@ -213,6 +213,9 @@ def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split
     selection = json.loads((out / "selection" / "report.json").read_text())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert report["protocol"] == "paper" and report["best_epoch"] == selection["best_epoch"]
+    folder = tiny_benchmark / "splits" / default_split
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.glob("*.txt")))).hexdigest()
+    assert (report["data"]["split_source"], report["data"]["split_sha256"]) == ("rsz split", digest)
     assert len(lines) == selection["best_epoch"] and report["seen_calibration"] == selection["calibration"]
     assert report["test"]["gzsl"]["lambda"] == selection["calibration"]
     classes = json.loads((out / "classes.json").read_text())
