@@ -40,6 +40,9 @@ def parse_class_lines(text: str, source: str) -> list[ClassEntry]:
         if len(raw) > MAX_LINE_CHARS:
             raise RszError(f"{where}: line is {len(raw)} characters long, the limit is {MAX_LINE_CHARS}")
         line = raw.strip()
+        if "\0" in raw or any(ord(c) < 32 and c != "\t" for c in raw):
+            # NUL and control characters end strings in C libraries and break CSV cells
+            raise RszError(f"{where}: a NUL or control character in {raw.strip()!r}; remove it")
         if not line or line.startswith("#"):
             continue
         line = _TRAILING_COMMENT.sub("", line)

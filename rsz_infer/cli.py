@@ -313,7 +313,8 @@ def search_command(
                 json.dumps({"rank": hit.rank, "score": hit.score, "similarity": hit.similarity, **hit.tile})
             )
         else:
-            click.echo(f"{hit.rank}\t{hit.score:.4f}\t{hit.tile['tile']}")
+            # bytes: a file name that is not UTF-8 comes out as its own bytes (as `ls` prints it)
+            click.echo(f"{hit.rank}\t{hit.score:.4f}\t{hit.tile['tile']}".encode("utf-8", "surrogateescape"))
     if html_out:
         from rsz_infer.report import GalleryItem, footprint_line, label_lines, load_labels, write_gallery
 

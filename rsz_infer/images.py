@@ -317,7 +317,10 @@ def _gdal_declares_too_many(name: str, options: TileOptions) -> bool:
 
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
-    bands, band_rule = choose_bands(ds.count, options.bands, path)
+    try:
+        bands, band_rule = choose_bands(ds.count, options.bands, path)
+    except TileError as err:  # a scene is the whole run's input: a usage error, before any work
+        raise RszError(f"{path}: {err}") from None
     dtype = ds.dtypes[0]
     stretch = None
     rule = band_rule
@@ -491,6 +494,8 @@ def choose_bands(count: int, requested: tuple[int, ...] | None, where: str) -> t
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]  # NaN (and inf) pixels are nodata, never part of the stretch
     if values.size == 0:
         return 0.0, 1.0
     lo, hi = np.percentile(values, STRETCH_PERCENTILES)
@@ -508,6 +513,15 @@ def _to_rgb8(bands: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarr
     Data that are not 8-bit are stretched linearly between the 2nd and 98th percentile taken over all
     selected bands together: one stretch for R, G and B keeps their balance, so colours stay colours.
     """
+    if bands.dtype.kind == "f":
+        # NaN pixels are nodata even when the file declares none: a tile of only NaN is skipped as
+        # nodata, and in a partly valid tile they become the bottom of the stretch (black)
+        finite = np.isfinite(bands)
+        if not finite.any():
+            raise NodataTile("all nodata (NaN pixels)")
+        if not finite.all():
+            lo = stretch[0] if stretch is not None else _percentiles(bands.ravel())[0]
+            bands = np.where(finite, bands, np.float32(lo))
     if bands.dtype != np.uint8:
         lo, hi = stretch if stretch is not None else _percentiles(bands.ravel())
         bands = _stretch(bands, lo, hi)

@@ -258,9 +258,20 @@ def render_csv(records: list[dict], top_k: int) -> str:
     writer.writerow([*columns, "wkt"])
     for i in range(len(records)):
         row = [columns[name][i] for name in columns]
-        row = ["" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in row]
+        row = ["" if v is None else f"{v:.6f}" if isinstance(v, float) else csv_text(v) for v in row]
         writer.writerow([*row, wkt[i]])
     return buf.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ first) gets a leading apostrophe
+    (OWASP's CSV-injection rule); numbers are written by the caller and stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _public(record: dict) -> dict:
@@ -398,7 +409,7 @@ def render_errors(records: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["tile", "reason"])
     for r in records:
-        writer.writerow([r["tile"], r["skipped"]])
+        writer.writerow([csv_text(r["tile"]), csv_text(r["skipped"])])
     return buf.getvalue()
 
 

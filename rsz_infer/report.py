@@ -173,7 +173,7 @@ def read_label_rows(path: Path | str) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 return [json.loads(line) for line in f if line.strip()]
         if suffix in (".geojson", ".json"):
             collection = json.loads(path.read_text(encoding="utf-8"))
@@ -182,7 +182,7 @@ def read_label_rows(path: Path | str) -> list[dict]:
             ]
         if suffix in (".parquet", ".gpkg", ".fgb"):
             return _read_vector_rows(path)
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return [_from_columns(row) for row in csv.DictReader(f)]
     except (OSError, KeyError, ValueError) as err:
         raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
