@@ -606,9 +606,9 @@ def train(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if protocol not in PROTOCOLS:
         raise RszError(f"--protocol {protocol}: expected {' or '.join(PROTOCOLS)}")
-    options = dataclasses.replace(
-        data_options or DataOptions(), split=split or (data_options or DataOptions()).split
-    )
+    options = data_options or DataOptions()
+    if split is not None:
+        options = dataclasses.replace(options, split=split)
     config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
     data, layout = load_dataset(data_dir, options)
     splits = resolve_splits(data_dir, data, layout, options)
