@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.batching import Batch, embed_batches, tile_record
+from rsz_infer.batching import Batch, embed_batches
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.images import NodataTile, Tile, TileError, TileOptions, decode_tile
 from rsz_infer.outputs import atomic_write
@@ -260,6 +260,7 @@ class EmbedActor:
 
     def __call__(self, row: dict) -> dict:
         from rsz_infer.api import skipped_records
+        from rsz_infer.index import index_row
 
         engine = self.embedder.engine
         records: list[dict] = []
@@ -273,7 +274,7 @@ class EmbedActor:
             embeddings += [None] * len(bad)
             scales += [None] * len(bad)
             if batch.tiles:
-                records += [tile_record(t) for t in batch.tiles]
+                records += [index_row(t) for t in batch.tiles]
                 embeddings += list(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
                 out_scales = batch.outputs.get("scales") if with_scales else None
                 scales += (

@@ -13,6 +13,7 @@ rebuilt beside the old one and renamed over it, so a killed call leaves the old 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rsz_infer.api import Embedder
 from rsz_infer.backend import open_runner
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
-    ImageEngine,
     engine_options,
     exit_code,
     run_tiles,
@@ -220,6 +221,12 @@ class IndexSummary:
         return line
 
 
+def index_row(tile: Tile) -> dict:
+    """A tile's row in tiles.jsonl (the single-process and the Ray path write the same rows)."""
+    # sha256: what a gallery checks before it shows the file again (rsz_infer.trust)
+    return tile_record(tile) | {"sha256": file_sha256(tile.path)}
+
+
 def build_index(cfg: IndexConfig) -> IndexSummary:
     """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped).
 
@@ -272,10 +279,10 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         embeddings.append(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
         if with_scales:
             scales.append(batch.outputs["scales"].astype(np.float32))
-        # sha256: what a gallery checks before it shows the file again (rsz_infer.trust)
-        rows.extend(tile_record(tile) | {"sha256": file_sha256(tile.path)} for tile in batch.tiles)
+        rows.extend(index_row(tile) for tile in batch.tiles)
 
-    with ImageEngine.open(model, manifest, cfg.engine) as engine:
+    with Embedder(model, manifest=manifest, tiles=tile_options, **dataclasses.asdict(cfg.engine)) as embedder:
+        engine = embedder.engine
         for note in engine.notes:
             warn(note)
         counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
