@@ -377,13 +377,20 @@ class _PartsLog:
 
 def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summary
     """rsz-infer TILES --ray: label_tiles' job on a Ray cluster (the same discovery, checks, Labeler and
-    outputs; see the section comment above)."""
+    outputs, and the same lock on --out; see the section comment above)."""
+    from rsz_infer.locking import OutputLock
+
+    with OutputLock(Path(cfg.out), "labeling run"):
+        return _label_tiles_ray(cfg, options)
+
+
+def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summary
     from dataclasses import replace
 
     from rsz_infer.api import class_entries
     from rsz_infer.bundle import manifest_sha256, open_bundle
     from rsz_infer.classfile import class_file_hash
-    from rsz_infer.images import discover_tiles
+    from rsz_infer.images import discover_tiles, list_tiles
     from rsz_infer.outputs import output_format, write_outputs
     from rsz_infer.pipeline import Summary, _check_outputs, gsd_note, resolve_gsd
 
@@ -401,12 +408,13 @@ def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summar
     entries = class_entries(cfg.classes)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
-    discovered = list(discover_tiles(cfg.inputs, cfg.tiles, notes))
-    if not discovered:
+    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
+    if not listing.found:
         raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
     if merged:
-        _check_outputs(cfg, discovered)
-    tiles = shard_tiles(discovered, cfg.shard)
+        _check_outputs(cfg, listing)
+    # The driver holds the Tiles (small records: path, window, footprint) to cut them into partitions.
+    tiles = shard_tiles(discover_tiles(cfg.inputs, cfg.tiles), cfg.shard)
     ray = connect(options)
     resources, device = _actor_resources(ray, options, cfg.device)
     header = {
@@ -468,12 +476,17 @@ def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summar
 def build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSummary
     """rsz-infer index TILES --ray: build_index's job on a Ray cluster; the new rows are merged into the
     index folder at the end. A stopped job keeps its partitions (beside the index) for the next call."""
+    from rsz_infer.locking import OutputLock
+
+    with OutputLock(Path(cfg.out), "index call"):
+        return _build_index_ray(cfg, options)
+
+
+def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSummary
     import pyarrow.parquet as pq
 
     from rsz_infer import index as ix
-    from rsz_infer.bundle import manifest_sha256, open_bundle
     from rsz_infer.images import discover_tiles
-    from rsz_infer.pipeline import gsd_note, resolve_gsd
 
     start = time.perf_counter()
     model, out = Path(cfg.model), Path(cfg.out)
@@ -481,23 +494,7 @@ def build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSumm
         raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ix.ANN_METHODS)}")
     if cfg.method == "hnsw":
         ix._faiss()  # fail before embedding anything
-    manifest = open_bundle(model)
-    sha = manifest_sha256(model)
-    old = ix.Index.load(out) if (out / "index.json").is_file() else None
-    tile_options = cfg.tiles
-    if old is not None:
-        if old.info["model"] != sha:
-            raise RszError(
-                f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
-            )
-        asset = cfg.tiles.asset if cfg.tiles else None
-        tile_options = TileOptions(
-            **{**old.info["tile_options"], "bands": ix._bands(old.info), "asset": asset}
-        )
-    else:
-        tile_options = resolve_gsd(cfg.gsd, manifest, tile_options or TileOptions())
-    notes = gsd_note(tile_options, manifest)
-    known = {t["tile"] for t in old.tiles} if old else set()
+    manifest, sha, old, tile_options, known = ix.open_index_job(cfg)
     todo_tiles = [
         t for t in shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard) if t.id not in known
     ]
@@ -521,8 +518,6 @@ def build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSumm
         },
         "parts_dir": str(parts_dir),
     }
-    for note in notes:
-        print(note, file=sys.stderr)
     loop_start = time.perf_counter()
     size = manifest.preprocess.size
     totals = run_partitions(

@@ -227,22 +227,11 @@ def index_row(tile: Tile) -> dict:
     return tile_record(tile) | {"sha256": file_sha256(tile.path)}
 
 
-def build_index(cfg: IndexConfig) -> IndexSummary:
-    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped).
-
-    One call at a time writes an index folder (rsz_infer.locking): a second append fails at once.
-    """
-    with OutputLock(Path(cfg.out), "index call"):
-        return _build_index(cfg)
-
-
-def _build_index(cfg: IndexConfig) -> IndexSummary:
-    start = time.perf_counter()
-    model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
-    if method not in ANN_METHODS:
-        raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
-    if method == "hnsw":
-        _faiss()  # fail before embedding anything
+def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileOptions, set[str]]:
+    """What build_index and the Ray path (cluster.build_index_ray) do before embedding: the bundle and its
+    sha256, the index already at cfg.out (None), the tile options (an existing index keeps its own) and
+    the tiles it holds."""
+    model, out = Path(cfg.model), Path(cfg.out)
     manifest = open_bundle(model)
     sha = manifest_sha256(model)
     _recover_swap(out)
@@ -263,6 +252,26 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     for note in gsd_note(tile_options, manifest):
         warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
+    return manifest, sha, old, tile_options, known
+
+
+def build_index(cfg: IndexConfig) -> IndexSummary:
+    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped).
+
+    One call at a time writes an index folder (rsz_infer.locking): a second append fails at once.
+    """
+    with OutputLock(Path(cfg.out), "index call"):
+        return _build_index(cfg)
+
+
+def _build_index(cfg: IndexConfig) -> IndexSummary:
+    start = time.perf_counter()
+    model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
+    if method not in ANN_METHODS:
+        raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
+    if method == "hnsw":
+        _faiss()  # fail before embedding anything
+    manifest, sha, old, tile_options, known = open_index_job(cfg)
 
     # listed twice (a count, then the run), never held: memory does not grow with a scene's declared size
     def wanted(tile: Tile) -> bool:
