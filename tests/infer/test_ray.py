@@ -131,3 +131,13 @@ def test_without_ray_the_option_says_what_to_install(bundles, class_file, tmp_pa
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         "error: --ray: Ray is not installed (pip install 'rsz[ray]' (Ray Data; no PyTorch))"
     )
+
+
+def test_a_ray_address_that_is_an_input_is_refused(class_file, tmp_path, capsys):
+    # `--ray tiles/` took the tiles as the address: said in one line, before anything starts
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--classes", str(class_file), "--ray", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err == [
+        f"error: --ray {tmp_path}: looks like an input, not a Ray address; put --ray after the tiles"
+    ]
