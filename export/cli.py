@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+import rsz_infer
 from export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError, one_line_errors
@@ -97,7 +98,8 @@ def _report(bundle: Path) -> None:
         )
 
 
-@click.group(invoke_without_command=True)
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-export")
 @_with_build_options
 @click.pass_context
 @one_line_errors

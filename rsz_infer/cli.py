@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+import rsz_infer
 from rsz_infer.backend import BACKENDS, PRECISIONS, check_device
 from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.cluster import parse_shard
@@ -343,7 +344,8 @@ class LabelByDefault(click.Group):
     default = "label"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+        own_options = [*ctx.help_option_names, "--version"]  # the group's own: never a labeling run
+        if args and args[0] not in self.commands and args[0] not in own_options:
             first = args[0]
             close = difflib.get_close_matches(first, list(self.commands), n=1, cutoff=0.6)
             if close and not first.startswith("-") and not Path(first).exists():
@@ -358,6 +360,7 @@ class LabelByDefault(click.Group):
     epilog=EPILOG,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+@click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-infer")
 def cli() -> None:
     """Label tiles with new classes (`rsz-infer TILES... --classes new.txt`, the default command), or index
     tiles and search them by text or image."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+import rsz_infer
 from rsz_infer.errors import RszError, one_line_errors
 from rsz_train.demo import demo_command
 from rsz_train.models.registry import MODELS
@@ -23,6 +24,7 @@ def _default_split() -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-train")
 def main() -> None:
     """Train zero-shot models for remote-sensing tiles.
 

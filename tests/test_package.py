@@ -1,0 +1,80 @@
+"""The package: a LICENSE matching pyproject, py.typed, one version string, --version and -h on every
+command, and rsz-train / rsz-export without the train extra say what to install in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from click.testing import CliRunner
+
+import rsz_infer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_license_py_typed_and_one_version():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT" and project["project"]["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "rsz_infer.__version__"}
+    assert (ROOT / "rsz_infer" / "py.typed").is_file()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["*"]
+
+
+def _commands():
+    from benchmarks.cli import main as bench
+    from export.cli import main as export
+    from rsz_infer.cli import cli as infer
+    from rsz_train.cli import main as train
+
+    return {"rsz-infer": infer, "rsz-train": train, "rsz-export": export, "rsz-bench": bench}
+
+
+@pytest.mark.parametrize("name", ["rsz-infer", "rsz-train", "rsz-export", "rsz-bench"])
+def test_version_and_h_on_every_command(name):
+    group = _commands()[name]
+    runner = CliRunner()
+    result = runner.invoke(group, ["--version"], prog_name=name)
+    assert result.exit_code == 0 and result.output.strip() == f"{name}, version {rsz_infer.__version__}"
+    result = runner.invoke(group, ["-h"], prog_name=name)
+    assert result.exit_code == 0 and result.output.startswith("Usage:")
+    for sub in sorted(group.commands):
+        result = runner.invoke(group, [sub, "-h"], prog_name=name)
+        assert result.exit_code == 0 and "Usage:" in result.output, (name, sub, result.output)
+
+
+def test_console_scripts_point_at_torch_free_entries():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["rsz-train"] == "rsz_infer.entry:train_main"
+    assert scripts["rsz-export"] == "rsz_infer.entry:export_main"
+
+
+WITHOUT_TORCH = (
+    "import sys\n"
+    "sys.modules['torch'] = None  # as on an install without the train extra: `import torch` fails\n"
+    "from rsz_infer import entry\n"
+    "sys.argv = sys.argv[1:]\n"
+    "getattr(entry, sys.argv[0].replace('rsz-', '') + '_main')()\n"
+)
+
+
+@pytest.mark.parametrize(
+    "argv, extra",
+    [
+        (["rsz-train", "dsva", "--data", "nowhere", "--out", "runs/x"], "train"),
+        (["rsz-export", "--model", "dsva", "--run", "runs/x", "--out", "models/x"], "export"),
+    ],
+)
+def test_without_the_train_extra_says_what_to_install(argv, extra, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {argv[0]} needs the {extra} extra (torch is not installed): pip install 'rsz[{extra}]'"
+    ]
