@@ -11,6 +11,8 @@
 #   e2e      rsz-bench e2e of 256-px JPEG tiles through DSVA ViT-B/32 (the bundle of the train step's run,
 #            --backend torch: FP16, compiled, CUDA graphs) with the stage breakdown
 #   label    rsz-infer on those tiles with the same bundle, --backend torch and --device cuda
+#   gpu_tests  the GPU twins of the suite's CPU-only assertions (they skip without an NVIDIA GPU; on one
+#            they must pass): tests/export/test_export.py::test_trt_runner_on_a_gpu_matches_onnx_runtime
 # Goals (issue 15): ViT-B/16 FP16 batch 256 >= 14,000 images/s, batch 1 p50 <= 0.6 ms; e2e >= 10,000 tiles/s.
 # A failing step is reported and the others still run; the exit code is the number of failed steps.
 set -uo pipefail
@@ -84,7 +86,16 @@ step_label() {
   return $code
 }
 
-STEPS=(latency decode train e2e label)
+step_gpu_tests() {
+  local log="$OUT/gpu_tests/pytest.txt"
+  "$PY" -m pytest -q -p no:cacheprovider -rs tests/export/test_export.py -k on_a_gpu > "$log" 2>&1
+  local code=$?
+  cat "$log"
+  [ $code = 0 ] || return $code
+  [ "$SMOKE" = 1 ] || grep -q " passed" "$log"  # on a GPU machine a skip is a failure
+}
+
+STEPS=(latency decode train e2e label gpu_tests)
 FAILED=0
 SUMMARY="$OUT/summary.md"
 printf '# rsz GPU check (%s)\n\n%s, device %s\n\n| step | exit | seconds |\n|---|---|---|\n' \

@@ -29,7 +29,7 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_tables(tmp_path: Path) ->
     done = _run("--cpu-smoke", "--out", str(out))
     summary = (out / "summary.md").read_text(encoding="utf-8")
     steps = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in summary.splitlines()[6:]}
-    assert list(steps) == ["latency", "decode", "train", "e2e", "label"], summary
+    assert list(steps) == ["latency", "decode", "train", "e2e", "label", "gpu_tests"], summary
     expected = {step: 0 for step in steps} | ({} if _nvimgcodec() else {"decode": 1})
     assert steps == expected, done.stderr[-2000:]
     assert done.returncode == sum(expected.values())
@@ -47,6 +47,8 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_tables(tmp_path: Path) ->
     with open(out / "label" / "labels.csv", newline="", encoding="utf-8") as f:
         assert len(list(csv.DictReader(f))) == 8
     assert "backend ort:cpu" in (out / "label" / "summary.txt").read_text(encoding="utf-8")
+    twins = (out / "gpu_tests" / "pytest.txt").read_text(encoding="utf-8")
+    assert "1 skipped" in twins and "needs an NVIDIA GPU" in twins  # no GPU here: the twin skips, says why
 
 
 def test_unknown_option_is_one_line(tmp_path: Path) -> None:
