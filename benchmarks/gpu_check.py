@@ -57,7 +57,7 @@ def decode(out: Path, device: str) -> None:
     for tile, ref, got in zip(tiles, pillow.decode(tiles, options), nvimg.decode(tiles, options)):
         row = {
             "tile": tile.id.replace(str(files) + "/", ""),
-            "by": "nvimgcodec" if nvimg._stream(tile) else "pillow",
+            "by": "nvimgcodec" if nvimg._stream(tile, options) else "pillow",
         }
         if isinstance(ref, TileError) or isinstance(got, TileError):
             row["same"] = type(ref) is type(got) and str(ref) == str(got)

@@ -88,7 +88,7 @@ step_label() {
 
 step_gpu_tests() {
   local log="$OUT/gpu_tests/pytest.txt"
-  "$PY" -m pytest -q -p no:cacheprovider -rs tests/export/test_export.py -k on_a_gpu > "$log" 2>&1
+  "$PY" -m pytest -p no:cacheprovider -rs tests/export/test_export.py -k on_a_gpu > "$log" 2>&1
   local code=$?
   cat "$log"
   [ $code = 0 ] || return $code
