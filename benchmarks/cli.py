@@ -123,9 +123,13 @@ def latency(
 @click.option(
     "--preprocess", type=click.Choice(PREPROCESSORS), default="auto", show_default=True, help="as rsz-infer's"
 )
+@click.option(
+    "--precision", type=click.Choice(["auto", "int8", "fp16", "fp32"]), default="auto", show_default=True,
+    help="bundles: as rsz-infer's",
+)  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
 @one_line_errors
-def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, out):
+def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, precision, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
     from benchmarks.e2e import E2EConfig, e2e_markdown, run_e2e
     from benchmarks.report import new_result, write_result
@@ -133,8 +137,9 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
     if batch < 1:
         raise RszError(f"--batch {batch}: must be at least 1")
     cfg = E2EConfig(
-        batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess
-    )
+        batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess,
+        precision=precision,
+    )  # fmt: skip
     measured = run_e2e(list(tiles), model, cfg, classes)
     result = new_result("e2e", f"End to end: {model}", **measured)
     json_path, md_path = write_result(result, e2e_markdown(result), out, f"e2e_{_slug(model)}")

@@ -34,6 +34,7 @@ class E2EConfig:
     workers: int = 0  # decode threads of the pipeline loop (0: rsz-infer's default)
     decoder: str = "auto"  # rsz-infer --decoder: auto | pillow | nvimgcodec
     preprocess: str = "auto"  # rsz-infer --preprocess: auto | pillow | native
+    precision: str = "auto"  # bundles: rsz-infer --precision auto | int8 | fp16 | fp32
     engine_iters: int = 10
     num_random_classes: int = 50  # scoring cost without a class file
 
@@ -53,7 +54,7 @@ def _open_engine(spec: str, cfg: E2EConfig, tmp: Path) -> tuple[Any, PreprocessS
     from rsz_infer.bundle import open_bundle
 
     manifest = open_bundle(spec)
-    runner = open_runner(spec, manifest, "image", cfg.backend, cfg.device)
+    runner = open_runner(spec, manifest, "image", cfg.backend, cfg.device, precision=cfg.precision)
     info = {"scoring_rule": manifest.scoring_rule, "logit_scale": manifest.logit_scale, "manifest": manifest}
     return runner, manifest.preprocess, info
 
@@ -88,7 +89,7 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
         s.update(_per_tile(s["seconds"], n), share=s["seconds"] / serial if serial else None)
     return {
         "model": spec,
-        "engine": runner.name,
+        "engine": f"{runner.name} {runner.precision}",
         "image_size": prep.size,
         "tiles": len(tiles),
         "decoded": n,
@@ -198,6 +199,7 @@ def _label_tiles(inputs, bundle, classes, cfg, tmp: Path) -> float:
             out=tmp / "labels.csv",
             model=Path(bundle),
             backend=cfg.backend,
+            precision=cfg.precision,
             device=cfg.device,
             batch=cfg.batch,
             workers=cfg.workers,
