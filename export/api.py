@@ -364,12 +364,13 @@ def _int8_variant(
 ) -> None:
     """The INT8 graph of one role (export.int8): candidates measured on the check tiles, the fastest that
     passes shipped as <role>.int8.onnx; none passing ships none and says why (extra["int8"][role])."""
-    from export.int8 import quantize_graph, time_graph
+    from export.int8 import quantize_graph
 
     check = np.ascontiguousarray(source.int8_check, dtype=np.float32)
     reference = TorchRunner(graph.module, input_names=graph.input_names, output_names=graph.output_names)
     expected = reference.infer({"image": check})
     out_path = staging / f"{graph.role}.int8.onnx"
+    fp16_name = extra["variants"][graph.role].get("fp16")
     result = quantize_graph(
         fp32_path,
         out_path,
@@ -379,14 +380,14 @@ def _int8_variant(
         source.class_embeddings,
         source.model.scoring_rule,
         keep_qdq=keep_qdq,
+        also_timed={"fp16": staging / fp16_name} if fp16_name else None,
     )
     record = result.record() | {"calibration": source.calibration_info}
     speed = extra.setdefault("speed", {}).setdefault("cpu", {})
     speed.setdefault("batch", result.batch)
-    speed.setdefault("fp32", round(result.fp32_ms_per_batch, 2))
-    fp16_name = extra["variants"][graph.role].get("fp16")
-    if fp16_name and graph.role == "image":
-        speed["fp16"] = round(time_graph(staging / fp16_name, "image", check[: result.batch]), 2)
+    speed["fp32"] = round(result.fp32_ms_per_batch, 2)
+    if fp16_name:
+        speed["fp16"] = round(result.timings["fp16"], 2)
     if result.chosen is None:
         record["note"] = "no INT8 graph shipped: no candidate passed the check"
     else:

@@ -34,7 +34,7 @@ SENSITIVE_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
 STATIC_CANDIDATES = ("static", "static-mixed", "static-mixed-ends")
 CALIBRATION_BATCH = 8  # with CalibMaxIntermediateOutputs 2-3: ViT-B/32 calibration under ~1.5 GB
-TIMING_ITERS = 3
+TIMING_ROUNDS = 5
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Int8Result:
     candidates: list[Candidate]
     fp32_ms_per_batch: float
     batch: int
+    timings: dict[str, float] = field(default_factory=dict)  # every graph timed in the same rounds
 
     def record(self) -> dict:
         return {
@@ -213,19 +214,25 @@ def int8_ops(path: Path) -> int:
     )
 
 
-def time_graph(path: Path, input_name: str, batch: np.ndarray, iters: int = TIMING_ITERS) -> float:
-    """Median ms of one batch through ONNX Runtime as rsz-infer opens it (after one warm-up call)."""
+def time_graphs(
+    paths: dict[str, Path], input_name: str, batch: np.ndarray, rounds: int = TIMING_ROUNDS
+) -> dict:
+    """Median ms of one batch per graph through ONNX Runtime as rsz-infer opens it, timed in interleaved
+    rounds (each graph once per round, after one warm-up call each), so load from other processes on a
+    shared machine spreads over all of them rather than favouring one."""
     from rsz_infer.runners.ort import OrtRunner
 
-    runner = OrtRunner(path, device="cpu")
+    runners = {name: OrtRunner(path, device="cpu") for name, path in paths.items()}
     feeds = {input_name: batch}
-    runner.infer(feeds)
-    times = []
-    for _ in range(iters):
-        started = time.perf_counter()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():
         runner.infer(feeds)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1e3)
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            runner.infer(feeds)
+            times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(t) * 1e3) for name, t in times.items()}
 
 
 def quantize_graph(
@@ -238,12 +245,14 @@ def quantize_graph(
     scoring_rule: str,
     methods: tuple[str, ...] = ("dynamic", *STATIC_CANDIDATES),
     keep_qdq: bool = False,
+    also_timed: dict[str, Path] | None = None,
 ) -> Int8Result:
     """The INT8 variant of the image graph `fp32_path`, written to `out_path` when one passes.
 
     reference: PyTorch FP32 outputs on `check` (validation tiles, never the test split); calibration:
     preprocessed tiles for the static candidates. keep_qdq: when the fastest is not a QDQ graph, also keep
-    the fastest passing QDQ graph beside it (`<out stem>.qdq.onnx`), for the TensorRT engine."""
+    the fastest passing QDQ graph beside it (`<out stem>.qdq.onnx`), for the TensorRT engine. also_timed:
+    more graphs (the FP16 variant) timed in the same rounds (Int8Result.timings)."""
     from rsz_infer.runners.ort import OrtRunner
 
     if len(calibration) == 0 or len(check) == 0:
@@ -255,7 +264,6 @@ def quantize_graph(
     candidates: list[Candidate] = []
     with tempfile.TemporaryDirectory(prefix="rsz-int8-") as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
-        fp32_ms = time_graph(fp32_path, input_name, timing)
         for method in methods:
             path = Path(tmp) / f"{method}.onnx"
             try:
@@ -271,9 +279,11 @@ def quantize_graph(
             candidate.passed, candidate.reason = found["passed"], found["reason"]
             if not int8_ops(path):
                 candidate.passed, candidate.reason = False, "no MatMul/Gemm/Conv left in INT8"
-            if candidate.passed:
-                candidate.ms_per_batch = time_graph(path, input_name, timing)
             candidates.append(candidate)
+        timed = {"fp32": fp32_path} | (also_timed or {}) | {c.method: c.path for c in candidates if c.passed}
+        timings = time_graphs(timed, input_name, timing)
+        for c in candidates:
+            c.ms_per_batch = timings.get(c.method, 0.0)
         passing = sorted((c for c in candidates if c.passed), key=lambda c: c.ms_per_batch)
         chosen = passing[0] if passing else None
         qdq = next((c for c in passing if c.method != "dynamic"), None)
@@ -282,4 +292,4 @@ def quantize_graph(
         if qdq is not None and qdq is not chosen:
             qdq.path = _keep(qdq.path, out_path.with_suffix(".qdq.onnx")) if keep_qdq else None
     root.setLevel(level)
-    return Int8Result(chosen, qdq, candidates, fp32_ms, len(timing))
+    return Int8Result(chosen, qdq, candidates, timings["fp32"], len(timing), timings)
