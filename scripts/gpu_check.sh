@@ -13,6 +13,9 @@
 #   label    rsz-infer on those tiles with the same bundle, --backend torch and --device cuda
 #   gpu_tests  the GPU twins of the suite's CPU-only assertions (they skip without an NVIDIA GPU; on one
 #            they must pass): tests/export/test_export.py::test_trt_runner_on_a_gpu_matches_onnx_runtime
+#   ray      the same labeling with --ray and one GPU actor (issue 14): the same label_1 on every tile, and
+#            both summary lines (tiles/s) side by side; in --cpu-smoke only the wiring (tests/infer/test_ray.py
+#            runs --ray on the CPU)
 # Goals (issue 15): ViT-B/16 FP16 batch 256 >= 14,000 images/s, batch 1 p50 <= 0.6 ms; e2e >= 10,000 tiles/s.
 # A failing step is reported and the others still run; the exit code is the number of failed steps.
 set -uo pipefail
@@ -95,7 +98,27 @@ step_gpu_tests() {
   [ "$SMOKE" = 1 ] || grep -q " passed" "$log"  # on a GPU machine a skip is a failure
 }
 
-STEPS=(latency decode train e2e label gpu_tests)
+step_ray() {
+  "$PY" -c "import ray" || { echo "ray: not installed (pip install '.[ray]')" >&2; return 1; }
+  if [ "$SMOKE" = 1 ]; then  # a local Ray costs the suite ~20 s: check the options and the comparison only
+    infer label --help > "$OUT/ray/help.txt" && grep -q -- "--ray-actors" "$OUT/ray/help.txt" || return 1
+    cp "$OUT/label/labels.csv" "$OUT/ray/labels.csv" || return 1
+  else
+    infer "$WORK/tiles" --classes "$WORK/new.txt" --model "$WORK/dsva_vit_b32" --backend "$E2E_BACKEND" \
+      --device "$DEVICE" --batch "$E2E_BATCH" --out "$OUT/ray/labels.csv" --quiet --ray --ray-actors 1 \
+      2> "$OUT/ray/summary.txt" || { cat "$OUT/ray/summary.txt" >&2; return 1; }
+    grep -h "^rsz-infer:" "$OUT/label/summary.txt" "$OUT/ray/summary.txt" >&2
+  fi
+  "$PY" - "$OUT/label/labels.csv" "$OUT/ray/labels.csv" <<'PYEOF'
+import csv, sys
+single, ray = ({r["tile"]: r["label_1"] for r in csv.DictReader(open(p, newline=""))} for p in sys.argv[1:])
+differ = sorted(t for t in single if ray.get(t) != single[t])
+assert set(single) == set(ray) and not differ, f"--ray: {len(differ)} tiles labeled differently, e.g. {differ[:3]}"
+print(f"--ray: the same label_1 as the single-process run on all {len(single)} tiles")
+PYEOF
+}
+
+STEPS=(latency decode train e2e label gpu_tests ray)
 FAILED=0
 SUMMARY="$OUT/summary.md"
 printf '# rsz GPU check (%s)\n\n%s, device %s\n\n| step | exit | seconds |\n|---|---|---|\n' \

@@ -29,7 +29,7 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_tables(tmp_path: Path) ->
     done = _run("--cpu-smoke", "--out", str(out))
     summary = (out / "summary.md").read_text(encoding="utf-8")
     steps = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in summary.splitlines()[6:]}
-    assert list(steps) == ["latency", "decode", "train", "e2e", "label", "gpu_tests"], summary
+    assert list(steps) == ["latency", "decode", "train", "e2e", "label", "gpu_tests", "ray"], summary
     expected = {step: 0 for step in steps} | ({} if _nvimgcodec() else {"decode": 1})
     assert steps == expected, done.stderr[-2000:]
     assert done.returncode == sum(expected.values())
