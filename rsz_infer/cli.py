@@ -337,6 +337,22 @@ def search_command(
         click.echo(f"rsz-infer search: gallery of {len(hits)} tiles -> {html_out}", err=True)
 
 
+@click.command(name="merge", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--search-method", type=click.Choice(ANN_METHODS), default="auto", show_default=True,
+    help="As for `rsz-infer index`.",
+)  # fmt: skip
+@one_line_errors
+def merge_command(out, sources, search_method) -> None:
+    """Merge the index folders SOURCES (`rsz-infer index --shard I/N` runs of one bundle) into OUT."""
+    from rsz_infer.index import merge_indexes
+
+    rows = merge_indexes(Path(out), [Path(s) for s in sources], search_method)
+    click.echo(f"rsz-infer merge: {rows} tiles from {len(sources)} indexes -> {out}", err=True)
+
+
 class LabelByDefault(click.Group):
     """`rsz-infer TILES...` runs `label`; `index` and `search` are subcommands. A first word that is no
     command, no file and close to a command name is a typo: "did you mean", not a labeling run."""
@@ -369,6 +385,7 @@ def cli() -> None:
 cli.add_command(label_command, name="label")
 cli.add_command(index_command, name="index")
 cli.add_command(search_command, name="search")
+cli.add_command(merge_command, name="merge")
 
 
 def main(argv: list[str] | None = None) -> None:

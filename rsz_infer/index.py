@@ -314,6 +314,47 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     )  # fmt: skip
 
 
+def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "auto") -> int:
+    """The indexes of `--shard I/N` runs (one bundle, one set of tile options) as one index at `out`; a tile
+    in several keeps its first row. Returns the row count. The sources stay as they are."""
+    out = Path(out)
+    if not sources:
+        raise RszError("merge: name the index folders to merge")
+    if method not in ANN_METHODS:
+        raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
+    indexes = [Index.open(source) for source in sources]
+    first = indexes[0]
+    for index in indexes[1:]:
+        same = ("model", "tile_options", "bands")
+        if any(index.info.get(key) != first.info.get(key) for key in same):
+            raise RszError(
+                f"{index.folder}: made with another model or tile options than {first.folder}; "
+                "only shards of one run merge"
+            )
+    with OutputLock(out, "index call"):
+        if out.exists() and any(out.iterdir()):
+            raise RszError(f"{out}: exists; merge into a new folder")
+        model = Path(first.info["model_dir"])
+        manifest = open_bundle(model)
+        if manifest_sha256(model) != first.info["model"]:
+            raise RszError(f"{model}: not the bundle that built {first.folder} any more")
+        tile_options = TileOptions(**first.info["tile_options"], bands=_bands(first.info))
+        seen = {t["tile"] for t in first.tiles}
+        rows, embeddings, scales = [], [], []
+        for index in indexes[1:]:
+            keep = [i for i, t in enumerate(index.tiles) if t["tile"] not in seen]
+            seen.update(index.tiles[i]["tile"] for i in keep)
+            rows += [index.tiles[i] for i in keep]
+            embeddings.append(index.embeddings[keep])
+            if index.scales is not None:
+                scales.append(np.asarray(index.scales)[keep])
+        # the first index is the base, the others append to it: the same writer as `rsz-infer index`
+        _write_index(
+            out, manifest, first.info["model"], model, tile_options, first, rows, embeddings, scales, method
+        )
+        return len(first.tiles) + len(rows)
+
+
 def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method) -> str:
     with_scales = "rerank" in manifest.graphs
     emb_parts = ([old.embeddings] if old else []) + embeddings

@@ -9,6 +9,7 @@ import pytest
 import rsz_infer
 from rsz_infer import ClassEntry, Index, Labeler, RszError
 from rsz_infer.backend import check_device
+from rsz_infer.cli import main
 from rsz_infer.cluster import parse_shard
 from rsz_infer.index import IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
@@ -109,3 +110,27 @@ def test_device_forms():
     for bad in ("gpu", "cuda:", "cuda:x", "cuda1"):
         with pytest.raises(RszError, match=f"--device {bad}: expected"):
             check_device(bad)
+
+
+def test_index_shards_merge_into_the_whole_index(bundles, folder, tmp_path, capsys):
+    def build(shard, name):
+        cfg = IndexConfig([str(folder)], bundles["msa"], tmp_path / name, device="cpu", progress=False)
+        cfg.shard = shard
+        build_index(cfg)
+        return tmp_path / name
+
+    whole = Index.open(build(None, "whole"))
+    parts = [build((i, 2), f"part{i}") for i in range(2)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", str(tmp_path / "merged"), *map(str, parts), str(parts[0])])  # a shard twice: once
+    assert exit_info.value.code in (None, 0), capsys.readouterr().err
+    merged = Index.open(tmp_path / "merged")
+    rows = {t["tile"]: i for i, t in enumerate(merged.tiles)}
+    assert len(merged.tiles) == len(whole.tiles) == 7 and set(rows) == {t["tile"] for t in whole.tiles}
+    order = [rows[t["tile"]] for t in whole.tiles]
+    np.testing.assert_array_equal(merged.embeddings[order], whole.embeddings)
+    assert [merged.tiles[i] for i in order] == whole.tiles
+    assert merged.search(text="a red roof", k=1)[0].tile == whole.search(text="a red roof", k=1)[0].tile
+    with pytest.raises(SystemExit) as exit_info:  # into an existing index: refused in one line
+        main(["merge", str(tmp_path / "merged"), str(parts[0])])
+    assert exit_info.value.code == 2 and "exists; merge into a new folder" in capsys.readouterr().err
