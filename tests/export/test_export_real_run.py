@@ -115,5 +115,6 @@ def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path]
             labels[name] = [row["label_1"] for row in csv.DictReader(f)]
     assert labels["torch"] == labels["ort"] and len(labels["ort"]) > 0
     assert "backend torch:cpu fp32" in summaries["torch"] and "backend ort:cpu fp32" in summaries["ort"]
-    fastest = min(("fp32", "int8"), key=lambda p: manifest.extra["speed"]["cpu"].get(p, 1e9))
-    assert f"backend ort:cpu {fastest}" in summaries["auto"]
+    from rsz_infer.backend import choose_precision
+
+    assert f"backend ort:cpu {choose_precision(manifest, 'image', 'auto', 'cpu')}" in summaries["auto"]
