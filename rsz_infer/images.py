@@ -16,6 +16,7 @@ every output row.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 import warnings
@@ -46,6 +47,10 @@ OPEN_SCENES_PER_THREAD = 4
 # and GDAL caches those lines), so they count whole.
 DEFAULT_MAX_PIXELS = 100_000_000
 SEQUENTIAL_DRIVERS = ("PNG", "JPEG")  # GDAL drivers that decode from the top of the file for any window
+# GDAL's block cache defaults to 5% of RAM and fills up on a long scene; windows are read row by row, so a
+# row of blocks is all it needs to reuse (300 MB at 512 px blocks across 200,000 px). The user's own
+# GDAL_CACHEMAX wins.
+os.environ.setdefault("GDAL_CACHEMAX", "256")
 
 
 class TileError(Exception):

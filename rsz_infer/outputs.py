@@ -170,6 +170,8 @@ class RunLog:
                 record = json.loads(line)
                 if "tile" in record:
                     latest.pop(record["tile"], None)
+                    if record.get("nodata"):  # only counted: a huge sparse scene has 100,000s of them
+                        record = {"tile": record["tile"], "nodata": True, "skipped": record.get("skipped")}
                     latest[record["tile"]] = record
         return iter(latest.values())
 
