@@ -40,6 +40,9 @@ Decoder = PillowDecoder | NvImageCodecDecoder
 RESIZE_NOTE_FACTOR = 4  # the summaries say when tiles reach the model shrunk or enlarged more than this
 
 
+SKIPPED_FLUSH = 1024  # skipped tiles held at most before they are passed on in a batch of their own
+
+
 @dataclass
 class Batch:
     tiles: list[Tile]  # the real tiles, in order
@@ -133,6 +136,11 @@ def iter_batches(
                 for tile, result in zip(tiles_done, chunk_results):
                     if isinstance(result, TileError):
                         batch.skipped.append((tile, result))
+                        if len(batch.skipped) >= SKIPPED_FLUSH:
+                            # a sparse scene has 100,000s of nodata windows between real tiles: hand them
+                            # on (logged, counted) instead of holding them until the batch fills
+                            yield Batch([], [], batch.inputs[:0], skipped=batch.skipped)
+                            batch.skipped = []
                         continue
                     if native is not None:
                         rgbs.append(result[0])

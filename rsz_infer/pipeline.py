@@ -180,6 +180,7 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
     writes an --out (rsz_infer.locking): a second one fails at once with one line.
     """
     output_format(cfg.out)
+    check_output_path(cfg.out, "--out", (cfg.out.suffix.lower(),))  # before the lock file goes beside it
     with OutputLock(cfg.out, "labeling run"):
         return _label_tiles(cfg, on_batch)
 
