@@ -155,7 +155,19 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
             src.flops_method = "sum of MatMul/Gemm/Conv in the ONNX image graph, shapes inferred at batch 1"
     if run_dir is not None:
         src.torch_module = _image_module_from_run(run_dir)
+    elif manifest.extra.get("torch"):  # the run's weights ship in the bundle (rsz_infer.runners.torch)
+        src.torch_module = _image_module_from_bundle(bundle_dir, manifest)
     return src
+
+
+def _image_module_from_bundle(bundle_dir: Path, manifest):  # noqa: ANN001, ANN202 - nn.Module
+    try:
+        from rsz_infer.runners.torch import bundle_model
+
+        model = bundle_model(bundle_dir, manifest)
+    except (ImportError, RszError):  # an edge device without the training side: torch rows are skipped
+        return None
+    return next(g.module.eval() for g in model.export_graphs() if g.role == "image")
 
 
 def _engine_precision(engine: Path, default: str) -> str:

@@ -104,10 +104,9 @@ class TorchRunner(Runner):
         return result
 
 
-def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:
-    """The PyTorch module of a bundle's graph, from the run's weights the bundle ships (safetensors, listed
-    and hash-checked in the manifest like every file; never a pickle). On CUDA: FP16 (precision auto),
-    torch.compile and one CUDA graph per batch shape (rsz-infer's batches all have one shape)."""
+def bundle_model(bundle_dir, manifest):  # noqa: ANN001, ANN201 - (Path, Manifest) -> RszModel
+    """The trained model of a bundle, from the run's files it ships (safetensors weights, listed and
+    hash-checked in the manifest like every file; never a pickle), through rsz_train.runs.load_run."""
     import tempfile
     from pathlib import Path
 
@@ -117,8 +116,6 @@ def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) 
             f"--backend torch: {bundle_dir} carries no PyTorch weights (made before bundles shipped them, "
             "or not from a run); re-export it with rsz-export, or use --backend ort or trt"
         )
-    if precision == "int8":
-        raise RszError("--backend torch: no INT8 in the PyTorch backend; use --backend ort --precision int8")
     try:
         from rsz_train.runs import CLASSES, CONFIG, WEIGHTS, load_run
     except ImportError as err:
@@ -131,6 +128,15 @@ def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) 
         for name, key in ((CONFIG, "config"), (WEIGHTS, "weights"), (CLASSES, "classes")):
             (Path(tmp) / name).symlink_to((bundle_dir / files[key]).resolve())
         model, _ = load_run(tmp)
+    return model
+
+
+def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:  # noqa: ANN001
+    """The PyTorch module of a bundle's graph (bundle_model). On CUDA: FP16 (precision auto),
+    torch.compile and one CUDA graph per batch shape (rsz-infer's batches all have one shape)."""
+    if precision == "int8":
+        raise RszError("--backend torch: no INT8 in the PyTorch backend; use --backend ort --precision int8")
+    model = bundle_model(bundle_dir, manifest)
     graph = next((g for g in model.export_graphs() if g.role == role), None)
     if graph is None:
         raise RszError(f"{bundle_dir}: the {model.kind} model has no {role!r} graph")

@@ -114,6 +114,15 @@ def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path]
         with open(csv_path, newline="", encoding="utf-8") as f:
             labels[name] = [row["label_1"] for row in csv.DictReader(f)]
     assert labels["torch"] == labels["ort"] and len(labels["ort"]) > 0
+    from benchmarks.latency import LatencyConfig, run_latency
+
+    cfg = LatencyConfig(
+        backends=["torch", "ort"], precisions=["fp32", "int8"], batches=[2], iters=1, warmup=0
+    )
+    rows = {(r["backend"], r["precision"]): r["status"] for r in run_latency(str(out), cfg)["rows"]}
+    assert rows[("torch", "fp32")] == "ok"  # the bundle's own weights, no --run needed
+    shipped = "int8" in manifest.extra["variants"]["image"]
+    assert rows[("ort", "int8")] == "ok" if shipped else rows[("ort", "int8")].startswith("skipped")
     assert "backend torch:cpu fp32" in summaries["torch"] and "backend ort:cpu fp32" in summaries["ort"]
     from rsz_infer.backend import choose_precision
 
