@@ -58,7 +58,14 @@ def _train_command(kind: str, summary: str) -> click.Command:
     )
     @click.option("--split-id", default=None, help="Numbered split of a .mat or MCFA folder: N, or 'all'.")
     @click.option("--unseen", type=int, default=None, help="Random class split with N unseen classes.")
-    @click.option("--seed", "split_seed", type=int, default=0, show_default=True, help="Of --unseen.")
+    @click.option(
+        "--seed",
+        "split_seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the --unseen class draw and of the validation holdouts.",
+    )
     @click.option(
         "--classes",
         "classes_file",
