@@ -8,7 +8,7 @@ import click
 
 import rsz_infer
 from rsz_infer.decoders import DECODERS
-from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_infer.native import PREPROCESSORS
 
 
@@ -42,7 +42,7 @@ class _Group(click.Group):
         return super().main(args, *rest, **kwargs)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings=HELP_OPTIONS)
 @click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-bench")
 def main() -> None:
     """Benchmarks of rsz: speed per backend, end-to-end throughput, accuracy of the fast engines."""

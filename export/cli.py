@@ -11,7 +11,7 @@ import click
 import rsz_infer
 from export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
-from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
 from rsz_train.models.registry import model_kinds
 
@@ -98,7 +98,7 @@ def _report(bundle: Path) -> None:
         )
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings=HELP_OPTIONS)
 @click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-export")
 @_with_build_options
 @click.pass_context

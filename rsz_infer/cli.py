@@ -22,7 +22,7 @@ from rsz_infer.backend import BACKENDS, PRECISIONS, check_device
 from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.cluster import parse_shard
 from rsz_infer.decoders import DECODERS
-from rsz_infer.errors import one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, one_line_errors
 from rsz_infer.images import DEFAULT_MAX_PIXELS, TileOptions, parse_bands
 from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
@@ -134,7 +134,7 @@ def _runtime_options(f):
     return f
 
 
-@click.command(name="label", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="label", epilog=EPILOG, context_settings=HELP_OPTIONS)
 @click.argument("tiles", nargs=-1, required=True)
 @click.option("--classes", required=True, help="Class file: one 'name' or 'name: description' per line.")
 @click.option(
@@ -226,7 +226,7 @@ def label_command(
     sys.exit(summary.exit_code)
 
 
-@click.command(name="index", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="index", context_settings=HELP_OPTIONS)
 @click.argument("tiles", nargs=-1, required=True)
 @click.option(
     "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (MSA for text)."
@@ -281,7 +281,7 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
     sys.exit(summary.exit_code)
 
 
-@click.command(name="search", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="search", context_settings=HELP_OPTIONS)
 @click.argument("index_dir")
 @click.option("--text", default=None, help="A sentence describing the tiles to find.")
 @click.option("--image", default=None, help="A query image: find tiles that look like it.")
@@ -337,7 +337,7 @@ def search_command(
         click.echo(f"rsz-infer search: gallery of {len(hits)} tiles -> {html_out}", err=True)
 
 
-@click.command(name="merge", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="merge", context_settings=HELP_OPTIONS)
 @click.argument("out")
 @click.argument("sources", nargs=-1, required=True)
 @click.option(
@@ -374,7 +374,7 @@ class LabelByDefault(click.Group):
     name="rsz-infer",
     cls=LabelByDefault,
     epilog=EPILOG,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=HELP_OPTIONS,
 )
 @click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-infer")
 def cli() -> None:

@@ -9,6 +9,10 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Every rsz command and subcommand takes -h as well as --help. Set on each command, not only its group:
+# click caches a command's help option the first time it is built (a test may call a subcommand directly).
+HELP_OPTIONS: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
 
 class RszError(Exception):
     """A problem with the user's input or environment, worded for the user.

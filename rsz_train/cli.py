@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 import rsz_infer
-from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_train.demo import demo_command
 from rsz_train.models.registry import MODELS
 
@@ -23,7 +23,7 @@ def _default_split() -> str:
     return DEFAULT_SPLIT
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=HELP_OPTIONS)
 @click.version_option(rsz_infer.__version__, "--version", prog_name="rsz-train")
 def main() -> None:
     """Train zero-shot models for remote-sensing tiles.
@@ -36,7 +36,7 @@ def main() -> None:
 
 
 def _train_command(kind: str, summary: str) -> click.Command:
-    @click.command(name=kind, help=summary)
+    @click.command(name=kind, help=summary, context_settings=HELP_OPTIONS)
     @click.option(
         "--data",
         "data_dir",
@@ -194,7 +194,7 @@ for _entry in (e for e in MODELS.values() if e.trained):  # one training command
     main.add_command(_train_command(_entry.kind, f"Train {_entry.summary}"))
 
 
-@click.command("synth")
+@click.command("synth", context_settings=HELP_OPTIONS)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to create.")
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same bytes.")
 @click.option("--size", default=64, show_default=True, help="Tile side in pixels.")

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from rsz_infer.bundle import DEFAULT_MODEL
-from rsz_infer.errors import RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_train.data.formats import SceneData, Split, load_benchmark, load_split
 from rsz_train.models.registry import model_kinds
 
@@ -94,7 +94,7 @@ def _score(labels_csv: Path, truth: dict[str, str]) -> tuple[float, float, Count
     return overall, per_class, found
 
 
-@click.command("demo")
+@click.command("demo", context_settings=HELP_OPTIONS)
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path),
