@@ -68,7 +68,7 @@ def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool
 
 
 def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, cfg: AccuracyConfig) -> dict:
-    from benchmarks.latency import _ort_device, _torch_device, open_model
+    from rsz_bench.latency import _ort_device, _torch_device, open_model
     from rsz_train import evaluate as ev
     from rsz_train.data import batches as td
     from rsz_train.data.formats import load_benchmark, load_split
@@ -205,7 +205,7 @@ def _retrieval_set(data, model, uses_captions: bool, spec, td, ev):
 
 
 def accuracy_markdown(result: dict) -> str:
-    from benchmarks.report import markdown_table
+    from rsz_bench.report import markdown_table
 
     present = [m for m in METRICS if any(m in r for r in result["rows"])]
     columns = [("backend", "backend"), ("precision", "prec"), ("device", "device")]

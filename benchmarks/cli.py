@@ -36,7 +36,7 @@ class _Group(click.Group):
     def main(self, args=None, *rest, **kwargs):  # click's signature
         import sys
 
-        from benchmarks import report
+        from rsz_bench import report
 
         report.COMMAND_ARGS[:] = list(sys.argv[1:] if args is None else args)
         return super().main(args, *rest, **kwargs)
@@ -84,8 +84,8 @@ def latency(
     out,
 ):
     """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
-    from benchmarks.latency import LatencyConfig, latency_markdown, run_latency
-    from benchmarks.report import new_result, write_result
+    from rsz_bench.latency import LatencyConfig, latency_markdown, run_latency
+    from rsz_bench.report import new_result, write_result
 
     cfg = LatencyConfig(
         backends=_names(backend),
@@ -131,8 +131,8 @@ def latency(
 @one_line_errors
 def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, precision, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
-    from benchmarks.e2e import E2EConfig, e2e_markdown, run_e2e
-    from benchmarks.report import new_result, write_result
+    from rsz_bench.e2e import E2EConfig, e2e_markdown, run_e2e
+    from rsz_bench.report import new_result, write_result
 
     if batch < 1:
         raise RszError(f"--batch {batch}: must be at least 1")
@@ -162,8 +162,8 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
 @one_line_errors
 def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, batch, out):
     """ZSL, GZSL (U, S, H) and retrieval through each backend and precision, against PyTorch FP32."""
-    from benchmarks.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
-    from benchmarks.report import new_result, write_result
+    from rsz_bench.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
+    from rsz_bench.report import new_result, write_result
 
     if batch < 1:
         raise RszError(f"--batch {batch}: must be at least 1")
@@ -186,8 +186,8 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
 @one_line_errors
 def ort_settings(model, batch, rounds, iters, out):
     """ONNX Runtime session settings (optimisation level, threads, arena, pre-processed graph) timed."""
-    from benchmarks.ort_settings import ort_settings_markdown, run_ort_settings
-    from benchmarks.report import new_result, write_result
+    from rsz_bench.ort_settings import ort_settings_markdown, run_ort_settings
+    from rsz_bench.report import new_result, write_result
 
     result = new_result(
         "ort-settings", f"ORT settings: {model}", **run_ort_settings(model, batch, rounds, iters)
@@ -205,7 +205,7 @@ def ort_settings(model, batch, rounds, iters, out):
 @one_line_errors
 def plot(results, out):
     """Throughput against batch size per backend, from a latency JSON file."""
-    from benchmarks.plot import plot_throughput
+    from rsz_bench.plot import plot_throughput
 
     click.echo(f"wrote {plot_throughput(results, out)}")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout first
 
-from benchmarks.report import markdown_table, new_result, write_result  # noqa: E402
+from rsz_bench.report import markdown_table, new_result, write_result  # noqa: E402
 
 
 def _median_ms(fn, reps: int) -> float:
@@ -35,7 +35,7 @@ def measure(arch: str, batches: list[int], threads: int, reps: int) -> tuple[lis
     import torch
     from safetensors.torch import save_file
 
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
     from rsz_infer.runners.ort import OrtRunner
     from rsz_infer.tokenizer import Tokenizer
     from rsz_train.models.clip import import_open_clip

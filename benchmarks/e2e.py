@@ -42,7 +42,7 @@ class E2EConfig:
 def _open_engine(spec: str, cfg: E2EConfig, tmp: Path) -> tuple[Any, PreprocessSpec, dict]:
     """(runner, preprocess spec, info) for a bundle folder or a ref: model (exported to ONNX)."""
     if spec.startswith("ref:"):
-        from benchmarks.reference import build_reference, export_reference_onnx
+        from rsz_bench.reference import build_reference, export_reference_onnx
         from rsz_infer.runners.ort import OrtRunner
 
         ref = build_reference(spec)
@@ -239,7 +239,7 @@ E2E_COLUMNS = [
 
 
 def e2e_markdown(result: dict) -> str:
-    from benchmarks.report import markdown_table
+    from rsz_bench.report import markdown_table
 
     rows = [{"stage": k, **v} for k, v in result["stages"].items()]
     nat = result["native_preprocess"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.cli import main  # noqa: E402
+from rsz_bench.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

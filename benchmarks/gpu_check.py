@@ -1,10 +1,10 @@
 """The Python steps of scripts/gpu_check.sh that no rsz command does by itself.
 
-    python -m benchmarks.gpu_check decode --out DIR --device cuda     nvImageCodec vs Pillow, bit for bit
-    python -m benchmarks.gpu_check tiles --out DIR -n 4096            256-px JPEG tiles for rsz-bench e2e
-    python -m benchmarks.gpu_check train --data D --out DIR --device cuda [--smoke]
+    python -m rsz_bench.gpu_check decode --out DIR --device cuda     nvImageCodec vs Pillow, bit for bit
+    python -m rsz_bench.gpu_check tiles --out DIR -n 4096            256-px JPEG tiles for rsz-bench e2e
+    python -m rsz_bench.gpu_check train --data D --out DIR --device cuda [--smoke]
                                                                       one epoch of every shipped config
-Each step writes DIR/<step>.json and DIR/<step>.md (benchmarks.report: machine, date, command).
+Each step writes DIR/<step>.json and DIR/<step>.md (rsz_bench.report: machine, date, command).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _write(
     kind: str, title: str, rows: list[dict], columns: list[tuple[str, str]], out: Path, **extra
 ) -> None:  # noqa: ANN003
-    from benchmarks.report import markdown_table, new_result, write_result
+    from rsz_bench.report import markdown_table, new_result, write_result
 
     result = new_result(kind, title, rows=rows, **extra)
     json_path, _ = write_result(result, markdown_table(rows, columns) + "\n", out, kind)

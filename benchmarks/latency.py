@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import flops as flops_mod
+from rsz_bench import flops as flops_mod
 from rsz_infer.errors import RszError, first_line
 
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")
@@ -52,25 +52,25 @@ class ModelSource:
     image_size: int
     onnx: dict[str, Path] = field(default_factory=dict)  # precision -> image ONNX graph
     engines: dict[str, Path] = field(default_factory=dict)  # precision -> TensorRT engine
-    reference: Any = None  # benchmarks.reference.ReferenceModel for ref: models
+    reference: Any = None  # rsz_bench.reference.ReferenceModel for ref: models
     torch_module: Any = None  # nn.Module (ref: models, or a bundle given its run)
     flops_per_image: float | None = None
     flops_method: str = "not counted"
-    calibration: Path | None = None  # ref: models: tiles for their INT8 graph (export.int8)
-    int8: dict = field(default_factory=dict)  # ref: models: what export.int8 measured and chose
+    calibration: Path | None = None  # ref: models: tiles for their INT8 graph (rsz_export.int8)
+    int8: dict = field(default_factory=dict)  # ref: models: what rsz_export.int8 measured and chose
     _tmp: Any = None
 
     def onnx_for(self, precision: str) -> Path | None:
         """The image graph of this precision. ref: models are exported on first use; an FP16 graph missing
         from a ref: model or an FP32 bundle is made here by the conversion rsz-export applies
-        (export.fp16: FP32 islands, FP32 I/O), when the export side is installed."""
+        (rsz_export.fp16: FP32 islands, FP32 I/O), when the export side is installed."""
         if "fp32" not in self.onnx and self.reference is not None:
-            from benchmarks.reference import export_reference_onnx
+            from rsz_bench.reference import export_reference_onnx
 
             self.onnx["fp32"] = export_reference_onnx(self.reference, self._tmp)
         if precision == "fp16" and "fp16" not in self.onnx and "fp32" in self.onnx:
             try:
-                from export.fp16 import convert_fp16
+                from rsz_export.fp16 import convert_fp16
             except ImportError:
                 return None
             out_dir = Path(self._tmp or tempfile.mkdtemp(prefix="rsz-bench-"))
@@ -81,15 +81,15 @@ class ModelSource:
         return self.onnx.get(precision)
 
     def _quantize_reference(self) -> None:
-        """The ref: model's INT8 graph, made and chosen as `rsz-export --int8` does (export.int8) on the
+        """The ref: model's INT8 graph, made and chosen as `rsz-export --int8` does (rsz_export.int8) on the
         --calibration tiles (every 4th held out for the check, against the PyTorch module)."""
         if self.calibration is None:
             self.int8 = {"note": "no INT8 graph: pass --calibration DIR (tiles to calibrate on)"}
             return
         import torch
 
-        from export.api import int8_tiles
-        from export.int8 import quantize_graph
+        from rsz_export.api import int8_tiles
+        from rsz_export.int8 import quantize_graph
         from rsz_infer.preprocess import PreprocessSpec
 
         calibration, check, info = int8_tiles(
@@ -115,9 +115,9 @@ def open_model(
     tmp: Path | None = None,
     calibration: Path | None = None,
 ):
-    """`ref:NAME` (benchmarks.reference) or a bundle folder written by rsz-export."""
+    """`ref:NAME` (rsz_bench.reference) or a bundle folder written by rsz-export."""
     if spec.startswith("ref:"):
-        from benchmarks.reference import build_reference
+        from rsz_bench.reference import build_reference
 
         ref = build_reference(spec, image_size)
         src = ModelSource(
@@ -410,7 +410,7 @@ def batch_rate(batch: int, p50_ms: float) -> float:
 
 
 def _measure_peaks(rows: list[dict]) -> dict[str, dict]:
-    """The matrix peak of each device that ran a row, measured now (see benchmarks.flops)."""
+    """The matrix peak of each device that ran a row, measured now (see rsz_bench.flops)."""
     devices = {("cuda" if r["device"].startswith("cuda") else "cpu") for r in rows if r.get("status") == "ok"}
     peaks = {}
     if "cpu" in devices:
@@ -440,7 +440,7 @@ LATENCY_COLUMNS = [
 
 
 def latency_markdown(result: dict) -> str:
-    from benchmarks.report import markdown_table
+    from rsz_bench.report import markdown_table
 
     flops = result["flops_per_image"]
     lines = [

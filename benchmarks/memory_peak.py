@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout, not installed
+sys.path.insert(0, str(ROOT))  # this checkout first
 
-from benchmarks.report import markdown_table, new_result, write_result  # noqa: E402
+from rsz_bench.report import markdown_table, new_result, write_result  # noqa: E402
 
 RUN = "import sys\nfrom rsz_infer.cli import main\nmain(sys.argv[1:])\n"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout first
 
 from rsz_infer.native import NativePreprocessor  # noqa: E402
 from rsz_infer.preprocess import PreprocessSpec, to_model_input  # noqa: E402

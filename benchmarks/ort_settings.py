@@ -62,8 +62,8 @@ def _session(path: Path, setting: Setting):  # noqa: ANN202 - an InferenceSessio
 
 def run_ort_settings(spec: str, batch: int = 8, rounds: int = 5, iters: int = 3) -> dict:
     """Time every Setting on the image graph of `spec` (ref:NAME or a bundle; its FP32 graph)."""
-    from benchmarks.latency import open_model
-    from export.int8 import preprocess
+    from rsz_bench.latency import open_model
+    from rsz_export.int8 import preprocess
 
     if batch < 1 or rounds < 1 or iters < 1:
         raise RszError("--batch, --rounds and --iters must be at least 1")
@@ -115,7 +115,7 @@ COLUMNS = [
 
 
 def ort_settings_markdown(result: dict) -> str:
-    from benchmarks.report import markdown_table
+    from rsz_bench.report import markdown_table
 
     head = (
         f"ONNX Runtime session settings on `{result['model']}` (FP32 image graph), batch {result['batch']}, "

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout, not installed
+sys.path.insert(0, str(ROOT))  # this checkout first
 
-from benchmarks.report import markdown_table, new_result, write_result  # noqa: E402
+from rsz_bench.report import markdown_table, new_result, write_result  # noqa: E402
 from rsz_infer.cluster import RayOptions, label_tiles_ray  # noqa: E402
 from rsz_infer.images import TileOptions  # noqa: E402
 from rsz_infer.pipeline import LabelConfig, label_tiles  # noqa: E402

@@ -53,7 +53,7 @@ def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-COMMAND_ARGS: list[str] = []  # set by benchmarks.cli; empty when the functions are called from Python
+COMMAND_ARGS: list[str] = []  # set by rsz_bench.cli; empty when the functions are called from Python
 
 
 def command_line() -> str:

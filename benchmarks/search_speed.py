@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout first
 
-from benchmarks.report import markdown_table, new_result, write_result  # noqa: E402
+from rsz_bench.report import markdown_table, new_result, write_result  # noqa: E402
 from rsz_infer.index import build_ann, nearest  # noqa: E402
 
 

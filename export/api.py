@@ -18,10 +18,16 @@ import numpy as np
 import torch
 
 import rsz_infer
-from export.compare import compare, random_feeds
-from export.fp16 import convert_fp16
-from export.onnx_export import OPSET, export_onnx, graph_io, load_checked
-from export.trt_build import ENGINE_CHOICES, ShapeRange, build_engine, onnx_input_dims, optimisation_profile
+from rsz_export.compare import compare, random_feeds
+from rsz_export.fp16 import convert_fp16
+from rsz_export.onnx_export import OPSET, export_onnx, graph_io, load_checked
+from rsz_export.trt_build import (
+    ENGINE_CHOICES,
+    ShapeRange,
+    build_engine,
+    onnx_input_dims,
+    optimisation_profile,
+)
 from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, load_manifest, sha256_file
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
@@ -51,7 +57,7 @@ class ExportSource:
     prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
     about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
     gsd: float | None = None  # metres per pixel of the training images, when known (Manifest.gsd)
-    # --int8 (export.int8): tiles to calibrate on (default the run's training tiles) and to check and time
+    # --int8 (rsz_export.int8): tiles to calibrate on (default the run's training tiles) and to check and time
     # the INT8 candidates on (the run's validation tiles; never the test split), and where they came from
     calibration: np.ndarray | None = None
     int8_check: np.ndarray | None = None
@@ -124,7 +130,7 @@ def int8_tiles(
 
     Calibration: `calibration_dir`, else the run's training tiles. Check: the run's validation tiles
     (val_seen + val_unseen) when its data folder is here, else every 4th calibration file, held out."""
-    from export.int8 import tiles_hash
+    from rsz_export.int8 import tiles_hash
 
     data_dir, split_name = _rsz_layout_data(report)
     split = None
@@ -218,7 +224,7 @@ def export(
 
     `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels).
     `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest.
-    `int8`: also an INT8 image graph (export.int8), calibrated on `calibration` (default: the run's
+    `int8`: also an INT8 image graph (rsz_export.int8), calibrated on `calibration` (default: the run's
     training tiles) and checked on the run's validation tiles."""
     if gsd is not None and not gsd > 0:
         raise RszError(f"--gsd {gsd}: metres per pixel must be positive")
@@ -362,9 +368,9 @@ def _ship_run_files(run_dir: Path, staging: Path) -> dict:
 def _int8_variant(
     graph: ExportGraph, fp32_path: Path, staging: Path, source: ExportSource, extra: dict, keep_qdq: bool
 ) -> None:
-    """The INT8 graph of one role (export.int8): candidates measured on the check tiles, the fastest that
+    """The INT8 graph of one role (rsz_export.int8): candidates measured on the check tiles, the fastest that
     passes shipped as <role>.int8.onnx; none passing ships none and says why (extra["int8"][role])."""
-    from export.int8 import quantize_graph
+    from rsz_export.int8 import quantize_graph
 
     check = np.ascontiguousarray(source.int8_check, dtype=np.float32)
     reference = TorchRunner(graph.module, input_names=graph.input_names, output_names=graph.output_names)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 import rsz_infer
-from export.trt_build import ENGINE_CHOICES
+from rsz_export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
@@ -44,7 +44,7 @@ BUNDLE_OPTIONS = [
     click.option(
         "--int8",
         is_flag=True,
-        help="also an INT8 image graph, chosen and checked on real tiles (export.int8)",
+        help="also an INT8 image graph, chosen and checked on real tiles (rsz_export.int8)",
     ),
     click.option(
         "--calibration",
@@ -65,7 +65,7 @@ def _with_bundle_options(func):
 
 
 def _build(kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, calibration) -> None:
-    from export.api import export
+    from rsz_export.api import export
 
     if kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
@@ -144,7 +144,7 @@ def clip(
     calibration,
 ) -> None:
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
-    from export.clip import arch_note, export_clip
+    from rsz_export.clip import arch_note, export_clip
 
     out = out if out is not None else Path("models") / checkpoint.stem
     bundle, model = export_clip(

@@ -1,7 +1,7 @@
 """`rsz-export clip --checkpoint PATH`: a CLIP checkpoint users already have -> a checked rsz bundle.
 
 The checkpoint is read by rsz_train.models.clip (open_clip state dict or safetensors, or a Hugging Face
-CLIPModel folder); the bundle is written by export.api.export_model like every other bundle (FP32 and
+CLIPModel folder); the bundle is written by rsz_export.api.export_model like every other bundle (FP32 and
 FP16 ONNX checked against open_clip's / transformers' own forward, TensorRT-RTX engines), with CLIP's
 tokenizer as tokenizer.json and the prompt templates in the manifest.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from export.api import ExportSource, export_model, int8_tiles, load_tiles
-from export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
+from rsz_export.api import ExportSource, export_model, int8_tiles, load_tiles
+from rsz_export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
 from rsz_infer.errors import RszError
 from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
 from rsz_train.models.clip import ClipModel, load_clip
@@ -72,7 +72,7 @@ def export_clip(
 ) -> tuple[Path, ClipModel]:
     """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>).
 
-    `int8`: also an INT8 image graph (export.int8), calibrated on the tiles of `calibration` (required: a
+    `int8`: also an INT8 image graph (rsz_export.int8), calibrated on the tiles of `calibration` (required: a
     checkpoint comes with no training tiles) and checked on every 4th of them, held out."""
     checkpoint = Path(checkpoint)
     if int8 and calibration is None:

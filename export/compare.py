@@ -13,7 +13,7 @@ from rsz_infer.runners.base import Runner
 FP32_MAX_RELATIVE_ERROR = 1e-4  # max |a-b| / max |reference|, per output
 FP16_MIN_COSINE = 0.999  # cosine similarity of each embedding row, FP16 graph vs the FP32 reference
 FP32_MIN_COSINE = 0.9999  # the same for the FP32 graph (besides the relative error)
-# INT8 (export.int8), on real tiles only: every embedding row at cosine >= INT8_MIN_COSINE against PyTorch
+# INT8 (rsz_export.int8), on real tiles only: every embedding row at cosine >= INT8_MIN_COSINE against PyTorch
 # FP32, and at most INT8_MAX_LABEL_CHANGE of the tiles (rounded down: none for fewer than 100 tiles) with
 # another top-1 class, which bounds the change of any accuracy figure on such tiles to about one point.
 INT8_MIN_COSINE = 0.995

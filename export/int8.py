@@ -8,9 +8,9 @@ optimisations, which the quantizer wants):
   static-mixed     the same, the nodes that lose accuracy in INT8 kept in float (nodes_to_exclude):
                    Softmax, LayerNorm and its decomposition, GELU's Erf
   static-mixed-ends  also the first and the last MatMul/Gemm/Conv (patch embedding, output head)
-Each candidate is checked like FP16 (export.compare: embedding cosine against PyTorch FP32 on real tiles, and
-top-1 labels) and timed; the fastest that passes is shipped. None passing: no INT8 graph (a note says why).
-The QDQ candidates use symmetric INT8 activations and weights, the form TensorRT and TensorRT-RTX import
+Each candidate is checked like FP16 (rsz_export.compare: embedding cosine against PyTorch FP32 on real tiles,
+and top-1 labels) and timed; the fastest that passes is shipped. None passing: no INT8 graph (a note says
+why). The QDQ candidates use symmetric INT8 activations and weights, the form TensorRT and TensorRT-RTX import
 ("explicit quantization"), so the engine is built from the same graph ONNX Runtime checked.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from export.compare import INT8_MAX_LABEL_CHANGE, INT8_MIN_COSINE, agreement
+from rsz_export.compare import INT8_MAX_LABEL_CHANGE, INT8_MIN_COSINE, agreement
 from rsz_infer.errors import RszError, first_line
 
-# Ops whose INT8 version loses the most: exponentials and normalisations (as for FP16, export.fp16).
+# Ops whose INT8 version loses the most: exponentials and normalisations (as for FP16, rsz_export.fp16).
 SENSITIVE_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Gelu")
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
 STATIC_CANDIDATES = ("static", "static-mixed", "static-mixed-ends")

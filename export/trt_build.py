@@ -18,7 +18,7 @@ from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.trt_lib import TrtLib, gpu_compute_capability, load_trt, sidecar_path
 
-# --engine: TensorRT required, none, or when a TensorRT library imports (export.api, rsz-export)
+# --engine: TensorRT required, none, or when a TensorRT library imports (rsz_export.api, rsz-export)
 ENGINE_CHOICES = ("trt", "none", "auto")
 
 # TensorRT-RTX on a machine without a GPU needs explicit targets. Its default set: Ampere and later. Turing

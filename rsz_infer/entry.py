@@ -34,4 +34,4 @@ def train_main() -> None:
 
 def export_main() -> None:
     """rsz-export"""
-    _run("rsz-export", "export.cli", "export")
+    _run("rsz-export", "rsz_export.cli", "export")

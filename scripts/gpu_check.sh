@@ -47,10 +47,10 @@ else
   TILES=4096; PER_CLASS=6; E2E_BACKEND=torch; E2E_BATCH=256; CONFIGS=(); SMOKE_FLAG=
 fi
 
-bench() { "$PY" -m benchmarks.cli "$@"; }
+bench() { "$PY" -m rsz_bench.cli "$@"; }
 infer() { "$PY" -c "from rsz_infer.cli import main; main()" "$@"; }
 rsz_train() { "$PY" -c "from rsz_train.cli import main; main()" "$@"; }
-rsz_export() { "$PY" -c "from export.cli import main; main()" "$@"; }
+rsz_export() { "$PY" -c "from rsz_export.cli import main; main()" "$@"; }
 
 step_latency() {
   bench latency "${REFS[@]}" --backend "$BACKENDS" --precision "$PRECISION" --batch "$BATCHES" \
@@ -58,13 +58,13 @@ step_latency() {
 }
 
 step_decode() {
-  "$PY" -m benchmarks.gpu_check decode --device "$DEVICE" --out "$OUT/decode"
+  "$PY" -m rsz_bench.gpu_check decode --device "$DEVICE" --out "$OUT/decode"
 }
 
 step_train() {
   [ -f "$WORK/scenes/classes.txt" ] || rsz_train synth --out "$WORK/scenes" --per-class "$PER_CLASS" --size 64 || return 1
   rm -rf "$WORK/runs"
-  "$PY" -m benchmarks.gpu_check train --data "$WORK/scenes" --out "$WORK/runs" --device "$DEVICE" \
+  "$PY" -m rsz_bench.gpu_check train --data "$WORK/scenes" --out "$WORK/runs" --device "$DEVICE" \
     "${CONFIGS[@]}" $SMOKE_FLAG
   local code=$?
   cp "$WORK/runs/train.json" "$WORK/runs/train.md" "$OUT/train/" 2>/dev/null
@@ -75,7 +75,7 @@ step_e2e() {
   local run="$WORK/runs/dsva_vit_b32"
   [ -f "$run/model.safetensors" ] || { echo "e2e: needs the train step's dsva_vit_b32 run" >&2; return 1; }
   rsz_export --model dsva --run "$run" --engine none --out "$WORK/dsva_vit_b32" --force || return 1
-  "$PY" -m benchmarks.gpu_check tiles --out "$WORK/tiles" -n "$TILES" || return 1
+  "$PY" -m rsz_bench.gpu_check tiles --out "$WORK/tiles" -n "$TILES" || return 1
   bench e2e "$WORK/tiles" --model "$WORK/dsva_vit_b32" --backend "$E2E_BACKEND" --device "$DEVICE" \
     --batch "$E2E_BATCH" --out "$OUT/e2e"
 }

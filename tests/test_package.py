@@ -27,8 +27,8 @@ def test_license_py_typed_and_one_version():
 
 
 def _commands():
-    from benchmarks.cli import main as bench
-    from export.cli import main as export
+    from rsz_bench.cli import main as bench
+    from rsz_export.cli import main as export
     from rsz_infer.cli import cli as infer
     from rsz_train.cli import main as train
 

@@ -1,6 +1,6 @@
 """TensorRT runner: a serialized engine (TensorRT 10+ or TensorRT-RTX) behind `infer(feeds)`.
 
-Before loading, the engine's sidecar (written by export.trt_build) is checked against this machine: the
+Before loading, the engine's sidecar (written by rsz_export.trt_build) is checked against this machine: the
 library and version must be the ones that built it, and this GPU's compute capability one it targets.
 Device buffers come from cuda-python; copies are async on one stream from pinned host buffers.
 """

@@ -43,7 +43,7 @@ class ExportGraph:
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
-    fp32_ops: tuple[str, ...] = ()  # ops the FP16 variant keeps in FP32 besides export.fp16.FP32_OPS
+    fp32_ops: tuple[str, ...] = ()  # ops the FP16 variant keeps in FP32 besides rsz_export.fp16.FP32_OPS
 
 
 class RszModel(nn.Module):

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from benchmarks.cli import main
+from rsz_bench.cli import main
 
 LATENCY_ARGS = ["--iters", "2", "--warmup", "1"]
 
@@ -56,8 +56,8 @@ def test_latency_writes_rows_flops_and_peak(latency_result):
 
 
 def test_latency_onnx_flop_count_agrees_with_torch(tmp_path):
-    from benchmarks.flops import onnx_flops, torch_flops
-    from benchmarks.reference import build_reference, export_reference_onnx
+    from rsz_bench.flops import onnx_flops, torch_flops
+    from rsz_bench.reference import build_reference, export_reference_onnx
 
     ref = build_reference("ref:resnet_tiny", 32)
     counted = onnx_flops(export_reference_onnx(ref, tmp_path))

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import latency
-from benchmarks.flops import onnx_flops, torch_flops
+from rsz_bench import latency
+from rsz_bench.flops import onnx_flops, torch_flops
 
 
 class _Small(nn.Module):

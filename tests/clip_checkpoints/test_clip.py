@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from export.cli import main as export_main
+from rsz_export.cli import main as export_main
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import to_model_input
@@ -96,7 +96,7 @@ def vit_bundle(checkpoints, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp32_bundle(checkpoints, tmp_path_factory):
     """The safetensors file with --arch given, FP32 graphs only (no engines)."""
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
 
     out = tmp_path_factory.mktemp("clip_bundles") / "tiny_vit_fp32"
     bundle, model = export_clip(checkpoints["safetensors"], out, arch="rsz-tiny-vit", engine="none")
@@ -155,7 +155,7 @@ def test_safetensors_with_arch_gives_the_same_graphs(checkpoints, vit_bundle, fp
 
 
 def test_resnet_tower_exports_and_matches(open_clip, tmp_path):
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
 
     net = _random_clip(open_clip, "rsz-tiny-rn", 1)
     torch.save(net.state_dict(), tmp_path / "rn.bin")
@@ -228,7 +228,7 @@ def test_tokenizer_json_gives_open_clip_token_ids(open_clip, vit_bundle):
 def test_hf_clip_folder_exports_and_matches_transformers(open_clip, tmp_path):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
 
     simple = open_clip.tokenizer.SimpleTokenizer()
     folder = tmp_path / "hf_clip"
@@ -357,7 +357,7 @@ def test_labeling_and_search_on_a_clip_bundle(open_clip, checkpoints, fp32_bundl
 
 
 def test_templates_file(checkpoints, tmp_path):
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
 
     good = tmp_path / "templates.txt"
     good.write_text("# mine\na photo of {}.\n\nan image showing {} from above\n", encoding="utf-8")

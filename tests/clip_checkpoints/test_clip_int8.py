@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from export.cli import main as export_main
+from rsz_export.cli import main as export_main
 from rsz_infer.bundle import load_manifest
 from rsz_train.models.clip import import_open_clip
 

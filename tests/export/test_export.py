@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from export.api import ExportSource, export_model
-from export.cli import main
-from export.onnx_export import load_checked
-from export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
+from rsz_export.api import ExportSource, export_model
+from rsz_export.cli import main
+from rsz_export.onnx_export import load_checked
+from rsz_export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec

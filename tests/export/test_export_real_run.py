@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from export.cli import main
+from rsz_export.cli import main
 from rsz_infer.bundle import load_manifest
 from rsz_infer.runners.ort import OrtRunner
 
@@ -114,7 +114,7 @@ def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path]
         with open(csv_path, newline="", encoding="utf-8") as f:
             labels[name] = [row["label_1"] for row in csv.DictReader(f)]
     assert labels["torch"] == labels["ort"] and len(labels["ort"]) > 0
-    from benchmarks.latency import LatencyConfig, run_latency
+    from rsz_bench.latency import LatencyConfig, run_latency
 
     cfg = LatencyConfig(
         backends=["torch", "ort"], precisions=["fp32", "int8"], batches=[2], iters=1, warmup=0

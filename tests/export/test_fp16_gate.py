@@ -1,8 +1,8 @@
 """The FP16 gate of rsz-export on graphs that must fail it, the Comparator on outputs of known cosine, and the
-INT8 gate (export.compare.agreement) on known cosines and label changes (test_int8.py exports a graph that
+INT8 gate (rsz_export.compare.agreement) on known cosines and label changes (test_int8.py exports a graph that
 INT8 breaks).
 
-Real drift, no mocked runtime: ONNX Runtime runs the FP16 graph that export.fp16 writes.
+Real drift, no mocked runtime: ONNX Runtime runs the FP16 graph that rsz_export.fp16 writes.
 - An image head whose weights sit below FP16's normal range (6e-5): FP16 holds them as subnormals with a
   step of 6e-8, so they and their products lose most of their digits (cosine ~0.93), or, smaller still,
   rounds them to zero. The FP32 graph is fine.
@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from export.api import export_model
-from export.compare import FP16_MIN_COSINE, compare
-from export.fp16 import convert_fp16
+from rsz_export.api import export_model
+from rsz_export.compare import FP16_MIN_COSINE, compare
+from rsz_export.fp16 import convert_fp16
 from rsz_infer.errors import RszError
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.runners.torch import TorchRunner
@@ -165,7 +165,7 @@ def test_comparator_on_a_known_cosine():
         compare(reference, _runner(_Scale(float("inf"))), feeds, "fp16", "g.onnx")
 
 
-# ---------------------------------------------------------------- the INT8 gate (export.compare.agreement)
+# ------------------------------------------------------------ the INT8 gate (rsz_export.compare.agreement)
 
 
 def _near_the_boundary(rows: int, flipped: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +179,7 @@ def _near_the_boundary(rows: int, flipped: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def test_int8_agreement_on_known_cosines_and_label_changes():
-    from export.compare import INT8_MIN_COSINE, agreement
+    from rsz_export.compare import INT8_MIN_COSINE, agreement
 
     x = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
     for cosine, passed in ((INT8_MIN_COSINE + 1e-3, True), (INT8_MIN_COSINE - 1e-3, False)):

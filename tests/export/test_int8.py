@@ -1,5 +1,5 @@
-"""INT8 export (export.int8): candidates measured on tiles, the check that refuses a bad graph, the manifest
-record, a TensorRT-RTX engine from the QDQ graph, and rsz-infer's --precision choice."""
+"""INT8 export (rsz_export.int8): candidates measured on tiles, the check that refuses a bad graph, the
+manifest record, a TensorRT-RTX engine from the QDQ graph, and rsz-infer's --precision choice."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from export.api import export_model, int8_tiles
-from export.int8 import int8_ops
+from rsz_export.api import export_model, int8_tiles
+from rsz_export.int8 import int8_ops
 from rsz_infer.backend import choose_precision, open_runner
 from rsz_infer.bundle import load_manifest
 from rsz_infer.errors import RszError

@@ -37,7 +37,7 @@ def clip_files(tmp_path_factory):
     net = open_clip.create_model("rsz-tiny-vit", pretrained=None).eval()
     checkpoint = folder / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(checkpoint))
-    from export.clip import export_clip
+    from rsz_export.clip import export_clip
 
     bundle, _ = export_clip(checkpoint, folder / "bundle", engine="none")
     return {"open_clip": open_clip, "net": net, "checkpoint": checkpoint, "bundle": bundle}

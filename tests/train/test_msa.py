@@ -309,7 +309,7 @@ def test_authors_matcher_and_losses_train_and_export_the_rerank_graph(tmp_path) 
     assert torch.allclose(score, match.diagonal(dim1=1, dim2=2).mean(0), atol=1e-5)
     import onnxruntime as ort
 
-    from export.onnx_export import export_onnx
+    from rsz_export.onnx_export import export_onnx
 
     path = export_onnx(graphs["rerank"], tmp_path / "rerank.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -14,7 +14,7 @@ from rsz_train.models.registry import MODELS, model_entry, model_kinds
 
 def test_registry_is_torch_free_and_outside_any_import_circle():
     code = (
-        "import sys, rsz_train.models.registry, export.cli, rsz_train.config; "
+        "import sys, rsz_train.models.registry, rsz_export.cli, rsz_train.config; "
         "bad = [m for m in ('torch', 'rsz_train.runs', 'rsz_train.models.dsva') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -22,7 +22,7 @@ def test_registry_is_torch_free_and_outside_any_import_circle():
 
 
 def test_every_entry_resolves_and_every_cli_offers_it():
-    from export.cli import main as export_main
+    from rsz_export.cli import main as export_main
     from rsz_train.cli import main as train_main
     from rsz_train.demo import demo_command
 
