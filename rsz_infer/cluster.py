@@ -385,14 +385,11 @@ def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summar
 
 
 def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summary
-    from dataclasses import replace
-
-    from rsz_infer.api import class_entries
-    from rsz_infer.bundle import manifest_sha256, open_bundle
+    from rsz_infer.bundle import manifest_sha256
     from rsz_infer.classfile import class_file_hash
-    from rsz_infer.images import discover_tiles, list_tiles
+    from rsz_infer.images import discover_tiles
     from rsz_infer.outputs import output_format, write_outputs
-    from rsz_infer.pipeline import Summary, _check_outputs, gsd_note, resolve_gsd
+    from rsz_infer.pipeline import Summary, plan_labeling
 
     start = time.perf_counter()
     out = Path(cfg.out)
@@ -404,15 +401,8 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     parts_dir = parts_folder(out)
     if cfg.resume and merged and out.exists() and not parts_dir.exists():
         return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
-    manifest = open_bundle(cfg.model)
-    entries = class_entries(cfg.classes)
-    cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
-    notes = gsd_note(cfg.tiles, manifest)
-    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
-    if not listing.found:
-        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
-    if merged:
-        _check_outputs(cfg, listing)
+    plan = plan_labeling(cfg, check_outputs=merged)
+    cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     # The driver holds the Tiles (small records: path, window, footprint) to cut them into partitions.
     tiles = shard_tiles(discover_tiles(cfg.inputs, cfg.tiles), cfg.shard)
     ray = connect(options)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rsz_infer.api import Labeler, check_explainable
+from rsz_infer.api import Labeler, check_explainable, class_entries
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
@@ -19,7 +19,7 @@ from rsz_infer.batching import (
     warn,
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
-from rsz_infer.classfile import class_file_hash, read_class_file
+from rsz_infer.classfile import ClassEntry, class_file_hash
 from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
 from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, is_gdal_path, list_tiles
@@ -173,6 +173,36 @@ def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
         )
 
 
+@dataclass
+class LabelPlan:
+    """A labeling run's set-up before its first tile; the single-process and the Ray path share it."""
+
+    cfg: LabelConfig  # with the GSD resolved into cfg.tiles
+    manifest: Manifest
+    entries: list[ClassEntry]
+    notes: list[str]
+    listing: TileListing
+
+
+def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
+    """Open the bundle and the classes, resolve --gsd, count the tiles of this shard and check every output
+    option (`check_outputs`) before anything is decoded."""
+    manifest = open_bundle(cfg.model)
+    if cfg.explain:
+        check_explainable(manifest, cfg.model)
+    entries = class_entries(cfg.classes)
+    cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
+    notes = gsd_note(cfg.tiles, manifest)
+    # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
+    # (a scene of any declared size costs one window at a time). An empty shard writes an empty output.
+    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
+    if not listing.found:
+        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
+    if check_outputs:
+        _check_outputs(cfg, listing)
+    return LabelPlan(cfg, manifest, entries, notes, listing)
+
+
 def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None) -> Summary:
     """Label every tile of cfg.inputs with the class file; on_batch(n) is called after each logged batch.
 
@@ -192,18 +222,8 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         raise RszError(f"--batch {cfg.batch} / --top-k {cfg.top_k}: must be at least 1")
     if cfg.resume and cfg.out.exists() and not part_path(cfg.out).exists():
         return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
-    manifest = open_bundle(cfg.model)
-    if cfg.explain:
-        check_explainable(manifest, cfg.model)
-    entries = read_class_file(cfg.classes)
-    cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
-    notes = gsd_note(cfg.tiles, manifest)
-    # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
-    # (a scene of any declared size costs one window at a time). An empty shard writes an empty output.
-    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
-    if not listing.found:
-        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
-    _check_outputs(cfg, listing)
+    plan = plan_labeling(cfg)
+    cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     labeler = Labeler(
         cfg.model, entries, cfg.backend, cfg.device, cfg.top_k, cfg.seen_calibration, batch=cfg.batch,
         workers=cfg.workers, decoder=cfg.decoder, preprocess=cfg.preprocess, tiles=cfg.tiles,
@@ -252,7 +272,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
 
     with engine:
         try:
-            total = max(0, listing.count - len(log.done))
+            total = max(0, plan.listing.count - len(log.done))
             counts = run_tiles(engine, todo(), cfg.tiles, log_batch, cfg.progress, started=start, total=total)
         finally:
             log.close()
