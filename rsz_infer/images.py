@@ -290,8 +290,8 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             # (a single-strip TIFF is one block of the whole image)
             problem = too_many_pixels(ds.width, ds.height, options)
             if windowed and ds.driver not in SEQUENTIAL_DRIVERS:
-                block_height, block_width = ds.block_shapes[0]
-                problem = too_many_pixels(block_width, block_height, options, "is stored in blocks of")
+                block_width, block_height, stored = _stored_block(ds, name)
+                problem = too_many_pixels(block_width, block_height, options, stored)
             if problem:
                 yield Tile(id=name, path=name, problem=problem)
                 return
@@ -307,6 +307,25 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({first_line(err)})")
         return
     yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
+
+
+def _stored_block(ds, name: str) -> tuple[int, int, str]:
+    """(width, height, how it is stored) of the least one window read decodes.
+
+    GDAL's block size, except for a TIFF kept as one big compressed strip: GDAL shows it as one-row blocks
+    but has no random access into the compressed stream (each window decodes from the strip's top), so the
+    whole strip is the block. Reopened with GDAL's split off, GDAL reports the stored layout itself.
+    (Uncompressed strips stay one-row blocks there: GDAL reads the bytes of the rows it needs.)
+    """
+    import rasterio
+
+    block_height, block_width = ds.block_shapes[0]
+    if ds.driver == "GTiff" and not ds.profile.get("tiled") and block_height == 1 < ds.height:
+        with rasterio.Env(GDAL_ENABLE_TIFF_SPLIT="NO"), rasterio.open(name) as stored:
+            strip_height, strip_width = stored.block_shapes[0]
+        if strip_height > 1:
+            return strip_width, strip_height, "is stored in one compressed strip of"
+    return block_width, block_height, "is stored in blocks of"
 
 
 def _gdal_declares_too_many(name: str, options: TileOptions) -> bool:

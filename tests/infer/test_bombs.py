@@ -182,3 +182,41 @@ def test_sparse_scene_is_labeled_window_by_window(bundles, class_file, tmp_path,
     assert "nodata" in err  # the other windows hold no data
     tiles = discover_tiles([scene], TileOptions(tile_size=512, max_pixels=1_000_000))
     assert len(list(itertools.islice(tiles, 200))) == 144  # 12 x 12 windows
+
+
+def single_strip_tiff(path, width: int, height: int, rows: int = 4):
+    """A grey TIFF stored as ONE deflate strip declaring width x height; only `rows` rows of data (bytes)."""
+    data = zlib.compress(b"\x78" * (width * rows), 9)
+    # (tag, type, value): width, height, 8 bits, deflate, min-is-black, strip offset, 1 sample, rows per
+    # strip = height (one strip), strip byte count; type 3 is SHORT, 4 is LONG
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, 8)]
+    tags += [(277, 3, 1), (278, 4, height), (279, 4, len(data))]
+    entries = b"".join(
+        struct.pack("<HHII", tag, 4, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, 3, 1, value, 0)
+        for tag, kind, value in tags
+    )
+    ifd = struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(data)) + data + ifd)
+    return path
+
+
+def test_a_huge_single_strip_tiff_is_one_row(bundles, class_file, tmp_path, capsys):
+    import rasterio
+
+    folder = tmp_path / "tiles"
+    save(folder / "good_red.png", solid("red", 40))
+    # 3000 x 3000 in one compressed strip: GDAL shows it as one-row blocks (decoded from the strip's top for
+    # any window), so its 144 windows would each fail; the stored strip is what one read decodes
+    strip = single_strip_tiff(folder / "strip.tif", 3000, 3000)
+    assert strip.stat().st_size < 1000
+    with rasterio.open(strip) as ds:
+        assert ds.block_shapes[0] == (1, 3000)  # what GDAL reports: the layout rsz must look through
+    out = tmp_path / "labels.csv"
+    args = [folder, "--classes", class_file, "--model", bundles["mcfa"], "--out", out, "--quiet"]
+    code, _, err = run_cli(args + ["--max-pixels", 1_000_000], capsys)
+    assert code == 3, err
+    assert _errors(out) == {
+        "strip.tif": "image is stored in one compressed strip of 3000x3000 = 9,000,000 pixels, more than --max-pixels "
+        "1,000,000 (not decoded)"
+    }
+    assert "good_red.png" in out.read_text()
