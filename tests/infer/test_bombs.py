@@ -216,7 +216,7 @@ def test_a_huge_single_strip_tiff_is_one_row(bundles, class_file, tmp_path, caps
     code, _, err = run_cli(args + ["--max-pixels", 1_000_000], capsys)
     assert code == 3, err
     assert _errors(out) == {
-        "strip.tif": "image is stored in one compressed strip of 3000x3000 = 9,000,000 pixels, more than --max-pixels "
-        "1,000,000 (not decoded)"
+        "strip.tif": "image is stored in one compressed strip of 3000x3000 = 9,000,000 pixels, more than "
+        "--max-pixels 1,000,000 (not decoded)"
     }
     assert "good_red.png" in out.read_text()
