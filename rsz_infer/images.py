@@ -299,7 +299,7 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
                 scene = _scene_info(ds, name, options)
                 yield from _scene_windows(ds, scene, options)
                 return
-            footprint = _footprint(ds, None) if ds.crs else None
+            footprint = _footprints(ds, [0], 0, ds.width, ds.height)[0] if ds.crs else None
     except (rasterio.errors.RasterioError, ValueError) as err:  # not a raster, unreadable, unknown CRS
         if suffix in TIFF_EXTENSIONS:
             yield Tile(id=name, path=name, problem=f"cannot read TIFF ({first_line(err)})")
@@ -430,15 +430,11 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]
 
     A generator, one row of windows at a time: memory stays the same whatever size the header declares.
     """
-    from rasterio.warp import transform
-
     # With --gsd, a window covers tile_size pixels at the model's GSD: round(tile_size * scale) of the scene's
     size = max(1, round(options.tile_size * scene.scale))
     stride = max(1, size - round(options.overlap * scene.scale))
     width, height = min(size, ds.width), min(size, ds.height)
     col_offsets = _window_offsets(ds.width, size, stride)
-    corner_cols = np.array(col_offsets, np.float64)[:, None] + np.array([0, width, width, 0, 0], np.float64)
-    t = ds.transform
     for row in _window_offsets(ds.height, size, stride):
         if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
             for c in col_offsets:
@@ -450,36 +446,33 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]
                 )
             continue
         # Footprints: the corners of this row of windows reprojected in one call
-        rows = np.broadcast_to(row + np.array([height, height, 0, 0, height], np.float64), corner_cols.shape)
-        xs, ys = t.a * corner_cols + t.b * rows + t.c, t.d * corner_cols + t.e * rows + t.f
-        lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
-        lons, lats = np.reshape(lons, corner_cols.shape), np.reshape(lats, corner_cols.shape)
-        for c, lo, la in zip(col_offsets, lons, lats):
+        for c, footprint in zip(col_offsets, _footprints(ds, col_offsets, row, width, height)):
             yield Tile(
                 id=f"{scene.path}@{c},{row},{width},{height}",
                 path=scene.path,
                 window=(c, row, width, height),
-                footprint={
-                    "type": "Polygon",
-                    "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]],
-                },
+                footprint=footprint,
                 scene=scene,
                 crs=scene.crs,
             )
 
 
-def _footprint(ds, window: tuple[int, int, int, int] | None) -> dict:
-    """The tile's outline as a GeoJSON polygon in EPSG:4326."""
-    from rasterio.warp import transform_geom
-    from rasterio.windows import Window, bounds
+def _footprints(ds, cols: list[int], row: int, width: int, height: int) -> list[dict]:
+    """GeoJSON polygons in EPSG:4326 of the windows (col, row, width, height) for each col: the four pixel
+    corners through the raster's full affine transform (a rotated or sheared grid keeps its true corners;
+    its axis-aligned bounds would not), reprojected in one call."""
+    from rasterio.warp import transform
 
-    if window is None:
-        left, bottom, right, top = ds.bounds
-    else:
-        left, bottom, right, top = bounds(Window(*window), ds.transform)
-    ring = [(left, bottom), (right, bottom), (right, top), (left, top), (left, bottom)]
-    polygon = {"type": "Polygon", "coordinates": [ring]}
-    return transform_geom(ds.crs, "EPSG:4326", polygon)
+    corner_cols = np.array(cols, np.float64)[:, None] + np.array([0, width, width, 0, 0], np.float64)
+    corner_rows = row + np.array([height, height, 0, 0, height], np.float64)[None, :]
+    t = ds.transform
+    xs, ys = t.a * corner_cols + t.b * corner_rows + t.c, t.d * corner_cols + t.e * corner_rows + t.f
+    lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
+    lons, lats = np.reshape(lons, corner_cols.shape), np.reshape(lats, corner_cols.shape)
+    return [
+        {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]]}
+        for lo, la in zip(lons, lats)
+    ]
 
 
 # ---------------------------------------------------------------- decoding

@@ -114,6 +114,42 @@ def test_rasters_gdal_opens_are_inputs_with_exact_footprints(bundles, class_file
     assert names == {p.name for p in inputs} | {"west.tif", "east.tif"}
 
 
+def test_rotated_geotransforms_give_the_true_corners(tmp_path):
+    """A grid turned by 30 degrees (and sheared): footprints are its four true corners, for a single file
+    and for scene windows, not the axis-aligned box around them (about 240 m off here). The corners are
+    computed here from the grid's geometry (not through rasterio's Affine); PROJ reprojects them."""
+    from rasterio.transform import Affine
+
+    origin_x, origin_y, pixel, turn, shear = 500000.0, 5000000.0, 10.0, np.radians(30), 0.1
+    # x = origin + col * (pixel cos, pixel sin) + row * (pixel (sin + shear), -pixel cos): columns run
+    # east-north-east, rows south-south-east
+    a, d = pixel * np.cos(turn), pixel * np.sin(turn)
+    b, e = pixel * (np.sin(turn) + shear), -pixel * np.cos(turn)
+    geotransform = Affine(a, b, origin_x, d, e, origin_y)
+
+    def true_ring(col: int, row: int, width: int, height: int) -> np.ndarray:
+        corners = [(col, row + height), (col + width, row + height), (col + width, row), (col, row)]
+        xs = [origin_x + c * pixel * np.cos(turn) + r * pixel * (np.sin(turn) + shear) for c, r in corners]
+        ys = [origin_y + c * pixel * np.sin(turn) - r * pixel * np.cos(turn) for c, r in corners]
+        lons, lats = warp_transform("EPSG:32633", "EPSG:4326", xs + xs[:1], ys + ys[:1])
+        return np.stack([lons, lats], axis=1)
+
+    rasters = {}
+    for name, size in (("single.tif", 40), ("scene.tif", 80)):
+        rasters[name] = write_geotiff(tmp_path / name, bands_first(solid("red", size)))
+        with rasterio.open(rasters[name], "r+") as ds:
+            ds.transform = geotransform
+    tiles = list(discover_tiles([rasters["single.tif"]], TileOptions(tile_size=40)))
+    assert len(tiles) == 1 and tiles[0].window is None
+    ring = np.array(tiles[0].footprint["coordinates"][0])
+    assert np.abs(ring - true_ring(0, 0, 40, 40)).max() < FOOTPRINT_TOLERANCE
+    windows = list(discover_tiles([rasters["scene.tif"]], TileOptions(tile_size=40)))
+    assert sorted(t.window for t in windows) == [(c, r, 40, 40) for c in (0, 40) for r in (0, 40)]
+    for tile in windows:
+        ring = np.array(tile.footprint["coordinates"][0])
+        assert np.abs(ring - true_ring(*tile.window)).max() < FOOTPRINT_TOLERANCE
+
+
 def test_gdal_virtual_paths_reach_gdal_untouched(bundles, class_file, tmp_path):
     scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("green", 40)))
     archive = tmp_path / "scenes.zip"
