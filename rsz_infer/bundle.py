@@ -141,7 +141,38 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
         )
     if verify:
         verify_files(bundle_dir, manifest)
+    check_external_data(bundle_dir, manifest)
     return manifest
+
+
+def onnx_files(manifest: Manifest) -> list[str]:
+    """The ONNX graphs of the bundle: one per role, and the FP16 / INT8 variants."""
+    names = [graph.onnx for graph in manifest.graphs.values()]
+    for by_precision in manifest.extra.get("variants", {}).values():
+        names += by_precision.values()
+    return sorted(set(names))
+
+
+def check_external_data(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every external-data file a graph names (ONNX Runtime opens it beside the graph) must be inside the
+    bundle and listed in `files`, so it is hash-checked like the graph itself."""
+    from rsz_infer.onnx_external import external_data_locations
+
+    where = bundle_dir / MANIFEST
+    for name in onnx_files(manifest):
+        graph_file = bundle_path(bundle_dir, name)
+        if not graph_file.is_file():
+            continue  # a missing graph fails where it is loaded (or in verify_files), with its name
+        for location in external_data_locations(graph_file):
+            data_name = str(PurePosixPath(name).parent / location)  # relative to the graph's folder
+            try:
+                bundle_path(bundle_dir, data_name)
+            except RszError as err:
+                raise RszError(f"{err} (external data of {name})") from None
+            if data_name not in manifest.files:
+                raise RszError(
+                    f"{where}: {data_name} (external data of {name}) is not listed (with its sha256) in files"
+                )
 
 
 def bundles_near(folder: Path = Path()) -> list[Path]:
