@@ -57,6 +57,7 @@ class ExportSource:
     prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
     about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
     gsd: float | None = None  # metres per pixel of the training images, when known (Manifest.gsd)
+    gsd_source: str = ""  # where gsd came from, said in manifest.extra["gsd_source"] and the export summary
     # --int8 (rsz_export.int8): tiles to calibrate on (default the run's training tiles) and to check and time
     # the INT8 candidates on (the run's validation tiles; never the test split), and where they came from
     calibration: np.ndarray | None = None
@@ -197,6 +198,8 @@ def source_from_run(
         tokenizer_json=minilm_tokenizer_json(),
         class_embeddings=classes,
         phrase_ridge=float(info.phrase_ridge),
+        gsd=info.config.train.gsd,
+        gsd_source="" if info.config.train.gsd is None else f"the run ({run_dir / 'config.yaml'}: train.gsd)",
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
         run_dir=Path(run_dir),
     )
@@ -223,7 +226,8 @@ def export(
     """Export the run `run_dir` (a `kind` run) into the bundle folder `out` (default models/<run>).
 
     `tiles`: a folder of test tiles; the image graph is also checked on them (FP16: same top-1 labels).
-    `gsd`: metres per pixel of the training images (the data set's or the user's word), for the manifest.
+    `gsd`: metres per pixel of the training images, for the manifest; default: the run's own (rsz-train --gsd,
+    config.yaml train.gsd), which an explicit `gsd` overrides.
     `int8`: also an INT8 image graph (rsz_export.int8), calibrated on `calibration` (default: the run's
     training tiles) and checked on the run's validation tiles."""
     if gsd is not None and not gsd > 0:
@@ -237,7 +241,8 @@ def export(
     source = source_from_run(
         run_dir, kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
     )
-    source.gsd = gsd
+    if gsd is not None:
+        source.gsd, source.gsd_source = gsd, "rsz-export --gsd"
     return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
 
 
@@ -459,6 +464,8 @@ def _write_bundle(
     }
     if source.about:
         extra["source"] = dict(source.about)
+    if source.gsd is not None:
+        extra["gsd_source"] = source.gsd_source or "given by the caller"
     specs = {graph.role: _write_graph(graph, source, staging, fp16, lib, extra) for graph in graphs}
     _write_engines(specs, staging, lib, batch, seq, extra)
     return _write_manifest(source, specs, staging, extra)

@@ -39,7 +39,8 @@ BUNDLE_OPTIONS = [
         "--gsd",
         type=float,
         default=None,
-        help="metres per pixel of the training images (rsz-infer --gsd auto)",
+        help="metres per pixel of the training images (rsz-infer --gsd auto); default: the run's own "
+        "(rsz-train --gsd)",
     ),
     click.option(
         "--int8",
@@ -84,6 +85,11 @@ def _report(bundle: Path) -> None:
         f"{bundle}: {manifest.model_kind} bundle, graphs {', '.join(manifest.graphs)} "
         f"({manifest.extra.get('default_precision')}); {note}"
     )
+    if manifest.gsd is None:
+        click.echo("  gsd: unknown, so rsz-infer --gsd auto will not resample (rsz-train --gsd METRES)")
+    else:
+        where = manifest.extra.get("gsd_source", "the caller")
+        click.echo(f"  gsd: {manifest.gsd:g} m per pixel, from {where}")
     for role, info in manifest.extra.get("int8", {}).items():
         chosen = info.get("method")
         check = manifest.extra["checks"].get(f"{role}.int8", {})

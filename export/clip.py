@@ -88,7 +88,8 @@ def export_clip(
     with tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:
         tokenizer_json = write_tokenizer_json(tokenizer, Path(tmp) / "tokenizer.json")
         source = clip_source(model, tokenizer_json, template_list, None if tiles is None else Path(tiles))
-        source.gsd = gsd  # metres per pixel the checkpoint was trained at, when the user knows it
+        if gsd is not None:  # metres per pixel the checkpoint was trained at, when the user knows it
+            source.gsd, source.gsd_source = gsd, "rsz-export --gsd"
         if int8:
             source.calibration, source.int8_check, source.calibration_info = int8_tiles(
                 checkpoint, {}, model.preprocess, Path(calibration)

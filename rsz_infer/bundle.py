@@ -85,8 +85,8 @@ class Manifest:
     phrase_ridge: float = 0.0
     # "templates" only (CLIP): the prompt ensemble, each template with one "{}" (rsz_infer.prompts)
     prompt_templates: list[str] = field(default_factory=list)
-    # Ground sample distance (metres per pixel) of the training images, when known (rsz-export --gsd):
-    # rsz-infer --gsd auto resamples scene windows to it
+    # Ground sample distance (metres per pixel) of the training images, when known (the run's
+    # rsz-train --gsd, or rsz-export --gsd): rsz-infer --gsd auto resamples scene windows to it
     gsd: float | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     extra: dict = field(default_factory=dict)

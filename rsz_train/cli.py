@@ -120,6 +120,13 @@ def _train_command(kind: str, summary: str) -> click.Command:
         "the same global batches; under torchrun leave it at 1.",
     )
     @click.option(
+        "--gsd",
+        type=float,
+        default=None,
+        metavar="METRES",
+        help="Metres per pixel of the training images, recorded in the run (train.gsd) for rsz-export.",
+    )
+    @click.option(
         "--allow-random-init",
         is_flag=True,
         help="Train a paper-size config whose backbone has no pretrained weights (MSA: model.pretrained).",
@@ -142,6 +149,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         epochs: int | None,
         resume: bool,
         nproc: int,
+        gsd: float | None,
         allow_random_init: bool,
     ) -> None:
         from rsz_train.data.sources import DataOptions
@@ -158,10 +166,12 @@ def _train_command(kind: str, summary: str) -> click.Command:
             attributes=None if attributes_file is None else str(attributes_file),
             captions=None if captions is None else str(captions),
         )
+        overrides = {"model.require_pretrained": False} if allow_random_init and kind == "msa" else {}
+        if gsd is not None:
+            overrides["train.gsd"] = gsd
         run = train(
             kind, data_dir, split, out_dir, config_path, device, epochs, resume,
-            data_options=options, protocol=protocol, nproc=nproc,
-            overrides={"model.require_pretrained": False} if allow_random_init and kind == "msa" else None,
+            data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
         )  # fmt: skip
         report_path = run / "report.json"
         if report_path.is_file() and current().is_main:

@@ -63,6 +63,15 @@ class TrainConfig:
     amsgrad: bool = False  # AdamW's AMSGrad variant (MCFA's authors: Adam, amsgrad=True)
     eval_batch_size: int = 256
     amp: bool = True  # mixed precision (bf16, or fp16 with loss scaling) on GPU; ignored on CPU
+    # Metres per pixel of the training images when known (rsz-train --gsd): not used by training; rsz-export
+    # copies it into the bundle manifest so that rsz-infer --gsd auto resamples scenes to it
+    gsd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.gsd is not None:
+            if isinstance(self.gsd, bool) or not isinstance(self.gsd, (int, float)) or not self.gsd > 0:
+                raise RszError(f"train.gsd {self.gsd!r}: metres per pixel must be a number above zero")
+            self.gsd = float(self.gsd)
 
 
 @dataclass

@@ -127,3 +127,35 @@ def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path]
     from rsz_infer.backend import choose_precision
 
     assert f"backend ort:cpu {choose_precision(manifest, 'image', 'auto', 'cpu')}" in summaries["auto"]
+
+
+@pytest.mark.slow
+def test_the_runs_gsd_reaches_the_bundle(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """rsz-train --gsd records the training images' ground resolution in the run (config.yaml train.gsd);
+    rsz-export takes it by default, an explicit --gsd wins, and the summary says where it came from."""
+    import yaml
+
+    from rsz_train.cli import main as train_main
+
+    bench = dsva_run[1]
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(
+        yaml.safe_dump({"train": {k.split(".")[1]: v for k, v in TINY.items()}}), encoding="utf-8"
+    )
+    run = tmp_path / "runs" / "dsva"
+    args = ["dsva", "--data", str(bench), "--config", str(tiny), "--device", "cpu", "--out", str(run)]
+    bad = CliRunner().invoke(train_main, [*args, "--gsd", "-1"])
+    assert bad.exit_code == 2 and "train.gsd -1.0: metres per pixel must be a number above zero" in bad.output
+    trained = CliRunner().invoke(train_main, [*args, "--gsd", "0.5"])
+    assert trained.exit_code == 0, trained.output
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["gsd"] == 0.5
+
+    export = ["--model", "dsva", "--run", str(run), "--engine", "none", "--out"]
+    from_run = CliRunner().invoke(main, [*export, str(tmp_path / "from_run")])
+    assert from_run.exit_code == 0, from_run.output
+    assert load_manifest(tmp_path / "from_run").gsd == 0.5
+    assert f"gsd: 0.5 m per pixel, from the run ({run / 'config.yaml'}: train.gsd)" in from_run.output
+    explicit = CliRunner().invoke(main, [*export, str(tmp_path / "explicit"), "--gsd", "2"])
+    assert explicit.exit_code == 0, explicit.output
+    assert load_manifest(tmp_path / "explicit").gsd == 2.0
+    assert "gsd: 2 m per pixel, from rsz-export --gsd" in explicit.output
