@@ -14,8 +14,10 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from rsz_infer.errors import RszError
 
@@ -96,13 +98,35 @@ def _short(inputs: object) -> str:
     return " ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
+class TileIds:
+    """A set of tile ids kept as sorted 64-bit hashes: 8 bytes a tile instead of a Python string in a set
+    (a huge scene has 600,000 windows). A collision (about 1 in 10^8 for a million ids) would skip a tile."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._hashes = np.unique(np.fromiter((hash(i) for i in ids), np.int64))
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __contains__(self, tile_id: str) -> bool:
+        if not len(self._hashes):
+            return False
+        key = hash(tile_id)
+        at = int(np.searchsorted(self._hashes, key))
+        return at < len(self._hashes) and int(self._hashes[at]) == key
+
+
 class RunLog:
-    """Append-only log of finished tiles, one JSON object per line; the first line describes the run."""
+    """Append-only log of finished tiles, one JSON object per line; the first line describes the run.
+
+    `done` holds the tiles an earlier run finished (--resume skips them); tiles of this run are not added
+    (discovery yields each tile once), so a fresh run holds no ids at all.
+    """
 
     def __init__(self, out: Path, header: dict, resume: bool) -> None:
         self.out = out
         self.path = part_path(out)
-        self.done: set[str] = set()
+        self.done = TileIds()
         try:
             self._open(header, resume)
         except OSError as err:
@@ -122,6 +146,7 @@ class RunLog:
     def _reopen(self, header: dict) -> None:
         complete_bytes = 0
         first = None
+        done: list[str] = []
         with open(self.path, "rb") as f:
             for raw in f:
                 # A torn last line (power cut, kill mid-write) or one filled with NULs (a file system that
@@ -138,18 +163,18 @@ class RunLog:
                 if first is None:
                     first = record.get("run")
                 else:
-                    self.done.add(record["tile"])
+                    done.append(record["tile"])
         if first != header:
             raise RszError(
                 f"{self.path}: {_what_differs(first, header)}; resume with those or delete it to start over"
             )
+        self.done = TileIds(done)
         self._file = open(self.path, "r+", encoding="utf-8")
         self._file.truncate(complete_bytes)
         self._file.seek(complete_bytes)
 
     def append(self, records: list[dict]) -> None:
         self._write(records)
-        self.done.update(r["tile"] for r in records)
 
     def _write(self, records: list[dict]) -> None:
         try:
@@ -163,17 +188,19 @@ class RunLog:
         self._file.close()
 
     def records(self) -> Iterator[dict]:
-        """Every tile record once (the last one wins), in the order they finished."""
+        """Every tile record once (the last one wins), in the order they finished; nodata windows as stubs
+        passed on while reading, never held (they are only counted: a sparse scene has 100,000s of them,
+        and each tile is logged once: --resume skips what is done)."""
         latest: dict[str, dict] = {}
         with open(self.path, encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
-                if "tile" in record:
+                if record.get("nodata") and "tile" in record:
+                    yield {"tile": record["tile"], "nodata": True, "skipped": record.get("skipped")}
+                elif "tile" in record:
                     latest.pop(record["tile"], None)
-                    if record.get("nodata"):  # only counted: a huge sparse scene has 100,000s of them
-                        record = {"tile": record["tile"], "nodata": True, "skipped": record.get("skipped")}
                     latest[record["tile"]] = record
-        return iter(latest.values())
+        yield from latest.values()
 
 
 # ---------------------------------------------------------------- rendering
