@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -102,8 +103,12 @@ class TileIds:
     """A set of tile ids kept as sorted 64-bit hashes: 8 bytes a tile instead of a Python string in a set
     (a huge scene has 600,000 windows). A collision (about 1 in 10^8 for a million ids) would skip a tile."""
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        self._hashes = np.unique(np.fromiter((hash(i) for i in ids), np.int64))
+    def __init__(self, hashes: Iterable[int] = ()) -> None:
+        self._hashes = np.unique(np.fromiter(hashes, np.int64))
+
+    @staticmethod
+    def key(tile_id: str) -> int:
+        return hash(tile_id)  # 64-bit SipHash, salted per process: the ids are looked up in this process
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -111,7 +116,7 @@ class TileIds:
     def __contains__(self, tile_id: str) -> bool:
         if not len(self._hashes):
             return False
-        key = hash(tile_id)
+        key = self.key(tile_id)
         at = int(np.searchsorted(self._hashes, key))
         return at < len(self._hashes) and int(self._hashes[at]) == key
 
@@ -146,7 +151,7 @@ class RunLog:
     def _reopen(self, header: dict) -> None:
         complete_bytes = 0
         first = None
-        done: list[str] = []
+        done = array("q")  # hashes of finished ids, 8 bytes each while reading (no string kept)
         with open(self.path, "rb") as f:
             for raw in f:
                 # A torn last line (power cut, kill mid-write) or one filled with NULs (a file system that
@@ -163,7 +168,7 @@ class RunLog:
                 if first is None:
                     first = record.get("run")
                 else:
-                    done.append(record["tile"])
+                    done.append(TileIds.key(record["tile"]))
         if first != header:
             raise RszError(
                 f"{self.path}: {_what_differs(first, header)}; resume with those or delete it to start over"
