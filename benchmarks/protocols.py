@@ -37,7 +37,7 @@ def collect(runs: Path) -> list[dict]:
                 "H": test.get("gzsl", {}).get("H"),
                 "mR": test.get("retrieval", {}).get("mR"),
                 "best_epoch": report.get("best_epoch"),
-                "lambda": report.get("seen_calibration"),
+                "seen_calibration": report.get("seen_calibration"),
                 "seconds": report.get("seconds"),
                 "selection": report.get("selection"),
             }

@@ -96,14 +96,15 @@ def zsl_gzsl_scores(
     unseen_ids: list[int],
     rule: str,
     scale: float,
-    calibration: float | None = None,
+    seen_calibration: float | None = None,
 ) -> dict:
     """ZSL and GZSL scores of images of seen and unseen classes.
 
     `labels` and the id lists index the rows of `class_emb` (all classes); the GZSL label space is
-    seen_ids + unseen_ids. With `calibration` None (validation) the lambda is chosen here and returned;
-    at test pass the validation lambda.
-    Returns {"zsl": acc, "gzsl": {U,S,H,lambda}, "gzsl_uncalibrated": {U,S,H}, "calibration": lambda}.
+    seen_ids + unseen_ids. With `seen_calibration` None (validation) the lambda is chosen here and
+    returned; at test pass the validation lambda.
+    Returns {"zsl": acc, "gzsl": {U,S,H,seen_calibration}, "gzsl_uncalibrated": {U,S,H},
+    "seen_calibration": lambda}.
     """
     space = list(seen_ids) + list(unseen_ids)
     position = {c: i for i, c in enumerate(space)}
@@ -114,14 +115,14 @@ def zsl_gzsl_scores(
     seen_mask = np.arange(len(space)) < len(seen_ids)
     is_unseen = ~seen_mask[local]
     zsl = zsl_accuracy(logits[is_unseen][:, ~seen_mask], local[is_unseen] - len(seen_ids))
-    if calibration is None:
-        calibration = choose_calibration(logits, local, seen_mask)
-    calibrated = gzsl_report(logits, local, seen_mask, calibration)
+    if seen_calibration is None:
+        seen_calibration = choose_calibration(logits, local, seen_mask)
+    calibrated = gzsl_report(logits, local, seen_mask, seen_calibration)
     return {
         "zsl": zsl,
-        "gzsl": {**calibrated, "lambda": float(calibration)},
+        "gzsl": {**calibrated, "seen_calibration": float(seen_calibration)},
         "gzsl_uncalibrated": gzsl_report(logits, local, seen_mask, 0.0),
-        "calibration": float(calibration),
+        "seen_calibration": float(seen_calibration),
     }
 
 

@@ -107,6 +107,19 @@ def classes_record(
     }
 
 
+# Runs written before the calibration lambda had one name keep it as "calibration" (selection/report.json,
+# the "val" scores of metrics.jsonl and report.json) or "lambda" (their "gzsl" scores); they still load.
+OLD_SEEN_CALIBRATION_KEYS = ("calibration", "lambda")
+
+
+def read_seen_calibration(record: dict) -> float:
+    """The GZSL calibration lambda of a run's JSON record: "seen_calibration", or an old run's name for it."""
+    for key in ("seen_calibration", *OLD_SEEN_CALIBRATION_KEYS):
+        if key in record:
+            return float(record[key])
+    raise KeyError("seen_calibration")
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise RszError(f"{path}: missing (is {path.parent} a finished rsz-train run?)")

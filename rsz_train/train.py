@@ -377,10 +377,10 @@ class _Trainer:
             self.amp,
         )
 
-    def zsl_scores(self, stage: str, calibration: float | None) -> dict | None:
+    def zsl_scores(self, stage: str, seen_calibration: float | None) -> dict | None:
         """ZSL/GZSL on "val" (train classes + val classes) or "test" (train classes + unseen classes)."""
         if getattr(self.model.config, "inference", "nearest") == "classifier":
-            return self.classifier_scores(stage, calibration)
+            return self.classifier_scores(stage, seen_calibration)
         seen_part, unseen_part = f"{stage}_seen", f"{stage}_unseen"
         unseen_ids = self.val_ids if stage == "val" else self.unseen_ids
         if not unseen_ids or not len(self.sets[unseen_part].paths) or not len(self.sets[seen_part].paths):
@@ -396,10 +396,10 @@ class _Trainer:
             unseen_ids,
             self.model.scoring_rule,
             self.model.logit_scale(),
-            calibration,
+            seen_calibration,
         )
 
-    def classifier_scores(self, stage: str, calibration: float | None) -> dict | None:
+    def classifier_scores(self, stage: str, seen_calibration: float | None) -> dict | None:
         """MCFA's model.inference "classifier": the final stage (MCFA.final_stage) trained on the training
         images' posteriors and the classes' posteriors of this stage's label space, then ZSL (the unseen-only
         classifier) and GZSL (the seen + unseen one) of the stage's images. Keeps the GZSL classifier in
@@ -442,16 +442,16 @@ class _Trainer:
         with torch.no_grad():
             logits = gzsl_clf(emb).numpy()
         seen_mask = np.arange(len(space)) < len(self.train_ids)
-        if calibration is None:
-            calibration = ev.choose_calibration(logits, local, seen_mask)
+        if seen_calibration is None:
+            seen_calibration = ev.choose_calibration(logits, local, seen_mask)
         out.update(
             {
                 "gzsl": {
-                    **ev.gzsl_report(logits, local, seen_mask, calibration),
-                    "lambda": float(calibration),
+                    **ev.gzsl_report(logits, local, seen_mask, seen_calibration),
+                    "seen_calibration": float(seen_calibration),
                 },
                 "gzsl_uncalibrated": ev.gzsl_report(logits, local, seen_mask, 0.0),
-                "calibration": float(calibration),
+                "seen_calibration": float(seen_calibration),
             }
         )
         return out
@@ -499,7 +499,7 @@ class _Trainer:
         )
         return metrics["val_seen_accuracy"], metrics
 
-    def classes_record(self, calibration: float) -> dict:
+    def classes_record(self, seen_calibration: float) -> dict:
         record = runs.classes_record(
             list(self.data.class_names),
             self.train_classes,
@@ -509,7 +509,7 @@ class _Trainer:
             self.config.train.semantics,
             self.task,
             self.spec,
-            calibration,
+            seen_calibration,
         )
         # Which route gave each class its row of "attributes": "images", "text" or "matrix".
         record["attribute_routes"] = dict(zip(self.data.class_names, self.attribute_routes))
@@ -617,7 +617,9 @@ def train(
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it
     if len(splits) == 1:
         split_obj, source = splits[0]
-        _train_split(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch, protocol)
+        _train_split(
+            FitJob(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch), protocol
+        )
         return out_dir
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -629,10 +631,8 @@ def train(
         if resume and (sub / runs.REPORT).is_file():
             reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
             continue
-        _train_split(
-            kind, data, split_obj, source, sub, config, dev, resume and (sub / runs.LAST).is_file(),
-            stop_after_epoch, protocol,
-        )  # fmt: skip
+        job = FitJob(kind, data, split_obj, source, sub, config, dev, resume, stop_after_epoch)
+        _train_split(job.into(sub), protocol)
         if not (sub / runs.REPORT).is_file():
             return out_dir  # stopped early (stop_after_epoch): nothing to summarise yet
         reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
@@ -705,90 +705,85 @@ class FitResult:
     trainer: _Trainer
     best_epoch: int  # 0-based
     val: dict  # validation metrics of the kept weights ({} for a refit: it has no validation)
-    calibration: float
+    seen_calibration: float
     seconds: float
 
 
-def _train_split(
-    kind: str,
-    data: SceneData,
-    split: Split,
-    source: DataSource,
-    out_dir: Path,
-    config: RunConfig,
-    dev: torch.device,
-    resume: bool,
-    stop_after_epoch: int | None,
-    protocol: str,
-) -> None:
+@dataclass
+class FitJob:
+    """One split's training job: what its fits share (a paper protocol's selection fit and refit each
+    replace some fields: out_dir, resume; split, config)."""
+
+    kind: str
+    data: SceneData
+    split: Split
+    source: DataSource
+    out_dir: Path
+    config: RunConfig
+    dev: torch.device
+    resume: bool
+    stop_after_epoch: int | None
+
+    def into(self, out_dir: Path) -> FitJob:
+        """This job writing into `out_dir` (a split's or a sub-run's folder), resuming only where that
+        folder has a last.pt."""
+        return dataclasses.replace(
+            self, out_dir=out_dir, resume=self.resume and (out_dir / runs.LAST).is_file()
+        )
+
+
+def _train_split(job: FitJob, protocol: str) -> None:
     """One split: a fit (rsz) or a selection fit and a refit (paper), then the report (rank 0)."""
-    _train_split_fits(kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, protocol)
+    _train_split_fits(job, protocol)
     distributed.barrier(distributed.current())  # rank 0's report is written before any rank goes on
 
 
-def _train_split_fits(  #  (the arguments of _train_split)
-    kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, protocol
-) -> None:
+def _train_split_fits(job: FitJob, protocol: str) -> None:
     main = distributed.current().is_main
     if protocol == "rsz":
-        fit = _fit(kind, data, split, source, out_dir, config, dev, resume, stop_after_epoch, select=True)
+        fit = _fit(job, select=True)
         if fit is not None and main:
-            _final_report(fit, kind, protocol, out_dir, selection=None)
+            _final_report(fit, job.kind, protocol, job.out_dir, selection=None)
         return
-    selection_dir = out_dir / SELECTION
+    selection_dir = job.out_dir / SELECTION
     done = selection_dir / runs.REPORT
-    if resume and done.is_file():
+    if job.resume and done.is_file():
         selected = json.loads(done.read_text(encoding="utf-8"))
     else:
-        fit = _fit(
-            kind, data, split, source, selection_dir, config, dev,
-            resume and (selection_dir / runs.LAST).is_file(), stop_after_epoch, select=True,
-        )  # fmt: skip
+        fit = _fit(job.into(selection_dir), select=True)
         if fit is None:
             return
         selected = distributed.from_main(  # rank 0 selected; every rank refits with its choice
             distributed.current(),
             lambda: {
                 "best_epoch": fit.best_epoch + 1,
-                "calibration": fit.calibration,
+                "seen_calibration": fit.seen_calibration,
                 "val": fit.val,
-                "selection": _selection_rule(config.train, fit.trainer.entry.uses_captions, source),
+                "selection": _selection_rule(job.config.train, fit.trainer.entry.uses_captions, job.source),
                 "seconds": fit.seconds,
             },
         )
         if main:
             runs.write_atomic(done, json.dumps(selected, indent=2))
     refit_config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, epochs=int(selected["best_epoch"]))
+        job.config, train=dataclasses.replace(job.config.train, epochs=int(selected["best_epoch"]))
     )
-    refit = _fit(
-        kind, data, paper_split(split, data), source, out_dir, refit_config, dev,
-        resume and (out_dir / runs.LAST).is_file(), stop_after_epoch, select=False,
-        calibration=float(selected["calibration"]),
-    )  # fmt: skip
-    if refit is not None and main:
-        _final_report(refit, kind, protocol, out_dir, selection=selected)
+    refit = dataclasses.replace(
+        job.into(job.out_dir), split=paper_split(job.split, job.data), config=refit_config
+    )
+    fit = _fit(refit, select=False, seen_calibration=runs.read_seen_calibration(selected))
+    if fit is not None and main:
+        _final_report(fit, job.kind, protocol, job.out_dir, selection=selected)
 
 
-def _fit(
-    kind: str,
-    data: SceneData,
-    split: Split,
-    source: DataSource,
-    out_dir: Path,
-    config: RunConfig,
-    dev: torch.device,
-    resume: bool,
-    stop_after_epoch: int | None,
-    select: bool,
-    calibration: float = 0.0,
-) -> FitResult | None:
-    """Train `config.train.epochs` epochs into `out_dir`. `select`: score validation every epoch and
-    keep the best (or last, train.select_last_epoch), choose lambda on validation; otherwise (a refit)
-    keep the last epoch with the given `calibration`. None when stopped before the last epoch."""
+def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult | None:
+    """Train `job.config.train.epochs` epochs into `job.out_dir`. `select`: score validation every epoch
+    and keep the best (or last, train.select_last_epoch), choose lambda on validation; otherwise (a refit)
+    keep the last epoch with the given `seen_calibration`. None when stopped before the last epoch."""
+    kind, out_dir, config, dev, resume = job.kind, job.out_dir, job.config, job.dev, job.resume
     started = time.time()
     main = distributed.current().is_main
-    trainer = _Trainer(kind, data, split, source, out_dir, config, dev)
+    trainer = _Trainer(kind, job.data, job.split, job.source, out_dir, config, dev)
     model, cfg = trainer.model, config.train
     groups = optimizer_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, amsgrad=cfg.amsgrad)
@@ -807,11 +802,12 @@ def _fit(
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, out_dir / runs.CONFIG)
-            runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(calibration)))
+            runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(seen_calibration)))
     if main:
         runs.write_atomic(metrics_path, "".join(line + "\n" for line in lines))
 
-    end_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    stop = job.stop_after_epoch
+    end_epoch = cfg.epochs if stop is None else min(cfg.epochs, stop)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         losses = trainer.run_epoch(epoch, optimizer, scheduler, scaler)
@@ -854,7 +850,7 @@ def _fit(
     if end_epoch < cfg.epochs:
         return None
     if not main:  # rank 0 alone reloads, validates and reports
-        return FitResult(trainer, best_epoch, {}, calibration, time.time() - started)
+        return FitResult(trainer, best_epoch, {}, seen_calibration, time.time() - started)
     # Selection is over: reload the kept epoch, and (select) choose lambda on validation.
     from safetensors.torch import load_file
 
@@ -862,8 +858,8 @@ def _fit(
     val = {}
     if select:
         _, val = trainer.validate()
-        calibration = float(val.get("calibration", 0.0))
-    return FitResult(trainer, best_epoch, val, calibration, seconds_before + time.time() - started)
+        seen_calibration = float(val.get("seen_calibration", 0.0))
+    return FitResult(trainer, best_epoch, val, seen_calibration, seconds_before + time.time() - started)
 
 
 def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, scaler) -> tuple:
@@ -879,7 +875,7 @@ def _restore(last_path: Path, dev: torch.device, model, optimizer, scheduler, sc
 def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selection: dict | None) -> None:
     """Score the test split once with the kept weights and lambda; write report.json and classes.json."""
     trainer, cfg = fit.trainer, fit.trainer.config.train
-    test = trainer.zsl_scores("test", fit.calibration) or {}
+    test = trainer.zsl_scores("test", fit.seen_calibration) or {}
     if trainer.entry.uses_captions:
         retrieval = trainer.retrieval("test")
         if retrieval is not None:
@@ -907,7 +903,7 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         "split": trainer.split_name,
         "epochs": cfg.epochs,
         **chosen,
-        "seen_calibration": fit.calibration,
+        "seen_calibration": fit.seen_calibration,
         "test": test,
         "note": TEST_NOTE,
         "seconds": round(fit.seconds + (selection or {}).get("seconds", 0.0), 1),
@@ -918,5 +914,5 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
     if trainer.kept_classifier is not None:  # MCFA's final stage of the test split: kept with the weights
         trainer.model.keep_classifier(*trainer.kept_classifier)
         runs.save_weights(trainer.model, out_dir / runs.WEIGHTS, kind)
-    runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(fit.calibration)))
+    runs.write_atomic(out_dir / runs.CLASSES, json.dumps(trainer.classes_record(fit.seen_calibration)))
     runs.write_atomic(out_dir / runs.REPORT, json.dumps(report, indent=2))

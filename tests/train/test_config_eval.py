@@ -11,6 +11,7 @@ from rsz_infer.preprocess import PreprocessSpec, to_model_input
 from rsz_train.config import load_config
 from rsz_train.data import batches as td
 from rsz_train.evaluate import retrieval_scores, zsl_gzsl_scores
+from rsz_train.runs import read_seen_calibration
 
 
 def test_config_yaml_overrides_and_unknown_keys(tmp_path):
@@ -85,17 +86,17 @@ def test_zsl_gzsl_scores_hand_computed():
         dtype=np.float32,
     )
     labels = np.array([0, 1, 2, 3, 3])
-    out = zsl_gzsl_scores(image_emb, labels, class_emb, [0, 1], [2, 3], "dot", 1.0, calibration=None)
+    out = zsl_gzsl_scores(image_emb, labels, class_emb, [0, 1], [2, 3], "dot", 1.0, seen_calibration=None)
     assert out["zsl"] == pytest.approx(1.0)  # among unseen only, every unseen image is right
     uncal = out["gzsl_uncalibrated"]
     assert uncal["S"] == pytest.approx(1.0) and uncal["U"] == pytest.approx((1.0 + 0.5) / 2)
     # Any lambda that flips image 4 to class 3 (> 0.2) also flips image 1 to class 2 (> 0.1): the
     # chosen lambda keeps the better trade, never worse than no calibration (lambda 0 is a candidate).
     assert out["gzsl"]["H"] >= uncal["H"]
-    fixed = zsl_gzsl_scores(image_emb, labels, class_emb, [0, 1], [2, 3], "dot", 1.0, calibration=0.25)
+    fixed = zsl_gzsl_scores(image_emb, labels, class_emb, [0, 1], [2, 3], "dot", 1.0, seen_calibration=0.25)
     assert fixed["gzsl"]["U"] == pytest.approx(1.0)
     assert fixed["gzsl"]["S"] == pytest.approx(0.5)  # image 1 now goes to unseen class 2
-    assert fixed["calibration"] == 0.25
+    assert fixed["seen_calibration"] == 0.25
 
 
 def test_retrieval_scores_hand_computed():
@@ -130,3 +131,13 @@ def test_attributes_from_images_is_the_mean_image_phrase_cosine():
     np.testing.assert_allclose(matrix, [[1.0, 0.0], [s / 2, (1 + s) / 2]], atol=1e-6)
     with pytest.raises(RszError, match="class 1 has no images"):
         attributes_from_images(images[:1], np.array([0]), 2, ["red"], lambda b: b, lambda t: t)
+
+
+def test_old_runs_calibration_keys_still_read():
+    """Runs written before the lambda had one name: "calibration" (selection report, validation scores)
+    and "lambda" (gzsl scores) still give the lambda; the new name wins where both are there."""
+    assert read_seen_calibration({"best_epoch": 3, "calibration": 0.25}) == 0.25
+    assert read_seen_calibration({"U": 0.5, "S": 0.5, "H": 0.5, "lambda": 0.125}) == 0.125
+    assert read_seen_calibration({"seen_calibration": 0.5, "calibration": 0.25}) == 0.5
+    with pytest.raises(KeyError):
+        read_seen_calibration({"best_epoch": 3})

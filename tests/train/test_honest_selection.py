@@ -42,13 +42,15 @@ def test_recorded_choice_is_the_validation_choice(tiny_run, tiny_benchmark, defa
         [index[c] for c in info.val],  # validation stands in for the unseen classes
         model.scoring_rule,
         model.logit_scale(),
-        calibration=None,  # lambda free: chosen here, on validation
+        seen_calibration=None,  # lambda free: chosen here, on validation
     )
     report = info.report
     # the lambda the run kept (and applied at test) is the one validation picks
-    assert recomputed["calibration"] == pytest.approx(report["seen_calibration"], abs=1e-6)
-    assert report["test"]["gzsl"]["lambda"] == pytest.approx(recomputed["calibration"], abs=1e-6)
-    assert info.seen_calibration == pytest.approx(recomputed["calibration"], abs=1e-6)
+    assert recomputed["seen_calibration"] == pytest.approx(report["seen_calibration"], abs=1e-6)
+    assert report["test"]["gzsl"]["seen_calibration"] == pytest.approx(
+        recomputed["seen_calibration"], abs=1e-6
+    )
+    assert info.seen_calibration == pytest.approx(recomputed["seen_calibration"], abs=1e-6)
     # the recorded validation scores of the kept weights are these
     assert report["val"]["zsl"] == pytest.approx(recomputed["zsl"], abs=1e-9)
     for key in ("U", "S", "H"):
