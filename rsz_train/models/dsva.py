@@ -20,7 +20,9 @@ from torch import nn
 
 from rsz_infer.errors import RszError
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
+from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
+from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
 
 
 @dataclass
@@ -37,7 +39,9 @@ class DSVAConfig:
     # nested check that favoured it was biased toward it; benchmarks/RESULTS.md).
     train_defaults: ClassVar[dict] = {"epochs": 6, "batch_size": 32, "phrase_ridge": 0.3}
 
-    backbone: str = "vit_tiny"  # rsz_train.models.vit.VIT_CONFIGS: vit_tiny | vit_small | vit_b32 | vit_b16
+    # rsz_train.models.vit.VIT_CONFIGS: vit_tiny | vit_small | vit_b32 | vit_b16, or "geoembed_resnet18":
+    # geoembed's frozen aerial ResNet-18, its last feature map (stride 8, 512 channels) as the patch tokens.
+    backbone: str = "vit_tiny"
     patch_size: int = 0  # 0 = the backbone's own (vit_tiny: 8, an 8x8 grid on 64 px tiles)
     clip_checkpoint: str | None = None  # CLIP vision weights (HF folder or open_clip file); sets the shape
     scoring_rule: str = "cosine"  # "cosine" | "dot" compatibility of embedding and class attributes
@@ -63,7 +67,30 @@ class DSVAConfig:
 SCORE_BRANCHES = ("mean", "local", "global")
 
 
-class DSVA(RszModel):
+GEOEMBED_BACKBONE = "geoembed_resnet18"
+
+
+class ResNetTokens(nn.Module):
+    """geoembed's aerial ResNet-18 as a token source: [B,3,H,W] -> [B, 1+N, 512], its last stage map's
+    cells as the N patch tokens and their mean in front where a ViT has its CLS token. Kept frozen (the
+    pretrained features are the point, and a CPU cannot fine-tune it in a demo's time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from rsz_train.models.backbones import create_resnet
+
+        self.resnet = create_resnet("resnet18", pretrained="geoembed")
+        self.resnet.head = None  # geoembed's embedding head is not used
+        self.resnet.requires_grad_(False)
+        self.width = self.resnet.stage_channels[-1]
+        self.patch_size = 8  # the CIFAR stem keeps full resolution; three stages halve it
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cells = self.resnet(images)[-1].flatten(2).transpose(1, 2)  # [B, N, W]
+        return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
+
+
+class DSVA(FrozenBackboneMixin, RszModel):
     kind = "dsva"
     scoring_rule = "cosine"
     class_embedding = "attributes"
@@ -78,10 +105,17 @@ class DSVA(RszModel):
             )
         self.config = config
         self.scoring_rule = config.scoring_rule
-        self.backbone, self.vit_shape = _build_backbone(config, task)
+        self.feature_cache: FrozenFeatureCache | None = None
+        if config.backbone == GEOEMBED_BACKBONE:
+            if task.image_size % 8:
+                raise RszError(f"image_size {task.image_size}: {GEOEMBED_BACKBONE} needs a multiple of 8")
+            self.backbone, self.vit_shape = ResNetTokens(), {}
+            self.image_mean, self.image_std = GEOEMBED_MEAN, GEOEMBED_STD
+            self.feature_cache = FrozenFeatureCache()
+        else:
+            self.backbone, self.vit_shape = _build_backbone(config, task)
         width = self.backbone.width
         num_attributes = len(task.attribute_names)
-        self.grid = tuple(self.backbone.grid)
         self.image_size = task.image_size
         if self.vit_shape.get("pre_norm"):  # a CLIP tower expects CLIP's normalisation
             from rsz_train.models.vit import CLIP_MEAN, CLIP_STD
@@ -101,11 +135,19 @@ class DSVA(RszModel):
         group_ids = torch.tensor([groups.index(g) for g in task.attribute_groups], dtype=torch.long)
         self.register_buffer("group_ids", group_ids, persistent=False)
 
+    def frozen_backbone(self) -> nn.Module | None:
+        return self.backbone if self.config.backbone == GEOEMBED_BACKBONE else None
+
     # --- forward pieces ---------------------------------------------------------------------------------
 
-    def attribute_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> embedding, global, local [B, A] and attention_maps [B, A, h, w]."""
-        tokens = self.backbone(images)  # [B, 1+N, W], CLS first
+    def attribute_outputs(self, images: torch.Tensor, use_cache: bool = True) -> dict[str, torch.Tensor]:
+        """-> embedding, global, local [B, A] and attention_maps [B, A, h, w]. A frozen backbone's tokens
+        come from the feature cache, except in the exported graph (use_cache=False)."""
+        if use_cache and self.feature_cache is not None:
+            with torch.no_grad():
+                tokens = self.feature_cache(self.backbone, images)
+        else:
+            tokens = self.backbone(images)  # [B, 1+N, W], CLS first
         global_attr = self.global_head(self.global_dropout(self.global_norm(tokens.mean(dim=1))))
         patches = self.local_norm(tokens[:, 1:])  # [B, N, W]
         similarity = patches @ self.prototypes.t() * patches.shape[-1] ** -0.5  # [B, N, A]
@@ -218,7 +260,7 @@ class _ImageGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.attribute_outputs(image)
+        out = self.model.attribute_outputs(image, use_cache=False)
         return out["embedding"], out["attention_maps"]
 
 
@@ -267,5 +309,6 @@ def _build_backbone(config: DSVAConfig, task: TaskInfo) -> tuple[nn.Module, dict
 def build_dsva(config: DSVAConfig, task: TaskInfo) -> DSVA:
     model = DSVA(config, task)
     # Saved with the run (classes.json "task"), so load_run rebuilds this ViT without the CLIP file.
-    task.extra["vit"] = dict(model.vit_shape)
+    if model.vit_shape:
+        task.extra["vit"] = dict(model.vit_shape)
     return model

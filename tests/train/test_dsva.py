@@ -123,3 +123,32 @@ def test_dsva_few_steps_reduce_the_loss(small_dsva):
         losses["loss"].backward()
         optimizer.step()
     assert model.training_losses(batch)["loss"].item() < 0.8 * first
+
+
+def test_dsva_on_geoembed_resnet18_trains_only_its_head_and_exports_the_same_embedding():
+    """model.backbone geoembed_resnet18: the frozen aerial ResNet-18's last map (stride 8) as patch tokens."""
+    from rsz_train.models.backbones import GEOEMBED_MEAN, load_geoembed_resnet18
+
+    torch.manual_seed(0)
+    model = create_model("dsva", DSVAConfig(backbone="geoembed_resnet18"), _task(image_size=32))
+    assert model.image_mean == GEOEMBED_MEAN  # the preprocessing the weights were trained with
+    pretrained = load_geoembed_resnet18().state_dict()
+    assert all(torch.equal(v, pretrained[k]) for k, v in model.backbone.resnet.state_dict().items())
+    model.train()
+    assert not model.backbone.training  # BatchNorm keeps the pretrained statistics
+    images = torch.randn(4, 3, 32, 32)
+    batch = {
+        "image": images,
+        "label": torch.arange(4) % 3,
+        "class_inputs": torch.nn.functional.normalize(torch.randn(3, 6), dim=1),
+    }
+    model.training_losses(batch)["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    assert model.prototypes.grad is not None and model.global_head.weight.grad is not None
+    model.eval()
+    cached = model.attribute_outputs(images)  # second pass over these tiles: from the feature cache
+    image = {g.role: g for g in model.export_graphs()}["image"]
+    with torch.no_grad():
+        embedding, maps = image.module(images)
+    assert maps.shape == (4, 6, 4, 4)  # 32 px / stride 8
+    torch.testing.assert_close(embedding, cached["embedding"], rtol=1e-5, atol=1e-5)
