@@ -41,6 +41,8 @@ class DSVAConfig:
 
     # rsz_train.models.vit.VIT_CONFIGS: vit_tiny | vit_small | vit_b32 | vit_b16, or "geoembed_resnet18":
     # geoembed's frozen aerial ResNet-18, its last feature map (stride 8, 512 channels) as the patch tokens.
+    # Not the default: 10.7 points below vit_tiny in mean val ZSL over seeds 0-2 on the demo benchmark
+    # (benchmarks/RESULTS.md), and slower there (its uncached first epoch).
     backbone: str = "vit_tiny"
     patch_size: int = 0  # 0 = the backbone's own (vit_tiny: 8, an 8x8 grid on 64 px tiles)
     clip_checkpoint: str | None = None  # CLIP vision weights (HF folder or open_clip file); sets the shape
