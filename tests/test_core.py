@@ -43,7 +43,12 @@ def test_calibrated_stacking_moves_only_seen_classes():
 
 
 def _manifest(tmp_path):
-    (tmp_path / "image.onnx").write_bytes(b"graph")
+    # a real (one-node) ONNX graph: loading a bundle parses each graph for external-data files
+    from onnx import TensorProto, helper, save
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in ("image", "embedding")]
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["embedding"])], "g", io[:1], io[1:])
+    save(helper.make_model(graph), str(tmp_path / "image.onnx"))
     graph = GraphSpec(
         "image.onnx",
         "fp32",
