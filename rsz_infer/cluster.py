@@ -480,10 +480,6 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
 
     start = time.perf_counter()
     model, out = Path(cfg.model), Path(cfg.out)
-    if cfg.method not in ix.ANN_METHODS:
-        raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ix.ANN_METHODS)}")
-    if cfg.method == "hnsw":
-        ix._faiss()  # fail before embedding anything
     manifest, sha, old, tile_options, known = ix.open_index_job(cfg)
     todo_tiles = [
         t for t in shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard) if t.id not in known

@@ -228,9 +228,13 @@ def index_row(tile: Tile) -> dict:
 
 
 def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileOptions, set[str]]:
-    """What build_index and the Ray path (cluster.build_index_ray) do before embedding: the bundle and its
-    sha256, the index already at cfg.out (None), the tile options (an existing index keeps its own) and
-    the tiles it holds."""
+    """What build_index and the Ray path (cluster.build_index_ray) do before embedding: check --search-method
+    (faiss for hnsw), then the bundle and its sha256, the index already at cfg.out (None), the tile options
+    (an existing index keeps its own) and the tiles it holds."""
+    if cfg.method not in ANN_METHODS:
+        raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ANN_METHODS)}")
+    if cfg.method == "hnsw":
+        _faiss()  # fail before embedding anything
     model, out = Path(cfg.model), Path(cfg.out)
     manifest = open_bundle(model)
     sha = manifest_sha256(model)
@@ -267,10 +271,6 @@ def build_index(cfg: IndexConfig) -> IndexSummary:
 def _build_index(cfg: IndexConfig) -> IndexSummary:
     start = time.perf_counter()
     model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
-    if method not in ANN_METHODS:
-        raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
-    if method == "hnsw":
-        _faiss()  # fail before embedding anything
     manifest, sha, old, tile_options, known = open_index_job(cfg)
 
     # listed twice (a count, then the run), never held: memory does not grow with a scene's declared size
