@@ -403,7 +403,6 @@ def write_ogr(records: list[dict], top_k: int, path: Path, driver: str) -> None:
         import pyogrio.raw
     except ImportError:
         raise RszError(f"--out {path}: {driver} needs pyogrio ({GEO_INSTALL_HINT})") from None
-    import numpy as np
 
     columns = table_columns(records, top_k)
     shapes, crs = geometries(records)
