@@ -18,6 +18,7 @@ from __future__ import annotations
 import colorsys
 import ctypes
 import functools
+import io
 import json
 import os
 from pathlib import Path
@@ -210,8 +211,6 @@ def write_quicklook(class_map: Path, class_names: list[str], out: Path) -> Path:
         y = pad + n * row_px
         draw.rectangle([x, y + 2, x + 10, y + 12], fill=class_colour(i), outline="black")
         draw.text((x + 14, y), class_names[i], fill="black")
-    import io
-
     buf = io.BytesIO()
     canvas.convert("RGB").save(buf, format="PNG", optimize=True)
     atomic_write_bytes(out, buf.getvalue())
