@@ -9,13 +9,13 @@ can neither make a gallery embed a private image under another name nor make GDA
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
 
 # GDAL opens these as network or archive paths; an index row never makes rsz open one
@@ -30,11 +30,7 @@ def is_remote(path: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(Path(path))  # size and mtime_ns only key the cache
 
 
 def file_sha256(path: str) -> str | None:
