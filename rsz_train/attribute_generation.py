@@ -176,26 +176,25 @@ def _bundle_encoder(bundle: Path) -> DualEncoder:
     from rsz_infer.bundle import load_manifest
     from rsz_infer.class_embeddings import encode_texts, load_tokenizer
     from rsz_infer.preprocess import to_model_input
+    from rsz_infer.runners.base import Runner
 
     manifest = load_manifest(bundle)
     if manifest.class_embedding not in ("templates", "text"):
         raise RszError(f"{bundle}: a {manifest.model_kind} bundle; a dual encoder needs a clip or msa bundle")
     tokenizer = load_tokenizer(bundle, manifest)
+    runners: dict[str, Runner] = {}  # a graph opened once, on first use, not per batch
+
+    def runner(role: str) -> Runner:
+        if role not in runners:
+            runners[role] = open_runner(bundle, manifest, role, "ort", "cpu")
+        return runners[role]
 
     def images_fn(images: np.ndarray) -> np.ndarray:
-        runner = open_runner(bundle, manifest, "image", "ort", "cpu")
-        try:
-            x = np.stack([to_model_input(image, manifest.preprocess) for image in images])
-            return runner.infer({"image": x})["embedding"]
-        finally:
-            runner.close()
+        x = np.stack([to_model_input(image, manifest.preprocess) for image in images])
+        return runner("image").infer({"image": x})["embedding"]
 
     def texts_fn(texts: list[str]) -> np.ndarray:
-        runner = open_runner(bundle, manifest, "text", "ort", "cpu")
-        try:
-            return encode_texts(runner, tokenizer, list(texts))["embedding"]
-        finally:
-            runner.close()
+        return encode_texts(runner("text"), tokenizer, list(texts))["embedding"]
 
     if manifest.class_embedding == "templates":
         texts_fn = _ensemble(texts_fn, manifest.prompt_templates)
