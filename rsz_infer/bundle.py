@@ -132,9 +132,10 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
         raise RszError(f"{path}: malformed manifest ({first_line(err, limit=200)})") from None
     if problem:
         raise RszError(f"{path}: malformed manifest ({problem})")
-    for name in sorted(set(manifest.files) | set(used_files(manifest))):
+    used = used_files(manifest)
+    for name in sorted(set(manifest.files) | set(used)):
         bundle_path(bundle_dir, name)
-    unlisted = [name for name in used_files(manifest) if name not in manifest.files]
+    unlisted = [name for name in used if name not in manifest.files]
     if unlisted:
         raise RszError(
             f"{path}: {unlisted[0]} is used by the bundle but not listed (with its sha256) in files"
