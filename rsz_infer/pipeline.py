@@ -217,7 +217,6 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
 
 def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Summary:
     start = time.perf_counter()
-    output_format(cfg.out)
     if cfg.batch < 1 or cfg.top_k < 1:
         raise RszError(f"--batch {cfg.batch} / --top-k {cfg.top_k}: must be at least 1")
     if cfg.resume and cfg.out.exists() and not part_path(cfg.out).exists():
