@@ -417,7 +417,8 @@ def caption_split(data: SceneData, seed: int = 0) -> tuple[Split, str]:
         for p in held:
             data.caption_splits[p] = "val"
         by_split["val"] = held
-        by_split["train"] = [p for p in train if p not in set(held)]
+        held_set = set(held)
+        by_split["train"] = [p for p in train if p not in held_set]
         validation = (
             f"held-out training captions ({n_hold} of {len(train)} training images; the file has no val)"
         )
