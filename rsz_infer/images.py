@@ -436,17 +436,10 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]
     width, height = min(size, ds.width), min(size, ds.height)
     col_offsets = _window_offsets(ds.width, size, stride)
     for row in _window_offsets(ds.height, size, stride):
-        if ds.crs is None:  # pixel footprints: the window itself (outputs draw it in pixel coordinates)
-            for c in col_offsets:
-                yield Tile(
-                    id=f"{scene.path}@{c},{row},{width},{height}",
-                    path=scene.path,
-                    window=(c, row, width, height),
-                    scene=scene,
-                )
-            continue
-        # Footprints: the corners of this row of windows reprojected in one call
-        for c, footprint in zip(col_offsets, _footprints(ds, col_offsets, row, width, height)):
+        # Footprints: the corners of this row of windows reprojected in one call; without a CRS none (the
+        # window itself is the footprint: outputs draw it in pixel coordinates)
+        footprints = _footprints(ds, col_offsets, row, width, height) if ds.crs else [None] * len(col_offsets)
+        for c, footprint in zip(col_offsets, footprints):
             yield Tile(
                 id=f"{scene.path}@{c},{row},{width},{height}",
                 path=scene.path,
