@@ -267,8 +267,9 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
         return
     if local and suffix in PILLOW_EXTENSIONS:
         size = _pillow_size(name)
-        if size is not None and too_many_pixels(*size, options):
-            yield Tile(id=name, path=name, problem=too_many_pixels(*size, options))
+        too_many = too_many_pixels(*size, options) if size is not None else None
+        if too_many:
+            yield Tile(id=name, path=name, problem=too_many)
             return
         if (size is None and not _gdal_declares_too_many(name, options)) or (
             size is not None and max(size) <= options.tile_size
