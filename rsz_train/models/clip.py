@@ -154,15 +154,21 @@ def _plain_clip_configs(open_clip) -> dict[str, dict]:
 
 def _meta_shapes(open_clip, name: str) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of an open_clip architecture, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = _create_model(open_clip, name, device="meta")
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _create_model(open_clip, name: str, **kwargs: Any) -> nn.Module:
+    """open_clip.create_model without weights, quietly: it warns "No pretrained weights loaded" through
+    the root logger, and none are wanted."""
     import logging
 
-    logging.getLogger().disabled = True  # open_clip warns "no pretrained weights" through the root logger
+    logging.getLogger().disabled = True
     try:
-        with torch.device("meta"):
-            model = open_clip.create_model(name, pretrained=None, device="meta")
+        return open_clip.create_model(name, pretrained=None, **kwargs)
     finally:
         logging.getLogger().disabled = False
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _signature(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -374,13 +380,7 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
     elif arch not in _plain_clip_configs(open_clip):
         known = "ViT-B-32, ViT-B-16, ViT-L-14, RN50, ... (open_clip.list_models())"
         raise RszError(f"--arch {arch}: not a plain open_clip CLIP architecture (known: {known})")
-    import logging
-
-    logging.getLogger().disabled = True  # "No pretrained weights loaded": none are wanted
-    try:
-        net = open_clip.create_model(arch, pretrained=None)
-    finally:
-        logging.getLogger().disabled = False
+    net = _create_model(open_clip, arch)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
