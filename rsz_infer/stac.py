@@ -20,20 +20,6 @@ VISUAL_KEYS = ("visual", "rgb", "image", "true_color", "tci", "TCI", "rendered_p
 IMAGE_MEDIA = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "application/x-geotiff")
 
 
-def is_stac_json(path: Path) -> bool:
-    """A JSON file with a STAC object (or a FeatureCollection of them) at its top."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(data, dict):
-        return False
-    if "stac_version" in data:
-        return True
-    features = data.get("features") if data.get("type") == "FeatureCollection" else None
-    return isinstance(features, list) and any(isinstance(f, dict) and "stac_version" in f for f in features)
-
-
 def _local_stac_io():
     import pystac
     from pystac.stac_io import DefaultStacIO
