@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -198,11 +199,6 @@ def _quantize(method: str, pre_path: Path, out: Path, input_name: str, tiles: np
     return Candidate(method, out, excluded)
 
 
-def _keep(src: Path, dst: Path) -> Path:
-    dst.write_bytes(src.read_bytes())
-    return dst
-
-
 def int8_ops(path: Path) -> int:
     """Weighted ops that compute in INT8 in a quantized graph (a candidate with none is no INT8 graph)."""
     model = onnx.load(str(path), load_external_data=False)
@@ -288,8 +284,8 @@ def quantize_graph(
         chosen = passing[0] if passing else None
         qdq = next((c for c in passing if c.method != "dynamic"), None)
         if chosen is not None:
-            chosen.path = _keep(chosen.path, out_path)
+            chosen.path = shutil.copyfile(chosen.path, out_path)
         if qdq is not None and qdq is not chosen:
-            qdq.path = _keep(qdq.path, out_path.with_suffix(".qdq.onnx")) if keep_qdq else None
+            qdq.path = shutil.copyfile(qdq.path, out_path.with_suffix(".qdq.onnx")) if keep_qdq else None
     root.setLevel(level)
     return Int8Result(chosen, qdq, candidates, timings["fp32"], len(timing), timings)
