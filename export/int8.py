@@ -16,11 +16,13 @@ why). The QDQ candidates use symmetric INT8 activations and weights, the form Te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +212,19 @@ def int8_ops(path: Path) -> int:
     )
 
 
+@contextlib.contextmanager
+def _root_logger_errors_only() -> Iterator[None]:
+    """The quantizer warns on the root logger (per-channel axis of norm weights): errors only meanwhile.
+    setLevel, not `.level =`: it clears logging's cached levels; restored even when quantizing fails."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def time_graphs(
     paths: dict[str, Path], input_name: str, batch: np.ndarray, rounds: int = TIMING_ROUNDS
 ) -> dict:
@@ -255,10 +270,8 @@ def quantize_graph(
         raise RszError(f"{fp32_path}: INT8 needs calibration and check tiles (none found)")
     input_name = "image"
     timing = np.ascontiguousarray(check[: min(32, len(check))], dtype=np.float32)
-    root = logging.getLogger()  # the quantizer warns on the root logger (per-channel axis of norm weights)
-    level, root.level = root.level, logging.ERROR
     candidates: list[Candidate] = []
-    with tempfile.TemporaryDirectory(prefix="rsz-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rsz-int8-") as tmp, _root_logger_errors_only():
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         for method in methods:
             path = Path(tmp) / f"{method}.onnx"
@@ -287,5 +300,4 @@ def quantize_graph(
             chosen.path = shutil.copyfile(chosen.path, out_path)
         if qdq is not None and qdq is not chosen:
             qdq.path = shutil.copyfile(qdq.path, out_path.with_suffix(".qdq.onnx")) if keep_qdq else None
-    root.setLevel(level)
     return Int8Result(chosen, qdq, candidates, timings["fp32"], len(timing), timings)
