@@ -130,6 +130,7 @@ def open_model(
 
 
 def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None) -> ModelSource:
+    from rsz_infer.backend import engine_precision
     from rsz_infer.bundle import load_manifest
 
     manifest = load_manifest(bundle_dir)
@@ -144,7 +145,7 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
     for precision, onnx_file in variants.items():
         src.onnx[precision] = bundle_dir / onnx_file
     for engine in graph.engines:  # the precision each engine was built in (its sidecar; INT8 from QDQ)
-        src.engines.setdefault(_engine_precision(bundle_dir / engine, graph.precision), bundle_dir / engine)
+        src.engines.setdefault(engine_precision(bundle_dir / engine, graph.precision), bundle_dir / engine)
     if src.onnx:
         try:
             counted = flops_mod.onnx_flops(src.onnx.get("fp32") or next(iter(src.onnx.values())))
@@ -168,17 +169,6 @@ def _image_module_from_bundle(bundle_dir: Path, manifest):  # noqa: ANN001, ANN2
     except (ImportError, RszError):  # an edge device without the training side: torch rows are skipped
         return None
     return next(g.module.eval() for g in model.export_graphs() if g.role == "image")
-
-
-def _engine_precision(engine: Path, default: str) -> str:
-    import json
-
-    from rsz_infer.trt_lib import sidecar_path
-
-    try:
-        return json.loads(sidecar_path(engine).read_text(encoding="utf-8")).get("precision", default)
-    except (OSError, ValueError):
-        return default
 
 
 def _image_module_from_run(run_dir: Path):  # nn.Module

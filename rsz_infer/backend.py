@@ -219,20 +219,20 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
     return _ort(bundle_dir, onnx_name, device)
 
 
-def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # GraphSpec
-    """The graph's engines built in this precision (sidecar "precision"; older sidecars: the graph's)."""
+def engine_precision(engine: Path, default: str) -> str:
+    """The precision an engine was built in (its sidecar's "precision"; older sidecars: `default`)."""
     from rsz_infer.trt_lib import sidecar_path
 
-    found = []
-    for name in graph.engines:
-        try:
-            side = json.loads(sidecar_path(bundle_dir / name).read_text(encoding="utf-8"))
-            built = side.get("precision", graph.precision)
-        except (OSError, ValueError, AttributeError):
-            built = graph.precision  # TrtRunner reports a missing or bad sidecar when it loads
-        if built == precision:
-            found.append(name)
-    return found
+    try:
+        return json.loads(sidecar_path(engine).read_text(encoding="utf-8")).get("precision", default)
+    except (OSError, ValueError, AttributeError):
+        return default  # TrtRunner reports a missing or bad sidecar when it loads
+
+
+def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # GraphSpec
+    """The graph's engines built in this precision (engine_precision; older sidecars: the graph's)."""
+    built = {name: engine_precision(bundle_dir / name, graph.precision) for name in graph.engines}
+    return [name for name in graph.engines if built[name] == precision]
 
 
 def _ort(bundle_dir: Path, onnx_name: str, device: str) -> Runner:
