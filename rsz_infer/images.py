@@ -359,13 +359,18 @@ def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
     scale = _gsd_scale(ds, options)
     if scale != 1.0:
         method = _resampling_name(scale, palette is not None)
-        rule += f"; resampled {options.gsd * (1 / scale):.3g} m -> {options.gsd:.3g} m per pixel ({method})"
+        rule += _resampled_rule(options.gsd, scale, method)
     return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale, palette)
 
 
 def _resampling_name(scale: float, paletted: bool) -> str:
     """GDAL resampling for --gsd: colour-table indices are categories (nearest); else average or bilinear."""
     return "nearest" if paletted else "average" if scale > 1 else "bilinear"
+
+
+def _resampled_rule(gsd: float, scale: float, method: str) -> str:
+    """The rule's note on a --gsd resampling: source and model metres per pixel, and how."""
+    return f"; resampled {gsd / scale:.3g} m -> {gsd:.3g} m per pixel ({method})"
 
 
 def source_gsd(ds) -> float | None:
@@ -633,7 +638,7 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
             method = _resampling_name(scale, palette is not None)
             shape = (len(bands), max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             data = ds.read(list(bands), out_shape=shape, resampling=Resampling[method])
-            resampled = f"; resampled {options.gsd / scale:.3g} m -> {options.gsd:.3g} m per pixel ({method})"
+            resampled = _resampled_rule(options.gsd, scale, method)
     if palette is not None:
         return palette[data[0]], "palette to rgb" + resampled
     if data.dtype != np.uint8:
