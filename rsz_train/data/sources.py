@@ -331,10 +331,7 @@ def _read_indices(path: Path, count: int) -> list[int]:
         text = line.strip()
         if not text:
             continue
-        try:
-            value = int(float(text)) if re.fullmatch(r"\d+(\.0*)?", text) else None
-        except ValueError:
-            value = None
+        value = int(float(text)) if re.fullmatch(r"\d+(\.0*)?", text) else None  # "12" or "12.0"
         if value is None or not 0 <= value < count:
             raise RszError(
                 f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}"
