@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.batching import Batch, embed_batches
+from rsz_infer.batching import Batch, TileCounts, embed_batches
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.images import NodataTile, Tile, TileError, TileOptions, decode_tile
 from rsz_infer.outputs import atomic_write
@@ -221,10 +221,8 @@ def partition_batches(row: dict, spec: PreprocessSpec, batch_size: int) -> list[
     return batches
 
 
-def _counts(records: list[dict]) -> dict:
-    skipped = [r for r in records if "skipped" in r]
-    nodata = sum(bool(r.get("nodata")) for r in skipped)
-    return {"done": len(records) - len(skipped), "skipped": len(skipped) - nodata, "nodata": nodata}
+def _counts(counts: TileCounts) -> dict:
+    return {"done": counts.embedded, "skipped": counts.skipped, "nodata": counts.nodata}
 
 
 class LabelActor:
@@ -242,11 +240,13 @@ class LabelActor:
 
         engine = self.labeler.engine
         records: list[dict] = []
+        counts = TileCounts()
         batches = partition_batches(row, engine.manifest.preprocess, engine.batch_size)
         for batch in embed_batches(engine, batches):
             records += self.labeler.batch_records(batch)
+            counts.add(batch)
         _write_part(self.parts_dir, row["partition"], records_table(records))
-        return {"partition": row["partition"], **_counts(records)}
+        return {"partition": row["partition"], **_counts(counts)}
 
 
 class EmbedActor:
@@ -267,8 +267,10 @@ class EmbedActor:
         embeddings: list[np.ndarray | None] = []
         scales: list[np.ndarray | None] = []
         with_scales = "rerank" in engine.manifest.graphs
+        counts = TileCounts()
         batches = partition_batches(row, engine.manifest.preprocess, engine.batch_size)
         for batch in embed_batches(engine, batches):
+            counts.add(batch)
             bad = skipped_records(batch)
             records += bad
             embeddings += [None] * len(bad)
@@ -283,7 +285,7 @@ class EmbedActor:
                     else [None] * len(batch.tiles)
                 )
         _write_part(self.parts_dir, row["partition"], _index_table(records, embeddings, scales))
-        return {"partition": row["partition"], **_counts(records)}
+        return {"partition": row["partition"], **_counts(counts)}
 
 
 def _index_table(records: list[dict], embeddings: list, scales: list):  # pyarrow.Table
