@@ -65,6 +65,13 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--compile-mode", default="default", show_default=True, help="torch.compile mode")
 @click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="N > 1: open every row first, then time them in N interleaved rounds (ratios on a shared machine)",
+)
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None, help="runs/NAME for torch")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_results"), show_default=True)
 @one_line_errors
@@ -80,6 +87,7 @@ def latency(
     device,
     compile_mode,
     threads,
+    rounds,
     run_dir,
     out,
 ):
@@ -98,6 +106,7 @@ def latency(
         compile_mode=compile_mode,
         threads=threads,
         calibration=calibration,
+        rounds=rounds,
     )
     for model in models:
         measured = run_latency(model, cfg, run_dir=run_dir)

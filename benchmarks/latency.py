@@ -4,7 +4,8 @@ No torch import at module level: on an edge device with only the inference side 
 onnxruntime/TensorRT), `latency` runs the ort and trt backends; torch is imported only for ref: models and
 the torch backends.
 
-Timing: warm-up calls, then `iters` timed calls. On GPU with torch the timer is a pair of CUDA events around
+Timing: warm-up calls, then `iters` timed calls (`rounds` > 1: spread over interleaved rounds). On GPU
+with torch the timer is a pair of CUDA events around
 each call (device time, inputs already on the device); ort and trt are timed with perf_counter around
 `Runner.infer`, which takes and returns host arrays, so their figure includes the host<->device copies.
 """
@@ -42,6 +43,9 @@ class LatencyConfig:
     compile_mode: str = "default"  # torch.compile mode; "max-autotune" is slower to build
     threads: int = 0  # ORT intra-op threads (0: ORT's default, all cores)
     calibration: Path | None = None  # ref: models, int8: tiles to calibrate and check the INT8 graph on
+    # 1: each row timed on its own, one after another; N > 1: every row opened first, then timed in N
+    # interleaved rounds (rsz_bench.latency.time_rows), for ratios between rows on a shared machine
+    rounds: int = 1
 
 
 @dataclass
@@ -235,7 +239,21 @@ def _random_image(batch: int, size: int, dtype: str) -> np.ndarray:
     return rng.standard_normal((batch, 3, size, size)).astype(dtype)
 
 
-def _bench_ort(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig, device: str) -> dict:
+@dataclass
+class TimedRow:
+    """One (backend, precision, batch) row ready to time: its call, its timer and what the row reports."""
+
+    call: Callable[[], Any]
+    timer: Callable[[Callable[[], Any], int, int], list[float]]
+    info: dict
+    memory: Callable[[], dict] = lambda: {}  # peak memory after the row's calls
+    reset_memory: Callable[[], None] = lambda: None
+    times: list[float] = field(default_factory=list)
+
+
+def _open_ort(
+    src: ModelSource, precision: str, batch: int, cfg: LatencyConfig, device: str
+) -> TimedRow | dict:
     from rsz_infer.runners.ort import OrtRunner
 
     path = src.onnx_for(precision)
@@ -244,14 +262,16 @@ def _bench_ort(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig,
         return {"status": f"skipped: no {precision} ONNX image graph for {src.name}{why}"}
     runner = OrtRunner(path, device=device, threads=cfg.threads)
     feeds = {"image": _random_image(batch, src.image_size, _ort_input_dtype(runner))}
-    times = time_host(lambda: runner.infer(feeds), cfg.iters, cfg.warmup)
-    return {
-        "device": runner.name,
-        "timer": "perf_counter, host arrays in/out",
-        **percentiles_ms(times),
-        "peak_mem_mb": _process_peak_rss_mb(),
-        "mem_kind": "process peak RSS",
-    }
+    return TimedRow(
+        call=lambda: runner.infer(feeds),
+        timer=time_host,
+        info={"device": runner.name, "timer": "perf_counter, host arrays in/out"},
+        memory=_host_memory,
+    )
+
+
+def _host_memory() -> dict:
+    return {"peak_mem_mb": _process_peak_rss_mb(), "mem_kind": "process peak RSS"}
 
 
 def _ort_input_dtype(runner) -> str:  # an OrtRunner
@@ -259,7 +279,7 @@ def _ort_input_dtype(runner) -> str:  # an OrtRunner
     return "float16" if runner.session.get_inputs()[0].type == "tensor(float16)" else "float32"
 
 
-def _bench_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig) -> dict:
+def _open_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig) -> TimedRow | dict:
     engine = src.engines.get(precision)
     if engine is None:
         return {"status": f"skipped: no {precision} TensorRT engine in {src.name}"}
@@ -269,11 +289,16 @@ def _bench_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig)
         return {"status": f"skipped: TensorRT runner unavailable ({err})"}
     runner = TrtRunner(engine)
     feeds = {"image": _random_image(batch, src.image_size, "float32")}  # export keeps FP32 I/O on FP16 graphs
-    times = time_host(lambda: runner.infer(feeds), cfg.iters, cfg.warmup)
-    return {"device": "cuda", "timer": "perf_counter, host arrays in/out", **percentiles_ms(times)}
+    return TimedRow(
+        call=lambda: runner.infer(feeds),
+        timer=time_host,
+        info={"device": "cuda", "timer": "perf_counter, host arrays in/out"},
+    )
 
 
-def _bench_torch(src: ModelSource, backend: str, precision: str, batch: int, cfg: LatencyConfig) -> dict:
+def _open_torch(
+    src: ModelSource, backend: str, precision: str, batch: int, cfg: LatencyConfig
+) -> TimedRow | dict:
     import torch
 
     if src.torch_module is None:
@@ -291,25 +316,57 @@ def _bench_torch(src: ModelSource, backend: str, precision: str, batch: int, cfg
     # a copy per row: casting the module to FP16 and back would round the weights other rows use
     module = copy.deepcopy(src.torch_module).to(device=device, dtype=dtype).eval()
     if "compile" in backend:
-        torch._dynamo.reset()  # each row compiles afresh, for its own static shape
+        if cfg.rounds == 1:
+            torch._dynamo.reset()  # each row compiles afresh, for its own static shape
         fn = torch.compile(module, mode=cfg.compile_mode, dynamic=False)
     else:
         fn = module
     x = torch.randn(batch, 3, src.image_size, src.image_size, device=device, dtype=dtype)
-    if device == "cuda":
+    with torch.inference_mode():
+        graph_call = _cuda_graph(fn, x) if "graphs" in backend else None
+
+    def call() -> None:
+        with torch.inference_mode():
+            graph_call() if graph_call is not None else fn(x)
+
+    if device != "cuda":
+        return TimedRow(
+            call=call, timer=time_host, info={"device": device, "timer": "perf_counter"}, memory=_host_memory
+        )
+
+    def reset_memory() -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        call = _cuda_graph(fn, x) if "graphs" in backend else (lambda: fn(x))
-        timer = time_cuda if device == "cuda" else time_host
-        times = timer(call, cfg.iters, cfg.warmup)
-    row = {"device": device, "timer": "CUDA events, device tensors" if device == "cuda" else "perf_counter"}
-    row.update(percentiles_ms(times))
-    if device == "cuda":
-        row.update(peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20, mem_kind="torch peak allocated")
-    else:
-        row.update(peak_mem_mb=_process_peak_rss_mb(), mem_kind="process peak RSS")
-    return row
+
+    return TimedRow(
+        call=call,
+        timer=time_cuda,
+        info={"device": device, "timer": "CUDA events, device tensors"},
+        memory=lambda: {
+            "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "mem_kind": "torch peak allocated",
+        },
+        reset_memory=reset_memory,
+    )
+
+
+def time_rows(rows: list[TimedRow], iters: int, warmup: int, rounds: int) -> None:
+    """Time every row: one after another (rounds 1), or interleaved in `rounds` rounds that each time every
+    row for its share of `iters` calls (after one warm-up call), so that load from other processes falls on
+    all rows alike. Times go to each row's `times`; peak memory is the most any round of the row saw."""
+    per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+    peaks: dict[int, dict] = {}
+    for r, n in enumerate(per_round):
+        for i, row in enumerate(rows):
+            if n == 0:
+                continue
+            row.reset_memory()
+            row.times += row.timer(row.call, n, warmup if r == 0 else min(warmup, 1))
+            mem = row.memory()
+            if mem and mem.get("peak_mem_mb", 0) >= peaks.get(i, {}).get("peak_mem_mb", -1):
+                peaks[i] = mem
+    for i, row in enumerate(rows):
+        row.info.update(peaks.get(i, {}))
 
 
 def _cuda_graph(fn: Callable, x):  # torch types
@@ -355,24 +412,40 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
         if p not in PRECISIONS:
             raise RszError(f"--precision {p}: unknown; known: {', '.join(PRECISIONS)}")
     src = open_model(spec, cfg.image_size, run_dir, tmp, cfg.calibration)
-    rows = []
+    rows, timed = [], []
     for backend in cfg.backends:
         for precision in cfg.precisions:
             for batch in cfg.batches:
                 row: dict[str, Any] = {"backend": backend, "precision": precision, "batch": batch}
                 try:
                     if backend == "ort":
-                        row.update(_bench_ort(src, precision, batch, cfg, _ort_device(cfg.device)))
+                        opened = _open_ort(src, precision, batch, cfg, _ort_device(cfg.device))
                     elif backend == "trt":
-                        row.update(_bench_trt(src, precision, batch, cfg))
+                        opened = _open_trt(src, precision, batch, cfg)
                     else:
-                        row.update(_bench_torch(src, backend, precision, batch, cfg))
+                        opened = _open_torch(src, backend, precision, batch, cfg)
+                    if isinstance(opened, TimedRow) and cfg.rounds == 1:
+                        time_rows([opened], cfg.iters, cfg.warmup, 1)  # timed now, then released
+                        row.update(opened.info, **percentiles_ms(opened.times))
+                    elif isinstance(opened, TimedRow):
+                        timed.append((row, opened))
+                    else:
+                        row.update(opened)
                 except RszError:
                     raise
                 except Exception as err:  # one failing configuration must not lose the others' numbers
                     row["status"] = f"error: {type(err).__name__}: {first_line(err, limit=200)}"
-                row.setdefault("status", "ok")
                 rows.append(row)
+    if timed:
+        try:
+            time_rows([t for _, t in timed], cfg.iters, cfg.warmup, cfg.rounds)
+            for row, t in timed:
+                row.update(t.info, **percentiles_ms(t.times))
+        except Exception as err:  # noqa: BLE001 - the failing row cannot be told apart in a round
+            for row, _ in timed:
+                row["status"] = f"error: {type(err).__name__}: {first_line(err, limit=200)}"
+    for row in rows:
+        row.setdefault("status", "ok")
     peaks = _measure_peaks(rows)
     for row in rows:
         if row["status"] != "ok":

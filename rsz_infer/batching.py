@@ -53,19 +53,26 @@ class Batch:
 
 
 def _prepare(
-    tiles: list[Tile], options: TileOptions, spec: PreprocessSpec, decoder: Decoder, native: bool
+    tiles: list[Tile],
+    options: TileOptions,
+    spec: PreprocessSpec,
+    decoder: Decoder,
+    native: NativePreprocessor | None,
 ) -> list[tuple[np.ndarray, str, tuple[int, int]] | TileError]:
-    """Decode a chunk of tiles; then Pillow preprocessing here, or the RGB as is for the native batch call.
+    """Decode and preprocess a chunk of tiles in a pool thread (Pillow per tile, or one native call).
 
-    Each result: (model input, or the RGB for the native call; rule; decoded (height, width)) or the error.
+    Each result: (model input, rule, decoded (height, width)) or the error. The native call runs here, not
+    in the engine's thread, so that preprocessing overlaps the engine instead of following it.
     """
     decoded = decoder.decode(tiles, options)
-    return [
-        r
-        if isinstance(r, TileError)
-        else (r[0] if native else to_model_input(r[0], spec), r[1], r[0].shape[:2])
-        for r in decoded
-    ]
+    if native is None:
+        return [
+            r if isinstance(r, TileError) else (to_model_input(r[0], spec), r[1], r[0].shape[:2])
+            for r in decoded
+        ]
+    good = [r for r in decoded if not isinstance(r, TileError)]
+    inputs = iter(native([r[0] for r in good]) if good else ())
+    return [r if isinstance(r, TileError) else (next(inputs), r[1], r[0].shape[:2]) for r in decoded]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -115,19 +122,12 @@ def iter_batches(
     decoder = decoder or PillowDecoder()
     chunk = batch_size if decoder.batched else 1
     shape = (batch_size, 3, spec.size, spec.size)
-    rgbs: list[np.ndarray] = []  # the native path's decoded tiles of the batch being filled
-
-    def finished(batch: Batch) -> Batch:
-        if native is not None and rgbs:
-            native(rgbs, out=batch.inputs[: len(rgbs)])
-            rgbs.clear()
-        return batch
 
     with ThreadPoolExecutor(workers, thread_name_prefix="rsz-decode") as pool:
         try:
             batch = Batch([], [], np.zeros(shape, np.float32))
             results = prefetch_map(
-                lambda c: _prepare(c, options, spec, decoder, native is not None),
+                lambda c: _prepare(c, options, spec, decoder, native),
                 _chunks(tiles, chunk),
                 pool,
                 depth=max(2, 2 * batch_size // chunk),
@@ -142,18 +142,15 @@ def iter_batches(
                             yield Batch([], [], batch.inputs[:0], skipped=batch.skipped)
                             batch.skipped = []
                         continue
-                    if native is not None:
-                        rgbs.append(result[0])
-                    else:
-                        batch.inputs[len(batch.tiles)] = result[0]
+                    batch.inputs[len(batch.tiles)] = result[0]
                     batch.tiles.append(tile)
                     batch.rules.append(result[1])
                     batch.sizes.append(result[2])
                     if len(batch.tiles) == batch_size:
-                        yield finished(batch)
+                        yield batch
                         batch = Batch([], [], np.zeros(shape, np.float32))
             if batch.tiles or batch.skipped:
-                yield finished(batch)
+                yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -163,7 +160,7 @@ def open_decoding(
 ) -> tuple[Decoder, NativePreprocessor | None]:
     """The `--decoder` and `--preprocess` choices for the engine's device (auto | cuda | cpu)."""
     device = resolve_device(device)
-    return open_decoder(decoder, device, notes), open_preprocessor(preprocess, spec, device, notes)
+    return open_decoder(decoder, device, notes, spec.size), open_preprocessor(preprocess, spec, device, notes)
 
 
 def embed_batch(runner: Runner, batch: Batch) -> dict[str, np.ndarray]:
@@ -183,7 +180,7 @@ class EngineOptions:
     device: str = "auto"  # auto | cuda | cpu
     batch: int = 32  # tiles per engine call (the graph's batch range may change it, with a note)
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
-    decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
+    decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | pillow-draft | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
     precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)
 

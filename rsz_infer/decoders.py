@@ -1,5 +1,12 @@
 """The `--decoder` choice for plain JPEG/PNG tiles: Pillow one at a time, or nvImageCodec a batch at a time.
 
+`pillow-draft` is Pillow with libjpeg's DCT scaling (Pillow's `Image.draft`): a JPEG larger than the model
+input is decoded at 1/2, 1/4 or 1/8 scale, never below the model size, and then resized as usual. Decoding
+and resizing then cost a fraction (a 256 px JPEG for a 64 px model: about a quarter of the CPU time), but
+the pixels are not those of a full decode: libjpeg's scaled IDCT averages where the bilinear resize
+weighs a triangle (about 0.6 grey levels apart on average, up to a few levels). An option, not a default:
+a bundle's checks and rsz-bench accuracy use full decodes. Each tile's rule says at which scale it was read.
+
 nvImageCodec decodes on the GPU (nvJPEG) when the engine runs there, else with its CPU backend
 (libjpeg-turbo, libpng). Only the files whose pixels and RGB rule it is known to reproduce go to it:
 8-bit (or less) JPEG/PNG, RGB or grey. Everything else (GeoTIFF scenes and TIFFs, 16-bit, palette, alpha,
@@ -32,7 +39,7 @@ from rsz_infer.images import (
     too_many_pixels,
 )
 
-DECODERS = ("auto", "pillow", "nvimgcodec")
+DECODERS = ("auto", "pillow", "pillow-draft", "nvimgcodec")
 Decoded = tuple[np.ndarray, str] | TileError
 INSTALL_HINT = "pip install 'rsz[gpu-decode]'"
 
@@ -47,26 +54,34 @@ def decode_tile_reader(tile: Tile) -> tuple[str, str]:
     return "pillow", "JPEG/PNG"
 
 
-def _decode_or_error(tile: Tile, options: TileOptions, ran: set[tuple[str, str]]) -> Decoded:
+def _decode_or_error(
+    tile: Tile, options: TileOptions, ran: set[tuple[str, str]], jpeg_draft: int = 0
+) -> Decoded:
     try:
-        decoded = decode_tile(tile, options)
+        decoded = decode_tile(tile, options, jpeg_draft)
     except TileError as err:
         return err
-    ran.add(decode_tile_reader(tile))  # set.add is atomic: the pool's threads share the set
+    library, kind = decode_tile_reader(tile)
+    if jpeg_draft and library == "pillow":
+        library = "pillow-draft"
+    ran.add((library, kind))  # set.add is atomic: the pool's threads share the set
     return decoded
 
 
 class PillowDecoder:
     """images.decode_tile per tile; the pipeline runs one tile per pool task (Pillow releases the GIL)."""
 
-    name = "pillow"
     batched = False  # the pipeline hands it one tile per call
 
-    def __init__(self) -> None:
+    def __init__(self, jpeg_draft: int = 0) -> None:
+        """jpeg_draft: the model input size for `pillow-draft` (JPEGs decoded at the smallest DCT scale
+        whose sides are still at least this); 0: full decodes."""
+        self.jpeg_draft = jpeg_draft
+        self.name = "pillow-draft" if jpeg_draft else "pillow"
         self.ran: set[tuple[str, str]] = set()  # (library, input kind) of the tiles decoded so far
 
     def decode(self, tiles: list[Tile], options: TileOptions) -> list[Decoded]:
-        return [_decode_or_error(t, options, self.ran) for t in tiles]
+        return [_decode_or_error(t, options, self.ran, self.jpeg_draft) for t in tiles]
 
 
 @contextlib.contextmanager
@@ -185,7 +200,7 @@ class NvImageCodecDecoder:
 
 
 def open_decoder(
-    choice: str, device: str, notes: list[str] | None = None
+    choice: str, device: str, notes: list[str] | None = None, model_size: int = 0
 ) -> PillowDecoder | NvImageCodecDecoder:
     """The `--decoder` choice; `device` is the resolved engine device (cuda or cpu).
 
@@ -197,6 +212,10 @@ def open_decoder(
         raise RszError(f"--decoder {choice}: expected one of {', '.join(DECODERS)}")
     if choice == "nvimgcodec":
         return NvImageCodecDecoder(device)
+    if choice == "pillow-draft":
+        if model_size < 1:
+            raise RszError("--decoder pillow-draft: needs the model input size")
+        return PillowDecoder(jpeg_draft=model_size)
     if choice == "auto" and _nvimgcodec() is not None:
         try:
             return NvImageCodecDecoder(device)

@@ -563,8 +563,11 @@ def _open_scene(path: str):
     return cache[path]
 
 
-def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
-    """HxWx3 uint8 RGB and the rule that made it; raises TileError (NodataTile) for tiles to skip."""
+def decode_tile(tile: Tile, options: TileOptions, jpeg_draft: int = 0) -> tuple[np.ndarray, str]:
+    """HxWx3 uint8 RGB and the rule that made it; raises TileError (NodataTile) for tiles to skip.
+
+    jpeg_draft > 0: JPEG files may be decoded at a reduced DCT scale, both sides still >= jpeg_draft
+    (`--decoder pillow-draft`, rsz_infer.decoders)."""
     if tile.problem:
         raise TileError(tile.problem)
     try:
@@ -573,7 +576,7 @@ def decode_tile(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
         elif tile.reader == "gdal":
             rgb, rule = _decode_gdal(tile.path, options)
         else:
-            rgb, rule = _decode_pillow(tile.path, options)
+            rgb, rule = _decode_pillow(tile.path, options, jpeg_draft)
     except TileError:
         raise
     except FileNotFoundError:
@@ -646,29 +649,40 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     return _to_rgb8(data, None), rule + resampled
 
 
-def _decode_pillow(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
+def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tuple[np.ndarray, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # --max-pixels is the limit
         im = Image.open(path)
     with im:
         _refuse_above_limit(*im.size, options)  # declared in the header: nothing is decoded yet
+        scaled = ""
+        if jpeg_draft and im.format == "JPEG":
+            full_width = im.size[0]
+            im.draft(im.mode, (jpeg_draft, jpeg_draft))  # libjpeg DCT scaling: sides stay >= jpeg_draft
+            if im.size[0] != full_width:
+                scaled = f"; JPEG decoded at 1/{full_width // im.size[0]} scale"
         im.load()  # forces the full decode so truncated files fail here
-        mode = im.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            data = np.asarray(im)[None]
-            rule = f"grey to rgb; {mode} {STRETCH_RULE} per image"
-            return _to_rgb8(data, None), rule
-        if mode == "RGB":
-            return np.asarray(im), "rgb"
-        if mode in ("L", "1"):
-            grey = np.asarray(im.convert("L"))
-            return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb"
-        if mode == "LA":
-            grey = np.asarray(im.getchannel("L"))
-            return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb; alpha dropped"
-        if mode in ("RGBA", "RGBa"):
-            return np.asarray(im.convert("RGB")), "rgb; alpha dropped"
-        return np.asarray(im.convert("RGB")), f"{mode} to rgb"
+        rgb, rule = _pillow_rgb(im)
+        return rgb, rule + scaled
+
+
+def _pillow_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        data = np.asarray(im)[None]
+        rule = f"grey to rgb; {mode} {STRETCH_RULE} per image"
+        return _to_rgb8(data, None), rule
+    if mode == "RGB":
+        return np.asarray(im), "rgb"
+    if mode in ("L", "1"):
+        grey = np.asarray(im.convert("L"))
+        return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb"
+    if mode == "LA":
+        grey = np.asarray(im.getchannel("L"))
+        return np.repeat(grey[:, :, None], 3, axis=2), "grey to rgb; alpha dropped"
+    if mode in ("RGBA", "RGBa"):
+        return np.asarray(im.convert("RGB")), "rgb; alpha dropped"
+    return np.asarray(im.convert("RGB")), f"{mode} to rgb"
 
 
 def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, options: TileOptions) -> Tile:

@@ -76,7 +76,7 @@ class LabelConfig:
     explain: bool = False  # DSVA: each tile's top attributes (and their attention maps for the gallery)
     html: Path | None = None  # an HTML gallery of the labeled tiles (and the class maps' quicklooks)
     workers: int = 0  # decode threads; 0: one per core but one, at most 8
-    decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | nvimgcodec (rsz_infer.decoders)
+    decoder: str = "auto"  # JPEG/PNG decoding: auto | pillow | pillow-draft | nvimgcodec (rsz_infer.decoders)
     preprocess: str = "auto"  # resize + normalise: auto | pillow | native (rsz_infer.native)
     progress: bool = True
     precision: str = "auto"  # image graph variant: auto | int8 | fp16 | fp32 (rsz_infer.backend)

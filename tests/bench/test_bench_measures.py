@@ -101,3 +101,25 @@ def test_latency_rate_against_a_known_sleep(monkeypatch):
         # one call takes SLEEP_S for the whole batch: batch / SLEEP_S images per second at most
         assert batch / (SLEEP_S + SLACK_S) < row["images_per_s"] <= batch / SLEEP_S
         assert row["achieved_tflops"] == pytest.approx(flops * row["images_per_s"] / 1e12)
+
+
+def test_rounds_interleave_the_rows_and_pool_their_times():
+    """--rounds N: each round times every row in turn (one warm-up call from the second round on), so load
+    from other processes falls on all rows alike; each row gets all its timed calls."""
+    calls: list[str] = []
+    rows = [
+        latency.TimedRow(call=lambda name=name: calls.append(name), timer=latency.time_host, info={})
+        for name in "ab"
+    ]
+    latency.time_rows(rows, iters=5, warmup=2, rounds=2)
+    assert calls == ["a"] * 5 + ["b"] * 5 + ["a"] * 3 + ["b"] * 3  # 2 warm-up + 3, then 1 warm-up + 2
+    assert [len(r.times) for r in rows] == [5, 5]
+
+
+def test_interleaved_latency_rows_against_a_known_sleep(monkeypatch):
+    source = latency.ModelSource("sleep", 8, torch_module=_Sleep())
+    monkeypatch.setattr(latency, "open_model", lambda *args, **kwargs: source)
+    cfg = latency.LatencyConfig(backends=["torch"], batches=[1, 4], iters=4, warmup=1, device="cpu", rounds=2)
+    rows = latency.run_latency("sleep", cfg)["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(SLEEP_S * 1e3 <= r["p50_ms"] < (SLEEP_S + SLACK_S) * 1e3 for r in rows)

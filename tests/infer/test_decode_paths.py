@@ -198,3 +198,63 @@ def test_index_embeddings_are_the_same_on_every_path(bundles, mixed_tiles, nativ
         assert (counts.added, counts.skipped) == (ref_counts.added, ref_counts.skipped)
         assert [t["tile"] for t in index.tiles] == [t["tile"] for t in ref.tiles]
         assert np.array_equal(index.embeddings, ref.embeddings) and np.array_equal(index.scales, ref.scales)
+
+
+def _textured(size: int) -> np.ndarray:
+    """A smooth pattern with fine detail: what a DCT-scaled decode and a bilinear resize treat differently."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    noise = np.random.default_rng(0).integers(0, 40, (size, size, 3))
+    base = np.stack([np.sin(6 * x) * 80 + 120, np.cos(5 * y) * 70 + 110, (x + y) * 60 + 60], axis=2)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def test_pillow_draft_reads_large_jpegs_at_a_reduced_scale_close_to_a_full_decode(tmp_path):
+    from PIL import Image
+
+    from rsz_infer.preprocess import PreprocessSpec, to_model_input
+
+    pixels = _textured(256)
+    Image.fromarray(pixels).save(tmp_path / "scene.jpg", quality=90)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    tiles = {Path(t.path).suffix: t for t in discover_tiles([tmp_path], TileOptions())}
+    full = open_decoder("pillow", "cpu")
+    draft = open_decoder("pillow-draft", "cpu", model_size=64)
+    assert draft.name == "pillow-draft"
+    (rgb, rule), (full_rgb, full_rule) = (
+        draft.decode([tiles[".jpg"]], TileOptions())[0],
+        full.decode([tiles[".jpg"]], TileOptions())[0],
+    )
+    assert rgb.shape == (64, 64, 3) and rule == "rgb; JPEG decoded at 1/4 scale"
+    assert full_rgb.shape == (256, 256, 3) and full_rule == "rgb"
+    spec = PreprocessSpec(size=64)
+    levels = (
+        np.abs(to_model_input(rgb, spec) - to_model_input(full_rgb, spec))
+        * 255
+        * np.reshape(spec.std, (3, 1, 1))
+    )
+    assert 0 < levels.mean() < 2  # close to the full decode, and not the full decode itself
+    # never below the model size: for a 200 px model a 256 px JPEG has no smaller scale to use
+    assert open_decoder("pillow-draft", "cpu", model_size=200).decode([tiles[".jpg"]], TileOptions())[0][
+        0
+    ].shape == (
+        256,
+        256,
+        3,
+    )
+    # other formats are decoded whole, exactly as Pillow does
+    png, png_rule = draft.decode([tiles[".png"]], TileOptions())[0]
+    np.testing.assert_array_equal(png, full.decode([tiles[".png"]], TileOptions())[0][0])
+    assert png_rule == "rgb"
+
+
+def test_pillow_draft_through_rsz_infer(bundles, class_file, mixed_tiles, tmp_path, capfd):
+    """Labels every tile Pillow labels (bad files skipped alike) and says which decoder ran."""
+    code, _ = _label(
+        mixed_tiles, bundles["msa"], class_file, tmp_path / "full.csv", capfd, "--decoder", "pillow"
+    )
+    code_draft, err = _label(
+        mixed_tiles, bundles["msa"], class_file, tmp_path / "draft.csv", capfd, "--decoder", "pillow-draft"
+    )
+    assert code_draft == code
+    ids = [[r["tile"] for r in csv.DictReader(open(tmp_path / f"{n}.csv"))] for n in ("full", "draft")]
+    assert ids[0] == ids[1] and ids[0]
