@@ -4,6 +4,9 @@ The reference is the trained model in PyTorch FP32 (rsz_train.evaluate, as the t
 backend then embeds the same test images (same preprocessing: rsz_infer.preprocess); the class and caption
 embeddings come from the PyTorch model for all rows, so a difference is the image engine's alone. Scores
 use the run's calibration lambda (chosen on validation), never one fitted on the test split.
+An MCFA run with `model.inference: classifier` is scored as rsz-infer labels with its bundle (one code path:
+rsz_infer.api.Scorer.logits, the same classifier for every row): GZSL by the shipped classifier over the
+run's classes, ZSL by the classifier rsz-infer fits for the unseen classes alone (CADA-VAE's ZSL stage).
 """
 
 from __future__ import annotations
@@ -99,10 +102,14 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     rule, scale = model.scoring_rule, model.logit_scale()
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
 
+    classifier_scores = _classifier_scores(bundle, info, seen_ids, unseen_ids, labels)
+
     def scores(image_fn) -> dict[str, Any]:  # inputs -> embeddings
         emb = image_fn(inputs)
         out: dict[str, Any] = {"_emb": emb}
-        if unseen_ids and len(paths):
+        if unseen_ids and len(paths) and classifier_scores is not None:
+            out.update(classifier_scores(emb))
+        elif unseen_ids and len(paths):
             z = ev.zsl_gzsl_scores(
                 emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, info.seen_calibration
             )
@@ -174,6 +181,35 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
         "seen_calibration": info.seen_calibration,
         "rows": rows,
     }
+
+
+def _classifier_scores(bundle: Path, info, seen_ids: list[int], unseen_ids: list[int], labels: np.ndarray):
+    """For a bundle with a classifier graph (MCFA, model.inference classifier): embeddings -> ZSL and GZSL
+    by rsz-infer's own scoring of the run's classes (GZSL) and of the unseen classes (ZSL); else None."""
+    from rsz_infer.api import Scorer
+    from rsz_infer.bundle import open_bundle
+    from rsz_infer.classfile import ClassEntry
+    from rsz_infer.metrics import gzsl_report, per_class_accuracy
+
+    manifest = open_bundle(bundle)
+    if "classifier" not in manifest.graphs or not unseen_ids:
+        return None
+    description = dict(zip(info.semantics.names, info.semantics.descriptions))
+    space = list(seen_ids) + list(unseen_ids)
+    entries = [ClassEntry(info.class_names[c], description[info.class_names[c]]) for c in space]
+    gzsl = Scorer.open(bundle, manifest, entries, "ort", "cpu", 1, info.seen_calibration)
+    zsl = Scorer.open(bundle, manifest, entries[len(seen_ids) :], "ort", "cpu", 1, None)
+    position = {c: i for i, c in enumerate(space)}
+    local = np.array([position[int(c)] for c in labels], dtype=np.int64)
+    seen_mask = np.arange(len(space)) < len(seen_ids)
+    is_unseen = ~seen_mask[local]
+
+    def scores(emb: np.ndarray) -> dict[str, Any]:
+        figures = gzsl_report(gzsl.logits(emb)[1], local, seen_mask, gzsl.seen_calibration)
+        zsl_pred = zsl.logits(emb[is_unseen])[1].argmax(axis=1)
+        return {"zsl": per_class_accuracy(zsl_pred, local[is_unseen] - len(seen_ids)), **figures}
+
+    return scores
 
 
 METRICS = ("zsl", "U", "S", "H", "R@1", "R@5", "R@10", "mR")

@@ -535,8 +535,9 @@ def _write_manifest(
         shutil.copyfile(source.tokenizer_json, staging / "tokenizer.json")
     image_outputs = {t.name: t for t in specs["image"].outputs}
     model = source.model
-    if "classifier" in specs:  # MCFA's final-stage classifier: its logits' columns, in order
+    if "classifier" in specs:  # MCFA's final-stage classifier: its logits' columns, in order, and how
         extra["classifier_classes"] = list(model.task.extra["classifier_classes"])
+        extra["classifier_fit"] = model.classifier_fit()  # rsz-infer fits one for other classes
     manifest = Manifest(
         model_kind=model.kind,
         rsz_version=rsz_infer.__version__,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
 from rsz_infer.errors import RszError
 from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles
+from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 
@@ -68,6 +69,10 @@ class Scorer:
     scale: float
     top_k: int
     min_score: float | None = None  # raw similarity below which a tile is labeled UNKNOWN
+    # MCFA's final-stage classifier (rsz_infer.latent_classifier): the logits over `names`, where it labels
+    classifier: LatentClassifier | None = None
+    labeling: str | None = None  # the rule that labels where a bundle has a choice (choose_rule)
+    notes: list[str] = field(default_factory=list)  # for the run summary
 
     @classmethod
     def open(
@@ -81,13 +86,19 @@ class Scorer:
         seen_calibration: float | None,
         min_score: float | None = None,
     ) -> Scorer:
-        """Class embeddings through the bundle's own text graphs (cached), and the bundle's rule."""
-        class_emb = class_embeddings(
-            bundle, manifest, entries, lambda role: open_runner(bundle, manifest, role, backend, device)
-        )
+        """Class embeddings through the bundle's own text graphs (cached), the bundle's rule and, for MCFA
+        classifier bundles, the classifier that labels these classes."""
+
+        def runner_for(role: str):  # a Runner
+            return open_runner(bundle, manifest, role, backend, device)
+
+        class_emb = class_embeddings(bundle, manifest, entries, runner_for)
+        labeling, note = choose_rule(manifest, entries)
         seen = {n.casefold() for n in manifest.seen_classes}
         if seen_calibration is None:
-            seen_calibration = manifest.seen_calibration
+            # The run's lambda corrects its classifier's bias to classes it learned from images; a classifier
+            # fitted on class posteriors alone learned every class alike, so by default nothing is subtracted.
+            seen_calibration = 0.0 if labeling == FITTED else manifest.seen_calibration
         return cls(
             class_emb=class_emb,
             names=[e.name for e in entries],
@@ -97,18 +108,33 @@ class Scorer:
             scale=manifest.logit_scale,
             top_k=top_k,
             min_score=min_score,
+            classifier=open_classifier(bundle, manifest, entries, labeling, runner_for),
+            labeling=labeling,
+            notes=[note] if note else [],
         )
 
-    def records(self, emb: np.ndarray, tiles: list[Tile], rules: list[str]) -> list[dict]:
+    def logits(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw similarity, logits before calibrated stacking), both [B, C]: the similarity is the model's
+        rule at scale 1 (what --min-score thresholds, for every bundle); the logits are scale x similarity,
+        or the classifier's where one labels (rsz-bench accuracy scores MCFA classifier runs with these)."""
         if emb.shape[1] != self.class_emb.shape[1]:
             raise RszError(
                 f"image embeddings are {emb.shape[1]}-d but class embeddings {self.class_emb.shape[1]}-d "
                 "(the bundle's graphs do not belong together)"
             )
+        similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
+        logits = self.scale * similarity if self.classifier is None else self.classifier(emb)
+        return similarity, logits
+
+    def close(self) -> None:
+        if self.classifier is not None:
+            self.classifier.close()
+
+    def records(self, emb: np.ndarray, tiles: list[Tile], rules: list[str]) -> list[dict]:
         # The raw similarity (cosine, or dot product, before scale and calibration) says how well a tile
         # fits a class at all; the softmax only compares the classes given (one class: always 1.0).
-        similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
-        probs = softmax(calibrated_stacking(self.scale * similarity, self.seen_mask, self.seen_calibration))
+        similarity, logits = self.logits(emb)
+        probs = softmax(calibrated_stacking(logits, self.seen_mask, self.seen_calibration))
         idx, scores = top_k(probs, self.top_k)
         records = []
         for i, tile in enumerate(tiles):
@@ -322,6 +348,12 @@ class Labeler(Embedder):
             self.bundle, self.manifest, self.entries, self.backend, self.device, top_k, seen_calibration,
             min_score,
         )  # fmt: skip
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.scorer.close()
 
     @property
     def class_names(self) -> list[str]:

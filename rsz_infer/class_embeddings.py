@@ -2,7 +2,8 @@
 
 The rule comes from the manifest (`class_embedding`):
 - "attributes" (DSVA): text graph on descriptions and on the attribute phrases -> attribute_vectors [C, A]
-- "semantic" (MCFA): text graph on descriptions -> semantic graph -> [C, D]
+- "semantic" (MCFA): text graph on descriptions -> semantic graph -> [C, D] (its `embedding`, the class
+  posterior's mean; `semantic_outputs` also gives its `logvar` for rsz_infer.latent_classifier)
 - "text" (MSA): text graph on text_prompt.format(name=, description=) -> [C, D]
 - "templates" (CLIP): text graph on every prompt of rsz_infer.prompts.class_prompts -> normalised mean
 Embeddings are computed once per (bundle, class file) and kept as a small .npy in the cache folder
@@ -83,7 +84,7 @@ def class_embeddings(
             pass  # unreadable cache: recompute and overwrite
     embeddings = _compute(bundle_dir, manifest, entries, open_runner).astype(np.float32)
     if use_cache:
-        _save_quietly(cache_file, embeddings)
+        save_quietly(cache_file, embeddings)
     return embeddings
 
 
@@ -91,6 +92,8 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
     rule = manifest.class_embedding
     if rule not in ("attributes", "semantic", "text", "templates"):
         raise RszError(f"{bundle_dir / MANIFEST}: unknown class_embedding {rule!r}")
+    if rule == "semantic":
+        return semantic_outputs(bundle_dir, manifest, entries, open_runner)["embedding"]
     tokenizer = load_tokenizer(bundle_dir, manifest)
     text_runner = open_runner("text")
     try:
@@ -99,19 +102,29 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
         if rule == "text":
             prompts = [manifest.text_prompt.format(name=e.name, description=e.description) for e in entries]
             return encode_texts(text_runner, tokenizer, prompts)["embedding"]
+        if not manifest.attribute_phrases:
+            raise RszError(f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases")
         descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
-        if rule == "attributes":
-            if not manifest.attribute_phrases:
-                raise RszError(
-                    f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases"
-                )
-            phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
-            return attribute_vectors(descriptions, phrases, manifest.phrase_ridge)
+        phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
+        return attribute_vectors(descriptions, phrases, manifest.phrase_ridge)
+    finally:
+        text_runner.close()
+
+
+def semantic_outputs(
+    bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], open_runner: OpenRunner
+) -> dict[str, np.ndarray]:
+    """Every output of the semantic graph (MCFA) for the entries' descriptions: `embedding` [C, D], and
+    `logvar` [C, D] in bundles exported with it."""
+    tokenizer = load_tokenizer(bundle_dir, manifest)
+    text_runner = open_runner("text")
+    try:
+        descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
     finally:
         text_runner.close()
     semantic_runner = open_runner("semantic")
     try:
-        return semantic_runner.infer({"semantic": descriptions.astype(np.float32)})["embedding"]
+        return semantic_runner.infer({"semantic": descriptions.astype(np.float32)})
     finally:
         semantic_runner.close()
 
@@ -127,7 +140,7 @@ def _template_means(runner: Runner, tokenizer: Tokenizer, entries: list[ClassEnt
     return l2_normalize(np.stack([emb[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]))
 
 
-def _save_quietly(path: Path, array: np.ndarray) -> None:
+def save_quietly(path: Path, array: np.ndarray) -> None:
     """Write the cache atomically; a read-only home only costs the recomputation next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -390,6 +390,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.bundle import manifest_sha256
     from rsz_infer.classfile import class_file_hash
     from rsz_infer.images import discover_tiles
+    from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import output_format, write_outputs
     from rsz_infer.pipeline import Summary, plan_labeling
 
@@ -431,6 +432,8 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     }
     actor = {"bundle": str(cfg.model), "entries": entries, "labeler_options": labeler_options}
     actor["parts_dir"] = str(parts_dir)
+    labeling, note = choose_rule(manifest, entries)  # what the actors' Labelers label by
+    notes += [note] if note else []
     for note in notes:
         print(note, file=sys.stderr)
     loop_start = time.perf_counter()
@@ -443,7 +446,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         totals["done"], totals["skipped"], totals["nodata"], already, time.perf_counter() - start,
         f"ray: {options.actors} {cfg.backend} actor(s) on {device}", notes=notes,
         decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
-        loop_seconds=loop_seconds,
+        loop_seconds=loop_seconds, labeling=labeling,
     )  # fmt: skip
     if not finished:  # stopped early: the partitions stay for --resume
         print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "

@@ -105,6 +105,7 @@ class Summary:
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
     class_maps: list[Path] = field(default_factory=list)  # each with its .png quicklook beside it
     gallery_tiles: int | None = None  # tiles in the HTML gallery, when one was written
+    labeling: str | None = None  # which rule labeled, for bundles with a choice (rsz_infer.latent_classifier)
 
     @property
     def exit_code(self) -> int:
@@ -126,6 +127,8 @@ class Summary:
             f"{self.loop_seconds:.1f} s at {rate:.1f} tiles/s",
         ]
         parts += [f"backend {self.backend}", self.decode]
+        if self.labeling:
+            parts.append(f"labeled by the {self.labeling}")
         if self.resize_note:
             parts.append(self.resize_note)
         line = f"rsz-infer: {', '.join(parts)} -> {out}"
@@ -239,14 +242,15 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),
+        **({"labeling": scorer.labeling} if scorer.labeling else {}),
     }
-    engine.notes[:0] = notes
+    engine.notes[:0] = notes + scorer.notes
     for note in engine.notes:
         warn(note)
     try:
         log = RunLog(cfg.out, header, cfg.resume)
     except RszError:
-        engine.close()
+        labeler.close()
         raise
     done_before = 0
 
@@ -269,7 +273,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         if on_batch is not None:
             on_batch(batches_logged)
 
-    with engine:
+    with labeler:
         try:
             total = max(0, plan.listing.count - len(log.done))
             counts = run_tiles(engine, todo(), cfg.tiles, log_batch, cfg.progress, started=start, total=total)
@@ -285,6 +289,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,
         loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(), class_maps=written["class_maps"],
+        labeling=scorer.labeling,
     )  # fmt: skip
     if interrupted:
         print(

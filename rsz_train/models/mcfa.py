@@ -4,7 +4,9 @@ Two VAEs, one per modality (visual features of a backbone, semantic descriptors 
 one latent space. They are trained with reconstruction, cross-reconstruction and distribution alignment
 (CADA-VAE) plus cross-instance contrast (visual-visual, visual-semantic, semantic-visual) on
 class-balanced episodes. A tile is labelled by the nearest class latent (cosine between the visual
-encoder's mean and the semantic encoder's mean), so a new class needs only its descriptor.
+encoder's mean and the semantic encoder's mean), so a new class needs only its descriptor; or, with
+`inference: classifier`, by CADA-VAE's final-stage softmax classifier (the run's classes: the shipped one;
+new classes: fitted by rsz-infer on samples of their posteriors, rsz_infer.latent_classifier).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsz_infer.errors import RszError
+from rsz_infer.latent_classifier import fit_plan
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rsz_train.losses import mcfa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
@@ -139,17 +142,23 @@ class SemanticFeatures(nn.Module):
 
 
 class _Chain(nn.Module):
-    """Export wrapper: features module, then an optional standardiser, then the encoder's mean."""
+    """Export wrapper: features module, then an optional standardiser, then the encoder's mean (and, with
+    `posterior`, its logvar too)."""
 
-    def __init__(self, features: nn.Module, standardise: nn.Module, encoder: GaussianEncoder) -> None:
+    def __init__(
+        self, features: nn.Module, standardise: nn.Module, encoder: GaussianEncoder, posterior: bool = False
+    ) -> None:
         super().__init__()
         self.features, self.standardise, self.encoder = features, standardise, encoder
+        self.posterior = posterior
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.standardise(self.features(x)))[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(self.standardise(self.features(x)))
+        return (mu, logvar) if self.posterior else mu
 
 
 INFERENCES = ("nearest", "classifier")
+CLASSIFIER_BETAS = (0.5, 0.999)  # CADA-VAE's final classifier's Adam
 
 
 def latent_samples(
@@ -170,13 +179,18 @@ def latent_samples(
 def fit_latent_classifier(
     z: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, lr: float, batch_size: int, seed: int
 ) -> nn.Linear:
-    """A linear softmax classifier on latents (cross-entropy, Adam), CADA-VAE's LINEAR_LOGSOFTMAX."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    """A linear softmax classifier on latents (cross-entropy, Adam), CADA-VAE's LINEAR_LOGSOFTMAX.
+
+    The initial weights (nn.Linear's default distribution) and the epochs' sample orders come from
+    rsz_infer.latent_classifier.fit_plan, so rsz-infer's numpy fit of new classes follows the same path."""
+    weight, bias, orders = fit_plan(len(z), z.shape[1], num_classes, epochs, seed)
     classifier = nn.Linear(z.shape[1], num_classes)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=(0.5, 0.999))
-    for _ in range(epochs):
-        order = torch.randperm(len(z), generator=generator)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(weight))
+        classifier.bias.copy_(torch.from_numpy(bias))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, betas=CLASSIFIER_BETAS)
+    for order in orders:
+        order = torch.from_numpy(order)
         for start in range(0, len(z), batch_size):
             idx = order[start : start + batch_size]
             loss = F.cross_entropy(classifier(z[idx]), y[idx])
@@ -311,6 +325,19 @@ class MCFA(FrozenBackboneMixin, RszModel):
         zsl = fit_latent_classifier(z_zsl, y_zsl, len(unseen), seed=seed + 1, **fit)
         return gzsl, zsl
 
+    def classifier_fit(self) -> dict:
+        """How rsz-infer fits the final stage for a class file's new classes (manifest extra
+        "classifier_fit", read by rsz_infer.latent_classifier.FitSettings): CADA-VAE's ZSL classifier."""
+        cfg = self.config
+        return {
+            "samples_per_class": cfg.classifier_zsl_samples,
+            "epochs": cfg.classifier_epochs,
+            "lr": cfg.classifier_lr,
+            "batch_size": cfg.classifier_batch_size,
+            "betas": list(CLASSIFIER_BETAS),
+            "seed": 0,
+        }
+
     def keep_classifier(self, classifier: nn.Linear, class_names: list[str]) -> None:
         """Keep the test GZSL classifier in the model (weights and the task, so load_run rebuilds it)."""
         self.latent_classifier = classifier
@@ -382,11 +409,17 @@ class MCFA(FrozenBackboneMixin, RszModel):
         )
         semantic = ExportGraph(
             role="semantic",
-            module=_Chain(self.semantic, nn.Identity(), self.semantic_encoder),
+            # the class posterior: mu is the class embedding; logvar lets rsz-infer sample latents of new
+            # classes for the final-stage classifier (rsz_infer.latent_classifier)
+            module=_Chain(self.semantic, nn.Identity(), self.semantic_encoder, posterior=True),
             example_inputs=(F.normalize(torch.randn(3, 384), dim=-1),),
             input_names=["semantic"],
-            output_names=["embedding"],
-            dynamic_axes={"semantic": {0: "classes"}, "embedding": {0: "classes"}},
+            output_names=["embedding", "logvar"],
+            dynamic_axes={
+                "semantic": {0: "classes"},
+                "embedding": {0: "classes"},
+                "logvar": {0: "classes"},
+            },
         )
         graphs = [image, semantic, text_export_graph()]
         if self.latent_classifier is not None:

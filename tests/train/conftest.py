@@ -34,3 +34,23 @@ def tiny_run(tiny_benchmark, default_split, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "dsva"
     return train("dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES)
+
+
+# MCFA with CADA-VAE's final stage (model.inference classifier), small sample counts and classifier epochs
+MCFA_CLASSIFIER_OVERRIDES = {
+    **TINY_OVERRIDES,
+    "model.inference": "classifier",
+    "model.classifier_epochs": 2,
+    "model.classifier_seen_samples": 20,
+    "model.classifier_unseen_samples": 40,
+    "model.classifier_zsl_samples": 20,
+}
+
+
+@pytest.fixture(scope="session")
+def mcfa_classifier_run(tiny_benchmark, default_split, tmp_path_factory):
+    from rsz_train.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "mcfa_classifier"
+    overrides = MCFA_CLASSIFIER_OVERRIDES
+    return train("mcfa", tiny_benchmark, default_split, out, device="cpu", overrides=overrides)

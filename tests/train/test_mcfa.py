@@ -203,7 +203,7 @@ def test_export_graphs_run_with_the_documented_names_and_shapes() -> None:
     assert set(graphs) == {"image", "semantic", "text"}
     expected = {
         "image": (["image"], ["embedding"]),
-        "semantic": (["semantic"], ["embedding"]),
+        "semantic": (["semantic"], ["embedding", "logvar"]),
         "text": (["input_ids", "attention_mask"], ["embedding"]),
     }
     for role, (inputs, outputs) in expected.items():
@@ -213,7 +213,10 @@ def test_export_graphs_run_with_the_documented_names_and_shapes() -> None:
     with torch.no_grad():
         # The exported pieces compute exactly what evaluation scores with.
         assert torch.allclose(graphs["image"].module(images), model.encode_images(images), atol=1e-5)
-        assert torch.allclose(graphs["semantic"].module(semantic), model.encode_classes(semantic), atol=1e-5)
+        mu, logvar = graphs["semantic"].module(semantic)  # the class posterior, as training samples it
+        expected_mu, expected_logvar = model.class_posteriors(semantic)
+        assert torch.allclose(mu, model.encode_classes(semantic), atol=1e-5)
+        assert torch.allclose(mu, expected_mu) and torch.allclose(logvar, expected_logvar)
         text = graphs["text"].module(*graphs["text"].example_inputs)
     assert text.shape == (len(graphs["text"].example_inputs[0]), 384)
     for graph in graphs.values():

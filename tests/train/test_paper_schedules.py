@@ -136,22 +136,15 @@ def test_latent_samples_cycle_each_class_and_add_noise_of_its_sigma():
     assert abs(float((z[2000:] - mu[2]).std()) - 1.0) < 0.05  # sigma = exp(0.5 * logvar) = 1
 
 
-def test_mcfa_final_stage_classifier_is_kept_reloaded_and_exported(tiny_benchmark, default_split, tmp_path):
+def test_mcfa_final_stage_classifier_is_kept_reloaded_and_exported(
+    mcfa_classifier_run, tiny_benchmark, default_split
+):
     from rsz_train import evaluate as ev
     from rsz_train.data.batches import load_images
     from rsz_train.data.formats import load_benchmark, load_split
     from rsz_train.runs import load_run
 
-    overrides = {
-        **TINY_OVERRIDES,
-        "model.inference": "classifier",
-        "model.classifier_epochs": 2,
-        "model.classifier_seen_samples": 20,
-        "model.classifier_unseen_samples": 40,
-        "model.classifier_zsl_samples": 20,
-    }
-    out = train("mcfa", tiny_benchmark, default_split, tmp_path / "m", device="cpu", overrides=overrides)
-    model, info = load_run(out, kind="mcfa")
+    model, info = load_run(mcfa_classifier_run, kind="mcfa")
     report = info.report
     assert report["test"]["inference"] == "classifier" and {"zsl", "gzsl"} <= set(report["test"])
     classes = info.task.extra["classifier_classes"]
