@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from rsz_infer.latent_classifier import FitSettings, class_latent_samples, fit_plan, fit_softmax_classifier
+from rsz_infer.latent_classifier import (
+    FITTED,
+    FitSettings,
+    class_latent_samples,
+    fit_plan,
+    fit_softmax_classifier,
+)
 from rsz_train.models.mcfa import fit_latent_classifier
 
 
@@ -100,8 +106,9 @@ def test_classifier_bundle_labels_as_rsz_bench_accuracy_scores(
     alone: the classifier fitted on the class file labels, and its labels give rsz-bench's ZSL figure; a
     new class file runs the fitted path too; the fit is cached as .npy."""
     from rsz_bench.accuracy import AccuracyConfig, run_accuracy
-    from rsz_infer.api import Embedder
+    from rsz_infer.api import Embedder, Scorer
     from rsz_infer.bundle import load_manifest
+    from rsz_infer.classfile import read_class_file
     from rsz_infer.metrics import per_class_accuracy
     from rsz_infer.runners.ort import OrtRunner
     from rsz_infer.scoring import calibrated_stacking
@@ -164,13 +171,17 @@ def test_classifier_bundle_labels_as_rsz_bench_accuracy_scores(
     best = (emb[len(seen_paths) :] @ fitted[:, :-1].T + fitted[:, -1]).argmax(1)
     assert [zsl_labels[f] for f in unseen_files] == [info.unseen[i] for i in best]
 
-    new = info.unseen[:2] + ["glacier"]
+    new = info.unseen[:2] + info.seen[:1] + ["glacier"]
     new_file = tmp_path / "new.txt"
-    _class_file(new_file, info.unseen[:2], info)
+    _class_file(new_file, new[:3], info)
     new_file.write_text(new_file.read_text() + "glacier: white ice and snow over bare rock\n")
     new_labels, printed = _label(unseen_files, new_file, bundle, tmp_path / "n.jsonl", capsys)
     assert "labeled by the classifier fitted on the class file" in printed
     assert {r["labels"][0] for r in new_labels.values()} <= set(new) and len(new_labels) == len(unseen_files)
+    # the run's lambda was chosen for the shipped classifier; the fitted one subtracts nothing by default
+    scorer = Scorer.open(bundle, manifest, read_class_file(new_file), "ort", "cpu", 1, None)
+    assert scorer.labeling == FITTED and scorer.seen_mask.tolist() == [False, False, True, False]
+    assert scorer.seen_calibration == 0.0 != manifest.seen_calibration
 
 
 def test_an_older_bundle_without_logvar_labels_new_classes_by_the_nearest_latent(
