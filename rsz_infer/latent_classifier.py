@@ -70,8 +70,16 @@ def choose_rule(manifest: Manifest, entries: list[ClassEntry]) -> tuple[str | No
     if "classifier" not in manifest.graphs:
         return None, None
     shipped = manifest.extra.get("classifier_classes")
-    if not isinstance(shipped, list) or not all(isinstance(c, str) for c in shipped):
-        raise RszError(f"{MANIFEST}: a classifier graph needs extra.classifier_classes (a list of names)")
+    logits = next((t for t in manifest.graphs["classifier"].outputs if t.name == "logits"), None)
+    if (
+        not isinstance(shipped, list)
+        or not all(isinstance(c, str) for c in shipped)
+        or logits is None
+        or logits.shape[-1:] != [len(shipped)]
+    ):
+        raise RszError(
+            f"{MANIFEST}: the classifier graph needs `logits` over extra.classifier_classes (a list of names)"
+        )
     if sorted(c.casefold() for c in shipped) == sorted(e.name.casefold() for e in entries):
         return SHIPPED, None
     semantic = manifest.graphs.get("semantic")
@@ -177,7 +185,11 @@ def open_classifier(
 
 
 def fitted_weights(
-    bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], open_runner, use_cache: bool = True
+    bundle_dir: Path,
+    manifest: Manifest,
+    entries: list[ClassEntry],
+    open_runner: Callable[[str], Runner],
+    use_cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The FITTED classifier's (weight, bias), from the cache (one .npy [K, D + 1]: weight, then bias) or
     fitted on samples of the classes' posteriors (the semantic graph's embedding and logvar)."""
