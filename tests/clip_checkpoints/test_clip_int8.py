@@ -53,7 +53,9 @@ def test_clip_bundle_gets_a_checked_int8_image_graph(checkpoint, tmp_path):
     manifest = load_manifest(out)
     info = manifest.extra["int8"]["image"]
     assert info["calibration"]["tiles"] == 18 and info["calibration"]["check_tiles"] == 6
-    assert len(info["candidates"]) == 4 and all("min_cosine" in c for c in info["candidates"])
+    assert len(info["candidates"]) == 3 and all("min_cosine" in c for c in info["candidates"])
+    # every candidate was made (ORT's percentile collector fails on this graph: MinMax then)
+    assert not [c["reason"] for c in info["candidates"] if c["reason"].startswith("failed")]
     if info["method"]:  # shipped only when the check passed
         assert manifest.extra["checks"]["image.int8"]["min_cosine"] >= 0.995
         assert manifest.extra["variants"]["image"]["int8"] == "image.int8.onnx"

@@ -62,7 +62,7 @@ def test_int8_graph_is_checked_recorded_and_close_to_pytorch(int8_bundle: Path) 
     name = manifest.extra["variants"]["image"]["int8"]
     assert name == "image.int8.onnx" and name in manifest.files
     assert info["calibration"]["sha256"] == "ab" * 32 and info["method"] in ("dynamic", "static")
-    assert {c["method"] for c in info["candidates"]} >= {"dynamic", "static", "static-mixed"}
+    assert {c["method"] for c in info["candidates"]} == {"dynamic", "static", "static-mixed-ends"}
     check = manifest.extra["checks"]["image.int8"]
     assert check["min_cosine"] >= 0.995 and check["tiles"] == 24
     assert int8_ops(int8_bundle / name) > 0  # really INT8 inside
@@ -134,3 +134,28 @@ def test_calibration_folder_holds_out_check_tiles_and_is_hashed(tmp_path: Path) 
     assert int8_tiles(tmp_path, {}, spec, folder)[2]["sha256"] != info["sha256"]
     with pytest.raises(RszError, match="pass --calibration DIR"):
         int8_tiles(tmp_path, {}, spec, None)
+
+
+def test_static_qdq_quantizes_only_the_weighted_ops(int8_bundle: Path) -> None:
+    """INT8 activations only at MatMul/Gemm/Conv (a tensor between other ops, such as the adds, softmax and
+    normalisations, stays float: what let a static graph pass the check on real models), and the `ends`
+    candidate keeps its first and last weighted op in float."""
+    import onnx
+
+    from rsz_export.int8 import WEIGHTED_OPS, _excluded_nodes
+
+    qdq = onnx.load(str(int8_bundle / load_manifest(int8_bundle).extra["int8"]["image"]["qdq_graph"]))
+    nodes = qdq.graph.node
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    dequantized = {n.input[0]: n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    quantized = [(n.input[0], dequantized[n.output[0]]) for n in nodes if n.op_type == "QuantizeLinear"]
+    assert quantized  # (float tensor, its dequantized copy) of every INT8 activation
+    for tensor, copy in quantized:
+        assert producer.get(tensor) in WEIGHTED_OPS or readers.get(copy, set()) & set(WEIGHTED_OPS), tensor
+    weighted = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
+    assert _excluded_nodes(qdq, "static-mixed-ends") == [weighted[0], weighted[-1]]
+    assert _excluded_nodes(qdq, "static") == []
