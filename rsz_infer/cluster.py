@@ -392,7 +392,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import output_format, write_outputs
-    from rsz_infer.pipeline import Summary, plan_labeling
+    from rsz_infer.pipeline import Summary, plan_labeling, run_log_engine
 
     start = time.perf_counter()
     out = Path(cfg.out)
@@ -417,6 +417,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         "seen_calibration": cfg.seen_calibration,
         "min_score": cfg.min_score,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or []), cfg.tiles.gsd],
+        **run_log_engine(cfg.precision, cfg.decoder),  # as asked: the actors resolve "auto" alike
     }
     cut = partitions(tiles, options.partition_tiles)
     done = open_parts(parts_dir, _run_key(tiles, header, options), cfg.resume)

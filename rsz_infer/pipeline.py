@@ -46,6 +46,13 @@ def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptio
     return replace(tiles, gsd=metres)
 
 
+def run_log_engine(precision: str, decoder: str) -> dict:
+    """What of the engine goes into a run log's header, so that --resume never mixes rows made otherwise:
+    the image graph's precision (INT8 and FP16 rows differ from FP32 ones) and pillow-draft decoding
+    (every other decoder gives the same pixels, rsz_infer.decoders)."""
+    return {"precision": precision, **({"decoder": decoder} if decoder == "pillow-draft" else {})}
+
+
 def gsd_note(tiles: TileOptions, manifest: Manifest) -> list[str]:
     if tiles.gsd is None:
         return []
@@ -243,6 +250,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),
         **({"labeling": scorer.labeling} if scorer.labeling else {}),
+        **run_log_engine(engine.runner.precision, engine.decoder.name),
     }
     engine.notes[:0] = notes + scorer.notes
     for note in engine.notes:

@@ -6,6 +6,7 @@ index."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import signal
@@ -196,3 +197,18 @@ def test_an_interrupted_index_swap_leaves_an_index(bundles, tiles, tmp_path):
 
 
 _ = (resource, signal)
+
+
+def test_resume_with_another_decoding_refuses_naming_it(bundles, class_file, tiles, tmp_path, capsys):
+    """pillow-draft gives other pixels than a full decode: a log of one never continues with the other."""
+    out = tmp_path / "labels.csv"
+    part = _interrupted_run(bundles, class_file, tiles, out)
+    header = json.loads(part.read_text(encoding="utf-8").splitlines()[0])["run"]
+    assert header["precision"] == "fp32" and "decoder" not in header  # the precision that ran is logged too
+    args = [tiles, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet", "--resume"]
+    code, _, err = run_cli([*args, "--decoder", "pillow-draft"], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "differs: decoder" in lines[0], lines
+    assert part.exists()
+    code, _, _ = run_cli([*args, "--decoder", "pillow"], capsys)  # a full-decode path: the same pixels
+    assert code == 0 and len(_rows(out)) == 6
