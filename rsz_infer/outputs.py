@@ -308,6 +308,12 @@ def csv_text(value: object) -> object:
     return value
 
 
+def csv_text_read(text: str) -> str:
+    """csv_text undone, for rsz reading its own CSV files back (only "'" + a formula start is one of its
+    cells: a name that really starts with "'=" reads back without its apostrophe)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
+
+
 def _public(record: dict) -> dict:
     keys = ("tile", "path", "window", "labels", "scores", "similarities", "best_class", "rule", "footprint")
     keys += ("source_crs", "attributes")

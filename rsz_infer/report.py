@@ -16,7 +16,7 @@ from PIL import Image
 
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
-from rsz_infer.outputs import atomic_write
+from rsz_infer.outputs import atomic_write, csv_text_read
 from rsz_infer.trust import tile_is_the_embedded_one
 
 THUMB_PX = 160
@@ -183,7 +183,7 @@ def read_label_rows(path: Path | str) -> list[dict]:
         if suffix in (".parquet", ".gpkg", ".fgb"):
             return _read_vector_rows(path)
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return [_from_columns(row) for row in csv.DictReader(f)]
+            return [_from_columns({k: csv_text_read(v) for k, v in row.items()}) for row in csv.DictReader(f)]
     except (OSError, KeyError, ValueError) as err:
         raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
 

@@ -95,6 +95,10 @@ def test_csv_cells_that_would_be_formulas_are_neutralised(bundles, tmp_path, cap
     for name in ("=red", "@green", "-blue"):
         assert f",'{name}," in text and f",{name}," not in text
     assert not re.search(r"(^|,)[=+@-]", text.split("\n", 1)[1].replace(",-0.", ",0."))  # no raw formula cell
+    # rsz reads its own cells back as they were (the gallery's --labels captions)
+    from rsz_infer.report import read_label_rows
+
+    assert sorted(r["labels"][0] for r in read_label_rows(out)) == ["-blue", "=red", "@green"]
 
 
 def test_nul_in_class_names_is_refused(bundles, tmp_path, capsys):
