@@ -685,6 +685,9 @@ def resolve_config(
         # --protocol paper keeps the run's own config in selection/ (the refit's has the chosen epochs)
         selection = out_dir / SELECTION
         config = runs.read_config(selection if (selection / runs.CONFIG).is_file() else out_dir, kind)
+        if config_path is not None or overrides:
+            keys = None if config_path is not None else list(overrides)
+            _check_resumed_config(config, load_config(kind, config_path, overrides), keys)
     else:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise RszError(
@@ -696,6 +699,27 @@ def resolve_config(
             raise RszError(f"--epochs {epochs}: must be at least 1")
         config.train.epochs = epochs
     return config
+
+
+def _check_resumed_config(run: RunConfig, given: RunConfig, keys: list[str] | None) -> None:
+    """--resume continues a run with its own config.yaml: a --config file (keys None: every setting) or an
+    option such as --gsd (keys: its own) that would change it is refused by name, not silently ignored."""
+    ran, asked = run.to_dict(), given.to_dict()
+    if keys is None:
+        keys = [f"{section}.{name}" for section in ("model", "train") for name in asked[section]]
+
+    def at(config: dict, key: str) -> object:
+        section, name = key.split(".", 1)
+        return config[section].get(name)
+
+    differ = [k for k in keys if k != "train.epochs" and at(ran, k) != at(asked, k)]  # --epochs may change
+    if differ:
+        shown = ", ".join(f"{k} (run: {at(ran, k)!r}, now: {at(asked, k)!r})" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise RszError(
+            f"--resume continues the run with its own config.yaml; these differ: {shown}{more} "
+            "(drop them, or start a new run)"
+        )
 
 
 @dataclass

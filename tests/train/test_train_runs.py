@@ -99,6 +99,26 @@ def test_resume_gives_identical_weights(tiny_run, tiny_benchmark, default_split,
     assert a == b
 
 
+def test_resume_refuses_options_that_would_change_the_run(tiny_run, tiny_benchmark, tmp_path):
+    """--resume continues with the run's own config.yaml: --gsd or a --config that differ are named, not
+    silently ignored; the same values are accepted."""
+    before = (tiny_run / "config.yaml").read_bytes()
+    args = ["dsva", "--data", str(tiny_benchmark), "--out", str(tiny_run), "--resume"]
+    result = CliRunner().invoke(main, [*args, "--gsd", "0.3"])
+    assert result.exit_code == 2 and "train.gsd (run: None, now: 0.3)" in result.output, result.output
+    changed = tmp_path / "other.yaml"
+    changed.write_text("train:\n  lr: 0.5\n", encoding="utf-8")
+    result = CliRunner().invoke(main, [*args, "--config", str(changed)])
+    assert result.exit_code == 2 and "train.lr (run: " in result.output and "now: 0.5" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (tiny_run / "config.yaml").read_bytes() == before
+    from rsz_train import runs
+    from rsz_train.train import _check_resumed_config
+
+    config = runs.read_config(tiny_run, "dsva")
+    _check_resumed_config(config, runs.read_config(tiny_run, "dsva"), None)  # the run's own file: accepted
+
+
 def test_load_run_errors(tiny_run, tmp_path):
     with pytest.raises(RszError, match="run folder not found"):
         load_run(tmp_path / "nothing")
