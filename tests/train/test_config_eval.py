@@ -35,9 +35,9 @@ def test_config_yaml_overrides_and_unknown_keys(tmp_path):
 
 
 def test_dsva_training_defaults_and_their_override(tmp_path):
-    # DSVA's own defaults (6 epochs, chosen on validation) replace TrainConfig's; a config file wins.
+    # DSVA's own defaults (16 epochs, chosen on validation) replace TrainConfig's; a config file wins.
     train = load_config("dsva").train
-    assert (train.epochs, train.batch_size, train.phrase_ridge) == (6, 32, 0.3)
+    assert (train.epochs, train.batch_size, train.phrase_ridge) == (16, 32, 0.3)
     assert not train.select_last_epoch
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 4\n")
