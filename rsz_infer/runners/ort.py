@@ -41,6 +41,11 @@ class OrtRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if providers[0] == "CPUExecutionProvider":
+            # Idle intra-op threads sleep instead of spinning: rsz-infer's decode threads share these cores,
+            # and spinning threads starved them (2 cores, INT8 demo bundle: the batching loop at 59-64% of
+            # the encoder-only rate with spinning, 77-81% without; benchmarks/RESULTS.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types

@@ -159,3 +159,11 @@ def test_static_qdq_quantizes_only_the_weighted_ops(int8_bundle: Path) -> None:
     weighted = [n.name for n in nodes if n.op_type in WEIGHTED_OPS]
     assert _excluded_nodes(qdq, "static-mixed-ends") == [weighted[0], weighted[-1]]
     assert _excluded_nodes(qdq, "static") == []
+
+
+def test_cpu_sessions_do_not_spin(int8_bundle: Path) -> None:
+    """Idle ONNX Runtime threads sleep: rsz-infer's decode threads share the cores (spinning threads cost
+    the labeling loop about a fifth of its rate on 2 cores, benchmarks/RESULTS.md)."""
+    runner = OrtRunner(int8_bundle / "image.onnx")
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
