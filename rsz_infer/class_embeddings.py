@@ -72,20 +72,39 @@ def class_embeddings(
 ) -> np.ndarray:
     """[C, D] float32 class embeddings for the entries, by the manifest's class_embedding rule."""
     bundle_dir = Path(bundle_dir)
-    manifest_sha = manifest_sha256(bundle_dir)
-    key = f"{manifest_sha[:16]}-{class_file_hash(entries)[:16]}"
-    cache_file = cache_dir() / "class_embeddings" / f"{key}.npy"
+    return cached_class_array(
+        "class_embeddings",
+        bundle_dir,
+        entries,
+        lambda cached: cached.shape[0] == len(entries),
+        lambda: _compute(bundle_dir, manifest, entries, open_runner).astype(np.float32),
+        use_cache,
+    )
+
+
+def cached_class_array(
+    kind: str,
+    bundle_dir: Path,
+    entries: list[ClassEntry],
+    valid: Callable[[np.ndarray], bool],
+    compute: Callable[[], np.ndarray],
+    use_cache: bool = True,
+) -> np.ndarray:
+    """An array made from a bundle and a class file, cached under cache_dir()/kind keyed by both hashes
+    (.npy, never pickled); a cached array that is unreadable or not `valid` is computed again."""
+    key = f"{manifest_sha256(bundle_dir)[:16]}-{class_file_hash(entries)[:16]}"
+    cache_file = cache_dir() / kind / f"{key}.npy"
     if use_cache and cache_file.is_file():
         try:
-            cached = np.load(cache_file)
-            if cached.shape[0] == len(entries):
+            cached = np.load(cache_file, allow_pickle=False)
+            if valid(cached):
                 return cached
         except (OSError, ValueError):
             pass  # unreadable cache: recompute and overwrite
-    embeddings = _compute(bundle_dir, manifest, entries, open_runner).astype(np.float32)
+    array = compute()
     if use_cache:
-        save_quietly(cache_file, embeddings)
-    return embeddings
+        save_quietly(cache_file, array)
+    return array
 
 
 def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], open_runner: OpenRunner):

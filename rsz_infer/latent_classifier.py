@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.bundle import MANIFEST, Manifest, manifest_sha256
-from rsz_infer.classfile import ClassEntry, class_file_hash
+from rsz_infer.bundle import MANIFEST, Manifest
+from rsz_infer.classfile import ClassEntry
 from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
 
@@ -193,23 +193,25 @@ def fitted_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The FITTED classifier's (weight, bias), from the cache (one .npy [K, D + 1]: weight, then bias) or
     fitted on samples of the classes' posteriors (the semantic graph's embedding and logvar)."""
-    from rsz_infer.class_embeddings import cache_dir, save_quietly, semantic_outputs
+    from rsz_infer.class_embeddings import cached_class_array, semantic_outputs
 
     settings = FitSettings.from_manifest(manifest, str(bundle_dir / MANIFEST))
-    key = f"{manifest_sha256(bundle_dir)[:16]}-{class_file_hash(entries)[:16]}"
-    cache_file = cache_dir() / "latent_classifiers" / f"{key}.npy"
-    if use_cache and cache_file.is_file():
-        try:
-            cached = np.load(cache_file, allow_pickle=False)
-            if cached.shape == (len(entries), manifest.embedding_dim + 1) and cached.dtype == np.float32:
-                return cached[:, :-1], cached[:, -1]
-        except (OSError, ValueError):
-            pass  # unreadable cache: fit again and overwrite
-    posterior = semantic_outputs(bundle_dir, manifest, entries, open_runner)
-    z, y = class_latent_samples(
-        posterior["embedding"], posterior["logvar"], settings.samples_per_class, settings.seed
+
+    def fit() -> np.ndarray:
+        posterior = semantic_outputs(bundle_dir, manifest, entries, open_runner)
+        z, y = class_latent_samples(
+            posterior["embedding"], posterior["logvar"], settings.samples_per_class, settings.seed
+        )
+        weight, bias = fit_softmax_classifier(z, y, len(entries), settings)
+        return np.concatenate([weight, bias[:, None]], axis=1).astype(np.float32)
+
+    shape = (len(entries), manifest.embedding_dim + 1)
+    packed = cached_class_array(
+        "latent_classifiers",
+        bundle_dir,
+        entries,
+        lambda cached: cached.shape == shape and cached.dtype == np.float32,
+        fit,
+        use_cache,
     )
-    weight, bias = fit_softmax_classifier(z, y, len(entries), settings)
-    if use_cache:
-        save_quietly(cache_file, np.concatenate([weight, bias[:, None]], axis=1).astype(np.float32))
-    return weight, bias
+    return packed[:, :-1], packed[:, -1]

@@ -16,7 +16,10 @@ import numpy as np
 from .helpers import write_geotiff
 from .test_label import run_cli
 
-WINDOWS = 1024  # 256 x 256 px scene in 8 px windows, one per batch: seconds of work, each batch fsync'd
+# 512 x 512 px scene in 8 px windows, one per batch: several seconds of work, each batch fsync'd, so that a
+# test process slowed by a loaded machine still signals well before the run ends (1024 windows did not)
+SIDE = 512
+WINDOWS = (SIDE // 8) ** 2
 
 
 def _rsz_infer() -> list[str]:
@@ -34,7 +37,7 @@ def _complete_lines(path: Path) -> int:
 
 def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, class_file, tmp_path, capsys):
     rng = np.random.default_rng(0)
-    scene = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 256, (3, 256, 256)).astype(np.uint8))
+    scene = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 256, (3, SIDE, SIDE)).astype(np.uint8))
     out = tmp_path / "labels.csv"
     part = out.with_name(out.name + ".part")
     args = [scene, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--tile-size", "8"]
