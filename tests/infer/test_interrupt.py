@@ -27,6 +27,14 @@ def _rsz_infer() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "rsz_infer.cli"]
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The child's SIGINT as a shell gives it: not ignored, not blocked. A child inherits both from the
+    test process, where an earlier test's native library may have changed them (the whole suite, not this
+    file alone, ran the child deaf to SIGINT)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _complete_lines(path: Path) -> int:
     try:
         text = path.read_bytes()
@@ -46,6 +54,7 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     try:
         deadline = time.monotonic() + 60
@@ -58,7 +67,8 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    parent = f"test process: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+    assert proc.returncode == 130, f"{err}\n{parent}"
     lines = err.strip().splitlines()  # start-up notes, then the pipeline's line and the CLI's "interrupted"
     interrupted = [line for line in lines if line.startswith("interrupted")]
     assert interrupted and lines[-1].startswith("interrupted") and "Traceback" not in err, err
