@@ -67,7 +67,8 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
     finally:
         if proc.poll() is None:
             proc.kill()
-    parent = f"test process: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    parent = f"test process: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {blocked}"
     assert proc.returncode == 130, f"{err}\n{parent}"
     lines = err.strip().splitlines()  # start-up notes, then the pipeline's line and the CLI's "interrupted"
     interrupted = [line for line in lines if line.startswith("interrupted")]
