@@ -67,14 +67,8 @@ class NativePreprocessor:
         self._mean = np.asarray(spec.mean, np.float32)
         self._std = np.asarray(spec.std, np.float32)
 
-    def __call__(
-        self, tiles: list[np.ndarray], dtype: str = "float32", out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """tiles: HxWx3 uint8 arrays (sizes may differ) -> [B, 3, size, size] of dtype.
-
-        `out`, when given, is written in place (a C-contiguous [B, 3, size, size] array, e.g. the first rows
-        of a batch's input array) and returned; its dtype wins over `dtype`.
-        """
+    def __call__(self, tiles: list[np.ndarray], dtype: str = "float32") -> np.ndarray:
+        """tiles: HxWx3 uint8 arrays (sizes may differ) -> [B, 3, size, size] of dtype."""
         for i, t in enumerate(tiles):
             if t.dtype != np.uint8 or t.ndim != 3 or t.shape[2] != 3:
                 raise RszError(f"tile {i}: expected HxWx3 uint8, got {t.dtype} {t.shape}")
@@ -89,10 +83,7 @@ class NativePreprocessor:
         )
         size = self.spec.size
         shape = (len(tiles), 3, size, size)
-        if out is None:
-            out = np.empty(shape, dtype=np.dtype(dtype))
-        elif out.shape != shape or not out.flags.c_contiguous:
-            raise RszError(f"out: expected a C-contiguous array of shape {shape}, got {out.shape}")
+        out = np.empty(shape, dtype=np.dtype(dtype))
         if out.dtype not in (np.float16, np.float32):
             raise RszError(f"dtype {out.dtype}: expected float32 or float16")
         fp16 = int(out.dtype == np.float16)
