@@ -176,14 +176,13 @@ def _quantize(method: str, pre_path: Path, out: Path, input_name: str, tiles: np
     # rsz-export's check the static graph went from 4 to 2 of 128 top-1 labels changed, and with the
     # first/last layers in float to 1 (passed), where no static graph had passed (benchmarks/RESULTS.md).
     # ORT's histogram collector fails on some graphs (ragged tensors, e.g. in open_clip's ViT): MinMax then.
-    for calibration in (CalibrationMethod.Percentile, CalibrationMethod.MinMax):
-        try:
-            _quantize_static(pre_path, out, input_name, tiles, excluded, calibration)
-            return Candidate(method, out, excluded, calibration=calibration.name.lower())
-        except ValueError:
-            if calibration is CalibrationMethod.MinMax:
-                raise
-    raise AssertionError("unreachable")
+    calibration = CalibrationMethod.Percentile
+    try:
+        _quantize_static(pre_path, out, input_name, tiles, excluded, calibration)
+    except ValueError:
+        calibration = CalibrationMethod.MinMax
+        _quantize_static(pre_path, out, input_name, tiles, excluded, calibration)
+    return Candidate(method, out, excluded, calibration=calibration.name.lower())
 
 
 def _quantize_static(
