@@ -323,15 +323,23 @@ def _open_torch(
         fn = module
     x = torch.randn(batch, 3, src.image_size, src.image_size, device=device, dtype=dtype)
     with torch.inference_mode():
-        graph_call = _cuda_graph(fn, x) if "graphs" in backend else None
+        call = _cuda_graph(fn, x) if "graphs" in backend else (lambda: fn(x))
 
-    def call() -> None:
-        with torch.inference_mode():
-            graph_call() if graph_call is not None else fn(x)
+    def in_inference_mode(timer: Callable) -> Callable:
+        """The timer's whole loop in inference mode, so no timed call pays for entering it."""
+
+        def timed(call: Callable, iters: int, warmup: int) -> list[float]:
+            with torch.inference_mode():
+                return timer(call, iters, warmup)
+
+        return timed
 
     if device != "cuda":
         return TimedRow(
-            call=call, timer=time_host, info={"device": device, "timer": "perf_counter"}, memory=_host_memory
+            call=call,
+            timer=in_inference_mode(time_host),
+            info={"device": device, "timer": "perf_counter"},
+            memory=_host_memory,
         )
 
     def reset_memory() -> None:
@@ -340,7 +348,7 @@ def _open_torch(
 
     return TimedRow(
         call=call,
-        timer=time_cuda,
+        timer=in_inference_mode(time_cuda),
         info={"device": device, "timer": "CUDA events, device tensors"},
         memory=lambda: {
             "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
