@@ -363,18 +363,15 @@ def time_rows(rows: list[TimedRow], iters: int, warmup: int, rounds: int) -> Non
     row for its share of `iters` calls (after one warm-up call), so that load from other processes falls on
     all rows alike. Times go to each row's `times`; peak memory is the most any round of the row saw."""
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
-    peaks: dict[int, dict] = {}
     for r, n in enumerate(per_round):
-        for i, row in enumerate(rows):
-            if n == 0:
-                continue
+        if n == 0:
+            continue
+        for row in rows:
             row.reset_memory()
             row.times += row.timer(row.call, n, warmup if r == 0 else min(warmup, 1))
             mem = row.memory()
-            if mem and mem.get("peak_mem_mb", 0) >= peaks.get(i, {}).get("peak_mem_mb", -1):
-                peaks[i] = mem
-    for i, row in enumerate(rows):
-        row.info.update(peaks.get(i, {}))
+            if mem and mem["peak_mem_mb"] >= row.info.get("peak_mem_mb", -1):
+                row.info.update(mem)
 
 
 def _cuda_graph(fn: Callable, x):  # torch types
