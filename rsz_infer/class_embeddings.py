@@ -103,7 +103,7 @@ def cached_class_array(
             pass  # unreadable cache: recompute and overwrite
     array = compute()
     if use_cache:
-        save_quietly(cache_file, array)
+        _save_quietly(cache_file, array)
     return array
 
 
@@ -159,7 +159,7 @@ def _template_means(runner: Runner, tokenizer: Tokenizer, entries: list[ClassEnt
     return l2_normalize(np.stack([emb[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]))
 
 
-def save_quietly(path: Path, array: np.ndarray) -> None:
+def _save_quietly(path: Path, array: np.ndarray) -> None:
     """Write the cache atomically; a read-only home only costs the recomputation next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
