@@ -686,8 +686,11 @@ def resolve_config(
         selection = out_dir / SELECTION
         config = runs.read_config(selection if (selection / runs.CONFIG).is_file() else out_dir, kind)
         if config_path is not None or overrides:
+            given = load_config(kind, config_path, overrides)
+            if epochs is not None:  # --epochs may change a resumed run's length, whatever the file says
+                given.train.epochs = config.train.epochs
             keys = None if config_path is not None else list(overrides)
-            _check_resumed_config(config, load_config(kind, config_path, overrides), keys)
+            _check_resumed_config(config, given, keys)
     else:
         if out_dir.exists() and any(out_dir.iterdir()):
             raise RszError(
@@ -712,7 +715,7 @@ def _check_resumed_config(run: RunConfig, given: RunConfig, keys: list[str] | No
         section, name = key.split(".", 1)
         return config[section].get(name)
 
-    differ = [k for k in keys if k != "train.epochs" and at(ran, k) != at(asked, k)]  # --epochs may change
+    differ = [k for k in keys if at(ran, k) != at(asked, k)]
     if differ:
         shown = ", ".join(f"{k} (run: {at(ran, k)!r}, now: {at(asked, k)!r})" for k in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
