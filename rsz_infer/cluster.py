@@ -483,10 +483,15 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
 
     from rsz_infer import index as ix
     from rsz_infer.images import discover_tiles
+    from rsz_infer.pipeline import run_log_engine
 
     start = time.perf_counter()
     model, out = Path(cfg.model), Path(cfg.out)
     manifest, sha, old, tile_options, known = ix.open_index_job(cfg)
+    # the actors resolve --precision auto each on its own device, so only an explicit one is recorded
+    made_with = None if cfg.precision == "auto" else run_log_engine(cfg.precision, cfg.decoder)
+    if made_with:
+        ix.check_same_engine(out, old, made_with)
     todo_tiles = [
         t for t in shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard) if t.id not in known
     ]
@@ -546,7 +551,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     summary.added = len(rows)
     if rows or old is None:
         summary.search = ix._write_index(
-            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method, made_with
         )
     shutil.rmtree(parts_dir)
     return summary

@@ -50,7 +50,7 @@ from rsz_infer.images import (
     tile_from_record,
 )
 from rsz_infer.locking import OutputLock
-from rsz_infer.pipeline import gsd_note, resolve_gsd
+from rsz_infer.pipeline import gsd_note, resolve_gsd, run_log_engine
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
 from rsz_infer.trust import file_sha256, load_array, read_index_info, read_tile_rows
@@ -292,12 +292,16 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
 
     with Embedder(model, manifest=manifest, tiles=tile_options, **dataclasses.asdict(cfg.engine)) as embedder:
         engine = embedder.engine
+        made_with = run_log_engine(engine.runner.precision, engine.decoder.name)
+        check_same_engine(out, old, made_with)
         for note in engine.notes:
             warn(note)
         counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
     # an interrupted call keeps what finished: the next `index` call skips those tiles
     if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
-        search = _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method)
+        search = _write_index(
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with
+        )
     else:
         search = old.info.get("search", "exact")
     if counts.interrupted:
@@ -314,6 +318,22 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     )  # fmt: skip
 
 
+def check_same_engine(out: Path, old: Index | None, made_with: dict) -> None:
+    """An index holds embeddings of one image graph precision (and decoder, for pillow-draft): appending
+    INT8 rows to FP32 ones would rank tiles by two slightly different models. `made_with` is
+    pipeline.run_log_engine's record; indexes written before it was kept are not checked."""
+    if old is None or "engine" not in old.info or old.info["engine"] == made_with:
+        return
+    was, now = _engine_words(old.info["engine"]), _engine_words(made_with)
+    raise RszError(f"{out}: index was made with {was}, this call embeds with {now}; use those or a new --out")
+
+
+def _engine_words(made_with: dict) -> str:
+    return f"--precision {made_with.get('precision')}" + (
+        f" --decoder {made_with['decoder']}" if "decoder" in made_with else ""
+    )
+
+
 def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "auto") -> int:
     """The indexes of `--shard I/N` runs (one bundle, one set of tile options) as one index at `out`; a tile
     in several keeps its first row. Returns the row count. The sources stay as they are."""
@@ -325,10 +345,10 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
     indexes = [Index.open(source) for source in sources]
     first = indexes[0]
     for index in indexes[1:]:
-        same = ("model", "tile_options", "bands")
+        same = ("model", "tile_options", "bands", "engine")
         if any(index.info.get(key) != first.info.get(key) for key in same):
             raise RszError(
-                f"{index.folder}: made with another model or tile options than {first.folder}; "
+                f"{index.folder}: made with another model, tile options or precision than {first.folder}; "
                 "only shards of one run merge"
             )
     with OutputLock(out, "index call"):
@@ -350,12 +370,15 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
                 scales.append(np.asarray(index.scales)[keep])
         # the first index is the base, the others append to it: the same writer as `rsz-infer index`
         _write_index(
-            out, manifest, first.info["model"], model, tile_options, first, rows, embeddings, scales, method
-        )
+            out, manifest, first.info["model"], model, tile_options, first, rows, embeddings, scales, method,
+            None,  # the sources' own record (they all have the same)
+        )  # fmt: skip
         return len(first.tiles) + len(rows)
 
 
-def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method) -> str:
+def _write_index(
+    out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with: dict | None
+) -> str:
     with_scales = "rerank" in manifest.graphs
     emb_parts = ([old.embeddings] if old else []) + embeddings
     all_emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, manifest.embedding_dim), np.float32)
@@ -378,6 +401,9 @@ def _write_index(out, manifest, sha, model, tile_options, old, rows, embeddings,
         "dim": int(all_emb.shape[1]),
         "search": _search_method(method, int(all_emb.shape[0]), old.info.get("search") if old else None),
     }
+    made_with = made_with or (old.info.get("engine") if old else None)
+    if made_with:  # image graph precision (and pillow-draft): appends must match (check_same_engine)
+        info["engine"] = made_with
     ann = None
     if info["search"] == "hnsw":
         # Appending adds the new rows to the existing graph instead of rebuilding it.

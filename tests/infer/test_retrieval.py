@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -12,7 +13,7 @@ from rsz_infer.backend import open_runner
 from rsz_infer.bundle import load_manifest
 from rsz_infer.class_embeddings import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
-from rsz_infer.index import Index, IndexConfig, build_ann, build_index, nearest, search
+from rsz_infer.index import Index, IndexConfig, build_ann, build_index, merge_indexes, nearest, search
 
 from .helpers import bands_first, save, solid, write_geotiff
 from .test_label import run_cli
@@ -93,6 +94,30 @@ def test_index_refuses_another_model(bundles, tmp_path):
         build_index(IndexConfig([str(tmp_path / "t")], bundles["mcfa"], tmp_path / "idx", progress=False))
     with pytest.raises(RszError, match="not the model that built"):
         search(tmp_path / "idx", text="red", model=bundles["mcfa"])
+
+
+def test_index_appends_and_merges_only_rows_embedded_alike(bundles, tmp_path):
+    """pillow-draft decodes other pixels (as INT8 embeds otherwise than FP32): one index never mixes them."""
+    save(tmp_path / "t" / "red.png", solid("red", 16))
+    save(tmp_path / "u" / "blue.jpg", solid("blue", 256))
+    index = tmp_path / "idx"
+    build_index(IndexConfig([str(tmp_path / "t")], bundles["msa"], index, progress=False))
+    assert Index.load(index).info["engine"] == {"precision": "fp32"}
+    draft = IndexConfig([str(tmp_path / "u")], bundles["msa"], index, progress=False, decoder="pillow-draft")
+    with pytest.raises(
+        RszError,
+        match="made with --precision fp32, this call embeds with --precision fp32 --decoder pillow-draft",
+    ):
+        build_index(draft)
+    assert Index.load(index).info["count"] == 1  # nothing appended
+    build_index(dataclasses.replace(draft, out=tmp_path / "idx2"))
+    with pytest.raises(RszError, match="another model, tile options or precision"):
+        merge_indexes(tmp_path / "merged", [index, tmp_path / "idx2"])
+    build_index(IndexConfig([str(tmp_path / "u")], bundles["msa"], tmp_path / "idx3", progress=False))
+    assert merge_indexes(tmp_path / "merged", [index, tmp_path / "idx3"]) == 2
+    assert Index.load(tmp_path / "merged").info["engine"] == {"precision": "fp32"}  # kept for appends
+    build_index(IndexConfig([str(tmp_path / "u")], bundles["msa"], index, progress=False))  # as made: appends
+    assert Index.load(index).info["count"] == 2
 
 
 def test_scene_windows_in_index_and_gallery(bundles, tmp_path, capsys):
