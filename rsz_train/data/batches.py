@@ -68,6 +68,31 @@ def image_batch(
     return torch.from_numpy(out)
 
 
+def cutmix(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, cell: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al., 2019) of a [B, 3, H, W] batch: one box, its sides multiples of `cell` (the patch
+    size, so that every token sees one image), copied from a shuffled copy of the batch into every image.
+    -> (mixed images, [B, num_classes] class weights: each image's area share of its own and the pasted
+    image's class). The box area is uniform in (0, 1) before snapping to the grid; draws come from torch's
+    generator, which the trainer seeds per epoch."""
+    b, _, h, w = images.shape
+    rows, cols = h // cell, w // cell
+    side = (1.0 - torch.rand(()).item()) ** 0.5  # box side / tile side, so the area is uniform
+    box_rows, box_cols = round(side * rows), round(side * cols)
+    top = int(torch.randint(rows - box_rows + 1, ()).item()) * cell
+    left = int(torch.randint(cols - box_cols + 1, ()).item()) * cell
+    order = torch.randperm(b, device=images.device)
+    mixed = images.clone()
+    box = (slice(None), slice(None), slice(top, top + box_rows * cell), slice(left, left + box_cols * cell))
+    mixed[box] = images[order][box]
+    pasted = box_rows * box_cols / (rows * cols)
+    weights = torch.zeros(b, num_classes, dtype=torch.float32, device=images.device)
+    weights[torch.arange(b), labels] += 1.0 - pasted
+    weights[torch.arange(b), labels[order]] += pasted
+    return mixed, weights
+
+
 def random_batches(num_items: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """One epoch: a random permutation cut into batches (the last, smaller one kept unless it has 1 item,
     which would break batch statistics and adds nothing)."""

@@ -16,15 +16,21 @@ import torch.nn.functional as F
 
 
 def compatibility_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of [B, C] class logits (not probabilities) against [B] labels."""
-    return F.cross_entropy(logits, labels)
+    """Cross-entropy of [B, C] class logits (not probabilities) against [B] labels, or [B, C] class
+    weights that sum to 1 (a CutMix batch: the two classes' area shares)."""
+    return F.cross_entropy(logits, labels.to(logits.dtype) if labels.is_floating_point() else labels)
 
 
 def regression_loss(
     predicted: torch.Tensor, class_attributes: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """Mean squared error between [B, A] predicted attributes and the [C, A] rows of the labels."""
-    return F.mse_loss(predicted, class_attributes[labels])
+    """Mean squared error between [B, A] predicted attributes and the [C, A] rows of the labels; with [B, C]
+    class weights, the weighted mixture of the rows."""
+    if labels.is_floating_point():
+        target = labels.to(class_attributes.dtype) @ class_attributes
+    else:
+        target = class_attributes[labels]
+    return F.mse_loss(predicted, target)
 
 
 def concentration_loss(attention_maps: torch.Tensor) -> torch.Tensor:

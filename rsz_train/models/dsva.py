@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsz_infer.errors import RszError
+from rsz_train.data.batches import cutmix
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
@@ -66,6 +67,13 @@ class DSVAConfig:
     concentration_weight: float = 0.1  # attention maps pulled toward their peaks
     group_sparsity_weight: float = 0.0  # group lasso of the prototypes over attribute groups (optional)
     dropout: float = 0.1  # on the pooled global feature
+    # CutMix of attributes (not in the paper): with this probability a training batch gets a patch-aligned
+    # box of another image of the batch pasted in, and its targets become the area-weighted mixture of the
+    # two classes (cross-entropy of both labels, regression to the mixed attribute vector). Why: classes of
+    # the training set carry their attributes together, so a model can learn the class gestalt instead of
+    # the attributes (on validation, mountain's rock read as concrete, its trees not at all); a tile with
+    # half the attributes of another class must be described by its parts. 0 = off (the authors' training).
+    attribute_mix: float = 0.0
 
 
 SCORE_BRANCHES = ("mean", "local", "global")
@@ -183,9 +191,13 @@ class DSVA(FrozenBackboneMixin, RszModel):
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
-        out = self.attribute_outputs(batch["image"])
-        classes = batch["class_inputs"].to(out["embedding"].dtype)
-        labels = batch["label"]
+        images, labels = batch["image"], batch["label"]
+        classes = batch["class_inputs"]
+        if self.training and cfg.attribute_mix > 0 and torch.rand(()).item() < cfg.attribute_mix:
+            # labels become [B, C] class weights; every loss below takes either form
+            images, labels = cutmix(images, labels, len(classes), self.backbone.patch_size)
+        out = self.attribute_outputs(images)
+        classes = classes.to(out["embedding"].dtype)
         num_attributes = classes.shape[1]
         losses = {
             "compatibility": compatibility_loss(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rsz_infer.scoring import class_logits
+from rsz_train.data.batches import cutmix
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
 from rsz_train.models.base import ClassSemantics, TaskInfo
 from rsz_train.models.dsva import DSVAConfig
@@ -27,6 +28,72 @@ def test_regression_loss_compares_with_the_rows_of_the_labels():
     predicted = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     # first sample exact; second misses (0, 1) by 1 in one of 4 entries
     assert regression_loss(predicted, classes, torch.tensor([0, 1])).item() == pytest.approx(0.25)
+
+
+def test_both_losses_take_class_weights_as_the_mixture_of_their_labels():
+    """A CutMix batch's [B, C] class weights: cross-entropy = the weighted sum of each label's; the
+    regression target = the weighted mixture of the class rows."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    weights = torch.tensor([[0.75, 0.25], [0.0, 1.0]])
+    first = 0.75 * -math.log(math.exp(2) / (math.exp(2) + 1)) + 0.25 * -math.log(1 / (math.exp(2) + 1))
+    expected = 0.5 * (first + math.log(2))
+    assert compatibility_loss(logits, weights).item() == pytest.approx(expected, rel=1e-6)
+    classes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    predicted = torch.tensor([[0.75, 0.25], [0.0, 0.0]])
+    # first sample exactly its mixture (0.75, 0.25); second misses (0, 1) by 1 in one of 4 entries
+    assert regression_loss(predicted, classes, weights).item() == pytest.approx(0.25)
+
+
+def test_cutmix_pastes_one_grid_aligned_box_and_weights_classes_by_area():
+    torch.manual_seed(3)
+    images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 32, 32).contiguous()  # image i is all i
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(20):
+        mixed, weights = cutmix(images, labels, 4, cell=8)
+        assert torch.allclose(weights.sum(dim=1), torch.ones(6))
+        changed = mixed[:, 0] != images[:, 0]  # [B, H, W]
+        box = changed.any(dim=0)
+        rows, cols = box.any(dim=1).nonzero().flatten(), box.any(dim=0).nonzero().flatten()
+        if len(rows):  # the box is whole cells of the 8 px grid
+            assert (
+                rows[0] % 8 == 0 and (rows[-1] + 1) % 8 == 0 and cols[0] % 8 == 0 and (cols[-1] + 1) % 8 == 0
+            )
+        area = box.float().mean().item()
+        for i in range(6):
+            source = int(mixed[i, 0][box][0].item()) if len(rows) else i  # the image pasted into i
+            expected = torch.zeros(4)
+            expected[labels[i]] += 1 - area
+            expected[labels[source]] += area
+            assert torch.allclose(weights[i], expected), (i, weights[i], expected)
+
+
+def test_dsva_attribute_mix_trains_on_the_cutmix_batch_and_its_class_weights(small_dsva):
+    model = small_dsva
+    classes = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
+    batch = {"image": torch.randn(6, 3, 32, 32), "label": torch.arange(6) % 3, "class_inputs": classes}
+
+    def losses(mix: float, train: bool) -> float:
+        model.config.attribute_mix = mix
+        model.train(train)
+        model.global_dropout.eval()  # dropout would differ between calls anyway
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.training_losses(batch)["compatibility"].item()
+
+    try:
+        plain, mixed_loss = losses(0.0, True), losses(1.0, True)
+        assert losses(1.0, False) == pytest.approx(plain)  # eval-mode losses see the batch as it is
+        torch.manual_seed(0)
+        torch.rand(())  # the draw that decides whether this batch is mixed
+        images, weights = cutmix(batch["image"], batch["label"], 3, model.backbone.patch_size)
+        with torch.no_grad():
+            expected = compatibility_loss(
+                model.logits(model.attribute_outputs(images)["embedding"], classes), weights
+            )
+        assert mixed_loss == pytest.approx(expected.item(), rel=1e-5) and mixed_loss != pytest.approx(plain)
+    finally:
+        model.config.attribute_mix = 0.0
+        model.train()
 
 
 def test_concentration_loss_values():
