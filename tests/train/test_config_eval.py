@@ -35,10 +35,14 @@ def test_config_yaml_overrides_and_unknown_keys(tmp_path):
 
 
 def test_dsva_training_defaults_and_their_override(tmp_path):
-    # DSVA's own defaults (16 epochs, chosen on validation) replace TrainConfig's; a config file wins.
-    train = load_config("dsva").train
-    assert (train.epochs, train.batch_size, train.phrase_ridge) == (16, 32, 0.3)
+    # DSVA's own defaults (24 epochs with CutMix, chosen on validation) replace TrainConfig's; a config
+    # file wins; the paper-size configs train as the authors did, without CutMix.
+    config = load_config("dsva")
+    train = config.train
+    assert (train.epochs, train.batch_size, train.phrase_ridge, config.model.attribute_mix) == (24, 32, 0.3, 0.5)
     assert not train.select_last_epoch
+    for paper_size in ("dsva_vit_b32", "dsva_vit_b16"):
+        assert load_config("dsva", paper_size).model.attribute_mix == 0.0
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 4\n")
     assert load_config("dsva", path).train.epochs == 4
