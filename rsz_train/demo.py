@@ -182,8 +182,8 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
     overall, per_class_acc, found = _score(labels, truth)
     trained = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))["test"]["zsl"]
     print(f"\nLabeled {sum(found.values())} tiles of {len(unseen)} classes the model never saw:")
-    for name, count in found.most_common():
-        print(f"  {name:<28} {count:5d} tiles")
+    for name, count in found.most_common() + [(name, 0) for name in unseen if name not in found]:
+        print(f"  {name:<28} {count:5d} tiles")  # a class no tile went to is listed with 0
     print(f"Top-1 accuracy {overall:.1%} (mean per class {per_class_acc:.1%}; chance {1 / len(unseen):.1%}).")
     print(f"Training reported mean per-class accuracy {trained:.1%} on the same tiles (PyTorch, FP32).")
     print(f"Labels: {labels}   total time {time.perf_counter() - started:.0f} s")

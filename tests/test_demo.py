@@ -26,6 +26,11 @@ def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
     trained = re.search(r"Training reported mean per-class accuracy ([\d.]+)%", out)
     assert labeled and trained, out
     assert abs(float(labeled.group(1)) - float(trained.group(1))) <= 0.5
+    # every unseen class of the class file is listed, one it never predicted with 0 tiles
+    listed = re.findall(r"^  (\S+) +(\d+) tiles$", out, flags=re.M)
+    classes = [line.split(":")[0] for line in (tmp_path / "demo" / "new.txt").read_text().splitlines()[1:]]
+    assert sorted(name for name, _ in listed) == sorted(classes)
+    assert sum(int(n) for _, n in listed) == len(list((tmp_path / "demo" / "unseen_tiles").iterdir()))
     rows = (tmp_path / "demo" / "labels.csv").read_text().splitlines()
     tiles = list((tmp_path / "demo" / "unseen_tiles").iterdir())
     assert len(rows) == len(tiles) + 1  # header + every tile labeled
