@@ -312,6 +312,10 @@ class _Trainer:
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * self.ctx.rank)
         batches = _epoch_batches(self.entry, self.config, self.train_labels, rng)
         train_set = self.sets["train"]
+        # CutMix draws from a generator of its own, the same on every rank (it mixes the global batch, so
+        # processes train as one) and apart from the batches' (turning it on leaves them as they were)
+        mix_probability, mix_cell = self.model.cutmix_settings()
+        mix_rng = np.random.default_rng([cfg.seed, epoch, 0x637574])
         self.model.train()
         if cfg.frozen_backbone_epochs > 0:  # no gradients (so no Adam moments) while the backbone waits
             frozen = epoch < cfg.frozen_backbone_epochs
@@ -332,11 +336,17 @@ class _Trainer:
                 global_idx, self.train_labels, self.entry.sampler == "class_balanced", self.ctx
             )
             idx = global_idx[share]
+            image, label = td.training_batch(
+                train_set.images[global_idx],
+                self.train_labels[global_idx],
+                self.spec,
+                rng if cfg.augment else None,
+                share,
+                td.Mixing(mix_probability, mix_cell, len(self.train_class_inputs), mix_rng),
+            )
             batch = {
-                "image": td.image_batch(
-                    train_set.images[global_idx], self.spec, rng if cfg.augment else None, share
-                ).to(self.device),
-                "label": torch.from_numpy(self.train_labels[idx]).to(self.device),
+                "image": image.to(self.device),
+                "label": label.to(self.device),
                 "class_inputs": self.train_class_inputs,
             }
             if self.entry.uses_captions:

@@ -11,6 +11,7 @@ interrupted run resumed at epoch e draw the same batches as an uninterrupted one
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,28 +70,56 @@ def image_batch(
 
 
 def cutmix(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, cell: int
+    images: torch.Tensor, labels: np.ndarray, num_classes: int, cell: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix (Yun et al., 2019) of a [B, 3, H, W] batch: one box, its sides multiples of `cell` (the patch
     size, so that every token sees one image), copied from a shuffled copy of the batch into every image.
     -> (mixed images, [B, num_classes] class weights: each image's area share of its own and the pasted
-    image's class). The box area is uniform in (0, 1) before snapping to the grid; draws come from torch's
-    generator, which the trainer seeds per epoch."""
+    image's class). The box area is uniform in (0, 1) before snapping to the grid."""
     b, _, h, w = images.shape
     rows, cols = h // cell, w // cell
-    side = (1.0 - torch.rand(()).item()) ** 0.5  # box side / tile side, so the area is uniform
+    side = (1.0 - rng.random()) ** 0.5  # box side / tile side, so the area is uniform
     box_rows, box_cols = round(side * rows), round(side * cols)
-    top = int(torch.randint(rows - box_rows + 1, ()).item()) * cell
-    left = int(torch.randint(cols - box_cols + 1, ()).item()) * cell
-    order = torch.randperm(b, device=images.device)
+    top = int(rng.integers(rows - box_rows + 1)) * cell
+    left = int(rng.integers(cols - box_cols + 1)) * cell
+    order = rng.permutation(b)
     mixed = images.clone()
     box = (slice(None), slice(None), slice(top, top + box_rows * cell), slice(left, left + box_cols * cell))
-    mixed[box] = images[order][box]
+    mixed[box] = images[torch.from_numpy(order)][box]
     pasted = box_rows * box_cols / (rows * cols)
-    weights = torch.zeros(b, num_classes, dtype=torch.float32, device=images.device)
-    weights[torch.arange(b), labels] += 1.0 - pasted
-    weights[torch.arange(b), labels[order]] += pasted
-    return mixed, weights
+    weights = np.zeros((b, num_classes), dtype=np.float32)
+    np.add.at(weights, (np.arange(b), labels), 1.0 - pasted)
+    np.add.at(weights, (np.arange(b), labels[order]), pasted)
+    return mixed, torch.from_numpy(weights)
+
+
+@dataclass
+class Mixing:
+    """CutMix settings of a training run: per-batch probability, grid cell, class count, its generator."""
+
+    probability: float
+    cell: int
+    num_classes: int
+    rng: np.random.Generator
+
+
+def training_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: PreprocessSpec,
+    rng: np.random.Generator | None,
+    keep: np.ndarray,
+    mixing: Mixing | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A global batch's [B, S, S, 3] uint8 images and [B] labels -> this rank's (`keep`) model input and
+    labels: [K] classes, or [K, C] class weights when the batch is a CutMix one (mixed whole, so every
+    rank sees the same boxes and pairs as a single process)."""
+    if mixing is not None and mixing.probability > 0 and mixing.rng.random() < mixing.probability:
+        mixed, weights = cutmix(
+            image_batch(images, spec, rng), labels, mixing.num_classes, mixing.cell, mixing.rng
+        )
+        return mixed[keep], weights[keep]
+    return image_batch(images, spec, rng, keep), torch.from_numpy(labels[keep])
 
 
 def random_batches(num_items: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -61,6 +61,11 @@ class RszModel(nn.Module):
         """Losses for one batch; the key "loss" is the weighted total that is back-propagated."""
         raise NotImplementedError
 
+    def cutmix_settings(self) -> tuple[float, int]:
+        """(probability, grid cell in pixels) of CutMix training batches (rsz_train.data.batches.cutmix);
+        a model that mixes takes [B, C] class weights as batch["label"]. Default: never."""
+        return 0.0, 1
+
     def class_inputs(self, semantics: Any, device: torch.device | str = "cpu") -> Any:
         """Pick this model's class inputs from a ClassSemantics (attributes, sentence vectors
         or tokenized prompts), as tensors on `device`; the result is what encode_classes takes."""

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsz_infer.errors import RszError
-from rsz_train.data.batches import cutmix
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
@@ -193,13 +192,10 @@ class DSVA(FrozenBackboneMixin, RszModel):
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
-        images, labels = batch["image"], batch["label"]
-        classes = batch["class_inputs"]
-        if self.training and cfg.attribute_mix > 0 and torch.rand(()).item() < cfg.attribute_mix:
-            # labels become [B, C] class weights; every loss below takes either form
-            images, labels = cutmix(images, labels, len(classes), self.backbone.patch_size)
-        out = self.attribute_outputs(images)
-        classes = classes.to(out["embedding"].dtype)
+        # labels: [B] classes, or [B, C] class weights in a CutMix batch (every loss below takes either)
+        labels = batch["label"]
+        out = self.attribute_outputs(batch["image"])
+        classes = batch["class_inputs"].to(out["embedding"].dtype)
         num_attributes = classes.shape[1]
         losses = {
             "compatibility": compatibility_loss(
@@ -234,6 +230,9 @@ class DSVA(FrozenBackboneMixin, RszModel):
             total = total + cfg.group_sparsity_weight * losses["group_sparsity"]
         losses["loss"] = total
         return losses
+
+    def cutmix_settings(self) -> tuple[float, int]:
+        return self.config.attribute_mix, self.backbone.patch_size
 
     def class_inputs(self, semantics: ClassSemantics, device: torch.device | str = "cpu") -> torch.Tensor:
         width = semantics.attributes.shape[1]

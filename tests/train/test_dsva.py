@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.scoring import class_logits
-from rsz_train.data.batches import cutmix
+from rsz_train.data.batches import Mixing, cutmix, image_batch, training_batch
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
 from rsz_train.models.base import ClassSemantics, TaskInfo
 from rsz_train.models.dsva import DSVAConfig
 from rsz_train.models.registry import create_model
+from rsz_train.train import train
+
+from .conftest import TINY_OVERRIDES
 
 
 def test_compatibility_loss_is_cross_entropy_on_logits():
@@ -45,11 +50,11 @@ def test_both_losses_take_class_weights_as_the_mixture_of_their_labels():
 
 
 def test_cutmix_pastes_one_grid_aligned_box_and_weights_classes_by_area():
-    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
     images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 32, 32).contiguous()  # image i is all i
-    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    labels = np.array([0, 1, 2, 0, 1, 2])
     for _ in range(20):
-        mixed, weights = cutmix(images, labels, 4, cell=8)
+        mixed, weights = cutmix(images, labels, 4, 8, rng)
         assert torch.allclose(weights.sum(dim=1), torch.ones(6))
         changed = mixed[:, 0] != images[:, 0]  # [B, H, W]
         box = changed.any(dim=0)
@@ -67,33 +72,41 @@ def test_cutmix_pastes_one_grid_aligned_box_and_weights_classes_by_area():
             assert torch.allclose(weights[i], expected), (i, weights[i], expected)
 
 
-def test_dsva_attribute_mix_trains_on_the_cutmix_batch_and_its_class_weights(small_dsva):
-    model = small_dsva
-    classes = torch.nn.functional.normalize(torch.randn(3, 6), dim=1)
-    batch = {"image": torch.randn(6, 3, 32, 32), "label": torch.arange(6) % 3, "class_inputs": classes}
+def test_a_rank_gets_its_share_of_the_mixed_global_batch():
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels, keep, spec = np.array([0, 1, 2, 0, 1, 2]), np.array([1, 3, 5]), PreprocessSpec(size=32)
 
-    def losses(mix: float, train: bool) -> float:
-        model.config.attribute_mix = mix
-        model.train(train)
-        model.global_dropout.eval()  # dropout would differ between calls anyway
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return model.training_losses(batch)["compatibility"].item()
+    def rngs():  # the batches' generator and the mixing one, fresh each time
+        return np.random.default_rng(1), Mixing(1.0, 8, 3, np.random.default_rng(2))
 
-    try:
-        plain, mixed_loss = losses(0.0, True), losses(1.0, True)
-        assert losses(1.0, False) == pytest.approx(plain)  # eval-mode losses see the batch as it is
-        torch.manual_seed(0)
-        torch.rand(())  # the draw that decides whether this batch is mixed
-        images, weights = cutmix(batch["image"], batch["label"], 3, model.backbone.patch_size)
-        with torch.no_grad():
-            expected = compatibility_loss(
-                model.logits(model.attribute_outputs(images)["embedding"], classes), weights
-            )
-        assert mixed_loss == pytest.approx(expected.item(), rel=1e-5) and mixed_loss != pytest.approx(plain)
-    finally:
-        model.config.attribute_mix = 0.0
-        model.train()
+    rng, mixing = rngs()
+    image, label = training_batch(images, labels, spec, rng, keep, mixing)
+    rng, mixing = rngs()
+    mixing.rng.random()  # the draw that decides whether the batch is mixed
+    whole, weights = cutmix(image_batch(images, spec, rng), labels, 3, 8, mixing.rng)
+    assert torch.equal(image, whole[keep]) and torch.equal(label, weights[keep])
+    rng, _ = rngs()
+    image, label = training_batch(
+        images, labels, spec, rng, keep, Mixing(0.0, 8, 3, np.random.default_rng(2))
+    )
+    assert torch.equal(image, image_batch(images, spec, np.random.default_rng(1), keep))
+    assert label.tolist() == [1, 0, 2]
+
+
+def test_training_batches_are_mixed_with_attribute_mix(tiny_benchmark, default_split, tmp_path):
+    """The trainer mixes (DSVA.cutmix_settings); two processes mixing the global batch alike is
+    test_distributed's. Dropout off, so the runs differ by the mixing alone."""
+    steps = {}
+    for mix in (0.0, 1.0):
+        overrides = {**TINY_OVERRIDES, "train.epochs": 1, "model.dropout": 0.0, "model.attribute_mix": mix}
+        run = train(
+            "dsva", tiny_benchmark, default_split, tmp_path / f"m{mix}", device="cpu", overrides=overrides
+        )
+        steps[mix] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step_losses"]
+    assert len(steps[0.0]) == len(steps[1.0]) > 1
+    # every batch is mixed at 1.0, so the weights part after the first step (whose loss the random initial
+    # model makes nearly independent of the pixels and labels)
+    assert all(a != pytest.approx(b, rel=1e-3) for a, b in zip(steps[0.0][1:], steps[1.0][1:]))
 
 
 def test_concentration_loss_values():
