@@ -194,7 +194,8 @@ class DSVA(FrozenBackboneMixin, RszModel):
         cfg = self.config
         # labels: [B] classes, or [B, C] class weights in a CutMix batch (every loss below takes either)
         labels = batch["label"]
-        out = self.attribute_outputs(batch["image"])
+        # a mixed tile never comes again: a frozen backbone's feature memo keeps only the plain ones
+        out = self.attribute_outputs(batch["image"], use_cache=not labels.is_floating_point())
         classes = batch["class_inputs"].to(out["embedding"].dtype)
         num_attributes = classes.shape[1]
         losses = {

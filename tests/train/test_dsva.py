@@ -225,6 +225,15 @@ def test_dsva_on_geoembed_resnet18_trains_only_its_head_and_exports_the_same_emb
     model.training_losses(batch)["loss"].backward()
     assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
     assert model.prototypes.grad is not None and model.global_head.weight.grad is not None
+    assert len(model.feature_cache.store) == 4
+    mixed = {
+        **batch,
+        "image": torch.randn(4, 3, 32, 32),
+        "label": torch.full((4, 3), 1 / 3),
+    }  # a CutMix batch
+    model.training_losses(mixed)["loss"].backward()
+    assert len(model.feature_cache.store) == 4  # its tiles never come again: not memoised
+    assert all(p.grad is None for p in model.backbone.parameters())
     model.eval()
     cached = model.attribute_outputs(images)  # second pass over these tiles: from the feature cache
     image = {g.role: g for g in model.export_graphs()}["image"]
