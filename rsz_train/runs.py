@@ -23,7 +23,7 @@ import yaml
 
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
-from rsz_train.config import RunConfig, config_from_dict
+from rsz_train.config import RunConfig, config_from_dict, model_config_class
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
 from rsz_train.models.registry import create_model
 
@@ -144,6 +144,11 @@ def read_config(run_dir: Path | str, kind: str | None = None) -> RunConfig:
     run_kind = str(raw["kind"])
     if kind is not None and run_kind != kind:
         raise RszError(f"{run_dir}: is a {run_kind} run, not {kind}")
+    model = raw.get("model")
+    if isinstance(model, dict):
+        # a setting added after the run was written: the run trained without it, whatever today's default
+        older = getattr(model_config_class(run_kind), "absent_in_older_runs", {})
+        raw = {**raw, "model": {**older, **model}}
     return config_from_dict(run_kind, raw, str(config_path))
 
 

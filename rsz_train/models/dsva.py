@@ -76,6 +76,9 @@ class DSVAConfig:
     # half the attributes of another class must be described by its parts. 0 = off (the authors' training,
     # and the paper-size configs'); 0.5 chosen on validation (see train_defaults).
     attribute_mix: float = 0.5
+    # What a run's config.yaml written before a setting existed means by its absence (runs.read_config):
+    # such a run trained without CutMix, so resuming it must not switch CutMix on.
+    absent_in_older_runs: ClassVar[dict] = {"attribute_mix": 0.0}
 
 
 SCORE_BRANCHES = ("mean", "local", "global")

@@ -49,6 +49,21 @@ def test_dsva_training_defaults_and_their_override(tmp_path):
     assert load_config("dsva", path).train.epochs == 4
 
 
+def test_a_run_written_before_a_setting_existed_reads_as_it_trained(tmp_path):
+    """CutMix came with a default of 0.5: a run whose config.yaml predates it trained without it, and
+    resumes without it."""
+    from rsz_train.config import save_config
+    from rsz_train.runs import read_config
+
+    save_config(load_config("dsva"), tmp_path / "config.yaml")
+    assert read_config(tmp_path, "dsva").model.attribute_mix == 0.5  # written today: its own value
+    text = (tmp_path / "config.yaml").read_text()
+    older = "".join(line for line in text.splitlines(keepends=True) if "attribute_mix" not in line)
+    assert older != text
+    (tmp_path / "config.yaml").write_text(older)
+    assert read_config(tmp_path, "dsva").model.attribute_mix == 0.0
+
+
 def test_batches_use_the_inference_preprocessing(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
