@@ -167,6 +167,14 @@ def _from_columns(row: dict) -> dict:
     }
 
 
+def _csv_row(row: dict, line: int) -> dict:
+    """A CSV row as written (csv_text undone); a row with more or fewer cells than the header is an error
+    (csv.DictReader would give a None key or None cells)."""
+    if None in row or None in row.values():
+        raise ValueError(f"line {line}: not as many cells as the header has columns")
+    return {k: csv_text_read(v) for k, v in row.items()}
+
+
 def read_label_rows(path: Path | str) -> list[dict]:
     """Rows of an rsz-infer labels file (any --out format): tile, path, window, labels, scores, footprint."""
     path = Path(path)
@@ -183,7 +191,8 @@ def read_label_rows(path: Path | str) -> list[dict]:
         if suffix in (".parquet", ".gpkg", ".fgb"):
             return _read_vector_rows(path)
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return [_from_columns({k: csv_text_read(v) for k, v in row.items()}) for row in csv.DictReader(f)]
+            reader = csv.DictReader(f)
+            return [_from_columns(_csv_row(row, reader.line_num)) for row in reader]
     except (OSError, KeyError, ValueError) as err:
         raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
 

@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+from rsz_infer.errors import RszError
 
 from .helpers import bands_first, read_jsonl, save, solid, write_geotiff
 from .test_hostile_bundles_and_indexes import error_lines
@@ -99,6 +102,14 @@ def test_csv_cells_that_would_be_formulas_are_neutralised(bundles, tmp_path, cap
     from rsz_infer.report import read_label_rows
 
     assert sorted(r["labels"][0] for r in read_label_rows(out)) == ["-blue", "=red", "@green"]
+    # a row cut short (or one cell too many) is a one-line error naming the file and the line
+    lines = text.splitlines()
+    for broken in (lines[1].rsplit(",", 2)[0], lines[1] + ",extra"):
+        out.write_text("\n".join([lines[0], lines[2], broken]) + "\n")
+        with pytest.raises(
+            RszError, match=r"labels.csv: not a readable rsz-infer labels file \(line 3: not as many cells"
+        ):
+            read_label_rows(out)
 
 
 def test_nul_in_class_names_is_refused(bundles, tmp_path, capsys):
