@@ -22,7 +22,7 @@ from rsz_infer.backend import BACKENDS, PRECISIONS, check_device
 from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.cluster import parse_shard
 from rsz_infer.decoders import DECODERS
-from rsz_infer.errors import HELP_OPTIONS, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, one_line_callback, one_line_errors
 from rsz_infer.images import DEFAULT_MAX_PIXELS, TileOptions, parse_bands
 from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
@@ -39,7 +39,7 @@ EPILOG = (
 
 def _device_option(f):
     return click.option(
-        "--device", default="auto", show_default=True, callback=lambda _ctx, _p, v: check_device(v),
+        "--device", default="auto", show_default=True, callback=one_line_callback(check_device),
         help="auto (cuda when an NVIDIA GPU is visible; the summary says which device and provider ran), "
         "cpu, cuda, or cuda:N (GPU N for this process).",
     )(f)  # fmt: skip
@@ -118,10 +118,13 @@ def _runtime_options(f):
         "not equal to, a full decode).",
     )(f)  # fmt: skip
     f = click.option(
-        "--shard", default=None, callback=lambda _ctx, _p, v: parse_shard(v),
+        "--shard", default=None, callback=one_line_callback(parse_shard),
         help="I/N: only shard I of N of the discovered tiles (N processes or array jobs, each an own --out).",
     )(f)  # fmt: skip
-    f = click.option("--workers", default=0, help="Decoding threads (0: one per core, up to 8).")(f)
+    f = click.option(
+        "--workers", type=click.IntRange(min=0), default=0,
+        help="Decoding threads (0: one per core, up to 8).",
+    )(f)  # fmt: skip
     f = click.option("--batch", default=32, show_default=True, help="Tiles per engine call.")(f)
     f = click.option(
         "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
@@ -247,7 +250,10 @@ def label_command(
 @_ray_options
 @one_line_errors
 def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
-    """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped."""
+    """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped.
+
+    Tiles that cannot be read are listed in OUT.errors.csv beside the folder (exit 3); the next call tries
+    them again."""
     from rsz_infer.index import IndexConfig, build_index
 
     ray = _ray(kw)

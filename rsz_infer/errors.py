@@ -48,3 +48,14 @@ def one_line_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line_callback(check: Callable[[Any], Any]) -> Callable[[Any, Any, Any], Any]:
+    """A click option callback that returns check(value). Click runs callbacks while it parses, before the
+    command's one_line_errors wrapper: without this an RszError from the check is a traceback."""
+
+    @one_line_errors
+    def callback(_ctx: Any, _param: Any, value: Any) -> Any:
+        return check(value)
+
+    return callback

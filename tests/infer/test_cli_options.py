@@ -1,0 +1,64 @@
+"""Option values click checks while it parses (callbacks, ranges) are one error line and exit 2 like every
+other bad input: no traceback, and nothing is written (no output, no .part, no index folder)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import save, solid
+from .test_hostile_bundles_and_indexes import error_lines
+from .test_label import run_cli
+
+
+@pytest.fixture()
+def tiles(tmp_path):
+    save(tmp_path / "tiles" / "red.png", solid("red", 24))
+    return tmp_path / "tiles"
+
+
+BAD_CALLBACK_VALUES = [
+    ("--shard", "x", "error: --shard x: expected I/N"),
+    ("--shard", "2/2", "error: --shard 2/2: I must be at least 0 and smaller than N"),
+    ("--shard", "1/0", "error: --shard 1/0: I must be at least 0 and smaller than N"),
+    ("--device", "gpu7", "error: --device gpu7: expected one of"),
+    ("--device", "tpu", "error: --device tpu: expected one of"),
+    ("--device", "cuda:x", "error: --device cuda:x: expected one of"),
+]
+
+
+def _commands(tiles, bundle, class_file, tmp_path) -> dict[str, list]:
+    return {
+        "label": [
+            "label",
+            tiles,
+            "--classes",
+            class_file,
+            "--model",
+            bundle,
+            "--out",
+            tmp_path / "l.csv",
+            "--quiet",
+        ],
+        "index": ["index", tiles, "--model", bundle, "--out", tmp_path / "idx", "--quiet"],
+        "search": ["search", tmp_path / "idx", "--text", "red"],
+    }
+
+
+@pytest.mark.parametrize("option, value, expected", BAD_CALLBACK_VALUES)
+def test_bad_callback_values_are_one_line(
+    option, value, expected, tiles, bundles, class_file, tmp_path, capsys
+):
+    for name, command in _commands(tiles, bundles["msa"], class_file, tmp_path).items():
+        if option == "--shard" and name == "search":
+            continue  # search takes no --shard
+        code, _, err = run_cli([*command, option, value], capsys)
+        assert code == 2 and error_lines(err) == [err.strip()] and err.startswith(expected), (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing written
+
+
+def test_negative_workers_is_a_usage_error(tiles, bundles, class_file, tmp_path, capsys):
+    commands = _commands(tiles, bundles["msa"], class_file, tmp_path)
+    for name in ("label", "index"):
+        code, _, err = run_cli([*commands[name], "--workers", "-1"], capsys)
+        assert code == 2 and "Traceback" not in err and "Invalid value for '--workers'" in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # no labels, no .part, no index
