@@ -22,6 +22,9 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # rsz-infer's --model default, relative to where it runs; `rsz-train demo` makes it its bundle
 DEFAULT_MODEL = Path("models/default")
+# every manifest.model_kind there is: rsz_train.models.registry.bundle_kinds() (not imported here: rsz-infer
+# runs without rsz_train; a test keeps the two lists the same)
+MODEL_KINDS = ("dsva", "mcfa", "msa", "clip")
 CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.class_embeddings
 SCORING_RULES = ("cosine", "dot")
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
@@ -60,7 +63,7 @@ class GraphSpec:
 
 @dataclass
 class Manifest:
-    model_kind: str  # "dsva" | "mcfa" | "msa" | "clip"
+    model_kind: str  # one of MODEL_KINDS: "dsva" | "mcfa" | "msa" | "clip"
     rsz_version: str
     preprocess: PreprocessSpec
     # role -> graph: "image" always; "text", "semantic" (MCFA), "rerank" (MSA) where the model has them
@@ -244,7 +247,10 @@ def manifest_problem(m: Manifest) -> str | None:
     """What is wrong with the manifest's values (types and ranges), or None when they are usable."""
     p = m.preprocess
     checks = [
-        (isinstance(m.model_kind, str) and m.model_kind != "", "model_kind must be a name"),
+        (
+            isinstance(m.model_kind, str) and m.model_kind in MODEL_KINDS,
+            f"model_kind {m.model_kind!r} is none of {', '.join(MODEL_KINDS)}",
+        ),
         (isinstance(m.rsz_version, str), "rsz_version must be a string"),
         (type(p.size) is int and p.size >= 1, "preprocess.size must be a positive integer"),
         (len(p.mean) == 3 and all(_is_number(v) for v in p.mean), "preprocess.mean must be 3 numbers"),

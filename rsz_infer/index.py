@@ -41,6 +41,7 @@ from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
     DEFAULT_MAX_PIXELS,
+    NodataTile,
     Tile,
     TileError,
     TileOptions,
@@ -50,12 +51,19 @@ from rsz_infer.images import (
     tile_from_record,
 )
 from rsz_infer.locking import OutputLock
+from rsz_infer.outputs import atomic_write, render_errors
 from rsz_infer.pipeline import gsd_note, resolve_gsd, run_log_engine
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import l2_normalize
-from rsz_infer.trust import file_sha256, load_array, read_index_info, read_tile_rows
+from rsz_infer.trust import (
+    INDEX_FORMAT,
+    check_finite,
+    file_sha256,
+    load_array,
+    read_index_info,
+    read_tile_rows,
+)
 
-INDEX_FORMAT = 1
 # Below this many rows exact numpy search answers in milliseconds and needs nothing extra; "auto" switches
 # to an approximate FAISS HNSW graph above it (when faiss is installed).
 ANN_MIN_ROWS = 50_000
@@ -105,16 +113,21 @@ class Index:
         if not info_path.is_file():
             raise RszError(f"{folder}: not an rsz index (no index.json); make one with rsz-infer index")
         info = read_index_info(info_path)
-        embeddings = load_array(folder / "embeddings.npy")
+        embeddings = load_array(folder / "embeddings.npy", ndim=2)
+        # every open: the embeddings are read into memory anyway, and every search and merge uses them all
+        check_finite(embeddings, folder / "embeddings.npy")
         tiles = read_tile_rows(folder / "tiles.jsonl")
         scales_path = folder / "scales.npy"
-        scales = load_array(scales_path, mmap=True) if scales_path.is_file() else None
+        # [N, S, Dm], memory-mapped: checked for NaN only where rows are read (rerank, append, merge)
+        scales = load_array(scales_path, ndim=3, mmap=True) if scales_path.is_file() else None
         if len(tiles) != embeddings.shape[0] or embeddings.shape[1] != info["dim"]:
             raise RszError(
                 f"{folder}: tiles.jsonl, embeddings.npy and index.json disagree "
                 f"({len(tiles)} rows, {embeddings.shape[0]}x{embeddings.shape[1]} embeddings, "
                 f"dim {info['dim']})"
             )
+        if info.get("count", len(tiles)) != len(tiles):
+            raise RszError(f"{info_path}: count {info['count']} but the index holds {len(tiles)} rows")
         if scales is not None and scales.shape[0] != embeddings.shape[0]:
             raise RszError(f"{scales_path}: {scales.shape[0]} rows but the index has {embeddings.shape[0]}")
         return cls(folder, info, embeddings, tiles, scales)
@@ -202,6 +215,7 @@ class IndexSummary:
     startup_seconds: float = 0.0
     loop_seconds: float = 0.0
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
+    errors_file: Path | None = None  # where the skipped tiles are listed (write_index_errors), when written
 
     @property
     def exit_code(self) -> int:
@@ -215,6 +229,7 @@ class IndexSummary:
             f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s"
             + (f", {self.resize_note}" if self.resize_note else "")
             + f" -> {out}"
+            + (f" (skipped tiles in {self.errors_file.name})" if self.skipped and self.errors_file else "")
         )
         if self.exit_code == 2:
             line += "\nerror: nothing was indexed: every tile was skipped"
@@ -280,9 +295,11 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     total = list_tiles(cfg.inputs, tile_options, keep=wanted).count
     todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
     with_scales = "rerank" in manifest.graphs
-    rows, embeddings, scales = [], [], []
+    rows, embeddings, scales, skipped = [], [], [], []
 
     def keep(batch: EmbeddedBatch) -> None:
+        bad = [(tile, err) for tile, err in batch.skipped if not isinstance(err, NodataTile)]
+        skipped.extend({"tile": tile.id, "skipped": str(err)} for tile, err in bad)  # OUT.errors.csv rows
         if not batch.tiles:
             return
         embeddings.append(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
@@ -304,6 +321,7 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         )
     else:
         search = old.info.get("search", "exact")
+    write_index_errors(out, skipped)
     if counts.interrupted:
         print(
             f"interrupted: {len(rows)} new tiles saved in {out}; run the same command to add the rest",
@@ -314,8 +332,25 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     return IndexSummary(
         len(rows), len(known), counts.skipped, counts.nodata, backend, search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
-        resize_note=counts.resize_note(),
+        resize_note=counts.resize_note(), errors_file=index_errors_path(out),
     )  # fmt: skip
+
+
+def index_errors_path(out: Path) -> Path:
+    """Where `rsz-infer index --out OUT` lists the tiles it skipped: OUT.errors.csv beside the folder (not
+    inside it: the folder is rebuilt and swapped on each append, and holds only what the index reads)."""
+    return out.with_name(out.name + ".errors.csv")
+
+
+def write_index_errors(out: Path, skipped: list[dict]) -> None:
+    """The skipped tiles of this call ({"tile", "skipped": reason}) as OUT.errors.csv, written atomically
+    like label's errors.csv. A call that skipped none removes an earlier call's list: skipped tiles are never
+    in the index, so every call tries them again and its own list is the whole, current one."""
+    path = index_errors_path(out)
+    if skipped:
+        atomic_write(path, render_errors(skipped))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def check_same_engine(out: Path, old: Index | None, made_with: dict) -> None:
@@ -367,6 +402,7 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
             rows += [index.tiles[i] for i in keep]
             embeddings.append(index.embeddings[keep])
             if index.scales is not None:
+                check_finite(index.scales, index.folder / "scales.npy")  # the first's: in _write_index
                 scales.append(np.asarray(index.scales)[keep])
         # the first index is the base, the others append to it: the same writer as `rsz-infer index`
         _write_index(
@@ -384,7 +420,11 @@ def _write_index(
     all_emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, manifest.embedding_dim), np.float32)
     all_scales = None
     if with_scales:
-        scale_parts = ([np.asarray(old.scales)] if old and old.scales is not None else []) + scales
+        old_scales = []
+        if old is not None and old.scales is not None:
+            check_finite(old.scales, old.folder / "scales.npy")  # read whole here anyway: copied over
+            old_scales = [np.asarray(old.scales)]
+        scale_parts = old_scales + scales
         all_scales = np.concatenate(scale_parts) if scale_parts else None
     info = {
         "format": INDEX_FORMAT,
@@ -569,7 +609,9 @@ def search_index(
             raise RszError(
                 f"--rerank: the {manifest.model_kind} model has no rerank graph (only MSA bundles do)"
             )
-        scores = _rerank_scores(model, manifest, index.scales, idx, text_out, backend, device)
+        scores = _rerank_scores(
+            model, manifest, index.scales, index.folder / "scales.npy", idx, text_out, backend, device
+        )
         order = np.argsort(-scores, kind="stable")
         idx, sims, scores = idx[order], sims[order], scores[order]
     return [
@@ -602,7 +644,7 @@ def _embed_image(
         runner.close()
 
 
-def _rerank_scores(model, manifest, scales, candidates, text_out, backend, device) -> np.ndarray:
+def _rerank_scores(model, manifest, scales, scales_path, candidates, text_out, backend, device) -> np.ndarray:
     runner = open_runner(model, manifest, "rerank", backend, device)
     out = []
     try:
@@ -611,8 +653,11 @@ def _rerank_scores(model, manifest, scales, candidates, text_out, backend, devic
             chunk = candidates[start : start + step]
             n = len(chunk)
             rows = np.concatenate([chunk, np.repeat(chunk[-1:], max(0, runner.batch_range[0] - n))])
+            candidate_scales = np.asarray(scales[rows], np.float32)
+            if not np.isfinite(candidate_scales).all():  # only the candidates' rows are read from the file
+                raise RszError(f"{scales_path}: holds NaN or infinite values (a damaged index; rebuild it)")
             feeds = {
-                "scales": np.asarray(scales[rows], np.float32),
+                "scales": candidate_scales,
                 "tokens": np.repeat(text_out["tokens"], len(rows), axis=0),
                 "attention_mask": np.repeat(text_out["attention_mask"], len(rows), axis=0),
             }

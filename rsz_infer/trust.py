@@ -21,6 +21,8 @@ from rsz_infer.errors import RszError, first_line
 # GDAL opens these as network or archive paths; an index row never makes rsz open one
 REMOTE_PREFIXES = ("/vsi", "\\vsi")
 INDEX_SEARCH_METHODS = ("exact", "hnsw")
+INDEX_FORMAT = 1  # index.json "format" this rsz writes and reads; a newer one may mean other files or layouts
+FINITE_CHECK_ROWS = 65_536  # rows per finiteness check: the temporary mask stays small for a huge array
 
 
 def is_remote(path: str) -> bool:
@@ -50,6 +52,10 @@ def tile_is_the_embedded_one(row: dict) -> bool:
     return isinstance(recorded, str) and file_sha256(row["path"]) == recorded
 
 
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, not 1.0
+
+
 def _positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
@@ -64,6 +70,11 @@ def read_index_info(path: Path) -> dict:
     bands = info.get("bands") if isinstance(info, dict) else None
     checks = [
         (isinstance(info, dict), "not a JSON object"),
+        (
+            # indexes have always written their format; none (a hand-made index.json) reads as the first
+            isinstance(info, dict) and _is_int(info.get("format", INDEX_FORMAT)),
+            "format must be an integer",
+        ),
         (isinstance(info, dict) and isinstance(info.get("model"), str), "model must be a sha256 string"),
         (isinstance(info, dict) and isinstance(info.get("model_dir"), str), "model_dir must be a path"),
         (
@@ -80,6 +91,11 @@ def read_index_info(path: Path) -> dict:
         ),
         (isinstance(info, dict) and type(info.get("dim")) is int and info["dim"] >= 1, "dim must be >= 1"),
         (
+            isinstance(info, dict)
+            and (info.get("count") is None or (_is_int(info["count"]) and info["count"] >= 0)),
+            "count must be a number of rows",
+        ),
+        (
             isinstance(info, dict) and info.get("search", "exact") in INDEX_SEARCH_METHODS,
             f"search must be one of {', '.join(INDEX_SEARCH_METHODS)}",
         ),
@@ -87,20 +103,40 @@ def read_index_info(path: Path) -> dict:
     for ok, problem in checks:
         if not ok:
             raise RszError(f"{path}: bad index.json ({problem})")
+    if info.get("format", INDEX_FORMAT) != INDEX_FORMAT:
+        raise RszError(
+            f"{path}: index format {info['format']}, this rsz reads {INDEX_FORMAT} (made by a newer rsz?)"
+        )
     if is_remote(info["model_dir"]):
         raise RszError(f"{path}: model_dir {info['model_dir']!r} is remote; pass --model")
     return info
 
 
-def load_array(path: Path, mmap: bool = False) -> np.ndarray:
-    """A float .npy written by rsz (never unpickled: object arrays are refused)."""
+def load_array(path: Path, ndim: int, mmap: bool = False) -> np.ndarray:
+    """A float .npy of `ndim` dimensions written by rsz (never unpickled: object arrays are refused)."""
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise RszError(f"{path}: not a plain numeric .npy file ({first_line(err, limit=200)})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.ndim < 2:
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
         raise RszError(f"{path}: expected a float array of rows, got {getattr(array, 'dtype', type(array))}")
+    if array.ndim != ndim:  # exactly: a 3-D array where rows of vectors belong breaks search and merge
+        raise RszError(f"{path}: expected a {ndim}-D float array, got shape {array.shape}")
     return array
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """RszError naming the file and the first bad row when `array` holds NaN or infinity (a damaged or
+    crafted file: NaN scores sort anywhere, so search would answer silently wrong).
+
+    Checked FINITE_CHECK_ROWS rows at a time, so a memory-mapped array is read in pieces and the mask
+    np.isfinite makes never has the size of the whole array."""
+    for start in range(0, array.shape[0], FINITE_CHECK_ROWS):
+        chunk = np.asarray(array[start : start + FINITE_CHECK_ROWS])
+        finite = np.isfinite(chunk).reshape(chunk.shape[0], -1).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise RszError(f"{path}: row {row} holds NaN or infinite values (a damaged index; rebuild it)")
 
 
 def _valid_row(row: object) -> bool:
@@ -122,8 +158,9 @@ def _valid_row(row: object) -> bool:
 
 
 def read_tile_rows(path: Path) -> list[dict]:
-    """tiles.jsonl, validated row by row: tile id, path, window (4 ints or null), footprint, sha256."""
-    rows = []
+    """tiles.jsonl, validated row by row: tile id, path, window (4 ints or null), footprint, sha256; each
+    tile id once (an index holds a tile once: appends and merges skip known ids)."""
+    rows, seen = [], set()
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for number, line in enumerate(f, start=1):
@@ -133,6 +170,9 @@ def read_tile_rows(path: Path) -> list[dict]:
                     row = None
                 if not _valid_row(row):
                     raise RszError(f"{path}: line {number} is not a tile row (tile, path, window)")
+                if row["tile"] in seen:
+                    raise RszError(f"{path}: line {number} repeats tile {row['tile']!r}")
+                seen.add(row["tile"])
                 rows.append(row)
     except OSError as err:
         raise RszError(f"{path}: cannot read ({err.strerror})") from None

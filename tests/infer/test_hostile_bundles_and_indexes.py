@@ -104,6 +104,7 @@ def test_manifest_graph_outside_the_bundle_or_unlisted_is_refused(how, bundles, 
         (lambda m: m.update(text_prompt="{0} of {name}"), "text_prompt"),
         (lambda m: m["graphs"]["image"]["inputs"][0].update(dtype="object"), "tensors need a name"),
         (lambda m: m.update(tokenizer="/etc/passwd"), "points outside the bundle"),
+        (lambda m: m.update(model_kind="xyz"), "model_kind 'xyz' is none of dsva, mcfa, msa, clip"),
     ],
 )
 def test_malformed_manifest_values_are_one_line(change, expected, bundles, class_file, tmp_path, capsys):
@@ -111,6 +112,7 @@ def test_malformed_manifest_values_are_one_line(change, expected, bundles, class
     _edit_manifest(bundle, change)
     code, lines, out = _label(bundle, class_file, tmp_path, capsys)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert "manifest.json" in lines[0]
     assert not out.exists()
 
 
@@ -192,26 +194,78 @@ def test_remote_gdal_paths_in_an_index_are_never_opened(index_dir, tmp_path, cap
         ("index_json", "index.json: not a readable index.json"),
         ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap"),
         ("tiles_row", "tiles.jsonl: line 2 is not a tile row"),
+        ("format", "index.json: index format 2, this rsz reads 1"),
+        ("count", "index.json: count 300 but the index holds 3 rows"),
+        ("duplicate", "tiles.jsonl: line 3 repeats tile"),
+        ("embeddings_3d", "embeddings.npy: expected a 2-D float array, got shape (3, 16, 1)"),
+        ("embeddings_nan", "embeddings.npy: row 1 holds NaN or infinite values"),
+        ("embeddings_inf", "embeddings.npy: row 2 holds NaN or infinite values"),
+        ("scales_2d", "scales.npy: expected a 3-D float array, got shape (3, 16)"),
+        ("scales_nan", "scales.npy: holds NaN or infinite values"),
     ],
 )
 def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path, capsys):
     marker = tmp_path / "code-ran"
+    info = json.loads((index_dir / "index.json").read_text())
+    rows = _rows(index_dir)
+    embeddings = np.load(index_dir / "embeddings.npy")
     if damage == "pickle":
         np.save(index_dir / "embeddings.npy", np.array([_Payload(marker)], dtype=object), allow_pickle=True)
     elif damage == "index_json":
         (index_dir / "index.json").write_text("{not json")
-    elif damage == "index_types":
-        info = json.loads((index_dir / "index.json").read_text())
-        info["tile_options"] = {"tile_size": "256", "overlap": 0}
+    elif damage in ("index_types", "format", "count"):
+        if damage == "index_types":
+            info["tile_options"] = {"tile_size": "256", "overlap": 0}
+        elif damage == "format":  # a future rsz's index
+            info["format"] = 2
+        else:
+            info["count"] = 300
         (index_dir / "index.json").write_text(json.dumps(info))
-    else:
-        rows = _rows(index_dir)
+    elif damage == "tiles_row":
         rows[1]["window"] = "0,0,16,16"
         _write_rows(index_dir, rows)
-    code, out, err = run_cli(["search", index_dir, "--text", "red"], capsys)
+    elif damage == "duplicate":  # the tester's case: the last row replaced by a copy of the first
+        _write_rows(index_dir, rows[:-1] + rows[:1])
+    elif damage == "embeddings_3d":
+        np.save(index_dir / "embeddings.npy", embeddings[:, :, None])
+    elif damage.startswith("embeddings_"):
+        row = 1 if damage == "embeddings_nan" else 2
+        embeddings[row, 3] = np.nan if damage == "embeddings_nan" else np.inf
+        np.save(index_dir / "embeddings.npy", embeddings)
+    elif damage == "scales_2d":
+        np.save(index_dir / "scales.npy", np.zeros((3, 16), np.float32))
+    else:  # NaN scales: only rerank reads them (the file is memory-mapped, checked where rows are read)
+        scales = np.load(index_dir / "scales.npy")
+        scales[:, 0, 0] = np.nan
+        np.save(index_dir / "scales.npy", scales)
+    code, out, err = run_cli(["search", index_dir, "--text", "red", "--rerank", "3"], capsys)
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert out == "" and not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["embeddings_3d", "embeddings_nan", "scales_nan"])
+def test_merge_refuses_a_damaged_source_in_one_line(damage, bundles, tmp_path, capsys):
+    """merge reads every row of every source: a 3-D or NaN array is one error line naming it, no output."""
+    sources = []
+    for i, colour in enumerate(["red", "green"]):
+        tiles = tmp_path / f"tiles{i}"
+        save(tiles / f"{colour}.png", solid(colour, 24, seed=i))
+        build_index(IndexConfig([str(tiles)], bundles["msa"], tmp_path / f"part{i}", progress=False))
+        sources.append(tmp_path / f"part{i}")
+    bad = sources[1]
+    if damage == "embeddings_3d":
+        np.save(bad / "embeddings.npy", np.load(bad / "embeddings.npy")[:, :, None])
+    else:
+        name = "embeddings.npy" if damage == "embeddings_nan" else "scales.npy"
+        array = np.load(bad / name)
+        array.flat[0] = np.nan
+        np.save(bad / name, array)
+    code, _, err = run_cli(["merge", tmp_path / "merged", *sources], capsys)
+    lines = error_lines(err)
+    name = "scales.npy" if damage == "scales_nan" else "embeddings.npy"
+    assert code == 2 and len(lines) == 1 and str(bad / name) in lines[0], lines
+    assert not (tmp_path / "merged" / "index.json").exists()
 
 
 class _Payload:

@@ -33,12 +33,22 @@ def test_index_search_rerank_and_gallery(bundles, tmp_path, capsys):
     (tiles / "b" / "broken.png").write_bytes(b"")
     code, _, err = run_cli(["index", tiles, "--model", bundle, "--out", idx, "--quiet"], capsys)
     assert code == 3 and "1 tiles added, 4 already in, 1 skipped, 0 nodata" in err
+    # the skipped tile and its reason are in OUT.errors.csv beside the folder, as the help says
+    errors = tmp_path / "idx.errors.csv"
+    assert "(skipped tiles in idx.errors.csv)" in err.splitlines()[-1]
+    lines = errors.read_text().splitlines()
+    assert lines == ["tile,reason", f"{tiles / 'b' / 'broken.png'},empty file (0 bytes)"]
     index = Index.load(idx)
     assert index.embeddings.shape == (5, 16) and index.scales.shape == (5, 2, 8)
     assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
     assert [t["tile"].split("/")[-1] for t in index.tiles] == [
         "0_red.png", "1_green.png", "2_blue.png", "3_red.png", "4_green.png",
     ]  # fmt: skip
+
+    # the broken tile is tried again on the next call; a call that skips none removes the old list
+    (tiles / "b" / "broken.png").unlink()
+    code, _, err = run_cli(["index", tiles, "--model", bundle, "--out", idx, "--quiet"], capsys)
+    assert code in (0, None) and not errors.exists() and "errors.csv" not in err
 
     hits = search(idx, text="fields of green crops", k=2)
     assert [h.tile["tile"].split("_")[-1] for h in hits] == ["green.png", "green.png"]

@@ -41,3 +41,11 @@ def test_every_entry_resolves_and_every_cli_offers_it():
     assert tuple(demo["kind"].type.choices) == model_kinds()
     result = CliRunner().invoke(export_main, ["--model", "nope", "--run", "x"])
     assert result.exit_code == 2 and "'nope' is not one of 'dsva', 'mcfa', 'msa'" in result.output
+
+
+def test_bundle_reader_knows_every_kind_a_bundle_can_be():
+    """rsz_infer.bundle keeps its own copy (rsz-infer runs without rsz_train): it must stay the registry's."""
+    from rsz_infer.bundle import MODEL_KINDS
+    from rsz_train.models.registry import bundle_kinds
+
+    assert MODEL_KINDS == bundle_kinds()
