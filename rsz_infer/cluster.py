@@ -533,7 +533,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
         print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
               "run the same command to finish", file=sys.stderr)  # fmt: skip
         return summary
-    rows, embeddings, scales = [], [], []
+    rows, embeddings, scales, skipped = [], [], [], []
     for path in sorted(parts_dir.glob(PART_GLOB)):
         table = pq.read_table(path)
         shape = json.loads((table.schema.metadata or {}).get(b"scales_shape", b"null"))
@@ -542,8 +542,11 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
             table.column("embedding").to_pylist(),
             table.column("scales").to_pylist(),
         ):
-            if emb is None:
-                continue  # a skipped tile (counted by its partition)
+            if emb is None:  # a skipped tile (counted by its partition); nodata windows are not errors
+                bad = json.loads(record)
+                if not bad.get("nodata"):
+                    skipped.append(bad)
+                continue
             rows.append(json.loads(record))
             embeddings.append(np.asarray(emb, np.float32)[None])
             if sc is not None:
@@ -553,5 +556,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
         summary.search = ix._write_index(
             out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method, made_with
         )
+    ix.write_index_errors(out, skipped)
+    summary.errors_file = ix.index_errors_path(out)
     shutil.rmtree(parts_dir)
     return summary

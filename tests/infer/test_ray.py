@@ -121,6 +121,10 @@ def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles,
     np.testing.assert_allclose(got.embeddings[order], want.embeddings, atol=1e-6)
     np.testing.assert_allclose(np.asarray(got.scales)[order], np.asarray(want.scales), atol=1e-6)
     assert [got.tiles[i] for i in order] == want.tiles  # the same rows (footprints, sha256 ...)
+    # the skipped files are listed as the single process lists them (the nodata window is no error)
+    errors = (tmp_path / "ray_idx.errors.csv").read_text().splitlines()
+    assert sorted(errors) == sorted((tmp_path / "single_idx.errors.csv").read_text().splitlines())
+    assert len(errors) == 3 and "(skipped tiles in ray_idx.errors.csv)" in capsys.readouterr().err
 
 
 def test_without_ray_the_option_says_what_to_install(bundles, class_file, tmp_path):
