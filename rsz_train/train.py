@@ -31,7 +31,7 @@ from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
 from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
 from rsz_train.data import batches as td
-from rsz_train.data.formats import SceneData, Split, paper_split
+from rsz_train.data.formats import SceneData, Split, attribute_matrix, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
 from rsz_train.models.registry import ModelEntry, create_model, model_entry
@@ -87,7 +87,13 @@ def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...form
             raise RszError(
                 f"{data.root}: train.semantics is 'matrix' but the benchmark has no attribute matrix"
             )
-        attributes = np.asarray(data.attribute_matrix, dtype=np.float32)
+        # every route into it is checked (formats.attribute_matrix); a SceneData built by hand is too
+        attributes = attribute_matrix(data.attribute_matrix, f"{data.root}: attribute matrix")
+        if attributes.shape[0] != len(names):
+            raise RszError(
+                f"{data.root}: attribute matrix has {attributes.shape[0]} rows, "
+                f"the data set {len(names)} classes"
+            )
     elif source == "images":
         attributes, routes = _image_attributes(
             data, descriptions, phrases, split, dual_encoder_run, device, phrase_ridge

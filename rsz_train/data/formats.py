@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -137,6 +138,9 @@ def load_benchmark(data_dir: str | Path) -> SceneData:
         for folder in folders:
             if folder not in names:
                 raise RszError(f"{images / folder}: class folder not listed in {classes_file}")
+        for name in names:  # a class is a folder of DIR/images: a name such as '../x' would reach outside
+            if "/" in name or "\\" in name or name in (".", ".."):
+                raise RszError(f"{classes_file}: class {name!r} is not a folder name (a folder of {images})")
         data = _scene_data(images, names, {e.name: e.description for e in entries})
     else:
         if not folders:
@@ -175,6 +179,42 @@ def _read_text(path: Path) -> str:
         raise RszError(f"{path}: cannot read ({err.strerror})") from None
 
 
+def inside_folder(rel: str) -> bool:
+    """A path a data file names stays inside its data folder: relative, no '..' part, no drive. A caption
+    JSON or a split list could otherwise make training read (and test on) any file on the machine."""
+    text = rel.replace("\\", "/")
+    return (
+        bool(text)
+        and not text.startswith("/")
+        and ".." not in text.split("/")
+        and not re.match(r"^[A-Za-z]:", text)
+    )
+
+
+_ARRAY_KINDS = {"O": "a cell array", "U": "text (a char array)", "S": "text", "c": "complex numbers"}
+
+
+def attribute_matrix(value, where: str) -> np.ndarray:
+    """A class-attribute matrix -> float32, or a one-line error naming `where` (file and field): it must be
+    a 2-D array of finite numbers. Unchecked, a cell array of strings is a numpy traceback, and a NaN or
+    inf only shows epochs later as a NaN loss blamed on the learning rate."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        kind = _ARRAY_KINDS.get(array.dtype.kind, f"dtype {array.dtype}")
+        raise RszError(f"{where}: must be a numeric matrix, got {kind}")
+    if array.ndim != 2 or 0 in array.shape:
+        raise RszError(f"{where}: must be a 2-D matrix, got shape {array.shape}")
+    matrix = array.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(matrix))
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        raise RszError(
+            f"{where}: value {float(array[row, col])} at row {row + 1}, column {col + 1} "
+            "is not a finite number" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+        )
+    return matrix
+
+
 def _read_attributes(path: Path) -> tuple[list[str], list[str], list[str]]:
     names, groups, phrases = [], [], []
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -211,11 +251,14 @@ def _read_attribute_matrix(path: Path, class_names: list[str], attribute_names: 
         if len(row) != len(header) + 1:
             raise RszError(f"{path}:{number}: {len(row) - 1} values, expected {len(header)}")
         try:
-            matrix[index[name]] = [float(v) for v in row[1:]]
+            values = [float(v) for v in row[1:]]
         except ValueError:
             raise RszError(
                 f"{path}:{number}: values must be numbers, got {','.join(row[1:])[:60]!r}"
             ) from None
+        if not all(math.isfinite(v) for v in values):  # float() takes "nan" and "inf": a NaN loss later
+            raise RszError(f"{path}:{number}: values must be finite numbers, got {','.join(row[1:])[:60]!r}")
+        matrix[index[name]] = values
     missing = [n for n in class_names if np.isnan(matrix[index[n]]).any()]
     if missing:
         raise RszError(
@@ -292,6 +335,8 @@ def load_split(data_dir: str | Path, name: str) -> Split:
             rel = line.strip()
             if not rel:
                 continue
+            if not inside_folder(rel):
+                raise RszError(f"{path}:{number}: image {rel!r} is not a path inside {images}")
             cls = rel.split("/", 1)[0]
             if cls not in allowed[key]:
                 raise RszError(
@@ -534,6 +579,10 @@ def read_dsva_mat(
     "<class>/<file>"): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
     test_seen_loc, test_unseen_loc, each optionally suffixed `_<id>` (the random split id; the smallest
     is used unless `split_id` says). Validation is carved by split_from_official.
+
+    Refused (a split must never test on an image it trains on): an image in both the training list and a
+    test list, in both test lists, or an image of a non-seen class in test_seen_loc. train_zsl_loc and
+    test_seen_loc overlap by design (train_zsl = train_gzsl + test_seen); test_seen is then held out.
     """
     from scipy.io import loadmat  # training-side dependency
 
@@ -559,7 +608,7 @@ def read_dsva_mat(
         raise RszError(f"{path}: missing key {'train_gzsl_loc' + suffix!r} (or train_zsl_loc)")
 
     mat_names = _strings(mat["allclasses_names"])
-    att = np.asarray(mat["att"], dtype=np.float32)
+    att = attribute_matrix(mat["att"], f"{path}: att")
     if att.ndim != 2 or att.shape[1] != len(mat_names):
         raise RszError(f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes")
     column = {class_key(n): i for i, n in enumerate(mat_names)}
@@ -585,17 +634,41 @@ def read_dsva_mat(
     test_seen = indices("test_seen_loc")
     test_unseen = indices("test_unseen_loc")
     if "train_gzsl_loc" in locs:
-        train_all = indices("train_gzsl_loc")
+        train_key, train_listed = "train_gzsl_loc", indices("train_gzsl_loc")
+        train_all = train_listed
     else:
+        # train_zsl_loc holds every seen image, test_seen's too, by design: those are not trained on
+        train_key, train_listed = "train_zsl_loc", indices("train_zsl_loc")
         held = set(test_seen)
-        train_all = [i for i in indices("train_zsl_loc") if i not in held]
+        train_all = [i for i in train_listed if i not in held]
+    paths = data.image_paths
+    path_of = {i: paths[image_list[i]] for i in [*train_listed, *test_seen, *test_unseen]}
+
+    def refuse_shared(a: list[int], key_a: str, b: list[int], key_b: str) -> None:
+        """No image may be both trained on (or tested as seen) and tested on: compared by image, as two
+        indices of an image_files list may name one image."""
+        shared = {path_of[i] for i in a} & {path_of[i] for i in b}
+        if shared:
+            raise RszError(f"{path}: image {min(shared)!r} is in both {key_a + suffix} and {key_b + suffix}")
+
+    if train_key == "train_gzsl_loc":  # (train_zsl_loc overlaps test_seen_loc by design)
+        refuse_shared(train_listed, train_key, test_seen, "test_seen_loc")
+    refuse_shared(train_listed, train_key, test_unseen, "test_unseen_loc")
+    refuse_shared(test_seen, "test_seen_loc", test_unseen, "test_unseen_loc")
     seen = classes_of(train_all)
     unseen = classes_of(test_unseen)
+    for i in test_seen:  # test_seen holds held-out images of the seen classes, nothing else
+        c = data.class_names[data.labels[image_list[i]]]
+        if c not in seen:
+            why = "an unseen class" if c in unseen else f"a class with no images in {train_key + suffix}"
+            raise RszError(
+                f"{path}: test_seen_loc{suffix} lists image {path_of[i]!r} of {c!r}, {why} "
+                "(test_seen holds held-out images of the seen classes)"
+            )
     if set(seen) & set(unseen):
         raise RszError(
             f"{path}: class {sorted(set(seen) & set(unseen))[0]!r} has training and unseen test images"
         )
-    paths = data.image_paths
     split = split_from_official(
         data,
         path.stem + suffix,
@@ -665,6 +738,11 @@ def read_karpathy(path: str | Path) -> dict[str, tuple[str, list[str]]]:
         filename = entry["filename"]
         if isinstance(entry.get("filepath"), str) and entry["filepath"]:
             filename = f"{entry['filepath']}/{filename}"
+        if not inside_folder(filename):
+            raise RszError(
+                f"{path}: images[{k}] has filename {filename!r}, not a path inside the image folder "
+                "(absolute, or with '..')"
+            )
         split = CAPTION_SPLITS.get(str(entry.get("split", "")))
         if split is None:
             raise RszError(

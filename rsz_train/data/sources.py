@@ -263,6 +263,11 @@ def _split_file(
 def _attach_matrix(data: SceneData, att: np.ndarray, path: Path) -> None:
     """The .mat's attribute matrix becomes the ground truth (train.semantics: matrix); names come from an
     attributes file with as many rows, else att_1..att_A (and no phrases)."""
+    att = formats.attribute_matrix(att, f"{path}: att")  # finite numbers: a NaN would train to a NaN loss
+    if att.shape[0] != len(data.class_names):
+        raise RszError(
+            f"{path}: att has {att.shape[0]} class rows, the data set {len(data.class_names)} classes"
+        )
     if data.attribute_names and len(data.attribute_names) != att.shape[1]:
         raise RszError(
             f"{path}: att has {att.shape[1]} attributes, the attributes file {len(data.attribute_names)}"
@@ -352,12 +357,28 @@ def read_mcfa_split(files: dict[str, Path], data: SceneData, name: str, seed: in
     overlap = set(train_all) & set(test_seen)
     if overlap:
         raise RszError(f"{files['test_seen']}: image {sorted(overlap)[0]!r} is also in {files['seen'].name}")
+    overlap = set(test_seen) & set(test_unseen)
+    if overlap:
+        raise RszError(
+            f"{files['test_seen']}: image {sorted(overlap)[0]!r} is also in {files['unseen'].name}"
+        )
     classes_of = {p: data.class_names[label] for p, label in zip(paths, data.labels)}
     seen = sorted({classes_of[p] for p in train_all})
     unseen = sorted({classes_of[p] for p in test_unseen})
     both = set(seen) & set(unseen)
     if both:
         raise RszError(f"{files['unseen']}: class {sorted(both)[0]!r} has images in {files['seen'].name} too")
+    for p in test_seen:  # held-out images of the seen classes only: an unseen one would be scored twice
+        if classes_of[p] not in seen:
+            why = (
+                "an unseen class"
+                if classes_of[p] in unseen
+                else f"a class with no images in {files['seen'].name}"
+            )
+            raise RszError(
+                f"{files['test_seen']}: image {p!r} is of {classes_of[p]!r}, {why} "
+                "(test_seen holds held-out images of the seen classes)"
+            )
     return formats.split_from_official(data, name, seen, unseen, train_all, test_seen, test_unseen, seed)
 
 
