@@ -195,6 +195,8 @@ def _summary(test: dict) -> str:
     if "gzsl" in test:
         g, u = test["gzsl"], test["gzsl_uncalibrated"]
         parts.append(f"GZSL H {100 * g['H']:.1f}% (uncalibrated {100 * u['H']:.1f}%)")
+    if "gzsl_absent" in test:
+        parts.append(f"no GZSL ({test['gzsl_absent']})")
     if "retrieval" in test:
         parts.append(f"retrieval mR {test['retrieval']['mR']:.1f}")
     return ", ".join(parts) or "no test images"

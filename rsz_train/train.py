@@ -267,7 +267,10 @@ class _Trainer:
         if self.entry.uses_captions:  # caption models train only on images whose captions are for training
             self.sets["train"] = self._caption_subset(self.sets["train"], "train")
         if len(self.sets["train"].paths) < 2:
-            raise RszError(f"split {split.name}: fewer than 2 training images")
+            which = (
+                "training images with training captions" if self.entry.uses_captions else "training images"
+            )
+            raise RszError(f"split {split.name}: fewer than 2 {which}")
         position = {c: i for i, c in enumerate(self.train_ids)}
         self.train_labels = np.array([position[int(c)] for c in self.sets["train"].labels], dtype=np.int64)
         train_semantics = ev.subset_semantics(self.semantics, self.train_ids)
@@ -399,9 +402,20 @@ class _Trainer:
             return self.classifier_scores(stage, seen_calibration)
         seen_part, unseen_part = f"{stage}_seen", f"{stage}_unseen"
         unseen_ids = self.val_ids if stage == "val" else self.unseen_ids
-        if not unseen_ids or not len(self.sets[unseen_part].paths) or not len(self.sets[seen_part].paths):
+        if not unseen_ids or not len(self.sets[unseen_part].paths):
             return None
         class_emb = ev.embed_classes(self.model, self.semantics, self.device)
+        if not len(self.sets[seen_part].paths):
+            # ZSL needs only the unseen images (an MCFA ZSL folder has no test_seen list); GZSL needs both
+            position = {c: i for i, c in enumerate(unseen_ids)}
+            logits = ev.class_logits(
+                self._embed(unseen_part),
+                class_emb[unseen_ids],
+                self.model.scoring_rule,
+                self.model.logit_scale(),
+            )
+            local = np.array([position[int(c)] for c in self.sets[unseen_part].labels], dtype=np.int64)
+            return {"zsl": ev.zsl_accuracy(logits, local), "gzsl_absent": _gzsl_absent(seen_part)}
         image_emb = np.concatenate([self._embed(seen_part), self._embed(unseen_part)])
         labels = np.concatenate([self.sets[seen_part].labels, self.sets[unseen_part].labels])
         return ev.zsl_gzsl_scores(
@@ -451,6 +465,7 @@ class _Trainer:
         )
         out: dict = {"zsl": ev.zsl_accuracy(zsl_logits, unseen_local), "inference": "classifier"}
         if not len(self.sets[seen_part].paths):
+            out["gzsl_absent"] = _gzsl_absent(seen_part)
             return out
         emb = torch.cat([torch.from_numpy(self._embed(seen_part)), unseen_emb])
         labels = np.concatenate([self.sets[seen_part].labels, self.sets[unseen_part].labels])
@@ -532,6 +547,11 @@ class _Trainer:
         # The text route's rule, for export (the manifest) and so that inference computes the same rows.
         record["phrase_ridge"] = float(self.config.train.phrase_ridge)
         return record
+
+
+def _gzsl_absent(seen_part: str) -> str:
+    """Why a report has ZSL but no GZSL scores (report.json's "gzsl_absent")."""
+    return f"no {seen_part} images: GZSL scores images of the seen and the unseen classes together"
 
 
 def _selection_rule(cfg: TrainConfig, uses_captions: bool, source: DataSource) -> str:
@@ -627,6 +647,11 @@ def train(
         options = dataclasses.replace(options, split=split)
     config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
     data, layout = load_dataset(data_dir, options)
+    if model_entry(kind).uses_captions and not data.captions:  # up front, not as "too few images" later
+        raise RszError(
+            f"{kind} trains on captions: pass --captions FILE (a Karpathy JSON) or a data folder with "
+            f"captions (the rsz layout's captions.json); {data_dir} has none"
+        )
     splits = resolve_splits(data_dir, data, layout, options)
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
