@@ -46,7 +46,7 @@ def _first(data, name: str) -> int:
     return 1 + next(i for i, p in enumerate(data.image_paths) if p.startswith(name + "/"))
 
 
-# --- bug 1: att must be a finite numeric 2-D matrix -----------------------------------------------------
+# --- att must be a finite numeric 2-D matrix -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_attribute_matrix_csv_refuses_nan_and_inf(tmp_path):
         csv.write_text(csv.read_text().replace(f"forest,0,{bad}", "forest,0,0"))
 
 
-# --- bug 2: no image both trained on and tested on, no unseen image in test_seen ---------------------------
+# --- no image both trained on and tested on, no unseen image in test_seen ---------------------------
 
 
 def test_dsva_split_contamination_is_refused(folders, tmp_path):
@@ -163,7 +163,7 @@ def test_mcfa_unseen_image_in_test_seen_is_refused(folders, tmp_path):
     assert split.unseen == ["harbor"] and len(split.test_seen) == 3  # 4 seen, one carved as val
 
 
-# --- bug 4: every path a data file names stays inside its folder -----------------------------------------
+# --- every path a data file names stays inside its folder -----------------------------------------
 
 
 def _captions(folder: Path, filenames: list[str], filepath: str | None = None) -> Path:
