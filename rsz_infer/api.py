@@ -12,6 +12,7 @@ Labeler: one engine (rsz_infer.batching.ImageEngine) and one scoring rule (Score
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,25 @@ from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 Images = Sequence[np.ndarray] | np.ndarray | Sequence[str | Path | Tile]
 FLOAT_RULES = ("unit", "stretch")
 UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
+
+
+def check_min_score(
+    min_score: float | None,
+    entries: Sequence[ClassEntry],
+    classes: str | Path | Sequence[str] | Sequence[ClassEntry],
+) -> None:
+    """--min-score must be a finite number, and no class may be called "unknown" with it: such a class's
+    tiles would read exactly like the tiles below the score. `classes` names the class file in the error."""
+    if min_score is None:
+        return
+    if not math.isfinite(min_score):  # NaN compares false with every similarity: it would do nothing
+        raise RszError(f"--min-score {min_score}: must be a finite number (a raw similarity such as 0.2)")
+    if any(e.name.casefold() == UNKNOWN for e in entries):
+        where = classes if isinstance(classes, (str, Path)) else "classes"
+        raise RszError(
+            f"{where}: a class named {UNKNOWN!r} cannot be told from tiles below --min-score {min_score:g}; "
+            "rename the class or leave out --min-score"
+        )
 
 
 def class_entries(classes: str | Path | Sequence[str] | Sequence[ClassEntry]) -> list[ClassEntry]:
@@ -336,6 +356,7 @@ class Labeler(Embedder):
         if top_k < 1:
             raise RszError(f"--top-k {top_k}: must be at least 1")
         self.entries = class_entries(classes)
+        check_min_score(min_score, self.entries, classes)
         self.explain = explain  # DSVA: top attributes (and attention maps) in every labeled record
         self._scoring = (top_k, seen_calibration, min_score)
         super().__init__(bundle, backend, device, **engine)

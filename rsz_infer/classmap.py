@@ -137,8 +137,9 @@ def _write_class_map(
     from rasterio.windows import Window
 
     dtype, nodata = ("uint8", 255) if len(class_names) < 255 else ("uint16", 65535)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.grid.tif")
-    tmp_cog = path.with_name(f".{path.stem}.{os.getpid()}.cog.tif")
+    # ASCII temporary names: GDAL takes UTF-8 paths only, the final os.replace gives any name
+    tmp = path.with_name(f".rsz-map.{os.getpid()}.grid.tif")
+    tmp_cog = path.with_name(f".rsz-map.{os.getpid()}.cog.tif")
     try:
         with rasterio.open(scene_path) as scene:
             profile = {

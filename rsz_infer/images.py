@@ -32,6 +32,9 @@ from rsz_infer.errors import RszError, first_line
 PILLOW_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = PILLOW_EXTENSIONS + TIFF_EXTENSIONS
+# Suffixes that say a file in a folder is meant as imagery even when GDAL cannot be asked (a non-UTF-8 name)
+RASTER_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".vrt", ".img", ".ntf", ".webp", ".gif", ".bmp")
+NOT_UTF8_NAME = "file name is not valid UTF-8, which GDAL cannot open (rename the file)"
 MIN_TILE_PX = 8  # smaller images carry too little to label; the model input is upsampled from them
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_RULE = f"stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g}"
@@ -277,6 +280,11 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             # Plain JPEG/PNG tiles: Pillow (or nvImageCodec) decodes them; a corrupt one fails there
             yield Tile(id=name, path=name)
             return
+    if local and not utf8_name(name):
+        # GDAL takes UTF-8 paths only (rasterio.open raises UnicodeEncodeError): say so, never drop the file
+        if not in_folder or suffix in RASTER_SUFFIXES:
+            yield Tile(id=name, path=name, problem=NOT_UTF8_NAME)
+        return
     import rasterio
 
     _quiet_rasterio()
@@ -285,7 +293,9 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             if in_folder and ds.driver in _TEXT_DRIVERS:
                 return  # a text table GDAL reads as a grid is not imagery
             crs = ds.crs.to_string() if ds.crs else None
-            window_px = round(options.tile_size * _gsd_scale(ds, options))  # the window in source pixels
+            scale = _gsd_scale(ds, options)
+            _check_gsd_scale(ds, name, scale, options)
+            window_px = round(options.tile_size * scale)  # the window in source pixels
             windowed = ds.width > window_px or ds.height > window_px
             # What one read decodes at least: the whole image (read whole, or JPEG/PNG), else one block
             # (a single-strip TIFF is one block of the whole image)
@@ -308,6 +318,37 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({first_line(err)})")
         return
     yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
+
+
+def utf8_name(name: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (Python keeps them as surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_gsd_scale(ds, name: str, scale: float, options: TileOptions) -> None:
+    """--gsd must leave a window of at least one source pixel, decoded to no more than --max-pixels (a tiny
+    --gsd would enlarge 1-pixel windows to huge arrays): else a usage error before any work."""
+    if scale == 1.0:
+        return
+    source = f"{options.gsd / scale:.3g} m"
+    if options.tile_size * scale < 1:
+        raise RszError(
+            f"--gsd {options.gsd:g}: a {options.tile_size} px window of {name} would cover less than one of "
+            f"its {source} pixels; give a --gsd nearer the scene's"
+        )
+    # the most a read decodes: a whole window (or a raster smaller than one, read whole), resampled
+    side = max(1, round(options.tile_size * scale))
+    width, height = min(side, ds.width), min(side, ds.height)
+    decoded = max(1, round(width / scale)) * max(1, round(height / scale))
+    if decoded > options.max_pixels:
+        raise RszError(
+            f"--gsd {options.gsd:g}: a window of {name} ({source} pixels) would decode to {decoded:,} "
+            f"pixels, more than --max-pixels {options.max_pixels:,}"
+        )
 
 
 def _stored_block(ds, name: str) -> tuple[int, int, str]:

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import warnings
 from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,9 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.errors import RszError
+from rsz_infer.images import utf8_name
 
 FORMATS = (".csv", ".jsonl", ".geojson", ".parquet", ".gpkg", ".fgb")
 OGR_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf"}
+# Outputs written by GDAL or Arrow, which take paths as UTF-8 only (a non-UTF-8 folder name cannot be passed)
+GDAL_ARROW_SUFFIXES = (".parquet", ".gpkg", ".fgb", ".tif", ".tiff")
 
 
 def output_format(out: Path) -> str:
@@ -47,6 +51,12 @@ def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> Non
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise RszError(f"{option} {path}: cannot write there ({folder} is not a writable folder)")
+    if path.suffix.lower() in GDAL_ARROW_SUFFIXES and not utf8_name(str(path.parent)):
+        # the file's own name may be anything (it is written under an ASCII temporary name, then renamed)
+        raise RszError(
+            f"{option} {path}: the folder's name is not valid UTF-8, which GDAL and Arrow cannot write to "
+            "(rename the folder or write elsewhere)"
+        )
 
 
 def part_path(out: Path) -> Path:
@@ -54,7 +64,9 @@ def part_path(out: Path) -> Path:
 
 
 def errors_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".errors.csv")
+    """`<out>.errors.csv`: after the whole name, so labels.csv and labels.geojson in one folder keep their own
+    lists (a clean run of one removes its list, never the other's)."""
+    return out.with_name(out.name + ".errors.csv")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -350,6 +362,14 @@ def _wkb(shapes: list[dict | None]) -> list[bytes | None]:
     return [shapely.to_wkb(shapely.geometry.shape(g)) if g else None for g in shapes]
 
 
+def _arrow_text(value: object) -> object:
+    """A text cell for Arrow and OGR, which take UTF-8 only: bytes of a file name that are not UTF-8
+    (surrogate escapes) become backslash escapes ("y\\xff.png"); CSV/JSONL keep the bytes themselves."""
+    if isinstance(value, str) and not utf8_name(value):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
     """GeoParquet 1.1: WKB `geometry`, its CRS as PROJJSON, a `bbox` covering column (pyarrow)."""
     try:
@@ -365,7 +385,9 @@ def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
     table = pa.table(
         {
             **{
-                name: pa.array(values, pa.float64() if _numeric(name) else pa.string())
+                name: pa.array(values, pa.float64())
+                if _numeric(name)
+                else pa.array([_arrow_text(v) for v in values], pa.string())
                 for name, values in columns.items()
             },
             "geometry": pa.array(_wkb(shapes), pa.binary()),
@@ -418,21 +440,31 @@ def write_ogr(records: list[dict], top_k: int, path: Path, driver: str) -> None:
         if _numeric(name):
             data.append(np.array([np.nan if v is None else v for v in values], np.float64))
         else:
-            data.append(np.array(values, dtype=object))
+            data.append(np.array([_arrow_text(v) for v in values], dtype=object))
     geometry = np.array(_wkb(shapes), dtype=object)
+    # FlatGeobuf's spatial index cannot hold a tile without a geometry (a plain PNG tile has none)
+    no_index = driver == "FlatGeobuf" and any(g is None for g in shapes)
+    layer_options = {"SPATIAL_INDEX": "NO"} if no_index else None
 
     def write(tmp: Path) -> None:
-        pyogrio.raw.write(
-            str(tmp), geometry, data, fields, layer=VECTOR_LAYER, driver=driver, geometry_type="Polygon",
-            crs="EPSG:4326" if crs else None, encoding="UTF-8",
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            # pixel polygons have no CRS on purpose: pyogrio's "'crs' was not provided" is no news here
+            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+            pyogrio.raw.write(
+                str(tmp), geometry, data, fields, layer=VECTOR_LAYER, driver=driver, geometry_type="Polygon",
+                crs="EPSG:4326" if crs else None, encoding="UTF-8", layer_options=layer_options,
+            )  # fmt: skip
 
     _atomic_file(path, write)
 
 
 def _atomic_file(path: Path, write) -> None:
-    """write(tmp) a file of the same suffix beside `path` (drivers go by suffix), then rename it over."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """write(tmp) a file of the same suffix beside `path` (drivers go by suffix), then rename it over.
+
+    The temporary name is ASCII: GDAL and Arrow take UTF-8 paths only, and os.replace gives the file its
+    real name, whatever its bytes (check_output_path has refused a folder whose own name is not UTF-8)."""
+    suffix = path.suffix if path.suffix.isascii() else ""
+    tmp = path.with_name(f".rsz-out.{os.getpid()}.tmp{suffix}")
     tmp.unlink(missing_ok=True)
     try:
         write(tmp)
@@ -471,6 +503,8 @@ def write_outputs(
         else:
             errors.append(r)
     fmt = output_format(out)
+    if class_names:  # no label columns beyond the classes there are (--top-k 100 with 6 classes: 6)
+        top_k = min(top_k, len(class_names))
     if fmt == ".csv":
         atomic_write(out, render_csv(labeled, top_k))
     elif fmt == ".jsonl":
@@ -489,5 +523,12 @@ def write_outputs(
     if class_map is not None:
         from rsz_infer.classmap import write_class_maps
 
+        # missing folders are made as --out's are (check_output_path found a writable one above them)
+        try:
+            class_map.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RszError(
+                f"--class-map {class_map}: cannot make its folder ({err.strerror or err})"
+            ) from None
         maps = write_class_maps(labeled, class_map, class_names, class_map_scores)
     return {"labeled": len(labeled), "errors": len(errors), "nodata": nodata, "class_maps": maps}

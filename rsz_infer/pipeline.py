@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rsz_infer.api import Labeler, check_explainable, class_entries
+from rsz_infer.api import Labeler, check_explainable, check_min_score, class_entries
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
@@ -24,7 +25,14 @@ from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
 from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, is_gdal_path, list_tiles
 from rsz_infer.locking import OutputLock
-from rsz_infer.outputs import RunLog, check_output_path, output_format, part_path, write_outputs
+from rsz_infer.outputs import (
+    RunLog,
+    check_output_path,
+    errors_path,
+    output_format,
+    part_path,
+    write_outputs,
+)
 
 
 def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptions) -> TileOptions:
@@ -41,8 +49,8 @@ def resolve_gsd(choice: str | float | None, manifest: Manifest, tiles: TileOptio
         metres = float(text)
     except ValueError:
         raise RszError(f"--gsd {choice}: expected auto, off or metres per pixel such as 0.3") from None
-    if not metres > 0:
-        raise RszError(f"--gsd {choice}: metres per pixel must be positive")
+    if not (math.isfinite(metres) and metres > 0):  # inf would make windows of infinite source pixels
+        raise RszError(f"--gsd {choice}: metres per pixel must be positive and finite")
     return replace(tiles, gsd=metres)
 
 
@@ -142,7 +150,7 @@ class Summary:
         if self.exit_code == 2:
             line += "\nerror: nothing was labeled: every tile was skipped"
             if self.total_errors:
-                line += f" (reasons in {out.stem}.errors.csv)"
+                line += f" (reasons in {errors_path(out).name})"
         return line
 
 
@@ -201,6 +209,7 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
     if cfg.explain:
         check_explainable(manifest, cfg.model)
     entries = class_entries(cfg.classes)
+    check_min_score(cfg.min_score, entries, cfg.classes)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
     # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs

@@ -56,7 +56,7 @@ def _label_measured(args) -> tuple[int, str, int]:
 
 
 def _errors(out):
-    with open(out.with_name(out.stem + ".errors.csv"), newline="") as f:
+    with open(out.with_name(out.name + ".errors.csv"), newline="") as f:
         return {row["tile"].rsplit("/", 1)[-1]: row["reason"] for row in csv.DictReader(f)}
 
 

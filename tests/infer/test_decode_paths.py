@@ -84,8 +84,8 @@ def test_every_path_labels_exactly_as_pillow(
     assert "14 tiles labeled, 5 skipped" in summary  # 10 files + 4 scene windows; 5 bad files
     # Same labels, scores and RGB rules, byte for byte; same errors.csv rows
     assert out.read_text() == ref_out.read_text()
-    ref_errors = (ref_out.parent / "labels.errors.csv").read_text()
-    assert (out.parent / "labels.errors.csv").read_text() == ref_errors
+    ref_errors = (ref_out.parent / "labels.csv.errors.csv").read_text()
+    assert (out.parent / "labels.csv.errors.csv").read_text() == ref_errors
     # Nothing but rsz's own lines on stderr (nvImageCodec's loader and parser messages stay hidden)
     assert [line for line in err.splitlines() if not line.startswith("skipped ")] == [summary]
     assert sorted(err.splitlines()[:-1]) == sorted(ref_err.splitlines()[:-1])

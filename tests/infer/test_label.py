@@ -77,7 +77,7 @@ def test_bad_files_are_skipped_with_rows_and_good_ones_labeled(bundles, class_fi
         "good_blue.jpg": "blue",
     }
     assert list(rows[0])[:5] == ["tile", "path", "window", "label_1", "score_1"] and "rule" in rows[0]
-    with open(tmp_path / "labels.errors.csv", newline="") as f:
+    with open(tmp_path / "labels.csv.errors.csv", newline="") as f:
         errors = {Path(r["tile"]).name: r["reason"] for r in csv.DictReader(f)}
     assert set(errors) == {"corrupt.jpg", "truncated.png", "empty.png", "tiny.png"}
     assert "0 bytes" in errors["empty.png"] and "4x4 px" in errors["tiny.png"]
@@ -89,7 +89,7 @@ def test_bad_files_are_skipped_with_rows_and_good_ones_labeled(bundles, class_fi
         gallery.read_text().count('src="data:image/jpeg;base64,') == 2 and "red 1.00" in gallery.read_text()
     )
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["gallery.html", "labels.csv", "labels.errors.csv", "tiles"]
+    assert names == ["gallery.html", "labels.csv", "labels.csv.errors.csv", "tiles"]
 
 
 def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monkeypatch):

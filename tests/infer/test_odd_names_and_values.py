@@ -137,3 +137,76 @@ def test_bands_beyond_a_scene_are_one_line(bundles, class_file, tmp_path, capsys
         and lines[0] == f"error: {scene}: --bands 5,4,3: the file has only 3 bands"
     )
     assert not out.exists()
+
+
+def _cli(args: list) -> tuple[int, str]:
+    """rsz-infer in a process of its own: its real stderr shows odd bytes as escapes (pytest's capture
+    would raise on them)."""
+    proc = subprocess.run([sys.executable, "-m", "rsz_infer.cli", *map(str, args)], capture_output=True)
+    return proc.returncode, proc.stderr.decode("utf-8", "replace")
+
+
+def _odd(folder, name: bytes):
+    """A path in `folder` whose name holds bytes that are not UTF-8 (a str with surrogate escapes)."""
+    return type(folder)(os.fsdecode(os.fsencode(str(folder)) + b"/" + name))
+
+
+def test_non_utf8_names_gdal_would_read_are_skipped_rows_not_dropped(bundles, class_file, tmp_path):
+    folder = tmp_path / "tiles"
+    save(folder / "ok_blue.png", solid("blue", 24))
+    save(_odd(folder, b"small_r\xe9d.png"), solid("red", 24))  # Pillow reads it: labeled as before
+    save(_odd(folder, b"big_r\xe9d.png"), solid("red", 64))  # larger than --tile-size: GDAL's
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("green", 64)))
+    os.rename(scene, _odd(folder, b"sc\xe8ne.tif"))  # GDAL cannot write such a name: renamed into place
+    _odd(folder, b"notes\xff.dat").write_bytes(b"not imagery")  # no raster suffix: ignored in a folder
+    named = _odd(tmp_path, b"named\xff.tif")  # named by the user directly: a skipped row too
+    write_geotiff(tmp_path / "named.tif", bands_first(solid("red", 24)))
+    os.rename(tmp_path / "named.tif", named)
+    out = tmp_path / "labels.csv"
+    args = [folder, named, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet"]
+    code, err = _cli(args + ["--tile-size", 32])
+    assert code == 3 and "Traceback" not in err, err
+    data = out.read_bytes()
+    assert b"ok_blue.png" in data and b"small_r\xe9d.png" in data and b"big_r\xe9d" not in data
+    reasons = (tmp_path / "labels.csv.errors.csv").read_bytes().decode("utf-8", "surrogateescape")
+    rows = reasons.splitlines()[1:]
+    assert len(rows) == 3, rows  # big_red.png, scene.tif, named.tif; never notes.dat
+    reason = "file name is not valid UTF-8, which GDAL cannot open (rename the file)"
+    for name in ("big_r\udce9d.png", "sc\udce8ne.tif", "named\udcff.tif"):
+        assert len([row for row in rows if f"/{name}," in row and reason in row]) == 1, (name, rows)
+    assert "2 tiles labeled, 3 skipped" in err
+
+
+def test_non_utf8_names_in_parquet_geopackage_flatgeobuf(bundles, class_file, tmp_path):
+    import pyarrow.parquet as pq
+    import pyogrio.raw
+
+    folder = tmp_path / "tiles"
+    save(folder / "plain_blue.png", solid("blue"))
+    save(_odd(folder, b"caf\xe9_red.png"), solid("red"))
+    for suffix in (".parquet", ".gpkg", ".fgb"):
+        out = _odd(tmp_path, b"labels\xff" + suffix.encode())  # the output's own name is not UTF-8 either
+        args = [folder, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet"]
+        code, err = _cli(args)
+        assert code == 0 and "Traceback" not in err, (suffix, err)
+        readable = tmp_path / f"copy{suffix}"  # GDAL and Arrow cannot open the name itself either
+        os.replace(out, readable)
+        if suffix == ".parquet":
+            tiles = pq.read_table(readable).column("tile").to_pylist()
+        else:
+            _, _, _, field_data = pyogrio.raw.read(readable, columns=["tile"])
+            tiles = list(field_data[0])
+        assert sorted(t.rsplit("/", 1)[1] for t in tiles) == ["caf\\xe9_red.png", "plain_blue.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.fgb", "copy.gpkg", "copy.parquet", "tiles"]
+    # a folder whose own name is not UTF-8: GDAL and Arrow cannot write there; refused before any work
+    odd_folder = _odd(tmp_path, b"d\xfe")
+    odd_folder.mkdir()
+    code, err = _cli([folder, *args[1:-3], "--out", odd_folder / "labels.gpkg", "--quiet"])
+    lines = error_lines(err)
+    assert (
+        code == 2
+        and len(lines) == 1
+        and "--out" in lines[0]
+        and "folder's name is not valid UTF-8" in lines[0]
+    )
+    assert list(odd_folder.iterdir()) == []

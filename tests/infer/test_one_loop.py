@@ -133,7 +133,7 @@ def test_nothing_labeled_exits_2_and_says_so(bundles, class_file, tmp_path, caps
     code, _, err = run_cli(args, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and "0 tiles labeled, 2 skipped" in lines[-2]
-    assert lines[-1] == "error: nothing was labeled: every tile was skipped (reasons in y.errors.csv)"
+    assert lines[-1] == "error: nothing was labeled: every tile was skipped (reasons in y.csv.errors.csv)"
     code, _, err = run_cli(
         ["index", tiles, "--model", bundles["msa"], "--out", tmp_path / "idx", "--quiet"], capsys
     )

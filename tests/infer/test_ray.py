@@ -86,8 +86,8 @@ def test_stopped_then_resumed_ray_job_labels_like_one_process(
     assert resumed.already_done == 5 and resumed.labeled + resumed.skipped + resumed.nodata == 14 - 5
     assert not parts.exists() and resumed.exit_code == 3
     _same_labels(_by_tile(read_jsonl(out)), want)
-    errors = (tmp_path / "ray.errors.csv").read_text().splitlines()
-    assert sorted(errors) == sorted((tmp_path / "single.errors.csv").read_text().splitlines())
+    errors = (tmp_path / "ray.jsonl.errors.csv").read_text().splitlines()
+    assert sorted(errors) == sorted((tmp_path / "single.jsonl.errors.csv").read_text().splitlines())
     assert len(errors) == 3  # header, corrupt.jpg, empty.png (the nodata window is no error)
 
 
