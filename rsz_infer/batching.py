@@ -317,6 +317,13 @@ class TileCounts:
         return f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {self.rate:.1f} tiles/s"
 
 
+def printable_name(name: str) -> str:
+    """A file name for one message line: a newline or other control character, and bytes that are not
+    UTF-8 (surrogate escapes), as backslash escapes, so one skipped tile is one line on the terminal."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def warn(message: str) -> None:
     """A line on stderr that does not break the progress bar."""
     from tqdm import tqdm
@@ -350,7 +357,7 @@ def run_tiles(
         for batch in embed_tiles(engine, tiles, options):
             for tile, err in batch.skipped:
                 if not isinstance(err, NodataTile):
-                    warn(f"skipped {tile.id}: {err}")
+                    warn(f"skipped {printable_name(tile.id)}: {err}")
             sink(batch)
             counts.add(batch)
             bar.update(len(batch.tiles) + len(batch.skipped))

@@ -1,5 +1,6 @@
 """Odd names and values: non-UTF-8 file names in CSV and HTML, NaN pixels as nodata, spreadsheet formulas
-neutralised, NUL bytes in class names refused, --bands beyond a scene's bands as one line."""
+neutralised, NUL bytes in class names refused, --bands beyond a scene's bands as one line, one stderr line
+per skipped tile whatever its name."""
 
 from __future__ import annotations
 
@@ -210,3 +211,29 @@ def test_non_utf8_names_in_parquet_geopackage_flatgeobuf(bundles, class_file, tm
         and "folder's name is not valid UTF-8" in lines[0]
     )
     assert list(odd_folder.iterdir()) == []
+
+
+def test_a_skipped_tile_is_one_line_whatever_its_name(bundles, class_file, tmp_path):
+    folder = tmp_path / "tiles"
+    save(folder / "ok_blue.png", solid("blue", 24))
+    (folder / "broken\nline.png").write_bytes(b"\x89PNG not really")  # a newline in the name
+    _odd(folder, b"broken\xff.png").write_bytes(b"\x89PNG not really")  # a byte that is not UTF-8
+    args = [
+        folder,
+        "--classes",
+        class_file,
+        "--model",
+        bundles["msa"],
+        "--out",
+        tmp_path / "l.csv",
+        "--quiet",
+    ]
+    code, err = _cli(args)
+    assert code == 3, err
+    skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
+    # each line is a whole message: the device note, the two skipped tiles, the summary
+    assert len(skipped) == 2 and all(
+        line.startswith(("auto:", "skipped ", "rsz-infer:")) for line in err.splitlines()
+    )
+    assert any(line.startswith(f"skipped {folder}/broken\\nline.png: ") for line in skipped), skipped
+    assert any(line.startswith(f"skipped {folder}/broken\\xff.png: ") for line in skipped), skipped
