@@ -12,9 +12,10 @@ Unknown keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -22,6 +23,34 @@ from rsz_infer.errors import RszError, first_line
 
 # Configs shipped with rsz (e.g. the papers' sizes), found by bare name: `--config dsva_vit_b16`.
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+# Ranges of numeric settings, where the setting's meaning fixes one: (lowest, whether the lowest itself is
+# allowed, highest or None). A config dataclass lists its own in a ClassVar `ranges` {name: range}; _update
+# checks them when the YAML is read, so a bad value is one error line before any work, not a traceback
+# from PIL or torch (or a half-written run folder) later. Every number must be finite (YAML has .inf, .nan).
+ABOVE_ZERO = (0, False, None)  # sizes, counts, learning rates, temperatures, scales
+ZERO_OR_MORE = (0, True, None)  # loss weights, decay, counts where 0 means "off" or "auto"
+PROBABILITY = (0, True, 1)  # dropout and mixing probabilities
+
+
+def check_range(value: Any, allowed: tuple | None, where: str) -> None:
+    """RszError "{where} {value}: must be ..." when a number is not finite or outside `allowed`; anything
+    else (None, a string: the type check's business) passes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise RszError(f"{where} {value!r}: must be a finite number")
+    if allowed is None:
+        return
+    low, low_allowed, high = allowed
+    if (value < low if low_allowed else value <= low) or (high is not None and value > high):
+        if high is not None:
+            rule = f"between {low} and {high}"
+        elif isinstance(value, int) and not low_allowed:
+            rule = f"at least {low + 1}"  # integers: "above 0" reads as "at least 1"
+        else:
+            rule = f"at least {low}" if low_allowed else f"above {low}"
+        raise RszError(f"{where} {value!r}: must be {rule}")
 
 
 @dataclass
@@ -66,6 +95,25 @@ class TrainConfig:
     # Metres per pixel of the training images when known (rsz-train --gsd): not used by training; rsz-export
     # copies it into the bundle manifest so that rsz-infer --gsd auto resamples scenes to it
     gsd: float | None = None
+
+    ranges: ClassVar[dict] = {
+        "epochs": ABOVE_ZERO,  # also the rule of rsz-train --epochs (train.resolve_config)
+        "batch_size": ABOVE_ZERO,
+        "lr": ABOVE_ZERO,
+        "weight_decay": ZERO_OR_MORE,
+        "warmup_epochs": ZERO_OR_MORE,
+        "grad_clip": ZERO_OR_MORE,
+        "seed": ZERO_OR_MORE,  # numpy's generators take no negative seed
+        "image_size": ABOVE_ZERO,
+        "phrase_ridge": ZERO_OR_MORE,
+        "classes_per_batch": ZERO_OR_MORE,
+        "images_per_class": ABOVE_ZERO,
+        "batches_per_epoch": ZERO_OR_MORE,
+        "frozen_backbone_epochs": ZERO_OR_MORE,
+        "backbone_lr_factor": ZERO_OR_MORE,
+        "eval_batch_size": ABOVE_ZERO,
+        # gsd: __post_init__ (its default is None, so it has no type check here either)
+    }
 
     def __post_init__(self) -> None:
         if self.gsd is not None:
@@ -120,11 +168,13 @@ def _update(obj: Any, values: dict, where: str) -> Any:
     if not isinstance(values, dict):
         raise RszError(f"{where}: expected a mapping of settings, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(obj)}
+    ranges = getattr(obj, "ranges", {})
     changes = {}
     for key, value in values.items():
         if key not in known:
             raise RszError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         changes[key] = _coerce(value, getattr(obj, key), f"{where}.{key}")
+        check_range(changes[key], ranges.get(key), f"{where}.{key}")  # as coerced: lr -1 is -1.0, "above 0"
     return dataclasses.replace(obj, **changes)
 
 

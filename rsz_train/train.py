@@ -29,7 +29,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
-from rsz_train.config import RunConfig, TrainConfig, load_config, save_config
+from rsz_train.config import RunConfig, TrainConfig, check_range, load_config, save_config
 from rsz_train.data import batches as td
 from rsz_train.data.formats import SceneData, Split, attribute_matrix, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
@@ -720,6 +720,8 @@ def resolve_config(
 ) -> RunConfig:
     """The run's config: its own config.yaml when resuming (runs.read_config), else defaults, the
     config file and the overrides; `epochs` replaces train.epochs either way."""
+    if epochs is not None:  # the same rule as the YAML's train.epochs
+        check_range(epochs, TrainConfig.ranges["epochs"], "--epochs")
     if resume:
         if not any(out_dir.glob(f"**/{runs.LAST}")):
             raise RszError(f"{out_dir / runs.LAST}: nothing to resume (train without --resume first)")
@@ -739,8 +741,6 @@ def resolve_config(
             )
         config = load_config(kind, config_path, overrides)
     if epochs is not None:
-        if epochs < 1:
-            raise RszError(f"--epochs {epochs}: must be at least 1")
         config.train.epochs = epochs
     return config
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsz_infer.errors import RszError
+from rsz_train.config import ABOVE_ZERO, PROBABILITY, ZERO_OR_MORE
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
@@ -79,6 +80,21 @@ class DSVAConfig:
     # What a run's config.yaml written before a setting existed means by its absence (runs.read_config):
     # such a run trained without CutMix, so resuming it must not switch CutMix on.
     absent_in_older_runs: ClassVar[dict] = {"attribute_mix": 0.0}
+    # rsz_train.config.check_range, when the config is read
+    ranges: ClassVar[dict] = {
+        "patch_size": ZERO_OR_MORE,  # 0 = the backbone's own
+        "logit_scale": ABOVE_ZERO,  # its log is the parameter
+        "compatibility_weight": ZERO_OR_MORE,
+        "regression_weight": ZERO_OR_MORE,
+        "global_xe_weight": ZERO_OR_MORE,
+        "local_xe_weight": ZERO_OR_MORE,
+        "global_regression_weight": ZERO_OR_MORE,
+        "local_regression_weight": ZERO_OR_MORE,
+        "concentration_weight": ZERO_OR_MORE,
+        "group_sparsity_weight": ZERO_OR_MORE,
+        "dropout": PROBABILITY,
+        "attribute_mix": PROBABILITY,
+    }
 
 
 SCORE_BRANCHES = ("mean", "local", "global")

@@ -23,6 +23,7 @@ from torch import nn
 from rsz_infer.errors import RszError
 from rsz_infer.latent_classifier import fit_plan
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from rsz_train.config import ABOVE_ZERO, PROBABILITY, ZERO_OR_MORE
 from rsz_train.losses import mcfa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
@@ -83,6 +84,29 @@ class MCFAConfig:
     classifier_epochs: int = 23  # the authors' cls_train_steps (GZSL: 23; their ZSL run: 50)
     classifier_lr: float = 0.001
     classifier_batch_size: int = 32
+
+    # rsz_train.config.check_range, when the config is read
+    ranges: ClassVar[dict] = {
+        "latent_dim": ABOVE_ZERO,
+        "hidden_dim": ABOVE_ZERO,
+        "semantic_hidden_dim": ZERO_OR_MORE,  # 0 = linear
+        "input_dropout": PROBABILITY,
+        "temperature": ABOVE_ZERO,
+        "warmup_steps": ZERO_OR_MORE,
+        "reconstruction_weight": ZERO_OR_MORE,
+        "cross_reconstruction_weight": ZERO_OR_MORE,
+        "kl_weight": ZERO_OR_MORE,
+        "distribution_weight": ZERO_OR_MORE,
+        "contrast_vv_weight": ZERO_OR_MORE,
+        "contrast_vs_weight": ZERO_OR_MORE,
+        "contrast_sv_weight": ZERO_OR_MORE,
+        "classifier_seen_samples": ABOVE_ZERO,
+        "classifier_unseen_samples": ABOVE_ZERO,
+        "classifier_zsl_samples": ABOVE_ZERO,
+        "classifier_epochs": ABOVE_ZERO,
+        "classifier_lr": ABOVE_ZERO,
+        "classifier_batch_size": ABOVE_ZERO,
+    }
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

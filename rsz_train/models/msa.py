@@ -23,6 +23,7 @@ from torch import nn
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rsz_infer.tokenizer import Tokenizer
+from rsz_train.config import ABOVE_ZERO, ZERO_OR_MORE
 from rsz_train.losses import msa as losses
 from rsz_train.models.backbones import GEOEMBED_MEAN, GEOEMBED_STD, create_resnet, pooled_features
 from rsz_train.models.base import ClassSemantics, ExportGraph, RszModel, TaskInfo
@@ -69,6 +70,25 @@ class MSAConfig:
     # KL(smaller || largest) over images per text at consistency_temperature (see losses/msa.py).
     loss_form: str = "rsz"
     consistency_temperature: float = 2.0  # loss_form "authors" (retrieval.py: element_neig_rank_loss(..., 2))
+
+    # rsz_train.config.check_range, when the config is read
+    ranges: ClassVar[dict] = {
+        "model_dim": ABOVE_ZERO,
+        "embed_dim": ABOVE_ZERO,
+        "text_trainable_layers": (-1, True, None),  # -1 = all
+        "text_lr_scale": ZERO_OR_MORE,
+        "max_text_length": ABOVE_ZERO,
+        "init_logit_scale": ABOVE_ZERO,  # its log is the parameter
+        "margin": ZERO_OR_MORE,
+        "temperature": ABOVE_ZERO,
+        "triplet_weight": ZERO_OR_MORE,
+        "contrastive_weight": ZERO_OR_MORE,
+        "alignment_weight": ZERO_OR_MORE,
+        "consistency_weight": ZERO_OR_MORE,
+        "class_weight": ZERO_OR_MORE,
+        "matcher_heads": ABOVE_ZERO,  # must also divide model_dim (checked where the model is built)
+        "consistency_temperature": ABOVE_ZERO,
+    }
 
 
 class MultiScaleImage(nn.Module):
