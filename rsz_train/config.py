@@ -7,6 +7,7 @@ A config file has up to three top-level keys, each optional:
     train: {...}          # fields of TrainConfig
 
 Unknown keys are errors (a typo must not silently fall back to a default).
+So is a number outside its setting's range, e.g. `image_size: 0` (each dataclass's `ranges`, check_range).
 """
 
 from __future__ import annotations
