@@ -9,8 +9,15 @@ A bundle holds `{role}.onnx` (always), `{role}.fp16.onnx` (--fp16), `{role}.engi
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import shutil
+import sys
 import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +35,10 @@ from rsz_export.trt_build import (
     onnx_input_dims,
     optimisation_profile,
 )
-from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, load_manifest, sha256_file
-from rsz_infer.errors import RszError
+from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, sha256_file
+from rsz_infer.errors import RszError, first_line
+from rsz_infer.images import TileOptions, too_many_pixels
+from rsz_infer.locking import OutputLock
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.runners.torch import TorchRunner
@@ -93,18 +102,37 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
 
 
 def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
-    """The files, decoded and preprocessed as rsz-infer does (rsz_infer.images + preprocess)."""
+    """The files, decoded and preprocessed as rsz-infer does (rsz_infer.images + preprocess).
+
+    rsz-infer's --max-pixels rule at its default (rsz_infer.images.DEFAULT_MAX_PIXELS): a file whose header
+    declares more pixels is refused before anything is decoded."""
     from PIL import Image
 
     from rsz_infer.preprocess import to_model_input
 
+    limit = TileOptions()  # rsz-infer's default --max-pixels (rsz-export has no option for it)
     arrays = []
     for path in paths:
+        problem = None
         try:
-            with Image.open(path) as image:
-                arrays.append(to_model_input(np.asarray(image.convert("RGB")), spec))
-        except OSError as err:
-            raise RszError(f"{path}: cannot read this tile ({err})") from None
+            with warnings.catch_warnings():
+                # the size check below is the limit, not Pillow's warning; beyond twice its limit (~179 MP)
+                # Pillow raises DecompressionBombError from the header alone, caught below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+            with image:
+                problem = too_many_pixels(*image.size, limit)  # the header's size: nothing decoded yet
+                if problem is None:
+                    arrays.append(to_model_input(np.asarray(image.convert("RGB")), spec))
+        except Image.DecompressionBombError as err:  # above DEFAULT_MAX_PIXELS too: Pillow's limit is higher
+            pillow = first_line(err).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+            problem = (
+                f"image declares more than --max-pixels {limit.max_pixels:,} pixels ({pillow}; not decoded)"
+            )
+        except Exception as err:  # Pillow raises many types for corrupt or truncated files
+            raise RszError(f"{path}: cannot read this tile ({first_line(err)})") from None
+        if problem:
+            raise RszError(f"{path}: {problem}; rsz-infer skips such images too")
     return np.stack(arrays)
 
 
@@ -230,20 +258,27 @@ def export(
     config.yaml train.gsd), which an explicit `gsd` overrides.
     `int8`: also an INT8 image graph (rsz_export.int8), calibrated on `calibration` (default: the run's
     training tiles) and checked on the run's validation tiles."""
-    if gsd is not None and not gsd > 0:
-        raise RszError(f"--gsd {gsd}: metres per pixel must be positive")
+    check_gsd(gsd)
     if kind not in model_kinds():
         raise RszError(f"--model {kind}: unknown model kind (known: {', '.join(model_kinds())})")
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else Path("models") / run_dir.name
     if calibration is not None and not int8:
         raise RszError("--calibration: only used with --int8")
-    source = source_from_run(
-        run_dir, kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
-    )
-    if gsd is not None:
-        source.gsd, source.gsd_source = gsd, "rsz-export --gsd"
-    return export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
+    inputs = [Path(p) for p in (run_dir, tiles, calibration) if p is not None]
+    with export_lock(out, force, inputs):  # before the run is loaded: a refused --out costs nothing
+        source = source_from_run(
+            run_dir, kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
+        )
+        if gsd is not None:
+            source.gsd, source.gsd_source = gsd, "rsz-export --gsd"
+        return export_locked(source, out, fp16, engine, batch, force)
+
+
+def check_gsd(gsd: float | None) -> None:
+    """--gsd must be a finite number above zero (the manifest is JSON: inf would be written as Infinity)."""
+    if gsd is not None and not (math.isfinite(gsd) and gsd > 0):
+        raise RszError(f"--gsd {gsd}: metres per pixel must be a finite number above zero")
 
 
 def _check_graph(graph: ExportGraph, onnx_path: Path, precision: str, source: ExportSource) -> dict:
@@ -310,34 +345,187 @@ def export_model(
 ) -> Path:
     """Export an in-memory model (what `export` does after loading the run)."""
     out = Path(out)
+    check_gsd(source.gsd)
+    with export_lock(out, force, [source.run_dir] if source.run_dir is not None else []):
+        return export_locked(source, out, fp16, engine, batch, force)
+
+
+def export_locked(
+    source: ExportSource,
+    out: Path,
+    fp16: bool,
+    engine: str,
+    batch: str,
+    force: bool,
+) -> Path:
+    """export_model's work; the caller holds export_lock(out), taken before it loads the model (a second
+    export to the same --out fails at once, a refused --out costs nothing)."""
     batch_range = ShapeRange.parse(batch)
     lib = _engine_library(engine)
     model = source.model.eval()
     graphs = model.export_graphs()
     if not any(g.role == "image" for g in graphs):
         raise RszError(f"{type(model).__name__}: export_graphs() has no image graph")
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         manifest = _write_bundle(source, graphs, staging, fp16, lib, batch_range)
-        if (out / MANIFEST).is_file() and not force:
-            existing = load_manifest(out, verify=False)
-            if _fingerprint(existing) == _fingerprint(manifest):
+        if out.exists() and not force:  # check_out let only a bundle through
+            if _fingerprint(_read_manifest(out)) == _fingerprint(manifest):
                 return out  # same content: keep what is there (engines included)
             raise RszError(f"{out}: a different bundle is already there; pass --force to replace it")
-        if out.exists():
-            if not force:
-                raise RszError(f"{out}: exists and is not an rsz bundle; pass --force to replace it")
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        # mkdtemp makes its folder 0700; a bundle gets the mode any new folder of this user gets
+        os.chmod(staging, 0o777 & ~_umask())
+        if out.exists():  # a bundle and --force (check_out)
+            # No rename swaps two folders at once: the old bundle steps aside as .NAME.old first. A kill
+            # between the two renames leaves no --out but the old bundle whole; the next export to --out
+            # puts it back (_recover) before doing anything else.
+            old = _old_path(out)
             out.rename(old)
             staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old)
         else:
             staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+# Names beside --out that belong to its exports: the staging folder (tempfile.mkdtemp: prefix + 8 characters
+# of [a-z0-9_]), the replaced bundle while the new one moves in, and the lock (rsz_infer.locking.lock_path).
+_STAGING_SUFFIX = re.compile(r"[a-z0-9_]{8}")
+
+
+def _old_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it: put it back at once
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def export_lock(out: Path, force: bool, inputs: Iterable[Path] = ()) -> Iterator[None]:
+    """Held while exporting into `out`: check_out, then one export at a time (rsz_infer.locking: a flock on
+    .NAME.lock beside `out`, released by a kill too), then what a killed export left is cleaned up (holding
+    the lock, no running export owns it) and check_out again on what is there now."""
+    check_out(out, force, inputs)  # first without side effects: a refused --out creates nothing
+    created = [p for p in out.parents if not p.exists()]  # made for the lock file; removed on failure
+    try:
+        try:
+            lock = OutputLock(out, "export")
+        except RszError:  # OutputLock's wording names rsz-infer
+            raise RszError(
+                f"{out}: another rsz-export is writing it right now; wait for it to finish or choose "
+                "another --out"
+            ) from None
+        with lock:
+            _recover(out)
+            check_out(out, force, inputs)
+            yield
+    except BaseException:
+        for folder in created:  # deepest first; a folder something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _recover(out: Path) -> None:
+    """What a killed export into `out` left beside it (the caller holds export_lock(out)): staging folders
+    are removed; an old bundle set aside by a replace is put back when --out is missing (the kill came
+    between the two renames), else removed (the new bundle was in place already). Said in one line each."""
+    prefix = f".{out.name}."
+    stale = [
+        p
+        for p in sorted(out.parent.iterdir())
+        if p.name.startswith(prefix)
+        and _STAGING_SUFFIX.fullmatch(p.name[len(prefix) :])
+        and p.is_dir()
+        and not p.is_symlink()
+    ]
+    for path in stale:
+        shutil.rmtree(path)
+    if stale:
+        names = ", ".join(p.name for p in stale)
+        print(
+            f"note: removed {len(stale)} staging folder(s) of an interrupted rsz-export: {names}",
+            file=sys.stderr,
+        )
+    old = _old_path(out)
+    if not os.path.lexists(old):
+        return
+    if not os.path.lexists(out):
+        old.rename(out)
+        print(
+            f"note: {out}: put back the bundle an interrupted rsz-export had moved to {old.name}",
+            file=sys.stderr,
+        )
+    elif old.is_dir() and not old.is_symlink() and _not_a_bundle(old) is None:
+        shutil.rmtree(old)
+        print(f"note: removed {old.name}, the bundle an interrupted rsz-export had replaced", file=sys.stderr)
+    else:  # not what a replace sets aside: not rsz-export's to delete, and a replace needs the name
+        raise RszError(f"{old}: is in the way of rsz-export (not a bundle it set aside); move it elsewhere")
+
+
+def _read_manifest(folder: Path) -> Manifest:
+    """The bundle's manifest as it is written (no file or value checks: those are rsz-infer's, on loading)."""
+    data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return Manifest.from_dict(data)
+
+
+def _not_a_bundle(folder: Path) -> str | None:
+    """Why `folder` is not an rsz bundle, None when it is one: its manifest.json reads as a Manifest and every
+    entry of the folder is a plain file the manifest lists. Anything else in it (a run, a user's file, a
+    subfolder) is not rsz-export's to delete, so --force refuses such a folder."""
+    if not (folder / MANIFEST).is_file():
+        return f"no {MANIFEST}"
+    try:
+        manifest = _read_manifest(folder)
+    except (
+        OSError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ):
+        return f"its {MANIFEST} is not an rsz manifest"
+    listed = set(manifest.files) | {MANIFEST}
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in listed or entry.is_symlink() or not entry.is_file():
+            return f"{entry.name} is not one of the bundle's files"
+    return None
+
+
+def check_out(out: Path, force: bool, inputs: Iterable[Path | str] = ()) -> None:
+    """--out rules, checked before any work: --out is a new folder, or an rsz bundle (same content: kept;
+    different: replaced with --force only); never a file, a link or another folder, and never the run (or
+    another input) nor a folder inside or around it. One-line RszError otherwise."""
+    where = out.resolve()
+    for given in inputs:
+        path = Path(given).resolve()
+        if where == path or path in where.parents:
+            raise RszError(
+                f"--out {out}: is {given} or inside it, an input of this export; choose another --out"
+            )
+        if where in path.parents:
+            raise RszError(f"--out {out}: holds {given}, an input of this export; choose another --out")
+    if out.is_symlink():
+        raise RszError(f"--out {out}: is a symbolic link; give the bundle folder itself")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RszError(f"--out {out}: is a file, not a bundle folder; choose another --out")
+    problem = _not_a_bundle(out)
+    if problem:
+        only = "; --force replaces only an rsz bundle" if force else ""
+        raise RszError(
+            f"--out {out}: exists and is not an rsz bundle ({problem}){only}; choose another --out"
+        )
 
 
 def _concrete_shapes(graph: ExportGraph, inputs: list, outputs: list) -> tuple[list, list]:

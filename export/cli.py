@@ -31,7 +31,9 @@ BUNDLE_OPTIONS = [
     ),
     click.option("--batch", default="1:32:256", show_default=True, help="engine batch profile min:opt:max"),
     click.option("--out", type=click.Path(path_type=Path), help="bundle folder (default models/<run name>)"),
-    click.option("--force", is_flag=True, help="replace a different bundle already at --out"),
+    click.option(
+        "--force", is_flag=True, help="replace the rsz bundle at --out (never any other folder or file)"
+    ),
     click.option(
         "--tiles", type=click.Path(path_type=Path), help="folder of test tiles to check the graphs on"
     ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from rsz_export.api import ExportSource, export_model, int8_tiles, load_tiles
+from rsz_export.api import ExportSource, check_gsd, export_lock, export_locked, int8_tiles, load_tiles
 from rsz_export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
 from rsz_infer.errors import RszError
 from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
@@ -81,11 +81,14 @@ def export_clip(
         )
     if calibration is not None and not int8:
         raise RszError("--calibration: only used with --int8")
+    check_gsd(gsd)
     template_list = read_templates(templates) if templates is not None else list(DEFAULT_TEMPLATES)
-    model = load_clip(checkpoint, arch)
     out = Path(out) if out is not None else Path("models") / checkpoint.stem
-    tokenizer = hf_clip_tokenizer(checkpoint) if model.is_hf else open_clip_tokenizer()
-    with tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:
+    inputs = [Path(p) for p in (checkpoint, tiles, calibration) if p is not None]
+    # --out is checked and locked before the checkpoint loads (rsz_export.api.export_lock)
+    with export_lock(out, force, inputs), tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:
+        model = load_clip(checkpoint, arch)
+        tokenizer = hf_clip_tokenizer(checkpoint) if model.is_hf else open_clip_tokenizer()
         tokenizer_json = write_tokenizer_json(tokenizer, Path(tmp) / "tokenizer.json")
         source = clip_source(model, tokenizer_json, template_list, None if tiles is None else Path(tiles))
         if gsd is not None:  # metres per pixel the checkpoint was trained at, when the user knows it
@@ -94,5 +97,5 @@ def export_clip(
             source.calibration, source.int8_check, source.calibration_info = int8_tiles(
                 checkpoint, {}, model.preprocess, Path(calibration)
             )
-        bundle = export_model(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
+        bundle = export_locked(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
     return bundle, model

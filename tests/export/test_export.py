@@ -324,3 +324,182 @@ def test_training_gsd_goes_into_the_manifest(tmp_path: Path) -> None:
     assert resolve_gsd("off", load_manifest(with_gsd), TileOptions()).gsd is None
     with pytest.raises(RszError, match="--gsd -1: metres per pixel must be positive"):
         resolve_gsd("-1", load_manifest(with_gsd), TileOptions())
+
+
+# ---------------------------------------------------------------- --out: what --force may replace, and when
+
+
+def _beside(out: Path) -> list[str]:
+    """Names rsz-export could leave beside --out (staging folders, .NAME.old, the lock file)."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def _run_folder(path: Path) -> Path:
+    """A folder of finished work, as rsz-train leaves it (the files --force must never delete)."""
+    path.mkdir(parents=True)
+    for name in ("config.yaml", "model.safetensors", "metrics.jsonl", "report.json"):
+        (path / name).write_text(f"{name} of a finished run\n", encoding="utf-8")
+    return path
+
+
+def test_force_replaces_only_a_bundle_and_leaves_nothing_beside(tmp_path: Path) -> None:
+    """--force replaces an rsz bundle; any other folder (no manifest, or files the manifest does not list)
+    or a file at --out is refused in one line, untouched, with nothing left beside it."""
+    source = _source(ToyModel(), tmp_path)
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(RszError, match=r"--out .*proj: exists and is not an rsz bundle \(no manifest.json\)"):
+        export_model(source, folder, engine="none", force=True)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and _beside(folder) == []
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n", encoding="utf-8")
+    for force in (True, False):
+        with pytest.raises(RszError, match="afile: is a file, not a bundle folder") as err:
+            export_model(source, afile, engine="none", force=force)
+        assert "\n" not in str(err.value)
+    assert afile.read_text(encoding="utf-8") == "keep me\n" and _beside(afile) == []
+
+    out = export_model(source, tmp_path / "bundle", engine="none")
+    (out / "mine.txt").write_text("not the bundle's\n", encoding="utf-8")
+    with pytest.raises(RszError, match=r"mine.txt is not one of the bundle's files\); --force replaces only"):
+        export_model(source, out, engine="none", force=True)
+    (out / "mine.txt").unlink()
+    before = (out / "manifest.json").read_text(encoding="utf-8")
+    other = ToyModel()
+    with torch.no_grad():
+        other.image.head.bias.add_(0.5)
+    export_model(_source(other, tmp_path), out, engine="none", force=True)
+    assert (out / "manifest.json").read_text(encoding="utf-8") != before
+    load_manifest(out, verify=True)
+    assert _beside(out) == []
+
+
+def test_out_is_checked_before_any_work(tmp_path: Path) -> None:
+    """A refused --out is said before the model is loaded or exported: a run folder that does not exist, or
+    a graph that would fail its check, is not reached."""
+    afile = tmp_path / "afile"
+    afile.write_text("x\n", encoding="utf-8")
+    args = ["--model", "dsva", "--run", str(tmp_path / "nope"), "--engine", "none", "--force"]
+    result = CliRunner().invoke(main, [*args, "--out", str(afile)])
+    assert result.exit_code == 2 and "afile: is a file, not a bundle folder" in result.output
+    with pytest.raises(RszError, match="afile: is a file"):  # not "image.onnx ... differs from PyTorch"
+        export_model(_source(ToyModel(_Diverging()), tmp_path), afile, engine="none")
+
+
+def test_force_never_touches_the_run_folder(tmp_path: Path) -> None:
+    """--out may not be the run folder, a folder inside it or one that holds it, --force or not."""
+    run = _run_folder(tmp_path / "proj" / "run")
+    (tmp_path / "proj" / "notes.txt").write_text("mine\n", encoding="utf-8")
+    args = ["--model", "dsva", "--run", str(run), "--engine", "none", "--force", "--out"]
+    for out, said in ((run, "or inside it"), (run / "bundle", "or inside it"), (tmp_path / "proj", "holds")):
+        result = CliRunner().invoke(main, [*args, str(out)])
+        assert result.exit_code == 2 and said in result.output and "an input of this export" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "report.json",
+    ]
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["notes.txt", "run"]
+    assert not (run / "bundle").exists() and _beside(run) == [] and _beside(tmp_path / "proj") == []
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0"])
+def test_gsd_must_be_finite_and_positive(value: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    result = CliRunner().invoke(
+        main, ["--model", "dsva", "--run", str(tmp_path / "nope"), "--engine", "none", "--gsd", value]
+    )
+    assert (
+        result.exit_code == 2 and f"--gsd {float(value)}: metres per pixel must be a finite" in result.output
+    )
+    with pytest.raises(RszError, match="must be a finite number above zero"):
+        export_model(replace(_source(ToyModel(), tmp_path), gsd=float(value)), tmp_path / "b", engine="none")
+    assert not (tmp_path / "b").exists()
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares width x height (what Pillow and GDAL read before decoding) and holds one row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\0" * (width + 1))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [11_000, 14_000])  # above --max-pixels; above Pillow's own bomb limit too
+def test_huge_tile_is_one_line_before_decoding(side: int, tmp_path: Path) -> None:
+    """--tiles / --calibration keep rsz-infer's --max-pixels rule: a header declaring more is refused in one
+    line naming the file (not Pillow's DecompressionBombError traceback, nor a 400 MB decode)."""
+    from PIL import Image
+
+    from rsz_export.api import load_tiles
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    Image.new("RGB", (SIZE, SIZE), (10, 20, 30)).save(tiles / "a.png")
+    _png_header(tiles / "zz_big.png", side, side)
+    with pytest.raises(
+        RszError, match=r"zz_big.png: image declares .*more than --max-pixels 100,000,000"
+    ) as err:
+        load_tiles(tiles, PreprocessSpec(size=SIZE))
+    assert "\n" not in str(err.value)
+    (tiles / "zz_big.png").unlink()
+    assert load_tiles(tiles, PreprocessSpec(size=SIZE)).shape == (1, 3, SIZE, SIZE)
+
+
+def test_a_killed_exports_leftovers_are_cleaned_up(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Staging folders of --out (tempfile.mkdtemp's .NAME.xxxxxxxx) left by a killed export are removed by the
+    next export into --out (it holds the lock, so no running export owns them), in one line; other names stay.
+    A kill between the replace's two renames leaves the old bundle as .NAME.old: it is put back."""
+    source = _source(ToyModel(), tmp_path)
+    out = tmp_path / "bundle"
+    stale = tmp_path / ".bundle.k1ll3d_x"
+    stale.mkdir()
+    (stale / "image.onnx").write_bytes(b"half written")
+    (tmp_path / ".bundle.mine").mkdir()
+    export_model(source, out, engine="none")
+    assert (
+        "removed 1 staging folder(s) of an interrupted rsz-export: .bundle.k1ll3d_x"
+        in capsys.readouterr().err
+    )
+    assert not stale.exists() and (tmp_path / ".bundle.mine").is_dir()
+
+    before = (out / "manifest.json").read_text(encoding="utf-8")
+    out.rename(tmp_path / ".bundle.old")  # as a kill after out.rename(old), before staging.rename(out)
+    export_model(source, out, engine="none")  # same content: kept, so it is the old bundle, put back
+    assert "put back the bundle an interrupted rsz-export had moved to .bundle.old" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text(encoding="utf-8") == before
+    assert _beside(out) == [".bundle.mine"]
+
+
+def test_bundle_folder_mode_follows_the_umask(tmp_path: Path) -> None:
+    """Not mkdtemp's 0700: the bundle folder is made like any new folder of the user (others may read it)."""
+    import os
+    import stat
+
+    source = _source(ToyModel(), tmp_path)
+    for umask in (0o022, 0o002):
+        old = os.umask(umask)
+        try:
+            out = export_model(source, tmp_path / f"b{umask:o}", engine="none")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_second_export_into_the_same_out_waits_for_none(tmp_path: Path) -> None:
+    from rsz_infer.locking import OutputLock
+
+    out = tmp_path / "bundle"
+    with OutputLock(out), pytest.raises(RszError, match="another rsz-export is writing it right now"):
+        export_model(_source(ToyModel(), tmp_path), out, engine="none")
+    assert not out.exists()
