@@ -475,7 +475,11 @@ def test_a_killed_exports_leftovers_are_cleaned_up(tmp_path: Path, capsys: pytes
 
     before = (out / "manifest.json").read_text(encoding="utf-8")
     out.rename(tmp_path / ".bundle.old")  # as a kill after out.rename(old), before staging.rename(out)
-    export_model(source, out, engine="none")  # same content: kept, so it is the old bundle, put back
+    other = ToyModel()
+    with torch.no_grad():
+        other.image.head.bias.add_(0.5)
+    with pytest.raises(RszError, match="a different bundle is already there"):  # the old one, put back
+        export_model(_source(other, tmp_path), out, engine="none")
     assert "put back the bundle an interrupted rsz-export had moved to .bundle.old" in capsys.readouterr().err
     assert (out / "manifest.json").read_text(encoding="utf-8") == before
     assert _beside(out) == [".bundle.mine"]
