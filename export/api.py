@@ -35,7 +35,7 @@ from rsz_export.trt_build import (
     onnx_input_dims,
     optimisation_profile,
 )
-from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, sha256_file
+from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, manifest_problem, sha256_file
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.images import TileOptions, too_many_pixels
 from rsz_infer.locking import OutputLock
@@ -369,6 +369,9 @@ def export_locked(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         manifest = _write_bundle(source, graphs, staging, fp16, lib, batch_range)
+        problem = manifest_problem(manifest)  # rsz-infer's own check, before the bundle takes --out's place
+        if problem:
+            raise RszError(f"{out}: rsz-infer could not read this bundle ({problem}); nothing was written")
         if out.exists() and not force:  # check_out let only a bundle through
             if _fingerprint(_read_manifest(out)) == _fingerprint(manifest):
                 return out  # same content: keep what is there (engines included)

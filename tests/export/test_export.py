@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,16 @@ def test_diverging_graph_fails_the_check_and_writes_nothing(tmp_path: Path) -> N
     with pytest.raises(RszError, match="image.onnx.*differs from PyTorch"):
         export_model(_source(ToyModel(_Diverging()), tmp_path), out, engine="none")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
+def test_a_bundle_rsz_infer_could_not_read_is_never_written(tmp_path: Path) -> None:
+    # e.g. a CLIP folder's preprocessor_config.json with std 0: refused before the bundle takes --out's place
+    source = _source(ToyModel(), tmp_path)
+    source = replace(source, preprocess=replace(source.preprocess, std=(0.0, 0.0, 0.0)))
+    out = tmp_path / "bad_std"
+    with pytest.raises(RszError, match=r"bad_std: rsz-infer could not read this bundle \(preprocess.std"):
+        export_model(source, out, engine="none")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad_std.")]
 
 
 def test_corrupted_onnx_is_one_line(bundle: Path, tmp_path: Path) -> None:
