@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
+import pickle
+import re
 import sys
 import traceback
 import types
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,6 +115,65 @@ def import_open_clip():  # the open_clip module
 # ---------------------------------------------------------------- reading checkpoints
 
 
+# torch.load's refusal messages wrap the reason in advice ("Weights only load failed. In PyTorch 2.6, ...",
+# "Please file an issue ...", "Check the documentation ..."): these lines are the advice, not the reason.
+_TORCH_ADVICE = (
+    "Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler",
+)  # fmt: skip
+
+
+def _reason(err: BaseException, limit: int = 160) -> str:
+    """The useful first line of a loader's error: torch's advice skipped, one sentence, at most `limit`."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    text = (useful or lines or [type(err).__name__])[0]
+    text = re.split(r"(?<=[a-z)])\. (?=[A-Z])", text, maxsplit=1)[0]  # "... directory. This is an internal"
+    return text[:limit].rstrip(".")
+
+
+def _torch_load_problem(path: Path, err: BaseException) -> str:
+    """What a file torch.load(weights_only=True) could not read is not, in words (no path)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip nor any pickle
+        return "not a PyTorch checkpoint: neither a torch.save zip archive nor a pickle"
+    reason = _reason(err)
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        return f"not a PyTorch checkpoint: a zip archive cut short or damaged ({reason})"
+    if isinstance(err, pickle.UnpicklingError) and str(err).startswith("Weights only load failed"):
+        return (
+            "not a PyTorch checkpoint of plain tensors: torch.load(weights_only=True) refused it "
+            f"({reason}; rsz never unpickles anything else)"
+        )
+    hint = ""
+    if "TorchScript" in str(err) or "constants.pkl" in str(err):
+        hint = "; TorchScript archives (OpenAI's original .pt) are not read: use a state dict"
+    return f"not a PyTorch checkpoint: {reason}{hint}"
+
+
+def torch_load_weights(path: Path) -> Any:
+    """torch.load(path, weights_only=True), torch's warnings silenced (a plain pickle of protocol 4 warns
+    on stderr before it is refused); raises RszError naming the file and what it is not."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all, ...
+        raise RszError(f"{path}: {_torch_load_problem(path, err)}") from None
+
+
+def safetensors_weights(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError (truncated, bad header), ...
+        raise RszError(f"{path}: not a safetensors file: {_reason(err)}") from None
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The tensors of an open_clip checkpoint file: safetensors, or torch.load(weights_only=True) only.
 
@@ -118,19 +182,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         raise RszError(
             f"{path}: expected a {', '.join(STATE_DICT_SUFFIXES)} checkpoint or a CLIPModel folder"
         )
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused, truncated file, not a checkpoint at all, ...
-        reason = first_line(err)
-        hint = ""
-        if "TorchScript" in reason or "constants.pkl" in reason:
-            hint = "; TorchScript archives (OpenAI's original .pt) are not read: use a state dict"
-        raise RszError(f"{path}: not a readable state dict ({reason[:160]}{hint})") from None
+    obj = safetensors_weights(path) if path.suffix == ".safetensors" else torch_load_weights(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -375,7 +427,10 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
     state = read_state_dict(path)
     inferred, same = arch is None, ()
     if arch is None:
-        arch, others = infer_arch(state)
+        try:
+            arch, others = infer_arch(state)
+        except RszError as err:  # infer_arch sees tensors only: name the file they came from
+            raise RszError(f"{path}: {err}") from None
         same = tuple(others)
     elif arch not in _plain_clip_configs(open_clip):
         known = "ViT-B-32, ViT-B-16, ViT-L-14, RN50, ... (open_clip.list_models())"
@@ -392,29 +447,175 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
     return ClipModel(net, source, _open_clip_preprocess(open_clip, net), int(net.context_length))
 
 
+def _hf_weights(folder: Path) -> tuple[list[Path], bool]:
+    """The weight files of a CLIPModel folder, and whether they are safetensors (else torch pickles)."""
+    for index_name, single, is_safetensors in (
+        ("model.safetensors.index.json", "model.safetensors", True),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", False),
+    ):
+        index = folder / index_name
+        if index.is_file():  # a sharded checkpoint
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise RszError(f"{index}: not a shard index ({first_line(err, limit=120)})") from None
+            if not names or not all(isinstance(n, str) and n == Path(n).name for n in names):
+                raise RszError(f"{index}: weight_map must name shard files in this folder")
+            missing = [n for n in names if not (folder / n).is_file()]
+            if missing:
+                raise RszError(f"{index}: shard {missing[0]} is not in the folder")
+            return [folder / n for n in names], is_safetensors
+        if (folder / single).is_file():
+            return [folder / single], is_safetensors
+    raise RszError(f"{folder}: a Hugging Face CLIP folder needs model.safetensors or pytorch_model.bin")
+
+
+def _finite_numbers(path: Path, cfg: dict, field: str, default: tuple, positive: bool) -> tuple:
+    """preprocessor_config.json's image_mean / image_std: 3 finite numbers (one number: all three)."""
+    value = cfg.get(field, default)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value] * 3
+    ok = (
+        isinstance(value, list | tuple) and len(value) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )  # fmt: skip
+    if not ok:
+        raise RszError(f"{path}: {field} must be 3 finite numbers, got {json.dumps(value)[:60]}")
+    if positive and min(value) <= 0:
+        raise RszError(f"{path}: {field} must be 3 numbers above 0, got {json.dumps(value)[:60]}")
+    return tuple(float(v) for v in value)
+
+
+def _hf_preprocess(folder: Path, size: Any) -> PreprocessSpec:
+    """The folder's preprocessing: config.json's vision image_size; mean/std (and a crop_size, which must
+    be that image size) from preprocessor_config.json when there is one, else OpenAI CLIP's."""
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise RszError(f"{folder / 'config.json'}: vision_config.image_size must be a positive integer")
+    mean, std = CLIP_MEAN, CLIP_STD
+    path = folder / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise RszError(f"{path}: not readable JSON ({first_line(err, limit=120)})") from None
+        if not isinstance(cfg, dict):
+            raise RszError(f"{path}: expected a JSON object")
+        mean = _finite_numbers(path, cfg, "image_mean", CLIP_MEAN, positive=False)
+        std = _finite_numbers(path, cfg, "image_std", CLIP_STD, positive=True)
+        crop = cfg.get("crop_size")
+        if crop is not None and cfg.get("do_center_crop", True):
+            sides = list(crop.values()) if isinstance(crop, dict) else [crop]
+            if not sides or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
+                raise RszError(f"{path}: crop_size must be a positive integer or {{height, width}}")
+            if set(sides) != {size}:
+                raise RszError(
+                    f"{path}: crop_size {json.dumps(crop)} does not match config.json's "
+                    f"vision_config.image_size {size} (the model's input size)"
+                )
+    return PreprocessSpec(size=size, resize="bilinear", mean=mean, std=std)
+
+
+def _quiet_transformers():
+    """transformers' load report and progress bar off (stderr gets rsz's one line, nothing else)."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def quiet():
+        verbosity = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+    return quiet()
+
+
 def load_hf_clip(folder: Path) -> ClipModel:
-    """A Hugging Face CLIPModel folder (config.json + model.safetensors or pytorch_model.bin)."""
+    """A Hugging Face CLIPModel folder (config.json + model.safetensors or pytorch_model.bin, or shards).
+
+    safetensors are read by transformers; pickled .bin files by torch.load(weights_only=True) here, never by
+    transformers (whose pickle safety depends on its version), and handed to it as a state dict. Every tensor
+    of CLIPModel must come from the folder: missing ones would be random weights."""
     if not (folder / "config.json").is_file():
         raise RszError(f"{folder}: a Hugging Face CLIP folder needs config.json")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise RszError(f"{folder / 'config.json'}: not readable JSON ({err})") from None
-    if config.get("model_type") != "clip":
-        raise RszError(f"{folder / 'config.json'}: model_type {config.get('model_type')!r}, expected 'clip'")
-    from transformers import CLIPModel
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = first_line(err, limit=120)
+        raise RszError(f"{folder / 'config.json'}: not readable JSON ({reason})") from None
+    if not isinstance(config, dict) or config.get("model_type") != "clip":
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        raise RszError(f"{folder / 'config.json'}: model_type {model_type!r}, expected 'clip'")
+    vision = config.get("vision_config")
+    spec = _hf_preprocess(folder, (vision if isinstance(vision, dict) else {}).get("image_size", 224))
+    files, is_safetensors = _hf_weights(folder)
+    from transformers import CLIPConfig, CLIPModel
 
+    cannot = f"{folder}: cannot load this CLIPModel"
+    state: dict[str, Tensor] = {}
+    if is_safetensors:  # headers checked here, so a truncated file is named (transformers reads it)
+        from safetensors import safe_open
+
+        for file in files:
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    f.keys()
+            except Exception as err:  # SafetensorError: truncated, bad header, ...
+                raise RszError(f"{cannot} ({file.name}: not a safetensors file: {_reason(err)})") from None
+    else:
+        for file in files:
+            try:
+                obj = torch_load_weights(file)
+            except RszError as err:
+                raise RszError(f"{cannot} ({file.name}: {str(err).removeprefix(f'{file}: ')})") from None
+            if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+                raise RszError(f"{cannot} ({file.name} holds no state dict of tensors)")
+            state.update(obj)
+    # Tensors that do not fit the config come back in mismatched_keys (transformers 5 raises with the
+    # details only in its logged report otherwise); they are refused below, like missing ones.
+    checked = {"output_loading_info": True, "ignore_mismatched_sizes": True}
     try:
-        net = CLIPModel.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise RszError(f"{folder}: cannot load this CLIPModel ({first_line(err, limit=160)})") from None
-    size = int(net.config.vision_config.image_size)
-    mean, std = CLIP_MEAN, CLIP_STD
-    processor = folder / "preprocessor_config.json"
-    if processor.is_file():
-        cfg = json.loads(processor.read_text(encoding="utf-8"))
-        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
-    spec = PreprocessSpec(size=size, resize="bilinear", mean=mean, std=std)
+        with _quiet_transformers():
+            if is_safetensors:
+                net, info = CLIPModel.from_pretrained(
+                    str(folder), local_files_only=True, use_safetensors=True, **checked
+                )
+            else:
+                hf_config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
+                net, info = CLIPModel.from_pretrained(None, config=hf_config, state_dict=state, **checked)
+    except Exception as err:  # shapes that do not fit the config, a config transformers rejects, ...
+        raise RszError(f"{cannot} ({_reason(err)})") from None
+    # Buffers transformers rebuilds itself (position_ids: non-persistent, or ignored on load) are no weights.
+    names = ", ".join(f.name for f in files)
+    mismatched = sorted((k, tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ()))
+    if mismatched:
+        key, theirs, ours = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise RszError(
+            f"{folder}: {key} is {list(theirs)} in {names}, but config.json makes it {list(ours)}{more}"
+        )
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.endswith("position_ids"))
+    if missing:
+        expected = [k for k in net.state_dict() if not k.endswith("position_ids")]
+        if len(missing) >= len(expected):
+            found = sorted(info.get("unexpected_keys", ()))
+            what = f"{len(found)} other tensor{'s' * (len(found) != 1)}, e.g. {found[0]}" if found else "none"
+            raise RszError(f"{folder}: {names} holds no CLIPModel tensors ({what})")
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise RszError(
+            f"{folder}: {names} lacks {len(missing)} of CLIPModel's {len(expected)} tensors ({shown}); "
+            "refusing to export random weights"
+        )
     context = int(net.config.text_config.max_position_embeddings)
     return ClipModel(net.float().eval(), ClipSource(str(folder), "hf", "clip"), spec, context)
 

@@ -1,0 +1,262 @@
+"""CLIP checkpoints that must not export: each is refused at load time in one line naming the file and what
+is wrong, before any bundle is written; never random weights, never an unpickled object, never a traceback.
+
+Real files written here: transformers CLIPModel(tiny CLIPConfig).save_pretrained folders, edited the way
+users' folders go wrong, and open_clip state dicts of a tiny registered config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rsz_export.cli import main as export_main
+from rsz_infer.errors import RszError
+from rsz_train.models.clip import import_open_clip, load_clip
+
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _tiny_hf(folder: Path, weights: str = "safetensors"):
+    """A complete tiny CLIPModel folder (random weights, which the tests compare against)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = CLIPModel(config).eval()
+    net.save_pretrained(folder)
+    if weights == "bin":  # a .bin-only folder, as older checkpoints ship
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        (folder / "model.safetensors").unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+    return net
+
+
+def _edit_safetensors(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    save_file(edit(state), str(folder / "model.safetensors"))
+
+
+def _export(checkpoint: Path, tmp_path: Path):
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        export_main, ["clip", "--checkpoint", str(checkpoint), "--out", str(out), "--engine", "none"]
+    )
+    return result, out
+
+
+def _one_line_error(result, out: Path, *parts: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for part in parts:
+        assert part in lines[0], lines[0]
+    assert not out.exists()  # refused before anything was written
+    return lines[0]
+
+
+class _RunsACommand:
+    """Pickles to os.system(...): a loader that unpickles it runs the command (creates `marker`)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# ---------------------------------------------------------------- Hugging Face folders: every tensor present
+
+
+def test_complete_hf_folders_load_their_own_weights(tmp_path):
+    for weights in ("safetensors", "bin"):
+        folder = tmp_path / weights
+        net = _tiny_hf(folder, weights)
+        model = load_clip(folder)
+        ours, theirs = model.net.state_dict(), net.state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), weights
+
+
+def test_hf_folder_missing_tensors_is_refused_not_randomly_initialised(tmp_path):
+    folder = tmp_path / "hf_missing"
+    _tiny_hf(folder)
+    _edit_safetensors(folder, lambda s: {k: v for k, v in s.items() if not k.startswith("vision_model.")})
+    with pytest.raises(RszError, match=r"hf_missing: model.safetensors lacks \d+ of CLIPModel's \d+ tensors "
+                                        r"\(vision_model\.embeddings\.class_embedding, "):  # fmt: skip
+        load_clip(folder)
+    result, out = _export(folder, tmp_path)
+    line = _one_line_error(result, out, "refusing to export random weights")
+    assert "MISSING" not in result.output and "newly initialized" not in result.output, line
+
+
+def test_hf_folder_without_clip_tensors_or_with_wrong_shapes_is_refused(tmp_path):
+    empty = tmp_path / "hf_empty"
+    _tiny_hf(empty)
+    _edit_safetensors(empty, lambda s: {"foo": torch.zeros(2)})
+    result, out = _export(empty, tmp_path)
+    empty_line = "hf_empty: model.safetensors holds no CLIPModel tensors (1 other tensor, e.g. foo)"
+    _one_line_error(result, out, empty_line)
+
+    wrong = tmp_path / "hf_wrong"
+    _tiny_hf(wrong)
+    _edit_safetensors(wrong, lambda s: {**s, "visual_projection.weight": torch.zeros(7, 32)})
+    result, out = _export(wrong, tmp_path)
+    wrong_line = (
+        "hf_wrong: visual_projection.weight is [7, 32] in model.safetensors, but config.json makes it"
+    )
+    _one_line_error(result, out, wrong_line)
+
+
+# ---------------------------------------------------------------- Hugging Face folders: unreadable weights
+
+
+def test_hf_pickle_is_refused_and_never_run(tmp_path):
+    folder = tmp_path / "hf_evil"
+    _tiny_hf(folder, "bin")
+    marker = tmp_path / "pwned"
+    torch.save({"text_projection.weight": _RunsACommand(marker)}, folder / "pytorch_model.bin")
+    result, out = _export(folder, tmp_path)
+    _one_line_error(
+        result, out, "hf_evil: cannot load this CLIPModel (pytorch_model.bin: not a PyTorch checkpoint",
+        "of plain tensors: torch.load(weights_only=True) refused it (Trying to load unsupported GLOBAL",
+    )  # fmt: skip
+    assert not marker.exists()
+
+
+def test_hf_truncated_safetensors_is_one_line(tmp_path):
+    folder = tmp_path / "hf_trunc"
+    _tiny_hf(folder)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    result, out = _export(folder, tmp_path)
+    _one_line_error(result, out, "hf_trunc: cannot load this CLIPModel (model.safetensors: not a safetensors")
+
+
+def test_hf_folder_without_weights_is_one_line(tmp_path):
+    folder = tmp_path / "hf_none"
+    _tiny_hf(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(RszError, match="hf_none: a Hugging Face CLIP folder needs model.safetensors or"):
+        load_clip(folder)
+
+
+# ---------------------------------------------------------------- preprocessor_config.json
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"image_mean": [0.5,0.5\n', "not readable JSON"),
+        ('{"image_mean": "0.5"}', "image_mean must be 3 finite numbers"),
+        ('{"image_mean": [0.5, 0.5]}', "image_mean must be 3 finite numbers"),
+        ('{"image_mean": [0.5, NaN, 0.5]}', "image_mean must be 3 finite numbers"),
+        ('{"image_std": [0, 0, 0]}', "image_std must be 3 numbers above 0"),
+        ('{"image_std": [0.5, true, 0.5]}', "image_std must be 3 finite numbers"),
+        ('{"crop_size": {"height": 336, "width": 336}}',
+         "does not match config.json's vision_config.image_size 32"),
+        ('{"crop_size": "32"}', "crop_size must be a positive integer"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)  # fmt: skip
+def test_bad_preprocessor_config_is_refused_at_load(tmp_path, text, field):
+    folder = tmp_path / "hf_pp"
+    _tiny_hf(folder)
+    (folder / "preprocessor_config.json").write_text(text, encoding="utf-8")
+    with pytest.raises(RszError) as caught:
+        load_clip(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder / 'preprocessor_config.json'}: ") and field in message
+    assert "\n" not in message
+
+
+def test_bad_preprocessor_config_cli_and_a_good_one(tmp_path):
+    folder = tmp_path / "hf_pp"
+    _tiny_hf(folder)
+    (folder / "preprocessor_config.json").write_text('{"image_mean": "0.5", "image_std": [0,0,0]}', "utf-8")
+    result, out = _export(folder, tmp_path)
+    _one_line_error(result, out, 'preprocessor_config.json: image_mean must be 3 finite numbers, got "0.5"')
+    good = {"crop_size": {"height": 32, "width": 32}, "image_mean": [0.5, 0.25, 0], "image_std": 0.5}
+    (folder / "preprocessor_config.json").write_text(json.dumps(good), encoding="utf-8")
+    spec = load_clip(folder).preprocess
+    assert (spec.size, spec.mean, spec.std) == (32, (0.5, 0.25, 0.0), (0.5, 0.5, 0.5))
+
+
+# ---------------------------------------------------------------- open_clip files: named, what they are not
+
+
+@pytest.fixture(scope="module")
+def tiny_state(tmp_path_factory):
+    oc = import_open_clip()
+    config = tmp_path_factory.mktemp("open_clip_configs") / "rsz-tiny-vit-bad.json"
+    config.write_text(json.dumps(TINY_VIT), encoding="utf-8")
+    oc.add_model_config(config)
+    return oc.create_model("rsz-tiny-vit-bad", pretrained=None).state_dict()
+
+
+def test_open_clip_shapes_of_no_architecture_name_the_file(tiny_state, tmp_path):
+    path = tmp_path / "wrongshape.pt"
+    torch.save({**tiny_state, "visual.proj": torch.zeros(64, 99)}, path)
+    result, out = _export(path, tmp_path)
+    _one_line_error(
+        result, out, f"{path}: no open_clip architecture has these weights' shapes (", "embed_dim 99"
+    )
+
+
+def test_text_and_truncated_files_say_they_are_no_checkpoint(tiny_state, tmp_path):
+    text = tmp_path / "text.pt"
+    text.write_text("hello\n", encoding="utf-8")
+    with pytest.raises(RszError, match="text.pt: not a PyTorch checkpoint: neither a torch.save zip archive"):
+        load_clip(text)
+    full = tmp_path / "full.pt"
+    torch.save(tiny_state, full)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(full.read_bytes()[:5000])
+    with pytest.raises(
+        RszError, match=r"cut.pt: not a PyTorch checkpoint: a zip archive cut short or damaged"
+    ):
+        load_clip(cut)
+    object_pt = tmp_path / "object.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "config": Path("/")}, object_pt)  # needs unpickling
+    with pytest.raises(RszError, match="object.pt: not a PyTorch checkpoint of plain tensors: torch.load"):
+        load_clip(object_pt)
+
+
+def test_plain_pickle_is_one_line_without_torch_warning_and_never_run(tmp_path):
+    """A protocol-4 pickle (not torch.save's): torch warns on stderr before refusing it; the CLI prints only
+    its one line. A fresh process, so no earlier test has already shown (and so hidden) the warning."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil_plain.bin"
+    path.write_bytes(pickle.dumps({"visual.proj": _RunsACommand(marker)}, protocol=4))
+    out = tmp_path / "bundle"
+    code = "import sys; from rsz_export.cli import main; main(sys.argv[1:])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "clip", "--checkpoint", path, "--out", out, "--engine", "none"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(f"error: {path}: "), proc.stderr
+    assert "not a PyTorch checkpoint of plain tensors: torch.load(weights_only=True) refused it (" in lines[0]
+    assert "In PyTorch 2.6" not in lines[0] and "Unsupported operand" in lines[0]
+    assert not marker.exists() and not out.exists()
