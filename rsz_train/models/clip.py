@@ -488,8 +488,9 @@ def _finite_numbers(path: Path, cfg: dict, field: str, default: tuple, positive:
 
 
 def _hf_preprocess(folder: Path, size: Any) -> PreprocessSpec:
-    """The folder's preprocessing: config.json's vision image_size; mean/std (and a crop_size, which must
-    be that image size) from preprocessor_config.json when there is one, else OpenAI CLIP's."""
+    """The folder's preprocessing: config.json's vision image_size; mean/std from preprocessor_config.json
+    when there is one, else OpenAI CLIP's. Its resize and crop_size are not used: rsz resizes each whole tile
+    to the model's input size (a centre crop would cut off a tile's edges)."""
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise RszError(f"{folder / 'config.json'}: vision_config.image_size must be a positive integer")
     mean, std = CLIP_MEAN, CLIP_STD
@@ -503,16 +504,6 @@ def _hf_preprocess(folder: Path, size: Any) -> PreprocessSpec:
             raise RszError(f"{path}: expected a JSON object")
         mean = _finite_numbers(path, cfg, "image_mean", CLIP_MEAN, positive=False)
         std = _finite_numbers(path, cfg, "image_std", CLIP_STD, positive=True)
-        crop = cfg.get("crop_size")
-        if crop is not None and cfg.get("do_center_crop", True):
-            sides = list(crop.values()) if isinstance(crop, dict) else [crop]
-            if not sides or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides):
-                raise RszError(f"{path}: crop_size must be a positive integer or {{height, width}}")
-            if set(sides) != {size}:
-                raise RszError(
-                    f"{path}: crop_size {json.dumps(crop)} does not match config.json's "
-                    f"vision_config.image_size {size} (the model's input size)"
-                )
     return PreprocessSpec(size=size, resize="bilinear", mean=mean, std=std)
 
 
