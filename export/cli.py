@@ -30,7 +30,11 @@ BUNDLE_OPTIONS = [
         help="TensorRT engines: trt = required, auto = when a TensorRT library imports",
     ),
     click.option("--batch", default="1:32:256", show_default=True, help="engine batch profile min:opt:max"),
-    click.option("--out", type=click.Path(path_type=Path), help="bundle folder (default models/<run name>)"),
+    click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        help="bundle folder (default models/<run name>; for clip, models/<checkpoint name without suffix>)",
+    ),
     click.option(
         "--force", is_flag=True, help="replace the rsz bundle at --out (never any other folder or file)"
     ),
