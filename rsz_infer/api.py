@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from rsz_infer.bundle import Manifest
 from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
 from rsz_infer.errors import RszError
-from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles
+from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles, is_gdal_path
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
@@ -274,6 +275,8 @@ class Embedder:
         files, scene windows) and Tiles; one call takes arrays or paths/Tiles, not both."""
         if isinstance(images, np.ndarray):
             return list(images[None] if images.ndim == 3 else images)
+        if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
+            images = [images]
         items = list(images)
         if items and all(isinstance(i, np.ndarray) for i in items):
             return items
@@ -281,7 +284,13 @@ class Embedder:
         for item in items:
             if isinstance(item, Tile):
                 tiles.setdefault(item.id, item)
-            elif isinstance(item, (str, Path)):
+            elif isinstance(item, (str, os.PathLike)):
+                item = os.fspath(item)
+                if not is_gdal_path(item) and not os.path.exists(item):
+                    # the README's promise: a bad file is a skipped record, never the whole batch's error
+                    # (the CLI refuses a missing input instead: there it is a typo in the command)
+                    tiles.setdefault(item, Tile(id=item, path=item, problem="no such file or folder"))
+                    continue
                 for tile in discover_tiles([item], self.tile_options):
                     tiles.setdefault(tile.id, tile)
             else:

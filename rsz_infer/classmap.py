@@ -18,9 +18,11 @@ from __future__ import annotations
 import colorsys
 import ctypes
 import functools
+import hashlib
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +109,34 @@ def category_names(path: Path) -> list[str]:
     return _with_band(path, read) or []
 
 
-def _target_of(target: Path, scene_path: str, several: bool) -> Path:
-    return target if not several else target.with_name(f"{target.stem}.{Path(scene_path).stem}.tif")
+def map_targets(target: Path, scenes: list[str]) -> dict[str, Path]:
+    """Each scene's class map: `target` for one scene, else `<target stem>.<scene stem>.tif`. Scenes whose
+    stems collide (a/visual.tif, b/visual.tif: common in STAC) add their folder's name, and where even that
+    collides a short hash of the full path: every scene gets its own map, named the same on every run."""
+    if len(scenes) == 1:
+        return {scenes[0]: target}
+
+    def digest(scene: str) -> str:
+        return hashlib.sha256(scene.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+    stems = Counter(Path(s).stem for s in scenes)
+    names = {}
+    for scene in scenes:
+        path = Path(scene)
+        names[scene] = (
+            path.stem if stems[path.stem] == 1 else f"{path.parent.name or digest(scene)}.{path.stem}"
+        )
+    taken = Counter(names.values())
+    for scene, name in names.items():
+        if taken[name] > 1:  # two folders of one name, or a folder + stem that is another scene's stem
+            names[scene] = f"{Path(scene).stem}.{digest(scene)}"
+    return {scene: target.with_name(f"{target.stem}.{name}.tif") for scene, name in names.items()}
 
 
 def write_class_maps(
     records: list[dict], target: Path, class_names: list[str], with_scores: bool = False
-) -> list[Path]:
-    """One COG per scene (`target`, or `<target stem>.<scene stem>.tif` for several) and its quicklook."""
+) -> list[tuple[str, Path]]:
+    """One COG per scene (see map_targets) and its quicklook; returns (scene, map) pairs."""
     by_scene: dict[str, list[dict]] = {}
     for r in records:
         if r.get("window"):
@@ -122,10 +144,9 @@ def write_class_maps(
     if not by_scene:
         raise RszError(f"--class-map {target}: no scene (an image larger than --tile-size) among the inputs")
     written = []
-    for scene_path, scene_records in by_scene.items():
-        path = _target_of(target, scene_path, len(by_scene) > 1)
-        _write_class_map(scene_path, scene_records, path, class_names, with_scores)
-        written.append(path)
+    for scene_path, path in map_targets(target, list(by_scene)).items():
+        _write_class_map(scene_path, by_scene[scene_path], path, class_names, with_scores)
+        written.append((scene_path, path))
     return written
 
 

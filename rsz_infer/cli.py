@@ -106,6 +106,13 @@ def _tiles(kw: dict) -> TileOptions:
     )
 
 
+def _given(names) -> frozenset[str]:
+    """The options of `names` set on the command line (or by an environment variable), not by default."""
+    ctx = click.get_current_context()
+    default = click.core.ParameterSource.DEFAULT
+    return frozenset(n for n in names if ctx.get_parameter_source(n) not in (None, default))
+
+
 def _runtime_options(f):
     f = click.option(
         "--preprocess", type=click.Choice(PREPROCESSORS), default="auto", show_default=True,
@@ -254,7 +261,7 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
 
     Tiles that cannot be read are listed in OUT.errors.csv beside the folder (exit 3); the next call tries
     them again."""
-    from rsz_infer.index import IndexConfig, build_index
+    from rsz_infer.index import TILE_OPTION_FLAGS, IndexConfig, build_index
 
     ray = _ray(kw)
     cfg = IndexConfig(
@@ -264,6 +271,7 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
         _tiles(kw),
         method=search_method,
         progress=not quiet,
+        given=_given(TILE_OPTION_FLAGS),
         **{
             k: kw[k]
             for k in (

@@ -391,7 +391,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.classfile import class_file_hash
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
-    from rsz_infer.outputs import output_format, write_outputs
+    from rsz_infer.outputs import check_finished, output_format, write_finished, write_outputs
     from rsz_infer.pipeline import Summary, plan_labeling, run_log_engine
 
     start = time.perf_counter()
@@ -402,14 +402,8 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     if cfg.explain or cfg.html is not None:
         raise RszError("--ray: --explain and --html are single-process options for now")
     parts_dir = parts_folder(out)
-    if cfg.resume and merged and out.exists() and not parts_dir.exists():
-        return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     plan = plan_labeling(cfg, check_outputs=merged)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
-    # The driver holds the Tiles (small records: path, window, footprint) to cut them into partitions.
-    tiles = shard_tiles(discover_tiles(cfg.inputs, cfg.tiles), cfg.shard)
-    ray = connect(options)
-    resources, device = _actor_resources(ray, options, cfg.device)
     header = {
         "model": manifest_sha256(cfg.model),
         "classes": class_file_hash(entries),
@@ -419,6 +413,14 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or []), cfg.tiles.gsd],
         **run_log_engine(cfg.precision, cfg.decoder),  # as asked: the actors resolve "auto" alike
     }
+    if cfg.resume and merged and out.exists() and not parts_dir.exists():
+        # finished: what it was made with is kept beside it (outputs.check_finished), as on one process
+        check_finished(out, header, plan.listing.tiles())
+        return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
+    # The driver holds the Tiles (small records: path, window, footprint) to cut them into partitions.
+    tiles = shard_tiles(discover_tiles(cfg.inputs, cfg.tiles), cfg.shard)
+    ray = connect(options)
+    resources, device = _actor_resources(ray, options, cfg.device)
     cut = partitions(tiles, options.partition_tiles)
     done = open_parts(parts_dir, _run_key(tiles, header, options), cfg.resume)
     todo = [(p, part) for p, part in enumerate(cut) if p not in done][: options.max_partitions]
@@ -457,10 +459,13 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     log = _PartsLog(parts_dir)
     if merged:
         written = write_outputs(
-            log, out, cfg.top_k, [e.name for e in entries], cfg.class_map, cfg.class_map_scores
-        )
+            log, out, cfg.top_k, [e.name for e in entries], cfg.class_map, cfg.class_map_scores,
+            best_class=cfg.min_score is not None,
+        )  # fmt: skip
         summary.total_errors, summary.total_labeled = written["errors"], written["labeled"]
         summary.class_maps = written["class_maps"]
+        summary.class_map_scenes = written["class_map_scenes"]
+        write_finished(out, header, plan.listing.tiles())  # before the partitions go, for a later --resume
         shutil.rmtree(parts_dir)
     else:
         records = list(log.records())

@@ -16,12 +16,13 @@ every output row.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,11 @@ class TileListing:
     found: int = 0  # every tile of the inputs
     count: int = 0  # those `keep` takes (e.g. this shard's)
     windows: bool = False  # any scene window among them all
+    digest: object = field(default_factory=hashlib.sha256)  # of the kept tiles' ids, in discovery order
+
+    def tiles(self) -> dict:
+        """The kept tiles as a finished output records them (outputs.write_finished)."""
+        return {"tiles": self.count, "ids": self.digest.hexdigest()}
 
 
 def list_tiles(
@@ -204,7 +210,9 @@ def list_tiles(
     listing = TileListing()
     for tile in discover_tiles(inputs, options, notes):
         listing.found += 1
-        listing.count += keep is None or keep(tile)
+        if keep is None or keep(tile):
+            listing.count += 1
+            listing.digest.update(tile.id.encode("utf-8", "surrogateescape") + b"\n")
         listing.windows = listing.windows or tile.window is not None
     return listing
 

@@ -197,10 +197,50 @@ class IndexConfig:
     gsd: str = "auto"  # auto | off | metres per pixel (pipeline.resolve_gsd); an existing index keeps its own
     precision: str = "auto"  # image graph variant (rsz_infer.backend)
     shard: tuple[int, int] | None = None  # (I, N): only the tiles of shard I of N (rsz_infer.cluster)
+    # the tile options the caller set (the CLI: those on the command line), which an append must not
+    # contradict; None: all of `tiles` when given, and `gsd` unless "auto"
+    given: frozenset[str] | None = None
 
     @property
     def engine(self) -> EngineOptions:
         return engine_options(self)
+
+
+TILE_OPTION_FLAGS = {"tile_size": "--tile-size", "overlap": "--overlap", "bands": "--bands", "gsd": "--gsd"}
+
+
+def _check_same_tile_options(cfg: IndexConfig, out: Path, manifest: Manifest, kept: TileOptions) -> None:
+    """An append keeps the index's tile options (one index, one kind of tile); a different --tile-size,
+    --overlap, --bands or --gsd the caller set is refused in one line rather than silently ignored."""
+    given = cfg.given
+    if given is None:
+        given = frozenset(["tile_size", "overlap", "bands"] if cfg.tiles else []) | (
+            {"gsd"} if str(cfg.gsd).strip().lower() != "auto" else set()
+        )
+    asked = {}
+    if cfg.tiles is not None:
+        asked = {"tile_size": cfg.tiles.tile_size, "overlap": cfg.tiles.overlap, "bands": cfg.tiles.bands}
+    asked["gsd"] = resolve_gsd(cfg.gsd, manifest, kept).gsd
+    recorded = {"tile_size": kept.tile_size, "overlap": kept.overlap, "bands": kept.bands, "gsd": kept.gsd}
+
+    def show(name: str, value) -> str:
+        if name == "bands":
+            return ",".join(map(str, value)) if value else "(none)"
+        return "off" if value is None else f"{value:g}"
+
+    differ = [
+        f"{TILE_OPTION_FLAGS[k]} {show(k, recorded[k])} (asked: {show(k, asked[k])})"
+        for k in TILE_OPTION_FLAGS
+        if k in given
+        and k in asked
+        and (tuple(asked[k] or ()) if k == "bands" else asked[k])
+        != (tuple(recorded[k] or ()) if k == "bands" else recorded[k])
+    ]
+    if differ:
+        raise RszError(
+            f"{out}: the index was built with {', '.join(differ)}; an append keeps the index's tile options "
+            "(leave the option out, or use a new --out)"
+        )
 
 
 @dataclass
@@ -229,7 +269,7 @@ class IndexSummary:
             f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s"
             + (f", {self.resize_note}" if self.resize_note else "")
             + f" -> {out}"
-            + (f" (skipped tiles in {self.errors_file.name})" if self.skipped and self.errors_file else "")
+            + (f" (skipped tiles in {self.errors_file})" if self.skipped and self.errors_file else "")
         )
         if self.exit_code == 2:
             line += "\nerror: nothing was indexed: every tile was skipped"
@@ -266,6 +306,7 @@ def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileO
         tile_options = TileOptions(
             **{**old.info["tile_options"], "bands": _bands(old.info), "asset": asset, "max_pixels": limit}
         )
+        _check_same_tile_options(cfg, out, manifest, tile_options)
     if old is None:  # an existing index keeps its own GSD (in its tile_options)
         tile_options = resolve_gsd(cfg.gsd, manifest, tile_options or TileOptions())
     for note in gsd_note(tile_options, manifest):

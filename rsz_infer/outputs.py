@@ -63,6 +63,42 @@ def part_path(out: Path) -> Path:
     return out.with_name(out.name + ".part")
 
 
+def finished_path(out: Path) -> Path:
+    """`<out>.run.json`: what a finished output was made with (its run log's header and its tile list),
+    kept once the run log is removed so that a later --resume can refuse other inputs or settings."""
+    return out.with_name(out.name + ".run.json")
+
+
+def write_finished(out: Path, header: dict, tiles: dict) -> None:
+    atomic_write(finished_path(out), json.dumps({"run": header, **tiles}))
+
+
+def check_finished(out: Path, header: dict, tiles: dict) -> None:
+    """--resume on a finished output: refused in one line unless it was made with this run's header and
+    these tiles (then there is nothing left to do). Its run log is gone, so other inputs cannot be added
+    to it: a rerun without --resume labels them all."""
+    kept_path = finished_path(out)
+    try:
+        kept = json.loads(kept_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RszError(
+            f"{out}: already complete, with no {kept_path.name} saying what it was made with; "
+            "rerun without --resume to start over"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise RszError(f"{kept_path}: not readable ({err}); rerun without --resume to start over") from None
+    old = kept.get("run") if isinstance(kept, dict) else None
+    if old != header:
+        raise RszError(
+            f"{out}: already complete, {_what_differs(old, header)}; rerun without --resume to start over"
+        )
+    if {k: kept.get(k) for k in tiles} != tiles:
+        raise RszError(
+            f"{out}: already complete, but its inputs now hold other tiles (files added or removed since); "
+            "rerun without --resume to label them all"
+        )
+
+
 def errors_path(out: Path) -> Path:
     """`<out>.errors.csv`: after the whole name, so labels.csv and labels.geojson in one folder keep their own
     lists (a clean run of one removes its list, never the other's)."""
@@ -157,6 +193,8 @@ class RunLog:
             if resume and out.exists():
                 raise RszError(f"{out}: already complete (no {self.path.name} to resume); delete it to rerun")
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # a new run: the output it replaces no longer says what it was made with until this one finishes
+            finished_path(out).unlink(missing_ok=True)
             self._file = open(self.path, "w", encoding="utf-8")
             self._write([{"run": header}])
 
@@ -232,15 +270,18 @@ def _window_text(record: dict) -> str:
     return ",".join(map(str, record["window"])) if record.get("window") else ""
 
 
-def table_columns(records: list[dict], top_k: int) -> dict[str, list]:
+def table_columns(records: list[dict], top_k: int, best_class: bool = False) -> dict[str, list]:
     """The columns every tabular output shares (CSV, GeoParquet, GeoPackage, FlatGeobuf, GeoJSON
     properties): tile, path, window, label_i / score_i / similarity_i for the top k, rule, source_crs.
 
     score_i is the softmax probability over the given classes; similarity_i the raw similarity (cosine for
-    most bundles) that --min-score thresholds."""
+    most bundles) that --min-score thresholds. `best_class` (with --min-score): a column of the class with
+    the top similarity, also where label_1 is unknown because it fell short (the record's best_class)."""
     columns: dict[str, list] = {"tile": [], "path": [], "window": []}
     for i in range(1, top_k + 1):
         columns[f"label_{i}"], columns[f"score_{i}"], columns[f"similarity_{i}"] = [], [], []
+    if best_class:
+        columns["best_class"] = [r.get("best_class", r["labels"][0]) for r in records]
     columns["rule"], columns["source_crs"] = [], []
     for r in records:
         columns["tile"].append(r["tile"])
@@ -290,11 +331,11 @@ def geometries(records: list[dict]) -> tuple[list[dict | None], str | None]:
     return [_pixel_polygon(r["window"]) if r.get("window") else None for r in records], None
 
 
-def render_csv(records: list[dict], top_k: int) -> str:
+def render_csv(records: list[dict], top_k: int, best_class: bool = False) -> str:
     """The shared columns plus `wkt`: the EPSG:4326 footprint as WKT (empty without a CRS)."""
     import shapely
 
-    columns = table_columns(records, top_k)
+    columns = table_columns(records, top_k, best_class)
     footprints = [shapely.geometry.shape(r["footprint"]) if r.get("footprint") else None for r in records]
     wkt = [
         shapely.to_wkt(g, rounding_precision=COORDINATE_DECIMALS) if g is not None else "" for g in footprints
@@ -346,9 +387,9 @@ def _rounded(geometry: dict | None) -> dict | None:
     return {"type": geometry["type"], "coordinates": rings}
 
 
-def render_geojson(records: list[dict], top_k: int) -> str:
+def render_geojson(records: list[dict], top_k: int, best_class: bool = False) -> str:
     """RFC 7946: EPSG:4326 lon/lat at 7 decimals; tiles without a CRS have a null geometry."""
-    columns = table_columns(records, top_k)
+    columns = table_columns(records, top_k, best_class)
     features = []
     for i, r in enumerate(records):
         props = {name: values[i] for name, values in columns.items()}
@@ -370,7 +411,7 @@ def _arrow_text(value: object) -> object:
     return value
 
 
-def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
+def write_geoparquet(records: list[dict], top_k: int, path: Path, best_class: bool = False) -> None:
     """GeoParquet 1.1: WKB `geometry`, its CRS as PROJJSON, a `bbox` covering column (pyarrow)."""
     try:
         import pyarrow as pa
@@ -379,7 +420,7 @@ def write_geoparquet(records: list[dict], top_k: int, path: Path) -> None:
         raise RszError(f"--out {path}: GeoParquet needs pyarrow ({GEO_INSTALL_HINT})") from None
     from rasterio.crs import CRS
 
-    columns = table_columns(records, top_k)
+    columns = table_columns(records, top_k, best_class)
     shapes, crs = geometries(records)
     boxes = [_bbox(g) for g in shapes]
     table = pa.table(
@@ -425,14 +466,14 @@ def _bbox(geometry: dict | None) -> tuple[float, float, float, float] | None:
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def write_ogr(records: list[dict], top_k: int, path: Path, driver: str) -> None:
+def write_ogr(records: list[dict], top_k: int, path: Path, driver: str, best_class: bool = False) -> None:
     """GeoPackage or FlatGeobuf through pyogrio (GDAL's OGR): EPSG:4326, or no CRS for pixel polygons."""
     try:
         import pyogrio.raw
     except ImportError:
         raise RszError(f"--out {path}: {driver} needs pyogrio ({GEO_INSTALL_HINT})") from None
 
-    columns = table_columns(records, top_k)
+    columns = table_columns(records, top_k, best_class)
     shapes, crs = geometries(records)
     fields, data = [], []
     for name, values in columns.items():
@@ -491,9 +532,11 @@ def write_outputs(
     class_names: list[str],
     class_map: Path | None,
     class_map_scores: bool = False,
+    best_class: bool = False,
 ) -> dict:
     """Render the requested output (and errors.csv, class maps) from the log; returns counts and the
-    class maps written (`class_maps`, each with its `.png` quicklook beside it)."""
+    class maps written (`class_maps`, each with its `.png` quicklook beside it). `best_class` (--min-score):
+    table outputs get a best_class column (table_columns)."""
     labeled, errors, nodata = [], [], 0
     for r in log.records():
         if "labels" in r:
@@ -506,15 +549,15 @@ def write_outputs(
     if class_names:  # no label columns beyond the classes there are (--top-k 100 with 6 classes: 6)
         top_k = min(top_k, len(class_names))
     if fmt == ".csv":
-        atomic_write(out, render_csv(labeled, top_k))
+        atomic_write(out, render_csv(labeled, top_k, best_class))
     elif fmt == ".jsonl":
         atomic_write(out, render_jsonl(labeled))
     elif fmt == ".geojson":
-        atomic_write(out, render_geojson(labeled, top_k))
+        atomic_write(out, render_geojson(labeled, top_k, best_class))
     elif fmt == ".parquet":
-        write_geoparquet(labeled, top_k, out)
+        write_geoparquet(labeled, top_k, out, best_class)
     else:
-        write_ogr(labeled, top_k, out, OGR_DRIVERS[fmt])
+        write_ogr(labeled, top_k, out, OGR_DRIVERS[fmt], best_class)
     if errors:
         atomic_write(errors_path(out), render_errors(errors))
     elif errors_path(out).exists():
@@ -531,4 +574,7 @@ def write_outputs(
                 f"--class-map {class_map}: cannot make its folder ({err.strerror or err})"
             ) from None
         maps = write_class_maps(labeled, class_map, class_names, class_map_scores)
-    return {"labeled": len(labeled), "errors": len(errors), "nodata": nodata, "class_maps": maps}
+    return {
+        "labeled": len(labeled), "errors": len(errors), "nodata": nodata,
+        "class_maps": [path for _, path in maps], "class_map_scenes": [scene for scene, _ in maps],
+    }  # fmt: skip

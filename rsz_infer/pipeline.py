@@ -27,10 +27,12 @@ from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, is_
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import (
     RunLog,
+    check_finished,
     check_output_path,
     errors_path,
     output_format,
     part_path,
+    write_finished,
     write_outputs,
 )
 
@@ -119,6 +121,7 @@ class Summary:
     nothing_left: bool = False  # --resume on an output that had already finished
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
     class_maps: list[Path] = field(default_factory=list)  # each with its .png quicklook beside it
+    class_map_scenes: list[str] = field(default_factory=list)  # the scene of each class map
     gallery_tiles: int | None = None  # tiles in the HTML gallery, when one was written
     labeling: str | None = None  # which rule labeled, for bundles with a choice (rsz_infer.latent_classifier)
 
@@ -147,6 +150,9 @@ class Summary:
         if self.resize_note:
             parts.append(self.resize_note)
         line = f"rsz-infer: {', '.join(parts)} -> {out}"
+        if len(self.class_maps) > 1:  # which map is which scene's: the names alone may not tell
+            for scene, path in zip(self.class_map_scenes, self.class_maps):
+                line += f"\nrsz-infer: class map of {scene} -> {path}"
         if self.exit_code == 2:
             line += "\nerror: nothing was labeled: every tile was skipped"
             if self.total_errors:
@@ -238,8 +244,6 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
     start = time.perf_counter()
     if cfg.batch < 1 or cfg.top_k < 1:
         raise RszError(f"--batch {cfg.batch} / --top-k {cfg.top_k}: must be at least 1")
-    if cfg.resume and cfg.out.exists() and not part_path(cfg.out).exists():
-        return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     plan = plan_labeling(cfg)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     labeler = Labeler(
@@ -261,6 +265,11 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         **({"labeling": scorer.labeling} if scorer.labeling else {}),
         **run_log_engine(engine.runner.precision, engine.decoder.name),
     }
+    if cfg.resume and cfg.out.exists() and not part_path(cfg.out).exists():
+        # finished: its run log is gone, its header and tile list are kept beside it (outputs.check_finished)
+        labeler.close()
+        check_finished(cfg.out, header, plan.listing.tiles())
+        return Summary(0, 0, 0, 0, time.perf_counter() - start, "none", nothing_left=True)
     engine.notes[:0] = notes + scorer.notes
     for note in engine.notes:
         warn(note)
@@ -298,15 +307,16 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
             log.close()
     interrupted = counts.interrupted
     written = write_outputs(
-        log, cfg.out, cfg.top_k, scorer.names, None if interrupted else cfg.class_map, cfg.class_map_scores
-    )
+        log, cfg.out, cfg.top_k, scorer.names, None if interrupted else cfg.class_map, cfg.class_map_scores,
+        best_class=cfg.min_score is not None,
+    )  # fmt: skip
     summary = Summary(
         counts.embedded, counts.skipped, counts.nodata, done_before, time.perf_counter() - start,
         f"{engine.runner.name} {engine.runner.precision}", total_errors=written["errors"], notes=engine.notes,
         decode=engine.decode_line(),
         total_labeled=written["labeled"], startup_seconds=counts.startup_seconds,
         loop_seconds=counts.loop_seconds, resize_note=counts.resize_note(), class_maps=written["class_maps"],
-        labeling=scorer.labeling,
+        class_map_scenes=written["class_map_scenes"], labeling=scorer.labeling,
     )  # fmt: skip
     if interrupted:
         print(
@@ -321,5 +331,8 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         heading = f"rsz labels: {cfg.classes.name}"
         labeled = [r for r in log.records() if "labels" in r]
         summary.gallery_tiles = write_label_gallery(cfg.html, heading, labeled, cfg.tiles, summary.class_maps)
+    # what the output was made with, for a later --resume; written before the log goes (a kill between
+    # the two leaves the log, which --resume reads first)
+    write_finished(cfg.out, header, plan.listing.tiles())
     part_path(cfg.out).unlink()
     return summary

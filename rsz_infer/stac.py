@@ -57,7 +57,7 @@ def _items(path: Path) -> list:
         if isinstance(stac_object, pystac.Item):
             return [stac_object]
         if isinstance(stac_object, pystac.Catalog):  # Collection is a Catalog too
-            return list(stac_object.get_items(recursive=True))
+            return _catalog_items(pystac, stac_io, stac_object)
     except Exception as err:  # pystac raises many types for malformed JSON and broken links
         if stac_io.refused:
             raise RszError(
@@ -67,6 +67,39 @@ def _items(path: Path) -> list:
             raise
         raise RszError(f"{path}: not a readable STAC JSON ({first_line(err)})") from None
     raise RszError(f"{path}: a STAC {type(stac_object).__name__}, not an Item, ItemCollection or catalog")
+
+
+def _catalog_items(pystac, stac_io, catalog) -> list:
+    """The items of a catalog and its children, link by link: an item or child JSON that is missing or
+    broken is an (href, problem) entry (a skipped row), so one bad file never costs the good items.
+    A remote link is still refused as a whole (rsz downloads nothing: LocalStacIO refuses it)."""
+    found: list = []
+    seen: set[str] = set()  # a catalog that links back to itself is walked once
+
+    def walk(parent) -> None:
+        for link in parent.get_links():
+            if link.rel not in ("item", "child"):
+                continue
+            href = str(link.get_absolute_href() or link.href)
+            if href in seen:
+                continue
+            seen.add(href)
+            try:
+                target = link.resolve_stac_object(root=parent.get_root()).target
+            except Exception as err:  # pystac raises many types for missing files and malformed JSON
+                if stac_io.refused:
+                    raise
+                found.append((href, f"STAC {link.rel} {href}: not a readable STAC JSON ({first_line(err)})"))
+                continue
+            if link.rel == "child" and isinstance(target, pystac.Catalog):
+                walk(target)
+            elif link.rel == "item" and isinstance(target, pystac.Item):
+                found.append(target)
+            else:
+                found.append((href, f"STAC {link.rel} {href}: a {type(target).__name__}, not an {link.rel}"))
+
+    walk(catalog)
+    return found
 
 
 def choose_asset(item, key: str | None) -> tuple[str, object]:
@@ -108,6 +141,9 @@ def stac_asset_hrefs(path: Path, key: str | None) -> Iterator[tuple[str, str | N
         raise RszError(f"{path}: the STAC JSON holds no items")
     found: list[tuple[str, str | None]] = []
     for item in items:
+        if isinstance(item, tuple):  # an item JSON that could not be read: (its href, why)
+            found.append(item)
+            continue
         try:
             _, asset = choose_asset(item, key)
         except KeyError as err:

@@ -623,7 +623,7 @@ def test_class_map_overviews_take_the_majority_class(tmp_path):
             corner = (col + (row // 2) % 2, row + (col // 2) % 2)  # the odd pixel moves around the block
             records.append({"path": str(scene), "window": [*corner, 1, 1], "class_index": 3, "scores": [0.5]})
     target = tmp_path / "map.tif"
-    assert write_class_maps(records, target, list("abcdefgh")) == [target]
+    assert write_class_maps(records, target, list("abcdefgh")) == [(records[0]["path"], target)]
     with rasterio.open(target) as cm:
         assert (cm.read(1)[:64, :64] == 3).sum() == 32 * 32
         assert cm.overviews(1)[0] == 2

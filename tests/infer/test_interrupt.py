@@ -87,4 +87,4 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
         resumed = list(csv.DictReader(f))
     assert len(resumed) == WINDOWS and len({r["tile"] for r in resumed}) == WINDOWS
     assert [r["tile"] for r in resumed[: len(rows)]] == [r["tile"] for r in rows]  # what was done stays
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "scene.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "labels.csv.run.json", "scene.tif"]

@@ -89,7 +89,7 @@ def test_bad_files_are_skipped_with_rows_and_good_ones_labeled(bundles, class_fi
         gallery.read_text().count('src="data:image/jpeg;base64,') == 2 and "red 1.00" in gallery.read_text()
     )
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["gallery.html", "labels.csv", "labels.csv.errors.csv", "tiles"]
+    assert names == ["gallery.html", "labels.csv", "labels.csv.errors.csv", "labels.csv.run.json", "tiles"]
 
 
 def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monkeypatch):
@@ -235,11 +235,14 @@ def test_ctrl_c_leaves_valid_output_and_resume_completes(bundles, class_file, ma
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and len({r["tile"] for r in rows}) == 9
-    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]  # no part file or temporaries left
+    assert sorted(os.listdir(tmp_path)) == [
+        "labels.csv",
+        "labels.csv.run.json",
+    ]  # no part file or temporaries
     # issue 16: --resume on a finished output has nothing left to do, and says so (exit 0)
     done = label_tiles(LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], resume=True))
     assert done.exit_code == 0 and done.line(out).endswith("already complete; nothing left to do")
-    assert sorted(os.listdir(tmp_path)) == ["labels.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv", "labels.csv.run.json"]
 
 
 def test_batches_have_a_fixed_shape_and_padding_is_dropped(bundles, many_tiles):

@@ -35,7 +35,7 @@ def test_index_search_rerank_and_gallery(bundles, tmp_path, capsys):
     assert code == 3 and "1 tiles added, 4 already in, 1 skipped, 0 nodata" in err
     # the skipped tile and its reason are in OUT.errors.csv beside the folder, as the help says
     errors = tmp_path / "idx.errors.csv"
-    assert "(skipped tiles in idx.errors.csv)" in err.splitlines()[-1]
+    assert f"(skipped tiles in {errors})" in err.splitlines()[-1]  # the path as given
     lines = errors.read_text().splitlines()
     assert lines == ["tile,reason", f"{tiles / 'b' / 'broken.png'},empty file (0 bytes)"]
     index = Index.load(idx)

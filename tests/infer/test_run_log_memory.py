@@ -31,7 +31,13 @@ def test_nodata_windows_are_counted_not_held(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert written == {"labeled": 1, "errors": 0, "nodata": WINDOWS - 1, "class_maps": []}
+    assert written == {
+        "labeled": 1,
+        "errors": 0,
+        "nodata": WINDOWS - 1,
+        "class_maps": [],
+        "class_map_scenes": [],
+    }
     assert peak < 1_500_000, f"{peak:,} bytes traced while reading the log: nodata windows were held"
 
 

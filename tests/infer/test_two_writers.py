@@ -77,7 +77,11 @@ def test_second_labeling_run_on_one_out_is_one_line(bundles, class_file, tiles, 
         not out.exists() and not out.with_name("labels.csv.part").exists()
     )  # the other run's files untouched
     code, _, _ = run_cli(args, capsys)  # once the lock is free the run goes through, and leaves no lock file
-    assert code == 0 and len(_rows(out)) == 6 and sorted(os.listdir(tmp_path)) == ["labels.csv", "tiles"]
+    assert (
+        code == 0
+        and len(_rows(out)) == 6
+        and sorted(os.listdir(tmp_path)) == ["labels.csv", "labels.csv.run.json", "tiles"]
+    )
 
 
 def test_second_index_append_is_one_line_and_loses_nothing(bundles, tiles, tmp_path, capsys):
