@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rsz_bench.checks import at_least, known_names, ort_device, ort_runner_on, torch_device
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import normalize
 
@@ -70,15 +71,56 @@ def _torch_embed(module, inputs: np.ndarray, batch: int, device: str, fp16: bool
     return np.concatenate(out)
 
 
+BACKENDS = ("ort", "trt", "torch")
+
+
+def check_config(cfg: AccuracyConfig) -> tuple[str, str]:
+    """Every option, before any work: (ONNX Runtime's device, PyTorch's device). --device cuda that cannot
+    run on a GPU is refused here, as latency and rsz-infer refuse it (never a silent CPU row)."""
+    from rsz_bench.latency import PRECISIONS
+
+    known_names(cfg.backends, BACKENDS, "--backend")
+    known_names(cfg.precisions, PRECISIONS, "--precision")  # latency's list: fp8 is refused by both
+    at_least(cfg.batch, 1, "--batch")
+    ort = ort_device(cfg.device) if "ort" in cfg.backends else "cpu"
+    torch = torch_device(cfg.device)  # the reference row is PyTorch's, torch is always needed here
+    return ort, torch
+
+
+def check_bundle_is_the_runs(bundle: Path, manifest, run_dir: Path, info) -> None:  # Manifest, RunInfo
+    """The bundle must be this run's export: the same model kind, and (bundles that ship the run's weights,
+    manifest extra "torch") the very weights of the run, by the sha256 the manifest records. Another run's
+    bundle would fail inside every row (mismatched shapes) or, worse, score against the wrong model."""
+    from rsz_infer.bundle import sha256_file
+    from rsz_train.runs import WEIGHTS
+
+    if manifest.model_kind != info.kind:
+        raise RszError(
+            f"{bundle}: a {manifest.model_kind} bundle, but the run {run_dir} is a {info.kind} run; "
+            "pass the bundle rsz-export made from this run"
+        )
+    shipped = manifest.extra.get("torch", {}).get("weights")
+    expected = manifest.files.get(shipped) if shipped else None
+    if expected and (run_dir / WEIGHTS).is_file() and sha256_file(run_dir / WEIGHTS) != expected:
+        raise RszError(
+            f"{bundle}: exported from other weights than {run_dir / WEIGHTS} (another run, or the run "
+            "trained again since); export this run again or pass the run it came from"
+        )
+
+
 def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, cfg: AccuracyConfig) -> dict:
-    from rsz_bench.latency import _ort_device, _torch_device, open_model
+    from rsz_bench.latency import TORCH_NO_INT8, open_model
+    from rsz_infer.bundle import open_bundle
     from rsz_train import evaluate as ev
     from rsz_train.data import batches as td
     from rsz_train.data.formats import load_benchmark, load_split
     from rsz_train.models.registry import model_entry
     from rsz_train.runs import load_run
 
+    ort_dev, torch_dev = check_config(cfg)
+    manifest = open_bundle(bundle)
     model, info = load_run(run_dir)
+    check_bundle_is_the_runs(bundle, manifest, Path(run_dir), info)
     data = load_benchmark(data_dir)
     split = load_split(data_dir, split_name)
     spec = info.preprocess
@@ -102,7 +144,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     rule, scale = model.scoring_rule, model.logit_scale()
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
 
-    classifier_scores = _classifier_scores(bundle, info, seen_ids, unseen_ids, labels)
+    classifier_scores = _classifier_scores(bundle, manifest, info, seen_ids, unseen_ids, labels)
 
     def scores(image_fn) -> dict[str, Any]:  # inputs -> embeddings
         emb = image_fn(inputs)
@@ -136,7 +178,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
                     if path is None:
                         row["status"] = f"skipped: no {precision} image graph in {bundle}"
                     else:
-                        runner = OrtRunner(path, device=_ort_device(cfg.device))
+                        runner = ort_runner_on(OrtRunner(path, device=ort_dev), ort_dev)
                         row["device"] = runner.name
                         row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
                 elif backend == "trt":
@@ -149,18 +191,19 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
                         runner = TrtRunner(engine)
                         row["device"] = "cuda"
                         row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
-                elif backend == "torch":
-                    device = _torch_device(cfg.device)
-                    if device == "cpu":
-                        row["status"] = "skipped: the CPU FP32 PyTorch run is the reference; FP16 needs a GPU"
-                    else:
-                        row["device"] = device
-                        fp16 = precision == "fp16"
-                        row.update(
-                            scores(lambda x, f=fp16, d=device: _torch_embed(image_module, x, cfg.batch, d, f))
-                        )
+                # the torch backend (the only other one check_config lets through)
+                elif precision == "int8":  # before the device: on a GPU an "INT8" row would run FP32
+                    row["status"] = TORCH_NO_INT8
+                elif torch_dev == "cpu" and precision == "fp32":
+                    row["status"] = "skipped: PyTorch FP32 on the CPU is the reference row"
+                elif torch_dev == "cpu":
+                    row["status"] = "skipped: PyTorch FP16 needs a GPU (not a CPU deployment target)"
                 else:
-                    raise RszError(f"--backend {backend}: unknown; known: ort, trt, torch")
+                    row["device"] = torch_dev
+                    fp16 = precision == "fp16"
+                    row.update(
+                        scores(lambda x, f=fp16, d=torch_dev: _torch_embed(image_module, x, cfg.batch, d, f))
+                    )
             except RszError:
                 raise
             except Exception as err:  # one failing engine must not lose the others' figures
@@ -183,15 +226,15 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     }
 
 
-def _classifier_scores(bundle: Path, info, seen_ids: list[int], unseen_ids: list[int], labels: np.ndarray):
+def _classifier_scores(
+    bundle: Path, manifest, info, seen_ids: list[int], unseen_ids: list[int], labels: np.ndarray
+):  # Manifest, RunInfo
     """For a bundle with a classifier graph (MCFA, model.inference classifier): embeddings -> ZSL and GZSL
     by rsz-infer's own scoring of the run's classes (GZSL) and of the unseen classes (ZSL); else None."""
     from rsz_infer.api import Scorer
-    from rsz_infer.bundle import open_bundle
     from rsz_infer.classfile import ClassEntry
     from rsz_infer.metrics import gzsl_report, per_class_accuracy
 
-    manifest = open_bundle(bundle)
     if "classifier" not in manifest.graphs or not unseen_ids:
         return None
     description = dict(zip(info.semantics.names, info.semantics.descriptions))

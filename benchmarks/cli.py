@@ -125,7 +125,7 @@ def latency(
 @click.option("--backend", default="auto", show_default=True, help="bundles: auto|ort|trt|torch")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=0, help="decode threads (0: rsz-infer's default)")
+@click.option("--workers", type=int, default=0, help="decode threads, 0 or more (0: rsz-infer's default)")
 @click.option(
     "--decoder", type=click.Choice(DECODERS), default="auto", show_default=True, help="as rsz-infer's"
 )
@@ -143,8 +143,6 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
     from rsz_bench.e2e import E2EConfig, e2e_markdown, run_e2e
     from rsz_bench.report import new_result, write_result
 
-    if batch < 1:
-        raise RszError(f"--batch {batch}: must be at least 1")
     cfg = E2EConfig(
         batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess,
         precision=precision,
@@ -174,8 +172,6 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
     from rsz_bench.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
     from rsz_bench.report import new_result, write_result
 
-    if batch < 1:
-        raise RszError(f"--batch {batch}: must be at least 1")
     cfg = AccuracyConfig(backends=_names(backend), precisions=_names(precision), device=device, batch=batch)
     measured = run_accuracy(bundle, run_dir, data_dir, split_name, cfg)
     result = new_result("accuracy", f"Accuracy: {bundle}", **measured)

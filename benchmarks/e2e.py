@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from rsz_infer.errors import RszError
+from rsz_bench.checks import at_least, ort_device, ort_runner_on
+from rsz_infer.batching import printable_name
+from rsz_infer.errors import RszError, first_line
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles
 from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
@@ -46,9 +48,8 @@ def _open_engine(spec: str, cfg: E2EConfig, tmp: Path) -> tuple[Any, PreprocessS
         from rsz_infer.runners.ort import OrtRunner
 
         ref = build_reference(spec)
-        runner = OrtRunner(
-            export_reference_onnx(ref, tmp), device="cpu" if cfg.device == "auto" else cfg.device
-        )
+        device = "cpu" if cfg.device == "auto" else ort_device(cfg.device)  # cuda: a GPU or an error
+        runner = ort_runner_on(OrtRunner(export_reference_onnx(ref, tmp), device=device), device)
         return runner, PreprocessSpec(size=ref.image_size), {"scoring_rule": "cosine", "logit_scale": 16.0}
     from rsz_infer.backend import open_runner
     from rsz_infer.bundle import open_bundle
@@ -64,6 +65,8 @@ def _per_tile(seconds: float, n: int) -> dict:
 
 
 def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None = None) -> dict:
+    at_least(cfg.batch, 1, "--batch")
+    at_least(cfg.workers, 0, "--workers", "0: rsz-infer's default")  # a thread pool of -1 is a traceback
     options = TileOptions()
     tiles = list(discover_tiles(inputs, options))
     if not tiles:
@@ -74,7 +77,7 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
             from rsz_infer.batching import open_decoding
 
             decoder, preprocessor = open_decoding(cfg.decoder, cfg.preprocess, prep, cfg.device)
-            stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info)
+            stages, rgbs = _stage_times(tiles, options, prep, runner, cfg, info, inputs)
             decoder_only = _decoder_stage(tiles, options, decoder, cfg.batch)
             loop = _pipeline_loop(tiles, options, prep, runner, cfg, info, decoder, preprocessor)
         finally:
@@ -112,15 +115,17 @@ def run_e2e(inputs: list[str], spec: str, cfg: E2EConfig, classes: Path | None =
     }
 
 
-def _stage_times(tiles, options, prep, runner, cfg, info) -> tuple[dict, list[np.ndarray]]:
+def _stage_times(tiles, options, prep, runner, cfg, info, inputs) -> tuple[dict, list[np.ndarray]]:
     """Each stage over all tiles on one thread; the engine on full batches (timed apart, warm)."""
     t = {k: 0.0 for k in ("decode", "resize", "normalize", "copy", "engine", "scoring")}
     rgbs, arrays = [], []
+    first_error = None  # said when no tile decodes: which inputs, and why the first one failed
     for tile in tiles:
         t0 = time.perf_counter()
         try:
             rgb, _rule = decode_tile(tile, options)
-        except TileError:
+        except TileError as err:
+            first_error = first_error or f"{printable_name(tile.id)}: {first_line(err)}"
             continue  # a bad tile is skipped, as rsz-infer does
         t1 = time.perf_counter()
         small = resize_rgb(rgb, prep.size)
@@ -132,7 +137,8 @@ def _stage_times(tiles, options, prep, runner, cfg, info) -> tuple[dict, list[np
         t["normalize"] += t3 - t2
         rgbs.append(rgb)
     if not rgbs:
-        raise RszError("no tile could be decoded")
+        names = ", ".join(printable_name(str(i)) for i in inputs)
+        raise RszError(f"{names}: none of the {len(tiles)} tiles could be decoded (first: {first_error})")
     batches = [arrays[i : i + cfg.batch] for i in range(0, len(arrays), cfg.batch)]
     stacked = []
     for b in batches:

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from rsz_bench import flops as flops_mod
+from rsz_bench.checks import at_least, known_names, ort_device, ort_runner_on, torch_device
 from rsz_infer.errors import RszError, first_line
 
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")
 BACKENDS = ("ort", "trt", *TORCH_BACKENDS)
 PRECISIONS = ("fp32", "fp16", "int8")
+TORCH_NO_INT8 = "skipped: no INT8 in the PyTorch backend (INT8 runs through ONNX Runtime / TensorRT)"
 
 
 @dataclass
@@ -260,7 +262,7 @@ def _open_ort(
     if path is None:
         why = f" ({src.int8['note']})" if precision == "int8" and src.int8.get("note") else ""
         return {"status": f"skipped: no {precision} ONNX image graph for {src.name}{why}"}
-    runner = OrtRunner(path, device=device, threads=cfg.threads)
+    runner = ort_runner_on(OrtRunner(path, device=device, threads=cfg.threads), device)
     feeds = {"image": _random_image(batch, src.image_size, _ort_input_dtype(runner))}
     return TimedRow(
         call=lambda: runner.infer(feeds),
@@ -303,11 +305,9 @@ def _open_torch(
 
     if src.torch_module is None:
         return {"status": f"skipped: no PyTorch module for {src.name} (pass --run runs/NAME)"}
-    device = _torch_device(cfg.device)
+    device = torch_device(cfg.device)
     if precision == "int8":
-        return {
-            "status": "skipped: no INT8 in the PyTorch backend (INT8 runs through ONNX Runtime / TensorRT)"
-        }
+        return {"status": TORCH_NO_INT8}
     if precision == "fp16" and device == "cpu":
         return {"status": "skipped: fp16 on CPU is not a deployment target"}
     if "graphs" in backend and device == "cpu":
@@ -390,32 +390,27 @@ def _cuda_graph(fn: Callable, x):  # torch types
     return graph.replay
 
 
-def _torch_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _ort_device(device: str) -> str:
-    """ORT runs on CUDA only when asked for and this onnxruntime build has a GPU provider."""
-    if device == "cpu":
-        return "cpu"
-    import onnxruntime
-
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers())
-    return "cuda" if gpu else "cpu"
+def check_config(cfg: LatencyConfig) -> None:
+    """Every option of a latency run, before any work (a bad one would fail inside each row instead)."""
+    known_names(cfg.backends, BACKENDS, "--backend")
+    known_names(cfg.precisions, PRECISIONS, "--precision")
+    if not cfg.batches or min(cfg.batches) < 1:
+        raise RszError(f"--batch {','.join(map(str, cfg.batches))}: expected positive integers")
+    at_least(cfg.iters, 1, "--iters")
+    at_least(cfg.warmup, 0, "--warmup")
+    at_least(cfg.threads, 0, "--threads", "0: all cores")
+    at_least(cfg.rounds, 1, "--rounds")
+    if cfg.image_size is not None:
+        at_least(cfg.image_size, 1, "--image-size")
 
 
 def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp: Path | None = None) -> dict:
     """All (backend, precision, batch) rows for one model, plus FLOPs and the measured peaks."""
-    for b in cfg.backends:
-        if b not in BACKENDS:
-            raise RszError(f"--backend {b}: unknown; known: {', '.join(BACKENDS)}")
-    for p in cfg.precisions:
-        if p not in PRECISIONS:
-            raise RszError(f"--precision {p}: unknown; known: {', '.join(PRECISIONS)}")
+    check_config(cfg)
+    # the devices first: --device cuda that cannot run on a GPU is refused before any model is built
+    ort = ort_device(cfg.device) if "ort" in cfg.backends else "cpu"
+    if any(b in TORCH_BACKENDS for b in cfg.backends):
+        torch_device(cfg.device)
     src = open_model(spec, cfg.image_size, run_dir, tmp, cfg.calibration)
     rows, timed = [], []
     for backend in cfg.backends:
@@ -424,7 +419,7 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
                 row: dict[str, Any] = {"backend": backend, "precision": precision, "batch": batch}
                 try:
                     if backend == "ort":
-                        opened = _open_ort(src, precision, batch, cfg, _ort_device(cfg.device))
+                        opened = _open_ort(src, precision, batch, cfg, ort)
                     elif backend == "trt":
                         opened = _open_trt(src, precision, batch, cfg)
                     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rsz_bench.checks import at_least
 from rsz_infer.errors import RszError
 
 
@@ -64,8 +65,8 @@ def run_ort_settings(spec: str, batch: int = 8, rounds: int = 5, iters: int = 3)
     from rsz_bench.latency import open_model
     from rsz_export.int8 import preprocess
 
-    if batch < 1 or rounds < 1 or iters < 1:
-        raise RszError("--batch, --rounds and --iters must be at least 1")
+    for value, option in ((batch, "--batch"), (rounds, "--rounds"), (iters, "--iters")):
+        at_least(value, 1, option)
     with tempfile.TemporaryDirectory(prefix="rsz-ort-settings-") as tmp:
         src = open_model(spec, tmp=Path(tmp))
         fp32 = src.onnx_for("fp32")

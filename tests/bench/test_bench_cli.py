@@ -106,3 +106,77 @@ def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
         "pillow",
         "native:cpu",
     )
+
+
+def test_latency_e2e_and_ort_settings_options_are_checked_before_any_work(tmp_path):
+    """A count below its minimum, or an empty --backend / --precision, is one line naming the value, before
+    any model is built (the model here does not even exist)."""
+    missing = str(tmp_path / "no_bundle")
+    for args, message in [
+        (["--iters", "0"], "--iters 0: must be at least 1"),
+        (["--iters", "-3"], "--iters -3: must be at least 1"),
+        (["--warmup", "-1"], "--warmup -1: must be at least 0"),
+        (["--threads", "-2"], "--threads -2: must be at least 0 (0: all cores)"),
+        (["--image-size", "-4"], "--image-size -4: must be at least 1"),
+        (["--backend", ","], "--backend: no value given; expected one or more of ort, trt, torch"),
+        (["--precision", ","], "--precision: no value given; expected one or more of fp32, fp16, int8"),
+        (["--precision", "fp8"], "--precision fp8: unknown; known: fp32, fp16, int8"),
+    ]:
+        result = CliRunner().invoke(main, ["latency", "--model", missing, *args, "--out", str(tmp_path)])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.strip().startswith(f"error: {message}"), args
+        assert len(result.output.strip().splitlines()) == 1, args
+    for args, message in [
+        (["e2e", str(tmp_path), "--model", missing, "--workers", "-1"], "--workers -1: must be at least 0"),
+        (["e2e", str(tmp_path), "--model", missing, "--batch", "0"], "--batch 0: must be at least 1"),
+        (["ort-settings", "--model", missing, "--iters", "0"], "--iters 0: must be at least 1"),
+        (["ort-settings", "--model", missing, "--rounds", "-1"], "--rounds -1: must be at least 1"),
+    ]:
+        result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and message in result.output and len(result.output.splitlines()) == 1, (
+            args,
+            result.output,
+        )
+
+
+def test_device_cuda_is_a_gpu_or_an_error_never_a_cpu_row(tmp_path):
+    """--device cuda where onnxruntime has no GPU provider (or PyTorch sees no GPU) is rsz-infer's one-line
+    error, not rows measured on the CPU."""
+    import torch
+
+    from rsz_infer.backend import ort_gpu_providers
+
+    cases = []
+    if not ort_gpu_providers():
+        cases.append(("ort", "--device cuda: this onnxruntime"))
+    if not torch.cuda.is_available():
+        cases.append(("torch", "--device cuda: this PyTorch"))
+    if not cases:
+        pytest.skip("a GPU onnxruntime and a CUDA PyTorch: --device cuda runs on the GPU here")
+    for backend, message in cases:
+        args = ["latency", "--model", "ref:vit_tiny", "--image-size", "32", "--backend", backend]
+        out = tmp_path / backend
+        result = CliRunner().invoke(main, [*args, "--device", "cuda", *LATENCY_ARGS, "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {message}") and len(result.output.splitlines()) == 1
+        assert not out.exists()
+    e2e = ["e2e", str(tmp_path), "--model", "ref:vit_tiny", "--device", "cuda", "--out", str(tmp_path / "e")]
+    tile = tmp_path / "t.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tile)
+    if not ort_gpu_providers():  # the ref: model's ONNX graph on ONNX Runtime
+        result = CliRunner().invoke(main, e2e)
+        assert result.exit_code == 2 and "--device cuda: this onnxruntime" in result.output, result.output
+
+
+def test_e2e_with_no_decodable_tile_names_the_inputs(tmp_path):
+    bad = tmp_path / "undecodable"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not a png")
+    (bad / "b.jpg").write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(
+        main, ["e2e", str(bad), "--model", "ref:vit_tiny", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith(f"error: {bad}: none of the 2 tiles could be decoded (first: {bad / 'a.png'}: ")
+    assert len(line.splitlines()) == 1

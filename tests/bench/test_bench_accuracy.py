@@ -1,0 +1,98 @@
+"""rsz-bench accuracy on real tiny runs and their real bundle: the bundle must be the run's export, and every
+row that does not run says the right reason. Built as tests/export and tests/test_retrieval_end_to_end.py
+build theirs (synthetic benchmark, one epoch at 32 px, rsz-export with --engine none)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rsz_bench.cli import main
+
+TINY = {"train.image_size": 32, "train.epochs": 1, "train.batch_size": 32, "train.warmup_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic benchmark; a DSVA run and its bundle; the same DSVA trained again with another seed (its
+    weights differ); an MSA run (another model kind)."""
+    from rsz_export.api import export
+    from rsz_train.data.synth import DEFAULT_SPLIT as split
+    from rsz_train.data.synth import write_benchmark
+    from rsz_train.train import train
+
+    root = tmp_path_factory.mktemp("accuracy")
+    bench = write_benchmark(root / "synth", seed=0, size=32, per_class=5)
+    dsva = train("dsva", bench, split, root / "runs" / "dsva", device="cpu", overrides=TINY)
+    again = train(
+        "dsva", bench, split, root / "runs" / "dsva2", device="cpu", overrides={**TINY, "train.seed": 1}
+    )
+    msa = train("msa", bench, split, root / "runs" / "msa", device="cpu", overrides=TINY)
+    bundle = export(dsva, root / "models" / "dsva", kind="dsva", engine="none")
+    return {
+        "root": root,
+        "bench": bench,
+        "split": split,
+        "dsva": dsva,
+        "dsva2": again,
+        "msa": msa,
+        "bundle": bundle,
+    }
+
+
+def _accuracy(runs: dict, run: str, *extra: str):
+    args = ["accuracy", "--model", str(runs["bundle"]), "--run", str(runs[run]), "--data", str(runs["bench"])]
+    out = runs["root"] / f"out_{run}_{'_'.join(extra).replace(',', '+')}"  # one folder per command
+    return CliRunner().invoke(main, [*args, "--split", runs["split"], *extra, "--out", str(out)]), out
+
+
+def _one_line_error(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_a_bundle_of_another_kind_is_refused_up_front(runs):
+    result, out = _accuracy(runs, "msa", "--backend", "ort", "--precision", "fp32")
+    _one_line_error(result, f"a dsva bundle, but the run {runs['msa']} is a msa run")
+    assert not out.exists()  # nothing measured, nothing written
+
+
+def test_a_bundle_of_another_run_of_the_same_kind_is_refused_up_front(runs):
+    result, out = _accuracy(runs, "dsva2", "--backend", "ort", "--precision", "fp32")
+    _one_line_error(result, f"exported from other weights than {runs['dsva2'] / 'model.safetensors'}")
+    assert not out.exists()
+
+
+def test_precisions_are_latencys_and_rows_that_do_not_run_say_why(runs):
+    # fp8 is refused as latency refuses it, before any work (a missing --data is not even looked at)
+    result = CliRunner().invoke(
+        main,
+        ["accuracy", "--model", "m", "--run", "r", "--data", "d", "--split", "s", "--precision", "fp8"],
+    )
+    _one_line_error(result, "--precision fp8: unknown; known: fp32, fp16, int8")
+    result, out = _accuracy(
+        runs, "dsva", "--backend", "ort,torch", "--precision", "fp32,fp16,int8", "--device", "cpu"
+    )
+    assert result.exit_code == 0, result.output
+    rows = {
+        (r["backend"], r["precision"]): r for r in json.loads(next(out.glob("*.json")).read_text())["rows"]
+    }
+    assert rows[("ort", "fp32")]["status"] == "ok" and rows[("ort", "fp32")]["device"] == "ort:cpu"
+    assert rows[("ort", "int8")]["status"] == f"skipped: no int8 image graph in {runs['bundle']}"
+    assert rows[("torch", "int8")]["status"].startswith("skipped: no INT8 in the PyTorch backend")
+    assert rows[("torch", "fp16")]["status"].startswith("skipped: PyTorch FP16 needs a GPU")
+    assert rows[("torch", "fp32")]["status"] == "skipped: PyTorch FP32 on the CPU is the reference row"
+
+
+def test_device_cuda_without_a_gpu_onnxruntime_is_refused_up_front(runs):
+    from rsz_infer.backend import ort_gpu_providers
+
+    if ort_gpu_providers():
+        pytest.skip("this onnxruntime has a GPU provider: --device cuda is allowed here")
+    result, out = _accuracy(runs, "dsva", "--backend", "ort", "--precision", "fp32", "--device", "cuda")
+    _one_line_error(result, "--device cuda: this onnxruntime")
+    assert "has no GPU provider" in result.output and "rsz[gpu]" in result.output and not out.exists()
