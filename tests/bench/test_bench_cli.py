@@ -127,7 +127,6 @@ def test_latency_e2e_and_ort_settings_options_are_checked_before_any_work(tmp_pa
         assert result.output.strip().startswith(f"error: {message}"), args
         assert len(result.output.strip().splitlines()) == 1, args
     for args, message in [
-        (["e2e", str(tmp_path), "--model", missing, "--workers", "-1"], "--workers -1: must be at least 0"),
         (["e2e", str(tmp_path), "--model", missing, "--batch", "0"], "--batch 0: must be at least 1"),
         (["ort-settings", "--model", missing, "--iters", "0"], "--iters 0: must be at least 1"),
         (["ort-settings", "--model", missing, "--rounds", "-1"], "--rounds -1: must be at least 1"),
@@ -180,3 +179,12 @@ def test_e2e_with_no_decodable_tile_names_the_inputs(tmp_path):
     line = result.output.strip()
     assert line.startswith(f"error: {bad}: none of the 2 tiles could be decoded (first: {bad / 'a.png'}: ")
     assert len(line.splitlines()) == 1
+
+
+def test_e2e_workers_below_zero_is_a_one_line_error(tmp_path):
+    """0 is rsz-infer's default (as its --workers, click.IntRange(min=0)); -1 made the thread pool raise."""
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "t.png")
+    args = ["e2e", str(tmp_path / "t.png"), "--model", "ref:vit_tiny", "--workers", "-1"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: --workers -1: must be at least 0 (0: rsz-infer's default)"
