@@ -188,9 +188,13 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
                     else:
                         from rsz_infer.runners.trt import TrtRunner
 
-                        runner = TrtRunner(engine)
-                        row["device"] = "cuda"
-                        row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
+                        try:
+                            runner = TrtRunner(engine)
+                        except RszError as err:  # no GPU here, or one this engine was not built for
+                            row["status"] = f"skipped: {err}"
+                        else:
+                            row["device"] = "cuda"
+                            row.update(scores(lambda x, r=runner: _embed_with(r, x, cfg.batch)))
                 # the torch backend (the only other one check_config lets through)
                 elif precision == "int8":  # before the device: on a GPU an "INT8" row would run FP32
                     row["status"] = TORCH_NO_INT8

@@ -96,3 +96,23 @@ def test_device_cuda_without_a_gpu_onnxruntime_is_refused_up_front(runs):
     result, out = _accuracy(runs, "dsva", "--backend", "ort", "--precision", "fp32", "--device", "cuda")
     _one_line_error(result, "--device cuda: this onnxruntime")
     assert "has no GPU provider" in result.output and "rsz[gpu]" in result.output and not out.exists()
+
+
+def test_a_bundle_with_engines_on_a_machine_that_cannot_run_them_keeps_its_other_rows(runs):
+    # the README's command with the default backends (ort,trt,torch) on a CPU: TensorRT rows are skipped
+    # with TensorRT's reason, the others measured (before, the engine's error ended the whole command)
+    from rsz_export.api import export
+    from rsz_infer.backend import gpu_present
+
+    if gpu_present():
+        pytest.skip("a GPU is visible: the engine may run here")
+    engines = export(runs["dsva"], runs["root"] / "models" / "dsva_trt", kind="dsva", engine="trt")
+    args = ["accuracy", "--model", str(engines), "--run", str(runs["dsva"]), "--data", str(runs["bench"])]
+    out = runs["root"] / "out_trt"
+    result = CliRunner().invoke(
+        main, [*args, "--split", runs["split"], "--precision", "fp32", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"][1:]}
+    assert rows["ort"]["status"] == "ok"
+    assert rows["trt"]["status"].startswith("skipped: ") and "no usable CUDA GPU" in rows["trt"]["status"]
