@@ -23,6 +23,11 @@ ONE_LEVEL = 1.0 / (255.0 * min(SPEC.std)) + 1e-6
 # (height, width): identity, square down/up, and non-square tiles taking each pass order
 SQUARE = [(32, 32), (256, 256), (100, 100), (20, 20)]
 NON_SQUARE = [(50, 20), (20, 50), (45, 31), (31, 33), (300, 7)]
+# Pillow 13's pass order on both sides of its boundary (vertical first iff h > size and
+# 2 (w - size) < h - size; size 32): (34, 33), (46, 39) and (130, 100) run horizontal first, (35, 33),
+# (46, 38), (250, 130), (71, 45) and (512, 256) vertical first (taller tiles whose width shrinks too: the
+# order the first rule, "the height shrinks while the width grows", missed)
+PASS_ORDER = [(34, 33), (35, 33), (46, 38), (46, 39), (250, 130), (71, 45), (130, 100), (512, 256)]
 
 
 def _build(target: str, build_dir: Path) -> Path:
@@ -60,6 +65,16 @@ def test_cpu_matches_pillow_reference(cpu_lib):
     assert out.shape == (len(SQUARE) + len(NON_SQUARE), 3, 32, 32) and out.dtype == np.float32
     np.testing.assert_array_equal(out[: len(SQUARE)], _reference(square))
     assert np.abs(out[len(SQUARE) :] - _reference(other)).max() <= ONE_LEVEL
+
+
+def test_cpu_pass_order_is_pillow_13s(cpu_lib):
+    import PIL
+
+    if int(PIL.__version__.split(".")[0]) != 13:
+        pytest.skip(f"Pillow {PIL.__version__}: the pass order is Pillow 13's")
+    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+    tiles = _tiles(PASS_ORDER, seed=2)
+    np.testing.assert_array_equal(native(tiles), _reference(tiles))  # bit for bit, each shape
 
 
 def test_cpu_fp16_output_is_the_rounded_fp32(cpu_lib):
