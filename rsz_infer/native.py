@@ -124,7 +124,11 @@ def open_preprocessor(
     if choice == "native":
         return NativePreprocessor(spec, native_device)
     path = library_path()
-    if path is None or not path.is_file():
+    if path is None:
+        return None
+    if not path.is_file():  # only RSZ_NATIVE_LIB can name a missing file: a typo there is worth a line
+        if notes is not None:
+            notes.append(f"--preprocess auto: RSZ_NATIVE_LIB {path}: no such file; using Pillow")
         return None
     try:
         return NativePreprocessor(spec, native_device, path)

@@ -106,3 +106,12 @@ def test_cuda_matches_cpu_and_pillow(tmp_path):
     for dtype in ("float32", "float16"):
         np.testing.assert_array_equal(gpu(tiles, dtype), cpu(tiles, dtype))
     np.testing.assert_array_equal(gpu(tiles[: len(SQUARE)]), _reference(tiles[: len(SQUARE)]))
+
+
+def test_auto_says_when_rsz_native_lib_names_no_file(monkeypatch, tmp_path):
+    from rsz_infer.native import open_preprocessor
+
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(tmp_path / "typo.so"))
+    notes: list[str] = []
+    assert open_preprocessor("auto", SPEC, "cpu", notes) is None  # Pillow, as without the library
+    assert notes == [f"--preprocess auto: RSZ_NATIVE_LIB {tmp_path / 'typo.so'}: no such file; using Pillow"]
