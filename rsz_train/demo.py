@@ -139,6 +139,9 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
     ]
     if epochs is not None:
         train_cmd += ["--epochs", str(epochs)]
+    if (run_dir / "config.yaml").is_file():
+        # an earlier demo in this folder (finished, or stopped midway): continue its run, not a dead end
+        train_cmd.append("--resume")
     _run(train_cmd)
     _run(
         [

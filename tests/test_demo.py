@@ -11,15 +11,19 @@ import sys
 from pathlib import Path
 
 
-def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
-    tools = Path(sys.executable).parent
-    result = subprocess.run(
+def _demo(tools: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [str(tools / "rsz-train"), "demo", "--workdir", "demo", "--per-class", "12", "--epochs", "1"],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=tmp_path,  # the README runs it in the checkout; any folder works the same
+        cwd=cwd,  # the README runs it in the checkout; any folder works the same
     )
+
+
+def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
+    tools = Path(sys.executable).parent
+    result = _demo(tools, tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     labeled = re.search(r"Top-1 accuracy [\d.]+% \(mean per class ([\d.]+)%", out)
@@ -48,3 +52,11 @@ def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
     assert headline.returncode == 0, headline.stderr[-2000:]
     assert f"{len(tiles)} tiles labeled, 0 skipped" in headline.stderr
     assert (tmp_path / "labels.csv").read_text() == (tmp_path / "demo" / "labels.csv").read_text()
+
+    # the README's command again in the same folder (a user reruns it, or restarts it after Ctrl-C): it
+    # continues the run there instead of stopping at "run folder is not empty", and reports the same
+    again = _demo(tools, tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert re.search(r"Top-1 accuracy [\d.]+% \(mean per class ([\d.]+)%", again.stdout).group(
+        1
+    ) == labeled.group(1)
