@@ -113,6 +113,10 @@ def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, s
     from rsz_train.data.synth import DEFAULT_SPLIT
 
     started = time.perf_counter()
+    if workdir.exists() and not workdir.is_dir():
+        raise RszError(
+            f"--workdir {workdir}: is a file; the demo needs a folder (new or its own earlier one)"
+        )
     data_dir, run_dir, bundle = workdir / "scenes", workdir / "runs" / kind, workdir / "models" / kind
     if not (data_dir / "classes.txt").exists():
         _run(

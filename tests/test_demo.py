@@ -60,3 +60,14 @@ def test_demo_labels_unseen_classes_as_training_reported(tmp_path):
     assert re.search(r"Top-1 accuracy [\d.]+% \(mean per class ([\d.]+)%", again.stdout).group(
         1
     ) == labeled.group(1)
+
+
+def test_demo_workdir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "wfile").write_text("not a folder")
+    tools = Path(sys.executable).parent
+    result = subprocess.run(
+        [str(tools / "rsz-train"), "demo", "--workdir", "wfile"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --workdir wfile: is a file; the demo needs a folder (new or its own earlier one)"
+    ], result.stderr
