@@ -35,7 +35,16 @@ from rsz_infer.bundle import Manifest
 from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
 from rsz_infer.errors import RszError
-from rsz_infer.images import STRETCH_PERCENTILES, NodataTile, Tile, TileOptions, discover_tiles, is_gdal_path
+from rsz_infer.images import (
+    STRETCH_PERCENTILES,
+    NodataTile,
+    Tile,
+    TileError,
+    TileOptions,
+    check_size,
+    discover_tiles,
+    is_gdal_path,
+)
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
@@ -43,6 +52,9 @@ from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 Images = Sequence[np.ndarray] | np.ndarray | Sequence[str | Path | Tile]
 FLOAT_RULES = ("unit", "stretch")
 UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
+# "unit" floats may stray this far outside [0, 1] (rounding, resampling overshoot); further out they are
+# not unit pixels (e.g. 0-255 floats, which clipping would turn white) and are refused
+UNIT_TOLERANCE = 0.01
 
 
 def check_min_score(
@@ -182,10 +194,16 @@ def skipped_records(batch: EmbeddedBatch) -> list[dict]:
     ]
 
 
-def array_to_rgb(image: np.ndarray, float_rule: str = "unit", where: str = "image") -> tuple[np.ndarray, str]:
+def array_to_rgb(
+    image: np.ndarray, float_rule: str = "unit", where: str = "image", options: TileOptions | None = None
+) -> tuple[np.ndarray, str]:
     """A decoded image -> (HxWx3 uint8 RGB, rule). uint8 HxW (grey), HxWx3 or HxWx4 (alpha dropped);
     float arrays by `float_rule`: "unit" takes [0, 1] to 0-255, "stretch" maps the image's own 2nd-98th
-    percentiles to 0-255 (the rule of 16-bit TIFFs)."""
+    percentiles to 0-255 (the rule of 16-bit TIFFs).
+
+    Raises RszError for what the caller must change (shape, dtype, 0-255 floats under "unit"), and
+    TileError for what a file would be skipped for too (images.decode_tile's rules): smaller than the
+    minimum size, or only NaN pixels (NodataTile); NaN pixels of a partly valid image become black."""
     a = np.asarray(image)
     rule = "rgb"
     if a.ndim == 2:
@@ -194,17 +212,30 @@ def array_to_rgb(image: np.ndarray, float_rule: str = "unit", where: str = "imag
         a, rule = a[:, :, :3], "rgb; alpha dropped"
     if a.ndim != 3 or a.shape[2] != 3:
         raise RszError(f"{where}: expected an HxWx3 (or HxW) array, got shape {tuple(np.shape(image))}")
+    if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
+        raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}")
+    if float_rule not in FLOAT_RULES:
+        raise RszError(f"float_rule {float_rule!r}: expected {' or '.join(FLOAT_RULES)}")
+    check_size(a, options or TileOptions())  # the same minimum as files (TileError)
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a), rule
-    if not np.issubdtype(a.dtype, np.floating):
-        raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}")
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise NodataTile("all nodata (NaN pixels)")
+    values = a[finite]
     if float_rule == "unit":
-        return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), f"{rule}; float x255"
-    if float_rule == "stretch":
-        lo, hi = np.percentile(a, STRETCH_PERCENTILES)
-        scaled = (a - lo) / max(float(hi - lo), 1e-12)
-        return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), f"{rule}; float stretch p2-p98"
-    raise RszError(f"float_rule {float_rule!r}: expected {' or '.join(FLOAT_RULES)}")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < -UNIT_TOLERANCE or hi > 1 + UNIT_TOLERANCE:
+            raise RszError(
+                f'{where}: float pixels {lo:g} to {hi:g} are not in [0, 1] (the "unit" rule); '
+                'pass uint8 pixels for 0-255 data, or use float_rule="stretch"'
+            )
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
+    scaled = (np.where(finite, a, lo) - lo) / max(hi - lo, 1e-12)  # NaN pixels: the bottom (black)
+    name = "float x255" if float_rule == "unit" else "float stretch p2-p98"
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), f"{rule}; {name}"
 
 
 EXPLAIN_TOP = 3  # attributes per tile that --explain reports
@@ -270,35 +301,55 @@ class Embedder:
 
     # --- the one loop, for every kind of input ---------------------------------------------------------
 
+    def _check_open(self) -> None:
+        # with TensorRT, close freed the device buffers: a later call would use freed memory
+        if self.engine.closed:
+            raise RszError(f"{self.bundle}: this {type(self).__name__} is closed")
+
     def inputs(self, images: Images) -> list[np.ndarray] | list[Tile]:
         """The arrays of a batch of arrays, or the Tiles of paths (as rsz-infer discovers them: folders,
-        files, scene windows) and Tiles; one call takes arrays or paths/Tiles, not both."""
+        files, scene windows) and Tiles, one entry per input in input order (a path given twice is
+        labeled twice). One call takes arrays or paths/Tiles, not both.
+
+        One numpy array: 2-D (HxW) is one grey image; 3-D is one image when its last axis is 3 or 4
+        (HxWx3, HxWx4), else a stack of grey images (NxHxW); 4-D is a stack of images (NxHxWx3/4). A grey
+        stack whose width is 3 or 4 would read as one image, so pass such tiles (under the 8 px minimum
+        anyway) as a list."""
+        self._check_open()
         if isinstance(images, np.ndarray):
-            return list(images[None] if images.ndim == 3 else images)
+            if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (3, 4)):
+                return [images]
+            if images.ndim not in (3, 4):
+                shape = images.shape
+                raise RszError(f"images: expected an HxW, HxWx3 or HxWx4 array or a stack, got shape {shape}")
+            return list(images)
         if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
             images = [images]
         items = list(images)
-        if items and all(isinstance(i, np.ndarray) for i in items):
+        arrays = [isinstance(i, np.ndarray) for i in items]
+        if all(arrays):
             return items
-        tiles: dict[str, Tile] = {}
+        if any(arrays):
+            raise RszError("images: a list mixing arrays and paths: pass one kind per call")
+        tiles: list[Tile] = []
         for item in items:
             if isinstance(item, Tile):
-                tiles.setdefault(item.id, item)
+                tiles.append(item)
             elif isinstance(item, (str, os.PathLike)):
                 item = os.fspath(item)
                 if not is_gdal_path(item) and not os.path.exists(item):
                     # the README's promise: a bad file is a skipped record, never the whole batch's error
                     # (the CLI refuses a missing input instead: there it is a typo in the command)
-                    tiles.setdefault(item, Tile(id=item, path=item, problem="no such file or folder"))
+                    tiles.append(Tile(id=item, path=item, problem="no such file or folder"))
                     continue
-                for tile in discover_tiles([item], self.tile_options):
-                    tiles.setdefault(tile.id, tile)
+                tiles.extend(discover_tiles([item], self.tile_options))
             else:
                 raise RszError(f"images: a {type(item).__name__} is not an array, a path or a Tile")
-        return list(tiles.values())
+        return tiles
 
     def embedded_batches(self, inputs: list[np.ndarray] | list[Tile]) -> Iterator[EmbeddedBatch]:
         """The engine's batches for the inputs (see `inputs`); bad tiles ride along in `skipped`."""
+        self._check_open()
         if _are_arrays(inputs):
             yield from embed_batches(self.engine, self._array_batches(inputs))
         else:
@@ -307,15 +358,20 @@ class Embedder:
     def _array_batches(self, arrays: list[np.ndarray]) -> Iterator[Batch]:
         spec, size = self.manifest.preprocess, self.engine.batch_size
         for start in range(0, len(arrays), size):
-            chunk = arrays[start : start + size]
-            inputs = np.zeros((size, 3, spec.size, spec.size), np.float32)
-            tiles, rules = [], []
-            for i, array in enumerate(chunk):
-                rgb, rule = array_to_rgb(array, self.float_rule, f"images[{start + i}]")
-                inputs[i] = to_model_input(rgb, spec)
-                tiles.append(Tile(id=f"#{start + i}", path=""))
+            tiles, rules, rows, skipped = [], [], [], []
+            for i, array in enumerate(arrays[start : start + size], start):
+                tile = Tile(id=f"#{i}", path="")
+                try:
+                    rgb, rule = array_to_rgb(array, self.float_rule, f"images[{i}]", self.tile_options)
+                except TileError as err:  # too small, all NaN: a skipped record, as for a file
+                    skipped.append((tile, err))
+                    continue
+                rows.append(to_model_input(rgb, spec))
+                tiles.append(tile)
                 rules.append(rule)
-            yield Batch(tiles, rules, inputs)
+            # only the rows this batch holds (batching.embed_batch pads up to a graph's minimum batch)
+            inputs = np.stack(rows) if rows else np.zeros((0, 3, spec.size, spec.size), np.float32)
+            yield Batch(tiles, rules, inputs, skipped=skipped)
 
     def embed(self, images: Images, output: str = "embedding") -> np.ndarray:
         """[N, D] float32 image-graph output (`embedding`, or e.g. MSA's `scales`) of every good tile, in
@@ -334,6 +390,7 @@ class Embedder:
         return np.concatenate(parts).astype(np.float32)
 
     def close(self) -> None:
+        """Frees the engine; every later call raises "... is closed"; closing twice is fine."""
         self.engine.close()
 
     def __enter__(self) -> Embedder:
@@ -380,6 +437,8 @@ class Labeler(Embedder):
         )  # fmt: skip
 
     def close(self) -> None:
+        if self.engine.closed:  # closing twice is fine: the classifier is closed once
+            return
         try:
             super().close()
         finally:
@@ -391,6 +450,7 @@ class Labeler(Embedder):
 
     def batch_records(self, batch: EmbeddedBatch) -> list[dict]:
         """Records of one engine batch: its bad tiles first, then its labeled tiles."""
+        self._check_open()
         records = skipped_records(batch)
         if batch.tiles:
             labeled = self.scorer.records(batch.outputs["embedding"], batch.tiles, batch.rules)
@@ -407,7 +467,8 @@ class Labeler(Embedder):
         for batch in self.embedded_batches(inputs):
             records.update((r["tile"], r) for r in self.batch_records(batch))
         order = [f"#{i}" for i in range(len(inputs))] if _are_arrays(inputs) else [t.id for t in inputs]
-        return [records[tile_id] for tile_id in order]
+        # a path given twice is two inputs: two records (copies, so that editing one leaves the other)
+        return [dict(records[tile_id]) for tile_id in order]
 
     def label_table(self, images: Images):  # pyarrow.Table (pyarrow is imported lazily)
         """label() as a pyarrow Table (one row per tile; `.to_pandas()` for a DataFrame)."""

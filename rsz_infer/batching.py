@@ -5,8 +5,9 @@ Pillow, GDAL and nvImageCodec release the GIL while decoding and resizing, so wo
 fed without the cost of processes. Two choices (rsz_infer.decoders, rsz_infer.native): the decoder takes one
 tile per pool task (Pillow) or a batch of files per task (nvImageCodec); preprocessing is Pillow's
 to_model_input per tile in the pool, or one native call per batch writing the batch's input array.
-Batches always have the configured shape (the last one is padded and the padding dropped), which is what
-TensorRT engines with a fixed profile and CUDA graphs want.
+A batch's input array holds only its real tiles (at most the configured batch size): a --batch far larger
+than the input list must not allocate, or run, rows of padding. Only a graph whose batch range has a minimum
+above the rows at hand (a TensorRT profile) gets padding rows, added in embed_batch and dropped again.
 
     engine = ImageEngine.open(model, manifest, EngineOptions(...))   # decoding + runner + batch size
     for done in embed_tiles(engine, tiles, tile_options):            # EmbeddedBatch per batch
@@ -47,7 +48,7 @@ SKIPPED_FLUSH = 1024  # skipped tiles held at most before they are passed on in 
 class Batch:
     tiles: list[Tile]  # the real tiles, in order
     rules: list[str]
-    inputs: np.ndarray  # [batch_size, 3, S, S]; rows past len(tiles) are padding
+    inputs: np.ndarray  # [len(tiles), 3, S, S]: one row per real tile, no padding
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each tile as decoded
     skipped: list[tuple[Tile, TileError]] = field(default_factory=list)  # finished since the last batch
 
@@ -121,11 +122,16 @@ def iter_batches(
     workers = workers or default_workers()
     decoder = decoder or PillowDecoder()
     chunk = batch_size if decoder.batched else 1
-    shape = (batch_size, 3, spec.size, spec.size)
+    empty = np.zeros((0, 3, spec.size, spec.size), np.float32)
+
+    def full(batch: Batch, rows: list[np.ndarray]) -> Batch:
+        # the array is made when the batch is complete, with exactly its rows: never batch_size rows up front
+        batch.inputs = np.stack(rows).astype(np.float32, copy=False) if rows else empty
+        return batch
 
     with ThreadPoolExecutor(workers, thread_name_prefix="rsz-decode") as pool:
         try:
-            batch = Batch([], [], np.zeros(shape, np.float32))
+            batch, rows = Batch([], [], empty), []
             results = prefetch_map(
                 lambda c: _prepare(c, options, spec, decoder, native),
                 _chunks(tiles, chunk),
@@ -139,18 +145,18 @@ def iter_batches(
                         if len(batch.skipped) >= SKIPPED_FLUSH:
                             # a sparse scene has 100,000s of nodata windows between real tiles: hand them
                             # on (logged, counted) instead of holding them until the batch fills
-                            yield Batch([], [], batch.inputs[:0], skipped=batch.skipped)
+                            yield Batch([], [], empty, skipped=batch.skipped)
                             batch.skipped = []
                         continue
-                    batch.inputs[len(batch.tiles)] = result[0]
+                    rows.append(result[0])
                     batch.tiles.append(tile)
                     batch.rules.append(result[1])
                     batch.sizes.append(result[2])
                     if len(batch.tiles) == batch_size:
-                        yield batch
-                        batch = Batch([], [], np.zeros(shape, np.float32))
+                        yield full(batch, rows)
+                        batch, rows = Batch([], [], empty), []
             if batch.tiles or batch.skipped:
-                yield batch
+                yield full(batch, rows)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -164,8 +170,14 @@ def open_decoding(
 
 
 def embed_batch(runner: Runner, batch: Batch) -> dict[str, np.ndarray]:
-    """Image graph outputs for the real tiles of the batch (padding rows dropped)."""
-    out = runner.infer({"image": batch.inputs})
+    """Image graph outputs for the real tiles of the batch. A graph with a minimum batch (a TensorRT
+    profile's) gets zero rows up to that minimum, dropped again; any other graph runs just the real rows."""
+    inputs = batch.inputs
+    low = runner.batch_range[0]
+    if len(inputs) < low:
+        pad = np.zeros((low - len(inputs), *inputs.shape[1:]), inputs.dtype)
+        inputs = np.concatenate([inputs, pad])
+    out = runner.infer({"image": inputs})
     return {name: value[: len(batch.tiles)] for name, value in out.items()}
 
 
@@ -233,8 +245,18 @@ class ImageEngine:
         others = [f"{kind} by {name}" for name, kind in ran if name != main]
         return ", ".join([f"decode {main}", f"preprocess {self.preprocess_name}", *others])
 
+    closed: bool = False
+
     def close(self) -> None:
-        self.runner.close()
+        """Frees the runner (a TensorRT engine's device buffers); closing twice is fine."""
+        if not self.closed:
+            self.closed = True
+            self.runner.close()
+
+    def check_open(self) -> None:
+        # after close a TensorRT runner's buffers are freed: a later batch would use freed device memory
+        if self.closed:
+            raise RszError(f"image engine {self.runner.name}: it is closed")
 
     def __enter__(self) -> ImageEngine:
         return self
@@ -256,7 +278,9 @@ class EmbeddedBatch:
 
 def embed_batches(engine: ImageEngine, batches: Iterable[Batch]) -> Iterator[EmbeddedBatch]:
     """Already decoded batches (e.g. from a cluster's decode stage) through the image graph."""
+    engine.check_open()
     for batch in batches:
+        engine.check_open()
         outputs = embed_batch(engine.runner, batch) if batch.tiles else {}
         yield EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped, batch.sizes)
 

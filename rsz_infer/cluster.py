@@ -199,7 +199,7 @@ def decode_partition(row: dict, options: TileOptions, size: int) -> dict:
 
 
 def partition_batches(row: dict, spec: PreprocessSpec, batch_size: int) -> list[Batch]:
-    """A decoded partition as the engine's fixed-shape batches (normalised as preprocess.normalize does);
+    """A decoded partition as the engine's batches (normalised as preprocess.normalize does);
     its bad tiles ride in the first batch."""
     skipped = [
         (tile, NodataTile(reason) if nodata else TileError(reason)) for tile, reason, nodata in row["skipped"]
@@ -209,7 +209,8 @@ def partition_batches(row: dict, spec: PreprocessSpec, batch_size: int) -> list[
     batches = []
     for start in range(0, max(len(tiles), 1), batch_size):
         chunk = tiles[start : start + batch_size]
-        inputs = np.zeros((batch_size, 3, spec.size, spec.size), np.float32)
+        # only the rows the batch holds (batching.embed_batch pads up to a graph's minimum batch)
+        inputs = np.zeros((len(chunk), 3, spec.size, spec.size), np.float32)
         for i in range(len(chunk)):
             inputs[i] = normalize(rgb[start + i], spec)
         end = start + batch_size

@@ -667,7 +667,10 @@ def _embed_image(
     if isinstance(image, np.ndarray):
         from rsz_infer.api import array_to_rgb
 
-        rgb, _ = array_to_rgb(image, where="image")
+        try:
+            rgb, _ = array_to_rgb(image, where="image")
+        except TileError as err:  # too small or all NaN: one query image, so its error
+            raise RszError(f"image: {err}") from None
     else:
         path = Path(image)
         if not path.is_file():
