@@ -625,8 +625,9 @@ def train(
     with the chosen epochs and lambda, scored once on the official test split. Several splits
     (split_id "all") train into out_dir/<split> each, and report.json gives their mean and std.
 
-    With `resume`, continue the run in `out_dir` from its last.pt (its own config.yaml; `epochs` may
-    extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
+    With `resume`, continue the run in `out_dir` from its last.pt, or from epoch 0 where a run killed
+    in its first epoch has its config.yaml but no last.pt yet (its own config.yaml either way; `epochs`
+    may extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
     (last.pt is written, the test split is not scored).
 
     `nproc` > 1 trains in that many local processes with DistributedDataParallel; a process started by
@@ -723,10 +724,13 @@ def resolve_config(
     if epochs is not None:  # the same rule as the YAML's train.epochs
         check_range(epochs, TrainConfig.ranges["epochs"], "--epochs")
     if resume:
-        if not any(out_dir.glob(f"**/{runs.LAST}")):
-            raise RszError(f"{out_dir / runs.LAST}: nothing to resume (train without --resume first)")
         # --protocol paper keeps the run's own config in selection/ (the refit's has the chosen epochs)
         selection = out_dir / SELECTION
+        # A run killed in its first epoch has its config.yaml but no last.pt yet: --resume starts it
+        # from epoch 0 (with the same config checks), rather than refusing both a resume and a restart.
+        has_config = (out_dir / runs.CONFIG).is_file() or (selection / runs.CONFIG).is_file()
+        if not has_config and not any(out_dir.glob(f"**/{runs.LAST}")):
+            raise RszError(f"{out_dir / runs.LAST}: nothing to resume (train without --resume first)")
         config = runs.read_config(selection if (selection / runs.CONFIG).is_file() else out_dir, kind)
         if config_path is not None or overrides:
             given = load_config(kind, config_path, overrides)
@@ -848,7 +852,9 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     """Train `job.config.train.epochs` epochs into `job.out_dir`. `select`: score validation every epoch
     and keep the best (or last, train.select_last_epoch), choose lambda on validation; otherwise (a refit)
     keep the last epoch with the given `seen_calibration`. None when stopped before the last epoch."""
-    kind, out_dir, config, dev, resume = job.kind, job.out_dir, job.config, job.dev, job.resume
+    kind, out_dir, config, dev = job.kind, job.out_dir, job.config, job.dev
+    # a resumed run killed before its first last.pt starts from epoch 0 (its config was checked)
+    resume = job.resume and (out_dir / runs.LAST).is_file()
     started = time.time()
     main = distributed.current().is_main
     trainer = _Trainer(kind, job.data, job.split, job.source, out_dir, config, dev)

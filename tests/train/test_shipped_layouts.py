@@ -160,6 +160,24 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
         assert len(selection["val"]) == 1 and selection["val"][0] in classes["seen"]
 
 
+def test_all_splits_killed_in_the_first_epoch_resume_from_epoch_0(shipped, tmp_path):
+    """--split-id all killed in the first split's first epoch (OUT/config.yaml, the split's config.yaml,
+    no last.pt anywhere): --resume trains every split instead of a dead end."""
+    from rsz_train.data.sources import DataOptions
+    from rsz_train.train import train
+
+    folder = _mcfa_folder(tmp_path / "gzsl_6_5split", shipped["root"])
+    out = tmp_path / "runs"
+    options = DataOptions(split_file=str(folder), split_id="all", attributes=str(shipped["attributes"]))
+    config = _tiny_config(tmp_path)
+    train("mcfa", shipped["root"], None, out, config_path=config, device="cpu", data_options=options,
+          stop_after_epoch=0)  # fmt: skip
+    assert not any(out.glob("**/last.pt")) and (out / "gzsl_6_5split_1" / "config.yaml").is_file()
+    train("mcfa", shipped["root"], None, out, device="cpu", data_options=options, resume=True)
+    report = json.loads((out / "report.json").read_text())
+    assert report["splits"] == ["gzsl_6_5split_1", "gzsl_6_5split_2"]
+
+
 def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_captions(shipped, tmp_path):
     """RSITMD-like: a flat folder of images, a Karpathy JSON with train and test only."""
     images = tmp_path / "rsitmd" / "images"

@@ -119,6 +119,37 @@ def test_resume_refuses_options_that_would_change_the_run(tiny_run, tiny_benchma
     _check_resumed_config(config, runs.read_config(tiny_run, "dsva"), None)  # the run's own file: accepted
 
 
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_from_epoch_0(
+    tiny_run, tiny_benchmark, default_split, tmp_path
+):
+    """Killed before its first last.pt (config.yaml, classes.json, metrics.jsonl only): --resume starts the
+    run from epoch 0 with its own config (a different one is still refused), not a dead end."""
+    out = tmp_path / "e1"
+    train(
+        "dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES, stop_after_epoch=0
+    )
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "classes.json", "metrics.jsonl"}
+    args = ["dsva", "--data", str(tiny_benchmark), "--split", default_split, "--out", str(out), "--resume"]
+    result = CliRunner().invoke(main, [*args, "--gsd", "0.3"])
+    assert result.exit_code == 2 and "train.gsd (run: None, now: 0.3)" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").read_bytes() == (tiny_run / "model.safetensors").read_bytes()
+    a, b = (json.loads((d / "report.json").read_text())["test"] for d in (tiny_run, out))
+    assert a == b
+    # --protocol paper: killed in the selection run's first epoch (selection/config.yaml, no last.pt)
+    paper = tmp_path / "p1"
+    train("dsva", tiny_benchmark, default_split, paper, device="cpu", overrides=TINY_OVERRIDES,
+          protocol="paper", stop_after_epoch=0)  # fmt: skip
+    assert not any(paper.glob("**/last.pt")) and (paper / "selection" / "config.yaml").is_file()
+    train("dsva", tiny_benchmark, default_split, paper, device="cpu", resume=True, protocol="paper")
+    assert json.loads((paper / "report.json").read_text())["protocol"] == "paper"
+    # nothing of a run at all: still nothing to resume
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RszError, match="nothing to resume"):
+        train("dsva", tiny_benchmark, default_split, tmp_path / "empty", device="cpu", resume=True)
+
+
 def test_load_run_errors(tiny_run, tmp_path):
     with pytest.raises(RszError, match="run folder not found"):
         load_run(tmp_path / "nothing")
