@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -663,17 +664,23 @@ def train(
             FitJob(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch), protocol
         )
         return out_dir
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+
+    def write_parent_config() -> None:
+        """OUT/config.yaml, written once the first split's inputs are checked (an input error leaves
+        nothing that would block the rerun)."""
+        if not (out_dir / runs.CONFIG).is_file():
+            out_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, out_dir / runs.CONFIG)
+
     reports = []
     for split_obj, source in splits:
         sub = out_dir / split_obj.name
         if resume and (sub / runs.REPORT).is_file():
             reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
             continue
-        job = FitJob(kind, data, split_obj, source, sub, config, dev, resume, stop_after_epoch)
+        job = FitJob(
+            kind, data, split_obj, source, sub, config, dev, resume, stop_after_epoch, write_parent_config
+        )
         _train_split(job.into(sub), protocol)
         if not (sub / runs.REPORT).is_file():
             return out_dir  # stopped early (stop_after_epoch): nothing to summarise yet
@@ -795,6 +802,9 @@ class FitJob:
     dev: torch.device
     resume: bool
     stop_after_epoch: int | None
+    # rank 0 calls it once the fit's inputs are checked, before the fit writes anything (split_id "all":
+    # the parent folder's config.yaml)
+    before_write: Callable[[], None] | None = None
 
     def into(self, out_dir: Path) -> FitJob:
         """This job writing into `out_dir` (a split's or a sub-run's folder), resuming only where that
@@ -866,6 +876,8 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp == torch.float16)
     last_path, metrics_path = out_dir / runs.LAST, out_dir / runs.METRICS
+    if main and job.before_write is not None:
+        job.before_write()
     if resume:
         start_epoch, best_score, best_epoch, seconds_before = _restore(
             last_path, dev, model, optimizer, scheduler, scaler

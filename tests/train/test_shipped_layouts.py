@@ -178,6 +178,19 @@ def test_all_splits_killed_in_the_first_epoch_resume_from_epoch_0(shipped, tmp_p
     assert report["splits"] == ["gzsl_6_5split_1", "gzsl_6_5split_2"]
 
 
+def test_all_splits_input_error_writes_nothing(shipped, tmp_path):
+    """--split-id all with an input error (DSVA without attributes): one line, and no OUT/config.yaml that
+    would refuse the corrected rerun as "not empty"."""
+    folder = _mcfa_folder(tmp_path / "gzsl_6_5split", shipped["root"])
+    out = tmp_path / "runs"
+    args = ["dsva", "--data", str(shipped["root"]), "--split-file", str(folder), "--split-id", "all",
+            "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "DSVA needs attributes" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_captions(shipped, tmp_path):
     """RSITMD-like: a flat folder of images, a Karpathy JSON with train and test only."""
     images = tmp_path / "rsitmd" / "images"
