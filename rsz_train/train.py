@@ -655,6 +655,8 @@ def train(
             f"captions (the rsz layout's captions.json); {data_dir} has none"
         )
     splits = resolve_splits(data_dir, data, layout, options)
+    if not splits:  # each reader refuses a file without splits; a one-line error, never an IndexError
+        raise RszError(f"{options.split_file or data_dir}: no splits to train on")
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it

@@ -250,6 +250,8 @@ def _split_file(
                 root, layout, "mcfa folder", split.name, str(path), sha256_of(list(files.values())), split_id
             )
             out.append((split, source))
+        if not out:  # mcfa_split_files refuses a folder without splits; never an empty list past here
+            raise RszError(f"{path}: no MCFA splits (seen_class_loc_<ratio>_<id>.txt)")
         return out
     if (path / "seen.txt").is_file():
         if options.split_id is not None:
@@ -305,10 +307,19 @@ _MCFA_NAME = re.compile(r"^(seen|unseen|test_seen)_class_loc_(.+)_([^_]+)\.txt$"
 def mcfa_split_files(folder: Path, split_id: str | None) -> list[tuple[str, dict[str, Path]]]:
     """(id, {"seen": path, "unseen": path[, "test_seen": path]}) of the chosen ids of an MCFA folder."""
     by_id: dict[str, dict[str, Path]] = {}
+    unmatched = []
     for path in sorted(folder.glob("*_class_loc_*.txt")):
         match = _MCFA_NAME.match(path.name)
         if match:
             by_id.setdefault(match.group(3), {})[match.group(1)] = path
+        else:
+            unmatched.append(path.name)
+    if not by_id:
+        seen = f" ({unmatched[0]} does not match)" if unmatched else ""
+        raise RszError(
+            f"{folder}: no MCFA split files{seen}; expected seen_class_loc_<ratio>_<id>.txt and "
+            "unseen_class_loc_<ratio>_<id>.txt (test_seen_class_loc_<ratio>_<id>.txt optional)"
+        )
     for sid, files in by_id.items():
         for kind in ("seen", "unseen"):
             if kind not in files:

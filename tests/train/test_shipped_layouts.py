@@ -287,6 +287,25 @@ def test_malformed_mcfa_files_are_one_line_errors(shipped, tmp_path, kind, conte
         resolve_splits(shipped["root"], data, layout, options)
 
 
+@pytest.mark.parametrize("split_id", [None, "1", "all"])
+def test_mcfa_files_without_a_ratio_are_a_one_line_error(shipped, tmp_path, split_id):
+    """seen_class_loc_1.txt (no <ratio>_) passes the folder's glob but not the name pattern: the folder and
+    the expected names, not an IndexError or "no split id '1' (ids: )"."""
+    folder = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1,))
+    for path in folder.glob("*_class_loc_6_1.txt"):
+        path.rename(path.with_name(path.name.replace("_6_1", "_1")))
+    args = ["mcfa", "--data", str(shipped["root"]), "--split-file", str(folder), "--attributes",
+            str(shipped["attributes"]), "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, *(["--split-id", split_id] if split_id else [])])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (
+        f"{folder}: no MCFA split files" in result.output
+        and "seen_class_loc_<ratio>_<id>.txt" in result.output
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_malformed_split_files_from_the_cli(shipped, tmp_path):
     folder = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1, 2))
     (folder / "unseen_class_loc_6_2.txt").unlink()
