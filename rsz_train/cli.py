@@ -152,8 +152,11 @@ def _train_command(kind: str, summary: str) -> click.Command:
         gsd: float | None,
         allow_random_init: bool,
     ) -> None:
+        from rsz_train.config import ZERO_OR_MORE, check_range
         from rsz_train.data.sources import DataOptions
         from rsz_train.distributed import current
+
+        check_range(split_seed, ZERO_OR_MORE, "--seed")  # the range of train.seed (numpy takes no negative)
         from rsz_train.train import train
 
         options = DataOptions(

@@ -30,7 +30,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
-from rsz_train.config import RunConfig, TrainConfig, check_range, load_config, save_config
+from rsz_train.config import ZERO_OR_MORE, RunConfig, TrainConfig, check_range, load_config, save_config
 from rsz_train.data import batches as td
 from rsz_train.data.formats import SceneData, Split, attribute_matrix, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
@@ -647,6 +647,7 @@ def train(
     options = data_options or DataOptions()
     if split is not None:
         options = dataclasses.replace(options, split=split)
+    check_range(options.seed, ZERO_OR_MORE, "--seed")  # the split seed: train.seed's range
     config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
     data, layout = load_dataset(data_dir, options)
     if model_entry(kind).uses_captions and not data.captions:  # up front, not as "too few images" later

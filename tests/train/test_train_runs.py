@@ -150,6 +150,16 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_from_epoch_0(
         train("dsva", tiny_benchmark, default_split, tmp_path / "empty", device="cpu", resume=True)
 
 
+@pytest.mark.parametrize("unseen", [[], ["--unseen", "3"]])
+def test_negative_split_seed_is_a_one_line_error(tiny_benchmark, tmp_path, unseen):
+    """--seed -1 (the split seed) has train.seed's range: one line naming it, not numpy's ValueError."""
+    out = tmp_path / "run"
+    args = ["dsva", "--data", str(tiny_benchmark), *unseen, "--seed", "-1", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert result.exit_code == 2 and "--seed -1: must be" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_load_run_errors(tiny_run, tmp_path):
     with pytest.raises(RszError, match="run folder not found"):
         load_run(tmp_path / "nothing")
