@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,37 @@ def preprocess_spec(model: RszModel, image_size: int) -> PreprocessSpec:
     mean = tuple(float(v) for v in getattr(model, "image_mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in getattr(model, "image_std", IMAGENET_STD))
     return PreprocessSpec(size=image_size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+_TEMPORARY = re.compile(r"^\.(.+)\.tmp(\d+)$")  # write_atomic/save_weights/save_resume_state's names
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the run folder's own temporary files (.NAME.tmp<PID>) left by a process killed mid-write:
+    those whose PID is not alive (a live one may be another process writing now). Returns them."""
+    removed = []
+    for path in sorted(run_dir.glob(".*.tmp*")) if run_dir.is_dir() else []:
+        match = _TEMPORARY.match(path.name)
+        if not match or not path.is_file() or _pid_alive(int(match.group(2))):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one file at a time and never leaves one while it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or unknowable: leave its file
+    return True
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -881,6 +881,8 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     last_path, metrics_path = out_dir / runs.LAST, out_dir / runs.METRICS
     if main and job.before_write is not None:
         job.before_write()
+    if main:  # a kill inside torch.save/save_file left a full copy behind: gone on the next start
+        runs.remove_stale_temporaries(out_dir)
     if resume:
         start_epoch, best_score, best_epoch, seconds_before = _restore(
             last_path, dev, model, optimizer, scheduler, scaler

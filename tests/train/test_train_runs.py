@@ -160,6 +160,28 @@ def test_negative_split_seed_is_a_one_line_error(tiny_benchmark, tmp_path, unsee
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_resume_removes_temporaries_of_a_killed_write(tiny_benchmark, default_split, tmp_path):
+    """A kill inside torch.save leaves .last.pt.tmp<PID>: the resume removes it (its PID is dead), not a
+    live process's file nor a file of the user's."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "k"
+    train(
+        "dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES, stop_after_epoch=1
+    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    stale = out / f".last.pt.tmp{int(dead.stdout)}"
+    stale.write_bytes((out / "last.pt").read_bytes())
+    live = out / f".metrics.jsonl.tmp{os.getppid()}"
+    live.write_text("")
+    mine = out / "notes.tmp123"
+    mine.write_text("")
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
+    assert not stale.exists() and live.exists() and mine.exists() and (out / "report.json").is_file()
+
+
 def test_load_run_errors(tiny_run, tmp_path):
     with pytest.raises(RszError, match="run folder not found"):
         load_run(tmp_path / "nothing")
