@@ -13,12 +13,13 @@ ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -635,11 +636,57 @@ def train(
     torchrun joins its job from the environment (rsz_train.distributed: the same global batches as one
     process, rank 0 validates and writes the run).
     """
-    if nproc != 1:  # the launcher refuses nproc < 1
-        args = (kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides)
-        options = {"stop_after_epoch": stop_after_epoch, "data_options": data_options, "protocol": protocol}
-        distributed.launch(nproc, train, *args, **options)
-        return Path(out_dir)
+    with _run_lock(Path(out_dir)):
+        if nproc != 1:  # the launcher refuses nproc < 1
+            args = (kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides)
+            options = {
+                "stop_after_epoch": stop_after_epoch,
+                "data_options": data_options,
+                "protocol": protocol,
+            }
+            distributed.launch(nproc, train, *args, **options)
+            return Path(out_dir)
+        return _train(
+            kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides, stop_after_epoch,
+            data_options, protocol,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """One rsz-train per run folder: a second one (two --resume of a run, or a run started twice) would
+    interleave the same checkpoint and metrics. Taken by a single process and by the --nproc launcher (its
+    workers run inside it); processes of a torchrun job (each rank started outside rsz) take none."""
+    if distributed.current().enabled:
+        yield
+        return
+    from rsz_infer.locking import OutputLock
+
+    try:
+        lock = OutputLock(out_dir, "training")
+    except RszError:  # OutputLock's wording is rsz-infer's
+        raise RszError(
+            f"{out_dir}: another rsz-train is writing this run right now; wait for it or choose another --out"
+        ) from None
+    with lock:
+        yield
+
+
+def _train(
+    kind: str,
+    data_dir: Path | str,
+    split: str | None,
+    out_dir: Path | str,
+    config_path: Path | str | None,
+    device: str | None,
+    epochs: int | None,
+    resume: bool,
+    overrides: dict | None,
+    stop_after_epoch: int | None,
+    data_options: DataOptions | None,
+    protocol: str,
+) -> Path:
+    """train() in one process (or one rank of a distributed job), holding the run folder's lock."""
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if protocol not in PROTOCOLS:

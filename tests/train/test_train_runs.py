@@ -205,3 +205,30 @@ def test_cli_help_and_one_line_errors(tmp_path, tiny_run, tiny_benchmark):
     # an existing run is never overwritten by accident
     result = runner.invoke(main, ["dsva", "--data", str(tiny_benchmark), "--out", str(tiny_run)])
     assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_a_second_rsz_train_on_a_run_being_written_is_refused(tiny_benchmark, default_split, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    code = (
+        "from rsz_train.train import train\n"
+        f"train('dsva', {str(tiny_benchmark)!r}, {default_split!r}, {str(out)!r}, device='cpu', "
+        f"overrides={{**{TINY_OVERRIDES!r}, 'train.epochs': 200}})\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists():  # the first one is training
+            assert time.time() < deadline and first.poll() is None, first.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        # a --resume beside it would interleave the same checkpoint and metrics: refused before any work
+        with pytest.raises(RszError, match="another rsz-train is writing this run right now"):
+            train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True, stop_after_epoch=1)
+    finally:
+        first.kill()
+        first.wait()
+    # a kill releases the lock: the run resumes (a step of it here)
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True, stop_after_epoch=1)
