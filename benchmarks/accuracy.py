@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from rsz_bench.checks import at_least, known_names, ort_device, ort_runner_on, torch_device
+from rsz_bench.checks import at_least, known_names, ort_device, torch_device
+from rsz_infer.backend import ort_runner_on
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.preprocess import normalize
 

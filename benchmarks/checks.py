@@ -27,34 +27,14 @@ def known_names(names: Sequence[str], known: Sequence[str], option: str) -> list
 
 def ort_device(device: str) -> str:
     """The device ONNX Runtime rows run on: auto takes the GPU when this onnxruntime has a GPU provider;
-    cuda without one is the error rsz-infer gives (rsz_infer.backend), never a silent CPU run (DESIGN.md)."""
+    cuda without one is the error rsz-infer gives (rsz_infer.backend.check_ort_gpu), never a silent CPU
+    run (DESIGN.md). Runners made for it are checked with rsz_infer.backend.ort_runner_on."""
     if device == "cpu":
         return "cpu"
-    from rsz_infer.backend import GPU_EXTRA_HINT, ort_gpu_providers
+    from rsz_infer.backend import check_ort_gpu, ort_gpu_providers
 
-    if ort_gpu_providers():
-        return "cuda"
-    if device == "cuda":
-        import onnxruntime as ort
-
-        raise RszError(
-            f"--device cuda: this onnxruntime {ort.__version__} has no GPU provider (only "
-            f"{', '.join(ort.get_available_providers())}); {GPU_EXTRA_HINT}"
-        )
-    return "cpu"
-
-
-def ort_runner_on(runner, device: str):  # an OrtRunner -> the same
-    """The runner, when it runs where `device` asked: a GPU provider that failed to load (CUDA or cuDNN
-    missing) makes onnxruntime fall back to the CPU quietly; rsz-infer refuses that, and so does rsz-bench."""
-    if device == "cuda" and runner.providers[0] == "CPUExecutionProvider":
-        from rsz_infer.backend import GPU_EXTRA_HINT
-
-        raise RszError(
-            f"--device cuda: onnxruntime's GPU provider did not load here (CUDA or cuDNN libraries missing, "
-            f"or no GPU); {GPU_EXTRA_HINT}"
-        )
-    return runner
+    check_ort_gpu(device)
+    return "cuda" if ort_gpu_providers() else "cpu"
 
 
 def torch_device(device: str) -> str:

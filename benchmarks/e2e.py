@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rsz_bench.checks import at_least, ort_device, ort_runner_on
+from rsz_bench.checks import at_least, ort_device
+from rsz_infer.backend import ort_runner_on
 from rsz_infer.batching import printable_name
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles

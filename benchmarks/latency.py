@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from rsz_bench import flops as flops_mod
-from rsz_bench.checks import at_least, known_names, ort_device, ort_runner_on, torch_device
+from rsz_bench.checks import at_least, known_names, ort_device, torch_device
+from rsz_infer.backend import ort_runner_on
 from rsz_infer.errors import RszError, first_line
 
 TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graphs")

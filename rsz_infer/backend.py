@@ -241,6 +241,13 @@ def _ort(bundle_dir: Path, onnx_name: str, device: str) -> Runner:
     path = bundle_dir / onnx_name
     if not path.is_file():
         raise RszError(f"{path}: ONNX graph listed in the manifest is missing")
+    check_ort_gpu(device)
+    return ort_runner_on(OrtRunner(path, device=device), device)
+
+
+def check_ort_gpu(device: str) -> None:
+    """--device cuda needs an onnxruntime with a GPU provider: else one line naming what to install
+    (never a silent CPU run). rsz-bench checks its --device with this too."""
     if device == "cuda" and not ort_gpu_providers():
         import onnxruntime as ort
 
@@ -248,7 +255,11 @@ def _ort(bundle_dir: Path, onnx_name: str, device: str) -> Runner:
             f"--device cuda: this onnxruntime {ort.__version__} has no GPU provider (only "
             f"{', '.join(ort.get_available_providers())}); {GPU_EXTRA_HINT}"
         )
-    runner = OrtRunner(path, device=device)
+
+
+def ort_runner_on(runner: Runner, device: str) -> Runner:
+    """The OrtRunner, when it runs where `device` asked: a GPU provider that failed to load (CUDA or cuDNN
+    missing) makes onnxruntime fall back to the CPU quietly, which is refused in one line."""
     if device == "cuda" and runner.providers[0] == "CPUExecutionProvider":
         raise RszError(
             f"--device cuda: onnxruntime's GPU provider did not load here (CUDA or cuDNN libraries missing, "
