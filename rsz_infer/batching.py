@@ -32,7 +32,7 @@ from rsz_infer.backend import open_runner, resolve_device
 from rsz_infer.bundle import Manifest
 from rsz_infer.decoders import NvImageCodecDecoder, PillowDecoder, open_decoder
 from rsz_infer.errors import RszError
-from rsz_infer.images import NodataTile, Tile, TileError, TileOptions
+from rsz_infer.images import NodataTile, Tile, TileError, TileOptions, utf8_escaped
 from rsz_infer.native import NativePreprocessor, open_preprocessor
 from rsz_infer.preprocess import PreprocessSpec, to_model_input
 from rsz_infer.runners.base import Runner
@@ -344,8 +344,9 @@ class TileCounts:
 def printable_name(name: str) -> str:
     """A file name for one message line: a newline or other control character, and bytes that are not
     UTF-8 (surrogate escapes), as backslash escapes, so one skipped tile is one line on the terminal."""
-    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in utf8_escaped(name)
+    )
 
 
 def warn(message: str) -> None:

@@ -337,6 +337,12 @@ def utf8_name(name: str) -> bool:
     return True
 
 
+def utf8_escaped(name: str) -> str:
+    """`name` with the bytes that are not UTF-8 (surrogate escapes) as backslash escapes ("y\\xff.png"):
+    valid UTF-8 text for writers and terminals that take nothing else; a UTF-8 name comes back unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _check_gsd_scale(ds, name: str, scale: float, options: TileOptions) -> None:
     """--gsd must leave a window of at least one source pixel, decoded to no more than --max-pixels (a tiny
     --gsd would enlarge 1-pixel windows to huge arrays): else a usage error before any work."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.errors import RszError
-from rsz_infer.images import utf8_name
+from rsz_infer.images import utf8_escaped, utf8_name
 
 FORMATS = (".csv", ".jsonl", ".geojson", ".parquet", ".gpkg", ".fgb")
 OGR_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf"}
@@ -406,9 +406,7 @@ def _wkb(shapes: list[dict | None]) -> list[bytes | None]:
 def _arrow_text(value: object) -> object:
     """A text cell for Arrow and OGR, which take UTF-8 only: bytes of a file name that are not UTF-8
     (surrogate escapes) become backslash escapes ("y\\xff.png"); CSV/JSONL keep the bytes themselves."""
-    if isinstance(value, str) and not utf8_name(value):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return value
+    return utf8_escaped(value) if isinstance(value, str) else value
 
 
 def write_geoparquet(records: list[dict], top_k: int, path: Path, best_class: bool = False) -> None:
