@@ -217,24 +217,23 @@ def _check_same_tile_options(cfg: IndexConfig, out: Path, manifest: Manifest, ke
         given = frozenset(["tile_size", "overlap", "bands"] if cfg.tiles else []) | (
             {"gsd"} if str(cfg.gsd).strip().lower() != "auto" else set()
         )
-    asked = {}
-    if cfg.tiles is not None:
-        asked = {"tile_size": cfg.tiles.tile_size, "overlap": cfg.tiles.overlap, "bands": cfg.tiles.bands}
+
+    def options(tiles: TileOptions) -> dict:  # bands as a tuple, None and [] alike (the default bands)
+        return {"tile_size": tiles.tile_size, "overlap": tiles.overlap, "bands": tuple(tiles.bands or ())}
+
+    asked = options(cfg.tiles) if cfg.tiles is not None else {}
     asked["gsd"] = resolve_gsd(cfg.gsd, manifest, kept).gsd
-    recorded = {"tile_size": kept.tile_size, "overlap": kept.overlap, "bands": kept.bands, "gsd": kept.gsd}
+    recorded = options(kept) | {"gsd": kept.gsd}
 
     def show(name: str, value) -> str:
         if name == "bands":
-            return ",".join(map(str, value)) if value else "(none)"
+            return ",".join(map(str, value)) or "(none)"
         return "off" if value is None else f"{value:g}"
 
     differ = [
         f"{TILE_OPTION_FLAGS[k]} {show(k, recorded[k])} (asked: {show(k, asked[k])})"
         for k in TILE_OPTION_FLAGS
-        if k in given
-        and k in asked
-        and (tuple(asked[k] or ()) if k == "bands" else asked[k])
-        != (tuple(recorded[k] or ()) if k == "bands" else recorded[k])
+        if k in given and k in asked and asked[k] != recorded[k]
     ]
     if differ:
         raise RszError(
