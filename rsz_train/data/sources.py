@@ -250,8 +250,6 @@ def _split_file(
                 root, layout, "mcfa folder", split.name, str(path), sha256_of(list(files.values())), split_id
             )
             out.append((split, source))
-        if not out:  # mcfa_split_files refuses a folder without splits; never an empty list past here
-            raise RszError(f"{path}: no MCFA splits (seen_class_loc_<ratio>_<id>.txt)")
         return out
     if (path / "seen.txt").is_file():
         if options.split_id is not None:
