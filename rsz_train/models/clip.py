@@ -534,9 +534,9 @@ def _quiet_transformers():
 def load_hf_clip(folder: Path) -> ClipModel:
     """A Hugging Face CLIPModel folder (config.json + model.safetensors or pytorch_model.bin, or shards).
 
-    safetensors are read by transformers; pickled .bin files by torch.load(weights_only=True) here, never by
-    transformers (whose pickle safety depends on its version), and handed to it as a state dict. Every tensor
-    of CLIPModel must come from the folder: missing ones would be random weights."""
+    The weight files are read here (safetensors, or pickled .bin files by torch.load(weights_only=True), never
+    by transformers, whose pickle safety depends on its version) and handed to it as one state dict. Every
+    tensor of CLIPModel must come from the folder: missing ones would be random weights."""
     if not (folder / "config.json").is_file():
         raise RszError(f"{folder}: a Hugging Face CLIP folder needs config.json")
     try:
@@ -553,37 +553,23 @@ def load_hf_clip(folder: Path) -> ClipModel:
     from transformers import CLIPConfig, CLIPModel
 
     cannot = f"{folder}: cannot load this CLIPModel"
+    load = safetensors_weights if is_safetensors else torch_load_weights
     state: dict[str, Tensor] = {}
-    if is_safetensors:  # headers checked here, so a truncated file is named (transformers reads it)
-        from safetensors import safe_open
-
-        for file in files:
-            try:
-                with safe_open(str(file), framework="pt") as f:
-                    f.keys()
-            except Exception as err:  # SafetensorError: truncated, bad header, ...
-                raise RszError(f"{cannot} ({file.name}: not a safetensors file: {_reason(err)})") from None
-    else:
-        for file in files:
-            try:
-                obj = torch_load_weights(file)
-            except RszError as err:
-                raise RszError(f"{cannot} ({file.name}: {str(err).removeprefix(f'{file}: ')})") from None
-            if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-                raise RszError(f"{cannot} ({file.name} holds no state dict of tensors)")
-            state.update(obj)
+    for file in files:  # read here, so a truncated or refused file is named, then handed to transformers
+        try:
+            obj = load(file)
+        except RszError as err:
+            raise RszError(f"{cannot} ({file.name}: {str(err).removeprefix(f'{file}: ')})") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise RszError(f"{cannot} ({file.name} holds no state dict of tensors)")
+        state.update(obj)
     # Tensors that do not fit the config come back in mismatched_keys (transformers 5 raises with the
     # details only in its logged report otherwise); they are refused below, like missing ones.
     checked = {"output_loading_info": True, "ignore_mismatched_sizes": True}
     try:
         with _quiet_transformers():
-            if is_safetensors:
-                net, info = CLIPModel.from_pretrained(
-                    str(folder), local_files_only=True, use_safetensors=True, **checked
-                )
-            else:
-                hf_config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
-                net, info = CLIPModel.from_pretrained(None, config=hf_config, state_dict=state, **checked)
+            hf_config = CLIPConfig.from_pretrained(str(folder), local_files_only=True)
+            net, info = CLIPModel.from_pretrained(None, config=hf_config, state_dict=state, **checked)
     except Exception as err:  # shapes that do not fit the config, a config transformers rejects, ...
         raise RszError(f"{cannot} ({_reason(err)})") from None
     # Buffers transformers rebuilds itself (position_ids: non-persistent, or ignored on load) are no weights.
