@@ -46,6 +46,7 @@ from rsz_infer.images import (
     is_gdal_path,
 )
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
+from rsz_infer.outputs import GEO_INSTALL_HINT
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
 
@@ -482,7 +483,10 @@ def _are_arrays(inputs: list) -> bool:
 def records_table(records: list[dict]):  # pyarrow.Table (pyarrow is imported lazily)
     """Label records -> pyarrow Table, one row per tile: tile, label, score (the best class), labels, scores
     (top k), rule, skipped (the reason, or null), nodata, and the whole record as JSON (`record`)."""
-    import pyarrow as pa
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise RszError(f"label_table needs pyarrow ({GEO_INSTALL_HINT})") from None
 
     def column(key: str, kind: pa.DataType, default: Any = None) -> pa.Array:
         return pa.array([r.get(key, default) for r in records], kind)

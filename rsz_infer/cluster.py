@@ -61,8 +61,8 @@ def shard_tiles(tiles: Iterable[Tile], shard: Shard | None) -> list[Tile]:
 # Labeler (or Embedder for indexing), which normalises, embeds, scores and writes its partition as one
 # Parquet file, atomically (written beside, then renamed). Only a few counts per partition reach the
 # driver. A killed job leaves whole partition files, and the same command with --resume (labeling) or again
-# (indexing) does only the partitions that are missing. Labels files (.csv/.jsonl/.geojson) are merged from
-# the partitions at the end; an --out ending in .parquet (or without a suffix) keeps the partition folder.
+# (indexing) does only the partitions that are missing. Labels files (any format) are merged from the
+# partitions at the end; an --out without a suffix keeps the partition folder as the output.
 
 RAY_HINT = "pip install 'rsz[ray]' (Ray Data; no PyTorch)"
 PART_GLOB = "part-*.parquet"

@@ -105,10 +105,9 @@ def _score(labels_csv: Path, truth: dict[str, str]) -> tuple[float, float, Count
 @click.option("--model", "kind", type=click.Choice(model_kinds()), default="dsva", show_default=True)
 @click.option("--per-class", type=int, default=60, show_default=True, help="Tiles generated per class.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the model's config).")
-@click.option("--size", type=int, default=64, show_default=True, help="Tile size in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @one_line_errors
-def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, size: int, seed: int) -> None:
+def demo_command(workdir: Path, kind: str, per_class: int, epochs: int | None, seed: int) -> None:
     """Generate scenes, train, export, then label tiles of classes the model never saw."""
     from rsz_train.data.synth import DEFAULT_SPLIT
 

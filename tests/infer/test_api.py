@@ -134,3 +134,14 @@ def test_index_shards_merge_into_the_whole_index(bundles, folder, tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:  # into an existing index: refused in one line
         main(["merge", str(tmp_path / "merged"), str(parts[0])])
     assert exit_info.value.code == 2 and "exists; merge into a new folder" in capsys.readouterr().err
+
+
+def test_label_table_without_pyarrow_says_what_to_install(monkeypatch):
+    # pyarrow comes with the geo/ray/train extras only, not with a plain `pip install .`
+    import sys
+
+    from rsz_infer.api import records_table
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what `import pyarrow` sees when it is not installed
+    with pytest.raises(RszError, match=r"label_table needs pyarrow \(pip install 'rsz\[geo\]'\)"):
+        records_table([{"tile": "a.png", "labels": ["x"], "scores": [1.0]}])
