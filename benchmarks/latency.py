@@ -290,7 +290,10 @@ def _open_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig) 
         from rsz_infer.runners.trt import TrtRunner
     except ImportError as err:
         return {"status": f"skipped: TensorRT runner unavailable ({err})"}
-    runner = TrtRunner(engine)
+    try:
+        runner = TrtRunner(engine)
+    except RszError as err:  # no GPU here, or one this engine was not built for: the other rows still run
+        return {"status": f"skipped: {err}"}
     feeds = {"image": _random_image(batch, src.image_size, "float32")}  # export keeps FP32 I/O on FP16 graphs
     return TimedRow(
         call=lambda: runner.infer(feeds),

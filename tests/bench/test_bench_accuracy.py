@@ -116,3 +116,11 @@ def test_a_bundle_with_engines_on_a_machine_that_cannot_run_them_keeps_its_other
     rows = {r["backend"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"][1:]}
     assert rows["ort"]["status"] == "ok"
     assert rows["trt"]["status"].startswith("skipped: ") and "no usable CUDA GPU" in rows["trt"]["status"]
+    # the README's latency command on the same bundle: the same skipped TensorRT row, ONNX Runtime timed
+    out = runs["root"] / "out_trt_latency"
+    latency = ["latency", "--model", str(engines), "--backend", "ort,trt", "--batch", "1", "--iters", "2"]
+    result = CliRunner().invoke(main, [*latency, "--precision", "fp32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"]}
+    assert rows["ort"]["status"] == "ok"
+    assert rows["trt"]["status"].startswith("skipped: ") and "no usable CUDA GPU" in rows["trt"]["status"]
