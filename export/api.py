@@ -374,7 +374,10 @@ def export_locked(
             raise RszError(f"{out}: rsz-infer could not read this bundle ({problem}); nothing was written")
         if out.exists() and not force:  # check_out let only a bundle through
             if _fingerprint(_read_manifest(out)) == _fingerprint(manifest):
-                return out  # same content: keep what is there (engines included)
+                # same content: keep what is there (engines included), and say so: the output is otherwise
+                # the same as a fresh export's
+                print(f"note: {out}: the same bundle is already there; kept as it is", file=sys.stderr)
+                return out
             raise RszError(f"{out}: a different bundle is already there; pass --force to replace it")
         # mkdtemp makes its folder 0700; a bundle gets the mode any new folder of this user gets
         os.chmod(staging, 0o777 & ~_umask())

@@ -210,10 +210,13 @@ def test_trt_runner_on_a_gpu_matches_onnx_runtime(bundle: Path) -> None:
     assert cosine.min() >= 0.999
 
 
-def test_same_export_is_a_noop_and_a_different_one_needs_force(bundle: Path, tmp_path: Path) -> None:
+def test_same_export_is_a_noop_and_a_different_one_needs_force(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     before = (bundle / "manifest.json").read_text()
     export_model(_source(ToyModel(), tmp_path), bundle, fp16=True, engine="none", batch="1:4:8")
     assert (bundle / "manifest.json").read_text() == before
+    assert f"note: {bundle}: the same bundle is already there; kept as it is" in capsys.readouterr().err
     other = ToyModel()
     with torch.no_grad():
         other.image.head.bias.add_(0.5)
