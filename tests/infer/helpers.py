@@ -192,6 +192,15 @@ def save(path: Path, array: np.ndarray, **kw) -> Path:
     return path
 
 
+def write_colour_tiles(folder: Path, count: int) -> Path:
+    """`count` 24 px tiles t<i>_<colour>.png cycling red, green, blue (noise seeded by i): the labeling tests'
+    small folder of tiles whose right label is in their name."""
+    for i in range(count):
+        colour = list(COLOURS)[i % 3]
+        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    return folder
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 

@@ -14,15 +14,13 @@ from rsz_infer.cluster import parse_shard
 from rsz_infer.index import IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
 
-from .helpers import COLOURS, read_jsonl, save, solid
+from .helpers import COLOURS, read_jsonl, solid, write_colour_tiles
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("api_tiles")
-    for i in range(7):
-        colour = list(COLOURS)[i % 3]
-        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    write_colour_tiles(folder, 7)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 20)
     return folder
 

@@ -10,7 +10,7 @@ from rsz_infer import Embedder, Labeler, RszError
 from rsz_infer.pipeline import LabelConfig, label_tiles
 from rsz_infer.runners.ort import OrtRunner
 
-from .helpers import COLOURS, read_jsonl, save, solid
+from .helpers import COLOURS, read_jsonl, save, solid, write_colour_tiles
 
 
 class RecordingOrtRunner(OrtRunner):
@@ -35,9 +35,7 @@ def recording(labeler: Labeler) -> RecordingOrtRunner:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("batch_tiles")
-    for i in range(7):
-        colour = list(COLOURS)[i % 3]
-        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    write_colour_tiles(folder, 7)
     save(folder / "tiny.png", solid("red", 4))  # a bad file among good ones: skipped, never run
     return folder
 

@@ -16,7 +16,7 @@ from rsz_infer.images import TileOptions
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
 
-from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_geotiff
+from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_colour_tiles, write_geotiff
 
 ray = pytest.importorskip("ray")
 
@@ -31,9 +31,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("ray_tiles")
-    for i in range(6):
-        colour = list(COLOURS)[i % 3]
-        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    write_colour_tiles(folder, 6)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 20)
     (folder / "empty.png").write_bytes(b"")
     # a 64 x 96 scene: 2 x 3 windows of 32 px, red / green / blue columns, the last window nodata

@@ -18,7 +18,7 @@ import pytest
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
 
-from .helpers import COLOURS, bands_first, save, solid, write_geotiff
+from .helpers import bands_first, save, solid, write_colour_tiles, write_geotiff
 from .test_hostile_bundles_and_indexes import error_lines
 from .test_label import run_cli
 
@@ -34,9 +34,7 @@ HOLD_LOCK = (
 @pytest.fixture()
 def tiles(tmp_path):
     folder = tmp_path / "tiles"
-    for i in range(6):
-        colour = list(COLOURS)[i % 3]
-        save(folder / f"t{i}_{colour}.png", solid(colour, 24, seed=i))
+    write_colour_tiles(folder, 6)
     return folder
 
 
