@@ -57,6 +57,14 @@ def _train_command(kind: str, summary: str) -> click.Command:
         "split folder (seen_class_loc_*.txt, unseen_class_loc_*.txt), or a folder with seen.txt/unseen.txt.",
     )
     @click.option("--split-id", default=None, help="Numbered split of a .mat or MCFA folder: N, or 'all'.")
+    @click.option(
+        "--image-list",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The .mat whose image_files a DSVA --split-file's indices follow (the authors' features .mat, "
+        "res101.mat; its labels are checked when present). Default: the split file's own image_files, "
+        "else class folders and file names in sorted order.",
+    )
     @click.option("--unseen", type=int, default=None, help="Random class split with N unseen classes.")
     @click.option(
         "--seed",
@@ -137,6 +145,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         split: str | None,
         split_file: Path | None,
         split_id: str | None,
+        image_list: Path | None,
         unseen: int | None,
         split_seed: int,
         classes_file: Path | None,
@@ -163,6 +172,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
             split=split,
             split_file=None if split_file is None else str(split_file),
             split_id=split_id,
+            image_list=None if image_list is None else str(image_list),
             unseen=unseen,
             seed=split_seed,
             classes=None if classes_file is None else str(classes_file),

@@ -6,7 +6,8 @@ Formats:
 - plain scene folders root/<class>/*.{jpg,jpeg,png,tif,tiff} as UCM, AID, NWPU-RESISC45 and RSSDIVCS ship:
   `load_scene_folders`;
 - class lists (one name per line): `read_class_list`;
-- DSVA's `ann_attr_finetune_*_splits.mat` (RSSDIVCS splits + attribute matrix): `read_dsva_mat`;
+- DSVA's `ann_attr_finetune_*_splits.mat` (RSSDIVCS splits + attribute matrix): `read_dsva_mat`, with the
+  image order of a features .mat (DSVA's res101.mat: `image_files`, `labels`): `read_image_list`;
 - Karpathy caption JSON (RSICD, RSITMD, UCM-captions, Sydney-captions): `read_karpathy`.
 
 Every problem with a file raises a one-line RszError that names the file and what is wrong.
@@ -565,18 +566,66 @@ def _strings(value) -> list[str]:
     return out
 
 
+@dataclass
+class ImageList:
+    """The image order a DSVA splits .mat indexes: `image_files` (and 1-based `labels`, into the splits
+    file's allclasses_names) of a features .mat, as DSVA's read_matdataset reads them from res101.mat."""
+
+    path: Path
+    files: list[str]
+    labels: list[int] | None
+
+
+def read_image_list(path: str | Path) -> ImageList:
+    """`image_files` and, when present, `labels` of a .mat (only those variables are read: a features
+    .mat also holds a large `features` matrix the split does not need)."""
+    from scipy.io import loadmat  # training-side dependency
+
+    path = Path(path)
+    if not path.is_file():
+        raise RszError(
+            f"{path}: file not found (--image-list: a .mat with image_files, like DSVA's res101.mat)"
+        )
+    try:
+        mat = loadmat(str(path), variable_names=["image_files", "labels"])
+    except Exception as err:  # scipy raises several types for a file that is not a .mat
+        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+    if "image_files" not in mat:
+        raise RszError(
+            f"{path}: missing key 'image_files' (--image-list: the features .mat, like res101.mat)"
+        )
+    files = _strings(mat["image_files"])
+    if "labels" not in mat:
+        return ImageList(path, files, None)
+    labels = np.asarray(mat["labels"]).ravel()
+    if labels.dtype.kind not in "iuf" or not np.all(np.mod(labels, 1) == 0):
+        raise RszError(f"{path}: labels must be whole numbers (1-based class indices)")
+    if len(labels) != len(files):
+        raise RszError(f"{path}: {len(labels)} labels for {len(files)} image_files")
+    return ImageList(path, files, [int(v) for v in labels])
+
+
+def has_image_files(path: str | Path) -> bool:
+    """Whether a readable .mat holds `image_files` (its variable names only; nothing is loaded)."""
+    from scipy.io import whosmat
+
+    return any(name == "image_files" for name, _shape, _kind in whosmat(str(path)))
+
+
 def read_dsva_mat(
     path: str | Path,
     data: SceneData,
     split_id: int | str | None = None,
     holdout: float = 0.1,
     seed: int = 0,
+    image_list: ImageList | None = None,
 ) -> tuple[Split, np.ndarray]:
     """DSVA's ann_attr_finetune_*_splits.mat -> (Split, att [C, A] in data.class_names order).
 
-    The file holds `att` (attributes x classes), `allclasses_names` and 1-based index lists into the image
-    list `data.image_paths` (or into the file's own `image_files` when it has one, matched by
-    "<class>/<file>"): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
+    The file holds `att` (attributes x classes), `allclasses_names` and 1-based index lists into an image
+    list: `image_list` (the features .mat's image_files, as DSVA indexes them), else the file's own
+    `image_files`, both matched to the images by "<class>/<file>", else `data.image_paths` (class folders,
+    then file names, sorted): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
     test_seen_loc, test_unseen_loc, each optionally suffixed `_<id>` (the random split id; the smallest
     is used unless `split_id` says). Validation is carved by split_from_official.
 
@@ -619,7 +668,7 @@ def read_dsva_mat(
         order.append(column[class_key(c)])
     att_by_class = att[:, order].T.copy()
 
-    image_list = _dsva_image_list(path, mat, data)
+    image_list = _dsva_image_list(path, mat, data, image_list, mat_names)
     n = len(image_list)
 
     def indices(key: str) -> list[int]:
@@ -699,18 +748,51 @@ def _dsva_suffix(path: Path, mat: dict, split_id: int | str | None) -> str:
     return f"_{ids[0]}"
 
 
-def _dsva_image_list(path: Path, mat: dict, data: SceneData) -> list[int]:
+def _dsva_image_list(
+    path: Path, mat: dict, data: SceneData, image_list: ImageList | None, mat_names: list[str]
+) -> list[int]:
     """For each image the .mat indexes: its position in data.image_paths."""
-    if "image_files" not in mat:
+    if image_list is not None:
+        if "image_files" in mat and _strings(mat["image_files"]) != image_list.files:
+            raise RszError(
+                f"{path}: its own image_files differ from those of --image-list {image_list.path}; "
+                "drop --image-list (the file's own order is the one its indices follow)"
+            )
+        where, files = image_list.path, image_list.files
+    elif "image_files" in mat:
+        where, files = path, _strings(mat["image_files"])
+    else:
         return list(range(len(data.image_paths)))
+    # only the features .mat's labels are checked: a splits file's own "labels" could mean anything
+    labels = image_list.labels if image_list is not None else None
     position = {"/".join(Path(p).parts[-2:]): i for i, p in enumerate(data.image_paths)}
     out = []
-    for f in _strings(mat["image_files"]):
-        key = "/".join(Path(f.replace("\\", "/")).parts[-2:])
+    for k, f in enumerate(files):
+        parts = Path(f.replace("\\", "/")).parts
+        key = "/".join(parts[-2:])
         if key not in position:
-            raise RszError(f"{path}: image_files entry {f!r} not found under {data.root}")
+            raise RszError(f"{where}: image_files entry {f!r} not found under {data.root}")
+        if labels is not None:
+            _check_label(where, f, parts[-2], labels[k], mat_names, path)
         out.append(position[key])
     return out
+
+
+def _check_label(
+    where: Path, entry: str, folder: str, label: int, mat_names: list[str], splits: Path
+) -> None:
+    """An image_files entry in another class folder than its label's class: the list is not the one
+    the labels (and so, likely, the split's indices) were made with."""
+    if not 1 <= label <= len(mat_names):
+        raise RszError(
+            f"{where}: label {label} of image_files entry {entry!r} is not in 1..{len(mat_names)} "
+            f"(the classes of allclasses_names in {splits})"
+        )
+    if class_key(folder) != class_key(mat_names[label - 1]):
+        raise RszError(
+            f"{where}: image_files entry {entry!r} is in class folder {folder!r}, but its label {label} "
+            f"is class {mat_names[label - 1]!r} (allclasses_names of {splits}, 1-based)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
   the JSON's filenames are relative to (or its images/, imgs/ or Images/ subfolder).
 
 The class split of a class-folder data set comes from one of (DataOptions):
-- `split_file` = DSVA's ann_attr_finetune_*_splits.mat (formats.read_dsva_mat);
+- `split_file` = DSVA's ann_attr_finetune_*_splits.mat (formats.read_dsva_mat), its 1-based indices into
+  `image_list`'s image_files (DSVA's features .mat, res101.mat), else the file's own image_files, else
+  the image list (classes, then files, sorted by name: a note says so);
 - `split_file` = an MCFA split folder of seen_class_loc_<ratio>_<id>.txt / unseen_class_loc_<ratio>_<id>.txt
   (and test_seen_class_loc_<ratio>_<id>.txt in the GZSL folders): one 0-based image index per line into
   the image list (classes, then files, sorted by name), as masuqiang/MCFA-Pytorch data_loader.py
@@ -18,13 +20,14 @@ The class split of a class-folder data set comes from one of (DataOptions):
 `split_id` "N" picks one numbered split of a .mat or MCFA folder, "all" every one (in id order).
 
 Nothing is copied: each Split comes with a DataSource that a run records (root, layout, split source,
-split file and its sha256).
+split file and its sha256, the image order a .mat's indices follow).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from rsz_train.data import formats
 from rsz_train.data.formats import SceneData, Split
 
 MCFA_KINDS = ("seen", "unseen", "test_seen")  # file stems <kind>_class_loc_<ratio>_<id>.txt
+SORTED_IMAGE_ORDER = "sorted class folders and file names"  # a DSVA .mat's indices without image_files
 IMAGE_FOLDERS = ("", "images", "imgs", "Images")  # where a caption JSON's filenames may live under --data
 VAL_CAPTION_HOLDOUT = 0.1  # of the training images, when a caption data set has no val captions
 
@@ -47,6 +51,7 @@ class DataOptions:
     split: str | None = None  # rsz layout: a folder under DATA/splits
     split_file: str | None = None  # .mat (DSVA), MCFA split folder, or folder of seen.txt/unseen.txt
     split_id: str | None = None  # "N" or "all" (numbered splits of a .mat or MCFA folder)
+    image_list: str | None = None  # .mat with the image_files a DSVA .mat's indices follow (res101.mat)
     unseen: int | None = None  # random class split with this many unseen classes
     seed: int = 0  # of the random class split and of every holdout
     classes: str | None = None  # class file with descriptions ("name: description" per line)
@@ -66,6 +71,8 @@ class DataSource:
     split_sha256: str | None = None  # of the file (of every split file of the id, for an MCFA folder)
     split_id: str | None = None
     validation: str = "val classes carved from the seen classes"
+    image_order: str | None = None  # DSVA .mat: the image list its indices were read into
+    image_list_sha256: str | None = None  # of the --image-list file, when one gave that order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,6 +206,13 @@ def resolve_splits(
         raise RszError("--split, --split-file and --unseen: give only one of them")
     if options.split_id is not None and options.split_file is None:
         raise RszError(f"--split-id {options.split_id}: needs --split-file (a .mat or an MCFA split folder)")
+    if options.image_list is not None and (
+        options.split_file is None or Path(options.split_file).suffix.lower() != ".mat"
+    ):
+        raise RszError(
+            f"--image-list {options.image_list}: needs --split-file FILE.mat (a DSVA splits .mat, whose "
+            "indices it orders)"
+        )
     if layout == "captions" and options.split_file is None and options.unseen is None:
         split, validation = caption_split(data, options.seed)
         return [(split, DataSource(root, layout, "captions", split.name, options.captions,
@@ -231,13 +245,7 @@ def _split_file(
 ) -> list[tuple[Split, DataSource]]:
     root = str(data.root)
     if path.suffix.lower() == ".mat":
-        out = []
-        for split_id in dsva_split_ids(path, options.split_id):
-            split, att = formats.read_dsva_mat(path, data, split_id, seed=options.seed)
-            _attach_matrix(data, att, path)
-            source = DataSource(root, layout, "dsva mat", split.name, str(path), sha256_of([path]), split_id)
-            out.append((split, source))
-        return out
+        return _dsva_splits(path, data, layout, options)
     if path.is_file() and path.name in ("seen.txt", "unseen.txt"):
         path = path.parent
     if not path.is_dir():
@@ -258,6 +266,41 @@ def _split_file(
         files = [path / f"{k}.txt" for k in ("seen", "unseen", "val") if (path / f"{k}.txt").is_file()]
         return [(split, DataSource(root, layout, "class lists", split.name, str(path), sha256_of(files)))]
     raise RszError(f"{path}: no split files (seen_class_loc_*.txt, or seen.txt and unseen.txt)")
+
+
+def _dsva_splits(
+    path: Path, data: SceneData, layout: str, options: DataOptions
+) -> list[tuple[Split, DataSource]]:
+    image_list = None if options.image_list is None else formats.read_image_list(options.image_list)
+    out = []
+    for split_id in dsva_split_ids(path, options.split_id):
+        split, att = formats.read_dsva_mat(path, data, split_id, seed=options.seed, image_list=image_list)
+        _attach_matrix(data, att, path)
+        source = DataSource(
+            str(data.root), layout, "dsva mat", split.name, str(path), sha256_of([path]), split_id
+        )
+        out.append((split, source))
+    # read_dsva_mat has read the file: whosmat cannot fail on it now
+    if image_list is not None:
+        order, digest = f"image_files of {image_list.path}", sha256_of([image_list.path])
+    elif formats.has_image_files(path):
+        order, digest = f"image_files of {path}", None
+    else:
+        # The authors' splits files have no image_files: their indices follow the features .mat's list,
+        # which this order need not match; a wrong guess trains on a wrong split, so say which was used.
+        order, digest = SORTED_IMAGE_ORDER, None
+        from rsz_train.distributed import current  # (torch: only here)
+
+        if current().is_main:  # once per job, not once per rank
+            print(
+                f"note: {path} has no image_files: its indices are taken to follow the class folders and "
+                "file names in sorted order; the authors' indices follow their features .mat's "
+                "image_files: pass it with --image-list",
+                file=sys.stderr,
+            )
+    for _split, source in out:
+        source.image_order, source.image_list_sha256 = order, digest
+    return out
 
 
 def _attach_matrix(data: SceneData, att: np.ndarray, path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from rsz_infer.errors import RszError
 from rsz_train.cli import main
@@ -125,6 +125,126 @@ def test_ucm_folders_with_a_dsva_mat_train_dsva_in_one_command(shipped, tmp_path
     assert sorted(classes["unseen"]) == sorted([names[2], names[5]])
     # descriptions from --classes, not the bare class names
     assert classes["descriptions"][0] != classes["class_names"][0]
+
+
+# --- DSVA's indices follow the image_files of a features .mat (--image-list) ----------------------------
+
+
+def _authors_files(shipped, tmp_path: Path, in_file: bool) -> tuple[Path, Path, list[str]]:
+    """The authors' layout: res101.mat (features, 1-based labels into allclasses_names, image_files as
+    absolute paths in THEIR order) and a splits .mat whose 1-based *_loc index that order; with `in_file`
+    the splits .mat carries the same image_files itself. Returns (splits, features, image_files)."""
+    tmp_path.mkdir(exist_ok=True)
+    sorted_mat = _dsva_mat(tmp_path / "sorted.mat", shipped["root"], shipped["names"], shipped["matrix"])
+    data = load_scene_folders(shipped["root"] / "Images")
+    perm = np.random.default_rng(3).permutation(len(data.image_paths))  # their j-th image: our perm[j]
+    where = np.argsort(perm)  # our i-th image (sorted order): their where[i]
+    files = [f"/home/x/RSSDIVCS/{data.image_paths[i]}" for i in perm]
+    content = {k: v for k, v in loadmat(str(sorted_mat)).items() if not k.startswith("__")}
+    for key in [k for k in content if "_loc_" in k]:
+        content[key] = (where[content[key].ravel() - 1] + 1)[:, None]
+    if in_file:
+        content["image_files"] = np.array([[f] for f in files], dtype=object)
+    splits = tmp_path / ("in_file.mat" if in_file else "ann_attr_finetune_6_splits.mat")
+    savemat(str(splits), content)
+    labels = [1 + shipped["names"].index(data.class_names[data.labels[i]]) for i in perm]
+    features = tmp_path / "res101.mat"
+    savemat(
+        str(features),
+        {"features": np.zeros((4, len(files))), "labels": np.array(labels)[:, None],
+         "image_files": np.array([[f] for f in files], dtype=object)},
+    )  # fmt: skip
+    return splits, features, files
+
+
+def _splits(shipped, **options) -> list:
+    options = DataOptions(**{"split_id": "all", **options})
+    data, layout = load_dataset(shipped["root"], options)
+    return resolve_splits(shipped["root"], data, layout, options)
+
+
+def test_image_list_of_a_features_mat_orders_the_indices_as_in_file_image_files_do(shipped, tmp_path, capsys):
+    in_file, _, _ = _authors_files(shipped, tmp_path / "a", in_file=True)
+    splits, features, _ = _authors_files(shipped, tmp_path / "b", in_file=False)
+    by_file = _splits(shipped, split_file=str(in_file))
+    by_list = _splits(shipped, split_file=str(splits), image_list=str(features))
+    assert "note:" not in capsys.readouterr().err  # (the order is known)
+    unshuffled = _splits(shipped, split_file=str(tmp_path / "a" / "sorted.mat"))  # same images, sorted
+    assert len(by_list) == 2
+    for (a, source_a), (b, source_b), (c, _) in zip(by_file, by_list, unshuffled):
+        assert (a.seen, a.unseen, a.train, a.test_seen, a.test_unseen) == (
+            b.seen, b.unseen, b.train, b.test_seen, b.test_unseen
+        )  # fmt: skip
+        assert (b.train, b.test_seen, b.test_unseen) == (c.train, c.test_seen, c.test_unseen)
+        assert source_a.image_order == f"image_files of {in_file}" and source_a.image_list_sha256 is None
+        assert source_b.image_order == f"image_files of {features}"
+        assert source_b.image_list_sha256 == _sha(features)
+
+
+def test_a_dsva_mat_without_image_files_says_which_order_it_assumed(shipped, tmp_path, capsys):
+    mat = _dsva_mat(tmp_path / "plain.mat", shipped["root"], shipped["names"], shipped["matrix"])
+    sources = [source for _, source in _splits(shipped, split_file=str(mat))]
+    assert [s.image_order for s in sources] == ["sorted class folders and file names"] * 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"note: {mat} has no image_files: its indices are taken to follow the class folders and file names "
+        "in sorted order; the authors' indices follow their features .mat's image_files: pass it with "
+        "--image-list"
+    ]  # once, for both split ids
+
+
+def test_image_list_is_recorded_in_the_report(shipped, tmp_path):
+    splits, features, _ = _authors_files(shipped, tmp_path, in_file=False)
+    report = _run(
+        ["dsva", "--data", str(shipped["root"]), "--split-file", str(splits), "--split-id", "1",
+         "--image-list", str(features), "--attributes", str(shipped["attributes"]),
+         "--config", str(_tiny_config(tmp_path)),
+         "--out", str(tmp_path / "run"), "--device", "cpu"]
+    )  # fmt: skip
+    assert report["data"]["image_order"] == f"image_files of {features}"
+    assert report["data"]["image_list_sha256"] == _sha(features)
+
+
+def test_image_list_errors_are_one_line(shipped, tmp_path):
+    splits, features, files = _authors_files(shipped, tmp_path, in_file=False)
+    content = loadmat(str(features))
+    labels = content["labels"].ravel()
+    k = next(j for j in range(len(labels)) if labels[j] != labels[0])  # give entry 0 entry k's label
+    labels[0] = labels[k]
+    savemat(
+        str(tmp_path / "mislabelled.mat"), {"labels": labels[:, None], "image_files": content["image_files"]}
+    )
+    folder, their = files[0].split("/")[-2], shipped["names"][int(labels[0]) - 1].replace("_", " ").title()
+    mcfa = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1,))
+    cases = [
+        (
+            ["--split-file", str(splits), "--image-list", str(tmp_path / "mislabelled.mat")],
+            f"error: {tmp_path / 'mislabelled.mat'}: image_files entry {files[0]!r} is in class folder "
+            f"{folder!r}, but its label {int(labels[0])} is class {their!r} (allclasses_names of {splits}, "
+            "1-based)",
+        ),
+        (
+            ["--split-file", str(splits), "--image-list", str(tmp_path / "res152.mat")],
+            f"error: {tmp_path / 'res152.mat'}: file not found (--image-list: a .mat with image_files, "
+            "like DSVA's res101.mat)",
+        ),
+        (
+            ["--split-file", str(mcfa), "--image-list", str(features)],
+            f"error: --image-list {features}: needs --split-file FILE.mat (a DSVA splits .mat, whose indices "
+            "it orders)",
+        ),
+        (
+            ["--unseen", "2", "--image-list", str(features)],
+            f"error: --image-list {features}: needs --split-file FILE.mat",
+        ),
+    ]
+    for extra, message in cases:
+        args = ["dsva", "--data", str(shipped["root"]), "--out", str(tmp_path / "o"), "--device", "cpu"]
+        result = CliRunner().invoke(main, [*args, *extra])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), (message, result.output)
+        assert not (tmp_path / "o").exists()
 
 
 def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp_path):
