@@ -255,7 +255,12 @@ class MCFA(FrozenBackboneMixin, RszModel):
         phrases = None
         if source == "phrases":
             if len(task.attribute_phrases) < 2:
-                raise RszError("semantic_source='phrases': the task has fewer than 2 attribute phrases")
+                raise RszError(
+                    f"MCFA needs attribute phrases (model.semantic_source 'phrases', the default), the data "
+                    f"has {len(task.attribute_phrases)}: pass --attributes FILE ('name<TAB>group<TAB>phrase' "
+                    "per line), or set model.semantic_source: sentence in a --config YAML (the description "
+                    "embedding itself, no phrases)"
+                )
             from rsz_train.text import encode_sentences
 
             phrases = torch.from_numpy(encode_sentences(list(task.attribute_phrases)))

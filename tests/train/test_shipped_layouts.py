@@ -311,6 +311,29 @@ def test_all_splits_input_error_writes_nothing(shipped, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_mcfa_without_attribute_phrases_says_what_to_pass(shipped, tmp_path):
+    """The user trial's command without --attributes: one line saying what to do, nothing written; and the
+    alternative it names (model.semantic_source: sentence) trains."""
+    folder = _mcfa_folder(tmp_path / "gzsl_6_5split", shipped["root"])
+    data = ["mcfa", "--data", str(shipped["root"]), "--split-file", str(folder), "--device", "cpu"]
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        main,
+        [*data, "--split-id", "all", "--protocol", "paper", "--config", str(_tiny_config(tmp_path)),
+         "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: MCFA needs attribute phrases (model.semantic_source 'phrases', the default), the data has 0: "
+        "pass --attributes FILE ('name<TAB>group<TAB>phrase' per line), or set model.semantic_source: "
+        "sentence in a --config YAML (the description embedding itself, no phrases)"
+    ]
+    assert not out.exists() or not any(out.iterdir())
+    config = _tiny_config(tmp_path, "model:\n  semantic_source: sentence\n")
+    report = _run([*data, "--split-id", "1", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert "zsl" in report["test"]
+
+
 def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_captions(shipped, tmp_path):
     """RSITMD-like: a flat folder of images, a Karpathy JSON with train and test only."""
     images = tmp_path / "rsitmd" / "images"
