@@ -184,6 +184,18 @@ def read_config(run_dir: Path | str, kind: str | None = None) -> RunConfig:
     return config_from_dict(run_kind, raw, str(config_path))
 
 
+def split_runs(run_dir: Path) -> list[str]:
+    """The per-split runs (OUT/<split name>/) of a `--split-id all` run folder, in split id order."""
+    names = [
+        p.name
+        for p in run_dir.iterdir()
+        # (not --protocol paper's selection/ sub-run: train.SELECTION)
+        if p.is_dir() and p.name != "selection" and (p / CONFIG).is_file()
+    ]
+    # gzsl_6_5split_2 before gzsl_6_5split_10, as the trainer takes them
+    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+
 def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") -> tuple[RszModel, RunInfo]:
     """The best checkpoint of a run (eval mode, on `device`) and its RunInfo.
 
@@ -192,6 +204,13 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RszError(f"{run_dir}: run folder not found")
+    splits = split_runs(run_dir) if not (run_dir / CLASSES).is_file() else []
+    if splits:  # --split-id all's OUT: its report averages the splits; no model of its own
+        names = splits[0] if len(splits) == 1 else f"{splits[0]}, ..., {splits[-1]}"
+        # (load_run serves rsz-export and rsz-bench alike: both name the run with --run)
+        raise RszError(
+            f"{run_dir} holds one run per split ({names}): pass one of them, e.g. --run {run_dir / splits[0]}"
+        )
     config = read_config(run_dir, kind)
     run_kind, config_path = config.kind, run_dir / CONFIG
     record = _read_json(run_dir / CLASSES)

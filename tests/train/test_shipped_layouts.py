@@ -16,10 +16,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from scipy.io import loadmat, savemat
 
+from rsz_export.cli import main as export_main
 from rsz_infer.errors import RszError
 from rsz_train.cli import main
 from rsz_train.data.formats import load_benchmark, load_scene_folders
 from rsz_train.data.sources import DataOptions, load_dataset, resolve_splits
+from rsz_train.runs import load_run
 
 CLASSES = 8  # of the tiny benchmark's 42: 6 seen (1 carved as val) + 2 unseen
 TINY_YAML = (
@@ -278,6 +280,17 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
         assert len(classes["seen"]) == 6 and classes["val"] == []
         selection = json.loads((out / f"gzsl_6_5split_{split_id}" / "selection" / "classes.json").read_text())
         assert len(selection["val"]) == 1 and selection["val"][0] in classes["seen"]
+    # OUT itself holds no model (the user trial's rsz-export --run runs/mcfa5a): say which folders do
+    result = CliRunner().invoke(
+        export_main, ["--model", "mcfa", "--run", str(out), "--out", str(tmp_path / "bundle")]
+    )
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {out} holds one run per split (gzsl_6_5split_1, ..., gzsl_6_5split_2): pass one of them, "
+        f"e.g. --run {out / 'gzsl_6_5split_1'}"
+    ], result.output
+    assert not (tmp_path / "bundle").exists()
+    first = json.loads((out / "gzsl_6_5split_1" / "classes.json").read_text())
+    assert load_run(out / "gzsl_6_5split_1", kind="mcfa")[1].seen == first["seen"]
 
 
 def test_all_splits_killed_in_the_first_epoch_resume_from_epoch_0(shipped, tmp_path):
