@@ -218,7 +218,14 @@ def test_image_list_errors_are_one_line(shipped, tmp_path):
     )
     folder, their = files[0].split("/")[-2], shipped["names"][int(labels[0]) - 1].replace("_", " ").title()
     mcfa = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1,))
+    in_file, _, _ = _authors_files(shipped, tmp_path / "a", in_file=True)
+    savemat(str(tmp_path / "reversed.mat"), {"image_files": content["image_files"][::-1]})
     cases = [
+        (
+            ["--split-file", str(in_file), "--image-list", str(tmp_path / "reversed.mat")],
+            f"error: {in_file}: its own image_files differ from those of --image-list "
+            f"{tmp_path / 'reversed.mat'}; drop --image-list",
+        ),
         (
             ["--split-file", str(splits), "--image-list", str(tmp_path / "mislabelled.mat")],
             f"error: {tmp_path / 'mislabelled.mat'}: image_files entry {files[0]!r} is in class folder "
