@@ -682,6 +682,7 @@ def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
 def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     import rasterio
 
+    _quiet_rasterio()  # also for callers that decode without discovering (rsz-train's images)
     with rasterio.open(path) as ds:
         _refuse_above_limit(ds.width, ds.height, options)  # the file may have changed since discovery
         bands, rule = choose_bands(ds.count, options.bands, path)

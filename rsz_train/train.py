@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -262,10 +263,18 @@ class _Trainer:
         self.spec: PreprocessSpec = runs.preprocess_spec(self.model, config.train.image_size)
         self.amp = amp_dtype(config, device)
         label_of = dict(zip(self.data.image_paths, np.asarray(self.data.labels).tolist()))
+        self.unreadable: dict[str, str] = {}  # image -> why it was left out (report.json)
         self.sets = {
-            part: self._image_set(getattr(self.split, part), label_of)
+            part: self._image_set(part, label_of)
             for part in ("train", "val_seen", "val_unseen", "test_seen", "test_unseen")
         }
+        if self.unreadable and self.ctx.is_main:
+            first = next(iter(self.unreadable.values()))
+            print(
+                f"note: {len(self.unreadable)} unreadable image(s) left out of split {split.name} "
+                f'(all in report.json "unreadable_images"); the first: {first}',
+                file=sys.stderr,
+            )
         if self.entry.uses_captions:  # caption models train only on images whose captions are for training
             self.sets["train"] = self._caption_subset(self.sets["train"], "train")
         if len(self.sets["train"].paths) < 2:
@@ -295,14 +304,25 @@ class _Trainer:
             if self.data.caption_splits.get(p) == caption_split and self.data.captions.get(p)
         ]
 
-    def _image_set(self, paths: list[str], label_of: dict[str, int]) -> ImageSet:
-        labels = []
+    def _image_set(self, part: str, label_of: dict[str, int]) -> ImageSet:
+        """The split part's images; unreadable ones are left out (self.unreadable) unless that would
+        leave one of its classes with none."""
+        paths = list(getattr(self.split, part))
         for p in paths:
             if p not in label_of:
                 raise RszError(f"split {self.split_name}: image {p} is not in the benchmark")
-            labels.append(label_of[p])
-        images = td.load_images(self.data.root, list(paths), self.config.train.image_size)
-        return ImageSet(list(paths), images, np.asarray(labels, dtype=np.int64))
+        kept, images, unreadable = td.load_readable_images(
+            self.data.root, paths, self.config.train.image_size
+        )
+        self.unreadable.update(unreadable)
+        if unreadable:
+            left = {label_of[p] for p in kept}
+            for p, why in unreadable.items():
+                if label_of[p] not in left:
+                    name = self.data.class_names[label_of[p]]
+                    raise RszError(f"split {self.split_name}: no readable {part} image of {name!r} ({why})")
+        labels = np.asarray([label_of[p] for p in kept], dtype=np.int64)
+        return ImageSet(kept, images, labels)
 
     def _caption_subset(self, image_set: ImageSet, caption_split: str) -> ImageSet:
         wanted = set(self.caption_images(caption_split))
@@ -492,9 +512,12 @@ class _Trainer:
     def retrieval(self, caption_split: str) -> dict | None:
         """Retrieval on every image of the data set whose captions belong to `caption_split`."""
         paths = self.caption_images(caption_split)
+        paths, images, unreadable = td.load_readable_images(
+            self.data.root, paths, self.config.train.image_size
+        )
+        self.unreadable.update(unreadable)  # (reported with the test figures)
         if not paths:
             return None
-        images = td.load_images(self.data.root, paths, self.config.train.image_size)
         texts, text_to_image = [], []
         for i, p in enumerate(paths):
             texts += self.data.captions[p]
@@ -1043,6 +1066,7 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         **chosen,
         "seen_calibration": fit.seen_calibration,
         "test": test,
+        **({"unreadable_images": trainer.unreadable} if trainer.unreadable else {}),
         "note": TEST_NOTE,
         "seconds": round(fit.seconds + (selection or {}).get("seconds", 0.0), 1),
         "device": str(trainer.device),

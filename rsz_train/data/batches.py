@@ -1,9 +1,9 @@
 """Training data in memory: images decoded once, batches drawn by a seeded generator.
 
-The benchmarks are small (a few thousand tiles), so every image is read once with Pillow, resized by
-rsz_infer.preprocess.resize_rgb and kept as uint8; a batch is augmented (flips, 90-degree rotations: a
-remote-sensing tile has no "up") and standardised by rsz_infer.preprocess.normalize, so without
-augmentation a batch is exactly what rsz_infer.preprocess.to_model_input gives at inference.
+The benchmarks are small (a few thousand tiles), so every image is read once (as rsz-infer reads a tile
+file), resized by rsz_infer.preprocess.resize_rgb and kept as uint8; a batch is augmented (flips,
+90-degree rotations: a remote-sensing tile has no "up") and standardised by rsz_infer.preprocess.normalize,
+so without augmentation a batch is exactly what rsz_infer.preprocess.to_model_input gives at inference.
 
 Every random choice comes from a numpy Generator that the caller seeds per epoch, which makes an
 interrupted run resumed at epoch e draw the same batches as an uninterrupted one.
@@ -16,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from rsz_infer.errors import RszError
+from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
 from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
+
+# rsz-infer's defaults (no --bands: a 4-band file gives bands 1-3; 16-bit data stretched per image)
+INFER_DECODING = TileOptions()
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """One image file -> HxWx3 uint8 RGB."""
+    """One image file -> HxWx3 uint8 RGB, decoded as rsz-infer decodes a tile file: a model trains on the
+    pixels it will label (a 16-bit TIFF is stretched, not clipped at 255 as Pillow's convert would)."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as err:
+        return decode_tile(tile_from_record(str(path), None, INFER_DECODING), INFER_DECODING)[0]
+    except TileError as err:
         raise RszError(f"{path}: cannot read image ({err})") from None
 
 
@@ -38,6 +41,28 @@ def load_images(root: Path | str, paths: list[str], size: int) -> np.ndarray:
     for i, rel in enumerate(paths):
         out[i] = resize_rgb(read_rgb(root / rel), size)
     return out
+
+
+def load_readable_images(
+    root: Path | str, paths: list[str], size: int
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """load_images that leaves out what cannot be read: (kept paths, [K, size, size, 3], {path: why}).
+
+    Why: one corrupt or truncated file among thousands (real downloads have them) must not stop a
+    training run; the caller reports what was left out."""
+    root = Path(root)
+    kept: list[str] = []
+    images: list[np.ndarray] = []
+    unreadable: dict[str, str] = {}
+    for rel in paths:
+        try:
+            images.append(resize_rgb(read_rgb(root / rel), size))
+        except RszError as err:
+            unreadable[rel] = str(err)
+            continue
+        kept.append(rel)
+    out = np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
+    return kept, out, unreadable
 
 
 def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -80,6 +80,22 @@ def test_batches_use_the_inference_preprocessing(tmp_path):
         td.load_images(tmp_path, ["b.png"], 16)
 
 
+def test_training_decodes_16_bit_tiles_as_rsz_infer_does(tmp_path):
+    """A 16-bit TIFF tile (grey, values to 4000) is stretched as rsz-infer stretches it, not clipped to
+    255 by Pillow's convert: a model trains on the pixels it will label."""
+    from rsz_infer.images import TileOptions, decode_tile, discover_tiles
+
+    grey = np.random.default_rng(1).integers(0, 4000, size=(40, 40), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "sixteen.tif")
+    options = TileOptions()
+    [tile] = discover_tiles([tmp_path], options)
+    labeled, rule = decode_tile(tile, options)
+    assert "stretch" in rule
+    trained = td.load_images(tmp_path, ["sixteen.tif"], 40)[0]
+    np.testing.assert_array_equal(trained, labeled)
+    assert len(np.unique(trained)) > 100  # (clipping at 255 leaves almost every pixel at 255)
+
+
 def test_samplers_are_seeded_and_balanced():
     labels = np.repeat(np.arange(4), 10)
     a = td.class_balanced_batches(labels, 2, 3, np.random.default_rng(5))
