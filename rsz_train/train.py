@@ -762,7 +762,11 @@ def _train(
         "kind": kind,
         "protocol": protocol,
         "splits": [s.name for s, _ in splits],
-        "data": splits[0][1].to_dict(),
+        # what the splits share; each split's own id and sha256 in split_files (and in its report.json)
+        "data": {**splits[0][1].to_dict(), "split_name": None, "split_id": "all", "split_sha256": None},
+        "split_files": [
+            {"split": s.name, "split_id": src.split_id, "split_sha256": src.split_sha256} for s, src in splits
+        ],
         "test": summarise([r["test"] for r in reports]),
         "note": SUMMARY_NOTE + "; each split's " + TEST_NOTE,
         "seconds": round(time.time() - started, 1),

@@ -265,6 +265,8 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
          "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--device", "cpu"]
     )  # fmt: skip
     assert report["splits"] == ["gzsl_6_5split_1", "gzsl_6_5split_2"]
+    assert (report["data"]["split_id"], report["data"]["split_sha256"]) == ("all", None)
+    assert [f["split_id"] for f in report["split_files"]] == ["1", "2"]
     zsl = report["test"]["zsl"]
     assert zsl["mean"] == pytest.approx(np.mean(zsl["values"])) and zsl["std"] == pytest.approx(
         np.std(zsl["values"])
@@ -282,6 +284,7 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
             ).hexdigest()
         )
         assert zsl["values"][split_id - 1] == sub["test"]["zsl"]
+        assert report["split_files"][split_id - 1]["split_sha256"] == sub["data"]["split_sha256"]
         # the refit trained on every seen class (the val class included) and GZSL covers all of them
         classes = json.loads((out / f"gzsl_6_5split_{split_id}" / "classes.json").read_text())
         assert len(classes["seen"]) == 6 and classes["val"] == []
