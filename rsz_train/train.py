@@ -946,6 +946,14 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     main = distributed.current().is_main
     trainer = _Trainer(kind, job.data, job.split, job.source, out_dir, config, dev)
     model, cfg = trainer.model, config.train
+    one_val_class = len(job.split.val) == 1 and not trainer.entry.uses_captions
+    if main and select and one_val_class and not cfg.select_last_epoch:
+        print(
+            f"note: split {job.split.name} has 1 val class: ZSL over one class is 1.0 at every epoch, so "
+            "validation cannot choose one (the first is kept); more seen classes give more val classes, "
+            "or set train.select_last_epoch: true",
+            file=sys.stderr,
+        )
     groups = optimizer_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_factor)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, amsgrad=cfg.amsgrad)
     steps = trainer.steps_per_epoch()

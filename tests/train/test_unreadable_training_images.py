@@ -1,5 +1,6 @@
 """A corrupt or truncated file in a class-folder data set is left out of training and reported; it does
-not stop the run, unless a class would be left with no readable image."""
+not stop the run, unless a class would be left with no readable image. And a split with one val class says
+that validation cannot choose an epoch."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_unreadable_images_are_left_out_and_reported(tiny_benchmark, tmp_path):
     result = _train(tiny_benchmark, tmp_path)
     assert result.exit_code == 0, result.output
     assert "note: 2 unreadable image(s) left out" in result.output
+    assert "has 1 val class: ZSL over one class is 1.0 at every epoch" in result.output  # (6 seen classes)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     left_out = {str(Path(p)) for p in report["unreadable_images"]}
     assert left_out == {f"{names[0]}/{seen_image.name}", f"{names[7]}/{unseen_image.name}"}
