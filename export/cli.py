@@ -92,7 +92,7 @@ def _report(bundle: Path) -> None:
         f"({manifest.extra.get('default_precision')}); {note}"
     )
     if manifest.gsd is None:
-        click.echo("  gsd: unknown, so rsz-infer --gsd auto will not resample (rsz-train --gsd METRES)")
+        click.echo("  gsd: unknown, so rsz-infer --gsd auto will not resample (rsz-export --gsd METRES)")
     else:
         where = manifest.extra.get("gsd_source", "the caller")
         click.echo(f"  gsd: {manifest.gsd:g} m per pixel, from {where}")

@@ -637,8 +637,15 @@ def decode_tile(tile: Tile, options: TileOptions, jpeg_draft: int = 0) -> tuple[
     except FileNotFoundError:
         raise TileError("file disappeared during the run") from None
     except Exception as err:  # Pillow and GDAL raise many types for corrupt or truncated files
-        raise TileError(f"cannot decode image ({first_line(err)})") from None
+        raise TileError(f"cannot decode image ({first_line(_decode_cause(err))})") from None
     return check_size(rgb, options), rule
+
+
+def _decode_cause(err: BaseException) -> BaseException:
+    """rasterio's "Read failed. See previous exception for details." points at the GDAL error it chained:
+    that one says what is wrong with the file."""
+    cause = err.__cause__ or err.__context__
+    return cause if cause is not None and "previous exception" in str(err) else err
 
 
 def check_size(rgb: np.ndarray, options: TileOptions) -> np.ndarray:

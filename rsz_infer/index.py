@@ -332,7 +332,10 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     def wanted(tile: Tile) -> bool:
         return in_shard(tile.id, cfg.shard) and tile.id not in known
 
-    total = list_tiles(cfg.inputs, tile_options, keep=wanted).count
+    listing = list_tiles(cfg.inputs, tile_options, keep=wanted)
+    if not listing.found:  # as rsz-infer label: an empty input is a usage error, not an empty index
+        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
+    total = listing.count
     todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
     with_scales = "rerank" in manifest.graphs
     rows, embeddings, scales, skipped = [], [], [], []

@@ -115,16 +115,18 @@ def import_open_clip():  # the open_clip module
 # ---------------------------------------------------------------- reading checkpoints
 
 
-# torch.load's refusal messages wrap the reason in advice ("Weights only load failed. In PyTorch 2.6, ...",
-# "Please file an issue ...", "Check the documentation ..."): these lines are the advice, not the reason.
+# torch.load's refusal messages wrap the reason in advice ("Weights only load failed. ...", "(1) In PyTorch
+# 2.6, ...", "(2) Alternatively, ...", "Please file an issue ...", "Check the documentation ..."): these lines
+# are the advice, not the reason; the reason is the "WeightsUnpickler error: ..." line, or the first other.
 _TORCH_ADVICE = (
-    "Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler",
+    "Weights only load failed", "Please file an issue", "Check the documentation", "(1) ", "(2) ",
 )  # fmt: skip
 
 
 def _reason(err: BaseException, limit: int = 160) -> str:
     """The useful first line of a loader's error: torch's advice skipped, one sentence, at most `limit`."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [line.strip().removeprefix("WeightsUnpickler error: ") for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
     useful = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
     text = (useful or lines or [type(err).__name__])[0]
     text = re.split(r"(?<=[a-z)])\. (?=[A-Z])", text, maxsplit=1)[0]  # "... directory. This is an internal"
@@ -441,7 +443,7 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
     except RuntimeError as err:
         first = [line.strip() for line in str(err).splitlines() if line.strip()][1:2]
         raise RszError(
-            f"{path}: does not fit open_clip {arch} ({first[0][:160] if first else 'mismatched tensors'})"
+            f"{path}: does not fit open_clip {arch} ({first[0] if first else 'mismatched tensors'})"
         ) from None
     source = ClipSource(str(path), "open_clip", arch, inferred, same)
     return ClipModel(net, source, _open_clip_preprocess(open_clip, net), int(net.context_length))

@@ -257,3 +257,13 @@ def test_plain_pickle_is_one_line_without_torch_warning_and_never_run(tmp_path):
     assert "not a PyTorch checkpoint of plain tensors: torch.load(weights_only=True) refused it (" in lines[0]
     assert "In PyTorch 2.6" not in lines[0] and "Unsupported operand" in lines[0]
     assert not marker.exists() and not out.exists()
+
+
+def test_a_whole_model_saved_with_torch_save_names_its_class_not_torchs_advice(tmp_path):
+    """torch.save(model) instead of its state_dict(): torch's refusal is a page of advice ("(1) In PyTorch
+    2.6 ... Re-running torch.load with weights_only set to False"); the one line names what it met."""
+    path = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    result, out = _export(path, tmp_path)
+    line = _one_line_error(result, out, "Unsupported global: GLOBAL torch.nn.modules.linear.Linear")
+    assert "PyTorch 2.6" not in line and "weights_only set to" not in line

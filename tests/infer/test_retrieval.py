@@ -97,6 +97,30 @@ def test_nearest_is_exact():
     assert list(idx) == list(np.argsort(-(emb @ query))[:5]) and np.allclose(scores, (emb @ query)[idx])
 
 
+def test_index_of_an_empty_folder_is_a_usage_error_not_an_empty_index(bundles, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    idx = tmp_path / "idx"
+    code, _, err = run_cli(["index", tmp_path / "empty", "--model", bundles["msa"], "--out", idx], capsys)
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'empty'}: no JPEG, PNG or TIFF files found"
+    assert not (idx / "index.json").exists()
+
+
+def test_a_truncated_png_larger_than_a_tile_says_what_gdal_said(tmp_path):
+    """Its windows are read by GDAL; rasterio's own "Read failed. See previous exception" names nothing."""
+    from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles
+
+    save(tmp_path / "big.png", solid("red", 96))
+    (tmp_path / "big.png").write_bytes((tmp_path / "big.png").read_bytes()[:300])
+    options = TileOptions(tile_size=32)
+    reasons = set()
+    for tile in discover_tiles([tmp_path], options):
+        with pytest.raises(TileError) as info:
+            decode_tile(tile, options)
+        reasons.add(str(info.value))
+    assert reasons and not any("previous exception" in r for r in reasons), reasons
+    assert all(r.startswith("cannot decode image (big.png") for r in reasons), reasons
+
+
 def test_index_refuses_another_model(bundles, tmp_path):
     save(tmp_path / "t" / "red.png", solid("red", 16))
     build_index(IndexConfig([str(tmp_path / "t")], bundles["msa"], tmp_path / "idx", progress=False))
