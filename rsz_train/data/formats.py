@@ -673,8 +673,18 @@ def read_dsva_mat(
 
     def indices(key: str) -> list[int]:
         values = np.asarray(locs[key]).ravel()
-        if values.size and (not np.all(np.mod(values, 1) == 0) or values.min() < 1 or values.max() > n):
-            raise RszError(f"{path}: {key + suffix} must hold 1-based image indices in 1..{n}")
+        bad = np.flatnonzero((np.mod(values, 1) != 0) | (values < 1) | (values > n))
+        if bad.size:
+            at = int(bad[0])
+            hint = (
+                " (0 is not an index: these may be 0-based, as MCFA's split files are)"
+                if values[at] == 0
+                else ""
+            )
+            raise RszError(
+                f"{path}: {key + suffix} must hold 1-based image indices in 1..{n}, "
+                f"its entry {at + 1} is {values[at]:g}{hint}"
+            )
         return [int(v) - 1 for v in values]
 
     def classes_of(idx: list[int]) -> list[str]:

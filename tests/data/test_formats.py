@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from rsz_infer.errors import RszError
 from rsz_train.data.formats import (
@@ -268,6 +268,33 @@ def test_dsva_mat_errors(tmp_path):
     (tmp_path / "c.mat").write_text("not a mat file")
     with pytest.raises(RszError, match=r"c.mat: cannot read as a MATLAB .mat file"):
         read_dsva_mat(tmp_path / "c.mat", data)
+    # an index past the image list, a fraction, a 0 (0-based lists): the entry and its value are named
+    n = len(data.image_paths)
+
+    def past_the_end(v):
+        return np.vstack([v, [[n + 1]]])
+
+    def fraction(v):
+        return np.vstack([[[1.5]], v])
+
+    def zero(v):
+        return np.vstack([[[0]], v])
+
+    for name, edit, where in [
+        ("d.mat", past_the_end, None),  # (its entry is the last: set below)
+        ("e.mat", fraction, "its entry 1 is 1.5$"),
+        ("f.mat", zero, r"its entry 1 is 0 \(0 is not an index: these may be 0-based"),
+    ]:
+        path = _dsva_mat(tmp_path / name, data, suffixes=("",))
+        content = {k: v for k, v in loadmat(str(path)).items() if not k.startswith("__")}
+        content["test_unseen_loc"] = edit(content["test_unseen_loc"].astype(float))
+        savemat(str(path), content)
+        if name == "d.mat":
+            where = f"its entry {len(content['test_unseen_loc'])} is {n + 1}$"
+        with pytest.raises(
+            RszError, match=rf"{name}: test_unseen_loc must hold 1-based image indices in 1\.\.{n}, {where}"
+        ):
+            read_dsva_mat(path, data)
 
 
 def test_karpathy_captions_with_any_number_of_sentences(tmp_path):
