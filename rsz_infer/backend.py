@@ -251,9 +251,11 @@ def check_ort_gpu(device: str) -> None:
     if device == "cuda" and not ort_gpu_providers():
         import onnxruntime as ort
 
+        # with no GPU at all, installing the GPU build would only change the error
+        what = GPU_EXTRA_HINT if gpu_present() else "and no NVIDIA GPU is visible here: use cpu (or auto)"
         raise RszError(
             f"--device cuda: this onnxruntime {ort.__version__} has no GPU provider (only "
-            f"{', '.join(ort.get_available_providers())}); {GPU_EXTRA_HINT}"
+            f"{', '.join(ort.get_available_providers())}); {what}"
         )
 
 

@@ -111,10 +111,18 @@ def test_precision_auto_takes_the_measured_fastest_on_cpu(int8_bundle: Path) -> 
     assert runner.precision == "int8"
 
 
-def test_cuda_without_gpu_provider_names_what_to_install(int8_bundle: Path) -> None:
+def test_cuda_without_gpu_provider_names_what_to_install(int8_bundle: Path, monkeypatch) -> None:
+    from rsz_infer import backend
+
     manifest = load_manifest(int8_bundle)
+    if not backend.gpu_present():  # this machine: no GPU, so the GPU build would not help
+        with pytest.raises(RszError, match=r"no GPU provider.*; and no NVIDIA GPU is visible here: use cpu"):
+            open_runner(int8_bundle, manifest, "image", "ort", "cuda")
+    # a GPU machine (its device nodes are hardware this test cannot add) with the CPU-only onnxruntime
+    monkeypatch.setattr(backend, "gpu_present", lambda: True)
     with pytest.raises(RszError, match=r"no GPU provider.*pip install 'rsz\[gpu\]' \(onnxruntime-gpu"):
         open_runner(int8_bundle, manifest, "image", "ort", "cuda")
+    monkeypatch.undo()
     notes: list[str] = []
     open_runner(int8_bundle, manifest, "image", "auto", "auto", notes)
     assert any(n.startswith("auto: device cpu") and "CPUExecutionProvider" in n for n in notes), notes
