@@ -35,12 +35,12 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def load_images(root: Path | str, paths: list[str], size: int) -> np.ndarray:
-    """Images at `root/paths[i]`, resized to size x size -> [N, size, size, 3] uint8."""
-    root = Path(root)
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(paths):
-        out[i] = resize_rgb(read_rgb(root / rel), size)
-    return out
+    """Images at `root/paths[i]`, resized to size x size -> [N, size, size, 3] uint8; an image that cannot
+    be read is an RszError naming it."""
+    _, images, unreadable = load_readable_images(root, paths, size)
+    if unreadable:
+        raise RszError(next(iter(unreadable.values())))
+    return images
 
 
 def load_readable_images(
@@ -51,18 +51,17 @@ def load_readable_images(
     Why: one corrupt or truncated file among thousands (real downloads have them) must not stop a
     training run; the caller reports what was left out."""
     root = Path(root)
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)  # filled in place: no second copy
     kept: list[str] = []
-    images: list[np.ndarray] = []
     unreadable: dict[str, str] = {}
     for rel in paths:
         try:
-            images.append(resize_rgb(read_rgb(root / rel), size))
+            out[len(kept)] = resize_rgb(read_rgb(root / rel), size)
         except RszError as err:
             unreadable[rel] = str(err)
             continue
         kept.append(rel)
-    out = np.stack(images) if images else np.empty((0, size, size, 3), dtype=np.uint8)
-    return kept, out, unreadable
+    return kept, out[: len(kept)], unreadable
 
 
 def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
