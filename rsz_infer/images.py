@@ -186,6 +186,11 @@ def discover_tiles(
         notes.append(f"--gsd {options.gsd:g}: ignored for {len(no_gsd)} images without a CRS (e.g. {first})")
 
 
+def no_tiles_found(inputs: Iterable[str | Path]) -> RszError:
+    """The usage error of an input with no tile at all (rsz-infer label and index alike)."""
+    return RszError(f"{', '.join(map(str, inputs))}: no JPEG, PNG or TIFF files found")
+
+
 @dataclass
 class TileListing:
     """One pass over discover_tiles, holding no tile: a scene of any declared size costs nothing."""

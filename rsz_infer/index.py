@@ -48,6 +48,7 @@ from rsz_infer.images import (
     decode_tile,
     discover_tiles,
     list_tiles,
+    no_tiles_found,
     tile_from_record,
 )
 from rsz_infer.locking import OutputLock
@@ -334,7 +335,7 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
 
     listing = list_tiles(cfg.inputs, tile_options, keep=wanted)
     if not listing.found:  # as rsz-infer label: an empty input is a usage error, not an empty index
-        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
+        raise no_tiles_found(cfg.inputs)
     total = listing.count
     todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
     with_scales = "rerank" in manifest.graphs

@@ -23,7 +23,15 @@ from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bund
 from rsz_infer.classfile import ClassEntry, class_file_hash
 from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
-from rsz_infer.images import Tile, TileListing, TileOptions, discover_tiles, is_gdal_path, list_tiles
+from rsz_infer.images import (
+    Tile,
+    TileListing,
+    TileOptions,
+    discover_tiles,
+    is_gdal_path,
+    list_tiles,
+    no_tiles_found,
+)
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import (
     RunLog,
@@ -222,7 +230,7 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
     # (a scene of any declared size costs one window at a time). An empty shard writes an empty output.
     listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
     if not listing.found:
-        raise RszError(f"{', '.join(map(str, cfg.inputs))}: no JPEG, PNG or TIFF files found")
+        raise no_tiles_found(cfg.inputs)
     if check_outputs:
         _check_outputs(cfg, listing)
     return LabelPlan(cfg, manifest, entries, notes, listing)

@@ -103,11 +103,13 @@ def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monk
     with open(tampered / "text.onnx", "ab") as f:
         f.write(b"\0")
     model = ["--model", bundles["msa"]]
+    (tmp_path / "no_tiles").mkdir()
     cases = {
         "no classes found": [tile, "--classes", empty, *model],
         "duplicate class 'Red'": [tile, "--classes", dup, *model],
         "sha256 does not match": [tile, "--classes", class_file, "--model", tampered],
         "no such file or folder": [tmp_path / "missing", "--classes", class_file, *model],
+        "no JPEG, PNG or TIFF files found": [tmp_path / "no_tiles", "--classes", class_file, *model],
         "unknown format '.xlsx'": [tile, "--classes", class_file, *model, "--out", tmp_path / "x.xlsx"],
         "--bands 0: give 3": [tile, "--classes", class_file, *model, "--bands", "0"],
         "README demo writes it": [tile, "--classes", class_file],
