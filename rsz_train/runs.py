@@ -34,6 +34,7 @@ CLASSES = "classes.json"
 METRICS = "metrics.jsonl"
 REPORT = "report.json"
 LAST = "last.pt"
+SELECTION = "selection"  # --protocol paper's sub-run folder (it chooses epochs and lambda on validation)
 
 
 @dataclass
@@ -187,10 +188,7 @@ def read_config(run_dir: Path | str, kind: str | None = None) -> RunConfig:
 def split_runs(run_dir: Path) -> list[str]:
     """The per-split runs (OUT/<split name>/) of a `--split-id all` run folder, in split id order."""
     names = [
-        p.name
-        for p in run_dir.iterdir()
-        # (not --protocol paper's selection/ sub-run: train.SELECTION)
-        if p.is_dir() and p.name != "selection" and (p / CONFIG).is_file()
+        p.name for p in run_dir.iterdir() if p.is_dir() and p.name != SELECTION and (p / CONFIG).is_file()
     ]
     # gzsl_6_5split_2 before gzsl_6_5split_10, as the trainer takes them
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])

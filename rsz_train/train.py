@@ -623,7 +623,7 @@ def optimizer_groups(
 
 
 PROTOCOLS = ("rsz", "paper")
-SELECTION = "selection"  # --protocol paper: the sub-run that chooses epochs and lambda on validation
+SELECTION = runs.SELECTION
 SUMMARY_NOTE = "mean and standard deviation over the splits (population std, ddof=0)"
 
 
