@@ -126,3 +126,26 @@ def test_bad_dual_encoder_run_is_a_one_line_error(
     (leaky / "classes.json").write_text(json.dumps(record), encoding="utf-8")
     message = error({"semantics": "images", "dual_encoder_run": str(leaky)}, "leaky")
     assert "val or unseen class" in message and record["unseen"][0] in message
+
+
+def test_an_unreadable_training_image_leaves_the_images_route_running(
+    tiny_benchmark: Path, default_split: str, msa_run: Path, tmp_path: Path
+) -> None:
+    from rsz_train.data.formats import load_benchmark, load_split
+
+    bench = tmp_path / "bench"
+    shutil.copytree(tiny_benchmark, bench)
+    data, split = load_benchmark(bench), load_split(bench, default_split)
+    train_class = sorted(set(split.seen) - set(split.val))[0]
+    label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
+    corrupt = next(p for p in split.train if data.class_names[label_of[p]] == train_class)
+    (data.root / corrupt).write_bytes(b"")  # a 0-byte download among the dual encoder's images
+
+    settings = {"semantics": "images", "dual_encoder_run": str(msa_run)}
+    code, output = _train_dsva(bench, default_split, tmp_path / "dsva", settings)
+    assert code == 0, output
+    assert "note: 1 unreadable image(s) left out" in output
+    record = json.loads((tmp_path / "dsva" / "classes.json").read_text(encoding="utf-8"))
+    assert record["attribute_routes"][train_class] == "images"  # its other images still make its row
+    report = json.loads((tmp_path / "dsva" / "report.json").read_text(encoding="utf-8"))
+    assert [str(Path(p)) for p in report["unreadable_images"]] == [str(Path(corrupt))]
