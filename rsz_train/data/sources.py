@@ -361,10 +361,6 @@ def mcfa_split_files(folder: Path, split_id: str | None) -> list[tuple[str, dict
             f"{folder}: no MCFA split files{seen}; expected seen_class_loc_<ratio>_<id>.txt and "
             "unseen_class_loc_<ratio>_<id>.txt (test_seen_class_loc_<ratio>_<id>.txt optional)"
         )
-    for sid, files in by_id.items():
-        for kind in ("seen", "unseen"):
-            if kind not in files:
-                raise RszError(f"{folder}: split id {sid!r} has no {kind}_class_loc_*_{sid}.txt")
     ids = sorted(by_id, key=_id_key)
     if split_id is None:
         if len(ids) > 1:
@@ -378,6 +374,11 @@ def mcfa_split_files(folder: Path, split_id: str | None) -> list[tuple[str, dict
         chosen = [split_id]
     else:
         raise RszError(f"{folder}: no split id {split_id!r} (ids: {', '.join(ids)})")
+    # Only the chosen ids must be whole: a file missing from another split does not stop this one.
+    for sid in chosen:
+        for kind in ("seen", "unseen"):
+            if kind not in by_id[sid]:
+                raise RszError(f"{folder}: split id {sid!r} has no {kind}_class_loc_*_{sid}.txt")
     return [(sid, by_id[sid]) for sid in chosen]
 
 

@@ -482,7 +482,10 @@ def test_malformed_split_files_from_the_cli(shipped, tmp_path):
     (tmp_path / "lists" / "seen.txt").write_text("no_such_class\n")
     (tmp_path / "lists" / "unseen.txt").write_text(shipped["names"][0] + "\n")
     cases = [
-        (["--split-file", str(folder)], rf"{folder}: split id '2' has no unseen_class_loc_\*_2.txt"),
+        (
+            ["--split-file", str(folder), "--split-id", "all"],
+            rf"{folder}: split id '2' has no unseen_class_loc_\*_2.txt",
+        ),
         (["--split-file", str(good), "--split-id", "9"], rf"{good}: no split id '9' \(ids: 1, 2\)"),
         (["--split-file", str(good)], rf"{good}: 2 splits \(1, 2\); choose one with --split-id N or all"),
         (["--split-file", str(mat)], r"bad.mat: missing key 'test_unseen_loc'"),
@@ -498,3 +501,8 @@ def test_malformed_split_files_from_the_cli(shipped, tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
         assert re.search(message, lines[0]), (message, lines[0])
+    # Split 1 is whole: the file missing from split 2 does not stop it.
+    options = DataOptions(split_file=str(folder), split_id="1")
+    data, layout = load_dataset(shipped["root"], options)
+    [(split, source)] = resolve_splits(shipped["root"], data, layout, options)
+    assert source.split_id == "1" and split.test_unseen
