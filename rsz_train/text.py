@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import re
 from pathlib import Path
@@ -177,9 +178,53 @@ def _glove() -> tuple[dict[str, int], np.ndarray]:
 
 
 def class_name_words(name: str) -> list[str]:
-    """ "storage_tanks" -> [storage, tanks]; "DenseResidential" (AID style) -> [dense, residential]."""
+    """ "storage_tanks" -> [storage, tanks]; "DenseResidential" (AID style) -> [dense, residential];
+    "denseresidential" (UCM's and RSICD's folder names) -> [dense, residential] (split_run_together)."""
     spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)
-    return [word.lower() for word in re.split(r"[\s_\-]+", spaced) if word]
+    words = [word.lower() for word in re.split(r"[\s_\-]+", spaced) if word]
+    return [part for word in words for part in split_run_together(word)]
+
+
+def class_name_text(name: str) -> str:
+    """A class name as the words of a sentence: the description of a class that has none of its own."""
+    return " ".join(class_name_words(name)) or name
+
+
+# Only common words of 3 letters or more may be the parts of a split: GloVe's rare tail ("barel", rank
+# 282,522) would turn "bareland" into "barel and", its short tokens "blorpt" into "bl or pt".
+_SPLIT_VOCABULARY = 30_000
+_SPLIT_SHORTEST = 3
+
+
+def split_run_together(word: str) -> list[str]:
+    """A lower-case word GloVe does not know, as the common GloVe words it runs together, or [word].
+
+    The split of least Zipf cost (a word of frequency rank r costs log(r + 1) + log(log(V)), GloVe's
+    rows being in frequency order; the second term is a cost per word, so fewer, longer words win), the
+    rule of word segmenters such as wordninja. Why: UCM, RSICD and RSSDIVCS name folders
+    "mobilehomepark", and MiniLM and GloVe read such a token as word pieces or not at all."""
+    index = _glove()[0]
+    if word in index or not word.isalpha():
+        return [word]
+    per_word = math.log(math.log(len(index)))
+    # best[j]: (cost, start) of the cheapest split of word[:j]
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, -1)] * len(word)
+    for end in range(_SPLIT_SHORTEST, len(word) + 1):
+        for start in range(max(0, end - 24), end - _SPLIT_SHORTEST + 1):  # parts of 3 to 24 letters
+            rank = index.get(word[start:end])
+            if rank is None or rank >= _SPLIT_VOCABULARY or best[start][1] < 0:
+                continue
+            cost = best[start][0] + math.log(rank + 1) + per_word
+            if cost < best[end][0]:
+                best[end] = (cost, start)
+    if best[-1][1] < 0:
+        return [word]
+    parts, end = [], len(word)
+    while end > 0:
+        start = best[end][1]
+        parts.append(word[start:end])
+        end = start
+    return parts[::-1]
 
 
 def glove_class_vectors(names: list[str]) -> tuple[np.ndarray, dict[str, list[str]]]:

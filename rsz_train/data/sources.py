@@ -143,6 +143,12 @@ def load_dataset(data_dir: Path | str, options: DataOptions) -> tuple[SceneData,
         data, layout = formats.load_benchmark(data_dir), "rsz"
     else:
         data, layout = formats.load_scene_folders(class_folder_root(data_dir)), "class_folders"
+    if layout != "rsz":
+        from rsz_train.text import class_name_text
+
+        # A folder name is its class's only text until --classes gives one: as words ("mobilehomepark",
+        # "MobileHomePark", "mobile_home_park" -> "mobile home park") for the sentence encoder.
+        data.descriptions = {c: class_name_text(c) for c in data.class_names}
     if options.classes:
         _apply_classes_file(data, Path(options.classes))
     if options.attributes:
@@ -179,7 +185,7 @@ def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
     return SceneData(
         root=root,
         class_names=class_names,
-        descriptions={c: c.replace("_", " ") for c in class_names},
+        descriptions={c: c for c in class_names},  # as words in load_dataset
         image_paths=filenames,
         labels=np.array([index[_caption_class(f)] for f in filenames], dtype=np.int64),
         attribute_names=[],

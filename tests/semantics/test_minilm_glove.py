@@ -8,6 +8,7 @@ from rsz_infer.errors import RszError
 from rsz_train.text import (
     SentenceEncoder,
     class_attribute_vectors,
+    class_name_text,
     class_name_words,
     encode_sentences,
     glove_class_vectors,
@@ -81,6 +82,32 @@ def test_glove_class_vector_is_mean_of_word_vectors() -> None:
     assert class_name_words("DenseResidential") == ["dense", "residential"]
     forest, airport, woods = glove_class_vectors(["forest", "airport", "woods"])[0]
     assert forest @ woods > forest @ airport
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("mobilehomepark", "mobile home park"),  # UCM's folder names
+        ("storagetanks", "storage tanks"),
+        ("baseballdiamond", "baseball diamond"),
+        ("bareland", "bare land"),  # RSICD's; not "barel and" (a rare GloVe word)
+        ("thermalpowerstation", "thermal power station"),
+        ("MobileHomePark", "mobile home park"),  # AID's
+        ("dense_residential", "dense residential"),  # NWPU-RESISC45's
+        ("chaparral", "chaparral"),  # a GloVe word stays whole
+        ("qzxvwblorpt", "qzxvwblorpt"),  # no split into common words: as it is
+        ("class01", "class01"),
+    ],
+)
+def test_run_together_class_names_become_words(name: str, words: str) -> None:
+    assert class_name_text(name) == words
+
+
+def test_glove_knows_ucm_class_names() -> None:
+    """UCM's run-together folder names get GloVe vectors of their words (they had none)."""
+    vectors, missing = glove_class_vectors(["tenniscourt", "tennis court"])
+    assert missing == {}
+    np.testing.assert_allclose(vectors[0], vectors[1])
 
 
 def test_glove_reports_missing_words() -> None:

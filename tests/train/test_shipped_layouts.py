@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -397,6 +398,24 @@ def test_class_lists_and_random_splits(shipped, tmp_path):
     assert first == again and len(first.unseen) == 3 and source.split_source == "random"
     [(other, _)] = resolve_splits(shipped["root"], data, layout, DataOptions(unseen=3, seed=5))
     assert other.unseen != first.unseen
+
+
+def test_folder_names_become_the_descriptions_as_words(shipped, tmp_path):
+    """UCM's "mobilehomepark", AID's "StorageTanks": without --classes a class's text is its folder
+    name as words (MiniLM reads "mobilehomepark" as word pieces); a class file's descriptions win."""
+    images = sorted((shipped["root"] / "Images").glob("*/*"))
+    for folder, image in zip(["mobilehomepark", "StorageTanks", "golf_course"], images):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        shutil.copy(image, tmp_path / "data" / folder / image.name)
+    data, _ = load_dataset(tmp_path / "data", DataOptions())
+    assert data.descriptions == {
+        "StorageTanks": "storage tanks",
+        "golf_course": "golf course",
+        "mobilehomepark": "mobile home park",
+    }
+    (tmp_path / "classes.txt").write_text("mobile home park: rows of trailers\n")
+    data, _ = load_dataset(tmp_path / "data", DataOptions(classes=str(tmp_path / "classes.txt")))
+    assert data.descriptions["mobilehomepark"] == "rows of trailers"
 
 
 def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split, tmp_path):
