@@ -55,6 +55,7 @@ class ExportSource:
     preprocess: PreprocessSpec
     seen_classes: list[str]
     seen_calibration: float
+    seen_descriptions: dict[str, str] = field(default_factory=dict)  # the text each was trained with
     attribute_names: list[str] = field(default_factory=list)
     attribute_phrases: list[str] = field(default_factory=list)
     text_prompt: str = "{description}"
@@ -219,6 +220,9 @@ def source_from_run(
         preprocess=info.preprocess,
         seen_classes=list(info.seen),
         seen_calibration=float(info.seen_calibration),
+        seen_descriptions={
+            name: info.semantics.descriptions[info.class_names.index(name)] for name in info.seen
+        },
         attribute_names=list(info.task.attribute_names),
         attribute_phrases=list(info.task.attribute_phrases),
         text_prompt=getattr(model_config, "text_prompt", "{description}"),
@@ -743,6 +747,7 @@ def _write_manifest(
         embedding_dim=int(image_outputs["embedding"].shape[-1]),
         seen_classes=list(source.seen_classes),
         seen_calibration=float(source.seen_calibration),
+        seen_descriptions=dict(source.seen_descriptions),
         tokenizer="tokenizer.json" if has_text else "",
         max_text_length=source.max_text_length,
         text_prompt=source.text_prompt,

@@ -33,7 +33,7 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import Manifest
 from rsz_infer.class_embeddings import class_embeddings
-from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file
+from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file, with_training_descriptions
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
     STRETCH_PERCENTILES,
@@ -126,8 +126,10 @@ class Scorer:
         def runner_for(role: str):  # a Runner
             return open_runner(bundle, manifest, role, backend, device)
 
+        entries, trained_note = with_training_descriptions(entries, manifest.seen_descriptions)
         class_emb = class_embeddings(bundle, manifest, entries, runner_for)
         labeling, note = choose_rule(manifest, entries)
+        notes = [n for n in (trained_note, note) if n]
         seen = {n.casefold() for n in manifest.seen_classes}
         if seen_calibration is None:
             # The run's lambda corrects its classifier's bias to classes it learned from images; a classifier
@@ -144,7 +146,7 @@ class Scorer:
             min_score=min_score,
             classifier=open_classifier(bundle, manifest, entries, labeling, runner_for),
             labeling=labeling,
-            notes=[note] if note else [],
+            notes=notes,
         )
 
     def logits(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,9 @@ class Manifest:
     embedding_dim: int
     seen_classes: list[str]  # classes the model was trained on (GZSL calibration applies to them)
     seen_calibration: float  # default lambda for calibrated stacking, chosen on the validation split
+    # seen class -> the description it was trained with: a class-file line naming a seen class without a
+    # description takes it (rsz_infer.classfile.with_training_descriptions)
+    seen_descriptions: dict[str, str] = field(default_factory=dict)
     tokenizer: str = "tokenizer.json"
     max_text_length: int = 64
     text_prompt: str = "{description}"  # format string with {name} and {description}
@@ -269,6 +272,11 @@ def manifest_problem(m: Manifest) -> str | None:
         (type(m.embedding_dim) is int and m.embedding_dim >= 1, "embedding_dim must be a positive integer"),
         (_is_str_list(m.seen_classes), "seen_classes must be a list of names"),
         (_is_number(m.seen_calibration), "seen_calibration must be a number"),
+        (
+            isinstance(m.seen_descriptions, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in m.seen_descriptions.items()),
+            "seen_descriptions must map class names to strings",
+        ),
         (isinstance(m.tokenizer, str), "tokenizer must be a file name"),
         (
             type(m.max_text_length) is int and m.max_text_length >= 2,

@@ -83,6 +83,33 @@ def read_class_file(path: str | Path) -> list[ClassEntry]:
     return parse_class_lines(text, str(path))
 
 
+def with_training_descriptions(
+    entries: list[ClassEntry], trained: dict[str, str]
+) -> tuple[list[ClassEntry], str | None]:
+    """Each entry that gives only a name (its description is the name) of a class the model was trained
+    on takes the description it was trained with: (entries, a note naming them, or None).
+
+    Why: a model learned a seen class's images against its training text ("mobile home park", or a
+    benchmark's long description); a bare "mobilehomepark" line would score that class by other text.
+    Names match case-insensitively, as the seen classes of calibrated stacking do."""
+    by_name = {name.casefold(): text for name, text in trained.items()}
+    out, taken = [], []
+    for entry in entries:
+        text = by_name.get(entry.name.casefold())
+        if text is not None and entry.description == entry.name and text != entry.name:
+            out.append(ClassEntry(name=entry.name, description=text))
+            taken.append(entry.name)
+        else:
+            out.append(entry)
+    if not taken:
+        return out, None
+    more = ", ..." if len(taken) > 3 else ""
+    return out, (
+        f"{len(taken)} class(es) named without a description ({', '.join(taken[:3])}{more}) take the "
+        "description the model was trained with"
+    )
+
+
 def class_file_hash(entries: list[ClassEntry]) -> str:
     """sha256 of the parsed classes (comments, blank lines and spacing do not change it); a cache key."""
     canonical = "\n".join(f"{entry.name}\t{entry.description}" for entry in entries)

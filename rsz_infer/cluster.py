@@ -389,7 +389,7 @@ def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summar
 
 def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summary
     from rsz_infer.bundle import manifest_sha256
-    from rsz_infer.classfile import class_file_hash
+    from rsz_infer.classfile import class_file_hash, with_training_descriptions
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import check_finished, output_format, write_finished, write_outputs
@@ -436,8 +436,10 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     }
     actor = {"bundle": str(cfg.model), "entries": entries, "labeler_options": labeler_options}
     actor["parts_dir"] = str(parts_dir)
-    labeling, note = choose_rule(manifest, entries)  # what the actors' Labelers label by
-    notes += [note] if note else []
+    # what the actors' Labelers label by, and with which descriptions (their Scorer.build does the same)
+    entries, trained_note = with_training_descriptions(entries, manifest.seen_descriptions)
+    labeling, note = choose_rule(manifest, entries)
+    notes += [n for n in (trained_note, note) if n]
     for note in notes:
         print(note, file=sys.stderr)
     loop_start = time.perf_counter()

@@ -159,3 +159,36 @@ def test_the_runs_gsd_reaches_the_bundle(dsva_run: tuple[Path, Path], tmp_path: 
     assert explicit.exit_code == 0, explicit.output
     assert load_manifest(tmp_path / "explicit").gsd == 2.0
     assert "gsd: 2 m per pixel, from rsz-export --gsd" in explicit.output
+
+
+@pytest.mark.slow
+def test_a_seen_class_named_without_a_description_takes_its_training_text(
+    dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The bundle keeps each seen class's training description; a class line with the bare name scores
+    that class by it (not by the text of its name), and the run summary says so."""
+    import json
+
+    from rsz_infer import Labeler
+
+    run, out = dsva_run[0], tmp_path / "bundle"
+    export = ["--model", "dsva", "--run", str(run), "--engine", "none", "--out", str(out)]
+    exported = CliRunner().invoke(main, export)
+    assert exported.exit_code == 0, exported.output
+    record = json.loads((run / "classes.json").read_text(encoding="utf-8"))
+    description = dict(zip(record["class_names"], record["descriptions"]))
+    seen, trained = record["seen"][0], description[record["seen"][0]]
+    assert load_manifest(out).seen_descriptions[seen] == trained != seen
+    unseen = f"{record['unseen'][0]}: {description[record['unseen'][0]]}"
+
+    def class_embeddings(classes: list[str]) -> tuple[np.ndarray, list[str]]:
+        with Labeler(out, classes, backend="ort", device="cpu") as labeler:
+            return labeler.scorer.class_emb, labeler.scorer.notes
+
+    bare, notes = class_embeddings([seen.upper(), unseen])  # names match case-insensitively
+    explicit, _ = class_embeddings([f"{seen}: {trained}", unseen])
+    own_text, _ = class_embeddings([f"{seen}: {seen}.", unseen])  # a description of its own is kept
+    np.testing.assert_allclose(bare, explicit, atol=1e-6)
+    assert np.abs(own_text[0] - bare[0]).max() > 1e-3
+    expected = f"1 class(es) named without a description ({seen.upper()}) take the description the model"
+    assert notes == [expected + " was trained with"]
