@@ -167,10 +167,32 @@ def open_parts(parts_dir: Path, key: dict, resume: bool) -> set[int]:
             stale.unlink()
         return {int(p.stem.split("-")[1]) for p in parts_dir.glob(PART_GLOB)}
     if parts_dir.exists():
+        check_parts_folder(parts_dir)
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True)
     atomic_write(run_file, json.dumps(key))
     return set()
+
+
+def _is_part_entry(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and (
+        name == RUN_FILE or path.match(PART_GLOB) or (name.startswith(".part-") and name.endswith(".tmp"))
+    )
+
+
+def check_parts_folder(parts_dir: Path) -> None:
+    """A folder a new job may replace: only an earlier job's partitions (or nothing). An --out without a
+    suffix is the partition folder, so it may name any folder the user has (even the tiles' own)."""
+    if not parts_dir.is_dir():
+        raise RszError(
+            f"{parts_dir}: is a file, not a partition folder of rsz-infer --ray; choose another --out"
+        )
+    if not all(_is_part_entry(p) for p in parts_dir.iterdir()):
+        raise RszError(
+            f"{parts_dir}: a folder that holds other files than rsz-infer --ray partitions (it would be "
+            "replaced); choose another --out, or a file name with a suffix (e.g. labels.parquet)"
+        )
 
 
 def decode_partition(row: dict, options: TileOptions, size: int) -> dict:

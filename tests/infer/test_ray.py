@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,27 @@ def test_a_ray_address_that_is_an_input_is_refused(class_file, tmp_path, capsys)
     assert exit_info.value.code == 2 and err == [
         f"error: --ray {tmp_path}: looks like an input, not a Ray address; put --ray after the tiles"
     ]
+
+
+def test_an_out_folder_with_other_files_is_refused_not_replaced(
+    ray_cluster, bundles, class_file, inputs, tmp_path
+):
+    # an --out without a suffix is the partition folder: a folder of the user's (here the tiles' own
+    # folder, and one with a note in it) must be refused, never replaced by the partitions
+    from rsz_infer.errors import RszError
+
+    notes = tmp_path / "results"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine", encoding="utf-8")
+    for out in (notes, inputs[0]):
+        before = sorted(p.name for p in Path(out).iterdir())
+        cfg = LabelConfig(inputs, class_file, Path(out), bundles["dsva"], "ort", "cpu", progress=False)
+        with pytest.raises(RszError, match="holds other files than rsz-infer --ray partitions"):
+            label_tiles_ray(cfg, RayOptions(partition_tiles=5))
+        assert sorted(p.name for p in Path(out).iterdir()) == before
+    # a partition folder of an earlier job is still replaced by a new one
+    out = tmp_path / "parts_out"
+    cfg = LabelConfig(inputs, class_file, out, bundles["dsva"], "ort", "cpu", progress=False)
+    label_tiles_ray(cfg, RayOptions(partition_tiles=5, max_partitions=1))
+    again = label_tiles_ray(cfg, RayOptions(partition_tiles=5))
+    assert (again.labeled, again.skipped, again.already_done) == (7, 2, 0)  # 6 files + the scene; 2 bad
