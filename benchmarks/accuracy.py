@@ -109,6 +109,19 @@ def check_bundle_is_the_runs(bundle: Path, manifest, run_dir: Path, info) -> Non
         )
 
 
+def check_split_is_the_runs(split, split_name: str, run_dir: Path, info) -> None:  # Split, RunInfo
+    """The split must be the one the run was trained on: another split's unseen classes are classes the run
+    trained on (a ZSL accuracy that means nothing) or classes it never scores (its test images belong to
+    neither the run's seen nor its unseen classes)."""
+    if set(split.unseen) == set(info.unseen):
+        return
+    recorded = info.report.get("split")
+    named = f"; its report.json names split {recorded}" if recorded else ""
+    raise RszError(
+        f"--split {split_name}: not the split the run {run_dir} was trained on (other unseen classes{named})"
+    )
+
+
 def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, cfg: AccuracyConfig) -> dict:
     from rsz_bench.latency import TORCH_NO_INT8, open_model
     from rsz_infer.bundle import open_bundle
@@ -124,6 +137,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     check_bundle_is_the_runs(bundle, manifest, Path(run_dir), info)
     data = load_benchmark(data_dir)
     split = load_split(data_dir, split_name)
+    check_split_is_the_runs(split, split_name, Path(run_dir), info)
     spec = info.preprocess
     source = open_model(str(bundle))
     if source.image_size != spec.size:

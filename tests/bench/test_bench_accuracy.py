@@ -129,3 +129,18 @@ def test_a_bundle_with_engines_on_a_machine_that_cannot_run_them_keeps_its_other
     rows = {r["backend"]: r for r in json.loads(next(out.glob("*.json")).read_text())["rows"]}
     assert rows["ort"]["status"] == "ok"
     assert rows["trt"]["status"].startswith("skipped: ") and "no usable CUDA GPU" in rows["trt"]["status"]
+
+
+def test_a_split_the_run_was_not_trained_on_is_refused_up_front(runs):
+    # another split's unseen classes are classes the run trained on or never scores: one line naming the
+    # run's own split, not a ValueError traceback from the scoring (nor a meaningless ZSL accuracy)
+    other = next(p.name for p in sorted((runs["bench"] / "splits").iterdir()) if p.name != runs["split"])
+    args = ["accuracy", "--model", str(runs["bundle"]), "--run", str(runs["dsva"]), "--data"]
+    out = runs["root"] / "out_other_split"
+    result = CliRunner().invoke(
+        main, [*args, str(runs["bench"]), "--split", other, "--backend", "ort", "--out", str(out)]
+    )
+    _one_line_error(
+        result, f"--split {other}: not the split the run {runs['dsva']} was trained on (other unseen classes"
+    )
+    assert f"names split {runs['split']}" in result.output and not out.exists()
