@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rsz_infer.cli import main
-from rsz_infer.cluster import PART_GLOB, RayOptions, label_tiles_ray, parts_folder
+from rsz_infer.cluster import PART_GLOB, RayOptions, build_index_ray, label_tiles_ray, parts_folder
 from rsz_infer.images import TileOptions
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
@@ -169,3 +169,19 @@ def test_an_out_folder_with_other_files_is_refused_not_replaced(
     label_tiles_ray(cfg, RayOptions(partition_tiles=5, max_partitions=1))
     again = label_tiles_ray(cfg, RayOptions(partition_tiles=5))
     assert (again.labeled, again.skipped, again.already_done) == (7, 2, 0)  # 6 files + the scene; 2 bad
+
+
+def test_a_bad_batch_or_top_k_leaves_no_partition_folder(ray_cluster, bundles, class_file, inputs, tmp_path):
+    # refused before anything is written, as without --ray (the actors used to refuse it, after the
+    # partition folder beside --out, or beside the index, was made)
+    from rsz_infer.errors import RszError
+
+    out = tmp_path / "labels.jsonl"
+    for batch, top_k in ((0, 5), (32, 0)):
+        cfg = LabelConfig(inputs, class_file, out, bundles["dsva"], "ort", "cpu", batch=batch, top_k=top_k)
+        with pytest.raises(RszError, match="must be at least 1"):
+            label_tiles_ray(cfg, RayOptions())
+    idx = IndexConfig(inputs, bundles["msa"], tmp_path / "idx", device="cpu", batch=0, progress=False)
+    with pytest.raises(RszError, match="--batch 0: must be at least 1"):
+        build_index_ray(idx, RayOptions())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
