@@ -19,7 +19,9 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ import torch.distributed as dist
 
 from rsz_infer.errors import RszError
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -162,7 +165,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned(rank: int, world: int, port: int, fn: Callable, args: tuple, kwargs: dict) -> None:
+def _die_with_launcher(launcher: int) -> None:
+    """End this rank when its launcher ends (SIGTERM or SIGKILL of `rsz-train --nproc`): an orphaned rank
+    would go on training and writing the run after the launcher's lock on it is gone, beside the
+    `--resume` that takes the lock again. torch.multiprocessing's own parent-death signal is SIGINT, which
+    a shell script's background job (`rsz-train ... &`) ignores, so SIGTERM here. Linux (prctl
+    PR_SET_PDEATHSIG); elsewhere ranks may outlive it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:  # it ended before prctl took effect
+        os._exit(1)
+
+
+def _spawned(
+    rank: int, world: int, port: int, launcher: int, fn: Callable, args: tuple, kwargs: dict
+) -> None:
+    _die_with_launcher(launcher)
     os.environ.update(
         {
             "RANK": str(rank),
@@ -187,7 +207,7 @@ def launch(nproc: int, fn: Callable, *args: Any, **kwargs: Any) -> None:
     import torch.multiprocessing as mp
 
     try:
-        mp.spawn(_spawned, args=(nproc, free_port(), fn, args, kwargs), nprocs=nproc, join=True)
+        mp.spawn(_spawned, args=(nproc, free_port(), os.getpid(), fn, args, kwargs), nprocs=nproc, join=True)
     except mp.ProcessRaisedException as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         message = next((line for line in reversed(lines) if "RszError: " in line), None)

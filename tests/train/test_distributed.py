@@ -9,6 +9,12 @@ training on the wrong share, or out-of-step augmentations) moves the losses by f
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +108,59 @@ def test_cli_nproc_errors_are_one_line(tiny_benchmark, tmp_path):
         main, ["dsva", "--data", str(tiny_benchmark), "--out", str(tmp_path / "r"), "--nproc", "0"]
     )
     assert result.exit_code == 2 and result.output.strip() == "error: --nproc 0: must be at least 1"
+
+
+def _ranks(pid: int) -> list[int]:
+    """Live multiprocessing workers whose parent is `pid` (Linux /proc; a zombie is no live process)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_nproc_launcher_ends_its_ranks(tiny_benchmark, default_split, tmp_path):
+    # SIGKILL (or SIGTERM) of `rsz-train --nproc 2 &` in a shell script used to leave both ranks training
+    # and writing the run without its lock, beside the --resume a user starts next: such a background job
+    # ignores SIGINT, torch.multiprocessing's parent-death signal (the launcher here is started alike)
+    code = (
+        "import sys; from rsz_train.train import train\n"
+        "train('dsva', sys.argv[1], sys.argv[2], sys.argv[3], device='cpu', nproc=2,"
+        " overrides={'train.image_size': 32, 'train.epochs': 100000, 'train.batch_size': 16})"
+    )
+    out = tmp_path / "run"
+    args = [sys.executable, "-c", code, str(tiny_benchmark), default_split, str(out)]
+    launcher = subprocess.Popen(args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(ranks) < 2 and time.monotonic() < deadline:
+            ranks = _ranks(launcher.pid)
+            time.sleep(0.2)
+        while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:  # training: 1 epoch
+            time.sleep(0.2)
+        assert len(ranks) == 2 and launcher.poll() is None
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(r) for r in ranks), "ranks outlived their launcher"
+    finally:
+        launcher.kill()
+        for rank in ranks:
+            if _alive(rank):
+                os.kill(rank, signal.SIGKILL)
