@@ -144,6 +144,21 @@ def test_calibration_folder_holds_out_check_tiles_and_is_hashed(tmp_path: Path) 
         int8_tiles(tmp_path, {}, spec, None)
 
 
+def test_a_calibration_path_that_is_no_folder_says_so(tmp_path: Path) -> None:
+    # a mistyped --calibration said "no PNG/JPEG/TIFF tiles", as if the folder were there but empty
+    spec = PreprocessSpec(size=SIZE)
+    with pytest.raises(
+        RszError, match=r"^--calibration .*nope: no such folder \(it takes a folder of tiles\)$"
+    ):
+        int8_tiles(tmp_path, {}, spec, tmp_path / "nope")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "one.png")
+    with pytest.raises(RszError, match=r"one.png: is a file \(it takes a folder of tiles\)$"):
+        int8_tiles(tmp_path, {}, spec, tmp_path / "one.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RszError, match="empty: no PNG/JPEG/TIFF tiles to calibrate INT8 on"):
+        int8_tiles(tmp_path, {}, spec, tmp_path / "empty")
+
+
 def test_static_qdq_quantizes_only_the_weighted_ops(int8_bundle: Path) -> None:
     """INT8 activations only at MatMul/Gemm/Conv (a tensor between other ops, such as the adds, softmax and
     normalisations, stays float: what let a static graph pass the check on real models), and the `ends`
