@@ -435,6 +435,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         "seen_calibration": cfg.seen_calibration,
         "min_score": cfg.min_score,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or []), cfg.tiles.gsd],
+        **({"shard": list(cfg.shard)} if cfg.shard else {}),  # named as such when a --resume differs
         **run_log_engine(cfg.precision, cfg.decoder),  # as asked: the actors resolve "auto" alike
     }
     if cfg.resume and merged and out.exists() and not parts_dir.exists():

@@ -273,6 +273,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         "seen_calibration": scorer.seen_calibration,
         "min_score": cfg.min_score,
         "inputs": input_names(cfg.inputs),  # --resume with other inputs must not mix two runs' rows
+        **({"shard": list(cfg.shard)} if cfg.shard else {}),  # nor with another shard of the same inputs
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or [])]
         + ([cfg.tiles.gsd] if cfg.tiles.gsd else []),
         **({"explain": True} if cfg.explain else {}),

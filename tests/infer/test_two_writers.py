@@ -214,3 +214,32 @@ def test_resume_with_another_decoding_refuses_naming_it(bundles, class_file, til
     assert part.exists()
     code, _, _ = run_cli([*args, "--decoder", "pillow"], capsys)  # a full-decode path: the same pixels
     assert code == 0 and len(_rows(out)) == 6
+
+
+def test_resume_with_another_shard_refuses(bundles, class_file, tiles, tmp_path, capsys):
+    # the run log of shard 0/2 resumed as shard 1/2 wrote shard 0's finished rows and all of shard 1's into
+    # one output; now refused, and the log stays resumable as the shard it was
+    from rsz_infer.cluster import in_shard
+
+    out = tmp_path / "labels.csv"
+    cfg = LabelConfig([str(tiles)], class_file, out, bundles["msa"], batch=1, progress=False, shard=(0, 2))
+
+    def interrupt(n):
+        if n == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(cfg, on_batch=interrupt)
+    part = out.with_name(out.name + ".part")
+    before = part.read_bytes()
+    args = [tiles, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet", "--resume"]
+    for other in (["--shard", "1/2"], []):
+        code, _, err = run_cli([*args, *other], capsys)
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1 and "(differs: --shard)" in lines[0], err
+        assert part.read_bytes() == before
+    code, _, err = run_cli([*args, "--shard", "0/2"], capsys)
+    rows = _rows(out)
+    assert code == 0 and rows and all(in_shard(r["tile"], (0, 2)) for r in rows), err
+    code, _, err = run_cli([*args, "--shard", "1/2"], capsys)  # finished: what it was made with is kept
+    assert code == 2 and "already complete" in err and "(differs: --shard)" in err
