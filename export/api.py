@@ -169,10 +169,11 @@ def int8_tiles(
 
         split = load_split(data_dir, split_name)
     if calibration_dir is not None:
-        root, files = Path(calibration_dir), tile_files(calibration_dir)
+        root = Path(calibration_dir)
         if not root.is_dir():  # a mistyped path is no folder "without tiles"
             what = "is a file" if root.exists() else "no such folder"
             raise RszError(f"--calibration {calibration_dir}: {what} (it takes a folder of tiles)")
+        files = tile_files(root)
         if not files:
             raise RszError(f"{calibration_dir}: no PNG/JPEG/TIFF tiles to calibrate INT8 on")
     elif split is not None:
