@@ -415,10 +415,9 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import check_finished, output_format, write_finished, write_outputs
-    from rsz_infer.pipeline import Summary, check_batch_and_top_k, plan_labeling, run_log_engine
+    from rsz_infer.pipeline import Summary, plan_labeling, run_log_engine
 
     start = time.perf_counter()
-    check_batch_and_top_k(cfg)
     out = Path(cfg.out)
     merged = out.suffix != ""  # a labels file merged from the partitions, or the partition folder itself
     if merged:
@@ -518,8 +517,6 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     from rsz_infer.pipeline import run_log_engine
 
     start = time.perf_counter()
-    if cfg.batch < 1:  # the actors would find it only after the partition folder was made
-        raise RszError(f"--batch {cfg.batch}: must be at least 1")
     model, out = Path(cfg.model), Path(cfg.out)
     manifest, sha, old, tile_options, known = ix.open_index_job(cfg)
     # the actors resolve --precision auto each on its own device, so only an explicit one is recorded

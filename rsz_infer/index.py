@@ -285,7 +285,10 @@ def index_row(tile: Tile) -> dict:
 def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileOptions, set[str]]:
     """What build_index and the Ray path (cluster.build_index_ray) do before embedding: check --search-method
     (faiss for hnsw), then the bundle and its sha256, the index already at cfg.out (None), the tile options
-    (an existing index keeps its own) and the tiles it holds."""
+    (an existing index keeps its own) and the tiles it holds. --batch first: the Ray actors would find a bad
+    one only after the partition folder was made."""
+    if cfg.batch < 1:
+        raise RszError(f"--batch {cfg.batch}: must be at least 1")
     if cfg.method not in ANN_METHODS:
         raise RszError(f"--search-method {cfg.method}: expected one of {', '.join(ANN_METHODS)}")
     if cfg.method == "hnsw":

@@ -131,8 +131,13 @@ def _what_differs(old: dict | None, new: dict) -> str:
     """Which settings of the logged run differ from this one, named for the error line."""
     if not isinstance(old, dict):
         return "not an rsz run log (no header line)"
-    names = {"model": "model bundle", "classes": "class file", "inputs": "inputs", "tiles": "tile options"}
-    names["shard"] = "--shard"
+    names = {
+        "model": "model bundle",
+        "classes": "class file",
+        "inputs": "inputs",
+        "tiles": "tile options",
+        "shard": "--shard",
+    }
     differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if differ == ["inputs"]:
         return f"started with other inputs ({_short(old.get('inputs'))}, now {_short(new.get('inputs'))})"

@@ -216,16 +216,13 @@ class LabelPlan:
     listing: TileListing
 
 
-def check_batch_and_top_k(cfg: LabelConfig) -> None:
-    """--batch and --top-k, before anything is opened or written (the Ray path's actors would find them
-    only after its partition folder was made)."""
+def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
+    """Check --batch and --top-k, open the bundle and the classes, resolve --gsd, count the tiles of this
+    shard and check every output option (`check_outputs`) before anything is decoded or written (the
+    single-process and Ray paths alike: the Ray actors would find a bad --batch only after the partition
+    folder was made)."""
     if cfg.batch < 1 or cfg.top_k < 1:
         raise RszError(f"--batch {cfg.batch} / --top-k {cfg.top_k}: must be at least 1")
-
-
-def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
-    """Open the bundle and the classes, resolve --gsd, count the tiles of this shard and check every output
-    option (`check_outputs`) before anything is decoded."""
     manifest = open_bundle(cfg.model)
     if cfg.explain:
         check_explainable(manifest, cfg.model)
@@ -257,7 +254,6 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
 
 def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Summary:
     start = time.perf_counter()
-    check_batch_and_top_k(cfg)
     plan = plan_labeling(cfg)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     labeler = Labeler(
