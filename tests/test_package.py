@@ -1,5 +1,5 @@
 """The package: a LICENSE matching pyproject, py.typed, one version string, --version and -h on every
-command, and rsz-train / rsz-export without the train extra say what to install in one line."""
+command, and rsz-train / rsz-export / rsz-bench without their extras say what to install in one line."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def test_console_scripts_point_at_torch_free_entries():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["rsz-train"] == "rsz_infer.entry:train_main"
     assert scripts["rsz-export"] == "rsz_infer.entry:export_main"
+    assert scripts["rsz-bench"] == "rsz_infer.entry:bench_main"
 
 
 WITHOUT_TORCH = (
@@ -77,4 +78,31 @@ def test_without_the_train_extra_says_what_to_install(argv, extra, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {argv[0]} needs the {extra} extra (torch is not installed): pip install 'rsz[{extra}]'"
+    ]
+
+
+WITHOUT = (
+    "import sys\n"
+    "sys.modules[sys.argv[1]] = None  # as on an install without the extra that brings it\n"
+    "from rsz_infer import entry\n"
+    "sys.argv = sys.argv[2:]\n"
+    "getattr(entry, sys.argv[0].replace('rsz-', '') + '_main')()\n"
+)
+
+
+@pytest.mark.parametrize(
+    "missing, argv, extra",
+    [
+        ("torch", "rsz-bench accuracy --model m --run r --data d --split s".split(), "train"),
+        ("torch", "rsz-bench latency --model ref:vit_b32 --batch 1".split(), "train"),
+        ("matplotlib", "rsz-bench plot latency.json --out plot.png".split(), "bench"),
+    ],
+)
+def test_rsz_bench_without_its_extra_says_what_to_install(missing, argv, extra, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT, missing, *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: rsz-bench needs the {extra} extra ({missing} is not installed): pip install 'rsz[{extra}]'"
     ]
