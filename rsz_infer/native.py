@@ -44,6 +44,11 @@ class NativePreprocessor:
     def __init__(self, spec: PreprocessSpec, device: str = "auto", path: Path | None = None) -> None:
         path = path or library_path()
         if path is None:
+            if not PLUGIN_DIR.is_dir():  # an installed rsz (pip install .): the sources stay in the checkout
+                raise RszError(
+                    "native preprocessing not built: run `make -C cpp_plugins` in an rsz checkout and set "
+                    "RSZ_NATIVE_LIB to its cpp_plugins/build/librsz_preprocess.so"
+                )
             raise RszError(
                 f"{PLUGIN_DIR / 'build'}: native preprocessing not built (run: make -C cpp_plugins)"
             )

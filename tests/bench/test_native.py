@@ -93,6 +93,18 @@ def test_bad_tiles_are_one_line_errors(cpu_lib):
         NativePreprocessor(SPEC, path=cpu_lib.parent / "missing.so")
 
 
+def test_installed_rsz_without_the_library_names_rsz_native_lib(monkeypatch, tmp_path):
+    """`pip install .` copies no cpp_plugins/ beside rsz_infer: the error must not send the user to build a
+    library rsz then cannot find, but name RSZ_NATIVE_LIB."""
+    from rsz_infer import native
+    from rsz_infer.errors import RszError
+
+    monkeypatch.delenv("RSZ_NATIVE_LIB", raising=False)
+    monkeypatch.setattr(native, "PLUGIN_DIR", tmp_path / "site-packages" / "cpp_plugins")
+    with pytest.raises(RszError, match="set RSZ_NATIVE_LIB to its cpp_plugins/build/librsz_preprocess.so"):
+        NativePreprocessor(SPEC)
+
+
 def _gpu_present() -> bool:
     return shutil.which("nvcc") is not None and shutil.which("nvidia-smi") is not None
 
