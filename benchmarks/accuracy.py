@@ -157,6 +157,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
 
     class_emb = ev.embed_classes(model, info.semantics)
     rule, scale = model.scoring_rule, model.logit_scale()
+    correction = ev.hubness_correction(model, class_emb, seen_ids)
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
 
     classifier_scores = _classifier_scores(bundle, manifest, info, seen_ids, unseen_ids, labels)
@@ -168,7 +169,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
             out.update(classifier_scores(emb))
         elif unseen_ids and len(paths):
             z = ev.zsl_gzsl_scores(
-                emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, info.seen_calibration
+                emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, info.seen_calibration, correction
             )
             out.update(zsl=z["zsl"], U=z["gzsl"]["U"], S=z["gzsl"]["S"], H=z["gzsl"]["H"])
         if retrieval_set is not None:

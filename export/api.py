@@ -63,6 +63,11 @@ class ExportSource:
     tokenizer_json: Path | None = None  # copied into the bundle when the model has a text graph
     class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
     phrase_ridge: float = 0.0  # DSVA: how the run's attribute vectors were made (manifest.phrase_ridge)
+    # DSVA's hubness correction (manifest.hubness_penalty): the penalty, its neighbours and the class
+    # embeddings [S, D] of seen_classes that it measures against
+    hubness_penalty: float = 0.0
+    hubness_neighbours: int = 3
+    trained_class_embeddings: np.ndarray | None = None
     tiles: np.ndarray | None = None  # [N, 3, H, W] preprocessed test tiles, checked besides random inputs
     prompt_templates: list[str] = field(default_factory=list)  # CLIP: the prompt ensemble (manifest)
     about: dict = field(default_factory=dict)  # where the model came from, kept in manifest.extra["source"]
@@ -234,6 +239,9 @@ def source_from_run(
         tokenizer_json=minilm_tokenizer_json(),
         class_embeddings=classes,
         phrase_ridge=float(info.phrase_ridge),
+        hubness_penalty=float(getattr(model_config, "hubness_penalty", 0.0)),
+        hubness_neighbours=int(getattr(model_config, "hubness_neighbours", 3)),
+        trained_class_embeddings=classes[[info.class_names.index(name) for name in info.seen]],
         gsd=info.config.train.gsd,
         gsd_source="" if info.config.train.gsd is None else f"the run ({run_dir / 'config.yaml'}: train.gsd)",
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
@@ -758,6 +766,13 @@ def _write_manifest(
         attribute_names=list(source.attribute_names),
         attribute_phrases=list(source.attribute_phrases),
         phrase_ridge=float(source.phrase_ridge),
+        hubness_penalty=float(source.hubness_penalty),
+        hubness_neighbours=int(source.hubness_neighbours),
+        trained_class_embeddings=(
+            [[round(float(v), 7) for v in row] for row in source.trained_class_embeddings]
+            if source.hubness_penalty and source.trained_class_embeddings is not None
+            else []
+        ),
         prompt_templates=list(source.prompt_templates),
         gsd=source.gsd,
         extra=extra,

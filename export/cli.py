@@ -10,7 +10,7 @@ import click
 
 import rsz_infer
 from rsz_export.trt_build import ENGINE_CHOICES
-from rsz_infer.bundle import load_manifest
+from rsz_infer.bundle import Manifest, load_manifest
 from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
 from rsz_infer.trt_lib import sidecar_path
 from rsz_train.models.registry import model_kinds
@@ -167,6 +167,14 @@ def clip(
     _report(bundle)
 
 
+def hubness(manifest: Manifest) -> str:
+    """The scoring row's hubness correction, or nothing when the bundle has none."""
+    if not manifest.hubness_penalty:
+        return ""
+    k = manifest.hubness_neighbours
+    return f", minus {manifest.hubness_penalty:.4g} x mean cosine to {k} nearest trained classes (hubness)"
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @one_line_errors
@@ -177,7 +185,7 @@ def inspect(bundle: Path) -> None:
         ("model kind", manifest.model_kind),
         ("rsz version", manifest.rsz_version),
         ("class embedding", manifest.class_embedding),
-        ("scoring", f"{manifest.scoring_rule} x {manifest.logit_scale:.4g}"),
+        ("scoring", f"{manifest.scoring_rule} x {manifest.logit_scale:.4g}" + hubness(manifest)),
         ("embedding dim", str(manifest.embedding_dim)),
         ("seen classes", f"{len(manifest.seen_classes)} (calibration {manifest.seen_calibration:.4g})"),
         (

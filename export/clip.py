@@ -1,7 +1,7 @@
 """`rsz-export clip --checkpoint PATH`: a CLIP checkpoint users already have -> a checked rsz bundle.
 
 The checkpoint is read by rsz_train.models.clip (open_clip state dict or safetensors, or a Hugging Face
-CLIPModel folder); the bundle is written by rsz_export.api.export_model like every other bundle (FP32 and
+CLIPModel folder); the bundle is written by rsz_export.api.export_locked like every other bundle (FP32 and
 FP16 ONNX checked against open_clip's / transformers' own forward, TensorRT-RTX engines), with CLIP's
 tokenizer as tokenizer.json and the prompt templates in the manifest.
 """

@@ -48,7 +48,7 @@ from rsz_infer.images import (
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.outputs import GEO_INSTALL_HINT
 from rsz_infer.preprocess import to_model_input
-from rsz_infer.scoring import calibrated_stacking, class_logits, softmax, top_k
+from rsz_infer.scoring import calibrated_stacking, class_logits, hubness_offsets, softmax, top_k
 
 Images = Sequence[np.ndarray] | np.ndarray | Sequence[str | Path | Tile]
 FLOAT_RULES = ("unit", "stretch")
@@ -106,6 +106,8 @@ class Scorer:
     # MCFA's final-stage classifier (rsz_infer.latent_classifier): the logits over `names`, where it labels
     classifier: LatentClassifier | None = None
     labeling: str | None = None  # the rule that labels where a bundle has a choice (choose_rule)
+    # [C] subtracted from the similarity before the scale: the bundle's hubness correction (or None)
+    offsets: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # for the run summary
 
     @classmethod
@@ -147,6 +149,7 @@ class Scorer:
             classifier=open_classifier(bundle, manifest, entries, labeling, runner_for),
             labeling=labeling,
             notes=notes,
+            offsets=hubness_correction(manifest, entries, class_emb),
         )
 
     def logits(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +162,12 @@ class Scorer:
                 "(the bundle's graphs do not belong together)"
             )
         similarity = class_logits(emb, self.class_emb, self.rule, 1.0)
-        logits = self.scale * similarity if self.classifier is None else self.classifier(emb)
+        if self.classifier is not None:
+            logits = self.classifier(emb)
+        elif self.offsets is not None:
+            logits = self.scale * (similarity - self.offsets[None, :])
+        else:
+            logits = self.scale * similarity
         return similarity, logits
 
     def close(self) -> None:
@@ -187,6 +195,20 @@ class Scorer:
                 record |= {"labels": [UNKNOWN] + labels[1:], "best_class": labels[0], "class_index": -1}
             records.append(tile_record(tile) | record)
         return records
+
+
+def hubness_correction(
+    manifest: Manifest, entries: list[ClassEntry], class_emb: np.ndarray
+) -> np.ndarray | None:
+    """[C] the bundle's hubness correction of the entries' classes (manifest.hubness_penalty; a class the
+    model trained on is left out of its own neighbours), or None when the bundle has none."""
+    if not manifest.hubness_penalty:
+        return None
+    row_of = {name.casefold(): i for i, name in enumerate(manifest.seen_classes)}
+    trained_row = np.array([row_of.get(e.name.casefold(), -1) for e in entries], dtype=np.int64)
+    trained = np.asarray(manifest.trained_class_embeddings, dtype=np.float32)
+    offsets = hubness_offsets(class_emb, trained, trained_row, manifest.hubness_neighbours)
+    return manifest.hubness_penalty * offsets
 
 
 def skipped_records(batch: EmbeddedBatch) -> list[dict]:

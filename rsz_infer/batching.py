@@ -115,7 +115,8 @@ def iter_batches(
     decoder: Decoder | None = None,
     native: NativePreprocessor | None = None,
 ) -> Iterator[Batch]:
-    """Decoded, preprocessed tiles in fixed-shape batches; bad tiles ride along in `skipped`.
+    """Decoded, preprocessed tiles in batches of `batch_size` (the last one holds the rest); bad tiles ride
+    along in `skipped`.
 
     decoder: Pillow when None; native: preprocess each batch with it, else Pillow per tile in the pool.
     """

@@ -89,6 +89,13 @@ class Manifest:
     attribute_phrases: list[str] = field(default_factory=list)
     # "attributes" only: the phrase ridge of rsz_infer.semantics.attribute_vectors the model trained with
     phrase_ridge: float = 0.0
+    # The hubness correction of the class scores (rsz_infer.scoring.hubness_offsets; DSVA's
+    # model.hubness_penalty): each class's similarity minus hubness_penalty x the mean cosine of its
+    # embedding to its hubness_neighbours nearest rows of trained_class_embeddings ([S, D], the class
+    # embeddings of seen_classes in that order, as the run trained with them). 0 = off.
+    hubness_penalty: float = 0.0
+    hubness_neighbours: int = 3
+    trained_class_embeddings: list[list[float]] = field(default_factory=list)
     # "templates" only (CLIP): the prompt ensemble, each template with one "{}" (rsz_infer.prompts)
     prompt_templates: list[str] = field(default_factory=list)
     # Ground sample distance (metres per pixel) of the training images, when known (the run's
@@ -284,6 +291,24 @@ def manifest_problem(m: Manifest) -> str | None:
         ),
         (_is_str_list(m.attribute_names) and _is_str_list(m.attribute_phrases), "attributes must be strings"),
         (_is_number(m.phrase_ridge) and m.phrase_ridge >= 0, "phrase_ridge must be a number >= 0"),
+        (_is_number(m.hubness_penalty) and m.hubness_penalty >= 0, "hubness_penalty must be a number >= 0"),
+        (
+            type(m.hubness_neighbours) is int and m.hubness_neighbours >= 1,
+            "hubness_neighbours must be a positive integer",
+        ),
+        (
+            isinstance(m.trained_class_embeddings, list)
+            and all(
+                isinstance(row, list) and len(row) == m.embedding_dim and all(_is_number(v) for v in row)
+                for row in m.trained_class_embeddings
+            ),
+            "trained_class_embeddings must be rows of embedding_dim numbers",
+        ),
+        (
+            not m.hubness_penalty
+            or (m.scoring_rule == "cosine" and len(m.trained_class_embeddings) == len(m.seen_classes) > 0),
+            "hubness_penalty needs scoring_rule cosine and one trained_class_embeddings row per seen class",
+        ),
         (
             m.gsd is None or (_is_number(m.gsd) and m.gsd > 0),
             "gsd must be null or metres per pixel above zero",

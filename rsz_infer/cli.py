@@ -162,7 +162,7 @@ def _runtime_options(f):
 )
 @click.option(
     "--min-score", type=float, default=None,
-    help="Label a tile 'unknown' when its best raw similarity (cosine for most bundles) is below this.",
+    help="Label a tile 'unknown' when similarity_1 (its top class's raw similarity) is below this.",
 )  # fmt: skip
 @click.option(
     "--class-map",

@@ -459,7 +459,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     }
     actor = {"bundle": str(cfg.model), "entries": entries, "labeler_options": labeler_options}
     actor["parts_dir"] = str(parts_dir)
-    # what the actors' Labelers label by, and with which descriptions (their Scorer.build does the same)
+    # what the actors' Labelers label by, and with which descriptions (their Scorer.open does the same)
     entries, trained_note = with_training_descriptions(entries, manifest.seen_descriptions)
     labeling, note = choose_rule(manifest, entries)
     notes += [n for n in (trained_note, note) if n]

@@ -281,8 +281,8 @@ def table_columns(records: list[dict], top_k: int, best_class: bool = False) -> 
     properties): tile, path, window, label_i / score_i / similarity_i for the top k, rule, source_crs.
 
     score_i is the softmax probability over the given classes; similarity_i the raw similarity (cosine for
-    most bundles) that --min-score thresholds. `best_class` (with --min-score): a column of the class with
-    the top similarity, also where label_1 is unknown because it fell short (the record's best_class)."""
+    most bundles); --min-score thresholds similarity_1. `best_class` (with --min-score): a column of the
+    top-scored class, also where label_1 is unknown because it fell short (the record's best_class)."""
     columns: dict[str, list] = {"tile": [], "path": [], "window": []}
     for i in range(1, top_k + 1):
         columns[f"label_{i}"], columns[f"score_{i}"], columns[f"similarity_{i}"] = [], [], []

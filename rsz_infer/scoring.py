@@ -9,16 +9,45 @@ def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarra
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
-def class_logits(image_emb: np.ndarray, class_emb: np.ndarray, rule: str, scale: float) -> np.ndarray:
+def class_logits(
+    image_emb: np.ndarray,
+    class_emb: np.ndarray,
+    rule: str,
+    scale: float,
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:
     """[B, D] x [C, D] -> [B, C] logits by the model's rule.
 
-    rule "cosine": scale * cos(image, class); rule "dot": scale * image . class.
+    rule "cosine": scale * cos(image, class); rule "dot": scale * image . class. `offsets` [C], when
+    given, are subtracted from the similarity before the scale (the hubness correction).
     """
     if rule == "cosine":
         image_emb, class_emb = l2_normalize(image_emb), l2_normalize(class_emb)
     elif rule != "dot":
         raise ValueError(f"unknown scoring rule {rule!r}")
-    return scale * (image_emb.astype(np.float32) @ class_emb.astype(np.float32).T)
+    similarity = image_emb.astype(np.float32) @ class_emb.astype(np.float32).T
+    if offsets is not None:
+        similarity = similarity - offsets.astype(np.float32)[None, :]
+    return scale * similarity
+
+
+def hubness_offsets(
+    class_emb: np.ndarray, trained_emb: np.ndarray, trained_row: np.ndarray, neighbours: int
+) -> np.ndarray:
+    """[C]: for each class [C, D], the mean cosine of its vector to its `neighbours` most similar vectors
+    among the classes the model trained on [S, D], itself left out (`trained_row[c]`: its row there, or -1).
+
+    A class near many training classes is a hub that draws tiles of other classes; a model's scores minus
+    a multiple of this (DSVA's hubness_penalty) are the hubness correction. Training classes only: the
+    correction of a class never depends on which other classes, or tiles, are being scored.
+    """
+    cos = l2_normalize(class_emb.astype(np.float32)) @ l2_normalize(trained_emb.astype(np.float32)).T
+    rows = np.flatnonzero(trained_row >= 0)
+    cos[rows, trained_row[rows]] = -np.inf
+    k = min(neighbours, trained_emb.shape[0] - (1 if len(rows) else 0))
+    if k < 1:
+        return np.zeros(len(class_emb), np.float32)
+    return -np.sort(-cos, axis=1)[:, :k].mean(axis=1).astype(np.float32)
 
 
 def calibrated_stacking(logits: np.ndarray, seen_mask: np.ndarray, seen_calibration: float) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 
 from rsz_infer.metrics import choose_calibration, gzsl_report, per_class_accuracy, retrieval_metrics
 from rsz_infer.preprocess import PreprocessSpec
-from rsz_infer.scoring import class_logits
+from rsz_infer.scoring import class_logits, hubness_offsets
 from rsz_train.data.batches import image_batch
 from rsz_train.models.base import ClassSemantics, RszModel
 
@@ -83,6 +83,21 @@ def embed_texts(
     return np.concatenate(out)
 
 
+def hubness_correction(model: RszModel, class_emb: np.ndarray, trained_ids: list[int]) -> np.ndarray | None:
+    """[C] what the model's scoring subtracts from the similarity of each class of `class_emb` (all
+    classes): DSVA's hubness_penalty x rsz_infer.scoring.hubness_offsets against the classes trained on
+    (`trained_ids`, rows of class_emb), as the bundle does (rsz_infer.api.Scorer); None without one."""
+    config = getattr(model, "config", None)
+    penalty = float(getattr(config, "hubness_penalty", 0.0))
+    if not penalty or not trained_ids:
+        return None
+    trained_row = np.full(len(class_emb), -1, dtype=np.int64)
+    trained_row[np.asarray(trained_ids)] = np.arange(len(trained_ids))
+    return penalty * hubness_offsets(
+        class_emb, class_emb[trained_ids], trained_row, config.hubness_neighbours
+    )
+
+
 def zsl_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean per-class top-1; `labels` index the columns of `logits` (the label space)."""
     return per_class_accuracy(logits.argmax(axis=1), labels)
@@ -97,12 +112,13 @@ def zsl_gzsl_scores(
     rule: str,
     scale: float,
     seen_calibration: float | None = None,
+    correction: np.ndarray | None = None,
 ) -> dict:
     """ZSL and GZSL scores of images of seen and unseen classes.
 
     `labels` and the id lists index the rows of `class_emb` (all classes); the GZSL label space is
     seen_ids + unseen_ids. With `seen_calibration` None (validation) the lambda is chosen here and
-    returned; at test pass the validation lambda.
+    returned; at test pass the validation lambda. `correction` [C]: hubness_correction's, or None.
     Returns {"zsl": acc, "gzsl": {U,S,H,seen_calibration}, "gzsl_uncalibrated": {U,S,H},
     "seen_calibration": lambda}.
     """
@@ -111,7 +127,8 @@ def zsl_gzsl_scores(
     if any(int(c) not in position for c in labels):
         raise ValueError("zsl_gzsl_scores: an image label is neither a seen nor an unseen class")
     local = np.array([position[int(c)] for c in labels], dtype=np.int64)
-    logits = class_logits(image_emb, class_emb[space], rule, scale)
+    offsets = None if correction is None else correction[space]
+    logits = class_logits(image_emb, class_emb[space], rule, scale, offsets)
     seen_mask = np.arange(len(space)) < len(seen_ids)
     is_unseen = ~seen_mask[local]
     zsl = zsl_accuracy(logits[is_unseen][:, ~seen_mask], local[is_unseen] - len(seen_ids))

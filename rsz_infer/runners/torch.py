@@ -133,7 +133,7 @@ def bundle_model(bundle_dir, manifest):  # noqa: ANN001, ANN201 - (Path, Manifes
 
 def bundle_runner(bundle_dir, manifest, role: str, device: str, precision: str) -> TorchRunner:  # noqa: ANN001
     """The PyTorch module of a bundle's graph (bundle_model). On CUDA: FP16 (precision auto),
-    torch.compile and one CUDA graph per batch shape (rsz-infer's batches all have one shape)."""
+    torch.compile and one CUDA graph per batch shape (full batches, and the shorter last one of a run)."""
     if precision == "int8":
         raise RszError("--backend torch: no INT8 in the PyTorch backend; use --backend ort --precision int8")
     model = bundle_model(bundle_dir, manifest)

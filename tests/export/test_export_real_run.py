@@ -192,3 +192,87 @@ def test_a_seen_class_named_without_a_description_takes_its_training_text(
     assert np.abs(own_text[0] - bare[0]).max() > 1e-3
     expected = f"1 class(es) named without a description ({seen.upper()}) take the description the model"
     assert notes == [expected + " was trained with"]
+
+
+@pytest.mark.slow
+def test_the_bundle_scores_with_the_runs_hubness_correction(
+    dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """DSVA's hubness correction (model.hubness_penalty) travels in the manifest with the run's trained
+    class embeddings, and the bundle scores as the trainer evaluated: the labels of the test tiles give
+    the trainer's reported ZSL accuracy (a penalty of 2, so that it is not what uncorrected scores give)."""
+    import json
+
+    from rsz_infer import Labeler
+    from rsz_infer.metrics import gzsl_report, per_class_accuracy
+    from rsz_train import evaluate as ev
+    from rsz_train.data.synth import DEFAULT_SPLIT
+    from rsz_train.runs import load_run
+    from rsz_train.train import train
+
+    bench, out = dsva_run[1], tmp_path / "bundle"
+    run = train(
+        "dsva",
+        bench,
+        DEFAULT_SPLIT,
+        tmp_path / "run",
+        device="cpu",
+        overrides=TINY | {"model.hubness_penalty": 2.0},
+    )
+    exported = CliRunner().invoke(
+        main, ["--model", "dsva", "--run", str(run), "--engine", "none", "--out", str(out)]
+    )
+    assert exported.exit_code == 0, exported.output
+    manifest = load_manifest(out)
+    model, info = load_run(run)
+    class_emb = ev.embed_classes(model, info.semantics)
+    assert (manifest.hubness_penalty, manifest.hubness_neighbours) == (2.0, 3)
+    shown = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "minus 2 x mean cosine to 3 nearest trained classes (hubness)" in shown
+    np.testing.assert_allclose(
+        manifest.trained_class_embeddings,
+        class_emb[[info.class_names.index(c) for c in info.seen]],
+        atol=1e-6,
+    )
+
+    record = json.loads((run / "classes.json").read_text(encoding="utf-8"))
+    description = dict(zip(record["class_names"], record["descriptions"]))
+    reported = json.loads((run / "report.json").read_text(encoding="utf-8"))["test"]
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    split = bench / "splits" / DEFAULT_SPLIT
+
+    def scores(classes: list[str], tiles: list[str]) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+        """(bundle logits, uncorrected logits, top labels, scale) of the tiles over the classes."""
+        lines = [f"{c}: {description[c]}" for c in classes]
+        with Labeler(out, lines, backend="ort", device="cpu") as labeler:
+            emb = labeler.embed([bench / "images" / t for t in tiles])
+            labels = [r["labels"][0] for r in labeler.label([bench / "images" / t for t in tiles])]
+            scorer = labeler.scorer
+        # the correction by hand: each class's 3 nearest trained classes by cosine, itself left out
+        near = unit(scorer.class_emb) @ unit(np.asarray(manifest.trained_class_embeddings)).T
+        for row, name in enumerate(classes):
+            if name in info.seen:
+                near[row, info.seen.index(name)] = -1.0
+        offsets = 2.0 * np.sort(near, axis=1)[:, -3:].mean(axis=1)
+        similarity = unit(emb) @ unit(scorer.class_emb).T
+        np.testing.assert_allclose(scorer.logits(emb)[1], scorer.scale * (similarity - offsets), atol=1e-4)
+        return scorer.logits(emb)[1], scorer.scale * similarity, labels, scorer.scale
+
+    unseen = list(info.unseen)
+    tiles = (split / "test_unseen.txt").read_text(encoding="utf-8").split()
+    truth = np.array([unseen.index(t.split("/")[0]) for t in tiles])
+    _, uncorrected, labels, _ = scores(unseen, tiles)
+    predicted = np.array([unseen.index(name) for name in labels])
+    assert per_class_accuracy(predicted, truth) == pytest.approx(reported["zsl"], abs=1e-9)
+    assert (predicted != uncorrected.argmax(axis=1)).any()
+
+    space = list(info.seen) + unseen  # GZSL: the trained classes' own correction leaves themselves out
+    tiles = (split / "test_seen.txt").read_text(encoding="utf-8").split() + tiles
+    truth = np.array([space.index(t.split("/")[0]) for t in tiles])
+    corrected, uncorrected, _, _ = scores(space, tiles)
+    seen_mask = np.arange(len(space)) < len(info.seen)
+    figures = gzsl_report(corrected, truth, seen_mask, manifest.seen_calibration)
+    assert figures == pytest.approx({k: reported["gzsl"][k] for k in figures}, abs=1e-9)
+    assert gzsl_report(uncorrected, truth, seen_mask, manifest.seen_calibration) != pytest.approx(
+        figures, abs=1e-9
+    )

@@ -39,29 +39,39 @@ def test_dsva_training_defaults_and_their_override(tmp_path):
     # file wins; the paper-size configs train as the authors did, without CutMix.
     config = load_config("dsva")
     train = config.train
-    assert (train.epochs, train.batch_size, train.phrase_ridge) == (24, 32, 0.3)
-    assert config.model.attribute_mix == 0.5
+    assert (train.epochs, train.batch_size, train.phrase_ridge, train.image_size) == (24, 32, 0.3, 96)
+    assert (config.model.attribute_mix, config.model.hubness_penalty, config.model.hubness_neighbours) == (
+        0.5,
+        0.5,
+        3,
+    )
     assert not train.select_last_epoch
     for paper_size in ("dsva_vit_b32", "dsva_vit_b16"):
-        assert load_config("dsva", paper_size).model.attribute_mix == 0.0
+        paper = load_config("dsva", paper_size)
+        assert (paper.model.attribute_mix, paper.model.hubness_penalty, paper.train.image_size) == (
+            0.0,
+            0.0,
+            224,
+        )
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 4\n")
     assert load_config("dsva", path).train.epochs == 4
 
 
-def test_a_run_written_before_a_setting_existed_reads_as_it_trained(tmp_path):
-    """CutMix came with a default of 0.5: a run whose config.yaml predates it trained without it, and
-    resumes without it."""
+@pytest.mark.parametrize("setting", ["attribute_mix", "hubness_penalty"])
+def test_a_run_written_before_a_setting_existed_reads_as_it_trained(setting, tmp_path):
+    """CutMix and the hubness correction came with defaults of 0.5: a run whose config.yaml predates
+    them trained (and was scored) without them, and resumes and exports without them."""
     from rsz_train.config import save_config
     from rsz_train.runs import read_config
 
     save_config(load_config("dsva"), tmp_path / "config.yaml")
-    assert read_config(tmp_path, "dsva").model.attribute_mix == 0.5  # written today: its own value
+    assert getattr(read_config(tmp_path, "dsva").model, setting) == 0.5  # written today: its own value
     text = (tmp_path / "config.yaml").read_text()
-    older = "".join(line for line in text.splitlines(keepends=True) if "attribute_mix" not in line)
+    older = "".join(line for line in text.splitlines(keepends=True) if setting not in line)
     assert older != text
     (tmp_path / "config.yaml").write_text(older)
-    assert read_config(tmp_path, "dsva").model.attribute_mix == 0.0
+    assert getattr(read_config(tmp_path, "dsva").model, setting) == 0.0
 
 
 def test_batches_use_the_inference_preprocessing(tmp_path):
