@@ -62,6 +62,7 @@ class ExportSource:
     max_text_length: int = 64
     tokenizer_json: Path | None = None  # copied into the bundle when the model has a text graph
     class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
+    class_offsets: np.ndarray | None = None  # [C] their hubness correction, so the check labels as rsz-infer
     phrase_ridge: float = 0.0  # DSVA: how the run's attribute vectors were made (manifest.phrase_ridge)
     # DSVA's hubness correction (manifest.hubness_penalty): the penalty, its neighbours and the class
     # embeddings [S, D] of seen_classes that it measures against
@@ -217,6 +218,7 @@ def source_from_run(
     calibration_dir: Path | None = None,
 ) -> ExportSource:
     from rsz_infer.tokenizer import DEFAULT_MAX_LENGTH
+    from rsz_train.evaluate import hubness_correction
     from rsz_train.runs import load_run
     from rsz_train.text import minilm_tokenizer_json
 
@@ -238,6 +240,7 @@ def source_from_run(
         max_text_length=int(getattr(model_config, "max_text_length", DEFAULT_MAX_LENGTH)),
         tokenizer_json=minilm_tokenizer_json(),
         class_embeddings=classes,
+        class_offsets=hubness_correction(model, classes, [info.class_names.index(n) for n in info.seen]),
         phrase_ridge=float(info.phrase_ridge),
         hubness_penalty=float(getattr(model_config, "hubness_penalty", 0.0)),
         hubness_neighbours=int(getattr(model_config, "hubness_neighbours", 3)),
@@ -318,6 +321,7 @@ def _check_graph(graph: ExportGraph, onnx_path: Path, precision: str, source: Ex
             what + " on tiles",
             class_embeddings,
             source.model.scoring_rule,
+            source.class_offsets,
         )
     return {
         "max_relative_error": max(c.relative_error for c in checks),
@@ -600,6 +604,7 @@ def _int8_variant(
         check,
         source.class_embeddings,
         source.model.scoring_rule,
+        source.class_offsets,
         keep_qdq=keep_qdq,
         also_timed={"fp16": staging / fp16_name} if fp16_name else None,
     )

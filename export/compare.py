@@ -60,13 +60,18 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def label_changes(
-    reference: np.ndarray, candidate: np.ndarray, class_embeddings: np.ndarray, scoring_rule: str
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    class_embeddings: np.ndarray,
+    scoring_rule: str,
+    class_offsets: np.ndarray | None = None,
 ) -> int:
-    """How many rows of two embedding batches get a different top-1 class."""
+    """How many rows of two embedding batches get a different top-1 class (scored as the bundle labels:
+    `class_offsets` is the model's hubness correction, or None)."""
     from rsz_infer.scoring import class_logits
 
-    top_ref = class_logits(reference, class_embeddings, scoring_rule, 1.0).argmax(1)
-    top_got = class_logits(candidate, class_embeddings, scoring_rule, 1.0).argmax(1)
+    top_ref = class_logits(reference, class_embeddings, scoring_rule, 1.0, class_offsets).argmax(1)
+    top_got = class_logits(candidate, class_embeddings, scoring_rule, 1.0, class_offsets).argmax(1)
     return int((top_ref != top_got).sum())
 
 
@@ -75,13 +80,18 @@ def agreement(
     candidate: dict[str, np.ndarray],
     class_embeddings: np.ndarray | None,
     scoring_rule: str = "cosine",
+    class_offsets: np.ndarray | None = None,
 ) -> dict:
     """The INT8 check of one graph's outputs on real tiles: min embedding cosine, label changes, verdict."""
     ref, got = reference["embedding"], candidate["embedding"]
     if not np.isfinite(got).all():
         return {"min_cosine": 0.0, "label_changes": len(got), "passed": False, "reason": "NaN or inf"}
     cosine = _min_cosine(got, ref)
-    changes = 0 if class_embeddings is None else label_changes(ref, got, class_embeddings, scoring_rule)
+    changes = (
+        0
+        if class_embeddings is None
+        else label_changes(ref, got, class_embeddings, scoring_rule, class_offsets)
+    )
     allowed = int(INT8_MAX_LABEL_CHANGE * len(ref))
     reasons = []
     if cosine < INT8_MIN_COSINE:
@@ -104,6 +114,7 @@ def compare(
     what: str,
     class_embeddings: np.ndarray | None = None,
     scoring_rule: str = "cosine",
+    class_offsets: np.ndarray | None = None,
 ) -> list[Comparison]:
     """Check `candidate` against `reference` on every feed; raise one RszError line naming `what` (and the
     reference runner) on failure.
@@ -140,7 +151,9 @@ def compare(
                     f"{what}: {precision.upper()} embedding cosine {cosine:.5f} < {least} against {ref_name}"
                 )
         if precision == "fp16" and "embedding" in ref and class_embeddings is not None:
-            changed = label_changes(ref["embedding"], got["embedding"], class_embeddings, scoring_rule)
+            changed = label_changes(
+                ref["embedding"], got["embedding"], class_embeddings, scoring_rule, class_offsets
+            )
             if changed:
                 raise RszError(
                     f"{what}: FP16 changes the top-1 label of {changed} of {len(ref['embedding'])} tiles"

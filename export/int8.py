@@ -266,6 +266,7 @@ def quantize_graph(
     check: np.ndarray,
     class_embeddings: np.ndarray | None,
     scoring_rule: str,
+    class_offsets: np.ndarray | None = None,
     methods: tuple[str, ...] = ("dynamic", *STATIC_CANDIDATES),
     keep_qdq: bool = False,
     also_timed: dict[str, Path] | None = None,
@@ -295,7 +296,7 @@ def quantize_graph(
                     Candidate(method, path, reason=f"failed: {first_line(err, repr(err))}"[:200])
                 )
                 continue
-            found = agreement(reference, got, class_embeddings, scoring_rule)
+            found = agreement(reference, got, class_embeddings, scoring_rule, class_offsets)
             candidate.min_cosine, candidate.label_changes = found["min_cosine"], found["label_changes"]
             candidate.passed, candidate.reason = found["passed"], found["reason"]
             if not int8_ops(path):

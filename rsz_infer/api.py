@@ -154,8 +154,9 @@ class Scorer:
 
     def logits(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(raw similarity, logits before calibrated stacking), both [B, C]: the similarity is the model's
-        rule at scale 1 (what --min-score thresholds, for every bundle); the logits are scale x similarity,
-        or the classifier's where one labels (rsz-bench accuracy scores MCFA classifier runs with these)."""
+        rule at scale 1 (what --min-score thresholds, for every bundle); the logits are scale x (similarity
+        less the hubness correction, where the bundle has one), or the classifier's where one labels
+        (rsz-bench accuracy scores MCFA classifier runs with these)."""
         if emb.shape[1] != self.class_emb.shape[1]:
             raise RszError(
                 f"image embeddings are {emb.shape[1]}-d but class embeddings {self.class_emb.shape[1]}-d "

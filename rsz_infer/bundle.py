@@ -27,6 +27,7 @@ DEFAULT_MODEL = Path("models/default")
 MODEL_KINDS = ("dsva", "mcfa", "msa", "clip")
 CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.class_embeddings
 SCORING_RULES = ("cosine", "dot")
+MAX_HUBNESS_PENALTY = 10  # the correction is in cosine units: far past any useful weight, and finite logits
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
 
@@ -291,7 +292,10 @@ def manifest_problem(m: Manifest) -> str | None:
         ),
         (_is_str_list(m.attribute_names) and _is_str_list(m.attribute_phrases), "attributes must be strings"),
         (_is_number(m.phrase_ridge) and m.phrase_ridge >= 0, "phrase_ridge must be a number >= 0"),
-        (_is_number(m.hubness_penalty) and m.hubness_penalty >= 0, "hubness_penalty must be a number >= 0"),
+        (
+            _is_number(m.hubness_penalty) and 0 <= m.hubness_penalty <= MAX_HUBNESS_PENALTY,
+            f"hubness_penalty must be a number from 0 to {MAX_HUBNESS_PENALTY} (cosine units)",
+        ),
         (
             type(m.hubness_neighbours) is int and m.hubness_neighbours >= 1,
             "hubness_neighbours must be a positive integer",

@@ -42,12 +42,15 @@ def hubness_offsets(
     correction of a class never depends on which other classes, or tiles, are being scored.
     """
     cos = l2_normalize(class_emb.astype(np.float32)) @ l2_normalize(trained_emb.astype(np.float32)).T
-    rows = np.flatnonzero(trained_row >= 0)
-    cos[rows, trained_row[rows]] = -np.inf
-    k = min(neighbours, trained_emb.shape[0] - (1 if len(rows) else 0))
-    if k < 1:
-        return np.zeros(len(class_emb), np.float32)
-    return -np.sort(-cos, axis=1)[:, :k].mean(axis=1).astype(np.float32)
+    is_trained = trained_row >= 0
+    cos[np.flatnonzero(is_trained), trained_row[is_trained]] = -np.inf  # sorts last, never taken
+    # each class's own k: a trained class has one neighbour fewer to choose from than a new one
+    k = np.minimum(neighbours, trained_emb.shape[0] - is_trained.astype(np.int64))
+    nearest_sum = np.cumsum(-np.sort(-cos, axis=1), axis=1)
+    offsets = np.zeros(len(class_emb), np.float32)
+    rows = np.flatnonzero(k >= 1)
+    offsets[rows] = nearest_sum[rows, k[rows] - 1] / k[rows]
+    return offsets
 
 
 def calibrated_stacking(logits: np.ndarray, seen_mask: np.ndarray, seen_calibration: float) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsz_infer.bundle import MAX_HUBNESS_PENALTY
 from rsz_infer.errors import RszError
 from rsz_train.config import ABOVE_ZERO, PROBABILITY, ZERO_OR_MORE
 from rsz_train.losses.dsva import compatibility_loss, concentration_loss, group_sparsity_loss, regression_loss
@@ -107,7 +108,7 @@ class DSVAConfig:
         "group_sparsity_weight": ZERO_OR_MORE,
         "dropout": PROBABILITY,
         "attribute_mix": PROBABILITY,
-        "hubness_penalty": ZERO_OR_MORE,
+        "hubness_penalty": (0, True, MAX_HUBNESS_PENALTY),  # what a bundle's manifest takes
         "hubness_neighbours": ABOVE_ZERO,
     }
 

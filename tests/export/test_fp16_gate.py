@@ -200,3 +200,19 @@ def test_int8_agreement_on_known_cosines_and_label_changes():
         if not passed:
             allowed = rows // 100
             assert found["reason"] == f"top-1 label of {flipped} of {rows} tiles changed (at most {allowed})"
+
+
+def test_label_changes_count_the_labels_the_bundle_gives_with_its_hubness_correction():
+    """A DSVA bundle labels by cosine minus its classes' hubness correction: the FP16 and INT8 gates count
+    changes of that label, not of the raw cosine's."""
+    from rsz_export.compare import agreement, label_changes
+
+    classes = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    reference, candidate = np.array([[1.0, 0.9]]), np.array([[0.9, 1.0]])  # raw top-1: class 0, then 1
+    offsets = np.array([0.0, 0.2])  # class 1 is the hub: corrected, class 0 wins both times
+    assert label_changes(reference, candidate, classes, "cosine") == 1
+    assert label_changes(reference, candidate, classes, "cosine", offsets) == 0
+    many_ref, many_got = np.repeat(reference, 100, axis=0), np.repeat(candidate, 100, axis=0)
+    assert agreement({"embedding": many_ref}, {"embedding": many_got}, classes)["label_changes"] == 100
+    found = agreement({"embedding": many_ref}, {"embedding": many_got}, classes, "cosine", offsets)
+    assert found["label_changes"] == 0

@@ -29,3 +29,16 @@ def test_offsets_come_off_the_similarity_before_the_scale() -> None:
     image, classes = np.array([[1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
     logits = class_logits(image, classes, "cosine", 10.0, offsets=np.array([0.25, -0.5]))
     assert logits == pytest.approx(np.array([[10.0 * 0.75, 10.0 * 0.5]]))
+
+
+@pytest.mark.parametrize("neighbours", [2, 3, 5])
+def test_a_new_class_has_the_same_offset_whatever_is_scored_beside_it(neighbours: int) -> None:
+    """Training scores every class (the trained ones too); a class file may hold only new ones. With as
+    many neighbours as trained classes, a trained class can take one fewer (itself is left out) while a new
+    class still takes them all."""
+    new = np.array([[1.0, 0.2], [0.3, 1.0]])
+    alone = hubness_offsets(new, TRAINED, np.array([-1, -1]), neighbours)
+    beside = hubness_offsets(np.vstack([TRAINED, new]), TRAINED, np.array([0, 1, 2, -1, -1]), neighbours)
+    assert beside[3:] == pytest.approx(alone, abs=1e-6)
+    k = min(neighbours, 2)  # a trained class: its two other trained classes at most
+    assert beside[0] == pytest.approx(np.sort([0.0, 0.5**0.5])[::-1][:k].mean(), abs=1e-6)
