@@ -645,7 +645,7 @@ def search_index(
         what = "--text" if text is not None else "--image"
         raise RszError(
             f"{what}: the {manifest.model_kind} model's query embeddings are {query.shape[0]}-d but the "
-            f"index's tile embeddings {index.embeddings.shape[1]}-d (text search needs an MSA index)"
+            f"index's tile embeddings {index.embeddings.shape[1]}-d (text search needs an MSA or CLIP index)"
         )
     idx, sims = nearest(index.embeddings, query, max(k, rerank), index.load_ann())
     scores = sims

@@ -293,7 +293,7 @@ def test_text_search_on_a_dsva_index_is_one_line(bundles, tmp_path, capsys):
     build_index(IndexConfig([str(tiles)], bundles["dsva"], idx, progress=False))
     code, out, err = run_cli(["search", idx, "--text", "red roofs"], capsys)
     lines = error_lines(err)
-    assert code == 2 and len(lines) == 1 and "text search needs an MSA index" in lines[0], lines
+    assert code == 2 and len(lines) == 1 and "text search needs an MSA or CLIP index" in lines[0], lines
 
 
 _ = pickle  # the payload above is what np.load(allow_pickle=True) would unpickle
