@@ -156,8 +156,6 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     inputs = _image_inputs(td.load_images(data.root, paths, spec.size), spec)
 
     class_emb = ev.embed_classes(model, info.semantics)
-    rule, scale = model.scoring_rule, model.logit_scale()
-    correction = ev.hubness_correction(model, class_emb, seen_ids)
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
 
     classifier_scores = _classifier_scores(bundle, manifest, info, seen_ids, unseen_ids, labels)
@@ -168,8 +166,8 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
         if unseen_ids and len(paths) and classifier_scores is not None:
             out.update(classifier_scores(emb))
         elif unseen_ids and len(paths):
-            z = ev.zsl_gzsl_scores(
-                emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, info.seen_calibration, correction
+            z = ev.model_zsl_gzsl_scores(
+                model, emb, labels, class_emb, seen_ids, unseen_ids, info.seen_calibration
             )
             out.update(zsl=z["zsl"], U=z["gzsl"]["U"], S=z["gzsl"]["S"], H=z["gzsl"]["H"])
         if retrieval_set is not None:

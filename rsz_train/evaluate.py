@@ -98,6 +98,24 @@ def hubness_correction(model: RszModel, class_emb: np.ndarray, trained_ids: list
     )
 
 
+def model_zsl_gzsl_scores(
+    model: RszModel,
+    image_emb: np.ndarray,
+    labels: np.ndarray,
+    class_emb: np.ndarray,
+    seen_ids: list[int],
+    unseen_ids: list[int],
+    seen_calibration: float | None = None,
+) -> dict:
+    """zsl_gzsl_scores by the model's own scoring: its rule, scale and hubness correction, `seen_ids` being
+    the classes it trained on (the trainer's, rsz-bench accuracy's and a reloaded run's figures alike)."""
+    correction = hubness_correction(model, class_emb, seen_ids)
+    rule, scale = model.scoring_rule, model.logit_scale()
+    return zsl_gzsl_scores(
+        image_emb, labels, class_emb, seen_ids, unseen_ids, rule, scale, seen_calibration, correction
+    )
+
+
 def zsl_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean per-class top-1; `labels` index the columns of `logits` (the label space)."""
     return per_class_accuracy(logits.argmax(axis=1), labels)

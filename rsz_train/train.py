@@ -444,16 +444,8 @@ class _Trainer:
             return {"zsl": ev.zsl_accuracy(logits, local), "gzsl_absent": _gzsl_absent(seen_part)}
         image_emb = np.concatenate([self._embed(seen_part), self._embed(unseen_part)])
         labels = np.concatenate([self.sets[seen_part].labels, self.sets[unseen_part].labels])
-        return ev.zsl_gzsl_scores(
-            image_emb,
-            labels,
-            class_emb,
-            self.train_ids,
-            unseen_ids,
-            self.model.scoring_rule,
-            self.model.logit_scale(),
-            seen_calibration,
-            correction,
+        return ev.model_zsl_gzsl_scores(
+            self.model, image_emb, labels, class_emb, self.train_ids, unseen_ids, seen_calibration
         )
 
     def classifier_scores(self, stage: str, seen_calibration: float | None) -> dict | None:

@@ -72,14 +72,13 @@ def test_two_gloo_processes_train_like_one_and_resume(tiny_benchmark, default_sp
     emb_two = ev.embed_images(model_two, images, info.preprocess)
     np.testing.assert_allclose(emb_two, ev.embed_images(load_run(one)[0], images, info.preprocess), atol=1e-4)
     index = {name: i for i, name in enumerate(info.class_names)}
-    scores = ev.zsl_gzsl_scores(
+    scores = ev.model_zsl_gzsl_scores(
+        model_two,
         emb_two,
         np.array([label_of[p] for p in paths]),
         ev.embed_classes(model_two, info.semantics),
         [index[c] for c in info.seen],
         [index[c] for c in info.unseen],
-        model_two.scoring_rule,
-        model_two.logit_scale(),
         info.seen_calibration,
     )
     assert scores["zsl"] == pytest.approx(report["test"]["zsl"], abs=1e-9)

@@ -34,14 +34,13 @@ def test_recorded_choice_is_the_validation_choice(tiny_run, tiny_benchmark, defa
     index = {name: i for i, name in enumerate(info.class_names)}
     paths = list(split.val_seen) + list(split.val_unseen)
     assert paths and set(info.val) and not set(info.val) & set(info.unseen)
-    recomputed = ev.zsl_gzsl_scores(
+    recomputed = ev.model_zsl_gzsl_scores(
+        model,
         ev.embed_images(model, load_images(data.root, paths, info.preprocess.size), info.preprocess),
         np.array([label_of[p] for p in paths]),
         ev.embed_classes(model, info.semantics),
         [index[c] for c in info.seen],  # training classes (seen minus val)
         [index[c] for c in info.val],  # validation stands in for the unseen classes
-        model.scoring_rule,
-        model.logit_scale(),
         seen_calibration=None,  # lambda free: chosen here, on validation
     )
     report = info.report

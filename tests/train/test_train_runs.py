@@ -68,14 +68,13 @@ def test_load_run_reproduces_the_reported_test_scores(tiny_run, tiny_benchmark, 
     paths = list(split.test_seen) + list(split.test_unseen)
     images = load_images(data.root, paths, info.preprocess.size)
     index = {name: i for i, name in enumerate(info.class_names)}
-    scores = ev.zsl_gzsl_scores(
+    scores = ev.model_zsl_gzsl_scores(
+        model,
         ev.embed_images(model, images, info.preprocess),
         np.array([label_of[p] for p in paths]),
         ev.embed_classes(model, info.semantics),
         [index[c] for c in info.seen],
         [index[c] for c in info.unseen],
-        model.scoring_rule,
-        model.logit_scale(),
         info.seen_calibration,
     )
     report = info.report["test"]
