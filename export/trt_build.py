@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-
 from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
 from rsz_infer.trt_lib import TrtLib, gpu_compute_capability, load_trt, sidecar_path
@@ -53,6 +51,8 @@ class ShapeRange:
 
 def onnx_input_dims(onnx_path: Path) -> dict[str, list[int | str]]:
     """Input name -> dims (int, or the dim_param name such as "batch"/"seq" for dynamic axes)."""
+    import onnx  # here, not at the top: rsz-export inspect imports this module and needs no export extra
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
     dims = {}

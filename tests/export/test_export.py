@@ -293,6 +293,27 @@ def test_inspect_prints_table_and_detects_tampering(bundle: Path, tmp_path: Path
     assert result.exit_code == 2 and "text.onnx: sha256 does not match" in result.output
 
 
+WITHOUT_EXPORT_EXTRAS = (
+    "import sys\n"
+    "sys.modules['torch'] = sys.modules['onnx'] = None  # an inference-only install (pip install .)\n"
+    "from rsz_infer import entry\n"
+    "sys.argv = ['rsz-export', *sys.argv[1:]]\n"
+    "entry.export_main()\n"
+)
+
+
+def test_inspect_needs_no_export_extra(bundle: Path, tmp_path: Path) -> None:
+    """Someone who installed only the inference side can inspect a bundle they were sent; building one
+    still says which extra it needs."""
+    inspect = [sys.executable, "-c", WITHOUT_EXPORT_EXTRAS, "inspect", str(bundle)]
+    proc = subprocess.run(inspect, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "verified" in proc.stdout, proc.stderr
+    build = [sys.executable, "-c", WITHOUT_EXPORT_EXTRAS, "--model", "dsva", "--run", str(tmp_path)]
+    proc = subprocess.run(build, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("error: rsz-export needs the "), proc.stderr
+
+
 def test_cli_errors_missing_run_and_wrong_kind(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["--model", "dsva", "--run", str(tmp_path / "nope"), "--engine", "none"]
