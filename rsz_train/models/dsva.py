@@ -31,7 +31,7 @@ from rsz_train.models.frozen import FrozenBackboneMixin, FrozenFeatureCache
 class DSVAConfig:
     """DSVA settings; the defaults are the small CPU model (vit_tiny from scratch at 96 px)."""
 
-    # Training defaults that differ from TrainConfig's: 24 epochs of batches of 32 at 96 px (five to seven
+    # Training defaults that differ from TrainConfig's: 24 epochs of batches of 32 at 96 px (about ten
     # CPU minutes on the embedded benchmark), with attribute_mix 0.5 below. Each step was chosen on validation
     # classes only, by the mean and the worst val ZSL over seeds 0-2 (benchmarks/RESULTS.md): 6 rather than
     # 4 epochs on two benchmark sizes; 16 rather than 6 on the demo benchmark (69.6 -> 76.5%, worst 68.1 ->
