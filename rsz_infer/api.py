@@ -31,7 +31,7 @@ from rsz_infer.batching import (
     embed_tiles,
     tile_record,
 )
-from rsz_infer.bundle import Manifest
+from rsz_infer.bundle import MAX_HUBNESS_PENALTY, Manifest
 from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file, with_training_descriptions
 from rsz_infer.errors import RszError
@@ -121,6 +121,7 @@ class Scorer:
         top_k: int,
         seen_calibration: float | None,
         min_score: float | None = None,
+        hubness_penalty: float | None = None,
     ) -> Scorer:
         """Class embeddings through the bundle's own text graphs (cached), the bundle's rule and, for MCFA
         classifier bundles, the classifier that labels these classes."""
@@ -149,7 +150,7 @@ class Scorer:
             classifier=open_classifier(bundle, manifest, entries, labeling, runner_for),
             labeling=labeling,
             notes=notes,
-            offsets=hubness_correction(manifest, entries, class_emb),
+            offsets=hubness_correction(manifest, entries, class_emb, hubness_penalty),
         )
 
     def logits(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,17 +200,33 @@ class Scorer:
 
 
 def hubness_correction(
-    manifest: Manifest, entries: list[ClassEntry], class_emb: np.ndarray
+    manifest: Manifest, entries: list[ClassEntry], class_emb: np.ndarray, penalty: float | None = None
 ) -> np.ndarray | None:
-    """[C] the bundle's hubness correction of the entries' classes (manifest.hubness_penalty; a class the
-    model trained on is left out of its own neighbours), or None when the bundle has none."""
-    if not manifest.hubness_penalty:
+    """[C] the bundle's hubness correction of the entries' classes (a class the model trained on is left
+    out of its own neighbours) with `penalty` (None: manifest.hubness_penalty; 0: none), or None."""
+    penalty = check_hubness_penalty(penalty, manifest)
+    if not penalty:
         return None
     row_of = {name.casefold(): i for i, name in enumerate(manifest.seen_classes)}
     trained_row = np.array([row_of.get(e.name.casefold(), -1) for e in entries], dtype=np.int64)
     trained = np.asarray(manifest.trained_class_embeddings, dtype=np.float32)
     offsets = hubness_offsets(class_emb, trained, trained_row, manifest.hubness_neighbours)
-    return manifest.hubness_penalty * offsets
+    return penalty * offsets
+
+
+def check_hubness_penalty(penalty: float | None, manifest: Manifest) -> float:
+    """--hubness-penalty (None: the bundle's): a finite weight from 0 to MAX_HUBNESS_PENALTY, above 0 only
+    for a bundle that carries its trained classes' embeddings (DSVA bundles exported with the correction)."""
+    if penalty is None:
+        return manifest.hubness_penalty
+    if not (math.isfinite(penalty) and 0 <= penalty <= MAX_HUBNESS_PENALTY):
+        raise RszError(f"--hubness-penalty {penalty}: must be a number from 0 to {MAX_HUBNESS_PENALTY}")
+    if penalty and (manifest.scoring_rule != "cosine" or not manifest.trained_class_embeddings):
+        raise RszError(
+            f"--hubness-penalty {penalty}: the bundle has no trained class embeddings to correct against "
+            "(only DSVA bundles exported with model.hubness_penalty do); use 0 or leave it out"
+        )
+    return penalty
 
 
 def skipped_records(batch: EmbeddedBatch) -> list[dict]:
@@ -443,6 +460,7 @@ class Labeler(Embedder):
         seen_calibration: float | None = None,
         explain: bool = False,
         min_score: float | None = None,
+        hubness_penalty: float | None = None,
         **engine: Any,
     ) -> None:
         if top_k < 1:
@@ -450,16 +468,16 @@ class Labeler(Embedder):
         self.entries = class_entries(classes)
         check_min_score(min_score, self.entries, classes)
         self.explain = explain  # DSVA: top attributes (and attention maps) in every labeled record
-        self._scoring = (top_k, seen_calibration, min_score)
+        self._scoring = (top_k, seen_calibration, min_score, hubness_penalty)
         super().__init__(bundle, backend, device, **engine)
 
     def _before_engine(self) -> None:
-        top_k, seen_calibration, min_score = self._scoring
+        top_k, seen_calibration, min_score, hubness_penalty = self._scoring
         if self.explain:
             check_explainable(self.manifest, self.bundle)
         self.scorer = Scorer.open(
             self.bundle, self.manifest, self.entries, self.backend, self.device, top_k, seen_calibration,
-            min_score,
+            min_score, hubness_penalty,
         )  # fmt: skip
 
     def close(self) -> None:

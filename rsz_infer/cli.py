@@ -161,6 +161,10 @@ def _runtime_options(f):
     "--seen-calibration", type=float, default=None, help="Lambda for seen classes (default: bundle's)."
 )
 @click.option(
+    "--hubness-penalty", type=float, default=None,
+    help="DSVA: weight of the hubness correction (default: the bundle's; 0 scores without it).",
+)  # fmt: skip
+@click.option(
     "--min-score", type=float, default=None,
     help="Label a tile 'unknown' when similarity_1 (its top class's raw similarity) is below this.",
 )  # fmt: skip
@@ -188,6 +192,7 @@ def label_command(
     out,
     top_k,
     seen_calibration,
+    hubness_penalty,
     min_score,
     class_map,
     class_map_scores,
@@ -210,6 +215,7 @@ def label_command(
         batch=kw["batch"],
         top_k=top_k,
         seen_calibration=seen_calibration,
+        hubness_penalty=hubness_penalty,
         min_score=min_score,
         resume=resume,
         tiles=_tiles(kw),

@@ -415,7 +415,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import check_finished, output_format, write_finished, write_outputs
-    from rsz_infer.pipeline import Summary, plan_labeling, run_log_engine
+    from rsz_infer.pipeline import Summary, hubness_header, plan_labeling, run_log_engine
 
     start = time.perf_counter()
     out = Path(cfg.out)
@@ -432,6 +432,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         "classes": class_file_hash(entries),
         "top_k": cfg.top_k,
         "seen_calibration": cfg.seen_calibration,
+        **hubness_header(cfg.hubness_penalty),
         "min_score": cfg.min_score,
         "tiles": [cfg.tiles.tile_size, cfg.tiles.overlap, list(cfg.tiles.bands or []), cfg.tiles.gsd],
         **({"shard": list(cfg.shard)} if cfg.shard else {}),  # named as such when a --resume differs
@@ -453,6 +454,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         "device": device,
         "top_k": cfg.top_k,
         "seen_calibration": cfg.seen_calibration,
+        "hubness_penalty": cfg.hubness_penalty,
         "min_score": cfg.min_score,
         "batch": cfg.batch,
         "precision": cfg.precision,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rsz_infer.api import Labeler, check_explainable, check_min_score, class_entries
+from rsz_infer.api import Labeler, check_explainable, check_hubness_penalty, check_min_score, class_entries
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
@@ -71,6 +71,11 @@ def run_log_engine(precision: str, decoder: str) -> dict:
     return {"precision": precision, **({"decoder": decoder} if decoder == "pillow-draft" else {})}
 
 
+def hubness_header(penalty: float | None) -> dict:
+    """--hubness-penalty in a run log's header when given (runs that leave it out keep their header)."""
+    return {} if penalty is None else {"hubness_penalty": penalty}
+
+
 def gsd_note(tiles: TileOptions, manifest: Manifest) -> list[str]:
     if tiles.gsd is None:
         return []
@@ -92,6 +97,7 @@ class LabelConfig:
     batch: int = 32
     top_k: int = 5
     seen_calibration: float | None = None  # None: the bundle's value, chosen on validation data
+    hubness_penalty: float | None = None  # None: the bundle's (DSVA); 0 scores without the correction
     min_score: float | None = None  # --min-score: raw similarity below which label_1 is UNKNOWN
     resume: bool = False
     tiles: TileOptions = field(default_factory=TileOptions)
@@ -228,6 +234,7 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
         check_explainable(manifest, cfg.model)
     entries = class_entries(cfg.classes)
     check_min_score(cfg.min_score, entries, cfg.classes)
+    check_hubness_penalty(cfg.hubness_penalty, manifest)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
     # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
@@ -260,6 +267,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         cfg.model, entries, cfg.backend, cfg.device, cfg.top_k, cfg.seen_calibration, batch=cfg.batch,
         workers=cfg.workers, decoder=cfg.decoder, preprocess=cfg.preprocess, tiles=cfg.tiles,
         manifest=manifest, explain=cfg.explain, min_score=cfg.min_score, precision=cfg.precision,
+        hubness_penalty=cfg.hubness_penalty,
     )  # fmt: skip
     scorer, engine = labeler.scorer, labeler.engine
     header = {
@@ -267,6 +275,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
         "classes": class_file_hash(entries),
         "top_k": cfg.top_k,
         "seen_calibration": scorer.seen_calibration,
+        **hubness_header(cfg.hubness_penalty),
         "min_score": cfg.min_score,
         "inputs": input_names(cfg.inputs),  # --resume with other inputs must not mix two runs' rows
         **({"shard": list(cfg.shard)} if cfg.shard else {}),  # nor with another shard of the same inputs

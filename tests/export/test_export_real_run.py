@@ -265,6 +265,11 @@ def test_the_bundle_scores_with_the_runs_hubness_correction(
     predicted = np.array([unseen.index(name) for name in labels])
     assert per_class_accuracy(predicted, truth) == pytest.approx(reported["zsl"], abs=1e-9)
     assert (predicted != uncorrected.argmax(axis=1)).any()
+    # rsz-infer --hubness-penalty 0 (the API's hubness_penalty=0) scores by the raw cosine
+    lines = [f"{c}: {description[c]}" for c in unseen]
+    with Labeler(out, lines, backend="ort", device="cpu", hubness_penalty=0.0) as labeler:
+        raw = [r["labels"][0] for r in labeler.label([bench / "images" / t for t in tiles])]
+    assert [unseen.index(name) for name in raw] == uncorrected.argmax(axis=1).tolist()
 
     space = list(info.seen) + unseen  # GZSL: the trained classes' own correction leaves themselves out
     tiles = (split / "test_seen.txt").read_text(encoding="utf-8").split() + tiles

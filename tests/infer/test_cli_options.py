@@ -62,3 +62,26 @@ def test_negative_workers_is_a_usage_error(tiles, bundles, class_file, tmp_path,
         code, _, err = run_cli([*commands[name], "--workers", "-1"], capsys)
         assert code == 2 and "Traceback" not in err and "Invalid value for '--workers'" in err, (name, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # no labels, no .part, no index
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (
+            "0.5",
+            "error: --hubness-penalty 0.5: the bundle has no trained class embeddings to correct against",
+        ),
+        ("-1", "error: --hubness-penalty -1.0: must be a number from 0 to 10"),
+        ("nan", "error: --hubness-penalty nan: must be a number from 0 to 10"),
+    ],
+)
+def test_a_hubness_penalty_the_bundle_cannot_take_is_one_line(
+    value, expected, tiles, bundles, class_file, tmp_path, capsys
+):
+    """Only DSVA bundles exported with the correction carry the trained class embeddings it needs."""
+    command = _commands(tiles, bundles["msa"], class_file, tmp_path)["label"]
+    code, _, err = run_cli([*command, "--hubness-penalty", value], capsys)
+    assert code == 2 and error_lines(err) == [err.strip()] and err.startswith(expected), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing written
+    code, _, err = run_cli([*command, "--hubness-penalty", "0"], capsys)  # "without it" always works
+    assert code == 0, err
