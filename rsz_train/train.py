@@ -429,9 +429,9 @@ class _Trainer:
         if not unseen_ids or not len(self.sets[unseen_part].paths):
             return None
         class_emb = ev.embed_classes(self.model, self.semantics, self.device)
-        correction = ev.hubness_correction(self.model, class_emb, self.train_ids)
         if not len(self.sets[seen_part].paths):
             # ZSL needs only the unseen images (an MCFA ZSL folder has no test_seen list); GZSL needs both
+            correction = ev.hubness_correction(self.model, class_emb, self.train_ids)
             position = {c: i for i, c in enumerate(unseen_ids)}
             logits = ev.class_logits(
                 self._embed(unseen_part),
