@@ -54,7 +54,7 @@ def _one_line_error(result) -> str:
 
 def test_mcfa_zsl_folder_without_test_seen_still_scores_zsl(plain, tmp_path):
     data = load_scene_folders(plain["root"])
-    unseen = {"harbor", "river"}
+    unseen = {"airplane", "storage_tank"}
     folder = tmp_path / "zsl_4_2split"
     folder.mkdir()
     rows = {"seen": [], "unseen": []}
@@ -62,10 +62,11 @@ def test_mcfa_zsl_folder_without_test_seen_still_scores_zsl(plain, tmp_path):
         rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
     for kind, values in rows.items():  # MCFA's ZSL folders have no test_seen_class_loc_*.txt
         (folder / f"{kind}_class_loc_0.33_1.txt").write_text("".join(f"{v}\n" for v in values))
-    out = tmp_path / "run"
+    out, config = tmp_path / "run", tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML + "model:\n  hubness_penalty: 2.0\n")  # 3 trained classes, 3 neighbours
     result = _cli(
         ["dsva", "--data", str(plain["root"]), "--split-file", str(folder), "--attributes",
-         str(plain["attributes"]), "--config", str(plain["config"]), "--out", str(out), "--device", "cpu"]
+         str(plain["attributes"]), "--config", str(config), "--out", str(out), "--device", "cpu"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "no test images" not in result.output and "ZSL unseen accuracy" in result.output
@@ -73,6 +74,25 @@ def test_mcfa_zsl_folder_without_test_seen_still_scores_zsl(plain, tmp_path):
     test = json.loads((out / "report.json").read_text())["test"]
     assert 0.0 <= test["zsl"] <= 1.0 and "gzsl" not in test
     assert test["gzsl_absent"].startswith("no test_seen images: GZSL")
+
+    # the ZSL figure is the model's own scoring, its hubness correction included
+    from rsz_infer.metrics import per_class_accuracy
+    from rsz_train import evaluate as ev
+    from rsz_train.data.batches import load_images
+    from rsz_train.runs import load_run
+
+    model, info = load_run(out, kind="dsva")
+    index = {name: i for i, name in enumerate(info.class_names)}
+    unseen_ids = [index[c] for c in info.unseen]
+    paths = [p for p, label in zip(data.image_paths, data.labels) if data.class_names[label] in unseen]
+    truth = np.array([info.unseen.index(p.split("/")[0]) for p in paths])
+    emb = ev.embed_images(model, load_images(data.root, paths, info.preprocess.size), info.preprocess)
+    class_emb = ev.embed_classes(model, info.semantics)
+    correction = ev.hubness_correction(model, class_emb, [index[c] for c in info.seen])
+    logits = ev.class_logits(emb, class_emb[unseen_ids], "cosine", 1.0, correction[unseen_ids])
+    assert per_class_accuracy(logits.argmax(axis=1), truth) == pytest.approx(test["zsl"], abs=1e-9)
+    raw = ev.class_logits(emb, class_emb[unseen_ids], "cosine", 1.0)
+    assert per_class_accuracy(raw.argmax(axis=1), truth) != pytest.approx(test["zsl"], abs=1e-9)
 
 
 def test_msa_without_captions_says_it_needs_captions(plain, tmp_path):
