@@ -226,6 +226,7 @@ def source_from_run(
     model_config = getattr(info.config, "model", None)
     with torch.no_grad():
         classes = model.encode_classes(model.class_inputs(info.semantics)).float().numpy()
+    seen_rows = [info.class_names.index(name) for name in info.seen]
     source = ExportSource(
         model=model,
         preprocess=info.preprocess,
@@ -240,11 +241,11 @@ def source_from_run(
         max_text_length=int(getattr(model_config, "max_text_length", DEFAULT_MAX_LENGTH)),
         tokenizer_json=minilm_tokenizer_json(),
         class_embeddings=classes,
-        class_offsets=hubness_correction(model, classes, [info.class_names.index(n) for n in info.seen]),
+        class_offsets=hubness_correction(model, classes, seen_rows),
         phrase_ridge=float(info.phrase_ridge),
         hubness_penalty=float(getattr(model_config, "hubness_penalty", 0.0)),
         hubness_neighbours=int(getattr(model_config, "hubness_neighbours", 3)),
-        trained_class_embeddings=classes[[info.class_names.index(name) for name in info.seen]],
+        trained_class_embeddings=classes[seen_rows],
         gsd=info.config.train.gsd,
         gsd_source="" if info.config.train.gsd is None else f"the run ({run_dir / 'config.yaml'}: train.gsd)",
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),

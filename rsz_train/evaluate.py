@@ -98,6 +98,20 @@ def hubness_correction(model: RszModel, class_emb: np.ndarray, trained_ids: list
     )
 
 
+def model_class_logits(
+    model: RszModel,
+    image_emb: np.ndarray,
+    class_emb: np.ndarray,
+    class_ids: list[int],
+    trained_ids: list[int],
+) -> np.ndarray:
+    """[B, len(class_ids)] logits of the classes at `class_ids` (rows of class_emb) by the model's own
+    scoring: its rule, scale and hubness correction against `trained_ids`, the classes it trained on."""
+    correction = hubness_correction(model, class_emb, trained_ids)
+    offsets = None if correction is None else correction[class_ids]
+    return class_logits(image_emb, class_emb[class_ids], model.scoring_rule, model.logit_scale(), offsets)
+
+
 def model_zsl_gzsl_scores(
     model: RszModel,
     image_emb: np.ndarray,

@@ -431,14 +431,9 @@ class _Trainer:
         class_emb = ev.embed_classes(self.model, self.semantics, self.device)
         if not len(self.sets[seen_part].paths):
             # ZSL needs only the unseen images (an MCFA ZSL folder has no test_seen list); GZSL needs both
-            correction = ev.hubness_correction(self.model, class_emb, self.train_ids)
             position = {c: i for i, c in enumerate(unseen_ids)}
-            logits = ev.class_logits(
-                self._embed(unseen_part),
-                class_emb[unseen_ids],
-                self.model.scoring_rule,
-                self.model.logit_scale(),
-                None if correction is None else correction[unseen_ids],
+            logits = ev.model_class_logits(
+                self.model, self._embed(unseen_part), class_emb, unseen_ids, self.train_ids
             )
             local = np.array([position[int(c)] for c in self.sets[unseen_part].labels], dtype=np.int64)
             return {"zsl": ev.zsl_accuracy(logits, local), "gzsl_absent": _gzsl_absent(seen_part)}
@@ -542,15 +537,11 @@ class _Trainer:
         emb = self._embed("val_seen")
         if not len(emb):
             raise RszError(f"split {self.split_name}: no validation images (val_seen.txt, val_unseen.txt)")
-        class_emb = ev.embed_classes(self.model, self.semantics, self.device)
-        correction = ev.hubness_correction(self.model, class_emb, self.train_ids)
-        logits = ev.class_logits(
-            emb,
-            class_emb[self.train_ids],
-            self.model.scoring_rule,
-            self.model.logit_scale(),
-            None if correction is None else correction[self.train_ids],
+        class_emb = ev.embed_classes(
+            self.model, ev.subset_semantics(self.semantics, self.train_ids), self.device
         )
+        trained = list(range(len(self.train_ids)))  # rows of class_emb: the training classes only
+        logits = ev.model_class_logits(self.model, emb, class_emb, trained, trained)
         position = {c: i for i, c in enumerate(self.train_ids)}
         metrics["val_seen_accuracy"] = ev.zsl_accuracy(
             logits, np.array([position[int(c)] for c in self.sets["val_seen"].labels])
