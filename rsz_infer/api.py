@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,6 +368,10 @@ class Embedder:
             return list(images)
         if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
             images = [images]
+        if not isinstance(images, Iterable):  # one PIL image, None: never a TypeError from list()
+            raise RszError(
+                f"images: a {type(images).__name__} is not an array, a path, a Tile or a list of them"
+            )
         items = list(images)
         arrays = [isinstance(i, np.ndarray) for i in items]
         if all(arrays):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rsz_infer import Embedder, Labeler, RszError
 from rsz_infer.pipeline import LabelConfig, label_tiles
@@ -113,6 +114,13 @@ def test_one_record_per_input_and_mixed_inputs_refused(bundles, class_file, fold
         assert labeler.embed([path, path]).shape == (2, labeler.manifest.embedding_dim)
         with pytest.raises(RszError, match="images: a list mixing arrays and paths: pass one kind per call"):
             labeler.label([solid("red", 30), path])
+        # one PIL image or None: the same one-line refusal as inside a list, never a TypeError
+        with Image.open(path) as image:
+            for bad in (image, [image]):
+                with pytest.raises(RszError, match=r"images: a PngImageFile is not an array, a path"):
+                    labeler.label(bad)
+        with pytest.raises(RszError, match=r"images: a NoneType is not an array"):
+            labeler.embed(None)
 
 
 def test_closed_labelers_and_embedders_refuse_every_call(bundles, class_file, folder):
