@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ def class_entries(classes: str | Path | Sequence[str] | Sequence[ClassEntry]) ->
     """Classes from a class file path, a list of "name" / "name: description" strings, or ClassEntrys."""
     if isinstance(classes, (str, Path)):
         return read_class_file(classes)
+    if isinstance(classes, Mapping):  # iterating a dict gives its keys: the descriptions would be lost
+        raise RszError('classes: a dict; pass a list of "name: description" strings or a class file')
     items = list(classes)
     if items and all(isinstance(c, ClassEntry) for c in items):
         return items

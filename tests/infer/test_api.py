@@ -48,6 +48,12 @@ def test_arrays_are_labeled_like_their_colour_and_every_class_form_agrees(bundle
     assert grey["rule"] == "grey to rgb"
 
 
+def test_classes_as_a_dict_are_refused_not_labeled_without_their_descriptions(bundles):
+    # list(dict) is its keys: {"red": "red roofs"} would label with "red" alone, the description lost
+    with pytest.raises(RszError, match=r'^classes: a dict; pass a list of "name: description" strings'):
+        Labeler(bundles["mcfa"], {"red": "red roofs", "blue": "blue water"}, backend="ort", device="cpu")
+
+
 def test_paths_give_what_the_cli_path_writes_bad_tiles_included(bundles, class_file, folder, tmp_path):
     out = tmp_path / "labels.jsonl"
     label_tiles(LabelConfig([str(folder)], class_file, out, bundles["dsva"], "ort", "cpu", progress=False))
