@@ -93,7 +93,9 @@ def latency(
 ):
     """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
     from rsz_bench.latency import LatencyConfig, latency_markdown, run_latency
-    from rsz_bench.report import new_result, write_result
+    from rsz_bench.report import check_out_dir, new_result, write_result
+
+    check_out_dir(out)
 
     cfg = LatencyConfig(
         backends=_names(backend),
@@ -141,7 +143,9 @@ def latency(
 def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, precision, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
     from rsz_bench.e2e import E2EConfig, e2e_markdown, run_e2e
-    from rsz_bench.report import new_result, write_result
+    from rsz_bench.report import check_out_dir, new_result, write_result
+
+    check_out_dir(out)
 
     cfg = E2EConfig(
         batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess,
@@ -170,7 +174,9 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
 def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, batch, out):
     """ZSL, GZSL (U, S, H) and retrieval through each backend and precision, against PyTorch FP32."""
     from rsz_bench.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
-    from rsz_bench.report import new_result, write_result
+    from rsz_bench.report import check_out_dir, new_result, write_result
+
+    check_out_dir(out)
 
     cfg = AccuracyConfig(backends=_names(backend), precisions=_names(precision), device=device, batch=batch)
     measured = run_accuracy(bundle, run_dir, data_dir, split_name, cfg)
@@ -192,7 +198,9 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
 def ort_settings(model, batch, rounds, iters, out):
     """ONNX Runtime session settings (optimisation level, threads, arena, pre-processed graph) timed."""
     from rsz_bench.ort_settings import ort_settings_markdown, run_ort_settings
-    from rsz_bench.report import new_result, write_result
+    from rsz_bench.report import check_out_dir, new_result, write_result
+
+    check_out_dir(out)
 
     result = new_result(
         "ort-settings", f"ORT settings: {model}", **run_ort_settings(model, batch, rounds, iters)

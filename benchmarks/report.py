@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rsz_infer.errors import RszError
+
 
 def machine_info() -> dict[str, Any]:
     """CPU, core count, OS, Python and (when a GPU is visible to torch or nvidia-smi) the GPU name."""
@@ -110,6 +112,18 @@ def header_markdown(result: dict[str, Any]) -> str:
         f"Date: {result['date']}\n"
         f"Command: `{result['command']}`\n"
     )
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be a folder, or a path where one can be made: found before a benchmark runs, never after
+    it, when its figures would be lost."""
+    for folder in (out_dir, *out_dir.absolute().parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise RszError(f"--out {out_dir}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise RszError(f"--out {out_dir}: {folder} is not writable")
+            return
 
 
 def write_result(result: dict[str, Any], markdown_body: str, out_dir: Path, stem: str) -> tuple[Path, Path]:

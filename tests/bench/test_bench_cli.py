@@ -188,3 +188,15 @@ def test_e2e_workers_below_zero_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == "error: --workers -1: must be at least 0 (0: rsz-infer's default)"
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_the_benchmark_runs(tmp_path):
+    """Checked first: after the run, the figures of a long benchmark would be lost with an errno line."""
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a folder")
+    missing = str(tmp_path / "no_bundle")  # the check comes before the model is even opened
+    for out in (taken, taken / "sub"):
+        for args in (["latency", "--model", missing], ["e2e", str(tmp_path), "--model", missing]):
+            result = CliRunner().invoke(main, [*args, "--out", str(out)])
+            assert result.exit_code == 2, (args, result.output)
+            assert result.output == f"error: --out {out}: {taken} is a file, not a folder\n", args
