@@ -10,12 +10,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rsz_infer.errors import RszError
+from rsz_infer.outputs import atomic_write
 
 
 def machine_info() -> dict[str, Any]:
@@ -67,16 +67,10 @@ def command_line() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write next to the target and rename, so a reader never sees half a file."""
+    """Write next to the target and rename, so a reader never sees half a file; the file gets the mode of
+    any new file (the umask's), as rsz-infer's outputs do."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def _fmt(value: Any) -> str:

@@ -200,3 +200,17 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_benchmark_runs(tmp
             result = CliRunner().invoke(main, [*args, "--out", str(out)])
             assert result.exit_code == 2, (args, result.output)
             assert result.output == f"error: --out {out}: {taken} is a file, not a folder\n", args
+
+
+def test_result_files_are_readable_like_any_new_file(tmp_path):
+    """Written beside and renamed, yet with the umask's mode: a temporary file's 0600 kept results from the
+    team reading them."""
+    from rsz_bench.report import new_result, write_result
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    json_path, md_path = write_result(new_result("latency", "Latency: x", rows=[]), "", tmp_path / "res", "r")
+    assert json.loads(json_path.read_text())["kind"] == "latency"
+    for path in (json_path, md_path):
+        assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert sorted(p.name for p in json_path.parent.iterdir()) == ["r.json", "r.md"]  # no temporary left
