@@ -77,6 +77,16 @@ def check_min_score(
         )
 
 
+def check_seen_calibration(seen_calibration: float | None) -> None:
+    """--seen-calibration must be a finite number: NaN (or inf times an unseen class's 0) makes every logit
+    NaN, and every tile would be labeled the first class with score nan."""
+    if seen_calibration is not None and not math.isfinite(seen_calibration):
+        raise RszError(
+            f"--seen-calibration {seen_calibration}: must be a finite number "
+            "(leave it out for the bundle's own)"
+        )
+
+
 def class_entries(classes: str | Path | Sequence[str] | Sequence[ClassEntry]) -> list[ClassEntry]:
     """Classes from a class file path, a list of "name" / "name: description" strings, or ClassEntrys."""
     if isinstance(classes, (str, Path)):
@@ -473,6 +483,7 @@ class Labeler(Embedder):
             raise RszError(f"--top-k {top_k}: must be at least 1")
         self.entries = class_entries(classes)
         check_min_score(min_score, self.entries, classes)
+        check_seen_calibration(seen_calibration)
         self.explain = explain  # DSVA: top attributes (and attention maps) in every labeled record
         self._scoring = (top_k, seen_calibration, min_score, hubness_penalty)
         super().__init__(bundle, backend, device, **engine)

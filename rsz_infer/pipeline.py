@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rsz_infer.api import Labeler, check_explainable, check_hubness_penalty, check_min_score, class_entries
+from rsz_infer.api import (
+    Labeler,
+    check_explainable,
+    check_hubness_penalty,
+    check_min_score,
+    check_seen_calibration,
+    class_entries,
+)
 from rsz_infer.batching import (
     EmbeddedBatch,
     EngineOptions,
@@ -234,6 +241,7 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
         check_explainable(manifest, cfg.model)
     entries = class_entries(cfg.classes)
     check_min_score(cfg.min_score, entries, cfg.classes)
+    check_seen_calibration(cfg.seen_calibration)
     check_hubness_penalty(cfg.hubness_penalty, manifest)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)

@@ -85,3 +85,21 @@ def test_a_hubness_penalty_the_bundle_cannot_take_is_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing written
     code, _, err = run_cli([*command, "--hubness-penalty", "0"], capsys)  # "without it" always works
     assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_seen_calibration_that_is_no_number_is_one_line(
+    value, tiles, bundles, class_file, tmp_path, capsys
+):
+    """NaN (or inf times an unseen class's 0) made every logit NaN: every tile the first class, score nan."""
+    from rsz_infer import Labeler, RszError
+
+    command = _commands(tiles, bundles["dsva"], class_file, tmp_path)["label"]
+    code, _, err = run_cli([*command, "--seen-calibration", value], capsys)
+    expected = (
+        f"error: --seen-calibration {float(value)}: must be a finite number (leave it out for the bundle's"
+    )
+    assert code == 2 and error_lines(err) == [err.strip()] and err.startswith(expected), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]  # nothing written
+    with pytest.raises(RszError, match=r"^--seen-calibration .*: must be a finite number"):
+        Labeler(bundles["dsva"], class_file, backend="ort", device="cpu", seen_calibration=float(value))
