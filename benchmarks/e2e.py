@@ -142,9 +142,10 @@ def _stage_times(tiles, options, prep, runner, cfg, info, inputs) -> tuple[dict,
         raise RszError(f"{names}: none of the {len(tiles)} tiles could be decoded (first: {first_error})")
     batches = [arrays[i : i + cfg.batch] for i in range(0, len(arrays), cfg.batch)]
     stacked = []
+    low = runner.batch_range[0]  # as the loop (batching.embed_batch): the real rows, padded to a minimum only
     for b in batches:
         t0 = time.perf_counter()
-        x = np.zeros((cfg.batch, 3, prep.size, prep.size), np.float32)  # fixed shape, as the pipeline
+        x = np.zeros((max(len(b), low), 3, prep.size, prep.size), np.float32)
         x[: len(b)] = np.stack(b)
         t["copy"] += time.perf_counter() - t0
         stacked.append((x, len(b)))

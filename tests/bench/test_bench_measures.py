@@ -123,3 +123,33 @@ def test_interleaved_latency_rows_against_a_known_sleep(monkeypatch):
     rows = latency.run_latency("sleep", cfg)["rows"]
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(SLEEP_S * 1e3 <= r["p50_ms"] < (SLEEP_S + SLACK_S) * 1e3 for r in rows)
+
+
+def test_e2e_encoder_stage_runs_the_rows_the_loop_runs(tmp_path):
+    """The encoder-only figure is set against the batching loop, which runs only the real rows of a last,
+    partial batch: padding it to --batch (5 tiles at batch 4: 8 rows) made the encoder look slower."""
+    from PIL import Image
+
+    from rsz_bench.e2e import E2EConfig, _stage_times
+    from rsz_bench.reference import build_reference, export_reference_onnx
+    from rsz_infer.images import TileOptions, discover_tiles
+    from rsz_infer.preprocess import PreprocessSpec
+    from rsz_infer.runners.ort import OrtRunner
+
+    class RecordingOrtRunner(OrtRunner):  # the real runner, keeping the batch size of every call
+        def _infer(self, feeds):
+            self.rows.append(len(feeds["image"]))
+            return super()._infer(feeds)
+
+    for i in range(5):
+        Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(tmp_path / f"t{i}.png")
+    ref = build_reference("ref:vit_tiny", 32)
+    runner = RecordingOrtRunner(export_reference_onnx(ref, tmp_path), device="cpu")
+    runner.rows = []
+    tiles = list(discover_tiles([str(tmp_path)], TileOptions()))
+    info = {"scoring_rule": "cosine", "logit_scale": 16.0}
+    stages, rgbs = _stage_times(
+        tiles, TileOptions(), PreprocessSpec(size=32), runner, E2EConfig(batch=4), info, []
+    )
+    assert len(rgbs) == 5 and stages["engine"]["seconds"] > 0
+    assert runner.rows[1:] == [4, 1]  # after the warm-up call: a full batch, then the one real row
