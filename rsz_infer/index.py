@@ -677,6 +677,8 @@ def _embed_image(
             rgb, _ = array_to_rgb(image, where="image")
         except TileError as err:  # too small or all NaN: one query image, so its error
             raise RszError(f"image: {err}") from None
+    elif not isinstance(image, (str, os.PathLike)):  # a PIL image: never a TypeError from Path()
+        raise RszError(f"image: a {type(image).__name__} is not an array or a path (np.asarray it)")
     else:
         path = Path(image)
         if not path.is_file():

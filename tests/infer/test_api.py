@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import rsz_infer
 from rsz_infer import ClassEntry, Index, Labeler, RszError
@@ -81,6 +82,11 @@ def test_index_open_search_and_embed_agree(bundles, folder, tmp_path):
     assert [h.rank for h in hits] == [1, 2, 3] and all("red" in h.tile["tile"] for h in hits)
     by_array = index.search(image=solid("blue", 24), k=1)[0]
     assert "blue" in by_array.tile["tile"]
+    with (
+        Image.open(folder / "t2_blue.png") as pil,
+        pytest.raises(RszError, match=r"^image: a PngImageFile is not"),
+    ):
+        index.search(image=pil, k=1)  # one line, as for Labeler.label, never a TypeError from Path()
     with rsz_infer.Embedder(bundles["msa"], backend="ort", device="cpu") as embedder:
         good = [str(p) for p in sorted(folder.glob("*.png"))]
         emb = embedder.embed(good)
