@@ -17,9 +17,12 @@ def plot_throughput(results_json: Path, out_png: Path) -> Path:
 
     try:
         result = json.loads(Path(results_json).read_text(encoding="utf-8"))
+        kind = result.get("kind")
         rows = [r for r in result["rows"] if r.get("status") == "ok"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise RszError(f"{results_json}: not a rsz-bench latency result ({err})") from None
+    if kind != "latency":  # accuracy and e2e rows have no batch sizes to draw
+        raise RszError(f"{results_json}: a rsz-bench {kind} result; plot draws latency results")
     if not rows:
         raise RszError(f"{results_json}: no measured rows to plot")
     series: dict[str, list[tuple[int, float]]] = {}

@@ -81,6 +81,13 @@ def test_plot_writes_png(latency_result, tmp_path):
     _run(["plot", str(latency_result), "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(png).size[0] > 100
+    # another command's result is one line, not a KeyError on rows without a batch size
+    other = tmp_path / "accuracy_x.json"
+    row = {"backend": "ort", "precision": "fp32", "device": "ort:cpu", "zsl": 0.3, "status": "ok"}
+    other.write_text(json.dumps({"kind": "accuracy", "model": "m", "rows": [row]}))
+    result = CliRunner().invoke(main, ["plot", str(other), "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {other}: a rsz-bench accuracy result; plot draws latency results\n"
 
 
 def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
