@@ -219,6 +219,8 @@ class ImageEngine:
     def open(cls, model: Path, manifest: Manifest, options: EngineOptions) -> ImageEngine:
         if options.batch < 1:
             raise RszError(f"--batch {options.batch}: must be at least 1")
+        if options.workers < 0:  # a thread pool of -1 would be a traceback at the first folder
+            raise RszError(f"--workers {options.workers}: must be at least 0 (0: one per core but one)")
         notes: list[str] = []
         decoder, native = open_decoding(
             options.decoder, options.preprocess, manifest.preprocess, options.device, notes

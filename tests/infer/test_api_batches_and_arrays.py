@@ -123,6 +123,16 @@ def test_one_record_per_input_and_mixed_inputs_refused(bundles, class_file, fold
             labeler.embed(None)
 
 
+def test_negative_workers_are_refused_when_the_labeler_opens(bundles, class_file):
+    """The CLI's click range has no say here: -1 built a Labeler whose first folder was a ValueError."""
+    for make in (
+        lambda: Labeler(bundles["mcfa"], class_file, backend="ort", device="cpu", workers=-1),
+        lambda: Embedder(bundles["mcfa"], backend="ort", device="cpu", workers=-1),
+    ):
+        with pytest.raises(RszError, match=r"^--workers -1: must be at least 0 \(0: one per core but one\)$"):
+            make()
+
+
 def test_closed_labelers_and_embedders_refuse_every_call(bundles, class_file, folder):
     image = solid("red", 30)
     labeler = Labeler(bundles["mcfa"], class_file, backend="ort", device="cpu")
