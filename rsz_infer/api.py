@@ -479,6 +479,8 @@ class Labeler(Embedder):
         hubness_penalty: float | None = None,
         **engine: Any,
     ) -> None:
+        if not isinstance(top_k, (int, np.integer)):  # 2.0 would fail only at the first label() call
+            raise RszError(f"top_k {top_k!r}: expected a whole number")
         if top_k < 1:
             raise RszError(f"--top-k {top_k}: must be at least 1")
         self.entries = class_entries(classes)

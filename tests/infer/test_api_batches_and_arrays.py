@@ -133,6 +133,15 @@ def test_negative_workers_are_refused_when_the_labeler_opens(bundles, class_file
             make()
 
 
+@pytest.mark.parametrize("top_k", [2.0, "3", None])
+def test_a_top_k_that_is_no_whole_number_is_refused_when_the_labeler_opens(bundles, class_file, top_k):
+    """2.0 (a YAML config's 2.0) built a Labeler whose first label() was a TypeError on a slice."""
+    with pytest.raises(RszError, match=rf"^top_k {top_k!r}: expected a whole number$"):
+        Labeler(bundles["mcfa"], class_file, backend="ort", device="cpu", top_k=top_k)
+    with Labeler(bundles["mcfa"], class_file, backend="ort", device="cpu", top_k=np.int64(2)) as labeler:
+        assert len(labeler.label([solid("red", 30)])[0]["labels"]) == 2  # numpy integers are whole numbers
+
+
 def test_closed_labelers_and_embedders_refuse_every_call(bundles, class_file, folder):
     image = solid("red", 30)
     labeler = Labeler(bundles["mcfa"], class_file, backend="ort", device="cpu")
