@@ -138,9 +138,9 @@ def open_model(
 
 def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None) -> ModelSource:
     from rsz_infer.backend import engine_precision
-    from rsz_infer.bundle import load_manifest
+    from rsz_infer.bundle import open_bundle
 
-    manifest = load_manifest(bundle_dir)
+    manifest = open_bundle(bundle_dir)  # a path that is not there says so, as rsz-infer and e2e do
     size = manifest.preprocess.size
     if image_size and image_size != size:
         raise RszError(f"--image-size {image_size}: the bundle {bundle_dir} takes {size} px images")

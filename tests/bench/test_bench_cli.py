@@ -69,6 +69,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
         (["latency", "--model", "ref:nope"], "ref:nope: unknown reference model"),
         (["latency", "--model", "ref:vit_tiny", "--batch", "0"], "--batch 0: expected positive integers"),
         (["latency", "--model", str(tmp_path)], "not an rsz model bundle"),
+        (["latency", "--model", str(tmp_path / "typo")], f"{tmp_path / 'typo'}: no model bundle here"),
         (["plot", str(tmp_path / "missing.json"), "--out", str(tmp_path / "p.png")], "missing.json"),
     ]:
         result = CliRunner().invoke(main, args)
