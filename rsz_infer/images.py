@@ -583,12 +583,21 @@ def _stretch(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
 
 
-def _to_rgb8(bands: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
+def _to_rgb8(
+    bands: np.ndarray, stretch: tuple[float, float] | None, valid: np.ndarray | None = None
+) -> np.ndarray:
     """[n, H, W] selected bands (n = 1 or 3) of any dtype -> HxWx3 uint8.
 
     Data that are not 8-bit are stretched linearly between the 2nd and 98th percentile taken over all
     selected bands together: one stretch for R, G and B keeps their balance, so colours stay colours.
+    `valid` (HxW, GDAL's dataset mask): pixels outside it are nodata, as NaN pixels are.
     """
+    if valid is not None:
+        if not valid.any():
+            raise NodataTile("all nodata")
+        if bands.dtype != np.uint8 and not valid.all():
+            # declared nodata must not pull the stretch down (or up): treat it as NaN
+            bands = np.where(valid, bands.astype(np.float32), np.float32(np.nan))
     if bands.dtype.kind == "f":
         # NaN pixels are nodata even when the file declares none: a tile of only NaN is skipped as
         # nodata, and in a partly valid tile they become the bottom of the stretch (black)
@@ -596,8 +605,8 @@ def _to_rgb8(bands: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarr
         if not finite.any():
             raise NodataTile("all nodata (NaN pixels)")
         if not finite.all():
-            lo = stretch[0] if stretch is not None else _percentiles(bands.ravel())[0]
-            bands = np.where(finite, bands, np.float32(lo))
+            stretch = stretch if stretch is not None else _percentiles(bands.ravel())  # the valid pixels'
+            bands = np.where(finite, bands, np.float32(stretch[0]))
     if bands.dtype != np.uint8:
         lo, hi = stretch if stretch is not None else _percentiles(bands.ravel())
         bands = _stretch(bands, lo, hi)
@@ -675,7 +684,8 @@ def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
     _refuse_above_limit(tile.window[2], tile.window[3], options)  # a --tile-size beyond --max-pixels
     ds = _open_scene(scene.path)
     window = Window(*tile.window)
-    if not ds.dataset_mask(window=window).any():  # invalid only where every band is nodata
+    valid = ds.dataset_mask(window=window) > 0  # invalid only where every band is nodata
+    if not valid.any():
         raise NodataTile("all nodata")
     if scene.scale == 1.0:
         data = ds.read(list(scene.bands), window=window)
@@ -686,9 +696,10 @@ def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
         shape = (len(scene.bands), max(1, round(height / scene.scale)), max(1, round(width / scene.scale)))
         method = Resampling[_resampling_name(scene.scale, scene.palette is not None)]
         data = ds.read(list(scene.bands), window=window, out_shape=shape, resampling=method)
+        valid = ds.dataset_mask(window=window, out_shape=shape[1:], resampling=Resampling.nearest) > 0
     if scene.palette is not None:
         return scene.palette[data[0]], scene.rule
-    return _to_rgb8(data, scene.stretch), scene.rule
+    return _to_rgb8(data, scene.stretch, valid), scene.rule
 
 
 def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
@@ -703,18 +714,22 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
         resampled = ""
         if scale == 1.0:
             data = ds.read(list(bands))
+            valid = ds.dataset_mask() > 0
         else:  # --gsd on a raster smaller than one window: the whole of it, resampled
             from rasterio.enums import Resampling
 
             method = _resampling_name(scale, palette is not None)
             shape = (len(bands), max(1, round(ds.height / scale)), max(1, round(ds.width / scale)))
             data = ds.read(list(bands), out_shape=shape, resampling=Resampling[method])
+            valid = ds.dataset_mask(out_shape=shape[1:], resampling=Resampling.nearest) > 0
             resampled = _resampled_rule(options.gsd, scale, method)
+    if not valid.any():  # a file of nodata only (an edge tile of a cut scene) is nodata, as a window is
+        raise NodataTile("all nodata")
     if palette is not None:
         return palette[data[0]], "palette to rgb" + resampled
     if data.dtype != np.uint8:
         rule += f"; {data.dtype} {STRETCH_RULE} per image"
-    return _to_rgb8(data, None), rule + resampled
+    return _to_rgb8(data, None, valid), rule + resampled
 
 
 def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tuple[np.ndarray, str]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from rsz_infer.errors import RszError
+from rsz_infer.images import TileOptions, decode_tile, discover_tiles
 
 from .helpers import bands_first, read_jsonl, save, solid, write_geotiff
 from .test_hostile_bundles_and_indexes import error_lines
@@ -83,6 +84,33 @@ def test_nan_pixels_of_float_rasters_are_nodata(bundles, class_file, tmp_path, c
     blank = write_geotiff(tmp_path / "blank.tif", np.full((3, 32, 32), np.nan, np.float32))
     code, _, err = run_cli([blank, *args[1:], "--tile-size", 32], capsys)
     assert code == 2 and "0 tiles labeled" in err and "1 nodata" in err
+
+
+def test_declared_nodata_of_a_tile_file_is_nodata_as_in_a_scene(bundles, class_file, tmp_path, capsys):
+    # tiles cut from a 16-bit scene with nodata 0 (gdal_retile's edge tiles): one partly nodata, one all
+    data = bands_first(solid("red", 32)).astype(np.uint16) * 40 + 1000
+    data[:, :, :12] = 0
+    folder = tmp_path / "tiles"
+    part = write_geotiff(folder / "part.tif", data, nodata=0)
+    write_geotiff(folder / "blank.tif", np.zeros_like(data), nodata=0)
+    valid_only = write_geotiff(tmp_path / "valid_only.tif", data[:, :, 12:].copy())
+
+    def decoded(path, **kw):
+        return [decode_tile(t, TileOptions(**kw))[0] for t in discover_tiles([path], TileOptions(**kw))]
+
+    # the nodata pixels are black and do not pull the stretch down: the valid ones look as they do alone
+    [rgb], [alone] = decoded(part), decoded(valid_only)
+    assert (rgb[:, :12] == 0).all() and np.array_equal(rgb[:, 12:], alone)
+    out = tmp_path / "labels.jsonl"
+    args = [folder, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--quiet"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "1 tiles labeled" in err and "1 nodata" in err, err
+    assert [r["tile"] for r in read_jsonl(out)] == [str(part)]
+    # in a scene window too, declared nodata (here 65535) is black, never stretched to white
+    scene = np.concatenate([data, data], axis=2)
+    scene[scene == 0] = 65535
+    windows = decoded(write_geotiff(tmp_path / "scene.tif", scene, nodata=65535), tile_size=32)
+    assert len(windows) == 2 and all((w[:, :12] == 0).all() for w in windows)
 
 
 def test_csv_cells_that_would_be_formulas_are_neutralised(bundles, tmp_path, capsys):
