@@ -32,7 +32,7 @@ from rsz_infer.batching import (
     tile_record,
 )
 from rsz_infer.bundle import MAX_HUBNESS_PENALTY, Manifest
-from rsz_infer.class_embeddings import class_embeddings
+from rsz_infer.class_embeddings import class_embeddings, cut_texts_note
 from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file, with_training_descriptions
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
@@ -141,10 +141,11 @@ class Scorer:
         def runner_for(role: str):  # a Runner
             return open_runner(bundle, manifest, role, backend, device)
 
+        cut_note = cut_texts_note(bundle, manifest, entries)  # the user's text: training cut its own alike
         entries, trained_note = with_training_descriptions(entries, manifest.seen_descriptions)
         class_emb = class_embeddings(bundle, manifest, entries, runner_for)
         labeling, note = choose_rule(manifest, entries)
-        notes = [n for n in (trained_note, note) if n]
+        notes = [n for n in (cut_note, trained_note, note) if n]
         seen = {n.casefold() for n in manifest.seen_classes}
         if seen_calibration is None:
             # The run's lambda corrects its classifier's bias to classes it learned from images; a classifier

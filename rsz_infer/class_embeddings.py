@@ -148,6 +148,27 @@ def semantic_outputs(
         semantic_runner.close()
 
 
+def cut_texts_note(bundle_dir: Path | str, manifest: Manifest, entries: list[ClassEntry]) -> str | None:
+    """A note naming the classes whose text (description, prompt) is longer than the text graph reads
+    (`max_text_length` tokens), else None. The rest is dropped without a trace: two classes alike up to
+    the cut get one embedding and the same scores."""
+    if manifest.class_embedding == "templates":
+        texts = [class_prompts(e, manifest.prompt_templates) for e in entries]
+    elif manifest.class_embedding == "text":
+        texts = [[manifest.text_prompt.format(name=e.name, description=e.description)] for e in entries]
+    else:
+        texts = [[e.description] for e in entries]
+    tokenizer = load_tokenizer(bundle_dir, manifest)
+    cut = [e.name for e, t in zip(entries, texts) if any(tokenizer.cut(t))]
+    if not cut:
+        return None
+    more = ", ..." if len(cut) > 3 else ""
+    return (
+        f"{len(cut)} class(es) ({', '.join(cut[:3])}{more}) have a description longer than the "
+        f"{manifest.max_text_length} tokens the model reads: the rest is ignored (shorten it)"
+    )
+
+
 def _template_means(runner: Runner, tokenizer: Tokenizer, entries: list[ClassEntry], templates: list[str]):
     """[C, D]: per class, the normalised mean of its prompts' normalised embeddings (prompt ensemble)."""
     if not templates:

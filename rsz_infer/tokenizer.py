@@ -51,3 +51,7 @@ class Tokenizer:
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
+
+    def cut(self, texts: list[str]) -> list[bool]:
+        """Per text: True when it is longer than max_length tokens, so encode() drops its end."""
+        return [bool(e.overflowing) for e in self._tokenizer.encode_batch(list(texts))]

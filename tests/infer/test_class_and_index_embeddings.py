@@ -1,5 +1,6 @@
 """What inference computes as embeddings, checked against an independent route through the same graphs:
-DSVA class embeddings with the bundle's phrase ridge, and the L2-normalised rows of a retrieval index."""
+DSVA class embeddings with the bundle's phrase ridge, the L2-normalised rows of a retrieval index, and the
+note on descriptions longer than the text graph reads."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.semantics import attribute_vectors
 from rsz_infer.tokenizer import Tokenizer
 
-from .helpers import save, solid
+from .helpers import read_jsonl, save, solid
+from .test_label import run_cli
 
 # Correlated phrases under the toy text graph (it embeds a sentence by its colour words): the first two
 # share "red", so their cosine is 1/sqrt(2) and the ridge (G + 0.3 I)^-1 moves every attribute row.
@@ -112,3 +114,24 @@ def test_index_rows_are_unit_length_image_embeddings(bundles, tmp_path):
     for name in ("dark_red", "red"):
         (hit,) = search(idx, image=paths[name], k=1)
         assert names[index.tiles.index(hit.tile)] == name and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_descriptions_cut_at_the_token_limit_are_named(bundles, tmp_path, capsys):
+    # two classes alike for their first 64 tokens: the words that tell them apart are never read
+    filler = " ".join(["a wide open area seen from above"] * 10)
+    classes = tmp_path / "long.txt"
+    classes.write_text(
+        f"roofs: {filler} with red roofs\nwater: {filler} with blue water\ngreen: green fields\n"
+    )
+    save(tmp_path / "tiles" / "red.png", solid("red"))
+    out = tmp_path / "labels.jsonl"
+    args = [tmp_path / "tiles", "--classes", classes, "--model", bundles["dsva"], "--out", out, "--quiet"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    [row] = read_jsonl(out)
+    scores = dict(zip(row["labels"], row["scores"]))
+    assert scores["roofs"] == scores["water"]  # one embedding: why the user must hear of it
+    assert "2 class(es) (roofs, water) have a description longer than the 64 tokens the model reads" in err
+    classes.write_text("roofs: red roofs\nwater: blue water\n")
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "tokens the model reads" not in err, err
