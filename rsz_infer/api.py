@@ -33,7 +33,13 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import MAX_HUBNESS_PENALTY, Manifest
 from rsz_infer.class_embeddings import class_embeddings, cut_texts_note
-from rsz_infer.classfile import ClassEntry, parse_class_lines, read_class_file, with_training_descriptions
+from rsz_infer.classfile import (
+    ClassEntry,
+    class_name_key,
+    parse_class_lines,
+    read_class_file,
+    with_training_descriptions,
+)
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
     STRETCH_PERCENTILES,
@@ -69,7 +75,7 @@ def check_min_score(
         return
     if not math.isfinite(min_score):  # NaN compares false with every similarity: it would do nothing
         raise RszError(f"--min-score {min_score}: must be a finite number (a raw similarity such as 0.2)")
-    if any(e.name.casefold() == UNKNOWN for e in entries):
+    if any(class_name_key(e.name) == UNKNOWN for e in entries):
         where = classes if isinstance(classes, (str, Path)) else "classes"
         raise RszError(
             f"{where}: a class named {UNKNOWN!r} cannot be told from tiles below --min-score {min_score:g}; "
@@ -109,7 +115,7 @@ class Scorer:
 
     class_emb: np.ndarray  # [C, D]
     names: list[str]
-    seen_mask: np.ndarray  # [C] bool: class names the model saw in training (case-insensitive)
+    seen_mask: np.ndarray  # [C] bool: class names the model saw in training (names by class_name_key)
     seen_calibration: float  # lambda subtracted from seen-class logits
     rule: str
     scale: float
@@ -146,7 +152,7 @@ class Scorer:
         class_emb = class_embeddings(bundle, manifest, entries, runner_for)
         labeling, note = choose_rule(manifest, entries)
         notes = [n for n in (cut_note, trained_note, note) if n]
-        seen = {n.casefold() for n in manifest.seen_classes}
+        seen = {class_name_key(n) for n in manifest.seen_classes}
         if seen_calibration is None:
             # The run's lambda corrects its classifier's bias to classes it learned from images; a classifier
             # fitted on class posteriors alone learned every class alike, so by default nothing is subtracted.
@@ -154,7 +160,7 @@ class Scorer:
         return cls(
             class_emb=class_emb,
             names=[e.name for e in entries],
-            seen_mask=np.array([e.name.casefold() in seen for e in entries]),
+            seen_mask=np.array([class_name_key(e.name) in seen for e in entries]),
             seen_calibration=seen_calibration,
             rule=manifest.scoring_rule,
             scale=manifest.logit_scale,
@@ -220,8 +226,8 @@ def hubness_correction(
     penalty = check_hubness_penalty(penalty, manifest)
     if not penalty:
         return None
-    row_of = {name.casefold(): i for i, name in enumerate(manifest.seen_classes)}
-    trained_row = np.array([row_of.get(e.name.casefold(), -1) for e in entries], dtype=np.int64)
+    row_of = {class_name_key(name): i for i, name in enumerate(manifest.seen_classes)}
+    trained_row = np.array([row_of.get(class_name_key(e.name), -1) for e in entries], dtype=np.int64)
     trained = np.asarray(manifest.trained_class_embeddings, dtype=np.float32)
     offsets = hubness_offsets(class_emb, trained, trained_row, manifest.hubness_neighbours)
     return penalty * offsets

@@ -2,7 +2,7 @@
 
 Format: UTF-8, one class per line, `name` or `name: description` (the description defaults to the name).
 `#` starts a comment (a full line, or ` # ...` after the text); blank lines are ignored.
-A name must be unique (case-insensitive), non-empty, and a line at most MAX_LINE_CHARS characters.
+A name must be unique (by class_name_key), non-empty, and a line at most MAX_LINE_CHARS characters.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ class ClassEntry:
     description: str
 
 
+def class_name_key(name: str) -> str:
+    """What tells class names apart: not case, spaces, '_' or '-' ("Dense Residential", "dense_residential"
+    and "denseresidential" are one class, as rsz_train's formats.class_key reads them)."""
+    return re.sub(r"[\s_-]+", "", name.casefold())
+
+
 def _squash(text: str) -> str:
     """Collapse runs of whitespace so "dense  residential" and "dense residential" are one class."""
     return " ".join(text.split())
@@ -34,7 +40,7 @@ def _squash(text: str) -> str:
 def parse_class_lines(text: str, source: str) -> list[ClassEntry]:
     """Parse the text of a class file; `source` names it (a path) in error messages."""
     entries: list[ClassEntry] = []
-    first_line_of: dict[str, int] = {}
+    first_of: dict[str, tuple[int, str]] = {}  # key -> (line, name as written there)
     for number, raw in enumerate(text.splitlines(), start=1):
         where = f"{source}:{number}"
         if len(raw) > MAX_LINE_CHARS:
@@ -52,12 +58,14 @@ def parse_class_lines(text: str, source: str) -> list[ClassEntry]:
             raise RszError(
                 f"{where}: empty class name in {raw.strip()!r} (expected 'name' or 'name: description')"
             )
-        key = name.casefold()
-        if key in first_line_of:
+        key = class_name_key(name)
+        if key in first_of:
+            line, first = first_of[key]
             raise RszError(
-                f"{where}: duplicate class {name!r} (already on line {first_line_of[key]}, names ignore case)"
+                f"{where}: duplicate class {name!r} (already on line {line} as {first!r}; names ignore case, "
+                "spaces, '_' and '-')"
             )
-        first_line_of[key] = number
+        first_of[key] = (number, name)
         entries.append(ClassEntry(name=name, description=description if sep and description else name))
     if not entries:
         raise RszError(f"{source}: no classes found (expected one 'name' or 'name: description' per line)")
@@ -91,11 +99,11 @@ def with_training_descriptions(
 
     Why: a model learned a seen class's images against its training text ("mobile home park", or a
     benchmark's long description); a bare "mobilehomepark" line would score that class by other text.
-    Names match case-insensitively, as the seen classes of calibrated stacking do."""
-    by_name = {name.casefold(): text for name, text in trained.items()}
+    Names match by class_name_key, as the seen classes of calibrated stacking do."""
+    by_name = {class_name_key(name): text for name, text in trained.items()}
     out, taken = [], []
     for entry in entries:
-        text = by_name.get(entry.name.casefold())
+        text = by_name.get(class_name_key(entry.name))
         if text is not None and entry.description == entry.name and text != entry.name:
             out.append(ClassEntry(name=entry.name, description=text))
             taken.append(entry.name)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.bundle import MANIFEST, Manifest
-from rsz_infer.classfile import ClassEntry
+from rsz_infer.classfile import ClassEntry, class_name_key
 from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
 
@@ -80,7 +80,7 @@ def choose_rule(manifest: Manifest, entries: list[ClassEntry]) -> tuple[str | No
         raise RszError(
             f"{MANIFEST}: the classifier graph needs `logits` over extra.classifier_classes (a list of names)"
         )
-    if sorted(c.casefold() for c in shipped) == sorted(e.name.casefold() for e in entries):
+    if sorted(map(class_name_key, shipped)) == sorted(class_name_key(e.name) for e in entries):
         return SHIPPED, None
     semantic = manifest.graphs.get("semantic")
     if semantic is None or "logvar" not in {t.name for t in semantic.outputs}:
@@ -172,8 +172,8 @@ def open_classifier(
 ) -> LatentClassifier | None:
     """The classifier of `rule` (choose_rule) for the entries; None where no classifier labels."""
     if rule == SHIPPED:
-        position = {c.casefold(): i for i, c in enumerate(manifest.extra["classifier_classes"])}
-        columns = np.array([position[e.name.casefold()] for e in entries])
+        position = {class_name_key(c): i for i, c in enumerate(manifest.extra["classifier_classes"])}
+        columns = np.array([position[class_name_key(e.name)] for e in entries])
         runner = open_runner("classifier")
         return LatentClassifier(
             lambda emb: runner.infer({"embedding": emb})["logits"][:, columns], runner.close

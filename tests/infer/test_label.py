@@ -146,6 +146,26 @@ def test_calibrated_stacking_shifts_only_seen_classes(bundles, tmp_path):
     assert relative(0.0, "red") - relative(None, "red") == pytest.approx(0.5, abs=0.01)  # bundle default
 
 
+def test_a_trained_class_written_with_spaces_is_that_class(bundles, tmp_path):
+    # "Dark Red" names the trained class dark_red, as rsz-train folds names: its training description,
+    # calibrated stacking and scores are those of "dark_red"
+    bundle = tmp_path / "dsva"
+    shutil.copytree(bundles["dsva"], bundle)
+    manifest = load_manifest(bundle)
+    manifest.seen_classes, manifest.seen_descriptions = ["dark_red", "Forest"], {"dark_red": "green roofs"}
+    (bundle / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
+    tile = save(tmp_path / "t.png", solid((120, 110, 90)))
+    rows = {}
+    for name in ("dark_red", "Dark Red", "dark-red"):
+        classes = tmp_path / "classes.txt"
+        classes.write_text(f"{name}\ngreen: green fields\nblue: blue water\n")
+        out = tmp_path / "labels.jsonl"
+        label_tiles(LabelConfig([str(tile)], classes, out, bundle, top_k=3, progress=False))
+        (row,) = read_jsonl(out)
+        rows[name] = [row["scores"], row["similarities"]]
+    assert rows["Dark Red"] == rows["dark_red"] == rows["dark-red"]
+
+
 @pytest.mark.parametrize("kind", ["mcfa", "dsva"])
 def test_semantic_and_attribute_class_embeddings(kind, bundles, class_file, many_tiles, tmp_path):
     out = tmp_path / "labels.jsonl"

@@ -55,6 +55,10 @@ def test_hash_ignores_layout_but_not_content() -> None:
     ("content", "message"),
     [
         ("forest\nriver\nForest: again\n", r"new\.txt:3: duplicate class 'Forest' \(already on line 1"),
+        (
+            "mobile_home_park\nMobile Home-Park: again\n",
+            r"new\.txt:2: duplicate class 'Mobile Home-Park' \(already on line 1 as 'mobile_home_park'",
+        ),
         ("# only a comment\n\n   \n", r"new\.txt: no classes found"),
         ("", r"new\.txt: no classes found"),
         ("forest\n" + "x" * 501 + "\n", r"new\.txt:2: line is 501 characters long, the limit is 500"),
