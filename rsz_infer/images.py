@@ -738,6 +738,8 @@ def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tupl
         im = Image.open(path)
     with im:
         _refuse_above_limit(*im.size, options)  # declared in the header: nothing is decoded yet
+        if im.format == "PNG" and _png_16bit_colour(path):
+            return _decode_gdal(path, options)
         scaled = ""
         if jpeg_draft and im.format == "JPEG":
             full_width = im.size[0]
@@ -747,6 +749,15 @@ def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tupl
         im.load()  # forces the full decode so truncated files fail here
         rgb, rule = _pillow_rgb(im)
         return rgb, rule + scaled
+
+
+def _png_16bit_colour(path: str) -> bool:
+    """A 16-bit RGB, RGBA or grey + alpha PNG (IHDR bit depth and colour type). Pillow cuts such samples
+    to 8 bits without a stretch (12-bit data turn black), so GDAL reads them as a 16-bit TIFF is read;
+    16-bit grey alone Pillow reads whole (I;16)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
 
 
 def _pillow_rgb(im: Image.Image) -> tuple[np.ndarray, str]:

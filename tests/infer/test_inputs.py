@@ -64,6 +64,28 @@ def test_files_of_every_kind_are_labeled(bundles, class_file, tmp_path):
         assert len(row["labels"]) == 3 and np.isclose(sum(row["scores"]), 1.0, atol=1e-5)
 
 
+def test_16_bit_colour_pngs_are_stretched_as_16_bit_tiffs(bundles, class_file, tmp_path):
+    # 12-bit data in 16-bit RGB / RGBA PNGs (as GDAL or QGIS export them): Pillow would cut the samples to
+    # 8 bits, 0-15 here, a black tile
+    green12 = bands_first(solid("green")).astype(np.uint16) * 16
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    opaque = np.full((1, 40, 40), 65535, np.uint16)
+    for name, data in (("rgb16.png", green12), ("rgba16.png", np.concatenate([green12, opaque]))):
+        with rasterio.open(
+            folder / name, "w", driver="PNG", width=40, height=40, count=len(data), dtype="uint16"
+        ) as f:
+            f.write(data)
+    write_geotiff(folder / "rgb16.tif", green12)
+    out = tmp_path / "labels.jsonl"
+    assert _label(bundles["msa"], class_file, [folder], out).exit_code == 0
+    rows = _by_name(read_jsonl(out))
+    assert rows["rgb16.png"]["rule"] == rows["rgb16.tif"]["rule"] == "rgb; uint16 stretch p2-98 per image"
+    assert rows["rgba16.png"]["rule"] == "bands 1,2,3 of 4; uint16 stretch p2-98 per image"
+    for row in rows.values():
+        assert row["labels"][0] == "green" and row["scores"] == rows["rgb16.tif"]["scores"]
+
+
 def test_bands_pick_rgb_from_multispectral(bands_case, bundles, class_file, tmp_path):
     out = tmp_path / "bands.jsonl"
     _label(bundles["msa"], class_file, [bands_case], out, tiles=TileOptions(bands=(3, 2, 1)))
