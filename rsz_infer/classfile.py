@@ -1,12 +1,14 @@
 """Class files (`new.txt`): the classes a user wants tiles labeled with.
 
-Format: UTF-8, one class per line, `name` or `name: description` (the description defaults to the name).
+Format: UTF-8 (or UTF-16 with a byte order mark), one class per line, `name` or `name: description` (the
+description defaults to the name).
 `#` starts a comment (a full line, or ` # ...` after the text); blank lines are ignored.
 A name must be unique (by class_name_key), non-empty, and a line at most MAX_LINE_CHARS characters.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from dataclasses import dataclass
@@ -83,6 +85,12 @@ def read_class_file(path: str | Path) -> list[ClassEntry]:
         raise RszError(f"{path}: is a directory, expected a class file") from None
     except OSError as err:
         raise RszError(f"{path}: cannot read class file ({err.strerror})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        # what Windows PowerShell's `>` and Notepad's "Unicode" write: the BOM says so, read it as such
+        try:
+            return parse_class_lines(data.decode("utf-16"), str(path))
+        except UnicodeDecodeError as err:
+            raise RszError(f"{path}: not valid UTF-16 ({err.reason}); save it as UTF-8") from None
     try:
         text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
     except UnicodeDecodeError as err:

@@ -42,6 +42,16 @@ def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
     assert [e.name for e in read_class_file(path)] == ["forest", "river"]
 
 
+def test_utf16_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Windows PowerShell 5's `"forest: trees" > new.txt` writes UTF-16 LE with a BOM
+    for encoding in ("utf-16-le", "utf-16-be"):
+        bom = "\ufeff".encode(encoding)
+        path = write(tmp_path, bom + "forest: trees\r\ncafé\r\n".encode(encoding))
+        assert read_class_file(path) == [ClassEntry("forest", "trees"), ClassEntry("café", "café")]
+    with pytest.raises(RszError, match=r"new\.txt: not valid UTF-16 \(truncated data\); save it as UTF-8"):
+        read_class_file(write(tmp_path, "\ufeffforest".encode("utf-16-le") + b"\x00"))
+
+
 def test_hash_ignores_layout_but_not_content() -> None:
     a = parse_class_lines("forest: trees\nriver\n", "a")
     b = parse_class_lines("# comment\nforest:   trees   # note\n\n river\n", "b")
