@@ -227,7 +227,7 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
     if isinstance(path, str):
         yield path, False, None
     elif path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        for file in sorted(_folder_files(path)):
             name = file.name.lower()
             if not name.startswith(".") and not name.endswith(_SIDECAR_SUFFIXES):
                 yield str(file), True, None
@@ -238,6 +238,22 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
             yield href, False, problem
     else:
         yield str(path), False, None
+
+
+def _folder_files(folder: Path) -> Iterator[Path]:
+    """Every file under the folder, linked folders included (a data set is often a folder of links); each
+    real folder is walked once, so a link to a folder above ends there instead of looping."""
+    walked: set[tuple[int, int]] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(root)
+        except OSError:  # gone since it was listed
+            continue
+        if (info.st_dev, info.st_ino) in walked:
+            folders.clear()
+            continue
+        walked.add((info.st_dev, info.st_ino))
+        yield from (p for p in map(Path(root).joinpath, files) if p.is_file())
 
 
 def _quiet_rasterio() -> None:

@@ -179,3 +179,19 @@ def test_a_file_named_twice_is_one_tile(tmp_path):
         discover_tiles([tmp_path / "a", tile, tmp_path / "a" / ".." / "a" / "red.png"], TileOptions())
     )
     assert [t.id for t in found] == [str(tile)]
+
+
+def test_linked_folders_are_searched_and_a_link_loop_ends(tmp_path):
+    # a data set as folders of links (a cluster's scratch space): every tile is found, each once
+    data = tmp_path / "data"
+    for colour in ("red", "green"):
+        save(data / colour / f"{colour}.png", solid(colour))
+    tiles = tmp_path / "tiles"
+    (tiles / "mine").mkdir(parents=True)
+    save(tiles / "mine" / "blue.png", solid("blue"))
+    (tiles / "red").symlink_to(data / "red")
+    (tiles / "green").symlink_to(data / "green")
+    (tiles / "mine" / "up").symlink_to(tiles)  # back to the top: walked once
+    (tiles / "broken.png").symlink_to(tmp_path / "missing.png")
+    found = [Path(t.id).relative_to(tiles) for t in discover_tiles([tiles], TileOptions())]
+    assert found == [Path("green/green.png"), Path("mine/blue.png"), Path("red/red.png")]
