@@ -303,9 +303,7 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
         if too_many:
             yield Tile(id=name, path=name, problem=too_many)
             return
-        if (size is None and not _gdal_declares_too_many(name, options)) or (
-            size is not None and max(size) <= options.tile_size
-        ):
+        if (size is None and not _gdal_opens(name)) or (size is not None and max(size) <= options.tile_size):
             # Plain JPEG/PNG tiles: Pillow (or nvImageCodec) decodes them; a corrupt one fails there
             yield Tile(id=name, path=name)
             return
@@ -405,15 +403,17 @@ def _stored_block(ds, name: str) -> tuple[int, int, str]:
     return block_width, block_height, "is stored in blocks of"
 
 
-def _gdal_declares_too_many(name: str, options: TileOptions) -> bool:
-    """A JPEG/PNG whose header Pillow refused: does GDAL's read of the header declare too many pixels?
-    (Then GDAL's branch refuses it with the size; otherwise decoding says what is wrong with the file.)"""
+def _gdal_opens(name: str) -> bool:
+    """A .jpg/.png Pillow did not read as a JPEG/PNG: does GDAL open it? Then GDAL's branch takes it, as
+    any raster (a TIFF under that suffix, a header beyond Pillow's bomb limit that --max-pixels judges);
+    otherwise it is a Pillow tile, whose decoding says what is wrong with the file."""
     import rasterio
 
+    _quiet_rasterio()
     try:
-        with rasterio.open(name) as ds:
-            return too_many_pixels(ds.width, ds.height, options) is not None
-    except Exception:  # not readable by GDAL either: a corrupt file, decoding gives the reason
+        with rasterio.open(name):
+            return True
+    except Exception:  # not readable by GDAL either: a corrupt file
         return False
 
 

@@ -4,6 +4,8 @@ GeoTIFF scenes cut into windows (nodata windows skipped), footprints and class m
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +197,25 @@ def test_linked_folders_are_searched_and_a_link_loop_ends(tmp_path):
     (tiles / "broken.png").symlink_to(tmp_path / "missing.png")
     found = [Path(t.id).relative_to(tiles) for t in discover_tiles([tiles], TileOptions())]
     assert found == [Path("green/green.png"), Path("mine/blue.png"), Path("red/red.png")]
+
+
+def test_a_raster_under_a_jpeg_or_png_suffix_is_read_as_what_it_is(bundles, class_file, tmp_path):
+    # a 16-bit TIFF saved as .jpg and a 4-band one as .png (no CRS): GDAL reads them as the TIFFs they are
+    red16 = (bands_first(solid("red")).astype(np.uint16) * 40 + 1000).astype(np.uint16)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for name, data in (("red16.jpg", red16), ("rgbn.png", np.concatenate([red16, red16[:1]]))):
+        profile = {"driver": "GTiff", "width": 40, "height": 40, "count": len(data), "dtype": "uint16"}
+        with rasterio.open(folder / name, "w", **profile) as f:
+            f.write(data)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)  # still listed as skipped
+    out = tmp_path / "labels.jsonl"
+    cli = [sys.executable, "-m", "rsz_infer.cli", folder, "--classes", class_file, "--model", bundles["msa"]]
+    proc = subprocess.run([str(a) for a in [*cli, "--out", out, "--quiet"]], capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "Warning" not in proc.stderr  # rasterio's multi-line warning about the missing CRS
+    assert f"skipped {folder / 'corrupt.png'}: cannot decode image" in proc.stderr
+    rows = _by_name(read_jsonl(out))
+    assert rows["red16.jpg"]["labels"][0] == "red"
+    assert rows["red16.jpg"]["rule"] == "rgb; uint16 stretch p2-98 per image"
+    assert rows["rgbn.png"]["rule"] == "bands 1,2,3 of 4; uint16 stretch p2-98 per image"
