@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -419,7 +419,7 @@ def _gdal_opens(name: str) -> bool:
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
     try:
-        bands, band_rule = choose_bands(ds.count, options.bands, path)
+        bands, band_rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
     except TileError as err:  # a scene is the whole run's input: a usage error, before any work
         raise RszError(f"{path}: {err}") from None
     dtype = ds.dtypes[0]
@@ -570,12 +570,22 @@ def palette_of(ds, bands: tuple[int, ...]) -> np.ndarray | None:
     return table
 
 
-def choose_bands(count: int, requested: tuple[int, ...] | None, where: str) -> tuple[tuple[int, ...], str]:
-    """Which 1-based bands make R, G, B (or one grey band), and the rule that says so."""
+def choose_bands(
+    count: int, requested: tuple[int, ...] | None, where: str, colours: Sequence = ()
+) -> tuple[tuple[int, ...], str]:
+    """Which 1-based bands make R, G, B (or one grey band), and the rule that says so.
+
+    `colours`: the bands' GDAL colour interpretations; without --bands, a file that declares its red,
+    green and blue bands (a B, G, R, NIR product) has those read as R, G, B, not bands 1, 2, 3."""
     if requested is not None and count > 1:
         if max(requested) > count:
             raise TileError(f"--bands {','.join(map(str, requested))}: the file has only {count} bands")
         return requested, f"bands {','.join(map(str, requested))} of {count}"
+    names = [getattr(colour, "name", None) for colour in colours]
+    if all(names.count(name) == 1 for name in ("red", "green", "blue")):
+        declared = tuple(names.index(name) + 1 for name in ("red", "green", "blue"))
+        if declared != (1, 2, 3):
+            return declared, f"bands {','.join(map(str, declared))} of {count} (its red, green, blue)"
     if count == 1:
         return (1,), "grey to rgb"
     if count == 2:
@@ -724,7 +734,7 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
     _quiet_rasterio()  # also for callers that decode without discovering (rsz-train's images)
     with rasterio.open(path) as ds:
         _refuse_above_limit(ds.width, ds.height, options)  # the file may have changed since discovery
-        bands, rule = choose_bands(ds.count, options.bands, path)
+        bands, rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
         palette = palette_of(ds, bands)
         scale = _gsd_scale(ds, options)
         resampled = ""

@@ -99,6 +99,23 @@ def test_bands_pick_rgb_from_multispectral(bands_case, bundles, class_file, tmp_
     assert row["labels"][0] == "blue" and row["rule"].startswith("bands 1,2,3 of 5")
 
 
+def test_declared_red_green_blue_bands_are_read_as_rgb(bands_case, bundles, class_file, tmp_path):
+    # the B, G, R, NIR, SWIR file saying which band is which colour, read whole and as a scene
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(bands_case, "r+") as f:
+        f.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red] + [ColorInterp.undefined] * 2
+    for tile_size in (256, 16):
+        out = tmp_path / f"declared{tile_size}.jsonl"
+        _label(bundles["msa"], class_file, [bands_case], out, tiles=TileOptions(tile_size=tile_size))
+        rows = read_jsonl(out)
+        assert all(r["labels"][0] == "red" for r in rows) and len(rows) == (1 if tile_size == 256 else 4)
+        assert all(r["rule"].startswith("bands 3,2,1 of 5 (its red, green, blue)") for r in rows)
+    out = tmp_path / "asked.jsonl"  # --bands still decides
+    _label(bundles["msa"], class_file, [bands_case], out, tiles=TileOptions(bands=(1, 2, 3)))
+    assert read_jsonl(out)[0]["labels"][0] == "blue"
+
+
 @pytest.fixture
 def bands_case(tmp_path) -> Path:
     # 5 bands in satellite order B, G, R, NIR, SWIR; only band 3 (red) is bright
