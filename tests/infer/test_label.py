@@ -103,6 +103,7 @@ def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monk
     with open(tampered / "text.onnx", "ab") as f:
         f.write(b"\0")
     model = ["--model", bundles["msa"]]
+    plain = [tile, "--classes", class_file, *model]
     (tmp_path / "no_tiles").mkdir()
     cases = {
         "no classes found": [tile, "--classes", empty, *model],
@@ -112,6 +113,9 @@ def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monk
         "no JPEG, PNG or TIFF files found": [tmp_path / "no_tiles", "--classes", class_file, *model],
         "unknown format '.xlsx'": [tile, "--classes", class_file, *model, "--out", tmp_path / "x.xlsx"],
         "--bands 0: give 3": [tile, "--classes", class_file, *model, "--bands", "0"],
+        # NaN, an infinity or a number beyond float32 subtracted from seen logits made every score NaN
+        "--seen-calibration nan: must be a finite": [*plain, "--seen-calibration", "nan"],
+        "--seen-calibration 1e+300: must be": [*plain, "--seen-calibration", "1e300"],
         "README demo writes it": [tile, "--classes", class_file],
     }
     monkeypatch.chdir(tmp_path)  # no models/default here
