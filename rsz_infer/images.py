@@ -809,7 +809,9 @@ def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, opti
     """Rebuild a Tile from a stored row (index, labels file) so it can be decoded again, e.g. for a report."""
     if window is None:
         local_image = not is_gdal_path(path) and Path(path).suffix.lower() in PILLOW_EXTENSIONS
-        return Tile(id=path, path=path, reader="pillow" if local_image else "gdal")
+        # as discovery has it: a .jpg/.png that is another raster GDAL opens (a TIFF) is GDAL's
+        pillow = local_image and (_pillow_size(path) is not None or not _gdal_opens(path))
+        return Tile(id=path, path=path, reader="pillow" if pillow else "gdal")
     scene = _reopened_scene(path, options)
     col, row, width, height = window
     return Tile(id=f"{path}@{col},{row},{width},{height}", path=path, window=tuple(window), scene=scene)

@@ -228,7 +228,10 @@ def test_a_raster_under_a_jpeg_or_png_suffix_is_read_as_what_it_is(bundles, clas
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)  # still listed as skipped
     out = tmp_path / "labels.jsonl"
     cli = [sys.executable, "-m", "rsz_infer.cli", folder, "--classes", class_file, "--model", bundles["msa"]]
-    proc = subprocess.run([str(a) for a in [*cli, "--out", out, "--quiet"]], capture_output=True, text=True)
+    page = tmp_path / "gallery.html"
+    proc = subprocess.run(
+        [str(a) for a in [*cli, "--out", out, "--html", page, "--quiet"]], capture_output=True, text=True
+    )
     assert proc.returncode == 3, proc.stderr
     assert "Warning" not in proc.stderr  # rasterio's multi-line warning about the missing CRS
     assert f"skipped {folder / 'corrupt.png'}: cannot decode image" in proc.stderr
@@ -236,3 +239,4 @@ def test_a_raster_under_a_jpeg_or_png_suffix_is_read_as_what_it_is(bundles, clas
     assert rows["red16.jpg"]["labels"][0] == "red"
     assert rows["red16.jpg"]["rule"] == "rgb; uint16 stretch p2-98 per image"
     assert rows["rgbn.png"]["rule"] == "bands 1,2,3 of 4; uint16 stretch p2-98 per image"
+    assert page.read_text().count('src="data:image/jpeg;base64,') == 2  # the gallery decodes them alike
