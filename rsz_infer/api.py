@@ -84,9 +84,11 @@ def check_min_score(
 
 
 def check_seen_calibration(seen_calibration: float | None) -> None:
-    """--seen-calibration must be a finite number: NaN (or inf times an unseen class's 0) makes every logit
-    NaN, and every tile would be labeled the first class with score nan."""
-    if seen_calibration is not None and not math.isfinite(seen_calibration):
+    """--seen-calibration must be a finite number within float32 (it is subtracted from float32 logits): NaN,
+    an infinity or 1e300 makes every logit NaN, and every tile would be labeled the first class."""
+    if seen_calibration is not None and not (
+        math.isfinite(seen_calibration) and abs(seen_calibration) <= float(np.finfo(np.float32).max)
+    ):
         raise RszError(
             f"--seen-calibration {seen_calibration}: must be a finite number "
             "(leave it out for the bundle's own)"
@@ -153,7 +155,6 @@ class Scorer:
         labeling, note = choose_rule(manifest, entries)
         notes = [n for n in (cut_note, trained_note, note) if n]
         seen = {class_name_key(n) for n in manifest.seen_classes}
-        check_seen_calibration(seen_calibration)
         if seen_calibration is None:
             # The run's lambda corrects its classifier's bias to classes it learned from images; a classifier
             # fitted on class posteriors alone learned every class alike, so by default nothing is subtracted.
@@ -232,13 +233,6 @@ def hubness_correction(
     trained = np.asarray(manifest.trained_class_embeddings, dtype=np.float32)
     offsets = hubness_offsets(class_emb, trained, trained_row, manifest.hubness_neighbours)
     return penalty * offsets
-
-
-def check_seen_calibration(value: float | None) -> None:
-    """--seen-calibration (None: the bundle's) is subtracted from float32 logits: NaN, an infinity or a
-    number beyond float32 would make every score NaN and the labels arbitrary."""
-    if value is not None and not (math.isfinite(value) and abs(value) <= float(np.finfo(np.float32).max)):
-        raise RszError(f"--seen-calibration {value}: must be a finite number (a logit offset such as 0.5)")
 
 
 def check_hubness_penalty(penalty: float | None, manifest: Manifest) -> float:

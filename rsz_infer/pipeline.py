@@ -243,7 +243,6 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
     check_min_score(cfg.min_score, entries, cfg.classes)
     check_seen_calibration(cfg.seen_calibration)
     check_hubness_penalty(cfg.hubness_penalty, manifest)
-    check_seen_calibration(cfg.seen_calibration)
     cfg = replace(cfg, tiles=resolve_gsd(cfg.gsd, manifest, cfg.tiles))
     notes = gsd_note(cfg.tiles, manifest)
     # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
