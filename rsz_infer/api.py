@@ -258,6 +258,11 @@ def skipped_records(batch: EmbeddedBatch) -> list[dict]:
     ]
 
 
+def _channels_first(a: np.ndarray) -> bool:
+    """CxHxW with C 3 or 4 (PyTorch's layout) rather than HxWxC: only where the last axis cannot be C."""
+    return a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4)
+
+
 def array_to_rgb(
     image: np.ndarray, float_rule: str = "unit", where: str = "image", options: TileOptions | None = None
 ) -> tuple[np.ndarray, str]:
@@ -275,7 +280,8 @@ def array_to_rgb(
     elif a.ndim == 3 and a.shape[2] == 4:
         a, rule = a[:, :, :3], "rgb; alpha dropped"
     if a.ndim != 3 or a.shape[2] != 3:
-        raise RszError(f"{where}: expected an HxWx3 (or HxW) array, got shape {tuple(np.shape(image))}")
+        hint = "; channels first? a.transpose(1, 2, 0) is HxWxC" if _channels_first(a) else ""
+        raise RszError(f"{where}: expected an HxWx3 (or HxW) array, got shape {tuple(np.shape(image))}{hint}")
     if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
         raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}")
     if float_rule not in FLOAT_RULES:
@@ -378,7 +384,9 @@ class Embedder:
         One numpy array: 2-D (HxW) is one grey image; 3-D is one image when its last axis is 3 or 4
         (HxWx3, HxWx4), else a stack of grey images (NxHxW); 4-D is a stack of images (NxHxWx3/4). A grey
         stack whose width is 3 or 4 would read as one image, so pass such tiles (under the 8 px minimum
-        anyway) as a list."""
+        anyway) as a list. A 3-D array of 3 or 4 rows of HxW is refused: it is far more often one
+        channels-first image (CxHxW, PyTorch's layout) than 3 grey tiles, and read as a stack it would
+        give three grey records and no error; a list says which was meant."""
         self._check_open()
         if isinstance(images, np.ndarray):
             if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (3, 4)):
@@ -386,6 +394,11 @@ class Embedder:
             if images.ndim not in (3, 4):
                 shape = images.shape
                 raise RszError(f"images: expected an HxW, HxWx3 or HxWx4 array or a stack, got shape {shape}")
+            if _channels_first(images):
+                raise RszError(
+                    f"images: shape {images.shape} looks like one channels-first image (CxHxW): pass "
+                    "a.transpose(1, 2, 0) (HxWxC), or a list for a stack of grey images"
+                )
             return list(images)
         if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
             images = [images]

@@ -73,10 +73,17 @@ def test_grey_arrays_and_stacks_are_images_by_one_rule(bundles, class_file):
         one = labeler.label(grey)  # HxW: one grey image, not H rows
         assert len(one) == 1 and one[0]["rule"] == "grey to rgb"
         assert labeler.label([grey]) == one
-        stack = labeler.label(np.stack([grey, grey, grey]))  # NxHxW: three grey images
+        stack = labeler.label(np.stack([grey] * 5))  # NxHxW: five grey images
         # grey is equally far from red, green and blue: the order of that tie is float noise, not compared
-        assert [r["tile"] for r in stack] == ["#0", "#1", "#2"]
-        assert [r["rule"] for r in stack] == ["grey to rgb"] * 3
+        assert [r["tile"] for r in stack] == ["#0", "#1", "#2", "#3", "#4"]
+        assert [r["rule"] for r in stack] == ["grey to rgb"] * 5
+        # 3 (or 4) rows of HxW is far more often one CxHxW image than three grey tiles: refused, not 3 records
+        chw = np.moveaxis(colour, 2, 0)
+        with pytest.raises(RszError, match=r"images: shape \(3, 30, 30\) looks like one channels-first"):
+            labeler.label(chw)
+        assert len(labeler.label(list(np.stack([grey] * 3)))) == 3  # a list says it is a stack
+        with pytest.raises(RszError, match=r"images\[0\]: expected .*\(3, 30, 30\); channels first\?"):
+            labeler.label(chw[None])  # NxCxHxW
         assert len(labeler.label(colour)) == 1  # HxWx3: one colour image
         rgba = np.dstack([colour, np.full(colour.shape[:2], 255, np.uint8)])
         assert labeler.label(rgba)[0]["rule"] == "rgb; alpha dropped"
