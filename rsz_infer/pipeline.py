@@ -28,6 +28,7 @@ from rsz_infer.batching import (
 )
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classfile import ClassEntry, class_file_hash
+from rsz_infer.classmap import map_targets
 from rsz_infer.cluster import in_shard
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
@@ -204,7 +205,37 @@ def _check_distinct_outputs(cfg: LabelConfig) -> None:
         seen[real] = option
 
 
-def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
+class MapSources:
+    """What the class maps must not overwrite, gathered in the listing pass: the scenes (each scene's map
+    is named after it) and every input file in the --class-map folder named like a map or its quicklook
+    (a STAC asset, a file of an input folder, a previous run's map there)."""
+
+    def __init__(self, class_map: Path) -> None:
+        self.folder, self.stem = os.path.realpath(class_map.parent), class_map.stem
+        self.scenes: set[str] = set()
+        self.near: set[str] = set()
+
+    def add(self, tile: Tile, kept: bool) -> None:
+        if kept and tile.window is not None:
+            self.scenes.add(tile.path)
+        if not is_gdal_path(tile.path) and os.path.basename(tile.path).startswith(self.stem):
+            real = os.path.realpath(tile.path)
+            if os.path.dirname(real) == self.folder:
+                self.near.add(real)
+
+    def check(self, class_map: Path) -> None:
+        """RszError when a map or quicklook would replace an input (the one-scene name too: a scene
+        whose windows are all nodata gets no map, and one scene left takes the --class-map name)."""
+        maps = {class_map, *map_targets(class_map, sorted(self.scenes)).values()}
+        for path in sorted(p for m in maps for p in (m, m.with_suffix(".png"))):
+            if os.path.realpath(path) in self.near:
+                raise RszError(
+                    f"--class-map {class_map}: would overwrite {path}, one of the inputs; "
+                    "write the class maps to another folder or name"
+                )
+
+
+def _check_outputs(cfg: LabelConfig, listing: TileListing, sources: MapSources | None) -> None:
     """Every output option, before the first tile is decoded: a bad one must not cost a whole run."""
     output_format(cfg.out)
     check_output_path(cfg.out, "--out", (cfg.out.suffix.lower(),))
@@ -216,6 +247,8 @@ def _check_outputs(cfg: LabelConfig, listing: TileListing) -> None:
             f"--class-map {cfg.class_map}: no GeoTIFF scene among the inputs "
             "(class maps are written in a georeferenced scene's grid)"
         )
+    if sources is not None:
+        sources.check(cfg.class_map)
 
 
 @dataclass
@@ -247,11 +280,19 @@ def plan_labeling(cfg: LabelConfig, check_outputs: bool = True) -> LabelPlan:
     notes = gsd_note(cfg.tiles, manifest)
     # Tiles are listed twice (a count, then the run) and never held: memory does not grow with the inputs
     # (a scene of any declared size costs one window at a time). An empty shard writes an empty output.
-    listing = list_tiles(cfg.inputs, cfg.tiles, notes, lambda t: in_shard(t.id, cfg.shard))
+    sources = MapSources(cfg.class_map) if cfg.class_map is not None else None
+
+    def keep(tile: Tile) -> bool:
+        kept = in_shard(tile.id, cfg.shard)
+        if sources is not None:
+            sources.add(tile, kept)
+        return kept
+
+    listing = list_tiles(cfg.inputs, cfg.tiles, notes, keep)
     if not listing.found:
         raise no_tiles_found(cfg.inputs)
     if check_outputs:
-        _check_outputs(cfg, listing)
+        _check_outputs(cfg, listing, sources)
     return LabelPlan(cfg, manifest, entries, notes, listing)
 
 

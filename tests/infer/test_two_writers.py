@@ -157,6 +157,31 @@ def test_outputs_never_overwrite_an_input(bundles, class_file, tmp_path, capsys)
     assert code == 2 and len(error_lines(err)) == 1 and scene.read_bytes() == before
 
 
+def test_class_maps_and_quicklooks_never_overwrite_an_input(bundles, class_file, tmp_path, capsys):
+    """Each scene's map (map.<scene>.tif) and each quicklook (.png) is checked, not only --class-map: a
+    tile named like a quicklook, and a rerun over a folder that holds the first run's maps."""
+    scenes = tmp_path / "scenes"
+    for name in ("a", "b"):
+        write_geotiff(scenes / f"{name}.tif", bands_first(solid("red", 64, seed=ord(name))))
+    tile = save(tmp_path / "map.png", solid("green", 24))
+    before = tile.read_bytes()
+    base = ["--classes", class_file, "--model", bundles["msa"], "--tile-size", 32, "--quiet"]
+    args = [scenes / "a.tif", tile, *base, "--out", tmp_path / "l.csv", "--class-map", tmp_path / "map.tif"]
+    code, _, err = run_cli(args, capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and f"would overwrite {tile}, one of the inputs" in lines[0], lines
+    assert tile.read_bytes() == before and not (tmp_path / "l.csv").exists()
+
+    args = [scenes, *base, "--out", tmp_path / "l2.csv", "--class-map", scenes / "map.tif"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and (scenes / "map.a.tif").exists() and (scenes / "map.b.png").exists(), err
+    maps = {p: p.read_bytes() for p in scenes.glob("map.*")}
+    code, _, err = run_cli(args, capsys)  # the first run's maps are now inputs (scenes) of this one
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "would overwrite" in lines[0] and "one of the inputs" in lines[0]
+    assert {p: p.read_bytes() for p in scenes.glob("map.*")} == maps
+
+
 FULL_DISK = (
     "import resource, signal, sys\n"
     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as if disk full\n"
