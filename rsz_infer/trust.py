@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # not bool, not 1.0
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
@@ -64,7 +69,7 @@ def read_index_info(path: Path) -> dict:
     """index.json, validated: the values search and appends rely on, with their types."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise RszError(f"{path}: not a readable index.json ({first_line(err, limit=200)})") from None
     options = info.get("tile_options") if isinstance(info, dict) else None
     bands = info.get("bands") if isinstance(info, dict) else None
@@ -139,6 +144,25 @@ def check_finite(array: np.ndarray, path: Path) -> None:
             raise RszError(f"{path}: row {row} holds NaN or infinite values (a damaged index; rebuild it)")
 
 
+def _valid_footprint(footprint: object) -> bool:
+    """None, or a GeoJSON Polygon as rsz writes them: rings of finite [lon, lat] pairs."""
+    if footprint is None:
+        return True
+    if not isinstance(footprint, dict) or footprint.get("type") != "Polygon":
+        return False
+    rings = footprint.get("coordinates")
+    return (
+        isinstance(rings, list)
+        and len(rings) > 0
+        and all(isinstance(ring, list) and len(ring) >= 4 for ring in rings)
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(_is_finite_number(v) for v in p)
+            for ring in rings
+            for p in ring
+        )
+    )
+
+
 def _valid_row(row: object) -> bool:
     if not isinstance(row, dict):
         return False
@@ -152,7 +176,7 @@ def _valid_row(row: object) -> bool:
             window is None
             or (isinstance(window, list) and len(window) == 4 and all(type(v) is int for v in window))
         )
-        and (row.get("footprint") is None or isinstance(row["footprint"], dict))
+        and _valid_footprint(row.get("footprint"))
         and (row.get("sha256") is None or isinstance(row["sha256"], str))
     )
 
@@ -166,7 +190,7 @@ def read_tile_rows(path: Path) -> list[dict]:
             for number, line in enumerate(f, start=1):
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
                     row = None
                 if not _valid_row(row):
                     raise RszError(f"{path}: line {number} is not a tile row (tile, path, window)")

@@ -204,6 +204,10 @@ def test_remote_gdal_paths_in_an_index_are_never_opened(index_dir, tmp_path, cap
         ("index_json", "index.json: not a readable index.json"),
         ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap"),
         ("tiles_row", "tiles.jsonl: line 2 is not a tile row"),
+        ("index_deep", "index.json: not a readable index.json (maximum recursion depth"),
+        ("tiles_deep", "tiles.jsonl: line 2 is not a tile row"),
+        ("footprint_point", "tiles.jsonl: line 2 is not a tile row"),
+        ("footprint_text", "tiles.jsonl: line 2 is not a tile row"),
         ("format", "index.json: index format 2, this rsz reads 1"),
         ("count", "index.json: count 300 but the index holds 3 rows"),
         ("duplicate", "tiles.jsonl: line 3 repeats tile"),
@@ -233,6 +237,18 @@ def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path,
         (index_dir / "index.json").write_text(json.dumps(info))
     elif damage == "tiles_row":
         rows[1]["window"] = "0,0,16,16"
+        _write_rows(index_dir, rows)
+    elif damage == "index_deep":  # json's parser recurses: a RecursionError, not a JSONDecodeError
+        (index_dir / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "tiles_deep":
+        lines = (index_dir / "tiles.jsonl").read_text().splitlines()
+        lines[1] = "[" * 100_000 + "]" * 100_000
+        (index_dir / "tiles.jsonl").write_text("\n".join(lines) + "\n")
+    elif damage.startswith("footprint_"):  # the gallery and search output read footprints as polygons
+        polygon = {"type": "Polygon", "coordinates": "x"}
+        rows[1]["footprint"] = (
+            {"type": "Point", "coordinates": [1, 2]} if damage == "footprint_point" else polygon
+        )
         _write_rows(index_dir, rows)
     elif damage == "duplicate":  # the tester's case: the last row replaced by a copy of the first
         _write_rows(index_dir, rows[:-1] + rows[:1])
