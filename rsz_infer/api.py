@@ -318,6 +318,11 @@ def check_explainable(manifest: Manifest, model: Path) -> None:
             f"--explain: {model} is a {manifest.model_kind} bundle; explanations need per-attribute scores "
             "(a DSVA bundle)"
         )
+    if len(manifest.attribute_names) != manifest.embedding_dim:  # one name per attribute score
+        raise RszError(
+            f"--explain: {model}: {len(manifest.attribute_names)} attribute_names but embedding_dim "
+            f"{manifest.embedding_dim}"
+        )
 
 
 def add_explanations(records: list[dict], outputs: dict[str, np.ndarray], attribute_names: list[str]) -> None:

@@ -28,6 +28,7 @@ MODEL_KINDS = ("dsva", "mcfa", "msa", "clip")
 CLASS_EMBEDDINGS = ("attributes", "semantic", "text", "templates")  # rules of rsz_infer.class_embeddings
 SCORING_RULES = ("cosine", "dot")
 MAX_HUBNESS_PENALTY = 10  # the correction is in cosine units: far past any useful weight, and finite logits
+MAX_INPUT_PX = 4096  # preprocess.size: past any model's input side; a batch of it still fits in memory
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8")
 
 
@@ -144,6 +145,8 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
         problem = manifest_problem(manifest)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise RszError(f"{path}: malformed manifest ({first_line(err, limit=200)})") from None
+    except RecursionError:  # json's parser recurses: arrays or objects nested too deep
+        raise RszError(f"{path}: malformed manifest (nested too deep)") from None
     if problem:
         raise RszError(f"{path}: malformed manifest ({problem})")
     used = used_files(manifest)
@@ -263,7 +266,10 @@ def manifest_problem(m: Manifest) -> str | None:
             f"model_kind {m.model_kind!r} is none of {', '.join(MODEL_KINDS)}",
         ),
         (isinstance(m.rsz_version, str), "rsz_version must be a string"),
-        (type(p.size) is int and p.size >= 1, "preprocess.size must be a positive integer"),
+        (
+            type(p.size) is int and 1 <= p.size <= MAX_INPUT_PX,
+            f"preprocess.size must be a positive integer up to {MAX_INPUT_PX}",
+        ),
         (len(p.mean) == 3 and all(_is_number(v) for v in p.mean), "preprocess.mean must be 3 numbers"),
         (
             len(p.std) == 3 and all(_is_number(v) and v > 0 for v in p.std),

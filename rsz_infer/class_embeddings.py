@@ -123,6 +123,11 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
             return encode_texts(text_runner, tokenizer, prompts)["embedding"]
         if not manifest.attribute_phrases:
             raise RszError(f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases")
+        if len(manifest.attribute_phrases) != manifest.embedding_dim:  # one phrase per embedding column
+            raise RszError(
+                f"{bundle_dir / MANIFEST}: {len(manifest.attribute_phrases)} attribute_phrases but "
+                f"embedding_dim {manifest.embedding_dim}"
+            )
         descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
         phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
         return attribute_vectors(descriptions, phrases, manifest.phrase_ridge)

@@ -96,6 +96,10 @@ def test_manifest_graph_outside_the_bundle_or_unlisted_is_refused(how, bundles, 
             lambda m: m["preprocess"].update(std=[0.0, 0.0, 0.0]),
             "preprocess.std must be 3 numbers above zero",
         ),
+        (
+            lambda m: m["preprocess"].update(size=10**9),
+            "preprocess.size must be a positive integer up to 4096",
+        ),
         (lambda m: m.update(format_version="1"), "bundle format '1', this rsz reads 1"),
         (lambda m: m.update(format_version=7), "bundle format 7, this rsz reads 1"),
         (lambda m: m.update(logit_scale="ten"), "logit_scale must be a number above zero"),
@@ -126,11 +130,38 @@ def test_malformed_manifest_values_are_one_line(change, expected, bundles, class
     assert not out.exists()
 
 
-def test_manifest_that_is_not_json_is_one_line(bundles, class_file, tmp_path, capsys):
+@pytest.mark.parametrize("text", ['{"model_kind": "mcfa",', "[" * 100_000 + "]" * 100_000])
+def test_manifest_that_is_not_json_is_one_line(text, bundles, class_file, tmp_path, capsys):
     bundle = _copy_bundle(bundles, tmp_path)
-    (bundle / "manifest.json").write_text('{"model_kind": "mcfa",')
+    (bundle / "manifest.json").write_text(text)  # the second: too deep for json's recursive parser
     code, lines, _ = _label(bundle, class_file, tmp_path, capsys)
     assert code == 2 and len(lines) == 1 and "malformed manifest" in lines[0]
+
+
+@pytest.mark.parametrize("field", ["attribute_phrases", "attribute_names"])
+def test_dsva_attributes_other_than_its_embedding_dim_are_one_line(
+    field, bundles, class_file, tmp_path, capsys
+):
+    """Fewer phrases than embedding_dim broke the hubness correction's matmul; fewer names, --explain."""
+    bundle = _copy_bundle(bundles, tmp_path, "dsva")
+    _edit_manifest(bundle, lambda m: m.update({field: m[field][:2]}))
+    save(tmp_path / "tiles" / "red.png", solid("red"))
+    out = tmp_path / "labels.csv"
+    args = [
+        tmp_path / "tiles",
+        "--classes",
+        class_file,
+        "--model",
+        bundle,
+        "--out",
+        out,
+        "--quiet",
+        "--explain",
+    ]
+    code, _, err = run_cli(args, capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and f"2 {field} but embedding_dim 3" in lines[0], lines
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- index folders
