@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,22 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: str) -> str | None:
-    """sha256 of a local file (cached while size and mtime stay the same); None for remote or missing."""
+    """sha256 of a local file (cached while size and mtime stay the same); None for remote or missing, and
+    for what is no regular file (/dev/zero or a FIFO named by an index would be read for ever)."""
     if is_remote(path):
         return None
     try:
         st = os.stat(path)
-        return _sha256_of(path, st.st_size, st.st_mtime_ns)
+        return _sha256_of(path, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
     except OSError:
         return None
+
+
+def check_regular_file(path: Path) -> None:
+    """RszError unless `path` is a regular file: an index's own file that is a FIFO or a device would
+    block or never end when read."""
+    if path.exists() and not path.is_file():
+        raise RszError(f"{path}: not a regular file")
 
 
 def tile_is_the_embedded_one(row: dict) -> bool:
@@ -67,6 +76,7 @@ def _positive_number(value: object) -> bool:
 
 def read_index_info(path: Path) -> dict:
     """index.json, validated: the values search and appends rely on, with their types."""
+    check_regular_file(path)
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -119,6 +129,7 @@ def read_index_info(path: Path) -> dict:
 
 def load_array(path: Path, ndim: int, mmap: bool = False) -> np.ndarray:
     """A float .npy of `ndim` dimensions written by rsz (never unpickled: object arrays are refused)."""
+    check_regular_file(path)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
@@ -185,6 +196,7 @@ def read_tile_rows(path: Path) -> list[dict]:
     """tiles.jsonl, validated row by row: tile id, path, window (4 ints or null), footprint, sha256; each
     tile id once (an index holds a tile once: appends and merges skip known ids)."""
     rows, seen = [], set()
+    check_regular_file(path)
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             for number, line in enumerate(f, start=1):

@@ -4,18 +4,22 @@ output is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from rsz_infer.bundle import sha256_file
 from rsz_infer.index import IndexConfig, build_index
+from rsz_infer.trust import file_sha256
 
 from .helpers import save, solid
 from .test_label import run_cli
@@ -187,6 +191,25 @@ def _write_rows(idx, rows):
 
 def _thumbnails(page):
     return len(re.findall(r'src="data:image/jpeg;base64,', page.read_text()))
+
+
+def test_an_index_never_reads_a_device_or_fifo(index_dir, tmp_path, capsys):
+    """A row naming a device (/dev/zero was hashed for ever by search --html) has no preview; an index file
+    that is a FIFO is one error line (reading it blocked for ever)."""
+    rows = _rows(index_dir)
+    rows[0].update(path="/dev/null", sha256=hashlib.sha256(b"").hexdigest())  # a device "with that hash"
+    _write_rows(index_dir, rows)
+    assert file_sha256("/dev/null") is None
+    page = tmp_path / "report.html"
+    code, _, _ = run_cli(["search", index_dir, "--text", "red", "-k", "3", "--html", page], capsys)
+    assert code in (0, None) and page.read_text().count("no preview") == 1
+
+    os.remove(index_dir / "embeddings.npy")
+    os.mkfifo(index_dir / "embeddings.npy")
+    cli = [sys.executable, "-m", "rsz_infer.cli", "search", str(index_dir), "--text", "red"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120)  # no writer: open() would block
+    lines = error_lines(done.stderr)
+    assert done.returncode == 2 and lines == [f"error: {index_dir / 'embeddings.npy'}: not a regular file"]
 
 
 def test_gallery_never_embeds_a_file_the_index_did_not_make(index_dir, tmp_path, capsys):
