@@ -244,8 +244,8 @@ def _check_outputs(cfg: LabelConfig, listing: TileListing, sources: MapSources |
     _check_distinct_outputs(cfg)
     if cfg.class_map is not None and not listing.windows:
         raise RszError(
-            f"--class-map {cfg.class_map}: no GeoTIFF scene among the inputs "
-            "(class maps are written in a georeferenced scene's grid)"
+            f"--class-map {cfg.class_map}: no scene among the inputs (a raster larger than --tile-size "
+            f"{cfg.tiles.tile_size}, cut into windows: a class map is drawn in a scene's grid)"
         )
     if sources is not None:
         sources.check(cfg.class_map)

@@ -69,9 +69,15 @@ def test_labeling_and_indexing_count_tiles_the_same_way(bundles, class_file, mix
     assert scene_only.decode.startswith("decode rasterio, preprocess ") and "by" not in scene_only.decode
 
 
-def test_class_map_on_png_tiles_fails_before_decoding(bundles, class_file, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["a.png", "small.tif"])
+def test_class_map_on_png_tiles_fails_before_decoding(name, bundles, class_file, tmp_path, capsys):
+    """Also a georeferenced GeoTIFF no larger than --tile-size: read whole, it has no windows to map (the
+    message said 'no GeoTIFF scene' of it)."""
     tiles = tmp_path / "tiles"
-    save(tiles / "a.png", solid("red", 24))
+    if name == "a.png":
+        save(tiles / name, solid("red", 24))
+    else:
+        write_geotiff(tiles / name, bands_first(solid("red", 24)))
     out = tmp_path / "y.csv"
     args = [
         tiles,
@@ -86,8 +92,8 @@ def test_class_map_on_png_tiles_fails_before_decoding(bundles, class_file, tmp_p
     ]
     code, _, err = run_cli([*args, "--quiet", "--decoder", "pillow"], capsys)
     assert code == 2 and err.strip().splitlines()[-1] == (
-        f"error: --class-map {tmp_path / 'm.tif'}: no GeoTIFF scene among the inputs "
-        "(class maps are written in a georeferenced scene's grid)"
+        f"error: --class-map {tmp_path / 'm.tif'}: no scene among the inputs (a raster larger than "
+        "--tile-size 256, cut into windows: a class map is drawn in a scene's grid)"
     )
     assert os.listdir(tmp_path) == ["tiles"]  # no y.csv.part, no y.csv
 
