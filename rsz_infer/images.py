@@ -544,10 +544,29 @@ def _footprints(ds, cols: list[int], row: int, width: int, height: int) -> list[
     xs, ys = t.a * corner_cols + t.b * corner_rows + t.c, t.d * corner_cols + t.e * corner_rows + t.f
     lons, lats = transform(ds.crs, "EPSG:4326", np.ravel(xs), np.ravel(ys))
     lons, lats = np.reshape(lons, corner_cols.shape), np.reshape(lats, corner_cols.shape)
-    return [
-        {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lo, la)]]}
-        for lo, la in zip(lons, lats)
-    ]
+    return [_lonlat_polygon(lo, la) for lo, la in zip(lons, lats)]
+
+
+def _lonlat_polygon(lons: np.ndarray, lats: np.ndarray) -> dict:
+    """A window's ring in lon/lat as GeoJSON: a Polygon, or where it crosses the antimeridian (its corners
+    more than 180 degrees of longitude apart) a MultiPolygon of its two sides, cut at 180 as RFC 7946 asks
+    (one ring from 179.9 to -179.9 would run the other way round the globe)."""
+    plain = {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lons, lats)]]}
+    if lons.max() - lons.min() <= 180:
+        return plain
+    import shapely
+    from shapely import affinity
+    from shapely.geometry.polygon import orient
+
+    ring = shapely.Polygon(zip(np.where(lons < 0, lons + 360, lons), lats))  # continuous across 180
+    if not ring.is_valid:  # a window around a pole: no lon/lat ring of its corners draws it
+        return plain
+    east = ring.intersection(shapely.box(-180, -90, 180, 90))
+    west = affinity.translate(ring.intersection(shapely.box(180, -90, 540, 90)), -360)
+    parts = [orient(p) for side in (east, west) for p in getattr(side, "geoms", [side]) if p.area > 0]
+    if len(parts) == 1:  # a corner on the antimeridian itself (-180 and 180 are one meridian)
+        return {"type": "Polygon", "coordinates": [[list(xy) for xy in parts[0].exterior.coords]]}
+    return {"type": "MultiPolygon", "coordinates": [[[list(xy) for xy in p.exterior.coords]] for p in parts]}
 
 
 # ---------------------------------------------------------------- decoding

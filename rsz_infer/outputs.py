@@ -383,14 +383,26 @@ def render_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(_public(r)) + "\n" for r in records)
 
 
+def polygons(geometry: dict) -> list[list]:
+    """The polygons (each a list of rings) of a GeoJSON Polygon or MultiPolygon (a footprint cut at the
+    antimeridian)."""
+    return geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+
+
 def _rounded(geometry: dict | None) -> dict | None:
     if geometry is None:
         return None
-    rings = [
-        [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y in ring]
-        for ring in geometry["coordinates"]
+    rounded = [
+        [
+            [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y in ring]
+            for ring in polygon
+        ]
+        for polygon in polygons(geometry)
     ]
-    return {"type": geometry["type"], "coordinates": rings}
+    return {
+        "type": geometry["type"],
+        "coordinates": rounded if geometry["type"] == "MultiPolygon" else rounded[0],
+    }
 
 
 def render_geojson(records: list[dict], top_k: int, best_class: bool = False) -> str:
@@ -445,7 +457,7 @@ def write_geoparquet(records: list[dict], top_k: int, path: Path, best_class: bo
     known = [b for b in boxes if b]
     column = {
         "encoding": "WKB",
-        "geometry_types": ["Polygon"],
+        "geometry_types": _geometry_types(shapes),
         # null: the CRS is unknown (pixel coordinates); left out it would mean OGC:CRS84
         "crs": CRS.from_string(crs).to_dict(projjson=True) if crs else None,
         "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
@@ -465,9 +477,13 @@ def write_geoparquet(records: list[dict], top_k: int, path: Path, best_class: bo
 def _bbox(geometry: dict | None) -> tuple[float, float, float, float] | None:
     if not geometry:
         return None
-    xs = [p[0] for ring in geometry["coordinates"] for p in ring]
-    ys = [p[1] for ring in geometry["coordinates"] for p in ring]
+    points = [p for polygon in polygons(geometry) for ring in polygon for p in ring]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
     return min(xs), min(ys), max(xs), max(ys)
+
+
+def _geometry_types(shapes: list[dict | None]) -> list[str]:
+    return sorted({g["type"] for g in shapes if g} or {"Polygon"})
 
 
 def write_ogr(records: list[dict], top_k: int, path: Path, driver: str, best_class: bool = False) -> None:
@@ -490,13 +506,16 @@ def write_ogr(records: list[dict], top_k: int, path: Path, driver: str, best_cla
     # FlatGeobuf's spatial index cannot hold a tile without a geometry (a plain PNG tile has none)
     no_index = driver == "FlatGeobuf" and any(g is None for g in shapes)
     layer_options = {"SPATIAL_INDEX": "NO"} if no_index else None
+    # one geometry type per layer: footprints cut at the antimeridian make it MultiPolygon for all
+    multi = "MultiPolygon" in _geometry_types(shapes)
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             # pixel polygons have no CRS on purpose: pyogrio's "'crs' was not provided" is no news here
             warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
             pyogrio.raw.write(
-                str(tmp), geometry, data, fields, layer=VECTOR_LAYER, driver=driver, geometry_type="Polygon",
+                str(tmp), geometry, data, fields, layer=VECTOR_LAYER, driver=driver,
+                geometry_type="MultiPolygon" if multi else "Polygon", promote_to_multi=multi,
                 crs="EPSG:4326" if crs else None, encoding="UTF-8", layer_options=layer_options,
             )  # fmt: skip
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
-from rsz_infer.outputs import atomic_write, csv_text_read
+from rsz_infer.outputs import atomic_write, csv_text_read, polygons
 from rsz_infer.trust import tile_is_the_embedded_one
 
 THUMB_PX = 160
@@ -223,8 +223,11 @@ def footprint_line(tile: dict) -> list[str]:
     footprint = tile.get("footprint")
     if not footprint:
         return []
-    ring = footprint["coordinates"][0][:-1]
-    lon = sum(p[0] for p in ring) / len(ring)
+    ring = [p for polygon in polygons(footprint) for p in polygon[0][:-1]]
+    lons = [p[0] for p in ring]
+    if max(lons) - min(lons) > 180:  # cut at the antimeridian: the centre of the two sides joined
+        lons = [x + 360 if x < 0 else x for x in lons]
+    lon = (sum(lons) / len(lons) + 180) % 360 - 180
     lat = sum(p[1] for p in ring) / len(ring)
     return [f"{lat:.5f}, {lon:.5f}"]
 

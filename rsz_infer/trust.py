@@ -156,12 +156,19 @@ def check_finite(array: np.ndarray, path: Path) -> None:
 
 
 def _valid_footprint(footprint: object) -> bool:
-    """None, or a GeoJSON Polygon as rsz writes them: rings of finite [lon, lat] pairs."""
+    """None, or a GeoJSON Polygon (a MultiPolygon where cut at the antimeridian) as rsz writes them:
+    rings of finite [lon, lat] pairs."""
     if footprint is None:
         return True
-    if not isinstance(footprint, dict) or footprint.get("type") != "Polygon":
+    if not isinstance(footprint, dict) or footprint.get("type") not in ("Polygon", "MultiPolygon"):
         return False
-    rings = footprint.get("coordinates")
+    multi = footprint["type"] == "MultiPolygon"
+    coordinates = footprint.get("coordinates")
+    polygons = coordinates if multi else [coordinates]
+    return isinstance(coordinates, list) and len(polygons) > 0 and all(_valid_rings(p) for p in polygons)
+
+
+def _valid_rings(rings: object) -> bool:
     return (
         isinstance(rings, list)
         and len(rings) > 0

@@ -113,6 +113,55 @@ def test_single_file_geotiff_footprint_is_exact(tmp_path):
         _assert_footprint(tile.footprint, _expected_ring(ds, 0, 0, 37, 23))
 
 
+def test_a_window_across_the_antimeridian_is_cut_there(bundles, class_file, tmp_path, capsys):
+    """RFC 7946: a footprint crossing 180 degrees is two polygons cut there, not one ring running the
+    other way round the globe (from 179.9 to -179.9: a polygon as wide as the world) in every output."""
+    import pyogrio.raw
+    import shapely
+    from rasterio.warp import transform
+
+    from rsz_infer.index import IndexConfig, build_index
+    from rsz_infer.report import footprint_line
+
+    (x180,), (y60,) = transform("EPSG:4326", "EPSG:32660", [180.0], [60.0])  # UTM 60N, 177 E in the middle
+    path = tmp_path / "chukotka.tif"
+    profile = {
+        "driver": "GTiff", "width": 64, "height": 32, "count": 3, "dtype": "uint8", "crs": "EPSG:32660",
+        "transform": from_origin(x180 - 48 * 100, y60, 100, 100),  # 100 m pixels; 180 E at column ~48
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.random.default_rng(2).integers(0, 256, (3, 32, 64)).astype(np.uint8))
+    out = tmp_path / "labels.geojson"
+    args = [path, "--classes", class_file, "--model", bundles["msa"], "--tile-size", "32", "--quiet"]
+    assert run_cli([*args, "--out", out], capsys)[0] == 0
+    assert run_cli([*args, "--out", tmp_path / "labels.gpkg"], capsys)[0] == 0
+    features = {
+        _window(f["properties"]["window"]): f["geometry"] for f in json.loads(out.read_text())["features"]
+    }
+    west, across = features[(0, 0, 32, 32)], features[(32, 0, 32, 32)]
+    assert west["type"] == "Polygon" and across["type"] == "MultiPolygon"
+    with rasterio.open(path) as ds:
+        corners = _expected_ring(ds, 32, 0, 32, 32)
+    corners[:, 0] %= 360  # the true window, continuous across 180
+    parts = [shapely.Polygon(p[0]) for p in across["coordinates"]]
+    assert [p.bounds[2] <= -179 or p.bounds[0] >= 179 for p in parts] == [True, True]  # each on its side
+    unwrapped = shapely.union_all(
+        [shapely.affinity.translate(p, 360 if p.bounds[0] < 0 else 0) for p in parts]
+    )
+    expected = shapely.Polygon(corners).area  # to GeoJSON's 7 decimals (the old ring: ~60,000 times it)
+    assert abs(unwrapped.area - expected) < 1e-4 * expected
+    meta, _, geometry, _ = pyogrio.raw.read(tmp_path / "labels.gpkg")
+    assert meta["geometry_type"] == "MultiPolygon" and len(geometry) == 2
+    index = tmp_path / "idx"  # an index keeps the cut footprint and opens it again (trust.py)
+    build_index(
+        IndexConfig([str(path)], bundles["msa"], index, tiles=TileOptions(tile_size=32), progress=False)
+    )
+    code, _, err = run_cli(["search", index, "--text", "red", "--html", tmp_path / "hits.html"], capsys)
+    assert code in (0, None), err
+    lat, lon = map(float, footprint_line({"footprint": across})[0].split(", "))  # the gallery's centre
+    assert abs(lat - 60) < 0.05 and 180 - abs(lon) < 0.05
+
+
 # A scene past the decimated-read limit (4096 x 4096 px without overviews): the stretch comes from windows
 # sampled over the whole scene. A constant scene with one bright corner compresses to ~60 kB.
 @pytest.mark.parametrize("side", [512, 4160])
