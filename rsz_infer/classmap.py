@@ -163,9 +163,13 @@ def _write_class_map(
     tmp_cog = path.with_name(f".rsz-map.{os.getpid()}.cog.tif")
     try:
         with rasterio.open(scene_path) as scene:
+            georef = {"crs": scene.crs, "transform": scene.transform}
+            gcps, gcp_crs = scene.gcps
+            if scene.crs is None and gcps:  # georeferenced by ground control points only: the map keeps them
+                georef = {"gcps": gcps, "crs": gcp_crs}
             profile = {
                 "driver": "GTiff", "width": scene.width, "height": scene.height, "dtype": dtype,
-                "count": 2 if with_scores else 1, "crs": scene.crs, "transform": scene.transform,
+                "count": 2 if with_scores else 1, **georef,
                 "nodata": nodata, "tiled": True, "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX,
                 "compress": "deflate",
             }  # fmt: skip

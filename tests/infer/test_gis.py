@@ -360,6 +360,28 @@ def test_vector_outputs_by_suffix(bundles, class_file, tmp_path):
     assert frame.crs.to_string() == "OGC:CRS84" and len(frame) == 2
 
 
+def test_class_map_of_a_scene_georeferenced_by_gcps_keeps_them(bundles, class_file, tmp_path):
+    """A scene with ground control points only (no geotransform: raw Sentinel-1, drone frames) has no
+    footprints, but its class map keeps the GCPs (it was written with neither, so nothing could warp it)."""
+    from rasterio.control import GroundControlPoint
+
+    gcps = [GroundControlPoint(r, c, 500_000 + 10 * c, 5_000_000 - 10 * r) for r in (0, 64) for c in (0, 96)]
+    scene = tmp_path / "gcps.tif"
+    profile = {"driver": "GTiff", "width": 96, "height": 64, "count": 3, "dtype": "uint8"}
+    with rasterio.open(scene, "w", **profile, gcps=gcps, crs="EPSG:32633") as dst:
+        dst.write(bands_first(solid("red", 96)[:64]))
+    class_map = tmp_path / "map.tif"
+    _label(
+        bundles["msa"], class_file, [scene], tmp_path / "l.csv", tiles=TileOptions(32), class_map=class_map
+    )
+    with rasterio.open(class_map) as cm, rasterio.open(scene) as src:
+        assert cm.crs is None and src.crs is None  # georeferenced by the GCPs alone, as the scene
+        assert [(p.row, p.col, p.x, p.y) for p in cm.gcps[0]] == [
+            (p.row, p.col, p.x, p.y) for p in src.gcps[0]
+        ]
+        assert cm.gcps[1] == src.gcps[1] == "EPSG:32633"
+
+
 def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, tmp_path):
     from rsz_infer.classmap import category_names, class_colour
 
