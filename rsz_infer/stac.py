@@ -9,6 +9,7 @@ a catalog whose links point to remote JSON is refused rather than fetched (rsz d
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def _local_stac_io():
             if is_gdal_path(href):
                 self.refused = href
                 raise RszError(f"{href}: a remote STAC link; rsz reads local STAC JSON only")
+            if os.path.exists(href) and not os.path.isfile(href):  # /dev/zero would be read for ever
+                raise RszError(f"{href}: not a regular file")
             return super().read_text(source, *args, **kwargs)
 
     return pystac, LocalStacIO()

@@ -147,6 +147,17 @@ def test_one_broken_stac_item_is_a_skipped_row(bundles, class_file, tmp_path, ca
     assert code == 3 and "1 tiles added" in err and "2 skipped" in err, err
 
 
+def test_stac_links_to_devices_are_never_read():
+    """A catalog from elsewhere linking /dev/zero as an item was read until memory ran out; only regular
+    files are read (here /dev/null, which ends at once, so the test cannot hang)."""
+    from rsz_infer.errors import RszError
+    from rsz_infer.stac import _local_stac_io
+
+    _, stac_io = _local_stac_io()
+    with pytest.raises(RszError, match="/dev/null: not a regular file"):
+        stac_io.read_text("/dev/null")
+
+
 # ---------------------------------------------------------------- index appends and their summary
 
 
