@@ -178,23 +178,45 @@ def _csv_row(row: dict, line: int) -> dict:
 def read_label_rows(path: Path | str) -> list[dict]:
     """Rows of an rsz-infer labels file (any --out format): tile, path, window, labels, scores, footprint."""
     path = Path(path)
-    suffix = path.suffix.lower()
     try:
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        if suffix in (".geojson", ".json"):
-            collection = json.loads(path.read_text(encoding="utf-8"))
-            return [
-                _from_columns(f["properties"]) | {"footprint": f["geometry"]} for f in collection["features"]
-            ]
-        if suffix in (".parquet", ".gpkg", ".fgb"):
-            return _read_vector_rows(path)
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            reader = csv.DictReader(f)
-            return [_from_columns(_csv_row(row, reader.line_num)) for row in reader]
-    except (OSError, KeyError, ValueError) as err:
+        rows = _label_rows(path)
+        bad = next((i for i, row in enumerate(rows, start=1) if not _is_label_row(row)), None)
+        if bad is not None:
+            raise ValueError(f"row {bad} is not a label row (tile, labels, scores)")
+        return rows
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
+        # TypeError, AttributeError: JSON of other shapes; RecursionError: nested too deep for json
         raise RszError(f"{path}: not a readable rsz-infer labels file ({err})") from None
+
+
+def _label_rows(path: Path) -> list:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if suffix in (".geojson", ".json"):
+        collection = json.loads(path.read_text(encoding="utf-8"))
+        return [_from_columns(f["properties"]) | {"footprint": f["geometry"]} for f in collection["features"]]
+    if suffix in (".parquet", ".gpkg", ".fgb"):
+        return _read_vector_rows(path)
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        return [_from_columns(_csv_row(row, reader.line_num)) for row in reader]
+
+
+def _is_label_row(row: object) -> bool:
+    """What the gallery captions read: a tile id, and labels with their scores."""
+    if not isinstance(row, dict):
+        return False
+    labels, scores = row.get("labels"), row.get("scores")
+    return (
+        isinstance(row.get("tile"), str)
+        and isinstance(labels, list)
+        and isinstance(scores, list)
+        and len(labels) == len(scores)
+        and all(isinstance(v, str) for v in labels)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores)
+    )
 
 
 def _read_vector_rows(path: Path) -> list[dict]:

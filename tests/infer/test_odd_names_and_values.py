@@ -141,6 +141,26 @@ def test_csv_cells_that_would_be_formulas_are_neutralised(bundles, tmp_path, cap
             read_label_rows(out)
 
 
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("deep.geojson", "[" * 100_000 + "]" * 100_000),  # too deep for json's recursive parser
+        ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("shape.geojson", '{"features": [{"properties": 5}]}'),
+        ("list.jsonl", "[1, 2]\n"),
+        ("labels.jsonl", '{"tile": "a", "labels": 5, "scores": []}\n'),
+    ],
+)
+def test_a_labels_file_of_another_shape_is_one_line(name, text, tmp_path):
+    """search --labels reads a file the user names (perhaps from elsewhere): never a traceback."""
+    from rsz_infer.report import read_label_rows
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(RszError, match=f"{name}: not a readable rsz-infer labels file"):
+        read_label_rows(path)
+
+
 def test_nul_in_class_names_is_refused(bundles, tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_bytes(b"red: red roofs\nbl\x00ue: blue water\n")
