@@ -550,7 +550,9 @@ def _footprints(ds, cols: list[int], row: int, width: int, height: int) -> list[
 def _lonlat_polygon(lons: np.ndarray, lats: np.ndarray) -> dict:
     """A window's ring in lon/lat as GeoJSON: a Polygon, or where it crosses the antimeridian (its corners
     more than 180 degrees of longitude apart) a MultiPolygon of its two sides, cut at 180 as RFC 7946 asks
-    (one ring from 179.9 to -179.9 would run the other way round the globe)."""
+    (one ring from 179.9 to -179.9 would run the other way round the globe). Longitudes past 180 (a
+    geographic grid drawn on past the antimeridian) are wrapped into -180..180 first."""
+    lons = (lons + 180) % 360 - 180
     plain = {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lons, lats)]]}
     if lons.max() - lons.min() <= 180:
         return plain

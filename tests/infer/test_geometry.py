@@ -162,6 +162,26 @@ def test_a_window_across_the_antimeridian_is_cut_there(bundles, class_file, tmp_
     assert abs(lat - 60) < 0.05 and 180 - abs(lon) < 0.05
 
 
+def test_a_geographic_grid_past_180_is_wrapped_and_cut(tmp_path):
+    """An EPSG:4326 grid drawn on past the antimeridian (179.99 E to 180.022 E): longitudes stay in
+    -180..180, the window across it is cut there, the one past it lies at -179.99."""
+    path = tmp_path / "fiji.tif"
+    profile = {
+        "driver": "GTiff", "width": 64, "height": 64, "count": 3, "dtype": "uint8", "crs": "EPSG:4326",
+        "transform": from_origin(179.99, -16.0, 0.0005, 0.0005),
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint8) + 100)
+    tiles = {t.window: t.footprint for t in discover_tiles([path], TileOptions(tile_size=32))}
+    across, past = tiles[(0, 0, 32, 32)], tiles[(32, 0, 32, 32)]
+    assert across["type"] == "MultiPolygon" and past["type"] == "Polygon"
+    lons = [p[0] for polygon in across["coordinates"] for p in polygon[0]] + [
+        p[0] for p in past["coordinates"][0]
+    ]
+    assert all(-180 <= lon <= 180 for lon in lons)
+    assert np.allclose(sorted({round(p[0], 6) for p in past["coordinates"][0]}), [-179.994, -179.978])
+
+
 # A scene past the decimated-read limit (4096 x 4096 px without overviews): the stretch comes from windows
 # sampled over the whole scene. A constant scene with one bright corner compresses to ~60 kB.
 @pytest.mark.parametrize("side", [512, 4160])
