@@ -34,6 +34,8 @@ def output_format(out: Path) -> str:
     suffix = out.suffix.lower()
     if suffix == ".json":
         suffix = ".geojson" if out.name.lower().endswith(".geo.json") else suffix
+    if not suffix:  # a folder name, or a name without its format: say what --out takes
+        raise RszError(f"--out {out}: needs a file name ending in one of {', '.join(FORMATS)}")
     if suffix not in FORMATS:
         raise RszError(f"--out {out}: unknown format {suffix!r}; use {', '.join(FORMATS)}")
     return suffix

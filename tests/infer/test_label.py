@@ -112,6 +112,7 @@ def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monk
         "no such file or folder": [tmp_path / "missing", "--classes", class_file, *model],
         "no JPEG, PNG or TIFF files found": [tmp_path / "no_tiles", "--classes", class_file, *model],
         "unknown format '.xlsx'": [tile, "--classes", class_file, *model, "--out", tmp_path / "x.xlsx"],
+        "needs a file name ending in one of .csv": [*plain, "--out", tmp_path / "no_tiles"],
         "--bands 0: give 3": [tile, "--classes", class_file, *model, "--bands", "0"],
         # NaN, an infinity or a number beyond float32 subtracted from seen logits made every score NaN
         "--seen-calibration nan: must be a finite": [*plain, "--seen-calibration", "nan"],
