@@ -83,7 +83,13 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of a class folder, sorted; hidden files (macOS's '._x.jpg' AppleDouble copies) are
+    not images of the data set, and counting them would shift every sorted index of an MCFA or DSVA split."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def load_scene_folders(root: str | Path) -> SceneData:
