@@ -449,12 +449,17 @@ def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
         path = folder / f"{key}.txt"
         if key == "val" and not path.is_file():
             continue
-        names = []
+        names: list[str] = []
         for name in formats.read_class_list(path):
-            if formats.class_key(name) not in folder_of:
+            folder_name = folder_of.get(formats.class_key(name))
+            if folder_name is None:
                 raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root})")
-            names.append(folder_of[formats.class_key(name)])
+            if folder_name in names:  # 'Airplane' and 'airplane' name one folder: its images twice
+                raise RszError(f"{path}: class {name!r} is listed twice (class folder {folder_name!r})")
+            names.append(folder_name)
         lists[key] = names
+    # the files' own problems name their folder (make_split would say "split <name>")
+    formats._check_class_lists(folder, lists["seen"], lists["unseen"], lists.get("val", []))
     val = lists.get("val") or formats.carve_val_classes(lists["seen"], seed)
     return formats.make_split(data, lists["seen"], lists["unseen"], val, seed=seed, name=folder.name)
 

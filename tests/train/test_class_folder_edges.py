@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from rsz_infer.errors import RszError
 from rsz_train.data.formats import load_scene_folders
 from rsz_train.data.sources import DataOptions, load_dataset, resolve_splits
 
@@ -53,3 +55,33 @@ def test_hidden_files_in_class_folders_are_not_images_and_do_not_shift_split_ind
     assert split.unseen == sorted(unseen) and source.split_source == "mcfa folder"
     assert sorted(split.test_unseen) == [p for p, i in zip(clean.image_paths, clean.labels)
                                          if clean.class_names[i] in unseen]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("seen", "unseen", "message"),
+    [
+        # one folder named twice, spelled two ways: its images would train (and test) twice
+        (["airport", "Airport", "forest", "river"], ["beach"], "seen.txt: class 'Airport' is listed twice"),
+        (
+            ["Dense Residential", "dense_residential", "forest"],
+            ["beach"],
+            "class 'dense_residential' is listed",
+        ),
+        # the lists' own problems name their folder, not just "split <folder name>"
+        (
+            ["airport", "forest", "river"],
+            ["Forest", "beach"],
+            "lists: class 'forest' is both seen and unseen",
+        ),
+        (["airport", "forest", "river"], [], "lists: no unseen classes"),
+    ],
+)
+def test_class_lists_naming_one_folder_twice_are_refused_naming_the_file(tmp_path, seen, unseen, message):
+    root = _class_folders(tmp_path / "AID")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "seen.txt").write_text("".join(f"{n}\n" for n in seen))
+    (lists / "unseen.txt").write_text("".join(f"{n}\n" for n in unseen))
+    with pytest.raises(RszError, match=message) as err:
+        _splits(root, split_file=str(lists))
+    assert str(lists) in str(err.value) and "\n" not in str(err.value)
