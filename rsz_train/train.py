@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ from rsz_train import distributed, runs
 from rsz_train import evaluate as ev
 from rsz_train.config import ZERO_OR_MORE, RunConfig, TrainConfig, check_range, load_config, save_config
 from rsz_train.data import batches as td
-from rsz_train.data.formats import SceneData, Split, attribute_matrix, paper_split
+from rsz_train.data.formats import SPLIT_IMAGE_FILES, SceneData, Split, attribute_matrix, paper_split
 from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
 from rsz_train.models.registry import ModelEntry, create_model, model_entry
@@ -564,7 +565,44 @@ class _Trainer:
         record["attribute_routes"] = dict(zip(self.data.class_names, self.attribute_routes))
         # The text route's rule, for export (the manifest) and so that inference computes the same rows.
         record["phrase_ridge"] = float(self.config.train.phrase_ridge)
+        record["split_images_sha256"] = self.split_images_sha256()
         return record
+
+    def split_images_sha256(self) -> str:
+        """Of the split's image lists (train, val and test parts): a --resume must continue on the same."""
+        parts = [list(getattr(self.split, part)) for part in SPLIT_IMAGE_FILES]
+        return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+    def check_resumed_split(self, classes_path: Path) -> None:
+        """--resume on another data set or split (other --data, --split-file, --split-id, --unseen, --seed)
+        would go on training the run's weights on images it may have tested, and report the new split:
+        refused, naming what differs (a run written before split_images_sha256: its class lists)."""
+        if not classes_path.is_file():
+            return
+        ran = runs._read_json(classes_path)
+        now = {
+            "class_names": list(self.data.class_names),
+            "seen": list(self.train_classes),
+            "unseen": list(self.split.unseen),
+            "val": list(self.split.val),
+            "split_images_sha256": self.split_images_sha256(),
+        }
+        differ = [key for key, value in now.items() if key in ran and ran[key] != value]
+        if differ:
+            key = differ[0]
+            shown = (
+                "" if key == "split_images_sha256" else f": run {_short(ran[key])}, now {_short(now[key])}"
+            )
+            raise RszError(
+                f"--resume: {classes_path.parent} was trained on another data set or split ({key}{shown}); "
+                "pass the run's own --data and split options, or start a new run"
+            )
+
+
+def _short(names: list[str], limit: int = 4) -> str:
+    """A class list in an error line: its first `limit` names and how many more."""
+    more = f" +{len(names) - limit} more" if len(names) > limit else ""
+    return "[" + ", ".join(repr(n) for n in names[:limit]) + more + "]"
 
 
 def _gzsl_absent(seen_part: str) -> str:
@@ -938,6 +976,8 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     started = time.time()
     main = distributed.current().is_main
     trainer = _Trainer(kind, job.data, job.split, job.source, out_dir, config, dev)
+    if resume:  # before anything is written
+        trainer.check_resumed_split(out_dir / runs.CLASSES)
     model, cfg = trainer.model, config.train
     one_val_class = len(job.split.val) == 1 and not trainer.entry.uses_captions
     if main and select and one_val_class and not cfg.select_last_epoch:

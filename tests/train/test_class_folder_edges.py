@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,31 @@ def test_class_lists_naming_one_folder_twice_are_refused_naming_the_file(tmp_pat
     with pytest.raises(RszError, match=message) as err:
         _splits(root, split_file=str(lists))
     assert str(lists) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_on_another_split_or_data_set_is_refused(tiny_benchmark, tmp_path):
+    """--resume with other split options, or on a data folder whose images changed, would go on training
+    the run's weights on another split (its unseen classes perhaps trained on) and report that split."""
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_benchmark, data)
+    out = tmp_path / "run"
+    options = DataOptions(unseen=8, seed=0)
+    train("dsva", data, None, out, device="cpu", overrides=TINY_OVERRIDES, stop_after_epoch=1,
+          data_options=options)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for other in (DataOptions(unseen=8, seed=1), DataOptions(unseen=7, seed=0)):
+        with pytest.raises(
+            RszError, match=r"--resume: .* was trained on another data set or split \("
+        ) as err:
+            train("dsva", data, None, out, device="cpu", resume=True, data_options=other)
+        assert "\n" not in str(err.value)
+    # the same classes, one image more: the split's image lists differ
+    folder = data / "images" / json.loads((out / "classes.json").read_text())["seen"][0]
+    shutil.copy(sorted(folder.iterdir())[0], folder / "zz_added.png")
+    with pytest.raises(RszError, match=r"\(split_images_sha256\)"):
+        train("dsva", data, None, out, device="cpu", resume=True, data_options=options)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
