@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,6 +149,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-4, 5E3, 2.5e+2
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check a YAML value against the type of the field's default (int is accepted for float)."""
     if default is None or value is None:
@@ -158,6 +162,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        return float(value)  # `lr: 1e-4` is a float in YAML 1.2; PyYAML (YAML 1.1) reads the string '1e-4'
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return type(default)(value)
     if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):

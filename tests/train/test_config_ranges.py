@@ -86,3 +86,18 @@ def test_the_epochs_flag_has_the_yaml_epochs_rule(tiny_benchmark, tmp_path):
     result = CliRunner().invoke(main, args)
     assert (result.exit_code, result.output) == (2, "error: --epochs 0: must be at least 1\n")
     assert not out.exists()
+
+
+def test_exponent_floats_read_as_numbers(tmp_path):
+    """`lr: 1e-4` is a float to YAML 1.2 and to the reader, a string to PyYAML's YAML 1.1: it was refused
+    with "expected float, got '1e-4'"; the ranges still apply, and an int setting takes no exponent."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 1e-4, weight_decay: 5E-2}\nmodel: {logit_scale: 2.5e+1}\n")
+    config = load_config("dsva", path)
+    assert (config.train.lr, config.train.weight_decay, config.model.logit_scale) == (1e-4, 0.05, 25.0)
+    path.write_text("train: {lr: -1e-4}\n")
+    with pytest.raises(RszError, match="train.lr -0.0001: must be above 0"):
+        load_config("dsva", path)
+    path.write_text("train: {epochs: 1e2}\n")
+    with pytest.raises(RszError, match="train.epochs: expected int, got '1e2'"):
+        load_config("dsva", path)
