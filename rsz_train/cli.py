@@ -7,12 +7,13 @@ rsz-train dsva --data data/synth --out runs/dsva
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
 
 import rsz_infer
-from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, first_line, one_line_errors
 from rsz_train.demo import demo_command
 from rsz_train.models.registry import MODELS
 
@@ -182,16 +183,28 @@ def _train_command(kind: str, summary: str) -> click.Command:
         overrides = {"model.require_pretrained": False} if allow_random_init and kind == "msa" else {}
         if gsd is not None:
             overrides["train.gsd"] = gsd
-        run = train(
-            kind, data_dir, split, out_dir, config_path, device, epochs, resume,
-            data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
-        )  # fmt: skip
+        try:
+            run = train(
+                kind, data_dir, split, out_dir, config_path, device, epochs, resume,
+                data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
+            )  # fmt: skip
+        except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not isinstance(err, MemoryError) and not _OUT_OF_MEMORY.search(str(err)):
+                raise
+            raise RszError(
+                f"out of memory ({first_line(err, 'MemoryError', limit=160)}): lower train.batch_size, "
+                "train.eval_batch_size or train.image_size in --config"
+            ) from None
         report_path = run / "report.json"
         if report_path.is_file() and current().is_main:
             report = json.loads(report_path.read_text(encoding="utf-8"))
             click.echo(f"run written to {run} ({report['seconds']} s); test: {_summary(report['test'])}")
 
     return command
+
+
+# torch's words for a failed allocation: CUDA's "CUDA out of memory", the CPU's "can't allocate memory"
+_OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory", re.IGNORECASE)
 
 
 def _summary(test: dict) -> str:

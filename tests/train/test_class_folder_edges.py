@@ -115,3 +115,19 @@ def test_resume_on_another_split_or_data_set_is_refused(tiny_benchmark, tmp_path
     with pytest.raises(RszError, match=r"\(split_images_sha256\)"):
         train("dsva", data, None, out, device="cpu", resume=True, data_options=options)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+
+
+def test_out_of_memory_is_one_line_naming_the_settings(tiny_benchmark, tmp_path):
+    """train.image_size 1000000 (a typo), like a batch too large for the GPU, fails to allocate: one line
+    that names the settings to lower, not torch's traceback."""
+    from click.testing import CliRunner
+
+    from rsz_train.cli import main
+
+    config = tmp_path / "huge.yaml"
+    config.write_text("train: {image_size: 1000000, epochs: 1}\n")
+    args = ["dsva", "--data", str(tiny_benchmark), "--out", str(tmp_path / "run"), "--config", str(config)]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: out of memory (") and "train.image_size" in result.output
+    assert len(result.output.strip().splitlines()) == 1
