@@ -105,11 +105,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def save_weights(model: RszModel, path: Path, kind: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"kind": kind})
+    # written by Python, as the run's other files: safetensors' save_file makes its files owner-only (0600),
+    # so the weights alone were unreadable to a colleague exporting a run from a shared folder
+    tmp.write_bytes(save(state, metadata={"kind": kind}))
     tmp.replace(path)
 
 

@@ -131,3 +131,9 @@ def test_out_of_memory_is_one_line_naming_the_settings(tiny_benchmark, tmp_path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: out of memory (") and "train.image_size" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_run_files_share_one_mode(tiny_run):
+    """model.safetensors was owner-only (0600: safetensors' save_file) beside the run's 0644 files."""
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_run.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.yaml"] == modes["report.json"], modes
