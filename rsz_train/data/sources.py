@@ -26,6 +26,7 @@ split file and its sha256, the image order a .mat's indices follow).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -75,7 +76,13 @@ class DataSource:
     image_list_sha256: str | None = None  # of the --image-list file, when one gave that order
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record of report.json: its folder and file as absolute paths, so that it names the data
+        wherever the run is read from (rsz-export --int8 finds the training tiles by split_file)."""
+        record = asdict(self)
+        for key in ("root", "split_file"):
+            if record[key] is not None:
+                record[key] = os.path.abspath(record[key])
+        return record
 
 
 def sha256_of(paths: list[Path]) -> str:

@@ -137,3 +137,17 @@ def test_run_files_share_one_mode(tiny_run):
     """model.safetensors was owner-only (0600: safetensors' save_file) beside the run's 0644 files."""
     modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_run.iterdir() if p.is_file()}
     assert modes["model.safetensors"] == modes["config.yaml"] == modes["report.json"], modes
+
+
+def test_report_records_the_data_and_split_file_as_absolute_paths(tmp_path, monkeypatch):
+    """`--data NWPU --split-file lists` from one folder recorded 'NWPU' and 'lists': read from anywhere
+    else (rsz-export --int8 looks for the training tiles by split_file) they named other folders or none."""
+    _class_folders(tmp_path / "NWPU")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "seen.txt").write_text("airport\nforest\nriver\ndense_residential\n")
+    (tmp_path / "lists" / "unseen.txt").write_text("beach\n")
+    monkeypatch.chdir(tmp_path)
+    [(_split, source)] = _splits(Path("NWPU"), split_file="lists")
+    record = source.to_dict()
+    assert (record["root"], record["split_file"]) == (str(tmp_path / "NWPU"), str(tmp_path / "lists"))
+    assert record["split_sha256"] is not None
