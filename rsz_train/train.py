@@ -838,6 +838,8 @@ def resolve_config(
     config file and the overrides; `epochs` replaces train.epochs either way."""
     if epochs is not None:  # the same rule as the YAML's train.epochs
         check_range(epochs, TrainConfig.ranges["epochs"], "--epochs")
+    if out_dir.exists() and not out_dir.is_dir():  # not the OS's "[Errno 20] Not a directory"
+        raise RszError(f"--out {out_dir}: is a file, not a run folder")
     if resume:
         # --protocol paper keeps the run's own config in selection/ (the refit's has the chosen epochs)
         selection = out_dir / SELECTION

@@ -151,3 +151,17 @@ def test_report_records_the_data_and_split_file_as_absolute_paths(tmp_path, monk
     record = source.to_dict()
     assert (record["root"], record["split_file"]) == (str(tmp_path / "NWPU"), str(tmp_path / "lists"))
     assert record["split_sha256"] is not None
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_out_naming_a_file_is_one_line_naming_it(tiny_benchmark, tmp_path, resume):
+    from click.testing import CliRunner
+
+    from rsz_train.cli import main
+
+    out = tmp_path / "notes.txt"
+    out.write_text("mine\n")
+    args = ["dsva", "--data", str(tiny_benchmark), "--out", str(out), *resume, "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and result.output == f"error: --out {out}: is a file, not a run folder\n"
+    assert out.read_text() == "mine\n"
