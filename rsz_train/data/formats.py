@@ -691,6 +691,9 @@ def read_dsva_mat(
                 f"{path}: {key + suffix} must hold 1-based image indices in 1..{n}, "
                 f"its entry {at + 1} is {values[at]:g}{hint}"
             )
+        unique, counts = np.unique(values, return_counts=True)
+        if (counts > 1).any():  # trained twice, or held out for validation while its copy trains
+            raise RszError(f"{path}: {key + suffix} lists image index {unique[counts > 1][0]:g} twice")
         return [int(v) - 1 for v in values]
 
     def classes_of(idx: list[int]) -> list[str]:

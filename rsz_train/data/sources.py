@@ -396,8 +396,10 @@ def mcfa_split_files(folder: Path, split_id: str | None) -> list[tuple[str, dict
 
 
 def _read_indices(path: Path, count: int) -> list[int]:
-    """One 0-based image index per line (blank lines skipped)."""
+    """One 0-based image index per line (blank lines skipped), each once: an image listed twice would be
+    trained twice, and could be held out for validation while its other copy trains."""
     out = []
+    line_of: dict[int, int] = {}
     for number, line in enumerate(formats._read_text(path).splitlines(), start=1):
         text = line.strip()
         if not text:
@@ -407,6 +409,9 @@ def _read_indices(path: Path, count: int) -> list[int]:
             raise RszError(
                 f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}"
             )
+        if value in line_of:
+            raise RszError(f"{path}:{number}: image index {value} is already on line {line_of[value]}")
+        line_of[value] = number
         out.append(value)
     if not out:
         raise RszError(f"{path}: no image indices")

@@ -165,3 +165,34 @@ def test_out_naming_a_file_is_one_line_naming_it(tiny_benchmark, tmp_path, resum
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and result.output == f"error: --out {out}: is a file, not a run folder\n"
     assert out.read_text() == "mine\n"
+
+
+def test_split_files_listing_an_image_twice_are_refused(tmp_path):
+    """An index twice in MCFA's seen_class_loc (or a DSVA .mat's train_gzsl_loc) trained the image twice
+    and could hold one copy out for validation while the other trained."""
+    from scipy.io import savemat
+
+    root = _class_folders(tmp_path / "RSSDIVCS")
+    data = load_scene_folders(root)
+    unseen = {"beach", "river"}
+    seen = [i for i, label in enumerate(data.labels) if data.class_names[label] not in unseen]
+    test_unseen = [i for i, label in enumerate(data.labels) if data.class_names[label] in unseen]
+    folder = tmp_path / "zsl"
+    folder.mkdir()
+    (folder / "seen_class_loc_4_1.txt").write_text("".join(f"{v}\n" for v in [*seen, seen[2]]))
+    (folder / "unseen_class_loc_4_1.txt").write_text("".join(f"{v}\n" for v in test_unseen))
+    line = len(seen) + 1
+    with pytest.raises(
+        RszError, match=f"seen_class_loc_4_1.txt:{line}: image index {seen[2]} is already on line 3"
+    ):
+        _splits(root, split_file=str(folder))
+    mat = tmp_path / "ann_attr_finetune_4_splits.mat"
+    savemat(str(mat), {
+        "att": np.ones((3, len(CLASSES))),
+        "allclasses_names": np.array([[n] for n in CLASSES], dtype=object),
+        "train_gzsl_loc": np.array([v + 1 for v in [*seen[1:], seen[1]]])[:, None],
+        "test_seen_loc": np.array([seen[0] + 1])[:, None],
+        "test_unseen_loc": np.array([v + 1 for v in test_unseen])[:, None],
+    })  # fmt: skip
+    with pytest.raises(RszError, match=f"train_gzsl_loc lists image index {seen[1] + 1} twice"):
+        _splits(root, split_file=str(mat))
