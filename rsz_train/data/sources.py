@@ -74,12 +74,14 @@ class DataSource:
     validation: str = "val classes carved from the seen classes"
     image_order: str | None = None  # DSVA .mat: the image list its indices were read into
     image_list_sha256: str | None = None  # of the --image-list file, when one gave that order
+    captions: str | None = None  # the --captions JSON the images' captions came from, whatever the split
+    captions_sha256: str | None = None
 
     def to_dict(self) -> dict:
         """The record of report.json: its folder and file as absolute paths, so that it names the data
         wherever the run is read from (rsz-export --int8 finds the training tiles by split_file)."""
         record = asdict(self)
-        for key in ("root", "split_file"):
+        for key in ("root", "split_file", "captions"):
             if record[key] is not None:
                 record[key] = os.path.abspath(record[key])
         return record
@@ -212,7 +214,17 @@ def resolve_splits(
     data_dir: Path | str, data: SceneData, layout: str, options: DataOptions
 ) -> list[tuple[Split, DataSource]]:
     """Every split the options name (several only with split_id "all")."""
-    data_dir = Path(data_dir)
+    splits = _resolve_splits(Path(data_dir), data, layout, options)
+    if options.captions:  # trained on, under any split (--unseen, --split-file): recorded as a split file is
+        digest = sha256_of([Path(options.captions)])
+        for _split, source in splits:
+            source.captions, source.captions_sha256 = options.captions, digest
+    return splits
+
+
+def _resolve_splits(
+    data_dir: Path, data: SceneData, layout: str, options: DataOptions
+) -> list[tuple[Split, DataSource]]:
     root = str(data.root)
     chosen = [options.split, options.split_file, options.unseen]
     if sum(v is not None for v in chosen) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -196,3 +197,25 @@ def test_split_files_listing_an_image_twice_are_refused(tmp_path):
     })  # fmt: skip
     with pytest.raises(RszError, match=f"train_gzsl_loc lists image index {seen[1] + 1} twice"):
         _splits(root, split_file=str(mat))
+
+
+def test_a_caption_file_is_recorded_under_any_split(tmp_path):
+    """--captions with --unseen N trains on the JSON's captions, but the record named no caption file
+    (split_file None): the run could not say which captions, nor their sha256."""
+    root = _class_folders(tmp_path / "RSICD" / "images")
+    entries = [
+        {"filename": f"{name}_{i}.jpg", "split": "train", "sentences": [{"raw": f"a {name} tile"}]}
+        for name in CLASSES
+        for i in range(5)
+    ]
+    for name in CLASSES:
+        for i, path in enumerate(sorted((root / name).iterdir())):
+            path.rename(root / f"{name}_{i}.jpg")
+        (root / name).rmdir()
+    captions = tmp_path / "RSICD" / "dataset_rsicd.json"
+    captions.write_text(json.dumps({"images": entries}))
+    digest = hashlib.sha256(captions.read_bytes()).hexdigest()
+    for options in ({}, {"unseen": 2}):
+        [(_split, source)] = _splits(tmp_path / "RSICD", captions=str(captions), **options)
+        record = source.to_dict()
+        assert (record["captions"], record["captions_sha256"]) == (str(captions), digest), options
