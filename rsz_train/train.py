@@ -759,6 +759,8 @@ def _train(
     splits = resolve_splits(data_dir, data, layout, options)
     if not splits:  # each reader refuses a file without splits; a one-line error, never an IndexError
         raise RszError(f"{options.split_file or data_dir}: no splits to train on")
+    if resume:
+        _check_resumed_layout(out_dir, len(splits))
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it
@@ -864,6 +866,30 @@ def resolve_config(
     if epochs is not None:
         config.train.epochs = epochs
     return config
+
+
+def _check_resumed_layout(out_dir: Path, split_count: int) -> None:
+    """--resume of a --split-id all folder (one sub-run per split) as one split, or of one split's run with
+    --split-id all, would train into the wrong folder and overwrite its report.json: refused."""
+    per_split = [
+        p.name
+        for p in sorted(out_dir.iterdir())
+        if p.is_dir()
+        and p.name != SELECTION
+        and any((p / sub / runs.CONFIG).is_file() for sub in ("", SELECTION))
+    ]
+    single = any((out_dir / sub / runs.CLASSES).is_file() for sub in ("", SELECTION))
+    if split_count == 1 and per_split and not single:
+        names = ", ".join(per_split[:3]) + (", ..." if len(per_split) > 3 else "")
+        raise RszError(
+            f"--resume: {out_dir} holds one run per split ({names}): resume it with --split-id all, "
+            "or pass one split's folder as --out"
+        )
+    if split_count > 1 and single:
+        raise RszError(
+            f"--resume: {out_dir} is the run of one split, not of --split-id all: resume it with its own "
+            "--split-id, or start a new run"
+        )
 
 
 def _check_resumed_config(run: RunConfig, given: RunConfig, keys: list[str] | None) -> None:

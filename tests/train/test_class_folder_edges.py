@@ -219,3 +219,36 @@ def test_a_caption_file_is_recorded_under_any_split(tmp_path):
         [(_split, source)] = _splits(tmp_path / "RSICD", captions=str(captions), **options)
         record = source.to_dict()
         assert (record["captions"], record["captions_sha256"]) == (str(captions), digest), options
+
+
+def test_resume_of_a_split_all_folder_as_one_split_and_back_is_refused(tiny_benchmark, tmp_path):
+    """--resume --split-id 1 on a --split-id all folder trained split 1 into the parent (its report.json,
+    the mean over the splits, overwritten); --split-id all on one split's run trained sub-runs into it and
+    replaced its report.json with their summary."""
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    data, _layout = load_dataset(tiny_benchmark, DataOptions())
+    folder = tmp_path / "gzsl"
+    folder.mkdir()
+    for split_id in (1, 2):
+        unseen = set(data.class_names[2 * split_id : 2 * split_id + 2])
+        rows = {"seen": [], "unseen": []}
+        for i, label in enumerate(data.labels):
+            rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
+        for kind, values in rows.items():
+            (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+
+    def run(out: Path, split_id: str, **kw) -> None:
+        options = DataOptions(split_file=str(folder), split_id=split_id)
+        train("dsva", tiny_benchmark, None, out, device="cpu", data_options=options, **kw)
+
+    run(tmp_path / "all", "all", overrides=TINY_OVERRIDES, stop_after_epoch=0)
+    with pytest.raises(RszError, match=r"holds one run per split \(gzsl_1\): resume it with --split-id all"):
+        run(tmp_path / "all", "1", resume=True)
+    assert not (tmp_path / "all" / "classes.json").exists()
+    run(tmp_path / "one", "2", overrides=TINY_OVERRIDES, stop_after_epoch=0)
+    with pytest.raises(RszError, match="is the run of one split, not of --split-id all"):
+        run(tmp_path / "one", "all", resume=True)
+    assert not (tmp_path / "one" / "gzsl_1").exists()
