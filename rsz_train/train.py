@@ -760,7 +760,7 @@ def _train(
     if not splits:  # each reader refuses a file without splits; a one-line error, never an IndexError
         raise RszError(f"{options.split_file or data_dir}: no splits to train on")
     if resume:
-        _check_resumed_layout(out_dir, len(splits))
+        _check_resumed_layout(out_dir, len(splits), protocol)
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it
@@ -868,9 +868,10 @@ def resolve_config(
     return config
 
 
-def _check_resumed_layout(out_dir: Path, split_count: int) -> None:
+def _check_resumed_layout(out_dir: Path, split_count: int, protocol: str) -> None:
     """--resume of a --split-id all folder (one sub-run per split) as one split, or of one split's run with
-    --split-id all, would train into the wrong folder and overwrite its report.json: refused."""
+    --split-id all, would train into the wrong folder and overwrite its report.json; with the other
+    --protocol, a paper refit would take an rsz run's last.pt as its own: refused."""
     per_split = [
         p.name
         for p in sorted(out_dir.iterdir())
@@ -890,6 +891,15 @@ def _check_resumed_layout(out_dir: Path, split_count: int) -> None:
             f"--resume: {out_dir} is the run of one split, not of --split-id all: resume it with its own "
             "--split-id, or start a new run"
         )
+    for folder in [out_dir / name for name in per_split] if split_count > 1 else [out_dir]:
+        if not any((folder / sub / runs.CONFIG).is_file() for sub in ("", SELECTION)):
+            continue  # not started yet
+        ran = "paper" if (folder / SELECTION / runs.CONFIG).is_file() else "rsz"
+        if ran != protocol:
+            raise RszError(
+                f"--resume: {folder} was trained with --protocol {ran}, not {protocol}: resume it with "
+                f"--protocol {ran}, or start a new run"
+            )
 
 
 def _check_resumed_config(run: RunConfig, given: RunConfig, keys: list[str] | None) -> None:

@@ -252,3 +252,22 @@ def test_resume_of_a_split_all_folder_as_one_split_and_back_is_refused(tiny_benc
     with pytest.raises(RszError, match="is the run of one split, not of --split-id all"):
         run(tmp_path / "one", "all", resume=True)
     assert not (tmp_path / "one" / "gzsl_1").exists()
+
+
+def test_resume_with_the_other_protocol_is_refused(tiny_run, tiny_benchmark, default_split, tmp_path):
+    """--protocol paper on an rsz run trained a selection run, then took the rsz run's last.pt as the refit's
+    (past its epochs: nothing refit) and reported it as the paper protocol's; rsz on a paper run likewise."""
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    done = tmp_path / "rsz"
+    shutil.copytree(tiny_run, done)
+    with pytest.raises(RszError, match="was trained with --protocol rsz, not paper"):
+        train("dsva", tiny_benchmark, default_split, done, device="cpu", resume=True, protocol="paper")
+    assert not (done / "selection").exists()
+    paper = tmp_path / "paper"
+    train("dsva", tiny_benchmark, default_split, paper, device="cpu", overrides=TINY_OVERRIDES,
+          protocol="paper", stop_after_epoch=0)  # fmt: skip
+    with pytest.raises(RszError, match="was trained with --protocol paper, not rsz"):
+        train("dsva", tiny_benchmark, default_split, paper, device="cpu", resume=True)
