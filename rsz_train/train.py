@@ -575,8 +575,9 @@ class _Trainer:
 
     def check_resumed_split(self, classes_path: Path) -> None:
         """--resume on another data set or split (other --data, --split-file, --split-id, --unseen, --seed)
-        would go on training the run's weights on images it may have tested, and report the new split:
-        refused, naming what differs (a run written before split_images_sha256: its class lists)."""
+        would go on training the run's weights on images it may have tested, and report the new split; with
+        other --classes or --attributes, on other class semantics: refused, naming what differs (a run
+        written before split_images_sha256: its class lists and semantics' inputs)."""
         if not classes_path.is_file():
             return
         ran = runs._read_json(classes_path)
@@ -586,16 +587,19 @@ class _Trainer:
             "unseen": list(self.split.unseen),
             "val": list(self.split.val),
             "split_images_sha256": self.split_images_sha256(),
+            # the class semantics' inputs (--classes, --attributes): the attribute vectors derive from them
+            "descriptions": list(self.semantics.descriptions),
+            "attribute_phrases": list(self.task.attribute_phrases),
         }
-        differ = [key for key, value in now.items() if key in ran and ran[key] != value]
+        ran = {**ran, "attribute_phrases": ran.get("task", {}).get("attribute_phrases")}
+        differ = [key for key, value in now.items() if ran.get(key) is not None and ran[key] != value]
         if differ:
             key = differ[0]
-            shown = (
-                "" if key == "split_images_sha256" else f": run {_short(ran[key])}, now {_short(now[key])}"
-            )
+            listed = key in ("class_names", "seen", "unseen", "val")
+            shown = f": run {_short(ran[key])}, now {_short(now[key])}" if listed else ""
             raise RszError(
-                f"--resume: {classes_path.parent} was trained on another data set or split ({key}{shown}); "
-                "pass the run's own --data and split options, or start a new run"
+                f"--resume: {classes_path.parent} was trained on another data set, split or class file "
+                f"({key}{shown}); pass the run's own --data, split and class options, or start a new run"
             )
 
 

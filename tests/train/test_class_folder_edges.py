@@ -105,11 +105,15 @@ def test_resume_on_another_split_or_data_set_is_refused(tiny_benchmark, tmp_path
           data_options=options)  # fmt: skip
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for other in (DataOptions(unseen=8, seed=1), DataOptions(unseen=7, seed=0)):
-        with pytest.raises(
-            RszError, match=r"--resume: .* was trained on another data set or split \("
-        ) as err:
+        with pytest.raises(RszError, match=r"--resume: .* was trained on another data set, split or") as err:
             train("dsva", data, None, out, device="cpu", resume=True, data_options=other)
         assert "\n" not in str(err.value)
+    # another description of a class (--classes): other class semantics
+    classes = tmp_path / "classes.txt"
+    classes.write_text("airport: a tarmac with a terminal\n")
+    with pytest.raises(RszError, match=r"\(descriptions\)"):
+        train("dsva", data, None, out, device="cpu", resume=True,
+              data_options=DataOptions(unseen=8, seed=0, classes=str(classes)))  # fmt: skip
     # the same classes, one image more: the split's image lists differ
     folder = data / "images" / json.loads((out / "classes.json").read_text())["seen"][0]
     shutil.copy(sorted(folder.iterdir())[0], folder / "zz_added.png")
