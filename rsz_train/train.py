@@ -36,7 +36,14 @@ from rsz_train import evaluate as ev
 from rsz_train.config import ZERO_OR_MORE, RunConfig, TrainConfig, check_range, load_config, save_config
 from rsz_train.data import batches as td
 from rsz_train.data.formats import SPLIT_IMAGE_FILES, SceneData, Split, attribute_matrix, paper_split
-from rsz_train.data.sources import DataOptions, DataSource, load_dataset, resolve_splits
+from rsz_train.data.sources import (
+    DataOptions,
+    DataSource,
+    class_folder_root,
+    is_rsz_layout,
+    load_dataset,
+    resolve_splits,
+)
 from rsz_train.models.base import ClassSemantics, RszModel, TaskInfo
 from rsz_train.models.registry import ModelEntry, create_model, model_entry
 
@@ -694,6 +701,7 @@ def train(
     torchrun joins its job from the environment (rsz_train.distributed: the same global batches as one
     process, rank 0 validates and writes the run).
     """
+    _refuse_out_among_images(Path(data_dir), Path(out_dir), data_options)
     with _run_lock(Path(out_dir)):
         if nproc != 1:  # the launcher refuses nproc < 1
             args = (kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides)
@@ -708,6 +716,21 @@ def train(
             kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides, stop_after_epoch,
             data_options, protocol,
         )  # fmt: skip
+
+
+def _refuse_out_among_images(data_dir: Path, out_dir: Path, options: DataOptions | None) -> None:
+    """--out inside the folder of class folders (`--data NWPU --out NWPU/run1`) would be read as a class
+    folder without images by the next command on that data set, this run's --resume included. Checked
+    before the run's lock makes any folder there."""
+    if (options and options.captions) or not data_dir.is_dir():
+        return  # caption images come from the JSON's list; a missing --data has its own error
+    root = data_dir / "images" if is_rsz_layout(data_dir) else class_folder_root(data_dir)
+    root, out = root.resolve(), out_dir.resolve()
+    if out == root or root in out.parents:
+        raise RszError(
+            f"--out {out_dir}: inside the image folder {root}, where it would be read as a class folder; "
+            "choose an --out outside it"
+        )
 
 
 @contextlib.contextmanager

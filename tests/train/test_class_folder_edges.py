@@ -275,3 +275,28 @@ def test_resume_with_the_other_protocol_is_refused(tiny_run, tiny_benchmark, def
           protocol="paper", stop_after_epoch=0)  # fmt: skip
     with pytest.raises(RszError, match="was trained with --protocol paper, not rsz"):
         train("dsva", tiny_benchmark, default_split, paper, device="cpu", resume=True)
+
+
+def test_out_inside_the_class_folders_is_refused_before_anything_is_made(tmp_path):
+    """`--data NWPU --out NWPU/run1` trained, and then NWPU/run1 was a class folder without images: the
+    run could not be resumed nor the data set trained on again. (`--out UCM/runs/r1`, beside UCM's
+    Images/, is fine.)"""
+    from click.testing import CliRunner
+
+    from rsz_train.cli import main
+
+    root = _class_folders(tmp_path / "NWPU")
+    attributes = tmp_path / "attributes.txt"
+    attributes.write_text("water\tcolour\tblue water\ntrees\tcolour\tgreen trees\nroofs\tshape\tred roofs\n")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train: {image_size: 16, epochs: 1, batch_size: 8}\n")
+    for out in (root / "run1", root / "runs" / "r1", root / "airport" / "r1"):
+        args = ["dsva", "--data", str(root), "--unseen", "2", "--attributes", str(attributes)]
+        args += ["--config", str(config), "--out", str(out), "--device", "cpu"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"error: --out {out}: inside the image folder {root}, where it would be read as a class "
+            "folder; choose an --out outside it\n"
+        )
+    assert sorted(p.name for p in root.iterdir()) == CLASSES  # no folder, no lock file left
