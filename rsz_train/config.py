@@ -171,6 +171,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def _type_name(default: Any) -> str:
+    return "true or false" if isinstance(default, bool) else type(default).__name__
+
+
 def _update(obj: Any, values: dict, where: str) -> Any:
     if not isinstance(values, dict):
         raise RszError(f"{where}: expected a mapping of settings, got {values!r}")
@@ -180,7 +184,11 @@ def _update(obj: Any, values: dict, where: str) -> Any:
     for key, value in values.items():
         if key not in known:
             raise RszError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        changes[key] = _coerce(value, getattr(obj, key), f"{where}.{key}")
+        default = getattr(obj, key)
+        if value is None and default is not None and "None" not in str(known[key].type):
+            # `epochs: null` (or `epochs:` with no value): only an optional setting takes null
+            raise RszError(f"{where}.{key}: expected {_type_name(default)}, got null (no value)")
+        changes[key] = _coerce(value, default, f"{where}.{key}")
         check_range(changes[key], ranges.get(key), f"{where}.{key}")  # as coerced: lr -1 is -1.0, "above 0"
     return dataclasses.replace(obj, **changes)
 

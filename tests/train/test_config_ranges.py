@@ -101,3 +101,28 @@ def test_exponent_floats_read_as_numbers(tmp_path):
     path.write_text("train: {epochs: 1e2}\n")
     with pytest.raises(RszError, match="train.epochs: expected int, got '1e2'"):
         load_config("dsva", path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "yaml_text", "message"),
+    [
+        ("dsva", "train: {epochs: null}", "train.epochs: expected int, got null (no value)"),
+        ("dsva", "train:\n  lr:\n", "train.lr: expected float, got null (no value)"),
+        ("dsva", "train: {augment: null}", "train.augment: expected true or false, got null (no value)"),
+        ("dsva", "model: {backbone: null}", "model.backbone: expected str, got null (no value)"),
+    ],
+)
+def test_null_for_a_required_setting_names_it(tmp_path, kind, yaml_text, message):
+    """`epochs: null` (or `lr:` with no value) passed the type check and failed later with a TypeError
+    traceback (augment: null trained as false)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text + "\n")
+    with pytest.raises(RszError, match=f"^{re.escape(f'{path}: {message}')}$"):
+        load_config(kind, path)
+
+
+def test_null_is_still_taken_by_optional_settings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {pretrained: null}\ntrain: {gsd: null, dual_encoder_run: null}\n")
+    config = load_config("mcfa", path)
+    assert (config.model.pretrained, config.train.gsd, config.train.dual_encoder_run) == (None, None, None)
