@@ -76,6 +76,7 @@ class DataSource:
     image_list_sha256: str | None = None  # of the --image-list file, when one gave that order
     captions: str | None = None  # the --captions JSON the images' captions came from, whatever the split
     captions_sha256: str | None = None
+    seed: int | None = None  # --seed: it drew the val classes and the held-out images of every split
 
     def to_dict(self) -> dict:
         """The record of report.json: its folder and file as absolute paths, so that it names the data
@@ -215,6 +216,8 @@ def resolve_splits(
 ) -> list[tuple[Split, DataSource]]:
     """Every split the options name (several only with split_id "all")."""
     splits = _resolve_splits(Path(data_dir), data, layout, options)
+    for _split, source in splits:
+        source.seed = options.seed
     if options.captions:  # trained on, under any split (--unseen, --split-file): recorded as a split file is
         digest = sha256_of([Path(options.captions)])
         for _split, source in splits:

@@ -158,6 +158,17 @@ def test_report_records_the_data_and_split_file_as_absolute_paths(tmp_path, monk
     assert record["split_sha256"] is not None
 
 
+def test_the_split_seed_is_recorded(tmp_path):
+    """--seed draws the val classes and held-out images of a split file's split too, but only a random
+    split's name carried it: a run on a .mat, MCFA folder or class lists could not be reproduced."""
+    root = _class_folders(tmp_path / "NWPU")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "seen.txt").write_text("airport\nforest\nriver\ndense_residential\n")
+    (tmp_path / "lists" / "unseen.txt").write_text("beach\n")
+    [(_split, source)] = _splits(root, split_file=str(tmp_path / "lists"), seed=7)
+    assert source.to_dict()["seed"] == 7
+
+
 @pytest.mark.parametrize("resume", [[], ["--resume"]])
 def test_out_naming_a_file_is_one_line_naming_it(tiny_benchmark, tmp_path, resume):
     from click.testing import CliRunner
