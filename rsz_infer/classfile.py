@@ -29,9 +29,12 @@ class ClassEntry:
 
 
 def class_name_key(name: str) -> str:
-    """What tells class names apart: not case, spaces, '_' or '-' ("Dense Residential", "dense_residential"
-    and "denseresidential" are one class, as rsz_train's formats.class_key reads them)."""
-    return re.sub(r"[\s_-]+", "", name.casefold())
+    """What tells class names apart: letters and digits, not case, spaces or punctuation ("Dense
+    Residential", "dense_residential", "dense-residential" and AID's "DenseResidential" are one class).
+    rsz-train matches split files to class folders by it, and rsz-infer class files to trained classes.
+    A name with no letter or digit keys as itself (casefolded), so two such names stay two classes."""
+    folded = name.casefold()
+    return re.sub(r"[\W_]+", "", folded) or folded
 
 
 def _squash(text: str) -> str:
@@ -65,7 +68,7 @@ def parse_class_lines(text: str, source: str) -> list[ClassEntry]:
             line, first = first_of[key]
             raise RszError(
                 f"{where}: duplicate class {name!r} (already on line {line} as {first!r}; names ignore case, "
-                "spaces, '_' and '-')"
+                "spaces and punctuation)"
             )
         first_of[key] = (number, name)
         entries.append(ClassEntry(name=name, description=description if sep and description else name))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.classfile import read_class_file
+from rsz_infer.classfile import class_name_key, read_class_file
 from rsz_infer.errors import RszError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -98,6 +98,14 @@ def load_scene_folders(root: str | Path) -> SceneData:
     folders = _class_folders(root)
     if not folders:
         raise RszError(f"{root}: no class folders found (expected root/<class_name>/<image files>)")
+    first_of: dict[str, str] = {}
+    for folder in folders:  # split files and class lists name a class by its key: two folders would be one
+        other = first_of.setdefault(class_name_key(folder.name), folder.name)
+        if other != folder.name:
+            raise RszError(
+                f"{root}: class folders {other!r} and {folder.name!r} name one class (names ignore case, "
+                "spaces and punctuation); merge or rename one"
+            )
     return _scene_data(root, [f.name for f in folders], {})
 
 
@@ -555,11 +563,6 @@ def paper_split(split: Split, data: SceneData, holdout: float = 0.2, seed: int =
 # DSVA .mat splits
 
 
-def class_key(name: str) -> str:
-    """'Dense Residential', 'dense_residential' and 'denseresidential' name one class."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
 def _strings(value) -> list[str]:
     """MATLAB cell array / char array (as scipy.io gives it) -> list of str."""
     out = []
@@ -666,12 +669,12 @@ def read_dsva_mat(
     att = attribute_matrix(mat["att"], f"{path}: att")
     if att.ndim != 2 or att.shape[1] != len(mat_names):
         raise RszError(f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes")
-    column = {class_key(n): i for i, n in enumerate(mat_names)}
+    column = {class_name_key(n): i for i, n in enumerate(mat_names)}
     order = []
     for c in data.class_names:
-        if class_key(c) not in column:
+        if class_name_key(c) not in column:
             raise RszError(f"{path}: class {c!r} of {data.root} is not in allclasses_names")
-        order.append(column[class_key(c)])
+        order.append(column[class_name_key(c)])
     att_by_class = att[:, order].T.copy()
 
     image_list = _dsva_image_list(path, mat, data, image_list, mat_names)
@@ -807,7 +810,7 @@ def _check_label(
             f"{where}: label {label} of image_files entry {entry!r} is not in 1..{len(mat_names)} "
             f"(the classes of allclasses_names in {splits})"
         )
-    if class_key(folder) != class_key(mat_names[label - 1]):
+    if class_name_key(folder) != class_name_key(mat_names[label - 1]):
         raise RszError(
             f"{where}: image_files entry {entry!r} is in class folder {folder!r}, but its label {label} "
             f"is class {mat_names[label - 1]!r} (allclasses_names of {splits}, 1-based)"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.classfile import read_class_file
+from rsz_infer.classfile import class_name_key, read_class_file
 from rsz_infer.errors import RszError
 from rsz_train.data import formats
 from rsz_train.data.formats import SceneData, Split
@@ -130,9 +130,9 @@ def class_folder_root(data_dir: Path) -> Path:
 
 def _apply_classes_file(data: SceneData, path: Path) -> None:
     """Descriptions from a class file; its names match class folders up to case, spaces and '_'."""
-    folder_of = {formats.class_key(n): n for n in data.class_names}
+    folder_of = {class_name_key(n): n for n in data.class_names}
     for entry in read_class_file(path):
-        folder = folder_of.get(formats.class_key(entry.name))
+        folder = folder_of.get(class_name_key(entry.name))
         if folder is None:
             raise RszError(f"{path}: class {entry.name!r} is not a class folder of {data.root}")
         data.descriptions[folder] = entry.description
@@ -470,7 +470,7 @@ def read_mcfa_split(files: dict[str, Path], data: SceneData, name: str, seed: in
 
 def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
     """seen.txt / unseen.txt (/ val.txt) class lists next to a class-folder data set."""
-    folder_of = {formats.class_key(n): n for n in data.class_names}
+    folder_of = {class_name_key(n): n for n in data.class_names}
     lists = {}
     for key in ("seen", "unseen", "val"):
         path = folder / f"{key}.txt"
@@ -478,7 +478,7 @@ def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
             continue
         names: list[str] = []
         for name in formats.read_class_list(path):
-            folder_name = folder_of.get(formats.class_key(name))
+            folder_name = folder_of.get(class_name_key(name))
             if folder_name is None:
                 raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root})")
             if folder_name in names:  # 'Airplane' and 'airplane' name one folder: its images twice

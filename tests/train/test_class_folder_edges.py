@@ -311,3 +311,17 @@ def test_out_inside_the_class_folders_is_refused_before_anything_is_made(tmp_pat
             "folder; choose an --out outside it\n"
         )
     assert sorted(p.name for p in root.iterdir()) == CLASSES  # no folder, no lock file left
+
+
+def test_two_class_folders_naming_one_class_are_refused(tmp_path):
+    """Split files and class lists name a class by its key (case, spaces and punctuation ignored):
+    'Dense_Residential' beside 'denseresidential' would be one class to them, and one folder's images
+    silently the other's. Names of other scripts keep their letters: two of them are two classes."""
+    root = _class_folders(tmp_path / "AID")
+    shutil.copytree(root / "dense_residential", root / "Dense-Residential")
+    with pytest.raises(RszError, match=r"class folders 'Dense-Residential' and 'dense_residential' name one"):
+        load_scene_folders(root)
+    shutil.rmtree(root / "Dense-Residential")
+    for name in ("机场", "港口"):  # airport, harbour
+        shutil.copytree(root / "airport", root / name)
+    assert {"机场", "港口"} <= set(load_scene_folders(root).class_names)
