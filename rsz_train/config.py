@@ -241,7 +241,7 @@ def load_config(kind: str, path: Path | str | None = None, overrides: dict | Non
             shipped = ", ".join(packaged_configs())
             raise RszError(f"{path}: config file not found (or a shipped config name: {shipped})")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             raise RszError(f"{path}: not valid YAML ({first_line(err)})") from None
     config = config_from_dict(kind, data, where)
@@ -252,6 +252,22 @@ def load_config(kind: str, path: Path | str | None = None, overrides: dict | Non
         target = getattr(config, section)
         setattr(config, section, _update(target, {name: value}, f"override {section}"))
     return config
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second `train:` section (or `lr:` line) would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -126,3 +126,16 @@ def test_null_is_still_taken_by_optional_settings(tmp_path):
     path.write_text("model: {pretrained: null}\ntrain: {gsd: null, dual_encoder_run: null}\n")
     config = load_config("mcfa", path)
     assert (config.model.pretrained, config.train.gsd, config.train.dual_encoder_run) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    ["train: {epochs: 3}\nmodel: {dropout: 0.2}\ntrain: {lr: 0.01}\n", "train:\n  lr: 0.01\n  lr: 0.02\n"],
+)
+def test_a_key_given_twice_is_refused_naming_it(tmp_path, yaml_text):
+    """PyYAML keeps the last of two equal keys: a second `train:` section dropped the first's epochs
+    without a word."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(RszError, match=rf"^{re.escape(str(path))}: not valid YAML \(.*given twice"):
+        load_config("dsva", path)
