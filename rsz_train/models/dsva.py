@@ -337,11 +337,10 @@ def _build_backbone(config: DSVAConfig, task: TaskInfo) -> tuple[nn.Module, dict
             raise RszError(f"{path}: CLIP checkpoint not found (model.clip_checkpoint)")
         vit = vit_from_clip_checkpoint(path, image_size=task.image_size)
         vit.proj = None  # CLIP's image projection is not used: DSVA maps tokens to attributes itself
+    elif config.backbone not in VIT_CONFIGS:  # not vit.create_vit's error: it cannot name the setting
+        known = ", ".join([*VIT_CONFIGS, GEOEMBED_BACKBONE])
+        raise RszError(f"model.backbone {config.backbone!r}: unknown; known: {known}")
     elif config.patch_size:
-        if config.backbone not in VIT_CONFIGS:
-            raise RszError(
-                f"model.backbone {config.backbone!r}: unknown ViT; known: {', '.join(VIT_CONFIGS)}"
-            )
         if task.image_size % config.patch_size:
             raise RszError(
                 f"model.patch_size {config.patch_size}: does not divide image_size {task.image_size}"

@@ -241,3 +241,15 @@ def test_dsva_on_geoembed_resnet18_trains_only_its_head_and_exports_the_same_emb
         embedding, maps = image.module(images)
     assert maps.shape == (4, 6, 4, 4)  # 32 px / stride 8
     torch.testing.assert_close(embedding, cached["embedding"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size", [0, 8])
+def test_an_unknown_backbone_names_the_setting_and_every_choice(patch_size):
+    # it read "resnet: unknown ViT; known: vit_tiny, ..." (no setting named, geoembed_resnet18 left out)
+    from rsz_infer.errors import RszError
+
+    config = DSVAConfig(backbone="resnet", patch_size=patch_size)
+    with pytest.raises(
+        RszError, match=r"^model.backbone 'resnet': unknown; known: vit_tiny, .*geoembed_resnet18$"
+    ):
+        create_model("dsva", config, _task(image_size=32))
