@@ -15,7 +15,6 @@ import re
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,8 +35,8 @@ from rsz_export.trt_build import (
     optimisation_profile,
 )
 from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, manifest_problem, sha256_file
-from rsz_infer.errors import RszError, first_line
-from rsz_infer.images import TileOptions, too_many_pixels
+from rsz_infer.errors import RszError
+from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
 from rsz_infer.locking import OutputLock
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.runners.ort import OrtRunner
@@ -109,37 +108,20 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
 
 
 def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
-    """The files, decoded and preprocessed as rsz-infer does (rsz_infer.images + preprocess).
-
-    rsz-infer's --max-pixels rule at its default (rsz_infer.images.DEFAULT_MAX_PIXELS): a file whose header
-    declares more pixels is refused before anything is decoded."""
-    from PIL import Image
-
+    """The files, decoded and preprocessed as rsz-infer does: rsz_infer.images.decode_tile at rsz-infer's
+    defaults (16-bit data stretched, not clipped at 255; grey to RGB; a file whose header declares more than
+    --max-pixels refused before anything is decoded), then rsz_infer.preprocess. One RszError naming the file
+    for a tile that cannot be read."""
     from rsz_infer.preprocess import to_model_input
 
-    limit = TileOptions()  # rsz-infer's default --max-pixels (rsz-export has no option for it)
+    options = TileOptions()  # rsz-infer's defaults (rsz-export has no --bands or --max-pixels)
     arrays = []
     for path in paths:
-        problem = None
         try:
-            with warnings.catch_warnings():
-                # the size check below is the limit, not Pillow's warning; beyond twice its limit (~179 MP)
-                # Pillow raises DecompressionBombError from the header alone, caught below
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(path)
-            with image:
-                problem = too_many_pixels(*image.size, limit)  # the header's size: nothing decoded yet
-                if problem is None:
-                    arrays.append(to_model_input(np.asarray(image.convert("RGB")), spec))
-        except Image.DecompressionBombError as err:  # above DEFAULT_MAX_PIXELS too: Pillow's limit is higher
-            pillow = first_line(err).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
-            problem = (
-                f"image declares more than --max-pixels {limit.max_pixels:,} pixels ({pillow}; not decoded)"
-            )
-        except Exception as err:  # Pillow raises many types for corrupt or truncated files
-            raise RszError(f"{path}: cannot read this tile ({first_line(err)})") from None
-        if problem:
-            raise RszError(f"{path}: {problem}; rsz-infer skips such images too")
+            rgb, _ = decode_tile(tile_from_record(str(path), None, options), options)
+        except TileError as err:
+            raise RszError(f"{path}: {err}; rsz-infer skips such images too") from None
+        arrays.append(to_model_input(rgb, spec))
     return np.stack(arrays)
 
 

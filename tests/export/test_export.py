@@ -491,6 +491,33 @@ def test_huge_tile_is_one_line_before_decoding(side: int, tmp_path: Path) -> Non
     assert load_tiles(tiles, PreprocessSpec(size=SIZE)).shape == (1, 3, SIZE, SIZE)
 
 
+def test_check_and_calibration_tiles_are_decoded_as_rsz_infer_decodes_them(tmp_path: Path) -> None:
+    """--tiles / --calibration read each file as rsz-infer labels it: a 16-bit TIFF is stretched, not clipped
+    at 255 by Pillow's convert (calibrating INT8 on white tiles), and a 16-bit RGB TIFF, which Pillow cannot
+    open, is read as rsz-infer reads it instead of stopping the export."""
+    import rasterio
+    from PIL import Image
+
+    from rsz_export.api import load_tiles
+    from rsz_infer.images import TileOptions, decode_tile, tile_from_record
+    from rsz_infer.preprocess import to_model_input
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 4096, size=(SIZE, SIZE)).astype(np.uint16)  # 12-bit data, as sensors write
+    Image.fromarray(grey).save(tiles / "a_grey16.tif")
+    profile = {"driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "uint16"}
+    with rasterio.open(tiles / "b_rgb16.tif", "w", **profile) as ds:
+        ds.write(rng.integers(0, 4096, size=(3, SIZE, SIZE)).astype(np.uint16))
+    spec = PreprocessSpec(size=SIZE)
+    got = load_tiles(tiles, spec)
+    options = TileOptions()
+    for row, name in zip(got, ["a_grey16.tif", "b_rgb16.tif"], strict=True):
+        rgb, _ = decode_tile(tile_from_record(str(tiles / name), None, options), options)
+        np.testing.assert_array_equal(row, to_model_input(rgb, spec))
+
+
 def test_a_killed_exports_leftovers_are_cleaned_up(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Staging folders of --out (tempfile.mkdtemp's .NAME.xxxxxxxx) left by a killed export are removed by the
     next export into --out (it holds the lock, so no running export owns them), in one line; other names stay.
