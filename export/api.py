@@ -167,6 +167,11 @@ def int8_tiles(
     elif split is not None:
         root = data_dir / "images"
         files = [root / p for p in split.train]
+    elif not report:  # load_run's report of a run with no report.json yet
+        raise RszError(
+            f"{run_dir}: no report.json, the run has not finished (rsz-train --resume finishes it), so its "
+            "training tiles are not known; pass --calibration DIR"
+        )
     else:
         raise RszError(
             f"{run_dir}: the run's training tiles are not here (report.json names no rsz-layout data folder "

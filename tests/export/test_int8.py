@@ -140,7 +140,10 @@ def test_calibration_folder_holds_out_check_tiles_and_is_hashed(tmp_path: Path) 
     assert "held out" in info["check_source"] and info["tiles"] == 6
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "t0.png")
     assert int8_tiles(tmp_path, {}, spec, folder)[2]["sha256"] != info["sha256"]
-    with pytest.raises(RszError, match="pass --calibration DIR"):
+    with pytest.raises(RszError, match="report.json names no rsz-layout data folder .*--calibration DIR"):
+        int8_tiles(tmp_path, {"data": str(tmp_path / "moved"), "split": "zsl_36_6"}, spec, None)
+    # a run killed before its report.json: not a data folder that moved, a run that has not finished
+    with pytest.raises(RszError, match=r"no report.json, the run has not finished .*pass --calibration DIR$"):
         int8_tiles(tmp_path, {}, spec, None)
 
 
