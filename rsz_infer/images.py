@@ -785,7 +785,7 @@ def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tupl
         im = Image.open(path)
     with im:
         _refuse_above_limit(*im.size, options)  # declared in the header: nothing is decoded yet
-        if im.format == "PNG" and _png_16bit_colour(path):
+        if im.format == "PNG" and _png_16bit_colour(im):
             return _decode_gdal(path, options)
         scaled = ""
         if jpeg_draft and im.format == "JPEG":
@@ -798,13 +798,11 @@ def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tupl
         return rgb, rule + scaled
 
 
-def _png_16bit_colour(path: str) -> bool:
-    """A 16-bit RGB, RGBA or grey + alpha PNG (IHDR bit depth and colour type). Pillow cuts such samples
-    to 8 bits without a stretch (12-bit data turn black), so GDAL reads them as a 16-bit TIFF is read;
-    16-bit grey alone Pillow reads whole (I;16)."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+def _png_16bit_colour(im: Image.Image) -> bool:
+    """A 16-bit RGB, RGBA or grey + alpha PNG (the raw mode Pillow's header parse chose). Pillow cuts such
+    samples to 8 bits without a stretch (12-bit data turn black), so GDAL reads them as a 16-bit TIFF is
+    read; 16-bit grey alone Pillow reads whole (I;16)."""
+    return bool(im.tile) and im.tile[0][3] in ("RGB;16B", "RGBA;16B", "LA;16B")
 
 
 def _pillow_rgb(im: Image.Image) -> tuple[np.ndarray, str]:
