@@ -9,11 +9,11 @@ a catalog whose links point to remote JSON is refused rather than fetched (rsz d
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from rsz_infer.errors import RszError, first_line
+from rsz_infer.trust import check_regular_file
 
 # The asset keys that mean "the picture of the scene" in common catalogs (Sentinel-2 L2A on Earth Search
 # and Planetary Computer, Landsat, NAIP, Maxar open data), in order of preference.
@@ -37,8 +37,7 @@ def _local_stac_io():
             if is_gdal_path(href):
                 self.refused = href
                 raise RszError(f"{href}: a remote STAC link; rsz reads local STAC JSON only")
-            if os.path.exists(href) and not os.path.isfile(href):  # /dev/zero would be read for ever
-                raise RszError(f"{href}: not a regular file")
+            check_regular_file(Path(href))  # /dev/zero would be read for ever
             return super().read_text(source, *args, **kwargs)
 
     return pystac, LocalStacIO()
