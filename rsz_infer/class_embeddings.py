@@ -119,7 +119,7 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
         if rule == "templates":
             return _template_means(text_runner, tokenizer, entries, manifest.prompt_templates)
         if rule == "text":
-            prompts = [manifest.text_prompt.format(name=e.name, description=e.description) for e in entries]
+            prompts = [prompt for (prompt,) in class_texts(manifest, entries)]
             return encode_texts(text_runner, tokenizer, prompts)["embedding"]
         if not manifest.attribute_phrases:
             raise RszError(f"{bundle_dir / MANIFEST}: class_embedding 'attributes' but no attribute_phrases")
@@ -153,18 +153,22 @@ def semantic_outputs(
         semantic_runner.close()
 
 
+def class_texts(manifest: Manifest, entries: list[ClassEntry]) -> list[list[str]]:
+    """Per class, the texts the bundle's rule reads for it: its prompts ("templates"), its prompt ("text"),
+    else its description ("attributes", "semantic")."""
+    if manifest.class_embedding == "templates":
+        return [class_prompts(e, manifest.prompt_templates) for e in entries]
+    if manifest.class_embedding == "text":
+        return [[manifest.text_prompt.format(name=e.name, description=e.description)] for e in entries]
+    return [[e.description] for e in entries]
+
+
 def cut_texts_note(bundle_dir: Path | str, manifest: Manifest, entries: list[ClassEntry]) -> str | None:
     """A note naming the classes whose text (description, prompt) is longer than the text graph reads
     (`max_text_length` tokens), else None. The rest is dropped without a trace: two classes alike up to
     the cut get one embedding and the same scores."""
-    if manifest.class_embedding == "templates":
-        texts = [class_prompts(e, manifest.prompt_templates) for e in entries]
-    elif manifest.class_embedding == "text":
-        texts = [[manifest.text_prompt.format(name=e.name, description=e.description)] for e in entries]
-    else:
-        texts = [[e.description] for e in entries]
     tokenizer = load_tokenizer(bundle_dir, manifest)
-    cut = [e.name for e, t in zip(entries, texts) if any(tokenizer.cut(t))]
+    cut = [e.name for e, t in zip(entries, class_texts(manifest, entries)) if any(tokenizer.cut(t))]
     if not cut:
         return None
     more = ", ..." if len(cut) > 3 else ""
