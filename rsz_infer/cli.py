@@ -5,7 +5,7 @@
     rsz-infer search idx/ --text "a river crossing farmland"    retrieve tiles
 
 Exit codes: 0 all done, 3 done but some tiles were skipped (see the .errors.csv), 2 usage or input error,
-130 interrupted (outputs hold what finished; --resume continues).
+130 interrupted by Ctrl-C or SIGTERM (outputs hold what finished; --resume continues).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rsz_infer.backend import BACKENDS, PRECISIONS, check_device
 from rsz_infer.bundle import DEFAULT_MODEL
 from rsz_infer.cluster import parse_shard
 from rsz_infer.decoders import DECODERS
-from rsz_infer.errors import HELP_OPTIONS, one_line_callback, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, one_line_callback, one_line_errors, sigterm_as_ctrl_c
 from rsz_infer.images import DEFAULT_MAX_PIXELS, TileOptions, parse_bands
 from rsz_infer.index import ANN_METHODS
 from rsz_infer.native import PREPROCESSORS
@@ -412,7 +412,8 @@ cli.add_command(merge_command, name="merge")
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: `rsz-infer index|search ...`, otherwise the labeling command."""
-    cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="rsz-infer")
+    with sigterm_as_ctrl_c():
+        cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="rsz-infer")
 
 
 if __name__ == "__main__":

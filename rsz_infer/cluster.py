@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.batching import Batch, TileCounts, embed_batches
-from rsz_infer.errors import RszError, first_line
+from rsz_infer.errors import RszError, first_line, reclaim_sigterm
 from rsz_infer.images import NodataTile, Tile, TileError, TileOptions, decode_tile
 from rsz_infer.outputs import atomic_write
 from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
@@ -110,6 +110,7 @@ def connect(options: RayOptions):  # the ray module
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise RszError(f"--ray {options.address}: cannot connect ({first_line(err)})") from None
+        reclaim_sigterm()  # SIGTERM stops the job as Ctrl-C does, not by Ray's handler
     ray.data.DataContext.get_current().enable_progress_bars = False  # rsz's own bar counts tiles
     for name in ("ray", "ray.data"):  # Ray Data's per-dataset INFO lines would bury rsz's summary
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,3 +62,38 @@ def one_line_callback(check: Callable[[Any], Any]) -> Callable[[Any, Any, Any], 
         return check(value)
 
     return callback
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Inside this block SIGTERM (`kill PID`, `timeout`, a scheduler's or `docker stop`'s stop) ends a job as
+    Ctrl-C does: the batch loop stops, what finished is written out, exit 130. Python's own SIGTERM ends
+    the process at once, leaving the outputs unwritten. Further SIGTERMs while the outputs are written are
+    ignored (a scheduler's SIGKILL still ends it; the run log or the index journal keep what finished).
+    The previous handler comes back afterwards (the CLI also runs inside test and notebook processes)."""
+    global _sigterm_stop
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+
+    def stop(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    _sigterm_stop = stop
+    try:
+        yield
+    finally:
+        _sigterm_stop = None
+        signal.signal(signal.SIGTERM, previous)
+
+
+_sigterm_stop: Callable[[int, object], None] | None = None  # sigterm_as_ctrl_c's handler, inside its block
+
+
+def reclaim_sigterm() -> None:
+    """Put sigterm_as_ctrl_c's handler back after a library set its own: ray.init's ends the driver at
+    once (sys.exit) and Ray's native one prints a stack dump, leaving the job's outputs unwritten."""
+    if _sigterm_stop is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_stop)

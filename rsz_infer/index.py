@@ -8,7 +8,9 @@ An index folder holds:
     scales.npy       [N, S, Dm] float32 multi-scale features, when the bundle has a rerank graph
     faiss.index      FAISS HNSW graph over the embeddings (inner product), when the search method is "hnsw"
 A second `index` call with more tiles adds the new ones and skips those already in; the folder is
-rebuilt beside the old one and renamed over it, so a killed call leaves the old index intact.
+rebuilt beside the old one and renamed over it, so a killed call leaves the old index intact. Until then a
+call's batches go to a journal beside the folder (rsz_infer.index_journal) that the next call folds in: a
+call killed before it could write the index keeps what it embedded.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from rsz_infer.images import (
     no_tiles_found,
     tile_from_record,
 )
+from rsz_infer.index_journal import IndexJournal, PendingRows, read_journal, remove_journal
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import atomic_write, render_errors
 from rsz_infer.pipeline import gsd_note, resolve_gsd, run_log_engine
@@ -298,12 +301,13 @@ def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileO
     sha = manifest_sha256(model)
     _recover_swap(out)
     old = Index.load(out) if (out / "index.json").is_file() else None
+    if old is not None and old.info["model"] != sha:
+        raise RszError(f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out")
+    pending = read_journal(out)
+    if pending is not None:
+        old = fold_in_journal(out, manifest, sha, model, old, pending)
     tile_options = cfg.tiles
     if old is not None:
-        if old.info["model"] != sha:
-            raise RszError(
-                f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out"
-            )
         asset = cfg.tiles.asset if cfg.tiles else None  # STAC inputs of this call
         limit = cfg.tiles.max_pixels if cfg.tiles else DEFAULT_MAX_PIXELS  # this call's --max-pixels
         tile_options = TileOptions(
@@ -316,6 +320,53 @@ def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileO
         warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
     return manifest, sha, old, tile_options, known
+
+
+def fold_in_journal(
+    out: Path, manifest: Manifest, sha: str, model: Path, old: Index | None, pending: PendingRows
+) -> Index | None:
+    """Write the rows a stopped call left in its journal into the index at `out` (made if there is none),
+    then remove the journal; returns the index now at `out`. Rows already in the index (a kill after the
+    last fold's swap, before the journal went) are left out."""
+    info = pending.info
+    if info["model"] != sha:
+        raise RszError(
+            f"{out}: {pending.folder} holds {len(pending.tiles)} tiles a stopped index call embedded with "
+            f"another model ({info['model_dir']}); rerun that call, or delete {pending.folder}"
+        )
+    known = {t["tile"] for t in old.tiles} if old else set()
+    keep = [i for i, t in enumerate(pending.tiles) if t["tile"] not in known]
+    if keep:
+        if old is not None:
+            check_same_engine(out, old, info.get("engine") or {})
+            tile_options = TileOptions(**old.info["tile_options"], bands=_bands(old.info))
+        else:
+            tile_options = TileOptions(**info["tile_options"], bands=_bands(info))
+        scales = [pending.scales[keep]] if pending.scales is not None else []
+        method = old.info.get("search", "exact") if old else "auto"
+        rows = [pending.tiles[i] for i in keep]
+        _write_index(
+            out, manifest, sha, model, tile_options, old, rows, [pending.embeddings[keep]], scales, method,
+            info.get("engine"),
+        )  # fmt: skip
+        warn(f"{len(rows)} tiles a stopped index call embedded (kept in {pending.folder}) are now in {out}")
+    remove_journal(pending.folder)
+    return Index.load(out) if keep else old
+
+
+def journal_header(
+    manifest: Manifest, sha: str, model: Path, tile_options: TileOptions, made_with: dict
+) -> dict:
+    """header.json of a call's journal: the index.json fields its rows belong to (IndexJournal adds the
+    shape of a row of scales at the first batch)."""
+    return {
+        "model": sha,
+        "model_dir": str(model.resolve()),
+        "tile_options": _tile_options_record(tile_options),
+        "bands": list(tile_options.bands) if tile_options.bands else None,
+        "dim": manifest.embedding_dim,
+        "engine": made_with,
+    }
 
 
 def build_index(cfg: IndexConfig) -> IndexSummary:
@@ -344,15 +395,21 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     with_scales = "rerank" in manifest.graphs
     rows, embeddings, scales, skipped = [], [], [], []
 
+    journal: IndexJournal | None = None  # made once the engine (its precision) is known
+
     def keep(batch: EmbeddedBatch) -> None:
         bad = [(tile, err) for tile, err in batch.skipped if not isinstance(err, NodataTile)]
         skipped.extend({"tile": tile.id, "skipped": str(err)} for tile, err in bad)  # OUT.errors.csv rows
         if not batch.tiles:
             return
-        embeddings.append(l2_normalize(batch.outputs["embedding"]).astype(np.float32))
-        if with_scales:
-            scales.append(batch.outputs["scales"].astype(np.float32))
-        rows.extend(index_row(tile) for tile in batch.tiles)
+        new_rows = [index_row(tile) for tile in batch.tiles]
+        new_embeddings = l2_normalize(batch.outputs["embedding"]).astype(np.float32)
+        new_scales = batch.outputs["scales"].astype(np.float32) if with_scales else None
+        journal.append(new_rows, new_embeddings, new_scales)  # on disk before it counts as done
+        embeddings.append(new_embeddings)
+        if new_scales is not None:
+            scales.append(new_scales)
+        rows.extend(new_rows)
 
     with Embedder(model, manifest=manifest, tiles=tile_options, **dataclasses.asdict(cfg.engine)) as embedder:
         engine = embedder.engine
@@ -360,7 +417,11 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         check_same_engine(out, old, made_with)
         for note in engine.notes:
             warn(note)
-        counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
+        journal = IndexJournal(out, journal_header(manifest, sha, model, tile_options, made_with))
+        try:
+            counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
+        finally:
+            journal.close()
     # an interrupted call keeps what finished: the next `index` call skips those tiles
     if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
         search = _write_index(
@@ -368,6 +429,7 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         )
     else:
         search = old.info.get("search", "exact")
+    journal.remove()  # its rows are in the index now
     write_index_errors(out, skipped)
     if counts.interrupted:
         print(
@@ -478,11 +540,7 @@ def _write_index(
         "model": sha,
         "model_dir": str(model.resolve()),
         "model_kind": manifest.model_kind,
-        "tile_options": {
-            "tile_size": tile_options.tile_size,
-            "overlap": tile_options.overlap,
-            "gsd": tile_options.gsd,
-        },
+        "tile_options": _tile_options_record(tile_options),
         "bands": list(tile_options.bands) if tile_options.bands else None,
         "count": int(all_emb.shape[0]),
         "dim": int(all_emb.shape[1]),
@@ -498,6 +556,10 @@ def _write_index(
     tiles = (old.tiles if old else []) + rows
     _write_index_folder(out, info, all_emb.astype(np.float32), tiles, all_scales, ann)
     return info["search"]
+
+
+def _tile_options_record(tile_options: TileOptions) -> dict:
+    return {"tile_size": tile_options.tile_size, "overlap": tile_options.overlap, "gsd": tile_options.gsd}
 
 
 def _bands(info: dict) -> tuple[int, ...] | None:

@@ -1,5 +1,7 @@
-"""rsz-infer as a real process, interrupted by SIGINT (Ctrl-C) after its first batch: exit 130, the
-`interrupted` line, a complete output of what finished, and --resume finishing the rest."""
+"""rsz-infer as a real process, stopped after its first batches: by SIGINT (Ctrl-C) or SIGTERM (`kill`, a
+scheduler) exit 130, the `interrupted` line and a complete output of what finished, --resume (label) or the
+same command (index) finishing the rest; killed by SIGKILL, an index call keeps what it embedded in its
+journal for the next call."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from rsz_infer.cli import main
+from rsz_infer.index import Index
 
 from .helpers import write_geotiff
 from .test_label import run_cli
@@ -28,11 +34,12 @@ def _rsz_infer() -> list[str]:
 
 
 def _sigint_as_in_a_terminal() -> None:
-    """The child's SIGINT as a shell gives it: not ignored, not blocked. A child inherits both from the
-    test process, where an earlier test's native library may have changed them (the whole suite, not this
-    file alone, ran the child deaf to SIGINT)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    """The child's SIGINT and SIGTERM as a shell gives them: not ignored, not blocked. A child inherits both
+    from the test process, where an earlier test's native library may have changed them (the whole suite,
+    not this file alone, ran the child deaf to SIGINT)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _complete_lines(path: Path) -> int:
@@ -43,7 +50,10 @@ def _complete_lines(path: Path) -> int:
     return text.count(b"\n")
 
 
-def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, class_file, tmp_path, capsys):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_stopped_after_the_first_batch_exits_130_and_resume_finishes(
+    stop, bundles, class_file, tmp_path, capsys
+):
     rng = np.random.default_rng(0)
     scene = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 256, (3, SIDE, SIDE)).astype(np.uint8))
     out = tmp_path / "labels.csv"
@@ -62,7 +72,7 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no first batch within 60 s"
             time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, stop)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -75,7 +85,7 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
     assert interrupted and lines[-1].startswith("interrupted") and "Traceback" not in err, err
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert 1 <= len(rows) < WINDOWS, "the run finished before SIGINT came: make the scene bigger"
+    assert 1 <= len(rows) < WINDOWS, "the run finished before the signal came: make the scene bigger"
     assert interrupted[0].startswith(f"interrupted: {len(rows)} tiles written to {out}"), err
     assert all(r["label_1"] in ("red", "green", "blue") and r["window"] for r in rows)
     assert part.is_file() and _complete_lines(part) == 1 + len(rows)  # the log holds exactly what is out
@@ -88,3 +98,139 @@ def test_sigint_after_the_first_batch_exits_130_and_resume_finishes(bundles, cla
     assert len(resumed) == WINDOWS and len({r["tile"] for r in resumed}) == WINDOWS
     assert [r["tile"] for r in resumed[: len(rows)]] == [r["tile"] for r in rows]  # what was done stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "labels.csv.run.json", "scene.tif"]
+
+
+def _start_index(scene: Path, bundle: Path, out: Path) -> subprocess.Popen:
+    args = [scene, "--model", bundle, "--out", out, "--tile-size", "8", "--batch", "1", "--quiet"]
+    return subprocess.Popen(
+        [*_rsz_infer(), "index", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
+
+
+def _stop_after(proc: subprocess.Popen, journal: Path, lines: int, stop: int) -> str:
+    try:
+        deadline = time.monotonic() + 60
+        while _complete_lines(journal) < lines:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"not {lines} batches within 60 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, stop)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return err
+
+
+@pytest.fixture(scope="module")
+def index_scene(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(1)
+    folder = tmp_path_factory.mktemp("index_scene")
+    return write_geotiff(folder / "scene.tif", rng.integers(0, 256, (3, SIDE, SIDE)).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def whole_index(bundles, index_scene, tmp_path_factory) -> Index:
+    """The scene indexed by one call that was never stopped: what a stopped and continued one must equal."""
+    out = tmp_path_factory.mktemp("whole") / "idx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", str(index_scene), "--model", str(bundles["msa"]), "--out", str(out),
+              "--tile-size", "8", "--batch", "256", "--quiet"])  # fmt: skip
+    assert exit_info.value.code == 0
+    return Index.load(out)
+
+
+def _same_rows(index: Index, whole: Index) -> None:
+    row = {t["tile"]: i for i, t in enumerate(whole.tiles)}
+    order = [row[t["tile"]] for t in index.tiles]
+    assert sorted(order) == list(range(WINDOWS))  # every window once
+    assert [index.tiles[i] for i in range(WINDOWS)] == [whole.tiles[j] for j in order]
+    assert np.allclose(index.embeddings, whole.embeddings[order], atol=1e-5)
+    assert np.allclose(index.scales, np.asarray(whole.scales)[order], atol=1e-5)
+
+
+def test_index_killed_by_sigkill_keeps_its_batches_for_the_next_call(
+    bundles, index_scene, whole_index, tmp_path, capsys
+):
+    out = tmp_path / "idx"
+    journal = tmp_path / ".idx.pending"
+    err = _stop_after(
+        _start_index(index_scene, bundles["msa"], out), journal / "tiles.jsonl", 3, signal.SIGKILL
+    )
+    assert not out.exists(), err  # no chance to write the index: its batches are in the journal only
+    kept = _complete_lines(journal / "tiles.jsonl")
+    assert 3 <= kept < WINDOWS
+    with open(journal / "tiles.jsonl", "ab") as f:  # a kill inside a write leaves a cut last line
+        f.write(b'{"tile": "scene.tif:8')
+
+    tiles = [index_scene, "--out", out, "--tile-size", "8", "--quiet"]
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["mcfa"]], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{journal} holds {kept} tiles a stopped index call embedded with another model" in err
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"], "--batch", "256"], capsys)
+    assert code == 0, err
+    assert f"{kept} tiles a stopped index call embedded" in err, err
+    assert f"{WINDOWS - kept} tiles added, {kept} already in" in err, err
+    assert not journal.exists()
+    _same_rows(Index.load(out), whole_index)
+
+
+def test_index_stopped_by_sigterm_writes_what_finished_and_the_same_command_adds_the_rest(
+    bundles, index_scene, whole_index, tmp_path, capsys
+):
+    out = tmp_path / "idx"
+    journal = tmp_path / ".idx.pending"
+    err = _stop_after(
+        _start_index(index_scene, bundles["msa"], out), journal / "tiles.jsonl", 3, signal.SIGTERM
+    )
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+    done = Index.load(out)
+    assert (
+        3 <= len(done.tiles) < WINDOWS and f"interrupted: {len(done.tiles)} new tiles saved in {out}" in err
+    )
+    assert not journal.exists()  # its rows went into the index
+
+    tiles = [index_scene, "--out", out, "--tile-size", "8", "--quiet"]
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"], "--batch", "256"], capsys)
+    assert code == 0, err
+    assert f"{WINDOWS - len(done.tiles)} tiles added, {len(done.tiles)} already in" in err, err
+    _same_rows(Index.load(out), whole_index)
+
+
+def test_ray_job_stopped_by_sigterm_exits_130_and_keeps_its_partitions(
+    bundles, class_file, index_scene, tmp_path
+):
+    """ray.init sets its own SIGTERM handlers (the driver exits at once, Ray's native one prints a stack
+    dump): rsz-infer takes SIGTERM back, so a stopped --ray job ends as on Ctrl-C."""
+    pytest.importorskip("ray")
+    out = tmp_path / "labels.csv"
+    parts = tmp_path / "labels.csv.parts"
+    args = [index_scene, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--tile-size", "8"]
+    ray_args = ["--ray", "local", "--ray-actors", "1", "--ray-partition-tiles", "64", "--batch", "1"]
+    proc = subprocess.Popen(
+        [*_rsz_infer(), *map(str, args), *ray_args, "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(parts.glob("part-*.parquet"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no two partitions within 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted", err
+    assert "SIGTERM received" not in err and "Traceback" not in err, err
+    kept = len(list(parts.glob("part-*.parquet")))
+    assert 2 <= kept < WINDOWS // 64 and not out.exists()  # --resume goes on from these
