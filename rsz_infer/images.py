@@ -170,7 +170,8 @@ def discover_tiles(
                 continue
             seen.add(key)
             if problem is None and not is_gdal_path(name) and not Path(name).exists():
-                problem = "no such file (named by a STAC asset)"
+                # listed (a named input, a folder's file) but removed since: the batch goes on without it
+                problem = "no such file (removed after the inputs were listed)"
             if problem:
                 yield Tile(id=name, path=name, problem=problem)
                 continue
@@ -235,6 +236,8 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
         from rsz_infer.stac import stac_asset_hrefs
 
         for href, problem in stac_asset_hrefs(path, options.asset):
+            if problem is None and not is_gdal_path(href) and not Path(href).exists():
+                problem = "no such file (named by a STAC asset)"
             yield href, False, problem
     else:
         yield str(path), False, None

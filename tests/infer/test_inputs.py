@@ -200,6 +200,31 @@ def test_a_file_named_twice_is_one_tile(tmp_path):
     assert [t.id for t in found] == [str(tile)]
 
 
+def test_a_file_gone_since_the_listing_is_a_skipped_tile_not_a_stac_asset(tmp_path):
+    # a file of a folder, and a file named itself, removed while the batch runs: each its own skipped tile
+    folder = tmp_path / "tiles"
+    for colour in ("blue", "green", "red"):
+        save(folder / f"{colour}.png", solid(colour))
+    named = save(tmp_path / "named.png", solid("red"))
+    found = discover_tiles([folder, named], TileOptions())
+    first = next(found)
+    (folder / "green.png").unlink()
+    named.unlink()
+    rest = list(found)
+    gone = "no such file (removed after the inputs were listed)"
+    assert first.problem is None and [(t.id, t.problem) for t in rest] == [
+        (str(folder / "green.png"), gone),
+        (str(folder / "red.png"), None),
+        (str(named), gone),
+    ]
+    # a STAC asset that names no file says so
+    from .test_gis import _stac_item
+
+    (tmp_path / "item.json").write_text(json.dumps(_stac_item("a", {"visual": "missing.tif"})))
+    (tile,) = discover_tiles([tmp_path / "item.json"], TileOptions())
+    assert (tile.id, tile.problem) == (str(tmp_path / "missing.tif"), "no such file (named by a STAC asset)")
+
+
 def test_linked_folders_are_searched_and_a_link_loop_ends(tmp_path):
     # a data set as folders of links (a cluster's scratch space): every tile is found, each once
     data = tmp_path / "data"
