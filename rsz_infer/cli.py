@@ -338,6 +338,13 @@ def search_command(
         else:
             # bytes: a file name that is not UTF-8 comes out as its own bytes (as `ls` prints it)
             click.echo(f"{hit.rank}\t{hit.score:.4f}\t{hit.tile['tile']}".encode("utf-8", "surrogateescape"))
+    if not hits:
+        # stdout stays empty for scripts; a valid, empty answer (exit 0), but the user hears why (an index
+        # of tiles always answers k >= 1 hits, so only a search graph that found none is the other case)
+        why = f"the index {index_dir} holds no tiles"
+        if index.tiles:
+            why = f"the search graph found none of the {len(index.tiles)} tiles of {index_dir}"
+        click.echo(f"rsz-infer search: no hits: {why}", err=True)
     if html_out:
         from rsz_infer.report import GalleryItem, footprint_line, label_lines, load_labels, write_gallery
 

@@ -105,6 +105,18 @@ def test_index_of_an_empty_folder_is_a_usage_error_not_an_empty_index(bundles, t
     assert not (idx / "index.json").exists()
 
 
+def test_search_of_an_index_without_tiles_says_there_are_no_hits(bundles, tmp_path, capsys):
+    # every tile skipped: the index is written, empty; a search of it is a valid, empty answer (exit 0)
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "tiles" / "broken.png").write_bytes(b"")
+    idx = tmp_path / "idx"
+    code, _, _ = run_cli(["index", tmp_path / "tiles", "--model", bundles["msa"], "--out", idx], capsys)
+    assert code == 2 and (idx / "index.json").is_file()
+    code, out, err = run_cli(["search", idx, "--text", "a red roof"], capsys)
+    assert code in (0, None) and out == ""
+    assert err == f"rsz-infer search: no hits: the index {idx} holds no tiles\n"
+
+
 def test_a_truncated_png_larger_than_a_tile_says_what_gdal_said(tmp_path):
     """Its windows are read by GDAL; rasterio's own "Read failed. See previous exception" names nothing."""
     from rsz_infer.images import TileError, TileOptions, decode_tile, discover_tiles
