@@ -526,9 +526,8 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     made_with = None if cfg.precision == "auto" else run_log_engine(cfg.precision, cfg.decoder)
     if made_with:
         ix.check_same_engine(out, old, made_with)
-    todo_tiles = [
-        t for t in shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard) if t.id not in known
-    ]
+    tiles = shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard)
+    todo_tiles = [t for t in tiles if t.id not in known]
     ray = connect(options)
     resources, device = _actor_resources(ray, options, cfg.device)
     parts_dir = out.with_name(f".{out.name}.ray-parts")
@@ -557,11 +556,11 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     loop_seconds = time.perf_counter() - loop_start
     finished = len(done) + totals["partitions"] == len(cut)
     summary = ix.IndexSummary(
-        totals["done"], len(known), totals["skipped"], totals["nodata"],
+        totals["done"], len(tiles) - len(todo_tiles), totals["skipped"], totals["nodata"],
         f"ray: {options.actors} {cfg.backend} actor(s) on {device}",
         old.info.get("search", "exact") if old else "exact",
         decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
-        loop_seconds=loop_seconds,
+        loop_seconds=loop_seconds, holds=len(known),
     )  # fmt: skip
     if not finished:
         print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
@@ -586,6 +585,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
             if sc is not None:
                 scales.append(np.asarray(sc, np.float32).reshape([1, *shape]))
     summary.added = len(rows)
+    summary.holds += len(rows)
     if rows or old is None:
         summary.search = ix._write_index(
             out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method, made_with

@@ -249,7 +249,7 @@ def _check_same_tile_options(cfg: IndexConfig, out: Path, manifest: Manifest, ke
 @dataclass
 class IndexSummary:
     added: int  # tiles embedded in this call
-    known: int  # already in the index (skipped)
+    known: int  # tiles of this call's inputs already in the index (not embedded again)
     skipped: int  # bad tiles
     nodata: int  # empty scene windows
     backend: str
@@ -259,6 +259,7 @@ class IndexSummary:
     loop_seconds: float = 0.0
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
     errors_file: Path | None = None  # where the skipped tiles are listed (write_index_errors), when written
+    holds: int = 0  # tiles in the index after this call (earlier calls' inputs too)
 
     @property
     def exit_code(self) -> int:
@@ -268,7 +269,8 @@ class IndexSummary:
         rate = self.added / self.loop_seconds if self.loop_seconds > 0 else 0.0
         line = (
             f"rsz-infer index: {self.added} tiles added, {self.known} already in, {self.skipped} skipped, "
-            f"{self.nodata} nodata, backend {self.backend}, {self.search} search, {self.decode}, "
+            f"{self.nodata} nodata, index now holds {self.holds} tiles, backend {self.backend}, "
+            f"{self.search} search, {self.decode}, "
             f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s"
             + (f", {self.resize_note}" if self.resize_note else "")
             + f" -> {out}"
@@ -387,7 +389,15 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     def wanted(tile: Tile) -> bool:
         return in_shard(tile.id, cfg.shard) and tile.id not in known
 
-    listing = list_tiles(cfg.inputs, tile_options, keep=wanted)
+    already_in = 0  # this call's tiles the index holds (its other tiles are not this call's business)
+
+    def listed(tile: Tile) -> bool:
+        nonlocal already_in
+        if in_shard(tile.id, cfg.shard) and tile.id in known:
+            already_in += 1
+        return wanted(tile)
+
+    listing = list_tiles(cfg.inputs, tile_options, keep=listed)
     if not listing.found:  # as rsz-infer label: an empty input is a usage error, not an empty index
         raise no_tiles_found(cfg.inputs)
     total = listing.count
@@ -439,9 +449,9 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         raise KeyboardInterrupt
     backend = f"{engine.runner.name} {engine.runner.precision}"
     return IndexSummary(
-        len(rows), len(known), counts.skipped, counts.nodata, backend, search,
+        len(rows), already_in, counts.skipped, counts.nodata, backend, search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
-        resize_note=counts.resize_note(), errors_file=index_errors_path(out),
+        resize_note=counts.resize_note(), errors_file=index_errors_path(out), holds=len(known) + len(rows),
     )  # fmt: skip
 
 

@@ -182,6 +182,20 @@ def test_an_append_with_other_tile_options_is_refused(bundles, tmp_path, capsys)
     assert code == 0 and "1 tiles added" in err, err
 
 
+def test_index_summary_counts_this_calls_tiles_already_in(bundles, tmp_path, capsys):
+    # "already in" counts the inputs of this call the index holds, not every earlier call's tile
+    a, b = _tiles(tmp_path / "a", 2), _tiles(tmp_path / "b", 1)
+    ix = tmp_path / "ix"
+    base = ["--model", bundles["msa"], "--out", ix, "--quiet"]
+    for inputs, summary in (
+        ([a], "2 tiles added, 0 already in, 0 skipped, 0 nodata, index now holds 2 tiles,"),
+        ([a, b], "1 tiles added, 2 already in, 0 skipped, 0 nodata, index now holds 3 tiles,"),
+        ([b], "0 tiles added, 1 already in, 0 skipped, 0 nodata, index now holds 3 tiles,"),
+    ):
+        code, _, err = run_cli(["index", *inputs, *base], capsys)
+        assert code == 0 and f"rsz-infer index: {summary}" in err, err
+
+
 def test_index_summary_names_the_errors_file_with_its_folder(bundles, tmp_path, capsys):
     tiles = _tiles(tmp_path / "tiles", 1)
     (tiles / "bad.png").write_bytes(b"not a png")

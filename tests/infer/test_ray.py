@@ -124,7 +124,17 @@ def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles,
     errors = (tmp_path / "ray_idx.errors.csv").read_text().splitlines()
     assert sorted(errors) == sorted((tmp_path / "single_idx.errors.csv").read_text().splitlines())
     listed = f"(skipped tiles in {tmp_path / 'ray_idx.errors.csv'})"  # the path as given
-    assert len(errors) == 3 and listed in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(errors) == 3 and listed in err
+    assert "11 tiles added, 0 already in, 2 skipped, 1 nodata, index now holds 11 tiles," in err, err
+    # a later call over one of those files: that file, not the whole index, is "already in"
+    one = Path(inputs[0]) / "t0_red.png"
+    again = ["index", one, *args[2:], "--device", "cpu", "--ray", "--ray-actors", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in again])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 0, err
+    assert "0 tiles added, 1 already in, 0 skipped, 0 nodata, index now holds 11 tiles," in err, err
 
 
 def test_without_ray_the_option_says_what_to_install(bundles, class_file, tmp_path):
