@@ -603,7 +603,9 @@ def _int8_variant(
     if fp16_name:
         speed["fp16"] = round(result.timings["fp16"], 2)
     if result.chosen is None:
-        record["note"] = "no INT8 graph shipped: no candidate passed the check"
+        # each candidate's own reason (the measured value against the limit): what to change is in there
+        why = "; ".join(f"{c.method}: {c.reason}" for c in result.candidates)
+        record["note"] = f"no INT8 graph shipped: no candidate passed the check ({why})"
     else:
         extra["variants"][graph.role]["int8"] = out_path.name
         extra["checks"][f"{graph.role}.int8"] = {

@@ -102,7 +102,7 @@ def agreement(
         "min_cosine": cosine,
         "label_changes": changes,
         "passed": not reasons,
-        "reason": "; ".join(reasons),
+        "reason": " and ".join(reasons),  # "; " parts a note's candidates (rsz_export.api)
     }
 
 

@@ -86,12 +86,20 @@ def test_int8_tensorrt_rtx_engine_from_the_qdq_graph(int8_bundle: Path) -> None:
     assert info["qdq_graph"] in manifest.files
 
 
-def test_a_graph_int8_breaks_is_not_shipped(tmp_path: Path) -> None:
+def test_a_graph_int8_breaks_is_not_shipped(tmp_path: Path, capsys) -> None:
+    from rsz_export.cli import _report
+
     bundle = export_model(_int8_source(ToyModel(_Outlier()), tmp_path), tmp_path / "b", engine="none")
     manifest = load_manifest(bundle)
     info = manifest.extra["int8"]["image"]
     assert info["method"] is None and "no candidate passed" in info["note"]
     assert all(not c["passed"] and c["reason"] for c in info["candidates"]), info["candidates"]
+    # the note (the line rsz-export prints) says why each candidate failed: the measured value, the limit
+    _report(bundle)
+    printed = capsys.readouterr().out
+    reasons = "; ".join(f"{c['method']}: {c['reason']}" for c in info["candidates"])
+    assert f"int8 image: no INT8 graph shipped: no candidate passed the check ({reasons})\n" in printed
+    assert "dynamic: embedding cosine " in printed and " < 0.995" in printed, printed
     assert "int8" not in manifest.extra["variants"]["image"] and not list(bundle.glob("*int8*"))
     with pytest.raises(RszError, match="--precision int8: the bundle has no int8 image graph"):
         open_runner(bundle, manifest, "image", "ort", "cpu", precision="int8")
