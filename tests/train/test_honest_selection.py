@@ -44,12 +44,13 @@ def test_recorded_choice_is_the_validation_choice(tiny_run, tiny_benchmark, defa
         seen_calibration=None,  # lambda free: chosen here, on validation
     )
     report = info.report
-    # the lambda the run kept (and applied at test) is the one validation picks
-    assert recomputed["seen_calibration"] == pytest.approx(report["seen_calibration"], abs=1e-6)
-    assert report["test"]["gzsl"]["seen_calibration"] == pytest.approx(
-        recomputed["seen_calibration"], abs=1e-6
-    )
-    assert info.seen_calibration == pytest.approx(recomputed["seen_calibration"], abs=1e-6)
+    # the lambda the run kept (and applied at test) is the one validation picks: a gap between float32
+    # scores, which the recomputation's other batches move by a few ulps (4e-7 relative on one CPU),
+    # while a lambda picked on other images moves by far more than 1e-5
+    lam = pytest.approx(recomputed["seen_calibration"], rel=1e-5)
+    assert report["seen_calibration"] == lam
+    assert report["test"]["gzsl"]["seen_calibration"] == report["seen_calibration"]
+    assert info.seen_calibration == report["seen_calibration"]
     # the recorded validation scores of the kept weights are these
     assert report["val"]["zsl"] == pytest.approx(recomputed["zsl"], abs=1e-9)
     for key in ("U", "S", "H"):
