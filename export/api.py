@@ -107,22 +107,53 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
     return read_tiles(paths, spec)
 
 
-def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
-    """The files, decoded and preprocessed as rsz-infer does: rsz_infer.images.decode_tile at rsz-infer's
+def read_tile(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """The file decoded and preprocessed as rsz-infer does: rsz_infer.images.decode_tile at rsz-infer's
     defaults (16-bit data stretched, not clipped at 255; grey to RGB; a file whose header declares more than
-    --max-pixels refused before anything is decoded), then rsz_infer.preprocess. One RszError naming the file
-    for a tile that cannot be read."""
+    --max-pixels refused before anything is decoded), then rsz_infer.preprocess. TileError when it cannot be
+    read."""
     from rsz_infer.preprocess import to_model_input
 
     options = TileOptions()  # rsz-infer's defaults (rsz-export has no --bands or --max-pixels)
+    rgb, _ = decode_tile(tile_from_record(str(path), None, options), options)
+    return to_model_input(rgb, spec)
+
+
+def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
+    """The files through read_tile; one RszError naming the file for a tile that cannot be read."""
     arrays = []
     for path in paths:
         try:
-            rgb, _ = decode_tile(tile_from_record(str(path), None, options), options)
+            arrays.append(read_tile(path, spec))
         except TileError as err:
             raise RszError(f"{path}: {err}; rsz-infer skips such images too") from None
-        arrays.append(to_model_input(rgb, spec))
     return np.stack(arrays)
+
+
+def read_usable_tiles(
+    paths: list[Path], spec: PreprocessSpec, what: str, folder: Path
+) -> tuple[list[Path], np.ndarray]:
+    """(the files read_tile can read, their arrays). A batch job never drops good tiles because of a bad
+    one: the others are skipped, said in one warning line naming the first and the count; an RszError
+    naming `folder` only when none is left."""
+    usable, arrays, skipped = [], [], []
+    for path in paths:
+        try:
+            arrays.append(read_tile(path, spec))
+            usable.append(path)
+        except TileError as err:
+            skipped.append(f"{path}: {err}")
+    if not usable:
+        raise RszError(
+            f"{folder}: none of its {len(paths)} {what} tiles can be decoded (first: {skipped[0]})"
+        )
+    if skipped:
+        print(
+            f"warning: {folder}: skipped {len(skipped)} of {len(paths)} {what} tiles that cannot be decoded "
+            f"(first: {skipped[0]})",
+            file=sys.stderr,
+        )
+    return usable, np.stack(arrays)
 
 
 def _rsz_layout_data(report: dict) -> tuple[Path | None, str]:
@@ -178,23 +209,30 @@ def int8_tiles(
             "that exists); pass --calibration DIR"
         )
     if split is not None:
-        check_files = [data_dir / "images" / p for p in split.val_seen + split.val_unseen]
+        check_root = data_dir / "images"
+        check_files = [check_root / p for p in split.val_seen + split.val_unseen]
         check_from = f"validation tiles of {data_dir} split {split_name}"
     else:
+        check_root = root
         check_files, files = files[3::4], [f for i, f in enumerate(files) if i % 4 != 3]
         check_from = f"every 4th tile of {root}, held out of calibration"
     files = spread(files, MAX_CALIBRATION_TILES)
     check_files = spread(check_files, MAX_INT8_CHECK_TILES)
     if not files or not check_files:
         raise RszError(f"{root}: too few tiles to calibrate and check INT8 (need at least 4)")
+    listed, listed_check = len(files), len(check_files)
+    files, calibration = read_usable_tiles(files, spec, "calibration", root)
+    check_files, check = read_usable_tiles(check_files, spec, "check", check_root)
     info = {
         "source": str(root),
         "tiles": len(files),
-        "sha256": tiles_hash(files, root),
+        "skipped": listed - len(files),  # files decode_tile cannot read (rsz-infer skips them too)
+        "sha256": tiles_hash(files, root),  # of the tiles calibrated on
         "check_tiles": len(check_files),
+        "check_skipped": listed_check - len(check_files),
         "check_source": check_from,
     }
-    return read_tiles(files, spec), read_tiles(check_files, spec), info
+    return calibration, check, info
 
 
 def source_from_run(

@@ -224,10 +224,12 @@ def inspect(bundle: Path) -> None:
         )
         rows.append((f"int8 {role}", f"{chosen}; tried {tried}"))
         cal = info.get("calibration", {})
+        skipped = cal.get("skipped", 0) + cal.get("check_skipped", 0)
         rows.append(
             (
                 "  calibration",
-                f"{cal.get('tiles')} tiles of {cal.get('source')} sha256 {cal.get('sha256', '')[:16]}",
+                f"{cal.get('tiles')} tiles of {cal.get('source')} sha256 {cal.get('sha256', '')[:16]}"
+                + (f"; {skipped} skipped (cannot be decoded)" if skipped else ""),
             )
         )
     width = max(len(k) for k, _ in rows)

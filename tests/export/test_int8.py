@@ -4,6 +4,7 @@ manifest record, a TensorRT-RTX engine from the QDQ graph, and rsz-infer's --pre
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,50 @@ def test_a_calibration_path_that_is_no_folder_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(RszError, match="empty: no PNG/JPEG/TIFF tiles to calibrate INT8 on"):
         int8_tiles(tmp_path, {}, spec, tmp_path / "empty")
+
+
+def test_an_undecodable_calibration_or_check_tile_is_skipped_not_fatal(tmp_path: Path, capsys) -> None:
+    """A corrupt .jpg among good PNGs stopped the whole INT8 step: now it is skipped with one warning line,
+    counted in the manifest's INT8 record and left out of its hash; no tile left is the one error."""
+    from click.testing import CliRunner
+
+    from rsz_export.cli import main
+    from rsz_export.int8 import tiles_hash
+
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"t{i}.png")
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")  # a calibration tile
+    (folder / "t2.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")  # a held-out check tile
+    spec = PreprocessSpec(size=SIZE)
+    calibration, check, info = int8_tiles(tmp_path, {}, spec, folder)
+    assert calibration.shape == (6, 3, SIZE, SIZE) and check.shape == (1, 3, SIZE, SIZE)
+    assert (info["tiles"], info["skipped"], info["check_tiles"], info["check_skipped"]) == (6, 1, 1, 1)
+    good = [folder / f"t{i}.png" for i in (0, 1, 3, 4, 5, 7)]
+    assert info["sha256"] == tiles_hash(good, folder)
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith(f"warning: {folder}: skipped 1 of ") for w in warnings)
+    assert "calibration tiles" in warnings[0] and "bad.jpg: cannot decode image" in warnings[0]
+    assert "check tiles" in warnings[1] and "t2.png: cannot decode image" in warnings[1]
+
+    source = _int8_source(ToyModel(), tmp_path)
+    source.calibration, source.int8_check, source.calibration_info = calibration, check, info
+    bundle = export_model(source, tmp_path / "bundle", engine="none")
+    recorded = load_manifest(bundle).extra["int8"]["image"]["calibration"]
+    assert (recorded["skipped"], recorded["check_skipped"]) == (1, 1)
+    shown = CliRunner().invoke(main, ["inspect", str(bundle)]).output
+    assert f"6 tiles of {folder} sha256 {info['sha256'][:16]}; 2 skipped (cannot be decoded)" in shown
+
+    for path in folder.iterdir():
+        if path.name != "bad.jpg":
+            path.unlink()
+    for i in range(4):
+        (folder / f"c{i}.jpg").write_bytes(b"corrupt")
+    nothing_left = rf"^{re.escape(str(folder))}: none of its 4 calibration tiles can be decoded \(first: "
+    with pytest.raises(RszError, match=nothing_left):
+        int8_tiles(tmp_path, {}, spec, folder)
 
 
 def test_static_qdq_quantizes_only_the_weighted_ops(int8_bundle: Path) -> None:
