@@ -79,6 +79,7 @@ class ExportSource:
     int8_check: np.ndarray | None = None
     calibration_info: dict = field(default_factory=dict)
     run_dir: Path | None = None  # its config, weights and classes ship in the bundle (--backend torch)
+    training: dict = field(default_factory=dict)  # the run's rsz_train.runs.training_progress (manifest)
 
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -244,10 +245,19 @@ def source_from_run(
 ) -> ExportSource:
     from rsz_infer.tokenizer import DEFAULT_MAX_LENGTH
     from rsz_train.evaluate import hubness_correction
-    from rsz_train.runs import load_run
+    from rsz_train.runs import load_run, training_progress
     from rsz_train.text import minilm_tokenizer_json
 
     model, info = load_run(run_dir, kind=kind)
+    training = training_progress(Path(run_dir), info.config, info.report)
+    if not training["finished"]:  # exported all the same: a half-trained model may be what the user wants
+        done, epochs, best = training["epochs_done"], training["epochs"], training["best_epoch"]
+        print(
+            f"warning: {run_dir}: training stopped at epoch {done} of {epochs} (no report.json); "
+            f"exporting its best checkpoint so far (epoch {best}); "
+            f"finish it with rsz-train {info.kind} --data ... --out {run_dir} --resume",
+            file=sys.stderr,
+        )
     model_config = getattr(info.config, "model", None)
     with torch.no_grad():
         classes = model.encode_classes(model.class_inputs(info.semantics)).float().numpy()
@@ -275,6 +285,7 @@ def source_from_run(
         gsd_source="" if info.config.train.gsd is None else f"the run ({run_dir / 'config.yaml'}: train.gsd)",
         tiles=None if tiles_dir is None else load_tiles(tiles_dir, info.preprocess),
         run_dir=Path(run_dir),
+        training=training,
     )
     if int8:
         source.calibration, source.int8_check, source.calibration_info = int8_tiles(
@@ -707,6 +718,8 @@ def _write_bundle(
     }
     if source.about:
         extra["source"] = dict(source.about)
+    if source.training:
+        extra["training"] = dict(source.training)
     if source.gsd is not None:
         extra["gsd_source"] = source.gsd_source or "given by the caller"
     specs = {graph.role: _write_graph(graph, source, staging, fp16, lib, extra) for graph in graphs}

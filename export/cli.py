@@ -200,6 +200,17 @@ def inspect(bundle: Path) -> None:
         rows.append(("templates", f"{len(manifest.prompt_templates)}: {manifest.prompt_templates[0]} ..."))
     if "source" in manifest.extra:
         rows.append(("source", ", ".join(f"{k} {v}" for k, v in manifest.extra["source"].items())))
+    training = manifest.extra.get("training")
+    if training:
+        done, epochs = training.get("epochs_done"), training.get("epochs")
+        rows.append(
+            (
+                "training",
+                f"finished, {epochs} epochs"
+                if training.get("finished")
+                else f"UNFINISHED: stopped at epoch {done} of {epochs} (rsz-train --resume finishes it)",
+            )
+        )
     for role, graph in manifest.graphs.items():
         io = "; ".join(f"{t.name} {t.dtype}{t.shape}" for t in graph.inputs + graph.outputs)
         rows.append((f"graph {role}", f"{graph.onnx} [{graph.precision}] {io}"))

@@ -187,6 +187,33 @@ def read_config(run_dir: Path | str, kind: str | None = None) -> RunConfig:
     return config_from_dict(run_kind, raw, str(config_path))
 
 
+def training_progress(run_dir: Path, config: RunConfig, report: dict) -> dict:
+    """How far the run's training went: finished, epochs_done, epochs, best_epoch (1-based; None when no
+    epoch was kept). report.json is written only after the last epoch and the test scores, so a run without
+    it was stopped (a kill; `rsz-train --resume` continues it): its epochs done are metrics.jsonl's epoch
+    lines (one cut short by the kill does not count), its best epoch the last line marked best, the one
+    model.safetensors holds."""
+    epochs = int(report.get("epochs", config.train.epochs))
+    if report:
+        return {
+            "finished": True,
+            "epochs_done": epochs,
+            "epochs": epochs,
+            "best_epoch": report.get("best_epoch"),
+        }
+    done, best = 0, None
+    metrics = run_dir / METRICS
+    for line in metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []:
+        try:
+            record = json.loads(line)
+            epoch = int(record["epoch"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        done = max(done, epoch)
+        best = epoch if record.get("best") else best
+    return {"finished": False, "epochs_done": done, "epochs": epochs, "best_epoch": best}
+
+
 def split_runs(run_dir: Path) -> list[str]:
     """The per-split runs (OUT/<split name>/) of a `--split-id all` run folder, in split id order."""
     names = [

@@ -281,3 +281,42 @@ def test_the_bundle_scores_with_the_runs_hubness_correction(
     assert gzsl_report(uncorrected, truth, seen_mask, manifest.seen_calibration) != pytest.approx(
         figures, abs=1e-9
     )
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning(
+    dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A run killed after epoch 1 of 2 (what rsz-train's stop_after_epoch leaves, as a kill would: last.pt,
+    metrics.jsonl, model.safetensors, no report.json) exported silently, a half-trained model shipped
+    unknowingly: now one warning line, the manifest's extra.training and rsz-export inspect say it. Once
+    resumed to its end, the same export has no warning."""
+    from rsz_train.data.synth import DEFAULT_SPLIT
+    from rsz_train.train import train
+
+    bench = dsva_run[1]
+    two_epochs = TINY | {"train.epochs": 2}
+    run = train("dsva", bench, DEFAULT_SPLIT, tmp_path / "run", device="cpu", overrides=two_epochs,
+                stop_after_epoch=1)  # fmt: skip
+    assert not (run / "report.json").exists() and (run / "last.pt").is_file()
+    out = tmp_path / "bundle"
+    args = ["--model", "dsva", "--run", str(run), "--engine", "none", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output  # a user may want the half-trained model: not refused
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        f"warning: {run}: training stopped at epoch 1 of 2 (no report.json); exporting its best checkpoint "
+        f"so far (epoch 1); finish it with rsz-train dsva --data ... --out {run} --resume"
+    ]
+    manifest = load_manifest(out)
+    assert manifest.extra["training"] == {"finished": False, "epochs_done": 1, "epochs": 2, "best_epoch": 1}
+    shown = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "UNFINISHED: stopped at epoch 1 of 2 (rsz-train --resume finishes it)" in shown
+
+    train("dsva", bench, DEFAULT_SPLIT, run, device="cpu", resume=True)
+    result = CliRunner().invoke(main, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" not in result.output
+    training = load_manifest(out).extra["training"]
+    assert training["finished"] is True and training["epochs_done"] == training["epochs"] == 2
+    assert "finished, 2 epochs" in CliRunner().invoke(main, ["inspect", str(out)]).output
