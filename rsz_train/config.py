@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import yaml
 
 from rsz_infer.errors import RszError, first_line
+from rsz_infer.outputs import atomic_write
 
 # Configs shipped with rsz (e.g. the papers' sizes), found by bare name: `--config dsva_vit_b16`.
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -271,4 +272,5 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    """config.yaml, replaced atomically: a kill while a resumed run rewrites it leaves the old one."""
+    atomic_write(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1068,6 +1068,9 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
             last_path, dev, model, optimizer, scheduler, scaler
         )
         lines = _read_metrics(metrics_path, start_epoch)
+        if main and runs.read_config(out_dir, kind).train.epochs != cfg.epochs:
+            # `--resume --epochs M`: the run's length is M now, for the next --resume and for rsz-export
+            save_config(config, out_dir / runs.CONFIG)
     else:
         start_epoch, best_score, best_epoch, seconds_before, lines = 0, -math.inf, -1, 0.0, []
         if main:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from rsz_infer.errors import RszError
 from rsz_train import evaluate as ev
+from rsz_train import runs
 from rsz_train.cli import main
 from rsz_train.data.batches import load_images
 from rsz_train.runs import load_run
@@ -98,6 +99,20 @@ def test_resume_gives_identical_weights(tiny_run, tiny_benchmark, default_split,
     assert a == b
 
 
+def test_resume_with_other_epochs_keeps_them_for_the_next_resume(tiny_benchmark, default_split, tmp_path):
+    """`--resume --epochs 3` of a 2-epoch run: config.yaml says 3, so a later --resume (a second kill)
+    trains to 3, not back to 2."""
+    out = tmp_path / "longer"
+    train(
+        "dsva", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_OVERRIDES, stop_after_epoch=1
+    )
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", epochs=3, resume=True, stop_after_epoch=2)
+    assert runs.read_config(out, "dsva").train.epochs == 3
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "report.json").read_text())["epochs"] == 3
+
+
 def test_resume_refuses_options_that_would_change_the_run(tiny_run, tiny_benchmark, tmp_path):
     """--resume continues with the run's own config.yaml: --gsd or a --config that differ are named, not
     silently ignored; the same values are accepted."""
@@ -111,7 +126,6 @@ def test_resume_refuses_options_that_would_change_the_run(tiny_run, tiny_benchma
     assert result.exit_code == 2 and "train.lr (run: " in result.output and "now: 0.5" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert (tiny_run / "config.yaml").read_bytes() == before
-    from rsz_train import runs
     from rsz_train.train import _check_resumed_config
 
     config = runs.read_config(tiny_run, "dsva")
