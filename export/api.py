@@ -101,11 +101,12 @@ def spread(items: list, n: int) -> list:
 
 
 def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
-    """Up to MAX_CHECK_TILES images under `tiles_dir` (sorted), preprocessed as inference will."""
+    """Up to MAX_CHECK_TILES images under `tiles_dir` (sorted), preprocessed as inference will; files that
+    cannot be decoded are skipped with a warning (read_usable_tiles), as INT8's tiles are."""
     paths = tile_files(tiles_dir)[:MAX_CHECK_TILES]
     if not paths:
         raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")
-    return read_tiles(paths, spec)
+    return read_usable_tiles(paths, spec, "check", Path(tiles_dir))[1]
 
 
 def read_tile(path: Path, spec: PreprocessSpec) -> np.ndarray:
@@ -118,17 +119,6 @@ def read_tile(path: Path, spec: PreprocessSpec) -> np.ndarray:
     options = TileOptions()  # rsz-infer's defaults (rsz-export has no --bands or --max-pixels)
     rgb, _ = decode_tile(tile_from_record(str(path), None, options), options)
     return to_model_input(rgb, spec)
-
-
-def read_tiles(paths: list[Path], spec: PreprocessSpec) -> np.ndarray:
-    """The files through read_tile; one RszError naming the file for a tile that cannot be read."""
-    arrays = []
-    for path in paths:
-        try:
-            arrays.append(read_tile(path, spec))
-        except TileError as err:
-            raise RszError(f"{path}: {err}; rsz-infer skips such images too") from None
-    return np.stack(arrays)
 
 
 def read_usable_tiles(

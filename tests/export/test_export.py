@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -471,9 +472,10 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 
 
 @pytest.mark.parametrize("side", [11_000, 14_000])  # above --max-pixels; above Pillow's own bomb limit too
-def test_huge_tile_is_one_line_before_decoding(side: int, tmp_path: Path) -> None:
-    """--tiles / --calibration keep rsz-infer's --max-pixels rule: a header declaring more is refused in one
-    line naming the file (not Pillow's DecompressionBombError traceback, nor a 400 MB decode)."""
+def test_huge_tile_is_skipped_in_one_line_before_decoding(side: int, tmp_path: Path, capsys) -> None:
+    """--tiles / --calibration keep rsz-infer's --max-pixels rule: a header declaring more is skipped in one
+    warning line naming the file (not Pillow's DecompressionBombError traceback, nor a 400 MB decode), and
+    the good tile beside it is kept; with no good tile left, one error line names the folder and the file."""
     from PIL import Image
 
     from rsz_export.api import load_tiles
@@ -482,13 +484,14 @@ def test_huge_tile_is_one_line_before_decoding(side: int, tmp_path: Path) -> Non
     tiles.mkdir()
     Image.new("RGB", (SIZE, SIZE), (10, 20, 30)).save(tiles / "a.png")
     _png_header(tiles / "zz_big.png", side, side)
-    with pytest.raises(
-        RszError, match=r"zz_big.png: image declares .*more than --max-pixels 100,000,000"
-    ) as err:
-        load_tiles(tiles, PreprocessSpec(size=SIZE))
-    assert "\n" not in str(err.value)
-    (tiles / "zz_big.png").unlink()
     assert load_tiles(tiles, PreprocessSpec(size=SIZE)).shape == (1, 3, SIZE, SIZE)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped 1 of 2 check tiles" in err, err
+    assert re.search(r"zz_big.png: image declares .*more than --max-pixels 100,000,000", err), err
+    (tiles / "a.png").unlink()
+    with pytest.raises(RszError, match=r"zz_big.png: image declares .*more than --max-pixels") as raised:
+        load_tiles(tiles, PreprocessSpec(size=SIZE))
+    assert "\n" not in str(raised.value) and str(tiles) in str(raised.value)
 
 
 def test_check_and_calibration_tiles_are_decoded_as_rsz_infer_decodes_them(tmp_path: Path) -> None:
