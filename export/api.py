@@ -244,8 +244,10 @@ def source_from_run(
         done, epochs, best = training["epochs_done"], training["epochs"], training["best_epoch"]
         print(
             f"warning: {run_dir}: training stopped at epoch {done} of {epochs} (no report.json); "
-            f"exporting its best checkpoint so far (epoch {best}); "
-            f"finish it with rsz-train {info.kind} --data ... --out {run_dir} --resume",
+            f"exporting its best checkpoint so far (epoch {best})"
+            # lambda is chosen on validation after the last epoch: until then classes.json holds 0
+            + (", without the GZSL calibration (lambda 0)" if not info.seen_calibration else "")
+            + f"; finish it with rsz-train {info.kind} --data ... --out {run_dir} --resume",
             file=sys.stderr,
         )
     model_config = getattr(info.config, "model", None)

@@ -306,7 +306,8 @@ def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning(
     warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
     assert warning == [
         f"warning: {run}: training stopped at epoch 1 of 2 (no report.json); exporting its best checkpoint "
-        f"so far (epoch 1); finish it with rsz-train dsva --data ... --out {run} --resume"
+        f"so far (epoch 1), without the GZSL calibration (lambda 0); finish it with rsz-train dsva "
+        f"--data ... --out {run} --resume"
     ]
     manifest = load_manifest(out)
     assert manifest.extra["training"] == {"finished": False, "epochs_done": 1, "epochs": 2, "best_epoch": 1}
