@@ -59,24 +59,9 @@ def test_stopped_after_the_first_batch_exits_130_and_resume_finishes(
     out = tmp_path / "labels.csv"
     part = out.with_name(out.name + ".part")
     args = [scene, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--tile-size", "8"]
-    proc = subprocess.Popen(
-        [*_rsz_infer(), *map(str, args), "--batch", "1", "--quiet"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _complete_lines(part) < 2:  # the run header, then the first batch
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no first batch within 60 s"
-            time.sleep(0.005)
-        os.kill(proc.pid, stop)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _start([*args, "--batch", "1", "--quiet"])
+    # the run header, then the first batch
+    err = _stop_when(proc, lambda: _complete_lines(part) >= 2, stop, "no first batch")
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     parent = f"test process: SIGINT {signal.getsignal(signal.SIGINT)}, blocked {blocked}"
     assert proc.returncode == 130, f"{err}\n{parent}"
@@ -100,10 +85,10 @@ def test_stopped_after_the_first_batch_exits_130_and_resume_finishes(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "labels.csv.run.json", "scene.tif"]
 
 
-def _start_index(scene: Path, bundle: Path, out: Path) -> subprocess.Popen:
-    args = [scene, "--model", bundle, "--out", out, "--tile-size", "8", "--batch", "1", "--quiet"]
+def _start(args: list) -> subprocess.Popen:
+    """rsz-infer ARGS as a real process, its stderr kept."""
     return subprocess.Popen(
-        [*_rsz_infer(), "index", *map(str, args)],
+        [*_rsz_infer(), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -111,19 +96,30 @@ def _start_index(scene: Path, bundle: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def _stop_after(proc: subprocess.Popen, journal: Path, lines: int, stop: int) -> str:
+def _stop_when(proc: subprocess.Popen, ready, stop: int, what: str, seconds: float = 60) -> str:
+    """Send `stop` once ready() holds (within `seconds`, else fail with `what`); the process's stderr."""
     try:
-        deadline = time.monotonic() + 60
-        while _complete_lines(journal) < lines:
+        deadline = time.monotonic() + seconds
+        while not ready():
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"not {lines} batches within 60 s"
+            assert time.monotonic() < deadline, f"{what} within {seconds} s"
             time.sleep(0.005)
         os.kill(proc.pid, stop)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=seconds)
     finally:
         if proc.poll() is None:
             proc.kill()
     return err
+
+
+def _index_stopped_by(stop: int, scene: Path, bundle: Path, folder: Path) -> tuple[Path, Path, str]:
+    """(index folder, its journal, stderr) of an `index` call stopped by `stop` after its third batch."""
+    out, journal = folder / "idx", folder / ".idx.pending"
+    proc = _start(
+        ["index", scene, "--model", bundle, "--out", out, "--tile-size", "8", "--batch", "1", "--quiet"]
+    )
+    err = _stop_when(proc, lambda: _complete_lines(journal / "tiles.jsonl") >= 3, stop, "not 3 batches")
+    return out, journal, err
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +152,7 @@ def _same_rows(index: Index, whole: Index) -> None:
 def test_index_killed_by_sigkill_keeps_its_batches_for_the_next_call(
     bundles, index_scene, whole_index, tmp_path, capsys
 ):
-    out = tmp_path / "idx"
-    journal = tmp_path / ".idx.pending"
-    err = _stop_after(
-        _start_index(index_scene, bundles["msa"], out), journal / "tiles.jsonl", 3, signal.SIGKILL
-    )
+    out, journal, err = _index_stopped_by(signal.SIGKILL, index_scene, bundles["msa"], tmp_path)
     assert not out.exists(), err  # no chance to write the index: its batches are in the journal only
     kept = _complete_lines(journal / "tiles.jsonl")
     assert 3 <= kept < WINDOWS
@@ -182,11 +174,7 @@ def test_index_killed_by_sigkill_keeps_its_batches_for_the_next_call(
 def test_index_stopped_by_sigterm_writes_what_finished_and_the_same_command_adds_the_rest(
     bundles, index_scene, whole_index, tmp_path, capsys
 ):
-    out = tmp_path / "idx"
-    journal = tmp_path / ".idx.pending"
-    err = _stop_after(
-        _start_index(index_scene, bundles["msa"], out), journal / "tiles.jsonl", 3, signal.SIGTERM
-    )
+    out, journal, err = _index_stopped_by(signal.SIGTERM, index_scene, bundles["msa"], tmp_path)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
     done = Index.load(out)
     assert (
@@ -211,24 +199,9 @@ def test_ray_job_stopped_by_sigterm_exits_130_and_keeps_its_partitions(
     parts = tmp_path / "labels.csv.parts"
     args = [index_scene, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--tile-size", "8"]
     ray_args = ["--ray", "local", "--ray-actors", "1", "--ray-partition-tiles", "64", "--batch", "1"]
-    proc = subprocess.Popen(
-        [*_rsz_infer(), *map(str, args), *ray_args, "--quiet"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(parts.glob("part-*.parquet"))) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no two partitions within 120 s"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _start([*args, *ray_args, "--quiet"])
+    two_parts = lambda: len(list(parts.glob("part-*.parquet"))) >= 2  # noqa: E731
+    err = _stop_when(proc, two_parts, signal.SIGTERM, "no two partitions", seconds=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted", err
     assert "SIGTERM received" not in err and "Traceback" not in err, err
