@@ -53,7 +53,7 @@ from rsz_infer.images import (
     no_tiles_found,
     tile_from_record,
 )
-from rsz_infer.index_journal import IndexJournal, PendingRows, read_journal, remove_journal
+from rsz_infer.index_journal import IndexJournal, PendingRows, journal_folder, read_journal, remove_journal
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import atomic_write, render_errors
 from rsz_infer.pipeline import gsd_note, resolve_gsd, run_log_engine
@@ -496,6 +496,13 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
         raise RszError("merge: name the index folders to merge")
     if method not in ANN_METHODS:
         raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
+    for source in map(Path, sources):
+        pending = journal_folder(source)
+        if (pending / "header.json").is_file():  # its tiles are in no index yet: the merge would lack them
+            raise RszError(
+                f"{source}: a stopped index call left tiles in {pending}; run that index call again to "
+                "finish it, then merge"
+            )
     indexes = [Index.open(source) for source in sources]
     first = indexes[0]
     for index in indexes[1:]:

@@ -207,3 +207,26 @@ def test_ray_job_stopped_by_sigterm_exits_130_and_keeps_its_partitions(
     assert "SIGTERM received" not in err and "Traceback" not in err, err
     kept = len(list(parts.glob("part-*.parquet")))
     assert 2 <= kept < WINDOWS // 64 and not out.exists()  # --resume goes on from these
+
+
+def test_merge_refuses_a_shard_whose_append_was_killed_until_it_is_finished(
+    bundles, index_scene, tmp_path, capsys
+):
+    """An append killed by SIGKILL leaves its tiles in the journal beside the index: a merge would lack
+    them silently, so it is refused until the same index call ran again."""
+    small = write_geotiff(tmp_path / "small.tif", np.full((3, 16, 16), 7, np.uint8))
+    out = tmp_path / "idx"
+    code, _, err = run_cli(
+        ["index", small, "--model", bundles["msa"], "--out", out, "--tile-size", "8"], capsys
+    )
+    assert code == 0, err
+    _, journal, _ = _index_stopped_by(signal.SIGKILL, index_scene, bundles["msa"], tmp_path)
+    assert (out / "index.json").is_file() and _complete_lines(journal / "tiles.jsonl") >= 3
+
+    code, _, err = run_cli(["merge", tmp_path / "merged", out], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"a stopped index call left tiles in {journal}" in err, err
+    tiles = [index_scene, "--out", out, "--tile-size", "8", "--batch", "256", "--quiet"]
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["merge", tmp_path / "merged", out], capsys)
+    assert code == 0 and f"{4 + WINDOWS} tiles from 1 indexes" in err, err
