@@ -704,6 +704,11 @@ def search_index(
         raise RszError("search: give exactly one of --text or --image")
     if k < 1:
         raise RszError(f"-k {k}: must be at least 1")
+    if (journal_folder(index.folder) / "header.json").is_file():
+        warn(
+            f"{index.folder}: a stopped index call left tiles in {journal_folder(index.folder)} that this "
+            "search cannot find; run that index call again to add them"
+        )
     if index.embeddings.shape[0] == 0:
         return []
     model, manifest = _model_of(index, model)

@@ -209,11 +209,11 @@ def test_ray_job_stopped_by_sigterm_exits_130_and_keeps_its_partitions(
     assert 2 <= kept < WINDOWS // 64 and not out.exists()  # --resume goes on from these
 
 
-def test_merge_refuses_a_shard_whose_append_was_killed_until_it_is_finished(
+def test_merge_refuses_and_search_warns_of_an_append_killed_until_it_is_finished(
     bundles, index_scene, tmp_path, capsys
 ):
     """An append killed by SIGKILL leaves its tiles in the journal beside the index: a merge would lack
-    them silently, so it is refused until the same index call ran again."""
+    them silently, so it is refused until the same index call ran again; a search says it cannot find them."""
     small = write_geotiff(tmp_path / "small.tif", np.full((3, 16, 16), 7, np.uint8))
     out = tmp_path / "idx"
     code, _, err = run_cli(
@@ -225,6 +225,9 @@ def test_merge_refuses_a_shard_whose_append_was_killed_until_it_is_finished(
 
     code, _, err = run_cli(["merge", tmp_path / "merged", out], capsys)
     assert code == 2 and err.count("\n") == 1 and f"a stopped index call left tiles in {journal}" in err, err
+    code, hits, err = run_cli(["search", out, "--image", small, "-k", "2"], capsys)
+    assert code == 0 and len(hits.splitlines()) == 2, err  # the index answers, and says what it lacks
+    assert f"a stopped index call left tiles in {journal} that this search cannot find" in err, err
     tiles = [index_scene, "--out", out, "--tile-size", "8", "--batch", "256", "--quiet"]
     code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
     assert code == 0, err
