@@ -108,6 +108,7 @@ class SceneInfo:
     crs: str | None = None  # the source CRS ("EPSG:32633", or WKT); None: pixel coordinates only
     scale: float = 1.0  # source pixels per model-side pixel (--gsd); windows are read resampled by it
     palette: np.ndarray | None = None  # [256, 3] uint8 colour table of a paletted band (GIF/PNG 'P', GTiff)
+    bits: int = 8  # bits per sample of 8-bit bands stored with fewer (1-bit scans): see sample_bits
 
 
 @dataclass(frozen=True)
@@ -439,7 +440,10 @@ def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
     if scale != 1.0:
         method = _resampling_name(scale, palette is not None)
         rule += _resampled_rule(options.gsd, scale, method)
-    return SceneInfo(path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale, palette)
+    bits = sample_bits(ds, bands)
+    return SceneInfo(
+        path, ds.width, ds.height, ds.count, dtype, bands, stretch, rule, crs, scale, palette, bits
+    )
 
 
 def _resampling_name(scale: float, paletted: bool) -> str:
@@ -592,6 +596,25 @@ def palette_of(ds, bands: tuple[int, ...]) -> np.ndarray | None:
         if 0 <= index < 256:
             table[index] = rgba[:3]
     return table
+
+
+def sample_bits(ds, bands: tuple[int, ...]) -> int:
+    """Bits per sample of 8-bit bands stored with fewer (NBITS 1, 2, 4: bilevel scans, 1-bit PNGs), else 8.
+
+    GDAL reads such samples as they are stored (0-1, 0-3, 0-15) where Pillow scales them to 0-255: a 1-bit
+    PNG would be a black tile through GDAL (its windows, a TIFF). Colour tables map the stored values."""
+    if ds.dtypes[bands[0] - 1] != "uint8":
+        return 8
+    nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS", "8")
+    return int(nbits) if nbits.isdigit() and 1 <= int(nbits) < 8 else 8
+
+
+def full_range(data: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 samples of `bits` bits (< 8) scaled to 0-255 as Pillow unpacks them (1, 3, 15 -> 255)."""
+    if bits >= 8:
+        return data
+    levels = np.round(np.arange(256) * (255 / (2**bits - 1)))
+    return np.clip(levels, 0, 255).astype(np.uint8)[data]
 
 
 def choose_bands(
@@ -749,7 +772,7 @@ def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
         valid = ds.dataset_mask(window=window, out_shape=shape[1:], resampling=Resampling.nearest) > 0
     if scene.palette is not None:
         return scene.palette[data[0]], scene.rule
-    return _to_rgb8(data, scene.stretch, valid), scene.rule
+    return _to_rgb8(full_range(data, scene.bits), scene.stretch, valid), scene.rule
 
 
 def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
@@ -760,6 +783,7 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
         _refuse_above_limit(ds.width, ds.height, options)  # the file may have changed since discovery
         bands, rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
         palette = palette_of(ds, bands)
+        bits = sample_bits(ds, bands)
         scale = _gsd_scale(ds, options)
         resampled = ""
         if scale == 1.0:
@@ -779,7 +803,7 @@ def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
         return palette[data[0]], "palette to rgb" + resampled
     if data.dtype != np.uint8:
         rule += f"; {data.dtype} {STRETCH_RULE} per image"
-    return _to_rgb8(data, None, valid), rule + resampled
+    return _to_rgb8(full_range(data, bits), None, valid), rule + resampled
 
 
 def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tuple[np.ndarray, str]:

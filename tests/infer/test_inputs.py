@@ -265,3 +265,34 @@ def test_a_raster_under_a_jpeg_or_png_suffix_is_read_as_what_it_is(bundles, clas
     assert rows["red16.jpg"]["rule"] == "rgb; uint16 stretch p2-98 per image"
     assert rows["rgbn.png"]["rule"] == "bands 1,2,3 of 4; uint16 stretch p2-98 per image"
     assert page.read_text().count('src="data:image/jpeg;base64,') == 2  # the gallery decodes them alike
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("driver", ["PNG", "GTiff"])
+def test_grey_samples_of_fewer_than_8_bits_are_read_at_full_range(bits, driver, tmp_path):
+    """GDAL reads 1-, 2- and 4-bit grey samples as stored (0-1, 0-3, 0-15), Pillow scales them to 0-255: a
+    bilevel PNG larger than the tile (GDAL's windows) or read by GDAL whole is the picture Pillow shows."""
+    from PIL import Image
+
+    from rsz_infer.images import Tile, decode_tile
+
+    stored = (solid((128, 128, 128), 40, noise=127)[:, :, :1] >> (8 - bits)).transpose(2, 0, 1)
+    path = tmp_path / f"grey{bits}.{'png' if driver == 'PNG' else 'tif'}"
+    profile = {"driver": driver, "width": 40, "height": 40, "count": 1, "dtype": "uint8", "nbits": bits}
+    with rasterio.open(path, "w", **profile) as f:
+        f.write(stored)
+    expected = np.round(stored[0] * (255 / (2**bits - 1))).astype(np.uint8)
+    if driver == "PNG":  # Pillow's own unpacking of the file, the reference
+        np.testing.assert_array_equal(np.asarray(Image.open(path).convert("L")), expected)
+        pillow, rule = decode_tile(Tile(id=str(path), path=str(path)), TileOptions())
+        np.testing.assert_array_equal(pillow[:, :, 0], expected)
+    whole, rule = decode_tile(Tile(id=str(path), path=str(path), reader="gdal"), TileOptions())
+    np.testing.assert_array_equal(whole, np.repeat(expected[:, :, None], 3, axis=2))
+    assert rule == "grey to rgb" or (driver, bits) == ("GTiff", 1)  # GDAL gives 1-bit TIFFs a colour table
+    options = TileOptions(tile_size=16)
+    windows = list(discover_tiles([path], options))
+    assert len(windows) == 9 and all(w.window for w in windows)
+    for window in windows:
+        col, row, width, height = window.window
+        rgb, _ = decode_tile(window, options)
+        np.testing.assert_array_equal(rgb[:, :, 0], expected[row : row + height, col : col + width])
