@@ -334,6 +334,10 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
             if windowed and ds.driver not in SEQUENTIAL_DRIVERS:
                 block_width, block_height, stored = _stored_block(ds, name)
                 problem = too_many_pixels(block_width, block_height, options, stored)
+            if windowed and min(ds.width, ds.height) / scale < options.min_size:
+                # a strip (100000 x 1 px): every window would be too thin, so the file is one row, not one
+                # per window
+                problem = too_small(ds.width, ds.height, options)
             if problem:
                 yield Tile(id=name, path=name, problem=problem)
                 return
@@ -738,9 +742,17 @@ def _decode_cause(err: BaseException) -> BaseException:
 def check_size(rgb: np.ndarray, options: TileOptions) -> np.ndarray:
     """The decoded tile, or TileError when it is too small to label (every decoder applies this)."""
     height, width = rgb.shape[:2]
-    if min(height, width) < options.min_size:
-        raise TileError(f"image is {width}x{height} px, smaller than the {options.min_size} px minimum")
+    problem = too_small(width, height, options)
+    if problem:
+        raise TileError(problem)
     return rgb
+
+
+def too_small(width: int, height: int, options: TileOptions) -> str | None:
+    """The skip reason of an image with a side under the minimum, else None."""
+    if min(width, height) >= options.min_size:
+        return None
+    return f"image is {width}x{height} px, smaller than the {options.min_size} px minimum"
 
 
 def _refuse_above_limit(width: int, height: int, options: TileOptions) -> None:

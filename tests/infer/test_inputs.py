@@ -296,3 +296,27 @@ def test_grey_samples_of_fewer_than_8_bits_are_read_at_full_range(bits, driver, 
         col, row, width, height = window.window
         rgb, _ = decode_tile(window, options)
         np.testing.assert_array_equal(rgb[:, :, 0], expected[row : row + height, col : col + width])
+
+
+def test_a_strip_thinner_than_the_minimum_is_one_skipped_row(bundles, class_file, tmp_path):
+    """A 100000 x 1 px image is larger than the tile size, but every window of it would be 256 x 1 px: one
+    row saying so, not 391 rows (and a 100000 x 8 px strip is still cut into windows)."""
+    folder = tmp_path / "tiles"
+    save(folder / "good_red.png", solid("red"))
+    for name, (width, height) in {"strip.png": (100000, 1), "column.tif": (2, 3000)}.items():
+        profile = {"driver": "GTiff" if name.endswith(".tif") else "PNG", "width": width, "height": height}
+        with rasterio.open(folder / name, "w", count=1, dtype="uint8", **profile) as f:
+            f.write(np.full((1, height, width), 200, np.uint8))
+    assert [t.problem for t in discover_tiles([folder / "strip.png"], TileOptions())] == [
+        "image is 100000x1 px, smaller than the 8 px minimum"
+    ]
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [folder], out)
+    assert (summary.labeled, summary.skipped) == (1, 2)
+    errors = (tmp_path / "labels.jsonl.errors.csv").read_text().splitlines()
+    assert errors[1:] == [
+        f'{folder / "column.tif"},"image is 2x3000 px, smaller than the 8 px minimum"',
+        f'{folder / "strip.png"},"image is 100000x1 px, smaller than the 8 px minimum"',
+    ]
+    save(folder / "strip8.png", solid("red", 300)[:8])
+    assert len(list(discover_tiles([folder / "strip8.png"], TileOptions()))) == 2
