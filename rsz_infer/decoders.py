@@ -9,9 +9,9 @@ a bundle's checks and rsz-bench accuracy use full decodes. Each tile's rule says
 
 nvImageCodec decodes on the GPU (nvJPEG) when the engine runs there, else with its CPU backend
 (libjpeg-turbo, libpng). Only the files whose pixels and RGB rule it is known to reproduce go to it:
-8-bit (or less) JPEG/PNG, RGB or grey. Everything else (GeoTIFF scenes and TIFFs, 16-bit, palette, alpha,
-CMYK, and any file it fails on) is decoded by `images.decode_tile`, tile by tile, so every problem keeps
-its exact one-line message and a bad file never costs the good tiles of its batch.
+8-bit (or less) JPEG/PNG, RGB or grey. Everything else (GeoTIFF scenes and TIFFs, 16-bit, palette, alpha or
+a transparent colour, CMYK, and any file it fails on) is decoded by `images.decode_tile`, tile by tile, so
+every problem keeps its exact one-line message and a bad file never costs the good tiles of its batch.
 
 Both decoders return, per tile, `(HxWx3 uint8 RGB, rule)` or the TileError that skips it.
 """
@@ -165,9 +165,12 @@ class NvImageCodecDecoder:
             return None
         try:
             with open(tile.path, "rb") as f:
-                stream = self.nv.CodeStream(f.read())
+                data = f.read()
+            stream = self.nv.CodeStream(data)
             if stream.codec_name not in ("jpeg", "png") or stream.precision > 8:
                 return None
+            if stream.codec_name == "png" and b"tRNS" in data[: data.find(b"IDAT")]:
+                return None  # a transparent colour: decode_tile skips a tile that is transparent everywhere
             if too_many_pixels(stream.width, stream.height, options):
                 return None
             rule = self.rules.get((stream.num_channels, stream.color_spec))

@@ -833,8 +833,22 @@ def _decode_pillow(path: str, options: TileOptions, jpeg_draft: int = 0) -> tupl
             if im.size[0] != full_width:
                 scaled = f"; JPEG decoded at 1/{full_width // im.size[0]} scale"
         im.load()  # forces the full decode so truncated files fail here
+        if _fully_transparent(im):
+            raise NodataTile("all nodata")
         rgb, rule = _pillow_rgb(im)
         return rgb, rule + scaled
+
+
+def _fully_transparent(im: Image.Image) -> bool:
+    """True when the image's alpha is 0 everywhere (an alpha channel, a transparent palette index or tRNS
+    colour): a web-map tile beyond the data is nodata, as GDAL's mask says for a file larger than a tile."""
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        alpha = im.getchannel("A")
+    elif "transparency" in im.info:
+        alpha = im.convert("RGBA").getchannel("A")
+    else:
+        return False
+    return alpha.getextrema()[1] == 0
 
 
 def _png_16bit_colour(im: Image.Image) -> bool:

@@ -258,3 +258,41 @@ def test_pillow_draft_through_rsz_infer(bundles, class_file, mixed_tiles, tmp_pa
     assert code_draft == code
     ids = [[r["tile"] for r in csv.DictReader(open(tmp_path / f"{n}.csv"))] for n in ("full", "draft")]
     assert ids[0] == ids[1] and ids[0]
+
+
+@pytest.mark.parametrize("decoder", DECODE)
+def test_a_tile_transparent_everywhere_is_nodata_on_every_decoder(decoder, tmp_path):
+    """Web-map tiles beyond the data are PNGs transparent everywhere: nodata, as GDAL's mask makes them (in a
+    file larger than a tile, or read by GDAL whole); a partly transparent tile is labeled."""
+    from PIL import Image
+
+    from rsz_infer.images import NodataTile, Tile, TileError, decode_tile
+
+    _skip_without(decoder, "pillow", None)
+    blue, clear = solid("blue", 40), np.zeros((40, 40), np.uint8)
+    save(tmp_path / "rgba.png", np.dstack([blue, clear]))
+    save(tmp_path / "la.png", np.dstack([blue[:, :, 2], clear]))
+    palette = Image.fromarray(clear, "P")
+    palette.putpalette([30, 40, 210] * 256)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    flat = np.broadcast_to(np.uint8([1, 2, 3]), (40, 40, 3)).copy()
+    save(tmp_path / "rgb_trns.png", flat, transparency=(1, 2, 3))  # tRNS colours: nvImageCodec would decode
+    save(tmp_path / "grey_trns.png", flat[:, :, 0], transparency=1)
+    partly = np.dstack([blue, clear])
+    partly[:20, :, 3] = 255
+    save(tmp_path / "partly.png", partly)
+    options = TileOptions()
+    tiles = list(discover_tiles([tmp_path], options))
+    assert len(tiles) == 6 and all(t.reader == "pillow" for t in tiles)
+    for tile, result in zip(tiles, open_decoder(decoder, "cpu").decode(tiles, options)):
+        name = Path(tile.path).name
+        try:
+            decode_tile(Tile(id=tile.id, path=tile.path, reader="gdal"), options)
+            gdal: object = "labeled"
+        except TileError as err:
+            gdal = err
+        if name == "partly.png":
+            assert isinstance(result, tuple) and result[1] == "rgb; alpha dropped" and gdal == "labeled"
+        else:
+            assert isinstance(result, NodataTile) and str(result) == "all nodata", name
+            assert isinstance(gdal, NodataTile) and str(gdal) == "all nodata", name
