@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.errors import RszError
+from rsz_infer.images import tiff_page
 
 BLOCK_PX = 256
 QUICKLOOK_PX = 512  # the quicklook's longer side (at most)
@@ -119,17 +120,24 @@ def map_targets(target: Path, scenes: list[str]) -> dict[str, Path]:
     def digest(scene: str) -> str:
         return hashlib.sha256(scene.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
-    stems = Counter(Path(s).stem for s in scenes)
+    def stem(scene: str) -> str:  # a further page of a multi-page TIFF (GTIFF_DIR:2:a/scan.tif): scan.page2
+        page = tiff_page(scene)
+        return f"{Path(page[1]).stem}.page{page[0]}" if page else Path(scene).stem
+
+    def folder(scene: str) -> str:
+        page = tiff_page(scene)
+        return Path(page[1] if page else scene).parent.name
+
+    stems = Counter(map(stem, scenes))
     names = {}
     for scene in scenes:
-        path = Path(scene)
         names[scene] = (
-            path.stem if stems[path.stem] == 1 else f"{path.parent.name or digest(scene)}.{path.stem}"
+            stem(scene) if stems[stem(scene)] == 1 else f"{folder(scene) or digest(scene)}.{stem(scene)}"
         )
     taken = Counter(names.values())
     for scene, name in names.items():
         if taken[name] > 1:  # two folders of one name, or a folder + stem that is another scene's stem
-            names[scene] = f"{Path(scene).stem}.{digest(scene)}"
+            names[scene] = f"{stem(scene)}.{digest(scene)}"
     return {scene: target.with_name(f"{target.stem}.{name}.tif") for scene, name in names.items()}
 
 

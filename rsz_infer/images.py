@@ -137,15 +137,23 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 # A GDAL virtual path (/vsimem/, /vsizip/, /vsicurl/, /vsis3/ ...) or a URL GDAL reads (s3://, https://):
 # handed to GDAL as the user wrote it, never through Path() (which would turn "s3://b/k" into "s3:/b/k").
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A further page of a multi-page TIFF as GDAL names it (GTIFF_DIR:2:scan.tif); the first page is the file
+_TIFF_PAGE = re.compile(r"^GTIFF_DIR:(\d+):")
 # Files in a folder that GDAL may open but that belong to another raster (overviews, masks) or are no imagery
 _SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".json", ".xml", ".txt", ".csv")
 _TEXT_DRIVERS = ("XYZ", "AAIGrid", "GRASSASCIIGrid", "ISG", "CTable2", "GSAG", "Leveller")
 
 
 def is_gdal_path(name: str | Path) -> bool:
-    """True for GDAL virtual file system paths and URLs: they go to GDAL untouched."""
+    """True for GDAL virtual file system paths, URLs and TIFF pages: they go to GDAL untouched."""
     text = str(name)
-    return text.startswith("/vsi") or bool(_URL.match(text))
+    return text.startswith("/vsi") or bool(_URL.match(text)) or bool(_TIFF_PAGE.match(text))
+
+
+def tiff_page(name: str) -> tuple[int, str] | None:
+    """(page number, file) of a further TIFF page's name (GTIFF_DIR:2:scan.tif -> 2, scan.tif), else None."""
+    match = _TIFF_PAGE.match(name)
+    return (int(match.group(1)), name[match.end() :]) if match else None
 
 
 def discover_tiles(
@@ -295,6 +303,18 @@ def too_many_pixels(width: int, height: int, options: TileOptions, what: str = "
 
 
 def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> Iterator[Tile]:
+    """The tiles of one file, then those of each further page of a multi-page TIFF: GDAL opens only the
+    first page of such a file, and the others are images too (a stack of scans or dates)."""
+    pages: list[str] = []
+    yield from _tiles_of_page(name, options, in_folder, pages)
+    for page in pages:
+        yield from _tiles_of_page(page, options)  # named, not found in a folder: a bad page is a row
+
+
+def _tiles_of_page(
+    name: str, options: TileOptions, in_folder: bool = False, pages: list[str] | None = None
+) -> Iterator[Tile]:
+    """The tiles of one raster; `pages` collects the names of a multi-page TIFF's further pages."""
     local = not is_gdal_path(name)
     suffix = Path(name).suffix.lower() if local else ""
     if local and Path(name).stat().st_size == 0:
@@ -323,6 +343,8 @@ def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> 
         with rasterio.open(name) as ds:
             if in_folder and ds.driver in _TEXT_DRIVERS:
                 return  # a text table GDAL reads as a grid is not imagery
+            if pages is not None and ds.driver == "GTiff":
+                pages += ds.subdatasets[1:]  # GDAL lists no overview or mask as a page
             crs = ds.crs.to_string() if ds.crs else None
             scale = _gsd_scale(ds, options)
             _check_gsd_scale(ds, name, scale, options)

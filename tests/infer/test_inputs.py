@@ -320,3 +320,33 @@ def test_a_strip_thinner_than_the_minimum_is_one_skipped_row(bundles, class_file
     ]
     save(folder / "strip8.png", solid("red", 300)[:8])
     assert len(list(discover_tiles([folder / "strip8.png"], TileOptions()))) == 2
+
+
+def test_every_page_of_a_multi_page_tiff_is_labeled(bundles, class_file, tmp_path):
+    """GDAL opens the first page of a multi-page TIFF only: the others (GTIFF_DIR:N:file) are tiles too, a
+    page larger than the tile is cut into windows, and internal overviews are no pages."""
+    from PIL import Image
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    red, green, blue = (Image.fromarray(solid(c)) for c in COLOURS)
+    red.save(folder / "stack.tif", save_all=True, append_images=[green, Image.fromarray(solid("blue", 300))])
+    write_geotiff(folder / "overviews.tif", bands_first(solid("green", 300)))
+    with rasterio.open(folder / "overviews.tif", "r+") as ds:
+        ds.build_overviews([2, 4])
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [folder], out, tiles=TileOptions(tile_size=200))
+    assert (summary.labeled, summary.skipped) == (2 + 4 + 4, 0)
+    rows = {r["tile"]: r for r in read_jsonl(out)}
+    stack = str(folder / "stack.tif")
+    assert rows[stack]["labels"][0] == "red"
+    assert rows[f"GTIFF_DIR:2:{stack}"]["labels"][0] == "green"
+    third = [r for tile, r in rows.items() if tile.startswith(f"GTIFF_DIR:3:{stack}@")]
+    assert len(third) == 4 and all(
+        r["labels"][0] == "blue" and r["path"] == f"GTIFF_DIR:3:{stack}" for r in third
+    )
+    assert sum(tile.startswith(str(folder / "overviews.tif@")) for tile in rows) == 4
+    from rsz_infer.classmap import map_targets
+
+    maps = map_targets(Path("maps/m.tif"), [stack, f"GTIFF_DIR:3:{stack}", "GTIFF_DIR:12:b/stack.tif"])
+    assert [p.name for p in maps.values()] == ["m.stack.tif", "m.stack.page3.tif", "m.stack.page12.tif"]
