@@ -67,11 +67,23 @@ def open_clip_tokenizer() -> Tokenizer:
 
 
 def hf_clip_tokenizer(folder: Path) -> Tokenizer:
-    """From a Hugging Face CLIP folder's vocab.json + merges.txt (CLIPTokenizer's files)."""
+    """From a Hugging Face CLIP folder's vocab.json + merges.txt (CLIPTokenizer's files), or from its
+    tokenizer.json alone: transformers 5 saves a CLIP tokenizer as tokenizer.json only."""
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
+    if not vocab_path.is_file() and not merges_path.is_file() and (folder / "tokenizer.json").is_file():
+        vocab, merges = _tokenizer_json_bpe(folder / "tokenizer.json")
+    else:
+        vocab, merges = _vocab_and_merges(vocab_path, merges_path)
+    end = "<|endoftext|>"
+    return clip_tokenizer(vocab, merges, "<|startoftext|>", end, vocab.get(end, 0))
+
+
+def _vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     for path in (vocab_path, merges_path):
         if not path.is_file():
-            raise RszError(f"{path}: missing (a CLIP folder's tokenizer is vocab.json + merges.txt)")
+            raise RszError(
+                f"{path}: missing (a CLIP folder's tokenizer is vocab.json + merges.txt, or tokenizer.json)"
+            )
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -84,8 +96,22 @@ def hf_clip_tokenizer(folder: Path) -> Tokenizer:
         if len(parts) != 2:
             raise RszError(f"{merges_path}:{number}: expected two symbols, got {line!r}")
         merges.append((parts[0], parts[1]))
-    end = "<|endoftext|>"
-    return clip_tokenizer(vocab, merges, "<|startoftext|>", end, vocab.get(end, 0))
+    return vocab, merges
+
+
+def _tokenizer_json_bpe(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The BPE vocabulary and merges (in rank order) of a `tokenizers` tokenizer.json; its other steps are
+    not used: clip_tokenizer rebuilds open_clip's normalisation around them."""
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        vocab, raw_merges = model["vocab"], model["merges"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise RszError(f"{path}: not a BPE tokenizer.json ({type(err).__name__}: {err})") from None
+    # merges are "a b" strings (tokenizers < 0.20) or ["a", "b"] pairs
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
+    if not isinstance(vocab, dict) or not all(len(m) == 2 for m in merges):
+        raise RszError(f"{path}: not a BPE tokenizer.json (model.vocab / model.merges)")
+    return vocab, merges
 
 
 def write_tokenizer_json(tokenizer: Tokenizer, path: Path) -> Path:

@@ -276,6 +276,44 @@ def test_hf_clip_folder_exports_and_matches_transformers(open_clip, tmp_path):
         assert _cos(image["embedding"], ref_i.numpy()).min() >= least
 
 
+def test_hf_folder_with_only_tokenizer_json_exports(open_clip, tmp_path):
+    """transformers 5 saves a CLIP tokenizer as tokenizer.json alone (no vocab.json / merges.txt)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    from rsz_export.clip import export_clip
+
+    simple = open_clip.tokenizer.SimpleTokenizer()
+    files = tmp_path / "tokenizer_files"
+    files.mkdir()
+    vocab = {k.replace("<start_of_text>", "<|startoftext|>").replace("<end_of_text>", "<|endoftext|>"): v
+             for k, v in simple.encoder.items()}  # fmt: skip
+    (files / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    (files / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges), "utf-8")
+    hf_tok = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"))
+
+    folder = tmp_path / "hf_clip"
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):  # what transformers 4 also wrote
+        (folder / name).unlink(missing_ok=True)
+    assert (folder / "tokenizer.json").is_file()
+
+    bundle, _ = export_clip(folder, tmp_path / "bundle", engine="none")
+    texts = TEXTS[:3] + ["Aerial view of São Paulo's 2 airports."]
+    ours = Tokenizer(bundle / "tokenizer.json", 77).encode(texts)
+    theirs = hf_tok(texts, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
+    np.testing.assert_array_equal(ours["attention_mask"], theirs["attention_mask"])
+
+
 def _expected_scores(open_clip, net, spec, tiles, classes: dict[str, str], templates) -> np.ndarray:
     """Softmax over classes as CLIP's prompt ensemble defines it, computed with open_clip eagerly."""
     class_emb = []
