@@ -145,15 +145,29 @@ def _torch_load_problem(path: Path, err: BaseException) -> str:
     reason = _reason(err)
     if head == b"PK" and not zipfile.is_zipfile(path):
         return f"not a PyTorch checkpoint: a zip archive cut short or damaged ({reason})"
+    if head == b"PK" and _is_torchscript(path):
+        # OpenAI's own CLIP files; torch's refusal of them is about weights_only defaults, not the way out
+        return (
+            "a TorchScript archive (OpenAI's original CLIP .pt), which rsz does not run: save a state dict, "
+            f"torch.save(open_clip.load_openai_model('{path.name}').state_dict(), 'clip.pt'), and export "
+            "that with --arch <arch>-quickgelu (OpenAI's activation)"
+        )
     if isinstance(err, pickle.UnpicklingError) and str(err).startswith("Weights only load failed"):
         return (
             "not a PyTorch checkpoint of plain tensors: torch.load(weights_only=True) refused it "
             f"({reason}; rsz never unpickles anything else)"
         )
-    hint = ""
-    if "TorchScript" in str(err) or "constants.pkl" in str(err):
-        hint = "; TorchScript archives (OpenAI's original .pt) are not read: use a state dict"
-    return f"not a PyTorch checkpoint: {reason}{hint}"
+    return f"not a PyTorch checkpoint: {reason}"
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: its zip holds the module's code and constants beside the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
 def torch_load_weights(path: Path) -> Any:

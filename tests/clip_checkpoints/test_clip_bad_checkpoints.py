@@ -267,3 +267,13 @@ def test_a_whole_model_saved_with_torch_save_names_its_class_not_torchs_advice(t
     result, out = _export(path, tmp_path)
     line = _one_line_error(result, out, "Unsupported global: GLOBAL torch.nn.modules.linear.Linear")
     assert "PyTorch 2.6" not in line and "weights_only set to" not in line
+
+
+def test_torchscript_archive_says_how_to_get_a_state_dict(tmp_path):
+    """OpenAI's original CLIP files are TorchScript archives: torch's refusal talks about weights_only
+    defaults; the one line says what the file is and how to turn it into a state dict rsz reads."""
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
+    result, out = _export(path, tmp_path)
+    line = _one_line_error(result, out, f"{path}: a TorchScript archive", "load_openai_model('ViT-B-32.pt')")
+    assert "quickgelu" in line and "PyTorch 2.6" not in line and "weights_only" not in line
