@@ -286,12 +286,43 @@ def infer_arch(state: dict[str, Tensor]) -> tuple[str, list[str]]:
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     wanted = _signature(shapes)
     candidates = [n for n, cfg in _plain_clip_configs(open_clip).items() if _config_signature(cfg) == wanted]
-    exact = [n for n in candidates if _meta_shapes(open_clip, n) == shapes]
+    exact = sorted((n for n in candidates if _meta_shapes(open_clip, n) == shapes), key=_preference)
+    if not exact and candidates:  # the towers' sizes are an architecture's, some tensors are not
+        closest = min(candidates, key=_preference)
+        raise RszError(
+            "no open_clip architecture has exactly these tensors, the closest is "
+            f"{closest}: {_difference(shapes, _meta_shapes(open_clip, closest), closest)}"
+        )
     if not exact:
         summary = ", ".join(f"{k} {v}" for k, v in wanted.items()) or "no CLIP tensors"
         raise RszError(f"no open_clip architecture has these weights' shapes ({summary}); pass --arch NAME")
-    exact.sort(key=lambda n: ("quickgelu" in n.lower(), len(n), n))
     return exact[0], exact[1:]
+
+
+def _preference(name: str) -> tuple:
+    return ("quickgelu" in name.lower(), len(name), name)
+
+
+def _difference(
+    shapes: dict[str, tuple[int, ...]], arch_shapes: dict[str, tuple[int, ...]], arch: str
+) -> str:
+    """How a checkpoint's tensors differ from an architecture's, in words (the first of each kind)."""
+
+    def first(keys: list[str]) -> str:
+        return keys[0] + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+
+    words = []
+    extra = sorted(shapes.keys() - arch_shapes.keys())
+    missing = sorted(arch_shapes.keys() - shapes.keys())
+    changed = sorted(k for k in shapes.keys() & arch_shapes.keys() if shapes[k] != arch_shapes[k])
+    if extra:
+        words.append(f"it has {first(extra)}, which {arch} has not")
+    if missing:
+        words.append(f"it lacks {first(missing)}")
+    if changed:
+        key, more = changed[0], first(changed).removeprefix(changed[0])
+        words.append(f"its {key} is {list(shapes[key])}, {arch}'s {list(arch_shapes[key])}{more}")
+    return "; ".join(words)
 
 
 # ---------------------------------------------------------------- the model

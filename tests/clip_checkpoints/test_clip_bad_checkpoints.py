@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,20 @@ def test_torchscript_archive_says_how_to_get_a_state_dict(tmp_path):
     result, out = _export(path, tmp_path)
     line = _one_line_error(result, out, f"{path}: a TorchScript archive", "load_openai_model('ViT-B-32.pt')")
     assert "quickgelu" in line and "PyTorch 2.6" not in line and "weights_only" not in line
+
+
+def test_tensors_almost_an_architecture_name_the_closest_and_what_differs(tiny_state, tmp_path):
+    """Towers of an architecture's sizes with an extra, a missing or a reshaped tensor: the line says which
+    architecture is closest and which tensors keep it from loading (not just "no architecture")."""
+    path = tmp_path / "almost.pt"
+    state = {k: v for k, v in tiny_state.items() if k != "ln_final.weight"}
+    state["attn_mask"] = torch.zeros(77, 77)
+    state["logit_scale"] = tiny_state["logit_scale"].reshape(1)
+    torch.save(state, path)
+    result, out = _export(path, tmp_path)
+    line = _one_line_error(result, out, f"{path}: no open_clip architecture has exactly these tensors")
+    assert re.search(
+        r"the closest is (rsz-tiny-vit(-bad)?): it has attn_mask, which \1 has not; it lacks "
+        r"ln_final.weight; its logit_scale is \[1\], \1's \[\]$",
+        line,
+    ), line
