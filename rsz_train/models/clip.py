@@ -489,9 +489,19 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
         first = [line.strip() for line in str(err).splitlines() if line.strip()][1:2]
         raise RszError(
             f"{path}: does not fit open_clip {arch} ({first[0] if first else 'mismatched tensors'})"
+            f"{_fitting_arch(state)}"
         ) from None
     source = ClipSource(str(path), "open_clip", arch, inferred, same)
     return ClipModel(net, source, _open_clip_preprocess(open_clip, net), int(net.context_length))
+
+
+def _fitting_arch(state: dict[str, Tensor]) -> str:
+    """For a wrong --arch: the architecture the weights do fit, as the end of its error line."""
+    try:
+        name, _ = infer_arch(state)
+    except RszError:
+        return ""
+    return f"; the weights are open_clip {name}'s (leave out --arch, or pass --arch {name})"
 
 
 def _hf_weights(folder: Path) -> tuple[list[Path], bool]:

@@ -150,7 +150,9 @@ def test_safetensors_with_arch_gives_the_same_graphs(checkpoints, vit_bundle, fp
     ours = OrtRunner(bundle / "text.onnx").infer(tokens)["embedding"]
     theirs = OrtRunner(vit_bundle[0] / "text.onnx").infer(tokens)["embedding"]
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RszError, match="does not fit open_clip rsz-tiny-rn"):
+    # a wrong --arch: the line also says which architecture the weights are
+    fits = r"; the weights are open_clip rsz-tiny-vit's \(leave out --arch, or pass --arch rsz-tiny-vit\)$"
+    with pytest.raises(RszError, match=r"does not fit open_clip rsz-tiny-rn \(.*\)" + fits):
         load_clip(checkpoints["safetensors"], arch="rsz-tiny-rn")
 
 
