@@ -482,15 +482,15 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
     elif arch not in _plain_clip_configs(open_clip):
         known = "ViT-B-32, ViT-B-16, ViT-L-14, RN50, ... (open_clip.list_models())"
         raise RszError(f"--arch {arch}: not a plain open_clip CLIP architecture (known: {known})")
-    net = _create_model(open_clip, arch)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = [line.strip() for line in str(err).splitlines() if line.strip()][1:2]
+    # Compared here, not by load_state_dict, whose error lists every missing key (kilobytes on one line).
+    shapes, arch_shapes = {k: tuple(v.shape) for k, v in state.items()}, _meta_shapes(open_clip, arch)
+    if shapes != arch_shapes:
         raise RszError(
-            f"{path}: does not fit open_clip {arch} ({first[0] if first else 'mismatched tensors'})"
+            f"{path}: does not fit open_clip {arch}: {_difference(shapes, arch_shapes, arch)}"
             f"{_fitting_arch(state)}"
-        ) from None
+        )
+    net = _create_model(open_clip, arch)
+    net.load_state_dict(state, strict=True)
     source = ClipSource(str(path), "open_clip", arch, inferred, same)
     return ClipModel(net, source, _open_clip_preprocess(open_clip, net), int(net.context_length))
 
