@@ -285,6 +285,11 @@ def infer_arch(state: dict[str, Tensor]) -> tuple[str, list[str]]:
     open_clip = import_open_clip()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     wanted = _signature(shapes)
+    if not wanted:  # no --arch can help: name a key, so a foreign model or a key prefix shows
+        raise RszError(
+            f"holds no open_clip CLIP tensors ({len(shapes)} tensor{'s' * (len(shapes) != 1)}, "
+            f"e.g. {min(shapes)}; open_clip's are visual.*, token_embedding.weight, ...)"
+        )
     candidates = [n for n, cfg in _plain_clip_configs(open_clip).items() if _config_signature(cfg) == wanted]
     exact = sorted((n for n in candidates if _meta_shapes(open_clip, n) == shapes), key=_preference)
     if not exact and candidates:  # the towers' sizes are an architecture's, some tensors are not
@@ -294,7 +299,7 @@ def infer_arch(state: dict[str, Tensor]) -> tuple[str, list[str]]:
             f"{closest}: {_difference(shapes, _meta_shapes(open_clip, closest), closest)}"
         )
     if not exact:
-        summary = ", ".join(f"{k} {v}" for k, v in wanted.items()) or "no CLIP tensors"
+        summary = ", ".join(f"{k} {v}" for k, v in wanted.items())
         raise RszError(f"no open_clip architecture has these weights' shapes ({summary}); pass --arch NAME")
     return exact[0], exact[1:]
 

@@ -295,3 +295,15 @@ def test_tensors_almost_an_architecture_name_the_closest_and_what_differs(tiny_s
         r"ln_final.weight; its logit_scale is \[1\], \1's \[\]$",
         line,
     ), line
+
+
+def test_a_state_dict_of_another_model_names_a_key_not_arch_advice(tmp_path):
+    """Another model's weights (or CLIP's under a key prefix): no --arch fits, so none is suggested; a key
+    of the file is shown."""
+    path = tmp_path / "resnet.pt"
+    torch.save({"_orig_mod.fc.weight": torch.zeros(10, 512), "_orig_mod.fc.bias": torch.zeros(10)}, path)
+    result, out = _export(path, tmp_path)
+    line = _one_line_error(
+        result, out, f"{path}: holds no open_clip CLIP tensors (2 tensors, e.g. _orig_mod.fc.bias;"
+    )
+    assert "--arch" not in line
