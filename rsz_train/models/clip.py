@@ -370,6 +370,18 @@ class _HfText(nn.Module):
         return _features(self.net.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
+def _hf_tokenizer(folder: Path) -> Any:
+    """The folder's CLIPTokenizer files (vocab.json + merges.txt), or its tokenizer.json alone: transformers 5
+    saves a CLIP tokenizer as only that."""
+    from transformers import CLIPTokenizer, PreTrainedTokenizerFast
+
+    if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(folder / "tokenizer.json"), pad_token="<|endoftext|>"
+        )
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
 def _features(out: Any) -> Tensor:
     """transformers 5 returns a model output from get_*_features; 4.x a tensor."""
     if isinstance(out, Tensor):
@@ -418,10 +430,7 @@ class ClipModel(RszModel):
         """The checkpoint's own tokenizer: open_clip.tokenize (padded with 0 to the context), or the
         CLIPTokenizer of the Hugging Face folder."""
         if self.is_hf:
-            from transformers import CLIPTokenizer
-
-            folder = Path(self.source.path)
-            tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+            tokenizer = _hf_tokenizer(Path(self.source.path))
             out = tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length)
             return {k: torch.tensor(out[k], dtype=torch.int64) for k in ("input_ids", "attention_mask")}
         ids = import_open_clip().tokenize(list(texts), context_length=self.context_length)

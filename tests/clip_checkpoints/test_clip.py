@@ -315,6 +315,8 @@ def test_hf_folder_with_only_tokenizer_json_exports(open_clip, tmp_path):
     theirs = hf_tok(texts, padding=True, return_tensors="np")
     np.testing.assert_array_equal(ours["input_ids"], theirs["input_ids"])
     np.testing.assert_array_equal(ours["attention_mask"], theirs["attention_mask"])
+    in_torch = load_clip(folder).tokenize(texts)  # rsz-train's dual encoder tokenizes in PyTorch
+    np.testing.assert_array_equal(in_torch["input_ids"].numpy(), theirs["input_ids"])
 
 
 def _expected_scores(open_clip, net, spec, tiles, classes: dict[str, str], templates) -> np.ndarray:
