@@ -609,6 +609,14 @@ def load_hf_clip(folder: Path) -> ClipModel:
     by transformers, whose pickle safety depends on its version) and handed to it as one state dict. Every
     tensor of CLIPModel must come from the folder: missing ones would be random weights."""
     if not (folder / "config.json").is_file():
+        # a downloaded model repository of open_clip files (RemoteCLIP's holds one per architecture)
+        files = sorted(f.name for f in folder.iterdir() if f.suffix in STATE_DICT_SUFFIXES and f.is_file())
+        if files:
+            shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
+            raise RszError(
+                f"{folder}: no config.json, so no Hugging Face CLIP folder; it holds {shown}: "
+                "pass one of those files as --checkpoint"
+            )
         raise RszError(f"{folder}: a Hugging Face CLIP folder needs config.json")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

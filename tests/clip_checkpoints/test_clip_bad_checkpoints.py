@@ -307,3 +307,17 @@ def test_a_state_dict_of_another_model_names_a_key_not_arch_advice(tmp_path):
         result, out, f"{path}: holds no open_clip CLIP tensors (2 tensors, e.g. _orig_mod.fc.bias;"
     )
     assert "--arch" not in line
+
+
+def test_a_folder_of_open_clip_files_names_them(tiny_state, tmp_path):
+    """A downloaded repository of open_clip checkpoints (RemoteCLIP's: one .pt per architecture) given as
+    --checkpoint: the line names the files to pass instead of asking for a Hugging Face config.json."""
+    folder = tmp_path / "RemoteCLIP"
+    folder.mkdir()
+    for name in ("RemoteCLIP-ViT-B-32.pt", "RemoteCLIP-RN50.pt"):
+        torch.save(tiny_state, folder / name)
+    (folder / "README.md").write_text("# RemoteCLIP\n", encoding="utf-8")
+    result, out = _export(folder, tmp_path)
+    _one_line_error(
+        result, out, f"{folder}: no config.json", "RemoteCLIP-RN50.pt, RemoteCLIP-ViT-B-32.pt: pass one"
+    )
