@@ -403,8 +403,8 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     total = listing.count
     todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
     with_scales = "rerank" in manifest.graphs
-    rows, embeddings, scales, skipped = [], [], [], []
-
+    batches: list[tuple[list[dict], np.ndarray, np.ndarray | None]] = []  # (rows, embeddings, scales)
+    skipped: list[dict] = []
     journal: IndexJournal | None = None  # made once the engine (its precision) is known
 
     def keep(batch: EmbeddedBatch) -> None:
@@ -412,14 +412,13 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         skipped.extend({"tile": tile.id, "skipped": str(err)} for tile, err in bad)  # OUT.errors.csv rows
         if not batch.tiles:
             return
-        new_rows = [index_row(tile) for tile in batch.tiles]
-        new_embeddings = l2_normalize(batch.outputs["embedding"]).astype(np.float32)
-        new_scales = batch.outputs["scales"].astype(np.float32) if with_scales else None
-        journal.append(new_rows, new_embeddings, new_scales)  # on disk before it counts as done
-        embeddings.append(new_embeddings)
-        if new_scales is not None:
-            scales.append(new_scales)
-        rows.extend(new_rows)
+        new = (
+            [index_row(tile) for tile in batch.tiles],
+            l2_normalize(batch.outputs["embedding"]).astype(np.float32),
+            batch.outputs["scales"].astype(np.float32) if with_scales else None,
+        )
+        journal.append(*new)  # on disk before it counts as done
+        batches.append(new)  # one step: a Ctrl-C never leaves rows without their embeddings
 
     with Embedder(model, manifest=manifest, tiles=tile_options, **dataclasses.asdict(cfg.engine)) as embedder:
         engine = embedder.engine
@@ -432,6 +431,9 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
             counts = run_tiles(engine, todo, tile_options, keep, cfg.progress, started=start, total=total)
         finally:
             journal.close()
+    rows = [row for batch_rows, _, _ in batches for row in batch_rows]
+    embeddings = [emb for _, emb, _ in batches]
+    scales = [sc for _, _, sc in batches if sc is not None]
     # an interrupted call keeps what finished: the next `index` call skips those tiles
     if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
         search = _write_index(
