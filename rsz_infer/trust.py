@@ -19,6 +19,7 @@ import numpy as np
 
 from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
+from rsz_infer.images import tiff_page
 
 # GDAL opens these as network or archive paths; an index row never makes rsz open one
 REMOTE_PREFIXES = ("/vsi", "\\vsi")
@@ -39,7 +40,11 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
 
 def file_sha256(path: str) -> str | None:
     """sha256 of a local file (cached while size and mtime stay the same); None for remote or missing, and
-    for what is no regular file (/dev/zero or a FIFO named by an index would be read for ever)."""
+    for what is no regular file (/dev/zero or a FIFO named by an index would be read for ever). A further
+    page of a multi-page TIFF (GTIFF_DIR:2:scan.tif) is checked by its file's sha256: GDAL opens that file."""
+    page = tiff_page(path)
+    if page is not None:
+        path = page[1]
     if is_remote(path):
         return None
     try:

@@ -222,6 +222,28 @@ def write_geotiff(path: Path, data: np.ndarray, nodata: float | None = None, crs
     return path
 
 
+def write_multi_page_tiff(
+    path: Path, pages: list[np.ndarray], pixel_sizes: list[float] | None = None
+) -> Path:
+    """HxWx3 uint8 pages as one multi-page TIFF (Pillow; GDAL writes no pages). With `pixel_sizes`, page i is
+    a GeoTIFF of its own in UTM 33N: that pixel size, its north-west corner 10 km east of the page before."""
+    from PIL import TiffImagePlugin
+
+    images = [Image.fromarray(page) for page in pages]
+    for i, (image, pixel) in enumerate(zip(images, pixel_sizes or [])):
+        tags = TiffImagePlugin.ImageFileDirectory_v2()
+        tags[33550] = (float(pixel), float(pixel), 0.0)  # ModelPixelScale
+        tags[33922] = (0.0, 0.0, 0.0, 500000.0 + 10000 * i, 5000000.0, 0.0)  # ModelTiepoint
+        # GeoKeyDirectory: projected, pixel is area, EPSG:32633
+        tags[34735] = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
+        tags.tagtype.update({33550: 12, 33922: 12, 34735: 3})
+        image.encoderinfo = {"tiffinfo": tags}  # Pillow's save_all takes each page's own tags
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = getattr(images[0], "encoderinfo", {})
+    images[0].save(path, save_all=True, append_images=images[1:], **first)
+    return path
+
+
 def bands_first(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 

@@ -15,7 +15,7 @@ from rsz_infer.class_embeddings import encode_texts, load_tokenizer
 from rsz_infer.errors import RszError
 from rsz_infer.index import Index, IndexConfig, build_ann, build_index, merge_indexes, nearest, search
 
-from .helpers import bands_first, save, solid, write_geotiff
+from .helpers import bands_first, save, solid, write_geotiff, write_multi_page_tiff
 from .test_label import run_cli
 
 
@@ -180,6 +180,23 @@ def test_scene_windows_in_index_and_gallery(bundles, tmp_path, capsys):
     assert [h["window"] for h in hits] == [[0, 0, 32, 32], [32, 0, 32, 32]]
     assert hits[0]["footprint"]["type"] == "Polygon"
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 2
+
+
+def test_pages_of_a_multi_page_tiff_in_index_and_gallery(bundles, tmp_path, capsys):
+    """A further page (GTIFF_DIR:2:file) is checked by its file's sha256: the gallery shows every page."""
+    stack = write_multi_page_tiff(tmp_path / "tiles" / "stack.tif", [solid("red", 32), solid("green", 32)])
+    idx = tmp_path / "idx"
+    code, _, _ = run_cli(
+        ["index", tmp_path / "tiles", "--model", bundles["msa"], "--out", idx, "--quiet"], capsys
+    )
+    assert code == 0
+    page = tmp_path / "g.html"
+    code, out, _ = run_cli(["search", idx, "--text", "green", "-k", "2", "--json", "--html", page], capsys)
+    assert [json.loads(line)["tile"] for line in out.splitlines()] == [f"GTIFF_DIR:2:{stack}", str(stack)]
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 2
+    stack.write_bytes(stack.read_bytes() + b"changed")  # no longer the file the index embedded: no thumbnail
+    code, out, _ = run_cli(["search", idx, "--text", "green", "-k", "2", "--html", page], capsys)
+    assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 0
 
 
 def test_hnsw_graph_finds_what_exact_search_finds():
