@@ -51,6 +51,7 @@ from rsz_infer.images import (
     discover_tiles,
     list_tiles,
     no_tiles_found,
+    tiff_page,
     tile_from_record,
 )
 from rsz_infer.index_journal import IndexJournal, PendingRows, journal_folder, read_journal, remove_journal
@@ -766,8 +767,9 @@ def _embed_image(
     elif not isinstance(image, (str, os.PathLike)):  # a PIL image: never a TypeError from Path()
         raise RszError(f"image: a {type(image).__name__} is not an array or a path (np.asarray it)")
     else:
-        path = Path(image)
-        if not path.is_file():
+        page = tiff_page(str(image))  # a further page of a multi-page TIFF (GTIFF_DIR:2:scan.tif) is an image
+        path = str(image) if page else Path(image)
+        if not Path(page[1] if page else path).is_file():
             raise RszError(f"--image {path}: no such file")
         try:
             rgb, _ = decode_tile(tile_from_record(str(path), None, TileOptions()), TileOptions())

@@ -199,6 +199,22 @@ def test_pages_of_a_multi_page_tiff_in_index_and_gallery(bundles, tmp_path, caps
     assert len(re.findall(r'src="data:image/jpeg;base64,', page.read_text())) == 0
 
 
+def test_search_by_a_page_of_a_multi_page_tiff(bundles, tmp_path, capsys):
+    """--image GTIFF_DIR:2:file (a row's own name) is a query image, not 'no such file'."""
+    stack = write_multi_page_tiff(tmp_path / "tiles" / "stack.tif", [solid("red", 32), solid("blue", 32)])
+    save(tmp_path / "tiles" / "green.png", solid("green", 32))
+    idx = tmp_path / "idx"
+    code, _, _ = run_cli(
+        ["index", tmp_path / "tiles", "--model", bundles["msa"], "--out", idx, "--quiet"], capsys
+    )
+    assert code == 0
+    code, out, err = run_cli(["search", idx, "--image", f"GTIFF_DIR:2:{stack}", "-k", "1", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tile"] == f"GTIFF_DIR:2:{stack}"
+    code, _, err = run_cli(["search", idx, "--image", f"GTIFF_DIR:2:{tmp_path}/none.tif"], capsys)
+    assert code == 2 and f"--image GTIFF_DIR:2:{tmp_path}/none.tif: no such file" in err
+
+
 def test_hnsw_graph_finds_what_exact_search_finds():
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(5000, 32)).astype(np.float32)
