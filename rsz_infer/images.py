@@ -174,7 +174,7 @@ def discover_tiles(
     no_gsd: dict[str, None] = {}  # rasters --gsd cannot apply to (no CRS), in order
     for path in named:
         for name, in_folder, problem in _expand(path, options):
-            key = name if is_gdal_path(name) or problem else str(Path(name).resolve())
+            key = name if problem else _raster_key(name)
             if key in seen:
                 continue
             seen.add(key)
@@ -184,7 +184,7 @@ def discover_tiles(
             if problem:
                 yield Tile(id=name, path=name, problem=problem)
                 continue
-            for tile in _tiles_of_file(name, options, in_folder):
+            for tile in _tiles_of_file(name, options, seen, in_folder):
                 windows = windows or tile.window is not None
                 if options.gsd and tile.crs is None and not tile.problem:
                     no_gsd[tile.path] = None
@@ -302,13 +302,27 @@ def too_many_pixels(width: int, height: int, options: TileOptions, what: str = "
     )
 
 
-def _tiles_of_file(name: str, options: TileOptions, in_folder: bool = False) -> Iterator[Tile]:
+def _raster_key(name: str) -> str:
+    """What makes two input names one raster: a local file's real path, a TIFF page's number and its file's
+    key, a GDAL path or URL as written."""
+    page = tiff_page(name)
+    if page is not None:
+        return f"GTIFF_DIR:{page[0]}:{_raster_key(page[1])}"
+    return name if is_gdal_path(name) else str(Path(name).resolve())
+
+
+def _tiles_of_file(
+    name: str, options: TileOptions, seen: set[str], in_folder: bool = False
+) -> Iterator[Tile]:
     """The tiles of one file, then those of each further page of a multi-page TIFF: GDAL opens only the
-    first page of such a file, and the others are images too (a stack of scans or dates)."""
+    first page of such a file, and the others are images too (a stack of scans or dates). A page also named
+    as an input (`seen`, the keys of the rasters listed so far) is listed once."""
     pages: list[str] = []
     yield from _tiles_of_page(name, options, in_folder, pages)
     for page in pages:
-        yield from _tiles_of_page(page, options)  # named, not found in a folder: a bad page is a row
+        if _raster_key(page) not in seen:
+            seen.add(_raster_key(page))
+            yield from _tiles_of_page(page, options)  # named, not found in a folder: a bad page is a row
 
 
 def _tiles_of_page(

@@ -16,7 +16,7 @@ from rsz_infer.images import TileOptions, _window_offsets, discover_tiles
 from rsz_infer.pipeline import LabelConfig, label_tiles
 from rsz_infer.report import footprint_line, read_label_rows
 
-from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_geotiff
+from .helpers import COLOURS, bands_first, read_jsonl, save, solid, write_geotiff, write_multi_page_tiff
 
 
 def _label(bundle, class_file, inputs, out: Path, **kw):
@@ -350,3 +350,16 @@ def test_every_page_of_a_multi_page_tiff_is_labeled(bundles, class_file, tmp_pat
 
     maps = map_targets(Path("maps/m.tif"), [stack, f"GTIFF_DIR:3:{stack}", "GTIFF_DIR:12:b/stack.tif"])
     assert [p.name for p in maps.values()] == ["m.stack.tif", "m.stack.page3.tif", "m.stack.page12.tif"]
+
+
+def test_a_page_named_beside_its_file_is_labeled_once(bundles, class_file, tmp_path):
+    """`scan.tif GTIFF_DIR:2:scan.tif` (or the page first, or its folder) lists the page once: one row, one
+    count, as a file named twice is one tile."""
+    stack = write_multi_page_tiff(tmp_path / "tiles" / "stack.tif", [solid("red"), solid("green")])
+    page = f"GTIFF_DIR:2:{stack}"
+    same_page = f"GTIFF_DIR:2:{tmp_path}/./tiles/stack.tif"
+    for n, inputs in enumerate([[stack, page], [page, tmp_path / "tiles"], [page, same_page]]):
+        out = tmp_path / f"labels{n}.jsonl"
+        summary = _label(bundles["msa"], class_file, inputs, out)
+        rows = [r["tile"] for r in read_jsonl(out)]
+        assert summary.labeled == len(rows) == len(set(rows)) == (2 if n < 2 else 1), inputs
