@@ -49,7 +49,7 @@ from rsz_infer.images import (
     TileOptions,
     check_size,
     discover_tiles,
-    is_gdal_path,
+    local_file,
 )
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.outputs import GEO_INSTALL_HINT
@@ -423,7 +423,8 @@ class Embedder:
                 tiles.append(item)
             elif isinstance(item, (str, os.PathLike)):
                 item = os.fspath(item)
-                if not is_gdal_path(item) and not os.path.exists(item):
+                local = local_file(item)
+                if local is not None and not os.path.exists(local):
                     # the README's promise: a bad file is a skipped record, never the whole batch's error
                     # (the CLI refuses a missing input instead: there it is a typo in the command)
                     tiles.append(Tile(id=item, path=item, problem="no such file or folder"))

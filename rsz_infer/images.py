@@ -156,6 +156,14 @@ def tiff_page(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), name[match.end() :]) if match else None
 
 
+def local_file(name: str | Path) -> str | None:
+    """The local file a name reads (a TIFF page's file: GTIFF_DIR:2:scan.tif reads scan.tif), None for a GDAL
+    virtual path or URL."""
+    page = tiff_page(str(name))
+    text = page[1] if page else str(name)
+    return None if is_gdal_path(text) else text
+
+
 def discover_tiles(
     inputs: Iterable[str | Path], options: TileOptions, notes: list[str] | None = None
 ) -> Iterator[Tile]:
@@ -167,7 +175,8 @@ def discover_tiles(
     """
     named = [str(p) if is_gdal_path(p) else Path(p) for p in inputs]
     for path in named:
-        if isinstance(path, Path) and not path.exists():
+        local = local_file(path)
+        if local is not None and not os.path.exists(local):
             raise RszError(f"{path}: no such file or folder")
     seen: set[str] = set()  # a file named twice (or inside a named folder too) is one tile
     windows = False

@@ -215,9 +215,10 @@ def test_label_takes_one_path_and_skips_a_missing_one(bundles, class_file, tmp_p
         for one in ("tiles/tile_00000.png", tiles / "tile_00000.png"):
             records = labeler.label(one)
             assert len(records) == 1 and records[0]["labels"][0] == "red"
-        records = labeler.label(["nope.png", "tiles/tile_00000.png"])
-    assert len(records) == 2 and records[0]["tile"] == "nope.png"
-    assert records[0]["skipped"] == "no such file or folder" and records[1]["labels"][0] == "red"
+        records = labeler.label(["nope.png", "GTIFF_DIR:2:nope.tif", "tiles/tile_00000.png"])
+    assert [r["tile"] for r in records] == ["nope.png", "GTIFF_DIR:2:nope.tif", "tiles/tile_00000.png"]
+    assert records[0]["skipped"] == records[1]["skipped"] == "no such file or folder"
+    assert records[2]["labels"][0] == "red"
 
 
 # ---------------------------------------------------------------- --min-score tables

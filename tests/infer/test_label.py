@@ -110,6 +110,13 @@ def test_bad_usage_is_one_clear_line(bundles, class_file, tmp_path, capsys, monk
         "duplicate class 'Red'": [tile, "--classes", dup, *model],
         "sha256 does not match": [tile, "--classes", class_file, "--model", tampered],
         "no such file or folder": [tmp_path / "missing", "--classes", class_file, *model],
+        # a page of a missing TIFF is a typo as that TIFF is, not a skipped row with GDAL's words
+        f"GTIFF_DIR:2:{tmp_path}/missing.tif: no such file or folder": [
+            f"GTIFF_DIR:2:{tmp_path}/missing.tif",
+            "--classes",
+            class_file,
+            *model,
+        ],  # fmt: skip
         "no JPEG, PNG or TIFF files found": [tmp_path / "no_tiles", "--classes", class_file, *model],
         "unknown format '.xlsx'": [tile, "--classes", class_file, *model, "--out", tmp_path / "x.xlsx"],
         "needs a file name ending in one of .csv": [*plain, "--out", tmp_path / "no_tiles"],
