@@ -36,7 +36,7 @@ from rsz_export.trt_build import (
 )
 from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, manifest_problem, sha256_file
 from rsz_infer.errors import RszError
-from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
+from rsz_infer.images import TileError, TileOptions, decode_image_file
 from rsz_infer.locking import OutputLock
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.runners.ort import OrtRunner
@@ -110,14 +110,14 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
 
 
 def read_tile(path: Path, spec: PreprocessSpec) -> np.ndarray:
-    """The file decoded and preprocessed as rsz-infer does: rsz_infer.images.decode_tile at rsz-infer's
+    """The file decoded and preprocessed as rsz-infer does: rsz_infer.images.decode_image_file at rsz-infer's
     defaults (16-bit data stretched, not clipped at 255; grey to RGB; a file whose header declares more than
     --max-pixels refused before anything is decoded), then rsz_infer.preprocess. TileError when it cannot be
-    read."""
+    read (a multi-page TIFF too: one image per file)."""
     from rsz_infer.preprocess import to_model_input
 
     options = TileOptions()  # rsz-infer's defaults (rsz-export has no --bands or --max-pixels)
-    rgb, _ = decode_tile(tile_from_record(str(path), None, options), options)
+    rgb, _ = decode_image_file(path, options)
     return to_model_input(rgb, spec)
 
 
@@ -217,7 +217,8 @@ def int8_tiles(
     info = {
         "source": str(root),
         "tiles": len(files),
-        "skipped": listed - len(files),  # files decode_tile cannot read (rsz-infer skips them too)
+        "skipped": listed
+        - len(files),  # files read_tile cannot read (undecodable: rsz-infer skips them too; multi-page TIFFs)
         "sha256": tiles_hash(files, root),  # of the tiles calibrated on
         "check_tiles": len(check_files),
         "check_skipped": listed_check - len(check_files),

@@ -777,6 +777,32 @@ def decode_tile(tile: Tile, options: TileOptions, jpeg_draft: int = 0) -> tuple[
     return check_size(rgb, options), rule
 
 
+def decode_image_file(path: str | Path, options: TileOptions) -> tuple[np.ndarray, str]:
+    """One image file decoded as rsz-infer decodes a tile file, for rsz-train's images and rsz-export's tiles:
+    they read one image per file, so a multi-page TIFF is a TileError (its first page alone is not what
+    rsz-infer labels: every page) rather than its first page without a word."""
+    tile = tile_from_record(str(path), None, options)
+    pages = _tiff_page_count(tile.path) if tile.reader == "gdal" else 1
+    if pages > 1:
+        raise TileError(
+            f"a multi-page TIFF ({pages} pages): read as one image per file here; save each page as a file"
+        )
+    return decode_tile(tile, options)
+
+
+def _tiff_page_count(path: str) -> int:
+    """The pages of a multi-page TIFF (GDAL's subdatasets), else 1; a file GDAL cannot open is decode_tile's
+    to report."""
+    import rasterio
+
+    _quiet_rasterio()
+    try:
+        with rasterio.open(path) as ds:
+            return len(ds.subdatasets) if ds.driver == "GTiff" and ds.subdatasets else 1
+    except rasterio.errors.RasterioError:
+        return 1
+
+
 def _decode_cause(err: BaseException) -> BaseException:
     """rasterio's "Read failed. See previous exception for details." points at the GDAL error it chained:
     that one says what is wrong with the file."""

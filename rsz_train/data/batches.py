@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rsz_infer.errors import RszError
-from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
+from rsz_infer.images import TileError, TileOptions, decode_image_file
 from rsz_infer.preprocess import PreprocessSpec, normalize, resize_rgb
 
 # rsz-infer's defaults (no --bands: a 4-band file gives bands 1-3; 16-bit data stretched per image)
@@ -29,7 +29,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """One image file -> HxWx3 uint8 RGB, decoded as rsz-infer decodes a tile file: a model trains on the
     pixels it will label (a 16-bit TIFF is stretched, not clipped at 255 as Pillow's convert would)."""
     try:
-        return decode_tile(tile_from_record(str(path), None, INFER_DECODING), INFER_DECODING)[0]
+        return decode_image_file(path, INFER_DECODING)[0]
     except TileError as err:
         raise RszError(f"{path}: cannot read image ({err})") from None
 

@@ -215,6 +215,22 @@ def test_an_undecodable_calibration_or_check_tile_is_skipped_not_fatal(tmp_path:
         int8_tiles(tmp_path, {}, spec, folder)
 
 
+def test_a_multi_page_tiff_among_calibration_tiles_is_skipped_with_its_reason(tmp_path: Path, capsys) -> None:
+    """rsz-export reads one image per file: a multi-page TIFF is left out, said as such, not read as its first
+    page alone (rsz-infer labels every page)."""
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(11)]
+    for i, image in enumerate(images[:8]):
+        image.save(folder / f"t{i}.png" if i else folder / "t0.tif")  # one plain TIFF: read as before
+    images[8].save(folder / "stack.tif", save_all=True, append_images=images[9:])
+    calibration, check, info = int8_tiles(tmp_path, {}, PreprocessSpec(size=SIZE), folder)
+    assert (info["tiles"], info["skipped"], info["check_tiles"], info["check_skipped"]) == (6, 1, 2, 0)
+    warning = capsys.readouterr().err
+    assert f"{folder / 'stack.tif'}: a multi-page TIFF (3 pages): read as one image per file here" in warning
+
+
 def test_static_qdq_quantizes_only_the_weighted_ops(int8_bundle: Path) -> None:
     """INT8 activations only at MatMul/Gemm/Conv (a tensor between other ops, such as the adds, softmax and
     normalisations, stays float: what let a static graph pass the check on real models), and the `ends`

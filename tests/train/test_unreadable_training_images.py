@@ -65,3 +65,16 @@ def test_a_class_with_no_readable_image_is_a_one_line_error(tiny_benchmark, tmp_
     [line] = result.output.strip().splitlines()
     assert f"no readable test_unseen image of {names[6]!r}" in line and "cannot read image" in line
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_a_multi_page_tiff_is_no_training_image(tmp_path):
+    """A training image is one file: a multi-page TIFF is left out with its reason, not read as its first page
+    alone (rsz-infer labels every page); a one-page TIFF is read."""
+    from rsz_train.data.batches import load_readable_images
+
+    pages = [Image.new("RGB", (24, 24), colour) for colour in ("red", "green")]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    pages[1].save(tmp_path / "one.tif")
+    kept, images, unreadable = load_readable_images(tmp_path, ["stack.tif", "one.tif"], 16)
+    assert kept == ["one.tif"] and images.shape == (1, 16, 16, 3)
+    assert "a multi-page TIFF (2 pages): read as one image per file here" in unreadable["stack.tif"]
