@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rsz_infer.errors import RszError
-from rsz_infer.images import tiff_page
+from rsz_infer.images import open_raster, tiff_page
 
 BLOCK_PX = 256
 QUICKLOOK_PX = 512  # the quicklook's longer side (at most)
@@ -170,7 +170,7 @@ def _write_class_map(
     tmp = path.with_name(f".rsz-map.{os.getpid()}.grid.tif")
     tmp_cog = path.with_name(f".rsz-map.{os.getpid()}.cog.tif")
     try:
-        with rasterio.open(scene_path) as scene:
+        with open_raster(scene_path) as scene:
             georef = {"crs": scene.crs, "transform": scene.transform}
             gcps, gcp_crs = scene.gcps
             if scene.crs is None and gcps:  # georeferenced by ground control points only: the map keeps them

@@ -156,6 +156,17 @@ def tiff_page(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), name[match.end() :]) if match else None
 
 
+def open_raster(name: str):  # -> rasterio.DatasetReader (rasterio is imported lazily)
+    """rasterio.open, where a further TIFF page takes its georeferencing from its own tags (or its own entry
+    in the .aux.xml) only: GDAL gives every page the file's world file or MapInfo .tab, which describe the
+    first page, so a page of another grid would get a wrong footprint (and class map, and --gsd scale)."""
+    import rasterio
+
+    if tiff_page(name):
+        return rasterio.open(name, GEOREF_SOURCES="PAM,INTERNAL")
+    return rasterio.open(name)
+
+
 def local_file(name: str | Path) -> str | None:
     """The local file a name reads (a TIFF page's file: GTIFF_DIR:2:scan.tif reads scan.tif), None for a GDAL
     virtual path or URL."""
@@ -363,7 +374,7 @@ def _tiles_of_page(
 
     _quiet_rasterio()
     try:
-        with rasterio.open(name) as ds:
+        with open_raster(name) as ds:
             if in_folder and ds.driver in _TEXT_DRIVERS:
                 return  # a text table GDAL reads as a grid is not imagery
             if pages is not None and ds.driver == "GTiff":
@@ -742,7 +753,6 @@ _thread_state = threading.local()
 
 def _open_scene(path: str):
     """One open rasterio dataset per scene and worker thread (datasets are not shared across threads)."""
-    import rasterio
 
     cache = getattr(_thread_state, "scenes", None)
     if cache is None:
@@ -750,7 +760,7 @@ def _open_scene(path: str):
     if path not in cache:
         if len(cache) >= OPEN_SCENES_PER_THREAD:  # scenes come one after another: close the oldest
             cache.pop(next(iter(cache))).close()
-        cache[path] = rasterio.open(path)
+        cache[path] = open_raster(path)
     return cache[path]
 
 
@@ -859,10 +869,9 @@ def _decode_window(tile: Tile, options: TileOptions) -> tuple[np.ndarray, str]:
 
 
 def _decode_gdal(path: str, options: TileOptions) -> tuple[np.ndarray, str]:
-    import rasterio
 
     _quiet_rasterio()  # also for callers that decode without discovering (rsz-train's images)
-    with rasterio.open(path) as ds:
+    with open_raster(path) as ds:
         _refuse_above_limit(ds.width, ds.height, options)  # the file may have changed since discovery
         bands, rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
         palette = palette_of(ds, bands)
@@ -962,7 +971,6 @@ def tile_from_record(path: str, window: list[int] | tuple[int, ...] | None, opti
 
 @functools.lru_cache(maxsize=16)
 def _reopened_scene(path: str, options: TileOptions) -> SceneInfo:
-    import rasterio
 
-    with rasterio.open(path) as ds:
+    with open_raster(path) as ds:
         return _scene_info(ds, path, options)

@@ -363,3 +363,55 @@ def test_a_page_named_beside_its_file_is_labeled_once(bundles, class_file, tmp_p
         summary = _label(bundles["msa"], class_file, inputs, out)
         rows = [r["tile"] for r in read_jsonl(out)]
         assert summary.labeled == len(rows) == len(set(rows)) == (2 if n < 2 else 1), inputs
+
+
+# A MapInfo .tab georeferencing a TIFF (its first page: 10 m pixels in UTM 33N); GDAL hands it to every page
+MAPINFO_TAB = """!table
+!version 300
+!charset WindowsLatin1
+
+Definition Table
+  File "{name}"
+  Type "RASTER"
+  (500000,5000000) (0,0) Label "Pt 1",
+  (500400,5000000) (40,0) Label "Pt 2",
+  (500000,4999600) (0,40) Label "Pt 3"
+  CoordSys Earth Projection 8, 104, "m", 15, 0, 0.9996, 500000, 0
+  Units "m"
+"""
+
+
+def test_a_page_has_its_own_georeferencing_or_none(bundles, class_file, tmp_path):
+    """A sidecar (.tab, world file) describes the file's first page: a further page has the footprint of its
+    own GeoTIFF tags, or none, never the first page's (the third page here is 300 px, another grid)."""
+    folder = tmp_path / "tiles"
+    pages = [solid("red"), solid("green"), solid("blue", 300)]
+    for name, pixel_sizes in (("own.tif", [10, 20, 30]), ("plain.tif", None)):
+        write_multi_page_tiff(folder / name, pages, pixel_sizes)
+        (folder / name).with_suffix(".tab").write_text(MAPINFO_TAB.format(name=name))
+    out = tmp_path / "labels.jsonl"
+    summary = _label(bundles["msa"], class_file, [folder], out, tiles=TileOptions(tile_size=200))
+    assert summary.labeled == 2 * (2 + 4)
+    rows = {r["tile"]: r for r in read_jsonl(out)}
+    west = {tile: r["footprint"]["coordinates"][0][0][0] for tile, r in rows.items() if r.get("footprint")}
+    own, plain = str(folder / "own.tif"), str(folder / "plain.tif")
+    assert set(west) == {
+        own,
+        f"GTIFF_DIR:2:{own}",
+        *(t for t in rows if t.startswith(f"GTIFF_DIR:3:{own}@")),
+        plain,
+    }
+    assert west[own] == pytest.approx(15.0) and west[plain] == pytest.approx(15.0)  # first pages: the .tab's
+    assert west[f"GTIFF_DIR:2:{own}"] == pytest.approx(15.127, abs=1e-3)  # its own tags: 10 km east
+    assert west[f"GTIFF_DIR:3:{own}@0,0,200,200"] == pytest.approx(15.254, abs=1e-3)
+    maps = tmp_path / "maps" / "m.tif"
+    _label(
+        bundles["msa"],
+        class_file,
+        [folder / "plain.tif"],
+        out,
+        tiles=TileOptions(tile_size=200),
+        class_map=maps,
+    )
+    with rasterio.open(maps) as ds:  # the one scene, page 3, takes the --class-map name
+        assert ds.crs is None and ds.transform.is_identity
