@@ -38,6 +38,7 @@ from rsz_infer.images import (
     discover_tiles,
     is_gdal_path,
     list_tiles,
+    local_file,
     no_tiles_found,
 )
 from rsz_infer.locking import OutputLock
@@ -189,7 +190,8 @@ def input_names(inputs: list) -> list[str]:
 
 def _check_distinct_outputs(cfg: LabelConfig) -> None:
     """--out, --html and --class-map are three different files, none of them an input."""
-    inputs = {os.path.realpath(p) for p in input_names(cfg.inputs) if not is_gdal_path(p)}
+    # a TIFF page's file too (GTIFF_DIR:2:scan.tif): a class map named scan.tif would replace every page
+    inputs = {os.path.realpath(f) for f in map(local_file, input_names(cfg.inputs)) if f is not None}
     written = {"--out": cfg.out, "--html": cfg.html, "--class-map": cfg.class_map}
     seen: dict[str, str] = {}
     for option, path in written.items():
@@ -218,8 +220,9 @@ class MapSources:
     def add(self, tile: Tile, kept: bool) -> None:
         if kept and tile.window is not None:
             self.scenes.add(tile.path)
-        if not is_gdal_path(tile.path) and os.path.basename(tile.path).startswith(self.stem):
-            real = os.path.realpath(tile.path)
+        file = local_file(tile.path)  # a TIFF page's file too
+        if file is not None and os.path.basename(file).startswith(self.stem):
+            real = os.path.realpath(file)
             if os.path.dirname(real) == self.folder:
                 self.near.add(real)
 

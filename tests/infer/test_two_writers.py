@@ -18,7 +18,7 @@ import pytest
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
 
-from .helpers import bands_first, save, solid, write_colour_tiles, write_geotiff
+from .helpers import bands_first, save, solid, write_colour_tiles, write_geotiff, write_multi_page_tiff
 from .test_hostile_bundles_and_indexes import error_lines
 from .test_label import run_cli
 
@@ -180,6 +180,29 @@ def test_class_maps_and_quicklooks_never_overwrite_an_input(bundles, class_file,
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and "would overwrite" in lines[0] and "one of the inputs" in lines[0]
     assert {p: p.read_bytes() for p in scenes.glob("map.*")} == maps
+
+
+def test_outputs_never_overwrite_the_file_of_a_page_named_as_input(bundles, class_file, tmp_path, capsys):
+    """GTIFF_DIR:2:scan.tif reads scan.tif: a class map (or a scene's map) named scan.tif would replace it."""
+    stack = write_multi_page_tiff(tmp_path / "stack.tif", [solid("green", 24), solid("red", 64)])
+    before = stack.read_bytes()
+    base = ["--classes", class_file, "--model", bundles["msa"], "--tile-size", 32, "--quiet"]
+    code, _, err = run_cli(
+        [f"GTIFF_DIR:2:{stack}", *base, "--out", tmp_path / "l.csv", "--class-map", stack], capsys
+    )
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "--class-map" in lines[0] and "is one of the inputs" in lines[0]
+    scene = write_geotiff(tmp_path / "a.tif", bands_first(solid("blue", 64)))
+    named_like_a_map = write_multi_page_tiff(tmp_path / "map.a.tif", [solid("green", 24), solid("red", 64)])
+    page = f"GTIFF_DIR:2:{named_like_a_map}"
+    code, _, err = run_cli(
+        [scene, page, *base, "--out", tmp_path / "l.csv", "--class-map", tmp_path / "map.tif"], capsys
+    )
+    lines = error_lines(err)
+    assert (
+        code == 2 and len(lines) == 1 and f"would overwrite {named_like_a_map}, one of the inputs" in lines[0]
+    )
+    assert stack.read_bytes() == before and not (tmp_path / "l.csv").exists()
 
 
 FULL_DISK = (
