@@ -74,12 +74,16 @@ class Split:
 # Plain scene folders
 
 
+def is_data_folder(path: Path) -> bool:
+    """A folder that may hold images of the data set: not hidden, not the __MACOSX folder of resource
+    forks that macOS's zip adds beside the archive's folders (its '._x.jpg' files are not images)."""
+    return path.is_dir() and not path.name.startswith(".") and path.name != "__MACOSX"
+
+
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RszError(f"{root}: not a folder of class folders")
-    return sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
-    )
+    return sorted((p for p in root.iterdir() if is_data_folder(p)), key=lambda p: p.name)
 
 
 def _images_in(folder: Path) -> list[str]:

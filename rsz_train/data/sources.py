@@ -107,9 +107,7 @@ def is_rsz_layout(data_dir: Path) -> bool:
 
 def _holds_class_folders(folder: Path) -> bool:
     """Some subfolder of `folder` holds image files directly."""
-    return any(
-        sub.is_dir() and not sub.name.startswith(".") and formats._images_in(sub) for sub in folder.iterdir()
-    )
+    return any(formats.is_data_folder(sub) and formats._images_in(sub) for sub in folder.iterdir())
 
 
 def class_folder_root(data_dir: Path) -> Path:
@@ -118,7 +116,7 @@ def class_folder_root(data_dir: Path) -> Path:
         raise RszError(f"{data_dir}: data folder not found")
     if _holds_class_folders(data_dir):
         return data_dir
-    subs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    subs = [p for p in data_dir.iterdir() if formats.is_data_folder(p)]
     candidates = [p for p in subs if _holds_class_folders(p)]
     if len(candidates) == 1:
         return candidates[0]

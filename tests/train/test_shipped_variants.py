@@ -1,0 +1,62 @@
+"""Public data sets in the variants users get them: zips unpacked on macOS, MATLAB v7.3 files, Windows text
+files, caption JSONs beside their image folder. Each reads, or fails with one line naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from rsz_train.cli import main
+from rsz_train.data.sources import DataOptions, load_dataset
+
+AID_CLASSES = ["Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center"]
+TINY_YAML = (
+    "train:\n  image_size: 32\n  epochs: 1\n  batch_size: 32\n  eval_batch_size: 128\n  warmup_epochs: 1\n"
+)
+APPLEDOUBLE = b"\x00\x05\x16\x07" + b"\x00" * 60  # the header of a macOS '._x.jpg' resource-fork file
+
+
+def _image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (32, 32)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def _aid_unzipped_on_a_mac(root: Path) -> Path:
+    """AID's class folders (capitalised names, .jpg) with what a macOS zip and Windows add: __MACOSX/ of
+    '._' files beside them, Thumbs.db and desktop.ini inside, a readme.txt at the root; one tile 31 px high
+    (as some of UCM's are 247 x 256)."""
+    rng = np.random.default_rng(0)
+    for name in AID_CLASSES:
+        for i in range(5):
+            _image(root / name / f"{name.lower()}_{i + 1}.jpg", rng, (32, 31) if i == 2 else (32, 32))
+            (root / "__MACOSX" / name).mkdir(parents=True, exist_ok=True)
+            (root / "__MACOSX" / name / f"._{name.lower()}_{i + 1}.jpg").write_bytes(APPLEDOUBLE)
+        (root / name / "Thumbs.db").write_bytes(b"\x00" * 16)
+        (root / name / "desktop.ini").write_text("[.ShellClassInfo]\r\n")
+    (root / "readme.txt").write_text("AID: Aerial Image Dataset\r\n")
+    return root
+
+
+def test_a_zip_unpacked_on_a_mac_trains_on_its_class_folders_only(tmp_path):
+    """__MACOSX/ beside AID's class folders was taken for a class folder: "no images in class folder"."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    data, _ = load_dataset(root, DataOptions())
+    assert data.class_names == sorted(AID_CLASSES) and len(data.image_paths) == 5 * len(AID_CLASSES)
+    # also one level up, where the archive unpacked into its own folder next to __MACOSX/
+    (tmp_path / "unpacked" / "__MACOSX" / "AID").mkdir(parents=True)
+    (tmp_path / "unpacked" / "__MACOSX" / "AID" / "._readme.txt").write_bytes(APPLEDOUBLE)
+    root.rename(tmp_path / "unpacked" / "AID")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML + "model:\n  semantic_source: sentence\n")
+    result = CliRunner().invoke(
+        main,
+        ["mcfa", "--data", str(tmp_path / "unpacked"), "--unseen", "2", "--config", str(config),
+         "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"]["root"] == str(tmp_path / "unpacked" / "AID")
