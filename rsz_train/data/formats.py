@@ -579,6 +579,25 @@ def _strings(value) -> list[str]:
     return out
 
 
+def load_mat(path: Path, variable_names: list[str] | None = None) -> dict:
+    """A MATLAB .mat file's variables (scipy.io.loadmat), or a one-line error naming the file."""
+    from scipy.io import loadmat  # training-side dependency
+
+    try:
+        return loadmat(str(path), variable_names=variable_names)
+    except FileNotFoundError:
+        raise RszError(f"{path}: file not found") from None
+    except NotImplementedError:
+        # scipy's only NotImplementedError here: MATLAB's -v7.3 format (HDF5), which scipy cannot read and
+        # MATLAB picks for variables over 2 GB; its own message suggests h5py, which rsz does not read with
+        raise RszError(
+            f"{path}: a MATLAB v7.3 (HDF5) .mat file, which rsz cannot read; re-save it in MATLAB with "
+            f"S = load('{path.name}'); save('{path.name}', '-struct', 'S', '-v7')"
+        ) from None
+    except Exception as err:  # noqa: BLE001 (scipy raises several types for a file that is not a .mat)
+        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+
+
 @dataclass
 class ImageList:
     """The image order a DSVA splits .mat indexes: `image_files` (and 1-based `labels`, into the splits
@@ -592,17 +611,12 @@ class ImageList:
 def read_image_list(path: str | Path) -> ImageList:
     """`image_files` and, when present, `labels` of a .mat (only those variables are read: a features
     .mat also holds a large `features` matrix the split does not need)."""
-    from scipy.io import loadmat  # training-side dependency
-
     path = Path(path)
     if not path.is_file():
         raise RszError(
             f"{path}: file not found (--image-list: a .mat with image_files, like DSVA's res101.mat)"
         )
-    try:
-        mat = loadmat(str(path), variable_names=["image_files", "labels"])
-    except Exception as err:  # scipy raises several types for a file that is not a .mat
-        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+    mat = load_mat(path, ["image_files", "labels"])
     if "image_files" not in mat:
         raise RszError(
             f"{path}: missing key 'image_files' (--image-list: the features .mat, like res101.mat)"
@@ -646,15 +660,8 @@ def read_dsva_mat(
     test list, in both test lists, or an image of a non-seen class in test_seen_loc. train_zsl_loc and
     test_seen_loc overlap by design (train_zsl = train_gzsl + test_seen); test_seen is then held out.
     """
-    from scipy.io import loadmat  # training-side dependency
-
     path = Path(path)
-    try:
-        mat = loadmat(str(path))
-    except FileNotFoundError:
-        raise RszError(f"{path}: file not found") from None
-    except Exception as err:  # scipy raises several types for a file that is not a .mat
-        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+    mat = load_mat(path)
     suffix = _dsva_suffix(path, mat, split_id)
     for key in ("att", "allclasses_names"):
         if key not in mat:

@@ -350,12 +350,7 @@ def _attach_matrix(data: SceneData, att: np.ndarray, path: Path) -> None:
 def dsva_split_ids(path: Path, split_id: str | None) -> list[str | None]:
     if split_id != "all":
         return [split_id]
-    from scipy.io import loadmat
-
-    try:
-        keys = loadmat(str(path)).keys()
-    except Exception as err:  # noqa: BLE001 (scipy raises several types for a file that is not a .mat)
-        raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__})") from None
+    keys = formats.load_mat(path).keys()
     ids = sorted(
         (k[len("test_unseen_loc_") :] for k in keys if k.startswith("test_unseen_loc_")), key=_id_key
     )

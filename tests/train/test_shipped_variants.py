@@ -60,3 +60,27 @@ def test_a_zip_unpacked_on_a_mac_trains_on_its_class_folders_only(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"]["root"] == str(tmp_path / "unpacked" / "AID")
+
+
+def _matlab_v73_file(path: Path) -> Path:
+    """What MATLAB's save -v7.3 writes: a 512-byte MAT header (version 0x0200, 'IM') before an HDF5 file."""
+    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Wed Dec  2 10:00:00 2026 HDF5 schema 1.00 ."
+    header = text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
+    path.write_bytes(header.ljust(512, b"\x00") + b"\x89HDF\r\n\x1a\n" + b"\x00" * 504)
+    return path
+
+
+def test_a_matlab_v73_file_is_one_line_saying_to_resave_it_as_v7(tmp_path):
+    """scipy cannot read v7.3 (HDF5) files, and its message suggested h5py, which rsz does not use."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    splits = _matlab_v73_file(tmp_path / "ann_attr_finetune_4_splits.mat")
+    features = _matlab_v73_file(tmp_path / "res101.mat")
+    for extra in ([], ["--split-id", "all"], ["--image-list", str(features)]):
+        mat = features if extra[:1] == ["--image-list"] else splits
+        result = CliRunner().invoke(
+            main,
+            ["dsva", "--data", str(root), "--split-file", str(splits), *extra, "--out", str(tmp_path / "r")],
+        )
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{mat}: a MATLAB v7.3 (HDF5) .mat file" in result.output
+        assert f"save('{mat.name}', '-struct', 'S', '-v7')" in result.output and "h5py" not in result.output
