@@ -41,7 +41,8 @@ from rsz_train.data.formats import SceneData, Split
 
 MCFA_KINDS = ("seen", "unseen", "test_seen")  # file stems <kind>_class_loc_<ratio>_<id>.txt
 SORTED_IMAGE_ORDER = "sorted class folders and file names"  # a DSVA .mat's indices without image_files
-IMAGE_FOLDERS = ("", "images", "imgs", "Images")  # where a caption JSON's filenames may live under --data
+# where a caption JSON's filenames may live under --data, first; then any other folder in it (RSICD_images/)
+IMAGE_FOLDERS = ("", "images", "imgs", "Images")
 VAL_CAPTION_HOLDOUT = 0.1  # of the training images, when a caption data set has no val captions
 
 
@@ -181,9 +182,14 @@ def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
     if not entries:
         raise RszError(f"{captions_file}: no images")
     first = next(iter(entries))
-    root = next((data_dir / sub for sub in IMAGE_FOLDERS if (data_dir / sub / first).is_file()), None)
+    others = sorted(
+        p.name for p in data_dir.iterdir() if formats.is_data_folder(p) and p.name not in IMAGE_FOLDERS
+    )
+    root = next(
+        (data_dir / sub for sub in [*IMAGE_FOLDERS, *others] if (data_dir / sub / first).is_file()), None
+    )
     if root is None:
-        raise RszError(f"{captions_file}: image {first!r} not found under {data_dir} (or its images/, imgs/)")
+        raise RszError(f"{captions_file}: image {first!r} not found under {data_dir} nor in any folder in it")
     for filename in entries:
         if not (root / filename).is_file():
             raise RszError(f"{captions_file}: image {filename!r} not found under {root}")

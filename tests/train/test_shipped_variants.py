@@ -84,3 +84,36 @@ def test_a_matlab_v73_file_is_one_line_saying_to_resave_it_as_v7(tmp_path):
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
         assert f"{mat}: a MATLAB v7.3 (HDF5) .mat file" in result.output
         assert f"save('{mat.name}', '-struct', 'S', '-v7')" in result.output and "h5py" not in result.output
+
+
+def _rsicd(root: Path) -> Path:
+    """RSICD as it ships: dataset_rsicd.json beside RSICD_images/ ('airport_1.jpg', and numbered '00010.jpg'
+    ones); sentences with raw and tokens, some repeated five times as in the real file."""
+    rng = np.random.default_rng(1)
+    images = []
+    names = [f"{c}_{i}.jpg" for c in ("airport", "bareland", "beach") for i in range(1, 9)] + ["00010.jpg"]
+    for k, name in enumerate(names):
+        _image(root / "RSICD_images" / name, rng)
+        raw = f"many buildings are near tile {k} ."
+        sentence = {"tokens": raw.split()[:-1], "raw": raw, "imgid": k, "sentid": 5 * k}
+        split = "test" if k % 5 == 0 else "val" if k % 5 == 1 else "train"
+        images.append({"filename": name, "imgid": k, "split": split, "sentences": [sentence] * 5})
+    captions = root / "dataset_rsicd.json"
+    captions.write_text(json.dumps({"images": images, "dataset": "rsicd"}))
+    return captions
+
+
+def test_rsicd_trains_from_its_rsicd_images_folder(tmp_path):
+    """RSICD's images are in RSICD_images/, which was not looked in: "image 'airport_1.jpg' not found"."""
+    captions = _rsicd(tmp_path / "RSICD")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    result = CliRunner().invoke(
+        main,
+        ["msa", "--data", str(tmp_path / "RSICD"), "--captions", str(captions), "--config", str(config),
+         "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"]["root"] == str(tmp_path / "RSICD" / "RSICD_images")
+    assert report["data"]["validation"] == "val captions of the caption file"
