@@ -649,12 +649,13 @@ def read_dsva_mat(
 ) -> tuple[Split, np.ndarray]:
     """DSVA's ann_attr_finetune_*_splits.mat -> (Split, att [C, A] in data.class_names order).
 
-    The file holds `att` (attributes x classes), `allclasses_names` and 1-based index lists into an image
-    list: `image_list` (the features .mat's image_files, as DSVA indexes them), else the file's own
-    `image_files`, both matched to the images by "<class>/<file>", else `data.image_paths` (class folders,
-    then file names, sorted): train_zsl_loc (all seen images), train_gzsl_loc (seen images minus test_seen),
-    test_seen_loc, test_unseen_loc, each optionally suffixed `_<id>` (the random split id; the smallest
-    is used unless `split_id` says). Validation is carved by split_from_official.
+    The file holds `att` (attributes x classes; classes x attributes is taken too, unless square),
+    `allclasses_names` and 1-based index lists into an image list: `image_list` (the features .mat's
+    image_files, as DSVA indexes them), else the file's own `image_files`, both matched to the images by
+    "<class>/<file>", else `data.image_paths` (class folders, then file names, sorted): train_zsl_loc (all
+    seen images), train_gzsl_loc (seen images minus test_seen), test_seen_loc, test_unseen_loc, each
+    optionally suffixed `_<id>` (the random split id; the smallest is used unless `split_id` says).
+    Validation is carved by split_from_official.
 
     Refused (a split must never test on an image it trains on): an image in both the training list and a
     test list, in both test lists, or an image of a non-seen class in test_seen_loc. train_zsl_loc and
@@ -678,8 +679,15 @@ def read_dsva_mat(
 
     mat_names = _strings(mat["allclasses_names"])
     att = attribute_matrix(mat["att"], f"{path}: att")
-    if att.ndim != 2 or att.shape[1] != len(mat_names):
-        raise RszError(f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes")
+    if att.shape[1] != len(mat_names) and att.shape[0] == len(mat_names):
+        # classes x attributes, as a matrix re-saved from Python (one row per class) often is; a square
+        # matrix cannot tell and is read as DSVA's own files are, attributes x classes
+        att = att.T
+    if att.shape[1] != len(mat_names):
+        raise RszError(
+            f"{path}: att has shape {att.shape}, expected attributes x {len(mat_names)} classes "
+            "(the classes of allclasses_names)"
+        )
     column = {class_name_key(n): i for i, n in enumerate(mat_names)}
     order = []
     for c in data.class_names:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 from PIL import Image
+from scipy.io import savemat
 
 from rsz_train.cli import main
-from rsz_train.data.sources import DataOptions, load_dataset
+from rsz_train.data.sources import DataOptions, load_dataset, resolve_splits
 
 AID_CLASSES = ["Airport", "BareLand", "BaseballField", "Beach", "Bridge", "Center"]
 TINY_YAML = (
@@ -117,3 +118,34 @@ def test_rsicd_trains_from_its_rsicd_images_folder(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"]["root"] == str(tmp_path / "RSICD" / "RSICD_images")
     assert report["data"]["validation"] == "val captions of the caption file"
+
+
+def test_a_dsva_att_saved_classes_by_attributes_is_read_as_the_same_matrix(tmp_path):
+    """att as classes x attributes (one row per class, as numpy code saves it) was refused as a bad shape;
+    it is the same matrix as DSVA's attributes x classes. allclasses_names as a char matrix (MATLAB's
+    char(...), padded with spaces) names the same classes as a cell array."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    data, _ = load_dataset(root, DataOptions())
+    att = np.random.default_rng(2).random((4, len(AID_CLASSES)))  # 4 attributes x 6 classes
+    unseen = {"Beach", "Center"}
+    locs = {"train_gzsl_loc": [], "test_seen_loc": [], "test_unseen_loc": []}
+    for i, label in enumerate(data.labels):
+        key = (
+            "test_unseen_loc"
+            if data.class_names[label] in unseen
+            else ("test_seen_loc" if i % 5 == 0 else "train_gzsl_loc")
+        )
+        locs[key].append([i + 1])
+    matrices = []
+    for name, matrix, names in [
+        ("cell.mat", att, np.array([[n] for n in data.class_names], dtype=object)),
+        ("rows.mat", att.T, np.array(data.class_names)),  # char matrix
+    ]:
+        savemat(str(tmp_path / name), {"att": matrix, "allclasses_names": names, **locs})
+        options = DataOptions(split_file=str(tmp_path / name))
+        data, layout = load_dataset(root, options)
+        [(split, _)] = resolve_splits(root, data, layout, options)
+        assert split.unseen == sorted(unseen)
+        matrices.append(data.attribute_matrix)
+    np.testing.assert_allclose(matrices[0], att.T.astype(np.float32))
+    np.testing.assert_array_equal(matrices[0], matrices[1])
