@@ -15,6 +15,7 @@ Every problem with a file raises a one-line RszError that names the file and wha
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -188,14 +189,23 @@ def load_benchmark(data_dir: str | Path) -> SceneData:
 
 
 def _read_text(path: Path) -> str:
+    """A text file in UTF-8 (a BOM tolerated), or UTF-16 with a BOM: what Windows PowerShell's `>` and
+    Notepad's "Unicode" write, as for class files (rsz_infer.classfile)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RszError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise RszError(f"{path}: not valid UTF-8") from None
     except OSError as err:
         raise RszError(f"{path}: cannot read ({err.strerror})") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise RszError(f"{path}: not valid UTF-16") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RszError(f"{path}: not valid UTF-8") from None
 
 
 def inside_folder(rel: str) -> bool:

@@ -149,3 +149,31 @@ def test_a_dsva_att_saved_classes_by_attributes_is_read_as_the_same_matrix(tmp_p
         matrices.append(data.attribute_matrix)
     np.testing.assert_allclose(matrices[0], att.T.astype(np.float32))
     np.testing.assert_array_equal(matrices[0], matrices[1])
+
+
+def test_split_lists_written_by_windows_powershell_are_read(tmp_path):
+    """PowerShell's `>` writes UTF-16 with a BOM and CRLF (as a class file may be): seen.txt/unseen.txt,
+    MCFA's index files and attributes.txt so written were "not valid UTF-8"."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+
+    def powershell(path: Path, lines: list[str]) -> None:
+        path.write_bytes(("\r\n".join(lines) + "\r\n\r\n").encode("utf-16"))  # BOM, then UTF-16 LE
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    powershell(lists / "seen.txt", AID_CLASSES[:4])
+    powershell(lists / "unseen.txt", AID_CLASSES[4:])
+    attributes = tmp_path / "attributes.txt"
+    powershell(attributes, ["runway\tshape\thas a runway", "sand\tcolour\thas sand"])
+    options = DataOptions(split_file=str(lists), attributes=str(attributes))
+    data, layout = load_dataset(root, options)
+    [(split, _)] = resolve_splits(root, data, layout, options)
+    assert split.unseen == sorted(AID_CLASSES[4:]) and data.attribute_names == ["runway", "sand"]
+    mcfa = tmp_path / "gzsl_4_1split"
+    mcfa.mkdir()
+    index = {p: i for i, p in enumerate(data.image_paths)}
+    for kind, classes in (("seen", AID_CLASSES[:4]), ("unseen", AID_CLASSES[4:])):
+        rows = [str(i) for p, i in index.items() if p.split("/")[0] in classes]
+        powershell(mcfa / f"{kind}_class_loc_4_1.txt", rows)
+    [(split, _)] = resolve_splits(root, data, layout, DataOptions(split_file=str(mcfa)))
+    assert split.unseen == sorted(AID_CLASSES[4:])
