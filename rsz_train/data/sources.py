@@ -190,9 +190,10 @@ def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
     )
     if root is None:
         raise RszError(f"{captions_file}: image {first!r} not found under {data_dir} nor in any folder in it")
-    for filename in entries:
-        if not (root / filename).is_file():
-            raise RszError(f"{captions_file}: image {filename!r} not found under {root}")
+    missing = [f for f in entries if not (root / f).is_file()]
+    if missing:  # how many tells a few lost files from a JSON of another release's names
+        more = f" (+{len(missing) - 1} more of its {len(entries)} images)" if len(missing) > 1 else ""
+        raise RszError(f"{captions_file}: image {missing[0]!r} not found under {root}{more}")
     filenames = sorted(entries)
     class_names = sorted({_caption_class(f) for f in filenames})
     index = {c: i for i, c in enumerate(class_names)}

@@ -177,3 +177,18 @@ def test_split_lists_written_by_windows_powershell_are_read(tmp_path):
         powershell(mcfa / f"{kind}_class_loc_4_1.txt", rows)
     [(split, _)] = resolve_splits(root, data, layout, DataOptions(split_file=str(mcfa)))
     assert split.unseen == sorted(AID_CLASSES[4:])
+
+
+def test_caption_images_missing_on_disk_are_counted_in_the_one_line(tmp_path):
+    """A JSON whose names do not all match the images (RSICD's have been renamed in some copies) named the
+    first missing image only: one lost file and a JSON of other names read alike."""
+    captions = _rsicd(tmp_path / "RSICD")
+    for name in ("airport_3.jpg", "beach_8.jpg", "00010.jpg"):
+        (tmp_path / "RSICD" / "RSICD_images" / name).unlink()
+    result = CliRunner().invoke(
+        main,
+        ["msa", "--data", str(tmp_path / "RSICD"), "--captions", str(captions), "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "image 'airport_3.jpg' not found under" in result.output
+    assert result.output.rstrip().endswith("RSICD_images (+2 more of its 25 images)")
