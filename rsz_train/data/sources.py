@@ -26,6 +26,7 @@ split file and its sha256, the image order a .mat's indices follow).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import sys
@@ -419,7 +420,7 @@ def _read_indices(path: Path, count: int) -> list[int]:
         text = line.strip()
         if not text:
             continue
-        value = int(float(text)) if re.fullmatch(r"\d+(\.0*)?", text) else None  # "12" or "12.0"
+        value = _whole_number(text)  # "12", "12.0", or np.savetxt's default "1.200000000000000000e+01"
         if value is None or not 0 <= value < count:
             raise RszError(
                 f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}"
@@ -431,6 +432,13 @@ def _read_indices(path: Path, count: int) -> list[int]:
     if not out:
         raise RszError(f"{path}: no image indices")
     return out
+
+
+def _whole_number(text: str) -> int | None:
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        return None
+    value = float(text)
+    return int(value) if math.isfinite(value) and value == int(value) else None
 
 
 def read_mcfa_split(files: dict[str, Path], data: SceneData, name: str, seed: int = 0) -> Split:

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 from scipy.io import savemat
 
+from rsz_infer.errors import RszError
 from rsz_train.cli import main
 from rsz_train.data.sources import DataOptions, load_dataset, resolve_splits
 
@@ -192,3 +194,25 @@ def test_caption_images_missing_on_disk_are_counted_in_the_one_line(tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "image 'airport_3.jpg' not found under" in result.output
     assert result.output.rstrip().endswith("RSICD_images (+2 more of its 25 images)")
+
+
+def test_mcfa_index_files_written_by_numpy_savetxt_are_read(tmp_path):
+    """np.savetxt's default format writes index 12 as '1.200000000000000000e+01': refused as not an index."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    data, layout = load_dataset(root, DataOptions())
+    folder = tmp_path / "gzsl_4_1split"
+    folder.mkdir()
+    unseen = {"Bridge", "Center"}
+    rows = {"seen": [], "test_seen": [], "unseen": []}
+    for i, label in enumerate(data.labels):
+        kind = "unseen" if data.class_names[label] in unseen else ("test_seen" if i % 5 == 4 else "seen")
+        rows[kind].append(i)
+    for kind, values in rows.items():
+        np.savetxt(folder / f"{kind}_class_loc_4_1.txt", np.array(values, dtype=float))
+    [(split, _)] = resolve_splits(root, data, layout, DataOptions(split_file=str(folder)))
+    assert split.unseen == sorted(unseen) and len(split.test_unseen) == len(rows["unseen"])
+    (folder / "seen_class_loc_4_1.txt").write_text("1.5e+00\n")
+    with pytest.raises(
+        RszError, match=r"seen_class_loc_4_1.txt:1: expected a 0-based image index .* '1.5e\+00'"
+    ):
+        resolve_splits(root, data, layout, DataOptions(split_file=str(folder)))
