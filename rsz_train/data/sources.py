@@ -422,8 +422,10 @@ def _read_indices(path: Path, count: int) -> list[int]:
             continue
         value = _whole_number(text)  # "12", "12.0", or np.savetxt's default "1.200000000000000000e+01"
         if value is None or not 0 <= value < count:
+            # one past the last image: the file counts from 1 and every index would name the next image
+            hint = " (the file may be 1-based, as DSVA's .mat indices are)" if value == count else ""
             raise RszError(
-                f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}"
+                f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}{hint}"
             )
         if value in line_of:
             raise RszError(f"{path}:{number}: image index {value} is already on line {line_of[value]}")

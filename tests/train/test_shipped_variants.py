@@ -216,3 +216,16 @@ def test_mcfa_index_files_written_by_numpy_savetxt_are_read(tmp_path):
         RszError, match=r"seen_class_loc_4_1.txt:1: expected a 0-based image index .* '1.5e\+00'"
     ):
         resolve_splits(root, data, layout, DataOptions(split_file=str(folder)))
+
+
+def test_a_one_based_mcfa_index_file_is_named_as_such(tmp_path):
+    """Indices counted from 1 reach one past the last image: "expected 0..29, got '30'" did not say why."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    data, layout = load_dataset(root, DataOptions())
+    folder = tmp_path / "zsl_4_1split"
+    folder.mkdir()
+    for kind, classes in (("seen", AID_CLASSES[:4]), ("unseen", AID_CLASSES[4:])):
+        rows = [i + 1 for i, p in enumerate(data.image_paths) if p.split("/")[0] in classes]
+        (folder / f"{kind}_class_loc_4_1.txt").write_text("".join(f"{v}\r\n" for v in rows))
+    with pytest.raises(RszError, match=r"unseen_class_loc_4_1.txt:10: .* got '30' \(the file may be 1-based"):
+        resolve_splits(root, data, layout, DataOptions(split_file=str(folder)))
