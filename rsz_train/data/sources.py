@@ -424,6 +424,8 @@ def _read_indices(path: Path, count: int) -> list[int]:
         if value is None or not 0 <= value < count:
             # one past the last image: the file counts from 1 and every index would name the next image
             hint = " (the file may be 1-based, as DSVA's .mat indices are)" if value == count else ""
+            if value is None and re.search(r"[^\W\d]", text):  # letters: a class name or a file name
+                hint = " (a split by class names is a folder of seen.txt and unseen.txt)"
             raise RszError(
                 f"{path}:{number}: expected a 0-based image index in 0..{count - 1}, got {text[:40]!r}{hint}"
             )
@@ -490,7 +492,12 @@ def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
         for name in formats.read_class_list(path):
             folder_name = folder_of.get(class_name_key(name))
             if folder_name is None:
-                raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root})")
+                hint = (
+                    "; a split by image indices is MCFA's seen_class_loc_<ratio>_<id>.txt"
+                    if re.fullmatch(r"\d+", name)
+                    else ""
+                )
+                raise RszError(f"{path}: unknown class {name!r} (not a class folder of {data.root}{hint})")
             if folder_name in names:  # 'Airplane' and 'airplane' name one folder: its images twice
                 raise RszError(f"{path}: class {name!r} is listed twice (class folder {folder_name!r})")
             names.append(folder_name)

@@ -229,3 +229,24 @@ def test_a_one_based_mcfa_index_file_is_named_as_such(tmp_path):
         (folder / f"{kind}_class_loc_4_1.txt").write_text("".join(f"{v}\r\n" for v in rows))
     with pytest.raises(RszError, match=r"unseen_class_loc_4_1.txt:10: .* got '30' \(the file may be 1-based"):
         resolve_splits(root, data, layout, DataOptions(split_file=str(folder)))
+
+
+def test_class_names_and_image_indices_in_the_other_split_format_say_which_format_fits(tmp_path):
+    """Class names in MCFA's index files, or image indices in seen.txt: each error said only "expected an
+    index" or "unknown class '0'", not that the other split format holds what the file does."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    data, layout = load_dataset(root, DataOptions())
+    mcfa = tmp_path / "zsl_4_1split"
+    mcfa.mkdir()
+    (mcfa / "seen_class_loc_4_1.txt").write_text("\ufeffAirport\r\nBareLand\r\n")
+    (mcfa / "unseen_class_loc_4_1.txt").write_text("Center\r\n")
+    with pytest.raises(
+        RszError, match=r"got 'Airport' \(a split by class names is a folder of seen.txt and un"
+    ):
+        resolve_splits(root, data, layout, DataOptions(split_file=str(mcfa)))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "seen.txt").write_text("0\n1\n2\n")
+    (lists / "unseen.txt").write_text("5\n")
+    with pytest.raises(RszError, match=r"seen.txt: unknown class '0' .*; a split by image indices is MCFA's"):
+        resolve_splits(root, data, layout, DataOptions(split_file=str(lists)))
