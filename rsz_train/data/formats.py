@@ -854,7 +854,7 @@ def read_karpathy(path: str | Path) -> dict[str, tuple[str, list[str]]]:
     """Karpathy caption JSON -> filename -> (split, raw sentences).
 
     Filenames are joined to `filepath` when an entry has one. Splits: train, val, test ("restval" counts
-    as train). An image may have any number (>= 1) of sentences.
+    as train). An image may have any number (>= 1) of sentences; one without `raw` text is its `tokens`.
     """
     path = Path(path)
     try:
@@ -888,8 +888,15 @@ def read_karpathy(path: str | Path) -> dict[str, tuple[str, list[str]]]:
         raws = []
         for s in sentences:
             raw = s.get("raw") if isinstance(s, dict) else None
+            tokens = s.get("tokens") if isinstance(s, dict) else None
+            if (not isinstance(raw, str) or not raw.strip()) and isinstance(tokens, list) and tokens:
+                # Karpathy's tokens are the raw text lower-cased, split, punctuation dropped: files that
+                # keep only them (or an empty raw) still caption the image
+                raw = " ".join(str(t) for t in tokens)
             if not isinstance(raw, str) or not raw.strip():
-                raise RszError(f"{path}: images[{k}] ({filename}) has a sentence without 'raw' text")
+                raise RszError(
+                    f"{path}: images[{k}] ({filename}) has a sentence without 'raw' text or 'tokens'"
+                )
             raws.append(raw.strip())
         if filename in out:
             raise RszError(f"{path}: image {filename!r} is listed twice")

@@ -250,3 +250,21 @@ def test_class_names_and_image_indices_in_the_other_split_format_say_which_forma
     (lists / "unseen.txt").write_text("5\n")
     with pytest.raises(RszError, match=r"seen.txt: unknown class '0' .*; a split by image indices is MCFA's"):
         resolve_splits(root, data, layout, DataOptions(split_file=str(lists)))
+
+
+def test_caption_sentences_with_tokens_and_no_raw_text_are_read_from_their_tokens(tmp_path):
+    """A Karpathy JSON that keeps only `tokens` (or an empty `raw`) stopped training at its first sentence."""
+    captions = _rsicd(tmp_path / "RSICD")
+    doc = json.loads(captions.read_text())
+    for entry in doc["images"]:
+        entry["sentences"] = [{"tokens": s["tokens"], "imgid": s["imgid"]} for s in entry["sentences"]]
+    doc["images"][3]["sentences"][0]["raw"] = ""
+    captions.write_text(json.dumps(doc))
+    data, _ = load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    assert data.captions["airport_1.jpg"][0] == "many buildings are near tile 0"
+    doc["images"][3]["sentences"][0]["tokens"] = []
+    captions.write_text(json.dumps(doc))
+    with pytest.raises(
+        RszError, match=r"images\[3\] \(airport_4.jpg\) has a sentence without 'raw' text or 'tok"
+    ):
+        load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
