@@ -125,7 +125,15 @@ def class_folder_root(data_dir: Path) -> Path:
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates[:3])
         raise RszError(f"{data_dir}: several folders of class folders ({names}); give one as --data")
-    raise RszError(f"{data_dir}: no class folders with images (expected ROOT/<class_name>/<image files>)")
+    # an archive's folder one level further down (UCMerced_LandUse/Images/ of the folder it unzipped
+    # into): named, not guessed, since a folder of downloads may hold several data sets
+    deeper = sorted(
+        q for p in subs for q in p.iterdir() if formats.is_data_folder(q) and _holds_class_folders(q)
+    )
+    hint = f"; try --data {deeper[0].parent} (its {deeper[0].name}/ holds class folders)" if deeper else ""
+    raise RszError(
+        f"{data_dir}: no class folders with images (expected ROOT/<class_name>/<image files>){hint}"
+    )
 
 
 def _apply_classes_file(data: SceneData, path: Path) -> None:

@@ -268,3 +268,19 @@ def test_caption_sentences_with_tokens_and_no_raw_text_are_read_from_their_token
         RszError, match=r"images\[3\] \(airport_4.jpg\) has a sentence without 'raw' text or 'tok"
     ):
         load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+
+
+def test_the_folder_ucm_unzipped_into_names_the_data_folder_inside_it(tmp_path):
+    """--data on the folder UCMerced_LandUse.zip unpacked into (UCMerced_LandUse/Images/<class>/ and
+    __MACOSX/ two levels down) said only "no class folders", not which folder to give."""
+    rng = np.random.default_rng(3)
+    for name in ("agricultural", "airplane", "beach"):
+        _image(tmp_path / "unzipped" / "UCMerced_LandUse" / "Images" / name / f"{name}00.tif", rng)
+        (tmp_path / "unzipped" / "__MACOSX" / "UCMerced_LandUse" / "Images" / name).mkdir(parents=True)
+    with pytest.raises(RszError) as error:
+        load_dataset(tmp_path / "unzipped", DataOptions())
+    assert str(error.value).endswith(
+        f"; try --data {tmp_path / 'unzipped' / 'UCMerced_LandUse'} (its Images/ holds class folders)"
+    )
+    data, _ = load_dataset(tmp_path / "unzipped" / "UCMerced_LandUse", DataOptions())
+    assert data.class_names == ["agricultural", "airplane", "beach"]
