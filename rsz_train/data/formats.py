@@ -599,10 +599,19 @@ def load_mat(path: Path, variable_names: list[str] | None = None) -> dict:
         raise RszError(f"{path}: file not found") from None
     except NotImplementedError:
         # scipy's only NotImplementedError here: MATLAB's -v7.3 format (HDF5), which scipy cannot read and
-        # MATLAB picks for variables over 2 GB; its own message suggests h5py, which rsz does not read with
+        # MATLAB needs for variables over 2 GB; its own message suggests h5py, which rsz does not read with
+        if variable_names is None:
+            command = f"S = load('{path.name}'); save('{path.name}', '-struct', 'S', '-v7')"
+        else:  # only these into a new file: the rest (a features matrix) may be too large for -v7
+            names = ", ".join(f"'{n}'" for n in variable_names)
+            new_name = f"{path.stem}_v7.mat"
+            command = (
+                f"S = load('{path.name}', {names}); save('{new_name}', '-struct', 'S', '-v7'), "
+                f"and pass {new_name}"
+            )
         raise RszError(
             f"{path}: a MATLAB v7.3 (HDF5) .mat file, which rsz cannot read; re-save it in MATLAB with "
-            f"S = load('{path.name}'); save('{path.name}', '-struct', 'S', '-v7')"
+            + command
         ) from None
     except Exception as err:  # noqa: BLE001 (scipy raises several types for a file that is not a .mat)
         raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
