@@ -54,8 +54,8 @@ from rsz_infer.images import (
     tiff_page,
     tile_from_record,
 )
-from rsz_infer.index_journal import IndexJournal, PendingRows, journal_folder, read_journal, remove_journal
-from rsz_infer.locking import OutputLock
+from rsz_infer.index_journal import IndexJournal, PendingRows, journal_left, read_journal, remove_journal
+from rsz_infer.locking import OutputLock, is_locked
 from rsz_infer.outputs import atomic_write, render_errors
 from rsz_infer.pipeline import gsd_note, resolve_gsd, run_log_engine
 from rsz_infer.preprocess import to_model_input
@@ -357,6 +357,12 @@ def fold_in_journal(
     return Index.load(out) if keep else old
 
 
+def _journal_state(folder: Path, pending: Path) -> str:
+    if is_locked(folder):
+        return "an index call is adding tiles to it right now"
+    return f"a stopped index call left tiles in {pending} (run that index call again to add them)"
+
+
 def journal_header(
     manifest: Manifest, sha: str, model: Path, tile_options: TileOptions, made_with: dict
 ) -> dict:
@@ -500,12 +506,9 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
     if method not in ANN_METHODS:
         raise RszError(f"--search-method {method}: expected one of {', '.join(ANN_METHODS)}")
     for source in map(Path, sources):
-        pending = journal_folder(source)
-        if (pending / "header.json").is_file():  # its tiles are in no index yet: the merge would lack them
-            raise RszError(
-                f"{source}: a stopped index call left tiles in {pending}; run that index call again to "
-                "finish it, then merge"
-            )
+        pending = journal_left(source)
+        if pending is not None:  # its tiles are in no index yet: the merge would lack them
+            raise RszError(f"{source}: {_journal_state(source, pending)}; merge when it has finished")
     indexes = [Index.open(source) for source in sources]
     first = indexes[0]
     for index in indexes[1:]:
@@ -707,11 +710,9 @@ def search_index(
         raise RszError("search: give exactly one of --text or --image")
     if k < 1:
         raise RszError(f"-k {k}: must be at least 1")
-    if (journal_folder(index.folder) / "header.json").is_file():
-        warn(
-            f"{index.folder}: a stopped index call left tiles in {journal_folder(index.folder)} that this "
-            "search cannot find; run that index call again to add them"
-        )
+    pending = journal_left(index.folder)
+    if pending is not None and not is_locked(index.folder):  # a running append is no news
+        warn(f"{index.folder}: {_journal_state(index.folder, pending)}; this search cannot find those tiles")
     if index.embeddings.shape[0] == 0:
         return []
     model, manifest = _model_of(index, model)

@@ -1,7 +1,8 @@
 """The tiles an `rsz-infer index` call has embedded but not yet written into its index folder.
 
 An index folder is rewritten once, at the end of a call (index._write_index_folder swaps a whole new folder
-in). Until then each batch is appended to a journal beside it, `.OUT.pending/`, and fsync'd, so a call
+in). Until then each batch is appended to a journal beside it, `.OUT.pending/` (flushed per batch, fsync'd
+by outputs.DiskSync), so a call
 killed with no chance to save (kill -9, the OOM killer, a power cut) loses at most the batch in flight: the
 next `index` call on the same --out folds the journal into the index first (index.open_index_job) and skips
 its tiles. A call that ends (also by Ctrl-C or SIGTERM) writes the index and removes the journal.
@@ -18,15 +19,15 @@ Nothing here is unpickled: JSON and raw float32, each checked as an index's own 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from rsz_infer.errors import RszError
-from rsz_infer.outputs import atomic_write
+from rsz_infer.outputs import DiskSync, atomic_write
 from rsz_infer.trust import check_finite, check_regular_file, read_index_info, read_tile_rows
 
 FLOAT = np.dtype("<f4")
@@ -53,7 +54,8 @@ class IndexJournal:
     def __init__(self, out: Path, header: dict) -> None:
         self.folder = journal_folder(out)
         self.header = header
-        self._files: dict[str, object] = {}
+        self._files: dict[str, IO] = {}
+        self._sync = DiskSync()
 
     def append(self, tiles: list[dict], embeddings: np.ndarray, scales: np.ndarray | None) -> None:
         if not tiles:
@@ -68,6 +70,7 @@ class IndexJournal:
             self._write(
                 "tiles.jsonl", "".join(json.dumps(t) + "\n" for t in tiles).encode("utf-8", "surrogateescape")
             )
+            self._sync.after_batch(self._files.values())
         except OSError as err:  # a full disk: the batches before stay in the journal for the next call
             raise RszError(f"{self.folder}: cannot write the index journal ({err.strerror or err})") from None
 
@@ -82,10 +85,13 @@ class IndexJournal:
     def _write(self, name: str, data: bytes) -> None:
         f = self._files[name]
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        f.flush()  # in the OS now: a killed process keeps it (fsync: DiskSync, after the whole batch)
 
     def close(self) -> None:
+        try:
+            self._sync.now(self._files.values())
+        except OSError:  # what was written stays for the next call; this call's own end reports problems
+            pass
         for f in self._files.values():
             f.close()
         self._files = {}
@@ -97,7 +103,16 @@ class IndexJournal:
 
 
 def remove_journal(folder: Path) -> None:
+    """header.json goes first, in one step: a kill during the rest leaves files no reader takes for a
+    journal (read_journal, journal_left) and that the next journal's folder replaces."""
+    (folder / "header.json").unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def journal_left(out: Path) -> Path | None:
+    """The journal beside `out` when there is one (a call is writing it, or one was stopped), else None."""
+    folder = journal_folder(out)
+    return folder if (folder / "header.json").is_file() else None
 
 
 def read_journal(out: Path) -> PendingRows | None:
@@ -132,9 +147,13 @@ def _rows(path: Path, count: int, shape: list[int]) -> np.ndarray:
     if count == 0:
         return np.zeros((0, *shape), np.float32)
     check_regular_file(path)
+    if not path.is_file():
+        raise RszError(f"{path}: missing, for {count} tiles (a damaged journal; delete {path.parent})")
     flat = np.fromfile(path, dtype=FLOAT)
     if flat.size < count * size:
-        raise RszError(f"{path}: {flat.size // size} rows for {count} tiles (a damaged journal; delete it)")
+        raise RszError(
+            f"{path}: {flat.size // size} rows for {count} tiles (a damaged journal; delete {path.parent})"
+        )
     rows = flat[: count * size].reshape(count, *shape).astype(np.float32)
     check_finite(rows, path)
     return rows

@@ -18,6 +18,22 @@ def lock_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.lock")
 
 
+def is_locked(target: Path | str) -> bool:
+    """True while an OutputLock on `target` is held (by any process)."""
+    path = lock_path(Path(target))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: nobody holds it
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock taken just to look
+    return False
+
+
 class OutputLock:
     """Held from construction to release() (or the end of a `with` block); the lock file goes with it.
 

@@ -18,6 +18,7 @@ import pytest
 
 from rsz_infer.cli import main
 from rsz_infer.index import Index
+from rsz_infer.locking import OutputLock
 
 from .helpers import write_geotiff
 from .test_label import run_cli
@@ -227,9 +228,31 @@ def test_merge_refuses_and_search_warns_of_an_append_killed_until_it_is_finished
     assert code == 2 and err.count("\n") == 1 and f"a stopped index call left tiles in {journal}" in err, err
     code, hits, err = run_cli(["search", out, "--image", small, "-k", "2"], capsys)
     assert code == 0 and len(hits.splitlines()) == 2, err  # the index answers, and says what it lacks
-    assert f"a stopped index call left tiles in {journal} that this search cannot find" in err, err
+    assert f"a stopped index call left tiles in {journal}" in err and "this search cannot find" in err, err
+    with OutputLock(out, "index call"):  # as a running append holds it: merge waits, search is quiet
+        code, _, err = run_cli(["merge", tmp_path / "merged", out], capsys)
+        assert code == 2 and "an index call is adding tiles to it right now; merge when" in err, err
+        code, _, err = run_cli(["search", out, "--image", small, "-k", "2"], capsys)
+        assert code == 0 and "cannot find" not in err, err
     tiles = [index_scene, "--out", out, "--tile-size", "8", "--batch", "256", "--quiet"]
     code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
     assert code == 0, err
     code, _, err = run_cli(["merge", tmp_path / "merged", out], capsys)
     assert code == 0 and f"{4 + WINDOWS} tiles from 1 indexes" in err, err
+
+
+def test_a_journal_cut_by_a_kill_while_it_was_removed_is_no_journal_or_one_line(
+    bundles, index_scene, tmp_path, capsys
+):
+    """remove_journal unlinks header.json first: a kill after that leaves no journal; a journal whose
+    floats are gone (a damaged one) is one line saying to delete it, not a traceback."""
+    out, journal, _ = _index_stopped_by(signal.SIGKILL, index_scene, bundles["msa"], tmp_path)
+    (journal / "embeddings.f32").unlink()
+    tiles = [index_scene, "--out", out, "--tile-size", "8", "--batch", "256", "--quiet"]
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "embeddings.f32: missing, for" in err and f"a damaged journal; delete {journal})" in err, err
+    (journal / "header.json").unlink()  # as remove_journal leaves it when killed after its first step
+    code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
+    assert code == 0 and f"{WINDOWS} tiles added" in err, err
+    assert not journal.exists()
