@@ -195,7 +195,8 @@ def discover_tiles(
     for path in named:
         for name, in_folder, problem in _expand(path, options):
             key = name if problem else _raster_key(name)
-            if key in seen:
+            page = tiff_page(name)
+            if key in seen or (page and not problem and _raster_key(page[1]) in seen):  # listed, or its file
                 continue
             seen.add(key)
             if problem is None and not is_gdal_path(name) and not Path(name).exists():
@@ -336,9 +337,17 @@ def _tiles_of_file(
 ) -> Iterator[Tile]:
     """The tiles of one file, then those of each further page of a multi-page TIFF: GDAL opens only the
     first page of such a file, and the others are images too (a stack of scans or dates). A page also named
-    as an input (`seen`, the keys of the rasters listed so far) is listed once."""
+    as an input (`seen`, the keys of the rasters listed so far) is listed once; so is its first page, which
+    is the file itself (GTIFF_DIR:1:scan.tif named before scan.tif)."""
     pages: list[str] = []
-    yield from _tiles_of_page(name, options, in_folder, pages)
+    listed = False  # its first page, named as GTIFF_DIR:1:NAME before
+    if not tiff_page(name):
+        first_page = _raster_key(f"GTIFF_DIR:1:{name}")
+        listed = first_page in seen
+        seen.add(first_page)
+    for tile in _tiles_of_page(name, options, in_folder, pages):
+        if not listed:
+            yield tile
     for page in pages:
         if _raster_key(page) not in seen:
             seen.add(_raster_key(page))
@@ -390,10 +399,10 @@ def _tiles_of_page(
             if windowed and ds.driver not in SEQUENTIAL_DRIVERS:
                 block_width, block_height, stored = _stored_block(ds, name)
                 problem = too_many_pixels(block_width, block_height, options, stored)
-            if windowed and min(ds.width, ds.height) / scale < options.min_size:
+            if not problem and windowed and min(ds.width, ds.height) / scale < options.min_size:
                 # a strip (100000 x 1 px): every window would be too thin, so the file is one row, not one
-                # per window
-                problem = too_small(ds.width, ds.height, options)
+                # per window; its size as the model would see it (--gsd)
+                problem = too_small(int(ds.width / scale), int(ds.height / scale), options)
             if problem:
                 yield Tile(id=name, path=name, problem=problem)
                 return

@@ -40,6 +40,7 @@ from rsz_infer.images import (
     list_tiles,
     local_file,
     no_tiles_found,
+    tiff_page,
 )
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import (
@@ -184,8 +185,16 @@ class Summary:
 
 
 def input_names(inputs: list) -> list[str]:
-    """The inputs as the run log records them: local paths made absolute, GDAL paths and URLs as given."""
-    return [str(p) if is_gdal_path(p) else os.path.abspath(p) for p in inputs]
+    """The inputs as the run log records them: local paths made absolute (a TIFF page's file too), GDAL
+    paths and URLs as given."""
+
+    def recorded(name: str) -> str:
+        page = tiff_page(name)
+        if page is not None and local_file(name) is not None:
+            return f"GTIFF_DIR:{page[0]}:{os.path.abspath(page[1])}"
+        return name if is_gdal_path(name) else os.path.abspath(name)
+
+    return [recorded(str(p)) for p in inputs]
 
 
 def _check_distinct_outputs(cfg: LabelConfig) -> None:

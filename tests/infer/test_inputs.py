@@ -320,6 +320,16 @@ def test_a_strip_thinner_than_the_minimum_is_one_skipped_row(bundles, class_file
     ]
     save(folder / "strip8.png", solid("red", 300)[:8])
     assert len(list(discover_tiles([folder / "strip8.png"], TileOptions()))) == 2
+    # with --gsd the size is the one the model would see: 30 px of 10 m at 40 m are 7 px
+    profile = {"driver": "GTiff", "width": 4000, "height": 30, "crs": "EPSG:32633"}
+    transform = rasterio.transform.from_origin(500000, 5000000, 10, 10)
+    with rasterio.open(
+        folder / "geo_strip.tif", "w", count=1, dtype="uint8", transform=transform, **profile
+    ) as f:
+        f.write(np.full((1, 30, 4000), 200, np.uint8))
+    assert [t.problem for t in discover_tiles([folder / "geo_strip.tif"], TileOptions(gsd=40.0))] == [
+        "image is 1000x7 px, smaller than the 8 px minimum"
+    ]
 
 
 def test_every_page_of_a_multi_page_tiff_is_labeled(bundles, class_file, tmp_path):
@@ -357,12 +367,32 @@ def test_a_page_named_beside_its_file_is_labeled_once(bundles, class_file, tmp_p
     count, as a file named twice is one tile."""
     stack = write_multi_page_tiff(tmp_path / "tiles" / "stack.tif", [solid("red"), solid("green")])
     page = f"GTIFF_DIR:2:{stack}"
-    same_page = f"GTIFF_DIR:2:{tmp_path}/./tiles/stack.tif"
-    for n, inputs in enumerate([[stack, page], [page, tmp_path / "tiles"], [page, same_page]]):
+    same_page = f"GTIFF_DIR:02:{tmp_path}/./tiles/stack.tif"
+    first_page = f"GTIFF_DIR:1:{stack}"  # page 1 is the file itself
+    cases = [
+        ([stack, page], 2),
+        ([page, tmp_path / "tiles"], 2),
+        ([page, same_page], 1),
+        ([first_page, stack], 2),
+    ]
+    for n, (inputs, pages) in enumerate(cases):
         out = tmp_path / f"labels{n}.jsonl"
         summary = _label(bundles["msa"], class_file, inputs, out)
         rows = [r["tile"] for r in read_jsonl(out)]
-        assert summary.labeled == len(rows) == len(set(rows)) == (2 if n < 2 else 1), inputs
+        assert summary.labeled == len(rows) == len(set(rows)) == pages, inputs
+
+
+def test_a_page_input_is_recorded_with_its_file_absolute(tmp_path, monkeypatch):
+    """The run log records local inputs absolute, so a --resume from another folder reads the same files:
+    a TIFF page's file too (GTIFF_DIR:2:scan.tif)."""
+    from rsz_infer.pipeline import input_names
+
+    monkeypatch.chdir(tmp_path)
+    assert input_names(["GTIFF_DIR:2:tiles/scan.tif", "tiles", "/vsimem/x.tif"]) == [
+        f"GTIFF_DIR:2:{tmp_path}/tiles/scan.tif",
+        f"{tmp_path}/tiles",
+        "/vsimem/x.tif",
+    ]
 
 
 # A MapInfo .tab georeferencing a TIFF (its first page: 10 m pixels in UTM 33N); GDAL hands it to every page
