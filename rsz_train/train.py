@@ -800,10 +800,12 @@ def _train(
 
     def write_parent_config() -> None:
         """OUT/config.yaml, written once the first split's inputs are checked (an input error leaves
-        nothing that would block the rerun)."""
-        if not (out_dir / runs.CONFIG).is_file():
+        nothing that would block the rerun); rewritten by `--resume --epochs M` (a resume of all splits
+        reads this one, so the next --resume keeps M)."""
+        path = out_dir / runs.CONFIG
+        if not path.is_file() or runs.read_config(out_dir, kind).train.epochs != config.train.epochs:
             out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, out_dir / runs.CONFIG)
+            save_config(config, path)
 
     reports = []
     for split_obj, source in splits:

@@ -269,6 +269,39 @@ def test_resume_of_a_split_all_folder_as_one_split_and_back_is_refused(tiny_benc
     assert not (tmp_path / "one" / "gzsl_1").exists()
 
 
+def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(tiny_benchmark, tmp_path):
+    """`--split-id all --resume --epochs 3` of a 2-epoch run: OUT/config.yaml (which a resume of all splits
+    reads) says 3 too, so the next --resume trains every split to 3, not back to 2."""
+    from rsz_train import runs
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    data, _layout = load_dataset(tiny_benchmark, DataOptions())
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    for split_id in (1, 2):
+        unseen = set(data.class_names[2 * split_id : 2 * split_id + 2])
+        rows = {"seen": [], "unseen": []}
+        for i, label in enumerate(data.labels):
+            rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
+        for kind, values in rows.items():
+            (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+    options = DataOptions(split_file=str(folder), split_id="all")
+    out = tmp_path / "all"
+
+    def run(**kw) -> None:
+        train("dsva", tiny_benchmark, None, out, device="cpu", data_options=options, **kw)
+
+    run(overrides=TINY_OVERRIDES, stop_after_epoch=1)
+    run(epochs=3, resume=True, stop_after_epoch=2)
+    assert runs.read_config(out, "dsva").train.epochs == 3
+    run(resume=True)
+    for split in ("splits_1", "splits_2"):
+        report = json.loads((out / split / "report.json").read_text())
+        assert report["epochs"] == 3 and len((out / split / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_resume_with_the_other_protocol_is_refused(tiny_run, tiny_benchmark, default_split, tmp_path):
     """--protocol paper on an rsz run trained a selection run, then took the rsz run's last.pt as the refit's
     (past its epochs: nothing refit) and reported it as the paper protocol's; rsz on a paper run likewise."""
