@@ -69,11 +69,13 @@ def open_clip_tokenizer() -> Tokenizer:
 def hf_clip_tokenizer(folder: Path) -> Tokenizer:
     """From a Hugging Face CLIP folder's vocab.json + merges.txt (CLIPTokenizer's files), or from its
     tokenizer.json alone: transformers 5 saves a CLIP tokenizer as tokenizer.json only."""
-    vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
-    if not vocab_path.is_file() and not merges_path.is_file() and (folder / "tokenizer.json").is_file():
-        vocab, merges = _tokenizer_json_bpe(folder / "tokenizer.json")
+    from rsz_train.models.clip import hf_tokenizer_json  # the PyTorch tokenizer's rule
+
+    tokenizer_json = hf_tokenizer_json(folder)
+    if tokenizer_json is not None:
+        vocab, merges = _tokenizer_json_bpe(tokenizer_json)
     else:
-        vocab, merges = _vocab_and_merges(vocab_path, merges_path)
+        vocab, merges = _vocab_and_merges(folder / "vocab.json", folder / "merges.txt")
     end = "<|endoftext|>"
     return clip_tokenizer(vocab, merges, "<|startoftext|>", end, vocab.get(end, 0))
 
@@ -105,11 +107,12 @@ def _tokenizer_json_bpe(path: Path) -> tuple[dict[str, int], list[tuple[str, str
     try:
         model = json.loads(path.read_text(encoding="utf-8"))["model"]
         vocab, raw_merges = model["vocab"], model["merges"]
+        # merges are "a b" strings (tokenizers < 0.20) or ["a", "b"] pairs
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise RszError(f"{path}: not a BPE tokenizer.json ({type(err).__name__}: {err})") from None
-    # merges are "a b" strings (tokenizers < 0.20) or ["a", "b"] pairs
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in raw_merges]
-    if not isinstance(vocab, dict) or not all(len(m) == 2 for m in merges):
+    pairs = all(len(m) == 2 and all(isinstance(p, str) for p in m) for m in merges)
+    if not isinstance(vocab, dict) or not pairs:
         raise RszError(f"{path}: not a BPE tokenizer.json (model.vocab / model.merges)")
     return vocab, merges
 

@@ -370,15 +370,23 @@ class _HfText(nn.Module):
         return _features(self.net.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
+def hf_tokenizer_json(folder: Path) -> Path | None:
+    """A Hugging Face CLIP folder's tokenizer.json when it has no vocab.json + merges.txt pair (transformers 5
+    saves a CLIP tokenizer as only that), else None: one rule for the PyTorch tokenizer and the exported one
+    (rsz_export.clip_tokenizer)."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        return None
+    path = folder / "tokenizer.json"
+    return path if path.is_file() else None
+
+
 def _hf_tokenizer(folder: Path) -> Any:
-    """The folder's CLIPTokenizer files (vocab.json + merges.txt), or its tokenizer.json alone: transformers 5
-    saves a CLIP tokenizer as only that."""
+    """The folder's CLIPTokenizer files (vocab.json + merges.txt), or its tokenizer.json (the same rule)."""
     from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 
-    if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast(
-            tokenizer_file=str(folder / "tokenizer.json"), pad_token="<|endoftext|>"
-        )
+    tokenizer_json = hf_tokenizer_json(folder)
+    if tokenizer_json is not None:
+        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), pad_token="<|endoftext|>")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 

@@ -321,3 +321,19 @@ def test_a_folder_of_open_clip_files_names_them(tiny_state, tmp_path):
     _one_line_error(
         result, out, f"{folder}: no config.json", "RemoteCLIP-RN50.pt, RemoteCLIP-ViT-B-32.pt: pass one"
     )
+
+
+def test_one_rule_picks_tokenizer_json_and_a_hostile_one_is_one_line(tmp_path):
+    """vocab.json + merges.txt, else tokenizer.json: the PyTorch tokenizer and the exported one read the
+    same files (merges.txt alone is no pair); a tokenizer.json with non-string merges is one line."""
+    from rsz_export.clip_tokenizer import hf_clip_tokenizer
+    from rsz_train.models.clip import hf_tokenizer_json
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0}, "merges": [1]}}))
+    assert hf_tokenizer_json(folder) == folder / "tokenizer.json"
+    with pytest.raises(RszError, match=r"tokenizer.json: not a BPE tokenizer.json") as err:
+        hf_clip_tokenizer(folder)
+    assert "\n" not in str(err.value)
