@@ -88,18 +88,23 @@ def read_class_file(path: str | Path) -> list[ClassEntry]:
         raise RszError(f"{path}: is a directory, expected a class file") from None
     except OSError as err:
         raise RszError(f"{path}: cannot read class file ({err.strerror})") from None
+    return parse_class_lines(decode_text(data, path), str(path))
+
+
+def decode_text(data: bytes, path: Path | str) -> str:
+    """A text file's bytes in UTF-8 (a BOM tolerated: some Windows editors write one), or UTF-16 with a BOM
+    (what Windows PowerShell's `>` and Notepad's "Unicode" write); class files, split lists, attribute
+    files and caption JSONs alike. One line naming the file (and the line) where it is neither."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        # what Windows PowerShell's `>` and Notepad's "Unicode" write: the BOM says so, read it as such
         try:
-            return parse_class_lines(data.decode("utf-16"), str(path))
+            return data.decode("utf-16")
         except UnicodeDecodeError as err:
             raise RszError(f"{path}: not valid UTF-16 ({err.reason}); save it as UTF-8") from None
     try:
-        text = data.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise RszError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x})") from None
-    return parse_class_lines(text, str(path))
 
 
 def with_training_descriptions(

@@ -15,7 +15,6 @@ Every problem with a file raises a one-line RszError that names the file and wha
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import math
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsz_infer.classfile import class_name_key, read_class_file
+from rsz_infer.classfile import class_name_key, decode_text, read_class_file
 from rsz_infer.errors import RszError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -189,23 +188,14 @@ def load_benchmark(data_dir: str | Path) -> SceneData:
 
 
 def _read_text(path: Path) -> str:
-    """A text file in UTF-8 (a BOM tolerated), or UTF-16 with a BOM: what Windows PowerShell's `>` and
-    Notepad's "Unicode" write, as for class files (rsz_infer.classfile)."""
+    """A text file as class files are read (rsz_infer.classfile.decode_text: UTF-8, or UTF-16 with a BOM)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise RszError(f"{path}: file not found") from None
     except OSError as err:
         raise RszError(f"{path}: cannot read ({err.strerror})") from None
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise RszError(f"{path}: not valid UTF-16") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise RszError(f"{path}: not valid UTF-8") from None
+    return decode_text(data, path)
 
 
 def inside_folder(rel: str) -> bool:
