@@ -247,13 +247,7 @@ def test_resume_of_a_split_all_folder_as_one_split_and_back_is_refused(tiny_benc
     data, _layout = load_dataset(tiny_benchmark, DataOptions())
     folder = tmp_path / "gzsl"
     folder.mkdir()
-    for split_id in (1, 2):
-        unseen = set(data.class_names[2 * split_id : 2 * split_id + 2])
-        rows = {"seen": [], "unseen": []}
-        for i, label in enumerate(data.labels):
-            rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
-        for kind, values in rows.items():
-            (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+    _write_two_mcfa_splits(data, folder)
 
     def run(out: Path, split_id: str, **kw) -> None:
         options = DataOptions(split_file=str(folder), split_id=split_id)
@@ -269,6 +263,17 @@ def test_resume_of_a_split_all_folder_as_one_split_and_back_is_refused(tiny_benc
     assert not (tmp_path / "one" / "gzsl_1").exists()
 
 
+def _write_two_mcfa_splits(data, folder: Path) -> None:
+    """MCFA-style split files 1 and 2 of `data` in `folder` (seen / unseen image indices, 0-based)."""
+    for split_id in (1, 2):
+        unseen = set(data.class_names[2 * split_id : 2 * split_id + 2])
+        rows = {"seen": [], "unseen": []}
+        for i, label in enumerate(data.labels):
+            rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
+        for kind, values in rows.items():
+            (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+
+
 def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(tiny_benchmark, tmp_path):
     """`--split-id all --resume --epochs 3` of a 2-epoch run: OUT/config.yaml (which a resume of all splits
     reads) says 3 too, so the next --resume trains every split to 3, not back to 2."""
@@ -280,13 +285,7 @@ def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(t
     data, _layout = load_dataset(tiny_benchmark, DataOptions())
     folder = tmp_path / "splits"
     folder.mkdir()
-    for split_id in (1, 2):
-        unseen = set(data.class_names[2 * split_id : 2 * split_id + 2])
-        rows = {"seen": [], "unseen": []}
-        for i, label in enumerate(data.labels):
-            rows["unseen" if data.class_names[label] in unseen else "seen"].append(i)
-        for kind, values in rows.items():
-            (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
+    _write_two_mcfa_splits(data, folder)
     options = DataOptions(split_file=str(folder), split_id="all")
     out = tmp_path / "all"
 
