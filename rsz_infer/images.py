@@ -290,12 +290,14 @@ def _folder_files(folder: Path) -> Iterator[Path]:
 
 
 def _quiet_rasterio() -> None:
-    """Plain (not georeferenced) TIFFs are normal input here, not worth a warning per file."""
+    """Plain (not georeferenced) TIFFs are normal input here, not worth a warning per file; nor is an RGBA
+    scene with a nodata value too, whose mask GDAL takes from the nodata value, as rsz means it to."""
     import warnings
 
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
 
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    warnings.filterwarnings("ignore", category=NodataShadowWarning)
 
 
 def _pillow_size(name: str) -> tuple[int, int] | None:

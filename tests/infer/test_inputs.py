@@ -267,6 +267,23 @@ def test_a_raster_under_a_jpeg_or_png_suffix_is_read_as_what_it_is(bundles, clas
     assert page.read_text().count('src="data:image/jpeg;base64,') == 2  # the gallery decodes them alike
 
 
+def test_rgba_scene_with_a_nodata_value_labels_without_a_rasterio_warning(bundles, class_file, tmp_path):
+    # RGBA GeoTIFF with a nodata value too (gdalwarp -dstalpha -dstnodata 0): GDAL's mask follows the nodata
+    # value, and rasterio said so in a warning per decoding thread and class map, file path and line included
+    rgba = np.dstack([solid("red", 64), np.full((64, 64), 255, np.uint8)])
+    rgba[:, 32:] = 0
+    scene = write_geotiff(tmp_path / "rgba.tif", bands_first(rgba), nodata=0)
+    with rasterio.open(scene) as ds:
+        assert ds.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+    cli = [sys.executable, "-m", "rsz_infer.cli", scene, "--classes", class_file, "--model", bundles["msa"]]
+    out, class_map = tmp_path / "labels.csv", tmp_path / "map.tif"
+    args = [*cli, "--out", out, "--tile-size", 32, "--class-map", class_map, "--quiet"]
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr
+    assert "2 tiles labeled" in proc.stderr and "2 nodata" in proc.stderr
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4])
 @pytest.mark.parametrize("driver", ["PNG", "GTiff"])
 def test_grey_samples_of_fewer_than_8_bits_are_read_at_full_range(bits, driver, tmp_path):
