@@ -438,8 +438,9 @@ def utf8_escaped(name: str) -> str:
 
 
 def _check_gsd_scale(ds, name: str, scale: float, options: TileOptions) -> None:
-    """--gsd must leave a window of at least one source pixel, decoded to no more than --max-pixels (a tiny
-    --gsd would enlarge 1-pixel windows to huge arrays): else a usage error before any work."""
+    """--gsd must leave a window of at least one source pixel, read and decoded in no more than --max-pixels
+    (a tiny --gsd would enlarge 1-pixel windows to huge arrays, a large one read huge windows, which the
+    decoders would skip one by one): else a usage error before any work."""
     if scale == 1.0:
         return
     source = f"{options.gsd / scale:.3g} m"
@@ -448,10 +449,11 @@ def _check_gsd_scale(ds, name: str, scale: float, options: TileOptions) -> None:
             f"--gsd {options.gsd:g}: a {options.tile_size} px window of {name} would cover less than one of "
             f"its {source} pixels; give a --gsd nearer the scene's"
         )
-    # the most a read decodes: a whole window (or a raster smaller than one, read whole), resampled
+    # the most a read decodes: a whole window (or a raster smaller than one, read whole) of source pixels,
+    # or what GDAL resamples it to when that is more (enlarging)
     side = max(1, round(options.tile_size * scale))
     width, height = min(side, ds.width), min(side, ds.height)
-    decoded = max(1, round(width / scale)) * max(1, round(height / scale))
+    decoded = max(width * height, max(1, round(width / scale)) * max(1, round(height / scale)))
     if decoded > options.max_pixels:
         raise RszError(
             f"--gsd {options.gsd:g}: a window of {name} ({source} pixels) would decode to {decoded:,} "

@@ -124,6 +124,12 @@ def test_gsd_not_finite_or_beyond_a_scene_is_refused_before_any_work(bundles, cl
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and "--gsd 0.5" in lines[0] and "scene.tif" in lines[0], err
     assert "1,600 pixels, more than --max-pixels 1,024" in lines[0]
+    # 20 m: a window reads 64 x 64 = 4096 source pixels, more than --max-pixels 1024 (each window was
+    # skipped as "image declares ..." instead)
+    code, _, err = run_cli([*base, "--gsd", "20"], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "--gsd 20" in lines[0] and "scene.tif" in lines[0], err
+    assert "4,096 pixels, more than --max-pixels 1,024" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # nothing written
     code, _, err = run_cli([*base, "--gsd", "5"], capsys)  # 5 m: 16 source pixels to 32, as before
     assert code == 0, err
