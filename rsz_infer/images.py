@@ -773,6 +773,7 @@ def _open_scene(path: str):
     if path not in cache:
         if len(cache) >= OPEN_SCENES_PER_THREAD:  # scenes come one after another: close the oldest
             cache.pop(next(iter(cache))).close()
+        _quiet_rasterio()  # also in a process that decodes tiles it did not discover (--ray decode tasks)
         cache[path] = open_raster(path)
     return cache[path]
 

@@ -4,6 +4,7 @@ GeoTIFF scenes cut into windows (nodata windows skipped), footprints and class m
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -282,6 +283,32 @@ def test_rgba_scene_with_a_nodata_value_labels_without_a_rasterio_warning(bundle
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
     assert "2 tiles labeled" in proc.stderr and "2 nodata" in proc.stderr
+
+
+def test_scene_windows_decoded_in_a_process_that_did_not_discover_them_print_no_warning(tmp_path):
+    # a --ray decode task: Tiles pickled by the driver, decoded in a fresh worker process
+    rgba = np.dstack([solid("red", 64), np.full((64, 64), 255, np.uint8)])
+    rgba[:, 32:] = 0
+    scene = write_geotiff(tmp_path / "rgba.tif", bands_first(rgba), nodata=0)
+    options = TileOptions(tile_size=32)
+    tiles = tmp_path / "tiles.pkl"
+    tiles.write_bytes(pickle.dumps((list(discover_tiles([str(scene)], options)), options)))
+    worker = (
+        "import pickle, sys\n"
+        "from rsz_infer.images import NodataTile, decode_tile\n"
+        "tiles, options = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "for tile in tiles:\n"
+        "    try:\n"
+        "        decode_tile(tile, options)\n"
+        "        print('decoded', tile.id)\n"
+        "    except NodataTile:\n"
+        "        print('nodata', tile.id)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", worker, str(tiles)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    outcomes = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert sorted(outcomes) == ["decoded", "decoded", "nodata", "nodata"], proc.stdout
+    assert "Warning" not in proc.stderr
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
