@@ -357,9 +357,7 @@ def fold_in_journal(
     return Index.load(out) if keep else old
 
 
-def _journal_state(folder: Path, pending: Path) -> str:
-    if is_locked(folder):
-        return "an index call is adding tiles to it right now"
+def _stopped_call(pending: Path) -> str:
     return f"a stopped index call left tiles in {pending} (run that index call again to add them)"
 
 
@@ -508,7 +506,9 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
     for source in map(Path, sources):
         pending = journal_left(source)
         if pending is not None:  # its tiles are in no index yet: the merge would lack them
-            raise RszError(f"{source}: {_journal_state(source, pending)}; merge when it has finished")
+            running = "an index call is adding tiles to it right now"
+            state = running if is_locked(source) else _stopped_call(pending)
+            raise RszError(f"{source}: {state}; merge when it has finished")
     indexes = [Index.open(source) for source in sources]
     first = indexes[0]
     for index in indexes[1:]:
@@ -712,7 +712,7 @@ def search_index(
         raise RszError(f"-k {k}: must be at least 1")
     pending = journal_left(index.folder)
     if pending is not None and not is_locked(index.folder):  # a running append is no news
-        warn(f"{index.folder}: {_journal_state(index.folder, pending)}; this search cannot find those tiles")
+        warn(f"{index.folder}: {_stopped_call(pending)}; this search cannot find those tiles")
     if index.embeddings.shape[0] == 0:
         return []
     model, manifest = _model_of(index, model)

@@ -2,14 +2,14 @@
 
 An index folder is rewritten once, at the end of a call (index._write_index_folder swaps a whole new folder
 in). Until then each batch is appended to a journal beside it, `.OUT.pending/` (flushed per batch, fsync'd
-by outputs.DiskSync), so a call
-killed with no chance to save (kill -9, the OOM killer, a power cut) loses at most the batch in flight: the
-next `index` call on the same --out folds the journal into the index first (index.open_index_job) and skips
-its tiles. A call that ends (also by Ctrl-C or SIGTERM) writes the index and removes the journal.
+by outputs.DiskSync), so a call killed with no chance to save (kill -9, the OOM killer) loses at most the
+batch in flight: the next `index` call on the same --out folds the journal into the index first
+(index.open_index_job) and skips its tiles. A call that ends (also by Ctrl-C or SIGTERM) writes the index
+and removes the journal.
 
     header.json      the index.json fields of the rows (model, tile options, bands, dim, engine) and the
                      shape of a row of scales (null without a rerank graph)
-    embeddings.f32   float32 rows, little-endian; a batch's rows are written and fsync'd before its tiles
+    embeddings.f32   float32 rows, little-endian; a batch's rows are written and flushed before its tiles
     scales.f32       float32 multi-scale rows, when the bundle has a rerank graph
     tiles.jsonl      index rows (index.index_row); the tiles of whole lines are the journal's rows
 
@@ -118,8 +118,8 @@ def journal_left(out: Path) -> Path | None:
 def read_journal(out: Path) -> PendingRows | None:
     """The whole rows of the journal a stopped call left beside `out`, or None when there is none. A line
     cut by the kill (no newline yet) and floats of a batch whose tiles were not written are left out."""
-    folder = journal_folder(out)
-    if not (folder / "header.json").is_file():
+    folder = journal_left(out)
+    if folder is None:
         return None
     info = read_index_info(folder / "header.json")
     shape = info.get("scales_shape")
