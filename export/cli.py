@@ -163,7 +163,7 @@ def clip(
         checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles,
         gsd=gsd, int8=int8, calibration=calibration,
     )  # fmt: skip
-    click.echo(f"{checkpoint}: {arch_note(model)}", err=True)
+    click.echo(f"{checkpoint}: {arch_note(model.source)}", err=True)
     _report(bundle)
 
 

@@ -15,7 +15,7 @@ from rsz_export.api import ExportSource, check_gsd, export_lock, export_locked, 
 from rsz_export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
 from rsz_infer.errors import RszError
 from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
-from rsz_train.models.clip import ClipModel, load_clip
+from rsz_train.models.clip import ClipModel, ClipSource, load_clip
 
 
 def clip_source(
@@ -43,9 +43,16 @@ def clip_source(
     )
 
 
-def arch_note(model: ClipModel) -> str:
+# Published checkpoints whose activation is OpenAI's QuickGELU although their shapes read as the plain
+# architecture: file-name prefix -> the --arch to pass. GeoRSCLIP's authors build RS5M_ViT-B-32 with
+# open_clip.create_model_and_transforms("ViT-B/32", pretrained="openai") and load the file into it
+# (om-ai-lab/RS5M inference/inference.py, build_model), i.e. OpenAI's QuickGELU model; their ViT-H-14 is
+# built from a LAION tag (plain GELU), and RemoteCLIP's README builds the plain names.
+QUICKGELU_CHECKPOINTS = {"rs5m_vit-b-32": "ViT-B-32-quickgelu"}
+
+
+def arch_note(source: ClipSource) -> str:
     """What to tell the user about the architecture (said whenever it was inferred)."""
-    source = model.source
     if source.format == "hf":
         return "Hugging Face CLIPModel"
     if not source.inferred:
@@ -53,7 +60,12 @@ def arch_note(model: ClipModel) -> str:
     note = f"open_clip {source.arch} (inferred from the weights' shapes"
     if source.same_shapes:
         note += f"; same shapes: {', '.join(source.same_shapes)}, pass --arch for one of those"
-    return note + ")"
+    note += ")"
+    name = Path(source.path).name
+    for prefix, arch in QUICKGELU_CHECKPOINTS.items():
+        if name.lower().startswith(prefix) and arch in source.same_shapes:
+            note += f"; {name} is named as GeoRSCLIP's, run by its authors with QuickGELU: pass --arch {arch}"
+    return note
 
 
 def export_clip(

@@ -27,7 +27,7 @@ from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.scoring import l2_normalize, softmax
 from rsz_infer.tokenizer import Tokenizer
-from rsz_train.models.clip import import_open_clip, infer_arch, load_clip, read_state_dict
+from rsz_train.models.clip import ClipSource, import_open_clip, infer_arch, load_clip, read_state_dict
 
 TINY_VIT = {
     "embed_dim": 32,
@@ -180,6 +180,25 @@ def test_arch_inferred_from_real_shapes(open_clip, arch):
     assert name == arch
     if arch != "RN50":
         assert f"{arch}-quickgelu" in same  # the activation is not in the weights: said, not guessed
+
+
+def test_georsclip_b32_is_told_to_take_quickgelu(open_clip):
+    """GeoRSCLIP's authors build RS5M_ViT-B-32 as OpenAI's QuickGELU model (om-ai-lab/RS5M
+    inference/inference.py, build_model: create_model_and_transforms("ViT-B/32", pretrained="openai")); the
+    shapes read as plain ViT-B-32, so the export line names the --arch to pass. RemoteCLIP's file is not."""
+    from rsz_export.clip import arch_note
+
+    with torch.device("meta"):
+        state = open_clip.create_model("ViT-B-32", pretrained=None, device="meta").state_dict()
+    name, same = infer_arch(state)
+
+    def note(path: str) -> str:
+        return arch_note(ClipSource(path, "open_clip", name, inferred=True, same_shapes=tuple(same)))
+
+    assert "pass --arch ViT-B-32-quickgelu" in note("/ckpt/RS5M_ViT-B-32.pt")
+    assert "GeoRSCLIP" not in note("/ckpt/RemoteCLIP-ViT-B-32.pt")
+    told = ClipSource("/ckpt/RS5M_ViT-B-32.pt", "open_clip", "ViT-B-32-quickgelu")  # --arch given
+    assert "GeoRSCLIP" not in arch_note(told)
 
 
 def test_bad_checkpoints_are_one_line_errors(open_clip, checkpoints, tmp_path):
