@@ -75,6 +75,9 @@ ANN_MIN_ROWS = 50_000
 ANN_METHODS = ("auto", "exact", "hnsw")
 HNSW_NEIGHBOURS = 32  # graph degree M: FAISS's usual default, recall > 0.95 at efSearch 64 on embeddings
 FAISS_FILE = "faiss.index"
+# what an index folder holds: an append or a merge replaces the whole folder, so one holding anything else
+# (a folder of tiles, a file given as --out) is refused instead of being deleted with the old index
+INDEX_FILES = frozenset({"index.json", "embeddings.npy", "tiles.jsonl", "scales.npy", FAISS_FILE})
 RERANK_BATCH = 64
 
 
@@ -303,6 +306,7 @@ def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileO
     manifest = open_bundle(model)
     sha = manifest_sha256(model)
     _recover_swap(out)
+    check_index_out(out)
     old = Index.load(out) if (out / "index.json").is_file() else None
     if old is not None and old.info["model"] != sha:
         raise RszError(f"{out}: index was made with another model ({old.info['model_dir']}); use a new --out")
@@ -323,6 +327,20 @@ def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileO
         warn(note)
     known = {t["tile"] for t in old.tiles} if old else set()
     return manifest, sha, old, tile_options, known
+
+
+def check_index_out(out: Path) -> None:
+    """RszError unless `out` is missing, an empty folder or an index folder: writing the index swaps a new
+    folder in and deletes the old one, with whatever else it held (a folder of tiles given as --out)."""
+    if out.exists() and not out.is_dir():
+        raise RszError(f"--out {out}: exists and is not a folder (an index is a folder); use a new --out")
+    other = sorted(p.name for p in out.iterdir() if p.name not in INDEX_FILES) if out.is_dir() else []
+    if other:
+        more = f" and {len(other) - 1} more" if len(other) > 1 else ""
+        raise RszError(
+            f"--out {out}: holds files that are not an index's ({other[0]!r}{more}), which writing the index "
+            "would delete; use a new or empty folder"
+        )
 
 
 def fold_in_journal(
@@ -519,7 +537,7 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
                 "only shards of one run merge"
             )
     with OutputLock(out, "index call"):
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # a file too: never swapped away
             raise RszError(f"{out}: exists; merge into a new folder")
         model = Path(first.info["model_dir"])
         manifest = open_bundle(model)

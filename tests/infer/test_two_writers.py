@@ -157,6 +157,28 @@ def test_outputs_never_overwrite_an_input(bundles, class_file, tmp_path, capsys)
     assert code == 2 and len(error_lines(err)) == 1 and scene.read_bytes() == before
 
 
+def test_index_never_replaces_a_folder_or_file_that_is_no_index(bundles, tiles, tmp_path, capsys):
+    """Writing an index swaps a new folder in and deletes the old one: `--out` naming the tiles' own folder
+    (or a file) would delete them, so it is refused before anything is embedded."""
+    before = sorted(p.name for p in tiles.iterdir())
+    code, _, err = run_cli(["index", tiles, "--model", bundles["msa"], "--out", tiles, "--quiet"], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and f"--out {tiles}: holds files that are not an index's" in lines[0]
+    assert sorted(p.name for p in tiles.iterdir()) == before
+    # an empty folder and an index folder are written as before
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
+    assert build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False)).known == 6
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    for command in (["index", tiles, "--model", bundles["msa"], "--out", notes], ["merge", notes, idx]):
+        code, _, err = run_cli(command, capsys)
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1 and str(notes) in lines[0] and "Errno" not in lines[0], err
+        assert notes.read_text() == "mine\n"
+
+
 def test_class_maps_and_quicklooks_never_overwrite_an_input(bundles, class_file, tmp_path, capsys):
     """Each scene's map (map.<scene>.tif) and each quicklook (.png) is checked, not only --class-map: a
     tile named like a quicklook, and a rerun over a folder that holds the first run's maps."""
