@@ -19,7 +19,7 @@ import numpy as np
 
 from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
-from rsz_infer.images import tiff_page
+from rsz_infer.images import MIN_TILE_PX, tiff_page
 
 # GDAL opens these as network or archive paths; an index row never makes rsz open one
 REMOTE_PREFIXES = ("/vsi", "\\vsi")
@@ -102,8 +102,12 @@ def read_index_info(path: Path) -> dict:
             and set(options) <= {"tile_size", "overlap", "gsd"}
             and type(options.get("tile_size")) is int
             and type(options.get("overlap")) is int
+            # the ranges rsz-infer accepts (TileOptions): an append or a gallery would blame --tile-size
+            and options["tile_size"] >= MIN_TILE_PX
+            and 0 <= options["overlap"] < options["tile_size"]
             and (options.get("gsd") is None or _positive_number(options["gsd"])),
-            "tile_options must hold integer tile_size and overlap (and a gsd in metres or null)",
+            f"tile_options must hold an integer tile_size of at least {MIN_TILE_PX} px and an overlap "
+            "from 0 to less than it (and a gsd in metres or null)",
         ),
         (
             bands is None or (isinstance(bands, list) and all(type(b) is int and b >= 1 for b in bands)),
@@ -114,6 +118,17 @@ def read_index_info(path: Path) -> dict:
             isinstance(info, dict)
             and (info.get("count") is None or (_is_int(info["count"]) and info["count"] >= 0)),
             "count must be a number of rows",
+        ),
+        (
+            isinstance(info, dict)
+            and (
+                info.get("engine") is None
+                or (
+                    isinstance(info["engine"], dict)
+                    and all(isinstance(v, str) for v in info["engine"].values())
+                )
+            ),
+            "engine must be null or an object of names (precision, decoder)",
         ),
         (
             isinstance(info, dict) and info.get("search", "exact") in INDEX_SEARCH_METHODS,

@@ -256,12 +256,15 @@ def test_remote_gdal_paths_in_an_index_are_never_opened(index_dir, tmp_path, cap
     [
         ("pickle", "embeddings.npy: not a plain numeric .npy file"),
         ("index_json", "index.json: not a readable index.json"),
-        ("index_types", "index.json: bad index.json (tile_options must hold integer tile_size and overlap"),
+        ("index_types", "index.json: bad index.json (tile_options must hold an integer tile_size"),
         ("tiles_row", "tiles.jsonl: line 2 is not a tile row"),
         ("index_deep", "index.json: not a readable index.json (maximum recursion depth"),
         ("tiles_deep", "tiles.jsonl: line 2 is not a tile row"),
         ("footprint_point", "tiles.jsonl: line 2 is not a tile row"),
         ("footprint_text", "tiles.jsonl: line 2 is not a tile row"),
+        ("tile_size", "bad index.json (tile_options must hold an integer tile_size of at least 8 px"),
+        ("overlap", "bad index.json (tile_options must hold an integer tile_size of at least 8 px"),
+        ("engine", "index.json: bad index.json (engine must be null or an object of names"),
         ("format", "index.json: index format 2, this rsz reads 1"),
         ("count", "index.json: count 300 but the index holds 3 rows"),
         ("duplicate", "tiles.jsonl: line 3 repeats tile"),
@@ -281,9 +284,15 @@ def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path,
         np.save(index_dir / "embeddings.npy", np.array([_Payload(marker)], dtype=object), allow_pickle=True)
     elif damage == "index_json":
         (index_dir / "index.json").write_text("{not json")
-    elif damage in ("index_types", "format", "count"):
+    elif damage in ("index_types", "tile_size", "overlap", "engine", "format", "count"):
         if damage == "index_types":
             info["tile_options"] = {"tile_size": "256", "overlap": 0}
+        elif damage == "tile_size":  # an append or a gallery would blame a --tile-size nobody typed
+            info["tile_options"]["tile_size"] = 0
+        elif damage == "overlap":
+            info["tile_options"]["overlap"] = info["tile_options"]["tile_size"]
+        elif damage == "engine":  # an append compared it as an object: AttributeError
+            info["engine"] = "fp32"
         elif damage == "format":  # a future rsz's index
             info["format"] = 2
         else:
@@ -322,6 +331,11 @@ def test_damaged_index_files_are_one_line(damage, expected, index_dir, tmp_path,
     lines = error_lines(err)
     assert code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert out == "" and not marker.exists()
+    if damage in ("tile_size", "overlap", "engine"):  # an append reads index.json the same way
+        args = ["index", tmp_path / "tiles", "--model", info["model_dir"], "--out", index_dir, "--quiet"]
+        code, _, err = run_cli(args, capsys)
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1 and expected in lines[0], err
 
 
 @pytest.mark.parametrize("damage", ["embeddings_3d", "embeddings_nan", "scales_nan"])
