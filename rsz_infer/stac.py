@@ -44,6 +44,8 @@ def _local_stac_io():
 
 
 def _items(path: Path) -> list:
+    from rsz_infer.images import is_gdal_path
+
     pystac, stac_io = _local_stac_io()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -51,8 +53,12 @@ def _items(path: Path) -> list:
         if kind == "FeatureCollection":
             collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
             items = list(collection.items)
-            for item in items:  # relative asset hrefs are relative to the collection's file
-                if item.get_self_href() is None:
+            for item in items:  # relative asset hrefs are relative to the collection's file ...
+                self_href = item.get_self_href()
+                if self_href is None or is_gdal_path(self_href):
+                    # ... also in a saved API search, whose items keep self links to the API. Cleared
+                    # first: pystac rewrites relative hrefs to keep pointing where the old self said
+                    item.set_self_href(None)
                     item.set_self_href(str(path.resolve()))
             return items
         stac_object = pystac.read_file(str(path.resolve()), stac_io=stac_io)

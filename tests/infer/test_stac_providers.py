@@ -1,0 +1,63 @@
+"""STAC JSON as providers ship it (Earth Search, Planetary Computer) and as pystac-client saves a search:
+which asset is labeled, and where its href points."""
+
+from __future__ import annotations
+
+import json
+
+from rsz_infer.images import TileOptions, discover_tiles
+from rsz_infer.stac import stac_asset_hrefs
+
+from .helpers import bands_first, solid, write_geotiff
+
+API = "https://earth-search.aws.element84.com/v1"
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+def _item(item_id: str, assets: dict[str, dict], stac_version: str = "1.0.0") -> dict:
+    """An Item as a STAC API returns it: self, parent, collection and root links to the API."""
+    ring = [[15.0, 45.0], [15.01, 45.0], [15.01, 45.01], [15.0, 45.01], [15.0, 45.0]]
+    links = [
+        {"rel": "self", "href": f"{API}/collections/sentinel-2-l2a/items/{item_id}"},
+        {"rel": "parent", "href": f"{API}/collections/sentinel-2-l2a"},
+        {"rel": "collection", "href": f"{API}/collections/sentinel-2-l2a"},
+        {"rel": "root", "href": API},
+    ]
+    return {
+        "type": "Feature", "stac_version": stac_version, "id": item_id, "collection": "sentinel-2-l2a",
+        "bbox": [15.0, 45.0, 15.01, 45.01], "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"datetime": "2024-06-01T10:00:00Z", "eo:cloud_cover": 3.2}, "links": links,
+        "assets": assets,
+    }  # fmt: skip
+
+
+def _visual(href: str) -> dict:
+    bands = [{"name": n, "common_name": c} for n, c in (("B04", "red"), ("B03", "green"), ("B02", "blue"))]
+    return {"href": href, "type": COG, "title": "True color image", "roles": ["visual"], "eo:bands": bands}
+
+
+def test_a_saved_search_resolves_relative_hrefs_against_its_file_not_the_api(tmp_path):
+    # pystac-client's `search.item_collection().save_object("items.json")`, assets then downloaded beside it
+    # and their hrefs made relative: each item keeps its self link to the API, which is no place to read
+    # a local file from
+    for name in ("a", "b"):
+        write_geotiff(tmp_path / "scenes" / name / "TCI.tif", bands_first(solid("red", 40)))
+    items = [_item(n, {"visual": _visual(f"scenes/{n}/TCI.tif")}) for n in ("a", "b")]
+    search = {
+        "type": "FeatureCollection",
+        "features": items,
+        "links": [{"rel": "next", "href": f"{API}/search"}],
+    }
+    (tmp_path / "items.json").write_text(json.dumps(search))
+    expected = [(str(tmp_path / "scenes" / n / "TCI.tif"), None) for n in ("a", "b")]
+    assert list(stac_asset_hrefs(tmp_path / "items.json", None)) == expected
+    tiles = list(discover_tiles([tmp_path / "items.json"], TileOptions(tile_size=40)))
+    assert [(t.path, t.problem) for t in tiles] == expected
+    # an item whose self link is a local file (pystac's ItemCollection of a catalog's items) keeps it
+    write_geotiff(tmp_path / "catalog" / "c" / "TCI.tif", bands_first(solid("green", 40)))
+    local = _item("c", {"visual": _visual("./TCI.tif")})
+    local["links"][0]["href"] = str(tmp_path / "catalog" / "c" / "c.json")
+    (tmp_path / "local.json").write_text(json.dumps({"type": "FeatureCollection", "features": [local]}))
+    assert list(stac_asset_hrefs(tmp_path / "local.json", None)) == [
+        (str(tmp_path / "catalog/c/TCI.tif"), None)
+    ]
