@@ -17,8 +17,11 @@ from rsz_infer.trust import check_regular_file
 
 # The asset keys that mean "the picture of the scene" in common catalogs (Sentinel-2 L2A on Earth Search
 # and Planetary Computer, Landsat, NAIP, Maxar open data), in order of preference.
-VISUAL_KEYS = ("visual", "rgb", "image", "true_color", "tci", "TCI", "rendered_preview")
+VISUAL_KEYS = ("visual", "rgb", "image", "true_color", "tci", "TCI")
 IMAGE_MEDIA = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "application/x-geotiff")
+# Pictures of an item that are not its data: a thumbnail or a tiler's rendered preview (a URL, downsampled,
+# not georeferenced), never the default even when it is an item's only image
+PREVIEW_ROLES = {"thumbnail", "overview"}
 
 
 def _local_stac_io():
@@ -123,7 +126,11 @@ def choose_asset(item, key: str | None) -> tuple[str, object]:
     for name, asset in assets.items():
         if "visual" in (asset.roles or []):
             return name, asset
-    images = [(n, a) for n, a in assets.items() if (a.media_type or "").split(";")[0] in IMAGE_MEDIA]
+    images = [
+        (n, a)
+        for n, a in assets.items()
+        if (a.media_type or "").split(";")[0] in IMAGE_MEDIA and not PREVIEW_ROLES & set(a.roles or [])
+    ]
     if len(images) == 1:
         return images[0]
     raise KeyError(f"no visual asset; pass --asset with one of {', '.join(assets) or '(none)'}")

@@ -61,3 +61,39 @@ def test_a_saved_search_resolves_relative_hrefs_against_its_file_not_the_api(tmp
     assert list(stac_asset_hrefs(tmp_path / "local.json", None)) == [
         (str(tmp_path / "catalog/c/TCI.tif"), None)
     ]
+
+
+def test_the_default_asset_is_never_a_thumbnail_or_a_rendered_preview(tmp_path):
+    # Planetary Computer's Landsat items have no visual asset, only bands, a rendered_preview PNG from its
+    # tiler and a thumbnail: no default (--asset names a band), never a download of the preview
+    bands = {
+        b: {"href": f"{b}.tif", "type": COG, "roles": ["data"]} for b in ("red", "green", "blue", "nir08")
+    }
+    previews = {
+        "rendered_preview": {
+            "href": "https://planetarycomputer.microsoft.com/api/data/v1/item/preview.png?item=l",
+            "type": "image/png", "roles": ["overview"], "rel": "preview",
+        },
+        "thumbnail": {"href": "https://landsateuwest.blob.core.windows.net/x_thumb_small.jpeg",
+                      "type": "image/jpeg", "roles": ["thumbnail"]},
+        "mtl.xml": {"href": "https://x/MTL.xml", "type": "application/xml", "roles": ["metadata"]},
+    }  # fmt: skip
+    landsat = _item("l", {**bands, **previews})
+    # an Earth Search item of metadata only; a single-band product whose only picture is its thumbnail
+    metadata_only = _item("m", {k: previews[k] for k in ("thumbnail", "mtl.xml")})
+    write_geotiff(tmp_path / "dem.tif", bands_first(solid("red", 40)))
+    dem = _item("d", {"data": {"href": "dem.tif", "type": COG, "roles": ["data"]}, **previews})
+    items = {"type": "FeatureCollection", "features": [landsat, metadata_only, dem]}
+    (tmp_path / "items.json").write_text(json.dumps(items))
+    assert list(stac_asset_hrefs(tmp_path / "items.json", None)) == [
+        (
+            f"{tmp_path / 'items.json'}#l",
+            "STAC item l: no visual asset; pass --asset with one of red, green, blue, nir08, "
+            "rendered_preview, thumbnail, mtl.xml",
+        ),
+        (
+            f"{tmp_path / 'items.json'}#m",
+            "STAC item m: no visual asset; pass --asset with one of thumbnail, mtl.xml",
+        ),
+        (str(tmp_path / "dem.tif"), None),
+    ]
