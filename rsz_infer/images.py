@@ -262,7 +262,7 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
             name = file.name.lower()
             if not name.startswith(".") and not name.endswith(_SIDECAR_SUFFIXES):
                 yield str(file), True, None
-    elif path.suffix.lower() == ".json":
+    elif _is_stac_input(path):
         from rsz_infer.stac import stac_asset_hrefs
 
         for href, problem in stac_asset_hrefs(path, options.asset):
@@ -271,6 +271,14 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
             yield href, False, problem
     else:
         yield str(path), False, None
+
+
+def _is_stac_input(path: Path) -> bool:
+    """A named `.json` file, or a `.geojson` one holding STAC (an ItemCollection is a FeatureCollection)."""
+    from rsz_infer.stac import is_stac_geojson
+
+    suffix = path.suffix.lower()
+    return suffix == ".json" or (suffix == ".geojson" and is_stac_geojson(path))
 
 
 def _folder_files(folder: Path) -> Iterator[Path]:

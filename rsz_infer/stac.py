@@ -24,6 +24,16 @@ IMAGE_MEDIA = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "applicatio
 PREVIEW_ROLES = {"thumbnail", "overview"}
 
 
+def is_stac_geojson(path: Path) -> bool:
+    """A `.geojson` input that is a STAC Item or ItemCollection (a saved search often is named so); any other
+    GeoJSON is left to GDAL, which says it is no raster."""
+    try:
+        check_regular_file(path)
+        return b'"stac_version"' in path.read_bytes()
+    except (OSError, RszError):  # unreadable: GDAL's open says why
+        return False
+
+
 def _local_stac_io():
     import pystac
     from pystac.stac_io import DefaultStacIO

@@ -97,3 +97,23 @@ def test_the_default_asset_is_never_a_thumbnail_or_a_rendered_preview(tmp_path):
         ),
         (str(tmp_path / "dem.tif"), None),
     ]
+
+
+def test_a_stac_item_collection_saved_as_geojson_is_read_as_stac(tmp_path):
+    # an ItemCollection is a GeoJSON FeatureCollection, often saved as .geojson: its items are labeled,
+    # where GDAL (which opens it as a vector layer, no raster) could only skip it
+    write_geotiff(tmp_path / "a" / "TCI.tif", bands_first(solid("red", 40)))
+    search = {"type": "FeatureCollection", "features": [_item("a", {"visual": _visual("a/TCI.tif")})]}
+    (tmp_path / "items.geojson").write_text(json.dumps(search))
+    (tmp_path / "item.geojson").write_text(json.dumps(_item("a", {"visual": _visual("a/TCI.tif")})))
+    for name in ("items.geojson", "item.geojson"):
+        tiles = list(discover_tiles([tmp_path / name], TileOptions(tile_size=40)))
+        assert [(t.path, t.problem) for t in tiles] == [(str(tmp_path / "a" / "TCI.tif"), None)]
+    # a GeoJSON that is no STAC (an area of interest named by mistake) is still GDAL's to refuse
+    feature = {k: v for k, v in search["features"][0].items() if k != "stac_version"}
+    aoi = {"type": "FeatureCollection", "features": [feature]}
+    (tmp_path / "aoi.geojson").write_text(json.dumps(aoi))
+    (tile,) = discover_tiles([tmp_path / "aoi.geojson"], TileOptions(tile_size=40))
+    assert tile.path == str(tmp_path / "aoi.geojson") and tile.problem.startswith(
+        "not a raster GDAL can open"
+    )
