@@ -110,7 +110,7 @@ def _catalog_items(pystac, stac_io, catalog) -> list:
             except Exception as err:  # pystac raises many types for missing files and malformed JSON
                 if stac_io.refused:
                     raise
-                found.append((href, f"STAC {link.rel} {href}: not a readable STAC JSON ({first_line(err)})"))
+                found.append((href, f"STAC {link.rel} {href}: {_link_problem(err)}"))
                 continue
             if link.rel == "child" and isinstance(target, pystac.Catalog):
                 walk(target)
@@ -121,6 +121,15 @@ def _catalog_items(pystac, stac_io, catalog) -> list:
 
     walk(catalog)
     return found
+
+
+def _link_problem(err: Exception) -> str:
+    """Why a linked JSON could not be read: pystac's error ("does not resolve to a STAC object") hides
+    whether the file is missing or broken; its cause says."""
+    cause = err.__cause__ or err
+    if isinstance(cause, FileNotFoundError):
+        return "no such file"
+    return f"not a readable STAC JSON ({first_line(cause)})"
 
 
 def choose_asset(item, key: str | None) -> tuple[str, object]:
