@@ -212,6 +212,9 @@ def discover_tiles(
                 yield tile
     if notes is not None and options.overlap and not windows:
         notes.append(f"--overlap {options.overlap}: ignored, no input is larger than --tile-size")
+    if notes is not None and options.asset:
+        if not any(isinstance(p, Path) and p.is_file() and _is_stac_input(p) for p in named):
+            notes.append(f"--asset {options.asset}: ignored, no input is a STAC JSON")
     if notes is not None and no_gsd:
         first = next(iter(no_gsd))
         notes.append(f"--gsd {options.gsd:g}: ignored for {len(no_gsd)} images without a CRS (e.g. {first})")

@@ -117,3 +117,15 @@ def test_a_stac_item_collection_saved_as_geojson_is_read_as_stac(tmp_path):
     assert tile.path == str(tmp_path / "aoi.geojson") and tile.problem.startswith(
         "not a raster GDAL can open"
     )
+
+
+def test_asset_without_a_stac_input_is_said(tmp_path):
+    # `--asset red` beside a plain GeoTIFF (the user expected it to pick a band) changes nothing: said once
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("red", 40)))
+    notes: list[str] = []
+    list(discover_tiles([scene], TileOptions(tile_size=40, asset="red"), notes))
+    assert notes == ["--asset red: ignored, no input is a STAC JSON"]
+    (tmp_path / "item.json").write_text(json.dumps(_item("a", {"red": _visual("scene.tif")})))
+    notes = []
+    list(discover_tiles([tmp_path / "item.json", scene], TileOptions(tile_size=40, asset="red"), notes))
+    assert notes == []
