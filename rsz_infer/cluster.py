@@ -196,13 +196,14 @@ def check_parts_folder(parts_dir: Path) -> None:
         )
 
 
-def decode_partition(row: dict, options: TileOptions, size: int) -> dict:
+def decode_partition(row: dict, options: TileOptions, size: int, jpeg_draft: int = 0) -> dict:
     """Ray task: decode one partition's tiles and resize them to the model's input (uint8, as
-    preprocess.to_model_input resizes before it normalises); bad tiles come back with their reason."""
+    preprocess.to_model_input resizes before it normalises); bad tiles come back with their reason.
+    jpeg_draft: as images.decode_tile's (`--decoder pillow-draft`: the model input size)."""
     good, rules, rgbs, sizes, skipped = [], [], [], [], []
     for tile in row["tiles"]:
         try:
-            rgb, rule = decode_tile(tile, options)
+            rgb, rule = decode_tile(tile, options, jpeg_draft)
         except TileError as err:
             skipped.append((tile, str(err), isinstance(err, NodataTile)))
             continue
@@ -344,15 +345,20 @@ def run_partitions(
     resources: dict,
     options: RayOptions,
     progress: bool,
+    decoder: str = "auto",
 ) -> dict:
-    """Decode tasks -> actor pool over the partitions in `todo`; the driver sees only their counts."""
+    """Decode tasks -> actor pool over the partitions in `todo`; the driver sees only their counts.
+    The tasks decode with Pillow and GDAL whatever `decoder` says (the same pixels), but pillow-draft's
+    reduced-scale JPEGs are other pixels, which the run log's header records: the tasks decode them too."""
     from tqdm import tqdm
 
     totals = {"done": 0, "skipped": 0, "nodata": 0, "partitions": 0}
     if not todo:
         return totals
     ds = ray.data.from_items([{"partition": p, "tiles": tiles} for p, tiles in todo])
-    ds = ds.map(decode_partition, fn_kwargs={"options": tile_options, "size": size}, num_cpus=1)
+    draft = size if decoder == "pillow-draft" else 0
+    decode_args = {"options": tile_options, "size": size, "jpeg_draft": draft}
+    ds = ds.map(decode_partition, fn_kwargs=decode_args, num_cpus=1)
     ds = ds.map(
         actor_cls,
         fn_constructor_kwargs=actor_kwargs,
@@ -379,6 +385,11 @@ def run_partitions(
 
 
 # ---------------------------------------------------------------- the two jobs
+
+
+def _decode_line(decoder: str) -> str:
+    pillow = "pillow-draft" if decoder == "pillow-draft" else "pillow"
+    return f"decode ray tasks (rasterio/{pillow}), preprocess pillow"
 
 
 def parts_folder(out: Path) -> Path:
@@ -470,14 +481,16 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         print(note, file=sys.stderr)
     loop_start = time.perf_counter()
     size = manifest.preprocess.size
-    totals = run_partitions(ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress)
+    totals = run_partitions(
+        ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress, cfg.decoder
+    )
     loop_seconds = time.perf_counter() - loop_start
     already = sum(len(cut[p]) for p in done)
     finished = len(done) + totals["partitions"] == len(cut)
     summary = Summary(
         totals["done"], totals["skipped"], totals["nodata"], already, time.perf_counter() - start,
         f"ray: {options.actors} {cfg.backend} actor(s) on {device}", notes=notes,
-        decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
+        decode=_decode_line(cfg.decoder), startup_seconds=loop_start - start,
         loop_seconds=loop_seconds, labeling=labeling,
     )  # fmt: skip
     if not finished:  # stopped early: the partitions stay for --resume
@@ -551,7 +564,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     loop_start = time.perf_counter()
     size = manifest.preprocess.size
     totals = run_partitions(
-        ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress
+        ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress, cfg.decoder
     )
     loop_seconds = time.perf_counter() - loop_start
     finished = len(done) + totals["partitions"] == len(cut)
@@ -559,7 +572,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
         totals["done"], len(tiles) - len(todo_tiles), totals["skipped"], totals["nodata"],
         f"ray: {options.actors} {cfg.backend} actor(s) on {device}",
         old.info.get("search", "exact") if old else "exact",
-        decode="decode ray tasks (rasterio/pillow), preprocess pillow", startup_seconds=loop_start - start,
+        decode=_decode_line(cfg.decoder), startup_seconds=loop_start - start,
         loop_seconds=loop_seconds, holds=len(known),
     )  # fmt: skip
     if not finished:

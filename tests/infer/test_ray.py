@@ -195,3 +195,27 @@ def test_a_bad_batch_or_top_k_leaves_no_partition_folder(ray_cluster, bundles, c
     with pytest.raises(RszError, match="--batch 0: must be at least 1"):
         build_index_ray(idx, RayOptions())
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_pillow_draft_with_ray_decodes_as_one_process_does(ray_cluster, bundles, class_file, tmp_path):
+    # `--decoder pillow-draft` is recorded in the run log's header; the decode tasks used to decode the
+    # JPEGs whole all the same, so the rows said pillow-draft and held full decodes
+    from PIL import Image
+
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # 8x the model input: pillow-draft decodes these at 1/8 scale
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+
+    def labels(out, decoder, ray_job=False):
+        cfg = LabelConfig([folder], class_file, out, bundles["dsva"], "ort", "cpu", progress=False)
+        cfg.decoder, cfg.precision = decoder, "fp32"
+        summary = label_tiles_ray(cfg, RayOptions(partition_tiles=2)) if ray_job else label_tiles(cfg)
+        return summary, _by_tile(read_jsonl(out))
+
+    _, draft = labels(tmp_path / "draft.jsonl", "pillow-draft")
+    assert {r["rule"] for r in draft.values()} == {"rgb; JPEG decoded at 1/8 scale"}
+    summary, got = labels(tmp_path / "ray.jsonl", "pillow-draft", ray_job=True)
+    _same_labels(got, draft)
+    assert "decode ray tasks (rasterio/pillow-draft)" in summary.decode
