@@ -436,6 +436,11 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         output_format(out)
     if cfg.explain or cfg.html is not None:
         raise RszError("--ray: --explain and --html are single-process options for now")
+    if not merged and cfg.class_map is not None:  # class maps are drawn when partitions are merged
+        raise RszError(
+            f"--class-map {cfg.class_map}: with --ray, --out must be a labels file (e.g. labels.parquet); "
+            f"--out {out} has no suffix, so it would keep only the partitions"
+        )
     parts_dir = parts_folder(out)
     plan = plan_labeling(cfg, check_outputs=merged)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes

@@ -219,3 +219,15 @@ def test_pillow_draft_with_ray_decodes_as_one_process_does(ray_cluster, bundles,
     summary, got = labels(tmp_path / "ray.jsonl", "pillow-draft", ray_job=True)
     _same_labels(got, draft)
     assert "decode ray tasks (rasterio/pillow-draft)" in summary.decode
+
+
+def test_a_class_map_with_a_folder_out_is_refused(ray_cluster, bundles, class_file, inputs, tmp_path):
+    # an --out without a suffix keeps the partitions and merges nothing: the class map used to be left out
+    # without a word (exit 0, no map)
+    from rsz_infer.errors import RszError
+
+    cfg = LabelConfig(inputs, class_file, tmp_path / "parts", bundles["dsva"], "ort", "cpu", progress=False)
+    cfg.tiles, cfg.class_map = TileOptions(tile_size=32), tmp_path / "map.tif"
+    with pytest.raises(RszError, match="--class-map .*map.tif: with --ray, --out must be a labels file"):
+        label_tiles_ray(cfg, RayOptions(partition_tiles=5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
