@@ -392,6 +392,12 @@ def _decode_line(decoder: str) -> str:
     return f"decode ray tasks (rasterio/{pillow}), preprocess pillow"
 
 
+def _say_stopped(how: str, parts_dir: Path, total: int, finish: str) -> None:
+    """The line of a job that stopped early: how many partitions it keeps, and how to finish."""
+    kept = len(list(parts_dir.glob(PART_GLOB)))
+    print(f"{how}: {kept} of {total} partitions in {parts_dir}; {finish}", file=sys.stderr)
+
+
 def parts_folder(out: Path) -> Path:
     """Where a job's partitions go: --out itself when it has no suffix, else `<out>.parts/` beside it."""
     return out if out.suffix == "" else out.with_name(out.name + ".parts")
@@ -486,9 +492,13 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         print(note, file=sys.stderr)
     loop_start = time.perf_counter()
     size = manifest.preprocess.size
-    totals = run_partitions(
-        ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress, cfg.decoder
-    )
+    try:
+        totals = run_partitions(
+            ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress, cfg.decoder
+        )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: say what stays, as the single-process path does
+        _say_stopped("interrupted", parts_dir, len(cut), "run again with --resume to finish")
+        raise
     loop_seconds = time.perf_counter() - loop_start
     already = sum(len(cut[p]) for p in done)
     finished = len(done) + totals["partitions"] == len(cut)
@@ -499,8 +509,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         loop_seconds=loop_seconds, labeling=labeling,
     )  # fmt: skip
     if not finished:  # stopped early: the partitions stay for --resume
-        print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
-              "run again with --resume to finish", file=sys.stderr)  # fmt: skip
+        _say_stopped("stopped", parts_dir, len(cut), "run again with --resume to finish")
         summary.total_labeled = summary.labeled
         return summary
     log = _PartsLog(parts_dir)
@@ -568,9 +577,13 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     }
     loop_start = time.perf_counter()
     size = manifest.preprocess.size
-    totals = run_partitions(
-        ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress, cfg.decoder
-    )
+    try:
+        totals = run_partitions(
+            ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress, cfg.decoder
+        )
+    except KeyboardInterrupt:
+        _say_stopped("interrupted", parts_dir, len(cut), "run the same command to finish")
+        raise
     loop_seconds = time.perf_counter() - loop_start
     finished = len(done) + totals["partitions"] == len(cut)
     summary = ix.IndexSummary(
@@ -581,8 +594,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
         loop_seconds=loop_seconds, holds=len(known),
     )  # fmt: skip
     if not finished:
-        print(f"stopped: {len(done) + totals['partitions']} of {len(cut)} partitions in {parts_dir}; "
-              "run the same command to finish", file=sys.stderr)  # fmt: skip
+        _say_stopped("stopped", parts_dir, len(cut), "run the same command to finish")
         return summary
     rows, embeddings, scales, skipped = [], [], [], []
     for path in sorted(parts_dir.glob(PART_GLOB)):
