@@ -309,7 +309,10 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
 @click.option("--image", default=None, help="A query image: find tiles that look like it.")
 @click.option("-k", "k", default=20, show_default=True, help="How many tiles to return.")
 @click.option(
-    "--rerank", default=0, help="Re-score this many candidates with the rerank graph (MSA, --text)."
+    "--rerank",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Re-score this many candidates with the rerank graph (MSA, --text); 0: no re-ranking.",
 )
 @click.option("--model", default=None, help="Model bundle (default: the one that built the index).")
 @click.option("--html", "html_out", default=None, help="Also write a self-contained HTML gallery.")

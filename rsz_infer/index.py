@@ -728,6 +728,8 @@ def search_index(
         raise RszError("search: give exactly one of --text or --image")
     if k < 1:
         raise RszError(f"-k {k}: must be at least 1")
+    if rerank < 0:  # `if rerank:` below would re-rank the k candidates of a negative count
+        raise RszError(f"--rerank {rerank}: must be at least 0 (0: no re-ranking)")
     pending = journal_left(index.folder)
     if pending is not None and not is_locked(index.folder):  # a running append is no news
         warn(f"{index.folder}: {_stopped_call(pending)}; this search cannot find those tiles")

@@ -260,3 +260,23 @@ def test_index_with_hnsw_search(bundles, tmp_path, capsys):
     assert not (hnsw / "faiss.index").exists() and Index.load(hnsw).load_ann() is None
     with pytest.raises(RszError, match="--search-method fast: expected one of auto, exact, hnsw"):
         build_index(IndexConfig([str(tiles)], bundle, hnsw, progress=False, method="fast"))
+
+
+@pytest.fixture(scope="module")
+def colour_index(bundles, tmp_path_factory):
+    """An index of a red, a green and a blue tile (not changed by the tests that use it)."""
+    root = tmp_path_factory.mktemp("colour_index")
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(root / "tiles" / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    build_index(IndexConfig([str(root / "tiles")], bundles["msa"], root / "idx", progress=False))
+    return root / "idx", root / "tiles"
+
+
+def test_a_negative_rerank_count_is_a_usage_error(colour_index, capsys):
+    """--rerank -3 re-ranked the k candidates (`if rerank:`), silently; it names the value now."""
+    idx, _ = colour_index
+    code, out, err = run_cli(["search", idx, "--text", "a red roof", "--rerank", "-3"], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "Error: Invalid value for '--rerank': -3 is not in the range x>=0." in err
+    with pytest.raises(RszError, match=r"^--rerank -3: must be at least 0 \(0: no re-ranking\)$"):
+        search(idx, text="a red roof", rerank=-3)
