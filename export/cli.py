@@ -247,3 +247,7 @@ def inspect(bundle: Path) -> None:
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
     click.echo(f"{'files':<{width}}  {len(manifest.files)} verified (sha256)")
+
+
+if __name__ == "__main__":  # python -m rsz_export.cli ..., as rsz_infer.cli, rsz_train.cli and rsz_bench.cli
+    main()

@@ -48,6 +48,20 @@ def test_version_and_h_on_every_command(name):
         assert result.exit_code == 0 and "Usage:" in result.output, (name, sub, result.output)
 
 
+@pytest.mark.parametrize(
+    "name, module",
+    [("rsz-infer", "rsz_infer.cli"), ("rsz-train", "rsz_train.cli"), ("rsz-export", "rsz_export.cli"),
+     ("rsz-bench", "rsz_bench.cli")],
+)  # fmt: skip
+def test_python_m_runs_every_command(name, module, tmp_path):
+    """`python -m MODULE` (no console script on the PATH, torchrun -m) is the command itself; rsz_export.cli
+    had no __main__ block, so it imported and did nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{name}, version {rsz_infer.__version__}", proc
+
+
 def test_console_scripts_point_at_torch_free_entries():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["rsz-train"] == "rsz_infer.entry:train_main"
