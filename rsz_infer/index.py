@@ -49,9 +49,10 @@ from rsz_infer.images import (
     TileOptions,
     decode_tile,
     discover_tiles,
+    is_gdal_path,
     list_tiles,
+    local_file,
     no_tiles_found,
-    tiff_page,
     tile_from_record,
 )
 from rsz_infer.index_journal import IndexJournal, PendingRows, journal_left, read_journal, remove_journal
@@ -788,9 +789,13 @@ def _embed_image(
     elif not isinstance(image, (str, os.PathLike)):  # a PIL image: never a TypeError from Path()
         raise RszError(f"image: a {type(image).__name__} is not an array or a path (np.asarray it)")
     else:
-        page = tiff_page(str(image))  # a further page of a multi-page TIFF (GTIFF_DIR:2:scan.tif) is an image
-        path = str(image) if page else Path(image)
-        if not Path(page[1] if page else path).is_file():
+        # a GDAL path goes to GDAL as given, as the index's inputs do: a further page of a multi-page TIFF
+        # (GTIFF_DIR:2:scan.tif), /vsizip/a.zip/t.tif, a URL; only a local file (or a page's) is checked here
+        path = str(image) if is_gdal_path(image) else Path(image)
+        local = local_file(path)
+        if local is not None and os.path.isdir(local):
+            raise RszError(f"--image {path}: is a folder, not an image (give one image file)")
+        if local is not None and not os.path.isfile(local):
             raise RszError(f"--image {path}: no such file")
         try:
             rgb, _ = decode_tile(tile_from_record(str(path), None, TileOptions()), TileOptions())

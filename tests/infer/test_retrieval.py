@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -280,3 +281,22 @@ def test_a_negative_rerank_count_is_a_usage_error(colour_index, capsys):
     assert "Error: Invalid value for '--rerank': -3 is not in the range x>=0." in err
     with pytest.raises(RszError, match=r"^--rerank -3: must be at least 0 \(0: no re-ranking\)$"):
         search(idx, text="a red roof", rerank=-3)
+
+
+def test_search_image_a_folder_is_one_line_and_a_gdal_path_is_read(colour_index, tmp_path, capsys):
+    """--image FOLDER said 'no such file'; --image /vsizip/... (as `rsz-infer index` reads it) too."""
+    idx, tiles = colour_index
+    code, out, err = run_cli(["search", idx, "--image", tiles], capsys)
+    assert code == 2 and out == ""
+    assert err == f"error: --image {tiles}: is a folder, not an image (give one image file)\n"
+    with zipfile.ZipFile(tmp_path / "query.zip", "w") as archive:
+        archive.write(tiles / "2_blue.png", "blue.png")
+    code, out, err = run_cli(
+        ["search", idx, "--image", f"/vsizip/{tmp_path}/query.zip/blue.png", "-k", "1"], capsys
+    )
+    assert code in (0, None), err
+    rank, score, tile = out.strip().split("\t")
+    assert tile == str(tiles / "2_blue.png") and float(score) == pytest.approx(1.0, abs=1e-4)
+    code, _, err = run_cli(["search", idx, "--image", f"/vsizip/{tmp_path}/query.zip/none.png"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: --image /vsizip/{tmp_path}/query.zip/none.png: cannot decode image (")
