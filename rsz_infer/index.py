@@ -741,9 +741,15 @@ def search_index(
     if text is not None:
         if not text.strip():
             raise RszError("--text: the query is empty")
+        tokenizer = load_tokenizer(model, manifest)
+        if tokenizer.cut([text])[0]:  # the tokenizer drops the end without a trace: the user hears it
+            warn(
+                f"--text: the query is longer than the {manifest.max_text_length} tokens the model reads: "
+                "the rest is ignored (shorten it)"
+            )
         runner = open_runner(model, manifest, "text", backend, device)
         try:
-            text_out = encode_texts(runner, load_tokenizer(model, manifest), [text])
+            text_out = encode_texts(runner, tokenizer, [text])
         finally:
             runner.close()
         query = text_out["embedding"][0]

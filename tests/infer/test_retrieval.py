@@ -300,3 +300,15 @@ def test_search_image_a_folder_is_one_line_and_a_gdal_path_is_read(colour_index,
     code, _, err = run_cli(["search", idx, "--image", f"/vsizip/{tmp_path}/query.zip/none.png"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: --image /vsizip/{tmp_path}/query.zip/none.png: cannot decode image (")
+
+
+def test_a_query_longer_than_the_text_graph_reads_is_a_note(colour_index, capsys):
+    """The tokenizer cuts a query at max_text_length tokens (64 here, 77 for CLIP) without a trace."""
+    idx, _ = colour_index
+    long = " ".join(["a red roof beside a green field"] * 20)
+    code, out, err = run_cli(["search", idx, "--text", long, "-k", "1"], capsys)
+    assert code in (0, None) and out.strip().endswith("0_red.png")
+    note = "--text: the query is longer than the 64 tokens the model reads: the rest is ignored (shorten it)"
+    assert err.splitlines().count(note) == 1, err
+    code, _, err = run_cli(["search", idx, "--text", "a red roof", "-k", "1"], capsys)
+    assert code in (0, None) and "longer than" not in err
