@@ -349,7 +349,14 @@ def search_command(
             why = f"the search graph found none of the {len(index.tiles)} tiles of {index_dir}"
         click.echo(f"rsz-infer search: no hits: {why}", err=True)
     if html_out:
-        from rsz_infer.report import GalleryItem, footprint_line, label_lines, load_labels, write_gallery
+        from rsz_infer.report import (
+            GalleryItem,
+            footprint_line,
+            label_lines,
+            load_labels,
+            missing_previews,
+            write_gallery,
+        )
 
         known = load_labels(labels) if labels else {}
         info = index.info
@@ -365,8 +372,11 @@ def search_command(
             )
             for h in hits
         ]
-        write_gallery(html_out, f"rsz search: {text if text is not None else image}", items, options)
-        click.echo(f"rsz-infer search: gallery of {len(hits)} tiles -> {html_out}", err=True)
+        heading = f"rsz search: {text if text is not None else image}"
+        missing = write_gallery(html_out, heading, items, options)
+        # a card without a picture is easy to miss in a long gallery: the summary counts them
+        why = f", {missing_previews(missing)}" if missing else ""
+        click.echo(f"rsz-infer search: gallery of {len(hits)} tiles{why} -> {html_out}", err=True)
 
 
 @click.command(name="merge", context_settings=HELP_OPTIONS)

@@ -71,6 +71,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222
 h1{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;width:176px;font-size:12px}
 .card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block}
+.note{color:#a40}
 .missing{width:160px;height:160px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
 .quicklook{display:inline-block;margin:0 1em 1em 0}.quicklook img{max-width:100%}
 .overlay{margin:4px 0 0 0}.overlay figcaption{color:#a40}
@@ -113,8 +114,9 @@ def write_gallery(
     items: list[GalleryItem],
     options: TileOptions | None = None,
     pictures: list[tuple[str, Path]] | None = None,
-) -> Path:
-    """Write the gallery page atomically and return its path; `pictures` (title, PNG) go on top."""
+) -> int:
+    """Write the gallery page atomically; `pictures` (title, PNG) go on top. Returns how many tiles have no
+    preview: each has a "no preview" card, and the page says how many under its heading."""
     path = Path(path)
     options = options or TileOptions()
     top = "".join(
@@ -123,8 +125,10 @@ def write_gallery(
         for title, png in pictures or []
     )
     cards = []
+    missing = 0
     for item in items:
         rgb = _decoded(item.tile, options, item.check_file)
+        missing += rgb is None
         picture = (
             f'<img src="{thumbnail_data_uri(rgb)}" alt="">'
             if rgb is not None
@@ -142,14 +146,20 @@ def write_gallery(
             f'<div class="card">{picture}<div class="title">{_text(item.title)}</div>{lines}'
             f'<div class="path">{_text(item.tile["tile"])}</div></div>'
         )
+    note = f'<p class="note">{len(items)} tiles, {missing_previews(missing)}</p>' if missing else ""
     page = (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_text(heading)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{_text(heading)}</h1>{top}"
+        f"<style>{_STYLE}</style></head><body><h1>{_text(heading)}</h1>{note}{top}"
         f'<div class="grid">{"".join(cards)}</div></body></html>\n'
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, page)
-    return path
+    return missing
+
+
+def missing_previews(missing: int) -> str:
+    """What a gallery's page and summary line say of its tiles without a thumbnail."""
+    return f"{missing} without a preview (the file is gone, changed or cannot be read)"
 
 
 def _from_columns(row: dict) -> dict:

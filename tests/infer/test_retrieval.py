@@ -312,3 +312,25 @@ def test_a_query_longer_than_the_text_graph_reads_is_a_note(colour_index, capsys
     assert err.splitlines().count(note) == 1, err
     code, _, err = run_cli(["search", idx, "--text", "a red roof", "-k", "1"], capsys)
     assert code in (0, None) and "longer than" not in err
+
+
+def test_search_gallery_says_how_many_hits_have_no_preview(bundles, tmp_path, capsys):
+    """A tile moved after indexing keeps its card ("no preview"); the page and the summary count them."""
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(tmp_path / "tiles" / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    idx, page = tmp_path / "idx", tmp_path / "g.html"
+    build_index(IndexConfig([str(tmp_path / "tiles")], bundles["msa"], idx, progress=False))
+    code, _, err = run_cli(["search", idx, "--text", "red", "-k", "3", "--html", page], capsys)
+    assert code in (0, None) and err.splitlines()[-1] == f"rsz-infer search: gallery of 3 tiles -> {page}"
+    assert "without a preview" not in page.read_text()
+    (tmp_path / "tiles" / "1_green.png").unlink()
+    code, _, err = run_cli(["search", idx, "--text", "red", "-k", "3", "--html", page], capsys)
+    why = "1 without a preview (the file is gone, changed or cannot be read)"
+    assert (
+        code in (0, None) and err.splitlines()[-1] == f"rsz-infer search: gallery of 3 tiles, {why} -> {page}"
+    )
+    html = page.read_text()
+    assert (
+        f'<p class="note">3 tiles, {why}</p>' in html and html.count('<div class="missing">no preview') == 1
+    )
+    assert len(re.findall(r'src="data:image/jpeg;base64,', html)) == 2
