@@ -32,6 +32,8 @@ TORCH_BACKENDS = ("torch", "torch-compile", "torch-graphs", "torch-compile-graph
 BACKENDS = ("ort", "trt", *TORCH_BACKENDS)
 PRECISIONS = ("fp32", "fp16", "int8")
 TORCH_NO_INT8 = "skipped: no INT8 in the PyTorch backend (INT8 runs through ONNX Runtime / TensorRT)"
+# the torch rows where PyTorch is not installed (an edge device with the inference side only)
+NEEDS_TORCH = "skipped (needs PyTorch)"
 
 
 @dataclass
@@ -161,11 +163,22 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
         if counted is not None:
             src.flops_per_image = counted
             src.flops_method = "sum of MatMul/Gemm/Conv in the ONNX image graph, shapes inferred at batch 1"
-    if run_dir is not None:
+    if not _torch_installed():  # --run and the bundle's weights serve the torch rows only, which say so
+        pass
+    elif run_dir is not None:
         src.torch_module = _image_module_from_run(run_dir)
     elif manifest.extra.get("torch"):  # the run's weights ship in the bundle (rsz_infer.runners.torch)
         src.torch_module = _image_module_from_bundle(bundle_dir, manifest)
     return src
+
+
+def _torch_installed() -> bool:
+    """Whether PyTorch imports here (the torch rows and --run need it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _image_module_from_bundle(bundle_dir: Path, manifest):  # noqa: ANN001, ANN202 - nn.Module
@@ -305,6 +318,8 @@ def _open_trt(src: ModelSource, precision: str, batch: int, cfg: LatencyConfig) 
 def _open_torch(
     src: ModelSource, backend: str, precision: str, batch: int, cfg: LatencyConfig
 ) -> TimedRow | dict:
+    if not _torch_installed():  # the row says so; the ort and trt rows of the run still count
+        return {"status": NEEDS_TORCH}
     import torch
 
     if src.torch_module is None:
