@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -28,6 +30,24 @@ def _names(value: str) -> list[str]:
 
 def _slug(model: str) -> str:
     return Path(model.removeprefix("ref:")).name.replace(":", "_") or "model"
+
+
+def _stems(models: Sequence[str]) -> list[str]:
+    """One output stem per --model, so that no result overwrites another: the folder name (or ref: name),
+    with its parent folder where two models share a name (a/model, b/model: a_model, b_model), and _2, _3
+    after a stem taken already (the same model twice, or x/a/model and y/a/model)."""
+    names = [_slug(m) for m in models]
+    stems: list[str] = []
+    for model, name in zip(models, names):
+        if names.count(name) > 1:
+            parent = "ref" if model.startswith("ref:") else Path(os.path.abspath(model)).parent.name
+            name = f"{_slug(parent)}_{name}"
+        stem, n = name, 1
+        while stem in stems:
+            n += 1
+            stem = f"{name}_{n}"
+        stems.append(stem)
+    return stems
 
 
 class _Group(click.Group):
@@ -110,10 +130,10 @@ def latency(
         calibration=calibration,
         rounds=rounds,
     )
-    for model in models:
+    for model, stem in zip(models, _stems(models)):
         measured = run_latency(model, cfg, run_dir=run_dir)
         result = new_result("latency", f"Latency: {model}", **measured)
-        json_path, md_path = write_result(result, latency_markdown(result), out, f"latency_{_slug(model)}")
+        json_path, md_path = write_result(result, latency_markdown(result), out, f"latency_{stem}")
         click.echo(latency_markdown(result))
         click.echo(f"wrote {json_path} and {md_path}")
 

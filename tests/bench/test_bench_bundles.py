@@ -1,6 +1,6 @@
-"""rsz-bench latency on the tests' tiny real bundles (tests/infer/helpers.py): where PyTorch cannot be
-imported (an edge device with the inference side only), in a subprocess as tests/infer/test_torch_free.py
-does it."""
+"""rsz-bench latency on the tests' tiny real bundles (tests/infer/helpers.py): two bundles of one name, and
+where PyTorch cannot be imported (an edge device with the inference side only; in a subprocess, as
+tests/infer/test_torch_free.py does it)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from rsz_bench.cli import main
 
 from ..infer.helpers import export_graphs, write_bundle
 
@@ -29,9 +32,16 @@ except SystemExit:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundles(tmp_path_factory) -> list[Path]:
+    """a/model and b/model: two bundles of one folder name."""
     root = tmp_path_factory.mktemp("bench-bundles")
-    return write_bundle(root / "a" / "model", "mcfa", export_graphs(root))
+    graphs = export_graphs(root)
+    return [write_bundle(root / parent / "model", "mcfa", graphs) for parent in ("a", "b")]
+
+
+@pytest.fixture(scope="module")
+def bundle(bundles) -> Path:
+    return bundles[0]
 
 
 def _without_torch(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -55,3 +65,18 @@ def test_latency_without_torch_reports_the_torch_rows_as_skipped(bundle, tmp_pat
         assert rows[backend]["status"] == "skipped (needs PyTorch)", rows[backend]
     md = (tmp_path / "res" / "latency_model.md").read_text()
     assert md.count("| skipped (needs PyTorch) |") == 2
+
+
+def test_two_models_of_one_name_keep_their_own_results(bundles, tmp_path):
+    """a/model and b/model were both written to latency_model.json, the second over the first."""
+    args = ["latency", "--backend", "ort", *LATENCY_ARGS, "--out", str(tmp_path)]
+    for bundle in (*bundles, bundles[0]):  # the same model twice is two results too
+        args += ["--model", str(bundle)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stems = ["latency_a_model", "latency_b_model", "latency_a_model_2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{s}.{e}" for s in stems for e in ("json", "md")
+    )
+    for stem, bundle in zip(stems, (*bundles, bundles[0])):
+        assert json.loads((tmp_path / f"{stem}.json").read_text())["model"] == str(bundle)
