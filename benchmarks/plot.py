@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from rsz_infer.errors import RszError
+from rsz_infer.outputs import atomic_write_bytes
 
 
 def plot_throughput(results_json: Path, out_png: Path) -> Path:
@@ -43,10 +45,12 @@ def plot_throughput(results_json: Path, out_png: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    plt.close(fig)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out_png)
+    # as the JSON and markdown results: a temporary file per process beside it, renamed over it, and no
+    # temporary left when that fails (an --out that is a folder, a full disk)
+    atomic_write_bytes(out_png, png.getvalue())
     return out_png

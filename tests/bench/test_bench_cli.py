@@ -91,6 +91,20 @@ def test_plot_writes_png(latency_result, tmp_path):
     assert result.output == f"error: {other}: a rsz-bench accuracy result; plot draws latency results\n"
 
 
+def test_plot_that_cannot_be_written_names_it_and_leaves_no_temporary(latency_result, tmp_path):
+    """Written as the JSON and markdown results are (rsz_infer.outputs.atomic_write_bytes): a failed rename
+    left `.p.tmp.png` behind and named it instead of --out."""
+    taken = tmp_path / "plots" / "p.png"
+    taken.mkdir(parents=True)  # --out is a folder: the rename onto it fails
+    result = CliRunner().invoke(main, ["plot", str(latency_result), "--out", str(taken)])
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output.startswith(f"error: {taken}: cannot write it (")
+        and len(result.output.splitlines()) == 1
+    )
+    assert [p.name for p in taken.parent.iterdir()] == ["p.png"] and taken.is_dir()
+
+
 def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
     tiles = tmp_path / "tiles"
     tiles.mkdir()
