@@ -243,5 +243,7 @@ def plot(results, out):
     click.echo(f"wrote {plot_throughput(results, out)}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m rsz_bench.cli (scripts/gpu_check.sh): rsz-bench's own entry
+    from rsz_infer.entry import bench_main
+
+    bench_main()

@@ -120,3 +120,29 @@ def test_rsz_bench_without_its_extra_says_what_to_install(missing, argv, extra, 
     assert proc.stderr.strip().splitlines() == [
         f"error: rsz-bench needs the {extra} extra ({missing} is not installed): pip install 'rsz[{extra}]'"
     ]
+
+
+WAY_IN = (
+    "import runpy, sys\n"
+    "sys.modules['matplotlib'] = None  # as without the bench extra\n"
+    "way, sys.argv = sys.argv[1], sys.argv[1:]\n"
+    "if way.endswith('.py'):\n"
+    "    runpy.run_path(way, run_name='__main__')\n"
+    "else:\n"
+    "    runpy.run_module(way, run_name='__main__', alter_sys=True)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "way", ["rsz_bench", "rsz_bench.cli", "rsz_bench.edge_bench", str(ROOT / "benchmarks" / "edge_bench.py")]
+)
+def test_every_way_into_rsz_bench_is_its_console_script(way, tmp_path):
+    """python -m rsz_bench (there was no __main__), -m rsz_bench.cli, -m rsz_bench.edge_bench and
+    benchmarks/edge_bench.py run rsz_infer.entry.bench_main: a missing extra is its one line, not a
+    traceback."""
+    argv = [way, "plot", "latency.json", "--out", "plot.png"]
+    proc = subprocess.run([sys.executable, "-c", WAY_IN, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: rsz-bench needs the bench extra (matplotlib is not installed): pip install 'rsz[bench]'"
+    ]

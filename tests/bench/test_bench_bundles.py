@@ -80,3 +80,39 @@ def test_two_models_of_one_name_keep_their_own_results(bundles, tmp_path):
     )
     for stem, bundle in zip(stems, (*bundles, bundles[0])):
         assert json.loads((tmp_path / f"{stem}.json").read_text())["model"] == str(bundle)
+
+
+FROM_A_CHECKOUT = """
+import runpy, sys
+# an edge device: rsz not installed (benchmarks/ is not importable as rsz_bench), no PyTorch
+sys.modules['rsz_bench'] = sys.modules['rsz_export'] = sys.modules['torch'] = None
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name='__main__')
+finally:
+    print('rsz_bench:', sys.modules['rsz_bench'].__file__, file=sys.stderr)
+"""
+
+
+def test_edge_bench_runs_from_a_checkout_where_rsz_is_not_installed(bundle, tmp_path):
+    """benchmarks/edge_bench.py, the way in of an edge device, stopped at `from rsz_bench.cli import main`
+    (No module named 'rsz_bench'): the checkout's benchmarks/ folder is rsz_bench there."""
+    script = ROOT / "benchmarks" / "edge_bench.py"
+    args = [
+        script,
+        "latency",
+        "--model",
+        bundle,
+        "--backend",
+        "ort",
+        *LATENCY_ARGS,
+        "--out",
+        tmp_path / "res",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", FROM_A_CHECKOUT, *map(str, args)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"rsz_bench: {ROOT / 'benchmarks' / '__init__.py'}"
+    rows = json.loads((tmp_path / "res" / "latency_model.json").read_text())["rows"]
+    assert [(r["backend"], r["status"]) for r in rows] == [("ort", "ok")]
