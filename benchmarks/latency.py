@@ -164,8 +164,8 @@ def _open_bundle(bundle_dir: Path, image_size: int | None, run_dir: Path | None)
             src.flops_per_image = counted
             src.flops_method = "sum of MatMul/Gemm/Conv in the ONNX image graph, shapes inferred at batch 1"
     if not _torch_installed():  # --run and the bundle's weights serve the torch rows only, which say so
-        pass
-    elif run_dir is not None:
+        return src
+    if run_dir is not None:
         src.torch_module = _image_module_from_run(run_dir)
     elif manifest.extra.get("torch"):  # the run's weights ship in the bundle (rsz_infer.runners.torch)
         src.torch_module = _image_module_from_bundle(bundle_dir, manifest)
