@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,7 +11,7 @@ import rsz_infer
 from rsz_export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import Manifest, load_manifest
 from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
-from rsz_infer.trt_lib import sidecar_path
+from rsz_infer.trt_lib import read_sidecar, sidecar_path
 from rsz_train.models.registry import model_kinds
 
 RUN_OPTIONS = [
@@ -216,7 +215,7 @@ def inspect(bundle: Path) -> None:
         rows.append((f"graph {role}", f"{graph.onnx} [{graph.precision}] {io}"))
         for engine in graph.engines:
             side = bundle / sidecar_path(Path(engine)).name
-            info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+            info = read_sidecar(side) if side.is_file() else {}
             rows.append(
                 (
                     "  engine",

@@ -14,7 +14,6 @@ FP16); without measurements the graph's default precision.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -186,15 +185,14 @@ def _batch_range(graph, runner: Runner) -> tuple[int, int | None]:
         return first.shape[0], first.shape[0]
     engine_path = getattr(runner, "engine_path", None)
     if engine_path is not None:
-        from rsz_infer.trt_lib import sidecar_path
+        from rsz_infer.trt_lib import read_sidecar, sidecar_path
 
         try:
-            profile = json.loads(sidecar_path(Path(engine_path)).read_text(encoding="utf-8"))["profile"][
-                first.name
-            ]
-            return int(profile["min"][0]), int(profile["max"][0])
-        except (OSError, KeyError, ValueError, IndexError):
-            pass  # no usable sidecar: let the engine say what it takes
+            profile = read_sidecar(sidecar_path(Path(engine_path)))["profile"].get(first.name)
+        except (OSError, RszError):
+            profile = None  # no usable sidecar: let the engine say what it takes
+        if profile and profile["min"] and profile["max"]:
+            return profile["min"][0], profile["max"][0]
     return 1, None
 
 
@@ -221,12 +219,12 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
 
 def engine_precision(engine: Path, default: str) -> str:
     """The precision an engine was built in (its sidecar's "precision"; older sidecars: `default`)."""
-    from rsz_infer.trt_lib import sidecar_path
+    from rsz_infer.trt_lib import read_sidecar, sidecar_path
 
     try:
-        return json.loads(sidecar_path(engine).read_text(encoding="utf-8")).get("precision", default)
-    except (OSError, ValueError, AttributeError):
-        return default  # TrtRunner reports a missing or bad sidecar when it loads
+        return read_sidecar(sidecar_path(engine)).get("precision", default)
+    except (OSError, RszError):
+        return default  # TrtRunner reports a missing or bad sidecar (read_sidecar's line) when it loads
 
 
 def _engines_of(bundle_dir: Path, graph, precision: str) -> list[str]:  # GraphSpec

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -91,6 +92,48 @@ def trt_available() -> TrtLib | None:
 def sidecar_path(engine_path: Path) -> Path:
     """Every engine has `<engine>.json` beside it: library, version, targets, profile, ONNX hash."""
     return engine_path.with_name(engine_path.name + ".json")
+
+
+def read_sidecar(path: Path) -> dict:
+    """The sidecar at `path` (sidecar_path of an engine), checked: a one-line RszError naming the file and
+    the field when it is not JSON, not an object, or a field rsz reads is missing or of the wrong type.
+
+    The one reader of sidecars (runner, runner selection, rsz-export inspect, benchmarks), so that a bad one
+    says the same thing everywhere instead of a KeyError here and a silent default there.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RszError(f"{path}: engine sidecar is not JSON ({first_line(err, limit=200)})") from None
+    except RecursionError:  # json's parser recurses: arrays or objects nested too deep
+        raise RszError(f"{path}: engine sidecar is not JSON (nested too deep)") from None
+    if not isinstance(data, dict):
+        raise RszError(f"{path}: engine sidecar is not a JSON object")
+
+    def bad(field: str, want: str) -> RszError:
+        if field.split(".")[0] not in data:
+            return RszError(f"{path}: engine sidecar has no {field!r} (rebuild the engine with rsz-export)")
+        return RszError(f"{path}: engine sidecar field {field!r} must be {want}")
+
+    for field in ("library", "library_version"):
+        if not isinstance(data.get(field), str):
+            raise bad(field, "a string")
+    targets = data.get("compute_capabilities")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise bad("compute_capabilities", 'a non-empty list of strings such as "8.6"')
+    # "precision" is optional: older sidecars have none (rsz_infer.backend.engine_precision defaults it)
+    if "precision" in data and not isinstance(data["precision"], str):
+        raise bad("precision", "a string")
+    profile = data.get("profile")
+    if not isinstance(profile, dict):
+        raise bad("profile", "an object of input name -> min/opt/max shapes")
+    for name, shapes in profile.items():
+        for key in ("min", "opt", "max"):
+            dims = shapes.get(key) if isinstance(shapes, dict) else None
+            if not isinstance(dims, list) or not all(type(d) is int for d in dims):
+                raise bad(f"profile.{name}.{key}", "a list of integers")
+    return data
 
 
 def cudart() -> ModuleType:

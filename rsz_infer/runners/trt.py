@@ -7,14 +7,13 @@ Device buffers come from cuda-python; copies are async on one stream from pinned
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
-from rsz_infer.trt_lib import cudart, gpu_compute_capability, load_trt, sidecar_path
+from rsz_infer.trt_lib import cudart, gpu_compute_capability, load_trt, read_sidecar, sidecar_path
 
 
 def _check(result: tuple, what: str):  # cuda-python returns (err, value...)
@@ -62,12 +61,9 @@ class TrtRunner(Runner):
             raise RszError(f"{self.path}: engine file not found")
         if not side.is_file():
             raise RszError(f"{side}: missing engine sidecar (rebuild the engine with rsz-export)")
-        try:
-            self.sidecar = json.loads(side.read_text(encoding="utf-8"))
-            library, version = self.sidecar["library"], self.sidecar["library_version"]
-            targets = list(self.sidecar["compute_capabilities"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise RszError(f"{side}: malformed engine sidecar ({err})") from None
+        self.sidecar = read_sidecar(side)
+        library, version = self.sidecar["library"], self.sidecar["library_version"]
+        targets = self.sidecar["compute_capabilities"]
         lib = load_trt(prefer=library)
         if lib.version != version:
             raise RszError(

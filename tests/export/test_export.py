@@ -22,7 +22,7 @@ from rsz_export.api import ExportSource, export_model
 from rsz_export.cli import main
 from rsz_export.onnx_export import load_checked
 from rsz_export.trt_build import ShapeRange, build_engine, onnx_input_dims, optimisation_profile
-from rsz_infer.bundle import load_manifest
+from rsz_infer.bundle import load_manifest, sha256_file
 from rsz_infer.errors import RszError
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.runners.ort import OrtRunner
@@ -182,6 +182,61 @@ def test_real_tensorrt_rtx_engines_with_sidecars(bundle: Path) -> None:
     assert image_side["profile"]["image"]["opt"] == [4, 3, SIZE, SIZE]
     assert side["compute_capabilities"] and len(side["onnx_sha256"]) == 64
     assert (bundle / "text.engine").stat().st_size > 1000
+
+
+# Hand-written broken sidecars, each with the one line read_sidecar gives (the file is named before it).
+BAD_SIDECARS = {
+    "not_json": ('{"library": "tensorrt_rtx",', "engine sidecar is not JSON (Expecting"),
+    "not_an_object": ('["tensorrt_rtx", "1.7"]', "engine sidecar is not a JSON object"),
+    "no_library": ({"library": None}, "engine sidecar has no 'library' (rebuild the engine"),
+    "version_a_number": ({"library_version": 1.7}, "engine sidecar field 'library_version' must be a string"),
+    "targets_a_string": (
+        {"compute_capabilities": "8.6"},
+        "engine sidecar field 'compute_capabilities' must be",
+    ),
+    "no_profile": ({"profile": None}, "engine sidecar has no 'profile'"),
+    "profile_dims_text": (
+        {"profile": {"image": {"min": "1,3,16,16", "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16]}}},
+        "engine sidecar field 'profile.image.min' must be a list of integers",
+    ),
+    "precision_a_number": ({"precision": 16}, "engine sidecar field 'precision' must be a string"),
+}
+
+
+def _bad_sidecar(good: dict, case: str) -> str:
+    """The text of BAD_SIDECARS[case]: a string as is, a dict as changes to the good sidecar (None drops)."""
+    change = BAD_SIDECARS[case][0]
+    if isinstance(change, str):
+        return change
+    side = {**good, **change}
+    return json.dumps({k: v for k, v in side.items() if v is not None})
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SIDECARS))
+def test_a_malformed_engine_sidecar_is_one_line_naming_file_and_field(
+    bundle: Path, tmp_path: Path, case: str
+) -> None:
+    """The runner and rsz-export inspect read sidecars through read_sidecar: one line, file and field.
+    (Before, inspect gave a traceback and the runner let ill-typed fields through, a string of targets
+    became its characters.)"""
+    from rsz_infer.runners.trt import TrtRunner
+
+    good = json.loads(sidecar_path(bundle / "image.engine").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    side = sidecar_path(copy / "image.engine")
+    side.write_text(_bad_sidecar(good, case), encoding="utf-8")
+    expected = f"{side}: {BAD_SIDECARS[case][1]}"
+    with pytest.raises(RszError) as err:
+        TrtRunner(copy / "image.engine")
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+    # inspect re-verifies hashes first: list the broken sidecar with its hash, as a careless tool would
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][side.name] = sha256_file(side)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {expected}"), result.output
 
 
 def _nvidia_gpu() -> bool:
