@@ -204,7 +204,7 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
         return _ort(bundle_dir, onnx_name, device)
     if backend == "trt":
         if device == "cpu":
-            raise RszError("--backend trt: TensorRT needs a GPU; use --device cuda or --backend ort")
+            raise RszError(_trt_needs_gpu(bundle_dir, graph, role))
         return _trt(bundle_dir, _engines_of(bundle_dir, graph, precision), role)
     # auto
     engines = _engines_of(bundle_dir, graph, precision)
@@ -215,6 +215,25 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
             if notes is not None:
                 notes.append(f"auto: TensorRT not usable for {role} ({err}); using ONNX Runtime")
     return _ort(bundle_dir, onnx_name, device)
+
+
+def _trt_needs_gpu(bundle_dir: Path, graph, role: str) -> str:  # GraphSpec
+    """The line for --backend trt when the device is the CPU: which GPU the graph's engines need (their
+    sidecars' library) and why this run has none. All engines count: the CPU's precision may have none."""
+    from rsz_infer.trt_lib import read_sidecar, sidecar_path
+
+    if not graph.engines:
+        return f"{bundle_dir}: no TensorRT engine for the {role} graph; use --backend ort"
+    libraries = set()
+    for name in graph.engines:
+        try:
+            libraries.add(read_sidecar(sidecar_path(bundle_dir / name))["library"])
+        except (OSError, RszError):
+            pass  # said by TrtRunner where a GPU is
+    need = "TensorRT-RTX engines need an RTX GPU" if libraries == {"tensorrt_rtx"} else "TensorRT needs a GPU"
+    if gpu_present():
+        return f"--backend trt: {need}, not --device cpu; use --device cuda or --backend ort"
+    return f"--backend trt: {need} and no NVIDIA GPU is visible here; use --backend ort (ONNX Runtime)"
 
 
 def engine_precision(engine: Path, default: str) -> str:

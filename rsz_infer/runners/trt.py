@@ -72,9 +72,10 @@ class TrtRunner(Runner):
             )
         capability = gpu_compute_capability(device)
         if capability is None:
+            need = "TensorRT-RTX engines need an RTX GPU" if lib.is_rtx else "TensorRT engines need one"
             raise RszError(
-                f"{self.path}: no usable CUDA GPU on this machine (TensorRT engines need one); "
-                "use the ONNX Runtime backend instead"
+                f"{self.path}: no usable CUDA GPU on this machine ({need}); "
+                "use the ONNX Runtime backend (--backend ort) instead"
             )
         if capability not in targets and not (lib.is_rtx and _rtx_runs_later(capability, targets)):
             raise RszError(

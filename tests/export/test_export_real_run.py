@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ from click.testing import CliRunner
 from rsz_export.cli import main
 from rsz_infer.bundle import load_manifest
 from rsz_infer.runners.ort import OrtRunner
+
+from .test_export import _nvidia_gpu
 
 # Shares nothing with tests/train on purpose (its fixtures live in that folder's conftest); one epoch at
 # 32 px is enough to get a real checkpoint. The lead may move this run into a shared fixture.
@@ -48,6 +53,51 @@ def test_export_real_dsva_run(dsva_run: tuple[Path, Path], tmp_path: Path) -> No
 
     again = CliRunner().invoke(main, ["--model", "mcfa", "--run", str(run), "--engine", "none"])
     assert again.exit_code == 2 and "is a dsva run, not mcfa" in again.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_nvidia_gpu(), reason="a GPU host: the engines may run there")
+def test_backend_trt_without_a_gpu_is_one_line_and_writes_nothing(
+    dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The README's TensorRT-RTX path on a machine without a GPU: rsz-export --engine trt builds the
+    engines on the CPU; rsz-infer --backend trt, with each --device, stops with one line saying they need an
+    RTX GPU (before: "use --device cuda" where there is none), writes nothing and keeps an earlier output."""
+    run, bench = dsva_run
+    bundle = tmp_path / "models" / "dsva"
+    args = ["--model", "dsva", "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
+    exported = CliRunner().invoke(main, [*args, "--out", str(bundle)])
+    assert exported.exit_code == 0, exported.output
+    classes = tmp_path / "new.txt"
+    classes.write_text("forest: dense trees\nlake: still blue water\n", encoding="utf-8")
+    tiles = bench / "images" / sorted(p.name for p in (bench / "images").iterdir())[0]
+    earlier = tmp_path / "earlier" / "labels.csv"
+    earlier.parent.mkdir()
+    earlier.write_text("an earlier run's labels\n", encoding="utf-8")
+    need = "TensorRT-RTX engines need an RTX GPU"
+    no_gpu = re.escape(
+        f"--backend trt: {need} and no NVIDIA GPU is visible here; use --backend ort (ONNX Runtime)"
+    )
+    expected = {
+        "auto": no_gpu,
+        "cpu": no_gpu,
+        "cuda": re.escape(str(bundle))
+        + rf"/(image|text)\.engine: no usable CUDA GPU on this machine \({need}\); use the ONNX Runtime "
+        r"backend \(--backend ort\) instead",
+    }
+    for device, line in expected.items():
+        for out in (earlier, tmp_path / "fresh" / "labels.gpkg"):
+            command = [str(tiles), "--classes", str(classes), "--model", str(bundle), "--out", str(out)]
+            command += ["--html", str(out.with_suffix(".html")), "--backend", "trt", "--device", device]
+            proc = subprocess.run(
+                [sys.executable, "-m", "rsz_infer.cli", *command, "--quiet"], capture_output=True, text=True
+            )
+            assert proc.returncode == 2, proc.stderr
+            assert len(proc.stderr.splitlines()) == 1 and re.fullmatch(
+                f"error: {line}", proc.stderr.strip()
+            ), proc.stderr
+    assert earlier.read_text(encoding="utf-8") == "an earlier run's labels\n"
+    assert [p.name for p in earlier.parent.iterdir()] == ["labels.csv"]
 
 
 EXPECTED_GRAPHS = {
