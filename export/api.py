@@ -467,26 +467,17 @@ def export_lock(out: Path, force: bool, inputs: Iterable[Path] = ()) -> Iterator
     .NAME.lock beside `out`, released by a kill too), then what a killed export left is cleaned up (holding
     the lock, no running export owns it) and check_out again on what is there now."""
     check_out(out, force, inputs)  # first without side effects: a refused --out creates nothing
-    created = [p for p in out.parents if not p.exists()]  # made for the lock file; removed on failure
-    try:
-        try:
-            lock = OutputLock(out, "export")
-        except RszError:  # OutputLock's wording names rsz-infer
-            raise RszError(
-                f"{out}: another rsz-export is writing it right now; wait for it to finish or choose "
-                "another --out"
-            ) from None
-        with lock:
-            _recover(out)
-            check_out(out, force, inputs)
-            yield
-    except BaseException:
-        for folder in created:  # deepest first; a folder something else wrote into stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
+    try:  # the folders made for the lock file go again with it when the export fails (OutputLock.release)
+        lock = OutputLock(out, "export")
+    except RszError:  # OutputLock's wording names rsz-infer
+        raise RszError(
+            f"{out}: another rsz-export is writing it right now; wait for it to finish or choose "
+            "another --out"
+        ) from None
+    with lock:
+        _recover(out)
+        check_out(out, force, inputs)
+        yield
 
 
 def _recover(out: Path) -> None:

@@ -44,9 +44,15 @@ class OutputLock:
     def __init__(self, target: Path | str, what: str = "run") -> None:
         target = Path(target)
         self.path = lock_path(target)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the folders made here for the lock (deepest first): release() removes them again while empty, so
+        # a run that fails before writing (say, --backend trt without a GPU) leaves no new empty folder
+        self._made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # another run's release() removed the new folder meanwhile: again
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -69,6 +75,11 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+            for folder in self._made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: it holds this run's output (or another run's lock)
+                    break
 
     def __enter__(self) -> OutputLock:
         return self

@@ -288,6 +288,13 @@ def test_diverging_graph_fails_the_check_and_writes_nothing(tmp_path: Path) -> N
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["tok.json"]
 
 
+def test_a_failed_export_leaves_no_folder_it_made_for_out(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "broken"  # the lock file beside --out made new/ and new/deeper/
+    with pytest.raises(RszError, match="differs from PyTorch"):
+        export_model(_source(ToyModel(_Diverging()), tmp_path), out, engine="none")
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]
+
+
 def test_a_bundle_rsz_infer_could_not_read_is_never_written(tmp_path: Path) -> None:
     # e.g. a CLIP folder's preprocessor_config.json with std 0: refused before the bundle takes --out's place
     source = _source(ToyModel(), tmp_path)

@@ -98,6 +98,7 @@ def test_backend_trt_without_a_gpu_is_one_line_and_writes_nothing(
             ), proc.stderr
     assert earlier.read_text(encoding="utf-8") == "an earlier run's labels\n"
     assert [p.name for p in earlier.parent.iterdir()] == ["labels.csv"]
+    assert not (tmp_path / "fresh").exists()
 
 
 EXPECTED_GRAPHS = {

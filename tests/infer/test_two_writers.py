@@ -100,6 +100,23 @@ def test_second_index_append_is_one_line_and_loses_nothing(bundles, tiles, tmp_p
     assert sorted(os.listdir(tmp_path)) == ["idx", "more", "tiles"]  # no lock, no old or temporary folders
 
 
+def test_a_run_that_fails_before_writing_leaves_no_new_folder(bundles, class_file, tiles, tmp_path, capsys):
+    """The lock beside --out makes its folder; a run that then fails (here: --backend trt, the toy bundle
+    has no engines) removes it again, a folder that was there stays, and a run that writes keeps its own."""
+    label = [tiles, "--classes", class_file, "--model", bundles["msa"], "--quiet", "--out"]
+    index = ["index", tiles, "--model", bundles["msa"], "--quiet", "--out"]
+    for args in ([*label, tmp_path / "new" / "sub" / "labels.csv"], [*index, tmp_path / "new" / "idx"]):
+        code, _, err = run_cli([*args, "--backend", "trt"], capsys)
+        # the image or the text graph's line: the two runners open at once
+        assert code == 2 and "no TensorRT engine for the" in error_lines(err)[0]
+        assert sorted(os.listdir(tmp_path)) == ["tiles"]
+    (tmp_path / "there").mkdir()
+    code, _, _ = run_cli([*label, tmp_path / "there" / "labels.csv", "--backend", "trt"], capsys)
+    assert code == 2 and os.listdir(tmp_path / "there") == []
+    code, _, _ = run_cli([*label, tmp_path / "new" / "labels.csv"], capsys)
+    assert code == 0 and sorted(os.listdir(tmp_path / "new")) == ["labels.csv", "labels.csv.run.json"]
+
+
 def _interrupted_run(bundles, class_file, tiles, out):
     def interrupt(n):
         if n == 1:
