@@ -64,18 +64,21 @@ class TrtRunner(Runner):
         self.sidecar = read_sidecar(side)
         library, version = self.sidecar["library"], self.sidecar["library_version"]
         targets = self.sidecar["compute_capabilities"]
+        # The GPU first: without one, installing TensorRT would only change the error (the library's
+        # name comes from the JSON sidecar, not from the library).
+        capability = gpu_compute_capability(device)
+        if capability is None:
+            rtx = library == "tensorrt_rtx"
+            need = "TensorRT-RTX engines need an RTX GPU" if rtx else "TensorRT engines need one"
+            raise RszError(
+                f"{self.path}: no usable CUDA GPU on this machine ({need}); "
+                "use the ONNX Runtime backend (--backend ort) instead"
+            )
         lib = load_trt(prefer=library)
         if lib.version != version:
             raise RszError(
                 f"{self.path}: engine built with {library} {version}, this machine has {lib.version}; "
                 "rebuild it with rsz-export"
-            )
-        capability = gpu_compute_capability(device)
-        if capability is None:
-            need = "TensorRT-RTX engines need an RTX GPU" if lib.is_rtx else "TensorRT engines need one"
-            raise RszError(
-                f"{self.path}: no usable CUDA GPU on this machine ({need}); "
-                "use the ONNX Runtime backend (--backend ort) instead"
             )
         if capability not in targets and not (lib.is_rtx and _rtx_runs_later(capability, targets)):
             raise RszError(

@@ -253,6 +253,30 @@ def test_trt_runner_without_gpu_is_one_clear_error(bundle: Path) -> None:
         TrtRunner(bundle / "image.engine")
 
 
+WITHOUT_TENSORRT = (
+    "import sys\n"
+    "sys.modules['tensorrt'] = sys.modules['tensorrt_rtx_bindings'] = None  # before pip install rsz[trt]\n"
+    "from rsz_infer.errors import RszError\n"
+    "from rsz_infer.runners.trt import TrtRunner\n"
+    "try:\n"
+    "    TrtRunner(sys.argv[1])\n"
+    "except RszError as err:\n"
+    "    print(err)\n"
+)
+
+
+@pytest.mark.skipif(_nvidia_gpu(), reason="a GPU host: the missing GPU is what this test is about")
+def test_trt_runner_without_gpu_or_tensorrt_says_no_gpu_first(bundle: Path) -> None:
+    """With neither a GPU nor TensorRT, the line is the GPU: installing TensorRT would only change it."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORRT, str(bundle / "image.engine")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    engine = bundle / "image.engine"
+    assert proc.stdout.startswith(f"{engine}: no usable CUDA GPU on this machine"), proc.stdout
+    assert "pip install" not in proc.stdout
+
+
 @pytest.mark.skipif(not _nvidia_gpu(), reason="needs an NVIDIA GPU (the GPU twin of the test above)")
 def test_trt_runner_on_a_gpu_matches_onnx_runtime(bundle: Path) -> None:
     from rsz_infer.runners.trt import TrtRunner
