@@ -307,7 +307,9 @@ def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
 @click.argument("index_dir")
 @click.option("--text", default=None, help="A sentence describing the tiles to find.")
 @click.option("--image", default=None, help="A query image: find tiles that look like it.")
-@click.option("-k", "k", default=20, show_default=True, help="How many tiles to return.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=20, show_default=True, help="How many tiles to return."
+)
 @click.option(
     "--rerank",
     type=click.IntRange(min=0),

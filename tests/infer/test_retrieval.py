@@ -283,6 +283,17 @@ def test_a_negative_rerank_count_is_a_usage_error(colour_index, capsys):
         search(idx, text="a red roof", rerank=-3)
 
 
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_a_k_below_one_is_a_usage_error(colour_index, k, capsys):
+    """-k 0 / -k -1: click's usage error naming the value, as --rerank gives; the API keeps its own check."""
+    idx, _ = colour_index
+    code, out, err = run_cli(["search", idx, "--text", "a red roof", "-k", k], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"Error: Invalid value for '-k': {k} is not in the range x>=1." in err
+    with pytest.raises(RszError, match=rf"^-k {k}: must be at least 1$"):
+        search(idx, text="a red roof", k=int(k))
+
+
 def test_search_image_a_folder_is_one_line_and_a_gdal_path_is_read(colour_index, tmp_path, capsys):
     """--image FOLDER said 'no such file'; --image /vsizip/... (as `rsz-infer index` reads it) too."""
     idx, tiles = colour_index
