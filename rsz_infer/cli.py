@@ -240,7 +240,11 @@ def label_command(
         summary = label_tiles(cfg)
     click.echo(summary.line(cfg.out), err=True)
     if summary.gallery_tiles is not None:
-        click.echo(f"rsz-infer: gallery of {summary.gallery_tiles} tiles -> {html_out}", err=True)
+        from rsz_infer.report import gallery_line
+
+        click.echo(
+            f"rsz-infer: {gallery_line(summary.gallery_tiles, summary.gallery_missing, html_out)}", err=True
+        )
     sys.exit(summary.exit_code)
 
 
@@ -354,9 +358,9 @@ def search_command(
         from rsz_infer.report import (
             GalleryItem,
             footprint_line,
+            gallery_line,
             label_lines,
             load_labels,
-            missing_previews,
             write_gallery,
         )
 
@@ -376,9 +380,7 @@ def search_command(
         ]
         heading = f"rsz search: {text if text is not None else image}"
         missing = write_gallery(html_out, heading, items, options)
-        # a card without a picture is easy to miss in a long gallery: the summary counts them
-        why = f", {missing_previews(missing)}" if missing else ""
-        click.echo(f"rsz-infer search: gallery of {len(hits)} tiles{why} -> {html_out}", err=True)
+        click.echo(f"rsz-infer search: {gallery_line(len(hits), missing, html_out)}", err=True)
 
 
 @click.command(name="merge", context_settings=HELP_OPTIONS)

@@ -147,6 +147,7 @@ class Summary:
     class_maps: list[Path] = field(default_factory=list)  # each with its .png quicklook beside it
     class_map_scenes: list[str] = field(default_factory=list)  # the scene of each class map
     gallery_tiles: int | None = None  # tiles in the HTML gallery, when one was written
+    gallery_missing: int = 0  # of those, the tiles without a preview (report.write_gallery)
     labeling: str | None = None  # which rule labeled, for bundles with a choice (rsz_infer.latent_classifier)
 
     @property
@@ -411,7 +412,9 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
 
         heading = f"rsz labels: {cfg.classes.name}"
         labeled = [r for r in log.records() if "labels" in r]
-        summary.gallery_tiles = write_label_gallery(cfg.html, heading, labeled, cfg.tiles, summary.class_maps)
+        summary.gallery_tiles, summary.gallery_missing = write_label_gallery(
+            cfg.html, heading, labeled, cfg.tiles, summary.class_maps
+        )
     # what the output was made with, for a later --resume; written before the log goes (a kill between
     # the two leaves the log, which --resume reads first)
     write_finished(cfg.out, header, plan.listing.tiles())

@@ -81,16 +81,17 @@ h1{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
 
 def write_label_gallery(
     path: Path, heading: str, records: list[dict], options: TileOptions, class_maps: list[Path]
-) -> int:
-    """The labeling gallery: class maps' quicklooks, then the first GALLERY_MAX tiles; returns their count."""
+) -> tuple[int, int]:
+    """The labeling gallery: class maps' quicklooks, then the first GALLERY_MAX tiles. Returns how many tiles
+    it shows and how many of them have no preview (write_gallery)."""
     rows = records[:GALLERY_MAX]
     items = [
         GalleryItem(r["labels"][0], r, label_lines(r) + footprint_line(r), _attention_overlays(r))
         for r in rows
     ]
     pictures = [(m.name, m.with_suffix(".png")) for m in class_maps if m.with_suffix(".png").is_file()]
-    write_gallery(path, f"{heading} ({len(rows)} tiles)", items, options, pictures)
-    return len(rows)
+    missing = write_gallery(path, f"{heading} ({len(rows)} tiles)", items, options, pictures)
+    return len(rows), missing
 
 
 def _attention_overlays(record: dict) -> list[tuple[str, list]]:
@@ -160,6 +161,13 @@ def write_gallery(
 def missing_previews(missing: int) -> str:
     """What a gallery's page and summary line say of its tiles without a thumbnail."""
     return f"{missing} without a preview (the file is gone, changed or cannot be read)"
+
+
+def gallery_line(tiles: int, missing: int, path: Path | str) -> str:
+    """The summary line's part for a gallery (labeling and search): a card without a picture is easy to miss
+    in a long gallery, so the line counts them."""
+    why = f", {missing_previews(missing)}" if missing else ""
+    return f"gallery of {tiles} tiles{why} -> {path}"
 
 
 def _from_columns(row: dict) -> dict:

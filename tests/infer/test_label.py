@@ -311,3 +311,28 @@ def test_backend_choices_say_clearly_what_is_unavailable(bundles):
         "or use --backend ort or trt$",
     ):
         open_runner(bundles["msa"], manifest, "image", "torch", "cpu")
+
+
+def test_label_gallery_summary_counts_tiles_without_a_preview(bundles, class_file, tmp_path, capsys):
+    """A tile labeled before a stop and gone before --resume keeps its card ("no preview"); the summary line
+    counts it as rsz-infer search's does (it said only "gallery of 3 tiles")."""
+    folder, out, page = tmp_path / "tiles", tmp_path / "labels.csv", tmp_path / "g.html"
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(folder / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+
+    def interrupt(n):
+        if n == 1:
+            raise KeyboardInterrupt
+
+    cfg = LabelConfig([str(folder)], class_file, out, bundles["msa"], batch=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(cfg, on_batch=interrupt)
+    part = out.with_name(out.name + ".part")
+    (done,) = [json.loads(line)["tile"] for line in part.read_text().splitlines()[1:]]
+    (folder / Path(done).name).unlink()
+    args = [folder, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--batch", "1"]
+    code, _, err = run_cli([*args, "--resume", "--html", page, "--quiet"], capsys)
+    assert code == 0, err
+    why = "1 without a preview (the file is gone, changed or cannot be read)"
+    assert err.splitlines()[-1] == f"rsz-infer: gallery of 3 tiles, {why} -> {page}", err
+    assert page.read_text().count('<div class="missing">no preview') == 1
