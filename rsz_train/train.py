@@ -694,8 +694,9 @@ def train(
 
     With `resume`, continue the run in `out_dir` from its last.pt, or from epoch 0 where a run killed
     in its first epoch has its config.yaml but no last.pt yet (its own config.yaml either way; `epochs`
-    may extend it). `stop_after_epoch` ends the call after that many epochs as an interruption would
-    (last.pt is written, the test split is not scored).
+    may extend it, a finished run and each finished split of split_id "all" too). `stop_after_epoch`
+    ends the call after that many epochs as an interruption would (last.pt is written, the test split
+    is not scored).
 
     `nproc` > 1 trains in that many local processes with DistributedDataParallel; a process started by
     torchrun joins its job from the environment (rsz_train.distributed: the same global batches as one
@@ -810,9 +811,11 @@ def _train(
     reports = []
     for split_obj, source in splits:
         sub = out_dir / split_obj.name
-        if resume and (sub / runs.REPORT).is_file():
+        if resume and _finished_at(sub, kind) == config.train.epochs:
             reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
             continue
+        # a split finished at other epochs (`--resume --epochs M`) goes on from its last.pt, as the run of
+        # one split does
         job = FitJob(
             kind, data, split_obj, source, sub, config, dev, resume, stop_after_epoch, write_parent_config
         )
@@ -838,6 +841,15 @@ def _train(
     if ctx.is_main:
         runs.write_atomic(out_dir / runs.REPORT, json.dumps(summary, indent=2))
     return out_dir
+
+
+def _finished_at(run_dir: Path, kind: str) -> int | None:
+    """The epochs a finished split's run (its report.json) was trained for, None while it is unfinished:
+    its own config.yaml's (--protocol paper: its selection run's, the refit's are the chosen epochs)."""
+    if not (run_dir / runs.REPORT).is_file():
+        return None
+    own = run_dir / SELECTION if (run_dir / SELECTION / runs.CONFIG).is_file() else run_dir
+    return runs.read_config(own, kind).train.epochs
 
 
 def summarise(tests: list[dict]) -> dict:

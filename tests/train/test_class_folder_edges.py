@@ -301,6 +301,33 @@ def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(t
         assert report["epochs"] == 3 and len((out / split / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_resume_of_all_splits_with_more_epochs_extends_finished_splits(tiny_benchmark, tmp_path):
+    """`--split-id all --resume --epochs 2` of a finished 1-epoch run trains each split on to 2, as
+    `--resume --epochs 2` of one split's finished run does (the finished splits were kept at 1, silently)."""
+    from rsz_train import runs
+    from rsz_train.train import train
+
+    from .conftest import TINY_OVERRIDES
+
+    data, _layout = load_dataset(tiny_benchmark, DataOptions())
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    _write_two_mcfa_splits(data, folder)
+    options = DataOptions(split_file=str(folder), split_id="all")
+    out = tmp_path / "all"
+
+    def run(**kw) -> None:
+        train("dsva", tiny_benchmark, None, out, device="cpu", data_options=options, **kw)
+
+    run(overrides={**TINY_OVERRIDES, "train.epochs": 1})
+    assert (out / "report.json").is_file()
+    run(epochs=2, resume=True)
+    for split in ("splits_1", "splits_2"):
+        report = json.loads((out / split / "report.json").read_text())
+        assert report["epochs"] == 2 and len((out / split / "metrics.jsonl").read_text().splitlines()) == 2
+    assert runs.read_config(out, "dsva").train.epochs == 2  # the next --resume keeps 2
+
+
 def test_resume_with_the_other_protocol_is_refused(tiny_run, tiny_benchmark, default_split, tmp_path):
     """--protocol paper on an rsz run trained a selection run, then took the rsz run's last.pt as the refit's
     (past its epochs: nothing refit) and reported it as the paper protocol's; rsz on a paper run likewise."""
