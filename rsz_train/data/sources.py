@@ -176,10 +176,10 @@ def load_dataset(data_dir: Path | str, options: DataOptions) -> tuple[SceneData,
     return data, layout
 
 
-def _caption_class(filename: str) -> str:
-    """The class of a caption data set's image: its folder, or the name before a trailing number
-    (RSITMD 'airport_12.tif', RSICD 'denseresidential_3.jpg'), else 'image'."""
-    if "/" in filename:
+def _caption_class(filename: str, by_folder: bool) -> str:
+    """The class of a caption data set's image: its folder when `by_folder`, or the name before a
+    trailing number (RSITMD 'airport_12.tif', RSICD 'denseresidential_3.jpg'), else 'image'."""
+    if by_folder and "/" in filename:
         return filename.rsplit("/", 1)[0]
     stem = Path(filename).stem
     match = re.match(r"^(.*?[A-Za-z])[_\-\s]*\d+$", stem)
@@ -204,14 +204,18 @@ def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
         more = f" (+{len(missing) - 1} more of its {len(entries)} images)" if len(missing) > 1 else ""
         raise RszError(f"{captions_file}: image {missing[0]!r} not found under {root}{more}")
     filenames = sorted(entries)
-    class_names = sorted({_caption_class(f) for f in filenames})
+    # Images in several folders are in class folders; one folder for all (a `filepath` such as
+    # 'RSICD_images' on every entry) is no class: every image would be of one class named after it.
+    by_folder = len({f.rsplit("/", 1)[0] if "/" in f else "" for f in filenames}) > 1
+    class_of = {f: _caption_class(f, by_folder) for f in filenames}
+    class_names = sorted(set(class_of.values()))
     index = {c: i for i, c in enumerate(class_names)}
     return SceneData(
         root=root,
         class_names=class_names,
         descriptions={c: c for c in class_names},  # as words in load_dataset
         image_paths=filenames,
-        labels=np.array([index[_caption_class(f)] for f in filenames], dtype=np.int64),
+        labels=np.array([index[class_of[f]] for f in filenames], dtype=np.int64),
         attribute_names=[],
         attribute_groups=[],
         attribute_phrases=[],

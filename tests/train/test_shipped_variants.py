@@ -279,6 +279,28 @@ def test_caption_sentences_with_tokens_and_no_raw_text_are_read_from_their_token
         load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
 
 
+def test_a_caption_filepath_shared_by_every_image_is_no_class(tmp_path):
+    """Every entry's `filepath` 'RSICD_images' made all images one class 'RSICD_images' (so --unseen N
+    failed, and classes.json named no class of the data set); images in several folders keep them."""
+    captions = _rsicd(tmp_path / "RSICD")
+    doc = json.loads(captions.read_text())
+    for entry in doc["images"]:
+        entry["filepath"] = "RSICD_images"
+    captions.write_text(json.dumps(doc))
+    data, _ = load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    assert data.class_names == ["airport", "bareland", "beach", "image"]
+    assert data.class_names[data.labels[data.image_paths.index("RSICD_images/beach_2.jpg")]] == "beach"
+    for entry in doc["images"]:  # class folders: the folder is the class, whatever the file's name
+        name = entry["filename"]
+        entry["filepath"] = "tiles/" + (name.split("_")[0] if "_" in name else "airport")
+        (tmp_path / "RSICD" / entry["filepath"]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "RSICD" / "RSICD_images" / name).rename(tmp_path / "RSICD" / entry["filepath"] / name)
+    captions.write_text(json.dumps(doc))
+    data, _ = load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    assert data.class_names == ["tiles/airport", "tiles/bareland", "tiles/beach"]
+    assert data.class_names[data.labels[data.image_paths.index("tiles/airport/00010.jpg")]] == "tiles/airport"
+
+
 def test_the_folder_ucm_unzipped_into_names_the_data_folder_inside_it(tmp_path):
     """--data on the folder UCMerced_LandUse.zip unpacked into (UCMerced_LandUse/Images/<class>/ and
     __MACOSX/ two levels down) said only "no class folders", not which folder to give."""
