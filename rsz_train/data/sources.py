@@ -153,6 +153,10 @@ def _apply_attributes_file(data: SceneData, path: Path) -> None:
 def load_dataset(data_dir: Path | str, options: DataOptions) -> tuple[SceneData, str]:
     """The images, classes and (optional) descriptions, attributes and captions -> (SceneData, layout)."""
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():  # the downloaded archive itself, say
+        raise RszError(
+            f"{data_dir}: not a folder (--data is the folder of a data set; unpack an archive first)"
+        )
     if not data_dir.is_dir():
         raise RszError(f"{data_dir}: data folder not found (make one with rsz-train synth --out {data_dir})")
     if options.captions:

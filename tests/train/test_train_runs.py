@@ -215,6 +215,14 @@ def test_cli_help_and_one_line_errors(tmp_path, tiny_run, tiny_benchmark):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "nope: data folder not found" in lines[0]
+    # the archive as downloaded, not the folder it unpacks into: not "make one with rsz-train synth"
+    (tmp_path / "UCMerced_LandUse.zip").write_bytes(b"PK\x03\x04")
+    result = runner.invoke(main, ["dsva", "--data", str(tmp_path / "UCMerced_LandUse.zip"), "--unseen", "2",
+                                  "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'UCMerced_LandUse.zip'}: not a folder (--data is the folder of a data set; "
+        "unpack an archive first)"
+    ]
     # an existing run is never overwritten by accident
     result = runner.invoke(main, ["dsva", "--data", str(tiny_benchmark), "--out", str(tiny_run)])
     assert result.exit_code == 2 and "not empty" in result.output
