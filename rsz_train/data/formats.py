@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -83,7 +84,16 @@ def is_data_folder(path: Path) -> bool:
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RszError(f"{root}: not a folder of class folders")
-    return sorted((p for p in root.iterdir() if is_data_folder(p)), key=lambda p: p.name)
+    folders = sorted((p for p in root.iterdir() if is_data_folder(p)), key=lambda p: p.name)
+    for folder in folders:
+        try:  # a name in another code page (a zip made on Windows, unpacked here) is a class name of no text
+            folder.name.encode("utf-8")
+        except UnicodeEncodeError:
+            name = os.fsencode(folder.name)
+            raise RszError(
+                f"{root}: class folder {name!r}: name is not valid UTF-8 (rename the folder)"
+            ) from None
+    return folders
 
 
 def _images_in(folder: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -384,3 +385,22 @@ def test_two_class_folders_naming_one_class_are_refused(tmp_path):
     for name in ("机场", "港口"):  # airport, harbour
         shutil.copytree(root / "airport", root / name)
     assert {"机场", "港口"} <= set(load_scene_folders(root).class_names)
+
+
+def test_a_class_folder_named_in_another_code_page_is_one_line(tmp_path):
+    """A zip made on Chinese Windows names its folders in GBK; unpacked here such a name is no UTF-8 text,
+    and training stopped with a UnicodeEncodeError traceback (at the split's seeded draw)."""
+    from click.testing import CliRunner
+
+    from rsz_train.cli import main
+
+    root = _class_folders(tmp_path / "RSSCN")
+    os.rename(root / "airport", os.fsencode(root) + b"/" + "机场".encode("gbk"))
+    result = CliRunner().invoke(
+        main,
+        ["dsva", "--data", str(root), "--unseen", "2", "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {root}: class folder b'\\xbb\\xfa\\xb3\\xa1': name is not valid UTF-8 (rename the folder)"
+    ]
