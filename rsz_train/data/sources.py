@@ -30,7 +30,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +298,16 @@ def _split_file(
         return _dsva_splits(path, data, layout, options)
     if path.is_file() and path.name in ("seen.txt", "unseen.txt"):
         path = path.parent
+    mcfa_file = _MCFA_NAME.match(path.name) if path.is_file() else None
+    if mcfa_file:  # one file of an MCFA split: that split of its folder
+        if options.split_id not in (None, mcfa_file.group(3)):
+            raise RszError(
+                f"{path}: a file of split {mcfa_file.group(3)}, not of --split-id {options.split_id}: "
+                f"pass its folder, --split-file {path.parent}"
+            )
+        path, options = path.parent, replace(options, split_id=mcfa_file.group(3))
+    if path.is_file():
+        raise RszError(f"{path}: not a split file (a .mat, an MCFA split folder, or seen.txt/unseen.txt)")
     if not path.is_dir():
         raise RszError(f"{path}: split file not found (a .mat, an MCFA split folder, or seen.txt/unseen.txt)")
     if list(path.glob("seen_class_loc_*.txt")):

@@ -491,6 +491,28 @@ def test_mcfa_files_without_a_ratio_are_a_one_line_error(shipped, tmp_path, spli
     assert not (tmp_path / "run").exists()
 
 
+def test_split_file_naming_one_mcfa_file_takes_that_split_of_its_folder(shipped, tmp_path):
+    """--split-file .../seen_class_loc_6_2.txt (a file of the split, not its folder) said "split file not
+    found" of a file that is there; any other file there said so too."""
+    good = _mcfa_folder(tmp_path / "gzsl", shipped["root"], ids=(1, 2))
+    [(split, source)] = _splits(shipped, split_file=str(good / "seen_class_loc_6_2.txt"), split_id=None)
+    [(folder_split, _)] = _splits(shipped, split_file=str(good), split_id="2")
+    assert split == folder_split and (source.split_id, source.split_file) == ("2", str(good))
+    (tmp_path / "classes.csv").write_text("airport\n")
+    for extra, message in [
+        (["--split-file", str(good / "unseen_class_loc_6_2.txt"), "--split-id", "1"],
+         f"{good / 'unseen_class_loc_6_2.txt'}: a file of split 2, not of --split-id 1: pass its folder, "
+         f"--split-file {good}"),
+        (["--split-file", str(tmp_path / "classes.csv")],
+         f"{tmp_path / 'classes.csv'}: not a split file (a .mat, an MCFA split folder, or "
+         "seen.txt/unseen.txt)"),
+    ]:  # fmt: skip
+        result = CliRunner().invoke(
+            main, ["dsva", "--data", str(shipped["root"]), "--out", str(tmp_path / "o"), *extra]
+        )
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {message}"]
+
+
 def test_malformed_split_files_from_the_cli(shipped, tmp_path):
     folder = _mcfa_folder(tmp_path / "zsl", shipped["root"], ids=(1, 2))
     (folder / "unseen_class_loc_6_2.txt").unlink()
