@@ -822,6 +822,17 @@ def _dsva_image_list(
     elif "image_files" in mat:
         where, files = path, _strings(mat["image_files"])
     else:
+        # The sorted list of every class's images: a class of the file with no folder here takes its
+        # images out of it and every later index names another image (wrong classes, no error).
+        folders = {class_name_key(c) for c in data.class_names}
+        missing = [n for n in mat_names if class_name_key(n) not in folders]
+        if missing:
+            more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RszError(
+                f"{path}: allclasses_names has class {missing[0]!r}{more} with no class folder under "
+                f"{data.root}; the indices of a file without image_files follow the sorted images of every "
+                "class: pass the features .mat with --image-list"
+            )
         return list(range(len(data.image_paths)))
     # only the features .mat's labels are checked: a splits file's own "labels" could mean anything
     labels = image_list.labels if image_list is not None else None

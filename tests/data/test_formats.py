@@ -297,6 +297,22 @@ def test_dsva_mat_errors(tmp_path):
             read_dsva_mat(path, data)
 
 
+def test_dsva_mat_naming_a_class_with_no_folder_is_refused_without_an_image_list(tmp_path):
+    """Sorted-order indices count every class's images: with 'Airport' (sorted first) missing on disk, the
+    authors' indices each name another image, and the split trained on other classes without a word."""
+    data = load_scene_folders(_scene_folders(tmp_path / "rssdivcs"))
+    path = _dsva_mat(tmp_path / "a.mat", data)
+    content = {k: v for k, v in loadmat(str(path)).items() if not k.startswith("__")}
+    names = ["Airport", *(str(n[0][0]) for n in content["allclasses_names"])]
+    content["allclasses_names"] = np.array([[n] for n in names], dtype=object)
+    content["att"] = np.hstack([np.zeros((3, 1)), content["att"]])
+    savemat(str(path), content)
+    with pytest.raises(
+        RszError, match=r"a.mat: allclasses_names has class 'Airport' with no class folder under .*rssdivcs; "
+    ):
+        read_dsva_mat(path, data)
+
+
 def test_karpathy_captions_with_any_number_of_sentences(tmp_path):
     doc = {
         "dataset": "rsicd",
