@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from rsz_infer.errors import RszError
+from rsz_infer.errors import RszError, first_line
 
 # open_clip.tokenizer.SimpleTokenizer.pat without its special-token alternatives (those are added tokens)
 CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -66,6 +66,9 @@ def open_clip_tokenizer() -> Tokenizer:
     return clip_tokenizer(dict(simple.encoder), list(merges), "<start_of_text>", "<end_of_text>", 0)
 
 
+HF_START, HF_END = "<|startoftext|>", "<|endoftext|>"  # CLIPTokenizer's names of the start and end tokens
+
+
 def hf_clip_tokenizer(folder: Path) -> Tokenizer:
     """From a Hugging Face CLIP folder's vocab.json + merges.txt (CLIPTokenizer's files), or from its
     tokenizer.json alone: transformers 5 saves a CLIP tokenizer as tokenizer.json only."""
@@ -76,8 +79,30 @@ def hf_clip_tokenizer(folder: Path) -> Tokenizer:
         vocab, merges = _tokenizer_json_bpe(tokenizer_json)
     else:
         vocab, merges = _vocab_and_merges(folder / "vocab.json", folder / "merges.txt")
-    end = "<|endoftext|>"
-    return clip_tokenizer(vocab, merges, "<|startoftext|>", end, vocab.get(end, 0))
+    vocab = _clip_vocab(vocab, tokenizer_json or folder / "vocab.json")
+    try:
+        return clip_tokenizer(vocab, merges, HF_START, HF_END, vocab.get(HF_END, 0))
+    except Exception as err:  # tokenizers raises a plain Exception: "Token `q` out of vocabulary"
+        what = (
+            f"{tokenizer_json}: not a CLIP tokenizer"
+            if tokenizer_json
+            else f"{folder / 'merges.txt'}: does not fit vocab.json"
+        )
+        raise RszError(f"{what} ({first_line(err)})") from None
+
+
+def _clip_vocab(vocab: object, path: Path) -> dict[str, int]:
+    """The vocabulary as BPE takes it (token -> integer id, CLIP's start and end tokens among them), else one
+    line naming its file: `tokenizers` would raise a TypeError far from the file it came from."""
+    ids_ok = isinstance(vocab, dict) and all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()
+    )
+    if not ids_ok:
+        raise RszError(f"{path}: not a CLIP vocabulary (an object of token: integer id)")
+    for token in (HF_START, HF_END):
+        if token not in vocab:
+            raise RszError(f"{path}: no {token!r} token (not a CLIP tokenizer's vocabulary)")
+    return vocab
 
 
 def _vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -88,10 +113,14 @@ def _vocab_and_merges(vocab_path: Path, merges_path: Path) -> tuple[dict[str, in
             )
     try:
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise RszError(f"{vocab_path}: not readable JSON ({err})") from None
+    try:
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise RszError(f"{merges_path}: not UTF-8 text ({err})") from None
     merges = []
-    for number, line in enumerate(merges_path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#version"):
             continue
         parts = line.split()

@@ -337,3 +337,36 @@ def test_one_rule_picks_tokenizer_json_and_a_hostile_one_is_one_line(tmp_path):
     with pytest.raises(RszError, match=r"tokenizer.json: not a BPE tokenizer.json") as err:
         hf_clip_tokenizer(folder)
     assert "\n" not in str(err.value)
+
+
+_START_END = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}
+_MERGES = "#version: 0.2\n"
+_FLOAT_ID_TOKENIZER_JSON = json.dumps({"model": {"vocab": {"<|startoftext|>": 0.5}, "merges": []}}).encode()
+
+
+@pytest.mark.parametrize(
+    "files, named, says",
+    [
+        ({"vocab.json": b'["<|startoftext|>", "<|endoftext|>"]'}, "vocab.json", "token: integer id"),
+        ({"vocab.json": b'{"<|startoftext|>": "0", "<|endoftext|>": 1}'}, "vocab.json", "token: integer id"),
+        ({"vocab.json": b'{"<|endoftext|>": 1, "a</w>": 2}'}, "vocab.json", "no '<|startoftext|>' token"),
+        ({"vocab.json": b"\xff\xfe{}"}, "vocab.json", "not readable JSON"),
+        ({"merges.txt": b"a \xff\n"}, "merges.txt", "not UTF-8 text"),
+        ({"merges.txt": b"q z\n"}, "merges.txt", "Token `q` out of vocabulary"),
+        ({"tokenizer.json": _FLOAT_ID_TOKENIZER_JSON}, "tokenizer.json", "token: integer id"),
+    ],
+)
+def test_a_hf_folders_bad_tokenizer_files_are_one_line_naming_the_file(tmp_path, files, named, says):
+    """A CLIP folder's vocab.json / merges.txt / tokenizer.json that is not a CLIP tokenizer (a list, ids that
+    are no integers, no start token, bytes that are not UTF-8, merges of tokens the vocabulary lacks) is one
+    line naming the file, before any bundle is written (before: AttributeError, TypeError,
+    UnicodeDecodeError or tokenizers' Exception tracebacks from deep inside)."""
+    folder = tmp_path / "hf_tok"
+    _tiny_hf(folder)
+    if "tokenizer.json" not in files:
+        (folder / "vocab.json").write_text(json.dumps(_START_END), encoding="utf-8")
+        (folder / "merges.txt").write_text(_MERGES, encoding="utf-8")
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    result, out = _export(folder, tmp_path)
+    _one_line_error(result, out, f"{folder / named}: ", says)
