@@ -291,9 +291,30 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = first_line(err, "shape mismatch")
-        raise RszError(f"{weights}: does not fit the {run_kind} model of {config_path} ({first})") from None
+        why = state_dict_misfit(model.state_dict(), state) or first_line(err, "shape mismatch")
+        raise RszError(f"{weights}: does not fit the {run_kind} model of {config_path} ({why})") from None
     return model.to(device).eval(), info
+
+
+def state_dict_misfit(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """The first tensor by which `saved` misses the model's `expected` state dict, named, with how many more
+    ("" when none): torch's own message starts with a line that names none ("Error(s) in loading ...")."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    wrong = [k for k in expected if k in saved and saved[k].shape != expected[k].shape]
+
+    def more(keys: list[str]) -> str:
+        return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+    parts = []
+    if missing:
+        parts.append(f"it lacks {missing[0]}{more(missing)}")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"its {k} is {list(saved[k].shape)}, the model's {list(expected[k].shape)}{more(wrong)}")
+    if unexpected:
+        parts.append(f"it has {unexpected[0]}, which the model has not{more(unexpected)}")
+    return "; ".join(parts)
 
 
 RESUME_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "best_score", "best_epoch")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rsz_export.cli import main
@@ -372,3 +373,38 @@ def test_a_run_stopped_before_its_last_epoch_exports_with_a_warning(
     training = load_manifest(out).extra["training"]
     assert training["finished"] is True and training["epochs_done"] == training["epochs"] == 2
     assert "finished, 2 epochs" in CliRunner().invoke(main, ["inspect", str(out)]).output
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_fit_the_run_name_the_tensor(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A run whose model.safetensors is some other state dict (a tensor missing, one of another shape, one
+    the model has not) is refused in one line naming the tensor; before, the line ended at torch's header
+    "(Error(s) in loading state_dict for DSVA:)" and named none."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = dsva_run[0]
+    state = load_file(str(run / "model.safetensors"))
+    first = sorted(state)[0]
+    edits = {
+        "missing": ({k: v for k, v in state.items() if k != first}, f"it lacks {first})"),
+        "shape": (
+            {**state, first: torch.zeros(3, 3)},
+            f"its {first} is [3, 3], the model's {list(state[first].shape)})",
+        ),
+        "extra": ({**state, "head.extra": torch.zeros(2)}, "it has head.extra, which the model has not)"),
+    }
+    for name, (edited, says) in edits.items():
+        bad = tmp_path / name
+        shutil.copytree(run, bad)
+        save_file(edited, str(bad / "model.safetensors"))
+        out = tmp_path / f"bundle_{name}"
+        result = CliRunner().invoke(
+            main, ["--model", "dsva", "--run", str(bad), "--engine", "none", "--out", str(out)]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            f"error: {bad}/model.safetensors: does not fit the dsva model of {bad}/config.yaml ({says}"
+        ), name
+        assert not out.exists()
