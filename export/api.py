@@ -103,6 +103,9 @@ def spread(items: list, n: int) -> list:
 def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
     """Up to MAX_CHECK_TILES images under `tiles_dir` (sorted), preprocessed as inference will; files that
     cannot be decoded are skipped with a warning (read_usable_tiles), as INT8's tiles are."""
+    if not Path(tiles_dir).is_dir():  # a mistyped path, or one tile, is no folder "without tiles"
+        what = "is a file" if Path(tiles_dir).exists() else "no such folder"
+        raise RszError(f"--tiles {tiles_dir}: {what} (it takes a folder of tiles)")
     paths = tile_files(tiles_dir)[:MAX_CHECK_TILES]
     if not paths:
         raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")

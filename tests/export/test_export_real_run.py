@@ -408,3 +408,29 @@ def test_weights_that_do_not_fit_the_run_name_the_tensor(dsva_run: tuple[Path, P
             f"error: {bad}/model.safetensors: does not fit the dsva model of {bad}/config.yaml ({says}"
         ), name
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_tiles_that_is_no_folder_says_so(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """--tiles given one tile or a mistyped path said "no PNG/JPEG/TIFF tiles to check the export on", as
+    for an empty folder; now it says what the path is, as --calibration does, and writes nothing."""
+    run, bench = dsva_run
+    one_tile = sorted((bench / "images").rglob("*.png"))[0]
+    out = tmp_path / "bundle"
+    for given, what in ((one_tile, "is a file"), (tmp_path / "no_such", "no such folder")):
+        args = [
+            "--model",
+            "dsva",
+            "--run",
+            str(run),
+            "--engine",
+            "none",
+            "--out",
+            str(out),
+            "--tiles",
+            str(given),
+        ]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"error: --tiles {given}: {what} (it takes a folder of tiles)"
+        assert not out.exists()
