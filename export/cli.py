@@ -10,7 +10,7 @@ import click
 import rsz_infer
 from rsz_export.trt_build import ENGINE_CHOICES
 from rsz_infer.bundle import Manifest, load_manifest
-from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, one_line_errors, sigterm_as_ctrl_c
 from rsz_infer.trt_lib import read_sidecar, sidecar_path
 from rsz_train.models.registry import model_kinds
 
@@ -75,10 +75,12 @@ def _build(kind, run_dir, fp16, engine, batch, out, force, tiles, gsd, int8, cal
 
     if kind is None or run_dir is None:
         raise RszError("--model and --run are required (e.g. rsz-export --model dsva --run runs/NAME)")
-    bundle = export(
-        run_dir, out, kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd,
-        int8=int8, calibration=calibration,
-    )  # fmt: skip
+    # `kill PID` / `timeout` end it as Ctrl-C does: the staging folder and the lock file go with it
+    with sigterm_as_ctrl_c():
+        bundle = export(
+            run_dir, out, kind, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles, gsd=gsd,
+            int8=int8, calibration=calibration,
+        )  # fmt: skip
     _report(bundle)
 
 
@@ -158,10 +160,11 @@ def clip(
     from rsz_export.clip import arch_note, export_clip
 
     out = out if out is not None else Path("models") / checkpoint.stem
-    bundle, model = export_clip(
-        checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force, tiles=tiles,
-        gsd=gsd, int8=int8, calibration=calibration,
-    )  # fmt: skip
+    with sigterm_as_ctrl_c():  # as in _build
+        bundle, model = export_clip(
+            checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force,
+            tiles=tiles, gsd=gsd, int8=int8, calibration=calibration,
+        )  # fmt: skip
     click.echo(f"{checkpoint}: {arch_note(model.source)}", err=True)
     _report(bundle)
 

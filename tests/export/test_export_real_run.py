@@ -434,3 +434,31 @@ def test_tiles_that_is_no_folder_says_so(dsva_run: tuple[Path, Path], tmp_path: 
         assert result.exit_code == 2, result.output
         assert result.output.strip() == f"error: --tiles {given}: {what} (it takes a folder of tiles)"
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_terminated_export_leaves_nothing_beside_out(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM: timeout, a scheduler) in the middle of an export ends it as Ctrl-C does: exit 130,
+    no --out, and neither its staging folder nor its lock file (nor the models/ folder made for them) left
+    (before: Python's default SIGTERM ended it at once; both stayed until the next export into --out)."""
+    import signal
+    import time
+
+    run = dsva_run[0]
+    out = tmp_path / "models" / "dsva"
+    command = [sys.executable, "-m", "rsz_export.cli", "--model", "dsva", "--run", str(run), "--fp16"]
+    proc = subprocess.Popen(
+        [*command, "--engine", "none", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not [p for p in out.parent.glob(".dsva.*") if p.is_dir()]:  # the staging folder: work under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    assert not out.parent.exists()  # models/ was made for the lock file, and went with it
