@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import shutil
 import tempfile
@@ -190,27 +191,29 @@ def _quantize_static(
 ) -> None:  # noqa: ANN001 - a CalibrationMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(pre_path),
-        str(out),
-        _reader(input_name, tiles),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=excluded,
-        # INT8 only at the inputs of MatMul/Gemm/Conv: residual adds, softmax and normalisation stay float
-        op_types_to_quantize=list(WEIGHTED_OPS),
-        calibrate_method=calibration,
-        # symmetric INT8 and float biases: what TensorRT imports (its parser refuses an INT32 bias
-        # DequantizeLinear); ranges merged every few batches, so calibration memory stays bounded
-        extra_options={
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "QuantizeBias": False,
-            **_merge_every(-(-len(tiles) // CALIBRATION_BATCH)),
-        },
-    )
+    # ORT's calibrator reports progress with print(): kept off stdout, where rsz-export's summary goes
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(pre_path),
+            str(out),
+            _reader(input_name, tiles),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            # INT8 only at the inputs of MatMul/Gemm/Conv: residual adds, softmax and normalisation stay float
+            op_types_to_quantize=list(WEIGHTED_OPS),
+            calibrate_method=calibration,
+            # symmetric INT8 and float biases: what TensorRT imports (its parser refuses an INT32 bias
+            # DequantizeLinear); ranges merged every few batches, so calibration memory stays bounded
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                **_merge_every(-(-len(tiles) // CALIBRATION_BATCH)),
+            },
+        )
 
 
 def int8_ops(path: Path) -> int:

@@ -147,6 +147,9 @@ def test_int8_export_and_torch_backend_on_the_bundle(dsva_run: tuple[Path, Path]
     )
     assert result.exit_code == 0, result.output
     assert "int8 image:" in result.output
+    # rsz-export's summary comes first: ONNX Runtime's calibrator prints its progress ("Collecting tensor
+    # data and making histogram ...") on stdout, which rsz-export keeps out of its output
+    assert result.output.startswith(f"{out}: dsva bundle"), result.output
     manifest = load_manifest(out)
     calibration = manifest.extra["int8"]["image"]["calibration"]
     assert calibration["source"] == str(bench / "images") and len(calibration["sha256"]) == 64
