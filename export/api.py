@@ -566,6 +566,9 @@ def check_out(out: Path, force: bool, inputs: Iterable[Path | str] = ()) -> None
             raise RszError(f"--out {out}: holds {given}, an input of this export; choose another --out")
     if out.is_symlink():
         raise RszError(f"--out {out}: is a symbolic link; give the bundle folder itself")
+    above = next((p for p in out.parents if os.path.lexists(p)), None)  # what the lock's mkdir meets first
+    if above is not None and not above.is_dir():
+        raise RszError(f"--out {out}: {above} is a file, not a folder")
     if not out.exists():
         return
     if not out.is_dir():

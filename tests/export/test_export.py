@@ -507,6 +507,10 @@ def test_out_is_checked_before_any_work(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "afile: is a file, not a bundle folder" in result.output
     with pytest.raises(RszError, match="afile: is a file"):  # not "image.onnx ... differs from PyTorch"
         export_model(_source(ToyModel(_Diverging()), tmp_path), afile, engine="none")
+    # a file where a folder of --out would be: said so, not "[Errno 17] File exists: '.../afile'"
+    result = CliRunner().invoke(main, [*args, "--out", str(afile / "models" / "dsva")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --out {afile}/models/dsva: {afile} is a file, not a folder"
 
 
 def test_force_never_touches_the_run_folder(tmp_path: Path) -> None:
