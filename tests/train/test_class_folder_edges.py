@@ -275,24 +275,31 @@ def _write_two_mcfa_splits(data, folder: Path) -> None:
             (folder / f"{kind}_class_loc_40_{split_id}.txt").write_text("".join(f"{v}\n" for v in values))
 
 
-def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(tiny_benchmark, tmp_path):
-    """`--split-id all --resume --epochs 3` of a 2-epoch run: OUT/config.yaml (which a resume of all splits
-    reads) says 3 too, so the next --resume trains every split to 3, not back to 2."""
-    from rsz_train import runs
+def _all_splits_trainer(tiny_benchmark: Path, tmp_path: Path, out: Path):
+    """train(..., split_id "all") of DSVA on two MCFA-style splits of the tiny benchmark into `out`."""
     from rsz_train.train import train
-
-    from .conftest import TINY_OVERRIDES
 
     data, _layout = load_dataset(tiny_benchmark, DataOptions())
     folder = tmp_path / "splits"
     folder.mkdir()
     _write_two_mcfa_splits(data, folder)
     options = DataOptions(split_file=str(folder), split_id="all")
-    out = tmp_path / "all"
 
     def run(**kw) -> None:
         train("dsva", tiny_benchmark, None, out, device="cpu", data_options=options, **kw)
 
+    return run
+
+
+def test_resume_of_all_splits_with_other_epochs_keeps_them_for_the_next_resume(tiny_benchmark, tmp_path):
+    """`--split-id all --resume --epochs 3` of a 2-epoch run: OUT/config.yaml (which a resume of all splits
+    reads) says 3 too, so the next --resume trains every split to 3, not back to 2."""
+    from rsz_train import runs
+
+    from .conftest import TINY_OVERRIDES
+
+    out = tmp_path / "all"
+    run = _all_splits_trainer(tiny_benchmark, tmp_path, out)
     run(overrides=TINY_OVERRIDES, stop_after_epoch=1)
     run(epochs=3, resume=True, stop_after_epoch=2)
     assert runs.read_config(out, "dsva").train.epochs == 3
@@ -306,20 +313,11 @@ def test_resume_of_all_splits_with_more_epochs_extends_finished_splits(tiny_benc
     """`--split-id all --resume --epochs 2` of a finished 1-epoch run trains each split on to 2, as
     `--resume --epochs 2` of one split's finished run does (the finished splits were kept at 1, silently)."""
     from rsz_train import runs
-    from rsz_train.train import train
 
     from .conftest import TINY_OVERRIDES
 
-    data, _layout = load_dataset(tiny_benchmark, DataOptions())
-    folder = tmp_path / "splits"
-    folder.mkdir()
-    _write_two_mcfa_splits(data, folder)
-    options = DataOptions(split_file=str(folder), split_id="all")
     out = tmp_path / "all"
-
-    def run(**kw) -> None:
-        train("dsva", tiny_benchmark, None, out, device="cpu", data_options=options, **kw)
-
+    run = _all_splits_trainer(tiny_benchmark, tmp_path, out)
     run(overrides={**TINY_OVERRIDES, "train.epochs": 1})
     assert (out / "report.json").is_file()
     run(epochs=2, resume=True)
