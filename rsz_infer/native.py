@@ -57,7 +57,8 @@ class NativePreprocessor:
         # Idle OpenMP workers sleep instead of spinning: the decode threads of the pipeline share the cores.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
-            self.lib = ctypes.CDLL(str(path))
+            # absolute: dlopen looks a name without a slash up on the library path, not in the current folder
+            self.lib = ctypes.CDLL(str(Path(path).absolute()))
         except OSError as err:
             raise RszError(f"{path}: cannot load the native library ({err})") from None
         self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_void_p]

@@ -127,3 +127,14 @@ def test_auto_says_when_rsz_native_lib_names_no_file(monkeypatch, tmp_path):
     notes: list[str] = []
     assert open_preprocessor("auto", SPEC, "cpu", notes) is None  # Pillow, as without the library
     assert notes == [f"--preprocess auto: RSZ_NATIVE_LIB {tmp_path / 'typo.so'}: no such file; using Pillow"]
+
+
+def test_rsz_native_lib_relative_to_the_current_folder(cpu_lib, monkeypatch):
+    """dlopen looks a name without a slash up on the library path (and pathlib drops a leading ./), so
+    `RSZ_NATIVE_LIB=librsz_preprocess.so` in its own folder failed with "cannot open shared object file"."""
+    monkeypatch.chdir(cpu_lib.parent)
+    for name in (cpu_lib.name, f"./{cpu_lib.name}"):
+        monkeypatch.setenv("RSZ_NATIVE_LIB", name)
+        native = NativePreprocessor(SPEC, device="cpu")
+        tiles = _tiles([(20, 20)])
+        np.testing.assert_array_equal(native(tiles), _reference(tiles))
