@@ -61,6 +61,9 @@ class NativePreprocessor:
             self.lib = ctypes.CDLL(str(Path(path).absolute()))
         except OSError as err:
             raise RszError(f"{path}: cannot load the native library ({err})") from None
+        for name in ("rsz_preprocess_cpu", "rsz_preprocess_cuda", "rsz_cuda_available", "rsz_last_error"):
+            if not hasattr(self.lib, name):  # another library, or a build from before that function
+                raise RszError(f"{path}: not rsz's native preprocessing library (no {name})")
         self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_void_p]
         self.lib.rsz_preprocess_cuda.argtypes = [*_COMMON, ctypes.c_int32, ctypes.c_void_p]
         self.lib.rsz_last_error.restype = ctypes.c_char_p

@@ -138,3 +138,20 @@ def test_rsz_native_lib_relative_to_the_current_folder(cpu_lib, monkeypatch):
         native = NativePreprocessor(SPEC, device="cpu")
         tiles = _tiles([(20, 20)])
         np.testing.assert_array_equal(native(tiles), _reference(tiles))
+
+
+def test_a_library_without_rsz_functions_is_one_line(monkeypatch):
+    """RSZ_NATIVE_LIB naming another shared library (here numpy's own): one line, not ctypes' AttributeError;
+    `auto` notes it and takes Pillow."""
+    from rsz_infer.errors import RszError
+    from rsz_infer.native import open_preprocessor
+
+    foreign = Path(np._core._multiarray_umath.__file__)
+    expected = f"{foreign}: not rsz's native preprocessing library (no rsz_preprocess_cpu)"
+    with pytest.raises(RszError) as err:
+        NativePreprocessor(SPEC, device="cpu", path=foreign)
+    assert str(err.value) == expected
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(foreign))
+    notes: list[str] = []
+    assert open_preprocessor("auto", SPEC, "cpu", notes) is None
+    assert notes == [f"--preprocess auto: {expected}; using Pillow"]
