@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,30 @@ def library_path() -> Path | None:
     return None
 
 
+def _cut_short(path: Path) -> bool:
+    """True when a 64-bit ELF file ends inside one of the segments dlopen maps (a copy interrupted, a full
+    disk while building): dlopen maps it anyway and the first touch of the missing pages is a SIGBUS."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01":
+                return False  # not a 64-bit little-endian ELF file: dlopen's own error says what is wrong
+            (table_at,) = struct.unpack_from("<Q", head, 32)  # e_phoff
+            entry, count = struct.unpack_from("<HH", head, 54)  # e_phentsize, e_phnum
+            f.seek(table_at)
+            table = f.read(entry * count)
+    except OSError:
+        return False  # unreadable: dlopen says why
+    if entry < 56 or len(table) < entry * count:
+        return True
+    size = path.stat().st_size
+    for i in range(count):
+        kind, _, offset, _, _, in_file = struct.unpack_from("<IIQQQQ", table, i * entry)
+        if kind == 1 and offset + in_file > size:  # PT_LOAD
+            return True
+    return False
+
+
 class NativePreprocessor:
     """Loads the library once; `__call__(tiles)` preprocesses a batch on the CPU or on the GPU."""
 
@@ -56,6 +81,10 @@ class NativePreprocessor:
             raise RszError(f"{path}: native preprocessing not built (no such file)")
         # Idle OpenMP workers sleep instead of spinning: the decode threads of the pipeline share the cores.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if _cut_short(Path(path)):
+            raise RszError(
+                f"{path}: cannot load the native library (truncated: rebuild it with make -C cpp_plugins)"
+            )
         try:
             # absolute: dlopen looks a name without a slash up on the library path, not in the current folder
             self.lib = ctypes.CDLL(str(Path(path).absolute()))

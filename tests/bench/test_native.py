@@ -8,8 +8,10 @@ level: 1 / (255 * std) after normalisation.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,33 @@ def test_a_library_without_rsz_functions_is_one_line(monkeypatch):
     notes: list[str] = []
     assert open_preprocessor("auto", SPEC, "cpu", notes) is None
     assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+
+
+_LOAD = """
+import sys
+from pathlib import Path
+from rsz_infer.errors import RszError
+from rsz_infer.native import NativePreprocessor, open_preprocessor
+from rsz_infer.preprocess import PreprocessSpec
+try:
+    NativePreprocessor(PreprocessSpec(size=32), "cpu", Path(sys.argv[1]))
+except RszError as err:
+    print(err)
+notes = []
+print(open_preprocessor("auto", PreprocessSpec(size=32), "cpu", notes), notes)
+"""
+
+
+def test_a_truncated_library_is_one_line_not_a_crash(cpu_lib, tmp_path):
+    """A library cut short (a copy interrupted, a full disk while building) ends inside a segment that dlopen
+    maps: touching it killed the process with SIGBUS. Loaded in a child process, so that a crash fails this
+    test instead of ending the test run."""
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(cpu_lib.read_bytes()[: cpu_lib.stat().st_size // 2])
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's rsz_infer, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env["RSZ_NATIVE_LIB"] = str(cut)
+    run = subprocess.run([sys.executable, "-c", _LOAD, str(cut)], capture_output=True, text=True, env=env)
+    expected = f"{cut}: cannot load the native library (truncated: rebuild it with make -C cpp_plugins)"
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{expected}\nNone ['--preprocess auto: {expected}; using Pillow']\n"
