@@ -77,6 +77,11 @@ class NativePreprocessor:
             raise RszError(
                 f"{PLUGIN_DIR / 'build'}: native preprocessing not built (run: make -C cpp_plugins)"
             )
+        if Path(path).is_dir():  # RSZ_NATIVE_LIB=cpp_plugins/build: the library is there, name it
+            raise RszError(
+                f"{path}: a folder; RSZ_NATIVE_LIB names the library file in it "
+                "(librsz_preprocess.so or librsz_preprocess_cuda.so)"
+            )
         if not Path(path).is_file():
             raise RszError(f"{path}: native preprocessing not built (no such file)")
         # Idle OpenMP workers sleep instead of spinning: the decode threads of the pipeline share the cores.
@@ -164,7 +169,7 @@ def open_preprocessor(
     path = library_path()
     if path is None:
         return None
-    if not path.is_file():  # only RSZ_NATIVE_LIB can name a missing file: a typo there is worth a line
+    if not path.exists():  # only RSZ_NATIVE_LIB can name a missing file: a typo there is worth a line
         if notes is not None:
             notes.append(f"--preprocess auto: RSZ_NATIVE_LIB {path}: no such file; using Pillow")
         return None

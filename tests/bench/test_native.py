@@ -187,3 +187,21 @@ def test_a_truncated_library_is_one_line_not_a_crash(cpu_lib, tmp_path):
     expected = f"{cut}: cannot load the native library (truncated: rebuild it with make -C cpp_plugins)"
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"{expected}\nNone ['--preprocess auto: {expected}; using Pillow']\n"
+
+
+def test_rsz_native_lib_naming_the_build_folder_says_so(cpu_lib, monkeypatch):
+    """RSZ_NATIVE_LIB=cpp_plugins/build (the folder, not the file in it) was reported as "not built (no such
+    file)" while the library is there."""
+    from rsz_infer.errors import RszError
+    from rsz_infer.native import open_preprocessor
+
+    folder = cpu_lib.parent
+    expected = f"{folder}: a folder; RSZ_NATIVE_LIB names the library file in it "
+    expected += "(librsz_preprocess.so or librsz_preprocess_cuda.so)"
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(folder))
+    with pytest.raises(RszError) as err:
+        NativePreprocessor(SPEC, device="cpu")
+    assert str(err.value) == expected
+    notes: list[str] = []
+    assert open_preprocessor("auto", SPEC, "cpu", notes) is None
+    assert notes == [f"--preprocess auto: {expected}; using Pillow"]
