@@ -56,7 +56,8 @@ from rsz_infer.outputs import GEO_INSTALL_HINT
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.scoring import calibrated_stacking, class_logits, hubness_offsets, softmax, top_k
 
-Images = Sequence[np.ndarray] | np.ndarray | Sequence[str | Path | Tile]
+# one array (an image or a stack), one path or Tile, or an iterable (list, generator) of arrays or of paths
+Images = np.ndarray | str | os.PathLike | Tile | Iterable[np.ndarray] | Iterable[str | os.PathLike | Tile]
 FLOAT_RULES = ("unit", "stretch")
 UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --min-score
 # "unit" floats may stray this far outside [0, 1] (rounding, resampling overshoot); further out they are
@@ -405,9 +406,11 @@ class Embedder:
                     "a.transpose(1, 2, 0) (HxWxC), or a list for a stack of grey images"
                 )
             return list(images)
-        if isinstance(images, (str, os.PathLike)):  # one path, not a sequence of its characters
+        if isinstance(images, (str, os.PathLike, Tile)):  # one path, not a sequence of its characters
             images = [images]
-        if not isinstance(images, Iterable):  # one PIL image, None: never a TypeError from list()
+        # one PIL image, None: never a TypeError from list(); bytes iterate as ints and a dict as its keys,
+        # which would be refused as "a int" or labeled as paths named by the keys
+        if not isinstance(images, Iterable) or isinstance(images, (bytes, bytearray, Mapping)):
             raise RszError(
                 f"images: a {type(images).__name__} is not an array, a path, a Tile or a list of them"
             )
