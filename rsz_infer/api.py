@@ -63,6 +63,8 @@ UNKNOWN = "unknown"  # label_1 of a tile whose best raw similarity is below --mi
 # "unit" floats may stray this far outside [0, 1] (rounding, resampling overshoot); further out they are
 # not unit pixels (e.g. 0-255 floats, which clipping would turn white) and are refused
 UNIT_TOLERANCE = 0.01
+# the last axis of one HxWxC image: grey (+ alpha, PIL's "LA"), RGB (+ alpha)
+CHANNELS = (1, 2, 3, 4)
 
 
 def check_min_score(
@@ -261,22 +263,25 @@ def skipped_records(batch: EmbeddedBatch) -> list[dict]:
 
 def _channels_first(a: np.ndarray) -> bool:
     """CxHxW with C 3 or 4 (PyTorch's layout) rather than HxWxC: only where the last axis cannot be C."""
-    return a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4)
+    return a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in CHANNELS
 
 
 def array_to_rgb(
     image: np.ndarray, float_rule: str = "unit", where: str = "image", options: TileOptions | None = None
 ) -> tuple[np.ndarray, str]:
-    """A decoded image -> (HxWx3 uint8 RGB, rule). uint8 HxW (grey), HxWx3 or HxWx4 (alpha dropped);
-    float arrays by `float_rule`: "unit" takes [0, 1] to 0-255, "stretch" maps the image's own 2nd-98th
-    percentiles to 0-255 (the rule of 16-bit TIFFs).
+    """A decoded image -> (HxWx3 uint8 RGB, rule). HxW or HxWx1 (grey), HxWx2 (grey, alpha dropped), HxWx3
+    or HxWx4 (alpha dropped); uint8 pixels, or float arrays by `float_rule`: "unit" takes [0, 1] to 0-255,
+    "stretch" maps the image's own 2nd-98th percentiles to 0-255 (the rule of 16-bit TIFFs).
 
     Raises RszError for what the caller must change (shape, dtype, 0-255 floats under "unit"), and
     TileError for what a file would be skipped for too (images.decode_tile's rules): smaller than the
     minimum size, or only NaN pixels (NodataTile); NaN pixels of a partly valid image become black."""
     a = np.asarray(image)
     rule = "rgb"
-    if a.ndim == 2:
+    if a.ndim == 3 and a.shape[2] in (1, 2):  # one band moved last (HxWx1), or grey and alpha (HxWx2)
+        grey, rule = a[:, :, 0], "grey to rgb; alpha dropped" if a.shape[2] == 2 else "grey to rgb"
+        a = np.repeat(grey[:, :, None], 3, axis=2)
+    elif a.ndim == 2:
         a, rule = np.repeat(a[:, :, None], 3, axis=2), "grey to rgb"
     elif a.ndim == 3 and a.shape[2] == 4:
         a, rule = a[:, :, :3], "rgb; alpha dropped"
@@ -387,15 +392,16 @@ class Embedder:
         files, scene windows) and Tiles, one entry per input in input order (a path given twice is
         labeled twice). One call takes arrays or paths/Tiles, not both.
 
-        One numpy array: 2-D (HxW) is one grey image; 3-D is one image when its last axis is 3 or 4
-        (HxWx3, HxWx4), else a stack of grey images (NxHxW); 4-D is a stack of images (NxHxWx3/4). A grey
-        stack whose width is 3 or 4 would read as one image, so pass such tiles (under the 8 px minimum
-        anyway) as a list. A 3-D array of 3 or 4 rows of HxW is refused: it is far more often one
-        channels-first image (CxHxW, PyTorch's layout) than 3 grey tiles, and read as a stack it would
-        give three grey records and no error; a list says which was meant."""
+        One numpy array: 2-D (HxW) is one grey image; 3-D is one image when its last axis is 1 to 4
+        (HxWx1 grey, HxWx2 grey and alpha, HxWx3, HxWx4), else a stack of grey images (NxHxW); 4-D is a
+        stack of images (NxHxWxC). A grey stack whose width is 1 to 4 would read as one image, so pass such
+        tiles (under the 8 px minimum anyway) as a list. A 3-D array of 3 or 4 rows of HxW is refused: it
+        is far more often one channels-first image (CxHxW, PyTorch's layout) than 3 grey tiles, and read
+        as a stack it would give three grey records and no error; a list says which was meant."""
         self._check_open()
         if isinstance(images, np.ndarray):
-            if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (3, 4)):
+            # HxWx1 read as a stack was H images of Wx1 px, each skipped as under the 8 px minimum
+            if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in CHANNELS):
                 return [images]
             if images.ndim not in (3, 4):
                 shape = images.shape

@@ -3,6 +3,7 @@ arrays, odd k / rerank / option values. Each works as documented or is one RszEr
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from rsz_infer import Labeler, RszError, Tile
@@ -32,3 +33,17 @@ def test_one_tile_is_one_input_and_bytes_or_a_dict_are_refused_by_their_type(lab
     for bad, kind in ((data, "bytes"), (bytearray(data), "bytearray"), ({"a": path}, "dict")):
         with pytest.raises(RszError, match=rf"^images: a {kind} is not an array, a path, a Tile or a list"):
             labeler.label(bad)
+
+
+def test_an_hxwx1_array_is_one_grey_image_not_a_stack_of_one_pixel_wide_tiles(labeler):
+    """(30, 30, 1), one band moved last, read as a stack: 30 records "1x30 px, smaller than the minimum"."""
+    grey = np.full((30, 30), 200, np.uint8)
+    (expected,) = labeler.label(grey)
+    for image in (grey[:, :, None], np.dstack([grey, np.full_like(grey, 255)])):  # HxWx1, HxWx2 (with alpha)
+        (record,) = labeler.label(image)
+        assert record["labels"] == expected["labels"] and record["scores"] == expected["scores"]
+        assert record["rule"] == ("grey to rgb" if image.shape[2] == 1 else "grey to rgb; alpha dropped")
+    stack = labeler.label(np.stack([grey[:, :, None]] * 2))  # NxHxWx1: two grey images
+    assert [r["labels"] for r in stack] == [expected["labels"]] * 2
+    (float_grey,) = labeler.label(grey[:, :, None] / 255.0)
+    assert float_grey["labels"] == expected["labels"] and float_grey["rule"] == "grey to rgb; float x255"
