@@ -727,6 +727,11 @@ def search_index(
 ) -> list[Hit]:
     if (text is None) == (image is None):
         raise RszError("search: give exactly one of --text or --image")
+    for name, count in (("k", k), ("rerank", rerank)):  # k=2.0 was a TypeError deep inside numpy
+        if not isinstance(count, (int, np.integer)):
+            raise RszError(f"{name} {count!r}: expected a whole number")
+    if text is not None and not isinstance(text, str):  # a list of sentences is one query at a time
+        raise RszError(f"text: a {type(text).__name__}, expected one sentence (a str)")
     if k < 1:
         raise RszError(f"-k {k}: must be at least 1")
     if rerank < 0:  # `if rerank:` below would re-rank the k candidates of a negative count

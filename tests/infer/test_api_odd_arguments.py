@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsz_infer import Labeler, RszError, Tile
+from rsz_infer import Index, Labeler, RszError, Tile
+from rsz_infer.index import IndexConfig, build_index
 
 from .helpers import write_colour_tiles
 
@@ -47,3 +48,26 @@ def test_an_hxwx1_array_is_one_grey_image_not_a_stack_of_one_pixel_wide_tiles(la
     assert [r["labels"] for r in stack] == [expected["labels"]] * 2
     (float_grey,) = labeler.label(grey[:, :, None] / 255.0)
     assert float_grey["labels"] == expected["labels"] and float_grey["rule"] == "grey to rgb; float x255"
+
+
+def test_search_refuses_a_k_rerank_or_text_of_the_wrong_type_in_one_line(bundles, folder, tmp_path):
+    """k=2.0 (a config's float) was a TypeError from numpy's argpartition, text=5 an AttributeError."""
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(folder)], bundles["msa"], idx, backend="ort", device="cpu", progress=False))
+    index = Index.open(idx)
+
+    def search(**kw):
+        return index.search(backend="ort", device="cpu", **kw)
+
+    for kw, message in (
+        ({"text": "red", "k": 2.0}, "k 2.0: expected a whole number"),
+        ({"text": "red", "k": None}, "k None: expected a whole number"),
+        ({"text": "red", "k": "2"}, "k '2': expected a whole number"),
+        ({"text": "red", "k": 1, "rerank": 2.5}, "rerank 2.5: expected a whole number"),
+        ({"text": 5}, r"text: a int, expected one sentence \(a str\)"),
+        ({"text": ["red", "blue"]}, r"text: a list, expected one sentence \(a str\)"),
+        ({"text": b"red"}, r"text: a bytes, expected one sentence \(a str\)"),
+    ):
+        with pytest.raises(RszError, match=f"^{message}$"):
+            search(**kw)
+    assert len(search(text="red", k=np.int64(2), rerank=np.int64(3))) == 2  # numpy integers are whole
