@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,11 +105,16 @@ def class_entries(classes: str | Path | Sequence[str] | Sequence[ClassEntry]) ->
         return read_class_file(classes)
     if isinstance(classes, Mapping):  # iterating a dict gives its keys: the descriptions would be lost
         raise RszError('classes: a dict; pass a list of "name: description" strings or a class file')
+    expected = "expected a class file, a list of class names, or ClassEntry objects"
+    if not isinstance(classes, Iterable):  # None: a TypeError from list()
+        raise RszError(f"classes: a {type(classes).__name__}; {expected}")
     items = list(classes)
-    if items and all(isinstance(c, ClassEntry) for c in items):
+    if not items:
+        raise RszError(f"classes: an empty list; {expected}")
+    if all(isinstance(c, ClassEntry) for c in items):
         return items
-    if not items or not all(isinstance(c, str) for c in items):
-        raise RszError("classes: expected a class file, a list of class names, or ClassEntry objects")
+    if not all(isinstance(c, str) for c in items):
+        raise RszError(f"classes: {expected}")
     if any("\n" in c for c in items):
         raise RszError("classes: a class name holds a line break")
     return parse_class_lines("\n".join(items), "classes")
@@ -366,6 +372,10 @@ class Embedder:
     ) -> None:
         from rsz_infer.bundle import open_bundle
 
+        if not isinstance(bundle, (str, os.PathLike)):  # None: a TypeError from inside pathlib
+            raise RszError(f"bundle {bundle!r}: expected the path of a model bundle folder")
+        if tiles is not None and not isinstance(tiles, TileOptions):  # a dict: an AttributeError later
+            raise RszError(f"tiles: a {type(tiles).__name__}; expected rsz_infer.TileOptions(...)")
         self.bundle = Path(bundle)
         self.manifest = manifest or open_bundle(self.bundle)  # manifest: already loaded and verified
         self.backend, self.device = backend, device
@@ -478,6 +488,11 @@ class Embedder:
                 tile, err = batch.skipped[0]
                 first_error = RszError(f"{tile.id}: {err}")
             if batch.tiles:
+                if output not in batch.outputs:  # a KeyError naming only the output
+                    have = ", ".join(batch.outputs)
+                    raise RszError(
+                        f"output {output!r}: the {self.manifest.model_kind} image graph gives {have}"
+                    )
                 parts.append(batch.outputs[output])
         if first_error is not None:
             raise first_error
@@ -520,6 +535,14 @@ class Labeler(Embedder):
             raise RszError(f"top_k {top_k!r}: expected a whole number")
         if top_k < 1:
             raise RszError(f"--top-k {top_k}: must be at least 1")
+        numeric = {
+            "min_score": min_score,
+            "seen_calibration": seen_calibration,
+            "hubness_penalty": hubness_penalty,
+        }
+        for name, value in numeric.items():
+            if value is not None and not isinstance(value, numbers.Real):  # "0.2": math.isfinite's TypeError
+                raise RszError(f"{name} {value!r}: expected a number (or None)")
         self.entries = class_entries(classes)
         check_min_score(min_score, self.entries, classes)
         check_seen_calibration(seen_calibration)

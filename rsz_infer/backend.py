@@ -88,6 +88,8 @@ def ort_gpu_providers() -> list[str]:
 
 def check_device(device: str) -> str:
     """auto | cpu | cuda | cuda:N, or a one-line RszError."""
+    if not isinstance(device, str):  # the API's device=None: an AttributeError on .startswith
+        raise RszError(f"--device {device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
     index = device.partition(":")[2] if device.startswith("cuda:") else None
     if device not in DEVICES and not (index is not None and index.isdigit()):
         raise RszError(f"--device {device}: expected one of {', '.join(DEVICES)} or cuda:N")

@@ -217,6 +217,9 @@ class ImageEngine:
 
     @classmethod
     def open(cls, model: Path, manifest: Manifest, options: EngineOptions) -> ImageEngine:
+        for name, count in (("--batch", options.batch), ("--workers", options.workers)):
+            if not isinstance(count, (int, np.integer)):  # the API's batch="32": a TypeError on `<`
+                raise RszError(f"{name} {count!r}: expected a whole number")
         if options.batch < 1:
             raise RszError(f"--batch {options.batch}: must be at least 1")
         if options.workers < 0:  # a thread pool of -1 would be a traceback at the first folder

@@ -9,7 +9,7 @@ import pytest
 from rsz_infer import Index, Labeler, RszError, Tile
 from rsz_infer.index import IndexConfig, build_index
 
-from .helpers import write_colour_tiles
+from .helpers import solid, write_colour_tiles
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,28 @@ def test_search_refuses_a_k_rerank_or_text_of_the_wrong_type_in_one_line(bundles
         with pytest.raises(RszError, match=f"^{message}$"):
             search(**kw)
     assert len(search(text="red", k=np.int64(2), rerank=np.int64(3))) == 2  # numpy integers are whole
+
+
+def test_labeler_options_of_the_wrong_type_are_one_rsz_error_naming_the_value(bundles, class_file):
+    """Each was a TypeError or AttributeError from inside math, pathlib or a comparison, naming no option."""
+    mcfa = bundles["mcfa"]
+    cls = class_file
+    for make, message in (
+        (lambda: Labeler(mcfa, None), r"classes: a NoneType; expected a class file, a list of class names"),
+        (lambda: Labeler(mcfa, []), r"classes: an empty list; expected a class file"),
+        (lambda: Labeler(mcfa, cls, min_score="0.2"), r"min_score '0.2': expected a number \(or None\)"),
+        (lambda: Labeler(mcfa, cls, seen_calibration="x"), r"seen_calibration 'x': expected a number"),
+        (lambda: Labeler(mcfa, cls, hubness_penalty=[1]), r"hubness_penalty \[1\]: expected a number"),
+        (lambda: Labeler(mcfa, cls, device="cpu", batch="32"), r"--batch '32': expected a whole number"),
+        (lambda: Labeler(mcfa, cls, device="cpu", batch=4.0), r"--batch 4.0: expected a whole number"),
+        (lambda: Labeler(mcfa, cls, device="cpu", workers="2"), r"--workers '2': expected a whole"),
+        (lambda: Labeler(mcfa, cls, device=None), r"--device None: expected one of auto, cuda, cpu"),
+        (lambda: Labeler(mcfa, cls, tiles={"size": 64}), r"tiles: a dict; expected rsz_infer.TileOptions"),
+        (lambda: Labeler(None, cls), r"bundle None: expected the path of a model bundle folder"),
+    ):
+        with pytest.raises(RszError, match=f"^{message}"):
+            make()
+    with Labeler(mcfa, cls, device="cpu", min_score=np.float32(0.1), batch=np.int64(2)) as labeler:
+        assert labeler.label(solid("red", 30))[0]["labels"][0] == "red"  # numpy numbers are numbers
+        with pytest.raises(RszError, match=r"^output 'attention': the mcfa image graph gives embedding"):
+            labeler.embed(solid("red", 30), output="attention")  # was a KeyError: 'attention'
