@@ -295,7 +295,13 @@ def array_to_rgb(
         hint = "; channels first? a.transpose(1, 2, 0) is HxWxC" if _channels_first(a) else ""
         raise RszError(f"{where}: expected an HxWx3 (or HxW) array, got shape {tuple(np.shape(image))}{hint}")
     if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
-        raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}")
+        # 16-bit rasters are the usual integers here: the files' own rule for them is the stretch
+        hint = (
+            '; for 16-bit data pass a.astype(np.float32) with float_rule="stretch"'
+            if a.dtype.kind in "iu"
+            else ""
+        )
+        raise RszError(f"{where}: expected uint8 or float pixels, got {a.dtype}{hint}")
     if float_rule not in FLOAT_RULES:
         raise RszError(f"float_rule {float_rule!r}: expected {' or '.join(FLOAT_RULES)}")
     check_size(a, options or TileOptions())  # the same minimum as files (TileError)

@@ -96,3 +96,15 @@ def test_labeler_options_of_the_wrong_type_are_one_rsz_error_naming_the_value(bu
         assert labeler.label(solid("red", 30))[0]["labels"][0] == "red"  # numpy numbers are numbers
         with pytest.raises(RszError, match=r"^output 'attention': the mcfa image graph gives embedding"):
             labeler.embed(solid("red", 30), output="attention")  # was a KeyError: 'attention'
+
+
+def test_a_16_bit_array_is_refused_with_what_to_pass_instead(bundles, class_file, labeler):
+    red16 = solid("red", 30).astype(np.uint16) * 257  # 0-65535, as a 16-bit raster reads
+    with pytest.raises(
+        RszError, match=r"^images\[0\]: .* got uint16; for 16-bit data pass a.astype\(np.float32\) "
+    ):
+        labeler.label([red16])
+    with pytest.raises(RszError, match=r"^images\[0\]: expected uint8 or float pixels, got bool$"):
+        labeler.label([red16 > 0])  # no 16-bit hint where it would not help
+    with Labeler(bundles["mcfa"], class_file, device="cpu", float_rule="stretch") as stretch:
+        assert stretch.label(red16.astype(np.float32))[0]["labels"][0] == "red"  # the hint works
