@@ -40,3 +40,8 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    # the lazy names too: a notebook's tab completion (rsz_infer.<Tab>) lists what dir() gives
+    return sorted(set(globals()) | set(__all__))

@@ -108,3 +108,10 @@ def test_a_16_bit_array_is_refused_with_what_to_pass_instead(bundles, class_file
         labeler.label([red16 > 0])  # no 16-bit hint where it would not help
     with Labeler(bundles["mcfa"], class_file, device="cpu", float_rule="stretch") as stretch:
         assert stretch.label(red16.astype(np.float32))[0]["labels"][0] == "red"  # the hint works
+
+
+def test_dir_lists_the_lazily_imported_names_for_tab_completion():
+    import rsz_infer
+
+    assert {"Labeler", "Embedder", "Index", "Hit", "RszError", "Tile", "TileOptions"} <= set(dir(rsz_infer))
+    assert all(hasattr(rsz_infer, name) for name in rsz_infer.__all__)
