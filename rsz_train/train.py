@@ -621,6 +621,31 @@ def _gzsl_absent(seen_part: str) -> str:
     return f"no {seen_part} images: GZSL scores images of the seen and the unseen classes together"
 
 
+def _paper_selection(selection: dict, trainer: _Trainer) -> str:
+    """--protocol paper's report.json "selection": the selection run's rule and what the refit (`trainer`)
+    trained on, in words."""
+    epochs, tried, val = selection["best_epoch"], selection["epochs_tried"], selection["val"]
+    if selection["val_classes"]:
+        run, refit_on = (
+            f"seen minus val classes, {_epochs(tried)}",
+            f"all {len(trainer.train_classes)} seen classes",
+        )
+    else:  # a caption data set holds no classes out: the refit trains on validation's images and captions too
+        run = _epochs(tried)
+        refit_on = (
+            f"the {len(trainer.sets['train'].paths)} training and validation images with their captions"
+        )
+    lam = "with the chosen lambda" if "gzsl" in val else "(no lambda: validation had no GZSL)"
+    return (
+        f"{selection['selection']} of the selection run ({SELECTION}/: {run}), then a refit on {refit_on} "
+        f"for the chosen {_epochs(epochs)} {lam}"
+    )
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def _selection_rule(cfg: TrainConfig, uses_captions: bool, source: DataSource) -> str:
     """How the kept epoch was chosen, in words (report.json)."""
     if cfg.select_last_epoch:
@@ -1042,7 +1067,9 @@ def _train_split_fits(job: FitJob, protocol: str) -> None:
     )
     fit = _fit(refit, select=False, seen_calibration=runs.read_seen_calibration(selected))
     if fit is not None and main:
-        _final_report(fit, job.kind, protocol, job.out_dir, selection=selected)
+        # what the report says the selection run chose on: its val classes and epoch count
+        chosen = {**selected, "val_classes": list(job.split.val), "epochs_tried": job.config.train.epochs}
+        _final_report(fit, job.kind, protocol, job.out_dir, selection=chosen)
 
 
 def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult | None:
@@ -1169,21 +1196,15 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         if retrieval is not None:
             test["retrieval"] = retrieval
     if selection is None:
+        val = fit.val
         chosen = {
             "best_epoch": fit.best_epoch + 1,
             "selection": _selection_rule(cfg, trainer.entry.uses_captions, trainer.source),
-            "val": fit.val,
         }
     else:
-        chosen = {
-            "best_epoch": selection["best_epoch"],
-            "selection": (
-                f"{selection['selection']} of the selection run ({SELECTION}/: seen minus val classes), "
-                f"then a refit on all {len(trainer.train_classes)} seen classes for the chosen "
-                f"{selection['best_epoch']} epochs with the chosen lambda"
-            ),
-            "val": selection["val"],
-        }
+        val = selection["val"]
+        chosen = {"best_epoch": selection["best_epoch"], "selection": _paper_selection(selection, trainer)}
+    chosen["val"] = val
     report = {
         "kind": kind,
         "protocol": protocol,

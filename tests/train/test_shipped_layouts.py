@@ -379,6 +379,18 @@ def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_ca
     assert report["data"]["layout"] == "captions" and report["data"]["split_sha256"] == _sha(captions)
     assert report["selection"].startswith("retrieval mR on held-out training captions (2 of 24")
     assert "retrieval" in report["test"] and "zsl" not in report["test"]
+    # --protocol paper: the refit trains on every training image, the held-out ones included; a caption
+    # set holds out no classes and has no lambda to choose, and its report says neither
+    paper = _run(
+        ["msa", "--data", str(tmp_path / "rsitmd"), "--captions", str(captions), "--protocol", "paper",
+         "--config", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "paper"), "--device", "cpu"]
+    )  # fmt: skip
+    assert paper["selection"] == (
+        "retrieval mR on held-out training captions (2 of 24 training images; the file has no val) of the "
+        "selection run (selection/: 1 epoch), then a refit on the 24 training and validation images with "
+        "their captions for the chosen 1 epoch (no lambda: validation had no GZSL)"
+    )
+    assert paper["seen_calibration"] == 0.0
 
 
 def test_class_lists_and_random_splits(shipped, tmp_path):
