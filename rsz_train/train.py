@@ -656,6 +656,36 @@ def _selection_rule(cfg: TrainConfig, uses_captions: bool, source: DataSource) -
     return "ZSL accuracy on val_unseen"
 
 
+def _calibration_rule(val: dict, train_classes: int, val_classes: int) -> str:
+    """How the GZSL lambda (report.json "seen_calibration") was chosen, in words."""
+    if "gzsl" in val:
+        return (
+            f"calibrated-stacking lambda with the best GZSL H on validation: val_seen images of the "
+            f"{train_classes} training classes and val_unseen images of the {val_classes} val classes"
+        )
+    why = val.get("gzsl_absent") or "no val classes"
+    return f"none (lambda 0): validation has no GZSL ({why})"
+
+
+def _label_space(trainer: _Trainer, test: dict) -> dict[str, str]:
+    """The classes each test score ranks among (report.json "label_space"): under --protocol rsz GZSL
+    leaves out the val classes, under paper it covers every seen class."""
+    unseen = f"the {len(trainer.unseen_ids)} unseen classes"
+    if trainer.split.val:
+        val = len(trainer.split.val)
+        trained = f"the {len(trainer.train_ids)} training classes (seen minus the {val} val classes)"
+    else:
+        trained = f"all {len(trainer.train_ids)} seen classes"
+    space = {}
+    if "zsl" in test:
+        space["zsl"] = unseen
+    if "gzsl" in test:
+        space["gzsl"] = f"{trained} + {unseen}"
+    if "retrieval" in test:
+        space["retrieval"] = "the images with test captions, and those captions"
+    return space
+
+
 def _read_metrics(path: Path, epochs_done: int) -> list[str]:
     if not path.is_file():
         return []
@@ -1196,15 +1226,20 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         if retrieval is not None:
             test["retrieval"] = retrieval
     if selection is None:
-        val = fit.val
+        val, val_classes = fit.val, list(trainer.split.val)
         chosen = {
             "best_epoch": fit.best_epoch + 1,
             "selection": _selection_rule(cfg, trainer.entry.uses_captions, trainer.source),
         }
     else:
-        val = selection["val"]
+        val, val_classes = selection["val"], selection["val_classes"]
         chosen = {"best_epoch": selection["best_epoch"], "selection": _paper_selection(selection, trainer)}
-    chosen["val"] = val
+    chosen.update(
+        val=val,
+        # the selection run's val classes (--protocol paper's refit has none), and what lambda was chosen on
+        val_classes=val_classes,
+        calibration=_calibration_rule(val, len(trainer.split.seen) - len(val_classes), len(val_classes)),
+    )
     report = {
         "kind": kind,
         "protocol": protocol,
@@ -1214,6 +1249,7 @@ def _final_report(fit: FitResult, kind: str, protocol: str, out_dir: Path, selec
         **chosen,
         "seen_calibration": fit.seen_calibration,
         "test": test,
+        "label_space": _label_space(trainer, test),
         **({"unreadable_images": trainer.unreadable} if trainer.unreadable else {}),
         "note": TEST_NOTE,
         "seconds": round(fit.seconds + (selection or {}).get("seconds", 0.0), 1),

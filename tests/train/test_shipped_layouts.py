@@ -390,7 +390,8 @@ def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_ca
         "selection run (selection/: 1 epoch), then a refit on the 24 training and validation images with "
         "their captions for the chosen 1 epoch (no lambda: validation had no GZSL)"
     )
-    assert paper["seen_calibration"] == 0.0
+    assert paper["seen_calibration"] == 0.0 and paper["val_classes"] == []
+    assert paper["calibration"] == "none (lambda 0): validation has no GZSL (no val classes)"
 
 
 def test_class_lists_and_random_splits(shipped, tmp_path):
@@ -451,6 +452,14 @@ def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split
     classes = json.loads((out / "classes.json").read_text())
     chosen = json.loads((out / "selection" / "classes.json").read_text())
     assert set(classes["seen"]) == set(chosen["seen"]) | set(chosen["val"]) and classes["val"] == []
+    # the report names the selection run's val classes; GZSL at test ranks among every seen class
+    assert report["val_classes"] == chosen["val"] and report["calibration"].startswith(
+        f"calibrated-stacking lambda with the best GZSL H on validation: val_seen images of the "
+        f"{len(chosen['seen'])} training classes"
+    )
+    assert report["label_space"]["gzsl"] == (
+        f"all {len(classes['seen'])} seen classes + the {len(classes['unseen'])} unseen classes"
+    )
     # interrupted in the selection run and resumed: the same refit weights and test figures
     again = tmp_path / "again"
     train("dsva", tiny_benchmark, default_split, again, device="cpu", overrides=TINY_OVERRIDES,

@@ -46,6 +46,19 @@ def test_run_folder_contents(tiny_run):
     assert [line["best"] for line in lines] == [True, scores[1] > scores[0]]
     assert report["best_epoch"] == (2 if scores[1] > scores[0] else 1)
     assert report["selection"] == "ZSL accuracy on val_unseen"
+    # on what lambda was chosen, and which classes each test score ranks among (rsz: no val class)
+    classes = json.loads((tiny_run / "classes.json").read_text())
+    seen, val, unseen = len(classes["seen"]), len(classes["val"]), len(classes["unseen"])
+    assert report["val_classes"] == classes["val"] and val > 0
+    assert report["calibration"] == (
+        "calibrated-stacking lambda with the best GZSL H on validation: val_seen images of the "
+        f"{seen} training classes and val_unseen images of the {val} val classes"
+    )
+    assert report["label_space"] == {
+        "zsl": f"the {unseen} unseen classes",
+        "gzsl": f"the {seen} training classes (seen minus the {val} val classes) + the {unseen} unseen "
+        "classes",
+    }
 
 
 def test_select_last_epoch_keeps_the_last_weights(tiny_benchmark, default_split, tmp_path):
