@@ -721,7 +721,7 @@ def optimizer_groups(
 
 PROTOCOLS = ("rsz", "paper")
 SELECTION = runs.SELECTION
-SUMMARY_NOTE = "mean and standard deviation over the splits (population std, ddof=0)"
+SUMMARY_NOTE = "mean and standard deviation over the {n} splits (population std, ddof=0, numpy's default)"
 
 
 def train(
@@ -888,7 +888,16 @@ def _train(
             {"split": s.name, "split_id": src.split_id, "split_sha256": src.split_sha256} for s, src in splits
         ],
         "test": summarise([r["test"] for r in reports]),
-        "note": SUMMARY_NOTE + "; each split's " + TEST_NOTE,
+        # what each split chose on its own validation (its report.json says on what)
+        "selected": [
+            {
+                "split": r.get("split"),
+                "best_epoch": r.get("best_epoch"),
+                "seen_calibration": r.get("seen_calibration"),
+            }
+            for r in reports
+        ],
+        "note": SUMMARY_NOTE.format(n=len(reports)) + "; each split's " + TEST_NOTE,
         "seconds": round(time.time() - started, 1),
         "device": str(dev),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -268,6 +268,7 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
     assert report["splits"] == ["gzsl_6_5split_1", "gzsl_6_5split_2"]
     assert (report["data"]["split_id"], report["data"]["split_sha256"]) == ("all", None)
     assert [f["split_id"] for f in report["split_files"]] == ["1", "2"]
+    assert report["note"].startswith("mean and standard deviation over the 2 splits (population std, ddof=0")
     zsl = report["test"]["zsl"]
     assert zsl["mean"] == pytest.approx(np.mean(zsl["values"])) and zsl["std"] == pytest.approx(
         np.std(zsl["values"])
@@ -285,6 +286,12 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
             ).hexdigest()
         )
         assert zsl["values"][split_id - 1] == sub["test"]["zsl"]
+        # what each split selected on its own validation, beside the mean and std
+        assert report["selected"][split_id - 1] == {
+            "split": f"gzsl_6_5split_{split_id}",
+            "best_epoch": sub["best_epoch"],
+            "seen_calibration": sub["seen_calibration"],
+        }
         assert report["split_files"][split_id - 1]["split_sha256"] == sub["data"]["split_sha256"]
         # the refit trained on every seen class (the val class included) and GZSL covers all of them
         classes = json.loads((out / f"gzsl_6_5split_{split_id}" / "classes.json").read_text())
