@@ -198,7 +198,16 @@ def _train_command(kind: str, summary: str) -> click.Command:
         report_path = run / "report.json"
         if report_path.is_file() and current().is_main:
             report = json.loads(report_path.read_text(encoding="utf-8"))
-            click.echo(f"run written to {run} ({report['seconds']} s); test: {_summary(report['test'])}")
+            splits = report.get("splits")
+            scored = (
+                f"test over {len(splits)} splits, mean +- std (ddof=0), each scored once"
+                if splits
+                else "test, scored once"
+            )
+            click.echo(
+                f"run written to {run} (--protocol {report['protocol']}, {report['seconds']} s); "
+                f"{scored}: {_summary(report['test'])}"
+            )
 
     return command
 

@@ -103,10 +103,15 @@ def _mcfa_folder(folder: Path, root: Path, ids=(1, 2)) -> Path:
 
 
 def _run(args: list[str]) -> dict:
+    return _run_printed(args)[0]
+
+
+def _run_printed(args: list[str]) -> tuple[dict, str]:
+    """The run's report.json and the summary line rsz-train printed last."""
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = Path(args[args.index("--out") + 1])
-    return json.loads((out / "report.json").read_text())
+    return json.loads((out / "report.json").read_text()), result.stdout.strip().splitlines()[-1]
 
 
 def test_ucm_folders_with_a_dsva_mat_train_dsva_in_one_command(shipped, tmp_path):
@@ -260,7 +265,7 @@ def test_image_list_errors_are_one_line(shipped, tmp_path):
 def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp_path):
     folder = _mcfa_folder(tmp_path / "gzsl_6_5split", shipped["root"])
     out = tmp_path / "runs"
-    report = _run(
+    report, printed = _run_printed(
         ["mcfa", "--data", str(shipped["root"]), "--split-file", str(folder), "--split-id", "all",
          "--protocol", "paper", "--attributes", str(shipped["attributes"]),
          "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--device", "cpu"]
@@ -269,6 +274,11 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
     assert (report["data"]["split_id"], report["data"]["split_sha256"]) == ("all", None)
     assert [f["split_id"] for f in report["split_files"]] == ["1", "2"]
     assert report["note"].startswith("mean and standard deviation over the 2 splits (population std, ddof=0")
+    # the printed line: the protocol, how many splits, which std, and the report's own figures
+    assert printed.startswith(f"run written to {out} (--protocol paper, ")
+    assert "; test over 2 splits, mean +- std (ddof=0), each scored once: zsl " in printed
+    zsl = report["test"]["zsl"]
+    assert f"zsl {100 * zsl['mean']:.1f} +- {100 * zsl['std']:.1f}%" in printed
     zsl = report["test"]["zsl"]
     assert zsl["mean"] == pytest.approx(np.mean(zsl["values"])) and zsl["std"] == pytest.approx(
         np.std(zsl["values"])
@@ -388,7 +398,7 @@ def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_ca
     assert "retrieval" in report["test"] and "zsl" not in report["test"]
     # --protocol paper: the refit trains on every training image, the held-out ones included; a caption
     # set holds out no classes and has no lambda to choose, and its report says neither
-    paper = _run(
+    paper, printed = _run_printed(
         ["msa", "--data", str(tmp_path / "rsitmd"), "--captions", str(captions), "--protocol", "paper",
          "--config", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "paper"), "--device", "cpu"]
     )  # fmt: skip
@@ -398,6 +408,10 @@ def test_caption_json_without_val_trains_msa_and_selects_on_held_out_training_ca
         "their captions for the chosen 1 epoch (no lambda: validation had no GZSL)"
     )
     assert paper["seen_calibration"] == 0.0 and paper["val_classes"] == []
+    assert printed == (
+        f"run written to {tmp_path / 'paper'} (--protocol paper, {paper['seconds']} s); test, scored once: "
+        f"retrieval mR {paper['test']['retrieval']['mR']:.1f}"
+    )
     assert paper["calibration"] == "none (lambda 0): validation has no GZSL (no val classes)"
 
 
