@@ -149,6 +149,11 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     label_of = dict(zip(data.image_paths, np.asarray(data.labels).tolist()))
     name_of = {i: c for i, c in enumerate(data.class_names)}
     paths = list(split.test_seen) + list(split.test_unseen)
+    # GZSL needs test images of both kinds, ZSL the unseen ones: an empty list was a numpy traceback
+    for key in ("test_seen", "test_unseen") if unseen_ids else ("test_seen",):
+        if not getattr(split, key):
+            listed = Path(data_dir) / "splits" / split_name / f"{key}.txt"
+            raise RszError(f"{listed}: no test images; accuracy scores the split's test images")
     missing = [p for p in paths if p not in label_of]
     if missing:
         raise RszError(f"split {split_name}: image {missing[0]} is not in {data_dir}")

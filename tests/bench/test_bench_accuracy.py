@@ -144,3 +144,20 @@ def test_a_split_the_run_was_not_trained_on_is_refused_up_front(runs):
         result, f"--split {other}: not the split the run {runs['dsva']} was trained on (other unseen classes"
     )
     assert f"names split {runs['split']}" in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("emptied", ["test_seen", "test_unseen"])
+def test_a_split_without_test_images_is_a_one_line_error(runs, tmp_path, emptied):
+    # the run's split with one of its test lists emptied: a numpy traceback before (nothing to concatenate,
+    # or no samples for per_class_accuracy), now one line naming the empty list
+    import shutil
+
+    data = shutil.copytree(runs["bench"], tmp_path / "data")
+    listed = data / "splits" / runs["split"] / f"{emptied}.txt"
+    listed.write_text("")
+    args = ["accuracy", "--model", str(runs["bundle"]), "--run", str(runs["dsva"]), "--data", str(data)]
+    out = tmp_path / "out"
+    args += ["--split", runs["split"], "--backend", "ort", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    _one_line_error(result, f"{listed}: no test images; accuracy scores the split's test images")
+    assert not out.exists()
