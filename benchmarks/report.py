@@ -1,7 +1,7 @@
 """Benchmark results: one JSON document and one markdown table per run, written atomically.
 
-Every result file carries the machine, the date and the command that produced it, so a table pasted into
-RESULTS.md can always be traced back to how it was measured.
+Every result file carries the machine, the versions, the date and the command that produced it, so a table
+pasted into RESULTS.md can always be traced back to how it was measured.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from rsz_infer.outputs import atomic_write
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core count, OS, Python and (when a GPU is visible to torch or nvidia-smi) the GPU name."""
+    """CPU, core count, OS, Python, the versions of rsz and of the engines this process loaded (versions),
+    and (when a GPU is visible to torch) the GPU name."""
     info: dict[str, Any] = {
         "host": platform.node(),
         "cpu": _cpu_name(),
@@ -27,18 +28,36 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "gpu": None,
+        "versions": versions(),
     }
     torch = sys.modules.get("torch")  # only asked when already imported: no torch import on edge devices
     if torch is not None and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-        info["torch"] = torch.__version__
+    # kept at the top level too: results written before "versions" existed had them here
+    for name in ("torch", "onnxruntime"):
+        if name in info["versions"]:
+            info[name] = info["versions"][name]
+    return info
+
+
+def versions() -> dict[str, str]:
+    """rsz's version and those of the engines that made the figures: onnxruntime always (every command
+    may run it), torch and tensorrt only when this process has imported them (no import on edge devices
+    just to say a version), so a version listed is one that ran."""
+    import rsz_infer
+
+    found = {"rsz": rsz_infer.__version__}
     try:
         import onnxruntime
 
-        info["onnxruntime"] = onnxruntime.__version__
+        found["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    return info
+    for name in ("torch", "tensorrt", "tensorrt_rtx"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__version__", None):
+            found[name] = str(module.__version__)
+    return found
 
 
 def _cpu_name() -> str:
@@ -103,6 +122,7 @@ def header_markdown(result: dict[str, Any]) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     return (
         f"Machine: {m['cpu']} ({m['cores']} cores){gpu}; {m['os']}; Python {m['python']}\n"
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items()) or 'not recorded'}\n"
         f"Date: {result['date']}\n"
         f"Command: `{result['command']}`\n"
     )
@@ -121,7 +141,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def write_result(result: dict[str, Any], markdown_body: str, out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """Write out_dir/stem.json and out_dir/stem.md (header with machine, date, command + the tables)."""
+    """Write out_dir/stem.json and out_dir/stem.md (header: machine, versions, date, command; the tables)."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")

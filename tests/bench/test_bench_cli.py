@@ -55,6 +55,22 @@ def test_latency_writes_rows_flops_and_peak(latency_result):
     assert md.count("\n| ort |") == 4 and "| p50 ms |" in md
 
 
+def test_results_say_the_versions_that_made_them(latency_result):
+    """rsz's, onnxruntime's and (rows ran on it) torch's version in the JSON and in the markdown's header:
+    the markdown had none, the JSON torch's only on a GPU machine."""
+    import onnxruntime
+    import torch
+
+    import rsz_infer
+
+    want = {"rsz": rsz_infer.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+    versions = json.loads(latency_result.read_text())["machine"]["versions"]
+    assert {k: versions.get(k) for k in want} == want
+    md = latency_result.with_suffix(".md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Versions: "))
+    assert all(f"{k} {v}" in line for k, v in want.items()), line
+
+
 def test_latency_onnx_flop_count_agrees_with_torch(tmp_path):
     from rsz_bench.flops import onnx_flops, torch_flops
     from rsz_bench.reference import build_reference, export_reference_onnx
