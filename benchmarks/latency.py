@@ -475,6 +475,7 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
             peak = peaks.get("cuda" if row["device"].startswith("cuda") else "cpu")
             if peak:
                 row["fraction_of_peak"] = row["achieved_tflops"] / peak["tflops"]
+    add_speed_ratios(rows)
     return {
         "model": spec,
         "image_size": src.image_size,
@@ -485,6 +486,34 @@ def run_latency(spec: str, cfg: LatencyConfig, run_dir: Path | None = None, tmp:
         "int8": src.int8,
         "rows": rows,
     }
+
+
+def add_speed_ratios(rows: list[dict]) -> None:
+    """Each measured row's images/s over its batch's baseline row in this run ("baseline", "x_baseline"):
+    PyTorch FP32 (eager) where it was measured, else the first measured row. Absolute speeds differ
+    between hosts and between loads of one host; a ratio of rows timed in one run is what compares."""
+    for batch in dict.fromkeys(r["batch"] for r in rows):
+        ok = [r for r in rows if r["batch"] == batch and r.get("status") == "ok"]
+        if len(ok) < 2:  # nothing to compare with
+            continue
+        base = next((r for r in ok if (r["backend"], r["precision"]) == ("torch", "fp32")), ok[0])
+        for r in ok:
+            r["baseline"] = f"{base['backend']} {base['precision']}"
+            r["x_baseline"] = r["images_per_s"] / base["images_per_s"]
+
+
+def ratios_markdown(rows: list[dict]) -> list[str]:
+    """The headline of a latency table: the ratios (speeds only compare within one run)."""
+    lines = []
+    for batch in dict.fromkeys(r["batch"] for r in rows):
+        rated = [r for r in rows if r["batch"] == batch and "x_baseline" in r]
+        named = [(f"{r['backend']} {r['precision']}", r) for r in rated]
+        others = [f"{name} {r['x_baseline']:.2f}x" for name, r in named if name != r["baseline"]]
+        if others:
+            lines.append(f"- batch {batch}: {', '.join(others)} the speed of {rated[0]['baseline']}")
+    if not lines:
+        return []
+    return ["Speed ratios (images/s at p50, rows timed in this same run):", *lines, ""]
 
 
 def batch_rate(batch: int, p50_ms: float) -> float:
@@ -514,6 +543,7 @@ LATENCY_COLUMNS = [
     ("p90_ms", "p90 ms"),
     ("p99_ms", "p99 ms"),
     ("images_per_s", "images/s"),
+    ("x_baseline", "x baseline"),
     ("peak_mem_mb", "peak MiB"),
     ("achieved_tflops", "TFLOP/s"),
     ("fraction_of_peak", "of peak"),
@@ -526,6 +556,7 @@ def latency_markdown(result: dict) -> str:
 
     flops = result["flops_per_image"]
     lines = [
+        *ratios_markdown(result["rows"]),
         f"Model `{result['model']}` at {result['image_size']} px; "
         + (f"{flops / 1e9:.2f} GFLOP/image ({result['flops_method']})." if flops else "FLOPs not counted."),
     ]

@@ -55,6 +55,25 @@ def test_latency_writes_rows_flops_and_peak(latency_result):
     assert md.count("\n| ort |") == 4 and "| p50 ms |" in md
 
 
+def test_latency_markdown_headlines_ratios_of_rows_timed_in_the_run(latency_result):
+    """Speeds compare only as ratios measured in one run: the markdown led with absolute images/s alone."""
+    result = json.loads(latency_result.read_text())
+    for batch in (1, 2):
+        rows = {(r["backend"], r["precision"]): r for r in result["rows"] if r["batch"] == batch}
+        base, ort = rows[("torch", "fp32")], rows[("ort", "fp32")]
+        assert base["x_baseline"] == 1.0 and ort["baseline"] == "torch fp32"
+        assert ort["x_baseline"] == pytest.approx(ort["images_per_s"] / base["images_per_s"])
+        assert "x_baseline" not in rows[("torch-graphs", "fp32")]  # skipped: no ratio
+    md = latency_result.with_suffix(".md").read_text()
+    body = md.split("Command: ", 1)[1].splitlines()[2:]  # after the header and its blank line
+    assert body[0] == "Speed ratios (images/s at p50, rows timed in this same run):"
+    ort = next(r for r in result["rows"] if (r["backend"], r["precision"], r["batch"]) == ("ort", "fp32", 1))
+    assert body[1].startswith(f"- batch 1: ort fp32 {ort['x_baseline']:.2f}x, ") and body[1].endswith(
+        " the speed of torch fp32"
+    )
+    assert "| x baseline |" in md
+
+
 def test_results_say_the_versions_that_made_them(latency_result):
     """rsz's, onnxruntime's and (rows ran on it) torch's version in the JSON and in the markdown's header:
     the markdown had none, the JSON torch's only on a GPU machine."""
