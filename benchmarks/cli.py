@@ -113,9 +113,11 @@ def latency(
 ):
     """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
     from rsz_bench.latency import LatencyConfig, latency_markdown, run_latency
-    from rsz_bench.report import check_out_dir, new_result, write_result
+    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
 
     check_out_dir(out)
+    for model, stem in zip(models, _stems(models)):
+        check_result_slot(out, f"latency_{stem}", "latency", model)
 
     cfg = LatencyConfig(
         backends=_names(backend),
@@ -132,7 +134,7 @@ def latency(
     )
     for model, stem in zip(models, _stems(models)):
         measured = run_latency(model, cfg, run_dir=run_dir)
-        result = new_result("latency", f"Latency: {model}", **measured)
+        result = new_result("latency", f"Latency: {model}", model_path=model_identity(model), **measured)
         json_path, md_path = write_result(result, latency_markdown(result), out, f"latency_{stem}")
         click.echo(latency_markdown(result))
         click.echo(f"wrote {json_path} and {md_path}")
@@ -163,16 +165,17 @@ def latency(
 def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, precision, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
     from rsz_bench.e2e import E2EConfig, e2e_markdown, run_e2e
-    from rsz_bench.report import check_out_dir, new_result, write_result
+    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
 
     check_out_dir(out)
+    check_result_slot(out, f"e2e_{_slug(model)}", "e2e", model)
 
     cfg = E2EConfig(
         batch=batch, backend=backend, device=device, workers=workers, decoder=decoder, preprocess=preprocess,
         precision=precision,
     )  # fmt: skip
     measured = run_e2e(list(tiles), model, cfg, classes)
-    result = new_result("e2e", f"End to end: {model}", **measured)
+    result = new_result("e2e", f"End to end: {model}", model_path=model_identity(model), **measured)
     json_path, md_path = write_result(result, e2e_markdown(result), out, f"e2e_{_slug(model)}")
     click.echo(e2e_markdown(result))
     click.echo(f"wrote {json_path} and {md_path}")
@@ -194,13 +197,14 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
 def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, batch, out):
     """ZSL, GZSL (U, S, H) and retrieval through each backend and precision, against PyTorch FP32."""
     from rsz_bench.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
-    from rsz_bench.report import check_out_dir, new_result, write_result
+    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
 
     check_out_dir(out)
+    check_result_slot(out, f"accuracy_{_slug(str(bundle))}", "accuracy", bundle)
 
     cfg = AccuracyConfig(backends=_names(backend), precisions=_names(precision), device=device, batch=batch)
     measured = run_accuracy(bundle, run_dir, data_dir, split_name, cfg)
-    result = new_result("accuracy", f"Accuracy: {bundle}", **measured)
+    result = new_result("accuracy", f"Accuracy: {bundle}", model_path=model_identity(bundle), **measured)
     json_path, md_path = write_result(
         result, accuracy_markdown(result), out, f"accuracy_{_slug(str(bundle))}"
     )
@@ -218,12 +222,14 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
 def ort_settings(model, batch, rounds, iters, out):
     """ONNX Runtime session settings (optimisation level, threads, arena, pre-processed graph) timed."""
     from rsz_bench.ort_settings import ort_settings_markdown, run_ort_settings
-    from rsz_bench.report import check_out_dir, new_result, write_result
+    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
 
     check_out_dir(out)
+    check_result_slot(out, f"ort_settings_{_slug(model)}", "ort-settings", model)
 
+    measured = run_ort_settings(model, batch, rounds, iters)
     result = new_result(
-        "ort-settings", f"ORT settings: {model}", **run_ort_settings(model, batch, rounds, iters)
+        "ort-settings", f"ORT settings: {model}", model_path=model_identity(model), **measured
     )
     json_path, md_path = write_result(
         result, ort_settings_markdown(result), out, f"ort_settings_{_slug(model)}"

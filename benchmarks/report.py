@@ -140,6 +140,35 @@ def check_out_dir(out_dir: Path) -> None:
             return
 
 
+def model_identity(model: str | Path) -> str:
+    """What a result is of: a ref: name as given, a bundle by its real path (as typed it is relative to
+    wherever the command ran; a link such as models/default is the bundle it points to)."""
+    model = str(model)
+    return model if model.startswith("ref:") else str(Path(model).resolve())
+
+
+def check_result_slot(out_dir: Path, stem: str, kind: str, model: str | Path) -> None:
+    """out_dir/stem.json may be replaced by a result of the same kind and model only: re-running a command
+    refreshes its table, but a/dsva and b/dsva (one folder name) would overwrite each other's figures,
+    silently. Checked before the benchmark runs, as check_out_dir."""
+    path = Path(out_dir) / f"{stem}.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        theirs = old.get("model_path") or model_identity(old.get("model") or old["bundle"])
+        same = old["kind"] == kind and theirs == model_identity(model)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise RszError(
+            f"--out {out_dir}: {path} is there and is not a rsz-bench result; move it, or pass another --out"
+        ) from None
+    if not same:
+        raise RszError(
+            f"--out {out_dir}: {path} holds the {old['kind']} result of another model ({theirs}); "
+            "pass another --out, or remove that file to replace it"
+        )
+
+
 def write_result(result: dict[str, Any], markdown_body: str, out_dir: Path, stem: str) -> tuple[Path, Path]:
     """Write out_dir/stem.json and out_dir/stem.md (header: machine, versions, date, command; the tables)."""
     out_dir = Path(out_dir)

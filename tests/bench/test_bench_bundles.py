@@ -82,6 +82,30 @@ def test_two_models_of_one_name_keep_their_own_results(bundles, tmp_path):
         assert json.loads((tmp_path / f"{stem}.json").read_text())["model"] == str(bundle)
 
 
+def test_a_result_of_another_model_of_one_name_is_never_overwritten(bundles, tmp_path):
+    """rsz-bench latency --model a/model, then --model b/model into the same --out: b's figures replaced
+    a's latency_model.json silently. Now refused before b is measured; a/model again refreshes its own."""
+    out = tmp_path / "res"
+    a, b = (str(p) for p in bundles)
+    latency = ["latency", "--backend", "ort", *LATENCY_ARGS, "--out", str(out), "--model"]
+    result = CliRunner().invoke(main, [*latency, a], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first = (out / "latency_model.json").read_text()
+    assert json.loads(first)["model_path"] == str(bundles[0].resolve())
+    # e2e (and accuracy, ort-settings) check their own file the same way: here a's e2e result
+    (out / "e2e_model.json").write_text(first.replace('"kind": "latency"', '"kind": "e2e"'))
+    for args in ([*latency, b], ["e2e", str(tmp_path), "--out", str(out), "--model", b]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"error: --out {out}: {out / (args[0] + '_model.json')} holds the {args[0]} result of another "
+            f"model ({bundles[0].resolve()}); pass another --out, or remove that file to replace it\n"
+        )
+    assert (out / "latency_model.json").read_text() == first
+    result = CliRunner().invoke(main, [*latency, a], catch_exceptions=False)  # a re-run refreshes it
+    assert result.exit_code == 0 and f"wrote {out / 'latency_model.json'}" in result.output, result.output
+
+
 FROM_A_CHECKOUT = """
 import runpy, sys
 # an edge device: rsz not installed (benchmarks/ is not importable as rsz_bench), no PyTorch
