@@ -318,6 +318,6 @@ def accuracy_markdown(result: dict) -> str:
         f"Bundle `{result['bundle']}`, run `{result['run']}`, split `{result['split']}` "
         f"({result['test_images']} test images, calibration λ={result['seen_calibration']:.3g} "
         "chosen on validation). "
-        "Δ = backend − PyTorch FP32 (percentage points where the metric is in %)."
+        "Δ = backend − PyTorch FP32, a fraction as the metrics are (0.01 = 1 percentage point)."
     )
     return head + "\n\n" + markdown_table(result["rows"], columns) + "\n"

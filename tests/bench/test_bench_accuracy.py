@@ -86,6 +86,10 @@ def test_precisions_are_latencys_and_rows_that_do_not_run_say_why(runs):
     assert rows[("torch", "int8")]["status"].startswith("skipped: no INT8 in the PyTorch backend")
     assert rows[("torch", "fp16")]["status"].startswith("skipped: PyTorch FP16 needs a GPU")
     assert rows[("torch", "fp32")]["status"] == "skipped: PyTorch FP32 on the CPU is the reference row"
+    # the metrics are fractions (0.333), so are their differences: they were said to be percentage points
+    md = next(out.glob("*.md")).read_text()
+    assert f"split `{runs['split']}` (60 test images" in md
+    assert "Δ = backend − PyTorch FP32, a fraction as the metrics are (0.01 = 1 percentage point)." in md
 
 
 def test_device_cuda_without_a_gpu_onnxruntime_is_refused_up_front(runs):
