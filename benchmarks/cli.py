@@ -245,7 +245,9 @@ def ort_settings(model, batch, rounds, iters, out):
 def plot(results, out):
     """Throughput against batch size per backend, from a latency JSON file."""
     from rsz_bench.plot import plot_throughput
+    from rsz_bench.report import check_out_dir
 
+    check_out_dir(out.parent, out)  # a folder that is a file was "[Errno 17] File exists" from mkdir
     click.echo(f"wrote {plot_throughput(results, out)}")
 
 

@@ -128,15 +128,16 @@ def header_markdown(result: dict[str, Any]) -> str:
     )
 
 
-def check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path, option: Path | None = None) -> None:
     """--out must be a folder, or a path where one can be made: found before a benchmark runs, never after
-    it, when its figures would be lost."""
+    it, when its figures would be lost. `option`: the --out given, when out_dir is its folder (plot's PNG)."""
+    shown = out_dir if option is None else option
     for folder in (out_dir, *out_dir.absolute().parents):
         if folder.exists():
             if not folder.is_dir():
-                raise RszError(f"--out {out_dir}: {folder} is a file, not a folder")
+                raise RszError(f"--out {shown}: {folder} is a file, not a folder")
             if not os.access(folder, os.W_OK | os.X_OK):
-                raise RszError(f"--out {out_dir}: {folder} is not writable")
+                raise RszError(f"--out {shown}: {folder} is not writable")
             return
 
 

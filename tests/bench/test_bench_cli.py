@@ -138,6 +138,11 @@ def test_plot_that_cannot_be_written_names_it_and_leaves_no_temporary(latency_re
         and len(result.output.splitlines()) == 1
     )
     assert [p.name for p in taken.parent.iterdir()] == ["p.png"] and taken.is_dir()
+    # a folder of --out that is a file: named, as latency's --out is (it was "[Errno 17] File exists")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["plot", str(latency_result), "--out", str(blocker / "p.png")])
+    assert result.output == f"error: --out {blocker / 'p.png'}: {blocker} is a file, not a folder\n"
 
 
 def test_e2e_reports_stages_and_skips_bad_tiles(tmp_path):
