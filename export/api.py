@@ -380,8 +380,13 @@ def _fingerprint(manifest: Manifest) -> str:
     }
     for g in d["graphs"].values():
         g["engines"] = []
+    # ... but whether INT8 was asked for, and on which calibration tiles, is content: a bundle without INT8
+    # is not "the same" as an --int8 export of the run
+    int8_asked = {role: record.get("calibration") for role, record in d["extra"].get("int8", {}).items()}
     drop = ("engines", "engine_note", "int8", "speed")
     d["extra"] = {k: v for k, v in d["extra"].items() if k not in drop}
+    if int8_asked:
+        d["extra"]["int8"] = int8_asked
     d["extra"]["checks"] = {k: v for k, v in d["extra"].get("checks", {}).items() if not k.endswith(".int8")}
     for variants in d["extra"].get("variants", {}).values():
         variants.pop("int8", None)

@@ -290,6 +290,31 @@ def test_trt_runner_on_a_gpu_matches_onnx_runtime(bundle: Path) -> None:
     assert cosine.min() >= 0.999
 
 
+def test_adding_int8_to_a_bundle_is_no_noop(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """README: `rsz-export ... --fp16 --int8 --out models/dsva` onto the bundle an export without --int8 wrote
+    there must not keep the old one as "the same bundle" (no INT8 graph); the same --int8 export again is."""
+    out = tmp_path / "bundle"
+    shutil.copytree(bundle, out)  # the session bundle stays as the other tests expect it
+    rng = np.random.default_rng(1)
+    source = replace(
+        _source(ToyModel(), tmp_path),
+        calibration=rng.random((8, 3, SIZE, SIZE), dtype=np.float32),
+        int8_check=rng.random((8, 3, SIZE, SIZE), dtype=np.float32),
+        calibration_info={"source": "toy", "sha256": "0" * 64, "tiles": 8},
+    )
+    with pytest.raises(RszError, match="--force"):
+        export_model(source, out, fp16=True, engine="none", batch="1:4:8")
+    assert "int8" not in load_manifest(out).extra  # refused: the old bundle is left as it was
+    export_model(source, out, fp16=True, engine="none", batch="1:4:8", force=True)
+    assert "image" in load_manifest(out).extra["int8"]
+    capsys.readouterr()
+    # the same --int8 export again (its INT8 timings, so its chosen candidate, may differ): the same bundle
+    export_model(source, out, fp16=True, engine="none", batch="1:4:8")
+    assert "the same bundle is already there" in capsys.readouterr().err
+
+
 def test_same_export_is_a_noop_and_a_different_one_needs_force(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
