@@ -45,7 +45,7 @@ BUNDLE_OPTIONS = [
         type=float,
         default=None,
         help="metres per pixel of the training images (rsz-infer --gsd auto); default: the run's own "
-        "(rsz-train --gsd)",
+        "(rsz-train --gsd); for clip, unknown",
     ),
     click.option(
         "--int8",
@@ -55,7 +55,8 @@ BUNDLE_OPTIONS = [
     click.option(
         "--calibration",
         type=click.Path(path_type=Path),
-        help="--int8: folder of tiles to calibrate on (default: the run's training tiles)",
+        help="--int8: folder of tiles to calibrate on (default: the run's training tiles; "
+        "for clip, required)",
     ),
 ]
 
@@ -122,7 +123,7 @@ def main(ctx: click.Context, **options) -> None:
         _build(**options)
 
 
-@main.command()
+@main.command(short_help="Export a run: the same as the default command.")
 @_with_build_options
 @one_line_errors
 def build(**options) -> None:
