@@ -644,6 +644,9 @@ def _lonlat_polygon(lons: np.ndarray, lats: np.ndarray) -> dict:
     (one ring from 179.9 to -179.9 would run the other way round the globe). Longitudes past 180 (a
     geographic grid drawn on past the antimeridian) are wrapped into -180..180 first."""
     lons = (lons + 180) % 360 - 180
+    if np.sum(lons[:-1] * lats[1:] - lons[1:] * lats[:-1]) < 0:
+        # a south-up or mirrored grid: its corners come round clockwise; RFC 7946 rings run counterclockwise
+        lons, lats = lons[::-1], lats[::-1]
     plain = {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in zip(lons, lats)]]}
     if lons.max() - lons.min() <= 180:
         return plain

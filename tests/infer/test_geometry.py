@@ -98,6 +98,25 @@ def test_scene_window_footprints_are_exact(tmp_path, crs):
             _assert_footprint(tile.footprint, _expected_ring(ds, *tile.window))
 
 
+@pytest.mark.parametrize(
+    "grid",
+    [(10, 0, 500000, 0, 10, 4999300), (-10, 0, 501000, 0, -10, 5000000)],
+    ids=["south-up", "mirrored"],
+)
+def test_flipped_grid_footprints_still_run_counterclockwise(tmp_path, grid):
+    """A south-up grid (row 0 at the south: positive pixel height, as NetCDF-derived GeoTIFFs often are) or
+    a mirrored one: the pixel corners come round clockwise, but RFC 7946 rings must run counterclockwise."""
+    from rasterio.transform import Affine
+
+    scene = _scene(tmp_path / "scene.tif")
+    with rasterio.open(scene, "r+") as ds:
+        ds.transform = Affine(*grid)
+    tiles = list(discover_tiles([scene], TileOptions(tile_size=32)))
+    with rasterio.open(scene) as ds:
+        for tile in tiles:
+            _assert_footprint(tile.footprint, _expected_ring(ds, *tile.window))
+
+
 def test_single_file_geotiff_footprint_is_exact(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "small.tif"
