@@ -175,6 +175,10 @@ def _write_class_map(
             gcps, gcp_crs = scene.gcps
             if scene.crs is None and gcps:  # georeferenced by ground control points only: the map keeps them
                 georef = {"gcps": gcps, "crs": gcp_crs}
+            elif scene.crs is None and scene.transform.is_identity:
+                # no georeference at all (rasterio says identity): written, an identity geotransform would
+                # make GDAL and QGIS draw the map upside down beside its scene, so the map gets none either
+                georef = {}
             profile = {
                 "driver": "GTiff", "width": scene.width, "height": scene.height, "dtype": dtype,
                 "count": 2 if with_scores else 1, **georef,

@@ -382,6 +382,26 @@ def test_class_map_of_a_scene_georeferenced_by_gcps_keeps_them(bundles, class_fi
         assert cm.gcps[1] == src.gcps[1] == "EPSG:32633"
 
 
+def test_class_map_of_a_scene_without_georeference_has_none(bundles, class_file, tmp_path):
+    """A scan or drone frame with neither CRS nor geotransform: its class map gets no geotransform either.
+    An identity one (what rasterio reports for "none") would make GDAL and QGIS take row numbers as map
+    y, upward: the map would show upside down beside its scene, which QGIS draws with y = -row."""
+    scene = tmp_path / "plain.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=96, height=64, count=3, dtype="uint8") as dst:
+        dst.write(bands_first(solid("red", 96)[:64]))
+    class_map = tmp_path / "map.tif"
+    _label(
+        bundles["msa"], class_file, [scene], tmp_path / "l.csv", tiles=TileOptions(32), class_map=class_map
+    )
+    geotiff_georeference = {33550, 33922, 34264}  # ModelPixelScale, ModelTiepoint, ModelTransformation
+    with Image.open(scene) as src, Image.open(class_map) as cm:
+        assert not geotiff_georeference & set(src.tag_v2)
+        assert not geotiff_georeference & set(cm.tag_v2)
+    assert "GeoTransform" not in Path(f"{class_map}.aux.xml").read_text()
+    with rasterio.open(class_map) as cm:
+        assert cm.crs is None and (cm.read(1) == 0).all()
+
+
 def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, tmp_path):
     from rsz_infer.classmap import category_names, class_colour
 
