@@ -95,6 +95,7 @@ def test_rasters_gdal_opens_are_inputs_with_exact_footprints(bundles, class_file
     summary = _label(bundles["msa"], class_file, inputs, out, tiles=TileOptions(tile_size=40))
     assert (summary.labeled, summary.skipped) == (len(inputs) + 1, 0)
     text = out.read_text()
+    assert "crs" not in json.loads(text)  # RFC 7946: lon/lat, UTM scenes reprojected, no crs member
     features = json.loads(text)["features"]
     by_tile = {f["properties"]["tile"]: f for f in features}
     import re
