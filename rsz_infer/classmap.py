@@ -51,17 +51,16 @@ def class_colour(index: int) -> tuple[int, int, int]:
 @functools.lru_cache(maxsize=1)
 def _gdal_library():
     """The GDAL library rasterio itself runs on (its wheel bundles one), for the calls rasterio lacks
-    (category names); found among the libraries this process has loaded."""
-    import rasterio._base  # noqa: F401  (loads libgdal into this process)
+    (category names). Looked up through rasterio's own extension module: symbols of a loaded library's
+    handle resolve among its dependencies, so this is the libgdal rasterio links, never the second one
+    pyogrio's wheel brings (another version, loaded once a .gpkg or .fgb output is written)."""
+    import rasterio._base
 
     try:
-        with open("/proc/self/maps", encoding="utf-8") as f:
-            loaded = sorted({line.split()[-1] for line in f if "libgdal" in line.rsplit("/", 1)[-1]})
-    except OSError:
-        loaded = []
-    if not loaded:  # never a second GDAL beside rasterio's: without /proc (not Linux) no category names
+        lib = ctypes.CDLL(rasterio._base.__file__)
+        lib.GDALOpen  # noqa: B018  (where symbols do not resolve so (Windows): no category names)
+    except (OSError, AttributeError):
         return None
-    lib = ctypes.CDLL(loaded[0])
     lib.GDALOpen.restype = ctypes.c_void_p
     lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
     lib.GDALGetRasterBand.restype = ctypes.c_void_p

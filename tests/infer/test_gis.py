@@ -403,6 +403,23 @@ def test_class_map_of_a_scene_without_georeference_has_none(bundles, class_file,
         assert cm.crs is None and (cm.read(1) == 0).all()
 
 
+def test_category_names_go_through_rasterios_own_gdal(tmp_path):
+    """pyogrio's wheel loads a second libgdal (another version) once a .gpkg or .fgb --out is written, which
+    is before the class map: the category names are still set by the GDAL that wrote the map, rasterio's."""
+    import ctypes
+
+    import pyogrio  # noqa: F401  (its libgdal is loaded now, as after writing labels.gpkg)
+
+    from rsz_infer.classmap import _gdal_library, category_names, set_category_names
+
+    _gdal_library.cache_clear()
+    lib = _gdal_library()
+    lib.GDALVersionInfo.restype, lib.GDALVersionInfo.argtypes = ctypes.c_char_p, [ctypes.c_char_p]
+    assert lib.GDALVersionInfo(b"RELEASE_NAME").decode() == rasterio.__gdal_version__
+    scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("red", 8)))
+    assert set_category_names(scene, ["a", "b"]) and category_names(scene) == ["a", "b"]
+
+
 def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, tmp_path):
     from rsz_infer.classmap import category_names, class_colour
 
