@@ -1208,7 +1208,10 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     # Selection is over: reload the kept epoch, and (select) choose lambda on validation.
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(out_dir / runs.WEIGHTS)))
+    kept, own = load_file(str(out_dir / runs.WEIGHTS)), model.state_dict()
+    # Weights saved by _final_report may hold MCFA's final-stage classifier (a kill before report.json, or
+    # `--resume --epochs M` of a finished run): the final stage fits it again, so only the model's own keys.
+    model.load_state_dict({k: v for k, v in kept.items() if k in own})
     val = {}
     if select:
         _, val = trainer.validate()

@@ -208,3 +208,21 @@ def test_an_older_bundle_without_logvar_labels_new_classes_by_the_nearest_latent
     assert len(records) == len(tiles) and not (tmp_path / "cache" / "latent_classifiers").exists()
     for record in records.values():  # ranked by the similarity to the class latents: the nearest rule
         assert record["similarities"] == sorted(record["similarities"], reverse=True)
+
+
+def test_a_classifier_run_killed_before_its_report_resumes_and_scores_the_same(
+    mcfa_classifier_run, tiny_benchmark, default_split, tmp_path
+):
+    """A kill between the final stage's weights (the kept test classifier added to model.safetensors) and
+    report.json, or `--resume --epochs M` of a finished run where no new epoch beats the kept one, reloaded
+    weights the fresh model has no classifier for: a RuntimeError traceback and a run that never finished."""
+    import shutil
+
+    from rsz_train.train import train
+
+    run = tmp_path / "killed"
+    shutil.copytree(mcfa_classifier_run, run)
+    (run / "report.json").unlink()  # as the kill left it: weights with the classifier, no report yet
+    train("mcfa", tiny_benchmark, default_split, run, device="cpu", resume=True)
+    finished = json.loads((mcfa_classifier_run / "report.json").read_text())
+    assert json.loads((run / "report.json").read_text())["test"] == finished["test"]
