@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 import rsz_infer
-from rsz_infer.errors import HELP_OPTIONS, RszError, first_line, one_line_errors
+from rsz_infer.errors import HELP_OPTIONS, RszError, first_line, one_line_errors, sigterm_as_ctrl_c
 from rsz_train.demo import demo_command
 from rsz_train.models.registry import MODELS
 
@@ -184,10 +184,13 @@ def _train_command(kind: str, summary: str) -> click.Command:
         if gsd is not None:
             overrides["train.gsd"] = gsd
         try:
-            run = train(
-                kind, data_dir, split, out_dir, config_path, device, epochs, resume,
-                data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
-            )  # fmt: skip
+            # SIGTERM (`kill`, `timeout`, a scheduler's stop) ends training as Ctrl-C does: one line,
+            # exit 130; the epochs whose last.pt was written are kept for --resume
+            with sigterm_as_ctrl_c():
+                run = train(
+                    kind, data_dir, split, out_dir, config_path, device, epochs, resume,
+                    data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
+                )  # fmt: skip
         except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
             if not isinstance(err, MemoryError) and not _OUT_OF_MEMORY.search(str(err)):
                 raise

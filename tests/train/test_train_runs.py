@@ -266,3 +266,39 @@ def test_a_second_rsz_train_on_a_run_being_written_is_refused(tiny_benchmark, de
         first.wait()
     # a kill releases the lock: the run resumes (a step of it here)
     train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True, stop_after_epoch=1)
+
+
+def test_sigterm_stops_training_as_ctrl_c_does_and_the_run_resumes(
+    tiny_run, tiny_benchmark, default_split, tmp_path, monkeypatch
+):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop) ended rsz-train with no word (exit 143); as Ctrl-C it
+    is one line, exit 130, and --resume goes on from the last epoch written to the same result."""
+    import os
+    import signal
+
+    save = runs.save_resume_state
+
+    def save_then_sigterm(path, state):  # the stop arrives once epoch 1's last.pt is written
+        save(path, state)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runs, "save_resume_state", save_then_sigterm)
+    # without the CLI's own handler a SIGTERM would end pytest; this one lets training go on instead
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    out = tmp_path / "stopped"
+    overrides = tmp_path / "tiny.yaml"
+    settings = "".join(f"  {k.split('.')[1]}: {v}\n" for k, v in TINY_OVERRIDES.items())
+    overrides.write_text("train:\n" + settings, encoding="utf-8")
+    args = ["dsva", "--data", str(tiny_benchmark), "--split", default_split, "--out", str(out)]
+    args += ["--device", "cpu"]
+    try:
+        result = CliRunner().invoke(main, [*args, "--config", str(overrides)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "interrupted"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / "report.json").exists()
+    monkeypatch.setattr(runs, "save_resume_state", save)
+    train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
+    a, b = (json.loads((d / "report.json").read_text())["test"] for d in (tiny_run, out))
+    assert a == b
