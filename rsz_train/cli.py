@@ -183,6 +183,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         overrides = {"model.require_pretrained": False} if allow_random_init and kind == "msa" else {}
         if gsd is not None:
             overrides["train.gsd"] = gsd
+        finished_before = _file_stamp(out_dir / "report.json")
         try:
             # SIGTERM (`kill`, `timeout`, a scheduler's stop) ends training as Ctrl-C does: one line,
             # exit 130; the epochs whose last.pt was written are kept for --resume
@@ -207,12 +208,26 @@ def _train_command(kind: str, summary: str) -> click.Command:
                 if splits
                 else "test, scored once"
             )
+            # train() replaces report.json whenever it finishes a run: the same file, nothing was left to do
+            head, tail = f"run written to {run}", ""
+            if resume and finished_before is not None and _file_stamp(report_path) == finished_before:
+                head = f"nothing left to do: run finished in {run}"
+                tail = "; --resume --epochs M trains it on to M epochs"
             click.echo(
-                f"run written to {run} (--protocol {report['protocol']}, {report['seconds']} s); "
-                f"{scored}: {_summary(report['test'])}"
+                f"{head} (--protocol {report['protocol']}, {report['seconds']} s); "
+                f"{scored}: {_summary(report['test'])}{tail}"
             )
 
     return command
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None when there is none: write_atomic gives a rewritten file a new inode."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 # torch's words for a failed allocation: CUDA's "CUDA out of memory", the CPU's "can't allocate memory"

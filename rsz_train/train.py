@@ -844,6 +844,9 @@ def _train(
         raise RszError(f"{options.split_file or data_dir}: no splits to train on")
     if resume:
         _check_resumed_layout(out_dir, len(splits), protocol)
+        if _finished_at(out_dir, kind) == config.train.epochs:
+            # finished already: the test split is not scored again nor the run rewritten (the CLI says so)
+            return out_dir
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it

@@ -27,6 +27,7 @@ class _Payload:
 def test_crafted_resume_state_is_refused_without_running_it(tiny_run, tiny_benchmark, tmp_path):
     run = tmp_path / "crafted"
     shutil.copytree(tiny_run, run)
+    (run / "report.json").unlink()  # unfinished, so --resume reads last.pt (a finished run has nothing to do)
     marker = tmp_path / "code-ran"
     state = {"epoch": 1, "model": {}, "optimizer": {}, "scheduler": {}, "scaler": {}, "best_score": 0.0}
     state["best_epoch"] = _Payload(marker)

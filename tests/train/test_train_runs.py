@@ -302,3 +302,18 @@ def test_sigterm_stops_training_as_ctrl_c_does_and_the_run_resumes(
     train("dsva", tiny_benchmark, default_split, out, device="cpu", resume=True)
     a, b = (json.loads((d / "report.json").read_text())["test"] for d in (tiny_run, out))
     assert a == b
+
+
+def test_resume_of_a_finished_run_has_nothing_left_to_do(tiny_run, tiny_benchmark, tmp_path):
+    """`--resume` of a finished run (a retry loop after a kill that came too late) scored the test split
+    again and rewrote report.json, saying "run written to": now one line, exit 0, nothing rewritten."""
+    import shutil
+
+    run = tmp_path / "done"
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    result = CliRunner().invoke(main, ["dsva", "--data", str(tiny_benchmark), "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nothing left to do: run finished in {run}"), lines
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
