@@ -1126,6 +1126,9 @@ def _fit(job: FitJob, select: bool, seen_calibration: float = 0.0) -> FitResult 
     trainer = _Trainer(kind, job.data, job.split, job.source, out_dir, config, dev)
     if resume:  # before anything is written
         trainer.check_resumed_split(out_dir / runs.CLASSES)
+    elif job.resume and main:  # said, so that a restart is never mistaken for a continued run
+        print(f"note: {out_dir} has no {runs.LAST} yet (stopped in its first epoch): training from epoch 1",
+              file=sys.stderr)  # fmt: skip
     model, cfg = trainer.model, config.train
     one_val_class = len(job.split.val) == 1 and not trainer.entry.uses_captions
     if main and select and one_val_class and not cfg.select_last_epoch:

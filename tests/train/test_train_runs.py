@@ -160,6 +160,9 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_from_epoch_0(
     assert result.exit_code == 2 and "train.gsd (run: None, now: 0.3)" in result.output, result.output
     result = CliRunner().invoke(main, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    # a restart is said, never silent (a user may have expected epochs that were not written)
+    note = f"note: {out} has no last.pt yet (stopped in its first epoch): training from epoch 1"
+    assert note in result.output.splitlines()
     assert (out / "model.safetensors").read_bytes() == (tiny_run / "model.safetensors").read_bytes()
     a, b = (json.loads((d / "report.json").read_text())["test"] for d in (tiny_run, out))
     assert a == b
