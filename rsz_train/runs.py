@@ -338,8 +338,13 @@ def load_resume_state(path: Path, device: torch.device | str = "cpu") -> dict:
             f"{path}: not a plain resume state, refused (holds pickled objects, not only data)"
         ) from None
     except Exception as err:  # RuntimeError/EOFError for damaged files
-        reason = first_line(err, limit=200)
-        raise RszError(f"{path}: not a plain resume state, refused ({reason})") from None
+        # rsz-train replaces last.pt atomically, so a cut one was damaged afterwards (a copy, a full disk):
+        # there is no older state to fall back on, and a silent restart would throw the epochs away
+        reason = first_line(err, limit=200).split(". ")[0]  # torch's first sentence; the rest is advice
+        raise RszError(
+            f"{path}: damaged or incomplete, cannot resume from it ({reason}); restore it from a copy, "
+            "or train again without --resume into another --out"
+        ) from None
     if not isinstance(state, dict) or any(key not in state for key in RESUME_KEYS):
         raise RszError(f"{path}: not an rsz resume state (needs {', '.join(RESUME_KEYS)})")
     return state

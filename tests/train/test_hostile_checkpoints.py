@@ -59,3 +59,18 @@ def test_torchscript_clip_checkpoint_is_refused(tmp_path):
     else:
         raise AssertionError("a TorchScript archive was loaded")
     assert "ViT-B-32.pt: a TorchScript archive" in message and "\n" not in message
+
+
+def test_a_cut_resume_state_is_one_line_naming_it(tiny_run, tiny_benchmark, tmp_path):
+    """A last.pt cut short (a partial copy, a full disk) said "not a plain resume state, refused", as for a
+    crafted one: now it says damaged, and what to do; never a traceback nor a silent restart."""
+    run = tmp_path / "cut"
+    shutil.copytree(tiny_run, run)
+    (run / "report.json").unlink()
+    with open(run / "last.pt", "r+b") as f:
+        f.truncate(1_000_000)
+    result = CliRunner().invoke(main, ["dsva", "--data", str(tiny_benchmark), "--out", str(run), "--resume"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"{run / 'last.pt'}: damaged or incomplete, cannot resume from it" in lines[0]
+    assert not (run / "report.json").exists()
