@@ -113,7 +113,8 @@ def latency(
 ):
     """Encoder latency (p50/p90/p99), images/s, peak memory and achieved fraction of the measured peak."""
     from rsz_bench.latency import LatencyConfig, latency_markdown, run_latency
-    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
+    from rsz_bench.report import check_result_slot, model_identity, new_result, write_result
+    from rsz_infer.outputs import check_out_dir
 
     check_out_dir(out)
     for model, stem in zip(models, _stems(models)):
@@ -165,7 +166,8 @@ def latency(
 def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preprocess, precision, out):
     """End-to-end tiles/s from files on disk, with where the time goes."""
     from rsz_bench.e2e import E2EConfig, e2e_markdown, run_e2e
-    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
+    from rsz_bench.report import check_result_slot, model_identity, new_result, write_result
+    from rsz_infer.outputs import check_out_dir
 
     check_out_dir(out)
     check_result_slot(out, f"e2e_{_slug(model)}", "e2e", model)
@@ -197,7 +199,8 @@ def e2e(tiles, model, classes, backend, device, batch, workers, decoder, preproc
 def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, batch, out):
     """ZSL, GZSL (U, S, H) and retrieval through each backend and precision, against PyTorch FP32."""
     from rsz_bench.accuracy import AccuracyConfig, accuracy_markdown, run_accuracy
-    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
+    from rsz_bench.report import check_result_slot, model_identity, new_result, write_result
+    from rsz_infer.outputs import check_out_dir
 
     check_out_dir(out)
     check_result_slot(out, f"accuracy_{_slug(str(bundle))}", "accuracy", bundle)
@@ -222,7 +225,8 @@ def accuracy(bundle, run_dir, data_dir, split_name, backend, precision, device, 
 def ort_settings(model, batch, rounds, iters, out):
     """ONNX Runtime session settings (optimisation level, threads, arena, pre-processed graph) timed."""
     from rsz_bench.ort_settings import ort_settings_markdown, run_ort_settings
-    from rsz_bench.report import check_out_dir, check_result_slot, model_identity, new_result, write_result
+    from rsz_bench.report import check_result_slot, model_identity, new_result, write_result
+    from rsz_infer.outputs import check_out_dir
 
     check_out_dir(out)
     check_result_slot(out, f"ort_settings_{_slug(model)}", "ort-settings", model)
@@ -245,7 +249,7 @@ def ort_settings(model, batch, rounds, iters, out):
 def plot(results, out):
     """Throughput against batch size per backend, from a latency JSON file."""
     from rsz_bench.plot import plot_throughput
-    from rsz_bench.report import check_out_dir
+    from rsz_infer.outputs import check_out_dir
 
     check_out_dir(out.parent, out)  # a folder that is a file was "[Errno 17] File exists" from mkdir
     click.echo(f"wrote {plot_throughput(results, out)}")

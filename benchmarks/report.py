@@ -128,19 +128,6 @@ def header_markdown(result: dict[str, Any]) -> str:
     )
 
 
-def check_out_dir(out_dir: Path, option: Path | None = None) -> None:
-    """--out must be a folder, or a path where one can be made: found before a benchmark runs, never after
-    it, when its figures would be lost. `option`: the --out given, when out_dir is its folder (plot's PNG)."""
-    shown = out_dir if option is None else option
-    for folder in (out_dir, *out_dir.absolute().parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise RszError(f"--out {shown}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise RszError(f"--out {shown}: {folder} is not writable")
-            return
-
-
 def model_identity(model: str | Path) -> str:
     """What a result is of: a ref: name as given, a bundle by its real path (as typed it is relative to
     wherever the command ran; a link such as models/default is the bundle it points to)."""
@@ -151,7 +138,7 @@ def model_identity(model: str | Path) -> str:
 def check_result_slot(out_dir: Path, stem: str, kind: str, model: str | Path) -> None:
     """out_dir/stem.json may be replaced by a result of the same kind and model only: re-running a command
     refreshes its table, but a/dsva and b/dsva (one folder name) would overwrite each other's figures,
-    silently. Checked before the benchmark runs, as check_out_dir."""
+    silently. Checked before the benchmark runs, as outputs.check_out_dir."""
     path = Path(out_dir) / f"{stem}.json"
     if not path.exists():
         return

@@ -38,6 +38,7 @@ from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, manifest_problem, sh
 from rsz_infer.errors import RszError
 from rsz_infer.images import TileError, TileOptions, decode_image_file
 from rsz_infer.locking import OutputLock
+from rsz_infer.outputs import check_out_dir
 from rsz_infer.preprocess import PreprocessSpec
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.runners.torch import TorchRunner
@@ -571,9 +572,7 @@ def check_out(out: Path, force: bool, inputs: Iterable[Path | str] = ()) -> None
             raise RszError(f"--out {out}: holds {given}, an input of this export; choose another --out")
     if out.is_symlink():
         raise RszError(f"--out {out}: is a symbolic link; give the bundle folder itself")
-    above = next((p for p in out.parents if os.path.lexists(p)), None)  # what the lock's mkdir meets first
-    if above is not None and not above.is_dir():
-        raise RszError(f"--out {out}: {above} is a file, not a folder")
+    check_out_dir(out.parent, out)  # the folder the lock's mkdir and the staging folder go into
     if not out.exists():
         return
     if not out.is_dir():

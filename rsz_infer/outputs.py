@@ -63,6 +63,20 @@ def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> Non
         )
 
 
+def check_out_dir(out_dir: Path, option: Path | None = None) -> None:
+    """--out must be a folder, or a path where one can be made: found before a benchmark or an export runs,
+    never after it, when its work would be lost. `option`: the --out given, when out_dir is its folder
+    (plot's PNG, an export's bundle)."""
+    shown = out_dir if option is None else option
+    for folder in (out_dir, *out_dir.absolute().parents):
+        if os.path.lexists(folder):  # a dangling link too: mkdir cannot go through it
+            if not folder.is_dir():
+                raise RszError(f"--out {shown}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise RszError(f"--out {shown}: {folder} is not writable")
+            return
+
+
 def part_path(out: Path) -> Path:
     return out.with_name(out.name + ".part")
 
