@@ -222,7 +222,7 @@ def _open(bundle_dir, manifest, graph, role, backend, device, notes, precision) 
 def _trt_needs_gpu(bundle_dir: Path, graph, role: str) -> str:  # GraphSpec
     """The line for --backend trt when the device is the CPU: which GPU the graph's engines need (their
     sidecars' library) and why this run has none. All engines count: the CPU's precision may have none."""
-    from rsz_infer.trt_lib import read_sidecar, sidecar_path
+    from rsz_infer.trt_lib import gpu_needed, read_sidecar, sidecar_path
 
     if not graph.engines:
         return f"{bundle_dir}: no TensorRT engine for the {role} graph; use --backend ort"
@@ -232,7 +232,7 @@ def _trt_needs_gpu(bundle_dir: Path, graph, role: str) -> str:  # GraphSpec
             libraries.add(read_sidecar(sidecar_path(bundle_dir / name))["library"])
         except (OSError, RszError):
             pass  # said by TrtRunner where a GPU is
-    need = "TensorRT-RTX engines need an RTX GPU" if libraries == {"tensorrt_rtx"} else "TensorRT needs a GPU"
+    need = gpu_needed(libraries)
     if gpu_present():
         return f"--backend trt: {need}, not --device cpu; use --device cuda or --backend ort"
     return f"--backend trt: {need} and no NVIDIA GPU is visible here; use --backend ort (ONNX Runtime)"

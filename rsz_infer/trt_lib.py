@@ -94,6 +94,14 @@ def sidecar_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
+def gpu_needed(libraries: set[str]) -> str:
+    """What engines built with `libraries` (their sidecars' "library") need, for the lines that say there
+    is no GPU: TensorRT-RTX engines run on RTX GPUs only."""
+    if libraries == {"tensorrt_rtx"}:
+        return "TensorRT-RTX engines need an RTX GPU"
+    return "TensorRT engines need a GPU"
+
+
 def read_sidecar(path: Path) -> dict:
     """The sidecar at `path` (sidecar_path of an engine), checked: a one-line RszError naming the file and
     the field when it is not JSON, not an object, or a field rsz reads is missing or of the wrong type.

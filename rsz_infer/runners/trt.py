@@ -13,7 +13,14 @@ import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.runners.base import Runner
-from rsz_infer.trt_lib import cudart, gpu_compute_capability, load_trt, read_sidecar, sidecar_path
+from rsz_infer.trt_lib import (
+    cudart,
+    gpu_compute_capability,
+    gpu_needed,
+    load_trt,
+    read_sidecar,
+    sidecar_path,
+)
 
 
 def _check(result: tuple, what: str):  # cuda-python returns (err, value...)
@@ -68,10 +75,8 @@ class TrtRunner(Runner):
         # name comes from the JSON sidecar, not from the library).
         capability = gpu_compute_capability(device)
         if capability is None:
-            rtx = library == "tensorrt_rtx"
-            need = "TensorRT-RTX engines need an RTX GPU" if rtx else "TensorRT engines need one"
             raise RszError(
-                f"{self.path}: no usable CUDA GPU on this machine ({need}); "
+                f"{self.path}: no usable CUDA GPU on this machine ({gpu_needed({library})}); "
                 "use the ONNX Runtime backend (--backend ort) instead"
             )
         lib = load_trt(prefer=library)
