@@ -253,7 +253,7 @@ def label_command(
 @click.option(
     "--model", default=str(DEFAULT_MODEL), show_default=True, help="Model bundle folder (MSA for text)."
 )
-@click.option("--out", required=True, help="Index folder (created, or extended with new tiles).")
+@click.option("--out", required=True, help="Index folder (created, or brought up to date with TILES).")
 @click.option(
     "--search-method",
     type=click.Choice(ANN_METHODS),
@@ -267,7 +267,8 @@ def label_command(
 @_ray_options
 @one_line_errors
 def index_command(tiles, model, out, search_method, quiet, **kw) -> None:
-    """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped.
+    """Embed TILES into an index folder for `rsz-infer search`; known tiles are skipped, changed ones
+    embedded again, and those deleted from under TILES removed.
 
     Tiles that cannot be read are listed in OUT.errors.csv beside the folder (exit 3); the next call tries
     them again."""

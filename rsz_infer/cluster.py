@@ -553,8 +553,13 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     made_with = None if cfg.precision == "auto" else run_log_engine(cfg.precision, cfg.decoder)
     if made_with:
         ix.check_same_engine(out, old, made_with)
-    tiles = shard_tiles(discover_tiles(cfg.inputs, tile_options), cfg.shard)
-    todo_tiles = [t for t in tiles if t.id not in known]
+    listed = list(discover_tiles(cfg.inputs, tile_options))
+    check = ix.AppendCheck(old, cfg.inputs, cfg.shard)
+    for tile in listed:  # every shard's: a tile of another shard is not gone
+        check.saw(tile)
+    gone = check.gone()
+    tiles = shard_tiles(listed, cfg.shard)
+    todo_tiles = [t for t in tiles if check.embeds(t)]
     ray = connect(options)
     resources, device = _actor_resources(ray, options, cfg.device)
     parts_dir = out.with_name(f".{out.name}.ray-parts")
@@ -614,12 +619,17 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
             embeddings.append(np.asarray(emb, np.float32)[None])
             if sc is not None:
                 scales.append(np.asarray(sc, np.float32).reshape([1, *shape]))
-    summary.added = len(rows)
-    summary.holds += len(rows)
-    if rows or old is None:
+    # every changed tile was reached: its row is replaced, or goes with the gone ones when it no longer embeds
+    reembedded = {row["tile"] for row in rows} & check.changed
+    drop = frozenset(gone | check.changed)
+    summary.added = len(rows) - len(reembedded)
+    summary.reembedded, summary.removed = len(reembedded), len(drop) - len(reembedded)
+    summary.holds += len(rows) - len(drop)
+    if rows or drop or old is None:
         summary.search = ix._write_index(
-            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method, made_with
-        )
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, cfg.method, made_with,
+            drop=drop,
+        )  # fmt: skip
     ix.write_index_errors(out, skipped)
     summary.errors_file = ix.index_errors_path(out)
     shutil.rmtree(parts_dir)

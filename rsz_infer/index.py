@@ -7,10 +7,12 @@ An index folder holds:
     tiles.jsonl      one line per row: tile id, path, window, footprint
     scales.npy       [N, S, Dm] float32 multi-scale features, when the bundle has a rerank graph
     faiss.index      FAISS HNSW graph over the embeddings (inner product), when the search method is "hnsw"
-A second `index` call with more tiles adds the new ones and skips those already in; the folder is
-rebuilt beside the old one and renamed over it, so a killed call leaves the old index intact. Until then a
-call's batches go to a journal beside the folder (rsz_infer.index_journal) that the next call folds in: a
-call killed before it could write the index keeps what it embedded.
+A second `index` call with more tiles adds the new ones and skips those already in; it embeds again the
+tiles whose file changed since (AppendCheck: size and mtime, else sha256) and removes the rows of tiles under
+its inputs that are gone. The folder is rebuilt beside the old one and renamed over it, so a killed call
+leaves the old index intact. Until then a call's batches go to a journal beside the folder
+(rsz_infer.index_journal) that the next call folds in: a call killed before it could write the index keeps
+what it embedded.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from rsz_infer.images import (
     Tile,
     TileError,
     TileOptions,
+    _is_stac_input,
     decode_tile,
     discover_tiles,
     is_gdal_path,
@@ -64,7 +67,8 @@ from rsz_infer.scoring import l2_normalize
 from rsz_infer.trust import (
     INDEX_FORMAT,
     check_finite,
-    file_sha256,
+    file_changed,
+    file_identity,
     load_array,
     read_index_info,
     read_tile_rows,
@@ -265,15 +269,23 @@ class IndexSummary:
     resize_note: str | None = None  # tiles resized more than 4x to the model's input (TileCounts)
     errors_file: Path | None = None  # where the skipped tiles are listed (write_index_errors), when written
     holds: int = 0  # tiles in the index after this call (earlier calls' inputs too)
+    reembedded: int = 0  # tiles in the index whose file changed since: embedded again, their rows replaced
+    removed: int = 0  # rows of tiles under this call's inputs that are gone (or no longer embed): removed
 
     @property
     def exit_code(self) -> int:
-        return exit_code(self.added + self.known, self.skipped, self.nodata)
+        return exit_code(self.added + self.reembedded + self.known, self.skipped, self.nodata)
 
     def line(self, out: Path) -> str:
-        rate = self.added / self.loop_seconds if self.loop_seconds > 0 else 0.0
+        rate = (self.added + self.reembedded) / self.loop_seconds if self.loop_seconds > 0 else 0.0
+        changes = (
+            f", {self.reembedded} re-embedded (changed since indexed), {self.removed} removed (gone)"
+            if self.reembedded or self.removed
+            else ""
+        )
         line = (
-            f"rsz-infer index: {self.added} tiles added, {self.known} already in, {self.skipped} skipped, "
+            f"rsz-infer index: {self.added} tiles added{changes}, {self.known} already in, "
+            f"{self.skipped} skipped, "
             f"{self.nodata} nodata, index now holds {self.holds} tiles, backend {self.backend}, "
             f"{self.search} search, {self.decode}, "
             f"start-up {self.startup_seconds:.1f} s, {self.loop_seconds:.1f} s at {rate:.1f} tiles/s"
@@ -288,8 +300,72 @@ class IndexSummary:
 
 def index_row(tile: Tile) -> dict:
     """A tile's row in tiles.jsonl (the single-process and the Ray path write the same rows)."""
-    # sha256: what a gallery checks before it shows the file again (rsz_infer.trust)
-    return tile_record(tile) | {"sha256": file_sha256(tile.path)}
+    # sha256: what a gallery checks before it shows the file again (rsz_infer.trust); size and mtime_ns:
+    # how the next append sees an unchanged file without reading it (AppendCheck)
+    return tile_record(tile) | file_identity(tile.path)
+
+
+class AppendCheck:
+    """Which rows of the index an append over `inputs` keeps, embeds again or removes.
+
+    Fed every tile the call lists (`saw`, all shards): a row whose tile is listed and whose file changed
+    since it was embedded (trust.file_changed) is embedded again, in this call's shard; a row whose tile is
+    not listed although its file lies under an input (a folder named, or a file named: its windows) is gone.
+    Rows of other inputs (folder A when this call indexes folder B), remote files and STAC assets stay.
+    """
+
+    def __init__(self, old: Index | None, inputs: list[str], shard: tuple[int, int] | None) -> None:
+        self.rows = {t["tile"]: t for t in old.tiles} if old else {}
+        self.shard = shard
+        self.listed: set[str] = set()  # ids of index rows this call's inputs list
+        self.changed: set[str] = set()  # of those, in this shard: the file changed since
+        self._folders, self._files = _input_roots(inputs)
+        self._verdicts: dict[tuple, bool] = {}  # one stat (and hash) per file, not per window
+
+    def saw(self, tile: Tile) -> None:
+        row = self.rows.get(tile.id)
+        if row is None or tile.id in self.listed:
+            return
+        self.listed.add(tile.id)
+        if in_shard(tile.id, self.shard):
+            key = (row["path"], row.get("sha256"), row.get("size"), row.get("mtime_ns"))
+            if key not in self._verdicts:
+                self._verdicts[key] = file_changed(row)
+            if self._verdicts[key]:
+                self.changed.add(tile.id)
+
+    def embeds(self, tile: Tile) -> bool:
+        """This call embeds the tile: in its shard, and new or changed."""
+        return in_shard(tile.id, self.shard) and (tile.id not in self.rows or tile.id in self.changed)
+
+    def gone(self) -> set[str]:
+        """Rows under this call's inputs whose tile the listing no longer has (after every `saw`)."""
+        return {
+            tile
+            for tile, row in self.rows.items()
+            if tile not in self.listed and self._under_inputs(row["path"])
+        }
+
+    def _under_inputs(self, path: str) -> bool:
+        local = local_file(path)
+        if local is None:
+            return False
+        name = os.path.abspath(local)
+        return name in self._files or any(name.startswith(folder) for folder in self._folders)
+
+
+def _input_roots(inputs: list[str]) -> tuple[list[str], set[str]]:
+    """(folders with a trailing separator, files) among the inputs, as absolute paths spelled as given (not
+    resolved: tile paths are the inputs' spelling too); GDAL paths, URLs and STAC JSON name no local tree."""
+    folders, files = [], set()
+    for name in map(str, inputs):
+        if is_gdal_path(name):
+            continue
+        if os.path.isdir(name):
+            folders.append(os.path.join(os.path.abspath(name), ""))
+        elif not _is_stac_input(Path(name)):
+            files.add(os.path.abspath(name))
+    return folders, files
 
 
 def open_index_job(cfg: IndexConfig) -> tuple[Manifest, str, Index | None, TileOptions, set[str]]:
@@ -349,15 +425,17 @@ def fold_in_journal(
 ) -> Index | None:
     """Write the rows a stopped call left in its journal into the index at `out` (made if there is none),
     then remove the journal; returns the index now at `out`. Rows already in the index (a kill after the
-    last fold's swap, before the journal went) are left out."""
+    last fold's swap, before the journal went) are left out; a row of a tile the index holds otherwise is
+    the tile embedded again (its file changed) and replaces the index's row."""
     info = pending.info
     if info["model"] != sha:
         raise RszError(
             f"{out}: {pending.folder} holds {len(pending.tiles)} tiles a stopped index call embedded with "
             f"another model ({info['model_dir']}); rerun that call, or delete {pending.folder}"
         )
-    known = {t["tile"] for t in old.tiles} if old else set()
-    keep = [i for i, t in enumerate(pending.tiles) if t["tile"] not in known]
+    known = {t["tile"]: t for t in old.tiles} if old else {}
+    keep = [i for i, t in enumerate(pending.tiles) if known.get(t["tile"]) != t]
+    replaced = frozenset(pending.tiles[i]["tile"] for i in keep) & known.keys()
     if keep:
         if old is not None:
             check_same_engine(out, old, info.get("engine") or {})
@@ -369,7 +447,7 @@ def fold_in_journal(
         rows = [pending.tiles[i] for i in keep]
         _write_index(
             out, manifest, sha, model, tile_options, old, rows, [pending.embeddings[keep]], scales, method,
-            info.get("engine"),
+            info.get("engine"), drop=replaced,
         )  # fmt: skip
         warn(f"{len(rows)} tiles a stopped index call embedded (kept in {pending.folder}) are now in {out}")
     remove_journal(pending.folder)
@@ -396,7 +474,8 @@ def journal_header(
 
 
 def build_index(cfg: IndexConfig) -> IndexSummary:
-    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped).
+    """Embed the tiles of cfg.inputs not yet in the index at cfg.out (known tiles are skipped, changed ones
+    embedded again, gone ones removed: AppendCheck).
 
     One call at a time writes an index folder (rsz_infer.locking): a second append fails at once.
     """
@@ -408,30 +487,30 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     start = time.perf_counter()
     model, out, method = Path(cfg.model), Path(cfg.out), cfg.method
     manifest, sha, old, tile_options, known = open_index_job(cfg)
+    check = AppendCheck(old, cfg.inputs, cfg.shard)
 
-    # listed twice (a count, then the run), never held: memory does not grow with a scene's declared size
-    def wanted(tile: Tile) -> bool:
-        return in_shard(tile.id, cfg.shard) and tile.id not in known
-
-    already_in = 0  # this call's tiles the index holds (its other tiles are not this call's business)
-
+    # listed twice (a count, then the run), never held: memory does not grow with a scene's declared size;
+    # the first pass also finds the index's changed and gone tiles (held: at most the index's rows)
     def listed(tile: Tile) -> bool:
-        nonlocal already_in
-        if in_shard(tile.id, cfg.shard) and tile.id in known:
-            already_in += 1
-        return wanted(tile)
+        check.saw(tile)
+        return check.embeds(tile)
 
     listing = list_tiles(cfg.inputs, tile_options, keep=listed)
     if not listing.found:  # as rsz-infer label: an empty input is a usage error, not an empty index
         raise no_tiles_found(cfg.inputs)
     total = listing.count
-    todo = (t for t in discover_tiles(cfg.inputs, tile_options) if wanted(t))
+    gone = check.gone()
+    # this call's tiles the index holds and keeps (its other tiles are not this call's business)
+    already_in = sum(in_shard(t, cfg.shard) for t in check.listed) - len(check.changed)
+    todo = (t for t in discover_tiles(cfg.inputs, tile_options) if check.embeds(t))
     with_scales = "rerank" in manifest.graphs
     batches: list[tuple[list[dict], np.ndarray, np.ndarray | None]] = []  # (rows, embeddings, scales)
     skipped: list[dict] = []
+    not_embedded: set[str] = set()  # changed tiles this call reached but could not embed: their rows go
     journal: IndexJournal | None = None  # made once the engine (its precision) is known
 
     def keep(batch: EmbeddedBatch) -> None:
+        not_embedded.update(tile.id for tile, _ in batch.skipped if tile.id in check.changed)
         bad = [(tile, err) for tile, err in batch.skipped if not isinstance(err, NodataTile)]
         skipped.extend({"tile": tile.id, "skipped": str(err)} for tile, err in bad)  # OUT.errors.csv rows
         if not batch.tiles:
@@ -458,11 +537,16 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
     rows = [row for batch_rows, _, _ in batches for row in batch_rows]
     embeddings = [emb for _, emb, _ in batches]
     scales = [sc for _, _, sc in batches if sc is not None]
+    # replaced rows, and those of tiles gone or changed into ones that no longer embed; an interrupted call
+    # keeps the old rows of changed tiles it did not reach (the next call embeds them again)
+    reembedded = {row["tile"] for row in rows} & check.changed
+    drop = frozenset(gone | reembedded | not_embedded)
     # an interrupted call keeps what finished: the next `index` call skips those tiles
-    if rows or old is None or method not in ("auto", old.info.get("search", "exact")):
+    if rows or drop or old is None or method not in ("auto", old.info.get("search", "exact")):
         search = _write_index(
-            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with
-        )
+            out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with,
+            drop=drop,
+        )  # fmt: skip
     else:
         search = old.info.get("search", "exact")
     journal.remove()  # its rows are in the index now
@@ -475,9 +559,11 @@ def _build_index(cfg: IndexConfig) -> IndexSummary:
         raise KeyboardInterrupt
     backend = f"{engine.runner.name} {engine.runner.precision}"
     return IndexSummary(
-        len(rows), already_in, counts.skipped, counts.nodata, backend, search,
+        len(rows) - len(reembedded), already_in, counts.skipped, counts.nodata, backend, search,
         decode=engine.decode_line(), startup_seconds=counts.startup_seconds, loop_seconds=counts.loop_seconds,
-        resize_note=counts.resize_note(), errors_file=index_errors_path(out), holds=len(known) + len(rows),
+        resize_note=counts.resize_note(), errors_file=index_errors_path(out),
+        holds=len(known) - len(drop) + len(rows), reembedded=len(reembedded),
+        removed=len(drop) - len(reembedded),
     )  # fmt: skip
 
 
@@ -564,17 +650,24 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
 
 
 def _write_index(
-    out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with: dict | None
-) -> str:
+    out, manifest, sha, model, tile_options, old, rows, embeddings, scales, method, made_with: dict | None,
+    drop: frozenset[str] = frozenset(),
+) -> str:  # fmt: skip
+    """Write `old`'s rows but those whose tile is in `drop` (replaced or gone), then `rows`."""
     with_scales = "rerank" in manifest.graphs
-    emb_parts = ([old.embeddings] if old else []) + embeddings
+    old_rows = old.tiles if old else []
+    kept = None  # old's row numbers that stay, when some go
+    if old is not None and any(t["tile"] in drop for t in old_rows):
+        kept = [i for i, t in enumerate(old_rows) if t["tile"] not in drop]
+        old_rows = [old_rows[i] for i in kept]
+    emb_parts = ([old.embeddings if kept is None else old.embeddings[kept]] if old else []) + embeddings
     all_emb = np.concatenate(emb_parts) if emb_parts else np.zeros((0, manifest.embedding_dim), np.float32)
     all_scales = None
     if with_scales:
         old_scales = []
         if old is not None and old.scales is not None:
             check_finite(old.scales, old.folder / "scales.npy")  # read whole here anyway: copied over
-            old_scales = [np.asarray(old.scales)]
+            old_scales = [np.asarray(old.scales) if kept is None else np.asarray(old.scales[kept])]
         scale_parts = old_scales + scales
         all_scales = np.concatenate(scale_parts) if scale_parts else None
     info = {
@@ -593,9 +686,10 @@ def _write_index(
         info["engine"] = made_with
     ann = None
     if info["search"] == "hnsw":
-        # Appending adds the new rows to the existing graph instead of rebuilding it.
-        ann = build_ann(all_emb, old.load_ann() if old else None)
-    tiles = (old.tiles if old else []) + rows
+        # Appending adds the new rows to the existing graph instead of rebuilding it; a graph that loses
+        # rows is built again (HNSW has no cheap removal)
+        ann = build_ann(all_emb, old.load_ann() if old and kept is None else None)
+    tiles = old_rows + rows
     _write_index_folder(out, info, all_emb.astype(np.float32), tiles, all_scales, ann)
     return info["search"]
 

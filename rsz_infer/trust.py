@@ -54,6 +54,45 @@ def file_sha256(path: str) -> str | None:
         return None
 
 
+def file_identity(path: str) -> dict:
+    """What an index row records of its file: sha256 (None for remote, missing or no regular file), and
+    size and mtime_ns of a local file, which let the next append see an unchanged file without reading it."""
+    identity: dict = {"sha256": file_sha256(path)}
+    local = _local_name(path)
+    if local is not None:
+        try:
+            st = os.stat(local)
+        except OSError:
+            return identity
+        identity |= {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return identity
+
+
+def file_changed(row: dict) -> bool:
+    """True when an index row's file is no longer the file it embedded: its size or mtime differ from the
+    recorded ones (when recorded) and so does its sha256 (when recorded; a `touch` alone changes nothing).
+    A remote file, or a row that records neither (older indexes), counts as unchanged: nothing to compare."""
+    local = _local_name(row["path"])
+    if local is None:
+        return False
+    try:
+        st = os.stat(local)
+    except OSError:
+        return True  # listed, then gone: embedding it again skips it, and its row goes
+    if row.get("size") == st.st_size and row.get("mtime_ns") == st.st_mtime_ns:
+        return False
+    if isinstance(row.get("sha256"), str):
+        return file_sha256(row["path"]) != row["sha256"]
+    return "size" in row or "mtime_ns" in row
+
+
+def _local_name(path: str) -> str | None:
+    """The local file an index row's path reads (a TIFF page's file), None for a remote one."""
+    page = tiff_page(path)
+    path = page[1] if page is not None else path
+    return None if is_remote(path) else path
+
+
 def check_regular_file(path: Path) -> None:
     """RszError unless `path` is a regular file: an index's own file that is a FIFO or a device would
     block or never end when read."""
@@ -216,6 +255,8 @@ def _valid_row(row: object) -> bool:
         )
         and _valid_footprint(row.get("footprint"))
         and (row.get("sha256") is None or isinstance(row["sha256"], str))
+        # written since appends re-embed changed files; older rows lack them
+        and all(row.get(key) is None or _is_int(row[key]) for key in ("size", "mtime_ns"))
     )
 
 

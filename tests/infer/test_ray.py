@@ -137,6 +137,29 @@ def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles,
     assert "0 tiles added, 1 already in, 0 skipped, 0 nodata, index now holds 11 tiles," in err, err
 
 
+def test_ray_append_embeds_changed_tiles_again_and_removes_gone_ones(ray_cluster, bundles, tmp_path):
+    """--ray brings an index up to date as the single process does (test_retrieval has the details)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(a / f"{i}.png", solid(colour, 24, seed=i))
+    save(b / "other.png", solid("green", 24, seed=7))
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(a), str(b)], bundles["msa"], idx, device="cpu", progress=False))
+    save(a / "0.png", solid("blue", 24, seed=3))
+    (a / "1.png").unlink()
+    cfg = IndexConfig([str(a)], bundles["msa"], idx, device="cpu", progress=False)
+    summary = build_index_ray(cfg, RayOptions())
+    assert (summary.added, summary.reembedded, summary.removed, summary.known) == (0, 1, 1, 1)
+    got = Index.open(idx)
+    assert sorted(t["tile"] for t in got.tiles) == sorted(
+        str(p) for p in (a / "0.png", a / "2.png", b / "other.png")
+    )
+    single = tmp_path / "single"
+    build_index(IndexConfig([str(a / "0.png")], bundles["msa"], single, device="cpu", progress=False))
+    row = [t["tile"] for t in got.tiles].index(str(a / "0.png"))
+    np.testing.assert_allclose(got.embeddings[row], Index.open(single).embeddings[0], atol=1e-6)
+
+
 def test_without_ray_the_option_says_what_to_install(bundles, class_file, tmp_path):
     code = "import sys; sys.modules['ray'] = None\nfrom rsz_infer.cli import main; main(sys.argv[1:])"
     args = [str(tmp_path), "--classes", str(class_file), "--model", str(bundles["dsva"]), "--ray"]

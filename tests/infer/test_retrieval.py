@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import zipfile
 
@@ -345,3 +346,74 @@ def test_search_gallery_says_how_many_hits_have_no_preview(bundles, tmp_path, ca
         f'<p class="note">3 tiles, {why}</p>' in html and html.count('<div class="missing">no preview') == 1
     )
     assert len(re.findall(r'src="data:image/jpeg;base64,', html)) == 2
+
+
+def test_append_embeds_changed_tiles_again_and_removes_gone_ones(bundles, tmp_path, capsys):
+    """A rerun over a curated folder brings the index up to date: an edited tile gets a new embedding in
+    place of its old row, a deleted one leaves the index; another folder's tiles in the index stay."""
+    bundle = bundles["msa"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(a / f"{i}.png", solid(colour, 24, seed=i))
+    save(b / "other.png", solid("green", 24, seed=7))
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(b)], bundle, idx, progress=False))
+    build_index(IndexConfig([str(a)], bundle, idx, progress=False))
+    before = Index.load(idx)
+    row = {t["tile"]: i for i, t in enumerate(before.tiles)}
+    assert before.tiles[row[str(a / "0.png")]]["size"] == (a / "0.png").stat().st_size
+
+    save(a / "0.png", solid("blue", 24, seed=3))  # edited: red -> blue
+    (a / "1.png").unlink()  # deleted
+    os.utime(a / "2.png", ns=(1, 1))  # touched only: same content, not embedded again
+    code, _, err = run_cli(["index", a, "--model", bundle, "--out", idx, "--quiet"], capsys)
+    assert code in (0, None), err
+    assert "0 tiles added, 1 re-embedded (changed since indexed), 1 removed (gone), 1 already in" in err, err
+    assert "index now holds 3 tiles" in err, err
+    after = Index.load(idx)
+    ids = [t["tile"] for t in after.tiles]
+    assert sorted(ids) == sorted([str(b / "other.png"), str(a / "0.png"), str(a / "2.png")])
+    new = after.embeddings[ids.index(str(a / "0.png"))]
+    blue = after.embeddings[ids.index(str(a / "2.png"))]
+    assert float(new @ blue) > float(new @ before.embeddings[row[str(a / "0.png")]])  # now a blue tile
+    assert np.array_equal(blue, before.embeddings[row[str(a / "2.png")]])
+    assert after.scales.shape[0] == 3
+    hits = search(idx, image=a / "0.png", k=3)
+    assert hits[0].tile["tile"] == str(a / "0.png") and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.tile["tile"] != str(a / "1.png") for h in hits)
+
+    # a rerun with nothing changed embeds nothing and keeps every row
+    code, _, err = run_cli(["index", a, "--model", bundle, "--out", idx, "--quiet"], capsys)
+    assert "0 tiles added, 2 already in" in err and "re-embedded" not in err, err
+    assert [t["tile"] for t in Index.load(idx).tiles] == ids
+
+
+def test_a_stopped_call_that_embedded_a_changed_tile_again_replaces_its_row(bundles, tmp_path, capsys):
+    """The journal of a call killed after it embedded an edited tile again: the next call folds that row
+    in place of the old one (not skipped as 'already in'), and does not embed the tile a third time."""
+    from rsz_infer.bundle import manifest_sha256
+    from rsz_infer.images import TileOptions, discover_tiles
+    from rsz_infer.index import index_row, journal_header
+    from rsz_infer.index_journal import IndexJournal
+
+    bundle = bundles["msa"]
+    a = tmp_path / "a"
+    for i, colour in enumerate(["red", "green"]):
+        save(a / f"{i}.png", solid(colour, 24, seed=i))
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(a)], bundle, idx, progress=False))
+    old = Index.load(idx)
+    save(a / "0.png", solid("blue", 24, seed=3))
+    tile = next(t for t in discover_tiles([str(a)], TileOptions()) if t.id == str(a / "0.png"))
+    marker = old.embeddings[1:2]  # any unit row: the journal's, as a killed call left it
+    header = journal_header(load_manifest(bundle), manifest_sha256(bundle), bundle, TileOptions(),
+                            old.info["engine"])  # fmt: skip
+    journal = IndexJournal(idx, header)
+    journal.append([index_row(tile)], marker, np.asarray(old.scales[1:2]))
+    journal.close()  # killed: not removed
+
+    code, _, err = run_cli(["index", a, "--model", bundle, "--out", idx, "--quiet"], capsys)
+    assert "1 tiles a stopped index call embedded" in err and "0 tiles added, 2 already in" in err, err
+    new = Index.load(idx)
+    assert [t["tile"] for t in new.tiles] == [str(a / "1.png"), str(a / "0.png")]
+    assert np.array_equal(new.embeddings[1], marker[0])
