@@ -336,10 +336,11 @@ def search_command(
 
     if html_out:
         check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
-    index = Index.open(index_dir)
-    hits = index.search(
-        text=text, image=image, k=k, rerank=rerank, model=model, backend=backend, device=device
-    )
+    with Index.open(index_dir) as index:  # closed before the gallery reads the tiles
+        hits = index.search(
+            text=text, image=image, k=k, rerank=rerank, model=model, backend=backend, device=device
+        )
+        holds, info = len(index.tiles), index.info
     for hit in hits:
         if as_json:
             click.echo(
@@ -352,8 +353,8 @@ def search_command(
         # stdout stays empty for scripts; a valid, empty answer (exit 0), but the user hears why (an index
         # of tiles always answers k >= 1 hits, so only a search graph that found none is the other case)
         why = f"the index {index_dir} holds no tiles"
-        if index.tiles:
-            why = f"the search graph found none of the {len(index.tiles)} tiles of {index_dir}"
+        if holds:
+            why = f"the search graph found none of the {holds} tiles of {index_dir}"
         click.echo(f"rsz-infer search: no hits: {why}", err=True)
     if html_out:
         from rsz_infer.report import (
@@ -366,7 +367,6 @@ def search_command(
         )
 
         known = load_labels(labels) if labels else {}
-        info = index.info
         options = TileOptions(
             **info["tile_options"], bands=tuple(info["bands"]) if info.get("bands") else None
         )

@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,18 +88,39 @@ RERANK_BATCH = 64
 
 @dataclass
 class Index:
-    """A retrieval index folder in memory: `Index.open("idx/").search(text=..., image=..., k=...)`."""
+    """A retrieval index folder in memory: `Index.open("idx/").search(text=..., image=..., k=...)`, or
+    `with Index.open("idx/") as index:`; close() lets go of its arrays and its memory map of scales.npy."""
 
     folder: Path
     info: dict
     embeddings: np.ndarray
     tiles: list[dict]
     scales: np.ndarray | None
+    closed: bool = field(default=False, compare=False)
 
     @classmethod
     def open(cls, folder: Path | str) -> Index:
         """The index that `rsz-infer index` (or build_index) wrote to `folder`."""
         return cls.load(folder)
+
+    def close(self) -> None:
+        """Drop the embeddings and the memory map of scales.npy (the map closes with its last reference: an
+        array taken from it keeps it); searching a closed index raises RszError. Closing twice is fine."""
+        self.embeddings = np.zeros((0, self.info["dim"]), np.float32)
+        self.scales = None
+        self.tiles = []
+        self.closed = True
+
+    def __enter__(self) -> Index:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RszError(f"{self.folder}: this Index was closed; open it again (Index.open)")
 
     def search(
         self,
@@ -147,6 +168,7 @@ class Index:
 
     def load_ann(self):
         """The FAISS HNSW graph of an "hnsw" index, or None (exact search) when there is none or no faiss."""
+        self._check_open()
         path = self.folder / FAISS_FILE
         faiss = _faiss_or_none()
         # without faiss, exact search gives the best possible answer, only slower
@@ -614,7 +636,17 @@ def merge_indexes(out: Path | str, sources: list[Path | str], method: str = "aut
             running = "an index call is adding tiles to it right now"
             state = running if is_locked(source) else _stopped_call(pending)
             raise RszError(f"{source}: {state}; merge when it has finished")
-    indexes = [Index.open(source) for source in sources]
+    indexes: list[Index] = []
+    try:
+        for source in sources:
+            indexes.append(Index.open(source))
+        return _merge_indexes(out, indexes, method)
+    finally:
+        for index in indexes:
+            index.close()
+
+
+def _merge_indexes(out: Path, indexes: list[Index], method: str) -> int:
     first = indexes[0]
     for index in indexes[1:]:
         same = ("model", "tile_options", "bands", "engine")
@@ -806,7 +838,8 @@ def search(
     device: str = "auto",
 ) -> list[Hit]:
     """Top-k tiles for a sentence or a query image; rerank > 0 re-scores that many candidates (text only)."""
-    return Index.open(index_dir).search(text, image, k, rerank, model, backend, device)
+    with Index.open(index_dir) as index:
+        return index.search(text, image, k, rerank, model, backend, device)
 
 
 def search_index(
@@ -819,6 +852,7 @@ def search_index(
     backend: str,
     device: str,
 ) -> list[Hit]:
+    index._check_open()  # a closed index holds no rows: it would answer "nothing found"
     if (text is None) == (image is None):
         raise RszError("search: give exactly one of --text or --image")
     for name, count in (("k", k), ("rerank", rerank)):  # k=2.0 was a TypeError deep inside numpy

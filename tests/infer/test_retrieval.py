@@ -417,3 +417,21 @@ def test_a_stopped_call_that_embedded_a_changed_tile_again_replaces_its_row(bund
     new = Index.load(idx)
     assert [t["tile"] for t in new.tiles] == [str(a / "1.png"), str(a / "0.png")]
     assert np.array_equal(new.embeddings[1], marker[0])
+
+
+def test_an_index_closes_and_a_closed_one_says_so(bundles, tmp_path):
+    bundle = bundles["msa"]
+    save(tmp_path / "tiles" / "red.png", solid("red", 24))
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(tmp_path / "tiles")], bundle, idx, progress=False))
+    with Index.open(idx) as index:
+        assert index.scales is not None and len(index.search(text="red", k=1)) == 1
+    assert index.closed and index.scales is None  # the memory map of scales.npy is let go
+    for use in (lambda: index.search(text="red"), index.load_ann, lambda: index.__enter__()):
+        with pytest.raises(RszError, match=rf"^{re.escape(str(idx))}: this Index was closed; open it again"):
+            use()
+    index.close()  # twice: no error
+    other = Index.open(idx)
+    other.close()
+    with pytest.raises(RszError, match="this Index was closed"):
+        other.search(image=tmp_path / "tiles" / "red.png")
