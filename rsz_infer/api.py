@@ -30,6 +30,7 @@ from rsz_infer.batching import (
     ImageEngine,
     embed_batches,
     embed_tiles,
+    is_whole_number,
     tile_record,
 )
 from rsz_infer.bundle import MAX_HUBNESS_PENALTY, Manifest
@@ -537,7 +538,7 @@ class Labeler(Embedder):
         hubness_penalty: float | None = None,
         **engine: Any,
     ) -> None:
-        if not isinstance(top_k, (int, np.integer)):  # 2.0 would fail only at the first label() call
+        if not is_whole_number(top_k):  # 2.0 would fail only at the first label() call
             raise RszError(f"top_k {top_k!r}: expected a whole number")
         if top_k < 1:
             raise RszError(f"--top-k {top_k}: must be at least 1")
@@ -547,7 +548,8 @@ class Labeler(Embedder):
             "hubness_penalty": hubness_penalty,
         }
         for name, value in numeric.items():
-            if value is not None and not isinstance(value, numbers.Real):  # "0.2": math.isfinite's TypeError
+            # "0.2": math.isfinite's TypeError; True: a bool is no score
+            if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
                 raise RszError(f"{name} {value!r}: expected a number (or None)")
         self.entries = class_entries(classes)
         check_min_score(min_score, self.entries, classes)

@@ -218,7 +218,7 @@ class ImageEngine:
     @classmethod
     def open(cls, model: Path, manifest: Manifest, options: EngineOptions) -> ImageEngine:
         for name, count in (("--batch", options.batch), ("--workers", options.workers)):
-            if not isinstance(count, (int, np.integer)):  # the API's batch="32": a TypeError on `<`
+            if not is_whole_number(count):  # the API's batch="32": a TypeError on `<`
                 raise RszError(f"{name} {count!r}: expected a whole number")
         if options.batch < 1:
             raise RszError(f"--batch {options.batch}: must be at least 1")
@@ -406,6 +406,11 @@ def exit_code(done: int, errors: int, unlabeled: int = 0) -> int:
     if done == 0 and errors + unlabeled > 0:
         return 2
     return 3 if errors else 0
+
+
+def is_whole_number(value: object) -> bool:
+    """An API count (batch, k, top_k ...): an int or numpy integer, never a bool (True would be 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def tile_record(tile: Tile) -> dict:

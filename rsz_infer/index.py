@@ -35,6 +35,7 @@ from rsz_infer.batching import (
     EngineOptions,
     engine_options,
     exit_code,
+    is_whole_number,
     run_tiles,
     tile_record,
     warn,
@@ -856,7 +857,7 @@ def search_index(
     if (text is None) == (image is None):
         raise RszError("search: give exactly one of --text or --image")
     for name, count in (("k", k), ("rerank", rerank)):  # k=2.0 was a TypeError deep inside numpy
-        if not isinstance(count, (int, np.integer)):
+        if not is_whole_number(count):  # True was k=1
             raise RszError(f"{name} {count!r}: expected a whole number")
     if text is not None and not isinstance(text, str):  # a list of sentences is one query at a time
         raise RszError(f"text: a {type(text).__name__}, expected one sentence (a str)")

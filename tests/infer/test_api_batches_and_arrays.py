@@ -140,7 +140,7 @@ def test_negative_workers_are_refused_when_the_labeler_opens(bundles, class_file
             make()
 
 
-@pytest.mark.parametrize("top_k", [2.0, "3", None])
+@pytest.mark.parametrize("top_k", [2.0, "3", None, True])  # True was top_k=1
 def test_a_top_k_that_is_no_whole_number_is_refused_when_the_labeler_opens(bundles, class_file, top_k):
     """2.0 (a YAML config's 2.0) built a Labeler whose first label() was a TypeError on a slice."""
     with pytest.raises(RszError, match=rf"^top_k {top_k!r}: expected a whole number$"):

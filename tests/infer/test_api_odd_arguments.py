@@ -64,6 +64,8 @@ def test_search_refuses_a_k_rerank_or_text_of_the_wrong_type_in_one_line(bundles
         ({"text": "red", "k": None}, "k None: expected a whole number"),
         ({"text": "red", "k": "2"}, "k '2': expected a whole number"),
         ({"text": "red", "k": 1, "rerank": 2.5}, "rerank 2.5: expected a whole number"),
+        ({"text": "red", "k": True}, "k True: expected a whole number"),  # a bool was k=1
+        ({"text": "red", "k": 2, "rerank": True}, "rerank True: expected a whole number"),
         ({"text": 5}, r"text: a int, expected one sentence \(a str\)"),
         ({"text": ["red", "blue"]}, r"text: a list, expected one sentence \(a str\)"),
         ({"text": b"red"}, r"text: a bytes, expected one sentence \(a str\)"),
@@ -86,6 +88,8 @@ def test_labeler_options_of_the_wrong_type_are_one_rsz_error_naming_the_value(bu
         (lambda: Labeler(mcfa, cls, device="cpu", batch="32"), r"--batch '32': expected a whole number"),
         (lambda: Labeler(mcfa, cls, device="cpu", batch=4.0), r"--batch 4.0: expected a whole number"),
         (lambda: Labeler(mcfa, cls, device="cpu", workers="2"), r"--workers '2': expected a whole"),
+        (lambda: Labeler(mcfa, cls, device="cpu", batch=True), r"--batch True: expected a whole number"),
+        (lambda: Labeler(mcfa, cls, min_score=True), r"min_score True: expected a number \(or None\)"),
         (lambda: Labeler(mcfa, cls, device=None), r"--device None: expected one of auto, cuda, cpu"),
         (lambda: Labeler(mcfa, cls, tiles={"size": 64}), r"tiles: a dict; expected rsz_infer.TileOptions"),
         (lambda: Labeler(None, cls), r"bundle None: expected the path of a model bundle folder"),
