@@ -432,7 +432,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.classfile import class_file_hash, with_training_descriptions
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
-    from rsz_infer.outputs import check_finished, output_format, write_finished, write_outputs
+    from rsz_infer.outputs import check_finished, output_format, write_errors, write_finished, write_outputs
     from rsz_infer.pipeline import Summary, hubness_header, plan_labeling, run_log_engine
 
     start = time.perf_counter()
@@ -525,8 +525,11 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         shutil.rmtree(parts_dir)
     else:
         records = list(log.records())
+        errors = [r for r in records if "skipped" in r and not r.get("nodata")]
         summary.total_labeled = sum("labels" in r for r in records)
-        summary.total_errors = sum("skipped" in r and not r.get("nodata") for r in records)
+        summary.total_errors = len(errors)
+        # beside the partition folder, where the summary line points (as for a labels file)
+        write_errors(out, errors)
     return summary
 
 

@@ -593,6 +593,15 @@ def render_errors(records: list[dict]) -> str:
     return buf.getvalue()
 
 
+def write_errors(out: Path, errors: list[dict]) -> None:
+    """The skipped tiles ({"tile", "skipped"}) of the output `out` as `<out>.errors.csv` (errors_path),
+    atomically; none removes an earlier run's list. Every labeling path writes it here (--ray too)."""
+    if errors:
+        atomic_write(errors_path(out), render_errors(errors))
+    else:
+        errors_path(out).unlink(missing_ok=True)  # from an earlier run of the same output
+
+
 def write_outputs(
     log: RunLog,
     out: Path,
@@ -626,10 +635,7 @@ def write_outputs(
         write_geoparquet(labeled, top_k, out, best_class)
     else:
         write_ogr(labeled, top_k, out, OGR_DRIVERS[fmt], best_class)
-    if errors:
-        atomic_write(errors_path(out), render_errors(errors))
-    elif errors_path(out).exists():
-        errors_path(out).unlink()  # from an earlier run of the same output
+    write_errors(out, errors)
     maps = []
     if class_map is not None:
         from rsz_infer.classmap import write_class_maps

@@ -137,6 +137,22 @@ def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles,
     assert "0 tiles added, 1 already in, 0 skipped, 0 nodata, index now holds 11 tiles," in err, err
 
 
+def test_a_suffix_less_ray_out_lists_its_skipped_tiles_as_the_plain_path_does(
+    ray_cluster, bundles, class_file, inputs, tmp_path
+):
+    """--out labels (the partition folder is the output): the bad tiles in labels.errors.csv beside it, as
+    the plain path writes `<out>.errors.csv` (it wrote none)."""
+    out = tmp_path / "labels"
+    config = LabelConfig(inputs, class_file, out, bundles["dsva"], "ort", "cpu", progress=False)
+    summary = label_tiles_ray(config, RayOptions(partition_tiles=20))
+    assert summary.exit_code == 3 and out.is_dir()
+    errors = (tmp_path / "labels.errors.csv").read_text().splitlines()
+    assert errors[0] == "tile,reason" and summary.total_errors == 2
+    assert sorted(line.split(",")[0] for line in errors[1:]) == [
+        str(Path(inputs[0]) / name) for name in ("corrupt.jpg", "empty.png")
+    ]
+
+
 def test_ray_append_embeds_changed_tiles_again_and_removes_gone_ones(ray_cluster, bundles, tmp_path):
     """--ray brings an index up to date as the single process does (test_retrieval has the details)."""
     a, b = tmp_path / "a", tmp_path / "b"
