@@ -22,6 +22,7 @@ IMAGE_MEDIA = ("image/tiff", "image/jp2", "image/png", "image/jpeg", "applicatio
 # Pictures of an item that are not its data: a thumbnail or a tiler's rendered preview (a URL, downsampled,
 # not georeferenced), never the default even when it is an item's only image
 PREVIEW_ROLES = {"thumbnail", "overview"}
+NO_HREF = "rsz:no_href"  # marks an asset whose JSON has no usable href (_mark_missing_hrefs)
 
 
 def is_stac_geojson(path: Path) -> bool:
@@ -53,6 +54,12 @@ def _local_stac_io():
             check_regular_file(Path(href))  # /dev/zero would be read for ever
             return super().read_text(source, *args, **kwargs)
 
+        def read_json(self, source, *args, **kwargs) -> dict:
+            data = super().read_json(source, *args, **kwargs)
+            if isinstance(data, dict) and data.get("type") == "Feature":
+                _mark_missing_hrefs(data)  # a catalog's item, or a single Item file
+            return data
+
     return pystac, LocalStacIO()
 
 
@@ -64,9 +71,10 @@ def _items(path: Path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
         kind = data.get("type")
         if kind == "FeatureCollection":
-            collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
-            items = list(collection.items)
+            items = _collection_items(pystac, path, data)
             for item in items:  # relative asset hrefs are relative to the collection's file ...
+                if isinstance(item, tuple):
+                    continue
                 self_href = item.get_self_href()
                 if self_href is None or is_gdal_path(self_href):
                     # ... also in a saved API search, whose items keep self links to the API. Cleared
@@ -88,6 +96,66 @@ def _items(path: Path) -> list:
             raise
         raise RszError(f"{path}: not a readable STAC JSON ({first_line(err)})") from None
     raise RszError(f"{path}: a STAC {type(stac_object).__name__}, not an Item, ItemCollection or catalog")
+
+
+def _collection_items(pystac, path: Path, data: dict) -> list:
+    """The items of an ItemCollection, read one feature at a time: a malformed one (no properties, assets
+    that are no object, ...) is an (id, problem) entry, a skipped row, so it never costs the good items.
+    A FeatureCollection none of whose features is STAC is no ItemCollection: a whole-file error."""
+    features = data.get("features")
+    if not isinstance(features, list):
+        raise RszError(f"{path}: not a readable STAC JSON (its 'features' is not a list)")
+    if features and "stac_version" not in data and not any(map(_looks_like_item, features)):
+        raise RszError(f"{path}: a GeoJSON FeatureCollection, not a STAC ItemCollection (no stac_version)")
+    found: list = []
+    for index, feature in enumerate(features):
+        item_id = feature.get("id") if isinstance(feature, dict) else None
+        # the id names the item in errors.csv; one without (a malformed item) is named by its place
+        name = item_id if isinstance(item_id, str) and item_id else f"features[{index}]"
+        problem = _feature_problem(feature)
+        if problem is None:
+            try:
+                found.append(pystac.Item.from_dict(feature, preserve_dict=False))
+                continue
+            except Exception as err:  # pystac raises KeyError, STACError, TypeError ... for malformed items
+                problem = f"no {err.args[0]!r} field" if isinstance(err, KeyError) else first_line(err)
+        found.append((f"{path}#{name}", f"STAC item {name}: {problem}"))
+    return found
+
+
+def _looks_like_item(feature) -> bool:
+    from pystac.serialization import identify_stac_object_type
+
+    try:
+        return identify_stac_object_type(feature) == "Feature"
+    except Exception:  # not an object, a stac_version that is no version
+        return False
+
+
+def _feature_problem(feature) -> str | None:
+    """What pystac would stumble on in a feature with a message that names no field, else None."""
+    if not isinstance(feature, dict):
+        return f"not a JSON object (a {type(feature).__name__})"
+    for key in ("properties", "assets"):
+        if key in feature and not isinstance(feature[key], dict):
+            return f"its {key!r} is not a JSON object"
+    _mark_missing_hrefs(feature)
+    return None
+
+
+def _mark_missing_hrefs(item: dict) -> None:
+    """Assets without a usable href get an empty one, marked NO_HREF: pystac refuses the whole item for any
+    asset without href (KeyError 'href'), a thumbnail's too; stac_asset_hrefs refuses the asset only when it
+    is the one to label, naming it."""
+    assets = item.get("assets")
+    if not isinstance(assets, dict):
+        return
+    for key, asset in assets.items():
+        if not isinstance(asset, dict):
+            assets[key] = {"href": "", NO_HREF: True}
+        elif not isinstance(asset.get("href"), str) or not asset["href"]:
+            # marked, not left empty: pystac makes an empty href absolute (the item's folder)
+            asset.update(href="", **{NO_HREF: True})
 
 
 def _catalog_items(pystac, stac_io, catalog) -> list:
@@ -129,6 +197,8 @@ def _link_problem(err: Exception) -> str:
     cause = err.__cause__ or err
     if isinstance(cause, FileNotFoundError):
         return "no such file"
+    if isinstance(cause, KeyError):  # pystac's from_dict of an item without a field it needs
+        return f"no {cause.args[0]!r} field"
     return f"not a readable STAC JSON ({first_line(cause)})"
 
 
@@ -139,6 +209,8 @@ def choose_asset(item, key: str | None) -> tuple[str, object]:
         if key not in assets:
             raise KeyError(f"no asset {key!r} (it has {', '.join(assets) or 'none'})")
         return key, assets[key]
+    if not assets:
+        raise KeyError("no assets")
     for name in VISUAL_KEYS:
         if name in assets:
             return name, assets[name]
@@ -179,9 +251,12 @@ def stac_asset_hrefs(path: Path, key: str | None) -> Iterator[tuple[str, str | N
             found.append(item)
             continue
         try:
-            _, asset = choose_asset(item, key)
+            name, asset = choose_asset(item, key)
         except KeyError as err:
             found.append((f"{path}#{item.id}", f"STAC item {item.id}: {err.args[0]}"))
+            continue
+        if asset.extra_fields.get(NO_HREF):  # missing, empty or no string in the JSON
+            found.append((f"{path}#{item.id}", f"STAC item {item.id}: asset {name!r} has no href"))
             continue
         found.append((_absolute_href(asset.href, item), None))
     if all(problem for _, problem in found):

@@ -151,6 +151,62 @@ def test_one_broken_stac_item_is_a_skipped_row(bundles, class_file, tmp_path, ca
     assert code == 3 and "1 tiles added" in err and "2 skipped" in err, err
 
 
+def test_one_malformed_item_of_an_item_collection_is_a_skipped_row(bundles, class_file, tmp_path, capsys):
+    """pystac's ItemCollection.from_dict refused the whole collection for any malformed feature: one item
+    without properties (or an asset without href) cost every good item beside it."""
+    for name, colour in (("a", "red"), ("c", "green")):
+        write_geotiff(tmp_path / f"{name}.tif", bands_first(solid(colour, 40)))
+
+    def item(item_id: str) -> dict:
+        return {
+            "type": "Feature", "stac_version": "1.0.0", "id": item_id, "bbox": [15, 45, 15.01, 45.01],
+            "geometry": {"type": "Point", "coordinates": [15, 45]}, "links": [],
+            "properties": {"datetime": "2024-06-01T10:00:00Z"},
+            "assets": {"visual": {"href": f"{item_id}.tif", "type": "image/tiff"}},
+        }  # fmt: skip
+
+    no_properties, no_href, broken_thumbnail = item("p"), item("h"), item("c")
+    del no_properties["properties"]
+    del no_href["assets"]["visual"]["href"]
+    broken_thumbnail["assets"]["thumbnail"] = {"type": "image/jpeg"}  # not the one labeled: no matter
+    features = [item("a"), no_properties, no_href, "not an item", broken_thumbnail]
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = tmp_path / "s.csv"
+    args = [items, "--classes", class_file, "--model", bundles["msa"], "--quiet", "--out", out]
+    code, _, err = run_cli([*args, "--tile-size", "40", "--gsd", "off"], capsys)
+    assert code == 3, err
+    with open(out, newline="") as f:
+        assert [r["label_1"] for r in csv.DictReader(f)] == ["red", "green"]
+    with open(f"{out}.errors.csv", newline="") as f:
+        reasons = {r["tile"]: r["reason"] for r in csv.DictReader(f)}
+    assert reasons == {
+        f"{items}#p": "STAC item p: no 'properties' field",
+        f"{items}#h": "STAC item h: asset 'visual' has no href",
+        f"{items}#features[3]": "STAC item features[3]: not a JSON object (a str)",
+    }
+    # a catalog's item JSON with an asset without href: the same row (pystac refused that item for a
+    # KeyError 'href' only)
+    from rsz_infer.errors import RszError
+    from rsz_infer.stac import stac_asset_hrefs
+
+    (tmp_path / "a.json").write_text(json.dumps(item("a")))
+    (tmp_path / "h.json").write_text(json.dumps(no_href))
+    links = [{"rel": "item", "href": "./a.json"}, {"rel": "item", "href": "./h.json"}]
+    catalog = {"type": "Catalog", "stac_version": "1.0.0", "id": "c", "description": "-", "links": links}
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    assert list(stac_asset_hrefs(tmp_path / "catalog.json", None)) == [
+        (str(tmp_path / "a.tif"), None),
+        (f"{tmp_path / 'catalog.json'}#h", "STAC item h: asset 'visual' has no href"),
+    ]
+    # a GeoJSON with no STAC feature at all is still one line for the whole file
+
+    plain = {k: v for k, v in item("a").items() if k != "stac_version"}
+    (tmp_path / "aoi.json").write_text(json.dumps({"type": "FeatureCollection", "features": [plain]}))
+    with pytest.raises(RszError, match="aoi.json: a GeoJSON FeatureCollection, not a STAC ItemCollection"):
+        list(stac_asset_hrefs(tmp_path / "aoi.json", None))
+
+
 def test_stac_links_to_devices_are_never_read():
     """A catalog from elsewhere linking /dev/zero as an item was read until memory ran out; only regular
     files are read (here /dev/null, which ends at once, so the test cannot hang)."""
