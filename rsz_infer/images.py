@@ -36,6 +36,9 @@ IMAGE_EXTENSIONS = PILLOW_EXTENSIONS + TIFF_EXTENSIONS
 # Suffixes that say a file in a folder is meant as imagery even when GDAL cannot be asked (a non-UTF-8 name)
 RASTER_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".vrt", ".img", ".ntf", ".webp", ".gif", ".bmp")
 NOT_UTF8_NAME = "file name is not valid UTF-8, which GDAL cannot open (rename the file)"
+# The skip reason of a raster with fewer bands than --bands names; it starts with no "-", which CSV outputs
+# would neutralise as a spreadsheet formula ("'--bands ...")
+_TOO_FEW_BANDS = re.compile(r"the file has only \d+ bands for --bands [\d,]+")
 MIN_TILE_PX = 8  # smaller images carry too little to label; the model input is upsampled from them
 STRETCH_PERCENTILES = (2.0, 98.0)
 STRETCH_RULE = f"stretch p{STRETCH_PERCENTILES[0]:g}-{STRETCH_PERCENTILES[1]:g}"
@@ -247,12 +250,18 @@ def list_tiles(
 ) -> TileListing:
     """Count the tiles of the inputs (and collect discovery notes) without holding them."""
     listing = TileListing()
+    short: list[str] = []  # rasters --bands names more bands than they have: skipped rows ...
     for tile in discover_tiles(inputs, options, notes):
         listing.found += 1
+        if tile.problem and _TOO_FEW_BANDS.fullmatch(tile.problem):
+            short.append(f"{tile.path}: {tile.problem}")
         if keep is None or keep(tile):
             listing.count += 1
             listing.digest.update(tile.id.encode("utf-8", "surrogateescape") + b"\n")
         listing.windows = listing.windows or tile.window is not None
+    if short and len(short) == listing.found:  # ... unless every input is one: a typo, the usage error
+        more = f" (and {len(short) - 1} more inputs)" if len(short) > 1 else ""
+        raise RszError(short[0] + more)
     return listing
 
 
@@ -420,8 +429,17 @@ def _tiles_of_page(
                 yield Tile(id=name, path=name, problem=problem)
                 return
             if windowed:
-                scene = _scene_info(ds, name, options)
+                try:
+                    scene = _scene_info(ds, name, options)
+                except TileError as err:  # --bands beyond its bands: one skipped row, the other inputs go on
+                    yield Tile(id=name, path=name, problem=str(err))
+                    return
                 yield from _scene_windows(ds, scene, options)
+                return
+            try:  # --bands beyond its bands: said at discovery, as for a scene (list_tiles counts them)
+                choose_bands(ds.count, options.bands, name, ds.colorinterp)
+            except TileError as err:
+                yield Tile(id=name, path=name, problem=str(err))
                 return
             footprint = _footprints(ds, [0], 0, ds.width, ds.height)[0] if ds.crs else None
     except (rasterio.errors.RasterioError, ValueError) as err:  # not a raster, unreadable, unknown CRS
@@ -506,10 +524,8 @@ def _gdal_opens(name: str) -> bool:
 
 
 def _scene_info(ds, path: str, options: TileOptions) -> SceneInfo:
-    try:
-        bands, band_rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
-    except TileError as err:  # a scene is the whole run's input: a usage error, before any work
-        raise RszError(f"{path}: {err}") from None
+    """What the windows of a scene share; TileError when --bands names more bands than it has."""
+    bands, band_rule = choose_bands(ds.count, options.bands, path, ds.colorinterp)
     dtype = ds.dtypes[0]
     stretch = None
     rule = band_rule
@@ -713,7 +729,7 @@ def choose_bands(
     green and blue bands (a B, G, R, NIR product) has those read as R, G, B, not bands 1, 2, 3."""
     if requested is not None and count > 1:
         if max(requested) > count:
-            raise TileError(f"--bands {','.join(map(str, requested))}: the file has only {count} bands")
+            raise TileError(f"the file has only {count} bands for --bands {','.join(map(str, requested))}")
         return requested, f"bands {','.join(map(str, requested))} of {count}"
     names = [getattr(colour, "name", None) for colour in colours]
     if all(names.count(name) == 1 for name in ("red", "green", "blue")):

@@ -1,6 +1,6 @@
 """Odd names and values: non-UTF-8 file names in CSV and HTML, NaN pixels as nodata, spreadsheet formulas
-neutralised, NUL bytes in class names refused, --bands beyond a scene's bands as one line, one stderr line
-per skipped tile whatever its name."""
+neutralised, NUL bytes in class names refused, --bands beyond a raster's bands a skipped row (one line when
+every input is so), one stderr line per skipped tile whatever its name."""
 
 from __future__ import annotations
 
@@ -183,9 +183,41 @@ def test_bands_beyond_a_scene_are_one_line(bundles, class_file, tmp_path, capsys
     assert (
         code == 2
         and len(lines) == 1
-        and lines[0] == f"error: {scene}: --bands 5,4,3: the file has only 3 bands"
+        and lines[0] == f"error: {scene}: the file has only 3 bands for --bands 5,4,3"
     )
     assert not out.exists()
+
+
+def test_bands_beyond_one_of_several_inputs_skip_that_raster_only(bundles, class_file, tmp_path, capsys):
+    """--bands 4,3,2 over a 4-band scene and a 3-band STAC asset (a scene) and a small 3-band GeoTIFF: the
+    3-band scene stopped the whole run; now each 3-band raster is a skipped row naming its band count."""
+    import csv
+    import json
+
+    four = np.concatenate([bands_first(solid("red", 64)), np.full((1, 64, 64), 90, np.uint8)])
+    scene = write_geotiff(tmp_path / "four.tif", four)
+    write_geotiff(tmp_path / "three.tif", bands_first(solid("green", 64)))
+    small = write_geotiff(tmp_path / "small.tif", bands_first(solid("blue", 24)))
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "t", "bbox": [15, 45, 15.01, 45.01],
+        "geometry": {"type": "Point", "coordinates": [15, 45]}, "links": [],
+        "properties": {"datetime": "2024-06-01T10:00:00Z"},
+        "assets": {"visual": {"href": "three.tif", "type": "image/tiff"}},
+    }  # fmt: skip
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    out = tmp_path / "labels.csv"
+    inputs = [scene, tmp_path / "item.json", small]
+    args = [*inputs, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--tile-size", 32]
+    code, _, err = run_cli(args + ["--bands", "4,3,2", "--quiet"], capsys)
+    assert code == 3, err
+    with open(out, newline="") as f:
+        assert [r["tile"].split("@")[0] for r in csv.DictReader(f)] == [str(scene)] * 4
+    with open(f"{out}.errors.csv", newline="") as f:
+        reasons = {r["tile"]: r["reason"] for r in csv.DictReader(f)}
+    assert reasons == {
+        str((tmp_path / "three.tif").resolve()): "the file has only 3 bands for --bands 4,3,2",
+        str(small): "the file has only 3 bands for --bands 4,3,2",
+    }
 
 
 def _cli(args: list) -> tuple[int, str]:
