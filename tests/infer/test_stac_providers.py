@@ -119,6 +119,52 @@ def test_a_stac_item_collection_saved_as_geojson_is_read_as_stac(tmp_path):
     )
 
 
+def test_whether_a_geojson_is_stac_is_decided_by_its_first_feature_not_a_read_of_the_whole_file(
+    tmp_path, monkeypatch
+):
+    import tracemalloc
+
+    from rsz_infer import stac
+    from rsz_infer.stac import is_stac_geojson
+
+    # a 32 MB GeoJSON of plain features (an export of parcels) was read whole to be told it is no STAC
+    plain = json.dumps({"type": "Feature", "properties": {"n": "x" * 60}, "geometry": None}).encode()
+    big = tmp_path / "parcels.geojson"
+    big.write_bytes(b'{"type": "FeatureCollection", "features": [' + b",".join([plain] * 320_000) + b"]}")
+    tracemalloc.start()
+    try:
+        assert not is_stac_geojson(big)
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20
+    finally:
+        tracemalloc.stop()
+    # real STAC with the key after a long first member (a detailed footprint, as some servers order an
+    # item's members): a bounded prefix would miss it, the scan of the first feature does not
+    ring = [[15.0 + i * 1e-7, 45.0] for i in range(60_000)] + [[15.0, 45.0]]  # ~1.5 MB, past one chunk
+    item = _item("a", {"visual": _visual("a/TCI.tif")})
+    item = {
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        **{k: v for k, v in item.items() if k != "geometry"},
+    }
+    item["properties"]["note"] = 'a "quoted" {brace} and \\ backslash'
+    late = {k: v for k, v in item.items() if k != "stac_version"} | {"stac_version": "1.0.0"}
+    no_stac = {k: v for k, v in late.items() if k != "stac_version"}
+    cases = {
+        "item": (late, True),
+        "items": ({"type": "FeatureCollection", "features": [late, no_stac]}, True),
+        "aoi": ({"type": "FeatureCollection", "features": [no_stac, late]}, False),  # its first: no STAC
+        "crs_first": ({"type": "FeatureCollection", "crs": {"properties": {}}, "features": [late]}, True),
+    }
+    for chunk in (stac.SCAN_CHUNK, 7):  # 7 bytes: strings and escapes cut at every place
+        monkeypatch.setattr(stac, "SCAN_CHUNK", chunk)
+        for name, (data, expected) in cases.items():
+            path = tmp_path / f"{name}.geojson"
+            text = json.dumps(data)
+            assert len(text) > 1 << 20  # the geometry first
+            path.write_text(text if chunk > 7 else text.replace(json.dumps([ring]), "[[[15, 45]]]"))
+            assert chunk > 7 or path.stat().st_size < 4096  # the 7-byte scan on a short footprint
+            assert is_stac_geojson(path) is expected, (name, chunk)
+
+
 def test_asset_without_a_stac_input_is_said(tmp_path):
     # `--asset red` beside a plain GeoTIFF (the user expected it to pick a band) changes nothing: said once
     scene = write_geotiff(tmp_path / "scene.tif", bands_first(solid("red", 40)))
