@@ -363,20 +363,19 @@ def _numeric(column: str) -> bool:
 
 
 def _pixel_polygon(window: list[int]) -> dict:
+    """A window in the coordinates GDAL-based viewers give a raster without georeference: x = column,
+    y = -row (QGIS draws such a raster with the geotransform (0, 1, 0, 0, 0, -1), north up, top edge at
+    y = 0), so the rectangles overlay the scene and its class map. Rows as y (y down) drew them mirrored
+    above it. The ring runs counterclockwise, as RFC 7946 and the footprints' rings do."""
     col, row, width, height = window
-    ring = [
-        [col, row + height],
-        [col + width, row + height],
-        [col + width, row],
-        [col, row],
-        [col, row + height],
-    ]
+    top, bottom = -row, -(row + height)
+    ring = [[col, bottom], [col + width, bottom], [col + width, top], [col, top], [col, bottom]]
     return {"type": "Polygon", "coordinates": [ring]}
 
 
 def geometries(records: list[dict]) -> tuple[list[dict | None], str | None]:
     """Each record's geometry and their CRS: EPSG:4326 footprints ("OGC:CRS84", lon/lat) when any tile is
-    georeferenced; else windows as polygons in pixel coordinates (x right, y down) with no CRS."""
+    georeferenced; else windows as polygons in pixel coordinates (x = column, y = -row) with no CRS."""
     if any(r.get("footprint") for r in records):
         return [r.get("footprint") for r in records], "OGC:CRS84"
     return [_pixel_polygon(r["window"]) if r.get("window") else None for r in records], None

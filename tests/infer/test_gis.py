@@ -345,14 +345,23 @@ def test_vector_outputs_by_suffix(bundles, class_file, tmp_path):
             assert row["label_1"] == ("red" if row["window"].startswith("0,") else "blue")
             assert row["source_crs"] == "EPSG:32633"
         assert not list(tmp_path.glob(".*tmp*")), suffix
-    # without a CRS: pixel rectangles of the windows, and a GeoParquet CRS of null ("unknown")
+    # without a CRS: pixel rectangles of the windows, and a GeoParquet CRS of null ("unknown"); x = column,
+    # y = -row, where QGIS draws a raster without georeference (geotransform 0,1,0,0,0,-1): rows as y drew
+    # them mirrored above the scene
     png = save(tmp_path / "plain.png", solid("green", 64))
     _label(bundles["msa"], class_file, [png], tmp_path / "pixels.parquet", tiles=TileOptions(tile_size=32))
     table = pq.read_table(tmp_path / "pixels.parquet")
     assert json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]["crs"] is None
-    for row in table.to_pylist():
+    rows = table.to_pylist()
+    with rasterio.open(png) as ds:
+        qgis = rasterio.Affine(1, 0, 0, 0, -1, 0) if ds.transform.is_identity else ds.transform
+    for row in rows:
         col, row_off, width, height = map(int, row["window"].split(","))
-        assert shapely.from_wkb(row["geometry"]).bounds == (col, row_off, col + width, row_off + height)
+        shape = shapely.from_wkb(row["geometry"])
+        corners = [qgis * (c, r) for c in (col, col + width) for r in (row_off, row_off + height)]
+        xs, ys = zip(*corners)
+        assert shape.bounds == (min(xs), min(ys), max(xs), max(ys)) and shape.exterior.is_ccw
+    assert {shapely.from_wkb(r["geometry"]).bounds for r in rows} >= {(0, -32, 32, 0), (32, -64, 64, -32)}
     try:
         import geopandas
     except ImportError:
