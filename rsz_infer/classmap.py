@@ -4,7 +4,8 @@ What GDAL, QGIS and rasterio users expect of a categorical raster:
 - COG layout (GDAL's COG driver): internal 256 px tiles, overviews made with MODE resampling (a class
   never becomes the average of two others), DEFLATE;
 - a colour table and the category names on band 1 (GDAL keeps category names in the PAM sidecar
-  `<map>.aux.xml`, which gdalinfo and QGIS read; the names are also in the `classes` tag as JSON);
+  `<map>.aux.xml`, which gdalinfo and QGIS read; the names are also in the `classes` tag as JSON); the
+  sidecar's colour table has alpha: indices past the classes (nodata among them) are transparent;
 - the source's nodata masked per pixel: a pixel that is nodata in the scene is nodata here (255, or 65535
   for more than 254 classes), as are the pixels of skipped windows;
 - optionally a second band with the top score (0-100, scale 0.01, so gdalinfo shows it as 0..1);
@@ -71,7 +72,18 @@ def _gdal_library():
     lib.GDALClose.argtypes = [ctypes.c_void_p]
     lib.GDALGetDescription.restype = ctypes.c_char_p
     lib.GDALGetDescription.argtypes = [ctypes.c_void_p]
+    lib.GDALCreateColorTable.restype = ctypes.c_void_p
+    lib.GDALCreateColorTable.argtypes = [ctypes.c_int]
+    lib.GDALSetColorEntry.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_ColorEntry)]
+    lib.GDALSetRasterColorTable.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.GDALDestroyColorTable.argtypes = [ctypes.c_void_p]
     return lib
+
+
+class _ColorEntry(ctypes.Structure):
+    """GDALColorEntry: c1..c4 are red, green, blue, alpha."""
+
+    _fields_ = [(name, ctypes.c_short) for name in ("c1", "c2", "c3", "c4")]
 
 
 def _with_band(path: Path, fn):
@@ -94,6 +106,27 @@ def set_category_names(path: Path, names: list[str]) -> bool:
     """GDALSetRasterCategoryNames on band 1 (saved to `<path>.aux.xml`); False when GDAL is not reachable."""
     encoded = (ctypes.c_char_p * (len(names) + 1))(*[n.encode("utf-8") for n in names], None)
     return _with_band(path, lambda lib, band: lib.GDALSetRasterCategoryNames(band, encoded) == 0) or False
+
+
+def set_transparent_colour_table(path: Path, class_count: int, dtype: str) -> bool:
+    """Band 1's colour table with alpha (saved to `<path>.aux.xml`, which GDAL reads before the TIFF's own):
+    the classes opaque, every index past them transparent (the nodata one too). A TIFF colour table has no
+    alpha, so GDAL reads it opaque, and QGIS painted the values past the classes black. uint16 maps get a
+    table ending one past the classes (65536 entries would be a 3 MB sidecar): indices beyond it have no
+    colour. False when GDAL is not reachable (the TIFF's opaque table stays)."""
+    size = 256 if dtype == "uint8" else class_count + 1
+
+    def write(lib, band) -> bool:
+        table = lib.GDALCreateColorTable(1)  # GPI_RGB
+        try:
+            for i in range(size):
+                entry = _ColorEntry(*class_colour(i), 255) if i < class_count else _ColorEntry(0, 0, 0, 0)
+                lib.GDALSetColorEntry(table, i, ctypes.byref(entry))
+            return lib.GDALSetRasterColorTable(band, table) == 0
+        finally:
+            lib.GDALDestroyColorTable(table)
+
+    return _with_band(path, write) or False
 
 
 def category_names(path: Path) -> list[str]:
@@ -206,6 +239,7 @@ def _write_class_map(
         rasterio.shutil.copy(
             tmp, tmp_cog, driver="COG", BLOCKSIZE=BLOCK_PX, COMPRESS="DEFLATE", OVERVIEW_RESAMPLING="MODE"
         )
+        set_transparent_colour_table(tmp_cog, len(class_names), dtype)  # the COG copy keeps no alpha
         write_quicklook(tmp_cog, class_names, path.with_suffix(".png"))
         sidecar = Path(f"{tmp_cog}.aux.xml")
         if sidecar.exists():

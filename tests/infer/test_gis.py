@@ -455,7 +455,10 @@ def test_class_map_is_a_cog_with_colours_names_and_nodata(bundles, class_file, t
         assert cm.profile["tiled"] and cm.block_shapes[0] == (256, 256) and cm.overviews(1)[:1] == [2]
         assert cm.crs == src.crs and cm.transform == src.transform
         assert json.loads(cm.tags()["classes"]) == names
-        assert cm.colormap(1)[2] == (*class_colour(2), 255)
+        colours = cm.colormap(1)
+        assert colours[2] == (*class_colour(2), 255)
+        # past the classes, nodata (255) among them: transparent, not the opaque black QGIS painted
+        assert {colours[i] for i in range(3, 256)} == {(0, 0, 0, 0)}
         assert cm.nodata == 255 and cm.descriptions == ("class", "top score") and cm.scales == (1.0, 0.01)
         classes, scores = cm.read(1), cm.read(2)
         source_valid = src.dataset_mask() > 0  # GDAL: nodata where every band is nodata
