@@ -315,15 +315,21 @@ class TileCounts:
     model_px: int = 0  # the image graph's input side
     resized: int = 0  # tiles resized by more than RESIZE_NOTE_FACTOR to reach the model's input
     largest: tuple[int, int] = (0, 0)  # the largest such tile (width, height)
+    by_gsd: bool = False  # the largest was a scene window --gsd resampled (its size: source pixels)
 
     def add(self, batch: EmbeddedBatch) -> None:
         self.embedded += len(batch.tiles)
-        for height, width in batch.sizes:
+        for tile, (height, width) in zip(batch.tiles, batch.sizes):  # sizes[i] is tiles[i]'s
+            # a tile --gsd resampled while reading: its source pixels are what was resized (8192 px of
+            # 0.3 m to a 256 px tile at 10 m is 32x, however close 256 is to the model's input)
+            gsd = tile.scale != 1.0
+            if gsd:
+                width, height = round(width * tile.scale), round(height * tile.scale)
             shrunk = max(height, width) > RESIZE_NOTE_FACTOR * self.model_px
             if shrunk or RESIZE_NOTE_FACTOR * min(height, width) < self.model_px:
                 self.resized += 1
                 if width * height > self.largest[0] * self.largest[1]:
-                    self.largest = (width, height)
+                    self.largest, self.by_gsd = (width, height), gsd
         for _, err in batch.skipped:
             nodata = isinstance(err, NodataTile)
             self.nodata += nodata
@@ -338,9 +344,14 @@ class TileCounts:
         if not self.resized:
             return None
         width, height = self.largest
+        hint = (
+            "source pixels resampled by --gsd"
+            if self.by_gsd
+            else "--tile-size sets the windows of large images"
+        )
         return (
             f"{self.resized} tiles resized more than {RESIZE_NOTE_FACTOR}x to the model's {self.model_px} px "
-            f"input (e.g. {width}x{height}; --tile-size sets the windows of large images)"
+            f"input (e.g. {width}x{height}; {hint})"
         )
 
     def timing(self) -> str:

@@ -124,6 +124,9 @@ class Tile:
     problem: str | None = None  # found during discovery; decoding raises it
     crs: str | None = None  # the source CRS of georeferenced tiles
     reader: str = "pillow"  # whole-file tiles: "pillow" (JPEG/PNG) or "gdal" (anything rasterio opens)
+    scale: float = (
+        1.0  # source pixels per decoded pixel (--gsd resamples while reading; windows: scene.scale)
+    )
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -448,7 +451,7 @@ def _tiles_of_page(
         elif not in_folder:  # named by the user: say why it is not labeled
             yield Tile(id=name, path=name, problem=f"not a raster GDAL can open ({first_line(err)})")
         return
-    yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal")
+    yield Tile(id=name, path=name, footprint=footprint, crs=crs, reader="gdal", scale=scale)
 
 
 def utf8_name(name: str) -> bool:
@@ -636,6 +639,7 @@ def _scene_windows(ds, scene: SceneInfo, options: TileOptions) -> Iterator[Tile]
                 footprint=footprint,
                 scene=scene,
                 crs=scene.crs,
+                scale=scene.scale,
             )
 
 

@@ -539,6 +539,35 @@ def test_gsd_resamples_scene_windows_to_the_models_ground_resolution(bundles, cl
     assert any(n.startswith("--gsd 2: ignored for 1 images without a CRS") for n in other.notes)
 
 
+def test_gsd_auto_shrinking_tiles_more_than_4x_says_so(bundles, class_file, tmp_path):
+    """--gsd auto reads a 512 px window of a 0.625 m scene as one 32 px tile for a model trained at 10 m:
+    16x, though the tile reaches the model at its own size; the summary said nothing, as it does for
+    windows that --tile-size makes too large. So for a raster that small, resampled whole."""
+    import shutil
+
+    model = tmp_path / "model_10m"
+    shutil.copytree(bundles["msa"], model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps(manifest | {"gsd": 10.0}))
+    rasters = []
+    for name, side in (("scene", 1024), ("small", 512)):
+        rasters.append(tmp_path / f"{name}.tif")
+        profile = {"count": 3, "width": side, "height": side, "dtype": "uint8", "crs": "EPSG:32633"}
+        transform = from_origin(5e5, 5e6, 0.625, 0.625)
+        with rasterio.open(rasters[-1], "w", driver="GTiff", transform=transform, **profile) as ds:
+            ds.write(bands_first(solid("red", side)))
+    out = tmp_path / "labels.jsonl"
+    summary = _label(model, class_file, rasters, out, tiles=TileOptions(tile_size=32))
+    assert sorted(str(r.get("window")) for r in read_jsonl(out)) == [
+        "None", "[0, 0, 512, 512]", "[0, 512, 512, 512]", "[512, 0, 512, 512]", "[512, 512, 512, 512]"
+    ]  # fmt: skip
+    assert summary.resize_note == (
+        "5 tiles resized more than 4x to the model's 32 px input (e.g. 512x512; source pixels resampled "
+        "by --gsd)"
+    )
+    assert summary.resize_note in summary.line(out)
+
+
 @pytest.fixture(scope="module")
 def dsva_bundle(bundles, tmp_path_factory) -> Path:
     """The toy DSVA bundle with an image graph that also gives attention maps, as DSVA's export does:
