@@ -9,7 +9,6 @@ a catalog whose links point to remote JSON is refused rather than fetched (rsz d
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,56 +27,23 @@ NO_HREF = "rsz:no_href"  # marks an asset whose JSON has no usable href (_mark_m
 
 def is_stac_geojson(path: Path) -> bool:
     """A `.geojson` input that is a STAC Item or ItemCollection (a saved search often is named so); any other
-    GeoJSON is left to GDAL, which says it is no raster.
-
-    Decided by a streaming scan that stops at the end of the first feature (an Item has stac_version, and so
-    has every item of an ItemCollection): a GeoJSON of hundreds of MB costs its first feature, not a read
-    of the whole file, wherever in the item the key comes (after a long geometry, say)."""
+    GeoJSON is left to GDAL, which says it is no raster. Scanned in chunks, so a GeoJSON of hundreds of MB
+    is not read into memory to be told it is no STAC (it costs one read; a STAC file stops at the key)."""
+    key = b'"stac_version"'
     try:
         check_regular_file(path)
         with open(path, "rb") as f:
-            return _stac_before_first_feature_ends(f)
+            tail = b""
+            while chunk := f.read(SCAN_CHUNK):
+                if key in tail + chunk:
+                    return True
+                tail = chunk[-(len(key) - 1) :]  # a key cut by the chunk boundary
     except (OSError, RszError):  # unreadable: GDAL's open says why
         return False
-
-
-# JSON's strings (whole) and braces; a lone quote is a string the buffer has not reached the end of yet.
-# Square brackets and numbers are skipped by the regex, not by Python: a long geometry costs no loop
-_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}"]')
-SCAN_CHUNK = 1 << 20
-SCAN_STRING_LIMIT = 16 << 20  # a string longer than this is no GeoJSON member a STAC key could follow
-
-
-def _stac_before_first_feature_ends(f) -> bool:
-    """True when `"stac_version"` is a string of the JSON before its first feature (the first object of the
-    top object's "features") ends, or before the top object ends where it has none (an Item)."""
-    depth = 0  # of objects
-    top_key = b""  # the last string in the top object (outside inner objects): the key of what follows
-    in_feature = False
-    buffer = b""
-    while chunk := f.read(SCAN_CHUNK):
-        buffer += chunk
-        rest = len(buffer)  # what is kept for the next chunk: from a string's quote that it cuts, else none
-        for match in _JSON_TOKENS.finditer(buffer):
-            token = match.group()
-            if token == b'"':  # a string running past the buffer: read on from its quote
-                rest = match.start()
-                break
-            if token == b"{":
-                depth += 1
-                in_feature = in_feature or (depth == 2 and top_key == b'"features"')
-            elif token == b"}":
-                depth -= 1
-                if depth <= 0 or (in_feature and depth == 1):
-                    return False  # the top object, or its first feature, ended without the key
-            elif token == b'"stac_version"':
-                return True
-            elif depth == 1:
-                top_key = token
-        buffer = buffer[rest:]
-        if len(buffer) > SCAN_STRING_LIMIT:
-            return False
     return False
+
+
+SCAN_CHUNK = 1 << 20
 
 
 def _local_stac_io():
