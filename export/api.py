@@ -320,6 +320,8 @@ def export(
         raise RszError("--calibration: only used with --int8")
     inputs = [Path(p) for p in (run_dir, tiles, calibration) if p is not None]
     with export_lock(out, force, inputs):  # before the run is loaded: a refused --out costs nothing
+        # a different bundle at --out is refused now, from the run's files, before its tiles are read
+        refuse_known_difference(out, force, kind, fp16, int8, run_dir, gsd)
         source = source_from_run(
             run_dir, kind, None if tiles is None else Path(tiles), int8, calibration and Path(calibration)
         )
@@ -394,6 +396,57 @@ def _fingerprint(manifest: Manifest) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def known_difference(
+    old: Manifest,
+    kind: str,
+    fp16: bool,
+    int8: bool,
+    run_dir: Path | None = None,
+    gsd: float | None = None,
+) -> str | None:
+    """How the bundle asked for will differ from `old` (the manifest at --out), told before building it;
+    None when nothing known up front differs. Each item is part of _fingerprint, so a difference here
+    is one the late check would find too (never a refusal of what would be kept as "the same bundle")."""
+    if old.model_kind != kind:
+        return f"a {old.model_kind} bundle, this export is {kind}"
+    if old.rsz_version != rsz_infer.__version__:
+        return f"written by rsz {old.rsz_version}, this is rsz {rsz_infer.__version__}"
+    precision = "fp16" if fp16 else "fp32"
+    if old.extra.get("default_precision") != precision:
+        return f"its default precision is {old.extra.get('default_precision')}, this export's is {precision}"
+    if bool(old.extra.get("int8")) != int8:
+        return "it has an INT8 graph, this export has none" if not int8 else "it has no INT8 graph (--int8)"
+    if gsd is not None and old.gsd != gsd:
+        return f"its gsd is {old.gsd}, this export's is {gsd:g}"
+    if run_dir is not None:
+        from rsz_train.runs import CLASSES, CONFIG, WEIGHTS
+
+        for name in (WEIGHTS, CONFIG, CLASSES):  # _ship_run_files copies them as run.NAME
+            shipped = old.files.get(f"run.{name}")
+            path = Path(run_dir) / name
+            if path.is_file() and shipped != sha256_file(path):
+                return f"it holds another run's {name}" if shipped else f"it holds no run {name}"
+    return None
+
+
+def refuse_known_difference(
+    out: Path,
+    force: bool,
+    kind: str,
+    fp16: bool,
+    int8: bool,
+    run_dir: Path | None = None,
+    gsd: float | None = None,
+) -> None:
+    """The "different bundle" refusal of export_locked, said before any work when known_difference can
+    tell (the caller holds export_lock(out): check_out let only a bundle through)."""
+    if force or not out.exists():
+        return
+    why = known_difference(_read_manifest(out), kind, fp16, int8, run_dir, gsd)
+    if why:
+        raise RszError(f"{out}: a different bundle is already there ({why}); pass --force to replace it")
+
+
 def export_model(
     source: ExportSource,
     out: Path | str,
@@ -420,8 +473,13 @@ def export_locked(
     """export_model's work; the caller holds export_lock(out), taken before it loads the model (a second
     export to the same --out fails at once, a refused --out costs nothing)."""
     batch_range = ShapeRange.parse(batch)
-    lib = _engine_library(engine)
     model = source.model.eval()
+    # before any graph is built (minutes with FP16, INT8 or TensorRT); the fingerprint check below stays
+    # for what only the built bundle tells (weights of an in-memory model, checks, class embeddings)
+    refuse_known_difference(
+        out, force, model.kind, fp16, source.calibration is not None, source.run_dir, source.gsd
+    )
+    lib = _engine_library(engine)
     graphs = model.export_graphs()
     if not any(g.role == "image" for g in graphs):
         raise RszError(f"{type(model).__name__}: export_graphs() has no image graph")

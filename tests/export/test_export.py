@@ -330,6 +330,59 @@ def test_same_export_is_a_noop_and_a_different_one_needs_force(
     assert (bundle / "manifest.json").read_text() == before
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` and beside it with its mtime and size: what an export may not touch."""
+    return {
+        str(p.relative_to(folder.parent)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(folder.parent.rglob("*"))
+    }
+
+
+def _fake_run(path: Path, weights: bytes) -> Path:
+    """The files export ships from a run (run.config.yaml, run.classes.json, run.model.safetensors)."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("model: {}\n", encoding="utf-8")
+    (path / "classes.json").write_text("{}\n", encoding="utf-8")
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+def test_a_different_bundle_is_refused_before_any_graph_is_built(bundle: Path, tmp_path: Path) -> None:
+    """What differs up front (precision, INT8, model kind, the run's weights) is refused before any ONNX is
+    written: a graph that would fail its check is not reached, and --out and its folder are untouched."""
+    out = tmp_path / "models" / "bundle"
+    shutil.copytree(bundle, out)  # FP16, no INT8, no run files
+    before = _snapshot(out)
+    diverging = _source(ToyModel(_Diverging()), tmp_path)  # would fail as "differs from PyTorch"
+    with pytest.raises(RszError, match=r"different bundle is already there \(its default precision is fp16"):
+        export_model(diverging, out, engine="none", batch="1:4:8")
+    calibration = np.zeros((8, 3, SIZE, SIZE), dtype=np.float32)
+    int8 = replace(diverging, calibration=calibration, int8_check=calibration)
+    with pytest.raises(RszError, match=r"\(it has no INT8 graph \(--int8\)\); pass --force"):
+        export_model(int8, out, fp16=True, engine="none", batch="1:4:8")
+    assert _snapshot(out) == before
+
+    # the run's weights are known before the run is loaded: rsz-export --run is refused before load_run
+    # (this run's config.yaml would not load)
+    run_a = _fake_run(tmp_path / "runs" / "a", b"weights of run a")
+    source = replace(_source(ToyModel(), tmp_path), run_dir=run_a)
+    export_model(source, out, fp16=True, engine="none", batch="1:4:8", force=True)
+    before = _snapshot(out)
+    run_b = _fake_run(tmp_path / "runs" / "b", b"weights of run b")
+    with pytest.raises(RszError, match=r"\(it holds another run's model.safetensors\)"):
+        export_model(replace(diverging, run_dir=run_b), out, fp16=True, engine="none", batch="1:4:8")
+    args = ["--run", str(run_b), "--fp16", "--engine", "none", "--out", str(out)]
+    result = CliRunner().invoke(main, ["--model", "dsva", *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {out}: a different bundle is already there (it holds another run's model.safetensors); "
+        "pass --force to replace it"
+    )
+    result = CliRunner().invoke(main, ["--model", "mcfa", *args])
+    assert result.exit_code == 2 and "(a dsva bundle, this export is mcfa)" in result.output
+    assert _snapshot(out) == before
+
+
 def test_diverging_graph_fails_the_check_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "broken"
     with pytest.raises(RszError, match="image.onnx.*differs from PyTorch"):
