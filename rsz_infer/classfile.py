@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,10 @@ def class_name_key(name: str) -> str:
     """What tells class names apart: letters and digits, not case, spaces or punctuation ("Dense
     Residential", "dense_residential", "dense-residential" and AID's "DenseResidential" are one class).
     rsz-train matches split files to class folders by it, and rsz-infer class files to trained classes.
-    A name with no letter or digit keys as itself (casefolded), so two such names stay two classes."""
-    folded = name.casefold()
+    A name with no letter or digit keys as itself (casefolded), so two such names stay two classes.
+    Unicode NFC first: a folder unpacked on macOS is named "cafe" + U+0301 (NFD), a split file or class
+    file "café" (NFC), and the combining accent alone would be dropped as punctuation ("cafe")."""
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
     return re.sub(r"[\W_]+", "", folded) or folded
 
 

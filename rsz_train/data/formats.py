@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,18 @@ def is_data_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and path.name != "__MACOSX"
 
 
+def nfc(name: str) -> str:
+    """A file or class name as split files write it: macOS names folders and files in Unicode NFD
+    ("cafe" + U+0301), a list typed on Linux or Windows in NFC ("café"); compared and sorted as NFC,
+    and read under the name the file system gave."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RszError(f"{root}: not a folder of class folders")
-    folders = sorted((p for p in root.iterdir() if is_data_folder(p)), key=lambda p: p.name)
+    # sorted as NFC: sorted indices (MCFA, DSVA without image_files) must not depend on where it unpacked
+    folders = sorted((p for p in root.iterdir() if is_data_folder(p)), key=lambda p: nfc(p.name))
     for folder in folders:
         try:  # a name in another code page (a zip made on Windows, unpacked here) is a class name of no text
             folder.name.encode("utf-8")
@@ -100,9 +109,12 @@ def _images_in(folder: Path) -> list[str]:
     """The image files of a class folder, sorted; hidden files (macOS's '._x.jpg' AppleDouble copies) are
     not images of the data set, and counting them would shift every sorted index of an MCFA or DSVA split."""
     return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        (
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        ),
+        key=nfc,  # as _class_folders
     )
 
 
@@ -163,14 +175,15 @@ def load_benchmark(data_dir: str | Path) -> SceneData:
     classes_file = data_dir / "classes.txt"
     if classes_file.exists():
         entries = read_class_file(classes_file)
-        names = [e.name for e in entries]
+        real = {nfc(f): f for f in folders}  # a class is its folder, under the name the folder has
+        names = [real.get(nfc(e.name), e.name) for e in entries]
         for folder in folders:
             if folder not in names:
                 raise RszError(f"{images / folder}: class folder not listed in {classes_file}")
         for name in names:  # a class is a folder of DIR/images: a name such as '../x' would reach outside
             if "/" in name or "\\" in name or name in (".", ".."):
                 raise RszError(f"{classes_file}: class {name!r} is not a folder name (a folder of {images})")
-        data = _scene_data(images, names, {e.name: e.description for e in entries})
+        data = _scene_data(images, names, {n: e.description for n, e in zip(names, entries)})
     else:
         if not folders:
             raise RszError(f"{images}: no class folders found")
@@ -188,10 +201,11 @@ def load_benchmark(data_dir: str | Path) -> SceneData:
         data.attribute_matrix = _read_attribute_matrix(matrix_file, data.class_names, data.attribute_names)
     captions_file = data_dir / "captions.json"
     if captions_file.exists():
-        known = set(data.image_paths)
-        for filename, (split, sentences) in read_karpathy(captions_file).items():
-            if filename not in known:
-                raise RszError(f"{captions_file}: image {filename!r} is not under {images}")
+        known = {nfc(p): p for p in data.image_paths}  # the JSON's names in NFC, the files' in NFD, or back
+        for listed, (split, sentences) in read_karpathy(captions_file).items():
+            filename = known.get(nfc(listed))
+            if filename is None:
+                raise RszError(f"{captions_file}: image {listed!r} is not under {images}")
             data.captions[filename] = sentences
             data.caption_splits[filename] = split
     return data
@@ -333,6 +347,8 @@ def load_split(data_dir: str | Path, name: str) -> Split:
     lists = {key: read_class_list(folder / f"{key}.txt") for key in ("seen", "unseen")}
     lists["val"] = read_class_list(folder / "val.txt") if (folder / "val.txt").exists() else []
     known = _known_classes(data_dir)
+    real = {nfc(c): c for c in known}  # listed in NFC, folders named in NFD (macOS), or the other way
+    lists = {key: [real.get(nfc(c), c) for c in names] for key, names in lists.items()}
     for key, names in lists.items():
         for c in names:
             if c not in known:
@@ -357,6 +373,7 @@ def load_split(data_dir: str | Path, name: str) -> Split:
     }
     per_image: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
+    file_names: dict[str, dict[str, str]] = {}
     for key in SPLIT_IMAGE_FILES:
         path = folder / f"{key}.txt"
         entries = []
@@ -366,6 +383,7 @@ def load_split(data_dir: str | Path, name: str) -> Split:
                 continue
             if not inside_folder(rel):
                 raise RszError(f"{path}:{number}: image {rel!r} is not a path inside {images}")
+            rel = _real_path(images, rel, real, file_names)
             cls = rel.split("/", 1)[0]
             if cls not in allowed[key]:
                 raise RszError(
@@ -379,6 +397,19 @@ def load_split(data_dir: str | Path, name: str) -> Split:
             entries.append(rel)
         per_image[key] = entries
     return Split(name=name, seen=lists["seen"], unseen=lists["unseen"], val=lists["val"], **per_image)
+
+
+def _real_path(images: Path, rel: str, real: dict[str, str], file_names: dict[str, dict[str, str]]) -> str:
+    """`rel` of a per-image list ("class/file") under the names its folder and file have on disk, matched
+    as NFC (nfc); unchanged when it names no image (the caller says so). file_names: a cache by folder."""
+    if "/" not in rel or (images / rel).is_file():
+        return rel
+    cls, name = rel.split("/", 1)
+    cls = real.get(nfc(cls), cls)
+    folder = images / cls
+    if cls not in file_names:
+        file_names[cls] = {nfc(p.name): p.name for p in folder.iterdir()} if folder.is_dir() else {}
+    return f"{cls}/{file_names[cls].get(nfc(name), name)}"
 
 
 def _known_classes(data_dir: Path) -> set[str]:
@@ -836,11 +867,11 @@ def _dsva_image_list(
         return list(range(len(data.image_paths)))
     # only the features .mat's labels are checked: a splits file's own "labels" could mean anything
     labels = image_list.labels if image_list is not None else None
-    position = {"/".join(Path(p).parts[-2:]): i for i, p in enumerate(data.image_paths)}
+    position = {nfc("/".join(Path(p).parts[-2:])): i for i, p in enumerate(data.image_paths)}
     out = []
     for k, f in enumerate(files):
         parts = Path(f.replace("\\", "/")).parts
-        key = "/".join(parts[-2:])
+        key = nfc("/".join(parts[-2:]))
         if key not in position:
             raise RszError(f"{where}: image_files entry {f!r} not found under {data.root}")
         if labels is not None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +403,102 @@ def test_a_class_folder_named_in_another_code_page_is_one_line(tmp_path):
     assert result.output.strip().splitlines() == [
         f"error: {root}: class folder b'\\xbb\\xfa\\xb3\\xa1': name is not valid UTF-8 (rename the folder)"
     ]
+
+
+def _accented_tree(root: Path, form: str) -> Path:
+    """Class folders and files named in Unicode `form`: macOS unpacks 'pré' as 'pre' + U+0301 (NFD). In
+    NFD 'pré' sorts before 'prison', in NFC after it: sorted image indices differ unless sorted as NFC."""
+    rng = np.random.default_rng(0)
+    for name in ACCENTED:
+        folder = root / unicodedata.normalize(form, name)
+        folder.mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / unicodedata.normalize(form, f"{name}_é{i}.png"))
+    return root
+
+
+ACCENTED = ["airport", "beach", "forest", "pré", "prison", "river", "zoo"]
+
+
+@pytest.mark.parametrize(("disk", "listed"), [("NFD", "NFC"), ("NFC", "NFD")])
+def test_accented_class_names_match_split_files_written_the_other_way(tmp_path, disk, listed):
+    """Folders in one normal form, split files, class files and the authors' sorted indices in the other:
+    'class has no folder' (or another class's images) before; now matched as NFC, read under the
+    folder's own name."""
+    from scipy.io import savemat
+
+    from rsz_train.data.formats import load_benchmark, load_split
+
+    root = _accented_tree(tmp_path / "data", disk)
+    ref = load_scene_folders(_accented_tree(tmp_path / "authors", listed))  # the tree the indices follow
+    pre = unicodedata.normalize(disk, "pré")  # the folder's own name
+
+    def text(*lines: str) -> str:
+        return "".join(unicodedata.normalize(listed, f"{line}\n") for line in lines)
+
+    def nfc(paths: list[str]) -> list[str]:
+        return sorted(unicodedata.normalize("NFC", p) for p in paths)
+
+    label = [unicodedata.normalize("NFC", c) for c in ref.class_names].index("pré")
+    expected = nfc([p for p, i in zip(ref.image_paths, ref.labels) if i == label])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "seen.txt").write_text(text("airport", "beach", "forest", "prison", "river", "zoo"))
+    (lists / "unseen.txt").write_text(text("pré"))
+    [(split, _)] = _splits(root, split_file=str(lists))
+    assert split.unseen == [pre] and nfc(split.test_unseen) == expected
+    assert all((root / p).is_file() for p in split.test_unseen)
+    (tmp_path / "classes.txt").write_text(text("pré: a meadow"))
+    data, _ = load_dataset(root, DataOptions(classes=str(tmp_path / "classes.txt")))
+    assert data.descriptions[pre] == "a meadow"
+
+    # MCFA: 0-based indices into the authors' sorted images
+    assert [unicodedata.normalize("NFC", p) for p in load_scene_folders(root).image_paths] == [
+        unicodedata.normalize("NFC", p) for p in ref.image_paths
+    ]
+    unseen = [i for i, of in enumerate(ref.labels) if of == label]
+    seen = [i for i in range(len(ref.labels)) if i not in unseen]
+    mcfa = tmp_path / "zsl"
+    mcfa.mkdir()
+    (mcfa / "seen_class_loc_6_1.txt").write_text("".join(f"{v}\n" for v in seen))
+    (mcfa / "unseen_class_loc_6_1.txt").write_text("".join(f"{v}\n" for v in unseen))
+    [(split, _)] = _splits(root, split_file=str(mcfa))
+    assert split.unseen == [pre] and nfc(split.test_unseen) == expected
+
+    # DSVA: allclasses_names and image_files in the other form
+    mat = tmp_path / "ann_attr_finetune_6_splits.mat"
+    savemat(str(mat), {
+        "att": np.ones((2, len(ACCENTED))),
+        "allclasses_names": np.array([[unicodedata.normalize(listed, n)] for n in ACCENTED], dtype=object),
+        "image_files": np.array([[p] for p in ref.image_paths], dtype=object),
+        "train_gzsl_loc": np.array([v + 1 for v in seen if v % 3])[:, None],
+        "test_seen_loc": np.array([v + 1 for v in seen if v % 3 == 0])[:, None],
+        "test_unseen_loc": np.array([v + 1 for v in unseen])[:, None],
+    })  # fmt: skip
+    [(split, _)] = _splits(root, split_file=str(mat))
+    assert split.unseen == [pre] and nfc(split.test_unseen) == expected
+
+    # the rsz layout: classes.txt, a split's class lists and per-image lists
+    bench = tmp_path / "bench"
+    shutil.copytree(root, bench / "images")
+    (bench / "classes.txt").write_text(text(*ACCENTED))
+    folder = bench / "splits" / "mine"
+    folder.mkdir(parents=True)
+    for name in ("seen", "unseen"):
+        shutil.copy(lists / f"{name}.txt", folder)
+    assert load_split(bench, "mine").unseen == [pre]
+    assert load_benchmark(bench).class_names[3] == pre
+    images = {"train": [], "val_seen": [], "val_unseen": [], "test_seen": [], "test_unseen": expected}
+    images["train"] = [p for p in nfc(ref.image_paths) if p not in expected]
+    for name, paths in images.items():
+        (folder / f"{name}.txt").write_text(text(*paths) if paths else "")
+    split = load_split(bench, "mine")
+    assert split.unseen == [pre] and all((bench / "images" / p).is_file() for p in split.test_unseen)
+    entry = {
+        "filename": unicodedata.normalize(listed, expected[0]),
+        "split": "train",
+        "sentences": [{"raw": "a"}],
+    }
+    (bench / "captions.json").write_text(json.dumps({"images": [entry]}, ensure_ascii=False))
+    assert list(load_benchmark(bench).captions) == [p for p in split.test_unseen if nfc([p]) == expected[:1]]
