@@ -3,8 +3,8 @@
 Formats:
 - the rsz layout (docs/DESIGN.md, "Embedded benchmark on disk"), written by `rsz-train synth` or by hand:
   `load_benchmark`, `list_splits`, `load_split`;
-- plain scene folders root/<class>/*.{jpg,jpeg,png,tif,tiff} as UCM, AID, NWPU-RESISC45 and RSSDIVCS ship:
-  `load_scene_folders`;
+- plain scene folders root/<class>/*.{jpg,jpeg,png,tif,tiff,jp2,webp,gif,bmp} as UCM, AID, NWPU-RESISC45 and
+  RSSDIVCS ship: `load_scene_folders`;
 - class lists (one name per line): `read_class_list`;
 - DSVA's `ann_attr_finetune_*_splits.mat` (RSSDIVCS splits + attribute matrix): `read_dsva_mat`, with the
   image order of a features .mat (DSVA's res101.mat: `image_files`, `labels`): `read_image_list`;
@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 import unicodedata
 import zlib
 from dataclasses import dataclass
@@ -29,8 +30,13 @@ import numpy as np
 
 from rsz_infer.classfile import class_name_key, decode_text, read_class_file
 from rsz_infer.errors import RszError
+from rsz_infer.images import IMAGE_EXTENSIONS, RASTER_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+# What rsz-infer takes from a folder and Pillow reads too (decoded as rsz-infer decodes them, batches.py)
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".webp", ".gif", ".bmp")
+# rsz-infer's other raster suffixes (GDAL-only formats; a .vrt names other files): not training images, said
+# in one note when a class folder holds some
+NOT_TRAINED_SUFFIXES = tuple(s for s in RASTER_SUFFIXES if s not in IMAGE_SUFFIXES)
 SPLIT_CLASS_FILES = ("seen", "unseen", "val")
 SPLIT_IMAGE_FILES = ("train", "val_seen", "val_unseen", "test_seen", "test_unseen")
 CAPTION_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -118,8 +124,31 @@ def _images_in(folder: Path) -> list[str]:
     )
 
 
+def _not_trained_in(folder: Path) -> list[Path]:
+    """Files of a class folder that rsz-infer would take as rasters but training does not read."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in NOT_TRAINED_SUFFIXES
+    )
+
+
+def _note_not_trained(root: Path, files: list[Path]) -> None:
+    """One note for the whole data set (not a line per file, nor per rank): the images left out, by suffix."""
+    from rsz_train.distributed import current  # (torch: only here)
+
+    if not current().is_main:
+        return
+    suffixes = sorted({p.suffix.lower() for p in files})
+    print(
+        f"note: {root}: {len(files)} files in class folders left out of training ({', '.join(suffixes)}: "
+        f"read by GDAL only, e.g. {files[0].relative_to(root)}); training reads {', '.join(IMAGE_SUFFIXES)}",
+        file=sys.stderr,
+    )
+
+
 def load_scene_folders(root: str | Path) -> SceneData:
-    """root/<class_name>/*.{jpg,jpeg,png,tif,tiff} -> SceneData (classes and files sorted by name)."""
+    """root/<class_name>/<IMAGE_SUFFIXES files> -> SceneData (classes and files sorted by name)."""
     root = Path(root)
     folders = _class_folders(root)
     if not folders:
@@ -137,15 +166,19 @@ def load_scene_folders(root: str | Path) -> SceneData:
 
 def _scene_data(root: Path, class_names: list[str], descriptions: dict[str, str]) -> SceneData:
     paths, labels = [], []
+    not_trained: list[Path] = []
     for index, name in enumerate(class_names):
         folder = root / name
         if not folder.is_dir():
             raise RszError(f"{folder}: class folder missing")
         files = _images_in(folder)
+        not_trained += _not_trained_in(folder)
         if not files:
             raise RszError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folder")
         paths += [f"{name}/{f}" for f in files]
         labels += [index] * len(files)
+    if not_trained:
+        _note_not_trained(root, not_trained)
     return SceneData(
         root=root,
         class_names=list(class_names),

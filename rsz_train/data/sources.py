@@ -2,8 +2,8 @@
 
 `--data ROOT` is one of:
 - the rsz layout (ROOT/images/<class>/..., ROOT/classes.txt, ROOT/splits/<name>/; docs/DESIGN.md);
-- a plain class-folder data set: ROOT/<class>/*.{jpg,png,tif}, also one folder level above that (UCM's
-  `Images/`, RSSDIVCS as it unpacks into one named folder);
+- a plain class-folder data set: ROOT/<class>/*.{jpg,png,tif,jp2,webp,gif,bmp}, also one folder level above
+  that (UCM's `Images/`, RSSDIVCS as it unpacks into one named folder);
 - with `--captions FILE.json` (Karpathy JSON of RSICD, RSITMD, UCM-captions, Sydney-captions): the folder
   the JSON's filenames are relative to (or its images/, imgs/ or Images/ subfolder).
 

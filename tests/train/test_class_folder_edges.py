@@ -502,3 +502,29 @@ def test_accented_class_names_match_split_files_written_the_other_way(tmp_path, 
     }
     (bench / "captions.json").write_text(json.dumps({"images": [entry]}, ensure_ascii=False))
     assert list(load_benchmark(bench).captions) == [p for p in split.test_unseen if nfc([p]) == expected[:1]]
+
+
+def test_bmp_gif_webp_and_jp2_images_are_trained_on_and_gdal_only_rasters_said(tmp_path, capsys):
+    """rsz-infer labels .bmp, .gif, .webp and .jp2 tiles of a folder; training skipped them without a word
+    (a class of .bmp files was 'no images'). Those are read now, as rsz-infer decodes them; rasters only
+    GDAL reads (an ERDAS .img) are left out in one note naming the count and the suffix."""
+    import rasterio
+
+    from rsz_train.data.batches import load_images
+
+    root = _class_folders(tmp_path / "mixed", per_class=2)
+    rng = np.random.default_rng(1)
+    for suffix in (".bmp", ".gif", ".webp", ".jp2"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "beach" / f"b{suffix}")
+    for name in ("airport", "forest"):
+        pixels = rng.integers(0, 255, (3, 16, 16), dtype=np.uint8)
+        profile = {"driver": "HFA", "width": 16, "height": 16, "count": 3, "dtype": "uint8"}
+        with rasterio.open(root / name / "scan.img", "w", **profile) as ds:
+            ds.write(pixels)
+    data = load_scene_folders(root)
+    listed = [p for p in data.image_paths if p.startswith("beach/")]
+    assert listed == ["beach/b.bmp", "beach/b.gif", "beach/b.jp2", "beach/b.webp", *listed[4:]]
+    assert load_images(root, listed[:4], 16).shape == (4, 16, 16, 3)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "left out of training" in line]
+    assert len(notes) == 1 and "2 files in class folders left out of training (.img:" in notes[0]
+    assert "airport/scan.img" in notes[0] and not any(".img" in p for p in data.image_paths)
