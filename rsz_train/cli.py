@@ -167,7 +167,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
         from rsz_train.distributed import current
 
         check_range(split_seed, ZERO_OR_MORE, "--seed")  # the range of train.seed (numpy takes no negative)
-        from rsz_train.train import train
+        from rsz_train.train import train_run
 
         options = DataOptions(
             split=split,
@@ -183,12 +183,11 @@ def _train_command(kind: str, summary: str) -> click.Command:
         overrides = {"model.require_pretrained": False} if allow_random_init and kind == "msa" else {}
         if gsd is not None:
             overrides["train.gsd"] = gsd
-        finished_before = _file_stamp(out_dir / "report.json")
         try:
             # SIGTERM (`kill`, `timeout`, a scheduler's stop) ends training as Ctrl-C does: one line,
             # exit 130; the epochs whose last.pt was written are kept for --resume
             with sigterm_as_ctrl_c():
-                run = train(
+                result = train_run(
                     kind, data_dir, split, out_dir, config_path, device, epochs, resume,
                     data_options=options, protocol=protocol, nproc=nproc, overrides=overrides or None,
                 )  # fmt: skip
@@ -199,6 +198,7 @@ def _train_command(kind: str, summary: str) -> click.Command:
                 f"out of memory ({first_line(err, 'MemoryError', limit=160)}): lower train.batch_size, "
                 "train.eval_batch_size or train.image_size in --config"
             ) from None
+        run = result.run
         report_path = run / "report.json"
         if report_path.is_file() and current().is_main:
             report = json.loads(report_path.read_text(encoding="utf-8"))
@@ -208,9 +208,8 @@ def _train_command(kind: str, summary: str) -> click.Command:
                 if splits
                 else "test, scored once"
             )
-            # train() replaces report.json whenever it finishes a run: the same file, nothing was left to do
             head, tail = f"run written to {run}", ""
-            if resume and finished_before is not None and _file_stamp(report_path) == finished_before:
+            if result.nothing_to_do:  # --resume of a finished run: train_run says so
                 head = f"nothing left to do: run finished in {run}"
                 tail = "; --resume --epochs M trains it on to M epochs"
             click.echo(
@@ -219,15 +218,6 @@ def _train_command(kind: str, summary: str) -> click.Command:
             )
 
     return command
-
-
-def _file_stamp(path: Path) -> tuple[int, int] | None:
-    """(inode, mtime) of a file, None when there is none: write_atomic gives a rewritten file a new inode."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
 
 
 # torch's words for a failed allocation: CUDA's "CUDA out of memory", the CPU's "can't allocate memory"

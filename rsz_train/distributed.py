@@ -180,7 +180,7 @@ def _die_with_launcher(launcher: int) -> None:
 
 
 def _spawned(
-    rank: int, world: int, port: int, launcher: int, fn: Callable, args: tuple, kwargs: dict
+    rank: int, world: int, port: int, launcher: int, fn: Callable, args: tuple, kwargs: dict, result: Any
 ) -> None:
     _die_with_launcher(launcher)
     os.environ.update(
@@ -193,21 +193,26 @@ def _spawned(
         }
     )
     try:
-        fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
+        if rank == 0:  # what rank 0 did is what the job did (the launcher returns it)
+            result.put(value)
     except RszError as err:  # keep the one-line message for the parent
         raise RuntimeError(f"RszError: {err}") from None
 
 
-def launch(nproc: int, fn: Callable, *args: Any, **kwargs: Any) -> None:
-    """Run fn(*args, **kwargs) in `nproc` local processes joined as one torchrun-style job."""
+def launch(nproc: int, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run fn(*args, **kwargs) in `nproc` local processes joined as one torchrun-style job; returns what
+    fn returned on rank 0 (picklable)."""
     if nproc < 1:
         raise RszError(f"--nproc {nproc}: must be at least 1")
     if current().enabled:
         raise RszError(f"--nproc {nproc}: already inside a distributed job (torchrun sets the processes)")
     import torch.multiprocessing as mp
 
+    result = mp.get_context("spawn").SimpleQueue()
+    spawn_args = (nproc, free_port(), os.getpid(), fn, args, kwargs, result)
     try:
-        mp.spawn(_spawned, args=(nproc, free_port(), os.getpid(), fn, args, kwargs), nprocs=nproc, join=True)
+        mp.spawn(_spawned, args=spawn_args, nprocs=nproc, join=True)
     except mp.ProcessRaisedException as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         message = next((line for line in reversed(lines) if "RszError: " in line), None)
@@ -216,6 +221,8 @@ def launch(nproc: int, fn: Callable, *args: Any, **kwargs: Any) -> None:
         raise RszError(f"--nproc {nproc}: a training process failed: {lines[-1] if lines else err}") from None
     except mp.ProcessExitedException as err:
         raise RszError(f"--nproc {nproc}: a training process died ({err})") from None
+    # (a small value: the pipe holds it until it is read here, after join)
+    return None if result.empty() else result.get()
 
 
 __all__ = [

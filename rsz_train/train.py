@@ -724,6 +724,15 @@ SELECTION = runs.SELECTION
 SUMMARY_NOTE = "mean and standard deviation over the {n} splits (population std, ddof=0, numpy's default)"
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What train_run did: the run folder, and whether there was nothing to do (`resume` of a run that had
+    finished at its epochs: no epoch trained, the test split not scored again, no file rewritten)."""
+
+    run: Path
+    nothing_to_do: bool = False
+
+
 def train(
     kind: str,
     data_dir: Path | str,
@@ -739,7 +748,8 @@ def train(
     protocol: str = "rsz",
     nproc: int = 1,
 ) -> Path:
-    """Train a `kind` model on the data set at `data_dir` into `out_dir`; returns `out_dir`.
+    """Train a `kind` model on the data set at `data_dir` into `out_dir`; returns `out_dir` (train_run
+    also says whether there was anything to do).
 
     `split` names a split of the rsz layout; `data_options` read other layouts and split files
     (rsz_train.data.sources). `protocol` "rsz": train on seen - val classes, select on validation,
@@ -757,6 +767,27 @@ def train(
     torchrun joins its job from the environment (rsz_train.distributed: the same global batches as one
     process, rank 0 validates and writes the run).
     """
+    args = (kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides, stop_after_epoch)
+    return train_run(*args, data_options=data_options, protocol=protocol, nproc=nproc).run
+
+
+def train_run(
+    kind: str,
+    data_dir: Path | str,
+    split: str | None,
+    out_dir: Path | str,
+    config_path: Path | str | None = None,
+    device: str | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    overrides: dict | None = None,
+    stop_after_epoch: int | None = None,
+    data_options: DataOptions | None = None,
+    protocol: str = "rsz",
+    nproc: int = 1,
+) -> TrainResult:
+    """train(), returning what it did (rsz-train says "nothing left to do" by it); with `nproc` > 1, what
+    rank 0 did."""
     _refuse_out_among_images(Path(data_dir), Path(out_dir), data_options)
     with _run_lock(Path(out_dir)):
         if nproc != 1:  # the launcher refuses nproc < 1
@@ -766,8 +797,7 @@ def train(
                 "data_options": data_options,
                 "protocol": protocol,
             }
-            distributed.launch(nproc, train, *args, **options)
-            return Path(out_dir)
+            return distributed.launch(nproc, train_run, *args, **options)
         return _train(
             kind, data_dir, split, out_dir, config_path, device, epochs, resume, overrides, stop_after_epoch,
             data_options, protocol,
@@ -822,7 +852,7 @@ def _train(
     stop_after_epoch: int | None,
     data_options: DataOptions | None,
     protocol: str,
-) -> Path:
+) -> TrainResult:
     """train() in one process (or one rank of a distributed job), holding the run folder's lock."""
     started = time.time()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -846,7 +876,7 @@ def _train(
         _check_resumed_layout(out_dir, len(splits), protocol)
         if _finished_at(out_dir, kind) == config.train.epochs:
             # finished already: the test split is not scored again nor the run rewritten (the CLI says so)
-            return out_dir
+            return TrainResult(out_dir, nothing_to_do=True)
     ctx = distributed.current()
     dev = distributed.start(ctx, pick_device(device))
     distributed.barrier(ctx)  # every rank has checked out_dir (resolve_config) before rank 0 writes to it
@@ -855,7 +885,7 @@ def _train(
         _train_split(
             FitJob(kind, data, split_obj, source, out_dir, config, dev, resume, stop_after_epoch), protocol
         )
-        return out_dir
+        return TrainResult(out_dir)
 
     def write_parent_config() -> None:
         """OUT/config.yaml, written once the first split's inputs are checked (an input error leaves
@@ -879,7 +909,7 @@ def _train(
         )
         _train_split(job.into(sub), protocol)
         if not (sub / runs.REPORT).is_file():
-            return out_dir  # stopped early (stop_after_epoch): nothing to summarise yet
+            return TrainResult(out_dir)  # stopped early (stop_after_epoch): nothing to summarise yet
         reports.append(json.loads((sub / runs.REPORT).read_text(encoding="utf-8")))
     summary = {
         "kind": kind,
@@ -907,7 +937,7 @@ def _train(
     }
     if ctx.is_main:
         runs.write_atomic(out_dir / runs.REPORT, json.dumps(summary, indent=2))
-    return out_dir
+    return TrainResult(out_dir)
 
 
 def _finished_at(run_dir: Path, kind: str) -> int | None:

@@ -24,7 +24,7 @@ from rsz_train import evaluate as ev
 from rsz_train.data.batches import load_images
 from rsz_train.distributed import DistContext, local_share
 from rsz_train.runs import load_run
-from rsz_train.train import train
+from rsz_train.train import TrainResult, train, train_run
 
 from .conftest import TINY_OVERRIDES
 
@@ -52,7 +52,8 @@ def test_two_gloo_processes_train_like_one_and_resume(tiny_benchmark, default_sp
         stop_after_epoch=1,
     )
     assert not (two / "report.json").exists() and len(_steps(two)) == 1
-    train("dsva", tiny_benchmark, default_split, two, device="cpu", resume=True, nproc=2)
+    resumed = train_run("dsva", tiny_benchmark, default_split, two, device="cpu", resume=True, nproc=2)
+    assert resumed == TrainResult(two, nothing_to_do=False)  # rank 0's, through the launcher
 
     steps_one, steps_two = _steps(one), _steps(two)
     assert [len(s) for s in steps_one] == [len(s) for s in steps_two] == [6, 6]

@@ -15,7 +15,7 @@ from rsz_train import runs
 from rsz_train.cli import main
 from rsz_train.data.batches import load_images
 from rsz_train.runs import load_run
-from rsz_train.train import TEST_NOTE, train
+from rsz_train.train import TEST_NOTE, TrainResult, train, train_run
 
 from .conftest import TINY_OVERRIDES
 
@@ -319,4 +319,8 @@ def test_resume_of_a_finished_run_has_nothing_left_to_do(tiny_run, tiny_benchmar
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"nothing left to do: run finished in {run}"), lines
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    # said by train_run, not guessed from report.json's inode and mtime (unsteady on some network mounts)
+    again = train_run("dsva", tiny_benchmark, None, run, device="cpu", resume=True)
+    assert again == TrainResult(run, nothing_to_do=True)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
