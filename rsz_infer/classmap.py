@@ -30,6 +30,7 @@ import numpy as np
 
 from rsz_infer.errors import RszError
 from rsz_infer.images import open_raster, tiff_page
+from rsz_infer.stac import is_rgb_stack, rgb_stack_parts
 
 BLOCK_PX = 256
 QUICKLOOK_PX = 512  # the quicklook's longer side (at most)
@@ -154,9 +155,13 @@ def map_targets(target: Path, scenes: list[str]) -> dict[str, Path]:
 
     def stem(scene: str) -> str:  # a further page of a multi-page TIFF (GTIFF_DIR:2:a/scan.tif): scan.page2
         page = tiff_page(scene)
+        if is_rgb_stack(scene):  # a STAC item's band assets (STAC_RGB:a/items.json#ID): the item id
+            return rgb_stack_parts(scene)[1].replace("/", "_")
         return f"{Path(page[1]).stem}.page{page[0]}" if page else Path(scene).stem
 
     def folder(scene: str) -> str:
+        if is_rgb_stack(scene):  # the STAC JSON's name (items.json#ID: items)
+            return Path(rgb_stack_parts(scene)[0]).stem
         page = tiff_page(scene)
         return Path(page[1] if page else scene).parent.name
 

@@ -151,9 +151,10 @@ _TEXT_DRIVERS = ("XYZ", "AAIGrid", "GRASSASCIIGrid", "ISG", "CTable2", "GSAG", "
 
 
 def is_gdal_path(name: str | Path) -> bool:
-    """True for GDAL virtual file system paths, URLs and TIFF pages: they go to GDAL untouched."""
+    """True for GDAL virtual file system paths, URLs and TIFF pages: they go to GDAL untouched (also a STAC
+    item's band assets read as one, `STAC_RGB:...`: see stac.RGB_STACK_PREFIX)."""
     text = str(name)
-    return text.startswith("/vsi") or bool(_URL.match(text)) or bool(_TIFF_PAGE.match(text))
+    return text.startswith(("/vsi", "STAC_RGB:")) or bool(_URL.match(text)) or bool(_TIFF_PAGE.match(text))
 
 
 def tiff_page(name: str) -> tuple[int, str] | None:
@@ -170,6 +171,14 @@ def open_raster(name: str):  # -> rasterio.DatasetReader (rasterio is imported l
 
     if tiff_page(name):
         return rasterio.open(name, GEOREF_SOURCES="PAM,INTERNAL")
+    if name.startswith("STAC_RGB:"):  # a STAC item's red, green and blue assets: GDAL reads them as one VRT
+        from rsz_infer.stac import rgb_stack_vrt
+
+        try:
+            xml = rgb_stack_vrt(name)
+        except RszError as err:  # the item's JSON or a band changed since discovery: an unreadable raster
+            raise rasterio.errors.RasterioIOError(str(err)) from None
+        return rasterio.open(xml)
     return rasterio.open(name)
 
 

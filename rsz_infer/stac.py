@@ -8,7 +8,9 @@ a catalog whose links point to remote JSON is refused rather than fetched (rsz d
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,13 +266,192 @@ def stac_asset_hrefs(path: Path, key: str | None) -> Iterator[tuple[str, str | N
         try:
             name, asset = choose_asset(item, key)
         except KeyError as err:
-            found.append((f"{path}#{item.id}", f"STAC item {item.id}: {err.args[0]}"))
+            if key is None and rgb_band_assets(item) is not None:
+                found.append(_rgb_stack(path, item, found))
+            else:
+                found.append((f"{path}#{item.id}", f"STAC item {item.id}: {err.args[0]}"))
             continue
         if asset.extra_fields.get(NO_HREF):  # missing, empty or no string in the JSON
             found.append((f"{path}#{item.id}", f"STAC item {item.id}: asset {name!r} has no href"))
             continue
-        found.append((_absolute_href(asset.href, item), None))
+        href = _absolute_href(asset.href, item)
+        if is_rgb_stack(href):  # rsz's own name for an item's bands, never an href to follow (more JSON)
+            found.append((f"{path}#{item.id}", f"STAC item {item.id}: asset href {href} is not a raster"))
+            continue
+        found.append((href, None))
     if all(problem for _, problem in found):
         more = f" (and {len(found) - 1} more items)" if len(found) > 1 else ""
         raise RszError(f"{path}: {found[0][1]}{more}")
     yield from found
+
+
+# ---------------------------------------------------------------- RGB in three band assets
+# Landsat Collection 2 and many other items ship no picture asset, one asset per band instead (`red`,
+# `green`, `blue`, `nir08` ...), each naming its band's common name (`eo:bands`, or STAC 1.1 `bands` with
+# `eo:common_name`). Without --asset such an item is labeled in true colour: its red, green and blue assets
+# read as one 3-band VRT (they must share CRS, transform, size and data type: rsz does not resample). The
+# raster's name, `STAC_RGB:<the STAC JSON named, absolute>#<item id>`, is its tile id and path: it names the
+# item (the same on every run, so a resumed run finds its tiles), and any process (a --ray decode task, a
+# later --html report) rebuilds the VRT from it (images.open_raster), reading only the local JSON the user
+# named and the three hrefs its assets name, as for any asset.
+RGB_STACK_PREFIX = "STAC_RGB:"
+RGB_COMMON_NAMES = ("red", "green", "blue")
+
+
+def _common_names(asset) -> list[str]:
+    """The common names of an asset's bands: STAC 1.1 `bands`, else STAC 1.0 `eo:bands` (an item written for
+    both lists each band in both)."""
+    fields = asset.extra_fields
+    if isinstance(fields.get("bands"), list):
+        names = [b.get("eo:common_name") for b in fields["bands"] if isinstance(b, dict)]
+    else:
+        names = [b.get("common_name") for b in fields.get("eo:bands") or [] if isinstance(b, dict)]
+    return [n for n in names if isinstance(n, str)]
+
+
+def rgb_band_assets(item) -> list[tuple[str, object]] | None:
+    """[(key, asset)] of the item's red, green and blue single-band assets, or None unless each colour is
+    exactly one such asset (of two `red` assets, a DN and a reflectance product say, rsz picks none)."""
+    found: dict[str, list] = {name: [] for name in RGB_COMMON_NAMES}
+    for key, asset in item.assets.items():
+        names = _common_names(asset)
+        if len(names) == 1 and names[0] in found and not PREVIEW_ROLES & set(asset.roles or []):
+            found[names[0]].append((key, asset))
+    if all(len(assets) == 1 for assets in found.values()):
+        return [found[name][0] for name in RGB_COMMON_NAMES]
+    return None
+
+
+def is_rgb_stack(name: str) -> bool:
+    return name.startswith(RGB_STACK_PREFIX)
+
+
+def rgb_stack_parts(name: str) -> tuple[str, str]:
+    """(STAC JSON, item id) of a `STAC_RGB:` name; an item id never holds "#" (see _rgb_stack)."""
+    json_path, _, item_id = name[len(RGB_STACK_PREFIX) :].rpartition("#")
+    return json_path, item_id
+
+
+def rgb_stack_vrt(name: str) -> str:
+    """The VRT XML of a `STAC_RGB:` name: the item's three band assets as bands 1-3 (red, green, blue).
+
+    RszError (one line naming the item) when the item or an asset cannot be read, or the three do not share
+    CRS, transform, size and data type: rsz does not resample bands onto one grid (label one band with
+    --asset, or make a VRT yourself with `gdalbuildvrt -separate -resolution highest`)."""
+    json_path, item_id = rgb_stack_parts(name)
+    try:
+        stat = os.stat(json_path)
+    except OSError as err:
+        raise RszError(f"{name}: cannot read {json_path} ({err.strerror})") from None
+    item = _items_by_id(json_path, stat.st_mtime_ns, stat.st_size).get(item_id)
+    assets = rgb_band_assets(item) if item is not None else None
+    if assets is None:
+        raise RszError(f"{name}: {json_path} holds no item {item_id} with red, green and blue band assets")
+    return _stack_vrt(item_id, tuple((key, _absolute_href(a.href, item)) for key, a in assets))
+
+
+@functools.lru_cache(maxsize=4)
+def _items_by_id(json_path: str, mtime_ns: int, size: int) -> dict:
+    """The items of one STAC JSON by id, read once per process (and again when the file changes): every
+    stack of a catalog is rebuilt from it."""
+    items: dict = {}
+    for item in _items(Path(json_path)):
+        if not isinstance(item, tuple):
+            items.setdefault(item.id, item)
+    return items
+
+
+def _rgb_stack(path: Path, item, found: list) -> tuple[str, str | None]:
+    """(stack name, None) for an item labeled from its red, green and blue assets, or (the item, why not)."""
+    name = f"{RGB_STACK_PREFIX}{path.resolve()}#{item.id}"
+    # the name must find this item again (images.open_raster, in any process): an id with "#", or one that
+    # two items of this JSON share, cannot
+    if "#" in item.id:
+        return (
+            f"{path}#{item.id}",
+            f"STAC item {item.id}: an id with '#' cannot name its bands; pass --asset KEY",
+        )
+    if any(href == name for href, _ in found):
+        return (
+            f"{path}#{item.id}",
+            f"STAC item {item.id}: another item of {path} has this id; pass --asset KEY",
+        )
+    try:
+        _stack_vrt(item.id, tuple((key, _absolute_href(a.href, item)) for key, a in rgb_band_assets(item)))
+    except RszError as err:
+        return f"{path}#{item.id}", str(err)
+    return name, None
+
+
+def _gdal_name(href: str) -> str:
+    """The name GDAL itself opens for an href as rasterio takes it (https://... -> /vsicurl/https://...)."""
+    try:
+        from rasterio._path import _parse_path  # rasterio's own translation (private, stable since 1.3)
+    except ImportError:
+        return href
+    return _parse_path(href).as_vsi()
+
+
+@functools.lru_cache(maxsize=256)  # discovery checks the grid, then opens the stack: its bands' headers once
+def _stack_vrt(item_id: str, bands: tuple[tuple[str, str], ...]) -> str:
+    """The VRT XML of the (key, href) band assets as bands 1-3; RszError when they are not one grid."""
+    from xml.sax.saxutils import escape
+
+    import rasterio
+
+    from rsz_infer.images import is_gdal_path, open_raster
+
+    grids = []
+    for key, href in bands:
+        if is_rgb_stack(href):  # an asset naming another stack: not a raster (nor a way to read other JSON)
+            raise RszError(f"STAC item {item_id}: asset {key} ({href}) is not a raster")
+        if not is_gdal_path(href) and not Path(href).exists():
+            raise RszError(f"STAC item {item_id}: asset {key}: no such file {href}")
+        try:
+            with open_raster(href) as ds:
+                grids.append(
+                    (_gdal_name(href), ds.crs, ds.transform, ds.width, ds.height, ds.dtypes[0], ds.nodata)
+                )
+                if ds.count != 1:
+                    raise RszError(f"STAC item {item_id}: asset {key} has {ds.count} bands, not 1")
+        except rasterio.errors.RasterioError as err:
+            raise RszError(f"STAC item {item_id}: asset {key}: {first_line(err)}") from None
+    _, crs, transform, width, height, dtype, _ = grids[0]
+    first = bands[0][0]
+    for (key, _), (_, c, t, w, h, d, _) in zip(bands[1:], grids[1:]):
+        differ = [
+            what
+            for what, same in (
+                (f"CRS {crs} vs {c}", c == crs),
+                (f"size {width}x{height} vs {w}x{h}", (w, h) == (width, height)),
+                ("transform", t == transform),
+            )
+            if not same
+        ]
+        if differ:
+            keys = ", ".join(k for k, _ in bands)
+            raise RszError(
+                f"STAC item {item_id}: its {keys} assets are not on one grid ({first} and {key} differ in "
+                f"{'; '.join(differ)}); rsz does not resample bands: label one with --asset KEY"
+            )
+        if d != dtype:
+            raise RszError(
+                f"STAC item {item_id}: asset {key} is {d}, {first} is {dtype} (one data type needed)"
+            )
+    xml = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if crs is not None:
+        xml.append(f"<SRS>{escape(crs.to_wkt())}</SRS>")
+    if crs is not None or not transform.is_identity:  # bands without georeferencing: a stack without too
+        xml.append(f"<GeoTransform>{', '.join(repr(float(v)) for v in transform.to_gdal())}</GeoTransform>")
+    vrt_type = {"uint8": "Byte"}.get(dtype, dtype.capitalize().replace("Uint", "UInt"))  # GDAL's type name
+    for band, ((source, *_, nodata), colour) in enumerate(zip(grids, ("Red", "Green", "Blue")), 1):
+        xml.append(f'<VRTRasterBand dataType="{vrt_type}" band="{band}">')
+        xml.append(f"<ColorInterp>{colour}</ColorInterp>")
+        if nodata is not None:
+            xml.append(f"<NoDataValue>{nodata!r}</NoDataValue>")
+        xml.append("<SimpleSource>")
+        xml.append(f'<SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename>')
+        xml.append("<SourceBand>1</SourceBand>")
+        xml.append("</SimpleSource></VRTRasterBand>")
+    xml.append("</VRTDataset>")
+    return "\n".join(xml)
