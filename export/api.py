@@ -36,7 +36,13 @@ from rsz_export.trt_build import (
 )
 from rsz_infer.bundle import MANIFEST, GraphSpec, Manifest, manifest_problem, sha256_file
 from rsz_infer.errors import RszError
-from rsz_infer.images import TileError, TileOptions, decode_image_file
+from rsz_infer.images import (
+    GDAL_ONLY_SUFFIXES,
+    IMAGE_FILE_SUFFIXES,
+    TileError,
+    TileOptions,
+    decode_image_file,
+)
 from rsz_infer.locking import OutputLock
 from rsz_infer.outputs import check_out_dir
 from rsz_infer.preprocess import PreprocessSpec
@@ -83,15 +89,37 @@ class ExportSource:
     training: dict = field(default_factory=dict)  # the run's rsz_train.runs.training_progress (manifest)
 
 
-TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_CHECK_TILES = 64
 MAX_CALIBRATION_TILES = 256  # "a few hundred": more did not move the calibrated ranges
 MAX_INT8_CHECK_TILES = 128
 INT8_ROLES = ("image",)  # the graph that runs per tile; text/semantic/rerank run once per class file
 
 
+TILE_KINDS = ", ".join(IMAGE_FILE_SUFFIXES)  # said when a folder has none
+
+
 def tile_files(tiles_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(tiles_dir).rglob("*") if p.suffix.lower() in TILE_SUFFIXES)
+    """The image files under `tiles_dir`, sorted: rsz-train's set (rsz_infer.images.IMAGE_FILE_SUFFIXES), so
+    a folder of .bmp or .webp tiles rsz-infer labels is a folder of tiles here too. Hidden files (macOS's
+    '._x.jpg' AppleDouble copies) are no tiles; GDAL-only rasters (.vrt names other files) are left out with
+    one note."""
+    files, gdal_only = [], []
+    for p in Path(tiles_dir).rglob("*"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_FILE_SUFFIXES:
+            files.append(p)
+        elif suffix in GDAL_ONLY_SUFFIXES:
+            gdal_only.append(p)
+    if gdal_only:
+        kinds = ", ".join(sorted({p.suffix.lower() for p in gdal_only}))
+        print(
+            f"note: {tiles_dir}: left out {len(gdal_only)} files read by GDAL only ({kinds}, e.g. "
+            f"{min(gdal_only).relative_to(tiles_dir)}); tiles are {TILE_KINDS} files",
+            file=sys.stderr,
+        )
+    return sorted(files)
 
 
 def spread(items: list, n: int) -> list:
@@ -109,7 +137,7 @@ def load_tiles(tiles_dir: Path, spec: PreprocessSpec) -> np.ndarray:
         raise RszError(f"--tiles {tiles_dir}: {what} (it takes a folder of tiles)")
     paths = tile_files(tiles_dir)[:MAX_CHECK_TILES]
     if not paths:
-        raise RszError(f"{tiles_dir}: no PNG/JPEG/TIFF tiles to check the export on")
+        raise RszError(f"{tiles_dir}: no image tiles ({TILE_KINDS}) to check the export on")
     return read_usable_tiles(paths, spec, "check", Path(tiles_dir))[1]
 
 
@@ -189,7 +217,7 @@ def int8_tiles(
             raise RszError(f"--calibration {calibration_dir}: {what} (it takes a folder of tiles)")
         files = tile_files(root)
         if not files:
-            raise RszError(f"{calibration_dir}: no PNG/JPEG/TIFF tiles to calibrate INT8 on")
+            raise RszError(f"{calibration_dir}: no image tiles ({TILE_KINDS}) to calibrate INT8 on")
     elif split is not None:
         root = data_dir / "images"
         files = [root / p for p in split.train]

@@ -35,6 +35,11 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = PILLOW_EXTENSIONS + TIFF_EXTENSIONS
 # Suffixes that say a file in a folder is meant as imagery even when GDAL cannot be asked (a non-UTF-8 name)
 RASTER_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".vrt", ".img", ".ntf", ".webp", ".gif", ".bmp")
+# The files of a folder that rsz-train and rsz-export read as one image each (Pillow reads them too, so the
+# training loader decodes them as rsz-infer does); the rest of RASTER_SUFFIXES are GDAL-only formats (a .vrt
+# names other files), which those folders leave out with one note
+IMAGE_FILE_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".webp", ".gif", ".bmp")
+GDAL_ONLY_SUFFIXES = tuple(s for s in RASTER_SUFFIXES if s not in IMAGE_FILE_SUFFIXES)
 NOT_UTF8_NAME = "file name is not valid UTF-8, which GDAL cannot open (rename the file)"
 # The skip reason of a raster with fewer bands than --bands names; it starts with no "-", which CSV outputs
 # would neutralise as a spreadsheet formula ("'--bands ...")

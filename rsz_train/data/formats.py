@@ -30,13 +30,14 @@ import numpy as np
 
 from rsz_infer.classfile import class_name_key, decode_text, read_class_file
 from rsz_infer.errors import RszError
-from rsz_infer.images import IMAGE_EXTENSIONS, RASTER_SUFFIXES
+from rsz_infer.images import GDAL_ONLY_SUFFIXES, IMAGE_FILE_SUFFIXES
 
-# What rsz-infer takes from a folder and Pillow reads too (decoded as rsz-infer decodes them, batches.py)
-IMAGE_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".webp", ".gif", ".bmp")
+# What rsz-infer takes from a folder and Pillow reads too (decoded as rsz-infer decodes them, batches.py);
+# rsz-export's --tiles / --calibration folders read the same set
+IMAGE_SUFFIXES = IMAGE_FILE_SUFFIXES
 # rsz-infer's other raster suffixes (GDAL-only formats; a .vrt names other files): not training images, said
 # in one note when a class folder holds some
-NOT_TRAINED_SUFFIXES = tuple(s for s in RASTER_SUFFIXES if s not in IMAGE_SUFFIXES)
+NOT_TRAINED_SUFFIXES = GDAL_ONLY_SUFFIXES
 SPLIT_CLASS_FILES = ("seen", "unseen", "val")
 SPLIT_IMAGE_FILES = ("train", "val_seen", "val_unseen", "test_seen", "test_unseen")
 CAPTION_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}

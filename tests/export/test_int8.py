@@ -167,8 +167,36 @@ def test_a_calibration_path_that_is_no_folder_says_so(tmp_path: Path) -> None:
     with pytest.raises(RszError, match=r"one.png: is a file \(it takes a folder of tiles\)$"):
         int8_tiles(tmp_path, {}, spec, tmp_path / "one.png")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RszError, match="empty: no PNG/JPEG/TIFF tiles to calibrate INT8 on"):
+    with pytest.raises(RszError, match=r"empty: no image tiles \(\.jpg, .*, \.bmp\) to calibrate INT8 on$"):
         int8_tiles(tmp_path, {}, spec, tmp_path / "empty")
+
+
+def test_tiles_and_calibration_folders_take_the_image_files_rsz_infer_labels(tmp_path: Path, capsys) -> None:
+    """--tiles / --calibration read .png/.jpg/.tif only: a folder of .bmp/.gif/.webp/.jp2 tiles, which
+    rsz-infer labels and rsz-train trains on, was "no PNG/JPEG/TIFF tiles". Now they read rsz-train's set,
+    each decoded as rsz-infer decodes it; a GDAL-only raster (.vrt) and a hidden AppleDouble copy are left
+    out, the .vrt said in one note."""
+    from rsz_export.api import load_tiles
+    from rsz_infer.images import TileOptions, decode_image_file
+    from rsz_infer.preprocess import to_model_input
+
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"t{i}{s}" for i, s in enumerate([".bmp", ".gif", ".webp", ".jp2"] * 2)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "._t0.bmp").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "scene.vrt").write_text("<VRTDataset/>")
+    spec = PreprocessSpec(size=SIZE)
+    calibration, check, info = int8_tiles(tmp_path, {}, spec, folder)
+    assert (info["tiles"], info["skipped"], info["check_tiles"], info["check_skipped"]) == (6, 0, 2, 0)
+    got = load_tiles(folder, spec)
+    want = [to_model_input(decode_image_file(folder / n, TileOptions())[0], spec) for n in names]
+    np.testing.assert_array_equal(got, np.stack(want))
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == 2 and all(n == notes[0] for n in notes), notes  # one per folder read, no warning
+    assert notes[0].startswith(f"note: {folder}: left out 1 files read by GDAL only (.vrt, e.g. scene.vrt)")
 
 
 def test_an_undecodable_calibration_or_check_tile_is_skipped_not_fatal(tmp_path: Path, capsys) -> None:
