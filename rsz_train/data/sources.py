@@ -190,24 +190,65 @@ def _caption_class(filename: str, by_folder: bool) -> str:
     return match.group(1) if match else "image"
 
 
+def _on_disk(root: Path, listed: str, listings: dict[Path, dict[str, str]]) -> str | None:
+    """The name on disk of the file a caption JSON names under `root`, else None. Compared under Unicode
+    NFC (formats.nfc), part by part: a data set unpacked on macOS names its files in NFD, a JSON written
+    elsewhere in NFC, or the other way round. `listings` caches each folder's names."""
+    if (root / listed).is_file():
+        return listed
+    folder, real = root, []
+    for part in listed.split("/"):
+        names = listings.get(folder)
+        if names is None:
+            try:
+                names = {formats.nfc(n): n for n in os.listdir(folder)}
+            except OSError:  # not a folder, or unreadable: nothing of the data set is found in it
+                names = {}
+            listings[folder] = names
+        name = names.get(formats.nfc(part))
+        if name is None:
+            return None
+        folder, real = folder / name, [*real, name]
+    return "/".join(real) if folder.is_file() else None
+
+
 def _caption_dataset(data_dir: Path, captions_file: Path) -> SceneData:
-    entries = formats.read_karpathy(captions_file)
-    if not entries:
+    listed = formats.read_karpathy(captions_file)
+    if not listed:
         raise RszError(f"{captions_file}: no images")
-    first = next(iter(entries))
     others = sorted(
         p.name for p in data_dir.iterdir() if formats.is_data_folder(p) and p.name not in IMAGE_FOLDERS
     )
-    root = next(
-        (data_dir / sub for sub in [*IMAGE_FOLDERS, *others] if (data_dir / sub / first).is_file()), None
-    )
-    if root is None:
-        raise RszError(f"{captions_file}: image {first!r} not found under {data_dir} nor in any folder in it")
-    missing = [f for f in entries if not (root / f).is_file()]
+    # The images folder is the one holding most of the JSON's images (the first such in IMAGE_FOLDERS
+    # order, then the others): not the first that holds its first image, which one lost file, or a stray
+    # copy beside the folder, made the wrong guess or no folder at all.
+    best: tuple[int, Path, dict[str, str]] | None = None
+    for sub in [*IMAGE_FOLDERS, *others]:
+        listings: dict[Path, dict[str, str]] = {}
+        found = {f: real for f in listed if (real := _on_disk(data_dir / sub, f, listings)) is not None}
+        if best is None or len(found) > best[0]:
+            best = (len(found), data_dir / sub, found)
+        if len(found) == len(listed):
+            break
+    count, root, found = best
+    missing = [f for f in listed if f not in found]
+    if 2 * count <= len(listed):  # most missing: --data is not the data set's folder, or another release
+        where = root if count else f"{data_dir} nor in any folder in it"
+        raise RszError(
+            f"{captions_file}: {len(missing)} of its {len(listed)} images not found under {where} "
+            f"(first: {missing[0]!r}; is --data the data set's folder?)"
+        )
     if missing:  # how many tells a few lost files from a JSON of another release's names
-        more = f" (+{len(missing) - 1} more of its {len(entries)} images)" if len(missing) > 1 else ""
+        more = f" (+{len(missing) - 1} more of its {len(listed)} images)" if len(missing) > 1 else ""
         raise RszError(f"{captions_file}: image {missing[0]!r} not found under {root}{more}")
-    filenames = sorted(entries)
+    seen: dict[str, str] = {}
+    for f, real in found.items():  # two names alike under NFC are one file, not two images
+        if real in seen:
+            raise RszError(f"{captions_file}: images {seen[real]!r} and {f!r} are one file, {root / real}")
+        seen[real] = f
+    # Each image under the name the file system gave it (the JSON's may be the other Unicode form)
+    entries = {found[f]: value for f, value in listed.items()}
+    filenames = sorted(entries, key=formats.nfc)  # as class folders' files: the same order on any disk
     # Images in several folders are in class folders; one folder for all (a `filepath` such as
     # 'RSICD_images' on every entry) is no class: every image would be of one class named after it.
     by_folder = len({f.rsplit("/", 1)[0] if "/" in f else "" for f in filenames}) > 1

@@ -205,6 +205,54 @@ def test_caption_images_missing_on_disk_are_counted_in_the_one_line(tmp_path):
     assert result.output.rstrip().endswith("RSICD_images (+2 more of its 25 images)")
 
 
+@pytest.mark.parametrize("disk, listed", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_caption_file_names_match_the_disk_under_nfc(tmp_path, disk, listed):
+    """RSICD unpacked on macOS names 'prés_1.jpg' in NFD, a JSON written elsewhere in NFC (or the other way
+    round): "image not found". Names now match under NFC; each image is read by its name on disk."""
+    import unicodedata
+
+    captions = _rsicd(tmp_path / "RSICD")
+    doc = json.loads(captions.read_text())
+    folder = tmp_path / "RSICD" / "RSICD_images"
+    for entry in doc["images"]:
+        name = entry["filename"].replace("bareland", "prés")
+        (folder / entry["filename"]).rename(folder / unicodedata.normalize(disk, name))
+        entry["filename"] = unicodedata.normalize(listed, name)
+    captions.write_text(json.dumps(doc), encoding="utf-8")
+    data, _ = load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    assert data.root == folder and len(data.image_paths) == 25
+    assert set(data.image_paths) == {p.name for p in folder.iterdir()}  # the names on disk
+    pres = unicodedata.normalize(disk, "prés_2.jpg")
+    assert data.captions[pres] == ["many buildings are near tile 9 ."] * 5
+    classes = [unicodedata.normalize("NFC", c) for c in data.class_names]
+    assert classes == ["airport", "beach", "image", "prés"]
+
+
+def test_caption_images_folder_is_where_most_images_are_not_where_the_first_is(tmp_path):
+    """The images folder was the first holding the JSON's first image: that one file lost made the whole set
+    "not found under RSICD nor in any folder in it", and a stray copy of it beside the folder made every
+    other image missing. Now the folder holding most images is taken; most missing is one line naming the
+    JSON and the folder."""
+    captions = _rsicd(tmp_path / "RSICD")
+    folder = tmp_path / "RSICD" / "RSICD_images"
+    first = folder / "airport_1.jpg"  # the JSON's first image
+    first.rename(tmp_path / "airport_1.jpg")
+    with pytest.raises(RszError, match=r"json: image 'airport_1.jpg' not found under \S*RSICD_images$"):
+        load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    (tmp_path / "airport_1.jpg").rename(first)
+    (tmp_path / "RSICD" / "airport_1.jpg").write_bytes(first.read_bytes())  # a stray copy beside the folder
+    data, _ = load_dataset(tmp_path / "RSICD", DataOptions(captions=str(captions)))
+    assert data.root == folder and len(data.image_paths) == 25
+    for name in sorted(p.name for p in folder.iterdir())[:20]:
+        (folder / name).unlink()
+    result = CliRunner().invoke(
+        main,
+        ["msa", "--data", str(tmp_path / "RSICD"), "--captions", str(captions), "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"dataset_rsicd.json: 20 of its 25 images not found under {folder} (first: " in result.output
+
+
 def test_mcfa_index_files_written_by_numpy_savetxt_are_read(tmp_path):
     """np.savetxt's default format writes index 12 as '1.200000000000000000e+01': refused as not an index."""
     root = _aid_unzipped_on_a_mac(tmp_path / "AID")
