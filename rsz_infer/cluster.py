@@ -432,7 +432,14 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.classfile import class_file_hash, with_training_descriptions
     from rsz_infer.images import discover_tiles
     from rsz_infer.latent_classifier import choose_rule
-    from rsz_infer.outputs import check_finished, output_format, write_errors, write_finished, write_outputs
+    from rsz_infer.outputs import (
+        check_finished,
+        output_format,
+        ray_resume_problem,
+        write_errors,
+        write_finished,
+        write_outputs,
+    )
     from rsz_infer.pipeline import Summary, hubness_header, plan_labeling, run_log_engine
 
     start = time.perf_counter()
@@ -448,6 +455,9 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
             f"--out {out} has no suffix, so it would keep only the partitions"
         )
     parts_dir = parts_folder(out)
+    problem = ray_resume_problem(out, True, parts_dir / RUN_FILE) if cfg.resume and merged else None
+    if problem:  # before the model and the inputs are read
+        raise RszError(problem)
     plan = plan_labeling(cfg, check_outputs=merged)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     header = {

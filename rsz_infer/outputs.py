@@ -106,6 +106,12 @@ def check_finished(out: Path, header: dict, tiles: dict) -> None:
     except (OSError, ValueError) as err:
         raise RszError(f"{kept_path}: not readable ({err}); rerun without --resume to start over") from None
     old = kept.get("run") if isinstance(kept, dict) else None
+    if isinstance(old, dict) and made_with_ray(old) != made_with_ray(header):
+        way = "with" if made_with_ray(old) else "without"
+        raise RszError(
+            f"{out}: already complete, made {way} --ray; --resume it {way} --ray, or rerun without --resume "
+            "to start over"
+        )
     if old != header:
         raise RszError(
             f"{out}: already complete, {_what_differs(old, header)}; rerun without --resume to start over"
@@ -115,6 +121,32 @@ def check_finished(out: Path, header: dict, tiles: dict) -> None:
             f"{out}: already complete, but its inputs now hold other tiles (files added or removed since); "
             "rerun without --resume to label them all"
         )
+
+
+def made_with_ray(header: dict) -> bool:
+    """Whether a run log header is a --ray job's (rsz_infer.cluster): its header names no inputs (a partition
+    folder's run.json keeps the tile list), the single-process one always does. Told by the header's shape,
+    so outputs written before this check was added are told apart too."""
+    return "inputs" not in header
+
+
+def ray_resume_problem(out: Path, ray: bool, parts_run: Path) -> str | None:
+    """--resume of `out` with (`ray`) or without --ray when what is left to resume is the other path's: an
+    interrupted single-process run's `<out>.part` log, or a stopped --ray job's partition folder (`parts_run`
+    is its run.json: cluster.parts_folder, cluster.RUN_FILE). Each path reads only its own progress, so it
+    would start over beside the other's (a finished output's run.json is check_finished's to compare)."""
+    log, parts = part_path(out), parts_run.parent
+    if ray and log.is_file() and not parts.exists():
+        return (
+            f"{out}: an interrupted run made without --ray ({log.name} keeps its progress); --resume it "
+            f"without --ray, or delete {log.name} to start over with --ray"
+        )
+    if not ray and parts_run.is_file() and not log.exists():
+        return (
+            f"{out}: a stopped run made with --ray ({parts.name}/ keeps its partitions); --resume it with "
+            f"--ray, or delete {parts.name}/ to start over without --ray"
+        )
+    return None
 
 
 def errors_path(out: Path) -> Path:

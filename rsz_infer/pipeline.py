@@ -29,7 +29,7 @@ from rsz_infer.batching import (
 from rsz_infer.bundle import DEFAULT_MODEL, Manifest, manifest_sha256, open_bundle
 from rsz_infer.classfile import ClassEntry, class_file_hash
 from rsz_infer.classmap import map_targets
-from rsz_infer.cluster import in_shard
+from rsz_infer.cluster import RUN_FILE, in_shard, parts_folder
 from rsz_infer.errors import RszError
 from rsz_infer.images import (
     Tile,
@@ -50,6 +50,7 @@ from rsz_infer.outputs import (
     errors_path,
     output_format,
     part_path,
+    ray_resume_problem,
     write_finished,
     write_outputs,
 )
@@ -323,6 +324,9 @@ def label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None = None)
 
 def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Summary:
     start = time.perf_counter()
+    problem = ray_resume_problem(cfg.out, False, parts_folder(cfg.out) / RUN_FILE) if cfg.resume else None
+    if problem:  # before the model and the inputs are read
+        raise RszError(problem)
     plan = plan_labeling(cfg)
     cfg, manifest, entries, notes = plan.cfg, plan.manifest, plan.entries, plan.notes
     labeler = Labeler(

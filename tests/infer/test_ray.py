@@ -13,6 +13,7 @@ import pytest
 
 from rsz_infer.cli import main
 from rsz_infer.cluster import PART_GLOB, RayOptions, build_index_ray, label_tiles_ray, parts_folder
+from rsz_infer.errors import RszError
 from rsz_infer.images import TileOptions
 from rsz_infer.index import Index, IndexConfig, build_index
 from rsz_infer.pipeline import LabelConfig, label_tiles
@@ -60,7 +61,7 @@ def _same_labels(got: dict[str, dict], want: dict[str, dict]) -> None:
 
 
 def test_stopped_then_resumed_ray_job_labels_like_one_process(
-    ray_cluster, bundles, class_file, inputs, tmp_path
+    ray_cluster, bundles, class_file, inputs, tmp_path, capsys
 ):
     tiles = TileOptions(tile_size=32)
 
@@ -81,13 +82,62 @@ def test_stopped_then_resumed_ray_job_labels_like_one_process(
     assert stopped.labeled + stopped.skipped + stopped.nodata == 5
     resumed_cfg = config(out)
     resumed_cfg.resume = True
+    # --resume without --ray started over beside the partitions, without a word
+    with pytest.raises(
+        RszError, match=r"ray.jsonl: a stopped run made with --ray \(ray.jsonl.parts/ keeps its "
+    ):
+        label_tiles(resumed_cfg)
     resumed = label_tiles_ray(resumed_cfg, RayOptions(actors=2, partition_tiles=5))
     assert resumed.already_done == 5 and resumed.labeled + resumed.skipped + resumed.nodata == 14 - 5
     assert not parts.exists() and resumed.exit_code == 3
+    label = ["label", *inputs, "--classes", class_file, "--model", bundles["dsva"], "--tile-size", "32"]
+    _resume_the_other_way_is_refused_by_its_reason(
+        config, out, single.out, [*label, "--device", "cpu"], capsys
+    )
     _same_labels(_by_tile(read_jsonl(out)), want)
     errors = (tmp_path / "ray.jsonl.errors.csv").read_text().splitlines()
     assert sorted(errors) == sorted((tmp_path / "single.jsonl.errors.csv").read_text().splitlines())
     assert len(errors) == 3  # header, corrupt.jpg, empty.png (the nodata window is no error)
+
+
+def _resume_the_other_way_is_refused_by_its_reason(
+    config, ray_out: Path, single_out: Path, label: list, capsys
+) -> None:
+    """--resume with --ray added or removed was refused as "made with another model, class file or settings
+    (differs: inputs, precision, seen_calibration, tile options)": the headers of the two paths differ in
+    form. Now the line says which way the output was made and how to go on."""
+    capsys.readouterr()  # what the runs before said
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: exit 2, one line
+        main([str(a) for a in [*label, "--out", single_out, "--resume", "--ray"]])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err, err
+    assert err.endswith(
+        "single.jsonl: already complete, made without --ray; --resume it without --ray, or rerun without "
+        "--resume to start over"
+    ), err
+    resumed = config(ray_out)
+    resumed.resume = True
+    with pytest.raises(
+        RszError, match=r"ray.jsonl: already complete, made with --ray; --resume it with --ray"
+    ):
+        label_tiles(resumed)
+    # a single-process run interrupted after its first batch, resumed with --ray
+    cut = config(single_out.with_name("cut.jsonl"))
+    cut.batch = 2
+
+    def interrupt(batches: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(cut, on_batch=interrupt)
+    cut.resume = True
+    with pytest.raises(
+        RszError,
+        match=r"cut.jsonl: an interrupted run made without --ray \(cut.jsonl.part keeps its progress\)",
+    ):
+        label_tiles_ray(cut, RayOptions(actors=1, partition_tiles=5))
+    finished = label_tiles(cut)  # it resumes without --ray
+    assert finished.already_done > 0 and finished.already_done + finished.labeled + finished.nodata == 14
 
 
 def test_ray_index_cli_gives_the_single_process_embeddings(ray_cluster, bundles, inputs, tmp_path, capsys):
