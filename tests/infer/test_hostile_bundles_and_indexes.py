@@ -212,6 +212,26 @@ def test_an_index_never_reads_a_device_or_fifo(index_dir, tmp_path, capsys):
     assert done.returncode == 2 and lines == [f"error: {index_dir / 'embeddings.npy'}: not a regular file"]
 
 
+def test_a_search_gallery_inside_its_index_folder_is_refused_up_front(bundles, index_dir, tmp_path, capsys):
+    """search --html idx/report.html wrote the gallery into the index folder, and the next `index --out idx`
+    refused the folder ("holds files that are not an index's"): an index folder holds only its own files.
+    Now the gallery is refused up front in one line (a linked path to it too), and the index stays usable."""
+    (tmp_path / "link").symlink_to(index_dir)
+    for page in (index_dir / "report.html", index_dir / "sub" / "report.html", tmp_path / "link" / "r.html"):
+        code, out, err = run_cli(["search", index_dir, "--text", "red", "--html", page], capsys)
+        want = (
+            f"error: --html {page}: inside the index folder {index_dir}, which holds only the index's "
+            "own files (the next `rsz-infer index --out` into it would refuse it); write it outside that "
+            "folder"
+        )
+        assert code == 2 and out == "" and error_lines(err) == [want], err
+    assert not (index_dir / "report.html").exists() and not (index_dir / "sub").exists()
+    code, _, err = run_cli(
+        ["index", tmp_path / "tiles", "--model", bundles["msa"], "--out", index_dir], capsys
+    )
+    assert code in (0, None), err
+
+
 def test_gallery_never_embeds_a_file_the_index_did_not_make(index_dir, tmp_path, capsys):
     page = tmp_path / "ok.html"
     code, out, _ = run_cli(["search", index_dir, "--text", "red", "-k", "3", "--html", page], capsys)
