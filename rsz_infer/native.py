@@ -21,6 +21,10 @@ from rsz_infer.preprocess import PreprocessSpec
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "cpp_plugins"
 LIBRARY_NAMES = ("librsz_preprocess_cuda.so", "librsz_preprocess.so")
 PREPROCESSORS = ("auto", "pillow", "native")
+# RSZ_NATIVE_ABI_VERSION of include/rsz_preprocess.h: raise both whenever a function there changes its
+# parameters or meaning. A library answering another number (or none: built before the version existed)
+# is refused, since calling functions that take other arguments crashes or computes garbage.
+ABI_VERSION = 1
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -95,8 +99,19 @@ class NativePreprocessor:
             self.lib = ctypes.CDLL(str(Path(path).absolute()))
         except OSError as err:
             raise RszError(f"{path}: cannot load the native library ({err})") from None
-        for name in ("rsz_preprocess_cpu", "rsz_preprocess_cuda", "rsz_cuda_available", "rsz_last_error"):
-            if not hasattr(self.lib, name):  # another library, or a build from before that function
+        if not hasattr(self.lib, "rsz_preprocess_cpu"):  # another library altogether
+            raise RszError(f"{path}: not rsz's native preprocessing library (no rsz_preprocess_cpu)")
+        rebuild = "rebuild it with make -C cpp_plugins"
+        if not hasattr(self.lib, "rsz_native_abi_version"):  # built from sources older than the version
+            raise RszError(f"{path}: a stale native library (no ABI version; {rebuild})")
+        self.lib.rsz_native_abi_version.restype = ctypes.c_int32
+        version = self.lib.rsz_native_abi_version()
+        if version != ABI_VERSION:  # built from other sources: its functions may take other arguments
+            raise RszError(
+                f"{path}: native library ABI version {version}, this rsz needs {ABI_VERSION} ({rebuild})"
+            )
+        for name in ("rsz_preprocess_cuda", "rsz_cuda_available", "rsz_last_error"):
+            if not hasattr(self.lib, name):  # the version says it is there: a library built some other way
                 raise RszError(f"{path}: not rsz's native preprocessing library (no {name})")
         self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_void_p]
         self.lib.rsz_preprocess_cuda.argtypes = [*_COMMON, ctypes.c_int32, ctypes.c_void_p]

@@ -7,7 +7,7 @@
  * Tiles may differ in size. They lie one after another in `pixels`; tile i starts at byte offsets[i] and
  * holds heights[i] * widths[i] * 3 bytes (row-major, RGB interleaved).
  * `out` holds batch * 3 * size * size values: float32, or IEEE half (uint16 bits) when out_fp16 is 1.
- * Every function returns 0 on success, or non-zero with rsz_last_error() saying why.
+ * The two rsz_preprocess_* functions return 0 on success, or non-zero with rsz_last_error() saying why.
  */
 #ifndef RSZ_PREPROCESS_H
 #define RSZ_PREPROCESS_H
@@ -17,6 +17,16 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The version of this ABI: raise it whenever a function here changes its parameters, its return value or
+ * its meaning (and set rsz_infer/native.py's ABI_VERSION to it). rsz loads a library only when
+ * rsz_native_abi_version() returns its own ABI_VERSION, so a stale build (a user's own, one left in a venv)
+ * whose functions take other arguments is refused with a line instead of being called (a crash, or
+ * garbage model inputs). */
+#define RSZ_NATIVE_ABI_VERSION 1
+
+/* RSZ_NATIVE_ABI_VERSION of the sources this library was built from. */
+int rsz_native_abi_version(void);
 
 /* CPU path (OpenMP over tiles). */
 int rsz_preprocess_cpu(const uint8_t *pixels, const int64_t *offsets, const int32_t *heights,

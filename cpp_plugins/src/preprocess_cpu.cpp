@@ -84,6 +84,9 @@ void one_tile(const uint8_t *src, int h, int w, int size, const float *mean, con
 
 extern "C" {
 
+// Here for both builds: librsz_preprocess_cuda.so links this file too.
+int rsz_native_abi_version(void) { return RSZ_NATIVE_ABI_VERSION; }
+
 const char *rsz_last_error(void) { return g_error.c_str(); }
 
 void rsz_set_error(const char *message) { g_error = message; }

@@ -205,3 +205,57 @@ def test_rsz_native_lib_naming_the_build_folder_says_so(cpu_lib, monkeypatch):
     notes: list[str] = []
     assert open_preprocessor("auto", SPEC, "cpu", notes) is None
     assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+
+
+# A library built from other rsz sources: the four functions rsz calls, with another signature for the
+# preprocessing one (an older ABI), and optionally another ABI version.
+_STALE = """
+#include <stdint.h>
+int rsz_preprocess_cpu(const uint8_t *p, int32_t batch, void *out) { return 0; }
+int rsz_preprocess_cuda(void) { return 1; }
+int rsz_cuda_available(void) { return 0; }
+const char *rsz_last_error(void) { return ""; }
+"""
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeypatch):
+    """A stale build (a user's own, one left in a venv) whose functions take other arguments was called
+    anyway: a crash, or garbage model inputs. Without rsz_native_abi_version, or with another number, it
+    is refused like any unusable library: one line for `native`, a note and Pillow for `auto`."""
+    from rsz_infer.errors import RszError
+    from rsz_infer.native import ABI_VERSION, open_preprocessor
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source = tmp_path / "stale.c"
+    source.write_text(
+        _STALE + ("" if version is None else f"int rsz_native_abi_version(void) {{ return {version}; }}\n")
+    )
+    lib = tmp_path / "stale.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(lib), str(source)], check=True)
+    rebuild = "rebuild it with make -C cpp_plugins"
+    if version is None:
+        expected = f"{lib}: a stale native library (no ABI version; {rebuild})"
+    else:
+        expected = f"{lib}: native library ABI version {version}, this rsz needs {ABI_VERSION} ({rebuild})"
+    with pytest.raises(RszError) as err:
+        NativePreprocessor(SPEC, device="cpu", path=lib)
+    assert str(err.value) == expected
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(lib))
+    notes: list[str] = []
+    assert open_preprocessor("auto", SPEC, "cpu", notes) is None
+    assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+
+
+def test_the_built_library_answers_the_abi_version_native_py_expects(cpu_lib):
+    """The header's RSZ_NATIVE_ABI_VERSION, native.ABI_VERSION and what a fresh build returns agree: raising
+    one without the other would refuse every library, fresh builds included."""
+    import re
+
+    from rsz_infer.native import ABI_VERSION
+
+    header = (PLUGIN_DIR / "include" / "rsz_preprocess.h").read_text()
+    assert re.search(r"#define RSZ_NATIVE_ABI_VERSION (\d+)", header).group(1) == str(ABI_VERSION)
+    assert NativePreprocessor(SPEC, device="cpu", path=cpu_lib).lib.rsz_native_abi_version() == ABI_VERSION
