@@ -4,7 +4,7 @@ optional re-ranking with MSA's cross-attention `rerank` graph.
 An index folder holds:
     index.json       model (manifest sha256 and folder), tile options, count, embedding size, search method
     embeddings.npy   [N, D] float32, L2-normalised image embeddings
-    tiles.jsonl      one line per row: tile id, path, window, footprint
+    tiles.jsonl      one line per row: tile id (the input's spelling), path (absolute), window, footprint
     scales.npy       [N, S, Dm] float32 multi-scale features, when the bundle has a rerank graph
     faiss.index      FAISS HNSW graph over the embeddings (inner product), when the search method is "hnsw"
 A second `index` call with more tiles adds the new ones and skips those already in; it embeds again the
@@ -325,7 +325,18 @@ def index_row(tile: Tile) -> dict:
     """A tile's row in tiles.jsonl (the single-process and the Ray path write the same rows)."""
     # sha256: what a gallery checks before it shows the file again (rsz_infer.trust); size and mtime_ns:
     # how the next append sees an unchanged file without reading it (AppendCheck)
-    return tile_record(tile) | file_identity(tile.path)
+    return tile_record(tile) | file_identity(tile.path) | {"path": _absolute(tile.path)}
+
+
+def _absolute(path: str) -> str:
+    """A local file's path made absolute (a TIFF page's file inside its name): a row's `path` is opened again
+    by searches from any folder (gallery thumbnails, appends' change checks), while the tile id keeps the
+    spelling of the input, which appends and labels match on. Joined, not normalised: `link/..` stays what
+    the file system makes of it. GDAL virtual paths and URLs stay as given."""
+    local = local_file(path)
+    if local is None or os.path.isabs(local):
+        return path
+    return path[: len(path) - len(local)] + os.path.join(os.getcwd(), local)
 
 
 class AppendCheck:

@@ -8,6 +8,7 @@ import csv
 import html
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rsz_infer.errors import RszError
-from rsz_infer.images import TileError, TileOptions, decode_tile, tile_from_record
+from rsz_infer.images import TileError, TileOptions, decode_tile, local_file, tile_from_record
 from rsz_infer.outputs import atomic_write, csv_text_read, polygons
 from rsz_infer.trust import tile_is_the_embedded_one
 
@@ -41,11 +42,26 @@ def thumbnail_data_uri(rgb: np.ndarray, size: int = THUMB_PX) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _embedded_file(row: dict) -> str | None:
+    """The file an index row's thumbnail is read from: its path (absolute since rows are written so), or
+    else, when the input was a relative path, that spelling (the tile id less its window) read from the
+    current folder: a project folder moved or copied whole, searched from its root. Either only while its
+    sha256 is the one the index recorded; None when neither is."""
+    typed = row["tile"].rsplit("@", 1)[0] if row.get("window") else row["tile"]
+    local = local_file(typed)
+    relative = local is not None and not os.path.isabs(local)
+    for path in dict.fromkeys([row["path"], typed] if relative else [row["path"]]):
+        if tile_is_the_embedded_one(row | {"path": path}):
+            return path
+    return None
+
+
 def _decoded(tile: dict, options: TileOptions, check_file: bool = False) -> np.ndarray | None:
-    if check_file and not tile_is_the_embedded_one(tile):
+    path = _embedded_file(tile) if check_file else tile["path"]
+    if path is None:
         return None  # a row naming another (or a remote) file: never embed what the index did not make
     try:
-        rebuilt = tile_from_record(tile["path"], tile.get("window"), options)
+        rebuilt = tile_from_record(path, tile.get("window"), options)
         rgb, _ = decode_tile(rebuilt, options)
     except (TileError, OSError, ValueError):  # a moved or damaged file only loses its thumbnail
         return None

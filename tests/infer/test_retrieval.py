@@ -7,6 +7,7 @@ import json
 import os
 import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,6 +347,35 @@ def test_search_gallery_says_how_many_hits_have_no_preview(bundles, tmp_path, ca
         f'<p class="note">3 tiles, {why}</p>' in html and html.count('<div class="missing">no preview') == 1
     )
     assert len(re.findall(r'src="data:image/jpeg;base64,', html)) == 2
+
+
+def test_an_index_of_relative_paths_shows_its_tiles_from_another_folder(
+    bundles, tmp_path, monkeypatch, capsys
+):
+    """`rsz-infer index tiles/ --out idx/` in proj/, then a search with --html from proj's parent: the rows
+    named tiles/0_red.png, which does not exist from there, so every card said "no preview (the file is
+    gone)". A row's path is absolute now; its tile id keeps the input's spelling, so an append from proj/
+    finds every tile already in, and the hits print the ids as indexed. A gallery still finds the files of a
+    project folder moved whole, by the ids' spelling (each only with the recorded sha256)."""
+    proj = tmp_path / "proj"
+    for i, colour in enumerate(["red", "green", "blue"]):
+        save(proj / "tiles" / f"{i}_{colour}.png", solid(colour, 24, seed=i))
+    monkeypatch.chdir(proj)
+    build_index(IndexConfig(["tiles/"], bundles["msa"], Path("idx"), progress=False))
+    row = Index.load(Path("idx")).tiles[0]
+    assert (row["tile"], row["path"]) == ("tiles/0_red.png", str(proj / "tiles" / "0_red.png"))
+    counts = build_index(IndexConfig(["tiles"], bundles["msa"], Path("idx"), progress=False))
+    assert (counts.added, counts.known) == (0, 3)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["search", "proj/idx", "--text", "red", "-k", "3", "--html", "g.html"], capsys)
+    assert code in (0, None) and err.splitlines()[-1] == "rsz-infer search: gallery of 3 tiles -> g.html"
+    assert len(re.findall(r'src="data:image/jpeg;base64,', (tmp_path / "g.html").read_text())) == 3
+    assert out.splitlines()[0].split("\t")[2] == "tiles/0_red.png"
+    # the project folder moved whole: the recorded absolute path is gone, the id's spelling is found again
+    (tmp_path / "proj").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    code, _, err = run_cli(["search", "idx", "--text", "red", "-k", "3", "--html", "g.html"], capsys)
+    assert code in (0, None) and err.splitlines()[-1] == "rsz-infer search: gallery of 3 tiles -> g.html"
 
 
 def test_append_embeds_changed_tiles_again_and_removes_gone_ones(bundles, tmp_path, capsys):
