@@ -556,7 +556,7 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     import pyarrow.parquet as pq
 
     from rsz_infer import index as ix
-    from rsz_infer.images import discover_tiles
+    from rsz_infer.images import check_bands_reach, discover_tiles, no_tiles_found, short_of_bands
     from rsz_infer.pipeline import run_log_engine
 
     start = time.perf_counter()
@@ -567,6 +567,10 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     if made_with:
         ix.check_same_engine(out, old, made_with)
     listed = list(discover_tiles(cfg.inputs, tile_options))
+    # the usage errors of the single-process index (images.list_tiles), before Ray starts or a folder is made
+    if not listed:
+        raise no_tiles_found(cfg.inputs)
+    check_bands_reach([s for s in map(short_of_bands, listed) if s], len(listed))
     check = ix.AppendCheck(old, cfg.inputs, cfg.shard)
     for tile in listed:  # every shard's: a tile of another shard is not gone
         check.saw(tile)

@@ -267,19 +267,31 @@ def list_tiles(
 ) -> TileListing:
     """Count the tiles of the inputs (and collect discovery notes) without holding them."""
     listing = TileListing()
-    short: list[str] = []  # rasters --bands names more bands than they have: skipped rows ...
+    short: list[str] = []  # rasters --bands names more bands than they have: skipped rows, unless all are
     for tile in discover_tiles(inputs, options, notes):
         listing.found += 1
-        if tile.problem and _TOO_FEW_BANDS.fullmatch(tile.problem):
-            short.append(f"{tile.path}: {tile.problem}")
+        if reason := short_of_bands(tile):
+            short.append(reason)
         if keep is None or keep(tile):
             listing.count += 1
             listing.digest.update(tile.id.encode("utf-8", "surrogateescape") + b"\n")
         listing.windows = listing.windows or tile.window is not None
-    if short and len(short) == listing.found:  # ... unless every input is one: a typo, the usage error
+    check_bands_reach(short, listing.found)
+    return listing
+
+
+def check_bands_reach(short: list[str], found: int) -> None:
+    """The usage error when every one of the `found` tiles is short of --bands (`short`: "PATH: the file has
+    only N bands for --bands ..." each): a typo in --bands, not a run of skipped rows. Some short: rows."""
+    if short and len(short) == found:
         more = f" (and {len(short) - 1} more inputs)" if len(short) > 1 else ""
         raise RszError(short[0] + more)
-    return listing
+
+
+def short_of_bands(tile: Tile) -> str | None:
+    """For a tile whose raster has fewer bands than --bands names: "PATH: the file has only N bands for
+    --bands ...", the line list_tiles (and the --ray index) gives when every input is such a tile."""
+    return f"{tile.path}: {tile.problem}" if tile.problem and _TOO_FEW_BANDS.fullmatch(tile.problem) else None
 
 
 def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool, str | None]]:

@@ -188,6 +188,37 @@ def test_bands_beyond_a_scene_are_one_line(bundles, class_file, tmp_path, capsys
     assert not out.exists()
 
 
+def test_index_ray_with_every_input_short_of_bands_or_none_is_the_usage_error(bundles, tmp_path, capsys):
+    """`index --ray` started Ray, embedded nothing and wrote an empty index (exit 2 "nothing was indexed", or
+    exit 0 for an empty folder) where the single-process index and `label --ray` give one line naming the
+    file and its band count (or the empty input), before anything is made."""
+    pytest.importorskip("ray")
+    scene = write_geotiff(tmp_path / "rgb.tif", bands_first(solid("red", 64)))
+    (tmp_path / "empty").mkdir()
+    base = ["index", "--model", bundles["msa"], "--tile-size", 32, "--quiet"]
+    cases = [
+        ([scene, "--bands", "5,4,3"], f"error: {scene}: the file has only 3 bands for --bands 5,4,3"),
+        ([tmp_path / "empty"], f"error: {tmp_path / 'empty'}: no JPEG, PNG or TIFF files found"),
+    ]
+    for args, line in cases:
+        for ray in ([], ["--ray"]):
+            out = tmp_path / f"idx{len(ray)}"
+            code, _, err = run_cli([*base, *args, "--out", out, *ray], capsys)
+            assert (code, error_lines(err)) == (2, [line]), (ray, err)
+            assert not out.exists()
+    # the Python API keeps its skipped record, which names the file and the band count as well
+    from rsz_infer import Embedder, Labeler, RszError, TileOptions
+
+    tiles = TileOptions(tile_size=32, bands=(5, 4, 3))
+    with Labeler(bundles["msa"], ["red", "blue"], tiles=tiles) as labeler:
+        (record,) = labeler.label(scene)
+    reason = "the file has only 3 bands for --bands 5,4,3"
+    assert (record["tile"], record["skipped"]) == (str(scene), reason)
+    with Embedder(bundles["msa"], tiles=tiles) as embedder, pytest.raises(RszError) as error:
+        embedder.embed(scene)
+    assert str(error.value) == f"{scene}: {reason}"
+
+
 def test_bands_beyond_one_of_several_inputs_skip_that_raster_only(bundles, class_file, tmp_path, capsys):
     """--bands 4,3,2 over a 4-band scene and a 3-band STAC asset (a scene) and a small 3-band GeoTIFF: the
     3-band scene stopped the whole run; now each 3-band raster is a skipped row naming its band count."""
