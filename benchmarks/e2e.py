@@ -230,7 +230,10 @@ def _native_stage(rgbs: list[np.ndarray], prep: PreprocessSpec) -> dict | None:
 
     if library_path() is None:
         return None
-    native = NativePreprocessor(prep)
+    try:
+        native = NativePreprocessor(prep)
+    except RszError:  # a library that cannot be used (stale, truncated): as --preprocess auto, no native row
+        return None
     native(rgbs[:2])  # warm-up (CUDA context, buffers)
     t0 = time.perf_counter()
     out = native(rgbs)

@@ -218,6 +218,18 @@ const char *rsz_last_error(void) { return ""; }
 """
 
 
+def _stale_library(folder: Path, version: int | None) -> Path:
+    """_STALE compiled (plain C, a fraction of a second), with rsz_native_abi_version returning `version`."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source, lib = folder / "stale.c", folder / "stale.so"
+    answer = "" if version is None else f"int rsz_native_abi_version(void) {{ return {version}; }}\n"
+    source.write_text(_STALE + answer)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(lib), str(source)], check=True)
+    return lib
+
+
 @pytest.mark.parametrize("version", [None, 0, 2])
 def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeypatch):
     """A stale build (a user's own, one left in a venv) whose functions take other arguments was called
@@ -226,15 +238,7 @@ def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeyp
     from rsz_infer.errors import RszError
     from rsz_infer.native import ABI_VERSION, open_preprocessor
 
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        pytest.skip("no C compiler")
-    source = tmp_path / "stale.c"
-    source.write_text(
-        _STALE + ("" if version is None else f"int rsz_native_abi_version(void) {{ return {version}; }}\n")
-    )
-    lib = tmp_path / "stale.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(lib), str(source)], check=True)
+    lib = _stale_library(tmp_path, version)
     rebuild = "rebuild it with make -C cpp_plugins"
     if version is None:
         expected = f"{lib}: a stale native library (no ABI version; {rebuild})"
@@ -247,6 +251,15 @@ def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeyp
     notes: list[str] = []
     assert open_preprocessor("auto", SPEC, "cpu", notes) is None
     assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+
+
+def test_bench_e2e_leaves_out_the_native_row_of_a_stale_library(tmp_path, monkeypatch):
+    """rsz-bench e2e (--preprocess auto) fell back to Pillow for its loop, then stopped with the library's
+    error when timing the native stage: every build from before the ABI version would stop the benchmark."""
+    from rsz_bench.e2e import _native_stage
+
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(_stale_library(tmp_path, None)))
+    assert _native_stage(_tiles([(20, 20)]), SPEC) is None
 
 
 def test_the_built_library_answers_the_abi_version_native_py_expects(cpu_lib):
