@@ -659,7 +659,10 @@ def load_mat(path: Path, variable_names: list[str] | None = None) -> dict:
     from scipy.io import loadmat  # training-side dependency
 
     try:
-        return loadmat(str(path), variable_names=variable_names)
+        # scipy (< 1.18) names a MATLAB object variable (a string array, say) 'None': asked for too, so
+        # that one of the wanted names saved as a string array is refused below, not "missing"
+        wanted = None if variable_names is None else [*variable_names, "None"]
+        mat = loadmat(str(path), variable_names=wanted)
     except FileNotFoundError:
         raise RszError(f"{path}: file not found") from None
     except NotImplementedError:
@@ -680,6 +683,42 @@ def load_mat(path: Path, variable_names: list[str] | None = None) -> dict:
         ) from None
     except Exception as err:  # noqa: BLE001 (scipy raises several types for a file that is not a .mat)
         raise RszError(f"{path}: cannot read as a MATLAB .mat file ({type(err).__name__}: {err})") from None
+    _refuse_matlab_objects(path, mat, variable_names)
+    return mat
+
+
+def _refuse_matlab_objects(path: Path, mat: dict, variable_names: list[str] | None) -> None:
+    """A variable saved as a MATLAB object (a `string` array, as names typed in double quotes are, or a
+    categorical) comes back as scipy's MatlabOpaque, whose contents scipy cannot decode: refused in one
+    line saying how to re-save it as the cell array of char vectors DSVA's own files hold."""
+    from scipy.io.matlab import MatlabOpaque
+
+    for key, value in list(mat.items()):
+        if not isinstance(value, MatlabOpaque):
+            continue
+        fields = value.dtype.names or ()
+        first = value.ravel()[0] if value.size else None
+        # scipy < 1.18: key 'None', fields s0 (the name), s1 ('MCOS'), s2 (the class); later: the real
+        # key and fields _TypeSystem, _Class, _ObjectMetadata
+        name_field = first["s0"] if first is not None and "s0" in fields else key
+        class_field = first["s2"] if first is not None and "s2" in fields else None
+        if first is not None and "_Class" in fields:
+            class_field = first["_Class"]
+        name = name_field.decode("latin1") if isinstance(name_field, bytes) else str(name_field)
+        kind = class_field.decode("latin1") if isinstance(class_field, bytes) else str(class_field or "")
+        if variable_names is not None and name not in variable_names:
+            del mat[key]  # only asked for to see whether it was one of these
+            continue
+        if kind in ("string", "categorical"):
+            raise RszError(
+                f"{path}: {name} is a MATLAB {kind} array, which rsz cannot read; re-save it in MATLAB as a "
+                f"cell array of char vectors: load('{path.name}', '{name}'); {name} = cellstr({name}); "
+                f"save('{path.name}', '{name}', '-append')"
+            )
+        raise RszError(
+            f"{path}: {name} is a MATLAB {kind or 'class'} object, which rsz cannot read; re-save it in "
+            "MATLAB as a numeric matrix or a cell array of char vectors"
+        )
 
 
 @dataclass

@@ -4,6 +4,7 @@ files, caption JSONs beside their image folder. Each reads, or fails with one li
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +364,56 @@ def test_the_folder_ucm_unzipped_into_names_the_data_folder_inside_it(tmp_path):
     )
     data, _ = load_dataset(tmp_path / "unzipped" / "UCMerced_LandUse", DataOptions())
     assert data.class_names == ["agricultural", "airplane", "beach"]
+
+
+def _mat_element(data_type: int, data: bytes) -> bytes:
+    """One MAT v5 data element: type, byte count, data padded to 8 bytes."""
+    return struct.pack("<II", data_type, len(data)) + data + b"\x00" * (-len(data) % 8)
+
+
+def _with_matlab_string_array(path: Path, name: str) -> Path:
+    """Appends a variable as MATLAB R2016b+ saves a string array (["a" "b"]) in a -v7 file: an
+    mxOPAQUE_CLASS element (array flags, name, type system 'MCOS', class 'string', then a uint32 reference
+    [0xDD000000 2 1 1 1 1] into the file's subsystem). The subsystem itself, where MATLAB keeps the
+    characters, is left out: scipy does not decode it, so what it returns is the same."""
+    text = lambda s: _mat_element(1, s.encode())  # noqa: E731 (miINT8)
+    reference = _mat_element(
+        14,  # miMATRIX: a 6 x 1 uint32 (mxUINT32_CLASS = 13) array with an empty name
+        _mat_element(6, struct.pack("<II", 13, 0))
+        + _mat_element(5, struct.pack("<ii", 6, 1))
+        + text("")
+        + _mat_element(6, np.array([0xDD000000, 2, 1, 1, 1, 1], "<u4").tobytes()),
+    )
+    flags = _mat_element(6, struct.pack("<II", 17, 0))  # mxOPAQUE_CLASS
+    with path.open("ab") as f:
+        f.write(_mat_element(14, flags + text(name) + text("MCOS") + text("string") + reference))
+    return path
+
+
+def test_names_saved_as_a_matlab_string_array_are_one_line_saying_to_cellstr_them(tmp_path):
+    """scipy gives a MATLAB string array as an undecodable MatlabOpaque (named 'None' before scipy 1.18):
+    allclasses_names was "missing", image_files of --image-list too."""
+    root = _aid_unzipped_on_a_mac(tmp_path / "AID")
+    splits = tmp_path / "ann_attr_finetune_4_splits.mat"
+    savemat(
+        splits,
+        {"att": np.eye(6), "train_gzsl_loc": np.arange(1.0, 11), "test_seen_loc": np.arange(11.0, 16),
+         "test_unseen_loc": np.arange(16.0, 31)},
+        do_compression=False,
+    )  # fmt: skip
+    _with_matlab_string_array(splits, "allclasses_names")
+    features = tmp_path / "res101.mat"
+    savemat(features, {"features": np.zeros((2, 30)), "labels": np.ones(30)}, do_compression=False)
+    _with_matlab_string_array(features, "image_files")
+    image_list = ["--image-list", str(features)]
+    for mat, name, extra in ((splits, "allclasses_names", []), (features, "image_files", image_list)):
+        result = CliRunner().invoke(
+            main,
+            ["dsva", "--data", str(root), "--split-file", str(splits), *extra, "--out", str(tmp_path / "r")],
+        )
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert result.output.rstrip().endswith(
+            f"{mat}: {name} is a MATLAB string array, which rsz cannot read; re-save it in MATLAB as a cell "
+            f"array of char vectors: load('{mat.name}', '{name}'); {name} = cellstr({name}); "
+            f"save('{mat.name}', '{name}', '-append')"
+        ), result.output
