@@ -23,7 +23,7 @@ import re
 import sys
 import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,9 @@ class SceneData:
     attribute_matrix: np.ndarray | None  # float32 [C, A]
     captions: dict[str, list[str]]  # image path (relative to root) -> captions; {} when none
     caption_splits: dict[str, str]  # image path -> "train" | "val" | "test"
+    # class folders with no images, left out of class_names (class-folder data sets only): a split that
+    # names one is refused naming the folder (empty_folder_error), any other split trains without it
+    empty_folders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -162,7 +165,24 @@ def load_scene_folders(root: str | Path) -> SceneData:
                 f"{root}: class folders {other!r} and {folder.name!r} name one class (names ignore case, "
                 "spaces and punctuation); merge or rename one"
             )
-    return _scene_data(root, [f.name for f in folders], {})
+    # a folder with no images (a class emptied for a subset) is no class: left out unless a split names it
+    empty = [f.name for f in folders if not _images_in(f)]
+    if len(empty) == len(folders):
+        raise RszError(f"{root}: no class folders with images (expected root/<class_name>/<image files>)")
+    data = _scene_data(root, [f.name for f in folders if f.name not in empty], {})
+    data.empty_folders = empty
+    return data
+
+
+def no_images_message(folder: Path) -> str:
+    return f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folder"
+
+
+def empty_folder_error(data: SceneData, name: str, where: str) -> None:
+    """Raises when `name` (a class named by `where`) is one of the data set's empty class folders."""
+    for folder in data.empty_folders:
+        if class_name_key(folder) == class_name_key(name):
+            raise RszError(f"{no_images_message(data.root / folder)} (class {name!r} of {where})")
 
 
 def _scene_data(root: Path, class_names: list[str], descriptions: dict[str, str]) -> SceneData:
@@ -175,7 +195,7 @@ def _scene_data(root: Path, class_names: list[str], descriptions: dict[str, str]
         files = _images_in(folder)
         not_trained += _not_trained_in(folder)
         if not files:
-            raise RszError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folder")
+            raise RszError(no_images_message(folder))
         paths += [f"{name}/{f}" for f in files]
         labels += [index] * len(files)
     if not_trained:
@@ -930,6 +950,8 @@ def _dsva_image_list(
         # images out of it and every later index names another image (wrong classes, no error).
         folders = {class_name_key(c) for c in data.class_names}
         missing = [n for n in mat_names if class_name_key(n) not in folders]
+        for name in missing:  # its folder is there, empty: its images would be missing all the same
+            empty_folder_error(data, name, f"{path}, whose indices follow the sorted images of every class")
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             raise RszError(
@@ -946,6 +968,8 @@ def _dsva_image_list(
         parts = Path(f.replace("\\", "/")).parts
         key = nfc("/".join(parts[-2:]))
         if key not in position:
+            if len(parts) > 1:
+                empty_folder_error(data, parts[-2], f"image_files entry {f!r} of {where}")
             raise RszError(f"{where}: image_files entry {f!r} not found under {data.root}")
         if labels is not None:
             _check_label(where, f, parts[-2], labels[k], mat_names, path)

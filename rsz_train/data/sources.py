@@ -141,6 +141,10 @@ def _apply_classes_file(data: SceneData, path: Path) -> None:
     folder_of = {class_name_key(n): n for n in data.class_names}
     for entry in read_class_file(path):
         folder = folder_of.get(class_name_key(entry.name))
+        if folder is None and any(
+            class_name_key(e) == class_name_key(entry.name) for e in data.empty_folders
+        ):
+            continue  # an empty class folder, left out: nothing to describe
         if folder is None:
             raise RszError(f"{path}: class {entry.name!r} is not a class folder of {data.root}")
         data.descriptions[folder] = entry.description
@@ -279,6 +283,16 @@ def resolve_splits(
 ) -> list[tuple[Split, DataSource]]:
     """Every split the options name (several only with split_id "all")."""
     splits = _resolve_splits(Path(data_dir), data, layout, options)
+    if data.empty_folders:  # none of them named by the split (that is refused): said, not silently dropped
+        from rsz_train.distributed import current  # (torch: only here)
+
+        if current().is_main:
+            names = ", ".join(data.empty_folders[:3]) + (" ..." if len(data.empty_folders) > 3 else "")
+            print(
+                f"note: {data.root}: {len(data.empty_folders)} class folder"
+                f"{'s' if len(data.empty_folders) > 1 else ''} with no images left out ({names})",
+                file=sys.stderr,
+            )
     for _split, source in splits:
         source.seed = options.seed
     if options.captions:  # trained on, under any split (--unseen, --split-file): recorded as a split file is
@@ -559,6 +573,7 @@ def class_list_split(folder: Path, data: SceneData, seed: int = 0) -> Split:
         for name in formats.read_class_list(path):
             folder_name = folder_of.get(class_name_key(name))
             if folder_name is None:
+                formats.empty_folder_error(data, name, str(path))
                 hint = (
                     "; a split by image indices is MCFA's seen_class_loc_<ratio>_<id>.txt"
                     if re.fullmatch(r"\d+", name)

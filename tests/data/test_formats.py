@@ -76,9 +76,11 @@ def test_scene_folders_in_mixed_formats(tmp_path):
 
 def test_scene_folder_errors(tmp_path):
     root = _scene_folders(tmp_path / "d")
-    (root / "empty").mkdir()
-    with pytest.raises(RszError, match=r"empty: no images"):
-        load_scene_folders(root)
+    (root / "empty").mkdir()  # left out: a split naming it is refused (tests/train)
+    assert load_scene_folders(root).empty_folders == ["empty"]
+    with pytest.raises(RszError, match=r"empty-only: no class folders with images"):
+        (tmp_path / "empty-only" / "empty").mkdir(parents=True)
+        load_scene_folders(tmp_path / "empty-only")
     (tmp_path / "none").mkdir()
     with pytest.raises(RszError, match="none: no class folders"):
         load_scene_folders(tmp_path / "none")

@@ -528,3 +528,48 @@ def test_bmp_gif_webp_and_jp2_images_are_trained_on_and_gdal_only_rasters_said(t
     notes = [line for line in capsys.readouterr().err.splitlines() if "left out of training" in line]
     assert len(notes) == 1 and "2 files in class folders left out of training (.img:" in notes[0]
     assert "airport/scan.img" in notes[0] and not any(".img" in p for p in data.image_paths)
+
+
+def test_an_empty_class_folder_is_left_out_unless_the_split_names_it(tmp_path, capsys):
+    """An empty class folder (a class emptied for a subset) stopped training under any split: it is left
+    out with a note, and only a split that names it is refused, naming the folder."""
+    from scipy.io import savemat
+
+    from rsz_train.data.formats import IMAGE_SUFFIXES, _images_in
+
+    root = _class_folders(tmp_path / "d")
+    (root / "golf_course").mkdir()
+    (root / "golf_course" / "Thumbs.db").write_bytes(b"\x00" * 16)
+    data, layout = load_dataset(root, DataOptions())
+    assert "golf_course" not in data.class_names and data.empty_folders == ["golf_course"]
+    capsys.readouterr()
+    ((split, _source),) = resolve_splits(root, data, layout, DataOptions(unseen=2))
+    assert "golf_course" not in split.seen + split.unseen
+    assert (
+        capsys.readouterr().err.strip()
+        == f"note: {root}: 1 class folder with no images left out (golf_course)"
+    )
+    # class lists: one that does not name it trains, one that names it is refused
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "seen.txt").write_text("airport\nbeach\ndense_residential\nforest\n")
+    (lists / "unseen.txt").write_text("river\nstorage_tanks\n")
+    assert _splits(root, split_file=str(lists))[0][0].unseen == ["river", "storage_tanks"]
+    (lists / "unseen.txt").write_text("river\ngolf course\n")
+    with pytest.raises(RszError) as err:
+        _splits(root, split_file=str(lists))
+    assert str(err.value) == (
+        f"{root / 'golf_course'}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folder "
+        f"(class 'golf course' of {lists / 'unseen.txt'})"
+    )
+    # a DSVA .mat without image_files: its indices follow the sorted images of every class it names
+    names = sorted([*CLASSES, "golf_course"])
+    mat = tmp_path / "ann_attr_finetune_splits.mat"
+    savemat(mat, {"att": np.eye(7), "allclasses_names": np.array(names, dtype=object).reshape(-1, 1),
+                  "train_gzsl_loc": np.arange(1.0, 11), "test_seen_loc": np.arange(11.0, 16),
+                  "test_unseen_loc": np.arange(16.0, 26)})  # fmt: skip
+    with pytest.raises(
+        RszError, match=r"golf_course: no images .* in class folder \(class 'golf_course' of "
+    ):
+        _splits(root, split_file=str(mat))
+    assert not _images_in(root / "golf_course")
