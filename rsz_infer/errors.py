@@ -33,11 +33,16 @@ def first_line(err: BaseException | str, default: str | None = None, limit: int 
     return text.splitlines()[0][:limit]
 
 
+_handling_interrupts = 0  # one_line_errors calls running: a KeyboardInterrupt there is their one line
+
+
 def one_line_errors(func: F) -> F:
     """Wrap a CLI entry point: an RszError (or a plain OSError) prints one line and exits 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _handling_interrupts
+        _handling_interrupts += 1
         try:
             return func(*args, **kwargs)
         except RszError as err:
@@ -49,6 +54,8 @@ def one_line_errors(func: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        finally:
+            _handling_interrupts -= 1
 
     return wrapper  # type: ignore[return-value]
 
@@ -70,7 +77,10 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     Ctrl-C does: the batch loop stops, what finished is written out, exit 130. Python's own SIGTERM ends
     the process at once, leaving the outputs unwritten. Further SIGTERMs while the outputs are written are
     ignored (a scheduler's SIGKILL still ends it; the run log or the index journal keep what finished).
-    The previous handler comes back afterwards (the CLI also runs inside test and notebook processes)."""
+    The previous handler comes back afterwards (the CLI also runs inside test and notebook processes).
+    Outside any command (the entry points' imports, click parsing the command line) there is nothing to
+    stop and no one_line_errors to say it: the same line and exit 130 at once, where click would turn the
+    KeyboardInterrupt into "Aborted!" and exit 1."""
     global _sigterm_stop
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
@@ -78,14 +88,17 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
     def stop(_signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not _handling_interrupts:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)  # SystemExit: click lets it through
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
-    _sigterm_stop = stop
+    previous_stop, _sigterm_stop = _sigterm_stop, stop
     try:
         yield
     finally:
-        _sigterm_stop = None
+        _sigterm_stop = previous_stop  # an enclosing block's (the entry point's) is the one again
         signal.signal(signal.SIGTERM, previous)
 
 

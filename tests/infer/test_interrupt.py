@@ -263,3 +263,31 @@ def test_a_journal_cut_by_a_kill_while_it_was_removed_is_no_journal_or_one_line(
     code, _, err = run_cli(["index", *tiles, "--model", bundles["msa"]], capsys)
     assert code == 0 and f"{WINDOWS} tiles added" in err, err
     assert not journal.exists()
+
+
+# A real SIGTERM while click parses the command line, before any command (and its handling of a stop) runs:
+# the child sends it to itself from click's argument parser, the one moment a scheduler's stop can be timed
+_SIGTERM_WHILE_PARSING = """
+import os, signal, sys
+import click
+parse = click.Command.parse_args
+def parse_args(self, ctx, args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return parse(self, ctx, args)
+click.Command.parse_args = parse_args
+module, _, name = sys.argv.pop(1).partition(":")
+getattr(__import__(module, fromlist=[name]), name)()
+"""
+
+
+@pytest.mark.parametrize(
+    "entry", ["rsz_infer.cli:main", "rsz_infer.entry:train_main", "rsz_infer.entry:export_main"]
+)
+def test_sigterm_while_the_command_line_is_parsed_is_the_same_line_and_exit_130(entry):
+    """It was "Aborted!" and exit 1 (rsz-infer: click's own answer to the KeyboardInterrupt), or no line
+    and the exit of a process killed by SIGTERM (rsz-train, rsz-export: no handler yet)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_WHILE_PARSING, entry, "--help"],
+        capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_in_a_terminal,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
