@@ -874,6 +874,9 @@ def _train(
         raise RszError(f"{options.split_file or data_dir}: no splits to train on")
     if resume:
         _check_resumed_layout(out_dir, len(splits), protocol)
+        if protocol == "paper":
+            folders = [out_dir] if len(splits) == 1 else [out_dir / s.name for s, _ in splits]
+            _refuse_reselection(folders, kind, config.train.epochs)
         if _finished_at(out_dir, kind) == config.train.epochs:
             # finished already: the test split is not scored again nor the run rewritten (the CLI says so)
             return TrainResult(out_dir, nothing_to_do=True)
@@ -1037,6 +1040,25 @@ def _check_resumed_layout(out_dir: Path, split_count: int, protocol: str) -> Non
             raise RszError(
                 f"--resume: {folder} was trained with --protocol {ran}, not {protocol}: resume it with "
                 f"--protocol {ran}, or start a new run"
+            )
+
+
+def _refuse_reselection(folders: list[Path], kind: str, epochs: int) -> None:
+    """--protocol paper chooses the refit's epoch (and lambda) once, on validation, when its selection run
+    finishes: `--resume --epochs M` after that kept the choice made over the first N epochs while its
+    report said M were tried. Refused, saying what was chosen, before anything is trained or rewritten."""
+    for folder in folders:
+        done = folder / SELECTION / runs.REPORT
+        if not done.is_file():
+            continue  # the selection run is unfinished: it goes on to M epochs and chooses over all of them
+        tried = runs.read_config(folder / SELECTION, kind).train.epochs
+        if tried != epochs:
+            chosen = json.loads(done.read_text(encoding="utf-8")).get("best_epoch")
+            raise RszError(
+                f"--resume --epochs {epochs}: {folder} is a --protocol paper run whose selection run "
+                f"({SELECTION}/) finished at {_epochs(tried)} and chose epoch {chosen} on validation, "
+                f"which is not chosen again: resume it with --epochs {tried}, or start a new run with "
+                f"--epochs {epochs}"
             )
 
 

@@ -319,6 +319,20 @@ def test_mcfa_folder_all_splits_paper_protocol_reports_mean_and_std(shipped, tmp
     assert not (tmp_path / "bundle").exists()
     first = json.loads((out / "gzsl_6_5split_1" / "classes.json").read_text())
     assert load_run(out / "gzsl_6_5split_1", kind="mcfa")[1].seen == first["seen"]
+    # --resume --epochs M of the finished splits: their selection would be kept; one line, nothing rewritten
+    before = (out / "report.json").read_bytes()
+    result = CliRunner().invoke(
+        main,
+        ["mcfa", "--data", str(shipped["root"]), "--split-file", str(folder), "--split-id", "all",
+         "--protocol", "paper", "--attributes", str(shipped["attributes"]), "--out", str(out),
+         "--device", "cpu", "--resume", "--epochs", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: --resume --epochs 2: {out / 'gzsl_6_5split_1'} is a --protocol paper run whose selection "
+        f"run (selection/) finished at 1 epoch and chose epoch 1 on validation, which is not chosen again: "
+        "resume it with --epochs 1, or start a new run with --epochs 2"
+    ], result.output
+    assert (out / "report.json").read_bytes() == before
 
 
 def test_all_splits_killed_in_the_first_epoch_resume_from_epoch_0(shipped, tmp_path):
@@ -491,6 +505,26 @@ def test_paper_protocol_refits_on_every_seen_class(tiny_benchmark, default_split
     assert resumed["test"] == report["test"] and resumed["best_epoch"] == report["best_epoch"]
     weights = [load_file(str(run / "model.safetensors")) for run in (out, again)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # trained on to more epochs: the selection (over 2 epochs) would be kept while the report said 3 were
+    # tried; refused before anything is rewritten
+    before = (again / "report.json").read_bytes()
+    with pytest.raises(RszError) as err:
+        train(
+            "dsva",
+            tiny_benchmark,
+            default_split,
+            again,
+            device="cpu",
+            resume=True,
+            protocol="paper",
+            epochs=3,
+        )
+    assert str(err.value) == (
+        f"--resume --epochs 3: {again} is a --protocol paper run whose selection run (selection/) finished "
+        f"at 2 epochs and chose epoch {report['best_epoch']} on validation, which is not chosen again: "
+        "resume it with --epochs 2, or start a new run with --epochs 3"
+    )
+    assert (again / "report.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(
