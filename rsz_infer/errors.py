@@ -79,8 +79,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     ignored (a scheduler's SIGKILL still ends it; the run log or the index journal keep what finished).
     The previous handler comes back afterwards (the CLI also runs inside test and notebook processes).
     Outside any command (the entry points' imports, click parsing the command line) there is nothing to
-    stop and no one_line_errors to say it: the same line and exit 130 at once, where click would turn the
-    KeyboardInterrupt into "Aborted!" and exit 1."""
+    stop and no one_line_errors to say it: SIGTERM and Ctrl-C (SIGINT, unless a caller set its own handler)
+    give the same line and exit 130 at once (outside_commands)."""
     global _sigterm_stop
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
@@ -88,18 +88,34 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
     def stop(_signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if not _handling_interrupts:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)  # SystemExit: click lets it through
+        outside_commands()
+        raise KeyboardInterrupt
+
+    def ctrl_c(_signum: int, _frame: object) -> None:  # Python's own, but outside commands
+        outside_commands()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not one a caller (a notebook, a test) set
+        signal.signal(signal.SIGINT, ctrl_c)
     previous_stop, _sigterm_stop = _sigterm_stop, stop
     try:
         yield
     finally:
         _sigterm_stop = previous_stop  # an enclosing block's (the entry point's) is the one again
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def outside_commands() -> None:
+    """A stop before any command runs (the entry points' imports, click parsing the command line): the
+    commands' line and exit 130 at once, where click would turn the KeyboardInterrupt into "Aborted!" and
+    exit 1. Inside a command (one_line_errors) this returns and the KeyboardInterrupt stops the job."""
+    if not _handling_interrupts:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)  # SystemExit: click lets it through
 
 
 _sigterm_stop: Callable[[int, object], None] | None = None  # sigterm_as_ctrl_c's handler, inside its block

@@ -265,14 +265,16 @@ def test_a_journal_cut_by_a_kill_while_it_was_removed_is_no_journal_or_one_line(
     assert not journal.exists()
 
 
-# A real SIGTERM while click parses the command line, before any command (and its handling of a stop) runs:
-# the child sends it to itself from click's argument parser, the one moment a scheduler's stop can be timed
-_SIGTERM_WHILE_PARSING = """
+# A real SIGTERM (or Ctrl-C's SIGINT) while click parses the command line, before any command (and its
+# handling of a stop) runs: the child sends it to itself from click's argument parser, the one moment a
+# scheduler's stop can be timed
+_SIGNAL_WHILE_PARSING = """
 import os, signal, sys
 import click
 parse = click.Command.parse_args
+sent = getattr(signal, sys.argv.pop(1))
 def parse_args(self, ctx, args):
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), sent)
     return parse(self, ctx, args)
 click.Command.parse_args = parse_args
 module, _, name = sys.argv.pop(1).partition(":")
@@ -281,13 +283,21 @@ getattr(__import__(module, fromlist=[name]), name)()
 
 
 @pytest.mark.parametrize(
-    "entry", ["rsz_infer.cli:main", "rsz_infer.entry:train_main", "rsz_infer.entry:export_main"]
+    "sent, entry",
+    [
+        ("SIGTERM", "rsz_infer.cli:main"),
+        ("SIGTERM", "rsz_infer.entry:train_main"),
+        ("SIGTERM", "rsz_infer.entry:export_main"),
+        ("SIGINT", "rsz_infer.cli:main"),
+        ("SIGINT", "rsz_infer.entry:train_main"),
+    ],
 )
-def test_sigterm_while_the_command_line_is_parsed_is_the_same_line_and_exit_130(entry):
-    """It was "Aborted!" and exit 1 (rsz-infer: click's own answer to the KeyboardInterrupt), or no line
-    and the exit of a process killed by SIGTERM (rsz-train, rsz-export: no handler yet)."""
+def test_a_stop_while_the_command_line_is_parsed_is_the_same_line_and_exit_130(sent, entry):
+    """It was "Aborted!" and exit 1 (rsz-infer's SIGTERM, and every Ctrl-C: click's own answer to the
+    KeyboardInterrupt), or no line and the exit of a process killed by SIGTERM (rsz-train, rsz-export: no
+    handler yet)."""
     done = subprocess.run(
-        [sys.executable, "-c", _SIGTERM_WHILE_PARSING, entry, "--help"],
+        [sys.executable, "-c", _SIGNAL_WHILE_PARSING, sent, entry, "--help"],
         capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
