@@ -44,11 +44,19 @@ def clip_source(
 
 
 # Published checkpoints whose activation is OpenAI's QuickGELU although their shapes read as the plain
-# architecture: file-name prefix -> the --arch to pass. GeoRSCLIP's authors build RS5M_ViT-B-32 with
+# architecture: name prefix (of the file, or of its folder) -> (whose, the --arch to pass). GeoRSCLIP's
+# authors build RS5M_ViT-B-32 (and its RSICD / RSITMD fine-tunes) with
 # open_clip.create_model_and_transforms("ViT-B/32", pretrained="openai") and load the file into it
 # (om-ai-lab/RS5M inference/inference.py, build_model), i.e. OpenAI's QuickGELU model; their ViT-H-14 is
-# built from a LAION tag (plain GELU), and RemoteCLIP's README builds the plain names.
-QUICKGELU_CHECKPOINTS = {"rs5m_vit-b-32": "ViT-B-32-quickgelu"}
+# built from a LAION tag (plain GELU), and RemoteCLIP's README builds the plain names. SkyScript ships its
+# models as open_clip's epoch_20.pt in a folder named after the model; its ViT-L14 ones start from OpenAI's
+# ViT-L-14 and are evaluated with --force-quick-gelu (wangzhecheng/SkyScript
+# test_scene_and_fine_grained_classification.ipynb), its ViT-B32 one starts from LAION's laion2b_e16 (GELU).
+QUICKGELU_CHECKPOINTS = {
+    "rs5m_vit-b-32": ("GeoRSCLIP's", "ViT-B-32-quickgelu"),
+    "skyclip_vit_l14": ("SkyScript's", "ViT-L-14-quickgelu"),
+    "clip_vit_l14_laion_rs": ("SkyScript's", "ViT-L-14-quickgelu"),
+}
 
 
 def arch_note(source: ClipSource) -> str:
@@ -61,10 +69,20 @@ def arch_note(source: ClipSource) -> str:
     if source.same_shapes:
         note += f"; same shapes: {', '.join(source.same_shapes)}, pass --arch for one of those"
     note += ")"
-    name = Path(source.path).name
-    for prefix, arch in QUICKGELU_CHECKPOINTS.items():
-        if name.lower().startswith(prefix) and arch in source.same_shapes:
-            note += f"; {name} is named as GeoRSCLIP's, run by its authors with QuickGELU: pass --arch {arch}"
+    path = Path(source.path)
+    # open_clip's training run writes NAME/checkpoints/epoch_N.pt; SkyScript's zips hold NAME/epoch_N.pt
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    for name in (path.name, run.name):
+        for prefix, (whose, arch) in QUICKGELU_CHECKPOINTS.items():
+            if name.lower().startswith(prefix) and arch in source.same_shapes:
+                told = f"{name} is named as {whose}, run by its authors with QuickGELU: pass --arch {arch}"
+                return f"{note}; {told}"
+    quick = [name for name in source.same_shapes if name == f"{source.arch}-quickgelu"]
+    if quick:  # no published name to go by (a renamed file, a checkpoint rsz does not know)
+        note += (
+            f"; the activation is not in the weights: if its authors run it with QuickGELU (open_clip's "
+            f"pretrained='openai', or --force-quick-gelu), pass --arch {quick[0]}"
+        )
     return note
 
 

@@ -201,6 +201,31 @@ def test_georsclip_b32_is_told_to_take_quickgelu(open_clip):
     assert "GeoRSCLIP" not in arch_note(told)
 
 
+def test_skyclip_folders_and_renamed_files_are_told_the_quickgelu_arch(open_clip):
+    """SkyCLIP ships open_clip training checkpoints as epoch_20.pt inside a folder named after the model
+    (SkyScript's README); its ViT-L14 ones start from OpenAI's ViT-L-14 and its authors evaluate them with
+    --force-quick-gelu (test_scene_and_fine_grained_classification.ipynb), so the folder name is read too.
+    A renamed file tells nothing but its shapes: the line says the activation is not in the weights and
+    names the --arch to pass."""
+    from rsz_export.clip import arch_note
+
+    def note(path: str, arch: str) -> str:
+        with torch.device("meta"):
+            state = open_clip.create_model(arch, pretrained=None, device="meta").state_dict()
+        name, same = infer_arch(state)
+        return arch_note(ClipSource(path, "open_clip", name, inferred=True, same_shapes=tuple(same)))
+
+    for folder in ("SkyCLIP_ViT_L14_top30pct", "SkyCLIP_ViT_L14_top50pct", "CLIP_ViT_L14_LAION_RS"):
+        line = note(f"/ckpt/{folder}/epoch_20.pt", "ViT-L-14")
+        assert f"{folder} is named as SkyScript's" in line and line.endswith("pass --arch ViT-L-14-quickgelu")
+    in_run = note("/logs/SkyCLIP_ViT_L14_top30pct/checkpoints/epoch_20.pt", "ViT-L-14")  # open_clip's layout
+    assert in_run.endswith("run by its authors with QuickGELU: pass --arch ViT-L-14-quickgelu")
+    assert "SkyScript" not in note("/ckpt/SkyCLIP_ViT_B32_top50pct/epoch_20.pt", "ViT-B-32")  # from LAION
+    renamed = note("/ckpt/georsclip.pt", "ViT-B-32")  # RS5M_ViT-B-32.pt under another name
+    assert "the activation is not in the weights" in renamed and "--arch ViT-B-32-quickgelu" in renamed
+    assert "QuickGELU" in renamed and "GeoRSCLIP" not in renamed
+
+
 def test_bad_checkpoints_are_one_line_errors(open_clip, checkpoints, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
