@@ -32,7 +32,8 @@ BUNDLE_OPTIONS = [
     click.option(
         "--out",
         type=click.Path(path_type=Path),
-        help="bundle folder (default models/<run name>; for clip, models/<checkpoint name without suffix>)",
+        help="bundle folder (default models/<run name>; for clip, models/<checkpoint name without suffix>, "
+        "or models/<its run folder> for an epoch_N.pt)",
     ),
     click.option(
         "--force", is_flag=True, help="replace the rsz bundle at --out (never any other folder or file)"
@@ -158,9 +159,9 @@ def clip(
     calibration,
 ) -> None:
     """Bundle a pretrained CLIP checkpoint (RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI/LAION CLIP)."""
-    from rsz_export.clip import arch_note, export_clip
+    from rsz_export.clip import arch_note, default_out, export_clip
 
-    out = out if out is not None else Path("models") / checkpoint.stem
+    out = out if out is not None else default_out(checkpoint)
     with sigterm_as_ctrl_c():  # as in _build
         bundle, model = export_clip(
             checkpoint, out, arch, templates, fp16=fp16, engine=engine, batch=batch, force=force,

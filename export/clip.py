@@ -8,6 +8,7 @@ tokenizer as tokenizer.json and the prompt templates in the manifest.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -59,6 +60,21 @@ QUICKGELU_CHECKPOINTS = {
 }
 
 
+def _run_folder(path: Path) -> Path:
+    """The folder naming a training checkpoint's model: open_clip's run writes NAME/checkpoints/epoch_N.pt,
+    SkyScript's zips hold NAME/epoch_N.pt."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def default_out(checkpoint: Path) -> Path:
+    """models/<checkpoint name without suffix>; for open_clip's epoch_N.pt / epoch_latest.pt, which every
+    training run (SkyCLIP's models too) writes under the same names, models/<its run folder>."""
+    run = _run_folder(Path(checkpoint).absolute())
+    if re.fullmatch(r"epoch_(\d+|latest)", checkpoint.stem) and run.name:
+        return Path("models") / run.name
+    return Path("models") / checkpoint.stem
+
+
 def arch_note(source: ClipSource) -> str:
     """What to tell the user about the architecture (said whenever it was inferred)."""
     if source.format == "hf":
@@ -70,9 +86,7 @@ def arch_note(source: ClipSource) -> str:
         note += f"; same shapes: {', '.join(source.same_shapes)}, pass --arch for one of those"
     note += ")"
     path = Path(source.path)
-    # open_clip's training run writes NAME/checkpoints/epoch_N.pt; SkyScript's zips hold NAME/epoch_N.pt
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    for name in (path.name, run.name):
+    for name in (path.name, _run_folder(path).name):
         for prefix, (whose, arch) in QUICKGELU_CHECKPOINTS.items():
             if name.lower().startswith(prefix) and arch in source.same_shapes:
                 told = f"{name} is named as {whose}, run by its authors with QuickGELU: pass --arch {arch}"
@@ -100,7 +114,7 @@ def export_clip(
     int8: bool = False,
     calibration: Path | str | None = None,
 ) -> tuple[Path, ClipModel]:
-    """Export a CLIP checkpoint into the bundle folder `out` (default models/<checkpoint stem>).
+    """Export a CLIP checkpoint into the bundle folder `out` (default: `default_out`).
 
     `int8`: also an INT8 image graph (rsz_export.int8), calibrated on the tiles of `calibration` (required: a
     checkpoint comes with no training tiles) and checked on every 4th of them, held out."""
@@ -113,7 +127,7 @@ def export_clip(
         raise RszError("--calibration: only used with --int8")
     check_gsd(gsd)
     template_list = read_templates(templates) if templates is not None else list(DEFAULT_TEMPLATES)
-    out = Path(out) if out is not None else Path("models") / checkpoint.stem
+    out = Path(out) if out is not None else default_out(checkpoint)
     inputs = [Path(p) for p in (checkpoint, tiles, calibration) if p is not None]
     # --out is checked and locked before the checkpoint loads (rsz_export.api.export_lock)
     with export_lock(out, force, inputs), tempfile.TemporaryDirectory(prefix="rsz-clip-") as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,25 @@ def test_skyclip_folders_and_renamed_files_are_told_the_quickgelu_arch(open_clip
     renamed = note("/ckpt/georsclip.pt", "ViT-B-32")  # RS5M_ViT-B-32.pt under another name
     assert "the activation is not in the weights" in renamed and "--arch ViT-B-32-quickgelu" in renamed
     assert "QuickGELU" in renamed and "GeoRSCLIP" not in renamed
+
+
+def test_default_bundle_of_an_epoch_checkpoint_is_named_after_its_run_folder(checkpoints, tmp_path):
+    """open_clip training checkpoints (SkyCLIP's among them) are all epoch_20.pt: the default bundle takes
+    the model's folder name, so a second model does not land on the first one's models/epoch_20."""
+    from rsz_export.clip import default_out
+
+    sub = tmp_path / "SkyCLIP_ViT_B32_top50pct"
+    sub.mkdir()
+    (sub / "epoch_20.pt").write_bytes(checkpoints["pt"].read_bytes())
+    assert default_out(Path("x/RemoteCLIP-ViT-B-32.pt")) == Path("models/RemoteCLIP-ViT-B-32")
+    assert default_out(Path("logs/run/checkpoints/epoch_latest.pt")) == Path("models/run")
+    assert default_out(Path("SkyCLIP_ViT_L14/epoch_20.pt")) == Path("models/SkyCLIP_ViT_L14")
+    with chdir(tmp_path):
+        assert default_out(Path("epoch_3.pt")) == Path("models") / tmp_path.name  # the folder it is in
+        args = ["clip", "--checkpoint", "SkyCLIP_ViT_B32_top50pct/epoch_20.pt", "--engine", "none"]
+        result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["SkyCLIP_ViT_B32_top50pct"]
 
 
 def test_bad_checkpoints_are_one_line_errors(open_clip, checkpoints, tmp_path):
