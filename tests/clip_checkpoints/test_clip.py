@@ -227,6 +227,27 @@ def test_skyclip_folders_and_renamed_files_are_told_the_quickgelu_arch(open_clip
     assert "QuickGELU" in renamed and "GeoRSCLIP" not in renamed
 
 
+def test_open_clip_training_checkpoint_loads_exactly_its_weights(checkpoints, tmp_path):
+    """SkyCLIP's files are open_clip training checkpoints: epoch, name, a DDP-prefixed state_dict, AdamW's
+    state and the AMP scaler's, all plain data that torch.load(weights_only=True) reads; every tensor of
+    the model comes from the file (module. dropped), none left at its random initialisation."""
+    state = checkpoints["net"].state_dict()
+    params = [v.detach().clone().requires_grad_() for v in state.values() if v.is_floating_point()]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 7}  # fmt: skip
+    path = tmp_path / "SkyCLIP_ViT_B32_top50pct" / "epoch_20.pt"
+    path.parent.mkdir()
+    ddp = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"epoch": 20, "name": path.parent.name, "state_dict": ddp, "optimizer": optimizer.state_dict(),
+                "scaler": scaler}, path)  # fmt: skip
+    loaded = load_clip(path).net.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
 def test_default_bundle_of_an_epoch_checkpoint_is_named_after_its_run_folder(checkpoints, tmp_path):
     """open_clip training checkpoints (SkyCLIP's among them) are all epoch_20.pt: the default bundle takes
     the model's folder name, so a second model does not land on the first one's models/epoch_20."""
