@@ -62,9 +62,31 @@ def _half_tensor(tensor: TensorProto) -> TensorProto:
     return numpy_helper.from_array(_to_half(numpy_helper.to_array(tensor)), tensor.name)
 
 
+def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` for shape inference, which serialises it: past EXTERNAL_DATA_BYTES of weights (protobuf
+    writes nothing over 2 GiB) a copy whose large float weights keep their type and dims but no values,
+    which inference never reads (it reads small int64 shapes and indices, kept)."""
+    from rsz_export.onnx_export import EXTERNAL_DATA_BYTES  # here: this module needs no torch
+
+    if sum(t.ByteSize() for t in model.graph.initializer) <= EXTERNAL_DATA_BYTES:
+        return model
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    for tensor in model.graph.initializer:
+        if tensor.data_type == FLOAT and tensor.ByteSize() > 1 << 16:
+            graph.initializer.add(name=tensor.name, data_type=FLOAT, dims=tensor.dims)
+        else:
+            graph.initializer.append(tensor)
+    return skeleton
+
+
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of all float32 tensors (inputs, initializers, intermediate values, outputs)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(_shape_skeleton(model))
     values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
     names = {v.name for v in values if v.type.tensor_type.elem_type == FLOAT}
     names |= {t.name for t in model.graph.initializer if t.data_type == FLOAT}
@@ -79,7 +101,9 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 def convert_model_fp16(model: onnx.ModelProto, fp32_ops: set[str] | None = None) -> onnx.ModelProto:
     """The FP16 variant of an FP32 model (returns a new model; inputs and outputs stay float32)."""
     fp32_ops = set(FP32_OPS) if fp32_ops is None else fp32_ops
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)  # not through SerializeToString: that fails for a graph over 2 GiB
+    model = copied
     graph = model.graph
     floats = _float_tensors(model)
     graph_inputs = {v.name for v in graph.input}
@@ -156,6 +180,8 @@ def convert_fp16(src: Path, dst: Path, extra_fp32_ops: dict[str, str] | None = N
     """Write the FP16 variant of the FP32 graph `src` to `dst`; returns what to record in the manifest.
 
     extra_fp32_ops: more ops to keep in FP32 for this graph (op -> why)."""
+    from rsz_export.onnx_export import save_onnx  # here: this module needs no torch, onnx_export does
+
     ops = FP32_OPS | (extra_fp32_ops or {})
-    onnx.save(convert_model_fp16(onnx.load(str(src)), set(ops)), str(dst))
+    save_onnx(convert_model_fp16(onnx.load(str(src)), set(ops)), dst)
     return {"fp32_ops": {op: ops[op] for op in sorted(ops)}, "io_dtype": "float32"}

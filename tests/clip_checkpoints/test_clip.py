@@ -158,6 +158,34 @@ def test_safetensors_with_arch_gives_the_same_graphs(checkpoints, vit_bundle, fp
     assert len(str(err.value)) < 600  # not torch's list of every missing key
 
 
+def test_weights_past_protobufs_limit_go_to_one_external_data_file(
+    checkpoints, fp32_bundle, tmp_path, monkeypatch
+):
+    """ViT-H-14's image tower (GeoRSCLIP's RS5M_ViT-H-14.pt) is 2.5 GB in FP32, past the 2 GiB protobuf
+    writes in one piece: such a graph keeps its weights in <graph>.onnx.data, listed in the manifest. The
+    limit is lowered here so a tiny model takes that path (a 2.3 GB graph was exported, checked, converted
+    to FP16 and run through ONNX Runtime by hand; it was "invalid ONNX graph (Failed to serialize proto)")."""
+    from rsz_export import onnx_export
+    from rsz_export.clip import export_clip
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 100_000)
+    bundle, _ = export_clip(
+        checkpoints["safetensors"], tmp_path / "b", "rsz-tiny-vit", fp16=True, engine="none"
+    )
+    manifest = load_manifest(bundle, verify=True)  # every external-data file listed, with its sha256
+    for name in ("image.onnx", "image.fp16.onnx", "text.onnx", "text.fp16.onnx"):
+        data = bundle / f"{name}.data"
+        assert data.name in manifest.files and (bundle / name).stat().st_size < data.stat().st_size
+        mode = data.stat().st_mode & 0o777
+        assert mode == (bundle / name).stat().st_mode & 0o777  # not onnx's 0600: others read a bundle too
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    tokens = Tokenizer(bundle / "tokenizer.json", 77).encode(TEXTS)
+    for role, feeds in (("image", {"image": images}), ("text", tokens)):
+        ours = OrtRunner(bundle / f"{role}.onnx").infer(feeds)["embedding"]
+        np.testing.assert_allclose(ours, OrtRunner(fp32_bundle[0] / f"{role}.onnx").infer(feeds)["embedding"])
+        assert _cos(OrtRunner(bundle / f"{role}.fp16.onnx").infer(feeds)["embedding"], ours).min() >= 0.999
+
+
 def test_resnet_tower_exports_and_matches(open_clip, tmp_path):
     from rsz_export.clip import export_clip
 
