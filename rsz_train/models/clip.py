@@ -202,7 +202,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise RszError(f"{path}: holds no state dict of tensors")
+        # a wrapper of another trainer ({"model": ..., "epoch": ...}): its keys say where the weights are
+        keys = f" (its keys: {', '.join(map(str, list(obj)[:8]))})" if isinstance(obj, dict) and obj else ""
+        raise RszError(f"{path}: holds no state dict of tensors{keys}")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -501,7 +503,9 @@ def load_open_clip(path: Path, arch: str | None = None) -> ClipModel:
         except RszError as err:  # infer_arch sees tensors only: name the file they came from
             raise RszError(f"{path}: {err}") from None
         same = tuple(others)
-    elif arch not in _plain_clip_configs(open_clip):
+    elif arch not in (configs := _plain_clip_configs(open_clip)):
+        if arch.replace("/", "-") in configs:  # OpenAI's spelling, as GeoRSCLIP's and RemoteCLIP's code use
+            raise RszError(f"--arch {arch}: open_clip spells it {arch.replace('/', '-')}")
         known = "ViT-B-32, ViT-B-16, ViT-L-14, RN50, ... (open_clip.list_models())"
         raise RszError(f"--arch {arch}: not a plain open_clip CLIP architecture (known: {known})")
     # Compared here, not by load_state_dict, whose error lists every missing key (kilobytes on one line).

@@ -370,3 +370,19 @@ def test_a_hf_folders_bad_tokenizer_files_are_one_line_naming_the_file(tmp_path,
         (folder / name).write_bytes(data)
     result, out = _export(folder, tmp_path)
     _one_line_error(result, out, f"{folder / named}: ", says)
+
+
+def test_openai_arch_spelling_and_a_wrapped_state_dict_say_what_to_pass(tiny_state, tmp_path):
+    """GeoRSCLIP's and RemoteCLIP's own code name architectures as OpenAI does ("ViT-B/32"): the line gives
+    open_clip's spelling. A checkpoint of another trainer that wraps the weights ({"model": ..., "epoch"})
+    names its keys, so the user sees where the state dict is."""
+    path = tmp_path / "georsclip.pt"
+    torch.save(tiny_state, path)
+    with pytest.raises(RszError, match=r"^--arch ViT-B/32: open_clip spells it ViT-B-32$"):
+        load_clip(path, "ViT-B/32")
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"model": tiny_state, "epoch": torch.tensor(3)}, wrapped)
+    with pytest.raises(
+        RszError, match=r"wrapped.pt: holds no state dict of tensors \(its keys: model, epoch\)$"
+    ):
+        load_clip(wrapped)
