@@ -332,11 +332,12 @@ def search_command(
     index_dir, text, image, k, rerank, model, html_out, labels, as_json, device, backend
 ) -> None:
     """Top-k tiles of INDEX_DIR for --text or --image."""
-    from rsz_infer.index import Index, check_outside_index
+    from rsz_infer.index import Index
+    from rsz_infer.outputs import check_outside_index
 
     if html_out:
+        check_outside_index(Path(html_out), "--html", Path(index_dir))  # named as given, before any other
         check_output_path(Path(html_out), "--html", HTML_SUFFIXES)
-        check_outside_index(Path(html_out), "--html", Path(index_dir))
     with Index.open(index_dir) as index:  # closed before the gallery reads the tiles
         hits = index.search(
             text=text, image=image, k=k, rerank=rerank, model=model, backend=backend, device=device

@@ -422,7 +422,9 @@ def label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summar
     """rsz-infer TILES --ray: label_tiles' job on a Ray cluster (the same discovery, checks, Labeler and
     outputs, and the same lock on --out; see the section comment above)."""
     from rsz_infer.locking import OutputLock
+    from rsz_infer.outputs import check_outside_index
 
+    check_outside_index(Path(cfg.out), "--out")  # before the lock file goes beside it
     with OutputLock(Path(cfg.out), "labeling run"):
         return _label_tiles_ray(cfg, options)
 

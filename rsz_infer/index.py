@@ -454,18 +454,6 @@ def check_index_out(out: Path) -> None:
         )
 
 
-def check_outside_index(path: Path, option: str, index_dir: Path) -> None:
-    """RszError when an output file would land inside the index folder (search --html idx/report.html): an
-    index folder holds only its own files (check_index_out), as the whole folder is swapped for the new one
-    on every write, so the next `index --out` into it would refuse the folder for that file."""
-    folder = Path(index_dir).resolve()
-    if Path(path).resolve().is_relative_to(folder):
-        raise RszError(
-            f"{option} {path}: inside the index folder {index_dir}, which holds only the index's own files "
-            "(the next `rsz-infer index --out` into it would refuse it); write it outside that folder"
-        )
-
-
 def fold_in_journal(
     out: Path, manifest: Manifest, sha: str, model: Path, old: Index | None, pending: PendingRows
 ) -> Index | None:

@@ -50,6 +50,7 @@ def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> Non
         raise RszError(f"{option} {path}: expected a {' or '.join(suffixes)} file")
     if path.is_dir():
         raise RszError(f"{option} {path}: is a folder, expected a file")
+    check_outside_index(path, option)  # its sidecars (.errors.csv, .run.json, .part, lock) go beside it
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -63,11 +64,40 @@ def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> Non
         )
 
 
+def _index_folder_around(path: Path) -> Path | None:
+    """The retrieval index folder `path` is or lies in (rsz_infer.index writes these three files always)."""
+    for folder in (path, *path.parents):
+        if all((folder / name).is_file() for name in ("index.json", "embeddings.npy", "tiles.jsonl")):
+            return folder
+    return None
+
+
+def check_outside_index(path: Path, option: str, index_dir: Path | None = None) -> None:
+    """RszError when an output would land inside a retrieval index folder (search --html idx/report.html,
+    label --out idx/labels.csv, export --out idx/bundle): an index folder holds only its own files
+    (index.check_index_out), as the whole folder is swapped for the new one on every write, so the next
+    `index --out` into it would refuse the folder for that file. `index_dir`: the index the command reads
+    (search), else whichever index folder holds `path`."""
+    where = Path(path).resolve()
+    if index_dir is None:
+        found = _index_folder_around(where)
+        if found is None:
+            return
+        index_dir = found
+    elif not where.is_relative_to(Path(index_dir).resolve()):
+        return
+    raise RszError(
+        f"{option} {path}: inside the index folder {index_dir}, which holds only the index's own files "
+        "(the next `rsz-infer index --out` into it would refuse it); write it outside that folder"
+    )
+
+
 def check_out_dir(out_dir: Path, option: Path | None = None) -> None:
-    """--out must be a folder, or a path where one can be made: found before a benchmark or an export runs,
-    never after it, when its work would be lost. `option`: the --out given, when out_dir is its folder
-    (plot's PNG, an export's bundle)."""
+    """--out must be a folder, or a path where one can be made, outside a retrieval index folder: found
+    before a benchmark or an export runs, never after it, when its work would be lost. `option`: the --out
+    given, when out_dir is its folder (plot's PNG, an export's bundle)."""
     shown = out_dir if option is None else option
+    check_outside_index(Path(shown), "--out")
     for folder in (out_dir, *out_dir.absolute().parents):
         if os.path.lexists(folder):  # a dangling link too: mkdir cannot go through it
             if not folder.is_dir():

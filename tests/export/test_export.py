@@ -591,6 +591,30 @@ def test_out_is_checked_before_any_work(tmp_path: Path) -> None:
     assert result.output.strip() == f"error: --out {afile}/models/dsva: {afile} is a file, not a folder"
 
 
+def test_out_inside_a_retrieval_index_folder_is_refused(tmp_path: Path) -> None:
+    """rsz-export --out idx/bundle wrote the bundle into an index folder, and the next `rsz-infer index
+    --out idx` refused the folder for it: refused up front in the wording rsz-infer's outputs get."""
+    from PIL import Image
+
+    from rsz_infer.index import IndexConfig, build_index
+
+    source = _source(ToyModel(), tmp_path)
+    bundle = export_model(source, tmp_path / "bundle", engine="none")
+    (tmp_path / "tiles").mkdir()
+    Image.new("RGB", (SIZE, SIZE), "red").save(tmp_path / "tiles" / "red.png")
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(tmp_path / "tiles")], bundle, idx, progress=False))
+    before = sorted(p.name for p in idx.iterdir())
+    for out in (idx, idx / "bundle"):
+        with pytest.raises(RszError) as err:
+            export_model(source, out, engine="none", force=True)
+        assert str(err.value) == (
+            f"--out {out}: inside the index folder {idx.resolve()}, which holds only the index's own files "
+            "(the next `rsz-infer index --out` into it would refuse it); write it outside that folder"
+        )
+    assert sorted(p.name for p in idx.iterdir()) == before and _beside(idx) == []
+
+
 def test_force_never_touches_the_run_folder(tmp_path: Path) -> None:
     """--out may not be the run folder, a folder inside it or one that holds it, --force or not."""
     run = _run_folder(tmp_path / "proj" / "run")

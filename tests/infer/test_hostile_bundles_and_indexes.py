@@ -401,3 +401,32 @@ def test_text_search_on_a_dsva_index_is_one_line(bundles, tmp_path, capsys):
 
 
 _ = pickle  # the payload above is what np.load(allow_pickle=True) would unpickle
+
+
+def test_label_outputs_inside_an_index_folder_are_refused_up_front(
+    bundles, class_file, index_dir, tmp_path, capsys
+):
+    """label --out idx/labels.csv (or --html, --class-map there) wrote into the index folder (the labels,
+    their .run.json, the lock), and the next `index --out idx` refused the folder: now each is refused up
+    front in the one wording search --html gets, nothing is written there, and the index stays usable."""
+    tiles = tmp_path / "tiles"
+    base = [tiles, "--classes", class_file, "--model", bundles["mcfa"], "--quiet"]
+    before = sorted(p.name for p in index_dir.iterdir())
+    cases = [
+        ("--out", index_dir / "labels.csv", []),
+        ("--out", index_dir / "sub" / "labels.jsonl", []),
+        ("--html", index_dir / "report.html", ["--out", tmp_path / "labels.csv"]),
+        ("--class-map", index_dir / "maps" / "map.tif", ["--out", tmp_path / "labels.csv"]),
+        ("--out", index_dir / "labels.parquet", ["--ray"]),  # refused before Ray starts
+    ]
+    for option, path, more in cases:
+        code, out, err = run_cli([*base, *more, option, path], capsys)
+        want = (
+            f"error: {option} {path}: inside the index folder {index_dir.resolve()}, which holds only the "
+            "index's own files (the next `rsz-infer index --out` into it would refuse it); write it outside "
+            "that folder"
+        )
+        assert code == 2 and out == "" and error_lines(err) == [want], err
+    assert sorted(p.name for p in index_dir.iterdir()) == before and not (tmp_path / "labels.csv").exists()
+    code, _, err = run_cli(["index", tiles, "--model", bundles["msa"], "--out", index_dir], capsys)
+    assert code in (0, None), err
