@@ -436,6 +436,7 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     from rsz_infer.latent_classifier import choose_rule
     from rsz_infer.outputs import (
         check_finished,
+        drop_other_progress,
         output_format,
         ray_resume_problem,
         write_errors,
@@ -535,6 +536,9 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
         summary.class_map_scenes = written["class_map_scenes"]
         write_finished(out, header, plan.listing.tiles())  # before the partitions go, for a later --resume
         shutil.rmtree(parts_dir)
+        note = drop_other_progress(out, True, parts_dir / RUN_FILE)
+        if note:
+            print(note, file=sys.stderr)
     else:
         records = list(log.records())
         errors = [r for r in records if "skipped" in r and not r.get("nodata")]

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 import warnings
 from array import array
@@ -177,6 +178,24 @@ def ray_resume_problem(out: Path, ray: bool, parts_run: Path) -> str | None:
             f"--ray, or delete {parts.name}/ to start over without --ray"
         )
     return None
+
+
+def drop_other_progress(out: Path, ray: bool, parts_run: Path) -> str | None:
+    """Once `out` is written by a run with (`ray`) or without --ray: remove what a stopped run of the other
+    path left for the same --out (`<out>.part`, or the partition folder holding `parts_run`, as in
+    ray_resume_problem), which nothing else would ever remove and only a --resume of that path would read,
+    to overwrite this output with the older run's. Called after this run's output is finished, never
+    before: a kill in between keeps one of the two. Returns the note saying what went, or None."""
+    log, parts = part_path(out), parts_run.parent
+    if ray and log.is_file():
+        log.unlink()
+        gone = f"{log.name}, the progress of an interrupted run made without --ray"
+    elif not ray and parts_run.is_file():
+        shutil.rmtree(parts)
+        gone = f"{parts.name}/, the partitions of a stopped run made with --ray"
+    else:
+        return None
+    return f"{out}: removed {gone}, which this run replaces"
 
 
 def errors_path(out: Path) -> Path:

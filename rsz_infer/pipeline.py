@@ -47,6 +47,7 @@ from rsz_infer.outputs import (
     RunLog,
     check_finished,
     check_output_path,
+    drop_other_progress,
     errors_path,
     output_format,
     part_path,
@@ -423,4 +424,7 @@ def _label_tiles(cfg: LabelConfig, on_batch: Callable[[int], None] | None) -> Su
     # the two leaves the log, which --resume reads first)
     write_finished(cfg.out, header, plan.listing.tiles())
     part_path(cfg.out).unlink()
+    note = drop_other_progress(cfg.out, False, parts_folder(cfg.out) / RUN_FILE)
+    if note:
+        warn(note)
     return summary

@@ -320,3 +320,44 @@ def test_a_class_map_with_a_folder_out_is_refused(ray_cluster, bundles, class_fi
     with pytest.raises(RszError, match="--class-map .*map.tif: with --ray, --out must be a labels file"):
         label_tiles_ray(cfg, RayOptions(partition_tiles=5))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_fresh_run_removes_what_a_stopped_run_of_the_other_path_left(
+    ray_cluster, bundles, class_file, tmp_path, capsys
+):
+    """A stopped --ray job's labels.jsonl.parts/ stayed for ever after a fresh run of the same --out without
+    --ray (and an interrupted plain run's labels.jsonl.part after a fresh --ray run): nothing removed it,
+    and only a --resume of that path read it, to overwrite the new labels with the older run's. Now the
+    fresh run removes it once its own output is written, in a one-line note."""
+    from dataclasses import replace
+
+    from rsz_infer.outputs import part_path
+
+    write_colour_tiles(tmp_path / "tiles", 2)
+    out = tmp_path / "labels.jsonl"
+    tiles = [str(tmp_path / "tiles")]
+    cfg = LabelConfig(tiles, class_file, out, bundles["dsva"], "ort", "cpu", progress=False)
+    label_tiles_ray(cfg, RayOptions(actors=1, partition_tiles=1, max_partitions=1))
+    parts, log = parts_folder(out), part_path(out)
+    assert parts.is_dir() and not out.exists()
+    capsys.readouterr()
+    label_tiles(cfg)
+    assert out.is_file() and not parts.exists() and not log.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{out}: removed labels.jsonl.parts/, the partitions of a stopped run made with --ray, which this "
+        "run replaces"
+    )
+
+    def interrupt(batches: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        label_tiles(replace(cfg, batch=1), on_batch=interrupt)
+    assert log.is_file()
+    capsys.readouterr()
+    label_tiles_ray(cfg, RayOptions(actors=1, partition_tiles=20))
+    assert out.is_file() and not parts.exists() and not log.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{out}: removed labels.jsonl.part, the progress of an interrupted run made without --ray, which "
+        "this run replaces"
+    )
