@@ -33,7 +33,8 @@ HTML_SUFFIXES = (".html", ".htm")
 EPILOG = (
     "More commands: 'rsz-infer index TILES... --model models/msa --out idx/' and "
     "'rsz-infer search idx/ --text \"a river crossing farmland\"' (each with --help). "
-    "Exit codes: 0 done, 3 done with skipped tiles (listed in OUT's .errors.csv), 2 usage/input error."
+    "Exit codes: 0 done, 3 done with skipped tiles (listed in OUT's .errors.csv), 2 usage/input error, "
+    "130 interrupted (--resume continues)."
 )
 
 
