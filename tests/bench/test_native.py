@@ -142,21 +142,28 @@ def test_rsz_native_lib_relative_to_the_current_folder(cpu_lib, monkeypatch):
         np.testing.assert_array_equal(native(tiles), _reference(tiles))
 
 
-def test_a_library_without_rsz_functions_is_one_line(monkeypatch):
-    """RSZ_NATIVE_LIB naming another shared library (here numpy's own): one line, not ctypes' AttributeError;
-    `auto` notes it and takes Pillow."""
+def _refused_in_one_line_and_auto_takes_pillow(lib: Path, expected: str, monkeypatch) -> None:
+    """An unusable library: `native` is the one line `expected`, `auto` (RSZ_NATIVE_LIB) notes it and takes
+    Pillow."""
     from rsz_infer.errors import RszError
     from rsz_infer.native import open_preprocessor
 
-    foreign = Path(np._core._multiarray_umath.__file__)
-    expected = f"{foreign}: not rsz's native preprocessing library (no rsz_preprocess_cpu)"
     with pytest.raises(RszError) as err:
-        NativePreprocessor(SPEC, device="cpu", path=foreign)
+        NativePreprocessor(SPEC, device="cpu", path=lib)
     assert str(err.value) == expected
-    monkeypatch.setenv("RSZ_NATIVE_LIB", str(foreign))
+    monkeypatch.setenv("RSZ_NATIVE_LIB", str(lib))
     notes: list[str] = []
     assert open_preprocessor("auto", SPEC, "cpu", notes) is None
     assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+
+
+def test_a_library_without_rsz_functions_is_one_line(monkeypatch):
+    """RSZ_NATIVE_LIB naming another shared library (here numpy's own): one line, not ctypes' AttributeError;
+    `auto` notes it and takes Pillow."""
+
+    foreign = Path(np._core._multiarray_umath.__file__)
+    expected = f"{foreign}: not rsz's native preprocessing library (no rsz_preprocess_cpu)"
+    _refused_in_one_line_and_auto_takes_pillow(foreign, expected, monkeypatch)
 
 
 _LOAD = """
@@ -235,8 +242,7 @@ def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeyp
     """A stale build (a user's own, one left in a venv) whose functions take other arguments was called
     anyway: a crash, or garbage model inputs. Without rsz_native_abi_version, or with another number, it
     is refused like any unusable library: one line for `native`, a note and Pillow for `auto`."""
-    from rsz_infer.errors import RszError
-    from rsz_infer.native import ABI_VERSION, open_preprocessor
+    from rsz_infer.native import ABI_VERSION
 
     lib = _stale_library(tmp_path, version)
     rebuild = "rebuild it with make -C cpp_plugins"
@@ -244,13 +250,7 @@ def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeyp
         expected = f"{lib}: a stale native library (no ABI version; {rebuild})"
     else:
         expected = f"{lib}: native library ABI version {version}, this rsz needs {ABI_VERSION} ({rebuild})"
-    with pytest.raises(RszError) as err:
-        NativePreprocessor(SPEC, device="cpu", path=lib)
-    assert str(err.value) == expected
-    monkeypatch.setenv("RSZ_NATIVE_LIB", str(lib))
-    notes: list[str] = []
-    assert open_preprocessor("auto", SPEC, "cpu", notes) is None
-    assert notes == [f"--preprocess auto: {expected}; using Pillow"]
+    _refused_in_one_line_and_auto_takes_pillow(lib, expected, monkeypatch)
 
 
 def test_bench_e2e_leaves_out_the_native_row_of_a_stale_library(tmp_path, monkeypatch):
