@@ -233,7 +233,7 @@ def discover_tiles(
     if notes is not None and options.overlap and not windows:
         notes.append(f"--overlap {options.overlap}: ignored, no input is larger than --tile-size")
     if notes is not None and options.asset:
-        if not any(isinstance(p, Path) and p.is_file() and _is_stac_input(p) for p in named):
+        if not any(isinstance(p, Path) and p.is_file() and is_stac_input(p) for p in named):
             notes.append(f"--asset {options.asset}: ignored, no input is a STAC JSON")
     if notes is not None and no_gsd:
         first = next(iter(no_gsd))
@@ -303,7 +303,7 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
             name = file.name.lower()
             if not name.startswith(".") and not name.endswith(_SIDECAR_SUFFIXES):
                 yield str(file), True, None
-    elif _is_stac_input(path):
+    elif is_stac_input(path):
         from rsz_infer.stac import stac_asset_hrefs
 
         for href, problem in stac_asset_hrefs(path, options.asset):
@@ -314,7 +314,7 @@ def _expand(path: str | Path, options: TileOptions) -> Iterator[tuple[str, bool,
         yield str(path), False, None
 
 
-def _is_stac_input(path: Path) -> bool:
+def is_stac_input(path: Path) -> bool:
     """A named `.json` file, or a `.geojson` one holding STAC (an ItemCollection is a FeatureCollection)."""
     from rsz_infer.stac import is_stac_geojson
 

@@ -50,10 +50,10 @@ from rsz_infer.images import (
     Tile,
     TileError,
     TileOptions,
-    _is_stac_input,
     decode_tile,
     discover_tiles,
     is_gdal_path,
+    is_stac_input,
     list_tiles,
     local_file,
     no_tiles_found,
@@ -397,7 +397,7 @@ def _input_roots(inputs: list[str]) -> tuple[list[str], set[str]]:
             continue
         if os.path.isdir(name):
             folders.append(os.path.join(os.path.abspath(name), ""))
-        elif not _is_stac_input(Path(name)):
+        elif not is_stac_input(Path(name)):
             files.add(os.path.abspath(name))
     return folders, files
 
