@@ -40,6 +40,8 @@ RASTER_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".vrt", ".img", ".ntf", ".webp", "
 # names other files), which those folders leave out with one note
 IMAGE_FILE_SUFFIXES = IMAGE_EXTENSIONS + (".jp2", ".webp", ".gif", ".bmp")
 GDAL_ONLY_SUFFIXES = tuple(s for s in RASTER_SUFFIXES if s not in IMAGE_FILE_SUFFIXES)
+# A STAC item's red, green and blue band assets read as one raster (rsz_infer.stac): its tile path and id
+RGB_STACK_PREFIX = "STAC_RGB:"
 NOT_UTF8_NAME = "file name is not valid UTF-8, which GDAL cannot open (rename the file)"
 # The skip reason of a raster with fewer bands than --bands names; it starts with no "-", which CSV outputs
 # would neutralise as a spreadsheet formula ("'--bands ...")
@@ -129,9 +131,8 @@ class Tile:
     problem: str | None = None  # found during discovery; decoding raises it
     crs: str | None = None  # the source CRS of georeferenced tiles
     reader: str = "pillow"  # whole-file tiles: "pillow" (JPEG/PNG) or "gdal" (anything rasterio opens)
-    scale: float = (
-        1.0  # source pixels per decoded pixel (--gsd resamples while reading; windows: scene.scale)
-    )
+    # source pixels per decoded pixel (--gsd resamples while reading; windows: scene.scale)
+    scale: float = 1.0
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -157,9 +158,10 @@ _TEXT_DRIVERS = ("XYZ", "AAIGrid", "GRASSASCIIGrid", "ISG", "CTable2", "GSAG", "
 
 def is_gdal_path(name: str | Path) -> bool:
     """True for GDAL virtual file system paths, URLs and TIFF pages: they go to GDAL untouched (also a STAC
-    item's band assets read as one, `STAC_RGB:...`: see stac.RGB_STACK_PREFIX)."""
+    item's band assets read as one, RGB_STACK_PREFIX: see rsz_infer.stac)."""
     text = str(name)
-    return text.startswith(("/vsi", "STAC_RGB:")) or bool(_URL.match(text)) or bool(_TIFF_PAGE.match(text))
+    prefixed = text.startswith(("/vsi", RGB_STACK_PREFIX))
+    return prefixed or bool(_URL.match(text)) or bool(_TIFF_PAGE.match(text))
 
 
 def tiff_page(name: str) -> tuple[int, str] | None:
@@ -176,7 +178,7 @@ def open_raster(name: str):  # -> rasterio.DatasetReader (rasterio is imported l
 
     if tiff_page(name):
         return rasterio.open(name, GEOREF_SOURCES="PAM,INTERNAL")
-    if name.startswith("STAC_RGB:"):  # a STAC item's red, green and blue assets: GDAL reads them as one VRT
+    if name.startswith(RGB_STACK_PREFIX):  # a STAC item's red, green and blue assets: GDAL reads one VRT
         from rsz_infer.stac import rgb_stack_vrt
 
         try:

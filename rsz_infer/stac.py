@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rsz_infer.errors import RszError, first_line
+from rsz_infer.images import RGB_STACK_PREFIX
 from rsz_infer.trust import check_regular_file
 
 # The asset keys that mean "the picture of the scene" in common catalogs (Sentinel-2 L2A on Earth Search
@@ -294,7 +295,6 @@ def stac_asset_hrefs(path: Path, key: str | None) -> Iterator[tuple[str, str | N
 # item (the same on every run, so a resumed run finds its tiles), and any process (a --ray decode task, a
 # later --html report) rebuilds the VRT from it (images.open_raster), reading only the local JSON the user
 # named and the three hrefs its assets name, as for any asset.
-RGB_STACK_PREFIX = "STAC_RGB:"
 RGB_COMMON_NAMES = ("red", "green", "blue")
 
 

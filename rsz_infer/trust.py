@@ -19,11 +19,11 @@ import numpy as np
 
 from rsz_infer.bundle import sha256_file
 from rsz_infer.errors import RszError, first_line
-from rsz_infer.images import MIN_TILE_PX, tiff_page
+from rsz_infer.images import MIN_TILE_PX, RGB_STACK_PREFIX, tiff_page
 
 # GDAL opens these as network or archive paths; an index row never makes rsz open one. Nor a STAC item's
-# band assets read as one (stac.RGB_STACK_PREFIX): opening one reads the JSON it names and the hrefs in it
-REMOTE_PREFIXES = ("/vsi", "\\vsi", "STAC_RGB:")
+# band assets read as one (RGB_STACK_PREFIX): opening one reads the JSON it names and the hrefs in it
+REMOTE_PREFIXES = ("/vsi", "\\vsi", RGB_STACK_PREFIX)
 INDEX_SEARCH_METHODS = ("exact", "hnsw")
 INDEX_FORMAT = 1  # index.json "format" this rsz writes and reads; a newer one may mean other files or layouts
 FINITE_CHECK_ROWS = 65_536  # rows per finiteness check: the temporary mask stays small for a huge array
