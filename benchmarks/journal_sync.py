@@ -63,7 +63,7 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     rows = [
         {"policy": name, "median_ms": round(float(np.median(t)), 3),
-         "p90_ms": round(float(np.percentile(t, 90)), 3), "max_ms": round(max(t), 2), "appends": len(t)}
+         "p90_ms": round(float(np.percentile(t, 90)), 3), "max_ms": round(max(t), 3), "appends": len(t)}
         for name, t in times.items()
     ]  # fmt: skip
     result = new_result("journal", f"Index journal: ms per {args.batch}-tile batch", rows=rows, dim=args.dim)
