@@ -52,6 +52,7 @@ from rsz_infer.images import (
     check_size,
     discover_tiles,
     local_file,
+    utf8_escaped,
 )
 from rsz_infer.latent_classifier import FITTED, LatentClassifier, choose_rule, open_classifier
 from rsz_infer.outputs import GEO_INSTALL_HINT
@@ -612,7 +613,9 @@ def _are_arrays(inputs: list) -> bool:
 
 def records_table(records: list[dict]):  # pyarrow.Table (pyarrow is imported lazily)
     """Label records -> pyarrow Table, one row per tile: tile, label, score (the best class), labels, scores
-    (top k), rule, skipped (the reason, or null), nodata, and the whole record as JSON (`record`)."""
+    (top k), rule, skipped (the reason, or null), nodata, and the whole record as JSON (`record`). Arrow takes
+    only UTF-8: bytes of a file name that are not are backslash escapes in `tile` and `skipped`, and stay
+    themselves in `record` (JSON's \\udcXX escapes), which table_records reads back."""
     try:
         import pyarrow as pa
     except ImportError:
@@ -621,15 +624,18 @@ def records_table(records: list[dict]):  # pyarrow.Table (pyarrow is imported la
     def column(key: str, kind: pa.DataType, default: Any = None) -> pa.Array:
         return pa.array([r.get(key, default) for r in records], kind)
 
+    def text(key: str) -> pa.Array:  # a file name (or a reason naming one) that is not UTF-8: escaped
+        return pa.array([None if r.get(key) is None else utf8_escaped(r[key]) for r in records], pa.string())
+
     return pa.table(
         {
-            "tile": column("tile", pa.string()),
+            "tile": text("tile"),
             "label": pa.array([r["labels"][0] if "labels" in r else None for r in records], pa.string()),
             "score": pa.array([r["scores"][0] if "scores" in r else None for r in records], pa.float64()),
             "labels": column("labels", pa.list_(pa.string())),
             "scores": column("scores", pa.list_(pa.float64())),
             "rule": column("rule", pa.string()),
-            "skipped": column("skipped", pa.string()),
+            "skipped": text("skipped"),
             "nodata": column("nodata", pa.bool_(), False),
             "record": pa.array([json.dumps(r) for r in records], pa.string()),
         }

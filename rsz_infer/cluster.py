@@ -45,7 +45,9 @@ def parse_shard(text: str | None) -> Shard | None:
 
 
 def in_shard(tile_id: str, shard: Shard | None) -> bool:
-    return shard is None or zlib.crc32(tile_id.encode("utf-8")) % shard[1] == shard[0]
+    # the id's own bytes: a file name that is not UTF-8 holds surrogate escapes (the same hash as before
+    # for every UTF-8 id, so existing shards keep their tiles)
+    return shard is None or zlib.crc32(tile_id.encode("utf-8", "surrogateescape")) % shard[1] == shard[0]
 
 
 def shard_tiles(tiles: Iterable[Tile], shard: Shard | None) -> list[Tile]:
@@ -151,7 +153,7 @@ def _write_part(parts_dir: Path, partition: int, table) -> None:  # pyarrow.Tabl
 
 def _run_key(tiles: list[Tile], header: dict, options: RayOptions) -> dict:
     """What a partition folder was made for: a resumed job must cut the same tiles the same way."""
-    ids = hashlib.sha256("\n".join(t.id for t in tiles).encode("utf-8")).hexdigest()
+    ids = hashlib.sha256("\n".join(t.id for t in tiles).encode("utf-8", "surrogateescape")).hexdigest()
     return {"header": header, "partition_tiles": options.partition_tiles, "tiles": len(tiles), "ids": ids}
 
 

@@ -351,3 +351,57 @@ def test_a_skipped_tile_is_one_line_whatever_its_name(bundles, class_file, tmp_p
     )
     assert any(line.startswith(f"skipped {folder}/broken\\nline.png: ") for line in skipped), skipped
     assert any(line.startswith(f"skipped {folder}/broken\\xff.png: ") for line in skipped), skipped
+
+
+def test_shards_split_tiles_whose_names_are_not_utf8(bundles, class_file, tmp_path, capsys):
+    """--shard I/N hashes a tile id's own bytes: a name that is not UTF-8 lands in one shard (it was a
+    UnicodeEncodeError traceback), and the shards together label every tile once."""
+    folder = tmp_path / "tiles"
+    for i in range(4):
+        save(folder / f"t{i}_red.png", solid("red", 24, seed=i))
+    save(_odd(folder, b"caf\xe9_blue.png"), solid("blue", 24))
+    rows = []
+    for shard in ("0/2", "1/2"):
+        out = tmp_path / f"shard{shard[0]}.csv"
+        args = [folder, "--classes", class_file, "--model", bundles["msa"], "--out", out, "--shard", shard]
+        code, _, err = run_cli([*args, "--quiet"], capsys)
+        assert code in (0, None), err
+        rows += [line.split(b",")[0] for line in out.read_bytes().splitlines()[1:]]
+    assert sorted(rows) == sorted(os.fsencode(str(p)) for p in folder.iterdir())
+
+
+def test_label_table_of_tiles_whose_names_are_not_utf8(bundles, class_file, tmp_path):
+    """records_table (Labeler.label_table, and each --ray partition's Parquet file) writes a name that is not
+    UTF-8 as backslash escapes, as GeoParquet does (it was pyarrow's UnicodeEncodeError); the `record`
+    column keeps the name itself, so merged outputs keep its bytes."""
+    from rsz_infer import Labeler
+    from rsz_infer.api import table_records
+
+    folder = tmp_path / "tiles"
+    save(folder / "ok_red.png", solid("red", 24))
+    odd = _odd(folder, b"caf\xe9_blue.png")
+    save(odd, solid("blue", 24))
+    _odd(folder, b"broken\xff.png").write_bytes(b"\x89PNG not really")  # a skipped row of such a name
+    with Labeler(bundles["msa"], class_file) as labeler:
+        table = labeler.label_table([folder])
+    tiles = table.column("tile").to_pylist()
+    names = ["broken\\xff.png", "caf\\xe9_blue.png", "ok_red.png"]
+    assert sorted(tiles) == [f"{folder}/{name}" for name in names]
+    assert table.column("skipped").to_pylist().count(None) == 2
+    assert str(odd) in [r["tile"] for r in table_records(table)]
+
+
+def test_ray_partitions_key_tiles_whose_names_are_not_utf8(tmp_path):
+    """The --ray partition folder's run.json keys the job by the sha256 of its tile ids: a name that is not
+    UTF-8 hashes as its bytes (it was a UnicodeEncodeError before the first partition), and a resumed job
+    with the same tiles is taken."""
+    from rsz_infer.cluster import RayOptions, _run_key, open_parts
+
+    folder = tmp_path / "tiles"
+    save(folder / "ok_red.png", solid("red", 24))
+    save(_odd(folder, b"caf\xe9_blue.png"), solid("blue", 24))
+    tiles = list(discover_tiles([folder], TileOptions()))
+    key = _run_key(tiles, {"model": "m"}, RayOptions())
+    parts = tmp_path / "out.csv.parts"
+    assert open_parts(parts, key, resume=False) == set()
+    assert open_parts(parts, _run_key(tiles, {"model": "m"}, RayOptions()), resume=True) == set()
