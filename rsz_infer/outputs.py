@@ -321,10 +321,13 @@ class RunLog:
             if resume and out.exists():
                 raise RszError(f"{out}: already complete (no {self.path.name} to resume); delete it to rerun")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # a new run: the output it replaces no longer says what it was made with until this one finishes
+            # the header line first, whole (written beside and renamed), then the output this run replaces
+            # no longer says what it was made with until this one finishes: a kill at any moment leaves
+            # the old run's .run.json or a log that --resume continues (never an empty or headless log,
+            # nor an output with neither, which --resume refused)
+            atomic_write(self.path, json.dumps({"run": header}, separators=(",", ":")) + "\n")
             finished_path(out).unlink(missing_ok=True)
-            self._file = open(self.path, "w", encoding="utf-8")
-            self._write([{"run": header}])
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def _reopen(self, header: dict) -> None:
         complete_bytes = 0

@@ -279,6 +279,38 @@ def test_ctrl_c_leaves_valid_output_and_resume_completes(bundles, class_file, ma
     assert sorted(os.listdir(tmp_path)) == ["labels.csv", "labels.csv.run.json"]
 
 
+def test_a_rerun_killed_as_it_opens_its_run_log_leaves_what_resume_finishes(
+    bundles, class_file, many_tiles, tmp_path, monkeypatch
+):
+    """A new run over a finished output removes its .run.json as it starts its log. It removed it first and
+    then made an empty log and wrote its header: a kill in between left the output with neither (--resume:
+    "already complete, with no labels.csv.run.json", exit 2) or an empty log ("not an rsz run log", exit 2).
+    The whole header is in place (renamed) before the .run.json goes: this looks at the disk then, and
+    resumes from there, as after a kill at that moment."""
+    from rsz_infer.outputs import RunLog, finished_path, part_path
+
+    out = tmp_path / "labels.csv"
+    cfg = LabelConfig([str(many_tiles)], class_file, out, bundles["msa"], batch=4, progress=False)
+    label_tiles(cfg)
+    header = json.loads(finished_path(out).read_text())["run"]
+    at_unlink = []
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == finished_path(out):  # the moment a kill would leave the output without it
+            at_unlink.append(part_path(out).read_text() if part_path(out).exists() else None)
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    log = RunLog(out, header, resume=False)  # what the rerun (no --resume) does before its first batch
+    monkeypatch.undo()
+    log._file.close()  # killed: nothing more is written
+    assert at_unlink == [json.dumps({"run": header}, separators=(",", ":")) + "\n"]
+    summary = label_tiles(LabelConfig(**{**cfg.__dict__, "resume": True}))
+    assert (summary.already_done, summary.labeled, summary.exit_code) == (0, 9, 0)
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv", "labels.csv.run.json"]
+
+
 def test_batches_hold_their_real_rows_and_padding_is_dropped(bundles, many_tiles):
     manifest = load_manifest(bundles["msa"])
     tiles = list(discover_tiles([many_tiles], TileOptions()))[:5]
