@@ -35,6 +35,13 @@ def _run(command: str, module: str, extra: str, extra_of: dict[str, str] | None 
         sys.exit(2)
 
 
+def infer_main() -> None:
+    """rsz-infer: rsz_infer.cli is imported inside the stop handling, as the other commands' modules are (its
+    imports take a second or more: a Ctrl-C then was a KeyboardInterrupt traceback, a SIGTERM no line)."""
+    with sigterm_as_ctrl_c():
+        importlib.import_module("rsz_infer.cli").main()
+
+
 def train_main() -> None:
     """rsz-train"""
     _run("rsz-train", "rsz_train.cli", "train")

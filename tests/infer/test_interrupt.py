@@ -301,3 +301,33 @@ def test_a_stop_while_the_command_line_is_parsed_is_the_same_line_and_exit_130(s
         capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
+
+
+# The same while the console script imports its module (rsz-infer's imports take a second or more): the child
+# sends the signal as the module's import starts, and runs the entry point pyproject.toml installs
+_SIGNAL_WHILE_IMPORTING = """
+import importlib, importlib.abc, os, signal, sys
+sent = getattr(signal, sys.argv.pop(1))
+module, _, name = sys.argv.pop(1).partition(":")
+class StopAtImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "rsz_infer.cli":
+            os.kill(os.getpid(), sent)
+        return None
+sys.meta_path.insert(0, StopAtImport())
+getattr(importlib.import_module(module), name)()
+"""
+
+
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_rsz_infer_imports_is_the_same_line_and_exit_130(sent):
+    """rsz-infer's console script imported rsz_infer.cli before any handler was set: Ctrl-C in its first
+    second was a KeyboardInterrupt traceback, SIGTERM the exit of a killed process and no line."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, sent, scripts["rsz-infer"], "--help"],
+        capture_output=True, text=True, timeout=60, preexec_fn=_sigint_as_in_a_terminal,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
