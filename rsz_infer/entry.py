@@ -1,5 +1,7 @@
-"""Console-script entry points of the parts that need extras (rsz-train, rsz-export, rsz-bench), importable
-without them: a missing extra is one line that says what to install, not a ModuleNotFoundError traceback."""
+"""Console-script entry points: each imports its CLI module inside the stop handling (a Ctrl-C or
+SIGTERM while it imports is one line, exit 130), and those of the parts that need extras (rsz-train,
+rsz-export, rsz-bench) are importable without them: a missing extra is one line that says what to install,
+not a ModuleNotFoundError traceback."""
 
 from __future__ import annotations
 
