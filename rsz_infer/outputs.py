@@ -224,6 +224,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RszError(f"{path}: cannot write it ({err.strerror or err}); nothing was replaced") from None
+    except BaseException:  # Ctrl-C or SIGTERM (sigterm_as_ctrl_c) mid-write: no temporary file left either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _what_differs(old: dict | None, new: dict) -> str:

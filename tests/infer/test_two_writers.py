@@ -278,6 +278,23 @@ def test_full_disk_names_the_file_and_leaves_no_temporary(bundles, class_file, t
     assert len(_rows(out)) == 6  # the labels finished before the gallery are complete
 
 
+def test_a_stop_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which rsz turns into it) while atomic_write flushes: the old file stays whole and
+    no hidden .NAME.PID.tmp is left beside it (a later run would never remove it)."""
+    from rsz_infer.outputs import atomic_write
+
+    target = tmp_path / "labels.csv"
+    target.write_text("old\n", encoding="utf-8")
+
+    def stopped(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, "new\n")
+    assert sorted(os.listdir(tmp_path)) == ["labels.csv"] and target.read_text(encoding="utf-8") == "old\n"
+
+
 def test_an_interrupted_index_swap_leaves_an_index(bundles, tiles, tmp_path):
     idx = tmp_path / "idx"
     build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
