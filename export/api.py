@@ -487,7 +487,16 @@ def export_model(
     out = Path(out)
     check_gsd(source.gsd)
     with export_lock(out, force, [source.run_dir] if source.run_dir is not None else []):
+        refuse_before_building(source, out, fp16, force)
         return export_locked(source, out, fp16, engine, batch, force)
+
+
+def refuse_before_building(source: ExportSource, out: Path, fp16: bool, force: bool) -> None:
+    """refuse_known_difference for a loaded source, before any graph is built (minutes with FP16, INT8 or
+    TensorRT); export_locked's fingerprint check stays for what only the built bundle tells (weights of an
+    in-memory model, checks, class embeddings). export() makes this check before loading the run instead."""
+    int8 = source.calibration is not None
+    refuse_known_difference(out, force, source.model.kind, fp16, int8, source.run_dir, source.gsd)
 
 
 def export_locked(
@@ -499,14 +508,10 @@ def export_locked(
     force: bool,
 ) -> Path:
     """export_model's work; the caller holds export_lock(out), taken before it loads the model (a second
-    export to the same --out fails at once, a refused --out costs nothing)."""
+    export to the same --out fails at once, a refused --out costs nothing), and has refused a bundle known
+    to differ (refuse_known_difference)."""
     batch_range = ShapeRange.parse(batch)
     model = source.model.eval()
-    # before any graph is built (minutes with FP16, INT8 or TensorRT); the fingerprint check below stays
-    # for what only the built bundle tells (weights of an in-memory model, checks, class embeddings)
-    refuse_known_difference(
-        out, force, model.kind, fp16, source.calibration is not None, source.run_dir, source.gsd
-    )
     lib = _engine_library(engine)
     graphs = model.export_graphs()
     if not any(g.role == "image" for g in graphs):

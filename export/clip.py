@@ -12,7 +12,15 @@ import re
 import tempfile
 from pathlib import Path
 
-from rsz_export.api import ExportSource, check_gsd, export_lock, export_locked, int8_tiles, load_tiles
+from rsz_export.api import (
+    ExportSource,
+    check_gsd,
+    export_lock,
+    export_locked,
+    int8_tiles,
+    load_tiles,
+    refuse_before_building,
+)
 from rsz_export.clip_tokenizer import hf_clip_tokenizer, open_clip_tokenizer, write_tokenizer_json
 from rsz_infer.errors import RszError
 from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
@@ -141,5 +149,6 @@ def export_clip(
             source.calibration, source.int8_check, source.calibration_info = int8_tiles(
                 checkpoint, {}, model.preprocess, Path(calibration)
             )
+        refuse_before_building(source, out, fp16, force)
         bundle = export_locked(source, out, fp16=fp16, engine=engine, batch=batch, force=force)
     return bundle, model

@@ -9,6 +9,7 @@ shape inference is checked on the real ViT-B-32, ViT-B-16, ViT-L-14 and RN50 sha
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from contextlib import chdir
@@ -293,6 +294,20 @@ def test_default_bundle_of_an_epoch_checkpoint_is_named_after_its_run_folder(che
         result = CliRunner().invoke(export_main, args)
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["SkyCLIP_ViT_B32_top50pct"]
+
+
+def test_a_different_clip_bundle_at_out_is_refused_saying_what_differs(checkpoints, fp32_bundle, tmp_path):
+    """An FP16 export onto an FP32 CLIP bundle is refused before any graph is built, saying why (the late
+    fingerprint check would refuse it too, after the minutes of building, without the reason)."""
+    out = tmp_path / "tiny_vit_fp32"
+    shutil.copytree(fp32_bundle[0], out)
+    args = ["clip", "--checkpoint", str(checkpoints["safetensors"]), "--arch", "rsz-tiny-vit", "--fp16"]
+    result = CliRunner().invoke(export_main, [*args, "--engine", "none", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {out}: a different bundle is already there (its default precision is fp32, this export's is "
+        "fp16); pass --force to replace it"
+    )
 
 
 def test_bad_checkpoints_are_one_line_errors(open_clip, checkpoints, tmp_path):
