@@ -214,6 +214,7 @@ def discover_tiles(
     seen: set[str] = set()  # a file named twice (or inside a named folder too) is one tile
     windows = False
     no_gsd: dict[str, None] = {}  # rasters --gsd cannot apply to (no CRS), in order
+    rgb_only, first_rgb_only = 0, ""  # JPEG/PNG tiles Pillow decodes as RGB: --bands does not apply to them
     for path in named:
         for name, in_folder, problem in _expand(path, options):
             key = name if problem else _raster_key(name)
@@ -231,12 +232,20 @@ def discover_tiles(
                 windows = windows or tile.window is not None
                 if options.gsd and tile.crs is None and not tile.problem:
                     no_gsd[tile.path] = None
+                if options.bands and tile.reader == "pillow" and tile.window is None and not tile.problem:
+                    rgb_only, first_rgb_only = rgb_only + 1, first_rgb_only or tile.path
                 yield tile
     if notes is not None and options.overlap and not windows:
         notes.append(f"--overlap {options.overlap}: ignored, no input is larger than --tile-size")
     if notes is not None and options.asset:
         if not any(isinstance(p, Path) and p.is_file() and is_stac_input(p) for p in named):
             notes.append(f"--asset {options.asset}: ignored, no input is a STAC JSON")
+    if notes is not None and rgb_only:
+        bands = ",".join(map(str, options.bands or ()))
+        notes.append(
+            f"--bands {bands}: not applied to {rgb_only} JPEG/PNG tiles within --tile-size, read as RGB "
+            f"(e.g. {first_rgb_only}); it selects bands of what GDAL reads (TIFFs, larger images)"
+        )
     if notes is not None and no_gsd:
         first = next(iter(no_gsd))
         notes.append(f"--gsd {options.gsd:g}: ignored for {len(no_gsd)} images without a CRS (e.g. {first})")

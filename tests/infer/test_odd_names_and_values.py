@@ -188,6 +188,21 @@ def test_bands_beyond_a_scene_are_one_line(bundles, class_file, tmp_path, capsys
     assert not out.exists()
 
 
+def test_bands_over_jpeg_png_tiles_is_said_not_applied(bundles, class_file, tmp_path, capsys):
+    """Small JPEG/PNG tiles are decoded as RGB by Pillow, whatever --bands says (3,2,1 gave the labels of no
+    --bands, without a word): a note says so, naming one of them; a GeoTIFF tile gets no such note."""
+    png = save(tmp_path / "t" / "a.png", solid("red", 24))
+    tif = write_geotiff(tmp_path / "t" / "b.tif", bands_first(solid("red", 24)))
+    options = ["--classes", class_file, "--model", bundles["msa"], "--bands", "3,2,1"]
+    code, _, err = run_cli([png, *options, "--out", tmp_path / "a.csv"], capsys)
+    assert code in (0, None)
+    assert (
+        f"--bands 3,2,1: not applied to 1 JPEG/PNG tiles within --tile-size, read as RGB (e.g. {png})" in err
+    )
+    code, _, err = run_cli([tif, *options, "--out", tmp_path / "b.csv"], capsys)
+    assert code in (0, None) and "not applied" not in err
+
+
 def test_index_ray_with_every_input_short_of_bands_or_none_is_the_usage_error(bundles, tmp_path, capsys):
     """`index --ray` started Ray, embedded nothing and wrote an empty index (exit 2 "nothing was indexed", or
     exit 0 for an empty folder) where the single-process index and `label --ray` give one line naming the
