@@ -18,8 +18,10 @@ what it embedded.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -756,7 +758,7 @@ def _write_index_folder(
     the sibling and names the file.
     """
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_siblings(out)
     try:
         tmp.mkdir(parents=True)
         np.save(tmp / "embeddings.npy", emb)
@@ -779,6 +781,16 @@ def _write_index_folder(
         os.replace(out, old)  # no atomic exchange here: Index.load puts `old` back if a kill lands now
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_siblings(out: Path) -> None:
+    """What a killed index call of `out` left beside it: a half-written `.NAME.PID.tmp` (a kill while it
+    wrote, as large as the index), and a `.NAME.PID.old` kept past the fallback swap while `out` exists (no
+    longer needed by _recover_swap). The caller holds `out`'s OutputLock, so no other call is writing them."""
+    stale = re.compile(rf"\.{re.escape(out.name)}\.\d+\.(tmp|old)")
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if stale.fullmatch(path.name) and (path.name.endswith(".tmp") or out.exists()):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def exchange_folders(a: Path, b: Path) -> bool:

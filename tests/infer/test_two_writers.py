@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,6 +294,21 @@ def test_a_stop_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, "new\n")
     assert sorted(os.listdir(tmp_path)) == ["labels.csv"] and target.read_text(encoding="utf-8") == "old\n"
+
+
+def test_what_a_killed_index_call_left_beside_the_index_is_removed_by_the_next(bundles, tiles, tmp_path):
+    """kill -9 while an index call writes its new folder leaves `.idx.PID.tmp` (as large as the index), and
+    one between the fallback swap's last rename and its cleanup leaves `.idx.PID.old`: another PID's, never
+    removed by a later call until now. Names that are not rsz's own stay."""
+    idx = tmp_path / "idx"
+    build_index(IndexConfig([str(tiles)], bundles["msa"], idx, progress=False))
+    for name in (".idx.4242.tmp", ".idx.4243.old", ".idx.mine.tmp", ".idx2.4244.tmp"):
+        shutil.copytree(idx, tmp_path / name)  # half-written or old index folders of dead calls
+    more = tmp_path / "more"
+    save(more / "extra_red.png", solid("red", 24, seed=42))
+    build_index(IndexConfig([str(more)], bundles["msa"], idx, progress=False))
+    assert len(Index.load(idx).tiles) == 7
+    assert sorted(os.listdir(tmp_path)) == [".idx.mine.tmp", ".idx2.4244.tmp", "idx", "more", "tiles"]
 
 
 def test_an_interrupted_index_swap_leaves_an_index(bundles, tiles, tmp_path):
