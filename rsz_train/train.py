@@ -758,7 +758,8 @@ def train(
     (split_id "all") train into out_dir/<split> each, and report.json gives their mean and std.
 
     With `resume`, continue the run in `out_dir` from its last.pt, or from epoch 0 where a run killed
-    in its first epoch has its config.yaml but no last.pt yet (its own config.yaml either way; `epochs`
+    in its first epoch has its config.yaml but no last.pt yet, or where `out_dir` is missing or empty (a
+    run stopped before it began: started as without `resume`) (its own config.yaml either way; `epochs`
     may extend it, a finished run and each finished split of split_id "all" too). `stop_after_epoch`
     ends the call after that many epochs as an interruption would (last.pt is written, the test split
     is not scored).
@@ -862,6 +863,13 @@ def _train(
     if split is not None:
         options = dataclasses.replace(options, split=split)
     check_range(options.seed, ZERO_OR_MORE, "--seed")  # the split seed: train.seed's range
+    if resume and not (out_dir.is_dir() and any(out_dir.iterdir())):
+        # stopped before it wrote anything (while it read its data): --resume starts it, as rsz-infer's
+        # --resume does, so that a requeued job's one command line works after a stop at any moment
+        if distributed.current().is_main:
+            print(f"note: --resume: {out_dir} holds no run yet (stopped before it began): starting it",
+                  file=sys.stderr)  # fmt: skip
+        resume = False
     config = resolve_config(kind, out_dir, config_path, overrides, epochs, resume)
     data, layout = load_dataset(data_dir, options)
     if model_entry(kind).uses_captions and not data.captions:  # up front, not as "too few images" later

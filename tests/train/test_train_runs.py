@@ -146,7 +146,7 @@ def test_resume_refuses_options_that_would_change_the_run(tiny_run, tiny_benchma
 
 
 def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_from_epoch_0(
-    tiny_run, tiny_benchmark, default_split, tmp_path
+    tiny_run, tiny_benchmark, default_split, tmp_path, capsys
 ):
     """Killed before its first last.pt (config.yaml, classes.json, metrics.jsonl only): --resume starts the
     run from epoch 0 with its own config (a different one is still refused), not a dead end."""
@@ -173,10 +173,20 @@ def test_resume_of_a_run_killed_in_its_first_epoch_starts_it_from_epoch_0(
     assert not any(paper.glob("**/last.pt")) and (paper / "selection" / "config.yaml").is_file()
     train("dsva", tiny_benchmark, default_split, paper, device="cpu", resume=True, protocol="paper")
     assert json.loads((paper / "report.json").read_text())["protocol"] == "paper"
-    # nothing of a run at all: still nothing to resume
+    # nothing of a run at all (killed while it read its data; the folder missing or empty): --resume starts
+    # it, said in a note, so that a requeued job's one command line (always --resume) works
     (tmp_path / "empty").mkdir()
+    for fresh in (tmp_path / "missing", tmp_path / "empty"):
+        capsys.readouterr()
+        train("dsva", tiny_benchmark, default_split, fresh, device="cpu", resume=True, epochs=1,
+              overrides=TINY_OVERRIDES)  # fmt: skip
+        note = f"note: --resume: {fresh} holds no run yet (stopped before it began): starting it"
+        assert note in capsys.readouterr().err.splitlines() and (fresh / "report.json").is_file()
+    # a folder holding something else than a run: still nothing to resume
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine\n")
     with pytest.raises(RszError, match="nothing to resume"):
-        train("dsva", tiny_benchmark, default_split, tmp_path / "empty", device="cpu", resume=True)
+        train("dsva", tiny_benchmark, default_split, tmp_path / "other", device="cpu", resume=True)
 
 
 @pytest.mark.parametrize("unseen", [[], ["--unseen", "3"]])
