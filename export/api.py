@@ -538,7 +538,7 @@ def export_locked(
             old = _old_path(out)
             out.rename(old)
             staging.rename(out)
-            shutil.rmtree(old)
+            _discard(old, out)
         else:
             staging.rename(out)
     finally:
@@ -553,6 +553,15 @@ _STAGING_SUFFIX = re.compile(r"[a-z0-9_]{8}")
 
 def _old_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.old")
+
+
+def _discard(old: Path, out: Path) -> None:
+    """Delete the set-aside bundle `old` of `out`: first renamed to a staging name, then removed. A kill
+    while removing leaves a staging folder (removed by the next export, _recover), never a half-deleted
+    .NAME.old that is no bundle any more (which _recover must refuse to delete, and so every export)."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old.rename(trash)  # onto the empty folder mkdtemp made: one rename
+    shutil.rmtree(trash)
 
 
 def _umask() -> int:
@@ -611,7 +620,7 @@ def _recover(out: Path) -> None:
             file=sys.stderr,
         )
     elif old.is_dir() and not old.is_symlink() and _not_a_bundle(old) is None:
-        shutil.rmtree(old)
+        _discard(old, out)
         print(f"note: removed {old.name}, the bundle an interrupted rsz-export had replaced", file=sys.stderr)
     else:  # not what a replace sets aside: not rsz-export's to delete, and a replace needs the name
         raise RszError(f"{old}: is in the way of rsz-export (not a bundle it set aside); move it elsewhere")

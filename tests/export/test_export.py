@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -740,6 +741,53 @@ def test_a_killed_exports_leftovers_are_cleaned_up(tmp_path: Path, capsys: pytes
     assert "put back the bundle an interrupted rsz-export had moved to .bundle.old" in capsys.readouterr().err
     assert (out / "manifest.json").read_text(encoding="utf-8") == before
     assert _beside(out) == [".bundle.mine"]
+
+
+_CTRL_C: dict = {}  # _ctrl_c_hook's plan: armed by a rename onto "armed_by", Ctrl-C once manifest.json went
+_HOOKED: list = []  # audit hooks stay for the process: an empty _CTRL_C leaves it idle
+
+
+def _ctrl_c_hook(event: str, args: tuple) -> None:
+    """An audit hook: KeyboardInterrupt (what Ctrl-C or rsz's SIGTERM handler raises) at a set point."""
+    plan = _CTRL_C
+    if not plan:
+        return
+    if event == "os.rename" and Path(os.fsdecode(args[1])) == plan["armed_by"]:
+        plan["armed"] = True
+    elif event in ("os.remove", "os.rmdir") and plan.get("armed"):
+        if plan.get("manifest_gone"):
+            plan.clear()
+            raise KeyboardInterrupt
+        plan["manifest_gone"] = event == "os.remove" and Path(os.fsdecode(args[0])).name == "manifest.json"
+
+
+def test_ctrl_c_while_the_replaced_bundle_is_deleted_leaves_nothing_in_the_way(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Ctrl-C (SIGTERM, a kill) while --force deletes the bundle it replaced, the new one at --out already:
+    --out is the new bundle whole, and the next export into --out removes what is left and succeeds. (The
+    old bundle was deleted in place as .NAME.old: once its manifest.json had gone it was no bundle, and every
+    later export into --out stopped at "is in the way of rsz-export".)"""
+    out = tmp_path / "bundle"
+    export_model(_source(ToyModel(), tmp_path), out, engine="none")
+    other = ToyModel()
+    with torch.no_grad():
+        other.image.head.bias.add_(0.5)
+    source = _source(other, tmp_path)
+    if not _HOOKED:
+        sys.addaudithook(_ctrl_c_hook)
+        _HOOKED.append(True)
+    _CTRL_C.update(armed_by=out)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_model(source, out, engine="none", force=True)
+    finally:
+        _CTRL_C.clear()
+    new = load_manifest(out)
+    assert all(sha256_file(out / name) == digest for name, digest in new.files.items())
+    assert export_model(source, out, engine="none") == out  # the same bundle: kept
+    assert "of an interrupted rsz-export" in capsys.readouterr().err
+    assert load_manifest(out).files == new.files and _beside(out) == []
 
 
 def test_bundle_folder_mode_follows_the_umask(tmp_path: Path) -> None:
