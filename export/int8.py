@@ -240,6 +240,18 @@ def _root_logger_errors_only() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _temporaries_in(folder: str) -> Iterator[None]:
+    """ONNX Runtime's quantizers make their own temporary folders (ort.quant.*, pre.quant.*: the augmented
+    graph, as large as the model) with tempfile's default folder: `folder` meanwhile, put back afterwards."""
+    before = tempfile.tempdir
+    tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def time_graphs(
     paths: dict[str, Path], input_name: str, batch: np.ndarray, rounds: int = TIMING_ROUNDS
 ) -> dict:
@@ -287,7 +299,13 @@ def quantize_graph(
     input_name = "image"
     timing = np.ascontiguousarray(check[: min(32, len(check))], dtype=np.float32)
     candidates: list[Candidate] = []
-    with tempfile.TemporaryDirectory(prefix="rsz-int8-") as tmp, _root_logger_errors_only():
+    # beside out_path (rsz-export: inside the bundle's staging folder), ONNX Runtime's temporaries too: a kill
+    # mid-quantization leaves them where the next export removes them, not in $TMPDIR, where nothing would
+    with (
+        tempfile.TemporaryDirectory(prefix="rsz-int8-", dir=out_path.parent) as tmp,
+        _temporaries_in(tmp),
+        _root_logger_errors_only(),
+    ):
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         for method in methods:
             path = Path(tmp) / f"{method}.onnx"

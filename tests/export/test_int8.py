@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +292,30 @@ def test_cpu_sessions_do_not_spin(int8_bundle: Path) -> None:
     runner = OrtRunner(int8_bundle / "image.onnx")
     options = runner.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_int8_temporaries_live_in_the_staging_folder_not_tmpdir(tmp_path: Path, monkeypatch) -> None:
+    """The INT8 candidates (rsz's and ONNX Runtime's, each the size of the image graph) are built inside the
+    bundle's staging folder: a SIGKILL mid-quantization leaves them there, removed by the next export into
+    --out, never in $TMPDIR where nothing removes them."""
+    tmpdir = tmp_path / "TMPDIR"
+    tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    made: list[str] = []
+    recording = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if recording[0] and event in ("tempfile.mkdtemp", "tempfile.mkstemp"):
+            made.append(str(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: it stops recording at the end of the test
+    try:
+        out = tmp_path / "out" / "bundle"
+        out.parent.mkdir()
+        export_model(_int8_source(ToyModel(), tmp_path), out, engine="none")
+    finally:
+        recording[0] = False
+    assert any("rsz-int8-" in p for p in made)
+    stray = [p for p in made if not Path(p).is_relative_to(out.parent)]
+    assert stray == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]
