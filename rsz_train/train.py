@@ -863,7 +863,7 @@ def _train(
     if split is not None:
         options = dataclasses.replace(options, split=split)
     check_range(options.seed, ZERO_OR_MORE, "--seed")  # the split seed: train.seed's range
-    if resume and not (out_dir.is_dir() and any(out_dir.iterdir())):
+    if resume and (not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir()))):
         # stopped before it wrote anything (while it read its data): --resume starts it, as rsz-infer's
         # --resume does, so that a requeued job's one command line works after a stop at any moment
         if distributed.current().is_main:
