@@ -299,6 +299,11 @@ class DiskSync:
         self.last = time.monotonic()
 
 
+def _log_line(record: dict) -> str:
+    """One line of a run log (the header and each finished tile alike)."""
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
 class RunLog:
     """Append-only log of finished tiles, one JSON object per line; the first line describes the run.
 
@@ -328,7 +333,7 @@ class RunLog:
             # no longer says what it was made with until this one finishes: a kill at any moment leaves
             # the old run's .run.json or a log that --resume continues (never an empty or headless log,
             # nor an output with neither, which --resume refused)
-            atomic_write(self.path, json.dumps({"run": header}, separators=(",", ":")) + "\n")
+            atomic_write(self.path, _log_line({"run": header}))
             finished_path(out).unlink(missing_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
 
@@ -367,7 +372,7 @@ class RunLog:
 
     def _write(self, records: list[dict]) -> None:
         try:
-            self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+            self._file.write("".join(map(_log_line, records)))
             self._file.flush()
             self._sync.after_batch([self._file])
         except OSError as err:  # a full disk: what finished before stays in the log for --resume
