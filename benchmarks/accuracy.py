@@ -278,7 +278,11 @@ def _classifier_scores(
     return scores
 
 
-METRICS = ("zsl", "U", "S", "H", "R@1", "R@5", "R@10", "mR")
+# ZSL and GZSL are fractions (rsz_infer.metrics.per_class_accuracy, gzsl_report); retrieval is percent under
+# rsz_infer.metrics.retrieval_metrics' keys, as training's report.json "retrieval" has them.
+ZSL_METRICS = ("zsl", "U", "S", "H")
+RETRIEVAL_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+METRICS = ZSL_METRICS + RETRIEVAL_METRICS
 
 
 def _add_differences(row: dict, reference: dict) -> None:
@@ -314,10 +318,15 @@ def accuracy_markdown(result: dict) -> str:
     for m in present:
         columns += [(m, m), (f"d_{m}", f"Δ{m}")]
     columns += [("emb_max_abs_diff", "max |Δemb|"), ("emb_min_cosine", "min cos"), ("status", "status")]
+    units = "a fraction as the metrics are (0.01 = 1 percentage point)"
+    if any(m in RETRIEVAL_METRICS for m in present):
+        zsl = [m for m in present if m in ZSL_METRICS]
+        units = (f"{', '.join(zsl)} are fractions (0.01 = 1 percentage point); " if zsl else "") + (
+            "R@K and mR are percent (1 = 1 percentage point)"
+        )
     head = (
         f"Bundle `{result['bundle']}`, run `{result['run']}`, split `{result['split']}` "
         f"({result['test_images']} test images, calibration λ={result['seen_calibration']:.3g} "
-        "chosen on validation). "
-        "Δ = backend − PyTorch FP32, a fraction as the metrics are (0.01 = 1 percentage point)."
+        f"chosen on validation). Δ = backend − PyTorch FP32, {units}."
     )
     return head + "\n\n" + markdown_table(result["rows"], columns) + "\n"

@@ -165,3 +165,36 @@ def test_a_split_without_test_images_is_a_one_line_error(runs, tmp_path, emptied
     result = CliRunner().invoke(main, args)
     _one_line_error(result, f"{listed}: no test images; accuracy scores the split's test images")
     assert not out.exists()
+
+
+def test_retrieval_rows_show_every_recall_and_say_they_are_percent() -> None:
+    """An MSA run's rows carry rsz_train.evaluate.retrieval_scores' keys (i2t_r1 ... t2i_r10, mR: percent, as
+    training's report.json "retrieval"): the table had only mR, under a header calling every metric a
+    fraction, and no difference for any R@K."""
+    import numpy as np
+
+    from rsz_bench.accuracy import _add_differences, accuracy_markdown
+    from rsz_train.evaluate import retrieval_scores
+
+    # captions 0, 1 describe image 0; captions 2, 3 image 1 (scored by cosine)
+    text_emb = np.array([[1, 0], [1, 0.5], [0, 1], [-1, 1]], dtype=np.float32)
+    text_to_image = np.array([0, 0, 1, 1])
+    reference = {"backend": "torch", "precision": "fp32", "device": "cpu", "status": "ok (reference)"}
+    row = {"backend": "ort", "precision": "fp32", "device": "ort:cpu", "status": "ok"}
+    for r, image_emb in ((reference, [[1, 0], [0, 1]]), (row, [[1, 0], [1, 0.2]])):
+        emb = np.array(image_emb, dtype=np.float32)
+        r.update(zsl=0.5, U=0.5, S=0.5, H=0.5, _emb=emb, **retrieval_scores(emb, text_emb, text_to_image))
+    # By hand. Reference: every image's own caption is its top text and every caption's image its top image.
+    # The ort image 1, cos to captions 0.981 0.965 0.196 -0.555: its best own caption (2) has 2 wrong ones
+    # above (i2t R@1 1/2, R@5 2/2); caption 1 scores it 0.965 above its image 0 (0.894): t2i R@1 3/4.
+    assert [reference[k] for k in ("i2t_r1", "t2i_r1", "mR")] == [100.0, 100.0, 100.0]
+    assert [row[k] for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")] == [50.0, 100.0, 75.0, 100.0]
+    assert row["mR"] == (50 + 100 + 100 + 75 + 100 + 100) / 6
+    _add_differences(row, reference)
+    assert (row["d_i2t_r1"], row["d_i2t_r10"], row["d_t2i_r1"], row["d_mR"]) == (-50.0, 0.0, -25.0, -12.5)
+    result = {"bundle": "b", "run": "r", "split": "s", "test_images": 2, "seen_calibration": 0.0}
+    md = accuracy_markdown({**result, "rows": [reference, row]})
+    header = md.splitlines()[2]
+    for key in ("zsl", "H", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR"):
+        assert f"| {key} | Δ{key} |" in header
+    assert "R@K and mR are percent (1 = 1 percentage point)" in md.splitlines()[0]
