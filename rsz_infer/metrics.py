@@ -84,14 +84,31 @@ def choose_calibration(
     return best
 
 
+def _expected_hit(g: np.ndarray, t: np.ndarray, m: np.ndarray, k: int) -> np.ndarray:
+    """P(a right item is within the top k) when the tied items come in a uniformly random order.
+
+    Per query: g wrong items score above its best right item, t wrong items and m >= 1 right items tie at
+    that score. A hit needs k > g and a right item among the first r = k - g of the t + m tied ones, so
+    P = 1 - C(t, r) / C(t + m, r) = 1 - prod_{i<r} (t - i) / (t + m - i): 1 once r > t.
+    """
+    g, t, m = (np.asarray(a, dtype=np.int64) for a in (g, t, m))
+    r = k - g
+    p_all_wrong = np.ones(g.shape, dtype=np.float64)
+    for i in range(k):
+        factor = np.clip(t - i, 0, None) / np.maximum(t + m - i, 1)  # t - i > 0 gives t + m - i > 0
+        p_all_wrong *= np.where(i < r, factor, 1.0)
+    return np.where(r > 0, 1.0 - p_all_wrong, 0.0)
+
+
 def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:
     """Image<->text retrieval recall in percent, from similarities [N_images, N_texts].
 
     `text_to_image[j]` is the image that caption j describes. Image->text: an image is a hit at K if ANY
     of its captions is within its top K texts. Text->image: a caption is a hit if its image is within the
-    top K. Ties count against the model: the rank of the right item is the number of wrong items scored
-    at least as high, so a model that scores everything equal does not get credit.
-    Images without any caption are left out of image->text.
+    top K. Exact ties (a caption text several images share, two identical images) are taken in a uniformly
+    random order, computed exactly: R@K is the expected recall over those orders, which is what a ranking
+    by argsort (ties broken by position) gives on average, and a model that scores everything equal gets
+    chance level. Without ties it is the plain R@K. Images without any caption are left out of image->text.
     """
     sim = np.asarray(sim, dtype=np.float32)
     text_to_image = np.asarray(text_to_image, dtype=np.int64)
@@ -101,19 +118,28 @@ def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, f
     if n_texts == 0 or text_to_image.min() < 0 or text_to_image.max() >= n_images:
         raise ValueError(f"text_to_image must map each of the {n_texts} texts to an image in [0, {n_images})")
 
-    is_caption = text_to_image[None, :] == np.arange(n_images)[:, None]  # [N_images, N_texts]
-    has_caption = is_caption.any(axis=1)
-    best_right_text = np.where(is_caption, sim, -np.inf).max(axis=1)
-    i2t_rank = ((sim >= best_right_text[:, None]) & ~is_caption).sum(axis=1)[has_caption]
-
-    right_image_score = sim[text_to_image, np.arange(n_texts)]
-    t2i_rank = ((sim >= right_image_score[None, :]) & ~is_caption).sum(axis=0)
+    right_score = sim[text_to_image, np.arange(n_texts)]  # each caption's score with its own image
+    has_caption = np.bincount(text_to_image, minlength=n_images) > 0
+    best_right_text = np.full(n_images, -np.inf, dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # a NaN score (as before: nothing compares with it) is no warning
+        np.maximum.at(best_right_text, text_to_image, right_score)
+    # Image->text: g wrong texts above the best caption (no caption is), t wrong and m right texts tied at it.
+    i2t_above = np.count_nonzero(sim > best_right_text[:, None], axis=1)
+    i2t_level = np.count_nonzero(sim == best_right_text[:, None], axis=1)
+    i2t_right = np.bincount(
+        text_to_image, weights=right_score == best_right_text[text_to_image], minlength=n_images
+    ).astype(np.int64)
+    i2t = (i2t_above[has_caption], (i2t_level - i2t_right)[has_caption], i2t_right[has_caption])
+    # Text->image: one right image per caption (m = 1; 0 only for a NaN score, which nothing equals).
+    t2i_right = (right_score == right_score).astype(np.int64)
+    t2i_above = np.count_nonzero(sim > right_score[None, :], axis=0)
+    t2i = (t2i_above, np.count_nonzero(sim == right_score[None, :], axis=0) - t2i_right, t2i_right)
 
     report: dict[str, float] = {}
     for k in (1, 5, 10):
-        report[f"i2t_r{k}"] = 100.0 * float(np.mean(i2t_rank < k))
+        report[f"i2t_r{k}"] = 100.0 * float(np.mean(_expected_hit(*i2t, k)))
     for k in (1, 5, 10):
-        report[f"t2i_r{k}"] = 100.0 * float(np.mean(t2i_rank < k))
+        report[f"t2i_r{k}"] = 100.0 * float(np.mean(_expected_hit(*t2i, k)))
     report["mR"] = float(np.mean(list(report.values())))
     return report
 

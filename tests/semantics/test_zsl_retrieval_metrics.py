@@ -64,21 +64,153 @@ def test_retrieval_hand_computed_with_multiple_captions_and_ties() -> None:
         [
             [0.1, 0.9, 0.5, 0.2],  # image 0: its 2nd caption is the top text -> hit (any caption counts)
             [0.8, 0.1, 0.7, 0.3],  # image 1: one wrong text above its caption -> rank 2
-            [0.5, 0.5, 0.5, 0.5],  # image 2: tied with 3 wrong texts -> rank 4 (ties count against)
+            [0.5, 0.5, 0.5, 0.5],  # image 2: its caption tied with 3 wrong texts -> top-1 in 1 of 4 orders
         ]
     )
     report = retrieval_metrics(sim, text_to_image)
-    assert report["i2t_r1"] == pytest.approx(100 / 3)
+    assert report["i2t_r1"] == pytest.approx(100 * (1 + 0 + 1 / 4) / 3)
     assert report["i2t_r5"] == report["i2t_r10"] == 100.0
     # Text 0 (image 0) has images 1 and 2 above it; texts 1, 2, 3 find their image first.
     assert report["t2i_r1"] == 75.0
     assert report["t2i_r5"] == report["t2i_r10"] == 100.0
-    assert report["mR"] == pytest.approx((100 / 3 + 100 + 100 + 75 + 100 + 100) / 6)
+    assert report["mR"] == pytest.approx((100 * 1.25 / 3 + 100 + 100 + 75 + 100 + 100) / 6)
 
 
-def test_retrieval_gives_no_credit_for_constant_scores() -> None:
+def test_retrieval_puts_constant_scores_at_chance_exactly() -> None:
+    """Everything tied: every order of the texts (images) is equally likely, so R@K is chance level, not 0
+    (the old rule counted ties against the model) nor 100. 20 images, 2 captions each, 40 texts:
+    i2t R@K = 1 - C(38, K) / C(40, K), t2i R@K = K / 20, and mR is random_mR(20, 2)."""
     report = retrieval_metrics(np.zeros((20, 40)), np.repeat(np.arange(20), 2))
-    assert report["i2t_r1"] == report["t2i_r1"] == report["i2t_r10"] == 0.0
+    assert report["i2t_r1"] == pytest.approx(100 * 2 / 40)
+    assert report["i2t_r5"] == pytest.approx(100 * (1 - 35 * 34 / (40 * 39)))  # C(38,5)/C(40,5)
+    assert report["i2t_r10"] == pytest.approx(100 * (1 - 30 * 29 / (40 * 39)))
+    assert (report["t2i_r1"], report["t2i_r5"], report["t2i_r10"]) == pytest.approx((5.0, 25.0, 50.0))
+    assert report["mR"] == pytest.approx(random_mR(20, 2))
+
+
+def test_retrieval_caption_text_shared_by_two_images() -> None:
+    """RSICD repeats caption texts across images: identical text, identical embedding, an exact tie."""
+    text_to_image = np.array([0, 1, 2])  # texts 0 and 1 are the same sentence, of images 0 and 1
+    sim = np.array(
+        [
+            [0.9, 0.9, 0.1],  # image 0: its caption tied with text 1 (wrong): top-1 in half the orders
+            [0.6, 0.6, 0.2],  # image 1: the same, tied with text 0
+            [0.3, 0.3, 0.8],  # image 2: its caption first
+        ]
+    )
+    report = retrieval_metrics(sim, text_to_image)
+    assert report["i2t_r1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)  # old rule: 100 / 3
+    assert report["i2t_r5"] == 100.0
+    # Text 1's column is text 0's: image 0 (0.9) above its image 1 (0.6): a miss at K=1 either way.
+    assert report["t2i_r1"] == pytest.approx(100 * 2 / 3)
+    assert report["t2i_r5"] == 100.0
+
+
+def test_retrieval_two_identical_images() -> None:
+    """Two identical images score every text the same: each is tied with the other for its captions."""
+    text_to_image = np.array([0, 1, 2, 2])
+    sim = np.array(
+        [
+            [0.9, 0.2, 0.1, 0.0],
+            [0.9, 0.2, 0.1, 0.0],  # image 1 = image 0
+            [0.1, 0.3, 0.8, 0.7],
+        ]
+    )
+    report = retrieval_metrics(sim, text_to_image)
+    # Text 0: images 0 and 1 tied at the top -> 1/2 at K=1. Text 1: image 2 above (0.3), then images 0 and 1
+    # tied at 0.2 -> 0 at K=1, 1/2 at K=2, 1 at K=5. Texts 2, 3: image 2 first.
+    assert report["t2i_r1"] == pytest.approx(100 * (0.5 + 0 + 1 + 1) / 4)  # old rule: 50
+    assert report["t2i_r5"] == 100.0
+    # Image 1's caption (text 1) has text 0 above it: a miss at K=1; images 0 and 2 find a caption first.
+    assert report["i2t_r1"] == pytest.approx(100 * 2 / 3)
+    assert report["i2t_r5"] == 100.0
+
+
+def test_expected_hit_matches_all_orders_of_the_tied_items() -> None:
+    """P(a right item is in the top K) when g wrong items are above the best right score and t wrong and m
+    right items tie at it, against counting over every order of the t + m tied items."""
+    from itertools import permutations
+
+    from rsz_infer.metrics import _expected_hit
+
+    cases = [(g, t, m, k) for g in range(3) for t in range(5) for m in range(1, 4) for k in (1, 2, 3, 5, 10)]
+    g, t, m = (np.array(column) for column in zip(*[c[:3] for c in cases]))
+    for k in (1, 2, 3, 5, 10):
+        got = _expected_hit(g, t, m, k)
+        for i, (gi, ti, mi, ki) in enumerate(cases):
+            if ki != k:
+                continue
+            orders = list(permutations([False] * ti + [True] * mi))  # True: a right item
+            brute = np.mean([gi < k and any(order[: k - gi]) for order in orders])
+            assert got[i] == pytest.approx(brute, abs=1e-12), (gi, ti, mi, k)
+
+
+def argsort_recall_over_all_orders(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:
+    """The authors' ranking (a stable argsort: ties broken by position), averaged over every order of the
+    texts (for i2t) and of the images (for t2i)."""
+    from itertools import permutations
+
+    n_images, n_texts = sim.shape
+    with_captions = np.unique(text_to_image)
+    out = {}
+    for k in (1, 5, 10):
+        runs = []
+        for order in permutations(range(n_texts)):
+            s, owner = sim[:, order], text_to_image[list(order)]
+            hits = [
+                np.isin(np.argsort(-s[i], kind="stable")[:k], np.flatnonzero(owner == i)).any()
+                for i in with_captions
+            ]
+            runs.append(np.mean(hits))
+        out[f"i2t_r{k}"] = 100 * np.mean(runs)
+    for k in (1, 5, 10):
+        runs = []
+        for order in permutations(range(n_images)):
+            position = np.argsort(order)  # where each image went
+            s = sim[list(order)]
+            hits = [
+                position[text_to_image[j]] in np.argsort(-s[:, j], kind="stable")[:k] for j in range(n_texts)
+            ]
+            runs.append(np.mean(hits))
+        out[f"t2i_r{k}"] = 100 * np.mean(runs)
+    return out
+
+
+def test_retrieval_with_ties_is_argsort_averaged_over_tie_orders() -> None:
+    """Integer scores 0..2 (ties everywhere), uneven captions per image and one image without any: the
+    metric equals the authors' argsort ranking averaged over all orders of texts and images."""
+    rng = np.random.default_rng(3)
+    text_to_image = np.array([0, 0, 0, 1, 2, 3])  # image 4 has no caption
+    for _ in range(3):
+        sim = rng.integers(0, 3, size=(5, 6)).astype(np.float32)
+        report = retrieval_metrics(sim, text_to_image)
+        brute = argsort_recall_over_all_orders(sim, text_to_image)
+        for key, value in brute.items():
+            assert report[key] == pytest.approx(value, abs=1e-9), key
+
+
+def old_rule_recall(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:
+    """The rule before 2026-12-04 (ties counted against the model): the same figures when nothing ties."""
+    is_caption = text_to_image[None, :] == np.arange(sim.shape[0])[:, None]
+    has_caption = is_caption.any(axis=1)
+    best = np.where(is_caption, sim, -np.inf).max(axis=1)
+    i2t_rank = ((sim >= best[:, None]) & ~is_caption).sum(axis=1)[has_caption]
+    right = sim[text_to_image, np.arange(sim.shape[1])]
+    t2i_rank = ((sim >= right[None, :]) & ~is_caption).sum(axis=0)
+    out = {f"i2t_r{k}": 100.0 * float(np.mean(i2t_rank < k)) for k in (1, 5, 10)}
+    out.update({f"t2i_r{k}": 100.0 * float(np.mean(t2i_rank < k)) for k in (1, 5, 10)})
+    return out
+
+
+def test_retrieval_without_ties_is_unchanged() -> None:
+    rng = np.random.default_rng(7)
+    for n_images, n_texts in ((12, 30), (40, 90), (25, 25)):
+        text_to_image = rng.integers(0, n_images, size=n_texts)  # uneven, some images without captions
+        signal = 1.5 * (text_to_image[None, :] == np.arange(n_images)[:, None])
+        sim = (signal + rng.normal(size=(n_images, n_texts))).astype(np.float32)
+        report = retrieval_metrics(sim, text_to_image)
+        for key, value in old_rule_recall(sim, text_to_image).items():
+            assert report[key] == pytest.approx(value, abs=1e-9), key
 
 
 def naive_recall(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, float]:
