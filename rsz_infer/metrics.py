@@ -109,8 +109,12 @@ def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, f
     random order, computed exactly: R@K is the expected recall over those orders, which is what a ranking
     by argsort (ties broken by position) gives on average, and a model that scores everything equal gets
     chance level. Without ties it is the plain R@K. Images without any caption are left out of image->text.
+    A NaN score (an FP16 graph that overflowed) ranks below every other: nothing compares with NaN, so it
+    would otherwise be a hit.
     """
     sim = np.asarray(sim, dtype=np.float32)
+    if np.isnan(sim.sum(dtype=np.float64)):  # a sum, not np.isnan(sim).any(): no temporary as large as sim
+        sim = np.where(np.isnan(sim), np.float32(-np.inf), sim)
     text_to_image = np.asarray(text_to_image, dtype=np.int64)
     n_images, n_texts = sim.shape
     if text_to_image.shape != (n_texts,):
@@ -121,8 +125,7 @@ def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, f
     right_score = sim[text_to_image, np.arange(n_texts)]  # each caption's score with its own image
     has_caption = np.bincount(text_to_image, minlength=n_images) > 0
     best_right_text = np.full(n_images, -np.inf, dtype=np.float32)
-    with np.errstate(invalid="ignore"):  # a NaN score (as before: nothing compares with it) is no warning
-        np.maximum.at(best_right_text, text_to_image, right_score)
+    np.maximum.at(best_right_text, text_to_image, right_score)
     # Image->text: g wrong texts above the best caption (no caption is), t wrong and m right texts tied at it.
     i2t_above = np.count_nonzero(sim > best_right_text[:, None], axis=1)
     i2t_level = np.count_nonzero(sim == best_right_text[:, None], axis=1)
@@ -130,8 +133,8 @@ def retrieval_metrics(sim: np.ndarray, text_to_image: np.ndarray) -> dict[str, f
         text_to_image, weights=right_score == best_right_text[text_to_image], minlength=n_images
     ).astype(np.int64)
     i2t = (i2t_above[has_caption], (i2t_level - i2t_right)[has_caption], i2t_right[has_caption])
-    # Text->image: one right image per caption (m = 1; 0 only for a NaN score, which nothing equals).
-    t2i_right = (right_score == right_score).astype(np.int64)
+    # Text->image: one right image per caption (m = 1).
+    t2i_right = np.ones(n_texts, dtype=np.int64)
     t2i_above = np.count_nonzero(sim > right_score[None, :], axis=0)
     t2i = (t2i_above, np.count_nonzero(sim == right_score[None, :], axis=0) - t2i_right, t2i_right)
 

@@ -88,6 +88,19 @@ def test_retrieval_puts_constant_scores_at_chance_exactly() -> None:
     assert report["mR"] == pytest.approx(random_mR(20, 2))
 
 
+def test_retrieval_gives_nan_scores_no_credit() -> None:
+    """A NaN score (an FP16 graph that overflowed) ranks below every number: nothing compares with NaN, so
+    counting wrong items above it found none and every query was a hit (all-NaN scores gave mR 100)."""
+    everything_nan = retrieval_metrics(np.full((20, 40), np.nan), np.repeat(np.arange(20), 2))
+    assert everything_nan["mR"] == pytest.approx(random_mR(20, 2))  # all tied at the bottom: chance
+    sim = np.eye(3, dtype=np.float32)  # every caption (one per image) first for its image and vice versa
+    sim[1, 1] = np.nan  # image 1's score with its caption: below the two wrong texts (0.0) in its row
+    report = retrieval_metrics(sim, np.arange(3))
+    assert (report["i2t_r1"], report["t2i_r1"]) == pytest.approx((200 / 3, 200 / 3))
+    assert report["i2t_r5"] == report["t2i_r5"] == 100.0
+    assert np.isnan(sim[1, 1])  # the caller's array is left as it was
+
+
 def test_retrieval_caption_text_shared_by_two_images() -> None:
     """RSICD repeats caption texts across images: identical text, identical embedding, an exact tie."""
     text_to_image = np.array([0, 1, 2])  # texts 0 and 1 are the same sentence, of images 0 and 1
