@@ -282,13 +282,40 @@ class EmbeddedBatch:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) of each tile as decoded
 
 
+NON_FINITE_OUTPUT = (
+    "the image graph gave NaN or infinite values for this tile (an FP16 or INT8 graph overflowing? "
+    "try --precision fp32)"
+)
+
+
 def embed_batches(engine: ImageEngine, batches: Iterable[Batch]) -> Iterator[EmbeddedBatch]:
-    """Already decoded batches (e.g. from a cluster's decode stage) through the image graph."""
+    """Already decoded batches (e.g. from a cluster's decode stage) through the image graph. A tile whose
+    outputs are not finite is skipped with a reason: its NaN scores would label it at random, and in an
+    index the row would make every later search refuse the index as damaged."""
     engine.check_open()
     for batch in batches:
         engine.check_open()
         outputs = embed_batch(engine.runner, batch) if batch.tiles else {}
-        yield EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped, batch.sizes)
+        yield _without_non_finite(
+            EmbeddedBatch(batch.tiles, batch.rules, outputs, batch.skipped, batch.sizes)
+        )
+
+
+def _without_non_finite(batch: EmbeddedBatch) -> EmbeddedBatch:
+    finite = np.ones(len(batch.tiles), dtype=bool)
+    for value in batch.outputs.values():
+        finite &= np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+    if finite.all():
+        return batch
+    keep = np.flatnonzero(finite)
+    bad = [(tile, TileError(NON_FINITE_OUTPUT)) for tile, ok in zip(batch.tiles, finite) if not ok]
+    return EmbeddedBatch(
+        tiles=[batch.tiles[i] for i in keep],
+        rules=[batch.rules[i] for i in keep],
+        outputs={name: value[keep] for name, value in batch.outputs.items()},
+        skipped=batch.skipped + bad,
+        sizes=[batch.sizes[i] for i in keep] if batch.sizes else [],
+    )
 
 
 def embed_tiles(engine: ImageEngine, tiles: Iterable[Tile], options: TileOptions) -> Iterator[EmbeddedBatch]:
