@@ -1,5 +1,6 @@
-"""Retrieval end to end with a real (tiny) trained MSA: train -> export -> rsz-infer index/search/rerank,
-and rsz-bench accuracy on the same bundle. Everything through the command lines users type."""
+"""Retrieval end to end with a real (tiny) trained MSA (tests/conftest.py's session run): train -> export ->
+rsz-infer index/search/rerank, and rsz-bench accuracy on the same bundle. Everything through the command
+lines users type."""
 
 import json
 import subprocess
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-TINY = {"train.image_size": 32, "train.epochs": 1, "train.batch_size": 32, "train.warmup_epochs": 1}
 BIN = Path(sys.executable).parent
 
 
@@ -19,15 +19,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def msa_bundle(tmp_path_factory):
-    from rsz_train.data.synth import DEFAULT_SPLIT, write_benchmark
-    from rsz_train.train import train
-
+def msa_bundle(tiny_msa_run, tiny_benchmark, tmp_path_factory):
+    """The session's tiny real MSA run (tests/conftest.py, trained once for every folder) and its bundle."""
     root = tmp_path_factory.mktemp("msa")
-    bench = write_benchmark(root / "synth", seed=1, size=32, per_class=5)
-    run = train("msa", bench, DEFAULT_SPLIT, root / "run", device="cpu", overrides=TINY)
-    _run("rsz-export", "--model", "msa", "--run", str(run), "--engine", "none", "--out", str(root / "bundle"))
-    return root, bench, run, root / "bundle"
+    bundle = root / "bundle"
+    _run("rsz-export", "--model", "msa", "--run", str(tiny_msa_run), "--engine", "none", "--out", str(bundle))
+    return root, tiny_benchmark, tiny_msa_run, bundle
 
 
 def test_index_search_rerank_and_gallery(msa_bundle):

@@ -16,21 +16,19 @@ TINY = {"train.image_size": 32, "train.epochs": 1, "train.batch_size": 32, "trai
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tiny_benchmark, default_split, tiny_msa_run, tmp_path_factory) -> dict[str, Path]:
     """A synthetic benchmark; a DSVA run and its bundle; the same DSVA trained again with another seed (its
-    weights differ); an MSA run (another model kind)."""
+    weights differ); an MSA run (another model kind). The benchmark and the MSA run are the session's
+    (tests/conftest.py), read only."""
     from rsz_export.api import export
-    from rsz_train.data.synth import DEFAULT_SPLIT as split
-    from rsz_train.data.synth import write_benchmark
     from rsz_train.train import train
 
     root = tmp_path_factory.mktemp("accuracy")
-    bench = write_benchmark(root / "synth", seed=0, size=32, per_class=5)
+    bench, split, msa = tiny_benchmark, default_split, tiny_msa_run
     dsva = train("dsva", bench, split, root / "runs" / "dsva", device="cpu", overrides=TINY)
     again = train(
         "dsva", bench, split, root / "runs" / "dsva2", device="cpu", overrides={**TINY, "train.seed": 1}
     )
-    msa = train("msa", bench, split, root / "runs" / "msa", device="cpu", overrides=TINY)
     bundle = export(dsva, root / "models" / "dsva", kind="dsva", engine="none")
     return {
         "root": root,

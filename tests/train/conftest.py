@@ -1,4 +1,5 @@
-"""Session fixtures: one tiny synthetic benchmark and one tiny trained DSVA run shared by the tests."""
+"""Session fixtures: one tiny trained DSVA run and one MCFA classifier run shared by the tests (the tiny
+benchmark they train on, tiny_benchmark, and default_split are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,6 @@ TINY_OVERRIDES = {
     "train.eval_batch_size": 128,
     "train.warmup_epochs": 1,
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_benchmark(tmp_path_factory):
-    from rsz_train.data.synth import write_benchmark
-
-    return write_benchmark(tmp_path_factory.mktemp("bench") / "synth", seed=0, size=32, per_class=5)
-
-
-@pytest.fixture(scope="session")
-def default_split():
-    from rsz_train.data.synth import DEFAULT_SPLIT
-
-    return DEFAULT_SPLIT
 
 
 @pytest.fixture(scope="session")

@@ -13,22 +13,13 @@ from click.testing import CliRunner
 
 from rsz_train.cli import main
 
-TINY_MSA = {
-    "train.image_size": 32,
-    "train.epochs": 1,
-    "train.batch_size": 32,
-    "train.warmup_epochs": 1,
-    "model.max_text_length": 16,  # short captions: the MiniLM passes dominate this tiny run
-}
 TINY_TRAIN = {"image_size": 32, "epochs": 1, "batch_size": 32, "warmup_epochs": 1}
 
 
 @pytest.fixture(scope="module")
-def msa_run(tiny_benchmark: Path, default_split: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rsz_train.train import train
-
-    out = tmp_path_factory.mktemp("dual") / "msa"
-    return train("msa", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_MSA)
+def msa_run(tiny_msa_run: Path) -> Path:
+    """The session's tiny real MSA run (tests/conftest.py), read only: the dual encoder of these tests."""
+    return tiny_msa_run
 
 
 def _train_dsva(bench: Path, split: str, out: Path, train_settings: dict) -> tuple[int, str]:
