@@ -18,27 +18,35 @@ from rsz_infer.runners.ort import OrtRunner
 
 from .test_export import _nvidia_gpu
 
-# Shares nothing with tests/train on purpose (its fixtures live in that folder's conftest); one epoch at
-# 32 px is enough to get a real checkpoint. The lead may move this run into a shared fixture.
+# One epoch at 32 px is enough to get a real checkpoint; the benchmark is the session's (tests/conftest.py).
 TINY = {"train.image_size": 32, "train.epochs": 1, "train.batch_size": 32, "train.warmup_epochs": 1}
+TRT_EXPORT = ["--model", "dsva", "--fp16", "--engine", "trt", "--batch", "1:4:16"]
 
 
 @pytest.fixture(scope="session")
-def dsva_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from rsz_train.data.synth import DEFAULT_SPLIT, write_benchmark
+def dsva_run(tiny_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from rsz_train.data.synth import DEFAULT_SPLIT
     from rsz_train.train import train
 
     root = tmp_path_factory.mktemp("real")
-    bench = write_benchmark(root / "synth", seed=0, size=32, per_class=5)
-    return train("dsva", bench, DEFAULT_SPLIT, root / "runs" / "dsva", device="cpu", overrides=TINY), bench
+    run = train("dsva", tiny_benchmark, DEFAULT_SPLIT, root / "runs" / "dsva", device="cpu", overrides=TINY)
+    return run, tiny_benchmark
+
+
+@pytest.fixture(scope="module")
+def dsva_trt_export(dsva_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
+    """rsz-export --fp16 --engine trt --tiles of the run, once (a TensorRT-RTX build on the CPU costs
+    seconds): -> (CliRunner result, bundle). Tests read the bundle and never write into it."""
+    run, bench = dsva_run
+    out = tmp_path_factory.mktemp("trt") / "models" / "dsva"
+    args = [*TRT_EXPORT, "--run", str(run), "--out", str(out), "--tiles", str(bench / "images")]
+    return CliRunner().invoke(main, args), out
 
 
 @pytest.mark.slow
-def test_export_real_dsva_run(dsva_run: tuple[Path, Path], tmp_path: Path) -> None:
-    run, bench = dsva_run
-    out = tmp_path / "models" / "dsva"
-    args = ["--model", "dsva", "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
-    result = CliRunner().invoke(main, [*args, "--out", str(out), "--tiles", str(bench / "images")])
+def test_export_real_dsva_run(dsva_run: tuple[Path, Path], dsva_trt_export) -> None:
+    run = dsva_run[0]
+    result, out = dsva_trt_export
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     assert manifest.model_kind == "dsva" and manifest.class_embedding == "attributes"
@@ -59,15 +67,13 @@ def test_export_real_dsva_run(dsva_run: tuple[Path, Path], tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.skipif(_nvidia_gpu(), reason="a GPU host: the engines may run there")
 def test_backend_trt_without_a_gpu_is_one_line_and_writes_nothing(
-    dsva_run: tuple[Path, Path], tmp_path: Path
+    dsva_run: tuple[Path, Path], dsva_trt_export, tmp_path: Path
 ) -> None:
     """The README's TensorRT-RTX path on a machine without a GPU: rsz-export --engine trt builds the
     engines on the CPU; rsz-infer --backend trt, with each --device, stops with one line saying they need an
     RTX GPU (before: "use --device cuda" where there is none), writes nothing and keeps an earlier output."""
-    run, bench = dsva_run
-    bundle = tmp_path / "models" / "dsva"
-    args = ["--model", "dsva", "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
-    exported = CliRunner().invoke(main, [*args, "--out", str(bundle)])
+    bench = dsva_run[1]
+    exported, bundle = dsva_trt_export  # rsz-export --fp16 --engine trt, built on this CPU machine
     assert exported.exit_code == 0, exported.output
     classes = tmp_path / "new.txt"
     classes.write_text("forest: dense trees\nlake: still blue water\n", encoding="utf-8")
@@ -111,14 +117,18 @@ EXPECTED_GRAPHS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(EXPECTED_GRAPHS))
 def test_export_real_run_builds_an_engine_per_graph(
-    kind: str, dsva_run: tuple[Path, Path], tmp_path: Path
+    kind: str, dsva_run: tuple[Path, Path], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """CI builds a TensorRT-RTX FP16 engine for every graph of each model kind, on this CPU machine."""
+    """CI builds a TensorRT-RTX FP16 engine for every graph of each model kind, on this CPU machine (MSA:
+    the session's tiny run, tests/conftest.py)."""
     from rsz_train.data.synth import DEFAULT_SPLIT
     from rsz_train.train import train
 
     bench = dsva_run[1]
-    run = train(kind, bench, DEFAULT_SPLIT, tmp_path / "runs" / kind, device="cpu", overrides=TINY)
+    if kind == "msa":
+        run = request.getfixturevalue("tiny_msa_run")
+    else:
+        run = train(kind, bench, DEFAULT_SPLIT, tmp_path / "runs" / kind, device="cpu", overrides=TINY)
     out = tmp_path / "models" / kind
     args = ["--model", kind, "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
