@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _demo(tools: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(tools / "rsz-train"), "demo", "--workdir", "demo", "--per-class", "12", "--epochs", "1"],
+        [str(tools / "rsz-train"), "demo", "--workdir", "demo", "--per-class", "5", "--epochs", "1"],
         capture_output=True,
         text=True,
         timeout=600,
