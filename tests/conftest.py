@@ -39,3 +39,17 @@ def tiny_msa_run(tiny_benchmark, default_split, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "msa"
     return train("msa", tiny_benchmark, default_split, out, device="cpu", overrides=TINY_MSA)
+
+
+@pytest.fixture(scope="session")
+def tiny_msa_bundle(tiny_msa_run, tmp_path_factory):
+    """The README's export of that run, `rsz-export --model msa --run RUN --fp16 --engine trt` (FP32 and
+    FP16 graphs, a TensorRT-RTX engine per graph, built on the CPU): -> (CliRunner result, bundle). Made
+    once for tests/export (which checks it) and tests/test_retrieval_end_to_end.py; read only."""
+    from click.testing import CliRunner
+
+    from rsz_export.cli import main
+
+    out = tmp_path_factory.mktemp("models") / "msa"
+    args = ["--model", "msa", "--run", str(tiny_msa_run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
+    return CliRunner().invoke(main, [*args, "--out", str(out)]), out

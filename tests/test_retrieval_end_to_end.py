@@ -1,6 +1,6 @@
-"""Retrieval end to end with a real (tiny) trained MSA (tests/conftest.py's session run): train -> export ->
-rsz-infer index/search/rerank, and rsz-bench accuracy on the same bundle. Everything through the command
-lines users type."""
+"""Retrieval end to end with a real (tiny) trained MSA (tests/conftest.py's session run): train -> export
+(rsz-export's command line, in process) -> rsz-infer index/search/rerank, and rsz-bench accuracy on the
+same bundle, both through the command lines users type."""
 
 import json
 import subprocess
@@ -19,12 +19,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def msa_bundle(tiny_msa_run, tiny_benchmark, tmp_path_factory):
-    """The session's tiny real MSA run (tests/conftest.py, trained once for every folder) and its bundle."""
-    root = tmp_path_factory.mktemp("msa")
-    bundle = root / "bundle"
-    _run("rsz-export", "--model", "msa", "--run", str(tiny_msa_run), "--engine", "none", "--out", str(bundle))
-    return root, tiny_benchmark, tiny_msa_run, bundle
+def msa_bundle(tiny_msa_run, tiny_msa_bundle, tiny_benchmark, tmp_path_factory):
+    """The session's tiny real MSA run and its README export (rsz-export --fp16, engines), tests/conftest.py:
+    trained and exported once for this file and tests/export."""
+    exported, bundle = tiny_msa_bundle
+    assert exported.exit_code == 0, exported.output
+    return tmp_path_factory.mktemp("msa"), tiny_benchmark, tiny_msa_run, bundle
 
 
 def test_index_search_rerank_and_gallery(msa_bundle):

@@ -120,18 +120,18 @@ def test_export_real_run_builds_an_engine_per_graph(
     kind: str, dsva_run: tuple[Path, Path], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """CI builds a TensorRT-RTX FP16 engine for every graph of each model kind, on this CPU machine (MSA:
-    the session's tiny run, tests/conftest.py)."""
+    the session's tiny run and its bundle, tests/conftest.py, made by the same rsz-export command)."""
     from rsz_train.data.synth import DEFAULT_SPLIT
     from rsz_train.train import train
 
-    bench = dsva_run[1]
     if kind == "msa":
-        run = request.getfixturevalue("tiny_msa_run")
+        result, out = request.getfixturevalue("tiny_msa_bundle")
     else:
+        bench = dsva_run[1]
         run = train(kind, bench, DEFAULT_SPLIT, tmp_path / "runs" / kind, device="cpu", overrides=TINY)
-    out = tmp_path / "models" / kind
-    args = ["--model", kind, "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
-    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+        out = tmp_path / "models" / kind
+        args = ["--model", kind, "--run", str(run), "--fp16", "--engine", "trt", "--batch", "1:4:16"]
+        result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     class_embedding, roles = EXPECTED_GRAPHS[kind]
