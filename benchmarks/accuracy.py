@@ -158,7 +158,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     if missing:
         raise RszError(f"split {split_name}: image {missing[0]} is not in {data_dir}")
     labels = np.array([index[name_of[label_of[p]]] for p in paths], dtype=np.int64)
-    inputs = _image_inputs(td.load_images(data.root, paths, spec.size), spec)
+    inputs = _image_inputs(td.load_images(data.root, paths, spec.size, spec.resize), spec)
 
     class_emb = ev.embed_classes(model, info.semantics)
     retrieval_set = _retrieval_set(data, model, model_entry(info.kind).uses_captions, spec, td, ev)
@@ -306,7 +306,7 @@ def _retrieval_set(data, model, uses_captions: bool, spec, td, ev):
     for i, p in enumerate(paths):
         texts += data.captions[p]
         text_to_image += [i] * len(data.captions[p])
-    inputs = _image_inputs(td.load_images(data.root, paths, spec.size), spec)
+    inputs = _image_inputs(td.load_images(data.root, paths, spec.size, spec.resize), spec)
     return inputs, ev.embed_texts(model, texts), np.asarray(text_to_image)
 
 

@@ -129,7 +129,7 @@ def _stage_times(tiles, options, prep, runner, cfg, info, inputs) -> tuple[dict,
             first_error = first_error or f"{printable_name(tile.id)}: {first_line(err)}"
             continue  # a bad tile is skipped, as rsz-infer does
         t1 = time.perf_counter()
-        small = resize_rgb(rgb, prep.size)
+        small = resize_rgb(rgb, prep.size, prep.resize)
         t2 = time.perf_counter()
         arrays.append(normalize(small, prep))
         t3 = time.perf_counter()

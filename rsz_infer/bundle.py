@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from rsz_infer.errors import RszError, first_line
-from rsz_infer.preprocess import PreprocessSpec
+from rsz_infer.preprocess import RESIZE_FILTERS, PreprocessSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -275,7 +275,11 @@ def manifest_problem(m: Manifest) -> str | None:
             len(p.std) == 3 and all(_is_number(v) and v > 0 for v in p.std),
             "preprocess.std must be 3 numbers above zero",
         ),
-        (isinstance(p.resize, str) and p.band_order == "RGB" and p.layout == "NCHW", "preprocess: RGB NCHW"),
+        (
+            isinstance(p.resize, str) and p.resize in RESIZE_FILTERS,
+            f"preprocess.resize {p.resize!r:.60} is none of {', '.join(RESIZE_FILTERS)}",
+        ),
+        (p.band_order == "RGB" and p.layout == "NCHW", "preprocess: RGB NCHW"),
         (isinstance(m.graphs, dict) and "image" in m.graphs, "graphs must hold an 'image' graph"),
         (
             m.class_embedding in CLASS_EMBEDDINGS,

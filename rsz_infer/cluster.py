@@ -198,10 +198,13 @@ def check_parts_folder(parts_dir: Path) -> None:
         )
 
 
-def decode_partition(row: dict, options: TileOptions, size: int, jpeg_draft: int = 0) -> dict:
+def decode_partition(
+    row: dict, options: TileOptions, size: int, jpeg_draft: int = 0, resize: str = "bilinear"
+) -> dict:
     """Ray task: decode one partition's tiles and resize them to the model's input (uint8, as
-    preprocess.to_model_input resizes before it normalises); bad tiles come back with their reason.
-    jpeg_draft: as images.decode_tile's (`--decoder pillow-draft`: the model input size)."""
+    preprocess.to_model_input resizes before it normalises, with the bundle's preprocess.resize filter); bad
+    tiles come back with their reason. jpeg_draft: as images.decode_tile's (`--decoder pillow-draft`: the
+    model input size)."""
     good, rules, rgbs, sizes, skipped = [], [], [], [], []
     for tile in row["tiles"]:
         try:
@@ -212,7 +215,7 @@ def decode_partition(row: dict, options: TileOptions, size: int, jpeg_draft: int
         good.append(tile)
         rules.append(rule)
         sizes.append(rgb.shape[:2])
-        rgbs.append(resize_rgb(rgb, size))
+        rgbs.append(resize_rgb(rgb, size, resize))
     stacked = np.stack(rgbs) if rgbs else np.zeros((0, size, size, 3), np.uint8)
     return {
         "partition": row["partition"],
@@ -348,6 +351,7 @@ def run_partitions(
     options: RayOptions,
     progress: bool,
     decoder: str = "auto",
+    resize: str = "bilinear",
 ) -> dict:
     """Decode tasks -> actor pool over the partitions in `todo`; the driver sees only their counts.
     The tasks decode with Pillow and GDAL whatever `decoder` says (the same pixels), but pillow-draft's
@@ -359,7 +363,7 @@ def run_partitions(
         return totals
     ds = ray.data.from_items([{"partition": p, "tiles": tiles} for p, tiles in todo])
     draft = size if decoder == "pillow-draft" else 0
-    decode_args = {"options": tile_options, "size": size, "jpeg_draft": draft}
+    decode_args = {"options": tile_options, "size": size, "jpeg_draft": draft, "resize": resize}
     ds = ds.map(decode_partition, fn_kwargs=decode_args, num_cpus=1)
     ds = ds.map(
         actor_cls,
@@ -509,8 +513,9 @@ def _label_tiles_ray(cfg, options: RayOptions):  # pipeline.LabelConfig -> Summa
     size = manifest.preprocess.size
     try:
         totals = run_partitions(
-            ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress, cfg.decoder
-        )
+            ray, todo, cfg.tiles, size, LabelActor, actor, resources, options, cfg.progress, cfg.decoder,
+            manifest.preprocess.resize,
+        )  # fmt: skip
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: say what stays, as the single-process path does
         _say_stopped("interrupted", parts_dir, len(cut), "run again with --resume to finish")
         raise
@@ -609,8 +614,9 @@ def _build_index_ray(cfg, options: RayOptions):  # index.IndexConfig -> IndexSum
     size = manifest.preprocess.size
     try:
         totals = run_partitions(
-            ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress, cfg.decoder
-        )
+            ray, todo, tile_options, size, EmbedActor, actor, resources, options, cfg.progress, cfg.decoder,
+            manifest.preprocess.resize,
+        )  # fmt: skip
     except KeyboardInterrupt:
         _say_stopped("interrupted", parts_dir, len(cut), "run the same command to finish")
         raise

@@ -12,8 +12,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
+from rsz_infer.errors import RszError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PreprocessSpec.resize -> Pillow's filter. bilinear: rsz's own models (their training resized so);
+# bicubic: CLIP checkpoints, whose own pipelines (open_clip's image_transform, Hugging Face's
+# CLIPImageProcessor) resize with Pillow's BICUBIC.
+RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,7 @@ class PreprocessSpec:
     """How a tile becomes a model input; stored in every bundle manifest."""
 
     size: int = 64
-    resize: str = "bilinear"  # Pillow bilinear resize of the whole tile to size x size (no crop)
+    resize: str = "bilinear"  # Pillow's filter (RESIZE_FILTERS) resizing the whole tile to size x size
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     band_order: str = "RGB"
@@ -39,11 +45,13 @@ class PreprocessSpec:
         return cls(**d)
 
 
-def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize an HxWx3 uint8 array to size x size with Pillow's bilinear filter."""
+def resize_rgb(rgb: np.ndarray, size: int, resize: str = "bilinear") -> np.ndarray:
+    """Resize an HxWx3 uint8 array to size x size with Pillow's `resize` filter (a RESIZE_FILTERS name)."""
+    if resize not in RESIZE_FILTERS:
+        raise RszError(f"preprocess.resize {resize!r}: expected one of {', '.join(RESIZE_FILTERS)}")
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((size, size), RESIZE_FILTERS[resize]))
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,4 +77,4 @@ def normalize(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def to_model_input(rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """One tile, HxWx3 uint8 RGB of any size -> 3 x size x size float32."""
-    return normalize(resize_rgb(rgb, spec.size), spec)
+    return normalize(resize_rgb(rgb, spec.size, spec.resize), spec)

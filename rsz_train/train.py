@@ -161,7 +161,9 @@ def _image_attributes(
     paths = [p for p in split.train if p in label_of and data.class_names[label_of[p]] in train_classes]
     # An unreadable image is left out here as in training, which names it (its class keeps the images
     # route while one of its images is readable, else takes the text route).
-    paths, images, _unreadable = td.load_readable_images(data.root, paths, encoder.preprocess.size)
+    paths, images, _unreadable = td.load_readable_images(
+        data.root, paths, encoder.preprocess.size, encoder.preprocess.resize
+    )
     labels = np.array([label_of[p] for p in paths], dtype=np.int64)
     return generated_attributes(
         descriptions, phrases, images, labels, encoder.encode_images, encoder.encode_texts,

@@ -34,17 +34,18 @@ def read_rgb(path: Path) -> np.ndarray:
         raise RszError(f"{path}: cannot read image ({err})") from None
 
 
-def load_images(root: Path | str, paths: list[str], size: int) -> np.ndarray:
-    """Images at `root/paths[i]`, resized to size x size -> [N, size, size, 3] uint8; an image that cannot
-    be read is an RszError naming it."""
-    _, images, unreadable = load_readable_images(root, paths, size)
+def load_images(root: Path | str, paths: list[str], size: int, resize: str = "bilinear") -> np.ndarray:
+    """Images at `root/paths[i]`, resized to size x size (Pillow's `resize` filter, as
+    rsz_infer.preprocess.resize_rgb) -> [N, size, size, 3] uint8; an image that cannot be read is an
+    RszError naming it."""
+    _, images, unreadable = load_readable_images(root, paths, size, resize)
     if unreadable:
         raise RszError(next(iter(unreadable.values())))
     return images
 
 
 def load_readable_images(
-    root: Path | str, paths: list[str], size: int
+    root: Path | str, paths: list[str], size: int, resize: str = "bilinear"
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """load_images that leaves out what cannot be read: (kept paths, [K, size, size, 3], {path: why}).
 
@@ -56,7 +57,7 @@ def load_readable_images(
     unreadable: dict[str, str] = {}
     for rel in paths:
         try:
-            out[len(kept)] = resize_rgb(read_rgb(root / rel), size)
+            out[len(kept)] = resize_rgb(read_rgb(root / rel), size, resize)
         except RszError as err:
             unreadable[rel] = str(err)
             continue

@@ -123,6 +123,11 @@ def test_manifest_graph_outside_the_bundle_or_unlisted_is_refused(how, bundles, 
         (lambda m: m["graphs"]["image"]["inputs"][0].update(dtype="object"), "tensors need a name"),
         (lambda m: m.update(tokenizer="/etc/passwd"), "points outside the bundle"),
         (lambda m: m.update(model_kind="xyz"), "model_kind 'xyz' is none of dsva, mcfa, msa, clip"),
+        (
+            lambda m: m["preprocess"].update(resize="lanczos"),
+            "preprocess.resize 'lanczos' is none of bilinear, bicubic",
+        ),
+        (lambda m: m["preprocess"].update(resize=["bicubic"]), "preprocess.resize ['bicubic'] is none of"),
     ],
 )
 def test_malformed_manifest_values_are_one_line(change, expected, bundles, class_file, tmp_path, capsys):
