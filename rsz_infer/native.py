@@ -24,7 +24,10 @@ PREPROCESSORS = ("auto", "pillow", "native")
 # RSZ_NATIVE_ABI_VERSION of include/rsz_preprocess.h: raise both whenever a function there changes its
 # parameters or meaning. A library answering another number (or none: built before the version existed)
 # is refused, since calling functions that take other arguments crashes or computes garbage.
-ABI_VERSION = 1
+ABI_VERSION = 2
+# rsz_preprocess_cpu's filter argument for each PreprocessSpec.resize (resample.h's Filter); the CUDA path
+# has the bilinear one only.
+FILTERS = {"bilinear": 0, "bicubic": 1}
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -113,10 +116,18 @@ class NativePreprocessor:
         for name in ("rsz_preprocess_cuda", "rsz_cuda_available", "rsz_last_error"):
             if not hasattr(self.lib, name):  # the version says it is there: a library built some other way
                 raise RszError(f"{path}: not rsz's native preprocessing library (no {name})")
-        self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_void_p]
+        self.lib.rsz_preprocess_cpu.argtypes = [*_COMMON, ctypes.c_int32, ctypes.c_void_p]
         self.lib.rsz_preprocess_cuda.argtypes = [*_COMMON, ctypes.c_int32, ctypes.c_void_p]
         self.lib.rsz_last_error.restype = ctypes.c_char_p
-        cuda = bool(self.lib.rsz_cuda_available())
+        if spec.resize not in FILTERS:  # load_manifest refuses such a bundle first; a spec built in code
+            raise RszError(f"preprocess.resize {spec.resize!r}: expected one of {', '.join(FILTERS)}")
+        if device == "cuda" and spec.resize != "bilinear":  # its kernel has Pillow's bilinear filter only
+            raise RszError(
+                f"the native CUDA preprocess supports bilinear bundles only; this one resizes {spec.resize} "
+                "(the CPU path, device 'cpu' or 'auto', has both)"
+            )
+        # A bicubic bundle takes the CPU path when the device is left to rsz.
+        cuda = spec.resize == "bilinear" and bool(self.lib.rsz_cuda_available())
         if device == "cuda" and not cuda:
             raise RszError(f"{path}: no CUDA path (CPU-only build, or no GPU visible)")
         self.device = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
@@ -159,7 +170,7 @@ class NativePreprocessor:
         if self.device == "cuda":
             status = self.lib.rsz_preprocess_cuda(*args, 0, out.ctypes.data)
         else:
-            status = self.lib.rsz_preprocess_cpu(*args, out.ctypes.data)
+            status = self.lib.rsz_preprocess_cpu(*args, FILTERS[self.spec.resize], out.ctypes.data)
         if status != 0:
             raise RszError(f"native preprocessing: {self.lib.rsz_last_error().decode()}")
         return out

@@ -1,5 +1,6 @@
 /* rsz native preprocessing: a batch of uint8 HWC RGB tiles -> normalised NCHW float32/float16, with
- * Pillow's bilinear resize (antialiased triangle filter, 8-bit fixed point) in the same pass.
+ * Pillow's bilinear or bicubic resize (antialiased triangle or cubic filter, 8-bit fixed point) in the same
+ * pass (bicubic: CPU path only).
  *
  * The result equals rsz_infer.preprocess.to_model_input (Pillow resize, then (x/255 - mean) / std) bit for
  * bit in fp32 on the Pillow versions tested (see README.md for the tolerance the tests allow).
@@ -23,17 +24,17 @@ extern "C" {
  * rsz_native_abi_version() returns its own ABI_VERSION, so a stale build (a user's own, one left in a venv)
  * whose functions take other arguments is refused with a line instead of being called (a crash, or
  * garbage model inputs). */
-#define RSZ_NATIVE_ABI_VERSION 1
+#define RSZ_NATIVE_ABI_VERSION 2
 
 /* RSZ_NATIVE_ABI_VERSION of the sources this library was built from. */
 int rsz_native_abi_version(void);
 
-/* CPU path (OpenMP over tiles). */
+/* CPU path (OpenMP over tiles). filter: 0 Pillow's BILINEAR, 1 its BICUBIC (version 2 on). */
 int rsz_preprocess_cpu(const uint8_t *pixels, const int64_t *offsets, const int32_t *heights,
                        const int32_t *widths, int32_t batch, int32_t size, const float *mean,
-                       const float *std, int32_t out_fp16, void *out);
+                       const float *std, int32_t out_fp16, int32_t filter, void *out);
 
-/* CUDA path (librsz_preprocess_cuda.so only): copies the tiles to the GPU, one kernel, and writes `out`
+/* CUDA path (librsz_preprocess_cuda.so only; bilinear only): copies the tiles to the GPU, one kernel, and writes `out`
  * on the host (out_on_device 0) or, for a zero-copy hand-off to an engine, at a device pointer (1).
  * Not thread-safe: the device buffers are shared and grow as needed. */
 int rsz_preprocess_cuda(const uint8_t *pixels, const int64_t *offsets, const int32_t *heights,

@@ -19,13 +19,13 @@ struct Table {
   int ksize = 0;
 };
 
-Table make_table(int in_size, int out_size) {
+Table make_table(int in_size, int out_size, int filter) {
   Table t;
   t.first.resize(out_size);
   t.count.resize(out_size);
   std::vector<rsz::Taps> taps(out_size);
   for (int i = 0; i < out_size; ++i) {
-    taps[i] = rsz::taps_for(in_size, out_size, i);
+    taps[i] = rsz::taps_for(in_size, out_size, i, filter);
     if (taps[i].count > t.ksize) t.ksize = taps[i].count;
   }
   t.weights.assign((size_t)out_size * t.ksize, 0);
@@ -59,8 +59,9 @@ void pass(const uint8_t *src, int lines, size_t line_step, size_t step, const Ta
 }
 
 template <typename Out>
-void one_tile(const uint8_t *src, int h, int w, int size, const float *mean, const float *std, Out *out) {
-  Table horiz = make_table(w, size), vert = make_table(h, size);
+void one_tile(const uint8_t *src, int h, int w, int size, const float *mean, const float *std, int filter,
+              Out *out) {
+  Table horiz = make_table(w, size, filter), vert = make_table(h, size, filter);
   std::vector<uint8_t> resized((size_t)size * size * 3);
   if (rsz::vertical_first(h, w, size)) {
     std::vector<uint8_t> mid((size_t)size * w * 3);  // size rows of w pixels
@@ -109,16 +110,22 @@ int rsz_check_args(const int32_t *heights, const int32_t *widths, int32_t batch,
 
 int rsz_preprocess_cpu(const uint8_t *pixels, const int64_t *offsets, const int32_t *heights,
                        const int32_t *widths, int32_t batch, int32_t size, const float *mean,
-                       const float *std, int32_t out_fp16, void *out) {
+                       const float *std, int32_t out_fp16, int32_t filter, void *out) {
   if (rsz_check_args(heights, widths, batch, size)) return 1;
+  if (filter != rsz::kBilinear && filter != rsz::kBicubic) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "filter %d: expected 0 (bilinear) or 1 (bicubic)", filter);
+    g_error = msg;
+    return 1;
+  }
   const size_t per_tile = (size_t)3 * size * size;
 #pragma omp parallel for schedule(dynamic)
   for (int i = 0; i < batch; ++i) {
     const uint8_t *src = pixels + offsets[i];
     if (out_fp16)
-      one_tile(src, heights[i], widths[i], size, mean, std, (_Float16 *)out + i * per_tile);
+      one_tile(src, heights[i], widths[i], size, mean, std, filter, (_Float16 *)out + i * per_tile);
     else
-      one_tile(src, heights[i], widths[i], size, mean, std, (float *)out + i * per_tile);
+      one_tile(src, heights[i], widths[i], size, mean, std, filter, (float *)out + i * per_tile);
   }
   return 0;
 }

@@ -1,5 +1,6 @@
-// Pillow's bilinear resampling (libImaging/Resample.c), shared by the CPU and CUDA paths so both compute
-// the same integers: double weights of a triangle filter widened by the downscale factor (antialiasing),
+// Pillow's bilinear and bicubic resampling (libImaging/Resample.c), shared by the CPU and CUDA paths so both
+// compute the same integers: double weights of a triangle (bilinear) or cubic (bicubic, a = -0.5) filter
+// widened by the downscale factor (antialiasing),
 // normalised per output pixel, quantised to 22-bit fixed point, and an 8-bit rounded intermediate image
 // between the two passes (horizontal first, except as vertical_first says).
 #pragma once
@@ -17,6 +18,9 @@ namespace rsz {
 
 constexpr int kPrecisionBits = 32 - 8 - 2;
 
+// The filters, numbered as rsz_preprocess_cpu's `filter` argument (include/rsz_preprocess.h).
+enum Filter : int { kBilinear = 0, kBicubic = 1 };
+
 // Taps of one output coordinate: input indices [first, first + count).
 struct Taps {
   int first;
@@ -24,6 +28,7 @@ struct Taps {
   double center;
   double inv_filterscale;
   double total;  // sum of the unnormalised weights
+  int filter;    // Filter
 };
 
 RSZ_HD double triangle(double x) {
@@ -31,11 +36,23 @@ RSZ_HD double triangle(double x) {
   return x < 1.0 ? 1.0 - x : 0.0;
 }
 
-RSZ_HD Taps taps_for(int in_size, int out_size, int out_index) {
+// Pillow's bicubic_filter (a = -0.5, support 2).
+RSZ_HD double cubic(double x) {
+  const double a = -0.5;
+  x = x < 0.0 ? -x : x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+RSZ_HD double filter_at(int filter, double x) { return filter == kBicubic ? cubic(x) : triangle(x); }
+
+RSZ_HD Taps taps_for(int in_size, int out_size, int out_index, int filter = kBilinear) {
   double scale = (double)in_size / out_size;
   double filterscale = scale < 1.0 ? 1.0 : scale;
-  double support = filterscale;  // the bilinear filter's support is 1
+  double support = (filter == kBicubic ? 2.0 : 1.0) * filterscale;  // the filter's support, widened
   Taps t;
+  t.filter = filter;
   t.center = (out_index + 0.5) * scale;
   t.inv_filterscale = 1.0 / filterscale;
   int xmin = (int)(t.center - support + 0.5);
@@ -45,13 +62,14 @@ RSZ_HD Taps taps_for(int in_size, int out_size, int out_index) {
   t.first = xmin;
   t.count = xmax - xmin;
   t.total = 0.0;
-  for (int k = 0; k < t.count; ++k) t.total += triangle((k + xmin - t.center + 0.5) * t.inv_filterscale);
+  for (int k = 0; k < t.count; ++k)
+    t.total += filter_at(filter, (k + xmin - t.center + 0.5) * t.inv_filterscale);
   return t;
 }
 
 // Fixed-point weight of tap k (Pillow's normalize_coeffs_8bpc).
 RSZ_HD int32_t tap_weight(const Taps &t, int k) {
-  double w = triangle((k + t.first - t.center + 0.5) * t.inv_filterscale);
+  double w = filter_at(t.filter, (k + t.first - t.center + 0.5) * t.inv_filterscale);
   if (t.total != 0.0) w /= t.total;
   double scaled = w * (double)(1 << kPrecisionBits);
   return (int32_t)(scaled < 0 ? scaled - 0.5 : scaled + 0.5);

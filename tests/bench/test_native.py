@@ -1,9 +1,9 @@
 """cpp_plugins native preprocessing: builds with g++ and matches rsz_infer.preprocess.to_model_input.
 
-Tolerance: Pillow's bilinear resize is reproduced exactly (same fixed-point weights, same 8-bit rounded
-intermediate, same pass order as Pillow 13), so square tiles must match bit for bit. For non-square tiles
-other Pillow versions may run the two passes in the other order, which moves a value by at most one 8-bit
-level: 1 / (255 * std) after normalisation.
+Tolerance: Pillow's bilinear and bicubic resizes are reproduced exactly (same fixed-point weights, same
+8-bit rounded intermediate, same pass order as Pillow 13), so square tiles must match bit for bit. For
+non-square tiles other Pillow versions may run the two passes in the other order, which moves a value by at
+most one 8-bit level: 1 / (255 * std) after normalisation.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
 from rsz_infer.preprocess import PreprocessSpec, to_model_input
 
 SPEC = PreprocessSpec(size=32)
+# Both filters of PreprocessSpec.resize: rsz's own models' bilinear, CLIP checkpoints' bicubic.
+SPECS = [SPEC, PreprocessSpec(size=32, resize="bicubic")]
 ONE_LEVEL = 1.0 / (255.0 * min(SPEC.std)) + 1e-6
 # (height, width): identity, square down/up, and non-square tiles taking each pass order
 SQUARE = [(32, 32), (256, 256), (100, 100), (20, 20)]
@@ -28,7 +30,9 @@ NON_SQUARE = [(50, 20), (20, 50), (45, 31), (31, 33), (300, 7)]
 # Pillow 13's pass order on both sides of its boundary (vertical first iff h > size and
 # 2 (w - size) < h - size; size 32): (34, 33), (46, 39) and (130, 100) run horizontal first, (35, 33),
 # (46, 38), (250, 130), (71, 45) and (512, 256) vertical first (taller tiles whose width shrinks too: the
-# order the first rule, "the height shrinks while the width grows", missed)
+# order the first rule, "the height shrinks while the width grows", missed). The same rule holds for bicubic
+# (compared with Pillow 13 over every shape up to 200 x 200 at sizes 32 and 64: no shape where the other
+# order matched and the rule's did not).
 PASS_ORDER = [(34, 33), (35, 33), (46, 38), (46, 39), (250, 130), (71, 45), (130, 100), (512, 256)]
 
 
@@ -56,33 +60,45 @@ def _tiles(shapes: list[tuple[int, int]], seed: int = 0) -> list[np.ndarray]:
     return tiles
 
 
-def _reference(tiles: list[np.ndarray]) -> np.ndarray:
-    return np.stack([to_model_input(t, SPEC) for t in tiles])
+def _reference(tiles: list[np.ndarray], spec: PreprocessSpec = SPEC) -> np.ndarray:
+    return np.stack([to_model_input(t, spec) for t in tiles])
 
 
-def test_cpu_matches_pillow_reference(cpu_lib):
-    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.resize)
+def test_cpu_matches_pillow_reference(cpu_lib, spec):
+    native = NativePreprocessor(spec, device="cpu", path=cpu_lib)
     square, other = _tiles(SQUARE), _tiles(NON_SQUARE, seed=1)
     out = native(square + other)
     assert out.shape == (len(SQUARE) + len(NON_SQUARE), 3, 32, 32) and out.dtype == np.float32
-    np.testing.assert_array_equal(out[: len(SQUARE)], _reference(square))
-    assert np.abs(out[len(SQUARE) :] - _reference(other)).max() <= ONE_LEVEL
+    np.testing.assert_array_equal(out[: len(SQUARE)], _reference(square, spec))
+    assert np.abs(out[len(SQUARE) :] - _reference(other, spec)).max() <= ONE_LEVEL
 
 
-def test_cpu_pass_order_is_pillow_13s(cpu_lib):
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.resize)
+def test_cpu_pass_order_is_pillow_13s(cpu_lib, spec):
     import PIL
 
     if int(PIL.__version__.split(".")[0]) != 13:
         pytest.skip(f"Pillow {PIL.__version__}: the pass order is Pillow 13's")
-    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+    native = NativePreprocessor(spec, device="cpu", path=cpu_lib)
     tiles = _tiles(PASS_ORDER, seed=2)
-    np.testing.assert_array_equal(native(tiles), _reference(tiles))  # bit for bit, each shape
+    np.testing.assert_array_equal(native(tiles), _reference(tiles, spec))  # bit for bit, each shape
 
 
-def test_cpu_fp16_output_is_the_rounded_fp32(cpu_lib):
-    native = NativePreprocessor(SPEC, device="cpu", path=cpu_lib)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.resize)
+def test_cpu_fp16_output_is_the_rounded_fp32(cpu_lib, spec):
+    native = NativePreprocessor(spec, device="cpu", path=cpu_lib)
     tiles = _tiles(SQUARE)
-    np.testing.assert_array_equal(native(tiles, "float16"), _reference(tiles).astype(np.float16))
+    np.testing.assert_array_equal(native(tiles, "float16"), _reference(tiles, spec).astype(np.float16))
+
+
+def test_bicubic_is_not_bilinear(cpu_lib):
+    """The filter reaches the library: a bicubic spec's native output is Pillow's bicubic, not its bilinear
+    (which the other tests' bilinear half would pass with)."""
+    tiles = _tiles([(256, 256), (100, 100)])
+    out = NativePreprocessor(SPECS[1], device="cpu", path=cpu_lib)(tiles)
+    np.testing.assert_array_equal(out, _reference(tiles, SPECS[1]))
+    assert np.abs(out - _reference(tiles, SPEC)).max() > ONE_LEVEL
 
 
 def test_bad_tiles_are_one_line_errors(cpu_lib):
@@ -237,7 +253,7 @@ def _stale_library(folder: Path, version: int | None) -> Path:
     return lib
 
 
-@pytest.mark.parametrize("version", [None, 0, 2])
+@pytest.mark.parametrize("version", [None, 1, 3])
 def test_a_library_of_another_abi_version_is_one_line(version, tmp_path, monkeypatch):
     """A stale build (a user's own, one left in a venv) whose functions take other arguments was called
     anyway: a crash, or garbage model inputs. Without rsz_native_abi_version, or with another number, it
@@ -272,3 +288,46 @@ def test_the_built_library_answers_the_abi_version_native_py_expects(cpu_lib):
     header = (PLUGIN_DIR / "include" / "rsz_preprocess.h").read_text()
     assert re.search(r"#define RSZ_NATIVE_ABI_VERSION (\d+)", header).group(1) == str(ABI_VERSION)
     assert NativePreprocessor(SPEC, device="cpu", path=cpu_lib).lib.rsz_native_abi_version() == ABI_VERSION
+
+
+# A library of this ABI built with the CUDA path on a machine with a GPU, as rsz_infer.native sees one:
+# rsz_cuda_available answers 1 (no GPU here; what is tested is which path rsz picks, not the kernel).
+_CUDA_BUILD = """
+#include <stdint.h>
+int rsz_native_abi_version(void) { return %d; }
+int rsz_preprocess_cpu(void) { return 1; }
+int rsz_preprocess_cuda(void) { return 1; }
+int rsz_cuda_available(void) { return 1; }
+const char *rsz_last_error(void) { return "stub"; }
+"""
+
+
+def test_a_bicubic_bundle_never_takes_the_cuda_path(tmp_path):
+    """The CUDA kernel has Pillow's bilinear filter only: for a bicubic spec (a CLIP bundle) the automatic
+    choice takes the CPU path, and asking for the CUDA path is one line saying why it cannot."""
+    from rsz_infer.errors import RszError
+    from rsz_infer.native import ABI_VERSION
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    source, lib = tmp_path / "cuda_build.c", tmp_path / "cuda_build.so"
+    source.write_text(_CUDA_BUILD % ABI_VERSION)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O0", "-o", str(lib), str(source)], check=True)
+    assert NativePreprocessor(SPEC, "auto", lib).name == "native:cuda"  # bilinear: as before
+    assert NativePreprocessor(SPECS[1], "auto", lib).name == "native:cpu"
+    with pytest.raises(RszError) as err:
+        NativePreprocessor(SPECS[1], "cuda", lib)
+    assert str(err.value) == (
+        "the native CUDA preprocess supports bilinear bundles only; this one resizes bicubic "
+        "(the CPU path, device 'cpu' or 'auto', has both)"
+    )
+
+
+@pytest.mark.skipif(not _gpu_present(), reason="needs nvcc and an NVIDIA GPU")
+def test_cuda_build_preprocesses_a_bicubic_spec_on_the_cpu(tmp_path):
+    lib = _build("cuda", tmp_path)
+    native = NativePreprocessor(SPECS[1], device="auto", path=lib)
+    tiles = _tiles(SQUARE, seed=3)
+    assert native.name == "native:cpu"
+    np.testing.assert_array_equal(native(tiles), _reference(tiles, SPECS[1]))
