@@ -483,11 +483,16 @@ class ClipModel(RszModel):
 
 
 def _open_clip_preprocess(open_clip, net: nn.Module) -> PreprocessSpec:
+    """The model's preprocess config (open_clip's PreprocessCfg): its size, mean, std, and its resize filter
+    as open_clip's image_transform picks it for inference: bilinear when the config says "bilinear", else
+    bicubic (the PreprocessCfg default, and what "random" means at inference). Its resize_mode and centre
+    crop are not used: rsz resizes each whole tile."""
     cfg = open_clip.get_model_preprocess_cfg(net)
     size = cfg.get("size", 224)
     size = size[0] if isinstance(size, list | tuple) else size
+    resize = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
     return PreprocessSpec(
-        size=int(size), resize="bilinear", mean=tuple(cfg.get("mean", CLIP_MEAN)),
+        size=int(size), resize=resize, mean=tuple(cfg.get("mean", CLIP_MEAN)),
         std=tuple(cfg.get("std", CLIP_STD)),
     )  # fmt: skip
 
@@ -570,13 +575,33 @@ def _finite_numbers(path: Path, cfg: dict, field: str, default: tuple, positive:
     return tuple(float(v) for v in value)
 
 
+# preprocessor_config.json's `resample` (a PIL.Image.Resampling number) -> PreprocessSpec.resize.
+HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def _hf_resample(path: Path, cfg: dict) -> str:
+    """The resize filter of preprocessor_config.json: `resample` 2 bilinear, 3 bicubic (CLIPImageProcessor's
+    default, so also when the key is missing). Another filter (nearest, lanczos, box, hamming) is refused:
+    rsz has only these two, and resizing otherwise than the checkpoint's own pipeline would change its
+    embeddings without a word."""
+    value = cfg.get("resample", 3)
+    if type(value) is int and value in HF_RESAMPLE:
+        return HF_RESAMPLE[value]
+    names = {0: "NEAREST", 1: "LANCZOS", 4: "BOX", 5: "HAMMING"}
+    what = f" (Pillow's {names[value]})" if type(value) is int and value in names else ""
+    raise RszError(
+        f"{path}: resample {json.dumps(value)[:40]}{what}: rsz resizes with 2 (bilinear) or 3 (bicubic) only"
+    )
+
+
 def _hf_preprocess(folder: Path, size: Any) -> PreprocessSpec:
-    """The folder's preprocessing: config.json's vision image_size; mean/std from preprocessor_config.json
-    when there is one, else OpenAI CLIP's. Its resize and crop_size are not used: rsz resizes each whole tile
-    to the model's input size (a centre crop would cut off a tile's edges)."""
+    """The folder's preprocessing: config.json's vision image_size; mean/std and the resize filter
+    (`resample`) from preprocessor_config.json when there is one, else OpenAI CLIP's (bicubic, as
+    CLIPImageProcessor's defaults). Its shortest-edge resize and crop_size are not used: rsz resizes each
+    whole tile to the model's input size (a centre crop would cut off a tile's edges)."""
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise RszError(f"{folder / 'config.json'}: vision_config.image_size must be a positive integer")
-    mean, std = CLIP_MEAN, CLIP_STD
+    mean, std, resize = CLIP_MEAN, CLIP_STD, "bicubic"
     path = folder / "preprocessor_config.json"
     if path.is_file():
         try:
@@ -587,7 +612,8 @@ def _hf_preprocess(folder: Path, size: Any) -> PreprocessSpec:
             raise RszError(f"{path}: expected a JSON object")
         mean = _finite_numbers(path, cfg, "image_mean", CLIP_MEAN, positive=False)
         std = _finite_numbers(path, cfg, "image_std", CLIP_STD, positive=True)
-    return PreprocessSpec(size=size, resize="bilinear", mean=mean, std=std)
+        resize = _hf_resample(path, cfg)
+    return PreprocessSpec(size=size, resize=resize, mean=mean, std=std)
 
 
 def _quiet_transformers():

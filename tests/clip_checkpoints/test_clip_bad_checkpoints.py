@@ -198,6 +198,34 @@ def test_bad_preprocessor_config_cli_and_a_good_one(tmp_path):
     (folder / "preprocessor_config.json").write_text(json.dumps(good), encoding="utf-8")
     spec = load_clip(folder).preprocess
     assert (spec.size, spec.mean, spec.std) == (32, (0.5, 0.25, 0.0), (0.5, 0.5, 0.5))  # crop_size unused
+    assert spec.resize == "bicubic"  # no `resample`: CLIPImageProcessor's default, PIL's BICUBIC
+
+
+@pytest.mark.parametrize(("resample", "resize"), [(3, "bicubic"), (2, "bilinear"), (None, "bicubic")])
+def test_hf_folder_resizes_with_its_resample_filter(tmp_path, resample, resize):
+    """preprocessor_config.json's `resample` (PIL's numbering) is the bundle's preprocess.resize, as
+    CLIPImageProcessor resizes with it; without a preprocessor_config.json, OpenAI CLIP's bicubic."""
+    folder = tmp_path / "hf_pp"
+    _tiny_hf(folder)
+    if resample is not None:
+        (folder / "preprocessor_config.json").write_text(json.dumps({"resample": resample}), "utf-8")
+    assert load_clip(folder).preprocess.resize == resize
+
+
+@pytest.mark.parametrize(
+    ("resample", "says"),
+    [(1, "resample 1 (Pillow's LANCZOS): "), (0, "resample 0 (Pillow's NEAREST): "),
+     ('"bicubic"', 'resample "bicubic": '), ("true", "resample true: ")],
+)  # fmt: skip
+def test_hf_folder_with_another_resample_filter_is_one_line(tmp_path, resample, says):
+    """A filter rsz does not have is refused, naming the file and the value: resizing otherwise than the
+    checkpoint's own pipeline would change every embedding without a word."""
+    folder = tmp_path / "hf_pp"
+    _tiny_hf(folder)
+    (folder / "preprocessor_config.json").write_text(f'{{"resample": {resample}}}', "utf-8")
+    result, out = _export(folder, tmp_path)
+    line = _one_line_error(result, out, f"{folder / 'preprocessor_config.json'}: {says}")
+    assert line.endswith("rsz resizes with 2 (bilinear) or 3 (bicubic) only")
 
 
 # ---------------------------------------------------------------- open_clip files: named, what they are not
@@ -210,6 +238,21 @@ def tiny_state(tmp_path_factory):
     config.write_text(json.dumps(TINY_VIT), encoding="utf-8")
     oc.add_model_config(config)
     return oc.create_model("rsz-tiny-vit-bad", pretrained=None).state_dict()
+
+
+def test_open_clip_checkpoint_resizes_as_its_preprocess_config_says(tiny_state, tmp_path):
+    """open_clip's image_transform resizes with bicubic (PreprocessCfg's default, what a model created without
+    a pretrained tag has) unless the model's preprocess config says bilinear: preprocess.resize follows."""
+    from rsz_train.models.clip import _open_clip_preprocess
+
+    oc = import_open_clip()
+    torch.save(tiny_state, tmp_path / "tiny.pt")
+    model = load_clip(tmp_path / "tiny.pt")
+    assert model.preprocess.resize == "bicubic"
+    for interpolation, resize in (("bilinear", "bilinear"), ("random", "bicubic"), ("bicubic", "bicubic")):
+        cfg = {**oc.get_model_preprocess_cfg(model.net), "interpolation": interpolation}
+        oc.set_model_preprocess_cfg(model.net, cfg)
+        assert _open_clip_preprocess(oc, model.net).resize == resize
 
 
 def test_open_clip_shapes_of_no_architecture_name_the_file(tiny_state, tmp_path):
