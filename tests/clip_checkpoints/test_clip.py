@@ -29,13 +29,10 @@ from rsz_infer.prompts import DEFAULT_TEMPLATES, read_templates
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.scoring import l2_normalize, softmax
 from rsz_infer.tokenizer import Tokenizer
-from rsz_train.models.clip import ClipSource, import_open_clip, infer_arch, load_clip, read_state_dict
+from rsz_train.models.clip import ClipSource, infer_arch, load_clip, read_state_dict
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from .helpers import TINY_VIT, register_arch
+
 TINY_RN = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
@@ -45,12 +42,9 @@ TINY_RN = {
 
 @pytest.fixture(scope="module")
 def open_clip(tmp_path_factory):
-    oc = import_open_clip()
     folder = tmp_path_factory.mktemp("open_clip_configs")
-    for name, cfg in (("rsz-tiny-vit", TINY_VIT), ("rsz-tiny-rn", TINY_RN)):
-        (folder / f"{name}.json").write_text(json.dumps(cfg), encoding="utf-8")
-        oc.add_model_config(folder / f"{name}.json")
-    return oc
+    register_arch(folder, "rsz-tiny-vit", TINY_VIT)
+    return register_arch(folder, "rsz-tiny-rn", TINY_RN)
 
 
 def _random_clip(open_clip, arch: str, seed: int):

@@ -23,11 +23,7 @@ from rsz_export.cli import main as export_main
 from rsz_infer.errors import RszError
 from rsz_train.models.clip import import_open_clip, load_clip
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from .helpers import random_open_clip
 
 
 def _tiny_hf(folder: Path, weights: str = "safetensors"):
@@ -233,11 +229,8 @@ def test_hf_folder_with_another_resample_filter_is_one_line(tmp_path, resample, 
 
 @pytest.fixture(scope="module")
 def tiny_state(tmp_path_factory):
-    oc = import_open_clip()
-    config = tmp_path_factory.mktemp("open_clip_configs") / "rsz-tiny-vit-bad.json"
-    config.write_text(json.dumps(TINY_VIT), encoding="utf-8")
-    oc.add_model_config(config)
-    return oc.create_model("rsz-tiny-vit-bad", pretrained=None).state_dict()
+    _, net = random_open_clip(tmp_path_factory.mktemp("open_clip_configs"), "rsz-tiny-vit-bad")
+    return net.state_dict()
 
 
 def test_open_clip_checkpoint_resizes_as_its_preprocess_config_says(tiny_state, tmp_path):

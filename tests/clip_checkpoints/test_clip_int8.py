@@ -3,35 +3,25 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from rsz_export.cli import main as export_main
 from rsz_infer.bundle import load_manifest
-from rsz_train.models.clip import import_open_clip
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+from .helpers import TINY_VIT, random_open_clip
+
+TINY_VIT_TEXT_1 = {**TINY_VIT, "text_cfg": {**TINY_VIT["text_cfg"], "layers": 1}}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from safetensors.torch import save_file
 
-    oc = import_open_clip()
     folder = tmp_path_factory.mktemp("clip_int8")
-    (folder / "rsz-int8-vit.json").write_text(json.dumps(TINY_VIT), encoding="utf-8")
-    oc.add_model_config(folder / "rsz-int8-vit.json")
-    torch.manual_seed(0)
-    net = oc.create_model("rsz-int8-vit", pretrained=None).eval()
+    _, net = random_open_clip(folder, "rsz-int8-vit", TINY_VIT_TEXT_1)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "vit.safetensors"))
     tiles = folder / "tiles"
     tiles.mkdir()

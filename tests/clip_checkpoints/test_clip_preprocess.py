@@ -18,7 +18,6 @@ on these tiles, bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +32,8 @@ from rsz_infer.native import PLUGIN_DIR, NativePreprocessor
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.runners.ort import OrtRunner
 from rsz_infer.scoring import l2_normalize
-from rsz_train.models.clip import import_open_clip
+
+from .helpers import random_open_clip
 
 PICTURE = Path(__file__).parent / "data" / "osbs_029_256.png"
 # A ViT small enough to export in seconds, at CLIP's real input size (224: a 256 px tile shrinks, where
@@ -116,12 +116,8 @@ def clip_224(tmp_path_factory):
     """(open_clip model, its bundle exported by rsz-export clip's export_clip, FP32, no engines)."""
     from rsz_export.clip import export_clip
 
-    open_clip = import_open_clip()
     folder = tmp_path_factory.mktemp("clip224")
-    (folder / "rsz-tiny-vit224.json").write_text(json.dumps(TINY_VIT_224), encoding="utf-8")
-    open_clip.add_model_config(folder / "rsz-tiny-vit224.json")
-    torch.manual_seed(5)
-    net = open_clip.create_model("rsz-tiny-vit224", pretrained=None).eval()
+    open_clip, net = random_open_clip(folder, "rsz-tiny-vit224", TINY_VIT_224, seed=5)
     torch.save(net.state_dict(), folder / "tiny_vit224.pt")
     bundle, _ = export_clip(folder / "tiny_vit224.pt", folder / "bundle", engine="none")
     return open_clip, net, bundle

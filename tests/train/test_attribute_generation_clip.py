@@ -16,25 +16,15 @@ from rsz_infer.preprocess import to_model_input
 from rsz_infer.prompts import DEFAULT_TEMPLATES
 from rsz_infer.scoring import l2_normalize
 
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from ..clip_checkpoints.helpers import random_open_clip
 
 
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
     from safetensors.torch import save_file
 
-    from rsz_train.models.clip import import_open_clip
-
-    open_clip = import_open_clip()
     folder = tmp_path_factory.mktemp("clip_dual")
-    (folder / "rsz-tiny-vit.json").write_text(json.dumps(TINY_VIT), encoding="utf-8")
-    open_clip.add_model_config(folder / "rsz-tiny-vit.json")
-    torch.manual_seed(0)
-    net = open_clip.create_model("rsz-tiny-vit", pretrained=None).eval()
+    open_clip, net = random_open_clip(folder, "rsz-tiny-vit")
     checkpoint = folder / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(checkpoint))
     from rsz_export.clip import export_clip
