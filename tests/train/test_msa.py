@@ -319,3 +319,88 @@ def test_authors_matcher_and_losses_train_and_export_the_rerank_graph(tmp_path) 
         "attention_mask": tokens["attention_mask"][:2].numpy(),
     }
     np.testing.assert_allclose(session.run(None, feeds)[0], score.numpy(), atol=1e-5)
+
+
+# --- msa_resnet50 as the authors trained it -----------------------------------------------------------
+# Line numbers below are of yr666666/MSA at commit 1a93f1eceaf6f4c262f4fe18d7b46530a976653b (retrieval.py,
+# model.py, data.py, eval.py, log) and a1ebd8527ecc7ceaab1ba60db934af7869953824 (option/RSITMD.ymal).
+
+
+def _authors_triplet_sum(cosine: np.ndarray, margin: float) -> float:
+    """retrieval.py lines 256-289 with triplet_loss (lines 92-113), written out: each image's hardest negative
+    text is the argmin of the cosine distance `cdist(..., 'cosine')` with the diagonal multiplied by 1e6
+    (`mask_mat`, line 261), likewise each text's hardest image; a hinge is
+    max(0, margin + (2 - cos_pos) - (2 - cos_neg)) and both directions are summed over the batch
+    (line 111)."""
+    size = len(cosine)
+    mask = 1e6 * np.eye(size) + (1 - np.eye(size))
+    negative_text = (mask * (1 - cosine)).argmin(axis=1)  # img_neg_text_idx, line 268
+    negative_image = (mask * (1 - cosine.T)).argmin(axis=1)  # text_neg_img_idx, line 274 (cdist(text, image))
+    positive = np.diag(cosine)
+    rows = np.arange(size)
+    image_side = np.maximum(0, margin + (2 - positive) - (2 - cosine[rows, negative_text]))
+    text_side = np.maximum(0, margin + (2 - positive) - (2 - cosine[negative_image, rows]))
+    return float(image_side.sum() + text_side.sum())
+
+
+def test_msa_resnet50_triplet_term_is_the_authors_sum() -> None:
+    """The authors' triplet loss is a sum over the batch (retrieval.py line 111: torch.sum of each direction's
+    hinges, margin 0.5 at line 101, weight 1 at line 293); rsz's triplet_hardest_negative is the mean of the
+    two directions' batch means, so msa_resnet50's triplet_weight is 2 x batch_size."""
+    cosine = np.array([[0.9, 0.6, 0.1], [0.3, 0.5, 0.4], [0.2, 0.7, 0.8]])
+    # Images: hardest texts 0.6, 0.4, 0.7 -> hinges .5-.9+.6=.2, .5-.5+.4=.4, .5-.8+.7=.4
+    # Texts: hardest images 0.3, 0.7, 0.4 -> hinges max(0, .5-.9+.3)=0, .5-.5+.7=.7, .5-.8+.4=.1
+    assert _authors_triplet_sum(cosine, 0.5) == pytest.approx(1.8)
+    rsz_mean = float(L.triplet_hardest_negative(torch.tensor(cosine), 0.5))
+    assert rsz_mean == pytest.approx((1.0 / 3 + 0.8 / 3) / 2)
+    assert 2 * 3 * rsz_mean == pytest.approx(1.8)
+    # The shipped config on a full batch of its own size
+    from rsz_train.config import load_config
+
+    config = load_config("msa", "msa_resnet50")
+    size, margin = config.train.batch_size, config.model.margin
+    assert margin == 0.5 and config.model.triplet_weight == 2 * size
+    rng = np.random.default_rng(0)
+    images, texts = rng.normal(size=(size, 8)), rng.normal(size=(size, 8))
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    cosine = images @ texts.T
+    weighted = config.model.triplet_weight * float(L.triplet_hardest_negative(torch.tensor(cosine), margin))
+    assert weighted == pytest.approx(_authors_triplet_sum(cosine, margin), rel=1e-9)
+
+
+def test_msa_resnet50_trains_as_retrieval_py() -> None:
+    """The shipped paper-size config against the authors' training (retrieval.py unless named):
+    - batches of 32: `data.get_loaders(options["dataset"]["batch_size"], ...)` (line 146) with
+      option/RSITMD.ymal `batch_size: 32` (line 26). Their log rules out 128: each step's loss is at least
+      15 x 4 scales x the cross-entropy of sigmoid scores in (0, 1), log(e + B - 1) - 1 per image, i.e. 232
+      for B = 128, and the log's last epoch averages `mean_loss=157.1908` (151 for B = 32).
+    - 60 epochs (line 479) over every caption: data.py line 37 makes one item per (image, caption); an rsz
+      epoch is one pass over the images with one random caption each (train.pick_captions), so 300 rsz
+      epochs see as many pairs, in about as many steps (RSITMD: `train: 21455` captions in their log);
+    - AdamW lr 1e-5 (line 480) for every part (lines 160-163), weight decay 0.1 (line 164), no gradient
+      clipping between loss.backward() and optimizer.step() (lines 300-301), no lr schedule;
+    - no augmentation: data.py get_transform is Resize(224), ToTensor, Normalize (lines 112-118);
+    - losses: triplet + 15 x loss_cross + 10 x ms_consis_loss (line 293), the KL at temperature 2
+      (lines 247-249); BERT's tokens are 768 wide in 12 heads (model.py line 272): 64 per head."""
+    from rsz_train.config import load_config
+    from rsz_train.data.batches import random_batches
+
+    config = load_config("msa", "msa_resnet50")
+    model, train = config.model, config.train
+    assert train.batch_size == 32
+    assert (train.lr, train.weight_decay, train.warmup_epochs) == (1e-5, 0.1, 0)
+    assert train.grad_clip == 0 and train.augment is False and train.image_size == 224
+    captions_per_image, authors_epochs, captions = 5, 60, 21455
+    assert train.epochs == authors_epochs * captions_per_image
+    images = captions // captions_per_image
+    assert train.epochs * images == authors_epochs * captions  # pairs seen
+    rsz_steps = train.epochs * len(random_batches(images, train.batch_size, np.random.default_rng(0)))
+    authors_steps = authors_epochs * math.ceil(captions / train.batch_size)
+    assert abs(rsz_steps - authors_steps) / authors_steps < 0.01
+    assert model.text_lr_scale == 1.0 and model.text_trainable_layers == -1 and not model.freeze_backbone
+    assert (model.matcher, model.loss_form) == ("mscmat", "authors")
+    assert model.triplet_weight == 2 * train.batch_size  # their weight 1 on a sum (the test above)
+    assert (model.alignment_weight, model.consistency_weight) == (15.0, 10.0)
+    assert model.contrastive_weight == 0.0 and model.consistency_temperature == 2.0
+    assert model.model_dim // model.matcher_heads == 768 // 12
