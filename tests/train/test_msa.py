@@ -404,3 +404,62 @@ def test_msa_resnet50_trains_as_retrieval_py() -> None:
     assert (model.alignment_weight, model.consistency_weight) == (15.0, 10.0)
     assert model.contrastive_weight == 0.0 and model.consistency_temperature == 2.0
     assert model.model_dim // model.matcher_heads == 768 // 12
+
+
+def _layer_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    variance = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased, as LayerNorm's
+    return (x - mean) / torch.sqrt(variance + norm.eps) * norm.weight + norm.bias
+
+
+def _authors_match(head, s: int, scale: torch.Tensor, tokens: torch.Tensor, length: int) -> float:
+    """model.py Multi_img_crossatt.forward for one (image, text) pair at scale s, written out with the
+    matcher's weights: the query is the LayerNorm'd scale feature (line 309, `ln_pre_t(multi1)`), keys and
+    values the LayerNorm'd tokens after the first (`ln_pre_i(text_embedding)`; Bert.forward line 243 passes
+    `sequence_outputs[:, 1:, :]`), attention per head over the text's `length` real tokens, softmax of
+    q.k / sqrt(head width), heads concatenated and projected; then (line 320)
+    sigmoid(match_fc((read + text_cls) * scale feature)), text_cls the first (CLS) token."""
+    attention = head.attention[s]
+    wq, wk, wv = attention.in_proj_weight.chunk(3)
+    bq, bk, bv = attention.in_proj_bias.chunk(3)
+    query = _layer_norm(scale, head.image_norm) @ wq.T + bq
+    words = _layer_norm(tokens[1:length], head.text_norm)
+    keys, values = words @ wk.T + bk, words @ wv.T + bv
+    width = query.shape[0] // attention.num_heads
+    read = []
+    for h in range(attention.num_heads):
+        part = slice(h * width, (h + 1) * width)
+        weights = torch.softmax(keys[:, part] @ query[part] / math.sqrt(width), dim=0)
+        read.append(weights @ values[:, part])
+    read = torch.cat(read) @ attention.out_proj.weight.T + attention.out_proj.bias
+    joint = (read + tokens[0]) * scale
+    return float(torch.sigmoid(joint @ head.match[s].weight[0] + head.match[s].bias[0]))
+
+
+def test_mscmat_is_the_authors_formula_pair_by_pair() -> None:
+    """Every (image, text) score of MSCMATMatcher at every scale equals model.py's MSCMAT (lines 301-323)
+    computed pair by pair as retrieval.py's interact_cross (lines 437-471) pairs them: row i of a scale's
+    matrix is image i with every text. Text 2 is padded: rsz gives its padding no weight, so its expected
+    score is the formula over its real tokens (the authors pass no mask: DESIGN.md)."""
+    from rsz_train.models.msa import MSCMATMatcher
+
+    torch.manual_seed(0)
+    head = MSCMATMatcher(8, num_scales=2, heads=2).eval()
+    with torch.no_grad():  # LayerNorms and biases away from their initial 1 / 0, so that each one counts
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    scales, tokens = torch.randn(2, 2, 8), torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    lengths = mask.sum(dim=1).tolist()
+    with torch.no_grad():
+        matrix = head.match_matrix(scales, tokens, mask)
+        paired = head(scales, tokens[:2], mask[:2])
+        for s in range(2):
+            for i in range(2):
+                for j in range(3):
+                    expected = _authors_match(head, s, scales[i, s], tokens[j], lengths[j])
+                    assert float(matrix[s, i, j]) == pytest.approx(expected, abs=1e-6), (s, i, j)
+        # the rerank graph: image b with text b, averaged over the scales
+        for b in range(2):
+            per_scale = [_authors_match(head, s, scales[b, s], tokens[b], lengths[b]) for s in range(2)]
+            assert float(paired[b]) == pytest.approx(np.mean(per_scale), abs=1e-6)
