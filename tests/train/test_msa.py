@@ -463,3 +463,51 @@ def test_mscmat_is_the_authors_formula_pair_by_pair() -> None:
         for b in range(2):
             per_scale = [_authors_match(head, s, scales[b, s], tokens[b], lengths[b]) for s in range(2)]
             assert float(paired[b]) == pytest.approx(np.mean(per_scale), abs=1e-6)
+
+
+def _authors_recalls(sims: np.ndarray) -> list[float]:
+    """eval.py i2t5 (lines 45-79) and t2i5 (lines 82-112) on sims [N images, 5N captions], caption c of
+    image c // 5 (retrieval.py line 396 keeps every 5th image row): an image's rank is the best position of
+    its 5 captions in its descending order of texts, a caption's the position of its image; R@K = 100 x the
+    share of ranks < K; mR the mean of the six (line 401)."""
+    n = sims.shape[0]
+    position = lambda order, item: int(np.where(order == item)[0][0])  # noqa: E731
+    i2t = [min(position(np.argsort(-sims[i]), c) for c in range(5 * i, 5 * i + 5)) for i in range(n)]
+    t2i = [position(np.argsort(-sims[:, c]), c // 5) for c in range(5 * n)]
+    recalls = [100.0 * np.mean(np.array(ranks) < k) for ranks in (i2t, t2i) for k in (1, 5, 10)]
+    return recalls + [float(np.mean(recalls))]
+
+
+def test_retrieval_scores_are_the_authors_i2t5_t2i5_and_mr() -> None:
+    """rsz's retrieval figures (rsz_infer.metrics.retrieval_metrics, through evaluate.retrieval_scores in
+    training) are the authors' eval.py i2t5 / t2i5 and mR on data without ties, 5 captions per image."""
+    from rsz_infer.metrics import retrieval_metrics
+    from rsz_train.evaluate import retrieval_scores
+
+    # 3 images, captions 0-4 of image 0, 5-9 of image 1, 10-14 of image 2 (hundredths, no ties). Best caption
+    # of image 0: text 0, first (rank 0); of image 1: text 5 (85) below texts 0, 10, 11 (rank 3); of image 2:
+    # text 10 (60) below texts 0, 1, 2, 3, 5, 6, 7 (rank 7).
+    hundredths = [
+        [90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 45, 35, 25, 15, 1],
+        [95, 40, 30, 25, 10, 85, 55, 50, 35, 20, 92, 88, 15, 5, 2],
+        [99, 97, 93, 91, 48, 89, 87, 75, 40, 3, 60, 30, 20, 12, 8],
+    ]
+    sims = np.array(hundredths) / 100.0
+    # Captions: its image first in texts 4 (50 > 48 > 10), 9 (20 > 5 > 3) and 14 (8 > 2 > 1) only
+    expected = [100 / 3, 200 / 3, 100.0, 20.0, 100.0, 100.0]
+    expected.append(sum(expected) / 6)  # 70
+    report = retrieval_metrics(sims, np.repeat(np.arange(3), 5))
+    keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR"]
+    assert [report[k] for k in keys] == pytest.approx(expected)
+    assert _authors_recalls(sims) == pytest.approx(expected)
+    # 12 images (so text -> image R@5 and R@10 are not trivially 100), cosines of random embeddings: the
+    # authors' np.dot of L2-normalised features (retrieval.py lines 389-390)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(12, 6))
+    texts = np.repeat(images, 5, axis=0) + 1.5 * rng.normal(size=(60, 6))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    theirs = _authors_recalls(unit(images) @ unit(texts).T)
+    assert 0 < theirs[0] < 100 and 0 < theirs[4] < 100  # i2t R@1 and t2i R@5 discriminate
+    text_to_image = np.repeat(np.arange(12), 5)
+    report = retrieval_scores(images.astype(np.float32), texts.astype(np.float32), text_to_image)
+    assert [report[k] for k in keys] == pytest.approx(theirs)
