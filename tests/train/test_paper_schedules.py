@@ -69,6 +69,22 @@ def test_dsva_per_branch_losses_follow_the_authors_loss_fn():
     assert torch.allclose(mean_out["embedding"], 0.5 * (mean_out["global"] + mean_out["local"]))
 
 
+@pytest.mark.parametrize("name", ["dsva_vit_b32", "dsva_vit_b16"])
+def test_dsva_paper_configs_have_no_dropout_on_the_global_feature(name):
+    """wenjiaXu/RS_Scene_ZSL model/model.py lines 121-124 (commit 9acbc9fa): the global head
+    `ALE_vector = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))` has no dropout, so the
+    paper configs' global branch is deterministic in training mode (rsz's small default drops 0.1)."""
+    config = load_config("dsva", name).model
+    assert config.dropout == 0.0
+    small = DSVAConfig(**{**config.__dict__, "backbone": "vit_tiny"})  # the paper's head on a small ViT
+    torch.manual_seed(0)
+    model = create_model("dsva", small, _task()).train()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first, second = model.attribute_outputs(images)["global"], model.attribute_outputs(images)["global"]
+    assert torch.equal(first, second)
+
+
 def test_backbone_lr_factor_groups():
     torch.manual_seed(0)
     model = create_model("dsva", DSVAConfig(backbone="vit_tiny"), _task())
