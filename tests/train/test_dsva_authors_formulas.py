@@ -77,7 +77,7 @@ def test_regression_is_the_mean_squared_error_to_the_attribute_rows_of_the_label
 
 
 def test_concentration_weights_squared_cell_distances_to_the_peak():
-    """model/main_utils.py lines 572-589, get_middle_graph: the mask of a peak at cell (x, y) holds
+    """model/main_utils.py lines 572-588, get_middle_graph: the mask of a peak at cell (x, y) holds
     (i - x)^2 + (j - y)^2 at cell (i, j); lines 642-647: `peak_id = torch.argmax(...)` and
     `cpt * torch.sum(model.sigmoid(attention[name]) * peak_mask)`, a sum over images, attributes and cells
     of sigmoid(raw scores). rsz keeps the squared distance to the argmax cell, weights it by the softmax
