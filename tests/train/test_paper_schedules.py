@@ -30,7 +30,8 @@ def _softmax_xe(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_dsva_per_branch_losses_follow_the_authors_loss_fn():
-    """wenjiaXu/RS_Scene_ZSL model/main_utils.py, Loss_fn, its four statements
+    """wenjiaXu/RS_Scene_ZSL model/main_utils.py (commit 9acbc9fa), Loss_fn, its four statements (lines
+    603, 608, 627 and 632)
     `loss_xe = reg_weight['final']['xe'] * criterion(output, label_v)`,
     `loss_attri = reg_weight['final']['attri'] * criterion_regre(pre_attri['final'], label_a)`,
     `layer_xe = reg_weight[name]['l_xe'] * criterion(pre_class[name], label_v)`,
