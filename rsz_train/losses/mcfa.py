@@ -42,6 +42,7 @@ def supervised_contrastive(
     candidate_labels: torch.Tensor,
     temperature: float,
     exclude_self: bool = False,
+    mean_in_log: bool = False,
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., 2020) from anchors [N, D] to candidates [M, D].
 
@@ -49,6 +50,11 @@ def supervised_contrastive(
     softmax (cosine / temperature over all candidates) of its positives. With exclude_self the anchors
     are the candidates (visual-visual) and an anchor is neither its own positive nor negative.
     Anchors without any positive are skipped.
+
+    mean_in_log: the log of the mean softmax probability of the positives instead (SupCon's L_in rather
+    than L_out), the form of MCFA's authors (ContrastiveLoss_new.py: the mean of exp(sim / t) over the
+    positives, divided by the sum over all candidates, under one -log). The two agree when each anchor has
+    one positive; otherwise L_in <= L_out (Jensen), and L_in is met once any positive is close.
     """
     logits = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).T / temperature
     positives = (anchor_labels[:, None] == candidate_labels[None, :]).float()
@@ -57,11 +63,17 @@ def supervised_contrastive(
         logits = logits.masked_fill(self_mask, float("-inf"))
         positives = positives.masked_fill(self_mask, 0.0)
     log_prob = torch.log_softmax(logits, dim=1)
-    # -inf * 0 would be nan; self entries are never positives, so zero them before the product.
-    log_prob = torch.where(positives > 0, log_prob, torch.zeros_like(log_prob))
     count = positives.sum(1)
     has_positive = count > 0
-    if not has_positive.any():
-        return logits.sum() * 0.0
+    if not has_positive.any():  # a zero that keeps the graph (logits.sum() may be -inf: self entries)
+        return (anchors.sum() + candidates.sum()) * 0.0
+    if mean_in_log:
+        # -log(mean of the positives' probabilities) = log(count) - logsumexp of their log-probabilities;
+        # rows without positives go first (an all -inf logsumexp would put nan into the gradient)
+        rows, count = log_prob[has_positive], count[has_positive]
+        pooled = torch.logsumexp(rows.masked_fill(positives[has_positive] == 0, float("-inf")), dim=1)
+        return (count.log() - pooled).mean()
+    # -inf * 0 would be nan; self entries are never positives, so zero them before the product.
+    log_prob = torch.where(positives > 0, log_prob, torch.zeros_like(log_prob))
     per_anchor = -(log_prob * positives).sum(1)[has_positive] / count[has_positive]
     return per_anchor.mean()

@@ -71,6 +71,10 @@ class MCFAConfig:
     contrast_vv_weight: float = 0.5  # supervised contrast among visual latents
     contrast_vs_weight: float = 1.0  # visual latent vs all class latents (the scoring rule)
     contrast_sv_weight: float = 0.5  # class latent vs the visual latents of the batch
+    # "rsz": SupCon's mean of -log over the positives; visual latents contrast with every training class.
+    # "authors" (masuqiang/MCFA-Pytorch ContrastiveLoss_new.py): -log of the positives' mean (v2v, s2v),
+    # and visual latents contrast with the episode's classes only (v2s), as their batches carry those alone.
+    contrast_form: str = "rsz"
     # Inference: "nearest" class latent (cosine; exports as image + semantic graphs, any class file), or
     # "classifier": CADA-VAE's final stage the MCFA paper uses (masuqiang/MCFA-Pytorch vaemodel.py
     # train_classifier): a softmax classifier on latents sampled from the seen images' posteriors
@@ -182,6 +186,7 @@ class _Chain(nn.Module):
 
 
 INFERENCES = ("nearest", "classifier")
+CONTRAST_FORMS = ("rsz", "authors")
 CLASSIFIER_BETAS = (0.5, 0.999)  # CADA-VAE's final classifier's Adam
 
 
@@ -236,6 +241,10 @@ class MCFA(FrozenBackboneMixin, RszModel):
             raise RszError(f"semantic_source={source!r}: expected one of {', '.join(SEMANTIC_SOURCES)}")
         if config.inference not in INFERENCES:
             raise RszError(f"model.inference {config.inference!r}: expected {' or '.join(INFERENCES)}")
+        if config.contrast_form not in CONTRAST_FORMS:
+            raise RszError(
+                f"model.contrast_form {config.contrast_form!r}: expected {' or '.join(CONTRAST_FORMS)}"
+            )
         self.config, self.task = config, task
         self.visual = BackboneFeatures(create_resnet(config.backbone, pretrained=config.pretrained))
         # The preprocessing the backbone was trained with (rsz_train.runs.preprocess_spec reads these).
@@ -396,12 +405,18 @@ class MCFA(FrozenBackboneMixin, RszModel):
             "distribution": losses.wasserstein_gaussians(mu_v, logvar_v, mu_s, logvar_s),
         }
         class_mu = self.semantic_encoder(all_semantics)[0]
-        class_ids = torch.arange(len(class_mu), device=labels.device)
         present = labels.unique()
-        t = cfg.temperature
-        parts["contrast_vv"] = losses.supervised_contrastive(mu_v, mu_v, labels, labels, t, exclude_self=True)
-        parts["contrast_vs"] = losses.supervised_contrastive(mu_v, class_mu, labels, class_ids, t)
-        parts["contrast_sv"] = losses.supervised_contrastive(class_mu[present], mu_v, present, labels, t)
+        authors = cfg.contrast_form == "authors"
+        # the class latents a visual latent contrasts with: the episode's (authors) or every training class
+        vs_ids = present if authors else torch.arange(len(class_mu), device=labels.device)
+        t, pool = cfg.temperature, {"mean_in_log": authors}
+        parts["contrast_vv"] = losses.supervised_contrastive(
+            mu_v, mu_v, labels, labels, t, exclude_self=True, **pool
+        )
+        parts["contrast_vs"] = losses.supervised_contrastive(mu_v, class_mu[vs_ids], labels, vs_ids, t)
+        parts["contrast_sv"] = losses.supervised_contrastive(
+            class_mu[present], mu_v, present, labels, t, **pool
+        )
 
         ramp = min(1.0, (self.steps_done + 1) / max(cfg.warmup_steps, 1))
         if self.training:

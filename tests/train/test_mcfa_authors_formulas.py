@@ -99,3 +99,131 @@ def test_cross_reconstruction_decodes_each_modality_from_the_other(monkeypatch) 
         att_from_img = model.semantic_decoder(mu_v)
     expected = (img_from_att - visual).abs().mean() + (att_from_img - semantic).abs().mean()
     assert parts["cross_reconstruction"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# --- contrastive terms (ContrastiveLoss_new.py) ----------------------------------------------------------
+
+
+def _authors_inter_mode(feat: torch.Tensor, label: torch.Tensor, tau: float) -> float:
+    """Inter_Mode_Loss.forward (ContrastiveLoss_new.py 19-42) written out per anchor: cosines of the
+    L2-normalised rows, e = exp(cos / tau); -log(mean of e over the other rows of its label / sum of e over
+    every other row), summed over the anchors."""
+    unit = [row / row.norm() for row in feat]
+    total = 0.0
+    for i in range(len(unit)):
+        others = [j for j in range(len(unit)) if j != i]
+        e = {j: math.exp(float(unit[i] @ unit[j]) / tau) for j in others}
+        positives = [e[j] for j in others if label[j] == label[i]]
+        total += -math.log((sum(positives) / len(positives)) / sum(e.values()))
+    return total
+
+
+def _authors_cross_mode(img: torch.Tensor, att: torch.Tensor, label: torch.Tensor, tau: float):
+    """Cross_Mode_Loss.forward (ContrastiveLoss_new.py 53-83) per anchor: v2s, each image against the
+    episode's class rows (its own is the positive), summed; s2v, each class row against the images, -log
+    of the mean of e over its images / the sum of e over all images, summed."""
+    unit_img = [row / row.norm() for row in img]
+    unit_att = [row / row.norm() for row in att]
+    e = [[math.exp(float(v @ s) / tau) for s in unit_att] for v in unit_img]
+    v2s = sum(-math.log(e[i][int(label[i])] / sum(e[i])) for i in range(len(img)))
+    s2v = 0.0
+    for c in range(len(att)):
+        own = [e[i][c] for i in range(len(img)) if label[i] == c]
+        s2v += -math.log((sum(own) / len(own)) / sum(e[i][c] for i in range(len(img))))
+    return v2s, s2v
+
+
+def test_v2v_of_three_samples_of_one_class_by_hand() -> None:
+    """ContrastiveLoss_new.py 32-42 on (1,0), (1,0), (0,1), one label, tau 2 (single_experiment.py 69):
+    every other row is a positive, so each anchor's mean / sum is 1/2 whatever the cosines: the authors'
+    sum is 3 log 2. rsz's default (mean of -log over positives) differs: anchors 0 and 1 see cosines 1
+    and 0, log(e^(1/2) + 1) - 1/4 each; anchor 2 sees 0 and 0, log 2."""
+    feat = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    label = torch.zeros(3, dtype=torch.long)
+    authors_sum = 3 * math.log(2)
+    assert _authors_inter_mode(feat, label, 2.0) == pytest.approx(authors_sum)
+    pooled = L.supervised_contrastive(feat, feat, label, label, 2.0, exclude_self=True, mean_in_log=True)
+    assert pooled.item() == pytest.approx(authors_sum / 3, abs=1e-6)
+    rsz = L.supervised_contrastive(feat, feat, label, label, 2.0, exclude_self=True)
+    by_hand = (2 * (math.log(math.exp(0.5) + 1) - 0.25) + math.log(2)) / 3
+    assert rsz.item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_v2v_authors_form_on_an_episode() -> None:
+    """2 classes x 3 images (their 5-way 5-shot episodes, single_experiment.py 67-68, in small), rows of
+    different norms (the loss normalises, ContrastiveLoss_new.py 22), tau 2."""
+    feat = torch.tensor([[2.0, 0.5], [1.0, 1.0], [0.3, -1.0], [-1.0, 0.2], [-4.0, -1.0], [0.5, 2.0]])
+    label = torch.tensor([0, 0, 0, 1, 1, 1])
+    expected = _authors_inter_mode(feat, label, 2.0) / len(feat)
+    loss = L.supervised_contrastive(feat, feat, label, label, 2.0, exclude_self=True, mean_in_log=True)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_v2s_and_s2v_by_hand() -> None:
+    """Cross_Mode_Loss on images (3,0), (0,1), (-1,0), (0,-2) of classes 0, 0, 1, 1 and class rows (2,0),
+    (-1,0), tau 1. Cosines: image 0: 1, -1; image 1: 0, 0; image 2: -1, 1; image 3: 0, 0.
+    v2s (ContrastiveLoss_new.py 60-66): 2 log(1 + e^-2) + 2 log 2 over 4 images.
+    s2v (72-80): each class row's sum over images is D = e + 1 + e^-1 + 1 and its own images' mean
+    (e + 1) / 2: 2 (log D - log((e + 1) / 2)) over 2 classes; rsz's default form gives log D - 1/2 each."""
+    img = torch.tensor([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -2.0]])
+    att = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
+    label, classes = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1])
+    e = math.e
+    v2s_sum = 2 * math.log(1 + e**-2) + 2 * math.log(2)
+    d = e + 1 + 1 / e + 1
+    s2v_sum = 2 * (math.log(d) - math.log((e + 1) / 2))
+    assert _authors_cross_mode(img, att, label, 1.0) == pytest.approx((v2s_sum, s2v_sum))
+    v2s = L.supervised_contrastive(img, att, label, classes, 1.0)
+    assert v2s.item() == pytest.approx(v2s_sum / 4, abs=1e-6)
+    s2v = L.supervised_contrastive(att, img, classes, label, 1.0, mean_in_log=True)
+    assert s2v.item() == pytest.approx(s2v_sum / 2, abs=1e-6)
+    assert L.supervised_contrastive(att, img, classes, label, 1.0).item() == pytest.approx(
+        math.log(d) - 0.5, abs=1e-6
+    )
+
+
+def test_a_batch_without_positive_pairs_gives_a_zero_not_nan() -> None:
+    """One image per class: v2v has no positive pair. The masked self logits are -inf, and -inf * 0 made
+    the 'no positive' zero a nan that would poison the step."""
+    points = torch.eye(3, requires_grad=True)
+    labels = torch.arange(3)
+    for pooled in (False, True):
+        loss = L.supervised_contrastive(points, points, labels, labels, 2.0, True, mean_in_log=pooled)
+        assert loss.item() == 0.0
+        loss.backward()
+        assert torch.isfinite(points.grad).all()
+
+
+def test_authors_contrast_form_in_the_model_uses_the_episode_classes(monkeypatch) -> None:
+    """contrast_form "authors" (mcfa_resnet18): v2s against the episode's class latents only (their batches
+    carry the c_way classes' attributes alone, data_loader.py next_batch), s2v with the mean in the log;
+    the expected values are the authors' formulas on the model's latents (z = mu here), / N and / C."""
+    monkeypatch.setattr(L, "reparameterize", lambda mu, logvar: mu)
+    # a sharp temperature: the untrained latents of a class are nearly parallel, and the mean in or out of
+    # the log would otherwise differ by less than float32 can tell
+    model = _paper_model(temperature=0.05).eval()
+    assert model.config.contrast_form == "authors"
+    first, second = _batch(model, seed=0), _batch(model, seed=1)  # 4 images of each class
+    images, labels = (
+        torch.cat([first["image"], second["image"]]),
+        torch.cat([first["label"], second["label"]]),
+    )
+    keep = (labels == 0) | (labels == 2)  # an episode of classes 0 and 2 out of 4
+    batch = {"image": images[keep], "label": labels[keep], "class_inputs": first["class_inputs"]}
+    with torch.no_grad():
+        parts = model.training_losses(batch)
+        mu_v = model.encode_images(batch["image"])
+        class_mu = model.encode_classes(batch["class_inputs"])[torch.tensor([0, 2])]
+    episode_label = batch["label"] // 2  # classes 0, 2 -> rows 0, 1 of the episode's class latents
+    v2s, s2v = _authors_cross_mode(mu_v, class_mu, episode_label, model.config.temperature)
+    v2v = _authors_inter_mode(mu_v, batch["label"], model.config.temperature)
+    assert parts["contrast_vs"].item() == pytest.approx(v2s / len(mu_v), rel=1e-5)
+    assert parts["contrast_sv"].item() == pytest.approx(s2v / 2, rel=1e-5)
+    assert parts["contrast_vv"].item() == pytest.approx(v2v / len(mu_v), rel=1e-5)
+
+
+def test_an_unknown_contrast_form_is_a_one_line_error() -> None:
+    from rsz_infer.errors import RszError
+
+    with pytest.raises(RszError, match="model.contrast_form 'paper': expected rsz or authors"):
+        _paper_model(contrast_form="paper")
