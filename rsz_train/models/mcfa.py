@@ -85,7 +85,10 @@ class MCFAConfig:
     classifier_seen_samples: int = 200
     classifier_unseen_samples: int = 400
     classifier_zsl_samples: int = 200
-    classifier_epochs: int = 23  # the authors' cls_train_steps (GZSL: 23; their ZSL run: 50)
+    # the authors' cls_train_steps (single_experiment.py): 23 epochs for the GZSL classifier, 50 for the
+    # ZSL one (also what rsz-infer fits new classes with, classifier_fit)
+    classifier_epochs: int = 23
+    classifier_zsl_epochs: int = 50
     classifier_lr: float = 0.001
     classifier_batch_size: int = 32
 
@@ -108,6 +111,7 @@ class MCFAConfig:
         "classifier_unseen_samples": ABOVE_ZERO,
         "classifier_zsl_samples": ABOVE_ZERO,
         "classifier_epochs": ABOVE_ZERO,
+        "classifier_zsl_epochs": ABOVE_ZERO,
         "classifier_lr": ABOVE_ZERO,
         "classifier_batch_size": ABOVE_ZERO,
     }
@@ -356,11 +360,18 @@ class MCFA(FrozenBackboneMixin, RszModel):
                 cfg.classifier_zsl_samples,
                 generator,
             )
-        fit = dict(epochs=cfg.classifier_epochs, lr=cfg.classifier_lr, batch_size=cfg.classifier_batch_size)
+        fit = dict(lr=cfg.classifier_lr, batch_size=cfg.classifier_batch_size)
         gzsl = fit_latent_classifier(
-            torch.cat([z_seen, z_unseen]), torch.cat([y_seen, y_unseen]), len(class_inputs), seed=seed, **fit
+            torch.cat([z_seen, z_unseen]),
+            torch.cat([y_seen, y_unseen]),
+            len(class_inputs),
+            epochs=cfg.classifier_epochs,
+            seed=seed,
+            **fit,
         )
-        zsl = fit_latent_classifier(z_zsl, y_zsl, len(unseen), seed=seed + 1, **fit)
+        zsl = fit_latent_classifier(
+            z_zsl, y_zsl, len(unseen), epochs=cfg.classifier_zsl_epochs, seed=seed + 1, **fit
+        )
         return gzsl, zsl
 
     def classifier_fit(self) -> dict:
@@ -369,7 +380,7 @@ class MCFA(FrozenBackboneMixin, RszModel):
         cfg = self.config
         return {
             "samples_per_class": cfg.classifier_zsl_samples,
-            "epochs": cfg.classifier_epochs,
+            "epochs": cfg.classifier_zsl_epochs,
             "lr": cfg.classifier_lr,
             "batch_size": cfg.classifier_batch_size,
             "betas": list(CLASSIFIER_BETAS),

@@ -28,6 +28,7 @@ MCFA_CLASSIFIER_OVERRIDES = {
     **TINY_OVERRIDES,
     "model.inference": "classifier",
     "model.classifier_epochs": 2,
+    "model.classifier_zsl_epochs": 2,
     "model.classifier_seen_samples": 20,
     "model.classifier_unseen_samples": 40,
     "model.classifier_zsl_samples": 20,

@@ -16,7 +16,7 @@ import torch
 from rsz_train.config import load_config
 from rsz_train.losses import mcfa as L
 from rsz_train.models.registry import create_model
-from tests.train.test_mcfa import _batch, _task
+from tests.train.test_mcfa import _batch, _semantics, _task
 
 # --- CADA-VAE terms (vaemodel.py Model.trainstep) ------------------------------------------------------
 
@@ -227,3 +227,72 @@ def test_an_unknown_contrast_form_is_a_one_line_error() -> None:
 
     with pytest.raises(RszError, match="model.contrast_form 'paper': expected rsz or authors"):
         _paper_model(contrast_form="paper")
+
+
+# --- the final stage (vaemodel.py train_classifier, final_classifier.py, single_experiment.py) -----------
+
+
+def test_final_stage_trains_on_the_authors_sample_counts_and_epochs(monkeypatch) -> None:
+    """single_experiment.py 77-91: GZSL: 200 latents per seen class from its images' posteriors and 400 per
+    unseen class from its class posterior, a classifier over all classes, 23 epochs (cls_train_steps);
+    ZSL: no seen latents, 200 per unseen class, a classifier over the unseen classes, 50 epochs. Both at
+    lr_cls 1e-3 (51), batches of 32 (vaemodel.py Model.__init__: classifier_batch_size = 32);
+    final_classifier.py CLASSIFIER's Adam betas (beta1 0.5, 0.999), which rsz-infer's fit also gets."""
+    from rsz_train.models import mcfa
+
+    fits = []
+
+    def record(z, y, num_classes, epochs, lr, batch_size, seed):
+        fits.append({"counts": torch.bincount(y).tolist(), "classes": num_classes, "epochs": epochs})
+        fits[-1].update(lr=lr, batch_size=batch_size, dim=z.shape[1])
+        return torch.nn.Linear(z.shape[1], num_classes)
+
+    monkeypatch.setattr(mcfa, "fit_latent_classifier", record)
+    model = _paper_model().eval()
+    latent = model.config.latent_dim
+    seen_labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])  # 3 and 5 training images: cycled up to 200
+    posteriors = (torch.randn(8, latent), torch.zeros(8, latent))
+    class_inputs = model.class_inputs(_semantics())  # classes 0, 1 seen; 2, 3 unseen
+    model.final_stage(posteriors, seen_labels, class_inputs, num_seen=2, seed=0)
+    gzsl, zsl = fits
+    common = {"lr": 0.001, "batch_size": 32, "dim": latent}
+    assert gzsl == {"counts": [200, 200, 400, 400], "classes": 4, "epochs": 23, **common}
+    assert zsl == {"counts": [200, 200], "classes": 2, "epochs": 50, **common}
+    fit = model.classifier_fit()  # rsz-infer's fit of new classes: the ZSL classifier's settings
+    assert (fit["samples_per_class"], fit["epochs"], fit["lr"], fit["batch_size"]) == (200, 50, 0.001, 32)
+    assert fit["betas"] == [0.5, 0.999]
+
+
+# --- mcfa_resnet18 against single_experiment.py ----------------------------------------------------------
+
+
+def test_paper_config_has_the_authors_settings() -> None:
+    """single_experiment.py 44-73: lr_gen_model 1.5e-4 (46), epochs 51 = range(1, 51), i.e. 50 (48;
+    vaemodel.py 241), latent 64 and hidden (512, 512) / (256, 256) (53-55), factors 10 / 1 / 100 / 100 /
+    10 (61-65), c_way 5, k_shot 5 (67-68), tau 2 (69). vaemodel.py 101: Adam, betas (0.9, 0.999),
+    weight_decay 0, amsgrad; 225-227: no gradient clipping. Features are precomputed there: no
+    augmentation, no dropout."""
+    config = load_config("mcfa", "mcfa_resnet18")
+    train, model = config.train, config.model
+    assert (train.lr, train.weight_decay, train.amsgrad, train.grad_clip) == (1.5e-4, 0.0, True, 0.0)
+    assert (train.epochs, train.warmup_epochs, train.classes_per_batch, train.images_per_class) == (
+        50,
+        0,
+        5,
+        5,
+    )
+    assert train.sampler == "auto" and not train.augment  # auto = MCFA's class-balanced episodes
+    assert (model.latent_dim, model.hidden_dim, model.semantic_hidden_dim) == (64, 512, 256)
+    assert (model.temperature, model.contrast_form, model.input_dropout) == (2.0, "authors", 0.0)
+    weights = (
+        model.reconstruction_weight,
+        model.kl_weight,
+        model.cross_reconstruction_weight,
+        model.distribution_weight,
+        model.contrast_vv_weight,
+        model.contrast_vs_weight,
+        model.contrast_sv_weight,
+    )
+    assert weights == (1.0, 1.0, 10.0, 1.0, 100.0, 100.0, 10.0)
+    assert model.warmup_steps <= 1  # no warm-up: see test_paper_config_weighs_every_term_fully_...
+    assert model.inference == "classifier"
