@@ -168,6 +168,9 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     def scores(image_fn) -> dict[str, Any]:  # inputs -> embeddings
         emb = image_fn(inputs)
         out: dict[str, Any] = {"_emb": emb}
+        if broken := _non_finite_rows(emb):
+            # an overflowing FP16 / INT8 graph: the argmax of NaN scores is class 0, figures of nothing
+            out["status"] = f"error: {broken} of {len(emb)} test image embeddings are NaN or infinite"
         if unseen_ids and len(paths) and classifier_scores is not None:
             out.update(classifier_scores(emb))
         elif unseen_ids and len(paths):
@@ -177,7 +180,12 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
             out.update(zsl=z["zsl"], U=z["gzsl"]["U"], S=z["gzsl"]["S"], H=z["gzsl"]["H"])
         if retrieval_set is not None:
             r_inputs, text_emb, text_to_image = retrieval_set
-            out.update(ev.retrieval_scores(image_fn(r_inputs), text_emb, text_to_image))
+            r_emb = image_fn(r_inputs)
+            if (broken := _non_finite_rows(r_emb)) and "status" not in out:
+                out["status"] = (
+                    f"error: {broken} of {len(r_emb)} caption test image embeddings are NaN or infinite"
+                )
+            out.update(ev.retrieval_scores(r_emb, text_emb, text_to_image))
         return out
 
     image_module = next((g.module for g in model.export_graphs() if g.role == "image"), None)
@@ -235,7 +243,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
             if row["status"] == "ok":
                 _add_differences(row, reference)
             rows.append(row)
-    reference["status"] = "ok (reference)"
+    reference.setdefault("status", "ok (reference)")
     for row in rows:
         row.pop("_emb", None)
     return {
@@ -247,6 +255,10 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
         "seen_calibration": info.seen_calibration,
         "rows": rows,
     }
+
+
+def _non_finite_rows(emb: np.ndarray) -> int:
+    return int((~np.isfinite(emb)).any(axis=1).sum())
 
 
 def _classifier_scores(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -196,3 +197,40 @@ def test_retrieval_rows_show_every_recall_and_say_they_are_percent() -> None:
     for key in ("zsl", "H", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR"):
         assert f"| {key} | Δ{key} |" in header
     assert "R@K and mR are percent (1 = 1 percentage point)" in md.splitlines()[0]
+
+
+def test_an_image_graph_giving_nan_embeddings_is_an_error_row_not_figures(runs, tmp_path):
+    # an FP16 or INT8 graph that overflows gives NaN embeddings; the argmax of NaN scores is class 0, so the
+    # row used to say "ok" with figures of nothing (and a NaN Δ)
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from rsz_infer.bundle import MANIFEST, sha256_file
+
+    bundle = tmp_path / "nan_bundle"
+    shutil.copytree(runs["bundle"], bundle)
+    graph_path = bundle / "image.onnx"
+    graph = onnx.load(str(graph_path))
+    output = graph.graph.output[0].name  # "embedding": times a NaN constant
+    graph.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan_factor"))
+    for node in graph.graph.node:
+        node.output[:] = [f"{output}_finite" if o == output else o for o in node.output]
+    graph.graph.node.append(helper.make_node("Mul", [f"{output}_finite", "nan_factor"], [output]))
+    onnx.save(graph, str(graph_path))
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"]["image.onnx"] = sha256_file(graph_path)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+    args = ["accuracy", "--model", str(bundle), "--run", str(runs["dsva"]), "--data", str(runs["bench"])]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, [*args, "--split", runs["split"], "--backend", "ort", "--precision", "fp32", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    reference, ort = json.loads(next(out.glob("*.json")).read_text())["rows"]
+    assert reference["status"] == "ok (reference)"
+    assert ort["status"] == "error: 60 of 60 test image embeddings are NaN or infinite"
+    assert "d_zsl" not in ort  # no difference against the reference is claimed
+    assert "error: 60 of 60 test image embeddings" in next(out.glob("*.md")).read_text()
