@@ -194,6 +194,9 @@ def _spawned(
     )
     try:
         value = fn(*args, **kwargs)
+        # leave the group here, not in start()'s atexit hook: gloo's threads torn down at interpreter exit
+        # aborted a rank once in a while after a finished job ("terminate called without an active exception")
+        stop(current())
         if rank == 0:  # what rank 0 did is what the job did (the launcher returns it)
             result.put(value)
     except RszError as err:  # keep the one-line message for the parent
