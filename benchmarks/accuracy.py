@@ -168,9 +168,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     def scores(image_fn) -> dict[str, Any]:  # inputs -> embeddings
         emb = image_fn(inputs)
         out: dict[str, Any] = {"_emb": emb}
-        if broken := _non_finite_rows(emb):
-            # an overflowing FP16 / INT8 graph: the argmax of NaN scores is class 0, figures of nothing
-            out["status"] = f"error: {broken} of {len(emb)} test image embeddings are NaN or infinite"
+        _flag_non_finite(out, emb, "test image embeddings")
         if unseen_ids and len(paths) and classifier_scores is not None:
             out.update(classifier_scores(emb))
         elif unseen_ids and len(paths):
@@ -181,10 +179,7 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
         if retrieval_set is not None:
             r_inputs, text_emb, text_to_image = retrieval_set
             r_emb = image_fn(r_inputs)
-            if (broken := _non_finite_rows(r_emb)) and "status" not in out:
-                out["status"] = (
-                    f"error: {broken} of {len(r_emb)} caption test image embeddings are NaN or infinite"
-                )
+            _flag_non_finite(out, r_emb, "caption test image embeddings")
             out.update(ev.retrieval_scores(r_emb, text_emb, text_to_image))
         return out
 
@@ -257,8 +252,12 @@ def run_accuracy(bundle: Path, run_dir: Path, data_dir: Path, split_name: str, c
     }
 
 
-def _non_finite_rows(emb: np.ndarray) -> int:
-    return int((~np.isfinite(emb)).any(axis=1).sum())
+def _flag_non_finite(row: dict[str, Any], emb: np.ndarray, what: str) -> None:
+    """An error status for embeddings with NaN or infinite rows (an overflowing FP16 / INT8 graph): the
+    argmax of NaN scores is class 0, so the row's figures would be of nothing. The first finding stays."""
+    broken = int((~np.isfinite(emb)).any(axis=1).sum())
+    if broken and "status" not in row:
+        row["status"] = f"error: {broken} of {len(emb)} {what} are NaN or infinite"
 
 
 def _classifier_scores(
