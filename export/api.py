@@ -70,6 +70,7 @@ class ExportSource:
     class_embeddings: np.ndarray | None = None  # [C, D], for the FP16 top-1 check on tiles
     class_offsets: np.ndarray | None = None  # [C] their hubness correction, so the check labels as rsz-infer
     phrase_ridge: float = 0.0  # DSVA: how the run's attribute vectors were made (manifest.phrase_ridge)
+    description_clauses: bool = False  # ... and whether clause by clause (manifest.description_clauses)
     # DSVA's hubness correction (manifest.hubness_penalty): the penalty, its neighbours and the class
     # embeddings [S, D] of seen_classes that it measures against
     hubness_penalty: float = 0.0
@@ -303,6 +304,7 @@ def source_from_run(
         class_embeddings=classes,
         class_offsets=hubness_correction(model, classes, seen_rows),
         phrase_ridge=float(info.phrase_ridge),
+        description_clauses=bool(info.description_clauses),
         hubness_penalty=float(getattr(model_config, "hubness_penalty", 0.0)),
         hubness_neighbours=int(getattr(model_config, "hubness_neighbours", 3)),
         trained_class_embeddings=classes[seen_rows],
@@ -906,6 +908,7 @@ def _write_manifest(
         attribute_names=list(source.attribute_names),
         attribute_phrases=list(source.attribute_phrases),
         phrase_ridge=float(source.phrase_ridge),
+        description_clauses=bool(source.description_clauses),
         hubness_penalty=float(source.hubness_penalty),
         hubness_neighbours=int(source.hubness_neighbours),
         trained_class_embeddings=(

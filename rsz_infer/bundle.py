@@ -91,6 +91,8 @@ class Manifest:
     attribute_phrases: list[str] = field(default_factory=list)
     # "attributes" only: the phrase ridge of rsz_infer.semantics.attribute_vectors the model trained with
     phrase_ridge: float = 0.0
+    # "attributes" only: descriptions read clause by clause (rsz_infer.semantics.description_clauses)
+    description_clauses: bool = False
     # The hubness correction of the class scores (rsz_infer.scoring.hubness_offsets; DSVA's
     # model.hubness_penalty): each class's similarity minus hubness_penalty x the mean cosine of its
     # embedding to its hubness_neighbours nearest rows of trained_class_embeddings ([S, D], the class
@@ -302,6 +304,7 @@ def manifest_problem(m: Manifest) -> str | None:
         ),
         (_is_str_list(m.attribute_names) and _is_str_list(m.attribute_phrases), "attributes must be strings"),
         (_is_number(m.phrase_ridge) and m.phrase_ridge >= 0, "phrase_ridge must be a number >= 0"),
+        (isinstance(m.description_clauses, bool), "description_clauses must be true or false"),
         (
             _is_number(m.hubness_penalty) and 0 <= m.hubness_penalty <= MAX_HUBNESS_PENALTY,
             f"hubness_penalty must be a number from 0 to {MAX_HUBNESS_PENALTY} (cosine units)",

@@ -1,7 +1,8 @@
 """Class file -> class embeddings through the bundle's own text graphs, cached by content hash.
 
 The rule comes from the manifest (`class_embedding`):
-- "attributes" (DSVA): text graph on descriptions and on the attribute phrases -> attribute_vectors [C, A]
+- "attributes" (DSVA): text graph on descriptions (or their clauses) and on the attribute phrases ->
+  attribute_vectors [C, A]
 - "semantic" (MCFA): text graph on descriptions -> semantic graph -> [C, D] (its `embedding`, the class
   posterior's mean; `semantic_outputs` also gives its `logvar` for rsz_infer.latent_classifier)
 - "text" (MSA): text graph on text_prompt.format(name=, description=) -> [C, D]
@@ -24,7 +25,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.prompts import class_prompts
 from rsz_infer.runners.base import Runner
 from rsz_infer.scoring import l2_normalize
-from rsz_infer.semantics import attribute_vectors
+from rsz_infer.semantics import description_attribute_vectors
 from rsz_infer.tokenizer import Tokenizer
 
 TEXT_BATCH = 64
@@ -128,9 +129,14 @@ def _compute(bundle_dir: Path, manifest: Manifest, entries: list[ClassEntry], op
                 f"{bundle_dir / MANIFEST}: {len(manifest.attribute_phrases)} attribute_phrases but "
                 f"embedding_dim {manifest.embedding_dim}"
             )
-        descriptions = encode_texts(text_runner, tokenizer, [e.description for e in entries])["embedding"]
         phrases = encode_texts(text_runner, tokenizer, manifest.attribute_phrases)["embedding"]
-        return attribute_vectors(descriptions, phrases, manifest.phrase_ridge)
+        return description_attribute_vectors(
+            [e.description for e in entries],
+            lambda texts: encode_texts(text_runner, tokenizer, texts)["embedding"],
+            phrases,
+            manifest.phrase_ridge,
+            manifest.description_clauses,
+        )
     finally:
         text_runner.close()
 

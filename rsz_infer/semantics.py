@@ -8,6 +8,9 @@ training saw.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import numpy as np
 
 from rsz_infer.errors import RszError
@@ -15,7 +18,10 @@ from rsz_infer.scoring import l2_normalize
 
 
 def attribute_vectors(
-    description_emb: np.ndarray, phrase_emb: np.ndarray, phrase_ridge: float = 0.0
+    description_emb: np.ndarray,
+    phrase_emb: np.ndarray,
+    phrase_ridge: float = 0.0,
+    owners: np.ndarray | None = None,
 ) -> np.ndarray:
     """[C, E] description embeddings x [A, E] phrase embeddings -> [C, A] float32 attribute vectors.
 
@@ -33,6 +39,9 @@ def attribute_vectors(
     embeddings, so a description naming one scores high on all of them, every building class looks alike
     and ZSL predictions crowd onto a few classes; the regression credits the phrase actually named.
     0 keeps the plain cosines. It depends on the phrases only, never on the other classes.
+
+    `owners` [R] (class index of each row): the rows are the clauses of the descriptions
+    (description_clauses), and a class's entry for a phrase is its best clause's, before the centring.
     """
     description_emb = np.asarray(description_emb, dtype=np.float32)
     phrase_emb = np.asarray(phrase_emb, dtype=np.float32)
@@ -49,7 +58,45 @@ def attribute_vectors(
     if phrase_emb.shape[0] < 2:
         raise RszError(f"attribute_vectors: need at least 2 attribute phrases, got {phrase_emb.shape[0]}")
     similarity = l2_normalize(description_emb) @ l2_normalize(phrase_emb).T
-    return normalize_attribute_rows(decorrelate_phrases(similarity, phrase_emb, phrase_ridge))
+    similarity = decorrelate_phrases(similarity, phrase_emb, phrase_ridge)
+    if owners is not None:
+        owners = np.asarray(owners, dtype=np.int64)
+        if owners.shape != (len(similarity),):
+            raise RszError(f"attribute_vectors: {len(owners)} owners for {len(similarity)} clause rows")
+        if len(owners) == 0 or owners.min() < 0 or np.bincount(owners).min() == 0:
+            raise RszError("attribute_vectors: owners must give every class 0..C-1 a clause row")
+        best = np.full((int(owners.max()) + 1, similarity.shape[1]), -np.inf, np.float32)
+        np.maximum.at(best, owners, similarity)
+        similarity = best
+    return normalize_attribute_rows(similarity)
+
+
+# Where a description is cut into clauses: commas, semicolons and the words "and", "with", "or".
+CLAUSE_BREAK = re.compile(r"\s*[,;]\s*|\s+(?:and|with|or)\s+", re.IGNORECASE)
+
+
+def description_clauses(description: str) -> list[str]:
+    """The clauses of a description ("red roofs, a pool and trees" -> "red roofs", "a pool", "trees"); the
+    whole text when nothing splits it. Why: one sentence embedding of a long list blurs every item (a
+    class with six attributes scores each of them weakly), while a clause names one thing."""
+    parts = [p.strip(" .") for p in CLAUSE_BREAK.split(description)]
+    return [p for p in parts if p] or [description]
+
+
+def description_attribute_vectors(
+    descriptions: list[str],
+    encode: Callable[[list[str]], np.ndarray],
+    phrase_emb: np.ndarray,
+    phrase_ridge: float = 0.0,
+    clauses: bool = False,
+) -> np.ndarray:
+    """[C, A] attribute vectors of descriptions, `encode` being the text encoder (texts -> [N, E]): of each
+    whole description, or with `clauses` of its clauses (the best clause per phrase, attribute_vectors)."""
+    if not clauses:
+        return attribute_vectors(encode(list(descriptions)), phrase_emb, phrase_ridge)
+    parts = [description_clauses(d) for d in descriptions]
+    owners = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    return attribute_vectors(encode([c for p in parts for c in p]), phrase_emb, phrase_ridge, owners)
 
 
 def decorrelate_phrases(similarity: np.ndarray, phrase_emb: np.ndarray, phrase_ridge: float) -> np.ndarray:

@@ -68,12 +68,12 @@ def attributes_from_images(
 
 
 def attributes_from_text(
-    descriptions: list[str], attribute_phrases: list[str], phrase_ridge: float = 0.0
+    descriptions: list[str], attribute_phrases: list[str], phrase_ridge: float = 0.0, clauses: bool = False
 ) -> np.ndarray:
     """[C, A] description-derived attribute vectors (stock MiniLM; what inference computes)."""
     from rsz_train.text import class_attribute_vectors
 
-    return class_attribute_vectors(list(descriptions), list(attribute_phrases), phrase_ridge)
+    return class_attribute_vectors(list(descriptions), list(attribute_phrases), phrase_ridge, clauses)
 
 
 def generated_attributes(
@@ -85,6 +85,7 @@ def generated_attributes(
     encode_texts: TextEncoder,
     batch_size: int = 128,
     phrase_ridge: float = 0.0,
+    clauses: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """Attribute vectors [C, A] of every class, and the route each took ("images" or "text").
 
@@ -92,7 +93,8 @@ def generated_attributes(
     other class the text route; rows are normalised alike (normalize_attribute_rows). The caller passes
     only images a model may train on: images of val or unseen classes here would leak into training.
     `phrase_ridge` (rsz_infer.semantics.attribute_vectors) applies to both routes, each with its own
-    encoder's phrase embeddings, so the rows of both routes follow one rule.
+    encoder's phrase embeddings, so the rows of both routes follow one rule; `clauses`
+    (rsz_infer.semantics.description_clauses) only the text route.
     """
     labels = np.asarray(labels, dtype=np.int64)
     with_images = sorted(set(labels.tolist()))
@@ -113,7 +115,7 @@ def generated_attributes(
     text_only = [c for c, route in enumerate(routes) if route == "text"]
     if text_only:
         attributes[text_only] = attributes_from_text(
-            [descriptions[c] for c in text_only], attribute_phrases, phrase_ridge
+            [descriptions[c] for c in text_only], attribute_phrases, phrase_ridge, clauses
         )
     return attributes, routes
 

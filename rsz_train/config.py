@@ -81,6 +81,10 @@ class TrainConfig:
     # Text route of the attribute vectors: ridge that decorrelates the attribute phrases, 0 = plain cosines
     # (rsz_infer.semantics.attribute_vectors); the bundle manifest carries it so inference does the same.
     phrase_ridge: float = 0.0
+    # Text route: attribute vectors of each description's clauses, the best clause per phrase
+    # (rsz_infer.semantics.description_clauses), instead of the whole sentence's; the manifest carries it.
+    # It shapes ClassSemantics.attributes (DSVA's class embedding, MCFA's semantic_source "attributes").
+    description_clauses: bool = False
     # Batches: "auto" (the model's own: random for DSVA and MSA, class-balanced episodes for MCFA), "random"
     # or "class_balanced" (classes_per_batch x images_per_class, DSVA's authors' 8 x 3)
     sampler: str = "auto"

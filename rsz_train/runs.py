@@ -56,6 +56,7 @@ class RunInfo:
     # The text route's phrase ridge (rsz_infer.semantics.attribute_vectors); runs written before the
     # option have none in classes.json and used plain cosines, whatever today's default is.
     phrase_ridge: float = 0.0
+    description_clauses: bool = False  # the text route clause by clause (classes.json; older runs: no)
     report: dict = field(default_factory=dict)  # report.json, empty while the run is unfinished
 
 
@@ -268,6 +269,7 @@ def load_run(run_dir: Path | str, kind: str | None = None, device: str = "cpu") 
             task=task,
             semantics_source=str(record.get("semantics_source", "text")),
             phrase_ridge=float(record.get("phrase_ridge", 0.0)),
+            description_clauses=bool(record.get("description_clauses", False)),
             report=report,
         )
     except (KeyError, TypeError, ValueError) as err:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsz_infer.errors import RszError
-from rsz_infer.semantics import attribute_vectors
+from rsz_infer.semantics import description_attribute_vectors
 from rsz_infer.tokenizer import DEFAULT_MAX_LENGTH, Tokenizer
 from rsz_train.models.base import ExportGraph
 
@@ -152,11 +152,14 @@ def text_export_graph(encoder: SentenceEncoder | None = None) -> ExportGraph:
 
 
 def class_attribute_vectors(
-    descriptions: list[str], attribute_phrases: list[str], phrase_ridge: float = 0.0
+    descriptions: list[str],
+    attribute_phrases: list[str],
+    phrase_ridge: float = 0.0,
+    clauses: bool = False,
 ) -> np.ndarray:
-    """[C, A] description-derived attribute vectors (see rsz_infer.semantics.attribute_vectors)."""
-    return attribute_vectors(
-        encode_sentences(descriptions), encode_sentences(attribute_phrases), phrase_ridge
+    """[C, A] description-derived attribute vectors (rsz_infer.semantics.description_attribute_vectors)."""
+    return description_attribute_vectors(
+        descriptions, encode_sentences, encode_sentences(attribute_phrases), phrase_ridge, clauses
     )
 
 

@@ -66,6 +66,7 @@ def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...form
     dual_encoder_run: str | None = None,
     device: str = "cpu",
     phrase_ridge: float = 0.0,
+    description_clauses: bool = False,
 ) -> tuple[ClassSemantics, list[str]]:
     """ClassSemantics of every class of the benchmark, and the route each class's attributes took.
 
@@ -73,7 +74,8 @@ def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...form
     the benchmark's ground-truth matrix ("matrix"), or generated from images ("images", DSVA Sec. 3.1):
     the training classes of `split` from their training images under the dual encoder of the run at
     `dual_encoder_run`, every other class (val, unseen: their images must not be seen) from text.
-    `phrase_ridge`: rsz_infer.semantics.attribute_vectors (text and image routes alike).
+    `phrase_ridge`: rsz_infer.semantics.attribute_vectors (text and image routes alike);
+    `description_clauses`: rsz_infer.semantics.description_attribute_vectors (descriptions only).
     """
     from rsz_train.text import class_attribute_vectors, encode_sentences, glove_class_vectors
 
@@ -92,7 +94,7 @@ def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...form
         # attribute rows; the models that need them (DSVA, MCFA's "phrases") say so when built.
         attributes = np.zeros((len(names), 0), dtype=np.float32)
     elif source == "text":
-        attributes = class_attribute_vectors(descriptions, phrases, phrase_ridge)
+        attributes = class_attribute_vectors(descriptions, phrases, phrase_ridge, description_clauses)
     elif source == "matrix":
         if data.attribute_matrix is None:
             raise RszError(
@@ -107,7 +109,7 @@ def build_semantics(  #  (data: rsz_train.data.formats.SceneData, split: ...form
             )
     elif source == "images":
         attributes, routes = _image_attributes(
-            data, descriptions, phrases, split, dual_encoder_run, device, phrase_ridge
+            data, descriptions, phrases, split, dual_encoder_run, device, phrase_ridge, description_clauses
         )
     else:
         raise RszError(f"train.semantics {source!r}: expected text, matrix or images")
@@ -132,6 +134,7 @@ def _image_attributes(
     dual_encoder_run: str | None,
     device: str,
     phrase_ridge: float,
+    description_clauses: bool,
 ) -> tuple[np.ndarray, list[str]]:
     """The "images" route of build_semantics: training images of the training classes only."""
     from rsz_train.attribute_generation import dual_encoder, generated_attributes
@@ -167,7 +170,7 @@ def _image_attributes(
     labels = np.array([label_of[p] for p in paths], dtype=np.int64)
     return generated_attributes(
         descriptions, phrases, images, labels, encoder.encode_images, encoder.encode_texts,
-        phrase_ridge=phrase_ridge,
+        phrase_ridge=phrase_ridge, clauses=description_clauses,
     )  # fmt: skip
 
 
@@ -257,6 +260,7 @@ class _Trainer:
                 config.train.dual_encoder_run,
                 str(device),
                 config.train.phrase_ridge,
+                config.train.description_clauses,
             ),
         )
         if not self.data.attribute_names and self.entry.needs_attributes:
@@ -574,6 +578,7 @@ class _Trainer:
         record["attribute_routes"] = dict(zip(self.data.class_names, self.attribute_routes))
         # The text route's rule, for export (the manifest) and so that inference computes the same rows.
         record["phrase_ridge"] = float(self.config.train.phrase_ridge)
+        record["description_clauses"] = bool(self.config.train.description_clauses)
         record["split_images_sha256"] = self.split_images_sha256()
         return record
 

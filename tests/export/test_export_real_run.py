@@ -227,6 +227,46 @@ def test_the_runs_gsd_reaches_the_bundle(dsva_run: tuple[Path, Path], tmp_path: 
 
 
 @pytest.mark.slow
+def test_a_run_trained_clause_by_clause_labels_with_the_same_class_vectors(
+    dsva_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """train.description_clauses reaches the bundle (manifest.description_clauses), and rsz-infer computes
+    the very attribute rows the run trained and was scored with (ONNX MiniLM vs PyTorch MiniLM)."""
+    import json
+
+    import yaml
+
+    from rsz_infer import Labeler
+    from rsz_train.cli import main as train_main
+
+    bench = dsva_run[1]
+    config = tmp_path / "clauses.yaml"
+    train_settings = {k.split(".")[1]: v for k, v in TINY.items()}
+    config.write_text(yaml.safe_dump({"train": {**train_settings, "description_clauses": True}}), "utf-8")
+    run, out = tmp_path / "runs" / "dsva", tmp_path / "bundle"
+    args = ["dsva", "--data", str(bench), "--config", str(config), "--device", "cpu", "--out", str(run)]
+    trained = CliRunner().invoke(train_main, args)
+    assert trained.exit_code == 0, trained.output
+    exported = CliRunner().invoke(
+        main, ["--model", "dsva", "--run", str(run), "--engine", "none", "--out", str(out)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert load_manifest(out).description_clauses is True
+    record = json.loads((run / "classes.json").read_text(encoding="utf-8"))
+    assert record["description_clauses"] is True
+    names = record["unseen"]
+    lines = [f"{n}: {record['descriptions'][record['class_names'].index(n)]}" for n in names]
+    assert any("," in line or " and " in line for line in lines)  # descriptions with clauses to read
+    with Labeler(out, lines, backend="ort", device="cpu") as labeler:
+        got = labeler.scorer.class_emb
+    rows = np.array([record["attributes"][record["class_names"].index(n)] for n in names])
+    np.testing.assert_allclose(got, rows, atol=2e-4)
+    default_record = json.loads((dsva_run[0] / "classes.json").read_text(encoding="utf-8"))
+    whole = np.array([default_record["attributes"][default_record["class_names"].index(n)] for n in names])
+    assert np.abs(whole - rows).max() > 0.05  # the clause route is not the whole-sentence one
+
+
+@pytest.mark.slow
 def test_a_seen_class_named_without_a_description_takes_its_training_text(
     dsva_run: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from rsz_infer.backend import open_runner
 from rsz_infer.bundle import MANIFEST, load_manifest
 from rsz_infer.class_embeddings import class_embeddings
 from rsz_infer.classfile import read_class_file
+from rsz_infer.errors import RszError
 from rsz_infer.index import Index, IndexConfig, build_index, search
 from rsz_infer.preprocess import to_model_input
 from rsz_infer.runners.ort import OrtRunner
@@ -64,6 +65,29 @@ def test_dsva_class_embeddings_use_the_bundle_phrase_ridge(ridge_bundle, tmp_pat
     plain = attribute_vectors(descriptions, phrases, 0.0)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert np.abs(got - plain).max() > 0.05  # ... and the ridge changes what the classes get
+
+
+def test_dsva_class_embeddings_read_clause_by_clause_when_the_bundle_says_so(ridge_bundle, tmp_path):
+    folder = tmp_path / "clauses"
+    shutil.copytree(ridge_bundle, folder)
+    manifest = dataclasses.replace(load_manifest(folder), description_clauses=True)
+    (folder / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    classes = tmp_path / "c.txt"
+    classes.write_text("crimson: red roofs, green lawns and blue pools\nlake: blue water\n")
+    entries = read_class_file(classes)
+    opener = lambda role: open_runner(folder, manifest, role, "ort", "cpu")  # noqa: E731
+    got = class_embeddings(folder, manifest, entries, opener, use_cache=False)
+    clauses = ["red roofs", "green lawns", "blue pools", "blue water"]
+    clause_emb = _text_embeddings(folder, manifest, clauses)
+    phrases = _text_embeddings(folder, manifest, PHRASES)
+    expected = attribute_vectors(clause_emb, phrases, RIDGE, owners=np.array([0, 0, 0, 1]))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    whole = _text_embeddings(folder, manifest, [e.description for e in entries])
+    assert np.abs(got[0] - attribute_vectors(whole, phrases, RIDGE)[0]).max() > 0.05
+    bad = manifest.to_json().replace('"description_clauses": true', '"description_clauses": "yes"')
+    (folder / MANIFEST).write_text(bad, encoding="utf-8")
+    with pytest.raises(RszError, match="description_clauses must be true or false"):
+        load_manifest(folder)
 
 
 def _rgb(path) -> np.ndarray:
