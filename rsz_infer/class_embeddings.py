@@ -25,7 +25,7 @@ from rsz_infer.errors import RszError
 from rsz_infer.prompts import class_prompts
 from rsz_infer.runners.base import Runner
 from rsz_infer.scoring import l2_normalize
-from rsz_infer.semantics import description_attribute_vectors
+from rsz_infer.semantics import description_attribute_vectors, description_clauses
 from rsz_infer.tokenizer import Tokenizer
 
 TEXT_BATCH = 64
@@ -161,11 +161,13 @@ def semantic_outputs(
 
 def class_texts(manifest: Manifest, entries: list[ClassEntry]) -> list[list[str]]:
     """Per class, the texts the bundle's rule reads for it: its prompts ("templates"), its prompt ("text"),
-    else its description ("attributes", "semantic")."""
+    its clauses ("attributes" with description_clauses), else its description ("attributes", "semantic")."""
     if manifest.class_embedding == "templates":
         return [class_prompts(e, manifest.prompt_templates) for e in entries]
     if manifest.class_embedding == "text":
         return [[manifest.text_prompt.format(name=e.name, description=e.description)] for e in entries]
+    if manifest.class_embedding == "attributes" and manifest.description_clauses:
+        return [description_clauses(e.description) for e in entries]
     return [[e.description] for e in entries]
 
 

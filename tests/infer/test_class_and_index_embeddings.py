@@ -13,8 +13,8 @@ from PIL import Image
 
 from rsz_infer.backend import open_runner
 from rsz_infer.bundle import MANIFEST, load_manifest
-from rsz_infer.class_embeddings import class_embeddings
-from rsz_infer.classfile import read_class_file
+from rsz_infer.class_embeddings import class_embeddings, cut_texts_note
+from rsz_infer.classfile import ClassEntry, read_class_file
 from rsz_infer.errors import RszError
 from rsz_infer.index import Index, IndexConfig, build_index, search
 from rsz_infer.preprocess import to_model_input
@@ -84,6 +84,10 @@ def test_dsva_class_embeddings_read_clause_by_clause_when_the_bundle_says_so(rid
     np.testing.assert_allclose(got, expected, atol=1e-6)
     whole = _text_embeddings(folder, manifest, [e.description for e in entries])
     assert np.abs(got[0] - attribute_vectors(whole, phrases, RIDGE)[0]).max() > 0.05
+    # a long list is read clause by clause: no clause is cut, so no note (the whole sentence would be)
+    long = [ClassEntry("roofs", ", ".join(["a wide open area seen from above"] * 10 + ["red roofs"]))]
+    assert cut_texts_note(folder, manifest, long) is None
+    assert "have a description longer than" in cut_texts_note(ridge_bundle, load_manifest(ridge_bundle), long)
     bad = manifest.to_json().replace('"description_clauses": true', '"description_clauses": "yes"')
     (folder / MANIFEST).write_text(bad, encoding="utf-8")
     with pytest.raises(RszError, match="description_clauses must be true or false"):
