@@ -84,6 +84,7 @@ class TrainConfig:
     # Text route: attribute vectors of each description's clauses, the best clause per phrase
     # (rsz_infer.semantics.description_clauses), instead of the whole sentence's; the manifest carries it.
     # It shapes ClassSemantics.attributes (DSVA's class embedding, MCFA's semantic_source "attributes").
+    # Off by default: on the demo benchmark it lowered DSVA's val ZSL (RESULTS.md, the ninth round).
     description_clauses: bool = False
     # Batches: "auto" (the model's own: random for DSVA and MSA, class-balanced episodes for MCFA), "random"
     # or "class_balanced" (classes_per_batch x images_per_class, DSVA's authors' 8 x 3)
